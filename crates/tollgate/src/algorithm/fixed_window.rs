@@ -1,0 +1,45 @@
+//! Fixed window: one counter per window `[k * period, (k + 1) * period)`.
+//!
+//! Windows are aligned to multiples of the period on the store's clock (Unix
+//! time for Redis), so every instance agrees on where a window starts.
+
+use super::Verdict;
+use crate::Policy;
+
+pub(super) fn fresh_at(start: u64, count: u64, period: u64) -> u64 {
+    if count == 0 { 0 } else { start + period }
+}
+
+pub(super) fn decide(
+    policy: &Policy,
+    start: &mut u64,
+    count: &mut u64,
+    now: u64,
+    cost: u64,
+    consume: bool,
+) -> Verdict {
+    let period = policy.period_us();
+    // A window that has ended counts nothing. A window that starts after
+    // `now` (the clock stepped back) is kept: forgetting it would re-grant.
+    let (window, used) = if now >= *start + period {
+        (now - now % period, 0)
+    } else {
+        (*start, *count)
+    };
+    let allowed = used + cost <= policy.limit();
+    let charged = allowed && consume;
+    let used_after = if charged { used + cost } else { used };
+    if charged {
+        (*start, *count) = (window, used_after);
+    }
+    Verdict {
+        allowed,
+        // Saturating: a store may hold a count made under a larger limit.
+        remaining: policy.limit().saturating_sub(used_after),
+        fresh_at: fresh_at(window, used_after, period),
+        // The next window starts empty: any cost up to the limit fits.
+        retry_at: window + period,
+        delay: 0,
+        now,
+    }
+}

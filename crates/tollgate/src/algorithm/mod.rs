@@ -1,0 +1,218 @@
+//! The six algorithms as pure step functions.
+//!
+//! No I/O, no clock: time is an argument, in integer microseconds. Every
+//! function here has a Lua twin in the Redis store, and a differential test
+//! requires both to decide identically, so the arithmetic is integer-only and
+//! every intermediate value stays below 2^53 (guaranteed by [`Policy::new`]).
+//!
+//! Each algorithm follows the same shape: bring the stored state up to `now`
+//! (without mutating it), decide, and commit the new state only when the
+//! request is allowed and the caller consumes. A denied request never
+//! changes state, so it never consumes quota.
+
+mod fixed_window;
+mod gcra;
+mod leaky_bucket;
+mod sliding_log;
+mod sliding_window;
+mod token_bucket;
+
+pub use sliding_log::Log;
+
+use std::time::Duration;
+
+use crate::{Algorithm, Decision, Policy};
+
+/// The state one key holds for one policy.
+///
+/// Fields are public so that other stores can persist them; their units are
+/// documented per variant. Levels of the bucket algorithms are in scaled units
+/// where one token is [`Policy::scaled_unit`] and one microsecond adds
+/// [`Policy::scaled_rate`]: exact at any request rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// Units counted in the window starting at `start` (µs, a multiple of the period).
+    FixedWindow {
+        /// Start of the counted window.
+        start: u64,
+        /// Units admitted in it.
+        count: u64,
+    },
+    /// Units counted in the window starting at `start` and in the one before.
+    SlidingWindow {
+        /// Start of the current window (a multiple of the period).
+        start: u64,
+        /// Units admitted in the previous window.
+        prev: u64,
+        /// Units admitted in the current window.
+        curr: u64,
+    },
+    /// Every admitted request of the last period (boxed: it is the only
+    /// state that is not a few integers, and keeps `State` small).
+    SlidingLog(Box<Log>),
+    /// Tokens (scaled) at instant `last`.
+    TokenBucket {
+        /// Scaled tokens in the bucket at `last`.
+        level: u64,
+        /// When `level` was measured.
+        last: u64,
+    },
+    /// The theoretical arrival time: `tat_us + tat_frac / scaled_rate` µs.
+    Gcra {
+        /// Whole microseconds of the TAT.
+        tat_us: u64,
+        /// The fraction of a microsecond, in `1 / scaled_rate` steps.
+        tat_frac: u64,
+    },
+    /// Scaled units queued at instant `last`.
+    LeakyBucket {
+        /// Scaled units waiting in the queue at `last`.
+        level: u64,
+        /// When `level` was measured.
+        last: u64,
+    },
+}
+
+impl State {
+    /// The state of a key never seen (or whose state has expired) at `now`.
+    pub fn fresh(policy: &Policy, now: u64) -> State {
+        let p = policy.period_us();
+        match policy.algorithm() {
+            Algorithm::FixedWindow => State::FixedWindow {
+                start: now - now % p,
+                count: 0,
+            },
+            Algorithm::SlidingWindow => State::SlidingWindow {
+                start: now - now % p,
+                prev: 0,
+                curr: 0,
+            },
+            Algorithm::SlidingLog => State::SlidingLog(Box::default()),
+            Algorithm::TokenBucket => State::TokenBucket {
+                level: policy.burst() * policy.scaled_unit(),
+                last: now,
+            },
+            Algorithm::Gcra => State::Gcra {
+                tat_us: now,
+                tat_frac: 0,
+            },
+            Algorithm::LeakyBucket => State::LeakyBucket {
+                level: 0,
+                last: now,
+            },
+        }
+    }
+
+    /// The algorithm this state belongs to.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            State::FixedWindow { .. } => Algorithm::FixedWindow,
+            State::SlidingWindow { .. } => Algorithm::SlidingWindow,
+            State::SlidingLog(_) => Algorithm::SlidingLog,
+            State::TokenBucket { .. } => Algorithm::TokenBucket,
+            State::Gcra { .. } => Algorithm::Gcra,
+            State::LeakyBucket { .. } => Algorithm::LeakyBucket,
+        }
+    }
+
+    /// The instant (µs) from which this state is indistinguishable from a
+    /// fresh one: what the Redis TTL is set to and when the memory store may
+    /// drop the entry. Never earlier (that would re-grant a burst early).
+    pub fn fresh_at(&self, policy: &Policy) -> u64 {
+        let p = policy.period_us();
+        match *self {
+            State::FixedWindow { start, count } => fixed_window::fresh_at(start, count, p),
+            State::SlidingWindow { start, prev, curr } => {
+                sliding_window::fresh_at(start, prev, curr, p)
+            }
+            State::SlidingLog(ref log) => log.fresh_at(p),
+            State::TokenBucket { level, last } => token_bucket::fresh_at(policy, level, last),
+            State::Gcra { tat_us, tat_frac } => gcra::fresh_at(tat_us, tat_frac),
+            State::LeakyBucket { level, last } => leaky_bucket::fresh_at(policy, level, last),
+        }
+    }
+}
+
+/// Decides whether `cost` units may be spent at `now`, and when `consume` is
+/// true and the answer is yes, charges them to `state`.
+///
+/// A `state` of another algorithm (the policy changed under the same name) is
+/// replaced by a fresh one. `cost` should be at least 1; the limiter enforces
+/// it. `degraded` is always false here: stores and the limiter set it.
+///
+/// ```
+/// use tollgate::algorithm::{decide, State};
+/// let policy: tollgate::Policy = "fixed_window 2/s".parse().unwrap();
+/// let mut state = State::fresh(&policy, 0);
+/// assert!(decide(&policy, &mut state, 0, 1, true).allowed);
+/// assert!(decide(&policy, &mut state, 10, 1, true).allowed);
+/// let third = decide(&policy, &mut state, 20, 1, true);
+/// assert!(!third.allowed);
+/// // Allowed again when the window ends, at 1 s.
+/// assert_eq!(third.retry_after, Some(std::time::Duration::from_micros(1_000_000 - 20)));
+/// ```
+pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, consume: bool) -> Decision {
+    if state.algorithm() != policy.algorithm() {
+        *state = State::fresh(policy, now);
+    }
+    let verdict = match state {
+        State::FixedWindow { start, count } => {
+            fixed_window::decide(policy, start, count, now, cost, consume)
+        }
+        State::SlidingWindow { start, prev, curr } => {
+            sliding_window::decide(policy, start, prev, curr, now, cost, consume)
+        }
+        State::SlidingLog(log) => log.decide(policy, now, cost, consume),
+        State::TokenBucket { level, last } => {
+            token_bucket::decide(policy, level, last, now, cost, consume)
+        }
+        State::Gcra { tat_us, tat_frac } => {
+            gcra::decide(policy, tat_us, tat_frac, now, cost, consume)
+        }
+        State::LeakyBucket { level, last } => {
+            leaky_bucket::decide(policy, level, last, now, cost, consume)
+        }
+    };
+    verdict.into_decision(policy, cost)
+}
+
+/// What an algorithm computes, in microseconds; turned into a [`Decision`]
+/// in one place so that the shared rules (`retry_after` is `None` when the
+/// cost exceeds the capacity) live once.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    allowed: bool,
+    remaining: u64,
+    /// Absolute instant at which the state (after this decision) is fresh.
+    fresh_at: u64,
+    /// Absolute instant at which the same request would be allowed.
+    retry_at: u64,
+    /// For shaping: microseconds to wait before proceeding.
+    delay: u64,
+    now: u64,
+}
+
+impl Verdict {
+    fn into_decision(self, policy: &Policy, cost: u64) -> Decision {
+        let retry_after = (!self.allowed && cost <= policy.capacity())
+            .then(|| Duration::from_micros(self.retry_at.saturating_sub(self.now)));
+        Decision {
+            allowed: self.allowed,
+            limit: policy.capacity(),
+            remaining: self.remaining,
+            reset_after: Duration::from_micros(self.fresh_at.saturating_sub(self.now)),
+            retry_after,
+            delay: Duration::from_micros(self.delay),
+            degraded: false,
+        }
+    }
+}
+
+/// `ceil(a / b)` for `b > 0`.
+const fn div_ceil(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! Sliding window counter: the previous window's count, weighted by the part
+//! of it that the sliding window `(now - period, now]` still overlaps, plus
+//! the current window's count.
+//!
+//! All comparisons are multiplied through by the period so that they stay in
+//! integers: the request is allowed when
+//! `prev * (period - elapsed) + (curr + cost) * period <= limit * period`.
+
+use super::Verdict;
+use crate::Policy;
+
+pub(super) fn fresh_at(start: u64, prev: u64, curr: u64, period: u64) -> u64 {
+    if curr > 0 {
+        start + 2 * period
+    } else if prev > 0 {
+        start + period
+    } else {
+        0
+    }
+}
+
+/// The counters as seen at `now`: `(window start, prev, curr)`.
+fn normalize(start: u64, prev: u64, curr: u64, now: u64, period: u64) -> (u64, u64, u64) {
+    let window = now - now % period;
+    if window <= start {
+        // Same window, or the clock stepped back: keep what was counted.
+        (start, prev, curr)
+    } else if window == start + period {
+        (window, curr, 0)
+    } else {
+        (window, 0, 0)
+    }
+}
+
+pub(super) fn decide(
+    policy: &Policy,
+    start: &mut u64,
+    prev: &mut u64,
+    curr: &mut u64,
+    now: u64,
+    cost: u64,
+    consume: bool,
+) -> Verdict {
+    let period = policy.period_us();
+    let limit = policy.limit();
+    let (window, p, c) = normalize(*start, *prev, *curr, now, period);
+    let elapsed = now.saturating_sub(window);
+    // prev's weight: the part of the previous window still inside the slide.
+    let weighted_prev = p * (period - elapsed);
+    let budget = limit * period;
+    let allowed = cost <= limit && weighted_prev + (c + cost) * period <= budget;
+    let charged = allowed && consume;
+    let c_after = if charged { c + cost } else { c };
+    if charged {
+        (*start, *prev, *curr) = (window, p, c_after);
+    }
+    let remaining = budget.saturating_sub(weighted_prev + c_after * period) / period;
+    Verdict {
+        allowed,
+        remaining,
+        fresh_at: fresh_at(window, p, c_after, period),
+        retry_at: retry_at(window, p, c, period, limit, cost),
+        delay: 0,
+        now,
+    }
+}
+
+/// The earliest instant at which `cost` fits, if nothing else is admitted.
+/// The estimate only decreases with time (and is continuous at the window
+/// edge), so this is the first instant the inequality holds.
+fn retry_at(window: u64, prev: u64, curr: u64, period: u64, limit: u64, cost: u64) -> u64 {
+    // In the current window: prev * (period - e) <= room * period.
+    // The smallest e is `period - floor(room * period / prev)`; no `prev`
+    // means nothing decays in this window.
+    if let Some(room) = limit.checked_sub(curr + cost) {
+        if let Some(slack) = (room * period).checked_div(prev) {
+            let e = period - slack.min(period);
+            if e < period {
+                return window + e;
+            }
+        }
+    }
+    // In the next window, where the current count becomes the previous one
+    // (an empty current window leaves nothing to wait for).
+    let room = limit.saturating_sub(cost);
+    let e = (room * period)
+        .checked_div(curr)
+        .map_or(0, |slack| period - slack.min(period));
+    window + period + e
+}

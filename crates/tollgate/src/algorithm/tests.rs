@@ -1,0 +1,258 @@
+//! Edge cases of every algorithm, on explicit timelines.
+
+use std::time::Duration;
+
+use super::{State, decide};
+use crate::{Algorithm, Decision, Policy};
+
+const S: u64 = 1_000_000;
+
+fn policy(text: &str) -> Policy {
+    text.parse().expect("valid policy")
+}
+
+/// A key's timeline: one policy, one state.
+struct Key {
+    policy: Policy,
+    state: State,
+}
+
+impl Key {
+    fn new(text: &str) -> Self {
+        let policy = policy(text);
+        Key {
+            state: State::fresh(&policy, 0),
+            policy,
+        }
+    }
+    fn check(&mut self, now: u64, cost: u64) -> Decision {
+        decide(&self.policy, &mut self.state, now, cost, true)
+    }
+    fn peek(&mut self, now: u64, cost: u64) -> Decision {
+        decide(&self.policy, &mut self.state, now, cost, false)
+    }
+    /// Admitted units out of `n` single-unit requests at `now`.
+    fn burst(&mut self, now: u64, n: u64) -> u64 {
+        (0..n).filter(|_| self.check(now, 1).allowed).count() as u64
+    }
+}
+
+fn us(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_micros() as u64)
+}
+
+#[test]
+fn fixed_window_admits_twice_the_limit_across_an_edge() {
+    let mut k = Key::new("fixed_window 10/1s");
+    // Ten at the very end of one window, ten at the start of the next:
+    // twenty within two microseconds. This is the documented weakness.
+    assert_eq!(k.burst(S - 1, 20), 10);
+    assert_eq!(k.burst(S, 20), 10);
+    let denied = k.check(S + 1, 1);
+    assert!(!denied.allowed);
+    assert_eq!(us(denied.retry_after), Some(2 * S - (S + 1)));
+    assert_eq!(denied.remaining, 0);
+    assert_eq!(denied.reset_after, Duration::from_micros(S - 1));
+}
+
+#[test]
+fn fixed_window_windows_are_aligned_and_reset() {
+    let mut k = Key::new("fixed_window 3/1s");
+    let d = k.check(2 * S + 400_000, 2);
+    assert_eq!((d.allowed, d.remaining, d.limit), (true, 1, 3));
+    assert_eq!(d.reset_after, Duration::from_micros(600_000));
+    let d = k.check(2 * S + 500_000, 2);
+    assert!(!d.allowed, "cost above what remains is denied");
+    assert_eq!(d.remaining, 1, "and charges nothing");
+    assert!(k.check(2 * S + 500_000, 1).allowed);
+    assert!(k.check(3 * S, 3).allowed, "the next window starts empty");
+}
+
+#[test]
+fn sliding_window_weights_the_previous_window() {
+    let mut k = Key::new("sliding_window 10/1s");
+    assert_eq!(k.burst(0, 10), 10);
+    // A quarter into the next window, 3/4 of the previous one still counts:
+    // 7.5 estimated, so two more fit (9.5) and a third does not (10.5).
+    assert_eq!(k.burst(S + S / 4, 5), 2);
+    let d = k.peek(S + S / 4, 1);
+    assert!(!d.allowed);
+    // 10 * (1 - e) + 2 + 1 <= 10  <=>  e >= 0.3 s into the window.
+    assert_eq!(us(d.retry_after), Some(S + 300_000 - (S + S / 4)));
+    assert!(!k.check(S + 299_999, 1).allowed);
+    assert!(k.check(S + 300_000, 1).allowed);
+}
+
+#[test]
+fn sliding_window_retry_can_fall_in_the_next_window() {
+    let mut k = Key::new("sliding_window 4/1s");
+    assert_eq!(k.burst(S / 2, 4), 4);
+    // The current window is full: nothing fits until the next one, where the
+    // four count as `prev`; cost 2 needs 4 * (1 - e) + 2 <= 4, e >= 0.5 s.
+    let d = k.peek(S / 2, 2);
+    assert_eq!(us(d.retry_after), Some(S + S / 2 - S / 2));
+    assert!(!k.peek(S + S / 2 - 1, 2).allowed);
+    assert!(k.peek(S + S / 2, 2).allowed);
+    // A cost equal to the limit has to wait until the four no longer count.
+    let d = k.peek(S / 2, 4);
+    assert_eq!(us(d.retry_after), Some(2 * S - S / 2));
+}
+
+#[test]
+fn sliding_log_is_exact_over_any_window() {
+    let mut k = Key::new("sliding_log 3/1s");
+    assert!(k.check(100, 1).allowed);
+    assert!(k.check(500_000, 2).allowed);
+    let d = k.check(999_999, 1);
+    assert!(!d.allowed);
+    // The first unit expires at 100 + 1 s.
+    assert_eq!(us(d.retry_after), Some(S + 100 - 999_999));
+    assert!(!k.check(S + 99, 1).allowed);
+    assert!(k.check(S + 100, 1).allowed);
+    // Cost 2 needs the pair admitted at 0.5 s to expire.
+    let d = k.peek(S + 200, 2);
+    assert_eq!(us(d.retry_after), Some(S + 500_000 - (S + 200)));
+    // Fresh once the newest entry has expired.
+    assert_eq!(
+        d.reset_after,
+        Duration::from_micros(2 * S + 100 - (S + 200))
+    );
+}
+
+#[test]
+fn token_bucket_bursts_then_refills_at_the_rate() {
+    let mut k = Key::new("token_bucket 10/1s burst 20");
+    assert_eq!(k.burst(0, 25), 20);
+    let d = k.peek(0, 1);
+    assert_eq!(us(d.retry_after), Some(100_000));
+    assert_eq!(
+        d.reset_after,
+        Duration::from_secs(2),
+        "empty to full takes 20 / 10 per s"
+    );
+    assert!(!k.check(99_999, 1).allowed);
+    assert!(k.check(100_000, 1).allowed);
+    // After a long idle the bucket is full, not more.
+    assert_eq!(k.burst(1_000 * S, 25), 20);
+}
+
+#[test]
+fn refill_is_exact_at_any_request_rate() {
+    // 3 per second: one token every 333 333.3 µs. Polling every microsecond
+    // must not lose the fractions: exactly 3 tokens per second over 10 s.
+    for text in [
+        "token_bucket 3/1s burst 1",
+        "gcra 3/1s burst 1",
+        "leaky_bucket 3/1s burst 1",
+    ] {
+        let mut k = Key::new(text);
+        let mut admitted = 0;
+        let mut now = 0;
+        while now < 10 * S {
+            if k.check(now, 1).allowed {
+                admitted += 1;
+            }
+            now += 7; // a prime step, so polls never line up with refills
+        }
+        assert_eq!(admitted, 30, "{text}");
+    }
+}
+
+#[test]
+fn gcra_matches_a_token_bucket() {
+    let mut gcra = Key::new("gcra 7/3s burst 4");
+    let mut bucket = Key::new("token_bucket 7/3s burst 4");
+    let mut now = 0;
+    for i in 0..2_000u64 {
+        now += (i * 7919) % 611_111;
+        let cost = 1 + i % 3;
+        assert_eq!(
+            gcra.check(now, cost),
+            bucket.check(now, cost),
+            "at {now}, cost {cost}"
+        );
+    }
+}
+
+#[test]
+fn leaky_bucket_shapes_then_denies_when_full() {
+    let mut k = Key::new("leaky_bucket 10/1s burst 3");
+    let waits: Vec<_> = (0..4).map(|_| k.check(0, 1)).collect();
+    assert_eq!(waits[0].delay, Duration::ZERO);
+    assert_eq!(waits[1].delay, Duration::from_millis(100));
+    assert_eq!(waits[2].delay, Duration::from_millis(200));
+    assert!(!waits[3].allowed, "the queue holds three");
+    assert_eq!(us(waits[3].retry_after), Some(100_000));
+    assert_eq!(waits[2].reset_after, Duration::from_millis(300));
+    let d = k.check(150_000, 1);
+    assert!(d.allowed);
+    assert_eq!(d.delay, Duration::from_millis(150), "1.5 units still ahead");
+}
+
+#[test]
+fn costs_above_the_capacity_are_denied_forever() {
+    for algorithm in Algorithm::ALL {
+        let text = if algorithm.has_burst() {
+            format!("{algorithm} 5/1s burst 5")
+        } else {
+            format!("{algorithm} 5/1s")
+        };
+        let mut k = Key::new(&text);
+        let d = k.check(0, 6);
+        assert!(!d.allowed, "{text}");
+        assert_eq!(d.retry_after, None, "{text}: never allowed");
+        assert_eq!(d.remaining, 5, "{text}: nothing charged");
+        assert!(k.check(0, 5).allowed, "{text}: exactly the capacity fits");
+        let d = k.check(0, 1);
+        assert_eq!(
+            (d.allowed, d.remaining),
+            (false, 0),
+            "{text}: zero remaining"
+        );
+        assert!(d.retry_after.is_some(), "{text}");
+    }
+}
+
+#[test]
+fn peek_changes_nothing() {
+    for algorithm in Algorithm::ALL {
+        let mut k = Key::new(&format!("{algorithm} 4/1s"));
+        assert!(k.check(10, 2).allowed);
+        let before = k.state.clone();
+        let d = k.peek(20, 1);
+        assert_eq!(
+            (d.allowed, d.remaining),
+            (true, 2),
+            "{algorithm}: a peek reports what remains now"
+        );
+        assert_eq!(k.state, before, "{algorithm}");
+    }
+}
+
+#[test]
+fn a_clock_stepping_back_never_regrants() {
+    for algorithm in Algorithm::ALL {
+        let mut k = Key::new(&format!("{algorithm} 4/1s"));
+        assert_eq!(k.burst(5 * S, 4), 4, "{algorithm}");
+        assert!(!k.check(5 * S - 100_000, 1).allowed, "{algorithm}");
+    }
+}
+
+#[test]
+fn fresh_at_is_exactly_when_the_state_is_fresh_again() {
+    // Drained bucket of 100 refilling at 10/s: full again after 10 s, not 2 s.
+    let p = policy("token_bucket 10/1s burst 100");
+    let mut k = Key {
+        state: State::fresh(&p, 0),
+        policy: p,
+    };
+    assert_eq!(k.burst(0, 100), 100);
+    assert_eq!(k.state.fresh_at(&p), 10 * S);
+    let p = policy("gcra 10/1s burst 100");
+    let mut k = Key {
+        state: State::fresh(&p, 0),
+        policy: p,
+    };
+    assert_eq!(k.burst(0, 100), 100);
+    assert_eq!(k.state.fresh_at(&p), 10 * S);
+}

@@ -1,0 +1,331 @@
+//! The in-memory store: the embedded default.
+//!
+//! State is split over shards, each a hash table behind its own mutex, chosen
+//! by a hash of the identity alone, so every policy of one identity lives in
+//! one shard and a multi-policy check is atomic under one lock. There is no
+//! global lock.
+//!
+//! A `std::sync::Mutex` rather than an async one: the critical section is a
+//! hash lookup and a few integer operations, never held across an `.await`,
+//! and an uncontended std mutex costs a single atomic operation.
+//!
+//! Entries are dropped once their state is indistinguishable from fresh.
+//! Each shard sweeps itself when it has doubled in size since its last sweep,
+//! so memory stays within about twice the live entries without a background
+//! thread (and sweeping follows the store's clock, so tests with a
+//! [`ManualClock`](crate::ManualClock) are deterministic).
+//! [`MemoryStore::purge_expired`] sweeps every shard on demand.
+
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use smallvec::SmallVec;
+
+use super::{Decisions, Mode, PolicyRef, Store};
+use crate::algorithm::{State, decide};
+use crate::{Clock, Decision, Policy, StoreError, SystemClock};
+
+/// A shard never sweeps below this many entries: sweeping tiny tables often
+/// would cost more than the memory it frees.
+const MIN_SWEEP_LEN: usize = 1024;
+
+/// The embedded store: concurrent, atomic per key, bounded in memory.
+/// Cheap to clone; clones share state.
+///
+/// ```
+/// use tollgate::{Limiter, MemoryStore, ManualClock};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let clock = ManualClock::new(0);
+/// let store = MemoryStore::with_clock(clock.clone());
+/// let limiter = Limiter::builder(store).policy("api", "fixed_window 1/s".parse()?).build();
+/// assert!(limiter.check("api", "alice", 1).await?.allowed);
+/// assert!(!limiter.check("api", "alice", 1).await?.allowed);
+/// clock.advance_us(1_000_000);
+/// assert!(limiter.check("api", "alice", 1).await?.allowed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    /// Keyed hashing: identities are user input, and a fixed hash would let
+    /// a client aim every key at one bucket.
+    hasher: DefaultHashBuilder,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Entry>,
+    /// Sweep when the table reaches this length.
+    sweep_at: usize,
+}
+
+/// One `(policy name, identity)` state. Kept small (96 bytes on 64-bit),
+/// since a busy limiter holds one per active client and policy.
+struct Entry {
+    /// The identity's hash: shared by every policy of the identity, which
+    /// the name comparison tells apart.
+    hash: u64,
+    /// The policy name followed by the identity; inline up to 24 bytes
+    /// (an IP address and a short policy name), so most keys cost no
+    /// allocation of their own.
+    key: SmallVec<[u8; 24]>,
+    name_len: u32,
+    /// A fingerprint of the policy the state was built for: a state is only
+    /// read with the policy that wrote it (a changed policy starts fresh).
+    policy: u64,
+    state: State,
+    /// When `state` becomes indistinguishable from fresh.
+    fresh_at: u64,
+}
+
+impl Entry {
+    fn is(&self, name: &str, identity: &[u8]) -> bool {
+        let split = self.name_len as usize;
+        split == name.len()
+            && self.key[..split] == *name.as_bytes()
+            && self.key[split..] == *identity
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.inner.shards.len())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store on the system clock, with a shard count suited to this machine.
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock::new())
+    }
+
+    /// A store on `clock`.
+    pub fn with_clock(clock: impl Clock) -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Self::with_clock_and_shards(clock, (cores * 16).next_power_of_two())
+    }
+
+    /// A store on `clock` with `shards` shards (rounded up to a power of two).
+    pub fn with_clock_and_shards(clock: impl Clock, shards: usize) -> Self {
+        let shards = shards.max(1).next_power_of_two();
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..shards)
+                    .map(|_| {
+                        Mutex::new(Shard {
+                            table: HashTable::new(),
+                            sweep_at: MIN_SWEEP_LEN,
+                        })
+                    })
+                    .collect(),
+                hasher: DefaultHashBuilder::default(),
+                clock: Arc::new(clock),
+            }),
+        }
+    }
+
+    /// The number of entries held, including expired ones not yet swept.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| lock(s).table.len()).sum()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The number of entry slots allocated, a proxy for memory held.
+    pub fn capacity(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock(s).table.capacity())
+            .sum()
+    }
+
+    /// Drops every entry whose state is fresh again, in every shard, and
+    /// releases the memory of shards that shrank.
+    pub fn purge_expired(&self) {
+        for shard in self.inner.shards.iter() {
+            let now = self.inner.clock.now_us();
+            lock(shard).sweep(now);
+        }
+    }
+
+    /// Decides synchronously: the memory store never waits, so callers
+    /// outside async code (and benchmarks) can skip the future.
+    pub fn apply_sync(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Decisions {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let mut shard = inner.shard(hash);
+        // Read the clock under the lock, so that decisions on one shard see
+        // time in the order they are made.
+        let now = inner.clock.now_us();
+        let mut decisions = Decisions::new();
+        if let [policy] = policies {
+            decisions.push(shard.decide(
+                *policy,
+                inner.fingerprint(policy.policy),
+                hash,
+                key,
+                now,
+                cost,
+                mode,
+            ));
+        } else {
+            // All-or-nothing: look first, charge only if every policy allows.
+            for policy in policies {
+                let fp = inner.fingerprint(policy.policy);
+                decisions.push(shard.decide(*policy, fp, hash, key, now, cost, Mode::Peek));
+            }
+            if mode == Mode::Consume && decisions.iter().all(|d| d.allowed) {
+                decisions.clear();
+                for policy in policies {
+                    let fp = inner.fingerprint(policy.policy);
+                    decisions.push(shard.decide(*policy, fp, hash, key, now, cost, Mode::Consume));
+                }
+            }
+        }
+        if shard.table.len() >= shard.sweep_at {
+            shard.sweep(now);
+        }
+        decisions
+    }
+
+    fn reset_sync(&self, key: &[u8], policies: &[&str]) {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let mut shard = inner.shard(hash);
+        for name in policies {
+            if let Ok(entry) = shard.table.find_entry(hash, |e| e.is(name, key)) {
+                entry.remove();
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The shard of an identity: every policy of one identity in one shard.
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // High bits pick the shard; the table uses the low ones.
+        lock(&self.shards[(hash >> 40) as usize & (self.shards.len() - 1)])
+    }
+
+    fn fingerprint(&self, policy: &Policy) -> u64 {
+        self.hasher.hash_one(policy)
+    }
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        p: PolicyRef<'_>,
+        fingerprint: u64,
+        hash: u64,
+        key: &[u8],
+        now: u64,
+        cost: u64,
+        mode: Mode,
+    ) -> Decision {
+        let consume = mode == Mode::Consume;
+        if let Some(entry) = self.table.find_mut(hash, |e| e.is(p.name, key)) {
+            if entry.policy != fingerprint {
+                entry.policy = fingerprint;
+                entry.state = State::fresh(p.policy, now);
+            }
+            let decision = decide(p.policy, &mut entry.state, now, cost, consume);
+            if decision.allowed && consume {
+                entry.fresh_at = entry.state.fresh_at(p.policy);
+            }
+            return decision;
+        }
+        let mut state = State::fresh(p.policy, now);
+        let decision = decide(p.policy, &mut state, now, cost, consume);
+        if decision.allowed && consume {
+            let mut stored = SmallVec::with_capacity(p.name.len() + key.len());
+            stored.extend_from_slice(p.name.as_bytes());
+            stored.extend_from_slice(key);
+            let entry = Entry {
+                hash,
+                key: stored,
+                name_len: u32::try_from(p.name.len()).unwrap_or(u32::MAX),
+                policy: fingerprint,
+                fresh_at: state.fresh_at(p.policy),
+                state,
+            };
+            self.table.insert_unique(hash, entry, |e| e.hash);
+        }
+        decision
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.table.retain(|e| e.fresh_at > now);
+        let len = self.table.len();
+        if self.table.capacity() > 4 * len.max(MIN_SWEEP_LEN) {
+            self.table.shrink_to_fit(|e| e.hash);
+        }
+        self.sweep_at = (2 * len).max(MIN_SWEEP_LEN);
+    }
+}
+
+/// Locks a shard. A panic while holding the lock cannot leave a shard
+/// half-updated (every update is a whole-value assignment), so a poisoned
+/// lock is used as is rather than propagating the panic to every caller.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Store for MemoryStore {
+    async fn apply(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Decisions, StoreError> {
+        Ok(self.apply_sync(key, policies, cost, mode))
+    }
+
+    async fn reset(&self, key: &[u8], policies: &[&str]) -> Result<(), StoreError> {
+        self.reset_sync(key, policies);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn entries_stay_small() {
+        assert!(
+            size_of::<super::Entry>() <= 96,
+            "{}",
+            size_of::<super::Entry>()
+        );
+        assert!(size_of::<crate::algorithm::State>() <= 32);
+    }
+}

@@ -1,0 +1,65 @@
+//! Stores: where state lives and where a decision is made atomically.
+//!
+//! A [`Store`] applies one algorithm, or several at once, to one key. The
+//! [`memory`] store is the embedded default; the Redis store lives in the
+//! `tollgate-redis` crate and implements the same trait.
+
+pub mod memory;
+
+use std::future::Future;
+
+use smallvec::SmallVec;
+
+use crate::{Decision, Policy, StoreError};
+
+/// One policy applied to a key: its configured name (part of the state's
+/// identity) and its parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyRef<'a> {
+    /// The policy's name, e.g. `api`.
+    pub name: &'a str,
+    /// The policy.
+    pub policy: &'a Policy,
+}
+
+/// Decisions of one store call, one per policy, in the order given.
+pub type Decisions = SmallVec<[Decision; 2]>;
+
+/// Whether a call charges the cost or only looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Charge the cost when every policy allows it.
+    Consume,
+    /// Decide without charging anything.
+    Peek,
+}
+
+/// A place where rate limiting state lives, making decisions atomically.
+///
+/// Contract, checked by the conformance suite every store must pass:
+/// - `apply` decides `cost` for every policy against `key`'s state at the
+///   store's current time, atomically with respect to every other call;
+/// - with [`Mode::Consume`] the cost is charged to every policy only if all
+///   of them allow it (all-or-nothing); a denied call changes nothing;
+/// - with [`Mode::Peek`] nothing changes;
+/// - the state of `(policy name, key)` is independent of every other pair;
+/// - `reset` returns the named states of `key` to fresh.
+pub trait Store: Send + Sync + 'static {
+    /// Decides `cost` units against every policy in `policies` for `key`.
+    ///
+    /// `policies` is not empty and `cost` is at least 1 (the limiter checks).
+    fn apply(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
+
+    /// Forgets `key`'s state for each named policy.
+    fn reset(
+        &self,
+        key: &[u8],
+        policies: &[&str],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

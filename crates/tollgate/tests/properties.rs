@@ -1,0 +1,202 @@
+//! Property tests of the algorithms over random request sequences.
+
+use proptest::prelude::*;
+use tollgate::algorithm::{State, decide};
+use tollgate::{Algorithm, Policy};
+
+fn any_policy() -> impl Strategy<Value = Policy> {
+    policy_of(Algorithm::ALL.to_vec())
+}
+
+fn policy_of(algorithms: Vec<Algorithm>) -> impl Strategy<Value = Policy> {
+    (
+        proptest::sample::select(algorithms),
+        1u64..=20,
+        1_000u64..=3_000_000,
+        1u64..=30,
+    )
+        .prop_map(|(algorithm, limit, period_us, burst)| {
+            let burst = algorithm.has_burst().then_some(burst);
+            Policy::new(
+                algorithm,
+                limit,
+                std::time::Duration::from_micros(period_us),
+                burst,
+            )
+            .expect("generated policies are valid")
+        })
+}
+
+/// A policy and a timeline of `(time step, cost)`, steps up to two periods.
+fn scenario() -> impl Strategy<Value = (Policy, Vec<(u64, u64)>)> {
+    any_policy().prop_flat_map(|p| {
+        let step = 0..=2 * p.period_us() / p.limit().max(1) + 1;
+        let cost = 1..=p.capacity() + 1;
+        (Just(p), proptest::collection::vec((step, cost), 1..150))
+    })
+}
+
+/// Runs a timeline from a start instant, returning every admitted `(t, cost)`.
+fn run(policy: &Policy, start: u64, steps: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut state = State::fresh(policy, start);
+    let mut now = start;
+    let mut admitted = Vec::new();
+    for &(dt, cost) in steps {
+        now += dt;
+        let d = decide(policy, &mut state, now, cost, true);
+        if d.allowed {
+            admitted.push((now, cost));
+        }
+    }
+    admitted
+}
+
+/// Cost admitted in `[from, to]`.
+fn admitted_between(admitted: &[(u64, u64)], from: u64, to: u64) -> u64 {
+    admitted
+        .iter()
+        .filter(|&&(t, _)| t >= from && t <= to)
+        .map(|&(_, c)| c)
+        .sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        // Regression seeds live next to this file and are committed.
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct("tests/properties.proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn admitted_cost_never_exceeds_the_policy((policy, steps) in scenario(), start in 0u64..10_000_000) {
+        let admitted = run(&policy, start, &steps);
+        let (limit, period) = (policy.limit(), policy.period_us());
+        for &(t, _) in &admitted {
+            // Every window of one period that starts at an admitted request.
+            let in_period = admitted_between(&admitted, t, t + period - 1);
+            match policy.algorithm() {
+                Algorithm::SlidingLog => prop_assert!(in_period <= limit),
+                // Documented: up to twice the limit across a window edge.
+                Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                    prop_assert!(in_period <= 2 * limit);
+                    let window = t - t % period;
+                    prop_assert!(admitted_between(&admitted, window, window + period - 1) <= limit);
+                }
+                // Buckets: the capacity plus what refills over the interval.
+                Algorithm::TokenBucket | Algorithm::Gcra | Algorithm::LeakyBucket => {
+                    for &(u, _) in admitted.iter().filter(|&&(u, _)| u >= t) {
+                        let refill = u128::from(u - t) * u128::from(limit) / u128::from(period);
+                        let bound = u128::from(policy.burst()) + refill;
+                        prop_assert!(u128::from(admitted_between(&admitted, t, u)) <= bound);
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn steady_traffic_at_the_policy_rate_is_always_admitted(
+        // The sliding window counter is an approximation: at exactly the rate
+        // after a full window it counts the previous window as if uniform
+        // and may deny (documented in docs/ALGORITHMS.md).
+        policy in policy_of(Algorithm::ALL.into_iter().filter(|a| a.is_exact()).collect()),
+        start in 0u64..10_000_000,
+        count in 1u64..200,
+    ) {
+        let (limit, period) = (policy.limit(), policy.period_us());
+        // Each request at least one emission interval after the previous one.
+        let gap = period.div_ceil(limit);
+        let mut state = State::fresh(&policy, start);
+        for k in 0..count {
+            let now = start + k * gap;
+            let d = decide(&policy, &mut state, now, 1, true);
+            prop_assert!(d.allowed, "request {k} at {now} denied: {d:?}");
+        }
+        // The k-th request exactly k * period / limit after the first, rounded
+        // up to whole µs, so a gap may be a fraction of a µs short of the
+        // interval. Windows absorb that; a bucket needs room for one unit of
+        // rounding (burst >= 2) — a full bucket of one cannot bank the
+        // overflow, which is what a token bucket is.
+        if !policy.algorithm().has_burst() || policy.burst() >= 2 {
+            let mut state = State::fresh(&policy, start);
+            for k in 0..count {
+                let now = start + (k * period).div_ceil(limit);
+                let d = decide(&policy, &mut state, now, 1, true);
+                prop_assert!(d.allowed, "scheduled request {k} at {now} denied: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn remaining_never_exceeds_limit_and_retry_after_is_honest((policy, steps) in scenario()) {
+        let mut state = State::fresh(&policy, 0);
+        let mut now = 0;
+        for &(dt, cost) in &steps {
+            now += dt;
+            let d = decide(&policy, &mut state, now, cost, true);
+            prop_assert!(d.remaining <= d.limit);
+            prop_assert_eq!(d.limit, policy.capacity());
+            if d.allowed {
+                prop_assert_eq!(d.retry_after, None);
+                continue;
+            }
+            match d.retry_after {
+                None => prop_assert!(cost > policy.capacity()),
+                Some(r) => {
+                    let r = r.as_micros() as u64;
+                    prop_assert!(r > 0, "a denial with retry_after 0");
+                    let mut at = state.clone();
+                    prop_assert!(decide(&policy, &mut at, now + r, cost, false).allowed,
+                        "not allowed at retry_after {r}");
+                    let mut before = state.clone();
+                    prop_assert!(!decide(&policy, &mut before, now + r - 1, cost, false).allowed,
+                        "already allowed 1 µs before retry_after {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reset_after_is_exactly_when_the_state_is_fresh((policy, steps) in scenario()) {
+        let mut state = State::fresh(&policy, 0);
+        let mut now = 0;
+        for &(dt, cost) in &steps {
+            now += dt;
+            let d = decide(&policy, &mut state, now, cost, true);
+            let fresh_at = now + d.reset_after.as_micros() as u64;
+            prop_assert_eq!(fresh_at.max(now), state.fresh_at(&policy).max(now));
+            if d.reset_after.is_zero() {
+                continue;
+            }
+            for c in [1, policy.capacity()] {
+                let mut aged = state.clone();
+                let mut fresh = State::fresh(&policy, fresh_at);
+                prop_assert_eq!(
+                    decide(&policy, &mut aged, fresh_at, c, false),
+                    decide(&policy, &mut fresh, fresh_at, c, false)
+                );
+            }
+            let mut almost = state.clone();
+            let d = decide(&policy, &mut almost, fresh_at - 1, 1, false);
+            prop_assert!(d.remaining < policy.capacity(), "fresh already 1 µs early: {d:?}");
+        }
+    }
+
+    #[test]
+    fn gcra_and_token_bucket_agree((policy, steps) in scenario()) {
+        let policy = Policy::new(Algorithm::Gcra, policy.limit(), policy.period(), Some(policy.capacity()))
+            .expect("same parameters");
+        let bucket = Policy::new(Algorithm::TokenBucket, policy.limit(), policy.period(), Some(policy.burst()))
+            .expect("same parameters");
+        let (mut g, mut b) = (State::fresh(&policy, 0), State::fresh(&bucket, 0));
+        let mut now = 0;
+        for &(dt, cost) in &steps {
+            now += dt;
+            prop_assert_eq!(decide(&policy, &mut g, now, cost, true), decide(&bucket, &mut b, now, cost, true));
+        }
+    }
+}
