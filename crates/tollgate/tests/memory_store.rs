@@ -1,0 +1,171 @@
+//! Properties of the memory store beyond the shared conformance suite.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tollgate::{Algorithm, ManualClock, MemoryStore, Mode, Policy, PolicyRef};
+
+fn policy(text: &str) -> Policy {
+    text.parse().expect("valid policy")
+}
+
+#[test]
+fn eight_threads_on_one_key_admit_exactly_the_limit() {
+    for algorithm in Algorithm::ALL.into_iter().filter(|a| a.is_exact()) {
+        for limit in [1u64, 7, 1000] {
+            let clock = ManualClock::new(1_000_000);
+            let store = MemoryStore::with_clock(clock);
+            let p = policy(&format!("{algorithm} {limit}/1h"));
+            let admitted = Arc::new(AtomicU64::new(0));
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        let refs = [PolicyRef {
+                            name: "p",
+                            policy: &p,
+                        }];
+                        for _ in 0..2 * limit {
+                            if store.apply_sync(b"hot", &refs, 1, Mode::Consume)[0].allowed {
+                                admitted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(
+                admitted.load(Ordering::Relaxed),
+                limit,
+                "{algorithm} {limit}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_million_one_off_keys_leave_memory_bounded() {
+    let clock = ManualClock::new(0);
+    let store = MemoryStore::with_clock_and_shards(clock.clone(), 16);
+    let policies: Vec<Policy> = Algorithm::ALL
+        .iter()
+        .map(|a| policy(&format!("{a} 5/10ms")))
+        .collect();
+    let mut peak_len = 0;
+    let mut peak_capacity = 0;
+    for i in 0..1_000_000u64 {
+        // One request per key, 1 µs apart: at any instant only the keys of
+        // the last 20 ms (two periods, for the sliding window) are live.
+        clock.advance_us(1);
+        let p = &policies[(i % 6) as usize];
+        let refs = [PolicyRef {
+            name: "p",
+            policy: p,
+        }];
+        assert!(store.apply_sync(&i.to_le_bytes(), &refs, 1, Mode::Consume)[0].allowed);
+        if i % 10_000 == 0 {
+            peak_len = peak_len.max(store.len());
+            peak_capacity = peak_capacity.max(store.capacity());
+        }
+    }
+    // Live keys: at most 20 000. Each shard sweeps when it doubles, never
+    // below 1024 entries: 16 shards x 2048 plus the live set bounds it.
+    assert!(peak_len <= 16 * 2048 + 20_000, "peak {peak_len} entries");
+    assert!(
+        peak_capacity <= 4 * (16 * 2048 + 20_000),
+        "peak capacity {peak_capacity}"
+    );
+    clock.advance_us(20_000);
+    store.purge_expired();
+    assert_eq!(store.len(), 0, "every state is fresh again");
+    assert!(
+        store.capacity() <= 16 * 4096,
+        "memory released: capacity {}",
+        store.capacity()
+    );
+}
+
+#[test]
+fn expired_entries_are_dropped_but_live_ones_kept() {
+    let clock = ManualClock::new(0);
+    let store = MemoryStore::with_clock(clock.clone());
+    let long = policy("token_bucket 1/1h burst 1");
+    let short = policy("fixed_window 1/1s");
+    let apply = |key: &[u8], p: &Policy| {
+        store.apply_sync(
+            key,
+            &[PolicyRef {
+                name: "p",
+                policy: p,
+            }],
+            1,
+            Mode::Consume,
+        )[0]
+    };
+    assert!(apply(b"long", &long).allowed);
+    assert!(apply(b"short", &short).allowed);
+    clock.advance_us(1_000_000);
+    store.purge_expired();
+    assert_eq!(store.len(), 1);
+    assert!(
+        !apply(b"long", &long).allowed,
+        "purging must not forget a live state"
+    );
+}
+
+#[test]
+fn a_changed_policy_under_the_same_name_starts_fresh() {
+    let store = MemoryStore::with_clock(ManualClock::new(0));
+    let before = policy("fixed_window 1/1h");
+    let after = policy("fixed_window 3/1h");
+    let apply = |p: &Policy| {
+        store.apply_sync(
+            b"k",
+            &[PolicyRef {
+                name: "p",
+                policy: p,
+            }],
+            1,
+            Mode::Consume,
+        )[0]
+    };
+    assert!(apply(&before).allowed);
+    assert!(!apply(&before).allowed);
+    let d = apply(&after);
+    assert_eq!((d.allowed, d.remaining), (true, 2));
+}
+
+#[tokio::test]
+async fn the_limiter_rejects_what_it_cannot_decide() {
+    use tollgate::{Error, Limiter};
+    let limiter = Limiter::builder(MemoryStore::new())
+        .policy("api", policy("10/s"))
+        .max_key_len(8)
+        .build();
+    assert!(
+        matches!(limiter.check("nope", "k", 1).await, Err(Error::UnknownPolicy(name)) if name == "nope")
+    );
+    assert!(matches!(
+        limiter.check("api", "k", 0).await,
+        Err(Error::ZeroCost)
+    ));
+    assert!(matches!(
+        limiter.check("api", "123456789", 1).await,
+        Err(Error::KeyTooLong { len: 9, max: 8 })
+    ));
+    assert!(matches!(
+        limiter.check_all(&[], "k", 1).await,
+        Err(Error::NoPolicy)
+    ));
+    assert!(matches!(
+        limiter.check_all(&["api", "nope"], "k", 1).await,
+        Err(Error::UnknownPolicy(_))
+    ));
+    assert!(matches!(
+        limiter.reset("nope", "k").await,
+        Err(Error::UnknownPolicy(_))
+    ));
+    // Nothing above was charged.
+    assert_eq!(
+        limiter.check("api", "k", 1).await.expect("works").remaining,
+        9
+    );
+}
