@@ -200,8 +200,11 @@ impl<S: Store> Limiter<S> {
     pub async fn reset(&self, policy: &str, key: impl AsRef<[u8]>) -> Result<(), Error> {
         let key = key.as_ref();
         self.validate_key(key)?;
-        self.lookup(policy)?;
-        Ok(self.inner.store.reset(key, &[policy]).await?)
+        let refs = [PolicyRef {
+            name: policy,
+            policy: self.lookup(policy)?,
+        }];
+        Ok(self.inner.store.reset(key, &refs).await?)
     }
 
     async fn one(&self, name: &str, key: &[u8], cost: u64, mode: Mode) -> Result<Decision, Error> {

@@ -40,6 +40,5 @@ pub(super) fn decide(
         // The next window starts empty: any cost up to the limit fits.
         retry_at: window + period,
         delay: 0,
-        now,
     }
 }

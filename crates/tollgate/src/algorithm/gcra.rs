@@ -61,6 +61,5 @@ pub(super) fn decide(
         },
         retry_at: now + div_ceil((before + cost * unit).saturating_sub(tolerance), rate),
         delay: 0,
-        now,
     }
 }

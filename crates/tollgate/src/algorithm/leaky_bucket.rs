@@ -54,6 +54,5 @@ pub(super) fn decide(
         fresh_at: fresh_at(policy, after, stamp),
         retry_at: now + div_ceil((current + cost * unit).saturating_sub(capacity), rate),
         delay: if allowed { div_ceil(current, rate) } else { 0 },
-        now,
     }
 }

@@ -156,30 +156,68 @@ pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, consume: 
     if state.algorithm() != policy.algorithm() {
         *state = State::fresh(policy, now);
     }
+    // A cost above the capacity can never pass: report the state as it is
+    // (a zero-cost look) and deny. Deciding it here, before any arithmetic,
+    // also keeps `cost * unit` within bounds in every algorithm below.
+    let over = cost > policy.capacity();
+    let (cost_used, consume) = if over { (0, false) } else { (cost, consume) };
     let verdict = match state {
         State::FixedWindow { start, count } => {
-            fixed_window::decide(policy, start, count, now, cost, consume)
+            fixed_window::decide(policy, start, count, now, cost_used, consume)
         }
         State::SlidingWindow { start, prev, curr } => {
-            sliding_window::decide(policy, start, prev, curr, now, cost, consume)
+            sliding_window::decide(policy, start, prev, curr, now, cost_used, consume)
         }
-        State::SlidingLog(log) => log.decide(policy, now, cost, consume),
+        State::SlidingLog(log) => log.decide(policy, now, cost_used, consume),
         State::TokenBucket { level, last } => {
-            token_bucket::decide(policy, level, last, now, cost, consume)
+            token_bucket::decide(policy, level, last, now, cost_used, consume)
         }
         State::Gcra { tat_us, tat_frac } => {
-            gcra::decide(policy, tat_us, tat_frac, now, cost, consume)
+            gcra::decide(policy, tat_us, tat_frac, now, cost_used, consume)
         }
         State::LeakyBucket { level, last } => {
-            leaky_bucket::decide(policy, level, last, now, cost, consume)
+            leaky_bucket::decide(policy, level, last, now, cost_used, consume)
         }
     };
-    verdict.into_decision(policy, cost)
+    decision_from_parts(
+        policy,
+        cost,
+        verdict.allowed && !over,
+        verdict.remaining,
+        verdict.fresh_at.saturating_sub(now),
+        verdict.retry_at.saturating_sub(now),
+        verdict.delay,
+    )
 }
 
-/// What an algorithm computes, in microseconds; turned into a [`Decision`]
-/// in one place so that the shared rules (`retry_after` is `None` when the
-/// cost exceeds the capacity) live once.
+/// Builds a [`Decision`] from an algorithm's raw outputs (microseconds
+/// relative to now). Every store goes through this one function — the memory
+/// store here, the Redis store with the numbers its Lua script returns — so
+/// the shared rules live once: `retry_after` is `None` for an allowed request
+/// and for a cost above the capacity, `delay` only for an allowed one.
+pub fn decision_from_parts(
+    policy: &Policy,
+    cost: u64,
+    allowed: bool,
+    remaining: u64,
+    reset_after_us: u64,
+    retry_after_us: u64,
+    delay_us: u64,
+) -> Decision {
+    let allowed = allowed && cost <= policy.capacity();
+    Decision {
+        allowed,
+        limit: policy.capacity(),
+        remaining,
+        reset_after: Duration::from_micros(reset_after_us),
+        retry_after: (!allowed && cost <= policy.capacity())
+            .then(|| Duration::from_micros(retry_after_us)),
+        delay: Duration::from_micros(if allowed { delay_us } else { 0 }),
+        degraded: false,
+    }
+}
+
+/// What an algorithm computes, as absolute instants in microseconds.
 #[derive(Debug, Clone, Copy)]
 struct Verdict {
     allowed: bool,
@@ -190,23 +228,6 @@ struct Verdict {
     retry_at: u64,
     /// For shaping: microseconds to wait before proceeding.
     delay: u64,
-    now: u64,
-}
-
-impl Verdict {
-    fn into_decision(self, policy: &Policy, cost: u64) -> Decision {
-        let retry_after = (!self.allowed && cost <= policy.capacity())
-            .then(|| Duration::from_micros(self.retry_at.saturating_sub(self.now)));
-        Decision {
-            allowed: self.allowed,
-            limit: policy.capacity(),
-            remaining: self.remaining,
-            reset_after: Duration::from_micros(self.fresh_at.saturating_sub(self.now)),
-            retry_after,
-            delay: Duration::from_micros(self.delay),
-            degraded: false,
-        }
-    }
 }
 
 /// `ceil(a / b)` for `b > 0`.

@@ -10,11 +10,15 @@ use crate::Policy;
 /// Admitted requests, oldest first: `(admitted at µs, cost)`.
 ///
 /// Requests admitted in the same microsecond are merged into one entry; the
-/// Redis twin keeps them as distinct sorted-set members, which counts the same.
+/// Redis twin keeps one sorted-set member per unit, which counts the same.
+/// A running total keeps a decision from summing every entry: only the
+/// expired ones at the front are visited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Log {
     /// `(admitted at µs, cost)`, in admission order (non-decreasing instants).
     pub entries: VecDeque<(u64, u64)>,
+    /// The sum of every entry's cost, expired ones included.
+    pub total: u64,
 }
 
 impl Log {
@@ -38,7 +42,13 @@ impl Log {
     ) -> Verdict {
         let period = policy.period_us();
         let limit = policy.limit();
-        let used: u64 = self.active(now, period).map(|&(_, c)| c).sum();
+        let expired: u64 = self
+            .entries
+            .iter()
+            .take_while(|&&(t, _)| t + period <= now)
+            .map(|&(_, c)| c)
+            .sum();
+        let used = self.total - expired;
         let allowed = used + cost <= limit;
         // A clock stepping back must not put an entry before a newer one:
         // it is recorded at the newest instant seen, which only delays expiry.
@@ -66,13 +76,14 @@ impl Log {
             self.fresh_at(period)
         };
         if charged {
-            while self
-                .entries
-                .front()
-                .is_some_and(|&(t, _)| t + period <= now)
-            {
+            while let Some(&(t, c)) = self.entries.front() {
+                if t + period > now {
+                    break;
+                }
                 self.entries.pop_front();
+                self.total -= c;
             }
+            self.total += cost;
             match self.entries.back_mut() {
                 Some((t, c)) if *t == stamp => *c += cost,
                 _ => self.entries.push_back((stamp, cost)),
@@ -84,7 +95,6 @@ impl Log {
             fresh_at: if used_after == 0 { 0 } else { fresh_at },
             retry_at,
             delay: 0,
-            now,
         }
     }
 }

@@ -61,7 +61,6 @@ pub(super) fn decide(
         fresh_at: fresh_at(window, p, c_after, period),
         retry_at: retry_at(window, p, c, period, limit, cost),
         delay: 0,
-        now,
     }
 }
 

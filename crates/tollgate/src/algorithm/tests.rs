@@ -198,6 +198,12 @@ fn costs_above_the_capacity_are_denied_forever() {
             format!("{algorithm} 5/1s")
         };
         let mut k = Key::new(&text);
+        let d = k.check(0, u64::MAX);
+        assert_eq!(
+            (d.allowed, d.retry_after, d.remaining),
+            (false, None, 5),
+            "{text}: no overflow"
+        );
         let d = k.check(0, 6);
         assert!(!d.allowed, "{text}");
         assert_eq!(d.retry_after, None, "{text}: never allowed");

@@ -54,6 +54,5 @@ pub(super) fn decide(
         fresh_at: fresh_at(policy, after, stamp),
         retry_at: now + div_ceil((cost * unit).saturating_sub(current), rate),
         delay: 0,
-        now,
     }
 }

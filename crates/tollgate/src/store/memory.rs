@@ -214,12 +214,12 @@ impl MemoryStore {
         decisions
     }
 
-    fn reset_sync(&self, key: &[u8], policies: &[&str]) {
+    fn reset_sync(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
         let mut shard = inner.shard(hash);
-        for name in policies {
-            if let Ok(entry) = shard.table.find_entry(hash, |e| e.is(name, key)) {
+        for policy in policies {
+            if let Ok(entry) = shard.table.find_entry(hash, |e| e.is(policy.name, key)) {
                 entry.remove();
             }
         }
@@ -311,7 +311,7 @@ impl Store for MemoryStore {
         Ok(self.apply_sync(key, policies, cost, mode))
     }
 
-    async fn reset(&self, key: &[u8], policies: &[&str]) -> Result<(), StoreError> {
+    async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         self.reset_sync(key, policies);
         Ok(())
     }

@@ -56,10 +56,10 @@ pub trait Store: Send + Sync + 'static {
         mode: Mode,
     ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
-    /// Forgets `key`'s state for each named policy.
+    /// Forgets `key`'s state for each policy.
     fn reset(
         &self,
         key: &[u8],
-        policies: &[&str],
+        policies: &[PolicyRef<'_>],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
