@@ -1,0 +1,196 @@
+//! The Redis process helpers start real servers and clusters, and killing,
+//! restarting, hanging and dropping them does what a store's tests rely on.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use tollgate_testkit::redis::{RedisCluster, RedisServer};
+
+/// Sends an inline `PING` and returns the first reply line, waiting at most
+/// 200 ms for it.
+fn ping(port: u16) -> io::Result<String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream = TcpStream::connect_timeout(&address, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    (&stream).write_all(b"PING\r\n")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+#[test]
+fn a_standalone_server_answers_ping_and_set_get() {
+    let server = RedisServer::start();
+    assert_eq!(ping(server.port()).unwrap(), "+PONG");
+    assert_eq!(server.url(), format!("redis://127.0.0.1:{}", server.port()));
+    assert_eq!(server.cli(&["PING"]), "PONG");
+    assert_eq!(server.cli(&["SET", "tollgate:key", "41"]), "OK");
+    assert_eq!(server.cli(&["INCR", "tollgate:key"]), "42");
+    assert_eq!(server.cli(&["GET", "tollgate:key"]), "42");
+    let info = server.cli(&["INFO", "server"]);
+    assert!(
+        info.contains(&format!("process_id:{}", server.pid())),
+        "{info}"
+    );
+}
+
+#[test]
+fn extra_arguments_reach_the_server() {
+    let server = RedisServer::start_with(&["--maxmemory", "1mb"]);
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "maxmemory"]),
+        "maxmemory\n1048576"
+    );
+    // The defaults hold: nothing is persisted, only loopback is served.
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "appendonly"]),
+        "appendonly\nno"
+    );
+    assert_eq!(server.cli(&["CONFIG", "GET", "save"]), "save");
+    assert_eq!(server.cli(&["CONFIG", "GET", "bind"]), "bind\n127.0.0.1");
+}
+
+#[test]
+fn two_servers_get_different_ports() {
+    let first = RedisServer::start();
+    let second = RedisServer::start();
+    assert_ne!(first.port(), second.port());
+    first.cli(&["SET", "only-here", "1"]);
+    assert_eq!(second.cli(&["EXISTS", "only-here"]), "0");
+}
+
+#[test]
+fn kill_makes_connections_fail_and_is_idempotent() {
+    let mut server = RedisServer::start();
+    let pid = server.pid();
+    server.kill();
+    let error = ping(server.port()).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused, "{error}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    server.kill();
+}
+
+#[test]
+fn restart_comes_back_on_the_same_port_with_no_data() {
+    let mut server = RedisServer::start_with(&["--maxmemory", "2mb"]);
+    let port = server.port();
+    let first_pid = server.pid();
+    server.cli(&["SET", "before", "1"]);
+    server.kill();
+    server.restart();
+    assert_eq!(server.port(), port);
+    assert_ne!(server.pid(), first_pid);
+    assert_eq!(ping(port).unwrap(), "+PONG");
+    assert_eq!(server.cli(&["EXISTS", "before"]), "0");
+    // The same arguments again.
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "maxmemory"]),
+        "maxmemory\n2097152"
+    );
+    // Restarting a running server replaces it.
+    let second_pid = server.pid();
+    server.restart();
+    assert_ne!(server.pid(), second_pid);
+    assert!(!Path::new(&format!("/proc/{second_pid}")).exists());
+    assert_eq!(ping(port).unwrap(), "+PONG");
+}
+
+#[test]
+fn sigstop_hangs_the_server_and_sigcont_resumes_it() {
+    let server = RedisServer::start();
+    server.stop_signal();
+    let error = ping(server.port()).unwrap_err();
+    assert!(is_timeout(&error), "expected a timeout, got {error}");
+    server.cont_signal();
+    assert_eq!(ping(server.port()).unwrap(), "+PONG");
+}
+
+#[test]
+fn drop_leaves_no_process_even_when_stopped() {
+    let server = RedisServer::start();
+    let pid = server.pid();
+    let port = server.port();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    server.stop_signal();
+    drop(server);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(ping(port).is_err());
+}
+
+#[test]
+fn drop_during_a_panic_leaves_no_process() {
+    let (pid_sender, pid_receiver) = std::sync::mpsc::channel();
+    let outcome = std::thread::spawn(move || {
+        let server = RedisServer::start();
+        pid_sender.send(server.pid()).unwrap();
+        panic!("the test failed while the server ran");
+    })
+    .join();
+    assert!(outcome.is_err());
+    let pid = pid_receiver.recv().unwrap();
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn a_three_master_cluster_is_ok_with_every_slot_assigned() {
+    let mut cluster = RedisCluster::start(3, 0);
+    assert_eq!(cluster.urls().len(), 3);
+    assert_eq!(cluster.master_ports().len(), 3);
+    for node in cluster.nodes() {
+        let info = node.cli(&["CLUSTER", "INFO"]);
+        assert!(info.contains("cluster_state:ok"), "{info}");
+        assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+        assert!(info.contains("cluster_known_nodes:3"), "{info}");
+    }
+    // Keys are spread by slot: `redis-cli -c` follows redirections.
+    let node = &cluster.nodes()[0];
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(node.cli(&["-c", "SET", key, "1"]), "OK");
+    }
+}
+
+#[test]
+fn a_cluster_with_replicas_fails_over_when_a_master_dies() {
+    let mut cluster = RedisCluster::start(3, 1);
+    assert_eq!(cluster.nodes().len(), 6);
+    assert_eq!(cluster.urls().len(), 6);
+    let masters = cluster.master_ports();
+    assert_eq!(masters.len(), 3);
+    let nodes = cluster.nodes()[0].cli(&["CLUSTER", "NODES"]);
+    assert_eq!(
+        nodes.lines().filter(|l| l.contains("slave")).count(),
+        3,
+        "{nodes}"
+    );
+
+    let dead = masters[0];
+    let node = cluster
+        .nodes()
+        .iter_mut()
+        .find(|n| n.port() == dead)
+        .unwrap();
+    node.kill();
+    cluster.wait_until_ok(Duration::from_secs(15));
+    let after = cluster.master_ports();
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(!after.contains(&dead), "{after:?}");
+
+    // The old master comes back as the same node and rejoins as a replica.
+    let node = cluster
+        .nodes()
+        .iter_mut()
+        .find(|n| n.port() == dead)
+        .unwrap();
+    node.restart();
+    cluster.wait_until_ok(Duration::from_secs(15));
+    assert!(!cluster.master_ports().contains(&dead));
+}
