@@ -1,0 +1,329 @@
+//! The Redis store against the raw ceiling of the same script, in one run.
+//!
+//! `cargo bench -p tollgate-redis --bench redis_store` (takes about a minute;
+//! `TOLLGATE_BENCH_SECS` sets the seconds per measurement, default 3).
+//!
+//! Starts its own redis-server on a free loopback port, then measures:
+//! 1. the ceiling: `redis-benchmark` running the very same `EVALSHA` (the
+//!    decision script, gcra, consuming) with `-P 1 -c 50`, `-P 16 -c 50` and
+//!    `-P 1 -c 1`, on one hot key;
+//! 2. decisions per second and latency through `Limiter` over `RedisStore`
+//!    at 1 and 50 concurrent callers, for gcra, token_bucket and sliding_log,
+//!    on one hot key and on 100 000 random keys;
+//! 3. Redis memory per idle key for each algorithm (`INFO memory` over
+//!    100 000 keys) next to a plain integer counter with the same key names
+//!    and a TTL.
+//!
+//! Policies never deny (10^9 per hour), so every call does the full write path.
+
+#![allow(missing_docs)]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tollgate::{Algorithm, Limiter, Policy};
+use tollgate_redis::{RedisOptions, RedisStore, script};
+use tollgate_testkit::redis::RedisServer;
+
+const KEYS: u64 = 100_000;
+
+fn seconds() -> u64 {
+    std::env::var("TOLLGATE_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+}
+
+fn policy(algorithm: Algorithm) -> Policy {
+    let text = match algorithm {
+        Algorithm::SlidingLog => "sliding_log 1000000/1h".to_owned(),
+        a => format!("{a} 1000000000/1h"),
+    };
+    text.parse().expect("valid")
+}
+
+struct Ceiling {
+    label: &'static str,
+    rps: f64,
+    p50_us: f64,
+}
+
+/// Runs redis-benchmark on the decision script; returns requests/s and p50.
+fn redis_benchmark(server: &RedisServer, pipeline: u32, clients: u32, requests: u32) -> (f64, f64) {
+    let p = policy(Algorithm::Gcra);
+    let port = server.port().to_string();
+    let args: Vec<String> = vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port,
+        "-n".into(),
+        requests.to_string(),
+        "-c".into(),
+        clients.to_string(),
+        "-P".into(),
+        pipeline.to_string(),
+        "--precision".into(),
+        "3".into(),
+        "EVALSHA".into(),
+        script::SCRIPT.get_hash().into(),
+        "1".into(),
+        "tollgate:{hot}:bench:gcra".into(),
+        "1".into(),
+        "1".into(),
+        "".into(),
+        "1".into(),
+        "gcra".into(),
+        p.limit().to_string(),
+        p.period_us().to_string(),
+        p.burst().to_string(),
+        p.scaled_unit().to_string(),
+        p.scaled_rate().to_string(),
+    ];
+    let out = Command::new("redis-benchmark")
+        .args(&args)
+        .output()
+        .expect("redis-benchmark (apt-get install redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(
+        !text.contains("ERR") && !text.contains("NOSCRIPT"),
+        "redis-benchmark errors:\n{text}"
+    );
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("throughput summary:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no throughput in:\n{text}"));
+    let mut lines = text.lines().skip_while(|l| !l.contains("latency summary"));
+    let header: Vec<&str> = lines
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let values: Vec<f64> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let p50 = header
+        .iter()
+        .position(|h| *h == "p50")
+        .and_then(|i| values.get(i))
+        .copied()
+        .unwrap_or(f64::NAN);
+    (rps, p50 * 1000.0)
+}
+
+struct Run {
+    algorithm: Algorithm,
+    keys: &'static str,
+    callers: usize,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+async fn load(store: &RedisStore, algorithm: Algorithm, random_keys: bool, callers: usize) -> Run {
+    let limiter = Limiter::builder(store.clone())
+        .policy("bench", policy(algorithm))
+        .build();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let (limiter, stop, count) = (limiter.clone(), stop.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                let mut i = c as u64 * 7919;
+                while !stop.load(Ordering::Relaxed) {
+                    i = i
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let key = if random_keys {
+                        format!("user-{}", (i >> 33) % KEYS)
+                    } else {
+                        "hot".to_owned()
+                    };
+                    let t = Instant::now();
+                    let d = limiter.check("bench", key, 1).await.expect("redis");
+                    hist.record(t.elapsed().as_micros() as u64)
+                        .expect("in range");
+                    assert!(d.allowed);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                hist
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds())).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for t in tasks {
+        hist.add(t.await.expect("task")).expect("same bounds");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Run {
+        algorithm,
+        keys: if random_keys { "100k random" } else { "hot" },
+        callers,
+        rps: count.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+    }
+}
+
+fn used_memory(server: &RedisServer) -> i64 {
+    let info = server.cli(&["INFO", "memory"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+async fn memory_per_key(server: &RedisServer, store: &RedisStore) -> Vec<(String, f64)> {
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut rows = Vec::new();
+    // Baseline: the same key names holding a plain integer with a TTL.
+    server.cli(&["FLUSHALL"]);
+    let before = used_memory(server);
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("SET")
+                .arg(format!("{}:{{user-{i:06}}}:bench:gcra", store.prefix()))
+                .arg(1_790_000_000_000_000u64)
+                .arg("PX")
+                .arg(3_600_000)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut con).await.expect("pipeline");
+    }
+    rows.push((
+        "plain counter (SET key <int> PX)".to_owned(),
+        (used_memory(server) - before) as f64 / KEYS as f64,
+    ));
+    for algorithm in Algorithm::ALL {
+        server.cli(&["FLUSHALL"]);
+        let before = used_memory(server);
+        // 100/1h: every state stays live (36 s per unit) for the whole
+        // measurement, and a whole number of µs per unit: gcra stores one integer.
+        let policy: Policy = format!("{algorithm} 100/1h").parse().expect("valid");
+        let limiter = Limiter::builder(store.clone())
+            .policy("bench", policy)
+            .build();
+        let tasks: Vec<_> = (0..50u64)
+            .map(|t| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move {
+                    for i in (t..KEYS).step_by(50) {
+                        limiter
+                            .check("bench", format!("user-{i:06}"), 1)
+                            .await
+                            .expect("redis");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        rows.push((
+            algorithm.name().to_owned(),
+            (used_memory(server) - before) as f64 / KEYS as f64,
+        ));
+    }
+    rows
+}
+
+fn main() {
+    let server = RedisServer::start();
+    server.cli(&["SCRIPT", "LOAD", script::SOURCE]);
+    let n = (seconds() * 100_000) as u32;
+    let ceilings: Vec<Ceiling> = [
+        ("-P 1 -c 50", 1, 50, n),
+        ("-P 16 -c 50", 16, 50, 4 * n),
+        ("-P 1 -c 1", 1, 1, n / 5),
+    ]
+    .into_iter()
+    .map(|(label, p, c, requests)| {
+        let (rps, p50_us) = redis_benchmark(&server, p, c, requests);
+        Ceiling { label, rps, p50_us }
+    })
+    .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (runs, memory) = runtime.block_on(async {
+        let store = RedisStore::connect(
+            &server.url(),
+            RedisOptions::default().timeout(Duration::from_secs(5)),
+        )
+        .await
+        .expect("connect");
+        let mut runs = Vec::new();
+        for algorithm in [
+            Algorithm::Gcra,
+            Algorithm::TokenBucket,
+            Algorithm::SlidingLog,
+        ] {
+            for random in [false, true] {
+                for callers in [1, 50] {
+                    server.cli(&["FLUSHALL"]);
+                    runs.push(load(&store, algorithm, random, callers).await);
+                }
+            }
+        }
+        (runs, memory_per_key(&server, &store).await)
+    });
+
+    println!("\n== ceiling: redis-benchmark, the same EVALSHA (gcra, hot key)");
+    println!("{:<14} {:>12} {:>10}", "mode", "req/s", "p50 µs");
+    for c in &ceilings {
+        println!("{:<14} {:>12.0} {:>10.0}", c.label, c.rps, c.p50_us);
+    }
+    let unpipelined = ceilings[0].rps;
+    let pipelined = ceilings[1].rps;
+    let single_p50 = ceilings[2].p50_us;
+    println!("\n== Limiter over RedisStore");
+    println!(
+        "{:<13} {:<12} {:>7} {:>11} {:>8} {:>8}  vs ceiling",
+        "algorithm", "keys", "callers", "decisions/s", "p50 µs", "p99 µs"
+    );
+    for r in &runs {
+        let versus = if r.callers == 50 {
+            format!(
+                "{:.2}x -P1, {:.2}x -P16",
+                r.rps / unpipelined,
+                r.rps / pipelined
+            )
+        } else {
+            format!("p50 {:+.0} µs vs -c 1", r.p50_us as f64 - single_p50)
+        };
+        println!(
+            "{:<13} {:<12} {:>7} {:>11.0} {:>8} {:>8}  {}",
+            r.algorithm.name(),
+            r.keys,
+            r.callers,
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            versus
+        );
+    }
+    println!("\n== Redis memory per idle key (100 000 keys, used_memory delta)");
+    for (name, bytes) in memory {
+        println!("{name:<34} {bytes:>7.1} B");
+    }
+}

@@ -1,0 +1,33 @@
+//! The Redis store for tollgate: the shared decision that makes limits hold
+//! across every instance of a service.
+//!
+//! - [`store`]: [`RedisStore`], a [`tollgate::Store`] over one Redis or a
+//!   Redis Cluster, one multiplexed connection for all callers;
+//! - [`script`]: the decision script (one Lua file per algorithm, the twin
+//!   of each Rust step function, plus a dispatcher), evaluated with one
+//!   `EVALSHA` per decision on Redis's own clock;
+//! - [`keys`]: key names with escaped identities and a Cluster hash tag.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tollgate::Limiter;
+//! use tollgate_redis::{RedisOptions, RedisStore};
+//!
+//! let store = RedisStore::connect("redis://127.0.0.1:6379/0", RedisOptions::default().prefix("myapp")).await?;
+//! let limiter = Limiter::builder(store)
+//!     .policy("api", "sliding_log 100/1m".parse()?)
+//!     .build();
+//! if !limiter.check("api", "203.0.113.7", 1).await?.allowed {
+//!     // reply 429
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/REDIS.md` for URL forms, Cluster, TLS and how Redis's
+//! `maxmemory-policy` affects limits.
+
+pub mod keys;
+pub mod script;
+pub mod store;
+
+pub use store::{ConnectError, RedisOptions, RedisStore};

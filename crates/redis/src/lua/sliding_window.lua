@@ -1,0 +1,51 @@
+-- sliding_window: KEYS[i] is a string "start:prev:curr".
+-- Twin of crates/tollgate/src/algorithm/sliding_window.rs.
+
+local function sliding_window_fresh_at(start, prev, curr, period)
+  if curr > 0 then return start + 2 * period end
+  if prev > 0 then return start + period end
+  return 0
+end
+
+local function sliding_window_retry_at(window, prev, curr, period, limit, cost)
+  local room = limit - (curr + cost)
+  if room >= 0 and prev > 0 then
+    local e = period - imin(idiv(room * period, prev), period)
+    if e < period then return window + e end
+  end
+  room = imax(0, limit - cost)
+  local e = 0
+  if curr > 0 then e = period - imin(idiv(room * period, curr), period) end
+  return window + period + e
+end
+
+ALG.sliding_window = function(key, p, now, cost, consume)
+  local period, limit = p.period, p.limit
+  local aligned = now - now % period
+  local start, prev, curr = aligned, 0, 0
+  local v = redis.call('GET', key)
+  if v then start, prev, curr = parse(v) end
+  local window, pv, cv
+  if aligned <= start then
+    window, pv, cv = start, prev, curr
+  elseif aligned == start + period then
+    window, pv, cv = aligned, curr, 0
+  else
+    window, pv, cv = aligned, 0, 0
+  end
+  local elapsed = imax(0, now - window)
+  local weighted_prev = pv * (period - elapsed)
+  local budget = limit * period
+  local allowed = cost <= limit and weighted_prev + (cv + cost) * period <= budget
+  local charged = allowed and consume
+  local c_after = cv
+  if charged then
+    c_after = cv + cost
+    store(key, fmt(window) .. ':' .. fmt(pv) .. ':' .. fmt(c_after), now,
+      sliding_window_fresh_at(window, pv, c_after, period))
+  end
+  local remaining = idiv(imax(0, budget - (weighted_prev + c_after * period)), period)
+  return allowed, remaining, sliding_window_fresh_at(window, pv, c_after, period),
+    sliding_window_retry_at(window, pv, cv, period, limit, cost), 0
+end
+

@@ -1,0 +1,446 @@
+//! [`RedisStore`]: the [`Store`] whose state lives in Redis or Redis Cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, RedisFuture, Value};
+use tollgate::algorithm::decision_from_parts;
+use tollgate::{Decisions, Mode, PolicyRef, Store, StoreError};
+
+use crate::keys::{InvalidPrefix, state_key, validate_prefix};
+use crate::script::{SCRIPT, SOURCE};
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "tollgate";
+
+/// The default bound on one store call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How to reach Redis and how to name keys.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// The first part of every key (no braces). Default `tollgate`.
+    pub prefix: String,
+    /// Every call (one script evaluation) fails with
+    /// [`StoreError::Timeout`] after this long. Default 50 ms.
+    pub timeout: Duration,
+    /// Connecting fails after this long. Default 1 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Sets the key prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the per-call timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// Why a store could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The key prefix is invalid.
+    #[error(transparent)]
+    Prefix(#[from] InvalidPrefix),
+    /// The URL is not a valid Redis URL.
+    #[error("invalid Redis URL `{url}`: {source}")]
+    Url {
+        /// The URL, with any password replaced.
+        url: String,
+        /// The parser's reason.
+        source: RedisError,
+    },
+    /// Redis could not be reached.
+    #[error("cannot connect to Redis: {0}")]
+    Connect(RedisError),
+    /// A Cluster store needs at least one seed URL.
+    #[error("a Redis Cluster needs at least one seed URL")]
+    NoSeeds,
+}
+
+/// One connection type over both topologies: both redis-rs connections are
+/// multiplexed (concurrent calls share one socket and are pipelined),
+/// reconnect on their own, and are cheap to clone.
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Standalone(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Rate limiting state in Redis: every decision is one `EVALSHA` of one Lua
+/// script that reads, decides and writes atomically, on Redis's clock.
+/// Cheap to clone; clones share the connection.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use tollgate::Limiter;
+/// use tollgate_redis::{RedisOptions, RedisStore};
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379", RedisOptions::default()).await?;
+/// let limiter = Limiter::builder(store).policy("api", "100/1m".parse()?).build();
+/// let decision = limiter.check("api", "user-1", 1).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Connection,
+    prefix: String,
+    timeout: Duration,
+    /// Tests only: the time sent to the script instead of Redis's clock.
+    #[cfg(feature = "test-clock")]
+    clock: Option<tollgate::ManualClock>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topology = match self.inner.connection {
+            Connection::Standalone(_) => "standalone",
+            Connection::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("topology", &topology)
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisStore {
+    /// Connects to one Redis server. The URL is `redis://` or `rediss://`
+    /// (TLS, via rustls), with optional `user:password@` (ACL) and `/db`.
+    ///
+    /// # Errors
+    /// [`ConnectError`] for an invalid URL or prefix, or when Redis cannot be
+    /// reached within the connect timeout.
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, ConnectError> {
+        validate_prefix(&options.prefix)?;
+        let client = redis::Client::open(url).map_err(|source| ConnectError::Url {
+            url: redact(url),
+            source,
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(options.connect_timeout)
+            .set_response_timeout(options.timeout)
+            // Reconnect quickly after Redis comes back: at most 200 ms apart.
+            .set_max_delay(200)
+            .set_number_of_retries(2);
+        let manager = tokio::time::timeout(
+            options.connect_timeout,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| {
+            ConnectError::Connect(RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        })?
+        .map_err(ConnectError::Connect)?;
+        Ok(Self::new(Connection::Standalone(manager), options))
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`seeds`);
+    /// the topology is discovered from them and refreshed when slots move
+    /// (`MOVED`/`ASK` are followed).
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect), and [`ConnectError::NoSeeds`].
+    pub async fn connect_cluster<U: AsRef<str>>(
+        seeds: &[U],
+        options: RedisOptions,
+    ) -> Result<Self, ConnectError> {
+        validate_prefix(&options.prefix)?;
+        if seeds.is_empty() {
+            return Err(ConnectError::NoSeeds);
+        }
+        let mut infos = Vec::with_capacity(seeds.len());
+        for seed in seeds {
+            let url = seed.as_ref();
+            let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|source| {
+                ConnectError::Url {
+                    url: redact(url),
+                    source,
+                }
+            })?;
+            infos.push(info);
+        }
+        let client = ClusterClientBuilder::new(infos)
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.timeout)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()
+            .map_err(ConnectError::Connect)?;
+        let connection =
+            tokio::time::timeout(options.connect_timeout, client.get_async_connection())
+                .await
+                .map_err(|_| {
+                    ConnectError::Connect(RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )))
+                })?
+                .map_err(ConnectError::Connect)?;
+        Ok(Self::new(Connection::Cluster(connection), options))
+    }
+
+    fn new(connection: Connection, options: RedisOptions) -> Self {
+        RedisStore {
+            inner: Arc::new(Inner {
+                connection,
+                prefix: options.prefix,
+                timeout: options.timeout,
+                #[cfg(feature = "test-clock")]
+                clock: None,
+            }),
+        }
+    }
+
+    /// Tests only: make the script use `clock` instead of Redis's `TIME`, so
+    /// a test can drive a timeline. Never compiled into production builds
+    /// (feature `test-clock`).
+    #[cfg(feature = "test-clock")]
+    #[doc(hidden)]
+    pub fn with_test_clock(self, clock: tollgate::ManualClock) -> Self {
+        let inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_test_clock before cloning the store"));
+        RedisStore {
+            inner: Arc::new(Inner {
+                clock: Some(clock),
+                ..inner
+            }),
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The key holding `identity`'s state for `policy`.
+    pub fn key(&self, identity: &[u8], policy: &PolicyRef<'_>) -> Vec<u8> {
+        state_key(
+            &self.inner.prefix,
+            identity,
+            policy.name,
+            policy.policy.algorithm(),
+        )
+    }
+
+    fn now_arg(&self) -> String {
+        #[cfg(feature = "test-clock")]
+        if let Some(clock) = &self.inner.clock {
+            return tollgate::Clock::now_us(clock).to_string();
+        }
+        String::new()
+    }
+
+    /// Runs `cmd` within the timeout.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        match tokio::time::timeout(self.inner.timeout, cmd.query_async::<T>(&mut connection)).await
+        {
+            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
+            Ok(result) => result.map_err(store_error),
+        }
+    }
+
+    async fn decide(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Decisions, StoreError> {
+        let now = self.now_arg();
+        let evalsha = self.command(
+            "EVALSHA",
+            SCRIPT.get_hash(),
+            key,
+            policies,
+            cost,
+            mode,
+            &now,
+        );
+        let reply: Vec<i64> = match self.run(&evalsha).await {
+            // The script is missing after a restart, a failover or SCRIPT
+            // FLUSH: EVAL sends it whole, which also caches it on that node.
+            Err(StoreError::Unavailable(message)) if message.starts_with("NOSCRIPT") => {
+                let eval = self.command("EVAL", SOURCE, key, policies, cost, mode, &now);
+                self.run(&eval).await?
+            }
+            other => other?,
+        };
+        parse_reply(&reply, policies, cost)
+    }
+
+    /// `EVALSHA <sha>` or `EVAL <source>`, with the keys and arguments that
+    /// main.lua documents.
+    #[allow(clippy::too_many_arguments)]
+    fn command(
+        &self,
+        verb: &str,
+        script: &str,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+        now: &str,
+    ) -> Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script).arg(policies.len());
+        for policy in policies {
+            cmd.arg(self.key(key, policy));
+        }
+        let consume = if mode == Mode::Consume { "1" } else { "0" };
+        cmd.arg(consume).arg(cost).arg(now).arg(policies.len());
+        for p in policies {
+            let policy = p.policy;
+            cmd.arg(policy.algorithm().name())
+                .arg(policy.limit())
+                .arg(policy.period_us())
+                .arg(policy.burst())
+                .arg(policy.scaled_unit())
+                .arg(policy.scaled_rate());
+        }
+        cmd
+    }
+}
+
+/// Turns the script's five integers per policy into decisions.
+fn parse_reply(
+    reply: &[i64],
+    policies: &[PolicyRef<'_>],
+    cost: u64,
+) -> Result<Decisions, StoreError> {
+    if reply.len() != 5 * policies.len() {
+        return Err(StoreError::Protocol(format!(
+            "decision script returned {} values for {} policies",
+            reply.len(),
+            policies.len()
+        )));
+    }
+    let field = |v: i64| {
+        u64::try_from(v).map_err(|_| {
+            StoreError::Protocol(format!("negative value {v} from the decision script"))
+        })
+    };
+    policies
+        .iter()
+        .zip(reply.chunks_exact(5))
+        .map(|(p, r)| {
+            Ok(decision_from_parts(
+                p.policy,
+                cost,
+                r[0] == 1,
+                field(r[1])?,
+                field(r[2])?,
+                field(r[3])?,
+                field(r[4])?,
+            ))
+        })
+        .collect()
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    if e.kind() == redis::ErrorKind::NoScriptError {
+        return StoreError::Unavailable(format!("NOSCRIPT {e}"));
+    }
+    if e.is_timeout() {
+        return StoreError::Unavailable(format!("timed out: {e}"));
+    }
+    match e.kind() {
+        redis::ErrorKind::TypeError
+        | redis::ErrorKind::ResponseError
+        | redis::ErrorKind::ExtensionError => StoreError::Protocol(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl Store for RedisStore {
+    async fn apply(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Decisions, StoreError> {
+        self.decide(key, policies, cost, mode).await
+    }
+
+    async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+        let mut del = redis::cmd("DEL");
+        for policy in policies {
+            del.arg(self.key(key, policy));
+        }
+        self.run::<i64>(&del).await.map(|_| ())
+    }
+}

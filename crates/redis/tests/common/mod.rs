@@ -1,0 +1,40 @@
+//! Shared helpers of the Redis store's tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tollgate::ManualClock;
+use tollgate_redis::{RedisOptions, RedisStore};
+
+/// A prefix no other store in this test process uses, so cases never see
+/// each other's keys.
+pub fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn options() -> RedisOptions {
+    RedisOptions::default()
+        .prefix(unique_prefix())
+        .timeout(std::time::Duration::from_secs(5))
+}
+
+/// A standalone store driven by `clock`.
+pub async fn standalone(url: &str, clock: ManualClock) -> RedisStore {
+    RedisStore::connect(url, options())
+        .await
+        .expect("connect")
+        .with_test_clock(clock)
+}
+
+/// A Cluster store driven by `clock`.
+pub async fn cluster(urls: &[String], clock: ManualClock) -> RedisStore {
+    RedisStore::connect_cluster(urls, options())
+        .await
+        .expect("connect to cluster")
+        .with_test_clock(clock)
+}

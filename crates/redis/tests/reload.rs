@@ -1,0 +1,75 @@
+//! The script is reloaded by itself after `SCRIPT FLUSH` and after Redis
+//! restarts, with no restart of the client.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tollgate::Limiter;
+use tollgate_redis::RedisStore;
+use tollgate_testkit::redis::RedisServer;
+
+async fn limiter(server: &RedisServer) -> Limiter<RedisStore> {
+    let store = RedisStore::connect(&server.url(), common::options())
+        .await
+        .expect("connect");
+    Limiter::builder(store)
+        .policy("api", "fixed_window 3/1h".parse().expect("valid"))
+        .build()
+}
+
+#[tokio::test]
+async fn script_flush_is_survived() {
+    let server = RedisServer::start();
+    let limiter = limiter(&server).await;
+    assert_eq!(
+        limiter.check("api", "k", 1).await.expect("redis").remaining,
+        2
+    );
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    assert_eq!(
+        limiter
+            .check("api", "k", 1)
+            .await
+            .expect("reloaded")
+            .remaining,
+        1
+    );
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(
+        stats.contains("cmdstat_eval:"),
+        "the script was sent again with EVAL:\n{stats}"
+    );
+    // Cached again: the next call is a plain EVALSHA.
+    assert_eq!(
+        limiter.check("api", "k", 1).await.expect("redis").remaining,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_redis_is_used_again_within_a_second() {
+    let mut server = RedisServer::start();
+    let limiter = limiter(&server).await;
+    assert!(limiter.check("api", "k", 1).await.expect("redis").allowed);
+    server.kill();
+    assert!(limiter.check("api", "k", 1).await.is_err(), "Redis is down");
+    server.restart();
+    let back = Instant::now();
+    loop {
+        match limiter.check("api", "k", 1).await {
+            // A fresh server: empty state, and the script had to be reloaded.
+            Ok(d) => {
+                assert_eq!(d.remaining, 2);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(1),
+                    "still failing after 1 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
