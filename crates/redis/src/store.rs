@@ -30,6 +30,10 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Connecting fails after this long. Default 1 s.
     pub connect_timeout: Duration,
+    /// For `rediss://` URLs: the CA certificate (PEM) that signed the
+    /// server's certificate, when it is not in the public (webpki) roots —
+    /// the usual case for a private Redis. `None` trusts the public roots.
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl Default for RedisOptions {
@@ -38,6 +42,7 @@ impl Default for RedisOptions {
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: Duration::from_secs(1),
+            tls_root_cert: None,
         }
     }
 }
@@ -59,6 +64,22 @@ impl RedisOptions {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Trusts `pem` (a CA certificate) for `rediss://` connections.
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        install_crypto_provider();
+        self.tls_root_cert
+            .as_ref()
+            .map(|pem| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            })
     }
 }
 
@@ -164,6 +185,14 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// rustls needs a process-wide crypto provider and cannot choose one when
+/// the dependency graph enables none or several: without this, the first
+/// `rediss://` connection panics. Installs ring unless the application has
+/// installed a provider of its own.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -183,7 +212,14 @@ impl RedisStore {
     /// reached within the connect timeout.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<Self, ConnectError> {
         validate_prefix(&options.prefix)?;
-        let client = redis::Client::open(url).map_err(|source| ConnectError::Url {
+        if url.starts_with("rediss:") {
+            install_crypto_provider();
+        }
+        let client = match options.certificates() {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates),
+            None => redis::Client::open(url),
+        }
+        .map_err(|source| ConnectError::Url {
             url: redact(url),
             source,
         })?;
@@ -224,6 +260,9 @@ impl RedisStore {
         let mut infos = Vec::with_capacity(seeds.len());
         for seed in seeds {
             let url = seed.as_ref();
+            if url.starts_with("rediss:") {
+                install_crypto_provider();
+            }
             let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|source| {
                 ConnectError::Url {
                     url: redact(url),
@@ -232,14 +271,16 @@ impl RedisStore {
             })?;
             infos.push(info);
         }
-        let client = ClusterClientBuilder::new(infos)
+        let mut builder = ClusterClientBuilder::new(infos)
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.timeout)
             .retries(2)
             .min_retry_wait(10)
-            .max_retry_wait(200)
-            .build()
-            .map_err(ConnectError::Connect)?;
+            .max_retry_wait(200);
+        if let Some(certificates) = options.certificates() {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build().map_err(ConnectError::Connect)?;
         let connection =
             tokio::time::timeout(options.connect_timeout, client.get_async_connection())
                 .await

@@ -1,0 +1,181 @@
+//! URL forms against real servers: TLS (rediss://, rustls) with a private
+//! CA, an ACL user with a password, and a database number.
+
+use std::path::Path;
+use std::process::Command;
+
+use tollgate::Limiter;
+use tollgate_redis::{RedisOptions, RedisStore};
+use tollgate_testkit::redis::RedisServer;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 signed by it.
+fn certificates(dir: &Path) {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tollgate test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("tollgate-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    certificates(&dir);
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let tls_port = free_port().to_string();
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca = std::fs::read(dir.join("ca.crt")).expect("ca");
+    let store = RedisStore::connect(&url, RedisOptions::default().tls_root_cert(ca))
+        .await
+        .expect("TLS connection");
+    let limiter = Limiter::builder(store)
+        .policy("api", "fixed_window 2/1h".parse().expect("valid"))
+        .build();
+    assert_eq!(
+        limiter
+            .check("api", "tls-client", 1)
+            .await
+            .expect("decides over TLS")
+            .remaining,
+        1
+    );
+    assert_eq!(
+        server.cli(&["EXISTS", "tollgate:{tls-client}:api:fixed_window"]),
+        "1",
+        "state written through TLS"
+    );
+    // The public roots do not trust a private CA: connecting must fail, not
+    // silently fall back to plain text.
+    let err = RedisStore::connect(&url, RedisOptions::default())
+        .await
+        .expect_err("untrusted certificate");
+    assert!(err.to_string().contains("connect"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn acl_user_password_and_database_from_the_url() {
+    let server = RedisServer::start();
+    server.cli(&[
+        "ACL", "SETUSER", "limiter", "on", ">s3cret", "~*", "&*", "+@all",
+    ]);
+    // From here on, only the ACL user can log in.
+    server.cli(&["ACL", "SETUSER", "default", "off"]);
+    let url = format!("redis://limiter:s3cret@127.0.0.1:{}/3", server.port());
+    let store = RedisStore::connect(&url, RedisOptions::default())
+        .await
+        .expect("ACL login");
+    let limiter = Limiter::builder(store)
+        .policy("api", "fixed_window 2/1h".parse().expect("valid"))
+        .build();
+    assert!(
+        limiter
+            .check("api", "acl-client", 1)
+            .await
+            .expect("decides")
+            .allowed
+    );
+    let in_db3 = server.cli(&[
+        "--user",
+        "limiter",
+        "--pass",
+        "s3cret",
+        "--no-auth-warning",
+        "-n",
+        "3",
+        "EXISTS",
+        "tollgate:{acl-client}:api:fixed_window",
+    ]);
+    assert_eq!(in_db3, "1", "the key lives in database 3");
+    let wrong = format!("redis://limiter:wrong@127.0.0.1:{}/3", server.port());
+    let err = RedisStore::connect(&wrong, RedisOptions::default())
+        .await
+        .expect_err("bad password");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password is not echoed: {err}"
+    );
+}
