@@ -39,6 +39,40 @@ async fn connect(urls: &[String], prefix: &str) -> RedisStore {
     }
 }
 
+/// Runs `tasks` tasks making `per_task` single-unit checks each, spread
+/// over `limiters`; returns how many were admitted.
+async fn admitted_by(
+    limiters: &[Limiter<RedisStore>],
+    name: &str,
+    tasks: usize,
+    per_task: usize,
+) -> u64 {
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let limiter = limiters[t % limiters.len()].clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                for _ in 0..per_task {
+                    n += u64::from(
+                        limiter
+                            .check(&name, "shared", 1)
+                            .await
+                            .expect("redis")
+                            .allowed,
+                    );
+                }
+                n
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for h in handles {
+        admitted += h.await.expect("task");
+    }
+    admitted
+}
+
 /// `instances` limiters with their own connection, 64 tasks in all.
 async fn hammer(urls: &[String], instances: usize) {
     let prefix = common::unique_prefix();
@@ -48,29 +82,7 @@ async fn hammer(urls: &[String], instances: usize) {
             let store = connect(urls, &prefix).await;
             limiters.push(Limiter::builder(store).policy(name.clone(), policy).build());
         }
-        let tasks: Vec<_> = (0..64)
-            .map(|t| {
-                let limiter = limiters[t % instances].clone();
-                let name = name.clone();
-                tokio::spawn(async move {
-                    let mut n = 0u64;
-                    for _ in 0..4 {
-                        n += u64::from(
-                            limiter
-                                .check(&name, "shared", 1)
-                                .await
-                                .expect("redis")
-                                .allowed,
-                        );
-                    }
-                    n
-                })
-            })
-            .collect();
-        let mut admitted = 0;
-        for t in tasks {
-            admitted += t.await.expect("task");
-        }
+        let admitted = admitted_by(&limiters, &name, 64, 4).await;
         assert_eq!(
             admitted, 100,
             "{name}: {instances} instances x 64 tasks admitted {admitted}"
@@ -175,29 +187,7 @@ fn worker(spec: &str) {
             let limiter = Limiter::builder(store.clone())
                 .policy(name.clone(), policy)
                 .build();
-            let tasks: Vec<_> = (0..16)
-                .map(|_| {
-                    let limiter = limiter.clone();
-                    let name = name.clone();
-                    tokio::spawn(async move {
-                        let mut n = 0u64;
-                        for _ in 0..4 {
-                            n += u64::from(
-                                limiter
-                                    .check(&name, "shared", 1)
-                                    .await
-                                    .expect("redis")
-                                    .allowed,
-                            );
-                        }
-                        n
-                    })
-                })
-                .collect();
-            let mut admitted = 0;
-            for t in tasks {
-                admitted += t.await.expect("task");
-            }
+            let admitted = admitted_by(&[limiter], &name, 16, 4).await;
             println!("admitted {name} {admitted}");
         }
     });
