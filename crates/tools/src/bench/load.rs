@@ -284,7 +284,7 @@ impl YamlDuration {
 #[derive(Debug, Deserialize)]
 struct ArtilleryScenario {
     #[serde(default)]
-    flow: Vec<serde_yaml::Mapping>,
+    flow: Vec<serde_norway::Mapping>,
 }
 
 /// Reads phases (and the target) from an Artillery YAML file.
@@ -294,7 +294,7 @@ struct ArtilleryScenario {
 pub fn read_artillery(path: &Path) -> Result<(Vec<Phase>, ArtilleryTarget), BenchError> {
     let fail = |reason: String| BenchError::Args(format!("{}: {reason}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let file: ArtilleryFile = serde_yaml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let file: ArtilleryFile = serde_norway::from_str(&text).map_err(|e| fail(e.to_string()))?;
     let mut phases = Vec::new();
     for (n, p) in file.config.phases.iter().enumerate() {
         let at = |reason: String| fail(format!("phase {}: {reason}", n + 1));
