@@ -6,7 +6,9 @@
 //! - [`script`]: the decision script (one Lua file per algorithm, the twin
 //!   of each Rust step function, plus a dispatcher), evaluated with one
 //!   `EVALSHA` per decision on Redis's own clock;
-//! - [`keys`]: key names with escaped identities and a Cluster hash tag.
+//! - [`keys`]: key names with escaped identities and a Cluster hash tag;
+//! - [`invalidate`]: reset notices over pub/sub, so that every instance's
+//!   deny cache ([`tollgate::resilience`]) forgets a key reset anywhere.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +28,7 @@
 //! See `docs/REDIS.md` for URL forms, Cluster, TLS and how Redis's
 //! `maxmemory-policy` affects limits.
 
+pub mod invalidate;
 pub mod keys;
 pub mod script;
 pub mod store;

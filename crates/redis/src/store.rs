@@ -8,8 +8,10 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Value};
 use tollgate::algorithm::decision_from_parts;
+use tollgate::resilience::{InvalidationSink, Invalidations};
 use tollgate::{Decisions, Mode, PolicyRef, Store, StoreError};
 
+use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, state_key, validate_prefix};
 use crate::script::{SCRIPT, SOURCE};
 
@@ -166,6 +168,9 @@ struct Inner {
     connection: Connection,
     prefix: String,
     timeout: Duration,
+    /// Where a deny cache's invalidation feed subscribes (see
+    /// [`invalidate`]); also names the channel `reset` publishes on.
+    subscriber: Subscriber,
     /// Tests only: the time sent to the script instead of Redis's clock.
     #[cfg(feature = "test-clock")]
     clock: Option<tollgate::ManualClock>,
@@ -240,7 +245,17 @@ impl RedisStore {
             )))
         })?
         .map_err(ConnectError::Connect)?;
-        Ok(Self::new(Connection::Standalone(manager), options))
+        let subscriber =
+            Subscriber::client(client.get_connection_info().clone(), options.certificates())
+                .map_err(|source| ConnectError::Url {
+                    url: redact(url),
+                    source,
+                })?;
+        Ok(Self::new(
+            Connection::Standalone(manager),
+            vec![subscriber],
+            options,
+        ))
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`seeds`);
@@ -271,6 +286,11 @@ impl RedisStore {
             })?;
             infos.push(info);
         }
+        let subscribers = infos
+            .iter()
+            .map(|info| Subscriber::client(info.clone(), options.certificates()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConnectError::Connect)?;
         let mut builder = ClusterClientBuilder::new(infos)
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.timeout)
@@ -290,13 +310,22 @@ impl RedisStore {
                     )))
                 })?
                 .map_err(ConnectError::Connect)?;
-        Ok(Self::new(Connection::Cluster(connection), options))
+        Ok(Self::new(
+            Connection::Cluster(connection),
+            subscribers,
+            options,
+        ))
     }
 
-    fn new(connection: Connection, options: RedisOptions) -> Self {
+    fn new(connection: Connection, subscribers: Vec<redis::Client>, options: RedisOptions) -> Self {
         RedisStore {
             inner: Arc::new(Inner {
                 connection,
+                subscriber: Subscriber {
+                    clients: subscribers,
+                    channel: invalidate::channel(&options.prefix),
+                    timeout: options.connect_timeout,
+                },
                 prefix: options.prefix,
                 timeout: options.timeout,
                 #[cfg(feature = "test-clock")]
@@ -477,11 +506,30 @@ impl Store for RedisStore {
         self.decide(key, policies, cost, mode).await
     }
 
+    /// Deletes the state, then publishes `key` on `<prefix>:invalidate` so
+    /// that the deny caches of every instance forget it (see
+    /// [`invalidate`]). Both steps are bounded by the timeout; a failure of
+    /// either is returned (a reset is idempotent: retry it).
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         let mut del = redis::cmd("DEL");
         for policy in policies {
             del.arg(self.key(key, policy));
         }
-        self.run::<i64>(&del).await.map(|_| ())
+        self.run::<i64>(&del).await?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.inner.subscriber.channel).arg(key);
+        self.run::<i64>(&publish).await.map(|_| ())
+    }
+}
+
+impl Invalidations for RedisStore {
+    /// Spawns a task holding a pub/sub connection on `<prefix>:invalidate`
+    /// (a Cluster: one node at a time, any node will do), reconnecting on
+    /// its own, until the wrapper is dropped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    fn subscribe(&self, sink: InvalidationSink) {
+        invalidate::subscribe(self.inner.subscriber.clone(), sink);
     }
 }

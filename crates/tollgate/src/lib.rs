@@ -11,7 +11,9 @@
 //! - [`clock`]: time sources, the system's monotonic clock and a manual one;
 //! - [`store`]: the [`Store`] trait ("apply these policies to this key,
 //!   atomically") and the embedded [`MemoryStore`];
-//! - [`limiter`]: [`Limiter`], named policies over any store, cheap to clone.
+//! - [`limiter`]: [`Limiter`], named policies over any store, cheap to clone;
+//! - [`resilience`]: [`Resilient`], a store wrapper for when the store is
+//!   slow or gone: timeouts, circuit breaker, failure modes, deny cache.
 //!
 //! ```
 //! use tollgate::{Limiter, MemoryStore};
@@ -34,6 +36,7 @@ mod decision;
 mod error;
 pub mod limiter;
 pub mod policy;
+pub mod resilience;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -41,6 +44,7 @@ pub use decision::Decision;
 pub use error::{Error, StoreError};
 pub use limiter::{Limiter, LimiterBuilder, MultiDecision};
 pub use policy::{Algorithm, Policy, PolicyError};
+pub use resilience::{FailureMode, ResilienceOptions, Resilient};
 pub use store::memory::MemoryStore;
 pub use store::{Decisions, Mode, PolicyRef, Store};
 

@@ -1,0 +1,364 @@
+//! The deny cache: a check the store denied until instant `T` is denied
+//! locally until `T`, without a round trip.
+//!
+//! Why this is exact. Say the store denied cost `c` of a policy set for a
+//! key, answering `retry_after = r` to a call sent at local instant `s`.
+//! The store decided at some instant `d >= s` that the same request passes
+//! at `d + r` if nothing else happens, and not a microsecond earlier. Until
+//! then:
+//! - nothing else happening, it stays denied (that is what `retry_after`
+//!   means, for every algorithm);
+//! - other requests can only consume more, which makes it pass later, never
+//!   sooner;
+//! - a larger cost needs at least as long (every algorithm is monotonic in
+//!   the cost);
+//! - only a reset makes it pass sooner, and every reset is broadcast
+//!   ([`Invalidation`](super::Invalidation)) and drops the entry.
+//!
+//! So the cache denies cost `>= c` until `s + r <= d + r`: measured from when
+//! the call was *sent*, it expires no later than the store's own instant,
+//! and never denies what the store would allow. For several policies at
+//! once, it holds until the earliest `retry_after` among the denials (each
+//! denied policy is then still denied, so every field it returns is exact).
+//!
+//! Memory is bounded: at most `capacity` identities (split over shards),
+//! dropping expired entries first, then those expiring soonest.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use hashbrown::{DefaultHashBuilder, HashMap};
+use smallvec::SmallVec;
+
+use crate::store::{Decisions, PolicyRef};
+use crate::{Decision, Policy};
+
+/// Shards: enough that 20-odd tasks flooding hot keys rarely meet on a lock.
+const SHARDS: usize = 16;
+
+pub(crate) struct DenyCache {
+    shards: Box<[Mutex<Shard>]>,
+    /// Keyed: identities are user input.
+    hasher: DefaultHashBuilder,
+    per_shard: usize,
+    /// Bumped by every invalidation. A denial is cached only if no
+    /// invalidation happened while its call was in flight: otherwise a call
+    /// that read the state before a reset could cache a stale denial after
+    /// the reset's notice was applied.
+    epoch: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    identities: HashMap<Box<[u8]>, SmallVec<[Entry; 1]>>,
+}
+
+struct Entry {
+    policies: SmallVec<[(Box<str>, Policy); 1]>,
+    /// The smallest cost known denied.
+    cost: u64,
+    /// Denied until this local instant (µs).
+    until_us: u64,
+    decisions: Decisions,
+    /// Per decision: the local instant its `retry_after` points to.
+    retry_at_us: SmallVec<[u64; 2]>,
+    /// Per decision: the local instant its `reset_after` points to.
+    reset_at_us: SmallVec<[u64; 2]>,
+}
+
+impl Entry {
+    fn is_for(&self, policies: &[PolicyRef<'_>]) -> bool {
+        self.policies.len() == policies.len()
+            && self
+                .policies
+                .iter()
+                .zip(policies)
+                .all(|((name, policy), p)| **name == *p.name && policy == p.policy)
+    }
+}
+
+impl DenyCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        DenyCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: DefaultHashBuilder::default(),
+            per_shard: capacity.div_ceil(SHARDS),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // Whole-value updates only: a poisoned shard is still consistent.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current epoch, read before calling the store.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The cached denial of `cost` for `policies` of `key` at `now_us`, if
+    /// any.
+    pub(crate) fn lookup(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        now_us: u64,
+    ) -> Option<Decisions> {
+        // A cost above some capacity is denied with no retry_after: leave it
+        // to the store, which says so exactly.
+        if policies.iter().any(|p| cost > p.policy.capacity()) {
+            return None;
+        }
+        let mut shard = self.shard(key);
+        let entries = shard.identities.get_mut(key)?;
+        let index = entries.iter().position(|e| e.is_for(policies))?;
+        let entry = &entries[index];
+        if now_us >= entry.until_us {
+            entries.swap_remove(index);
+            if entries.is_empty() {
+                shard.identities.remove(key);
+            }
+            return None;
+        }
+        if cost < entry.cost {
+            return None;
+        }
+        Some(
+            entry
+                .decisions
+                .iter()
+                .zip(entry.retry_at_us.iter().zip(&entry.reset_at_us))
+                .map(|(d, (&retry_at, &reset_at))| Decision {
+                    retry_after: (!d.allowed)
+                        .then(|| Duration::from_micros(retry_at.saturating_sub(now_us))),
+                    reset_after: Duration::from_micros(reset_at.saturating_sub(now_us)),
+                    degraded: false,
+                    ..*d
+                })
+                .collect(),
+        )
+    }
+
+    /// Records the store's answer to a call sent at `sent_us` (local), when
+    /// the epoch was `epoch`: a denial is cached, an allowed request of at
+    /// least the cached cost drops a stale entry.
+    pub(crate) fn record(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        decisions: &Decisions,
+        sent_us: u64,
+        epoch: u64,
+    ) {
+        if decisions.len() != policies.len() || self.per_shard == 0 {
+            return;
+        }
+        if decisions.iter().all(|d| d.allowed) {
+            self.forget_if_stale(key, policies, cost);
+            return;
+        }
+        // The earliest instant one of the denials would pass; a denial that
+        // can never pass (cost above capacity) is not cached.
+        let mut until_us = u64::MAX;
+        for d in decisions.iter().filter(|d| !d.allowed) {
+            let Some(retry) = d.retry_after else { return };
+            let retry_us = u64::try_from(retry.as_micros()).unwrap_or(u64::MAX);
+            until_us = until_us.min(sent_us.saturating_add(retry_us));
+        }
+        if until_us <= sent_us {
+            return;
+        }
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let entry = Entry {
+            policies: policies
+                .iter()
+                .map(|p| (Box::from(p.name), *p.policy))
+                .collect(),
+            cost,
+            until_us,
+            decisions: decisions.clone(),
+            retry_at_us: decisions
+                .iter()
+                .map(|d| sent_us.saturating_add(d.retry_after.map_or(0, micros)))
+                .collect(),
+            reset_at_us: decisions
+                .iter()
+                .map(|d| sent_us.saturating_add(micros(d.reset_after)))
+                .collect(),
+        };
+        let mut shard = self.shard(key);
+        // Checked under the shard lock: an invalidation bumps the epoch
+        // before it takes this lock to remove entries, so either we see its
+        // bump here, or it removes what we insert.
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if let Some(entries) = shard.identities.get_mut(key) {
+            match entries.iter().position(|e| e.is_for(policies)) {
+                Some(i) => entries[i] = entry,
+                None => entries.push(entry),
+            }
+            return;
+        }
+        if shard.identities.len() >= self.per_shard {
+            shard.evict(sent_us, self.per_shard);
+        }
+        let mut entries = SmallVec::new();
+        entries.push(entry);
+        shard.identities.insert(Box::from(key), entries);
+    }
+
+    fn forget_if_stale(&self, key: &[u8], policies: &[PolicyRef<'_>], cost: u64) {
+        let mut shard = self.shard(key);
+        if let Some(entries) = shard.identities.get_mut(key) {
+            // The store allowed what we hold as denied: the entry is stale (a
+            // reset whose notice we missed). Drop it.
+            entries.retain(|e| !(e.is_for(policies) && cost >= e.cost));
+            if entries.is_empty() {
+                shard.identities.remove(key);
+            }
+        }
+    }
+
+    /// Forgets everything cached for `key` (its state was reset).
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.shard(key).identities.remove(key);
+    }
+
+    /// Forgets everything (notices may have been missed).
+    pub(crate) fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.identities.clear();
+            shard.identities.shrink_to_fit();
+        }
+    }
+
+    /// The number of identities held (expired ones included until swept).
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).identities.len())
+            .sum()
+    }
+}
+
+impl Shard {
+    /// Makes room for one identity: drops expired entries, then, if still
+    /// full, the identity whose entries expire soonest.
+    fn evict(&mut self, now_us: u64, per_shard: usize) {
+        self.identities.retain(|_, entries| {
+            entries.retain(|e| e.until_us > now_us);
+            !entries.is_empty()
+        });
+        while self.identities.len() >= per_shard {
+            let soonest = self
+                .identities
+                .iter()
+                .min_by_key(|(_, entries)| entries.iter().map(|e| e.until_us).max())
+                .map(|(k, _)| k.clone());
+            match soonest {
+                Some(k) => {
+                    self.identities.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::decision_from_parts;
+
+    fn denial(policy: &Policy, retry_us: u64) -> Decisions {
+        [decision_from_parts(
+            policy, 1, false, 0, 5_000_000, retry_us, 0,
+        )]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn denies_until_the_instant_then_forgets() {
+        let cache = DenyCache::new(100);
+        let policy: Policy = "fixed_window 5/s".parse().expect("valid");
+        let refs = [PolicyRef {
+            name: "api",
+            policy: &policy,
+        }];
+        cache.record(b"k", &refs, 2, &denial(&policy, 0), 1_000, 0);
+        assert!(
+            cache.lookup(b"k", &refs, 2, 1_000).is_none(),
+            "retry 0: not cached"
+        );
+        cache.record(b"k", &refs, 1, &denial(&policy, 400_000), 1_000, 0);
+        let hit = cache.lookup(b"k", &refs, 1, 101_000).expect("cached");
+        assert_eq!(hit[0].retry_after, Some(Duration::from_micros(300_000)));
+        assert!(!hit[0].allowed && !hit[0].degraded);
+        assert!(
+            cache.lookup(b"k", &refs, 2, 101_000).is_some(),
+            "larger cost"
+        );
+        assert!(cache.lookup(b"k", &refs, 1, 400_999).is_some());
+        assert!(
+            cache.lookup(b"k", &refs, 1, 401_000).is_none(),
+            "exactly at T"
+        );
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn other_policy_sets_smaller_costs_and_stale_epochs_miss() {
+        let cache = DenyCache::new(100);
+        let policy: Policy = "sliding_log 5/s".parse().expect("valid");
+        let other: Policy = "sliding_log 6/s".parse().expect("valid");
+        let refs = [PolicyRef {
+            name: "api",
+            policy: &policy,
+        }];
+        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), 0, 0);
+        assert!(cache.lookup(b"k", &refs, 2, 0).is_none());
+        let changed = [PolicyRef {
+            name: "api",
+            policy: &other,
+        }];
+        assert!(cache.lookup(b"k", &changed, 3, 0).is_none());
+        cache.invalidate(b"k");
+        assert!(cache.lookup(b"k", &refs, 3, 0).is_none());
+        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), 0, 0);
+        assert!(cache.lookup(b"k", &refs, 3, 0).is_none(), "epoch moved on");
+    }
+
+    #[test]
+    fn stays_within_capacity() {
+        let cache = DenyCache::new(32);
+        let policy: Policy = "fixed_window 1/s".parse().expect("valid");
+        let refs = [PolicyRef {
+            name: "api",
+            policy: &policy,
+        }];
+        for i in 0..10_000u64 {
+            cache.record(
+                &i.to_le_bytes(),
+                &refs,
+                1,
+                &denial(&policy, 1_000 + i),
+                0,
+                0,
+            );
+        }
+        assert!(cache.len() <= 32, "{}", cache.len());
+    }
+}

@@ -1,0 +1,490 @@
+//! Resilience: what a limiter does when its store is slow or gone.
+//!
+//! [`Resilient`] wraps any [`Store`] and is itself a [`Store`], so
+//! `Limiter<Resilient<RedisStore>>` works with the limiter unchanged. It adds,
+//! in the order a check meets them:
+//! - a **deny cache** ([`ResilienceOptions::deny_cache`]): a check the store
+//!   denied until instant `T` is denied locally until `T`, without a round
+//!   trip — exact, because only a reset can make it pass sooner, and resets
+//!   are broadcast to every instance through [`Invalidations`];
+//! - a **circuit breaker** ([`BreakerState`]): after consecutive failures the
+//!   store is not called for a cool-down, then probed back;
+//! - a **timeout** on every call to the store;
+//! - a **failure mode** ([`FailureMode`]) per wrapper, overridable per
+//!   policy: when the store cannot decide, a check is allowed (`open`),
+//!   denied (`closed`), decided on an in-process store with a share of the
+//!   limit (`local`) — all marked [`Decision::degraded`](crate::Decision) —
+//!   or the error is returned (`error`).
+//!
+//! [`Resilient::stats`] counts what happened, for metrics and readiness.
+//! `docs/RESILIENCE.md` is the operator's guide.
+//!
+//! ```
+//! use tollgate::resilience::{FailureMode, ResilienceOptions, Resilient};
+//! use tollgate::{Limiter, MemoryStore};
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let store = Resilient::new(
+//!     MemoryStore::new(),
+//!     ResilienceOptions::default().failure_mode(FailureMode::Closed),
+//! );
+//! let limiter = Limiter::builder(store).policy("api", "fixed_window 1/1h".parse()?).build();
+//! assert!(limiter.check("api", "alice", 1).await?.allowed);
+//! let denied = limiter.check("api", "alice", 1).await?;
+//! assert!(!denied.allowed && !denied.degraded);
+//! // The second denial comes from the deny cache: no store call.
+//! assert!(!limiter.check("api", "alice", 1).await?.allowed);
+//! assert_eq!(limiter.store().stats().deny_cache_hits, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod breaker;
+mod deny_cache;
+mod invalidation;
+mod options;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+pub use breaker::BreakerState;
+pub use invalidation::{Invalidation, InvalidationSink, Invalidations};
+pub use options::{
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_DENY_CACHE_CAPACITY,
+    DEFAULT_HALF_OPEN_PROBES, DEFAULT_TIMEOUT, FailureMode, ResilienceOptions, UnknownFailureMode,
+};
+
+use breaker::{Breaker, Permit};
+use deny_cache::DenyCache;
+
+use crate::store::{Decisions, Mode, PolicyRef, Store};
+use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
+
+/// A [`Store`] that survives its inner store failing: deny cache, circuit
+/// breaker, timeout and failure mode (see the [module docs](self)).
+///
+/// `apply` returns `Ok` whenever the failure mode is not
+/// [`FailureMode::Error`]: a store failure becomes a decision marked
+/// `degraded`. Cheap to clone; clones share everything.
+pub struct Resilient<S> {
+    store: Arc<S>,
+    shared: Arc<Shared>,
+}
+
+impl<S> Clone for Resilient<S> {
+    fn clone(&self) -> Self {
+        Resilient {
+            store: Arc::clone(&self.store),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Resilient<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resilient")
+            .field("store", &self.store)
+            .field("options", &self.shared.options)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Everything but the store: what the invalidation feed reaches (through a
+/// weak reference, so a feed never keeps a dropped wrapper alive).
+pub(crate) struct Shared {
+    options: ResilienceOptions,
+    breaker: Breaker,
+    /// `None` when turned off.
+    pub(crate) deny_cache: Option<DenyCache>,
+    /// Where `local` mode decides, with scaled policies under the same names.
+    local: MemoryStore,
+    pub(crate) counters: Counters,
+    /// Whether an invalidation feed was subscribed at all.
+    has_feed: bool,
+    /// Whether that feed is connected.
+    pub(crate) feed_live: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    timeouts: AtomicU64,
+    short_circuited: AtomicU64,
+    degraded: AtomicU64,
+    deny_cache_hits: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+}
+
+/// A snapshot of a [`Resilient`] store's state and counters (each counter
+/// counts `apply` calls since the store was built, not policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResilienceStats {
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// Calls made to the inner store (probes included).
+    pub calls: u64,
+    /// Calls to the inner store that failed, timeouts included.
+    pub failures: u64,
+    /// Calls to the inner store abandoned after the timeout.
+    pub timeouts: u64,
+    /// Checks decided without calling the store because the breaker was open
+    /// (or half-open with its probes in flight).
+    pub short_circuited: u64,
+    /// Checks decided by the failure mode (`open`, `closed`, `local`),
+    /// marked `degraded`.
+    pub degraded: u64,
+    /// Checks denied by the deny cache without a store call.
+    pub deny_cache_hits: u64,
+    /// Identities held in the deny cache.
+    pub deny_cache_len: usize,
+    /// Reset notices received from the invalidation feed.
+    pub invalidations: u64,
+    /// Whether the invalidation feed is connected; `None` without a feed.
+    pub invalidation_feed_live: Option<bool>,
+}
+
+/// Adapts the shared clock to the memory store's `impl Clock`.
+struct SharedClock(Arc<dyn Clock>);
+
+impl Clock for SharedClock {
+    fn now_us(&self) -> u64 {
+        self.0.now_us()
+    }
+}
+
+/// Frees a half-open probe's slot if the call is dropped before it ends.
+struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    permit: Permit,
+    finished: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.breaker.abandon(self.permit);
+        }
+    }
+}
+
+impl<S: Store> Resilient<S> {
+    /// Wraps `store`. Resets made through *this* wrapper invalidate its deny
+    /// cache; resets made through other processes are not seen, so with the
+    /// deny cache on, use this for a store private to the process (the
+    /// memory store) and [`with_invalidations`](Self::with_invalidations)
+    /// for a shared one.
+    pub fn new(store: S, options: ResilienceOptions) -> Self {
+        Self::build(store, options, false)
+    }
+
+    /// Wraps a shared `store` and subscribes to its invalidation feed, so a
+    /// reset through any instance drops the deny cache entries of every
+    /// instance.
+    ///
+    /// # Panics
+    /// As [`Invalidations::subscribe`]: the Redis store must be called
+    /// within a tokio runtime.
+    pub fn with_invalidations(store: S, options: ResilienceOptions) -> Self
+    where
+        S: Invalidations,
+    {
+        let resilient = Self::build(store, options, true);
+        resilient.store.subscribe(InvalidationSink {
+            target: Arc::downgrade(&resilient.shared),
+        });
+        resilient
+    }
+
+    fn build(store: S, options: ResilienceOptions, has_feed: bool) -> Self {
+        let local = MemoryStore::with_clock(SharedClock(Arc::clone(&options.clock)));
+        Resilient {
+            store: Arc::new(store),
+            shared: Arc::new(Shared {
+                breaker: Breaker::new(
+                    options.breaker_failures,
+                    options.breaker_cooldown,
+                    options.half_open_probes,
+                ),
+                deny_cache: options
+                    .deny_cache
+                    .then(|| DenyCache::new(options.deny_cache_capacity)),
+                local,
+                counters: Counters::default(),
+                has_feed,
+                feed_live: AtomicBool::new(false),
+                options,
+            }),
+        }
+    }
+}
+
+impl<S> Resilient<S> {
+    /// The inner store.
+    pub fn get_ref(&self) -> &S {
+        &self.store
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ResilienceOptions {
+        &self.shared.options
+    }
+
+    /// The circuit breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.shared.breaker.state()
+    }
+
+    /// A snapshot of the state and counters.
+    pub fn stats(&self) -> ResilienceStats {
+        let c = &self.shared.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ResilienceStats {
+            breaker: self.shared.breaker.state(),
+            calls: load(&c.calls),
+            failures: load(&c.failures),
+            timeouts: load(&c.timeouts),
+            short_circuited: load(&c.short_circuited),
+            degraded: load(&c.degraded),
+            deny_cache_hits: load(&c.deny_cache_hits),
+            deny_cache_len: self.shared.deny_cache.as_ref().map_or(0, DenyCache::len),
+            invalidations: load(&c.invalidations),
+            invalidation_feed_live: self
+                .shared
+                .has_feed
+                .then(|| self.shared.feed_live.load(Ordering::Acquire)),
+        }
+    }
+}
+
+impl<S: Store> Resilient<S> {
+    async fn decide(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Decisions, StoreError> {
+        let shared = &*self.shared;
+        let counters = &shared.counters;
+        // Read before the call: a denial is cached from when the call was
+        // sent, so it never outlives the store's own instant.
+        let sent_us = shared.options.clock.now_us();
+        if let Some(cache) = &shared.deny_cache {
+            if let Some(decisions) = cache.lookup(key, policies, cost, sent_us) {
+                counters.deny_cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(decisions);
+            }
+        }
+        let permit = shared.breaker.admit(sent_us);
+        if let Permit::ShortCircuit(probe_in) = permit {
+            counters.short_circuited.fetch_add(1, Ordering::Relaxed);
+            let error = StoreError::Unavailable("circuit breaker open".into());
+            return self
+                .fallback(key, policies, cost, mode, error, probe_in)
+                .await;
+        }
+        let epoch = shared.deny_cache.as_ref().map_or(0, DenyCache::epoch);
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        let mut guard = ProbeGuard {
+            breaker: &shared.breaker,
+            permit,
+            finished: false,
+        };
+        let timeout = shared.options.timeout;
+        let call = self.store.apply(key, policies, cost, mode);
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Timeout(timeout))
+            }
+        };
+        guard.finished = true;
+        match result {
+            Ok(decisions) => {
+                shared.breaker.success(permit);
+                if let Some(cache) = &shared.deny_cache {
+                    cache.record(key, policies, cost, &decisions, sent_us, epoch);
+                }
+                Ok(decisions)
+            }
+            Err(error) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .breaker
+                    .failure(permit, shared.options.clock.now_us());
+                let retry = shared.options.breaker_cooldown;
+                self.fallback(key, policies, cost, mode, error, retry).await
+            }
+        }
+    }
+
+    /// Decides without the store, each policy in its failure mode.
+    async fn fallback(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+        error: StoreError,
+        retry_after: Duration,
+    ) -> Result<Decisions, StoreError> {
+        let options = &self.shared.options;
+        let modes: SmallVec<[FailureMode; 2]> =
+            policies.iter().map(|p| options.mode_for(p.name)).collect();
+        if modes.contains(&FailureMode::Error) {
+            return Err(error);
+        }
+        self.shared
+            .counters
+            .degraded
+            .fetch_add(1, Ordering::Relaxed);
+        // Local policies, scaled to this instance's share; one that cannot be
+        // scaled exactly is decided as `closed` instead.
+        let scaled: SmallVec<[Option<Policy>; 2]> = policies
+            .iter()
+            .zip(&modes)
+            .map(|(p, m)| {
+                (*m == FailureMode::Local)
+                    .then(|| local_policy(p.policy, options.local_share))
+                    .flatten()
+            })
+            .collect();
+        let closed = |i: usize| {
+            modes[i] == FailureMode::Closed
+                || (modes[i] == FailureMode::Local && scaled[i].is_none())
+        };
+        // Another policy denies: the local ones only look (all-or-nothing).
+        let denied_elsewhere = (0..policies.len()).any(|i| {
+            closed(i) || (modes[i] == FailureMode::Open && cost > policies[i].policy.capacity())
+        });
+        let local_refs: SmallVec<[PolicyRef<'_>; 2]> = policies
+            .iter()
+            .zip(&scaled)
+            .filter_map(|(p, s)| {
+                s.as_ref().map(|policy| PolicyRef {
+                    name: p.name,
+                    policy,
+                })
+            })
+            .collect();
+        let mut local = if local_refs.is_empty() {
+            Decisions::new()
+        } else {
+            let local_mode = if denied_elsewhere { Mode::Peek } else { mode };
+            self.shared
+                .local
+                .apply(key, &local_refs, cost, local_mode)
+                .await?
+        }
+        .into_iter();
+        let decisions = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let capacity = p.policy.capacity();
+                let decision = if scaled[i].is_some() {
+                    local
+                        .next()
+                        .unwrap_or_else(|| closed_decision(p.policy, cost, retry_after))
+                } else if closed(i) {
+                    closed_decision(p.policy, cost, retry_after)
+                } else {
+                    // Open: allowed as if the state were fresh, unless the
+                    // cost can never pass.
+                    let allowed = cost <= capacity;
+                    Decision {
+                        allowed,
+                        limit: capacity,
+                        remaining: if allowed { capacity - cost } else { capacity },
+                        reset_after: Duration::ZERO,
+                        retry_after: None,
+                        delay: Duration::ZERO,
+                        degraded: true,
+                    }
+                };
+                Decision {
+                    degraded: true,
+                    ..decision
+                }
+            })
+            .collect();
+        Ok(decisions)
+    }
+}
+
+/// A `closed`-mode denial: retry when the breaker next probes the store.
+fn closed_decision(policy: &Policy, cost: u64, retry_after: Duration) -> Decision {
+    let capacity = policy.capacity();
+    Decision {
+        allowed: false,
+        limit: capacity,
+        remaining: 0,
+        reset_after: Duration::ZERO,
+        retry_after: (cost <= capacity).then_some(retry_after),
+        delay: Duration::ZERO,
+        degraded: true,
+    }
+}
+
+/// `policy` with its limit and burst scaled by `share` (at least 1 each);
+/// `None` if the scaled policy is invalid (not computable exactly).
+fn local_policy(policy: &Policy, share: f64) -> Option<Policy> {
+    if share >= 1.0 {
+        return Some(*policy);
+    }
+    // Limits are below 2^53: exact as f64, and the product rounds down.
+    let scale = |v: u64| ((v as f64 * share).floor() as u64).max(1);
+    let burst = policy
+        .algorithm()
+        .has_burst()
+        .then(|| scale(policy.burst()));
+    Policy::new(
+        policy.algorithm(),
+        scale(policy.limit()),
+        policy.period(),
+        burst,
+    )
+    .ok()
+}
+
+impl<S: Store> Store for Resilient<S> {
+    async fn apply(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Decisions, StoreError> {
+        self.decide(key, policies, cost, mode).await
+    }
+
+    /// Resets the inner store (within the timeout) and the local fallback
+    /// state, and drops the key's deny cache entries (before and after the
+    /// call, so a check racing with the reset cannot leave a stale denial).
+    /// A failure of the inner store is returned whatever the failure mode:
+    /// a reset that did not happen must not look as if it had.
+    async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+        let shared = &*self.shared;
+        if let Some(cache) = &shared.deny_cache {
+            cache.invalidate(key);
+        }
+        shared.local.reset(key, policies).await?;
+        let timeout = shared.options.timeout;
+        let result = tokio::time::timeout(timeout, self.store.reset(key, policies))
+            .await
+            .unwrap_or(Err(StoreError::Timeout(timeout)));
+        if let Some(cache) = &shared.deny_cache {
+            cache.invalidate(key);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! The wrapper over a store that can be switched to failing or hanging.
+//! (The Redis crate's tests do the same with real `redis-server` faults.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::{Limiter, ManualClock};
+
+const HEALTHY: u8 = 0;
+const FAILING: u8 = 1;
+const HANGING: u8 = 2;
+
+/// A memory store that can be told to fail or to hang, counting calls.
+#[derive(Clone, Default)]
+struct Switchable {
+    store: MemoryStore,
+    health: Arc<AtomicU8>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Switchable {
+    fn with_clock(clock: ManualClock) -> Self {
+        Switchable {
+            store: MemoryStore::with_clock(clock),
+            ..Switchable::default()
+        }
+    }
+
+    fn set(&self, health: u8) {
+        self.health.store(health, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Store for Switchable {
+    async fn apply(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Decisions, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match self.health.load(Ordering::SeqCst) {
+            FAILING => Err(StoreError::Unavailable("switched off".into())),
+            HANGING => std::future::pending().await,
+            _ => self.store.apply(key, policies, cost, mode).await,
+        }
+    }
+
+    async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+        self.store.reset(key, policies).await
+    }
+}
+
+fn options(clock: &ManualClock) -> ResilienceOptions {
+    ResilienceOptions::default()
+        .clock(clock.clone())
+        .timeout(Duration::from_millis(20))
+        .breaker_failures(3)
+        .breaker_cooldown(Duration::from_millis(100))
+}
+
+fn limiter(store: Resilient<Switchable>) -> Limiter<Resilient<Switchable>> {
+    Limiter::builder(store)
+        .policy("api", "fixed_window 10/1h".parse().expect("valid"))
+        .policy("strict", "fixed_window 10/1h".parse().expect("valid"))
+        .policy(
+            "bucket",
+            "token_bucket 8/1h burst 4".parse().expect("valid"),
+        )
+        .build()
+}
+
+#[tokio::test]
+async fn open_allows_degraded_and_the_breaker_short_circuits() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = limiter(Resilient::new(inner.clone(), options(&clock)));
+    assert!(!limiter.check("api", "k", 1).await.expect("ok").degraded);
+    inner.set(FAILING);
+    for _ in 0..10 {
+        let d = limiter
+            .check("api", "k", 1)
+            .await
+            .expect("open mode never errs");
+        assert!(d.allowed && d.degraded);
+    }
+    let stats = limiter.store().stats();
+    assert_eq!(stats.breaker, BreakerState::Open);
+    assert_eq!(inner.calls(), 1 + 3, "three failures opened the breaker");
+    assert_eq!(stats.failures, 3);
+    assert_eq!(stats.short_circuited, 7);
+    assert_eq!(stats.degraded, 10);
+    // A cost that can never pass is denied even in open mode.
+    assert!(!limiter.check("api", "k", 11).await.expect("ok").allowed);
+
+    // Cool-down over, the store is back: one probe closes the breaker.
+    inner.set(HEALTHY);
+    clock.advance(Duration::from_millis(100));
+    let d = limiter.check("api", "k", 1).await.expect("ok");
+    assert!(d.allowed && !d.degraded);
+    assert_eq!(d.remaining, 8);
+    assert_eq!(limiter.store().breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn closed_denies_with_the_cooldown_and_error_propagates() {
+    let clock = ManualClock::new(0);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(
+        inner.clone(),
+        options(&clock)
+            .failure_mode(FailureMode::Closed)
+            .policy_mode("api", FailureMode::Error),
+    );
+    let limiter = limiter(store);
+    inner.set(FAILING);
+    let d = limiter
+        .check("strict", "k", 1)
+        .await
+        .expect("closed is a decision");
+    assert!(!d.allowed && d.degraded);
+    assert_eq!(d.retry_after, Some(Duration::from_millis(100)));
+    assert!(limiter.check("api", "k", 1).await.is_err(), "error mode");
+    let both = limiter.check_all(&["strict", "api"], "k", 1).await;
+    assert!(both.is_err(), "error wins over closed");
+    // The breaker is open now (3 failures): the short-circuit's retry_after
+    // is the rest of the cool-down.
+    clock.advance(Duration::from_millis(40));
+    let d = limiter.check("strict", "k", 1).await.expect("decision");
+    assert_eq!(d.retry_after, Some(Duration::from_millis(60)));
+}
+
+#[tokio::test]
+async fn local_mode_enforces_the_share_all_or_nothing() {
+    let clock = ManualClock::new(0);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(
+        inner.clone(),
+        options(&clock)
+            .failure_mode(FailureMode::Local)
+            .local_share(0.25),
+    );
+    let limiter = limiter(store);
+    inner.set(FAILING);
+    // fixed_window 10/1h at a quarter: 2 per hour here.
+    let allowed = [0; 5].len() - {
+        let mut denied = 0;
+        for _ in 0..5 {
+            let d = limiter.check("api", "k", 1).await.expect("decision");
+            assert!(d.degraded);
+            assert_eq!(d.limit, 2);
+            denied += usize::from(!d.allowed);
+        }
+        denied
+    };
+    assert_eq!(allowed, 2);
+    // token_bucket burst 4 at a quarter: burst 1. With "api" exhausted the
+    // pair is denied and the bucket is not charged.
+    let pair = limiter
+        .check_all(&["bucket", "api"], "k", 1)
+        .await
+        .expect("decision");
+    assert!(!pair.allowed);
+    assert!(
+        limiter
+            .check("bucket", "k", 1)
+            .await
+            .expect("decision")
+            .allowed
+    );
+    assert!(
+        !limiter
+            .check("bucket", "k", 1)
+            .await
+            .expect("decision")
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_store_is_bounded_by_the_timeout() {
+    let clock = ManualClock::new(0);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = limiter(Resilient::new(inner.clone(), options(&clock)));
+    inner.set(HANGING);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let d = limiter.check("api", "k", 1).await.expect("decision");
+        assert!(d.degraded);
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let stats = limiter.store().stats();
+    assert_eq!((stats.timeouts, stats.breaker), (3, BreakerState::Open));
+    let started = Instant::now();
+    assert!(
+        limiter
+            .check("api", "k", 1)
+            .await
+            .expect("decision")
+            .degraded
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(5),
+        "short-circuited"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_probe_frees_its_slot() {
+    let clock = ManualClock::new(0);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = limiter(Resilient::new(
+        inner.clone(),
+        options(&clock).breaker_failures(1),
+    ));
+    inner.set(FAILING);
+    assert!(
+        limiter
+            .check("api", "k", 1)
+            .await
+            .expect("decision")
+            .degraded
+    );
+    clock.advance(Duration::from_millis(100));
+    inner.set(HANGING);
+    // The probe is cancelled by the caller before the timeout.
+    let probe = limiter.check("api", "k", 1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(5), probe)
+            .await
+            .is_err()
+    );
+    inner.set(HEALTHY);
+    let d = limiter.check("api", "k", 1).await.expect("decision");
+    assert!(!d.degraded, "a new probe went through");
+}
+
+#[tokio::test]
+async fn deny_cache_saves_calls_until_the_exact_instant_and_reset_clears_it() {
+    let clock = ManualClock::new(0);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = Limiter::builder(Resilient::new(inner.clone(), options(&clock)))
+        .policy("api", "fixed_window 2/s".parse().expect("valid"))
+        .build();
+    clock.set_us(100_000);
+    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+    let denied = limiter.check("api", "k", 1).await.expect("ok");
+    assert_eq!(denied.retry_after, Some(Duration::from_millis(900)));
+    assert_eq!(inner.calls(), 3);
+    clock.set_us(600_000);
+    let cached = limiter.check("api", "k", 1).await.expect("ok");
+    assert_eq!(cached.retry_after, Some(Duration::from_millis(400)));
+    assert!(!cached.allowed && !cached.degraded);
+    assert!(!limiter.peek("api", "k", 2).await.expect("ok").allowed);
+    assert_eq!(inner.calls(), 3, "no store call while cached");
+    assert_eq!(limiter.store().stats().deny_cache_hits, 2);
+    // A smaller cost than the one cached is not answered from the cache.
+    clock.set_us(999_999);
+    assert!(!limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert_eq!(inner.calls(), 3);
+    clock.set_us(1_000_000);
+    assert!(
+        limiter.check("api", "k", 1).await.expect("ok").allowed,
+        "exactly at T"
+    );
+    assert_eq!(inner.calls(), 4);
+
+    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert!(!limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert_eq!(limiter.store().stats().deny_cache_len, 1);
+    limiter.reset("api", "k").await.expect("reset");
+    assert_eq!(limiter.store().stats().deny_cache_len, 0);
+    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+}
+
+#[tokio::test]
+async fn an_invalidation_sink_clears_the_cache_and_stops_with_the_wrapper() {
+    let clock = ManualClock::new(0);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(inner.clone(), options(&clock));
+    let sink = InvalidationSink {
+        target: Arc::downgrade(&store.shared),
+    };
+    let limiter = Limiter::builder(store)
+        .policy("api", "fixed_window 1/1h".parse().expect("valid"))
+        .build();
+    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert!(!limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert_eq!(limiter.store().stats().deny_cache_len, 1);
+    // Another instance reset the key in the shared store.
+    inner
+        .store
+        .reset(
+            b"k",
+            &[PolicyRef {
+                name: "api",
+                policy: limiter.policy("api").expect("configured"),
+            }],
+        )
+        .await
+        .expect("reset");
+    assert!(sink.deliver(Invalidation::Reset(b"k".to_vec())));
+    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert_eq!(limiter.store().stats().invalidations, 1);
+    assert!(!sink.is_closed());
+    drop(limiter);
+    assert!(sink.is_closed());
+    assert!(!sink.deliver(Invalidation::Live));
+}
+
+#[test]
+fn failure_modes_parse_and_shares_scale() {
+    assert_eq!("Closed".parse::<FailureMode>(), Ok(FailureMode::Closed));
+    assert!("maybe".parse::<FailureMode>().is_err());
+    let p: Policy = "token_bucket 10/s burst 3".parse().expect("valid");
+    let local = local_policy(&p, 0.25).expect("valid");
+    assert_eq!((local.limit(), local.burst()), (2, 1));
+    let p: Policy = "sliding_log 3/1m".parse().expect("valid");
+    assert_eq!(local_policy(&p, 0.1).expect("valid").limit(), 1);
+}
