@@ -1,0 +1,146 @@
+//! The `tollgate` binary: `check` on good and broken configurations, and
+//! `serve` answering, then exiting 0 on SIGTERM.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn tollgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const GOOD: &str = "policies:\n  - name: api\n    algorithm: sliding_log\n    limit: 100\n    period: 1m\ndomains:\n  - domain: edge\n    descriptors:\n      - key: path\n        policy: api\n";
+
+#[test]
+fn check_accepts_a_good_config() {
+    let file = temp_file("good.yaml", GOOD);
+    let output = tollgate()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("ok (1 policies, 1 envoy domains"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_rejects_broken_configs_with_file_line_and_field() {
+    for (name, text, expected) in [
+        (
+            "typo.yaml",
+            "policies:\n  - name: api\n    limit: 100\n    period: 1m\n    burts: 5\n",
+            "typo.yaml:5:5: policies[0]: unknown field `burts`",
+        ),
+        (
+            "zero.yaml",
+            "store:\n  kind: memory\npolicies:\n  - name: api\n    limit: 0\n    period: 1m\n",
+            "zero.yaml:4:5: policies[0]: policy `api`: limit must be at least 1",
+        ),
+        (
+            "period.yaml",
+            "policies:\n  - name: api\n    limit: 1\n    period: 3 weeks\n",
+            "period.yaml:4:13: policies[0].period: unknown unit",
+        ),
+        (
+            "ref.yaml",
+            "policies: []\ndomains:\n  - domain: d\n    descriptors:\n      - key: k\n        policy: missing\n",
+            "ref.yaml:5:9: domains[0].descriptors[0]: descriptor `k`: unknown policy `missing`",
+        ),
+    ] {
+        let file = temp_file(name, text);
+        let output = tollgate()
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{name}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains(expected),
+            "{name}: `{stderr}` lacks `{expected}`"
+        );
+    }
+    let output = tollgate()
+        .args(["check", "--config", "/nonexistent/tollgate.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn check_validates_envoy_files_with_the_config() {
+    let envoy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../server/tests/data/envoy");
+    let file = temp_file("base.yaml", "policies: []\n");
+    let output = tollgate()
+        .args(["check", "--config"])
+        .arg(&file)
+        .arg("--envoy-config")
+        .arg(&envoy)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .contains("3 envoy domains")
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_answers_and_exits_zero_on_sigterm() {
+    let mut child = tollgate()
+        .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut address = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("HTTP   http://") {
+            address = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.trim().starts_with("try:") {
+            break;
+        }
+    }
+    let address = address.expect("the banner names the HTTP address");
+    let body = r#"{"policy":"api","key":"me"}"#;
+    let mut stream = TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /v1/check HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(r#""remaining":99"#), "{response}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exits 0 after SIGTERM");
+}

@@ -1,0 +1,264 @@
+//! The running service: the current configuration and limiter, swapped
+//! whole on reload, and the decisions both protocols share.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
+use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
+
+use crate::config::{Config, ConfigError, ConfigSource, FailureMode, StoreKind, StoreSettings};
+use crate::metrics::{ExternalGauges, Metrics, Outcome};
+use crate::store::ServerStore;
+
+/// The longest key the limiter accepts. The HTTP API applies the
+/// configured (smaller) `max_key_bytes` itself; Envoy descriptors encode
+/// the domain and every entry into the key, so they get more room.
+pub const MAX_LIMITER_KEY: usize = 8 * 1024;
+
+/// One configuration and everything built from it. Requests take an `Arc`
+/// of the current one, so a reload never changes the rules under a request
+/// in flight.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Every policy (named and inline Envoy ones) over the shared store,
+    /// through the resilience layer.
+    pub limiter: Limiter<AppStore>,
+}
+
+/// The store requests go through: the configured store wrapped in
+/// [`Resilient`] (timeout, circuit breaker, deny cache, failure mode).
+pub type AppStore = Resilient<ServerStore>;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be reached.
+    #[error("store: {0}")]
+    Store(#[from] tollgate_redis::ConnectError),
+}
+
+/// The service behind both protocols. Shared as `Arc<App>`.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration in force and its limiter; replaced atomically by
+    /// a reload, read without locking by every request.
+    current: ArcSwap<Loaded>,
+    /// Connected once at start: a reload builds a new limiter over the same
+    /// store (and the same breaker, deny cache and local fallback), so rate
+    /// limiting state survives reloads.
+    store: AppStore,
+    /// Where the configuration is read from again on reload.
+    source: ConfigSource,
+    /// Set while the store is failing, so failure and recovery are each
+    /// logged once rather than once per request.
+    store_failing: AtomicBool,
+    /// Counters and the latency histogram served at `/metrics`.
+    metrics: Metrics,
+}
+
+impl App {
+    /// Loads the configuration from `source` and connects to its store.
+    ///
+    /// # Errors
+    /// [`StartError`] for an invalid configuration or an unreachable store.
+    pub async fn start(source: ConfigSource) -> Result<App, StartError> {
+        let config = source.load()?;
+        let store = ServerStore::connect(&config.store).await?;
+        Ok(App::new(source, config, store))
+    }
+
+    /// A service over an already loaded configuration and store (tests use
+    /// it to bring their own store).
+    pub fn new(source: ConfigSource, config: Config, store: ServerStore) -> App {
+        let store = resilient(store, &config.store);
+        let loaded = build(config, &store);
+        App {
+            current: ArcSwap::from_pointee(loaded),
+            store,
+            source,
+            store_failing: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The configuration in force and its limiter.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// The store, with its resilience layer.
+    pub fn store(&self) -> &AppStore {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Where the configuration comes from.
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// The metrics text served at `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let stats = self.store.stats();
+        self.metrics.render(ExternalGauges {
+            circuit_state: match stats.breaker {
+                BreakerState::Closed => 0,
+                BreakerState::Open => 1,
+                BreakerState::HalfOpen => 2,
+            },
+            deny_cache_hits: stats.deny_cache_hits,
+            store_errors: stats.failures,
+        })
+    }
+
+    /// Reads the configuration again and, if it is valid, swaps it in;
+    /// otherwise the running one stays and the error is returned (and
+    /// logged). Requests in flight finish on the configuration they started
+    /// with. Store settings cannot change without a restart: a changed
+    /// store section is logged and ignored.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] of the new configuration.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        match self.source.load() {
+            Ok(config) => {
+                let old = self.current();
+                if config.store != old.config.store {
+                    tracing::warn!(
+                        "config reload: the store section changed; store settings apply only after a restart"
+                    );
+                }
+                if config.server.http != old.config.server.http
+                    || config.server.grpc != old.config.server.grpc
+                {
+                    tracing::warn!(
+                        "config reload: listen addresses changed; they apply only after a restart"
+                    );
+                }
+                let policies = config.policies.len();
+                let domains = config.domains.len();
+                self.current.store(Arc::new(build(config, &self.store)));
+                self.metrics.reload(true);
+                tracing::info!(policies, domains, "config reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.reload(false);
+                tracing::error!(%error, "config reload failed; keeping the running configuration");
+                Err(error)
+            }
+        }
+    }
+
+    /// Decides `cost` for `key` against the named policies of `loaded`,
+    /// all-or-nothing, and counts the outcome of each policy. When the store
+    /// fails, the resilience layer decides by the failure mode (marked
+    /// `degraded`). A denial from a `shadow` caller is counted as `shadow`.
+    ///
+    /// # Errors
+    /// Unknown policy, zero cost, key too long.
+    pub async fn decide(
+        &self,
+        loaded: &Loaded,
+        names: &[&str],
+        key: &[u8],
+        cost: u64,
+        mode: Mode,
+        shadow: bool,
+    ) -> Result<MultiDecision, Error> {
+        let started = Instant::now();
+        let result = match mode {
+            Mode::Consume => loaded.limiter.check_all(names, key, cost).await,
+            Mode::Peek => loaded.limiter.peek_all(names, key, cost).await,
+        };
+        self.metrics.store_latency(started.elapsed());
+        let result = result?;
+        let degraded = result.decisions.iter().any(|d| d.degraded);
+        if degraded && !self.store_failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                on_failure = ?loaded.config.store.on_failure,
+                breaker = self.store.breaker_state().name(),
+                "store failing; deciding by the failure mode"
+            );
+        } else if !degraded && self.store_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("store recovered");
+        }
+        for (name, decision) in names.iter().zip(&result.decisions) {
+            let outcome = match (decision.degraded, decision.allowed, shadow) {
+                (true, _, _) => Outcome::Degraded,
+                (false, true, _) => Outcome::Allowed,
+                (false, false, true) => Outcome::Shadow,
+                (false, false, false) => Outcome::Denied,
+            };
+            self.metrics.decision(name, outcome);
+        }
+        Ok(result)
+    }
+
+    /// Whether the store answers (one peek, which writes nothing, at a probe
+    /// key, past the resilience layer) and the circuit breaker is closed.
+    ///
+    /// # Errors
+    /// Why the store is not ready.
+    pub async fn ready(&self) -> Result<(), String> {
+        let policy = probe_policy().map_err(|e| e.to_string())?;
+        let refs = [PolicyRef {
+            name: "tollgate-readyz",
+            policy: &policy,
+        }];
+        self.store
+            .get_ref()
+            .apply(b"tollgate-readyz", &refs, 1, Mode::Peek)
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.store.breaker_state() {
+            BreakerState::Closed => Ok(()),
+            state => Err(format!("circuit breaker {}", state.name())),
+        }
+    }
+}
+
+fn probe_policy() -> Result<Policy, tollgate::PolicyError> {
+    Policy::new(Algorithm::FixedWindow, 1, Duration::from_secs(1), None)
+}
+
+/// Wraps the store in the resilience layer configured by `settings`. A
+/// shared (Redis) store subscribes to reset notices, so a reset through any
+/// instance clears every instance's deny cache.
+fn resilient(store: ServerStore, settings: &StoreSettings) -> AppStore {
+    let options = ResilienceOptions::default()
+        .failure_mode(match settings.on_failure {
+            FailureMode::Open => tollgate::resilience::FailureMode::Open,
+            FailureMode::Closed => tollgate::resilience::FailureMode::Closed,
+            FailureMode::Local => tollgate::resilience::FailureMode::Local,
+        })
+        .timeout(settings.timeout);
+    match settings.kind {
+        StoreKind::Memory => Resilient::new(store, options),
+        StoreKind::Redis | StoreKind::RedisCluster => Resilient::with_invalidations(store, options),
+    }
+}
+
+fn build(config: Config, store: &AppStore) -> Loaded {
+    let mut builder = Limiter::builder(store.clone()).max_key_len(MAX_LIMITER_KEY);
+    for (name, policy) in config.limiter_policies() {
+        builder = builder.policy(name, *policy);
+    }
+    Loaded {
+        limiter: builder.build(),
+        config,
+    }
+}

@@ -1,0 +1,505 @@
+//! Envoy rate limit domains: descriptors as envoyproxy/ratelimit configures
+//! and matches them.
+//!
+//! A domain is a tree of descriptor entries. A request descriptor (a list
+//! of `key`/`value` entries) walks the tree one entry per level, preferring
+//! at each level an entry with the same key and value, then a value
+//! wildcard (`value: "/api/*"`, a prefix), then an entry with the key and
+//! no value (which matches any value). The limit applies only when the walk
+//! consumes every request entry and the last node has a limit: exactly
+//! envoyproxy/ratelimit's `GetLimit`.
+//!
+//! Each matched limit is a policy of the limiter: a `policy:` reference
+//! uses the named policy, an inline `rate_limit` becomes the policy
+//! `envoy/<domain>/<key[=value]/...>` (algorithm `fixed_window` unless the
+//! descriptor says `algorithm:`). The key the limiter charges is the domain
+//! and every request entry, length-prefixed so no two descriptors can
+//! collide; a wildcard's value is therefore part of the key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tollgate::Policy;
+
+/// A rate limit unit of envoyproxy/ratelimit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// One second.
+    Second,
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day.
+    Day,
+    /// Seven days.
+    Week,
+    /// Thirty days (as envoyproxy/ratelimit counts it).
+    Month,
+    /// 365 days.
+    Year,
+}
+
+impl Unit {
+    const ALL: [Unit; 7] = [
+        Unit::Second,
+        Unit::Minute,
+        Unit::Hour,
+        Unit::Day,
+        Unit::Week,
+        Unit::Month,
+        Unit::Year,
+    ];
+
+    /// Parses a unit name, case-insensitively (envoyproxy/ratelimit
+    /// upper-cases it).
+    pub fn parse(text: &str) -> Option<Unit> {
+        Unit::ALL
+            .into_iter()
+            .find(|u| u.name().eq_ignore_ascii_case(text))
+    }
+
+    /// The unit's name in configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+            Unit::Year => "year",
+        }
+    }
+
+    /// The unit's length.
+    pub const fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 3600,
+            Unit::Day => 86_400,
+            Unit::Week => 604_800,
+            Unit::Month => 2_592_000,
+            Unit::Year => 31_536_000,
+        })
+    }
+
+    /// The unit whose length is exactly `period`.
+    pub fn from_period(period: Duration) -> Option<Unit> {
+        Unit::ALL.into_iter().find(|u| u.duration() == period)
+    }
+}
+
+/// What a matched descriptor does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// `unlimited: true`: always OK.
+    Unlimited,
+    /// `requests_per_unit: 0`: always over the limit.
+    DenyAll {
+        /// The configured unit.
+        unit: Unit,
+    },
+    /// An inline `rate_limit`.
+    Inline {
+        /// The policy built from it.
+        policy: Policy,
+        /// The configured unit.
+        unit: Unit,
+        /// The configured count.
+        requests_per_unit: u32,
+    },
+    /// `policy: <name>`.
+    Named(String),
+}
+
+/// A descriptor's limit with its envoyproxy/ratelimit `name`/`replaces`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `rate_limit.name`: what other limits' `replaces` refer to.
+    pub name: Option<String>,
+    /// Names of limits this one replaces when both match a request.
+    pub replaces: Vec<String>,
+    /// The limit.
+    pub limit: Limit,
+}
+
+/// One descriptor entry as configured, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    /// The entry's key.
+    pub key: String,
+    /// The value; `None` matches any value; a trailing `*` matches a prefix.
+    pub value: Option<String>,
+    /// The limit at this node, if any.
+    pub rule: Option<Rule>,
+    /// Nested entries.
+    pub children: Vec<Descriptor>,
+    /// Over-limit decisions are reported but not enforced.
+    pub shadow_mode: bool,
+    /// With a wildcard value: every matching value shares one counter.
+    pub share_threshold: bool,
+}
+
+impl Descriptor {
+    /// Every named policy this descriptor and its children reference.
+    pub fn references(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        self.collect_references(&mut out);
+        out
+    }
+
+    fn collect_references<'a>(&'a self, out: &mut Vec<&'a str>) {
+        if let Some(Rule {
+            limit: Limit::Named(name),
+            ..
+        }) = &self.rule
+        {
+            out.push(name);
+        }
+        for child in &self.children {
+            child.collect_references(out);
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{}={v}", self.key),
+            None => self.key.clone(),
+        }
+    }
+}
+
+/// Rejects two siblings with the same key and value, as
+/// envoyproxy/ratelimit does.
+pub(crate) fn check_siblings<'a>(
+    siblings: impl Iterator<Item = &'a Descriptor>,
+) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for d in siblings {
+        if !seen.insert((&d.key, &d.value)) {
+            return Err(format!("duplicate descriptor `{}`", d.label()));
+        }
+    }
+    Ok(())
+}
+
+/// A compiled limit: what the server applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Always OK, reported with `limit_remaining` = u32::MAX.
+    Unlimited,
+    /// Always over the limit.
+    DenyAll {
+        /// The unit reported.
+        unit: Unit,
+    },
+    /// Decided by the limiter.
+    Policy {
+        /// The limiter's policy name.
+        name: String,
+        /// The policy.
+        policy: Policy,
+        /// The unit reported in `current_limit` (`None`: UNKNOWN, when the
+        /// policy's period is not one unit).
+        unit: Option<Unit>,
+        /// `requests_per_unit` reported in `current_limit`.
+        requests_per_unit: u32,
+    },
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledRule {
+    /// `rate_limit.name`.
+    pub name: Option<String>,
+    /// Names of limits this one replaces.
+    pub replaces: Vec<String>,
+    /// What to apply.
+    pub applied: Applied,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Level {
+    keys: HashMap<String, KeyNodes>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct KeyNodes {
+    exact: HashMap<String, Node>,
+    /// `(prefix, node)` in configuration order: the first match wins.
+    prefixes: Vec<(String, Node)>,
+    any: Option<Box<Node>>,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    rule: Option<CompiledRule>,
+    shadow_mode: bool,
+    /// For a shared wildcard: the pattern replaces the value in the key.
+    shared_pattern: Option<String>,
+    children: Level,
+}
+
+/// One domain, compiled for matching.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    name: String,
+    root: Level,
+    /// Policies written inline, by limiter name.
+    inline: BTreeMap<String, Policy>,
+}
+
+/// A request descriptor matched to a limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'a> {
+    /// The limit.
+    pub rule: &'a CompiledRule,
+    /// Whether over-limit decisions are only reported.
+    pub shadow: bool,
+}
+
+impl Domain {
+    /// Compiles validated descriptors; `named` resolves `policy:` references
+    /// (already checked to exist).
+    pub(crate) fn build(
+        name: &str,
+        descriptors: Vec<Descriptor>,
+        named: &BTreeMap<String, Policy>,
+    ) -> Domain {
+        let mut inline = BTreeMap::new();
+        let root = build_level(descriptors, &format!("envoy/{name}"), named, &mut inline);
+        Domain {
+            name: name.to_owned(),
+            root,
+            inline,
+        }
+    }
+
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Policies written inline in this domain's descriptors.
+    pub fn inline_policies(&self) -> impl Iterator<Item = (&str, &Policy)> {
+        self.inline.iter().map(|(n, p)| (n.as_str(), p))
+    }
+
+    /// Finds the limit for a request descriptor, as envoyproxy/ratelimit's
+    /// `GetLimit` does, and returns it with the limiter key; `None` when no
+    /// limit applies.
+    pub fn find<'a, K, V>(&'a self, entries: &[(K, V)]) -> Option<(Matched<'a>, Vec<u8>)>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut level = &self.root;
+        let mut found = None;
+        let mut key = Vec::with_capacity(64);
+        push_part(&mut key, self.name.as_bytes());
+        for (i, (k, v)) in entries.iter().enumerate() {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let Some(nodes) = level.keys.get(k) else {
+                break;
+            };
+            let node = nodes
+                .exact
+                .get(v)
+                .or_else(|| {
+                    nodes
+                        .prefixes
+                        .iter()
+                        .find(|(prefix, _)| v.starts_with(prefix.as_str()))
+                        .map(|(_, n)| n)
+                })
+                .or(nodes.any.as_deref());
+            let Some(node) = node else {
+                break;
+            };
+            push_part(&mut key, k.as_bytes());
+            push_part(
+                &mut key,
+                node.shared_pattern.as_deref().unwrap_or(v).as_bytes(),
+            );
+            if let Some(rule) = &node.rule {
+                if i + 1 == entries.len() {
+                    found = Some(Matched {
+                        rule,
+                        shadow: node.shadow_mode,
+                    });
+                }
+            }
+            if node.children.keys.is_empty() {
+                break;
+            }
+            level = &node.children;
+        }
+        found.map(|m| (m, key))
+    }
+}
+
+/// Appends `part` with its length in front, so no two sequences of parts
+/// encode to the same bytes.
+fn push_part(key: &mut Vec<u8>, part: &[u8]) {
+    key.extend_from_slice(part.len().to_string().as_bytes());
+    key.push(b':');
+    key.extend_from_slice(part);
+}
+
+fn build_level(
+    descriptors: Vec<Descriptor>,
+    path: &str,
+    named: &BTreeMap<String, Policy>,
+    inline: &mut BTreeMap<String, Policy>,
+) -> Level {
+    let mut level = Level::default();
+    for d in descriptors {
+        let path = format!("{path}/{}", d.label());
+        let rule = d.rule.map(|rule| CompiledRule {
+            name: rule.name,
+            replaces: rule.replaces,
+            applied: match rule.limit {
+                Limit::Unlimited => Applied::Unlimited,
+                Limit::DenyAll { unit } => Applied::DenyAll { unit },
+                Limit::Inline {
+                    policy,
+                    unit,
+                    requests_per_unit,
+                } => {
+                    inline.insert(path.clone(), policy);
+                    Applied::Policy {
+                        name: path.clone(),
+                        policy,
+                        unit: Some(unit),
+                        requests_per_unit,
+                    }
+                }
+                Limit::Named(name) => match named.get(&name) {
+                    Some(policy) => Applied::Policy {
+                        unit: Unit::from_period(policy.period()),
+                        requests_per_unit: u32::try_from(policy.limit()).unwrap_or(u32::MAX),
+                        policy: *policy,
+                        name,
+                    },
+                    // Checked while parsing; unreachable, but never panic.
+                    None => Applied::Unlimited,
+                },
+            },
+        });
+        let prefix = d
+            .value
+            .as_deref()
+            .and_then(|v| v.strip_suffix('*'))
+            .map(str::to_owned);
+        let node = Node {
+            rule,
+            shadow_mode: d.shadow_mode,
+            shared_pattern: if d.share_threshold {
+                d.value.clone()
+            } else {
+                None
+            },
+            children: build_level(d.children, &path, named, inline),
+        };
+        let nodes = level.keys.entry(d.key).or_default();
+        match (d.value, prefix) {
+            (Some(_), Some(prefix)) => nodes.prefixes.push((prefix, node)),
+            (Some(value), None) => {
+                nodes.exact.insert(value, node);
+            }
+            (None, _) => nodes.any = Some(Box::new(node)),
+        }
+    }
+    level
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+policies:
+  - name: login
+    algorithm: token_bucket
+    limit: 5
+    period: 1m
+    burst: 10
+domains:
+  - domain: edge
+    descriptors:
+      - key: remote_address
+        rate_limit: { unit: second, requests_per_unit: 10 }
+      - key: path
+        value: /login
+        policy: login
+      - key: path
+        value: /api/*
+        rate_limit: { unit: minute, requests_per_unit: 100 }
+      - key: path
+        value: /shared/*
+        share_threshold: true
+        rate_limit: { unit: minute, requests_per_unit: 100 }
+      - key: user
+        descriptors:
+          - key: plan
+            value: free
+            rate_limit: { unit: hour, requests_per_unit: 3 }
+          - key: plan
+            rate_limit: { unlimited: true }
+"#;
+
+    fn entries<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        pairs.to_vec()
+    }
+
+    #[test]
+    fn matching_follows_envoyproxy_ratelimit() {
+        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let edge = &config.domains["edge"];
+        let name = |pairs: &[(&str, &str)]| {
+            edge.find(&entries(pairs))
+                .map(|(m, _)| match &m.rule.applied {
+                    super::Applied::Policy { name, .. } => name.clone(),
+                    other => format!("{other:?}"),
+                })
+        };
+        assert_eq!(
+            name(&[("remote_address", "10.0.0.1")]).as_deref(),
+            Some("envoy/edge/remote_address")
+        );
+        assert_eq!(name(&[("path", "/login")]).as_deref(), Some("login"));
+        assert_eq!(
+            name(&[("path", "/api/v1")]).as_deref(),
+            Some("envoy/edge/path=/api/*")
+        );
+        assert_eq!(name(&[("path", "/other")]), None);
+        // More request entries than the configured depth: no limit.
+        assert_eq!(name(&[("remote_address", "a"), ("path", "/login")]), None);
+        // Nested: the exact value wins over the wildcard.
+        assert_eq!(
+            name(&[("user", "u1"), ("plan", "free")]).as_deref(),
+            Some("envoy/edge/user/plan=free")
+        );
+        assert_eq!(
+            name(&[("user", "u1"), ("plan", "pro")]).as_deref(),
+            Some("Unlimited")
+        );
+        // The parent has no limit of its own.
+        assert_eq!(name(&[("user", "u1")]), None);
+    }
+
+    #[test]
+    fn wildcard_values_are_part_of_the_key_unless_shared() {
+        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let edge = &config.domains["edge"];
+        let key = |pairs: &[(&str, &str)]| edge.find(&entries(pairs)).map(|(_, k)| k);
+        assert_ne!(
+            key(&[("remote_address", "a")]),
+            key(&[("remote_address", "b")])
+        );
+        assert_ne!(key(&[("path", "/api/a")]), key(&[("path", "/api/b")]));
+        assert_eq!(key(&[("path", "/shared/a")]), key(&[("path", "/shared/b")]));
+    }
+}

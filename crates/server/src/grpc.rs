@@ -1,0 +1,248 @@
+//! Envoy's rate limit service, `envoy.service.ratelimit.v3.RateLimitService`,
+//! with envoyproxy/ratelimit's semantics, so Envoy (or anything built for
+//! that service) can point at tollgate unchanged.
+//!
+//! - Each request descriptor is matched in the request's domain (see
+//!   [`crate::envoy`]) and decided on its own, as envoyproxy/ratelimit does;
+//!   a descriptor that is denied charges nothing (tollgate's rule), the
+//!   others are charged.
+//! - `hits_addend`: a descriptor's own value, when set, wins and may be 0,
+//!   which checks without charging (a peek); otherwise the request's value,
+//!   where 0 means 1.
+//! - One `statuses` entry per descriptor, in order: `OK` with no
+//!   `current_limit` when nothing matched; `OK` with `limit_remaining`
+//!   u32::MAX for `unlimited`; otherwise the limit, what remains and the
+//!   time until reset. A limit named in another matched limit's `replaces`
+//!   is skipped.
+//! - `shadow_mode`: an over-limit descriptor is reported `OK` and counted as
+//!   `shadow` in the metrics.
+//! - `overall_code` is `OVER_LIMIT` when any status is.
+//! - `response_headers_to_add` carries `RateLimit-Policy` and `RateLimit`
+//!   for the limits that were decided.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit, rate_limit::Unit as ProtoUnit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+use tollgate::{Decision, Mode};
+use tonic::{Request, Response, Status};
+
+use crate::app::App;
+use crate::envoy::{Applied, Unit};
+use crate::headers;
+
+/// The gRPC service name, for health checking.
+pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
+/// The most descriptors one request may carry.
+pub const MAX_DESCRIPTORS: usize = 64;
+
+/// The rate limit service over an [`App`].
+#[derive(Debug, Clone)]
+pub struct RateLimitGrpc {
+    app: Arc<App>,
+}
+
+impl RateLimitGrpc {
+    /// The service over `app`.
+    pub fn new(app: Arc<App>) -> Self {
+        RateLimitGrpc { app }
+    }
+
+    /// The tonic server of this service.
+    pub fn into_server(self) -> RateLimitServiceServer<RateLimitGrpc> {
+        // A request is a handful of short strings; 1 MiB is generous.
+        RateLimitServiceServer::new(self).max_decoding_message_size(1024 * 1024)
+    }
+}
+
+fn proto_unit(unit: Option<Unit>) -> i32 {
+    let unit = match unit {
+        None => ProtoUnit::Unknown,
+        Some(Unit::Second) => ProtoUnit::Second,
+        Some(Unit::Minute) => ProtoUnit::Minute,
+        Some(Unit::Hour) => ProtoUnit::Hour,
+        Some(Unit::Day) => ProtoUnit::Day,
+        Some(Unit::Week) => ProtoUnit::Week,
+        Some(Unit::Month) => ProtoUnit::Month,
+        Some(Unit::Year) => ProtoUnit::Year,
+    };
+    unit as i32
+}
+
+fn proto_duration(d: Duration) -> ProtoDuration {
+    ProtoDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimitGrpc {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let request = request.into_inner();
+        if request.domain.is_empty() {
+            return Err(Status::invalid_argument(
+                "rate limit domain must not be empty",
+            ));
+        }
+        if request.descriptors.is_empty() {
+            return Err(Status::invalid_argument(
+                "rate limit descriptor list must not be empty",
+            ));
+        }
+        if request.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(Status::invalid_argument(format!(
+                "{} descriptors, above the maximum of {MAX_DESCRIPTORS}",
+                request.descriptors.len()
+            )));
+        }
+        let loaded = self.app.current();
+        let domain = loaded.config.domains.get(&request.domain);
+        // Match every descriptor first: `replaces` looks across all of them.
+        let matched: Vec<_> = request
+            .descriptors
+            .iter()
+            .map(|descriptor| {
+                let entries: Vec<(&str, &str)> = descriptor
+                    .entries
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.value.as_str()))
+                    .collect();
+                domain.and_then(|d| d.find(&entries))
+            })
+            .collect();
+        let replaced: HashSet<&str> = matched
+            .iter()
+            .flatten()
+            .flat_map(|(m, _)| m.rule.replaces.iter().map(String::as_str))
+            .collect();
+        let mut overall = Code::Ok;
+        let mut statuses = Vec::with_capacity(matched.len());
+        let mut decided = Vec::new();
+        for (descriptor, found) in request.descriptors.iter().zip(&matched) {
+            let Some((m, key)) = found else {
+                statuses.push(DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..DescriptorStatus::default()
+                });
+                continue;
+            };
+            if m.rule
+                .name
+                .as_deref()
+                .is_some_and(|name| replaced.contains(name))
+            {
+                statuses.push(DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..DescriptorStatus::default()
+                });
+                continue;
+            }
+            let status = match &m.rule.applied {
+                Applied::Unlimited => DescriptorStatus {
+                    code: Code::Ok as i32,
+                    limit_remaining: u32::MAX,
+                    ..DescriptorStatus::default()
+                },
+                Applied::DenyAll { unit } => {
+                    let code = if m.shadow { Code::Ok } else { Code::OverLimit };
+                    DescriptorStatus {
+                        code: code as i32,
+                        current_limit: Some(RateLimit {
+                            name: m.rule.name.clone().unwrap_or_default(),
+                            requests_per_unit: 0,
+                            unit: proto_unit(Some(*unit)),
+                        }),
+                        limit_remaining: 0,
+                        duration_until_reset: Some(proto_duration(unit.duration())),
+                        ..DescriptorStatus::default()
+                    }
+                }
+                Applied::Policy {
+                    name,
+                    policy,
+                    unit,
+                    requests_per_unit,
+                } => {
+                    // The descriptor's own hits_addend wins, 0 included
+                    // (a peek); the request's 0 means 1.
+                    let (cost, mode) = match descriptor.hits_addend.as_ref().map(|h| h.value) {
+                        Some(0) => (1, Mode::Peek),
+                        Some(n) => (n, Mode::Consume),
+                        None => (u64::from(request.hits_addend.max(1)), Mode::Consume),
+                    };
+                    let decision = self
+                        .app
+                        .decide(&loaded, &[name.as_str()], key, cost, mode, m.shadow)
+                        .await
+                        .map_err(|e| match e {
+                            tollgate::Error::Store(e) => Status::unavailable(e.to_string()),
+                            other => Status::invalid_argument(other.to_string()),
+                        })?;
+                    let Some(d) = decision.decisions.first().copied() else {
+                        return Err(Status::internal("no decision"));
+                    };
+                    let code = if d.allowed || m.shadow {
+                        Code::Ok
+                    } else {
+                        Code::OverLimit
+                    };
+                    decided.push((name.as_str(), policy, d));
+                    DescriptorStatus {
+                        code: code as i32,
+                        current_limit: Some(RateLimit {
+                            name: m.rule.name.clone().unwrap_or_default(),
+                            requests_per_unit: *requests_per_unit,
+                            unit: proto_unit(*unit),
+                        }),
+                        limit_remaining: u32::try_from(d.remaining).unwrap_or(u32::MAX),
+                        duration_until_reset: Some(proto_duration(d.reset_after)),
+                        ..DescriptorStatus::default()
+                    }
+                }
+            };
+            if status.code == Code::OverLimit as i32 {
+                overall = Code::OverLimit;
+            }
+            statuses.push(status);
+        }
+        let response_headers_to_add = if decided.is_empty() {
+            Vec::new()
+        } else {
+            let entries: Vec<(&str, &tollgate::Policy, &Decision)> =
+                decided.iter().map(|(n, p, d)| (*n, *p, d)).collect();
+            let (policy_field, limit_field) = headers::format(entries);
+            vec![
+                HeaderValue {
+                    key: "RateLimit-Policy".to_owned(),
+                    value: policy_field,
+                    ..HeaderValue::default()
+                },
+                HeaderValue {
+                    key: "RateLimit".to_owned(),
+                    value: limit_field,
+                    ..HeaderValue::default()
+                },
+            ]
+        };
+        Ok(Response::new(RateLimitResponse {
+            overall_code: overall as i32,
+            statuses,
+            response_headers_to_add,
+            ..RateLimitResponse::default()
+        }))
+    }
+}

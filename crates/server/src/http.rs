@@ -1,0 +1,531 @@
+//! The HTTP JSON API, `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Every body is read through a size limit before it is parsed, and every
+//! error is an RFC 9457 `application/problem+json` document with its own
+//! status, so nothing a client sends can crash the server or make it
+//! allocate beyond the limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+use tollgate::{Decision, Error, Mode};
+
+use crate::app::App;
+use crate::headers;
+
+/// The most policies one multi-policy check may name.
+pub const MAX_POLICIES_PER_CHECK: usize = 16;
+
+/// The router of the HTTP API over `app`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/v1/peek", post(peek))
+        .route("/v1/reset", post(reset))
+        .route("/v1/policies", get(policies))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// An RFC 9457 problem: the status and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A human-readable explanation of this occurrence.
+    pub detail: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, detail)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+/// The body of `/v1/check` and `/v1/peek`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    /// One policy.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Several policies, all-or-nothing.
+    #[serde(default)]
+    pub policies: Option<Vec<String>>,
+    /// Who is charged.
+    pub key: String,
+    /// Units to spend; default 1.
+    #[serde(default)]
+    pub cost: Option<serde_json::Number>,
+}
+
+/// A check request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidCheck {
+    /// The policies, at least one, no duplicates.
+    pub policies: Vec<String>,
+    /// Whether the request named one `policy` (the response is flat) or a
+    /// `policies` list (the response lists each).
+    pub single: bool,
+    /// The key.
+    pub key: String,
+    /// The cost, 1 to u32::MAX.
+    pub cost: u64,
+}
+
+/// The body of `/v1/reset`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// The policy.
+    pub policy: String,
+    /// The key whose state is forgotten.
+    pub key: String,
+}
+
+/// Decodes and validates a check request body: what the HTTP API does
+/// before anything touches the store (also the JSON fuzz target's entry).
+///
+/// # Errors
+/// A `400` [`Problem`] naming what is wrong.
+pub fn decode_check(body: &[u8], max_key_bytes: usize) -> Result<ValidCheck, Problem> {
+    let request: CheckRequest = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
+    let (policies, single) = match (request.policy, request.policies) {
+        (Some(p), None) => (vec![p], true),
+        (None, Some(list)) => (list, false),
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "give either `policy` or `policies`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(Problem::bad_request(
+                "missing `policy` (or `policies` for a multi-policy check)",
+            ));
+        }
+    };
+    if policies.is_empty() {
+        return Err(Problem::bad_request("`policies` must not be empty"));
+    }
+    if policies.len() > MAX_POLICIES_PER_CHECK {
+        return Err(Problem::bad_request(format!(
+            "`policies` names {} policies, above the maximum of {MAX_POLICIES_PER_CHECK}",
+            policies.len()
+        )));
+    }
+    for (i, p) in policies.iter().enumerate() {
+        if policies[..i].contains(p) {
+            return Err(Problem::bad_request(format!("policy `{p}` is named twice")));
+        }
+    }
+    check_key(&request.key, max_key_bytes)?;
+    let cost = match request.cost {
+        None => 1,
+        Some(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(0), _) => return Err(Problem::bad_request("`cost` must be at least 1")),
+            (Some(c), _) if c > u64::from(u32::MAX) => {
+                return Err(Problem::bad_request(format!(
+                    "`cost` {c} is above the maximum of {}",
+                    u32::MAX
+                )));
+            }
+            (Some(c), _) => c,
+            (None, Some(_)) => {
+                return Err(Problem::bad_request(format!(
+                    "`cost` must be at least 1, not {n}"
+                )));
+            }
+            (None, None) => {
+                return Err(Problem::bad_request(format!(
+                    "`cost` must be a whole number from 1 to {}, not {n}",
+                    u32::MAX
+                )));
+            }
+        },
+    };
+    Ok(ValidCheck {
+        policies,
+        single,
+        key: request.key,
+        cost,
+    })
+}
+
+fn check_key(key: &str, max: usize) -> Result<(), Problem> {
+    if key.len() > max {
+        return Err(Problem::bad_request(format!(
+            "`key` is {} bytes long, above the maximum of {max}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a body of at most `max` bytes.
+async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Problem> {
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {max} bytes"),
+        )),
+        Err(e) => Err(Problem::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Response header present (`true`) when a decision was made without the
+/// shared store (failure mode `open` or `local`).
+pub const TOLLGATE_DEGRADED: &str = "tollgate-degraded";
+
+/// Response header: for an allowed `leaky_bucket` request, how long to wait
+/// before proceeding, in whole milliseconds rounded up.
+pub const TOLLGATE_DELAY_MS: &str = "tollgate-delay-ms";
+
+/// Whole milliseconds, rounded up: a client waiting that long is never early.
+fn ceil_ms(d: Duration) -> u64 {
+    let ms = d.as_millis() + u128::from(d.as_nanos() % 1_000_000 != 0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// One policy's decision as JSON.
+#[derive(Debug, Serialize)]
+struct DecisionBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a str>,
+    allowed: bool,
+    limit: u64,
+    remaining: u64,
+    reset_after_ms: u64,
+    retry_after_ms: Option<u64>,
+}
+
+impl<'a> DecisionBody<'a> {
+    fn new(policy: Option<&'a str>, d: &Decision) -> Self {
+        DecisionBody {
+            policy,
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after_ms: ceil_ms(d.reset_after),
+            retry_after_ms: d.retry_after.map(ceil_ms),
+        }
+    }
+}
+
+async fn check(State(app): State<Arc<App>>, body: Body) -> Response {
+    decide(app, body, Mode::Consume).await
+}
+
+async fn peek(State(app): State<Arc<App>>, body: Body) -> Response {
+    decide(app, body, Mode::Peek).await
+}
+
+async fn decide(app: Arc<App>, body: Body, mode: Mode) -> Response {
+    match try_decide(&app, body, mode).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Problem> {
+    let loaded = app.current();
+    let server = &loaded.config.server;
+    let body = read_body(body, server.max_body_bytes).await?;
+    let request = decode_check(&body, server.max_key_bytes)?;
+    // Only the `policies:` section is addressable over HTTP; inline Envoy
+    // policies belong to their descriptors.
+    let mut policies = Vec::with_capacity(request.policies.len());
+    for name in &request.policies {
+        let policy = loaded.config.policies.get(name).ok_or_else(|| {
+            Problem::new(StatusCode::NOT_FOUND, format!("unknown policy `{name}`"))
+        })?;
+        policies.push((name.as_str(), policy));
+    }
+    let names: Vec<&str> = policies.iter().map(|(n, _)| *n).collect();
+    let result = app
+        .decide(
+            &loaded,
+            &names,
+            request.key.as_bytes(),
+            request.cost,
+            mode,
+            false,
+        )
+        .await
+        .map_err(limiter_problem)?;
+    let (policy_field, limit_field) = headers::format(
+        policies
+            .iter()
+            .zip(&result.decisions)
+            .map(|((name, policy), d)| (*name, *policy, d)),
+    );
+    let body = if request.single {
+        let d = result
+            .decisions
+            .first()
+            .ok_or_else(|| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "no decision"))?;
+        serde_json::to_string(&DecisionBody::new(None, d))
+    } else {
+        serde_json::to_string(&serde_json::json!({
+            "allowed": result.allowed,
+            "retry_after_ms": result.retry_after().map(ceil_ms),
+            "policies": names
+                .iter()
+                .zip(&result.decisions)
+                .map(|(name, d)| DecisionBody::new(Some(name), d))
+                .collect::<Vec<_>>(),
+        }))
+    }
+    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in [
+        (headers::RATELIMIT_POLICY, policy_field),
+        (headers::RATELIMIT, limit_field),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    // The JSON body keeps exactly the documented fields; what only some
+    // callers need travels in headers: a decision made without the shared
+    // store, and a leaky bucket's wait before proceeding.
+    if result.decisions.iter().any(|d| d.degraded) {
+        headers.insert(TOLLGATE_DEGRADED, HeaderValue::from_static("true"));
+    }
+    if let Some(delay) = result
+        .decisions
+        .iter()
+        .map(|d| d.delay)
+        .max()
+        .filter(|d| !d.is_zero())
+    {
+        headers.insert(TOLLGATE_DELAY_MS, HeaderValue::from(ceil_ms(delay)));
+    }
+    Ok(response)
+}
+
+fn limiter_problem(error: Error) -> Problem {
+    match error {
+        Error::UnknownPolicy(name) => {
+            Problem::new(StatusCode::NOT_FOUND, format!("unknown policy `{name}`"))
+        }
+        Error::Store(e) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("rate limiter unavailable: {e}"),
+        ),
+        other => Problem::bad_request(other.to_string()),
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn reset(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    match try_reset(&app, &headers, body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(problem) => {
+            let unauthorized = problem.status == StatusCode::UNAUTHORIZED;
+            let mut response = problem.into_response();
+            if unauthorized {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+    }
+}
+
+async fn try_reset(app: &App, headers: &HeaderMap, body: Body) -> Result<(), Problem> {
+    let loaded = app.current();
+    let server = &loaded.config.server;
+    if let Some(token) = &server.admin_token {
+        let given = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !given.is_some_and(|g| same_token(g, token.as_bytes())) {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "reset needs `Authorization: Bearer <admin_token>`",
+            ));
+        }
+    }
+    let body = read_body(body, server.max_body_bytes).await?;
+    let request: ResetRequest = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
+    check_key(&request.key, server.max_key_bytes)?;
+    if !loaded.config.policies.contains_key(&request.policy) {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown policy `{}`", request.policy),
+        ));
+    }
+    loaded
+        .limiter
+        .reset(&request.policy, request.key.as_bytes())
+        .await
+        .map_err(limiter_problem)?;
+    tracing::info!(policy = %request.policy, "key reset");
+    Ok(())
+}
+
+async fn policies(State(app): State<Arc<App>>) -> Response {
+    let loaded = app.current();
+    let list: Vec<serde_json::Value> = loaded
+        .config
+        .policies
+        .iter()
+        .map(|(name, p)| {
+            serde_json::json!({
+                "name": name,
+                "algorithm": p.algorithm().name(),
+                "limit": p.limit(),
+                "period_ms": ceil_ms(p.period()),
+                "burst": p.algorithm().has_burst().then(|| p.burst()),
+                "policy": p.to_string(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "policies": list }).to_string();
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    ([(CONTENT_TYPE, "text/plain")], "ok\n").into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.ready().await {
+        Ok(()) => ([(CONTENT_TYPE, "text/plain")], "ready\n").into_response(),
+        Err(reason) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not reachable: {reason}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    Problem::new(StatusCode::NOT_FOUND, "no such endpoint").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_check_validates_every_field() {
+        let ok = decode_check(br#"{"policy":"api","key":"k"}"#, 10).unwrap();
+        assert_eq!(ok.cost, 1);
+        assert!(ok.single);
+        let ok =
+            decode_check(br#"{"policies":["a","b"],"key":"k","cost":4294967295}"#, 10).unwrap();
+        assert_eq!((ok.cost, ok.single), (4_294_967_295, false));
+        for (body, expected) in [
+            (r#"{"policy":"api","key":"k","cost":0}"#, "at least 1"),
+            (r#"{"policy":"api","key":"k","cost":-1}"#, "at least 1"),
+            (
+                r#"{"policy":"api","key":"k","cost":4294967296}"#,
+                "above the maximum",
+            ),
+            (r#"{"policy":"api","key":"k","cost":1.5}"#, "whole number"),
+            (
+                r#"{"policy":"api","key":"k","cost":1e400}"#,
+                "invalid request body",
+            ),
+            (
+                r#"{"policy":"api","key":"k","cost":"1"}"#,
+                "invalid request body",
+            ),
+            (
+                r#"{"policy":"api","key":"01234567890"}"#,
+                "above the maximum of 10",
+            ),
+            (r#"{"key":"k"}"#, "missing `policy`"),
+            (r#"{"policy":"a","policies":["a"],"key":"k"}"#, "not both"),
+            (r#"{"policies":[],"key":"k"}"#, "must not be empty"),
+            (r#"{"policies":["a","a"],"key":"k"}"#, "named twice"),
+            (r#"{"policy":"a","key":"k","extra":1}"#, "unknown field"),
+            (r#"{"policy":"a""#, "invalid request body"),
+            (r#"{"policy":1,"key":"k"}"#, "invalid type"),
+        ] {
+            let problem = decode_check(body.as_bytes(), 10).expect_err(body);
+            assert_eq!(problem.status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(
+                problem.detail.contains(expected),
+                "{body}: {}",
+                problem.detail
+            );
+        }
+    }
+
+    #[test]
+    fn milliseconds_round_up() {
+        assert_eq!(ceil_ms(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_ms(Duration::from_millis(60_000)), 60_000);
+        assert_eq!(ceil_ms(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(same_token(b"secret", b"secret"));
+        assert!(!same_token(b"secreT", b"secret"));
+        assert!(!same_token(b"secret1", b"secret"));
+    }
+}

@@ -1,0 +1,60 @@
+//! tollgate-server: tollgate as a service. `tollgate serve` runs it; this
+//! crate is everything behind that command, so tests (and other binaries)
+//! can run it in-process.
+//!
+//! A tour:
+//! - [`config`]: the YAML configuration (server, store, policies, Envoy
+//!   domains), validated with line numbers; also envoyproxy/ratelimit files;
+//! - [`envoy`]: Envoy descriptor trees and envoyproxy/ratelimit matching;
+//! - [`app`]: [`App`], the running service: the current configuration and
+//!   limiter (swapped whole on reload), failure modes, metrics;
+//! - [`http`]: the HTTP JSON API (`/v1/check`, `/v1/peek`, `/v1/reset`,
+//!   `/v1/policies`), `/metrics`, `/healthz`, `/readyz`;
+//! - [`grpc`]: Envoy's `RateLimitService` (RLS v3);
+//! - [`headers`]: the IETF `RateLimit-Policy`/`RateLimit` fields;
+//! - [`metrics`]: the Prometheus text;
+//! - [`reload`]: SIGHUP and file watching;
+//! - [`server`]: [`run`](server::run), which takes listeners and a shutdown
+//!   future (main passes ctrl-c/SIGTERM; tests their own);
+//! - [`store`]: the store chosen by configuration;
+//! - [`cli`]: the `serve` and `check` subcommands.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tollgate_server::{App, Config, ConfigSource, ServerStore, Listeners, ServerOptions};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let config = Config::demo()?;
+//! let app = Arc::new(App::new(ConfigSource::default(), config, ServerStore::Memory(Default::default())));
+//! let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let address = http.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(tollgate_server::server::run(
+//!     app,
+//!     Listeners { http, grpc: None },
+//!     ServerOptions::default().watch_interval(None).reload_on_sighup(false),
+//!     async { let _ = stopped.await; },
+//! ));
+//! // ... POST http://{address}/v1/check {"policy": "api", "key": "user-1"} ...
+//! # let _ = address;
+//! let _ = stop.send(());
+//! server.await??;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod envoy;
+pub mod grpc;
+pub mod headers;
+pub mod http;
+pub mod metrics;
+pub mod reload;
+pub mod server;
+pub mod store;
+
+pub use app::{App, Loaded, StartError};
+pub use config::{Config, ConfigError, ConfigSource};
+pub use server::{Listeners, ServeError, ServerOptions, run, shutdown_signal};
+pub use store::ServerStore;

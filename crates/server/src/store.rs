@@ -1,0 +1,82 @@
+//! The store the server decides on, chosen by configuration.
+
+use tollgate::resilience::{InvalidationSink, Invalidations};
+use tollgate::{Decisions, MemoryStore, Mode, PolicyRef, Store, StoreError};
+use tollgate_redis::{ConnectError, RedisOptions, RedisStore};
+
+use crate::config::{StoreKind, StoreSettings};
+
+/// The memory store or a Redis store, behind one type so the server is not
+/// generic over its store. Cheap to clone; clones share state.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ServerStore {
+    /// The embedded memory store.
+    Memory(MemoryStore),
+    /// Redis or Redis Cluster.
+    Redis(RedisStore),
+}
+
+impl ServerStore {
+    /// Connects to the configured store.
+    ///
+    /// # Errors
+    /// [`ConnectError`] when Redis cannot be reached or its URL or prefix is
+    /// invalid.
+    pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
+        let options = RedisOptions::default()
+            .prefix(settings.prefix.clone())
+            .timeout(settings.timeout);
+        Ok(match settings.kind {
+            StoreKind::Memory => ServerStore::Memory(MemoryStore::new()),
+            StoreKind::Redis => {
+                let url = settings.urls.first().map_or("", String::as_str);
+                ServerStore::Redis(RedisStore::connect(url, options).await?)
+            }
+            StoreKind::RedisCluster => {
+                ServerStore::Redis(RedisStore::connect_cluster(&settings.urls, options).await?)
+            }
+        })
+    }
+
+    /// What the store is, for logs: `memory`, `redis` or `redis_cluster`.
+    pub fn describe(&self) -> String {
+        match self {
+            ServerStore::Memory(_) => "memory".to_owned(),
+            ServerStore::Redis(store) => format!("{store:?}"),
+        }
+    }
+}
+
+/// Reset notices: the Redis store's pub/sub feed; the memory store is
+/// private to the process and has none (it is wrapped without one).
+impl Invalidations for ServerStore {
+    fn subscribe(&self, sink: InvalidationSink) {
+        match self {
+            ServerStore::Memory(_) => drop(sink),
+            ServerStore::Redis(store) => store.subscribe(sink),
+        }
+    }
+}
+
+impl Store for ServerStore {
+    async fn apply(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<Decisions, StoreError> {
+        match self {
+            ServerStore::Memory(store) => store.apply(key, policies, cost, mode).await,
+            ServerStore::Redis(store) => store.apply(key, policies, cost, mode).await,
+        }
+    }
+
+    async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+        match self {
+            ServerStore::Memory(store) => store.reset(key, policies).await,
+            ServerStore::Redis(store) => store.reset(key, policies).await,
+        }
+    }
+}

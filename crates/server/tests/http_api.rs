@@ -1,0 +1,443 @@
+//! The HTTP JSON API end to end over real sockets, on the memory store and
+//! on a real Redis.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Backend, TestServer};
+use serde_json::json;
+use tollgate_server::{ConfigSource, ServerOptions};
+
+async fn every_endpoint(backend: Backend) {
+    let server = TestServer::start(backend).await;
+
+    // check: the documented response and headers.
+    let response = server
+        .post(
+            "/v1/check",
+            r#"{"policy": "api", "key": "user-1", "cost": 1}"#,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        r#""api";q=100;w=60"#
+    );
+    assert_eq!(response.headers()["ratelimit"], r#""api";r=99;t=60"#);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["allowed"], true);
+    assert_eq!(body["limit"], 100);
+    assert_eq!(body["remaining"], 99);
+    assert_eq!(body["retry_after_ms"], serde_json::Value::Null);
+    let reset_after = body["reset_after_ms"].as_u64().unwrap();
+    assert!((59_000..=60_000).contains(&reset_after), "{body}");
+
+    // cost defaults to 1.
+    let (status, body) = server
+        .post_json("/v1/check", r#"{"policy": "api", "key": "user-1"}"#)
+        .await;
+    assert_eq!((status, body["remaining"].as_u64()), (200, Some(98)));
+
+    // peek consumes nothing.
+    for _ in 0..3 {
+        let (status, body) = server
+            .post_json(
+                "/v1/peek",
+                r#"{"policy": "api", "key": "user-1", "cost": 5}"#,
+            )
+            .await;
+        assert_eq!((status, body["allowed"].as_bool()), (200, Some(true)));
+        assert_eq!(body["remaining"], 98);
+    }
+
+    // Denial: 200 with allowed false and a retry_after.
+    for _ in 0..2 {
+        let (_, body) = server
+            .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
+            .await;
+        assert_eq!(body["allowed"], true);
+    }
+    let response = server
+        .post("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .nth(1),
+        Some("r=0")
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["allowed"], false);
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 0, "{body}");
+    // Beyond what the policy can ever grant: no retry_after.
+    let (_, body) = server
+        .post_json(
+            "/v1/check",
+            r#"{"policy": "tiny", "key": "other", "cost": 3}"#,
+        )
+        .await;
+    assert_eq!(
+        (body["allowed"].as_bool(), &body["retry_after_ms"]),
+        (Some(false), &serde_json::Value::Null)
+    );
+
+    // reset needs the admin token, then the key is fresh.
+    let (status, body) = server
+        .post_json("/v1/reset", r#"{"policy": "tiny", "key": "k"}"#)
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let response = server
+        .client
+        .post(server.url("/v1/reset"))
+        .bearer_auth("wrong")
+        .body(r#"{"policy": "tiny", "key": "k"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = server
+        .client
+        .post(server.url("/v1/reset"))
+        .bearer_auth("s3cret")
+        .body(r#"{"policy": "tiny", "key": "k"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let (_, body) = server
+        .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
+        .await;
+    assert_eq!(
+        (body["allowed"].as_bool(), body["remaining"].as_u64()),
+        (Some(true), Some(1))
+    );
+
+    // policies.
+    let (status, text) = server.get_text("/v1/policies").await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = body["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "hourly", "login", "tiny"]);
+    assert_eq!(
+        body["policies"][2],
+        json!({"name": "login", "algorithm": "token_bucket", "limit": 5, "period_ms": 60000, "burst": 10, "policy": "token_bucket 5/1m burst 10"})
+    );
+
+    // health and readiness.
+    assert_eq!(server.get_text("/healthz").await.0, 200);
+    assert_eq!(server.get_text("/readyz").await.0, 200);
+
+    // metrics count the decisions above.
+    let (status, text) = server.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "tollgate_decisions_total{policy=\"api\",outcome=\"allowed\"} 5",
+        "tollgate_decisions_total{policy=\"tiny\",outcome=\"denied\"} 2",
+        "tollgate_decisions_total{policy=\"tiny\",outcome=\"allowed\"} 3",
+        "tollgate_store_errors_total 0",
+        "tollgate_config_reloads_total{result=\"success\"} 0",
+    ] {
+        assert!(
+            text.contains(&format!("{line}\n")),
+            "missing `{line}` in\n{text}"
+        );
+    }
+    assert!(
+        text.contains("tollgate_store_latency_seconds_count 10\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_on_memory() {
+    every_endpoint(Backend::memory()).await;
+}
+
+#[tokio::test]
+async fn every_endpoint_on_redis() {
+    every_endpoint(Backend::redis()).await;
+}
+
+async fn multi_policy_checks_are_all_or_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let check = r#"{"policies": ["api", "hourly"], "key": "u", "cost": 1}"#;
+    for remaining in [2, 1, 0] {
+        let response = server.post("/v1/check", check).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            r#""api";q=100;w=60, "hourly";q=3;w=3600"#
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["allowed"], true);
+        assert_eq!(body["retry_after_ms"], serde_json::Value::Null);
+        assert_eq!(body["policies"][0]["policy"], "api");
+        assert_eq!(body["policies"][1]["remaining"], remaining);
+    }
+    let (_, body) = server.post_json("/v1/check", check).await;
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["policies"][0]["allowed"], true);
+    assert_eq!(body["policies"][1]["allowed"], false);
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 0);
+    // The denial charged neither policy: api still has 97 left.
+    let (_, body) = server
+        .post_json("/v1/peek", r#"{"policy": "api", "key": "u"}"#)
+        .await;
+    assert_eq!(body["remaining"], 97);
+}
+
+#[tokio::test]
+async fn multi_policy_on_memory() {
+    multi_policy_checks_are_all_or_nothing(Backend::memory()).await;
+}
+
+#[tokio::test]
+async fn multi_policy_on_redis() {
+    multi_policy_checks_are_all_or_nothing(Backend::redis()).await;
+}
+
+#[tokio::test]
+async fn every_error_is_problem_json_with_its_status() {
+    let server = TestServer::start(Backend::memory()).await;
+    let long_key = "k".repeat(65);
+    let too_big = format!(r#"{{"policy": "api", "key": "{}"}}"#, "k".repeat(5000));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/v1/check",
+            r#"{"policy": "api", "key": "#.into(),
+            400,
+            "invalid request body",
+        ),
+        ("/v1/check", "not json".into(), 400, "invalid request body"),
+        (
+            "/v1/check",
+            r#"{"policy": 5, "key": "a"}"#.into(),
+            400,
+            "invalid type",
+        ),
+        (
+            "/v1/check",
+            r#"{"policy": "api", "key": "a", "cost": "1"}"#.into(),
+            400,
+            "invalid",
+        ),
+        (
+            "/v1/check",
+            r#"{"policy": "nope", "key": "a"}"#.into(),
+            404,
+            "unknown policy `nope`",
+        ),
+        (
+            "/v1/check",
+            r#"{"policies": ["api", "nope"], "key": "a"}"#.into(),
+            404,
+            "unknown policy `nope`",
+        ),
+        // Inline Envoy policies are not addressable over HTTP.
+        (
+            "/v1/check",
+            r#"{"policy": "envoy/edge/remote_address", "key": "a"}"#.into(),
+            404,
+            "unknown policy",
+        ),
+        ("/v1/check", too_big, 413, "larger than 4096 bytes"),
+        (
+            "/v1/check",
+            r#"{"policy": "api", "key": "a", "cost": 0}"#.into(),
+            400,
+            "at least 1",
+        ),
+        (
+            "/v1/check",
+            r#"{"policy": "api", "key": "a", "cost": -2}"#.into(),
+            400,
+            "at least 1",
+        ),
+        (
+            "/v1/check",
+            r#"{"policy": "api", "key": "a", "cost": 4294967296}"#.into(),
+            400,
+            "above the maximum",
+        ),
+        (
+            "/v1/peek",
+            format!(r#"{{"policy": "api", "key": "{long_key}"}}"#),
+            400,
+            "above the maximum of 64",
+        ),
+        (
+            "/v1/check",
+            r#"{"policy": "api", "key": "a", "unknown": true}"#.into(),
+            400,
+            "unknown field",
+        ),
+        ("/v1/nowhere", "{}".into(), 404, "no such endpoint"),
+    ];
+    for (path, body, status, detail) in cases {
+        let response = server.post(path, &body).await;
+        assert_eq!(response.status().as_u16(), status, "{path} {body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{path} {body}"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], status);
+        assert_eq!(problem["type"], "about:blank");
+        assert!(problem["title"].is_string());
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{path} {body}: {problem}"
+        );
+    }
+    // reset errors, with the token.
+    for (body, status) in [
+        (r#"{"policy": "nope", "key": "a"}"#, 404),
+        (r#"{"policy": "api"}"#, 400),
+    ] {
+        let response = server
+            .client
+            .post(server.url("/v1/reset"))
+            .bearer_auth("s3cret")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+    }
+    // A chunked body over the limit is cut off, not buffered.
+    assert_eq!(chunked_post(&server, 10, 1000).await, 413);
+    assert_eq!(chunked_post(&server, 1, 10).await, 400);
+    // The server is still fine.
+    assert_eq!(server.get_text("/healthz").await.0, 200);
+}
+
+/// POSTs `count` chunks of `size` spaces with chunked transfer encoding
+/// (no Content-Length) and returns the status.
+async fn chunked_post(server: &TestServer, count: usize, size: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let mut request =
+        b"POST /v1/check HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..count {
+        request.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        request.extend(std::iter::repeat_n(b' ', size));
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer and close before reading everything.
+    let _ = stream.write_all(&request).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_failing_store_follows_the_failure_mode() {
+    let mut redis = tollgate_testkit::redis::RedisServer::start();
+    let store = tollgate_redis::RedisStore::connect(
+        &redis.url(),
+        tollgate_redis::RedisOptions::default().timeout(std::time::Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    for (mode, allowed) in [("open", true), ("closed", false), ("local", true)] {
+        let text = format!(
+            "store:\n  kind: redis\n  url: {}\n  on_failure: {mode}\npolicies:\n  - name: api\n    limit: 5\n    period: 1m\n",
+            redis.url()
+        );
+        let config = tollgate_server::Config::parse(&text, "t.yaml").unwrap();
+        let app = tollgate_server::App::new(
+            Default::default(),
+            config,
+            tollgate_server::ServerStore::Redis(store.clone()),
+        );
+        let loaded = app.current();
+        if mode == "open" {
+            assert!(app.ready().await.is_ok());
+            redis.kill();
+        }
+        let decision = app
+            .decide(&loaded, &["api"], b"k", 1, tollgate::Mode::Consume, false)
+            .await
+            .unwrap();
+        assert_eq!(decision.allowed, allowed, "{mode}");
+        assert!(decision.decisions[0].degraded, "{mode}");
+        if mode == "local" {
+            assert_eq!(decision.decisions[0].remaining, 4);
+        }
+        assert!(app.ready().await.is_err());
+        let metrics = app.render_metrics();
+        assert!(
+            metrics.contains("tollgate_store_errors_total 1\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("tollgate_decisions_total{policy=\"api\",outcome=\"degraded\"} 1\n"),
+            "{metrics}"
+        );
+    }
+}
+
+/// The body of `/v1/check` has exactly the five documented fields; a leaky
+/// bucket's wait travels in `Tollgate-Delay-Ms`.
+#[tokio::test]
+async fn check_body_has_exactly_the_documented_fields() {
+    let yaml = "policies:\n  - name: shaped\n    algorithm: leaky_bucket\n    limit: 10\n    period: 1s\n    burst: 5\n";
+    let options = ServerOptions::default()
+        .watch_interval(None)
+        .reload_on_sighup(false);
+    let server =
+        TestServer::start_with(Backend::memory(), yaml, ConfigSource::default(), options).await;
+    let mut delays = Vec::new();
+    for _ in 0..2 {
+        let response = server
+            .post("/v1/check", r#"{"policy": "shaped", "key": "k"}"#)
+            .await;
+        delays.push(
+            response
+                .headers()
+                .get("tollgate-delay-ms")
+                .map(|v| v.to_str().expect("ascii").to_owned()),
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        let mut fields: Vec<&str> = body
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "allowed",
+                "limit",
+                "remaining",
+                "reset_after_ms",
+                "retry_after_ms"
+            ]
+        );
+    }
+    assert_eq!(
+        delays,
+        [None, Some("100".to_owned())],
+        "the second request waits one emission interval"
+    );
+}

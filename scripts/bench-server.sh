@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Throughput and latency of `tollgate serve`'s POST /v1/check, with wrk, on
+# the memory store and on a local Redis. 127.0.0.1 only; each run is
+# bounded (DURATION, default 10s); three runs per store, report medians.
+#
+#   scripts/bench-server.sh            # needs wrk and redis-server
+#   DURATION=5s CONNECTIONS=64 THREADS=2 scripts/bench-server.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+RUNS=${RUNS:-3}
+HTTP_PORT=${HTTP_PORT:-18080}
+GRPC_PORT=${GRPC_PORT:-18081}
+REDIS_PORT=${REDIS_PORT:-16399}
+
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+cargo build --release -p tollgate-cli >&2
+BIN=target/release/tollgate
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+cat > "$WORK/post.lua" <<'LUA'
+-- One key per connection-ish: 1000 keys, a limit high enough that most
+-- checks are allowed (the common case).
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = string.format('{"policy":"bench","key":"user-%d"}', counter % 1000)
+  return wrk.format(nil, "/v1/check", nil, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT rps=%.0f p50_us=%d p99_us=%d errors=%d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99),
+    summary.errors.status + summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+config() { # $1: store section
+  cat > "$WORK/tollgate.yaml" <<YAML
+server:
+  http: 127.0.0.1:$HTTP_PORT
+  grpc: 127.0.0.1:$GRPC_PORT
+store:
+$1
+policies:
+  - name: bench
+    algorithm: gcra
+    limit: 1000000
+    period: 1s
+YAML
+}
+
+run_store() { # $1: name
+  RUST_LOG=warn "$BIN" serve --config "$WORK/tollgate.yaml" >/dev/null &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
+  local results=()
+  for run in $(seq "$RUNS"); do
+    local line
+    line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/post.lua" "http://127.0.0.1:$HTTP_PORT" | grep '^RESULT')
+    echo "$1 run $run: $line" >&2
+    results+=("$line")
+  done
+  kill -TERM "$pid"; wait "$pid" || true
+  printf '%s\n' "${results[@]}" | python3 -c '
+import sys, statistics
+rows = [dict(kv.split("=") for kv in line.split()[1:]) for line in sys.stdin]
+def med(k):
+    return statistics.median(float(r[k]) for r in rows)
+errors = sum(int(r["errors"]) for r in rows)
+print("| %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], med("rps"), med("p50_us") / 1000, med("p99_us") / 1000, errors))
+' "$1"
+}
+
+echo "| store | requests/s | p50 ms | p99 ms | errors |"
+echo "|---|---|---|---|---|"
+config "  kind: memory"
+run_store memory
+
+if command -v redis-server >/dev/null; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+  PIDS+=("$!")
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  config "  kind: redis
+  url: redis://127.0.0.1:$REDIS_PORT"
+  run_store redis
+fi
