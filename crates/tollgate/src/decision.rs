@@ -17,8 +17,8 @@ use std::time::Duration;
 ///   or when the cost exceeds what the policy can ever grant;
 /// - `delay`: for `leaky_bucket`, how long the caller should wait before
 ///   proceeding (its place in the queue); zero for every other algorithm;
-/// - `degraded`: the decision was made without the shared store (failure
-///   mode `open` or `local`).
+/// - `degraded`: the decision was made without the shared store, by the
+///   failure mode (`open`, `closed` or `local`; see `tollgate::resilience`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Decision {
     /// Whether the request may proceed.
