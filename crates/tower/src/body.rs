@@ -1,0 +1,81 @@
+//! The response body: the inner service's, or one the layer wrote.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The body of a [`RateLimitService`](crate::RateLimitService)
+    /// response: the inner service's body, untouched, or the body of a
+    /// response the layer wrote itself (a 429, 400, 401 or 503).
+    ///
+    /// It implements [`http_body::Body`] with `Bytes` data, so axum
+    /// (`IntoResponse`), hyper and tonic accept it as they accept the inner
+    /// body.
+    #[derive(Debug)]
+    pub struct RateLimitBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Written { data: Option<Bytes> },
+    }
+}
+
+impl<B> RateLimitBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        RateLimitBody {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    pub(crate) fn written(data: Bytes) -> Self {
+        let data = (!data.is_empty()).then_some(data);
+        RateLimitBody {
+            kind: Kind::Written { data },
+        }
+    }
+}
+
+impl<B> Body for RateLimitBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Written { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Written { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Written { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

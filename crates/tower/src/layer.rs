@@ -1,0 +1,450 @@
+//! [`RateLimitLayer`] and its builder.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::MatchedPath;
+use http::HeaderValue;
+use http::request::Parts;
+use tollgate::{Limiter, MemoryStore, Policy, Store};
+use tower::Layer;
+
+use crate::error::ConfigError;
+use crate::key::{Key, KeyExtractor, PeerIp};
+use crate::response::{self, ResponseFormat};
+use crate::service::RateLimitService;
+
+/// The default longest a request waits in a `leaky_bucket` queue before the
+/// layer answers 429 instead (see [`RateLimitLayerBuilder::max_delay`]).
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// What the layer does with a request it cannot read a key from.
+///
+/// Whatever the choice, it is never a 500. The reason is logged: at `warn`
+/// when the server is set up wrong ([`KeyError::NoPeerAddress`]), at `debug`
+/// when the client left something out.
+///
+/// [`KeyError::NoPeerAddress`]: crate::key::KeyError::NoPeerAddress
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Answer `400 Bad Request` (`{"error":"missing_key"}`). The default: a
+    /// server started without `ConnectInfo` fails loudly on its first
+    /// request rather than silently limiting nothing.
+    #[default]
+    BadRequest,
+    /// Answer `401 Unauthorized`, with this `WWW-Authenticate` challenge if
+    /// given (e.g. `Bearer`): for keys that are credentials.
+    Unauthorized(Option<HeaderValue>),
+    /// Charge the key of another extractor instead, e.g.
+    /// [`MissingKey::peer_ip`]; if that fails too, answer 400.
+    Fallback(Arc<dyn KeyExtractor>),
+    /// Let the request through unlimited, without rate limit fields. Only
+    /// for keys a client cannot simply leave out to escape the limit.
+    Skip,
+}
+
+impl MissingKey {
+    /// Fall back to the peer's IP address ([`PeerIp`] with its defaults).
+    /// Behind a proxy, fall back to a [`ClientIp`](crate::key::ClientIp)
+    /// with [`MissingKey::Fallback`] instead, or every such request is
+    /// charged to the proxy.
+    pub fn peer_ip() -> Self {
+        MissingKey::Fallback(Arc::new(PeerIp::new()))
+    }
+
+    /// Fall back to the key of `extractor`.
+    pub fn fallback(extractor: impl KeyExtractor) -> Self {
+        MissingKey::Fallback(Arc::new(extractor))
+    }
+}
+
+impl fmt::Debug for MissingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MissingKey::BadRequest => f.write_str("BadRequest"),
+            MissingKey::Unauthorized(challenge) => {
+                f.debug_tuple("Unauthorized").field(challenge).finish()
+            }
+            MissingKey::Fallback(_) => f.write_str("Fallback(..)"),
+            MissingKey::Skip => f.write_str("Skip"),
+        }
+    }
+}
+
+/// What the layer does when the store cannot decide
+/// ([`tollgate::Error::Store`]: Redis down, a timeout).
+///
+/// Either way the failure is logged with `tracing::warn!`. The limiter will
+/// own failure modes (open, closed, local fallback) in a later version; this
+/// is the layer's own choice until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoreFailure {
+    /// Let the request through, without rate limit fields (the default: an
+    /// outage of the limiter should not become an outage of the service).
+    #[default]
+    Allow,
+    /// Answer `503 Service Unavailable`
+    /// (`{"error":"rate_limiter_unavailable"}`).
+    Deny,
+}
+
+/// The policies of one group of requests, checked together.
+pub(crate) struct PolicySet {
+    /// Names and policies, in the order given.
+    pub(crate) entries: Vec<(Box<str>, Policy)>,
+    /// Each name as a structured-field string, quoted once here rather than
+    /// for every response.
+    pub(crate) quoted: Vec<Box<str>>,
+    /// The `RateLimit-Policy` value: it never changes, so it is written once.
+    pub(crate) header: Option<HeaderValue>,
+}
+
+/// Which policies apply to a request.
+pub(crate) enum Policies {
+    /// The same for every request.
+    Fixed(PolicySet),
+    /// By route template (axum's `MatchedPath`) or request path.
+    Routes {
+        routes: HashMap<Box<str>, PolicySet>,
+        default: Option<PolicySet>,
+    },
+}
+
+impl Policies {
+    /// The policies for `request`; `None` when it is not limited.
+    pub(crate) fn for_request(&self, request: &Parts) -> Option<&PolicySet> {
+        match self {
+            Policies::Fixed(set) => Some(set),
+            Policies::Routes { routes, default } => request
+                .extensions
+                .get::<MatchedPath>()
+                .and_then(|matched| routes.get(matched.as_str()))
+                .or_else(|| routes.get(request.uri.path()))
+                .or(default.as_ref()),
+        }
+    }
+}
+
+/// Everything a layer's services share: built once, behind one `Arc`.
+pub(crate) struct Config<S> {
+    /// The budget: shared by every clone of every service of the layer, and
+    /// by anything else holding the same limiter.
+    pub(crate) limiter: Limiter<S>,
+    pub(crate) policies: Policies,
+    pub(crate) key: Arc<dyn KeyExtractor>,
+    pub(crate) missing_key: MissingKey,
+    pub(crate) store_failure: StoreFailure,
+    pub(crate) cost: u64,
+    pub(crate) format: ResponseFormat,
+    pub(crate) standard_headers: bool,
+    pub(crate) legacy_headers: bool,
+    pub(crate) degraded_header: bool,
+    pub(crate) max_delay: Duration,
+    pub(crate) shadow: bool,
+    pub(crate) allowlist: HashSet<Box<[u8]>>,
+}
+
+/// A tower [`Layer`] that rate limits requests with a shared
+/// [`tollgate::Limiter`].
+///
+/// The budget lives in the limiter: every service this layer makes, and
+/// every clone axum makes of them, charges the same state. The decision is
+/// made when the request is called; `poll_ready` only asks the inner
+/// service. Build one with [`RateLimitLayer::builder`]; the crate docs show
+/// the whole flow.
+pub struct RateLimitLayer<S = MemoryStore> {
+    config: Arc<Config<S>>,
+}
+
+impl<S> Clone for RateLimitLayer<S> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S> fmt::Debug for RateLimitLayer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("RateLimitLayer")
+            .field("limiter", &c.limiter)
+            .field("missing_key", &c.missing_key)
+            .field("store_failure", &c.store_failure)
+            .field("cost", &c.cost)
+            .field("format", &c.format)
+            .field("shadow", &c.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> RateLimitLayer<S> {
+    /// Starts building a layer over `limiter` (a clone shares its budget).
+    pub fn builder(limiter: Limiter<S>) -> RateLimitLayerBuilder<S> {
+        RateLimitLayerBuilder {
+            limiter,
+            default: Vec::new(),
+            routes: Vec::new(),
+            key: Arc::new(PeerIp::new()),
+            missing_key: MissingKey::default(),
+            store_failure: StoreFailure::default(),
+            cost: 1,
+            format: ResponseFormat::default(),
+            standard_headers: true,
+            legacy_headers: false,
+            degraded_header: false,
+            max_delay: DEFAULT_MAX_DELAY,
+            shadow: false,
+            allowlist: HashSet::new(),
+        }
+    }
+}
+
+impl<S> RateLimitLayer<S> {
+    /// The limiter the layer charges.
+    pub fn limiter(&self) -> &Limiter<S> {
+        &self.config.limiter
+    }
+}
+
+impl<Svc, S> Layer<Svc> for RateLimitLayer<S> {
+    type Service = RateLimitService<Svc, S>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        RateLimitService::new(inner, Arc::clone(&self.config))
+    }
+}
+
+/// Builds a [`RateLimitLayer`]: which policies, keyed by what, answering
+/// how. Only the policies are required.
+pub struct RateLimitLayerBuilder<S> {
+    limiter: Limiter<S>,
+    default: Vec<String>,
+    routes: Vec<(String, Vec<String>)>,
+    key: Arc<dyn KeyExtractor>,
+    missing_key: MissingKey,
+    store_failure: StoreFailure,
+    cost: u64,
+    format: ResponseFormat,
+    standard_headers: bool,
+    legacy_headers: bool,
+    degraded_header: bool,
+    max_delay: Duration,
+    shadow: bool,
+    allowlist: HashSet<Box<[u8]>>,
+}
+
+impl<S> fmt::Debug for RateLimitLayerBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("default", &self.default)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> RateLimitLayerBuilder<S> {
+    /// Adds a policy checked for every request (or, with routes, for every
+    /// request no route names). Several policies are checked together, all
+    /// or nothing ([`Limiter::check_all`]): a request is charged to each
+    /// only if each allows it.
+    pub fn policy(mut self, name: impl Into<String>) -> Self {
+        self.default.push(name.into());
+        self
+    }
+
+    /// Adds several policies, as [`policy`](Self::policy) does.
+    pub fn policies<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.default.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Checks `policies` (all or nothing) for requests to `route`: an axum
+    /// route template as written in `Router::route` (`/users/{id}`), matched
+    /// against the `MatchedPath` extension, or else a literal request path.
+    /// Requests matching no route get the default policies, or pass
+    /// unlimited when there are none. Naming a route again replaces it.
+    ///
+    /// The alternative is one layer per route with axum's `route_layer`;
+    /// both charge the same limiter.
+    pub fn route<I>(mut self, route: impl Into<String>, policies: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let policies = policies.into_iter().map(Into::into).collect();
+        self.routes.push((route.into(), policies));
+        self
+    }
+
+    /// Sets what requests are charged to (default: [`PeerIp`]).
+    pub fn key(mut self, extractor: impl KeyExtractor) -> Self {
+        self.key = Arc::new(extractor);
+        self
+    }
+
+    /// Sets what happens when no key can be read (default
+    /// [`MissingKey::BadRequest`]).
+    pub fn on_missing_key(mut self, behaviour: MissingKey) -> Self {
+        self.missing_key = behaviour;
+        self
+    }
+
+    /// Sets what happens when the store fails (default
+    /// [`StoreFailure::Allow`]).
+    pub fn on_store_failure(mut self, behaviour: StoreFailure) -> Self {
+        self.store_failure = behaviour;
+        self
+    }
+
+    /// Sets the units each request costs (default 1).
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Sets how 429s (and the layer's other responses) are written (default
+    /// [`ResponseFormat::Json`]).
+    pub fn response_format(mut self, format: ResponseFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Whether to send `RateLimit-Policy` and `RateLimit` (default on).
+    pub fn ratelimit_headers(mut self, on: bool) -> Self {
+        self.standard_headers = on;
+        self
+    }
+
+    /// Whether to also send the legacy `X-RateLimit-Limit`,
+    /// `X-RateLimit-Remaining` and `X-RateLimit-Reset` (default off).
+    pub fn legacy_headers(mut self, on: bool) -> Self {
+        self.legacy_headers = on;
+        self
+    }
+
+    /// Whether to send `Tollgate-Degraded: true` on responses whose decision
+    /// was made without the shared store (the store failed and a
+    /// [`tollgate::Resilient`] failure mode decided). Default off.
+    pub fn degraded_header(mut self, on: bool) -> Self {
+        self.degraded_header = on;
+        self
+    }
+
+    /// Sets the longest a request waits when a `leaky_bucket` policy tells
+    /// it to (default [`DEFAULT_MAX_DELAY`]). A longer wait is answered 429
+    /// at once; its place in the queue is spent, as the store admitted it.
+    /// With `leaky_bucket L/P burst B`, waits reach `(B - cost) * P / L`:
+    /// a maximum at least that long means the layer never refuses what the
+    /// store admitted. `Duration::ZERO` refuses every wait.
+    pub fn max_delay(mut self, max: Duration) -> Self {
+        self.max_delay = max;
+        self
+    }
+
+    /// Shadow mode: decide, charge and send the rate limit fields, but never
+    /// reject nor delay; a would-be denial is logged at `info`. For trying a
+    /// policy on real traffic before enforcing it.
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
+        self
+    }
+
+    /// Adds keys that bypass the limit entirely (no charge, no fields), as
+    /// the extractor writes them, e.g. `Key::for_ip(addr, 64)` or
+    /// `"header:internal-monitoring"`.
+    pub fn allow_keys<I>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<Key>,
+    {
+        let keys = keys.into_iter().map(|k| k.into().into_bytes().into());
+        self.allowlist.extend(keys);
+        self
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] when no policy is named, a name is unknown to the
+    /// limiter or not printable ASCII, a policy is named twice for the same
+    /// requests, a route names no policy, or the cost is zero. Checking here
+    /// is what makes an unknown policy impossible while serving.
+    pub fn build(self) -> Result<RateLimitLayer<S>, ConfigError> {
+        if self.cost == 0 {
+            return Err(ConfigError::ZeroCost);
+        }
+        let policies = if self.routes.is_empty() {
+            if self.default.is_empty() {
+                return Err(ConfigError::NoPolicy);
+            }
+            Policies::Fixed(policy_set(&self.limiter, &self.default)?)
+        } else {
+            let mut routes = HashMap::new();
+            for (route, names) in &self.routes {
+                if names.is_empty() {
+                    return Err(ConfigError::EmptyRoute(route.clone()));
+                }
+                let set = policy_set(&self.limiter, names)?;
+                routes.insert(route.clone().into_boxed_str(), set);
+            }
+            let default = if self.default.is_empty() {
+                None
+            } else {
+                Some(policy_set(&self.limiter, &self.default)?)
+            };
+            Policies::Routes { routes, default }
+        };
+        Ok(RateLimitLayer {
+            config: Arc::new(Config {
+                limiter: self.limiter,
+                policies,
+                key: self.key,
+                missing_key: self.missing_key,
+                store_failure: self.store_failure,
+                cost: self.cost,
+                format: self.format,
+                standard_headers: self.standard_headers,
+                legacy_headers: self.legacy_headers,
+                degraded_header: self.degraded_header,
+                max_delay: self.max_delay,
+                shadow: self.shadow,
+                allowlist: self.allowlist,
+            }),
+        })
+    }
+}
+
+fn policy_set<S: Store>(limiter: &Limiter<S>, names: &[String]) -> Result<PolicySet, ConfigError> {
+    let mut entries: Vec<(Box<str>, Policy)> = Vec::with_capacity(names.len());
+    for name in names {
+        let policy = limiter
+            .policy(name)
+            .ok_or_else(|| ConfigError::UnknownPolicy(name.clone()))?;
+        if !response::is_sf_printable(name) {
+            return Err(ConfigError::PolicyName(name.clone()));
+        }
+        if entries.iter().any(|(seen, _)| **seen == **name) {
+            return Err(ConfigError::DuplicatePolicy(name.clone()));
+        }
+        entries.push((name.clone().into_boxed_str(), *policy));
+    }
+    let quoted: Vec<Box<str>> = entries
+        .iter()
+        .map(|(n, _)| response::sf_string(n))
+        .collect();
+    let header = response::policy_header(quoted.iter().zip(&entries).map(|(q, (_, p))| (&**q, p)));
+    Ok(PolicySet {
+        entries,
+        quoted,
+        header,
+    })
+}
