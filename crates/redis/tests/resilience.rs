@@ -1,6 +1,6 @@
 //! `Resilient<RedisStore>` under real faults: `redis-server` killed
-//! (`SIGKILL`), hung (`SIGSTOP`), and a Cluster master killed and failed
-//! over. Every check must return within the timeout plus a margin, decide as
+//! (`SIGKILL`), hung (`SIGSTOP`, `CLIENT PAUSE`, `DEBUG SLEEP`), and a
+//! Cluster master killed and failed over. Every check must return within the timeout plus a margin, decide as
 //! its failure mode says, and go back to Redis on its own once Redis is back.
 
 mod common;
@@ -231,6 +231,97 @@ async fn hung_redis_never_holds_a_check_and_recovers() {
     let back = until_redis_decides(&limiter, Duration::from_secs(1)).await;
     assert!(back <= Duration::from_secs(1), "{back:?}");
     assert_healthy(&hammer(&limiter, "back", 16, Duration::from_millis(100)).await);
+}
+
+/// Healthy, then hung by `hang` (for about 2 s) while 64 tasks check, each
+/// within the bound; then decided by Redis again once it answers.
+async fn hang_and_recover(
+    server: &RedisServer,
+    mode: FailureMode,
+    hang: impl FnOnce() -> std::thread::JoinHandle<()>,
+) -> Outcome {
+    let prefix = common::unique_prefix();
+    let store = connect(&server.url(), &prefix).await;
+    let limiter = limiter(
+        Resilient::with_invalidations(store, resilience(mode)),
+        "fixed_window 1000000/1h",
+    );
+    until_redis_decides(&limiter, Duration::from_secs(1)).await;
+    assert_healthy(&hammer(&limiter, "up", 16, Duration::from_millis(100)).await);
+    let during = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { hammer(&limiter, "hung", 16, Duration::from_millis(1200)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hung_at = Instant::now();
+    let hanger = hang();
+    let hung = during.await.expect("no panic");
+    assert!(hung.degraded > 0, "{hung:?}");
+    let stats = limiter.store().stats();
+    assert!(stats.failures > 0, "{stats:?}");
+    assert!(stats.short_circuited > 0, "the breaker opened: {stats:?}");
+
+    // Redis answers again about 2 s after the hang began.
+    tokio::task::spawn_blocking(move || hanger.join().expect("the hang ran"))
+        .await
+        .expect("joined");
+    let back = until_redis_decides(&limiter, Duration::from_secs(2)).await;
+    assert!(
+        hung_at.elapsed() <= Duration::from_millis(3500),
+        "back {back:?} after the hang, {:?} after it began",
+        hung_at.elapsed()
+    );
+    assert_healthy(&hammer(&limiter, "back", 16, Duration::from_millis(100)).await);
+    assert_eq!(limiter.store().breaker_state(), BreakerState::Closed);
+    hung
+}
+
+/// Runs `redis-cli -p <port> <args>` on a thread of its own: `DEBUG SLEEP`
+/// answers only when the sleep is over.
+fn cli_in_background(
+    server: &RedisServer,
+    args: &'static [&'static str],
+) -> std::thread::JoinHandle<()> {
+    let port = server.port().to_string();
+    let cli = std::env::var_os("TOLLGATE_REDIS_CLI")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "redis-cli".into());
+    std::thread::spawn(move || {
+        let status = std::process::Command::new(cli)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run redis-cli");
+        assert!(status.success(), "redis-cli {args:?}: {status}");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_clients_are_never_waited_for_in_open_mode() {
+    let server = RedisServer::start();
+    let hung = hang_and_recover(&server, FailureMode::Open, || {
+        // Returns at once; Redis holds every client's commands for 2 s.
+        server.cli(&["CLIENT", "PAUSE", "2000", "ALL"]);
+        // The pause ends on its own: nothing to join but a finished thread.
+        let until = Instant::now() + Duration::from_millis(2000);
+        std::thread::spawn(move || {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()))
+        })
+    })
+    .await;
+    assert_eq!(hung.allowed, hung.checks, "open mode: {hung:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_redis_is_never_waited_for_in_closed_mode() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let hung = hang_and_recover(&server, FailureMode::Closed, || {
+        cli_in_background(&server, &["DEBUG", "SLEEP", "2"])
+    })
+    .await;
+    // Only checks Redis decided (before the sleep) are allowed.
+    assert_eq!(hung.allowed + hung.degraded, hung.checks, "{hung:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

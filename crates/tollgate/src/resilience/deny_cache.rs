@@ -23,10 +23,22 @@
 //!
 //! Memory is bounded: at most `capacity` identities (split over shards),
 //! dropping expired entries first, then those expiring soonest.
+//!
+//! **Single flight.** When an entry expires, a flood of callers would all
+//! miss it at once and all call the store (one is allowed, the others are
+//! denied and re-cache). Instead, an expired entry is kept as an *anchor*:
+//! the first caller to meet it leads a [`Flight`] to the store, and the
+//! others wait for it ([`Lookup::Wait`]), then look up again. If the leader
+//! was denied, its denial is cached and answers them; if it was allowed,
+//! nothing is reused (every allowed request is charged by the store): the
+//! waiters go to the store themselves — one at a time through the anchor
+//! when the allow left less room than its cost (the next one is probably
+//! denied), all at once otherwise. Exactness is untouched: only denials the
+//! store made are ever served.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashMap};
@@ -66,6 +78,79 @@ struct Entry {
     retry_at_us: SmallVec<[u64; 2]>,
     /// Per decision: the local instant its `reset_after` points to.
     reset_at_us: SmallVec<[u64; 2]>,
+    /// Once expired: the call refreshing it, if one is in flight.
+    flight: Option<Arc<Flight>>,
+}
+
+/// One caller's store call for an expired entry, which others wait for.
+#[derive(Default)]
+pub(crate) struct Flight {
+    done: AtomicBool,
+    outcome: AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+/// How a flight ended, for its waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The store decided, or the leader gave up: look up again.
+    Decided,
+    /// The store failed (error, timeout, breaker open): decide by the
+    /// failure mode without calling it again.
+    Failed,
+}
+
+impl Flight {
+    /// Waits until the flight ends, at most `bound`; `None` if it did not.
+    pub(crate) async fn wait(&self, bound: std::time::Duration) -> Option<Outcome> {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.done.load(Ordering::Acquire)
+            && tokio::time::timeout(bound, notified).await.is_err()
+        {
+            return None;
+        }
+        Some(if self.outcome.load(Ordering::Acquire) == 1 {
+            Outcome::Failed
+        } else {
+            Outcome::Decided
+        })
+    }
+
+    fn end(&self, outcome: Outcome) {
+        self.outcome
+            .store(u8::from(outcome == Outcome::Failed), Ordering::Release);
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// What a lookup found.
+pub(crate) enum Lookup {
+    /// A cached denial: the answer.
+    Hit(Decisions),
+    /// Nothing usable: call the store.
+    Miss,
+    /// An expired entry: call the store, then [`DenyCache::land`].
+    Lead(Arc<Flight>),
+    /// An expired entry another caller is refreshing: wait for it.
+    Wait(Arc<Flight>),
+}
+
+/// How a leader's call ended, for [`DenyCache::land`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Landing {
+    /// Allowed with room left for another request of the same cost: the
+    /// waiters go to the store all at once.
+    AllowedWithRoom,
+    /// Allowed with less room than the cost (or denied without being
+    /// cached): the waiters go one at a time.
+    Tight,
+    /// The store failed.
+    Failed,
+    /// The leader was cancelled: another waiter leads.
+    Cancelled,
 }
 
 impl Entry {
@@ -103,7 +188,8 @@ impl DenyCache {
     }
 
     /// The cached denial of `cost` for `policies` of `key` at `now_us`, if
-    /// any.
+    /// any (no single flight).
+    #[cfg(test)]
     pub(crate) fn lookup(
         &self,
         key: &[u8],
@@ -111,26 +197,58 @@ impl DenyCache {
         cost: u64,
         now_us: u64,
     ) -> Option<Decisions> {
+        match self.lookup_or_join(key, policies, cost, now_us, false) {
+            Lookup::Hit(decisions) => Some(decisions),
+            _ => None,
+        }
+    }
+
+    /// The cached denial of `cost` for `policies` of `key` at `now_us`; or,
+    /// if the entry expired and `join` is set, a flight to lead or wait for.
+    pub(crate) fn lookup_or_join(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        now_us: u64,
+        join: bool,
+    ) -> Lookup {
         // A cost above some capacity is denied with no retry_after: leave it
         // to the store, which says so exactly.
         if policies.iter().any(|p| cost > p.policy.capacity()) {
-            return None;
+            return Lookup::Miss;
         }
         let mut shard = self.shard(key);
-        let entries = shard.identities.get_mut(key)?;
-        let index = entries.iter().position(|e| e.is_for(policies))?;
-        let entry = &entries[index];
+        let Some(entries) = shard.identities.get_mut(key) else {
+            return Lookup::Miss;
+        };
+        let Some(index) = entries.iter().position(|e| e.is_for(policies)) else {
+            return Lookup::Miss;
+        };
+        let entry = &mut entries[index];
         if now_us >= entry.until_us {
-            entries.swap_remove(index);
-            if entries.is_empty() {
-                shard.identities.remove(key);
+            if join {
+                return match &entry.flight {
+                    Some(flight) => Lookup::Wait(Arc::clone(flight)),
+                    None => {
+                        let flight = Arc::new(Flight::default());
+                        entry.flight = Some(Arc::clone(&flight));
+                        Lookup::Lead(flight)
+                    }
+                };
             }
-            return None;
+            if entry.flight.is_none() {
+                entries.swap_remove(index);
+                if entries.is_empty() {
+                    shard.identities.remove(key);
+                }
+            }
+            return Lookup::Miss;
         }
         if cost < entry.cost {
-            return None;
+            return Lookup::Miss;
         }
-        Some(
+        Lookup::Hit(
             entry
                 .decisions
                 .iter()
@@ -144,6 +262,44 @@ impl DenyCache {
                 })
                 .collect(),
         )
+    }
+
+    /// Ends a flight led after [`Lookup::Lead`], once the answer (if any) was
+    /// [`record`](Self::record)ed, and wakes its waiters. If a new denial
+    /// replaced the anchor, they find it; otherwise the anchor is kept
+    /// (without a flight) for the next leader when the waiters should go one
+    /// at a time, and dropped when they may all go.
+    pub(crate) fn land(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        flight: &Arc<Flight>,
+        landing: Landing,
+    ) {
+        {
+            let mut shard = self.shard(key);
+            if let Some(entries) = shard.identities.get_mut(key) {
+                let ours = entries.iter().position(|e| {
+                    e.is_for(policies) && e.flight.as_ref().is_some_and(|f| Arc::ptr_eq(f, flight))
+                });
+                if let Some(i) = ours {
+                    match landing {
+                        Landing::Tight | Landing::Cancelled => entries[i].flight = None,
+                        Landing::AllowedWithRoom | Landing::Failed => {
+                            entries.swap_remove(i);
+                        }
+                    }
+                    if entries.is_empty() {
+                        shard.identities.remove(key);
+                    }
+                }
+            }
+        }
+        flight.end(if landing == Landing::Failed {
+            Outcome::Failed
+        } else {
+            Outcome::Decided
+        });
     }
 
     /// Records the store's answer to a call sent at `sent_us` (local), when
@@ -162,7 +318,7 @@ impl DenyCache {
             return;
         }
         if decisions.iter().all(|d| d.allowed) {
-            self.forget_if_stale(key, policies, cost);
+            self.forget_if_stale(key, policies, cost, sent_us);
             return;
         }
         // The earliest instant one of the denials would pass; a denial that
@@ -193,6 +349,7 @@ impl DenyCache {
                 .iter()
                 .map(|d| sent_us.saturating_add(micros(d.reset_after)))
                 .collect(),
+            flight: None,
         };
         let mut shard = self.shard(key);
         // Checked under the shard lock: an invalidation bumps the epoch
@@ -216,12 +373,14 @@ impl DenyCache {
         shard.identities.insert(Box::from(key), entries);
     }
 
-    fn forget_if_stale(&self, key: &[u8], policies: &[PolicyRef<'_>], cost: u64) {
+    fn forget_if_stale(&self, key: &[u8], policies: &[PolicyRef<'_>], cost: u64, sent_us: u64) {
         let mut shard = self.shard(key);
         if let Some(entries) = shard.identities.get_mut(key) {
             // The store allowed what we hold as denied: the entry is stale (a
-            // reset whose notice we missed). Drop it.
-            entries.retain(|e| !(e.is_for(policies) && cost >= e.cost));
+            // reset whose notice we missed). Drop it. An entry already expired
+            // when the call was sent is not stale but an anchor for single
+            // flight ([`land`](Self::land) decides its fate).
+            entries.retain(|e| !(e.is_for(policies) && cost >= e.cost && e.until_us > sent_us));
             if entries.is_empty() {
                 shard.identities.remove(key);
             }
@@ -258,7 +417,7 @@ impl Shard {
     /// full, the identity whose entries expire soonest.
     fn evict(&mut self, now_us: u64, per_shard: usize) {
         self.identities.retain(|_, entries| {
-            entries.retain(|e| e.until_us > now_us);
+            entries.retain(|e| e.until_us > now_us || e.flight.is_some());
             !entries.is_empty()
         });
         while self.identities.len() >= per_shard {

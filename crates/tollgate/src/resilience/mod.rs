@@ -57,7 +57,7 @@ pub use options::{
 };
 
 use breaker::{Breaker, Permit};
-use deny_cache::DenyCache;
+use deny_cache::{DenyCache, Flight, Landing, Lookup, Outcome};
 
 use crate::store::{Decisions, Mode, PolicyRef, Store};
 use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
@@ -172,6 +172,33 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// Leads a deny cache flight: lands it when the call ends, or as cancelled
+/// if the caller is dropped first (another waiter then leads).
+struct FlightGuard<'a> {
+    cache: &'a DenyCache,
+    key: &'a [u8],
+    policies: &'a [PolicyRef<'a>],
+    flight: Arc<Flight>,
+    landed: bool,
+}
+
+impl FlightGuard<'_> {
+    fn land(mut self, landing: Landing) {
+        self.landed = true;
+        self.cache
+            .land(self.key, self.policies, &self.flight, landing);
+    }
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.cache
+                .land(self.key, self.policies, &self.flight, Landing::Cancelled);
+        }
+    }
+}
+
 impl<S: Store> Resilient<S> {
     /// Wraps `store`. Resets made through *this* wrapper invalidate its deny
     /// cache; resets made through other processes are not seen, so with the
@@ -270,19 +297,75 @@ impl<S: Store> Resilient<S> {
         mode: Mode,
     ) -> Result<Decisions, StoreError> {
         let shared = &*self.shared;
-        let counters = &shared.counters;
-        // Read before the call: a denial is cached from when the call was
-        // sent, so it never outlives the store's own instant.
-        let sent_us = shared.options.clock.now_us();
-        if let Some(cache) = &shared.deny_cache {
-            if let Some(decisions) = cache.lookup(key, policies, cost, sent_us) {
-                counters.deny_cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(decisions);
-            }
+        let Some(cache) = &shared.deny_cache else {
+            let sent_us = shared.options.clock.now_us();
+            return self.call(key, policies, cost, mode, sent_us, None).await;
+        };
+        let timeout = shared.options.timeout;
+        // Set once this caller waited for another's flight: waiting ends
+        // there, then it calls the store itself.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            // Read before the call: a denial is cached from when the call
+            // was sent, so it never outlives the store's own instant.
+            let sent_us = shared.options.clock.now_us();
+            let join = deadline.is_none_or(|d| tokio::time::Instant::now() < d);
+            let flight = match cache.lookup_or_join(key, policies, cost, sent_us, join) {
+                Lookup::Hit(decisions) => {
+                    shared
+                        .counters
+                        .deny_cache_hits
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(decisions);
+                }
+                Lookup::Miss => None,
+                Lookup::Lead(flight) => Some(FlightGuard {
+                    cache,
+                    key,
+                    policies,
+                    flight,
+                    landed: false,
+                }),
+                Lookup::Wait(flight) => {
+                    let until =
+                        *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+                    let bound = until.saturating_duration_since(tokio::time::Instant::now());
+                    let error = match flight.wait(bound).await {
+                        Some(Outcome::Decided) => continue,
+                        Some(Outcome::Failed) => StoreError::Unavailable(
+                            "the concurrent call for this key failed".into(),
+                        ),
+                        // The leader's call is bounded by the same timeout
+                        // and started first: the store is hung.
+                        None => StoreError::Timeout(timeout),
+                    };
+                    let retry = shared.options.breaker_cooldown;
+                    return self.fallback(key, policies, cost, mode, error, retry).await;
+                }
+            };
+            return self.call(key, policies, cost, mode, sent_us, flight).await;
         }
+    }
+
+    /// Calls the store (through the breaker and timeout), caches a denial,
+    /// lands the flight if this caller leads one, and falls back on failure.
+    async fn call(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        mode: Mode,
+        sent_us: u64,
+        flight: Option<FlightGuard<'_>>,
+    ) -> Result<Decisions, StoreError> {
+        let shared = &*self.shared;
+        let counters = &shared.counters;
         let permit = shared.breaker.admit(sent_us);
         if let Permit::ShortCircuit(probe_in) = permit {
             counters.short_circuited.fetch_add(1, Ordering::Relaxed);
+            if let Some(flight) = flight {
+                flight.land(Landing::Failed);
+            }
             let error = StoreError::Unavailable("circuit breaker open".into());
             return self
                 .fallback(key, policies, cost, mode, error, probe_in)
@@ -311,6 +394,14 @@ impl<S: Store> Resilient<S> {
                 if let Some(cache) = &shared.deny_cache {
                     cache.record(key, policies, cost, &decisions, sent_us, epoch);
                 }
+                if let Some(flight) = flight {
+                    let room = decisions.iter().all(|d| d.allowed && d.remaining >= cost);
+                    flight.land(if room {
+                        Landing::AllowedWithRoom
+                    } else {
+                        Landing::Tight
+                    });
+                }
                 Ok(decisions)
             }
             Err(error) => {
@@ -318,6 +409,9 @@ impl<S: Store> Resilient<S> {
                 shared
                     .breaker
                     .failure(permit, shared.options.clock.now_us());
+                if let Some(flight) = flight {
+                    flight.land(Landing::Failed);
+                }
                 let retry = shared.options.breaker_cooldown;
                 self.fallback(key, policies, cost, mode, error, retry).await
             }

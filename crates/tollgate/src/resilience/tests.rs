@@ -18,6 +18,8 @@ struct Switchable {
     store: MemoryStore,
     health: Arc<AtomicU8>,
     calls: Arc<AtomicU64>,
+    /// Milliseconds a healthy call takes.
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Switchable {
@@ -49,7 +51,13 @@ impl Store for Switchable {
         match self.health.load(Ordering::SeqCst) {
             FAILING => Err(StoreError::Unavailable("switched off".into())),
             HANGING => std::future::pending().await,
-            _ => self.store.apply(key, policies, cost, mode).await,
+            _ => {
+                let delay = self.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                self.store.apply(key, policies, cost, mode).await
+            }
         }
     }
 
@@ -318,6 +326,119 @@ async fn an_invalidation_sink_clears_the_cache_and_stops_with_the_wrapper() {
     drop(limiter);
     assert!(sink.is_closed());
     assert!(!sink.deliver(Invalidation::Live));
+}
+
+/// `n` concurrent checks of `key`, all started before any store call ends.
+async fn concurrently(limiter: &Limiter<Resilient<Switchable>>, n: usize) -> Vec<Decision> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.check("api", "k", 1).await.expect("decision") })
+        })
+        .collect();
+    let mut decisions = Vec::new();
+    for task in tasks {
+        decisions.push(task.await.expect("no panic"));
+    }
+    decisions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_denial_is_refreshed_by_one_call_for_all_waiters() {
+    const N: usize = 32;
+    let clock = ManualClock::new(100_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = Limiter::builder(Resilient::new(inner.clone(), options(&clock)))
+        .policy("api", "fixed_window 2/s".parse().expect("valid"))
+        .build();
+    let policy = *limiter.policy("api").expect("configured");
+    for _ in 0..3 {
+        limiter.check("api", "k", 1).await.expect("ok");
+    }
+    assert_eq!(
+        (inner.calls(), limiter.store().stats().deny_cache_len),
+        (3, 1)
+    );
+    // The denial expires with the window; another instance takes the new
+    // window's two requests, so the store denies again.
+    clock.set_us(1_000_000);
+    let other = [PolicyRef {
+        name: "api",
+        policy: &policy,
+    }];
+    inner
+        .store
+        .apply(b"k", &other, 2, Mode::Consume)
+        .await
+        .expect("ok");
+    inner.delay_ms.store(5, Ordering::SeqCst);
+    let decisions = concurrently(&limiter, N).await;
+    assert!(decisions.iter().all(|d| !d.allowed && !d.degraded));
+    assert_eq!(inner.calls(), 4, "one store call for {N} callers");
+    let stats = limiter.store().stats();
+    assert_eq!(stats.deny_cache_hits, N as u64 - 1, "{stats:?}");
+
+    // At the next window nothing else took the two requests: the leader is
+    // allowed with room, the waiters go to the store themselves, and the
+    // store decides exactly two of all.
+    clock.set_us(2_000_000);
+    let decisions = concurrently(&limiter, N).await;
+    assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 2);
+    assert!(decisions.iter().all(|d| !d.degraded));
+    // Each allow was a store call; once a denial is cached the rest hit it.
+    assert!(inner.calls() >= 4 + 3, "{}", inner.calls());
+    assert!(inner.calls() <= 4 + N as u64, "{}", inner.calls());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_tight_allow_the_waiters_go_one_at_a_time() {
+    const N: usize = 16;
+    let clock = ManualClock::new(100_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = Limiter::builder(Resilient::new(inner.clone(), options(&clock)))
+        .policy("api", "fixed_window 1/s".parse().expect("valid"))
+        .build();
+    for _ in 0..2 {
+        limiter.check("api", "k", 1).await.expect("ok");
+    }
+    clock.set_us(1_000_000);
+    inner.delay_ms.store(5, Ordering::SeqCst);
+    let decisions = concurrently(&limiter, N).await;
+    assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 1);
+    // The leader's allow left no room: one waiter went next, was denied,
+    // and its denial answered the others.
+    assert_eq!(inner.calls(), 2 + 2, "{:?}", limiter.store().stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_of_a_failed_flight_fall_back_within_the_timeout() {
+    const N: usize = 16;
+    let clock = ManualClock::new(100_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = Limiter::builder(Resilient::new(
+        inner.clone(),
+        options(&clock).failure_mode(FailureMode::Closed),
+    ))
+    .policy("api", "fixed_window 1/s".parse().expect("valid"))
+    .build();
+    for _ in 0..2 {
+        limiter.check("api", "k", 1).await.expect("ok");
+    }
+    clock.set_us(1_000_000);
+    inner.set(HANGING);
+    let started = Instant::now();
+    let decisions = concurrently(&limiter, N).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(20 + 100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(decisions.iter().all(|d| !d.allowed && d.degraded));
+    let stats = limiter.store().stats();
+    assert_eq!((inner.calls(), stats.timeouts), (2 + 1, 1), "{stats:?}");
+    // The store is back: the expired entry no longer stands in the way.
+    inner.set(HEALTHY);
+    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
 }
 
 #[test]
