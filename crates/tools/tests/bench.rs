@@ -221,6 +221,208 @@ async fn errors_are_counted_not_fatal() {
     assert!(!summary.error_samples.is_empty());
 }
 
+/// The real tollgate server on 127.0.0.1:0 (memory store), as
+/// `crates/server/tests/common` starts it: its Envoy RLS gRPC address, and
+/// the sender that stops it when dropped.
+async fn rls_server(config: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    use std::sync::Arc;
+    use tollgate_server::{App, Config, ConfigSource, Listeners, ServerOptions, ServerStore};
+    let config = Config::parse(config, "test.yaml").expect("valid config");
+    let app = Arc::new(App::new(
+        ConfigSource::default(),
+        config,
+        ServerStore::Memory(MemoryStore::new()),
+    ));
+    let http = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let grpc = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let http_addr = http.local_addr().expect("addr");
+    let grpc_addr = grpc.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tollgate_server::run(
+        app,
+        Listeners {
+            http,
+            grpc: Some(grpc),
+        },
+        ServerOptions::default()
+            .watch_interval(None)
+            .reload_on_sighup(false),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Up once `/healthz` answers: `run` has started its listeners.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    while client
+        .get(format!("http://{http_addr}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    (grpc_addr, stop)
+}
+
+const RLS_CONFIG: &str = r#"
+domains:
+  - domain: edge
+    descriptors:
+      - key: remote_address
+        rate_limit: { unit: minute, requests_per_unit: 5 }
+      - key: user
+        algorithm: sliding_log
+        rate_limit: { unit: minute, requests_per_unit: 3 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_counts_ok_and_over_limit_exactly() {
+    let (addr, _stop) = rls_server(RLS_CONFIG).await;
+    let addr = addr.to_string();
+
+    // 40 requests over 2 keys, 5 per key per (fixed, aligned) minute: 10
+    // allowed, 30 denied. A run that crosses a minute boundary gets a
+    // second window per key (the accuracy bound then says 10 per key), so
+    // it is run again.
+    let mut crossed = 0;
+    let summary = loop {
+        let summary = bench::bench(&args(&[
+            "grpc",
+            &addr,
+            "--concurrency",
+            "4",
+            "--max-requests",
+            "40",
+            "--keys",
+            "2",
+            "--policy",
+            "fixed_window 5/1m",
+        ]))
+        .await
+        .expect("runs");
+        let accuracy = summary.accuracy.clone().expect("policy given");
+        assert!(accuracy.ok(), "{accuracy:?}");
+        if accuracy.allowance_per_key == 5 || crossed == 2 {
+            break summary;
+        }
+        crossed += 1;
+    };
+    assert_eq!(summary.requests, 40);
+    assert_eq!(
+        (summary.allowed, summary.denied, summary.errors),
+        (10, 30, 0),
+        "{:?}",
+        summary.error_samples
+    );
+    let accuracy = summary.accuracy.clone().expect("policy given");
+    assert_eq!((accuracy.keys, accuracy.max_admitted_per_key), (2, 5));
+    assert!(summary.target.starts_with("grpc http://127.0.0.1:"));
+    assert!(summary.text().contains("OK: no key over-admitted"));
+
+    // Another descriptor key, the open model, and hits_addend = cost: a
+    // sliding log of 3 per minute admits one request of cost 2 per key.
+    let summary = bench::bench(&args(&[
+        "grpc",
+        &format!("http://{addr}"),
+        "--descriptor-key",
+        "user",
+        "--rate",
+        "100",
+        "--duration",
+        "300ms",
+        "--keys",
+        "3",
+        "--cost",
+        "2",
+        "--policy",
+        "sliding_log 3/1m",
+    ]))
+    .await
+    .expect("runs");
+    assert_eq!(summary.requests, 30);
+    assert_eq!(
+        (summary.allowed, summary.denied, summary.errors),
+        (3, 27, 0)
+    );
+    let accuracy = summary.accuracy.expect("policy given");
+    assert_eq!(accuracy.max_admitted_per_key, 2);
+    assert!(accuracy.ok());
+
+    // A domain the server does not know limits nothing (Envoy's rule):
+    // everything is allowed, which the accuracy check flags.
+    let summary = bench::bench(&args(&[
+        "grpc",
+        &addr,
+        "--domain",
+        "elsewhere",
+        "--concurrency",
+        "2",
+        "--max-requests",
+        "10",
+        "--policy",
+        "sliding_log 5/1m",
+        "--key-prefix",
+        "k",
+    ]))
+    .await
+    .expect("runs");
+    assert_eq!((summary.allowed, summary.denied), (10, 0));
+    let accuracy = summary.accuracy.expect("policy given");
+    assert_eq!(accuracy.over_admitted.get("k0"), Some(&10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_failures_are_errors() {
+    // Nothing listens on this port (bound, then dropped).
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let summary = bench::bench(&args(&[
+        "grpc",
+        &format!("127.0.0.1:{port}"),
+        "--concurrency",
+        "1",
+        "--max-requests",
+        "3",
+        "--timeout",
+        "2s",
+    ]))
+    .await
+    .expect("runs");
+    assert_eq!((summary.requests, summary.errors), (3, 3));
+    assert!(!summary.error_samples.is_empty());
+
+    // An empty domain (the server would reject every request) and TLS are
+    // refused before the run.
+    let refused = bench::bench(&args(&[
+        "grpc",
+        "127.0.0.1:1",
+        "--domain",
+        "",
+        "--max-requests",
+        "1",
+    ]))
+    .await;
+    assert!(matches!(refused, Err(BenchError::Args(_))), "{refused:?}");
+    let refused = bench::bench(&args(&[
+        "grpc",
+        "https://127.0.0.1:1",
+        "--max-requests",
+        "1",
+    ]))
+    .await;
+    assert!(matches!(refused, Err(BenchError::Args(_))), "{refused:?}");
+}
+
 #[tokio::test]
 async fn remote_targets_are_refused_by_default() {
     let refused = bench::bench(&args(&["http", "http://192.0.2.1/", "--max-requests", "1"])).await;
@@ -233,5 +435,7 @@ async fn remote_targets_are_refused_by_default() {
         "1",
     ]))
     .await;
+    assert!(matches!(refused, Err(BenchError::Remote(_))), "{refused:?}");
+    let refused = bench::bench(&args(&["grpc", "192.0.2.1:8081", "--max-requests", "1"])).await;
     assert!(matches!(refused, Err(BenchError::Remote(_))), "{refused:?}");
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`load`]: phases (open model: arrivals on a schedule; closed model:
 //!   a fixed number of workers), Artillery YAML, key choice;
-//! - [`target`]: the targets (`direct`, `http`, `api`) behind one `send`;
+//! - [`target`]: the targets (`direct`, `http`, `api`, `grpc`) behind one
+//!   `send`;
 //! - [`report`]: the collector, the summary, and the allowance a policy
 //!   grants one key over the run, against which admissions are checked.
 //!
@@ -108,6 +109,22 @@ pub enum TargetArgs {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// An Envoy rate limit service (RLS v3 `ShouldRateLimit`, e.g. the
+    /// server's gRPC port): OK is allowed, OVER_LIMIT denied.
+    Grpc {
+        /// The server: `127.0.0.1:8081` or `http://127.0.0.1:8081`.
+        addr: String,
+        /// The request's domain.
+        #[arg(long, default_value = "edge")]
+        domain: String,
+        /// The key of the request's one descriptor entry; its value is the
+        /// bench key, and `hits_addend` the cost.
+        #[arg(long, default_value = "remote_address")]
+        descriptor_key: String,
+        /// Load options.
+        #[command(flatten)]
+        load: LoadArgs,
+    },
 }
 
 impl TargetArgs {
@@ -115,7 +132,8 @@ impl TargetArgs {
         match self {
             TargetArgs::Direct { load, .. }
             | TargetArgs::Http { load, .. }
-            | TargetArgs::Api { load, .. } => load,
+            | TargetArgs::Api { load, .. }
+            | TargetArgs::Grpc { load, .. } => load,
         }
     }
 }
@@ -211,7 +229,54 @@ async fn setup(args: &TargetArgs, artillery: &load::ArtilleryTarget) -> Result<S
                 policy: expected,
             })
         }
+        TargetArgs::Grpc {
+            addr,
+            domain,
+            descriptor_key,
+            ..
+        } => {
+            if u32::try_from(load.cost).is_err() {
+                return Err(BenchError::Args(format!(
+                    "--cost {} does not fit gRPC's hits_addend (at most {})",
+                    load.cost,
+                    u32::MAX
+                )));
+            }
+            if domain.is_empty() {
+                return Err(BenchError::Args("--domain must not be empty".into()));
+            }
+            let uri = grpc_uri(addr, load.allow_remote).await?;
+            Ok(Setup {
+                description: format!(
+                    "grpc {uri}, domain `{domain}`, descriptor key `{descriptor_key}`"
+                ),
+                client: Client::grpc(&uri, load.timeout, domain.clone(), descriptor_key.clone())?,
+                policy: expected,
+            })
+        }
     }
+}
+
+/// `host:port` or `http://host:port` as the URI tonic connects to, after
+/// the loopback check. TLS (`https://`) is not supported.
+async fn grpc_uri(text: &str, allow_remote: bool) -> Result<String, BenchError> {
+    let with_scheme = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    };
+    let invalid = |why: &str| BenchError::Args(format!("invalid gRPC address `{text}`: {why}"));
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| invalid(&e.to_string()))?;
+    if url.scheme() != "http" {
+        return Err(invalid("only plaintext (http://) is supported"));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(invalid("expected host:port"));
+    }
+    let host = url.host_str().ok_or_else(|| invalid("no host"))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    target::check_loopback(host, port, allow_remote).await?;
+    Ok(format!("http://{host}:{port}"))
 }
 
 async fn parse_url(text: &str, allow_remote: bool) -> Result<reqwest::Url, BenchError> {

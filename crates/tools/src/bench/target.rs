@@ -3,6 +3,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use tollgate::{Limiter, MemoryStore, Policy};
 use tollgate_redis::{RedisOptions, RedisStore};
 
@@ -36,6 +41,15 @@ pub enum Client {
         url: reqwest::Url,
         /// The server's name of the policy to check.
         policy: String,
+    },
+    /// Envoy RLS v3 (`ShouldRateLimit`): one descriptor entry per request.
+    Grpc {
+        /// The client (one HTTP/2 connection, multiplexed).
+        client: RateLimitServiceClient<tonic::transport::Channel>,
+        /// The request's `domain`.
+        domain: String,
+        /// The key of the descriptor's one entry (its value is the bench key).
+        descriptor_key: String,
     },
 }
 
@@ -144,8 +158,80 @@ impl Client {
                     Err(e) => Outcome::Error(error_text(&e)),
                 }
             }
+            Client::Grpc {
+                client,
+                domain,
+                descriptor_key,
+            } => {
+                let request = RateLimitRequest {
+                    domain: domain.clone(),
+                    descriptors: vec![RateLimitDescriptor {
+                        entries: vec![Entry {
+                            key: descriptor_key.clone(),
+                            value: key.to_owned(),
+                        }],
+                        limit: None,
+                        hits_addend: None,
+                    }],
+                    // `setup` refuses a cost above u32::MAX.
+                    hits_addend: u32::try_from(cost).unwrap_or(u32::MAX),
+                };
+                match client.clone().should_rate_limit(request).await {
+                    Ok(response) => {
+                        let code = response.into_inner().overall_code;
+                        match Code::try_from(code) {
+                            Ok(Code::Ok) => Outcome::Allowed,
+                            Ok(Code::OverLimit) => Outcome::Denied,
+                            Ok(other) => {
+                                Outcome::Error(format!("overall_code {}", other.as_str_name()))
+                            }
+                            Err(_) => Outcome::Error(format!("overall_code {code}")),
+                        }
+                    }
+                    Err(status) => Outcome::Error(status_text(&status)),
+                }
+            }
         }
     }
+
+    /// `grpc`: a client of `uri` (`http://host:port`), connecting on first
+    /// use (so an unreachable server shows up as errors, as for `http`).
+    ///
+    /// # Errors
+    /// [`BenchError::Args`] for an invalid URI.
+    pub fn grpc(
+        uri: &str,
+        timeout: Duration,
+        domain: String,
+        descriptor_key: String,
+    ) -> Result<Self, BenchError> {
+        let channel = tonic::transport::Endpoint::from_shared(uri.to_owned())
+            .map_err(|e| BenchError::Args(format!("invalid gRPC address `{uri}`: {e}")))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Client::Grpc {
+            client: RateLimitServiceClient::new(channel),
+            domain,
+            descriptor_key,
+        })
+    }
+}
+
+/// A gRPC status as one line: the code, the message, and for transport
+/// failures their causes.
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}", status.code());
+    if !status.message().is_empty() {
+        text.push_str(": ");
+        text.push_str(status.message());
+    }
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(": ");
+        text.push_str(&error_text(source));
+    }
+    text
 }
 
 fn http_outcome(status: u16) -> Outcome {
