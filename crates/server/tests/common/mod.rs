@@ -13,7 +13,7 @@ use tollgate_redis::{RedisOptions, RedisStore};
 use tollgate_server::{
     App, Config, ConfigSource, Listeners, ServeError, ServerOptions, ServerStore,
 };
-use tollgate_testkit::redis::RedisServer;
+use tollgate_testkit::redis::{RedisCluster, RedisServer};
 
 pub const CONFIG: &str = r#"
 server:
@@ -73,6 +73,9 @@ domains:
 pub enum Backend {
     Memory,
     Redis(RedisServer),
+    /// A Redis Cluster; the server connects to it as its configuration's
+    /// `store:` section says (`kind: redis_cluster`, `urls: [...]`).
+    RedisCluster(RedisCluster),
 }
 
 impl Backend {
@@ -84,6 +87,19 @@ impl Backend {
         Backend::Redis(RedisServer::start())
     }
 
+    pub fn redis_cluster() -> Backend {
+        Backend::RedisCluster(RedisCluster::start(3, 0))
+    }
+
+    /// The store for `config`: the backend's own, or for a cluster the one
+    /// the configuration's `store:` section connects to.
+    pub async fn store_for(&self, config: &Config) -> ServerStore {
+        match self {
+            Backend::RedisCluster(_) => ServerStore::connect(&config.store).await.unwrap(),
+            _ => self.store().await,
+        }
+    }
+
     pub async fn store(&self) -> ServerStore {
         match self {
             Backend::Memory => ServerStore::Memory(tollgate::MemoryStore::new()),
@@ -91,6 +107,14 @@ impl Backend {
                 RedisStore::connect(&server.url(), RedisOptions::default().prefix("test"))
                     .await
                     .unwrap(),
+            ),
+            Backend::RedisCluster(cluster) => ServerStore::Redis(
+                RedisStore::connect_cluster(
+                    &cluster.urls(),
+                    RedisOptions::default().prefix("test"),
+                )
+                .await
+                .unwrap(),
             ),
         }
     }
@@ -132,7 +156,8 @@ impl TestServer {
         } else {
             source.load().unwrap()
         };
-        let app = Arc::new(App::new(source, config, backend.store().await));
+        let store = backend.store_for(&config).await;
+        let app = Arc::new(App::new(source, config, store));
         let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = http_listener.local_addr().unwrap();
