@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Throughput and latency of `tollgate serve`'s POST /v1/check, with wrk, on
-# the memory store and on a local Redis. 127.0.0.1 only; each run is
-# bounded (DURATION, default 10s); three runs per store, report medians.
+# Throughput and latency of `tollgate serve` on the memory store and on a
+# local Redis: POST /v1/check driven by wrk, then POST /v1/check and Envoy
+# RLS ShouldRateLimit driven by `tollgate bench` (one Rust client for both
+# protocols, so they compare side by side). 127.0.0.1 only; each run is
+# bounded (DURATION, default 10s); three runs per target, report medians.
 #
 #   scripts/bench-server.sh            # needs wrk and redis-server
 #   DURATION=5s CONNECTIONS=64 THREADS=2 scripts/bench-server.sh
@@ -56,6 +58,11 @@ policies:
     algorithm: gcra
     limit: 1000000
     period: 1s
+domains:
+  - domain: bench
+    descriptors:
+      - key: client
+        policy: bench
 YAML
 }
 
@@ -71,6 +78,26 @@ run_store() { # $1: name
     echo "$1 run $run: $line" >&2
     results+=("$line")
   done
+  for target in api grpc; do
+    local tool=()
+    if [ "$target" = api ]; then
+      tool=(api "http://127.0.0.1:$HTTP_PORT" --policy-name bench)
+    else
+      tool=(grpc "127.0.0.1:$GRPC_PORT" --domain bench --descriptor-key client)
+    fi
+    for run in $(seq "$RUNS"); do
+      local line
+      line=$("$BIN" bench "${tool[@]}" --policy "gcra 1000000/1s" --keys 1000 \
+        --concurrency "$CONNECTIONS" --duration "$DURATION" --json | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+errors = r["errors"] + sum(r["other_statuses"].values())
+print("RESULT rps=%.0f p50_us=%d p99_us=%d errors=%d" % (r["throughput"],
+      r["latency"]["p50_ms"] * 1000, r["latency"]["p99_ms"] * 1000, errors))')
+      echo "$1 $target run $run: $line" >&2
+      TOOL_RESULTS+=("$1/$target/tollgate-bench $line")
+    done
+  done
   kill -TERM "$pid"; wait "$pid" || true
   printf '%s\n' "${results[@]}" | python3 -c '
 import sys, statistics
@@ -79,10 +106,26 @@ def med(k):
     return statistics.median(float(r[k]) for r in rows)
 errors = sum(int(r["errors"]) for r in rows)
 print("| %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], med("rps"), med("p50_us") / 1000, med("p99_us") / 1000, errors))
-' "$1"
+' "$1/http/wrk"
 }
 
-echo "| store | requests/s | p50 ms | p99 ms | errors |"
+# Medians of the `tollgate bench` runs, one row per store/target.
+tool_table() {
+  printf '%s\n' "${TOOL_RESULTS[@]}" | python3 -c '
+import sys, statistics, collections
+groups = collections.OrderedDict()
+for line in sys.stdin:
+    name, _, *kvs = line.split()
+    groups.setdefault(name, []).append(dict(kv.split("=") for kv in kvs))
+for name, rows in groups.items():
+    med = lambda k: statistics.median(float(r[k]) for r in rows)
+    errors = sum(int(r["errors"]) for r in rows)
+    print("| %s | %.0f | %.2f | %.2f | %d |" % (name, med("rps"), med("p50_us") / 1000, med("p99_us") / 1000, errors))
+'
+}
+TOOL_RESULTS=()
+
+echo "| store/target/client | requests/s | p50 ms | p99 ms | errors |"
 echo "|---|---|---|---|---|"
 config "  kind: memory"
 run_store memory
@@ -95,3 +138,4 @@ if command -v redis-server >/dev/null; then
   url: redis://127.0.0.1:$REDIS_PORT"
   run_store redis
 fi
+tool_table
