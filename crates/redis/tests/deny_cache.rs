@@ -115,6 +115,66 @@ async fn a_denied_key_stays_denied_without_redis_until_exactly_t() {
     }
 }
 
+/// An allow that leaves no room tells when the next request passes
+/// (`gcra`: the next token), so the denials that follow it are cached
+/// without asking Redis: a flooded key costs one script call per allowed
+/// request, not two.
+#[tokio::test]
+async fn after_an_allow_that_leaves_no_room_redis_is_not_asked_until_the_next_token() {
+    let server = RedisServer::start();
+    let prefix = common::unique_prefix();
+    let limiter = cached(&server, &prefix, "gcra 10/s burst 1").await;
+    let truth = Limiter::builder(store(&server, &prefix).await)
+        .policy("api", "gcra 10/s burst 1".parse().expect("valid"))
+        .build();
+    for round in 0..3 {
+        let before = evalsha_calls(&server);
+        let started = Instant::now();
+        let allowed = loop {
+            let d = limiter.check("api", "k", 1).await.expect("redis");
+            if d.allowed {
+                break d;
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(150),
+                "round {round}"
+            );
+            tokio::time::sleep(
+                d.retry_after
+                    .expect("retry_after")
+                    .min(Duration::from_millis(1)),
+            )
+            .await;
+        };
+        assert_eq!(allowed.remaining, 0);
+        let after_allow = evalsha_calls(&server);
+        assert!(
+            after_allow - before <= 2,
+            "round {round}: {}",
+            after_allow - before
+        );
+        // The next token is 100 ms after this one: until shortly before,
+        // every check is answered by the cache, and Redis agrees.
+        let next_token = Instant::now() + Duration::from_millis(100);
+        let mut hits = 0;
+        while Instant::now() + Duration::from_millis(20) < next_token {
+            let d = limiter.check("api", "k", 1).await.expect("cached");
+            assert!(!d.allowed && !d.degraded);
+            let reported = d.retry_after.expect("retry_after");
+            assert!(reported <= Duration::from_millis(100), "{reported:?}");
+            hits += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(hits > 10, "{hits}");
+        assert!(!truth.peek("api", "k", 1).await.expect("redis").allowed);
+        assert_eq!(
+            evalsha_calls(&server) - after_allow,
+            1,
+            "round {round}: {hits} denials from the cache; the one call was the truth's peek"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_larger_cost_is_denied_from_the_cache_a_smaller_one_asks_redis() {
     let server = RedisServer::start();

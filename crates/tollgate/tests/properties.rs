@@ -1,7 +1,7 @@
 //! Property tests of the algorithms over random request sequences.
 
 use proptest::prelude::*;
-use tollgate::algorithm::{State, decide};
+use tollgate::algorithm::{State, decide, next_allowed_after};
 use tollgate::{Algorithm, Policy};
 
 fn any_policy() -> impl Strategy<Value = Policy> {
@@ -157,6 +157,34 @@ proptest! {
                         "already allowed 1 µs before retry_after {r}");
                 }
             }
+        }
+    }
+
+    /// What the deny cache relies on when it caches the denial that follows
+    /// an allow: the derived wait is never later than the truth, at most
+    /// 1 µs early, and exact when a unit is a whole number of microseconds.
+    #[test]
+    fn next_allowed_after_an_allow_is_a_tight_lower_bound((policy, steps) in scenario()) {
+        let mut state = State::fresh(&policy, 0);
+        let mut now = 0;
+        for &(dt, cost) in &steps {
+            now += dt;
+            let d = decide(&policy, &mut state, now, cost, true);
+            let Some(wait) = next_allowed_after(&policy, cost, &d) else {
+                prop_assert!(!d.allowed || d.remaining >= cost || !matches!(policy.algorithm(),
+                    Algorithm::FixedWindow | Algorithm::Gcra | Algorithm::TokenBucket | Algorithm::LeakyBucket));
+                continue;
+            };
+            let wait = wait.as_micros() as u64;
+            prop_assert!(d.allowed && d.remaining < cost);
+            let allowed_at = |t: u64| decide(&policy, &mut state.clone(), t, cost, false).allowed;
+            prop_assert!(!allowed_at(now), "tight, yet allowed again at once");
+            if wait > 0 {
+                prop_assert!(!allowed_at(now + wait - 1), "allowed before the derived wait {wait}");
+            }
+            let exact = policy.scaled_rate() == 1 || policy.algorithm() == Algorithm::FixedWindow;
+            let late_by = if exact { 0 } else { 1 };
+            prop_assert!(allowed_at(now + wait + late_by), "derived wait {wait} is early by more than {late_by} µs");
         }
     }
 

@@ -217,6 +217,59 @@ pub fn decision_from_parts(
     }
 }
 
+/// After an allowed, consumed request of `cost` that left less than `cost`
+/// remaining, how long until another request of the same cost can pass if
+/// nothing else happens: a lower bound, never later than the truth, so a
+/// cache that denies until then never denies what the store would allow.
+///
+/// Known only from the decision's own fields, for the algorithms whose next
+/// admission follows from them:
+/// - `fixed_window`: exactly `reset_after` (the window's end);
+/// - `gcra`, `token_bucket`, `leaky_bucket`: `reset_after` minus the time the
+///   bucket takes to drain (refill) `capacity - cost` units, rounded up.
+///   `reset_after` is a whole number of microseconds rounded up from the
+///   scaled state, so this is exact when [`Policy::scaled_rate`] is 1 (a
+///   whole number of microseconds per unit: `10/s`, `100/1m`, ...) and at
+///   most 1 µs early otherwise.
+///
+/// `None` when the decision was denied, left room for another request of
+/// `cost`, or comes from `sliding_window` or `sliding_log` (whose next
+/// admission depends on state the fields do not carry). A peek's fields
+/// describe the state *before* the request, so pass only consumed decisions.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::algorithm::{decide, next_allowed_after, State};
+/// let policy: tollgate::Policy = "gcra 10/s burst 2".parse().unwrap();
+/// let mut state = State::fresh(&policy, 0);
+/// let first = decide(&policy, &mut state, 0, 1, true);
+/// assert_eq!(next_allowed_after(&policy, 1, &first), None); // one left
+/// let second = decide(&policy, &mut state, 0, 1, true);
+/// let wait = next_allowed_after(&policy, 1, &second).unwrap();
+/// assert_eq!(wait, Duration::from_millis(100)); // one emission interval
+/// assert!(!decide(&policy, &mut state, 99_999, 1, false).allowed);
+/// assert!(decide(&policy, &mut state, 100_000, 1, false).allowed);
+/// ```
+pub fn next_allowed_after(policy: &Policy, cost: u64, decision: &Decision) -> Option<Duration> {
+    if !decision.allowed || decision.remaining >= cost || cost > policy.capacity() {
+        return None;
+    }
+    let reset_us = u64::try_from(decision.reset_after.as_micros()).unwrap_or(u64::MAX);
+    let wait_us = match policy.algorithm() {
+        Algorithm::FixedWindow => reset_us,
+        Algorithm::Gcra | Algorithm::TokenBucket | Algorithm::LeakyBucket => {
+            // The state is `X` scaled units from fresh, `reset_after` is
+            // `ceil(X / rate)`, and the request passes once `X - slack`
+            // units have gone, where `slack` is the room for the cost in a
+            // fresh bucket: `ceil((X - slack) / rate) >= reset - ceil(slack / rate)`.
+            let slack = (policy.capacity() - cost) * policy.scaled_unit();
+            reset_us.saturating_sub(div_ceil(slack, policy.scaled_rate()))
+        }
+        Algorithm::SlidingWindow | Algorithm::SlidingLog => return None,
+    };
+    Some(Duration::from_micros(wait_us))
+}
+
 /// What an algorithm computes, as absolute instants in microseconds.
 #[derive(Debug, Clone, Copy)]
 struct Verdict {

@@ -44,6 +44,7 @@ use std::time::Duration;
 use hashbrown::{DefaultHashBuilder, HashMap};
 use smallvec::SmallVec;
 
+use crate::algorithm::next_allowed_after;
 use crate::store::{Decisions, PolicyRef};
 use crate::{Decision, Policy};
 
@@ -303,24 +304,42 @@ impl DenyCache {
     }
 
     /// Records the store's answer to a call sent at `sent_us` (local), when
-    /// the epoch was `epoch`: a denial is cached, an allowed request of at
-    /// least the cached cost drops a stale entry.
+    /// the epoch was `epoch`: a denial is cached; so is the denial that
+    /// follows a `consumed` allow which left less than `cost` (see
+    /// [`derived_denial`]); any other allow of at least the cached cost drops
+    /// a stale entry.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         key: &[u8],
         policies: &[PolicyRef<'_>],
         cost: u64,
         decisions: &Decisions,
+        consumed: bool,
         sent_us: u64,
         epoch: u64,
     ) {
         if decisions.len() != policies.len() || self.per_shard == 0 {
             return;
         }
-        if decisions.iter().all(|d| d.allowed) {
-            self.forget_if_stale(key, policies, cost, sent_us);
-            return;
-        }
+        let derived;
+        let decisions = if decisions.iter().all(|d| d.allowed) {
+            match consumed
+                .then(|| derived_denial(policies, cost, decisions))
+                .flatten()
+            {
+                Some(denial) => {
+                    derived = denial;
+                    &derived
+                }
+                None => {
+                    self.forget_if_stale(key, policies, cost, sent_us);
+                    return;
+                }
+            }
+        } else {
+            decisions
+        };
         // The earliest instant one of the denials would pass; a denial that
         // can never pass (cost above capacity) is not cached.
         let mut until_us = u64::MAX;
@@ -412,6 +431,35 @@ impl DenyCache {
     }
 }
 
+/// The denial that follows an allowed, consumed request of `cost` which
+/// left less than `cost` in at least one policy: that policy denies the same
+/// request until [`next_allowed_after`] (a lower bound of the store's own
+/// answer, so caching it is as exact as caching a denial the store made),
+/// reported as the store would report it then (`remaining` and `reset_after`
+/// as of the allow). `None` when every policy has room, or when a policy
+/// without room cannot say when it has some again (`sliding_window`,
+/// `sliding_log`): single flight then serialises the next call instead.
+fn derived_denial(policies: &[PolicyRef<'_>], cost: u64, allowed: &Decisions) -> Option<Decisions> {
+    let mut tight = false;
+    let denial = policies
+        .iter()
+        .zip(allowed)
+        .map(|(p, d)| {
+            if d.remaining >= cost {
+                return Some(*d);
+            }
+            tight = true;
+            let wait = next_allowed_after(p.policy, cost, d)?;
+            Some(Decision {
+                allowed: false,
+                retry_after: Some(wait),
+                ..*d
+            })
+        })
+        .collect::<Option<Decisions>>()?;
+    tight.then_some(denial)
+}
+
 impl Shard {
     /// Makes room for one identity: drops expired entries, then, if still
     /// full, the identity whose entries expire soonest.
@@ -457,12 +505,12 @@ mod tests {
             name: "api",
             policy: &policy,
         }];
-        cache.record(b"k", &refs, 2, &denial(&policy, 0), 1_000, 0);
+        cache.record(b"k", &refs, 2, &denial(&policy, 0), true, 1_000, 0);
         assert!(
             cache.lookup(b"k", &refs, 2, 1_000).is_none(),
             "retry 0: not cached"
         );
-        cache.record(b"k", &refs, 1, &denial(&policy, 400_000), 1_000, 0);
+        cache.record(b"k", &refs, 1, &denial(&policy, 400_000), true, 1_000, 0);
         let hit = cache.lookup(b"k", &refs, 1, 101_000).expect("cached");
         assert_eq!(hit[0].retry_after, Some(Duration::from_micros(300_000)));
         assert!(!hit[0].allowed && !hit[0].degraded);
@@ -487,7 +535,7 @@ mod tests {
             name: "api",
             policy: &policy,
         }];
-        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), 0, 0);
+        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), true, 0, 0);
         assert!(cache.lookup(b"k", &refs, 2, 0).is_none());
         let changed = [PolicyRef {
             name: "api",
@@ -496,8 +544,65 @@ mod tests {
         assert!(cache.lookup(b"k", &changed, 3, 0).is_none());
         cache.invalidate(b"k");
         assert!(cache.lookup(b"k", &refs, 3, 0).is_none());
-        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), 0, 0);
+        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), true, 0, 0);
         assert!(cache.lookup(b"k", &refs, 3, 0).is_none(), "epoch moved on");
+    }
+
+    #[test]
+    fn a_tight_allow_caches_the_denial_that_follows_it() {
+        use crate::algorithm::{State, decide};
+        let cache = DenyCache::new(100);
+        let gcra: Policy = "gcra 10/s burst 2".parse().expect("valid");
+        let daily: Policy = "fixed_window 1000/1d".parse().expect("valid");
+        let log: Policy = "sliding_log 2/s".parse().expect("valid");
+        let both = [
+            PolicyRef {
+                name: "rate",
+                policy: &gcra,
+            },
+            PolicyRef {
+                name: "daily",
+                policy: &daily,
+            },
+        ];
+        let (mut g, mut f) = (State::fresh(&gcra, 0), State::fresh(&daily, 0));
+        let mut allow = |now| -> Decisions {
+            [
+                decide(&gcra, &mut g, now, 1, true),
+                decide(&daily, &mut f, now, 1, true),
+            ]
+            .into_iter()
+            .collect()
+        };
+        // One token left: nothing to derive.
+        cache.record(b"k", &both, 1, &allow(0), true, 0, 0);
+        assert_eq!(cache.len(), 0);
+        // None left: the rate policy denies until its next token, 100 ms
+        // on; the daily one, with room, is reported as it stands.
+        let tight = allow(0);
+        cache.record(b"k", &both, 1, &tight, false, 0, 0);
+        assert_eq!(cache.len(), 0, "a peek's fields describe the state before");
+        cache.record(b"k", &both, 1, &tight, true, 0, 0);
+        let hit = cache.lookup(b"k", &both, 1, 40_000).expect("derived");
+        assert!(!hit[0].allowed && hit[1].allowed);
+        assert_eq!(hit[0].retry_after, Some(Duration::from_millis(60)));
+        assert_eq!((hit[0].remaining, hit[1].remaining), (0, 998));
+        assert!(cache.lookup(b"k", &both, 1, 99_999).is_some());
+        assert!(
+            cache.lookup(b"k", &both, 1, 100_000).is_none(),
+            "the next token"
+        );
+        // A sliding log cannot tell when its oldest entry leaves: not cached.
+        let mut l = State::fresh(&log, 0);
+        let refs = [PolicyRef {
+            name: "log",
+            policy: &log,
+        }];
+        decide(&log, &mut l, 0, 1, true);
+        let last: Decisions = [decide(&log, &mut l, 10, 1, true)].into_iter().collect();
+        assert!(last[0].allowed && last[0].remaining == 0);
+        cache.record(b"log", &refs, 1, &last, true, 10, 0);
+        assert!(cache.lookup(b"log", &refs, 1, 11).is_none());
     }
 
     #[test]
@@ -514,6 +619,7 @@ mod tests {
                 &refs,
                 1,
                 &denial(&policy, 1_000 + i),
+                true,
                 0,
                 0,
             );

@@ -29,11 +29,13 @@
 //! );
 //! let limiter = Limiter::builder(store).policy("api", "fixed_window 1/1h".parse()?).build();
 //! assert!(limiter.check("api", "alice", 1).await?.allowed);
+//! // That allow left nothing: the denials that follow come from the deny
+//! // cache until the window ends, without a store call.
 //! let denied = limiter.check("api", "alice", 1).await?;
 //! assert!(!denied.allowed && !denied.degraded);
-//! // The second denial comes from the deny cache: no store call.
 //! assert!(!limiter.check("api", "alice", 1).await?.allowed);
-//! assert_eq!(limiter.store().stats().deny_cache_hits, 1);
+//! assert_eq!(limiter.store().stats().deny_cache_hits, 2);
+//! assert_eq!(limiter.store().stats().calls, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
@@ -43,10 +45,11 @@ mod deny_cache;
 mod invalidation;
 mod options;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use hashbrown::HashMap;
 use smallvec::SmallVec;
 
 pub use breaker::BreakerState;
@@ -96,6 +99,11 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Resilient<S> {
 /// weak reference, so a feed never keeps a dropped wrapper alive).
 pub(crate) struct Shared {
     options: ResilienceOptions,
+    /// Per-policy failure modes: first `options.policy_modes`, replaced
+    /// whole by [`Resilient::set_policy_modes`] (a configuration reload).
+    /// Read only when the store cannot decide, so a lock costs nothing on
+    /// the path that matters.
+    policy_modes: RwLock<HashMap<Box<str>, FailureMode>>,
     breaker: Breaker,
     /// `None` when turned off.
     pub(crate) deny_cache: Option<DenyCache>,
@@ -241,6 +249,7 @@ impl<S: Store> Resilient<S> {
                     .deny_cache
                     .then(|| DenyCache::new(options.deny_cache_capacity)),
                 local,
+                policy_modes: RwLock::new(options.policy_modes.clone()),
                 counters: Counters::default(),
                 has_feed,
                 feed_live: AtomicBool::new(false),
@@ -256,9 +265,46 @@ impl<S> Resilient<S> {
         &self.store
     }
 
-    /// The options.
+    /// The options it was built with (per-policy modes as built: see
+    /// [`mode_for`](Self::mode_for) for the ones in force).
     pub fn options(&self) -> &ResilienceOptions {
         &self.shared.options
+    }
+
+    /// The failure mode the policy called `name` is decided in when the
+    /// store cannot decide.
+    pub fn mode_for(&self, name: &str) -> FailureMode {
+        self.policy_modes()
+            .get(name)
+            .copied()
+            .unwrap_or(self.shared.options.failure_mode)
+    }
+
+    /// Replaces every per-policy failure mode (those of
+    /// [`ResilienceOptions::policy_mode`]) with `modes`; policies not named
+    /// use the wrapper's mode. For a configuration reload: the breaker, the
+    /// deny cache and the local fallback's state carry on.
+    pub fn set_policy_modes<N: Into<String>>(
+        &self,
+        modes: impl IntoIterator<Item = (N, FailureMode)>,
+    ) {
+        let modes = modes
+            .into_iter()
+            .map(|(name, mode)| (name.into().into_boxed_str(), mode))
+            .collect();
+        *self
+            .shared
+            .policy_modes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = modes;
+    }
+
+    fn policy_modes(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, FailureMode>> {
+        // Replaced whole: a poisoned lock still holds a consistent map.
+        self.shared
+            .policy_modes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The circuit breaker's state.
@@ -392,7 +438,8 @@ impl<S: Store> Resilient<S> {
             Ok(decisions) => {
                 shared.breaker.success(permit);
                 if let Some(cache) = &shared.deny_cache {
-                    cache.record(key, policies, cost, &decisions, sent_us, epoch);
+                    let consumed = mode == Mode::Consume;
+                    cache.record(key, policies, cost, &decisions, consumed, sent_us, epoch);
                 }
                 if let Some(flight) = flight {
                     let room = decisions.iter().all(|d| d.allowed && d.remaining >= cost);
@@ -429,8 +476,18 @@ impl<S: Store> Resilient<S> {
         retry_after: Duration,
     ) -> Result<Decisions, StoreError> {
         let options = &self.shared.options;
-        let modes: SmallVec<[FailureMode; 2]> =
-            policies.iter().map(|p| options.mode_for(p.name)).collect();
+        let modes: SmallVec<[FailureMode; 2]> = {
+            let overrides = self.policy_modes();
+            policies
+                .iter()
+                .map(|p| {
+                    overrides
+                        .get(p.name)
+                        .copied()
+                        .unwrap_or(options.failure_mode)
+                })
+                .collect()
+        };
         if modes.contains(&FailureMode::Error) {
             return Err(error);
         }

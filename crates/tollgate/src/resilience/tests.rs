@@ -143,6 +143,19 @@ async fn closed_denies_with_the_cooldown_and_error_propagates() {
     clock.advance(Duration::from_millis(40));
     let d = limiter.check("strict", "k", 1).await.expect("decision");
     assert_eq!(d.retry_after, Some(Duration::from_millis(60)));
+
+    // A reload replaces the per-policy modes; unnamed policies take the
+    // wrapper's mode again.
+    let store = limiter.store();
+    store.set_policy_modes([("strict", FailureMode::Open)]);
+    assert_eq!(
+        (store.mode_for("strict"), store.mode_for("api")),
+        (FailureMode::Open, FailureMode::Closed)
+    );
+    let d = limiter.check("strict", "k", 1).await.expect("decision");
+    assert!(d.allowed && d.degraded);
+    let d = limiter.check("api", "k", 1).await.expect("closed now");
+    assert!(!d.allowed && d.degraded);
 }
 
 #[tokio::test]
@@ -263,30 +276,42 @@ async fn deny_cache_saves_calls_until_the_exact_instant_and_reset_clears_it() {
         .build();
     clock.set_us(100_000);
     assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
-    assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+    // This allow leaves nothing: the denial that follows is known without
+    // asking the store (the window's end) and cached at once.
+    let last = limiter.check("api", "k", 1).await.expect("ok");
+    assert!(last.allowed && last.remaining == 0);
+    assert_eq!(inner.calls(), 2);
     let denied = limiter.check("api", "k", 1).await.expect("ok");
+    assert!(!denied.allowed && !denied.degraded);
     assert_eq!(denied.retry_after, Some(Duration::from_millis(900)));
-    assert_eq!(inner.calls(), 3);
+    assert_eq!(inner.calls(), 2, "the derived denial answered");
     clock.set_us(600_000);
     let cached = limiter.check("api", "k", 1).await.expect("ok");
     assert_eq!(cached.retry_after, Some(Duration::from_millis(400)));
     assert!(!cached.allowed && !cached.degraded);
     assert!(!limiter.peek("api", "k", 2).await.expect("ok").allowed);
-    assert_eq!(inner.calls(), 3, "no store call while cached");
-    assert_eq!(limiter.store().stats().deny_cache_hits, 2);
-    // A smaller cost than the one cached is not answered from the cache.
+    assert_eq!(inner.calls(), 2, "no store call while cached");
+    assert_eq!(limiter.store().stats().deny_cache_hits, 3);
     clock.set_us(999_999);
     assert!(!limiter.check("api", "k", 1).await.expect("ok").allowed);
-    assert_eq!(inner.calls(), 3);
+    assert_eq!(inner.calls(), 2);
     clock.set_us(1_000_000);
     assert!(
         limiter.check("api", "k", 1).await.expect("ok").allowed,
         "exactly at T"
     );
+    assert_eq!(inner.calls(), 3);
+    // A denial made by the store is cached too, and a smaller cost than
+    // the one cached is not answered from the cache.
+    assert!(!limiter.check("api", "k", 2).await.expect("ok").allowed);
     assert_eq!(inner.calls(), 4);
-
+    assert!(!limiter.check("api", "k", 2).await.expect("ok").allowed);
+    assert_eq!(inner.calls(), 4);
     assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert_eq!(inner.calls(), 5);
+
     assert!(!limiter.check("api", "k", 1).await.expect("ok").allowed);
+    assert_eq!(inner.calls(), 5);
     assert_eq!(limiter.store().stats().deny_cache_len, 1);
     limiter.reset("api", "k").await.expect("reset");
     assert_eq!(limiter.store().stats().deny_cache_len, 0);
@@ -355,9 +380,11 @@ async fn an_expired_denial_is_refreshed_by_one_call_for_all_waiters() {
     for _ in 0..3 {
         limiter.check("api", "k", 1).await.expect("ok");
     }
+    // The second allow left no room: the third check was answered by the
+    // denial derived from it.
     assert_eq!(
         (inner.calls(), limiter.store().stats().deny_cache_len),
-        (3, 1)
+        (2, 1)
     );
     // The denial expires with the window; another instance takes the new
     // window's two requests, so the store denies again.
@@ -374,9 +401,10 @@ async fn an_expired_denial_is_refreshed_by_one_call_for_all_waiters() {
     inner.delay_ms.store(5, Ordering::SeqCst);
     let decisions = concurrently(&limiter, N).await;
     assert!(decisions.iter().all(|d| !d.allowed && !d.degraded));
-    assert_eq!(inner.calls(), 4, "one store call for {N} callers");
+    assert_eq!(inner.calls(), 3, "one store call for {N} callers");
     let stats = limiter.store().stats();
-    assert_eq!(stats.deny_cache_hits, N as u64 - 1, "{stats:?}");
+    // One hit before the window ended, and all but the leader now.
+    assert_eq!(stats.deny_cache_hits, 1 + N as u64 - 1, "{stats:?}");
 
     // At the next window nothing else took the two requests: the leader is
     // allowed with room, the waiters go to the store themselves, and the
@@ -385,29 +413,68 @@ async fn an_expired_denial_is_refreshed_by_one_call_for_all_waiters() {
     let decisions = concurrently(&limiter, N).await;
     assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 2);
     assert!(decisions.iter().all(|d| !d.degraded));
-    // Each allow was a store call; once a denial is cached the rest hit it.
-    assert!(inner.calls() >= 4 + 3, "{}", inner.calls());
-    assert!(inner.calls() <= 4 + N as u64, "{}", inner.calls());
+    // Each allow was a store call; once the second allow cached the denial
+    // that follows it, the rest hit it.
+    assert!(inner.calls() >= 3 + 2, "{}", inner.calls());
+    assert!(inner.calls() <= 3 + N as u64, "{}", inner.calls());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn after_a_tight_allow_the_waiters_go_one_at_a_time() {
+async fn after_a_tight_sliding_log_allow_the_waiters_go_one_at_a_time() {
     const N: usize = 16;
     let clock = ManualClock::new(100_000);
     let inner = Switchable::with_clock(clock.clone());
     let limiter = Limiter::builder(Resilient::new(inner.clone(), options(&clock)))
-        .policy("api", "fixed_window 1/s".parse().expect("valid"))
+        .policy("api", "sliding_log 1/s".parse().expect("valid"))
         .build();
     for _ in 0..2 {
         limiter.check("api", "k", 1).await.expect("ok");
     }
-    clock.set_us(1_000_000);
+    clock.set_us(1_100_000);
     inner.delay_ms.store(5, Ordering::SeqCst);
     let decisions = concurrently(&limiter, N).await;
     assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 1);
-    // The leader's allow left no room: one waiter went next, was denied,
-    // and its denial answered the others.
+    // The leader's allow left no room, and a sliding log cannot say from
+    // its decision when there is room again: one waiter went next, was
+    // denied, and its denial answered the others.
     assert_eq!(inner.calls(), 2 + 2, "{:?}", limiter.store().stats());
+}
+
+/// The flood goal: a key hammered far above a fine-grained rate costs one
+/// store call per allowed request, because each allow that leaves no room
+/// caches the denial that follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooded_gcra_key_costs_one_store_call_per_allowed_request() {
+    const N: usize = 16;
+    for policy in [
+        "gcra 10/s burst 1",
+        "token_bucket 10/s burst 1",
+        "leaky_bucket 10/s burst 1",
+    ] {
+        let clock = ManualClock::new(100_000);
+        let inner = Switchable::with_clock(clock.clone());
+        let limiter = Limiter::builder(Resilient::new(inner.clone(), options(&clock)))
+            .policy("api", policy.parse().expect("valid"))
+            .build();
+        assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
+        inner.delay_ms.store(5, Ordering::SeqCst);
+        for round in 1..=5u64 {
+            // Every 50 ms a flood: only every other one finds a token.
+            clock.set_us(100_000 + round * 50_000);
+            let calls = inner.calls();
+            let decisions = concurrently(&limiter, N).await;
+            let allowed = decisions.iter().filter(|d| d.allowed).count() as u64;
+            assert_eq!(allowed, u64::from(round % 2 == 0), "{policy} round {round}");
+            assert_eq!(inner.calls() - calls, allowed, "{policy} round {round}");
+            let denied = decisions.iter().find(|d| !d.allowed).expect("denials");
+            let next_token_us = 100_000 + (round / 2 + 1) * 100_000;
+            assert_eq!(
+                denied.retry_after,
+                Some(Duration::from_micros(next_token_us - clock.now_us())),
+                "{policy} round {round}: exact"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -435,7 +502,7 @@ async fn waiters_of_a_failed_flight_fall_back_within_the_timeout() {
     );
     assert!(decisions.iter().all(|d| !d.allowed && d.degraded));
     let stats = limiter.store().stats();
-    assert_eq!((inner.calls(), stats.timeouts), (2 + 1, 1), "{stats:?}");
+    assert_eq!((inner.calls(), stats.timeouts), (1 + 1, 1), "{stats:?}");
     // The store is back: the expired entry no longer stands in the way.
     inner.set(HEALTHY);
     assert!(limiter.check("api", "k", 1).await.expect("ok").allowed);
