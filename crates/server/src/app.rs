@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
 use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
 
-use crate::config::{Config, ConfigError, ConfigSource, FailureMode, StoreKind, StoreSettings};
+use crate::config::{Config, ConfigError, ConfigSource, StoreKind, StoreSettings};
 use crate::metrics::{ExternalGauges, Metrics, Outcome};
 use crate::store::ServerStore;
 
@@ -240,19 +240,29 @@ fn probe_policy() -> Result<Policy, tollgate::PolicyError> {
 /// instance clears every instance's deny cache.
 fn resilient(store: ServerStore, settings: &StoreSettings) -> AppStore {
     let options = ResilienceOptions::default()
-        .failure_mode(match settings.on_failure {
-            FailureMode::Open => tollgate::resilience::FailureMode::Open,
-            FailureMode::Closed => tollgate::resilience::FailureMode::Closed,
-            FailureMode::Local => tollgate::resilience::FailureMode::Local,
-        })
-        .timeout(settings.timeout);
+        .failure_mode(settings.on_failure.into())
+        .local_share(settings.local_share)
+        .timeout(settings.timeout)
+        .breaker_failures(settings.breaker.failures)
+        .breaker_cooldown(settings.breaker.cooldown)
+        .half_open_probes(settings.breaker.half_open_probes)
+        .deny_cache(settings.deny_cache.enabled)
+        .deny_cache_capacity(settings.deny_cache.capacity);
     match settings.kind {
         StoreKind::Memory => Resilient::new(store, options),
         StoreKind::Redis | StoreKind::RedisCluster => Resilient::with_invalidations(store, options),
     }
 }
 
+/// The limiter of `config` over `store`; also puts the configuration's
+/// per-policy failure modes in force (the store is shared across reloads).
 fn build(config: Config, store: &AppStore) -> Loaded {
+    store.set_policy_modes(
+        config
+            .failure_modes
+            .iter()
+            .map(|(name, mode)| (name.clone(), (*mode).into())),
+    );
     let mut builder = Limiter::builder(store.clone()).max_key_len(MAX_LIMITER_KEY);
     for (name, policy) in config.limiter_policies() {
         builder = builder.policy(name, *policy);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, de::value::MapAccessDeserializer};
 use tollgate::policy::parse_duration;
-use tollgate::{Algorithm, Policy};
+use tollgate::{Algorithm, Policy, resilience};
 
 use crate::envoy::{self, Domain};
 
@@ -199,13 +199,23 @@ pub enum FailureMode {
     Open,
     /// Deny.
     Closed,
-    /// Decide on a local in-memory limiter with the same policies, marked
-    /// degraded.
+    /// Decide on a local in-memory limiter with `local_share` of each
+    /// policy, marked degraded.
     Local,
 }
 
+impl From<FailureMode> for resilience::FailureMode {
+    fn from(mode: FailureMode) -> Self {
+        match mode {
+            FailureMode::Open => resilience::FailureMode::Open,
+            FailureMode::Closed => resilience::FailureMode::Closed,
+            FailureMode::Local => resilience::FailureMode::Local,
+        }
+    }
+}
+
 /// The store section, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct StoreSettings {
     /// Which store.
@@ -217,8 +227,15 @@ pub struct StoreSettings {
     pub prefix: String,
     /// The bound on one store call.
     pub timeout: Duration,
-    /// What happens when the store fails.
+    /// What happens when the store fails (each policy may override it).
     pub on_failure: FailureMode,
+    /// The share of each policy that `local` mode enforces in this process,
+    /// in (0, 1]: typically 1 / the number of instances.
+    pub local_share: f64,
+    /// The circuit breaker.
+    pub breaker: BreakerSettings,
+    /// The deny cache.
+    pub deny_cache: DenyCacheSettings,
 }
 
 impl Default for StoreSettings {
@@ -229,6 +246,51 @@ impl Default for StoreSettings {
             prefix: tollgate_redis::store::DEFAULT_PREFIX.to_owned(),
             timeout: tollgate_redis::store::DEFAULT_TIMEOUT,
             on_failure: FailureMode::Open,
+            local_share: 1.0,
+            breaker: BreakerSettings::default(),
+            deny_cache: DenyCacheSettings::default(),
+        }
+    }
+}
+
+/// The circuit breaker section (`store.breaker`), validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BreakerSettings {
+    /// Consecutive failed store calls (timeouts included) that open it.
+    pub failures: u32,
+    /// How long it stays open before letting probes through.
+    pub cooldown: Duration,
+    /// Probes let through at once when half-open, and successes needed to
+    /// close.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures: resilience::DEFAULT_BREAKER_FAILURES,
+            cooldown: resilience::DEFAULT_BREAKER_COOLDOWN,
+            half_open_probes: resilience::DEFAULT_HALF_OPEN_PROBES,
+        }
+    }
+}
+
+/// The deny cache section (`store.deny_cache`), validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DenyCacheSettings {
+    /// Whether denials are cached until the instant the store gave.
+    pub enabled: bool,
+    /// The most identities held.
+    pub capacity: usize,
+}
+
+impl Default for DenyCacheSettings {
+    fn default() -> Self {
+        DenyCacheSettings {
+            enabled: true,
+            capacity: resilience::DEFAULT_DENY_CACHE_CAPACITY,
         }
     }
 }
@@ -243,6 +305,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// Named policies (the `policies:` section), by name.
     pub policies: BTreeMap<String, Policy>,
+    /// Named policies whose `on_failure` overrides the store's.
+    pub failure_modes: BTreeMap<String, FailureMode>,
     /// Envoy rate limit domains, by name.
     pub domains: HashMap<String, Domain>,
 }
@@ -358,6 +422,11 @@ impl Config {
                 "a descriptor names an unknown policy",
             ));
         }
+        let failure_modes = raw
+            .policies
+            .iter()
+            .filter_map(|p| Some((p.0.name.clone(), p.0.on_failure?)))
+            .collect();
         let mut config = Config {
             server: raw.server.map(|s| s.0).unwrap_or_default(),
             store: raw.store.map(|s| s.0).unwrap_or_default(),
@@ -366,6 +435,7 @@ impl Config {
                 .into_iter()
                 .map(|p| (p.0.name, p.0.policy))
                 .collect(),
+            failure_modes,
             domains: HashMap::new(),
         };
         for domain in raw.domains {
@@ -602,6 +672,67 @@ struct RawStore {
     timeout: Option<DurationText>,
     #[serde(default)]
     on_failure: FailureMode,
+    local_share: Option<f64>,
+    breaker: Option<Checked<RawBreaker>>,
+    deny_cache: Option<Checked<RawDenyCache>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failures: Option<u32>,
+    cooldown: Option<DurationText>,
+    half_open_probes: Option<u32>,
+}
+
+impl Validate for RawBreaker {
+    type Output = BreakerSettings;
+
+    fn validate(self) -> Result<BreakerSettings, String> {
+        let defaults = BreakerSettings::default();
+        let settings = BreakerSettings {
+            failures: self.failures.unwrap_or(defaults.failures),
+            cooldown: self.cooldown.map_or(defaults.cooldown, |c| c.0),
+            half_open_probes: self.half_open_probes.unwrap_or(defaults.half_open_probes),
+        };
+        if settings.failures == 0 {
+            return Err(
+                "failures must be at least 1 (1 opens the breaker at the first failure)".into(),
+            );
+        }
+        if settings.half_open_probes == 0 {
+            return Err("half_open_probes must be at least 1".into());
+        }
+        if settings.cooldown.is_zero() {
+            return Err("cooldown must be above zero".into());
+        }
+        Ok(settings)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDenyCache {
+    enabled: Option<bool>,
+    capacity: Option<usize>,
+}
+
+impl Validate for RawDenyCache {
+    type Output = DenyCacheSettings;
+
+    fn validate(self) -> Result<DenyCacheSettings, String> {
+        let defaults = DenyCacheSettings::default();
+        let settings = DenyCacheSettings {
+            enabled: self.enabled.unwrap_or(defaults.enabled),
+            capacity: self.capacity.unwrap_or(defaults.capacity),
+        };
+        if settings.capacity == 0 {
+            return Err(
+                "capacity must be at least 1 (to turn the cache off: `enabled: false`)".into(),
+            );
+        }
+        Ok(settings)
+    }
 }
 
 impl Validate for RawStore {
@@ -648,12 +779,22 @@ impl Validate for RawStore {
         if timeout.is_zero() {
             return Err("timeout must be above zero".into());
         }
+        let local_share = self.local_share.unwrap_or(defaults.local_share);
+        // Written so that NaN fails too.
+        if !(local_share > 0.0 && local_share <= 1.0) {
+            return Err(format!(
+                "local_share must be above 0 and at most 1 (e.g. 0.25 for four instances), got {local_share}"
+            ));
+        }
         Ok(StoreSettings {
             kind: self.kind,
             urls,
             prefix,
             timeout,
             on_failure: self.on_failure,
+            local_share,
+            breaker: self.breaker.map_or(defaults.breaker, |b| b.0),
+            deny_cache: self.deny_cache.map_or(defaults.deny_cache, |d| d.0),
         })
     }
 }
@@ -662,6 +803,8 @@ impl Validate for RawStore {
 struct NamedPolicy {
     name: String,
     policy: Policy,
+    /// Overrides the store's `on_failure` for this policy.
+    on_failure: Option<FailureMode>,
 }
 
 #[derive(Deserialize)]
@@ -672,6 +815,7 @@ struct RawPolicy {
     limit: u64,
     period: DurationText,
     burst: Option<u64>,
+    on_failure: Option<FailureMode>,
 }
 
 /// Checks a policy name: it appears quoted in `RateLimit` header fields
@@ -716,6 +860,7 @@ impl Validate for RawPolicy {
         Ok(NamedPolicy {
             name: self.name,
             policy,
+            on_failure: self.on_failure,
         })
     }
 }
@@ -987,6 +1132,58 @@ domains:
     }
 
     #[test]
+    fn resilience_settings_and_per_policy_modes_parse() {
+        let config = Config::parse(
+            "store:
+  on_failure: local
+  local_share: 0.25
+  breaker: { failures: 3, cooldown: 2s, half_open_probes: 2 }
+  deny_cache: { enabled: false, capacity: 100 }
+policies:
+  - name: api
+    limit: 10
+    period: 1s
+  - name: login
+    limit: 5
+    period: 1m
+    on_failure: closed
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let store = &config.store;
+        assert_eq!(store.on_failure, FailureMode::Local);
+        assert!((store.local_share - 0.25).abs() < f64::EPSILON);
+        assert_eq!(
+            (
+                store.breaker.failures,
+                store.breaker.cooldown,
+                store.breaker.half_open_probes
+            ),
+            (3, Duration::from_secs(2), 2)
+        );
+        assert_eq!(
+            (store.deny_cache.enabled, store.deny_cache.capacity),
+            (false, 100)
+        );
+        assert_eq!(
+            config.failure_modes.into_iter().collect::<Vec<_>>(),
+            [("login".to_owned(), FailureMode::Closed)]
+        );
+        // Unset, everything is the library's default.
+        let defaults = Config::parse("store:\n  kind: memory\n", "t.yaml")
+            .unwrap()
+            .store;
+        assert_eq!(defaults.breaker, BreakerSettings::default());
+        assert_eq!(
+            defaults.breaker.failures,
+            resilience::DEFAULT_BREAKER_FAILURES
+        );
+        assert!(defaults.deny_cache.enabled);
+        assert!((defaults.local_share - 1.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
     fn errors_carry_file_line_and_field() {
         let cases: &[(&str, usize, &str)] = &[
             (
@@ -1020,6 +1217,41 @@ domains:
                 "`url` is required when kind is redis",
             ),
             ("store:\n  kind: mongo\n", 2, "unknown variant `mongo`"),
+            (
+                "store:\n  on_failure: local\n  local_share: 0\n",
+                2,
+                "store: local_share must be above 0 and at most 1",
+            ),
+            (
+                "store:\n  local_share: 1.5\n",
+                2,
+                "local_share must be above 0",
+            ),
+            (
+                "store:\n  breaker:\n    failures: 0\n",
+                3,
+                "store.breaker: failures must be at least 1",
+            ),
+            (
+                "store:\n  breaker: { failures: 3, cooldown: 0s }\n",
+                2,
+                "store.breaker: cooldown must be above zero",
+            ),
+            (
+                "store:\n  breaker:\n    failure: 3\n",
+                3,
+                "store.breaker: unknown field `failure`",
+            ),
+            (
+                "store:\n  deny_cache:\n    capacity: 0\n",
+                3,
+                "store.deny_cache: capacity must be at least 1",
+            ),
+            (
+                "policies:\n  - name: a\n    limit: 1\n    period: 1s\n    on_failure: maybe\n",
+                5,
+                "policies[0].on_failure: unknown variant `maybe`",
+            ),
             (
                 "policies:\n  - name: a\n    limit: -3\n    period: 1s\n",
                 3,

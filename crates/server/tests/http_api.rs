@@ -395,6 +395,103 @@ async fn a_failing_store_follows_the_failure_mode() {
     }
 }
 
+/// The `store:` section's resilience settings (breaker, deny cache,
+/// `local_share`) and a policy's own `on_failure` take effect, and a reload
+/// changes the per-policy modes without a restart.
+#[tokio::test]
+async fn resilience_settings_and_per_policy_failure_modes_take_effect() {
+    let mut redis = tollgate_testkit::redis::RedisServer::start();
+    let url = redis.url();
+    let text = |login_mode: &str| {
+        format!(
+            "store:
+  kind: redis
+  url: {}
+  timeout: 100ms
+  on_failure: open
+  local_share: 0.5
+  breaker: {{ failures: 1, cooldown: 1h, half_open_probes: 2 }}
+  deny_cache: {{ enabled: false }}
+policies:
+  - name: api
+    algorithm: fixed_window
+    limit: 1
+    period: 1h
+  - name: login
+    algorithm: fixed_window
+    limit: 10
+    period: 1h
+    on_failure: {login_mode}
+  - name: search
+    algorithm: fixed_window
+    limit: 10
+    period: 1h
+    on_failure: local
+",
+            url
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("tollgate-resilience-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tollgate.yaml");
+    std::fs::write(&file, text("closed")).unwrap();
+    let source = tollgate_server::ConfigSource {
+        config: Some(file.clone()),
+        envoy: None,
+    };
+    let config = source.load().unwrap();
+    let store = tollgate_server::ServerStore::connect(&config.store)
+        .await
+        .unwrap();
+    let app = tollgate_server::App::new(source, config, store);
+    let decide = |name: &'static str| {
+        let app = &app;
+        async move {
+            let loaded = app.current();
+            let d = app
+                .decide(&loaded, &[name], b"k", 1, tollgate::Mode::Consume, false)
+                .await
+                .unwrap();
+            d.decisions[0]
+        }
+    };
+    // Healthy: the deny cache is off, so every denial is a store call.
+    assert!(decide("api").await.allowed);
+    for _ in 0..3 {
+        assert!(!decide("api").await.allowed);
+    }
+    let stats = app.store().stats();
+    assert_eq!((stats.calls, stats.deny_cache_hits), (4, 0), "{stats:?}");
+
+    redis.kill();
+    // One failure opens the breaker (failures: 1), for an hour.
+    let d = decide("api").await;
+    assert!(d.allowed && d.degraded, "store default: open");
+    assert_eq!(app.store().breaker_state().name(), "open");
+    let calls = app.store().stats().calls;
+    let d = decide("login").await;
+    assert!(!d.allowed && d.degraded, "the policy's own mode: closed");
+    // local: half of 10 in this process.
+    let mut local = Vec::new();
+    for _ in 0..7 {
+        local.push(decide("search").await.allowed);
+    }
+    assert_eq!(local, [true, true, true, true, true, false, false]);
+    assert_eq!(
+        app.store().stats().calls,
+        calls,
+        "the breaker held every call back"
+    );
+
+    // A reload turns login's mode to open, with the same store and breaker.
+    std::fs::write(&file, text("open")).unwrap();
+    app.reload().unwrap();
+    let d = decide("login").await;
+    assert!(d.allowed && d.degraded, "reloaded: open");
+    assert_eq!(app.store().breaker_state().name(), "open");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The body of `/v1/check` has exactly the five documented fields; a leaky
 /// bucket's wait travels in `Tollgate-Delay-Ms`.
 #[tokio::test]
