@@ -22,8 +22,9 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a configuration file; exits non-zero with the errors.
     Check(CheckArgs),
-    /// Drive load at a target (the library, HTTP, the JSON API); report
-    /// throughput, latency percentiles and over-admission.
+    /// Drive load at a target (the library, any HTTP endpoint, the JSON
+    /// API, Envoy RLS gRPC); report throughput, latency percentiles and
+    /// over-admission.
     Bench(tollgate_tools::bench::BenchArgs),
     /// Run the six algorithms over a traffic pattern (exactly, on a manual
     /// clock); print a table and plot offered vs admitted.

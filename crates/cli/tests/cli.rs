@@ -144,3 +144,21 @@ fn serve_answers_and_exits_zero_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exits 0 after SIGTERM");
 }
+
+/// The help names every command and every bench target, so a newcomer
+/// finds `tollgate bench grpc` without reading the docs.
+#[test]
+fn help_lists_every_command_and_bench_target() {
+    let help = tollgate().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for command in ["serve", "check", "bench", "simulate"] {
+        assert!(text.contains(command), "{command} missing from:\n{text}");
+    }
+    assert!(text.contains("Envoy RLS gRPC"), "{text}");
+    let bench = tollgate().args(["bench", "--help"]).output().unwrap();
+    let text = String::from_utf8(bench.stdout).unwrap();
+    for target in ["direct", "http", "api", "grpc"] {
+        assert!(text.contains(target), "{target} missing from:\n{text}");
+    }
+}
