@@ -184,6 +184,41 @@ impl App {
             Mode::Consume => loaded.limiter.check_all(names, key, cost).await,
             Mode::Peek => loaded.limiter.peek_all(names, key, cost).await,
         };
+        self.record(loaded, names.iter().copied(), started, result, shadow)
+    }
+
+    /// Decides like [`decide`](Self::decide) against policies given by
+    /// value rather than by name (Envoy descriptors carry theirs, and a
+    /// `limit` override exists only in its request); each is counted under
+    /// its name, so names must be bounded by the configuration.
+    ///
+    /// # Errors
+    /// Zero cost, key too long.
+    pub async fn decide_policies(
+        &self,
+        loaded: &Loaded,
+        policies: &[PolicyRef<'_>],
+        key: &[u8],
+        cost: u64,
+        mode: Mode,
+        shadow: bool,
+    ) -> Result<MultiDecision, Error> {
+        let started = Instant::now();
+        let result = loaded.limiter.apply(policies, key, cost, mode).await;
+        let names = policies.iter().map(|p| p.name);
+        self.record(loaded, names, started, result, shadow)
+    }
+
+    /// Records a decision started at `started`: latency, store failure or
+    /// recovery (logged once each), and each policy's outcome.
+    fn record<'a>(
+        &self,
+        loaded: &Loaded,
+        names: impl Iterator<Item = &'a str>,
+        started: Instant,
+        result: Result<MultiDecision, Error>,
+        shadow: bool,
+    ) -> Result<MultiDecision, Error> {
         self.metrics.store_latency(started.elapsed());
         let result = result?;
         let degraded = result.decisions.iter().any(|d| d.degraded);
@@ -196,7 +231,7 @@ impl App {
         } else if !degraded && self.store_failing.swap(false, Ordering::Relaxed) {
             tracing::info!("store recovered");
         }
-        for (name, decision) in names.iter().zip(&result.decisions) {
+        for (name, decision) in names.zip(&result.decisions) {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
                 (true, _, _) => Outcome::Degraded,
                 (false, true, _) => Outcome::Allowed,

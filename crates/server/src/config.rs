@@ -1035,18 +1035,7 @@ impl Validate for RawDescriptor {
                         .requests_per_unit
                         .ok_or_else(|| format!("{what}: rate_limit needs `requests_per_unit`"))?;
                     let algorithm = self.algorithm.map_or(Algorithm::FixedWindow, |a| a.0);
-                    if requests == 0 {
-                        Limit::DenyAll { unit }
-                    } else {
-                        let policy =
-                            Policy::new(algorithm, u64::from(requests), unit.duration(), None)
-                                .map_err(|e| format!("{what}: {e}"))?;
-                        Limit::Inline {
-                            policy,
-                            unit,
-                            requests_per_unit: requests,
-                        }
-                    }
+                    Limit::rate(unit, requests, algorithm).map_err(|e| format!("{what}: {e}"))?
                 };
                 Some(Rule {
                     name: rate.name,

@@ -15,11 +15,23 @@
 //! descriptor says `algorithm:`). The key the limiter charges is the domain
 //! and every request entry, length-prefixed so no two descriptors can
 //! collide; a wildcard's value is therefore part of the key.
+//!
+//! A request descriptor may carry its own limit (Envoy's `limit` override):
+//! in a configured domain it applies whatever the descriptors say, as
+//! envoyproxy/ratelimit does, as a `fixed_window` policy under the one
+//! limiter name [`OVERRIDE_POLICY`]; see [`Domain::find_override`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use tollgate::Policy;
+use tollgate::{Algorithm, Policy, PolicyError};
+
+/// The limiter policy name (and metric label) of every descriptor `limit`
+/// override. No configured policy can have it: named policies may not start
+/// with `envoy/`, and inline ones are `envoy/<domain>/<descriptor>`, with
+/// two slashes at least.
+pub const OVERRIDE_POLICY: &str = "envoy/override";
 
 /// A rate limit unit of envoyproxy/ratelimit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,6 +124,36 @@ pub enum Limit {
     },
     /// `policy: <name>`.
     Named(String),
+}
+
+impl Limit {
+    /// A `rate_limit` of `requests_per_unit` per `unit`, counted by
+    /// `algorithm`: [`Limit::DenyAll`] for 0 (always over the limit, as
+    /// envoyproxy/ratelimit compares), an inline policy otherwise.
+    ///
+    /// # Errors
+    /// When `algorithm` cannot make that policy (a `sliding_log` above its
+    /// largest limit).
+    pub fn rate(
+        unit: Unit,
+        requests_per_unit: u32,
+        algorithm: Algorithm,
+    ) -> Result<Limit, PolicyError> {
+        if requests_per_unit == 0 {
+            return Ok(Limit::DenyAll { unit });
+        }
+        let policy = Policy::new(
+            algorithm,
+            u64::from(requests_per_unit),
+            unit.duration(),
+            None,
+        )?;
+        Ok(Limit::Inline {
+            policy,
+            unit,
+            requests_per_unit,
+        })
+    }
 }
 
 /// A descriptor's limit with its envoyproxy/ratelimit `name`/`replaces`.
@@ -252,10 +294,10 @@ pub struct Domain {
 }
 
 /// A request descriptor matched to a limit.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Matched<'a> {
-    /// The limit.
-    pub rule: &'a CompiledRule,
+    /// The limit: configured, or made for the request by an override.
+    pub rule: Cow<'a, CompiledRule>,
     /// Whether over-limit decisions are only reported.
     pub shadow: bool,
 }
@@ -326,7 +368,7 @@ impl Domain {
             if let Some(rule) = &node.rule {
                 if i + 1 == entries.len() {
                     found = Some(Matched {
-                        rule,
+                        rule: Cow::Borrowed(rule),
                         shadow: node.shadow_mode,
                     });
                 }
@@ -338,6 +380,55 @@ impl Domain {
         }
         found.map(|m| (m, key))
     }
+
+    /// The limit for a request descriptor that carries its own `limit`
+    /// (Envoy's `RateLimitOverride`), with the limiter key, as
+    /// envoyproxy/ratelimit's `GetLimit` treats it: the configured
+    /// descriptors are not consulted (a match is not needed, and
+    /// `unlimited`, `shadow_mode`, `name` and `replaces` of a matching node
+    /// do not apply); the limit is `requests_per_unit` per `unit` in a fixed
+    /// window ([`Limit::rate`], 0 = always over the limit).
+    ///
+    /// Every override is the limiter policy [`OVERRIDE_POLICY`], so the key
+    /// holds what tells counters apart: the domain, the unit, the count and
+    /// every request entry, length-prefixed. Two different overrides of one
+    /// descriptor therefore never share a counter (envoyproxy/ratelimit
+    /// shares one per unit across counts; tollgate's stores only read a
+    /// state with the policy that wrote it, see docs/SERVER.md).
+    ///
+    /// # Errors
+    /// None for the units and counts Envoy can send; the policy's error
+    /// otherwise.
+    pub fn find_override<K, V>(
+        &self,
+        entries: &[(K, V)],
+        unit: Unit,
+        requests_per_unit: u32,
+    ) -> Result<(Matched<'static>, Vec<u8>), PolicyError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let limit = Limit::rate(unit, requests_per_unit, Algorithm::FixedWindow)?;
+        let rule = CompiledRule {
+            name: None,
+            replaces: Vec::new(),
+            applied: compile_limit(limit, OVERRIDE_POLICY, &BTreeMap::new()),
+        };
+        let mut key = Vec::with_capacity(64);
+        push_part(&mut key, self.name.as_bytes());
+        push_part(&mut key, unit.name().as_bytes());
+        push_part(&mut key, requests_per_unit.to_string().as_bytes());
+        for (k, v) in entries {
+            push_part(&mut key, k.as_ref().as_bytes());
+            push_part(&mut key, v.as_ref().as_bytes());
+        }
+        let matched = Matched {
+            rule: Cow::Owned(rule),
+            shadow: false,
+        };
+        Ok((matched, key))
+    }
 }
 
 /// Appends `part` with its length in front, so no two sequences of parts
@@ -346,6 +437,34 @@ fn push_part(key: &mut Vec<u8>, part: &[u8]) {
     key.extend_from_slice(part.len().to_string().as_bytes());
     key.push(b':');
     key.extend_from_slice(part);
+}
+
+/// What `limit` applies; an inline limit is the limiter policy `name`.
+fn compile_limit(limit: Limit, name: &str, named: &BTreeMap<String, Policy>) -> Applied {
+    match limit {
+        Limit::Unlimited => Applied::Unlimited,
+        Limit::DenyAll { unit } => Applied::DenyAll { unit },
+        Limit::Inline {
+            policy,
+            unit,
+            requests_per_unit,
+        } => Applied::Policy {
+            name: name.to_owned(),
+            policy,
+            unit: Some(unit),
+            requests_per_unit,
+        },
+        Limit::Named(name) => match named.get(&name) {
+            Some(policy) => Applied::Policy {
+                unit: Unit::from_period(policy.period()),
+                requests_per_unit: u32::try_from(policy.limit()).unwrap_or(u32::MAX),
+                policy: *policy,
+                name,
+            },
+            // Checked while parsing; unreachable, but never panic.
+            None => Applied::Unlimited,
+        },
+    }
 }
 
 fn build_level(
@@ -357,36 +476,15 @@ fn build_level(
     let mut level = Level::default();
     for d in descriptors {
         let path = format!("{path}/{}", d.label());
-        let rule = d.rule.map(|rule| CompiledRule {
-            name: rule.name,
-            replaces: rule.replaces,
-            applied: match rule.limit {
-                Limit::Unlimited => Applied::Unlimited,
-                Limit::DenyAll { unit } => Applied::DenyAll { unit },
-                Limit::Inline {
-                    policy,
-                    unit,
-                    requests_per_unit,
-                } => {
-                    inline.insert(path.clone(), policy);
-                    Applied::Policy {
-                        name: path.clone(),
-                        policy,
-                        unit: Some(unit),
-                        requests_per_unit,
-                    }
-                }
-                Limit::Named(name) => match named.get(&name) {
-                    Some(policy) => Applied::Policy {
-                        unit: Unit::from_period(policy.period()),
-                        requests_per_unit: u32::try_from(policy.limit()).unwrap_or(u32::MAX),
-                        policy: *policy,
-                        name,
-                    },
-                    // Checked while parsing; unreachable, but never panic.
-                    None => Applied::Unlimited,
-                },
-            },
+        let rule = d.rule.map(|rule| {
+            if let Limit::Inline { policy, .. } = &rule.limit {
+                inline.insert(path.clone(), *policy);
+            }
+            CompiledRule {
+                name: rule.name,
+                replaces: rule.replaces,
+                applied: compile_limit(rule.limit, &path, named),
+            }
         });
         let prefix = d
             .value
@@ -501,5 +599,46 @@ domains:
         );
         assert_ne!(key(&[("path", "/api/a")]), key(&[("path", "/api/b")]));
         assert_eq!(key(&[("path", "/shared/a")]), key(&[("path", "/shared/b")]));
+    }
+
+    #[test]
+    fn an_override_ignores_the_configuration_and_keys_its_own_counter() {
+        use super::{Applied, OVERRIDE_POLICY, Unit};
+        use tollgate::{Algorithm, Policy};
+        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let edge = &config.domains["edge"];
+        let address = [("remote_address", "10.0.0.1")];
+        let (configured, configured_key) = edge.find(&address).unwrap();
+        let over = |entries: &[(&str, &str)], unit, count| {
+            edge.find_override(entries, unit, count).unwrap()
+        };
+        let (m, key) = over(&address, Unit::Minute, 3);
+        let minute = Policy::new(Algorithm::FixedWindow, 3, Unit::Minute.duration(), None);
+        let expected = Applied::Policy {
+            name: OVERRIDE_POLICY.to_owned(),
+            policy: minute.unwrap(),
+            unit: Some(Unit::Minute),
+            requests_per_unit: 3,
+        };
+        assert_eq!(m.rule.applied, expected);
+        assert!(m.rule.name.is_none() && m.rule.replaces.is_empty() && !m.shadow);
+        // Its own counter: not the configured one, and one per unit and count.
+        assert!(
+            matches!(&configured.rule.applied, Applied::Policy { name, .. } if name != OVERRIDE_POLICY)
+        );
+        assert_ne!(key, configured_key);
+        assert_ne!(key, over(&address, Unit::Hour, 3).1);
+        assert_ne!(key, over(&address, Unit::Minute, 4).1);
+        assert_ne!(
+            key,
+            over(&[("remote_address", "10.0.0.2")], Unit::Minute, 3).1
+        );
+        assert_eq!(key, over(&address, Unit::Minute, 3).1);
+        // No configured match needed; 0 is always over the limit.
+        let (m, _) = over(&[("nothing", "here"), ("at", "all")], Unit::Day, 0);
+        assert_eq!(m.rule.applied, Applied::DenyAll { unit: Unit::Day });
+        // unlimited and shadow_mode nodes are overridden too.
+        let (m, _) = over(&[("user", "u1"), ("plan", "pro")], Unit::Second, 1);
+        assert!(matches!(m.rule.applied, Applied::Policy { .. }));
     }
 }

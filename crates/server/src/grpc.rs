@@ -19,12 +19,20 @@
 //! - `overall_code` is `OVER_LIMIT` when any status is.
 //! - `response_headers_to_add` carries `RateLimit-Policy` and `RateLimit`
 //!   for the limits that were decided.
+//! - A descriptor's `limit` override, in a configured domain, replaces
+//!   whatever its entries match: `requests_per_unit` per `unit` in a fixed
+//!   window, never shadowed, under the one policy name
+//!   [`OVERRIDE_POLICY`](crate::envoy::OVERRIDE_POLICY) (see
+//!   [`Domain::find_override`](crate::envoy::Domain::find_override)). A
+//!   unit that is not one (`UNKNOWN`, or a number outside the enum) is
+//!   `INVALID_ARGUMENT`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit, rate_limit::Unit as ProtoUnit,
 };
@@ -33,11 +41,11 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
-use tollgate::{Decision, Mode};
+use tollgate::{Decision, Mode, PolicyRef};
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
-use crate::envoy::{Applied, Unit};
+use crate::envoy::{Applied, Domain, Matched, Unit};
 use crate::headers;
 
 /// The gRPC service name, for health checking.
@@ -79,6 +87,58 @@ fn proto_unit(unit: Option<Unit>) -> i32 {
     unit as i32
 }
 
+/// The unit of a descriptor's `limit` override. The field is Envoy's
+/// `envoy.type.v3.RateLimitUnit` (1 second .. 6 year); 7 is read as a week,
+/// as envoyproxy/ratelimit reads the number in its response enum, where 7 is
+/// `WEEK`. `UNKNOWN` (0) and anything else is not a unit.
+fn override_unit(unit: i32) -> Option<Unit> {
+    match ProtoUnit::try_from(unit).ok()? {
+        ProtoUnit::Unknown => None,
+        ProtoUnit::Second => Some(Unit::Second),
+        ProtoUnit::Minute => Some(Unit::Minute),
+        ProtoUnit::Hour => Some(Unit::Hour),
+        ProtoUnit::Day => Some(Unit::Day),
+        ProtoUnit::Week => Some(Unit::Week),
+        ProtoUnit::Month => Some(Unit::Month),
+        ProtoUnit::Year => Some(Unit::Year),
+    }
+}
+
+/// The limit for the `index`th request descriptor and its limiter key:
+/// `None` when nothing applies.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` for a `limit` override whose unit is not a unit.
+fn find<'a>(
+    domain: Option<&'a Domain>,
+    index: usize,
+    descriptor: &RateLimitDescriptor,
+) -> Result<Option<(Matched<'a>, Vec<u8>)>, Status> {
+    // envoyproxy/ratelimit: an unknown domain is no limit, override or not.
+    let Some(domain) = domain else {
+        return Ok(None);
+    };
+    let entries: Vec<(&str, &str)> = descriptor
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    let Some(limit) = descriptor.limit else {
+        return Ok(domain.find(&entries));
+    };
+    let unit = override_unit(limit.unit).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "descriptors[{index}].limit.unit {} is not a rate limit unit \
+             (SECOND=1, MINUTE=2, HOUR=3, DAY=4, MONTH=5, YEAR=6, WEEK=7)",
+            limit.unit
+        ))
+    })?;
+    domain
+        .find_override(&entries, unit, limit.requests_per_unit)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(format!("descriptors[{index}].limit: {e}")))
+}
+
 fn proto_duration(d: Duration) -> ProtoDuration {
     ProtoDuration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -112,18 +172,12 @@ impl RateLimitService for RateLimitGrpc {
         let loaded = self.app.current();
         let domain = loaded.config.domains.get(&request.domain);
         // Match every descriptor first: `replaces` looks across all of them.
-        let matched: Vec<_> = request
+        let matched = request
             .descriptors
             .iter()
-            .map(|descriptor| {
-                let entries: Vec<(&str, &str)> = descriptor
-                    .entries
-                    .iter()
-                    .map(|e| (e.key.as_str(), e.value.as_str()))
-                    .collect();
-                domain.and_then(|d| d.find(&entries))
-            })
-            .collect();
+            .enumerate()
+            .map(|(index, descriptor)| find(domain, index, descriptor))
+            .collect::<Result<Vec<_>, Status>>()?;
         let replaced: HashSet<&str> = matched
             .iter()
             .flatten()
@@ -184,9 +238,10 @@ impl RateLimitService for RateLimitGrpc {
                         Some(n) => (n, Mode::Consume),
                         None => (u64::from(request.hits_addend.max(1)), Mode::Consume),
                     };
+                    let refs = [PolicyRef { name, policy }];
                     let decision = self
                         .app
-                        .decide(&loaded, &[name.as_str()], key, cost, mode, m.shadow)
+                        .decide_policies(&loaded, &refs, key, cost, mode, m.shadow)
                         .await
                         .map_err(|e| match e {
                             tollgate::Error::Store(e) => Status::unavailable(e.to_string()),

@@ -7,7 +7,9 @@ mod common;
 
 use common::{Backend, TestServer};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
@@ -26,6 +28,17 @@ fn descriptor(entries: &[(&str, &str)], hits_addend: Option<u64>) -> RateLimitDe
             .collect(),
         limit: None,
         hits_addend: hits_addend.map(|value| UInt64Value { value }),
+    }
+}
+
+/// A descriptor carrying Envoy's per-request `limit` override.
+fn overridden(entries: &[(&str, &str)], requests_per_unit: u32, unit: i32) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        limit: Some(RateLimitOverride {
+            requests_per_unit,
+            unit,
+        }),
+        ..descriptor(entries, None)
     }
 }
 
@@ -58,9 +71,57 @@ impl Client {
     }
 
     async fn one(&mut self, entries: &[(&str, &str)]) -> DescriptorStatus {
-        let response = self.ask("edge", vec![descriptor(entries, None)], 0).await;
+        self.status(descriptor(entries, None)).await
+    }
+
+    /// The status of one descriptor in the `edge` domain.
+    async fn status(&mut self, descriptor: RateLimitDescriptor) -> DescriptorStatus {
+        let response = self.ask("edge", vec![descriptor], 0).await;
         response.statuses[0].clone()
     }
+
+    /// The gRPC error of a request the server must reject.
+    async fn rejected(
+        &mut self,
+        domain: &str,
+        descriptors: Vec<RateLimitDescriptor>,
+    ) -> tonic::Status {
+        self.0
+            .should_rate_limit(RateLimitRequest {
+                domain: domain.to_owned(),
+                descriptors,
+                hits_addend: 0,
+            })
+            .await
+            .unwrap_err()
+    }
+}
+
+/// `response_headers_to_add` as `(name, value)` pairs.
+fn headers(response: &RateLimitResponse) -> Vec<(&str, &str)> {
+    response
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect()
+}
+
+/// Fails unless every line is in the `/metrics` text.
+fn assert_metrics(metrics: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            metrics.contains(&format!("{line}\n")),
+            "missing `{line}` in\n{metrics}"
+        );
+    }
+}
+
+/// `(requests_per_unit, unit)` of a status's `current_limit`.
+fn current(status: &DescriptorStatus) -> Option<(u32, i32)> {
+    status
+        .current_limit
+        .as_ref()
+        .map(|l| (l.requests_per_unit, l.unit))
 }
 
 fn ok(status: &DescriptorStatus) -> bool {
@@ -157,11 +218,7 @@ async fn envoy_semantics(backend: Backend) {
     assert_eq!(response.overall_code, Code::OverLimit as i32);
     assert_eq!(response.statuses[0].code, Code::OverLimit as i32);
     // The response carries the IETF header fields.
-    let headers: Vec<(&str, &str)> = response
-        .response_headers_to_add
-        .iter()
-        .map(|h| (h.key.as_str(), h.value.as_str()))
-        .collect();
+    let headers = headers(&response);
     assert_eq!(
         headers,
         [
@@ -202,28 +259,18 @@ async fn envoy_semantics(backend: Backend) {
     assert_eq!(response.statuses[0].limit_remaining, 0);
 
     let (_, metrics) = server.get_text("/metrics").await;
-    for line in [
-        "tollgate_decisions_total{policy=\"envoy/edge/user/tier=shadow\",outcome=\"shadow\"} 1",
-        "tollgate_decisions_total{policy=\"envoy/edge/user/tier=shadow\",outcome=\"allowed\"} 1",
-        "tollgate_decisions_total{policy=\"login\",outcome=\"allowed\"} 1",
-        "tollgate_decisions_total{policy=\"envoy/edge/user/tier\",outcome=\"denied\"} 1",
-    ] {
-        assert!(
-            metrics.contains(&format!("{line}\n")),
-            "missing `{line}` in\n{metrics}"
-        );
-    }
+    assert_metrics(
+        &metrics,
+        &[
+            "tollgate_decisions_total{policy=\"envoy/edge/user/tier=shadow\",outcome=\"shadow\"} 1",
+            "tollgate_decisions_total{policy=\"envoy/edge/user/tier=shadow\",outcome=\"allowed\"} 1",
+            "tollgate_decisions_total{policy=\"login\",outcome=\"allowed\"} 1",
+            "tollgate_decisions_total{policy=\"envoy/edge/user/tier\",outcome=\"denied\"} 1",
+        ],
+    );
 
     // Invalid requests are gRPC errors, not crashes.
-    let error = client
-        .0
-        .should_rate_limit(RateLimitRequest {
-            domain: String::new(),
-            descriptors: vec![],
-            hits_addend: 0,
-        })
-        .await
-        .unwrap_err();
+    let error = client.rejected("", vec![]).await;
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
 }
 
@@ -235,6 +282,296 @@ async fn envoy_semantics_on_memory() {
 #[tokio::test]
 async fn envoy_semantics_on_redis() {
     envoy_semantics(Backend::redis()).await;
+}
+
+/// Envoy's per-request `limit` override, as envoyproxy/ratelimit applies
+/// it: in a configured domain it wins over whatever the entries match.
+async fn limit_overrides(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = Client::connect(&server).await;
+    let hour = Unit::Hour as i32;
+
+    // A descriptor with a configured limit (10/s): the override (3/h) wins,
+    // exactly 3 allowed, reported as the current limit.
+    let address = [("remote_address", "198.51.100.7")];
+    for remaining in [2, 1, 0] {
+        let response = client
+            .ask("edge", vec![overridden(&address, 3, hour)], 0)
+            .await;
+        let status = &response.statuses[0];
+        assert!(ok(status), "{status:?}");
+        assert_eq!(current(status), Some((3, hour)));
+        assert_eq!(status.current_limit.as_ref().unwrap().name, "");
+        assert_eq!(status.limit_remaining, remaining);
+        let reset = status.duration_until_reset.unwrap();
+        assert!(
+            (0..=3600).contains(&reset.seconds) && (reset.seconds, reset.nanos) != (0, 0),
+            "{reset:?}"
+        );
+        let headers = headers(&response);
+        assert_eq!(
+            headers[0],
+            ("RateLimit-Policy", r#""envoy/override";q=3;w=3600"#)
+        );
+        assert!(
+            headers[1]
+                .1
+                .starts_with(&format!(r#""envoy/override";r={remaining};t="#)),
+            "{headers:?}"
+        );
+    }
+    let response = client
+        .ask("edge", vec![overridden(&address, 3, hour)], 0)
+        .await;
+    assert_eq!(response.overall_code, Code::OverLimit as i32);
+    assert_eq!(response.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(response.statuses[0].limit_remaining, 0);
+    assert_eq!(current(&response.statuses[0]), Some((3, hour)));
+    // The configured counter of the same entries was never charged.
+    let status = client.one(&address).await;
+    assert!(ok(&status));
+    assert_eq!(current(&status), Some((10, Unit::Second as i32)));
+    assert_eq!(status.limit_remaining, 9);
+
+    // Different overrides of one descriptor keep different counters (per
+    // unit and count); the configured `per_user` limit keeps its own.
+    let dave = [("user", "dave"), ("tier", "gold")];
+    assert_eq!(
+        client
+            .status(overridden(&dave, 1, hour))
+            .await
+            .limit_remaining,
+        0
+    );
+    let status = client.status(overridden(&dave, 1, hour)).await;
+    assert_eq!(status.code, Code::OverLimit as i32);
+    let status = client.status(overridden(&dave, 2, hour)).await;
+    assert!(ok(&status));
+    assert_eq!(
+        (current(&status), status.limit_remaining),
+        (Some((2, hour)), 1)
+    );
+    let day = Unit::Day as i32;
+    let status = client.status(overridden(&dave, 1, day)).await;
+    assert!(ok(&status));
+    assert_eq!(
+        (current(&status), status.limit_remaining),
+        (Some((1, day)), 0)
+    );
+    let status = client.one(&dave).await;
+    assert_eq!(status.current_limit.as_ref().unwrap().name, "per_user");
+    assert_eq!(status.limit_remaining, 1);
+
+    // hits_addend applies as for configured limits; 0 peeks.
+    let erin = [("account", "erin")];
+    let mut peek = overridden(&erin, 5, hour);
+    peek.hits_addend = Some(UInt64Value { value: 0 });
+    assert_eq!(client.status(peek.clone()).await.limit_remaining, 5);
+    let response = client
+        .ask("edge", vec![overridden(&erin, 5, hour)], 4)
+        .await;
+    assert_eq!(response.statuses[0].limit_remaining, 1);
+    let response = client
+        .ask("edge", vec![overridden(&erin, 5, hour)], 2)
+        .await;
+    assert_eq!(response.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(
+        client.status(peek).await.limit_remaining,
+        1,
+        "a denial charges nothing"
+    );
+
+    // No configured match is needed; `unlimited`, `shadow_mode` and
+    // `replaces` of a matching node do not apply to an override.
+    let minute = Unit::Minute as i32;
+    for entries in [
+        &[("path", "/elsewhere")][..],
+        &[("path", "/free")][..],
+        &[("user", "frank"), ("tier", "shadow")][..],
+    ] {
+        let status = client.status(overridden(entries, 1, minute)).await;
+        assert!(ok(&status), "{entries:?}");
+        assert_eq!(
+            (current(&status), status.limit_remaining),
+            (Some((1, minute)), 0)
+        );
+        let status = client.status(overridden(entries, 1, minute)).await;
+        assert_eq!(status.code, Code::OverLimit as i32, "{entries:?}");
+    }
+    let grace = [("user", "grace"), ("tier", "gold")];
+    let response = client
+        .ask(
+            "edge",
+            vec![
+                overridden(&grace, 5, hour),
+                descriptor(&[("plan", "premium")], None),
+            ],
+            0,
+        )
+        .await;
+    assert_eq!(
+        current(&response.statuses[0]),
+        Some((5, hour)),
+        "not replaced"
+    );
+    assert_eq!(response.statuses[0].limit_remaining, 4);
+
+    // requests_per_unit 0: always over the limit, as a configured 0 is.
+    let status = client
+        .status(overridden(&[("path", "/zero")], 0, minute))
+        .await;
+    assert_eq!(status.code, Code::OverLimit as i32);
+    assert_eq!(
+        (current(&status), status.limit_remaining),
+        (Some((0, minute)), 0)
+    );
+    assert_eq!(status.duration_until_reset.unwrap().seconds, 60);
+
+    // 7 is a week (envoyproxy/ratelimit reads the number as its WEEK).
+    let status = client
+        .status(overridden(&[("path", "/weekly")], 9, 7))
+        .await;
+    assert!(ok(&status));
+    assert_eq!(
+        (current(&status), status.limit_remaining),
+        (Some((9, Unit::Week as i32)), 8)
+    );
+
+    // A unit that is not one is INVALID_ARGUMENT, and the whole request is
+    // rejected before anything is charged.
+    let first = [("path", "/not-charged")];
+    for unit in [Unit::Unknown as i32, 8, -1] {
+        let error = client
+            .rejected(
+                "edge",
+                vec![overridden(&first, 1, hour), overridden(&first, 1, unit)],
+            )
+            .await;
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{unit}");
+        assert!(
+            error
+                .message()
+                .starts_with(&format!("descriptors[1].limit.unit {unit} ")),
+            "{}",
+            error.message()
+        );
+    }
+    assert_eq!(
+        client
+            .status(overridden(&first, 1, hour))
+            .await
+            .limit_remaining,
+        0
+    );
+
+    // An unknown domain is no limit, override or not (envoyproxy/ratelimit).
+    for unit in [hour, Unit::Unknown as i32] {
+        let response = client
+            .ask("no-such-domain", vec![overridden(&first, 1, unit)], 0)
+            .await;
+        assert!(ok(&response.statuses[0]) && response.statuses[0].current_limit.is_none());
+    }
+}
+
+#[tokio::test]
+async fn limit_overrides_on_memory() {
+    limit_overrides(Backend::memory()).await;
+}
+
+#[tokio::test]
+async fn limit_overrides_on_redis() {
+    limit_overrides(Backend::redis()).await;
+}
+
+/// Every override is counted under one label, whatever its entries, unit
+/// and count, so request input cannot grow the metrics; a repeated denial
+/// is answered by the deny cache, as for configured limits.
+#[tokio::test]
+async fn override_metrics_use_one_fixed_label() {
+    let server = TestServer::start(Backend::memory()).await;
+    let mut client = Client::connect(&server).await;
+    let (hour, day) = (Unit::Hour as i32, Unit::Day as i32);
+    for (entries, count, unit) in [
+        ([("metric", "a")], 1, hour),
+        ([("metric", "b")], 2, hour),
+        ([("metric", "c")], 1, day),
+    ] {
+        assert!(ok(&client.status(overridden(&entries, count, unit)).await));
+    }
+    for _ in 0..2 {
+        let status = client.status(overridden(&[("metric", "a")], 1, hour)).await;
+        assert_eq!(status.code, Code::OverLimit as i32);
+    }
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert_metrics(
+        &metrics,
+        &[
+            "tollgate_decisions_total{policy=\"envoy/override\",outcome=\"allowed\"} 3",
+            "tollgate_decisions_total{policy=\"envoy/override\",outcome=\"denied\"} 2",
+            "tollgate_decisions_total{policy=\"envoy/override\",outcome=\"shadow\"} 0",
+        ],
+    );
+    // At least the repeated denial was answered locally (how many depends
+    // on what the deny cache learns from the store's answers).
+    let deny_cache_hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_deny_cache_hits_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(deny_cache_hits >= 1, "{metrics}");
+    let labels: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tollgate_decisions_total{"))
+        .collect();
+    assert_eq!(labels.len(), 4, "one label, four outcomes: {labels:?}");
+    assert!(
+        !metrics.contains("metric"),
+        "request input in a label:\n{metrics}"
+    );
+}
+
+/// Overrides go through the resilience layer: with Redis down and
+/// `on_failure: closed`, an override is denied and counted as degraded.
+#[tokio::test]
+async fn an_override_follows_the_failure_mode() {
+    let backend = Backend::redis();
+    let Backend::Redis(redis) = &backend else {
+        unreachable!()
+    };
+    let text = format!(
+        "store:\n  kind: redis\n  url: {}\n  timeout: 200ms\n  on_failure: closed\n\
+         domains:\n  - domain: edge\n    descriptors:\n      - key: k\n        \
+         rate_limit: {{ unit: second, requests_per_unit: 100 }}\n",
+        redis.url()
+    );
+    let mut server = TestServer::start_with(
+        backend,
+        &text,
+        tollgate_server::ConfigSource::default(),
+        tollgate_server::ServerOptions::default()
+            .watch_interval(None)
+            .reload_on_sighup(false),
+    )
+    .await;
+    let mut client = Client::connect(&server).await;
+    let hour = Unit::Hour as i32;
+    let status = client.status(overridden(&[("k", "v")], 5, hour)).await;
+    assert!(ok(&status));
+    assert_eq!(status.limit_remaining, 4);
+    if let Backend::Redis(redis) = &mut server.backend {
+        redis.kill();
+    }
+    let status = client.status(overridden(&[("k", "v")], 5, hour)).await;
+    assert_eq!(status.code, Code::OverLimit as i32, "closed: denied");
+    assert_eq!(current(&status), Some((5, hour)));
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert_metrics(
+        &metrics,
+        &[
+            "tollgate_decisions_total{policy=\"envoy/override\",outcome=\"allowed\"} 1",
+            "tollgate_decisions_total{policy=\"envoy/override\",outcome=\"degraded\"} 1",
+        ],
+    );
 }
 
 #[tokio::test]

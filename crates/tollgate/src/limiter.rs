@@ -193,6 +193,36 @@ impl<S: Store> Limiter<S> {
         self.many(policies, key.as_ref(), cost, Mode::Peek).await
     }
 
+    /// Decides `cost` for `key` against policies passed by value instead of
+    /// registered by name, all-or-nothing as [`check_all`](Self::check_all)
+    /// (with [`Mode::Consume`]) or [`peek_all`](Self::peek_all) (with
+    /// [`Mode::Peek`]) do. For limits that exist only per request and so
+    /// cannot be registered ahead, such as an Envoy descriptor's `limit`
+    /// override.
+    ///
+    /// A policy's name is part of its state's identity exactly as for a
+    /// registered policy: a name that is also registered shares that state,
+    /// so callers pick names no registered policy uses unless sharing is
+    /// what they mean.
+    ///
+    /// # Errors
+    /// [`Error::NoPolicy`] for an empty list, [`Error::ZeroCost`],
+    /// [`Error::KeyTooLong`], or [`Error::Store`] when the store fails.
+    pub async fn apply(
+        &self,
+        policies: &[PolicyRef<'_>],
+        key: impl AsRef<[u8]>,
+        cost: u64,
+        mode: Mode,
+    ) -> Result<MultiDecision, Error> {
+        let key = key.as_ref();
+        if policies.is_empty() {
+            return Err(Error::NoPolicy);
+        }
+        self.validate_request(key, cost)?;
+        self.decide(policies, key, cost, mode).await
+    }
+
     /// Returns `key`'s state for `policy` to fresh.
     ///
     /// # Errors
@@ -230,12 +260,23 @@ impl<S: Store> Limiter<S> {
             .iter()
             .map(|name| self.prepare(name, key, cost))
             .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
-        let decisions = self.inner.store.apply(key, &refs, cost, mode).await?;
-        if decisions.len() != names.len() {
+        self.decide(&refs, key, cost, mode).await
+    }
+
+    /// One store call for validated `refs`.
+    async fn decide(
+        &self,
+        refs: &[PolicyRef<'_>],
+        key: &[u8],
+        cost: u64,
+        mode: Mode,
+    ) -> Result<MultiDecision, Error> {
+        let decisions = self.inner.store.apply(key, refs, cost, mode).await?;
+        if decisions.len() != refs.len() {
             return Err(crate::StoreError::Protocol(format!(
                 "store returned {} decisions for {} policies",
                 decisions.len(),
-                names.len()
+                refs.len()
             ))
             .into());
         }
@@ -246,14 +287,18 @@ impl<S: Store> Limiter<S> {
     }
 
     fn prepare<'a>(&'a self, name: &'a str, key: &[u8], cost: u64) -> Result<PolicyRef<'a>, Error> {
-        if cost == 0 {
-            return Err(Error::ZeroCost);
-        }
-        self.validate_key(key)?;
+        self.validate_request(key, cost)?;
         Ok(PolicyRef {
             name,
             policy: self.lookup(name)?,
         })
+    }
+
+    fn validate_request(&self, key: &[u8], cost: u64) -> Result<(), Error> {
+        if cost == 0 {
+            return Err(Error::ZeroCost);
+        }
+        self.validate_key(key)
     }
 
     fn lookup(&self, name: &str) -> Result<&Policy, Error> {

@@ -163,9 +163,67 @@ async fn the_limiter_rejects_what_it_cannot_decide() {
         limiter.reset("nope", "k").await,
         Err(Error::UnknownPolicy(_))
     ));
+    // The same for policies passed by value (`Limiter::apply`).
+    let ten = policy("10/s");
+    let api = [PolicyRef {
+        name: "api",
+        policy: &ten,
+    }];
+    let no_policy = limiter.apply(&[], "k", 1, Mode::Consume).await;
+    let zero_cost = limiter.apply(&api, "k", 0, Mode::Consume).await;
+    let too_long = limiter.apply(&api, "123456789", 1, Mode::Peek).await;
+    assert!(matches!(no_policy, Err(Error::NoPolicy)), "{no_policy:?}");
+    assert!(matches!(zero_cost, Err(Error::ZeroCost)), "{zero_cost:?}");
+    assert!(
+        matches!(too_long, Err(Error::KeyTooLong { len: 9, max: 8 })),
+        "{too_long:?}"
+    );
     // Nothing above was charged.
     assert_eq!(
         limiter.check("api", "k", 1).await.expect("works").remaining,
         9
     );
+}
+
+/// `Limiter::apply` decides policies that are not registered (an Envoy
+/// `limit` override) through the same store: the name is part of the
+/// state's identity, exactly as for registered policies.
+#[tokio::test]
+async fn unregistered_policies_are_decided_by_name_and_key() {
+    use tollgate::Limiter;
+    let limiter = Limiter::builder(MemoryStore::new())
+        .policy("api", policy("fixed_window 5/1h"))
+        .build();
+    let two = policy("fixed_window 2/1h");
+    let refs = |name| [PolicyRef { name, policy: &two }];
+    let consume = |name, key: &'static str| {
+        let limiter = limiter.clone();
+        async move {
+            limiter
+                .apply(&refs(name), key, 1, Mode::Consume)
+                .await
+                .expect("decides")
+        }
+    };
+    let first = consume("extra", "k").await;
+    assert!(first.allowed);
+    assert_eq!(first.decisions[0].limit, 2);
+    assert_eq!(first.decisions[0].remaining, 1);
+    assert!(consume("extra", "k").await.allowed);
+    assert!(!consume("extra", "k").await.allowed);
+    // Another key, or another name, is another state.
+    assert_eq!(consume("extra", "k2").await.decisions[0].remaining, 1);
+    assert_eq!(consume("other", "k").await.decisions[0].remaining, 1);
+    // The registered policy of a different name was never charged.
+    assert_eq!(
+        limiter.check("api", "k", 1).await.expect("works").remaining,
+        4
+    );
+    // A peek charges nothing.
+    let peek = limiter
+        .apply(&refs("other"), "k", 1, Mode::Peek)
+        .await
+        .expect("decides");
+    assert_eq!((peek.allowed, peek.decisions[0].remaining), (true, 1));
+    assert_eq!(consume("other", "k").await.decisions[0].remaining, 0);
 }
