@@ -10,7 +10,8 @@ use pin_project_lite::pin_project;
 pin_project! {
     /// The body of a [`RateLimitService`](crate::RateLimitService)
     /// response: the inner service's body, untouched, or the body of a
-    /// response the layer wrote itself (a 429, 400, 401 or 503).
+    /// response the layer wrote itself (a 429, 400, 401 or 503, or a gRPC
+    /// refusal, whose body is empty).
     ///
     /// It implements [`http_body::Body`] with `Bytes` data, so axum
     /// (`IntoResponse`), hyper and tonic accept it as they accept the inner

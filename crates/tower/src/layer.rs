@@ -30,13 +30,15 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum MissingKey {
-    /// Answer `400 Bad Request` (`{"error":"missing_key"}`). The default: a
-    /// server started without `ConnectInfo` fails loudly on its first
-    /// request rather than silently limiting nothing.
+    /// Answer `400 Bad Request` (`{"error":"missing_key"}`; a gRPC call
+    /// gets `INVALID_ARGUMENT`). The default: a server started without
+    /// `ConnectInfo` fails loudly on its first request rather than silently
+    /// limiting nothing.
     #[default]
     BadRequest,
     /// Answer `401 Unauthorized`, with this `WWW-Authenticate` challenge if
-    /// given (e.g. `Bearer`): for keys that are credentials.
+    /// given (e.g. `Bearer`): for keys that are credentials. A gRPC call
+    /// gets `UNAUTHENTICATED` (and the challenge as metadata).
     Unauthorized(Option<HeaderValue>),
     /// Charge the key of another extractor instead, e.g.
     /// [`MissingKey::peer_ip`]; if that fails too, answer 400.
@@ -88,7 +90,8 @@ pub enum StoreFailure {
     #[default]
     Allow,
     /// Answer `503 Service Unavailable`
-    /// (`{"error":"rate_limiter_unavailable"}`).
+    /// (`{"error":"rate_limiter_unavailable"}`; a gRPC call gets
+    /// `UNAVAILABLE`).
     Deny,
 }
 
@@ -312,7 +315,8 @@ impl<S: Store> RateLimitLayerBuilder<S> {
     }
 
     /// Sets how 429s (and the layer's other responses) are written (default
-    /// [`ResponseFormat::Json`]).
+    /// [`ResponseFormat::Json`]). gRPC calls get gRPC status codes whatever
+    /// the format, except for the denials a custom function writes.
     pub fn response_format(mut self, format: ResponseFormat) -> Self {
         self.format = format;
         self

@@ -5,7 +5,8 @@
 //! (the client's IP by default) against one or several named policies of the
 //! limiter. Allowed requests go through with `RateLimit-Policy` and
 //! `RateLimit` header fields; denied ones get `429 Too Many Requests`, a
-//! `Retry-After` and a JSON body. The budget lives in the limiter, so every
+//! `Retry-After` and a JSON body, or, for a gRPC call, gRPC's own
+//! `RESOURCE_EXHAUSTED` status. The budget lives in the limiter, so every
 //! clone of the service, every route sharing the limiter and (with the Redis
 //! store) every instance of the service draws from the same one.
 //!
@@ -20,7 +21,8 @@
 //!   [`HeaderKey`](key::HeaderKey), [`Identity`](key::Identity),
 //!   [`RouteParam`](key::RouteParam), or any closure ([`key::key_fn`]);
 //! - [`response`]: the header fields and the layer's own responses
-//!   ([`ResponseFormat`]: JSON, RFC 9457 problem details, or your function);
+//!   ([`ResponseFormat`]: JSON, RFC 9457 problem details, or your function;
+//!   gRPC status codes for gRPC calls);
 //! - [`future`] and [`body`]: the service's future and response body;
 //! - [`error`]: [`ConfigError`], the only error: found when the layer is
 //!   built, never while serving.
@@ -80,6 +82,13 @@
 //! | unknown policy (impossible after [`build`](RateLimitLayerBuilder::build)) | untouched, logged as an error |
 //!
 //! The layer never answers 500, and no request input can make it panic.
+//!
+//! A gRPC call (`content-type: application/grpc[+..]`, or gRPC-Web's) is
+//! refused the gRPC way instead: `200 OK`, no body, and `grpc-status`
+//! `RESOURCE_EXHAUSTED` for a denial (unless a [`ResponseFormat::Custom`]
+//! writes denials), `INVALID_ARGUMENT` for a missing or too long key,
+//! `UNAUTHENTICATED` in place of 401 and `UNAVAILABLE` in place of 503,
+//! with the same header fields (see [`response`]).
 
 pub mod body;
 pub mod error;

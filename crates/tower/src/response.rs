@@ -29,6 +29,21 @@
 //! [`ResponseFormat`]. When the request can never pass (its cost exceeds what
 //! the policy can grant at once), `retry_after` is `None`: `Retry-After` is
 //! left out, since no wait helps, and `retry_after_ms` is `null`.
+//!
+//! A gRPC call (the request's `content-type` is `application/grpc`,
+//! `application/grpc+<subtype>`, or gRPC-Web's `application/grpc-web[+..]` /
+//! `application/grpc-web-text[+..]`) is refused the way a gRPC server
+//! refuses one: a *Trailers-Only* response, `200 OK` with an empty body and
+//! `grpc-status` and a percent-encoded `grpc-message` among the headers.
+//! The codes are `RESOURCE_EXHAUSTED` (8) for a denial, `INVALID_ARGUMENT`
+//! (3) for a missing or too long key, `UNAUTHENTICATED` (16) for
+//! [`MissingKey::Unauthorized`](crate::MissingKey::Unauthorized) and
+//! `UNAVAILABLE` (14) when the store failed and the layer denies. A denial
+//! also carries `grpc-retry-pushback-ms` (the wait in milliseconds, `-1`
+//! when it can never pass), which gRPC clients with a retry policy obey,
+//! besides `Retry-After` and the rate limit fields. This holds for every
+//! format except the function of a [`ResponseFormat::Custom`], which writes
+//! its own denials ([`Denial::grpc_response`] gives it the default).
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
@@ -36,7 +51,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use tollgate::{Decision, Policy};
 
 use crate::key::Key;
@@ -52,10 +67,23 @@ pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelim
 /// The legacy `X-RateLimit-Reset` header field (seconds until reset).
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
+/// gRPC's status code field (a Trailers-Only response carries it among the
+/// headers).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// gRPC's status message field, percent-encoded.
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC's server pushback (gRFC A6): milliseconds until a retry, negative
+/// for "do not retry".
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
 /// A user-supplied writer of 429 responses.
 pub type DenialFn = dyn Fn(&Denial<'_>) -> Response<Bytes> + Send + Sync;
 
 /// How the body of a 429 (and of the layer's 400, 401 and 503) is written.
+///
+/// For a gRPC call every format but a custom function answers a gRPC
+/// Trailers-Only response instead (see the [module docs](self)): a JSON
+/// body is never what a gRPC client can read.
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum ResponseFormat {
@@ -70,9 +98,11 @@ pub enum ResponseFormat {
     /// `title`, `status`, `detail`, plus `policy` and `retry_after_ms` on a
     /// 429.
     ProblemJson,
-    /// A function of the [`Denial`] writes 429s; the layer adds the rate
-    /// limit fields, and `Retry-After` unless the function set it. The
-    /// layer's other responses are written as [`Json`](Self::Json).
+    /// A function of the [`Denial`] writes 429s, gRPC calls included (see
+    /// [`Denial::is_grpc`] and [`Denial::grpc_response`]); the layer adds
+    /// the rate limit fields, and `Retry-After` unless the function set it.
+    /// The layer's other responses are written as [`Json`](Self::Json)
+    /// writes them.
     Custom(Arc<DenialFn>),
 }
 
@@ -140,6 +170,156 @@ pub struct Denial<'a> {
     /// had to wait longer than the layer's maximum delay (its place in the
     /// queue is spent: it drains at the policy's rate).
     pub queued_too_long: bool,
+    /// How the request is answered: from its `content-type`.
+    pub(crate) protocol: Protocol,
+}
+
+impl Denial<'_> {
+    /// Whether the request is a gRPC call (its `content-type` is
+    /// `application/grpc`, `application/grpc+<subtype>`, or gRPC-Web's).
+    pub fn is_grpc(&self) -> bool {
+        self.protocol != Protocol::Http
+    }
+
+    /// The response the built-in formats send a gRPC call for this denial:
+    /// `200 OK`, an empty body, `grpc-status: 8` (`RESOURCE_EXHAUSTED`), a
+    /// percent-encoded `grpc-message` naming the policy and the wait, and
+    /// `grpc-retry-pushback-ms`. For a [`ResponseFormat::custom`] function
+    /// that writes its own HTTP responses but keeps gRPC's:
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Response, StatusCode};
+    /// use tollgate_tower::ResponseFormat;
+    ///
+    /// let format = ResponseFormat::custom(|denial| {
+    ///     if denial.is_grpc() {
+    ///         return denial.grpc_response();
+    ///     }
+    ///     let mut response = Response::new(Bytes::from_static(b"<h1>Slow down</h1>"));
+    ///     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    ///     response
+    /// });
+    /// # let _ = format;
+    /// ```
+    pub fn grpc_response(&self) -> Response<Bytes> {
+        let mut response = trailers_only(
+            self.protocol,
+            GrpcCode::ResourceExhausted,
+            &denial_detail(self),
+        );
+        // gRFC A6: a signed 32-bit count of milliseconds; negative means
+        // "do not retry", which is right when no wait helps.
+        let pushback = self.retry_after.map_or(-1, |wait| {
+            i32::try_from(ceil_millis(wait)).unwrap_or(i32::MAX)
+        });
+        response
+            .headers_mut()
+            .insert(GRPC_RETRY_PUSHBACK_MS, HeaderValue::from(pushback));
+        response
+    }
+}
+
+/// How the layer's own responses are encoded, from the request's
+/// `content-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// Anything else: HTTP status codes and a body per [`ResponseFormat`].
+    Http,
+    /// `application/grpc`, `application/grpc+<subtype>`.
+    Grpc,
+    /// `application/grpc-web`, `application/grpc-web+<subtype>`.
+    GrpcWeb,
+    /// `application/grpc-web-text`, `application/grpc-web-text+<subtype>`
+    /// (base64 framing, which an empty body does not need).
+    GrpcWebText,
+}
+
+impl Protocol {
+    /// The protocol of a request with these headers. Media types compare
+    /// case-insensitively and parameters (`; charset=..`) are ignored. A
+    /// type that merely begins with `application/grpc` (`application/grpcx`)
+    /// is not gRPC.
+    pub(crate) fn of(headers: &HeaderMap) -> Protocol {
+        let Some(value) = headers.get(CONTENT_TYPE) else {
+            return Protocol::Http;
+        };
+        let media = value.as_bytes().split(|&b| b == b';').next();
+        let Some(rest) =
+            media.and_then(|m| strip_prefix_ignore_case(m.trim_ascii(), b"application/grpc"))
+        else {
+            return Protocol::Http;
+        };
+        // "" or "+<subtype>": the family is all that was left.
+        let ends_family = |rest: &[u8]| rest.is_empty() || rest.starts_with(b"+");
+        if ends_family(rest) {
+            Protocol::Grpc
+        } else if strip_prefix_ignore_case(rest, b"-web-text").is_some_and(ends_family) {
+            Protocol::GrpcWebText
+        } else if strip_prefix_ignore_case(rest, b"-web").is_some_and(ends_family) {
+            Protocol::GrpcWeb
+        } else {
+            Protocol::Http
+        }
+    }
+
+    /// The `content-type` of a gRPC response to such a request (no body
+    /// follows, so the subtype does not matter).
+    fn grpc_content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Protocol::Http | Protocol::Grpc => "application/grpc",
+            Protocol::GrpcWeb => "application/grpc-web",
+            Protocol::GrpcWebText => "application/grpc-web-text",
+        })
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let (head, rest) = text.split_at_checked(prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then_some(rest)
+}
+
+/// The gRPC status codes the layer answers with, numbered as in gRPC's list
+/// of status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GrpcCode {
+    InvalidArgument = 3,
+    ResourceExhausted = 8,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+/// A gRPC Trailers-Only response: `200 OK`, the gRPC `content-type`, the
+/// status and its message in the headers, and no body (the layer's
+/// `RateLimitBody` then ends the stream with the headers).
+fn trailers_only(protocol: Protocol, code: GrpcCode, message: &str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, protocol.grpc_content_type());
+    headers.insert(GRPC_STATUS, HeaderValue::from(code as u16));
+    headers.insert(GRPC_MESSAGE, grpc_message(message));
+    response
+}
+
+/// `text` as a `grpc-message` value: UTF-8, then every byte outside
+/// printable ASCII, and `%`, as `%XX` (upper-case hex), as gRPC over HTTP/2
+/// specifies. A space at either end is encoded too, since HTTP strips
+/// whitespace around a field value.
+fn grpc_message(text: &str) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let at_edge = i == 0 || i + 1 == bytes.len();
+        let plain = matches!(b, 0x20..=0x7e) && b != b'%' && !(b == b' ' && at_edge);
+        if plain {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
+    }
+    // Only printable ASCII is left, which a header value always accepts.
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// Whole seconds, rounded up.
@@ -306,12 +486,34 @@ fn json_response(status: StatusCode, content_type: &'static str, body: String) -
     response
 }
 
+/// What went wrong, in words: the problem's `detail`, the gRPC message.
+fn denial_detail(denial: &Denial<'_>) -> String {
+    match (denial.queued_too_long, denial.retry_after.map(ceil_millis)) {
+        (true, Some(ms)) => format!(
+            "the request would wait longer than allowed in the queue of policy \"{}\"; retry in {ms} ms",
+            denial.policy
+        ),
+        (false, Some(ms)) => format!(
+            "rate limit of policy \"{}\" exceeded; retry in {ms} ms",
+            denial.policy
+        ),
+        (_, None) => format!(
+            "the request costs more than policy \"{}\" can ever grant",
+            denial.policy
+        ),
+    }
+}
+
 /// The 429 for `denial`, with `Retry-After` (the rate limit fields are added
 /// by the caller).
 pub(crate) fn too_many_requests(format: &ResponseFormat, denial: &Denial<'_>) -> Response<Bytes> {
-    let retry_ms = denial.retry_after.map(ceil_millis);
-    let retry_json = retry_ms.map_or_else(|| "null".to_owned(), |ms| ms.to_string());
+    let retry_json = denial
+        .retry_after
+        .map_or_else(|| "null".to_owned(), |wait| ceil_millis(wait).to_string());
     let mut response = match format {
+        // The user's explicit choice, gRPC calls included.
+        ResponseFormat::Custom(f) => f(denial),
+        _ if denial.is_grpc() => denial.grpc_response(),
         ResponseFormat::Json => {
             let mut body = String::from(r#"{"error":"rate_limited","policy":"#);
             json_string(&mut body, denial.policy);
@@ -319,24 +521,10 @@ pub(crate) fn too_many_requests(format: &ResponseFormat, denial: &Denial<'_>) ->
             json_response(StatusCode::TOO_MANY_REQUESTS, "application/json", body)
         }
         ResponseFormat::ProblemJson => {
-            let detail = match (denial.queued_too_long, retry_ms) {
-                (true, Some(ms)) => format!(
-                    "the request would wait longer than allowed in the queue of policy \"{}\"; retry in {ms} ms",
-                    denial.policy
-                ),
-                (false, Some(ms)) => format!(
-                    "rate limit of policy \"{}\" exceeded; retry in {ms} ms",
-                    denial.policy
-                ),
-                (_, None) => format!(
-                    "the request costs more than policy \"{}\" can ever grant",
-                    denial.policy
-                ),
-            };
             let mut body = String::from(
                 r#"{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"#,
             );
-            json_string(&mut body, &detail);
+            json_string(&mut body, &denial_detail(denial));
             body.push_str(r#","policy":"#);
             json_string(&mut body, denial.policy);
             let _ = write!(body, r#","retry_after_ms":{retry_json}}}"#);
@@ -346,7 +534,6 @@ pub(crate) fn too_many_requests(format: &ResponseFormat, denial: &Denial<'_>) ->
                 body,
             )
         }
-        ResponseFormat::Custom(f) => f(denial),
     };
     if let Some(wait) = denial.retry_after {
         if !response.headers().contains_key(RETRY_AFTER) {
@@ -371,35 +558,42 @@ pub(crate) enum Refusal {
     Unavailable,
 }
 
-/// The response for `refusal`.
+/// The response for `refusal`, to a request of `protocol`.
 pub(crate) fn refusal(
     format: &ResponseFormat,
+    protocol: Protocol,
     refusal: Refusal,
     challenge: Option<&HeaderValue>,
 ) -> Response<Bytes> {
-    let (status, code, detail) = match refusal {
+    let (status, grpc_code, code, detail) = match refusal {
         Refusal::MissingKey => (
             StatusCode::BAD_REQUEST,
+            GrpcCode::InvalidArgument,
             "missing_key",
             "the request does not carry what it is rate limited by",
         ),
         Refusal::Unauthenticated => (
             StatusCode::UNAUTHORIZED,
+            GrpcCode::Unauthenticated,
             "missing_key",
             "the request does not carry the credentials it is rate limited by",
         ),
         Refusal::KeyTooLong => (
             StatusCode::BAD_REQUEST,
+            GrpcCode::InvalidArgument,
             "key_too_long",
             "the request's rate limiting key is too long",
         ),
         Refusal::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
+            GrpcCode::Unavailable,
             "rate_limiter_unavailable",
             "the rate limiter cannot decide right now",
         ),
     };
     let mut response = match format {
+        // Whatever the format: only a custom function's 429s are the user's.
+        _ if protocol != Protocol::Http => trailers_only(protocol, grpc_code, detail),
         ResponseFormat::ProblemJson => {
             let mut body = String::from(r#"{"type":"about:blank","title":"#);
             json_string(&mut body, status.canonical_reason().unwrap_or_default());
@@ -466,6 +660,160 @@ mod tests {
         let mut digits = [0; 20];
         for n in [0, 7, 10, 12_345, u64::MAX] {
             assert_eq!(decimal(n, &mut digits), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        // Printable ASCII stays, quotes included; `%`, control bytes and
+        // every byte of a non-ASCII character become `%XX`.
+        let cases = [
+            (r#"policy "api" exceeded"#, r#"policy "api" exceeded"#),
+            ("100% used", "100%25 used"),
+            ("café ☕", "caf%C3%A9 %E2%98%95"),
+            ("two\nlines\t", "two%0Alines%09"),
+            ("\u{7f}~", "%7F~"),
+            (" padded ", "%20padded%20"),
+            (" ", "%20"),
+            ("", ""),
+        ];
+        for (text, encoded) in cases {
+            assert_eq!(grpc_message(text), encoded, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_calls_are_told_apart_by_content_type() {
+        let of = |content_type: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, content_type.parse().expect("value"));
+            Protocol::of(&headers)
+        };
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc+json",
+            "Application/GRPC+proto",
+            "application/grpc; charset=utf-8",
+        ] {
+            assert_eq!(of(grpc), Protocol::Grpc, "{grpc}");
+        }
+        for web in ["application/grpc-web", "application/grpc-web+proto"] {
+            assert_eq!(of(web), Protocol::GrpcWeb, "{web}");
+        }
+        for text in [
+            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
+        ] {
+            assert_eq!(of(text), Protocol::GrpcWebText, "{text}");
+        }
+        for http in [
+            "application/json",
+            "application/grpcx",
+            "application/grpc-webx",
+            "application/grpc-web-textual",
+            "text/plain; x=application/grpc",
+            "",
+        ] {
+            assert_eq!(of(http), Protocol::Http, "{http}");
+        }
+        assert_eq!(Protocol::of(&HeaderMap::new()), Protocol::Http);
+    }
+
+    fn header<'r>(response: &'r Response<Bytes>, name: &str) -> Option<&'r str> {
+        let value = response.headers().get(name)?;
+        Some(value.to_str().expect("text header"))
+    }
+
+    #[test]
+    fn a_grpc_denial_is_trailers_only_resource_exhausted() {
+        let key = Key::from("header:k1");
+        let denial = |retry_after, protocol| Denial {
+            policy: "api",
+            retry_after,
+            key: &key,
+            decisions: &[],
+            queued_too_long: false,
+            protocol,
+        };
+        for format in [ResponseFormat::Json, ResponseFormat::ProblemJson] {
+            let wait = Some(Duration::from_micros(59_500_001));
+            let response = too_many_requests(&format, &denial(wait, Protocol::Grpc));
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(response.body().is_empty());
+            assert_eq!(header(&response, "content-type"), Some("application/grpc"));
+            assert_eq!(header(&response, "grpc-status"), Some("8"));
+            assert_eq!(
+                header(&response, "grpc-message"),
+                Some(r#"rate limit of policy "api" exceeded; retry in 59501 ms"#)
+            );
+            assert_eq!(header(&response, "grpc-retry-pushback-ms"), Some("59501"));
+            assert_eq!(header(&response, "retry-after"), Some("60"));
+
+            // No wait helps: tell a retrying client not to.
+            let never = too_many_requests(&format, &denial(None, Protocol::GrpcWebText));
+            assert_eq!(
+                header(&never, "content-type"),
+                Some("application/grpc-web-text")
+            );
+            assert_eq!(header(&never, "grpc-retry-pushback-ms"), Some("-1"));
+            assert_eq!(header(&never, "retry-after"), None);
+            assert_eq!(
+                header(&never, "grpc-message"),
+                Some(r#"the request costs more than policy "api" can ever grant"#)
+            );
+
+            // Pushback is a signed 32-bit count of milliseconds.
+            let long = Some(Duration::from_secs(100 * 86_400));
+            let long = too_many_requests(&format, &denial(long, Protocol::GrpcWeb));
+            assert_eq!(
+                header(&long, "grpc-retry-pushback-ms"),
+                Some(i32::MAX.to_string().as_str())
+            );
+
+            // Plain HTTP is untouched.
+            let http = too_many_requests(&format, &denial(wait, Protocol::Http));
+            assert_eq!(http.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(header(&http, "grpc-status"), None);
+        }
+
+        // A custom function writes denials, gRPC or not.
+        let custom = ResponseFormat::custom(|denial| {
+            let mut response = Response::new(Bytes::from_static(b"custom"));
+            *response.status_mut() = if denial.is_grpc() {
+                StatusCode::IM_A_TEAPOT
+            } else {
+                StatusCode::TOO_MANY_REQUESTS
+            };
+            response
+        });
+        let response = too_many_requests(&custom, &denial(None, Protocol::Grpc));
+        assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(header(&response, "grpc-status"), None);
+    }
+
+    #[test]
+    fn grpc_refusals_carry_the_closest_status_code() {
+        let challenge = HeaderValue::from_static("Bearer");
+        let cases = [
+            (Refusal::MissingKey, "3"),
+            (Refusal::Unauthenticated, "16"),
+            (Refusal::KeyTooLong, "3"),
+            (Refusal::Unavailable, "14"),
+        ];
+        let custom = ResponseFormat::custom(|_| Response::new(Bytes::new()));
+        for format in [ResponseFormat::Json, ResponseFormat::ProblemJson, custom] {
+            for (refused, code) in cases {
+                let response = refusal(&format, Protocol::Grpc, refused, Some(&challenge));
+                assert_eq!(response.status(), StatusCode::OK, "{refused:?}");
+                assert!(response.body().is_empty());
+                assert_eq!(header(&response, "content-type"), Some("application/grpc"));
+                assert_eq!(header(&response, "grpc-status"), Some(code), "{refused:?}");
+                assert!(header(&response, "grpc-message").is_some_and(|m| m.starts_with("the ")));
+                assert_eq!(header(&response, "grpc-retry-pushback-ms"), None);
+                let www = header(&response, "www-authenticate");
+                assert_eq!(www.is_some(), refused == Refusal::Unauthenticated);
+            }
         }
     }
 

@@ -16,7 +16,9 @@ use crate::body::RateLimitBody;
 use crate::future::ResponseFuture;
 use crate::key::{Key, KeyError};
 use crate::layer::{Config, MissingKey, PolicySet, StoreFailure};
-use crate::response::{self, Denial, PolicyDecision, RATELIMIT, RATELIMIT_POLICY, Refusal};
+use crate::response::{
+    self, Denial, PolicyDecision, Protocol, RATELIMIT, RATELIMIT_POLICY, Refusal,
+};
 
 /// Rate limits requests to an inner service; made by
 /// [`RateLimitLayer`](crate::RateLimitLayer).
@@ -183,7 +185,7 @@ impl<S: Store> Config<S> {
             Err(error) => match self.missing_key(request, &error) {
                 NoKey::Fallback(key) => key,
                 NoKey::Pass => return Verdict::Pass,
-                NoKey::Refuse(refusal) => return self.refuse(refusal),
+                NoKey::Refuse(refusal) => return self.refuse(request, refusal),
             },
         };
         if self.allowlist.contains(key.as_bytes()) {
@@ -202,8 +204,8 @@ impl<S: Store> Config<S> {
             }
         };
         match decided {
-            Ok(decisions) => self.judge(set, &key, &decisions),
-            Err(error) => self.failed(error, &key),
+            Ok(decisions) => self.judge(request, set, &key, &decisions),
+            Err(error) => self.failed(request, error, &key),
         }
     }
 
@@ -224,17 +226,29 @@ impl<S: Store> Config<S> {
         }
     }
 
-    /// The layer's own answer (not a 429).
-    fn refuse(&self, refusal: Refusal) -> Verdict {
+    /// The layer's own answer (not a 429): in gRPC's terms to a gRPC call.
+    fn refuse(&self, request: &Parts, refusal: Refusal) -> Verdict {
         let challenge = match &self.missing_key {
             MissingKey::Unauthorized(challenge) => challenge.as_ref(),
             _ => None,
         };
-        Verdict::Respond(response::refusal(&self.format, refusal, challenge))
+        let protocol = Protocol::of(&request.headers);
+        Verdict::Respond(response::refusal(
+            &self.format,
+            protocol,
+            refusal,
+            challenge,
+        ))
     }
 
-    /// The verdict on the store's decisions.
-    fn judge(&self, set: &PolicySet, key: &Key, decisions: &[Decision]) -> Verdict {
+    /// The verdict on the store's decisions for `request`.
+    fn judge(
+        &self,
+        request: &Parts,
+        set: &PolicySet,
+        key: &Key,
+        decisions: &[Decision],
+    ) -> Verdict {
         let views: SmallVec<[PolicyDecision<'_>; 4]> = set
             .entries
             .iter()
@@ -267,6 +281,8 @@ impl<S: Store> Config<S> {
                     key,
                     decisions: &views,
                     queued_too_long: false,
+                    // Read only on the way to a refusal, never per request.
+                    protocol: Protocol::of(&request.headers),
                 },
             );
         }
@@ -307,6 +323,7 @@ impl<S: Store> Config<S> {
                 key,
                 decisions: &views,
                 queued_too_long: true,
+                protocol: Protocol::of(&request.headers),
             },
         )
     }
@@ -341,11 +358,11 @@ impl<S: Store> Config<S> {
     }
 
     /// The verdict when the limiter could not decide.
-    fn failed(&self, error: tollgate::Error, key: &Key) -> Verdict {
+    fn failed(&self, request: &Parts, error: tollgate::Error, key: &Key) -> Verdict {
         match error {
             tollgate::Error::KeyTooLong { len, max } => {
                 tracing::debug!(len, max, "rate limiting key too long");
-                self.refuse(Refusal::KeyTooLong)
+                self.refuse(request, Refusal::KeyTooLong)
             }
             // `build` checked names and cost, so these mean a bug, not a
             // bad request: say so loudly, and do not punish the client.
@@ -360,7 +377,7 @@ impl<S: Store> Config<S> {
                 tracing::warn!(%error, key = %key, transient = error.is_transient(), "rate limit store failed");
                 match self.store_failure {
                     StoreFailure::Allow => Verdict::Pass,
-                    StoreFailure::Deny => self.refuse(Refusal::Unavailable),
+                    StoreFailure::Deny => self.refuse(request, Refusal::Unavailable),
                 }
             }
         }
