@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every benchmark of the project, one after the other on this machine, each
-# with the baseline it compares against, then one summary of the results.
+# with the baseline it compares against, then the comparison table
+# (scripts/bench-summary.py): subject, baseline, ratio and goal per row.
 #
-#   scripts/bench-all.sh                    # everything (about 10 minutes)
+#   scripts/bench-all.sh                    # everything (about 25 minutes)
 #   QUICK=1 scripts/bench-all.sh            # shorter runs where a bench has a knob
 #   OUT=/tmp/bench scripts/bench-all.sh     # keep the full logs there
 #
@@ -137,4 +138,7 @@ echo "================ summary ($(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)) ====
 for line in "${SUMMARY[@]}"; do
   [ -n "$line" ] && printf '%s\n' "$line"
 done
+echo
+echo "================ comparison table ================"
+python3 scripts/bench-summary.py "$OUT" | tee "$OUT/table.md"
 echo "full logs: $OUT"

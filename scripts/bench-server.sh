@@ -2,10 +2,13 @@
 # Throughput and latency of `tollgate serve` on the memory store and on a
 # local Redis: POST /v1/check driven by wrk, then POST /v1/check and Envoy
 # RLS ShouldRateLimit driven by `tollgate bench` (one Rust client for both
-# protocols, so they compare side by side). 127.0.0.1 only; each run is
-# bounded (DURATION, default 10s); three runs per target, report medians.
+# protocols, so they compare side by side). On Redis, the baseline is the
+# raw ceiling: redis-benchmark sending the very EVALSHA the server sends
+# (same script, policy and key spread), as many connections, in the same
+# run. 127.0.0.1 only; each run is bounded (DURATION, default 10s); three
+# runs per target, report medians.
 #
-#   scripts/bench-server.sh            # needs wrk and redis-server
+#   scripts/bench-server.sh            # needs wrk, redis-server, redis-benchmark
 #   DURATION=5s CONNECTIONS=64 THREADS=2 scripts/bench-server.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,7 @@ GRPC_PORT=${GRPC_PORT:-18081}
 REDIS_PORT=${REDIS_PORT:-16399}
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
-cargo build --release -p tollgate-cli >&2
+cargo build --release -p tollgate-cli -p tollgate-redis --bins --example decision_script >&2
 BIN=target/release/tollgate
 WORK=$(mktemp -d)
 PIDS=()
@@ -71,12 +74,11 @@ run_store() { # $1: name
   local pid=$!
   PIDS+=("$pid")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null && break; sleep 0.1; done
-  local results=()
   for run in $(seq "$RUNS"); do
     local line
     line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/post.lua" "http://127.0.0.1:$HTTP_PORT" | grep '^RESULT')
     echo "$1 run $run: $line" >&2
-    results+=("$line")
+    TOOL_RESULTS+=("$1/http/wrk $line")
   done
   for target in api grpc; do
     local tool=()
@@ -99,34 +101,29 @@ print("RESULT rps=%.0f p50_us=%d p99_us=%d errors=%d" % (r["throughput"],
     done
   done
   kill -TERM "$pid"; wait "$pid" || true
-  printf '%s\n' "${results[@]}" | python3 -c '
-import sys, statistics
-rows = [dict(kv.split("=") for kv in line.split()[1:]) for line in sys.stdin]
-def med(k):
-    return statistics.median(float(r[k]) for r in rows)
-errors = sum(int(r["errors"]) for r in rows)
-print("| %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], med("rps"), med("p50_us") / 1000, med("p99_us") / 1000, errors))
-' "$1/http/wrk"
 }
 
-# Medians of the `tollgate bench` runs, one row per store/target.
+# Medians of every run, one row per store/target/client; Redis rows also
+# as a ratio of the ceiling measured in this run.
 tool_table() {
+  echo "| store/target/client | requests/s | p50 ms | p99 ms | errors | vs Redis ceiling |"
+  echo "|---|---|---|---|---|---|"
   printf '%s\n' "${TOOL_RESULTS[@]}" | python3 -c '
 import sys, statistics, collections
 groups = collections.OrderedDict()
 for line in sys.stdin:
     name, _, *kvs = line.split()
     groups.setdefault(name, []).append(dict(kv.split("=") for kv in kvs))
+med = lambda rows, k: statistics.median(float(r[k]) for r in rows)
+ceiling = groups.get("redis/ceiling/redis-benchmark")
 for name, rows in groups.items():
-    med = lambda k: statistics.median(float(r[k]) for r in rows)
     errors = sum(int(r["errors"]) for r in rows)
-    print("| %s | %.0f | %.2f | %.2f | %d |" % (name, med("rps"), med("p50_us") / 1000, med("p99_us") / 1000, errors))
+    ratio = "%.2f" % (med(rows, "rps") / med(ceiling, "rps")) if ceiling and name.startswith("redis/") else ""
+    print("| %s | %.0f | %.2f | %.2f | %d | %s |" % (name, med(rows, "rps"), med(rows, "p50_us") / 1000, med(rows, "p99_us") / 1000, errors, ratio))
 '
 }
 TOOL_RESULTS=()
 
-echo "| store/target/client | requests/s | p50 ms | p99 ms | errors |"
-echo "|---|---|---|---|---|"
 config "  kind: memory"
 run_store memory
 
@@ -137,5 +134,32 @@ if command -v redis-server >/dev/null; then
   config "  kind: redis
   url: redis://127.0.0.1:$REDIS_PORT"
   run_store redis
+  if command -v redis-benchmark >/dev/null; then
+    # The ceiling: the same EVALSHA (gcra 1000000/1s, a key of 1000,
+    # consuming) with no server in between; -P 1: one request per round
+    # trip per connection, as the server's callers wait for each answer.
+    sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(target/release/examples/decision_script)")
+    seconds=${DURATION%s}
+    for run in $(seq "$RUNS"); do
+      line=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -P 1 \
+        -n $((seconds * 40000)) -r 1000 --precision 3 \
+        EVALSHA "$sha" 1 "tollgate:{user-__rand_int__}:bench" 1 1 "" 1 gcra 1000000 1000000 1000000 1 1 |
+        tr '\r' '\n' | python3 -c '
+import sys
+text = sys.stdin.read()
+if "ERR" in text or "NOSCRIPT" in text:
+    sys.exit("redis-benchmark failed:\n" + text)
+lines = text.splitlines()
+rps = next(l.split(":")[1].split()[0] for l in lines if l.strip().startswith("throughput summary:"))
+i = next(i for i, l in enumerate(lines) if "latency summary" in l)
+header, values = lines[i + 1].split(), lines[i + 2].split()
+ms = dict(zip(header, values))
+print("RESULT rps=%s p50_us=%d p99_us=%d errors=0" % (rps, float(ms["p50"]) * 1000, float(ms["p99"]) * 1000))')
+      echo "redis ceiling run $run: $line" >&2
+      TOOL_RESULTS+=("redis/ceiling/redis-benchmark $line")
+    done
+  else
+    echo "redis-benchmark not found (apt-get install redis-tools): no ceiling" >&2
+  fi
 fi
 tool_table
