@@ -1,6 +1,7 @@
 //! The running service: the current configuration and limiter, swapped
 //! whole on reload, and the decisions both protocols share.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -58,6 +59,9 @@ pub struct App {
     store: AppStore,
     /// Where the configuration is read from again on reload.
     source: ConfigSource,
+    /// The store section the store was built with: it stays in force until
+    /// a restart, whatever later reloads say, so reloads compare with it.
+    store_settings: StoreSettings,
     /// Set while the store is failing, so failure and recovery are each
     /// logged once rather than once per request.
     store_failing: AtomicBool,
@@ -80,11 +84,13 @@ impl App {
     /// it to bring their own store).
     pub fn new(source: ConfigSource, config: Config, store: ServerStore) -> App {
         let store = resilient(store, &config.store);
+        let store_settings = config.store.clone();
         let loaded = build(config, &store);
         App {
             current: ArcSwap::from_pointee(loaded),
             store,
             source,
+            store_settings,
             store_failing: AtomicBool::new(false),
             metrics: Metrics::default(),
         }
@@ -136,10 +142,20 @@ impl App {
         match self.source.load() {
             Ok(config) => {
                 let old = self.current();
-                if config.store != old.config.store {
+                if config.store != self.store_settings {
                     tracing::warn!(
-                        "config reload: the store section changed; store settings apply only after a restart"
+                        "config reload: the store section differs from the one the server started with; store settings apply only after a restart"
                     );
+                }
+                let policies = |c: &Config| -> BTreeMap<String, Policy> {
+                    c.limiter_policies()
+                        .map(|(name, policy)| (name.to_owned(), *policy))
+                        .collect()
+                };
+                if policies(&config) != policies(&old.config) {
+                    // Cached denials were made under the old parameters; if
+                    // those came back later they could outlast the state.
+                    self.store.clear_deny_cache();
                 }
                 if config.server.http != old.config.server.http
                     || config.server.grpc != old.config.server.grpc
@@ -184,7 +200,7 @@ impl App {
             Mode::Consume => loaded.limiter.check_all(names, key, cost).await,
             Mode::Peek => loaded.limiter.peek_all(names, key, cost).await,
         };
-        self.record(loaded, names.iter().copied(), started, result, shadow)
+        self.record(names.iter().copied(), started, result, shadow)
     }
 
     /// Decides like [`decide`](Self::decide) against policies given by
@@ -206,14 +222,13 @@ impl App {
         let started = Instant::now();
         let result = loaded.limiter.apply(policies, key, cost, mode).await;
         let names = policies.iter().map(|p| p.name);
-        self.record(loaded, names, started, result, shadow)
+        self.record(names, started, result, shadow)
     }
 
     /// Records a decision started at `started`: latency, store failure or
     /// recovery (logged once each), and each policy's outcome.
     fn record<'a>(
         &self,
-        loaded: &Loaded,
         names: impl Iterator<Item = &'a str>,
         started: Instant,
         result: Result<MultiDecision, Error>,
@@ -224,7 +239,7 @@ impl App {
         let degraded = result.decisions.iter().any(|d| d.degraded);
         if degraded && !self.store_failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                on_failure = ?loaded.config.store.on_failure,
+                on_failure = ?self.store_settings.on_failure,
                 breaker = self.store.breaker_state().name(),
                 "store failing; deciding by the failure mode"
             );

@@ -216,3 +216,54 @@ async fn envoy_directories_are_watched_too() {
     server.stop().await.unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Regression: denials cached under a policy's old parameters answered for
+/// it again when a later reload brought those parameters back, though the
+/// store had started the key afresh meanwhile. A reload that changes
+/// policies now clears the deny cache.
+#[tokio::test]
+async fn a_reload_that_changes_policies_forgets_cached_denials() {
+    let dir = temp_dir("reload-deny-cache");
+    let file = dir.join("tollgate.yaml");
+    std::fs::write(&file, config(1)).unwrap();
+    let source = ConfigSource {
+        config: Some(file.clone()),
+        envoy: None,
+    };
+    let app = App::new(
+        source.clone(),
+        source.load().unwrap(),
+        ServerStore::Memory(tollgate::MemoryStore::new()),
+    );
+    let check = || async {
+        let loaded = app.current();
+        app.decide(&loaded, &["api"], b"k", 1, tollgate::Mode::Consume, false)
+            .await
+            .unwrap()
+            .allowed
+    };
+    assert!(check().await);
+    assert!(
+        !check().await,
+        "1/1h: the second is denied (from the cache)"
+    );
+    assert_eq!(app.store().stats().deny_cache_len, 1);
+    std::fs::write(&file, config(5)).unwrap();
+    app.reload().unwrap();
+    assert_eq!(app.store().stats().deny_cache_len, 0);
+    assert!(
+        check().await,
+        "5/1h: the memory store starts the key afresh"
+    );
+    // Back to 1/1h: the memory store starts afresh again (the policy
+    // changed), so the check is allowed; a denial cached under the first
+    // 1/1h must not answer it.
+    std::fs::write(&file, config(1)).unwrap();
+    app.reload().unwrap();
+    assert!(check().await);
+    // A reload that changes no policy keeps the cache.
+    assert!(!check().await);
+    app.reload().unwrap();
+    assert_eq!(app.store().stats().deny_cache_len, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

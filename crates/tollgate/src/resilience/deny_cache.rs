@@ -21,6 +21,11 @@
 //! once, it holds until the earliest `retry_after` among the denials (each
 //! denied policy is then still denied, so every field it returns is exact).
 //!
+//! The same holds for the denial that follows an allow which left less
+//! than its cost (see [`derived_denial`]): the allow's own fields tell,
+//! for `fixed_window` and the buckets, a lower bound of when the same
+//! request passes, and it is cached from when the allow was sent.
+//!
 //! Memory is bounded: at most `capacity` identities (split over shards),
 //! dropping expired entries first, then those expiring soonest.
 //!
@@ -29,12 +34,14 @@
 //! denied and re-cache). Instead, an expired entry is kept as an *anchor*:
 //! the first caller to meet it leads a [`Flight`] to the store, and the
 //! others wait for it ([`Lookup::Wait`]), then look up again. If the leader
-//! was denied, its denial is cached and answers them; if it was allowed,
-//! nothing is reused (every allowed request is charged by the store): the
-//! waiters go to the store themselves — one at a time through the anchor
-//! when the allow left less room than its cost (the next one is probably
-//! denied), all at once otherwise. Exactness is untouched: only denials the
-//! store made are ever served.
+//! was denied, or allowed with no room left and a derivable denial, that
+//! denial is cached and answers them; otherwise nothing is reused (every
+//! allowed request is charged by the store): the waiters go to the store
+//! themselves — one at a time through the anchor when the allow left less
+//! room than its cost but no denial could be derived (the next one is
+//! probably denied), all at once when there was room. Exactness is
+//! untouched: only denials the store made, or that follow from an allow it
+//! made, are ever served.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -255,6 +262,9 @@ impl DenyCache {
                 .iter()
                 .zip(entry.retry_at_us.iter().zip(&entry.reset_at_us))
                 .map(|(d, (&retry_at, &reset_at))| Decision {
+                    // Only an allowed request waits (a policy with room in a
+                    // denied several-policy check is not admitted either).
+                    delay: Duration::ZERO,
                     retry_after: (!d.allowed)
                         .then(|| Duration::from_micros(retry_at.saturating_sub(now_us))),
                     reset_after: Duration::from_micros(reset_at.saturating_sub(now_us)),
@@ -453,6 +463,8 @@ fn derived_denial(policies: &[PolicyRef<'_>], cost: u64, allowed: &Decisions) ->
             Some(Decision {
                 allowed: false,
                 retry_after: Some(wait),
+                // A leaky bucket's wait belongs to the admitted request.
+                delay: Duration::ZERO,
                 ..*d
             })
         })

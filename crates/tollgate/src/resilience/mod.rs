@@ -299,6 +299,16 @@ impl<S> Resilient<S> {
             .unwrap_or_else(PoisonError::into_inner) = modes;
     }
 
+    /// Forgets every cached denial. For a configuration reload that changed
+    /// policies: a denial cached under a policy's old parameters must not
+    /// answer for it if those parameters come back later, since the store's
+    /// state may have moved on under the other ones meanwhile.
+    pub fn clear_deny_cache(&self) {
+        if let Some(cache) = &self.shared.deny_cache {
+            cache.clear();
+        }
+    }
+
     fn policy_modes(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, FailureMode>> {
         // Replaced whole: a poisoned lock still holds a consistent map.
         self.shared

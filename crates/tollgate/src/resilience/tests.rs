@@ -443,6 +443,29 @@ async fn after_a_tight_sliding_log_allow_the_waiters_go_one_at_a_time() {
 /// The flood goal: a key hammered far above a fine-grained rate costs one
 /// store call per allowed request, because each allow that leaves no room
 /// caches the denial that follows it.
+/// Regression: a denial derived from a leaky bucket's allow kept the
+/// allow's `delay`, so a denied check told the caller to wait and proceed.
+#[tokio::test]
+async fn a_derived_leaky_bucket_denial_carries_no_delay() {
+    let clock = ManualClock::new(0);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = Limiter::builder(Resilient::new(inner.clone(), options(&clock)))
+        .policy("api", "leaky_bucket 10/s burst 2".parse().expect("valid"))
+        .build();
+    assert_eq!(
+        limiter.check("api", "k", 1).await.expect("ok").delay,
+        Duration::ZERO
+    );
+    let queued = limiter.check("api", "k", 1).await.expect("ok");
+    assert!(queued.allowed && queued.remaining == 0);
+    assert_eq!(queued.delay, Duration::from_millis(100));
+    let denied = limiter.check("api", "k", 1).await.expect("ok");
+    assert!(!denied.allowed);
+    assert_eq!(inner.calls(), 2, "answered by the derived denial");
+    assert_eq!(denied.delay, Duration::ZERO);
+    assert_eq!(denied.retry_after, Some(Duration::from_millis(100)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooded_gcra_key_costs_one_store_call_per_allowed_request() {
     const N: usize = 16;
@@ -467,6 +490,11 @@ async fn a_flooded_gcra_key_costs_one_store_call_per_allowed_request() {
             assert_eq!(allowed, u64::from(round % 2 == 0), "{policy} round {round}");
             assert_eq!(inner.calls() - calls, allowed, "{policy} round {round}");
             let denied = decisions.iter().find(|d| !d.allowed).expect("denials");
+            assert_eq!(
+                denied.delay,
+                Duration::ZERO,
+                "{policy}: no wait on a denial"
+            );
             let next_token_us = 100_000 + (round / 2 + 1) * 100_000;
             assert_eq!(
                 denied.retry_after,
