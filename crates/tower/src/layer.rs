@@ -132,6 +132,32 @@ impl Policies {
     }
 }
 
+/// What a request costs: a constant, or a function of the request head.
+#[derive(Clone)]
+pub(crate) enum Cost {
+    Fixed(u64),
+    PerRequest(Arc<dyn Fn(&Parts) -> u64 + Send + Sync>),
+}
+
+impl Cost {
+    /// The units `request` costs; 0 means free (not checked).
+    pub(crate) fn of(&self, request: &Parts) -> u64 {
+        match self {
+            Cost::Fixed(cost) => *cost,
+            Cost::PerRequest(cost_of) => cost_of(request),
+        }
+    }
+}
+
+impl fmt::Debug for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cost::Fixed(cost) => write!(f, "{cost}"),
+            Cost::PerRequest(_) => f.write_str("per request"),
+        }
+    }
+}
+
 /// Everything a layer's services share: built once, behind one `Arc`.
 pub(crate) struct Config<S> {
     /// The budget: shared by every clone of every service of the layer, and
@@ -141,7 +167,7 @@ pub(crate) struct Config<S> {
     pub(crate) key: Arc<dyn KeyExtractor>,
     pub(crate) missing_key: MissingKey,
     pub(crate) store_failure: StoreFailure,
-    pub(crate) cost: u64,
+    pub(crate) cost: Cost,
     pub(crate) format: ResponseFormat,
     pub(crate) standard_headers: bool,
     pub(crate) legacy_headers: bool,
@@ -195,7 +221,7 @@ impl<S: Store> RateLimitLayer<S> {
             key: Arc::new(PeerIp::new()),
             missing_key: MissingKey::default(),
             store_failure: StoreFailure::default(),
-            cost: 1,
+            cost: Cost::Fixed(1),
             format: ResponseFormat::default(),
             standard_headers: true,
             legacy_headers: false,
@@ -231,7 +257,7 @@ pub struct RateLimitLayerBuilder<S> {
     key: Arc<dyn KeyExtractor>,
     missing_key: MissingKey,
     store_failure: StoreFailure,
-    cost: u64,
+    cost: Cost,
     format: ResponseFormat,
     standard_headers: bool,
     legacy_headers: bool,
@@ -310,7 +336,43 @@ impl<S: Store> RateLimitLayerBuilder<S> {
 
     /// Sets the units each request costs (default 1).
     pub fn cost(mut self, cost: u64) -> Self {
-        self.cost = cost;
+        self.cost = Cost::Fixed(cost);
+        self
+    }
+
+    /// Prices each request with `cost_of` instead of a constant: a batch
+    /// endpoint by its item count, an upload by its declared length, an
+    /// expensive query by a header. It reads the request head only (the
+    /// body has not arrived when the decision is made).
+    ///
+    /// A request it prices at 0 is free: it is forwarded without a check,
+    /// a charge or rate limit fields, like an allowlisted key (a check
+    /// always costs at least one unit). A price above what a policy can
+    /// ever grant is denied with no `Retry-After`, since no wait helps.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, MemoryStore};
+    /// use tollgate_tower::RateLimitLayer;
+    ///
+    /// let limiter = Limiter::builder(MemoryStore::new())
+    ///     .policy("items", "1000/1m".parse().unwrap())
+    ///     .build();
+    /// // Clients say how many items a batch holds; at least 1, at most 100.
+    /// let layer = RateLimitLayer::builder(limiter)
+    ///     .policy("items")
+    ///     .cost_fn(|request| {
+    ///         request
+    ///             .headers
+    ///             .get("x-batch-size")
+    ///             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    ///             .map_or(1, |n| n.clamp(1, 100))
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn cost_fn(mut self, cost_of: impl Fn(&Parts) -> u64 + Send + Sync + 'static) -> Self {
+        self.cost = Cost::PerRequest(Arc::new(cost_of));
         self
     }
 
@@ -383,7 +445,7 @@ impl<S: Store> RateLimitLayerBuilder<S> {
     /// requests, a route names no policy, or the cost is zero. Checking here
     /// is what makes an unknown policy impossible while serving.
     pub fn build(self) -> Result<RateLimitLayer<S>, ConfigError> {
-        if self.cost == 0 {
+        if let Cost::Fixed(0) = self.cost {
             return Err(ConfigError::ZeroCost);
         }
         let policies = if self.routes.is_empty() {

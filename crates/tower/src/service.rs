@@ -191,20 +191,25 @@ impl<S: Store> Config<S> {
         if self.allowlist.contains(key.as_bytes()) {
             return Verdict::Pass;
         }
+        let cost = self.cost.of(request);
+        if cost == 0 {
+            // Priced free by the cost function: nothing to check or charge.
+            return Verdict::Pass;
+        }
         // One policy (the common case) skips `check_all`'s bookkeeping.
         let decided = match set.entries.as_slice() {
-            [(name, _)] => self.limiter.check(name, &key, self.cost).await.map(|d| {
+            [(name, _)] => self.limiter.check(name, &key, cost).await.map(|d| {
                 let mut one = tollgate::Decisions::new();
                 one.push(d);
                 one
             }),
             entries => {
                 let names: SmallVec<[&str; 4]> = entries.iter().map(|(name, _)| &**name).collect();
-                (self.limiter.check_all(&names, &key, self.cost).await).map(|all| all.decisions)
+                (self.limiter.check_all(&names, &key, cost).await).map(|all| all.decisions)
             }
         };
         match decided {
-            Ok(decisions) => self.judge(request, set, &key, &decisions),
+            Ok(decisions) => self.judge(request, set, &key, cost, &decisions),
             Err(error) => self.failed(request, error, &key),
         }
     }
@@ -247,6 +252,7 @@ impl<S: Store> Config<S> {
         request: &Parts,
         set: &PolicySet,
         key: &Key,
+        cost: u64,
         decisions: &[Decision],
     ) -> Verdict {
         let views: SmallVec<[PolicyDecision<'_>; 4]> = set
@@ -306,7 +312,7 @@ impl<S: Store> Config<S> {
         // A retry queues behind this request too: it waits no longer than
         // the maximum once the queue has drained `delay - max` plus this
         // request's own units.
-        let own_units_us = u128::from(self.cost) * u128::from(delay.policy.period_us());
+        let own_units_us = u128::from(cost) * u128::from(delay.policy.period_us());
         let own_units_us = own_units_us.div_ceil(u128::from(delay.policy.limit()));
         let own_units = Duration::from_micros(u64::try_from(own_units_us).unwrap_or(u64::MAX));
         let retry_after = delay

@@ -504,6 +504,57 @@ async fn allowlisted_keys_bypass_the_limit() {
     }
 }
 
+/// A cost function prices each request from its head: the charge follows
+/// it, 0 is free (no check, no fields), and a price above what the policy
+/// can ever grant is a 429 with no Retry-After.
+#[tokio::test]
+async fn a_cost_function_prices_each_request() {
+    let clock = ManualClock::new(START_US);
+    let limiter = limiter(&clock, &[("items", "fixed_window 10/1h")]);
+    let server = Server::start(app(limiter, "items", |b| {
+        b.cost_fn(|request| {
+            request
+                .headers
+                .get("x-items")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1)
+        })
+    }))
+    .await;
+    let items = |n: &'static str| [("x-items", n)];
+    // `r` of the RateLimit field (the window's end depends on the start).
+    let remaining = |reply: &support::Reply| -> Option<u64> {
+        let field = reply.header("ratelimit")?;
+        field
+            .split(';')
+            .find_map(|p| p.strip_prefix("r=")?.parse().ok())
+    };
+    let reply = server.get_with("/", &items("4")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(remaining(&reply), Some(6));
+    let free = server.get_with("/", &items("0")).await;
+    assert_eq!(free.status, 200);
+    assert_eq!(free.header("ratelimit"), None, "free: not checked");
+    assert_eq!(
+        remaining(&server.get("/").await),
+        Some(5),
+        "no header: the function's default of 1"
+    );
+    let too_many = server.get_with("/", &items("6")).await;
+    assert_eq!(too_many.status, 429);
+    assert!(too_many.header("retry-after").is_some());
+    let never = server.get_with("/", &items("11")).await;
+    assert_eq!(never.status, 429);
+    assert_eq!(
+        never.header("retry-after"),
+        None,
+        "no wait lets 11 of 10 through"
+    );
+    let rest = server.get_with("/", &items("5")).await;
+    assert_eq!(rest.status, 200, "denials charged nothing");
+    assert_eq!(remaining(&rest), Some(0));
+}
+
 #[tokio::test]
 async fn missing_keys_are_rejected_or_fall_back_or_skip_as_configured() {
     let clock = ManualClock::new(START_US);
