@@ -33,6 +33,19 @@ fn config(limit: u64) -> String {
 const BROKEN: &str =
     "policies:\n  - name: api\n    algorithm: fixed_window\n    limit: 0\n    period: 1h\n";
 
+/// A service on the memory store reading its configuration from `file`.
+fn memory_app(file: &Path) -> App {
+    let source = ConfigSource {
+        config: Some(file.to_path_buf()),
+        envoy: None,
+    };
+    App::new(
+        source.clone(),
+        source.load().unwrap(),
+        ServerStore::Memory(tollgate::MemoryStore::new()),
+    )
+}
+
 fn limit(app: &App) -> u64 {
     app.current().config.policies["api"].limit()
 }
@@ -42,15 +55,7 @@ async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_errors() {
     let dir = temp_dir("reload");
     let file = dir.join("tollgate.yaml");
     std::fs::write(&file, config(10)).unwrap();
-    let source = ConfigSource {
-        config: Some(file.clone()),
-        envoy: None,
-    };
-    let app = App::new(
-        source.clone(),
-        source.load().unwrap(),
-        ServerStore::Memory(tollgate::MemoryStore::new()),
-    );
+    let app = memory_app(&file);
     let before = app.current();
     let d = app
         .decide(&before, &["api"], b"k", 1, tollgate::Mode::Consume, false)
@@ -226,15 +231,7 @@ async fn a_reload_that_changes_policies_forgets_cached_denials() {
     let dir = temp_dir("reload-deny-cache");
     let file = dir.join("tollgate.yaml");
     std::fs::write(&file, config(1)).unwrap();
-    let source = ConfigSource {
-        config: Some(file.clone()),
-        envoy: None,
-    };
-    let app = App::new(
-        source.clone(),
-        source.load().unwrap(),
-        ServerStore::Memory(tollgate::MemoryStore::new()),
-    );
+    let app = memory_app(&file);
     let check = || async {
         let loaded = app.current();
         app.decide(&loaded, &["api"], b"k", 1, tollgate::Mode::Consume, false)
