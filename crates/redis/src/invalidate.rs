@@ -4,7 +4,7 @@
 //! [`RedisStore::reset`](tollgate::Store::reset) deletes the state, then
 //! publishes the identity on `<prefix>:invalidate`. Each
 //! [`Resilient`](tollgate::resilience::Resilient) built with
-//! `with_invalidations` runs one background task (see [`subscribe`]) that
+//! `with_invalidations` runs one background task (see `subscribe`) that
 //! holds a subscribed connection and forwards every message to its cache.
 //!
 //! The task uses a RESP3 connection of its own, separate from the decision

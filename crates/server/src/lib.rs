@@ -14,7 +14,7 @@
 //! - [`headers`]: the IETF `RateLimit-Policy`/`RateLimit` fields;
 //! - [`metrics`]: the Prometheus text;
 //! - [`reload`]: SIGHUP and file watching;
-//! - [`server`]: [`run`](server::run), which takes listeners and a shutdown
+//! - [`server`]: [`server::run`], which takes listeners and a shutdown
 //!   future (main passes ctrl-c/SIGTERM; tests their own);
 //! - [`store`]: the store chosen by configuration;
 //! - [`cli`]: the `serve` and `check` subcommands.
