@@ -450,15 +450,17 @@ impl DenyCache {
 /// without room cannot say when it has some again (`sliding_window`,
 /// `sliding_log`): single flight then serialises the next call instead.
 fn derived_denial(policies: &[PolicyRef<'_>], cost: u64, allowed: &Decisions) -> Option<Decisions> {
-    let mut tight = false;
-    let denial = policies
+    // Most allows leave room: decide that before copying anything.
+    if allowed.iter().all(|d| d.remaining >= cost) {
+        return None;
+    }
+    policies
         .iter()
         .zip(allowed)
         .map(|(p, d)| {
             if d.remaining >= cost {
                 return Some(*d);
             }
-            tight = true;
             let wait = next_allowed_after(p.policy, cost, d)?;
             Some(Decision {
                 allowed: false,
@@ -468,8 +470,7 @@ fn derived_denial(policies: &[PolicyRef<'_>], cost: u64, allowed: &Decisions) ->
                 ..*d
             })
         })
-        .collect::<Option<Decisions>>()?;
-    tight.then_some(denial)
+        .collect()
 }
 
 impl Shard {
