@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tollgate::{Algorithm, Limiter, ManualClock, Policy, Store};
+use tollgate::{Algorithm, Clock, Limiter, ManualClock, Policy, Store};
 
 /// Where every case's clock starts: a realistic Unix time in microseconds,
 /// so stores that align windows to Unix time see ordinary values.
@@ -73,6 +73,7 @@ where
     reset_returns_a_key_to_fresh(&make).await;
     state_is_fresh_after_reset_after(&make).await;
     leaky_bucket_reports_its_delay(&make).await;
+    a_changed_policy_carries_the_state_over(&make).await;
     concurrent_checks_admit_exactly_the_limit(&make).await;
 }
 
@@ -444,6 +445,72 @@ where
             .expect("store works")
             .allowed
     );
+}
+
+/// The policy changes a live key may see (reload, rebuilt limiter, override),
+/// from `<algorithm> 4/1s` (burst 4): `(what, new policy)`.
+pub fn policy_changes(a: Algorithm) -> Vec<(&'static str, Policy)> {
+    let mut changes = vec![
+        ("limit raised", policy(&format!("{a} 8/1s"))),
+        ("limit lowered", policy(&format!("{a} 2/1s"))),
+        ("period lengthened", policy(&format!("{a} 4/1m"))),
+        ("period shortened", policy(&format!("{a} 4/100ms"))),
+    ];
+    if a.has_burst() {
+        changes.push(("burst raised", policy(&format!("{a} 4/1s burst 8"))));
+        changes.push(("burst lowered", policy(&format!("{a} 4/1s burst 2"))));
+    }
+    changes
+}
+
+/// A policy changed under a live key carries the key's state over, and the
+/// key lives as long as the policy in force needs: for every algorithm and
+/// every change in [`policy_changes`], the store decides exactly as the
+/// algorithm does on one state that never expires — through a denial under
+/// the new policy, past the instant the old policy's state would have
+/// expired, and back to the old policy.
+pub async fn a_changed_policy_carries_the_state_over<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::algorithm::{State, decide};
+    use tollgate::{Mode, PolicyRef};
+    for a in Algorithm::ALL {
+        let old = policy(&format!("{a} 4/1s"));
+        for (change, new) in policy_changes(a) {
+            let clock = ManualClock::new(START_US);
+            let store = make(clock.clone()).await;
+            let mut model = State::fresh(&old, START_US);
+            // (advance µs, policy, cost, mode): 4 units under the old policy,
+            // then the new one until it denies, then time passes (the old
+            // state is fresh after 1 s), and the old policy returns for a
+            // charge (a change after a state expired under the policy that
+            // wrote it finds it fresh: no model of that here).
+            let mut timeline: Vec<(u64, &Policy, u64, Mode)> = vec![(0, &old, 4, Mode::Consume)];
+            timeline.extend(std::iter::repeat_n((0, &new, 1, Mode::Consume), 9));
+            timeline.extend([
+                (1_200_000, &new, 1, Mode::Peek),
+                (0, &new, 1, Mode::Consume),
+                (30_000_000, &new, 2, Mode::Consume),
+                (0, &old, 1, Mode::Consume),
+                (100_000, &new, 4, Mode::Peek),
+                (0, &new, 1, Mode::Consume),
+                (45_000_000, &new, 3, Mode::Consume),
+            ]);
+            for (i, &(step, p, cost, mode)) in timeline.iter().enumerate() {
+                clock.advance_us(step);
+                let now = clock.now_us();
+                let expected = decide(p, &mut model, now, cost, mode == Mode::Consume);
+                let refs = [PolicyRef { name: "changing", policy: p }];
+                let actual = store
+                    .apply(format!("{change}").as_bytes(), &refs, cost, mode)
+                    .await
+                    .expect("store works")[0];
+                assert_eq!(actual, expected, "{a}, {change} ({p}), step {i}");
+            }
+        }
+    }
 }
 
 /// 64 concurrent tasks, 20 attempts each, on one key of limit 4 (and 100):

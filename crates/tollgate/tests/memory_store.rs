@@ -102,7 +102,12 @@ fn expired_entries_are_dropped_but_live_ones_kept() {
     };
     assert!(apply(b"long", &long).allowed);
     assert!(apply(b"short", &short).allowed);
-    clock.advance_us(1_000_000);
+    // Fresh at 1 s; dropped, like a Redis key, once the clock is past that
+    // millisecond.
+    clock.advance_us(1_000_999);
+    store.purge_expired();
+    assert_eq!(store.len(), 2, "still live until 1.001 s");
+    clock.advance_us(1);
     store.purge_expired();
     assert_eq!(store.len(), 1);
     assert!(
@@ -112,7 +117,7 @@ fn expired_entries_are_dropped_but_live_ones_kept() {
 }
 
 #[test]
-fn a_changed_policy_under_the_same_name_starts_fresh() {
+fn a_changed_policy_under_the_same_name_keeps_its_count() {
     let store = MemoryStore::with_clock(ManualClock::new(0));
     let before = policy("fixed_window 1/1h");
     let after = policy("fixed_window 3/1h");
@@ -129,8 +134,11 @@ fn a_changed_policy_under_the_same_name_starts_fresh() {
     };
     assert!(apply(&before).allowed);
     assert!(!apply(&before).allowed);
+    // The window's count (1) carries over to the raised limit.
     let d = apply(&after);
-    assert_eq!((d.allowed, d.remaining), (true, 2));
+    assert_eq!((d.allowed, d.remaining), (true, 1));
+    assert!(apply(&after).allowed);
+    assert!(!apply(&after).allowed);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 ALG.fixed_window = function(key, p, now, cost, consume)
   local period = p.period
-  local v = redis.call('GET', key)
+  local v = load(key, now)
   local start, count = now - now % period, 0
   if v then start, count = parse(v) end
   local window, used
@@ -17,7 +17,7 @@ ALG.fixed_window = function(key, p, now, cost, consume)
   local used_after = used
   if charged then
     used_after = used + cost
-    store(key, fmt(window) .. ':' .. fmt(used_after), now, window + period)
+    store(key, fmt(window) .. ':' .. fmt(used_after), window + period)
   end
   local fresh_at = 0
   if used_after > 0 then fresh_at = window + period end

@@ -1,30 +1,51 @@
 -- gcra: KEYS[i] is the theoretical arrival time in whole microseconds, as an
--- integer ("tat"), or "tat:frac" when it has a fraction of a microsecond
--- (frac / p.rate). Policies whose emission interval is a whole number of
--- microseconds (p.rate == 1: 100/1m, 10/s, 1000/1h...) always store one integer.
+-- integer ("tat"), or "tat:frac:rate" when it has a fraction of a
+-- microsecond (frac / rate). Policies whose emission interval is a whole
+-- number of microseconds (p.rate == 1: 100/1m, 10/s, 1000/1h...) always
+-- store one integer. The TAT is an instant, the same under any policy; read
+-- under another rate, a fraction rounds the TAT up to the next microsecond.
 -- Twin of crates/tollgate/src/algorithm/gcra.rs.
 
 ALG.gcra = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
   local tolerance = p.burst * unit
+  local need = cost * unit
   local tat, frac = now, 0
-  local v = redis.call('GET', key)
-  if v then tat, frac = parse(v) end
+  local v = load(key, now)
+  if v then
+    local from
+    tat, frac, from = parse(v)
+    if frac > 0 and from ~= rate then tat, frac = tat + 1, 0 end
+  end
+  -- How far the TAT is ahead, in scaled units, capped where every request
+  -- is denied anyway (the product stays below 2^53 under any policy).
+  local cap = cdiv((p.burst + 1) * unit, rate) + 1
   local before = 0
-  if tat >= now then before = (tat - now) * rate + frac end
-  local allowed = cost <= p.burst and before + cost * unit <= tolerance
+  if tat >= now then before = imin(tat - now, cap) * rate + frac end
+  local allowed = cost <= p.burst and before + need <= tolerance
   local charged = allowed and consume
   local after = before
+  local fresh_at = 0
   if charged then
-    after = before + cost * unit
+    after = before + need
     local new_frac = after % rate
     local value = fmt(now + idiv(after, rate))
-    if new_frac > 0 then value = value .. ':' .. fmt(new_frac) end
-    store(key, value, now, now + cdiv(after, rate))
+    if new_frac > 0 then value = value .. ':' .. fmt(new_frac) .. ':' .. fmt(rate) end
+    fresh_at = now + cdiv(after, rate)
+    store(key, value, fresh_at)
+  elseif before > 0 then
+    fresh_at = tat
+    if frac > 0 then fresh_at = tat + 1 end
   end
-  local fresh_at = 0
-  if after > 0 then fresh_at = now + cdiv(after, rate) end
-  return allowed, idiv(imax(0, tolerance - after), unit), fresh_at,
-    now + cdiv(imax(0, before + cost * unit - tolerance), rate), 0
+  local retry_at
+  if tat >= now and tat - now > cap - 1 then
+    if frac + need >= tolerance then
+      retry_at = tat + cdiv(frac + need - tolerance, rate)
+    else
+      retry_at = tat - idiv(tolerance - need - frac, rate)
+    end
+  else
+    retry_at = now + cdiv(imax(0, before + need - tolerance), rate)
+  end
+  return allowed, idiv(imax(0, tolerance - after), unit), fresh_at, retry_at, 0
 end
-

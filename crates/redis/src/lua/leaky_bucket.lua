@@ -1,5 +1,6 @@
--- leaky_bucket: KEYS[i] is a string "level:last" (units queued, scaled as
--- for token_bucket).
+-- leaky_bucket: KEYS[i] is a string "level:last:unit" (units queued, scaled
+-- as for token_bucket). Read under a policy of another unit, a fraction of a
+-- queued unit counts whole, at most a full queue.
 -- Twin of crates/tollgate/src/algorithm/leaky_bucket.rs.
 
 local function leaky_bucket_fresh_at(p, level, last)
@@ -11,8 +12,12 @@ ALG.leaky_bucket = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
   local capacity = p.burst * unit
   local level, last = 0, now
-  local v = redis.call('GET', key)
-  if v then level, last = parse(v) end
+  local v = load(key, now)
+  if v then
+    local from
+    level, last, from = parse(v)
+    if from > 0 and from ~= unit then level = imin(cdiv(level, from), p.burst) * unit end
+  end
   local current
   local elapsed = imax(0, now - last)
   if elapsed >= cdiv(level, rate) then
@@ -23,14 +28,14 @@ ALG.leaky_bucket = function(key, p, now, cost, consume)
   local allowed = cost <= p.burst and current + cost * unit <= capacity
   local charged = allowed and consume
   local after = current
+  -- The queue drains only from `last`, also when the clock stepped back.
   local stamp = imax(last, now)
   if charged then
     after = current + cost * unit
-    store(key, fmt(after) .. ':' .. fmt(stamp), now, leaky_bucket_fresh_at(p, after, stamp))
+    store(key, fmt(after) .. ':' .. fmt(stamp) .. ':' .. fmt(unit), leaky_bucket_fresh_at(p, after, stamp))
   end
   local delay = 0
-  if allowed then delay = cdiv(current, rate) end
+  if allowed then delay = cdiv(current, rate) + (stamp - now) end
   return allowed, idiv(imax(0, capacity - after), unit), leaky_bucket_fresh_at(p, after, stamp),
-    now + cdiv(imax(0, current + cost * unit - capacity), rate), delay
+    stamp + cdiv(imax(0, current + cost * unit - capacity), rate), delay
 end
-

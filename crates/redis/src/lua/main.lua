@@ -10,15 +10,19 @@
 --           burst, scaled unit, scaled rate (see tollgate::Policy)
 --
 -- Returns 5 integers per policy: allowed (1/0), remaining, reset_after (µs),
--- retry_after (µs), delay (µs). All-or-nothing: nothing is written unless
--- every policy allows and ARGV[1] is "1".
+-- retry_after (µs), delay (µs). All-or-nothing: no state is written unless
+-- every policy allows and ARGV[1] is "1"; a decision that charges nothing
+-- only pushes a key's expiry later when the policy in force needs it
+-- (prelude.lua, `extend`).
 
 local consume = ARGV[1] == '1'
 local cost = tonumber(ARGV[2])
 local now
 if ARGV[3] ~= '' then
   now = tonumber(ARGV[3])
-  TTL_SLACK_MS = 3600000
+  TEST_CLOCK = true
+  EXPIRE_BASE_MS = 2 ^ 52
+  LOG_REBASE_AT = 64
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -67,11 +71,20 @@ local function run(commit)
   return out, all
 end
 
-if n == 1 then
-  local out = run(consume)
-  return out
+-- Pushes the expiry of every key that was decided without a charge.
+local function extend_all(out)
+  for i = 1, n do
+    local reset_after = out[(i - 1) * 5 + 3]
+    if reset_after > 0 then extend(KEYS[i], now + reset_after) end
+  end
 end
--- Several policies: look first, and charge only if every one allows.
-local out, all = run(false)
-if consume and all then out = run(true) end
+
+-- All-or-nothing: look first when there are several policies, and charge
+-- only if every one allows.
+local out, all = run(consume and n == 1)
+if consume and all then
+  if n > 1 then out = run(true) end
+else
+  extend_all(out)
+end
 return out

@@ -37,20 +37,50 @@ local function parse(v)
   return tonumber(a), tonumber(b) or 0, tonumber(c) or 0
 end
 
--- Added to every TTL. Zero in production. When a test drives the clock
--- (ARGV[3]), Redis still expires keys on its real clock, which runs ahead of
--- the test's timeline; main.lua then sets an hour of slack so keys outlive
--- the test and freshness is decided by the state alone (as it always is).
-local TTL_SLACK_MS = 0
+-- Expiry. A state that becomes fresh at `fresh_at` (µs) expires at
+-- millisecond ceil(fresh_at / 1000): Redis drops it once its clock is past
+-- that millisecond, the instant the memory store drops its entry too
+-- (tollgate::algorithm::expires_at), so both forget state together.
+--
+-- With Redis's clock (production) EXPIRE_BASE_MS is 0 and Redis's own expiry
+-- does the forgetting. When a test drives the clock (ARGV[3]), Redis still
+-- expires keys on its real clock, so main.lua moves every expiry 2^52 ms
+-- into the future (EXPIRE_BASE_MS) and sets TEST_CLOCK: a key then counts as
+-- gone once the test's time is past its expiry minus that base.
+local EXPIRE_BASE_MS = 0
+local TEST_CLOCK = false
 
--- The TTL of a state that becomes fresh at `fresh_at`: exactly that instant,
--- rounded up to the millisecond, never earlier.
-local function ttl_ms(now, fresh_at)
-  return fmt(imax(1, cdiv(fresh_at - now, 1000)) + TTL_SLACK_MS)
+local function expiry_ms(fresh_at)
+  return EXPIRE_BASE_MS + cdiv(fresh_at, 1000)
 end
 
--- Stores a string state that becomes fresh at `fresh_at`.
-local function store(key, value, now, fresh_at)
-  redis.call('SET', key, value, 'PX', ttl_ms(now, fresh_at))
+-- Whether the key's state is still live at `now`: always, on Redis's clock
+-- (an expired key is already gone); on a test clock, until its expiry.
+local function live(key, now)
+  if not TEST_CLOCK then return true end
+  local at = redis.call('PEXPIRETIME', key)
+  return at >= 0 and idiv(now, 1000) <= at - EXPIRE_BASE_MS
 end
 
+-- The key's string state, or nil when there is none (or it has expired).
+local function load(key, now)
+  local v = redis.call('GET', key)
+  if v and not live(key, now) then return nil end
+  return v
+end
+
+-- Stores a string state that becomes fresh at `fresh_at` (> now).
+local function store(key, value, fresh_at)
+  redis.call('SET', key, value, 'PXAT', fmt(expiry_ms(fresh_at)))
+end
+
+-- After a decision that charged nothing: a state read under a policy that
+-- keeps it longer than its key's expiry (a changed policy) has its expiry
+-- pushed to where that policy needs it, never earlier. Under the policy
+-- that wrote the state the expiry already matches and nothing is written.
+local function extend(key, fresh_at)
+  local want = expiry_ms(fresh_at)
+  if redis.call('PEXPIRETIME', key) < want then
+    redis.call('PEXPIREAT', key, fmt(want))
+  end
+end

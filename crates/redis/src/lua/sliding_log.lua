@@ -1,29 +1,64 @@
--- sliding_log: KEYS[i] is a sorted set with one member per admitted unit,
--- scored by its admission instant in µs. The units admitted in one
--- microsecond are members "<µs>:0", "<µs>:1", ..., so members never collide
--- and nothing is under-counted. Counting is ZCOUNT and finding the unit that
--- must expire is a rank lookup: O(log n) per decision, however large the
--- limit (memory still grows with it: one member per unit).
+-- sliding_log: KEYS[i] is a sorted set with one member per admitted instant:
+-- scored by that instant in µs, named "<total>:<cost>" where cost is what
+-- was admitted in that microsecond and total the running sum of costs
+-- through it. Counting the active units is two lookups (the newest total
+-- minus the total of the newest expired entry), finding when a denied cost
+-- fits is a binary search over ranks: O(log n) Redis work and one member per
+-- admitted request, however large its cost.
 -- Twin of crates/tollgate/src/algorithm/sliding_log.rs.
+
+-- Totals are rebased to the first live entry before they reach 2^50, so
+-- they stay exact in Lua's doubles however long a key stays busy. A test
+-- clock rebases early (main.lua) so that tests exercise it.
+local LOG_REBASE_AT = 2 ^ 50
+
+local function log_entry(member)
+  local total, cost = string.match(member, '^(%d+):(%d+)$')
+  return tonumber(total), tonumber(cost)
+end
 
 ALG.sliding_log = function(key, p, now, cost, consume)
   local period, limit = p.period, p.limit
-  -- A unit admitted at t counts while t > now - period.
-  local boundary = fmt(now - period)
-  local expired = redis.call('ZCOUNT', key, '-inf', boundary)
-  local used = redis.call('ZCOUNT', key, '(' .. boundary, '+inf')
-  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  local newest_at = nil
-  if #newest > 0 then newest_at = tonumber(newest[2]) end
+  -- An entry admitted at t counts while t > now - period.
+  local boundary = now - period
+  local alive = live(key, now)
+  local newest = {}
+  if alive then newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES') end
+  local newest_at, top, base, used, expired = nil, 0, 0, 0, false
+  if #newest > 0 then
+    newest_at = tonumber(newest[2])
+    top = log_entry(newest[1])
+    if newest_at > boundary then
+      local last = redis.call('ZRANGE', key, fmt(boundary), '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)
+      if #last > 0 then
+        expired = true
+        base = log_entry(last[1])
+      else
+        local total, first_cost = log_entry(redis.call('ZRANGE', key, 0, 0)[1])
+        base = total - first_cost
+      end
+      used = top - base
+    else
+      expired = true
+    end
+  end
   local allowed = used + cost <= limit
+  -- A clock stepping back must not put an entry before a newer one: it is
+  -- recorded at the newest instant seen, which only delays expiry.
   local stamp = now
   if newest_at then stamp = imax(newest_at, now) end
   local retry_at = now
   if not allowed then
-    -- Wait until the (used + cost - limit)-th oldest active unit expires.
-    local rank = expired + used + cost - limit - 1
-    local unit = redis.call('ZRANGE', key, rank, rank, 'WITHSCORES')
-    retry_at = tonumber(unit[2]) + period
+    -- The first active entry whose running total covers the excess: once it
+    -- expires, `cost` fits.
+    local target = base + used + cost - limit
+    local lo = redis.call('ZCOUNT', key, '-inf', fmt(boundary))
+    local hi = redis.call('ZCARD', key) - 1
+    while lo < hi do
+      local mid = idiv(lo + hi, 2)
+      if log_entry(redis.call('ZRANGE', key, mid, mid)[1]) >= target then hi = mid else lo = mid + 1 end
+    end
+    retry_at = tonumber(redis.call('ZRANGE', key, lo, lo, 'WITHSCORES')[2]) + period
   end
   local charged = allowed and consume
   local used_after = used
@@ -32,23 +67,34 @@ ALG.sliding_log = function(key, p, now, cost, consume)
   if charged then
     used_after = used + cost
     fresh_at = stamp + period
-    if expired > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', boundary) end
-    local at = fmt(stamp)
-    local first = redis.call('ZCOUNT', key, at, at)
-    -- ZADD in batches: Lua's unpack has a bounded stack.
-    local i = 0
-    while i < cost do
-      local args = {}
-      for j = i, imin(cost, i + 1000) - 1 do
-        args[#args + 1] = at
-        args[#args + 1] = at .. ':' .. fmt(first + j)
-      end
-      redis.call('ZADD', key, unpack(args))
-      i = i + 1000
+    if not alive or (newest_at and newest_at <= boundary) then
+      -- Nothing active: start afresh (totals from zero).
+      redis.call('DEL', key)
+      newest_at, top, base = nil, 0, 0
+    elseif expired then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(boundary))
     end
-    redis.call('PEXPIRE', key, ttl_ms(now, fresh_at))
+    if top + cost >= LOG_REBASE_AT then
+      local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      redis.call('DEL', key)
+      for j = 1, #entries, 2 do
+        local total, c = log_entry(entries[j])
+        redis.call('ZADD', key, entries[j + 1], fmt(total - base) .. ':' .. fmt(c))
+      end
+      top = top - base
+    end
+    local at = fmt(stamp)
+    if newest_at == stamp then
+      -- Merge with the entry of the same microsecond.
+      local member = redis.call('ZRANGE', key, -1, -1)[1]
+      local _, c = log_entry(member)
+      redis.call('ZREM', key, member)
+      redis.call('ZADD', key, at, fmt(top + cost) .. ':' .. fmt(c + cost))
+    else
+      redis.call('ZADD', key, at, fmt(top + cost) .. ':' .. fmt(cost))
+    end
+    redis.call('PEXPIREAT', key, fmt(expiry_ms(fresh_at)))
   end
   if used_after == 0 then fresh_at = 0 end
   return allowed, imax(0, limit - used_after), fresh_at, retry_at, 0
 end
-

@@ -21,17 +21,18 @@ end
 
 ALG.sliding_window = function(key, p, now, cost, consume)
   local period, limit = p.period, p.limit
-  local aligned = now - now % period
-  local start, prev, curr = aligned, 0, 0
-  local v = redis.call('GET', key)
+  local start, prev, curr = now - now % period, 0, 0
+  local v = load(key, now)
   if v then start, prev, curr = parse(v) end
+  -- Windows follow each other from the stored start (aligned under the
+  -- policy that wrote it); counts read as at most the limit.
   local window, pv, cv
-  if aligned <= start then
-    window, pv, cv = start, prev, curr
-  elseif aligned == start + period then
-    window, pv, cv = aligned, curr, 0
+  if now < start + period then
+    window, pv, cv = start, imin(prev, limit), imin(curr, limit)
+  elseif now < start + 2 * period then
+    window, pv, cv = start + period, imin(curr, limit), 0
   else
-    window, pv, cv = aligned, 0, 0
+    window, pv, cv = now - now % period, 0, 0
   end
   local elapsed = imax(0, now - window)
   local weighted_prev = pv * (period - elapsed)
@@ -41,11 +42,10 @@ ALG.sliding_window = function(key, p, now, cost, consume)
   local c_after = cv
   if charged then
     c_after = cv + cost
-    store(key, fmt(window) .. ':' .. fmt(pv) .. ':' .. fmt(c_after), now,
+    store(key, fmt(window) .. ':' .. fmt(pv) .. ':' .. fmt(c_after),
       sliding_window_fresh_at(window, pv, c_after, period))
   end
   local remaining = idiv(imax(0, budget - (weighted_prev + c_after * period)), period)
   return allowed, remaining, sliding_window_fresh_at(window, pv, c_after, period),
     sliding_window_retry_at(window, pv, cv, period, limit, cost), 0
 end
-

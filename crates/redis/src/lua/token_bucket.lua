@@ -1,6 +1,7 @@
--- token_bucket: KEYS[i] is a string "level:last" (level in scaled units:
--- one token = p.unit, one microsecond adds p.rate).
--- Twin of crates/tollgate/src/algorithm/token_bucket.rs.
+-- token_bucket: KEYS[i] is a string "level:last:unit": the level in scaled
+-- units of `unit` (one token; one microsecond adds p.rate when unit is
+-- p.unit). Read under a policy of another unit, whole tokens carry over,
+-- at most a full bucket. Twin of crates/tollgate/src/algorithm/token_bucket.rs.
 
 local function token_bucket_fresh_at(p, level, last)
   return last + cdiv(imax(0, p.burst * p.unit - level), p.rate)
@@ -10,8 +11,12 @@ ALG.token_bucket = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
   local full = p.burst * unit
   local level, last = full, now
-  local v = redis.call('GET', key)
-  if v then level, last = parse(v) end
+  local v = load(key, now)
+  if v then
+    local from
+    level, last, from = parse(v)
+    if from > 0 and from ~= unit then level = imin(idiv(level, from), p.burst) * unit end
+  end
   -- Refill since `last`, compared before multiplying so a long idle cannot
   -- leave the exact range.
   local current
@@ -24,12 +29,13 @@ ALG.token_bucket = function(key, p, now, cost, consume)
   local allowed = cost <= p.burst and cost * unit <= current
   local charged = allowed and consume
   local after = current
+  -- The level is known at `last` and refills only from then, also when the
+  -- clock stepped back.
   local stamp = imax(last, now)
   if charged then
     after = current - cost * unit
-    store(key, fmt(after) .. ':' .. fmt(stamp), now, token_bucket_fresh_at(p, after, stamp))
+    store(key, fmt(after) .. ':' .. fmt(stamp) .. ':' .. fmt(unit), token_bucket_fresh_at(p, after, stamp))
   end
   return allowed, idiv(after, unit), token_bucket_fresh_at(p, after, stamp),
-    now + cdiv(imax(0, cost * unit - current), rate), 0
+    stamp + cdiv(imax(0, cost * unit - current), rate), 0
 end
-

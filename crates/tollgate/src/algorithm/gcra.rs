@@ -9,6 +9,11 @@
 //! 333 333.3 µs), so the TAT carries its fraction: `tat_frac / scaled_rate`.
 //! Differences are taken in scaled units relative to `now`, which keeps them
 //! below 2^53 however large absolute time is.
+//!
+//! The TAT is an instant, so it means the same under any policy: a policy
+//! changed under a live key keeps it. Only its fraction is in the writing
+//! policy's steps, so the state records `rate`; read under another rate the
+//! TAT is rounded up to the next whole microsecond (never earlier).
 
 use super::{Verdict, div_ceil};
 use crate::Policy;
@@ -18,19 +23,41 @@ pub(super) fn fresh_at(tat_us: u64, tat_frac: u64) -> u64 {
     tat_us + u64::from(tat_frac > 0)
 }
 
-/// How far the TAT is ahead of `now`, in scaled units (0 if behind).
+/// How far the TAT is ahead of `now`, in scaled units (0 if behind), at
+/// most one microsecond past the tolerance plus one unit: beyond that every
+/// request is denied whatever the distance, and the cap keeps the product
+/// below 2^53 when the TAT was written under a slower policy.
 fn ahead(policy: &Policy, tat_us: u64, tat_frac: u64, now: u64) -> u64 {
+    let rate = policy.scaled_rate();
+    let cap = div_ceil((policy.burst() + 1) * policy.scaled_unit(), rate) + 1;
     if tat_us >= now {
-        (tat_us - now) * policy.scaled_rate() + tat_frac
+        (tat_us - now).min(cap) * rate + tat_frac
     } else {
         0
     }
 }
 
+/// When `cost` fits again: `before + cost * unit - tolerance` scaled units
+/// must have passed. Computed from the TAT itself when it is beyond the cap
+/// of [`ahead`], so that `retry_after` stays exact however far it is.
+fn retry_at(policy: &Policy, (tat_us, tat_frac): (u64, u64), before: u64, now: u64, cost: u64) -> u64 {
+    let rate = policy.scaled_rate();
+    let need = cost * policy.scaled_unit();
+    let tolerance = policy.burst() * policy.scaled_unit();
+    if tat_us >= now && tat_us - now > div_ceil((policy.burst() + 1) * policy.scaled_unit(), rate) {
+        // tat + (frac + need - tolerance) / rate, rounded up, in µs.
+        return if tat_frac + need >= tolerance {
+            tat_us + div_ceil(tat_frac + need - tolerance, rate)
+        } else {
+            tat_us - (tolerance - need - tat_frac) / rate
+        };
+    }
+    now + div_ceil((before + need).saturating_sub(tolerance), rate)
+}
+
 pub(super) fn decide(
     policy: &Policy,
-    tat_us: &mut u64,
-    tat_frac: &mut u64,
+    (tat_us, tat_frac, tat_rate): (&mut u64, &mut u64, &mut u64),
     now: u64,
     cost: u64,
     consume: bool,
@@ -38,7 +65,12 @@ pub(super) fn decide(
     let unit = policy.scaled_unit();
     let rate = policy.scaled_rate();
     let tolerance = policy.burst() * unit;
-    let before = ahead(policy, *tat_us, *tat_frac, now);
+    let (stored_us, stored_frac) = if *tat_rate == rate || *tat_frac == 0 {
+        (*tat_us, *tat_frac)
+    } else {
+        (*tat_us + 1, 0)
+    };
+    let before = ahead(policy, stored_us, stored_frac, now);
     let allowed = cost <= policy.burst() && before + cost * unit <= tolerance;
     let charged = allowed && consume;
     let after = if charged {
@@ -47,7 +79,7 @@ pub(super) fn decide(
         before
     };
     if charged {
-        (*tat_us, *tat_frac) = (now + after / rate, after % rate);
+        (*tat_us, *tat_frac, *tat_rate) = (now + after / rate, after % rate, rate);
     }
     Verdict {
         allowed,
@@ -56,10 +88,13 @@ pub(super) fn decide(
         remaining: tolerance.saturating_sub(after) / unit,
         fresh_at: if after == 0 {
             0
-        } else {
+        } else if charged {
             now + div_ceil(after, rate)
+        } else {
+            // The TAT as stored: `before` may be capped.
+            fresh_at(stored_us, stored_frac)
         },
-        retry_at: now + div_ceil((before + cost * unit).saturating_sub(tolerance), rate),
+        retry_at: retry_at(policy, (stored_us, stored_frac), before, now, cost),
         delay: 0,
     }
 }

@@ -2,8 +2,11 @@
 //! `period`. While the queue has room a request is accepted and told how
 //! long to wait (the time for the units ahead of it to drain); when it is
 //! full the request is denied and charged nothing.
+//!
+//! The level is scaled as for the token bucket, and the state records the
+//! unit it was written in (see [`super::rescale_up`]).
 
-use super::{Verdict, div_ceil};
+use super::{Verdict, div_ceil, rescale_up};
 use crate::Policy;
 
 pub(super) fn fresh_at(policy: &Policy, level: u64, last: u64) -> u64 {
@@ -27,32 +30,39 @@ fn drain(policy: &Policy, level: u64, last: u64, now: u64) -> u64 {
 
 pub(super) fn decide(
     policy: &Policy,
-    level: &mut u64,
-    last: &mut u64,
+    (level, last, unit): (&mut u64, &mut u64, &mut u64),
     now: u64,
     cost: u64,
     consume: bool,
 ) -> Verdict {
-    let unit = policy.scaled_unit();
+    let scaled = policy.scaled_unit();
     let rate = policy.scaled_rate();
-    let capacity = policy.burst() * unit;
-    let current = drain(policy, *level, *last, now);
-    let allowed = cost <= policy.burst() && current + cost * unit <= capacity;
+    let capacity = policy.burst() * scaled;
+    // Queued units are kept, a fraction of one counts whole (never admitted
+    // twice), at most a full queue of the policy in force.
+    let stored = rescale_up(*level, *unit, policy);
+    let current = drain(policy, stored, *last, now);
+    let allowed = cost <= policy.burst() && current + cost * scaled <= capacity;
     let charged = allowed && consume;
     let after = if charged {
-        current + cost * unit
+        current + cost * scaled
     } else {
         current
     };
+    // The queue drains only from `last`, also when the clock stepped back.
     let stamp = (*last).max(now);
     if charged {
-        (*level, *last) = (after, stamp);
+        (*level, *last, *unit) = (after, stamp, scaled);
     }
     Verdict {
         allowed,
-        remaining: capacity.saturating_sub(after) / unit,
+        remaining: capacity.saturating_sub(after) / scaled,
         fresh_at: fresh_at(policy, after, stamp),
-        retry_at: now + div_ceil((current + cost * unit).saturating_sub(capacity), rate),
-        delay: if allowed { div_ceil(current, rate) } else { 0 },
+        retry_at: stamp + div_ceil((current + cost * scaled).saturating_sub(capacity), rate),
+        delay: if allowed {
+            div_ceil(current, rate) + (stamp - now)
+        } else {
+            0
+        },
     }
 }

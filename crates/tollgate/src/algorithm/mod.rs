@@ -28,7 +28,10 @@ use crate::{Algorithm, Decision, Policy};
 /// Fields are public so that other stores can persist them; their units are
 /// documented per variant. Levels of the bucket algorithms are in scaled units
 /// where one token is [`Policy::scaled_unit`] and one microsecond adds
-/// [`Policy::scaled_rate`]: exact at any request rate.
+/// [`Policy::scaled_rate`]: exact at any request rate. Each such state records
+/// the unit (or rate) it was written in, so that a policy changed under a
+/// live key reads it in absolute units (tokens, instants) rather than
+/// misreading another policy's scale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum State {
@@ -57,13 +60,17 @@ pub enum State {
         level: u64,
         /// When `level` was measured.
         last: u64,
+        /// The scaled unit `level` is counted in (one token).
+        unit: u64,
     },
-    /// The theoretical arrival time: `tat_us + tat_frac / scaled_rate` µs.
+    /// The theoretical arrival time: `tat_us + tat_frac / rate` µs.
     Gcra {
         /// Whole microseconds of the TAT.
         tat_us: u64,
-        /// The fraction of a microsecond, in `1 / scaled_rate` steps.
+        /// The fraction of a microsecond, in `1 / rate` steps.
         tat_frac: u64,
+        /// The scaled rate `tat_frac` is counted in.
+        rate: u64,
     },
     /// Scaled units queued at instant `last`.
     LeakyBucket {
@@ -71,6 +78,8 @@ pub enum State {
         level: u64,
         /// When `level` was measured.
         last: u64,
+        /// The scaled unit `level` is counted in (one queued unit).
+        unit: u64,
     },
 }
 
@@ -92,14 +101,17 @@ impl State {
             Algorithm::TokenBucket => State::TokenBucket {
                 level: policy.burst() * policy.scaled_unit(),
                 last: now,
+                unit: policy.scaled_unit(),
             },
             Algorithm::Gcra => State::Gcra {
                 tat_us: now,
                 tat_frac: 0,
+                rate: policy.scaled_rate(),
             },
             Algorithm::LeakyBucket => State::LeakyBucket {
                 level: 0,
                 last: now,
+                unit: policy.scaled_unit(),
             },
         }
     }
@@ -116,9 +128,10 @@ impl State {
         }
     }
 
-    /// The instant (µs) from which this state is indistinguishable from a
-    /// fresh one: what the Redis TTL is set to and when the memory store may
-    /// drop the entry. Never earlier (that would re-grant a burst early).
+    /// The instant (µs) from which this state, as written by `policy`, is
+    /// indistinguishable from a fresh one under `policy`: what its expiry
+    /// ([`expires_at`]) is derived from. Never earlier (that would re-grant
+    /// a burst early).
     pub fn fresh_at(&self, policy: &Policy) -> u64 {
         let p = policy.period_us();
         match *self {
@@ -127,9 +140,11 @@ impl State {
                 sliding_window::fresh_at(start, prev, curr, p)
             }
             State::SlidingLog(ref log) => log.fresh_at(p),
-            State::TokenBucket { level, last } => token_bucket::fresh_at(policy, level, last),
-            State::Gcra { tat_us, tat_frac } => gcra::fresh_at(tat_us, tat_frac),
-            State::LeakyBucket { level, last } => leaky_bucket::fresh_at(policy, level, last),
+            State::TokenBucket { level, last, .. } => token_bucket::fresh_at(policy, level, last),
+            State::Gcra {
+                tat_us, tat_frac, ..
+            } => gcra::fresh_at(tat_us, tat_frac),
+            State::LeakyBucket { level, last, .. } => leaky_bucket::fresh_at(policy, level, last),
         }
     }
 }
@@ -137,9 +152,13 @@ impl State {
 /// Decides whether `cost` units may be spent at `now`, and when `consume` is
 /// true and the answer is yes, charges them to `state`.
 ///
-/// A `state` of another algorithm (the policy changed under the same name) is
-/// replaced by a fresh one. `cost` should be at least 1; the limiter enforces
-/// it. `degraded` is always false here: stores and the limiter set it.
+/// `state` may have been written under another policy of the same name (a
+/// reload, an override): it is then read in absolute units — counts and log
+/// entries as they are, a bucket's tokens (or queued units) clamped to the
+/// new capacity, GCRA's arrival time — and nothing is rewritten unless the
+/// request is charged. A `state` of another algorithm is replaced by a fresh
+/// one. `cost` should be at least 1; the limiter enforces it. `degraded` is
+/// always false here: stores and the limiter set it.
 ///
 /// ```
 /// use tollgate::algorithm::{decide, State};
@@ -169,14 +188,16 @@ pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, consume: 
             sliding_window::decide(policy, start, prev, curr, now, cost_used, consume)
         }
         State::SlidingLog(log) => log.decide(policy, now, cost_used, consume),
-        State::TokenBucket { level, last } => {
-            token_bucket::decide(policy, level, last, now, cost_used, consume)
+        State::TokenBucket { level, last, unit } => {
+            token_bucket::decide(policy, (level, last, unit), now, cost_used, consume)
         }
-        State::Gcra { tat_us, tat_frac } => {
-            gcra::decide(policy, tat_us, tat_frac, now, cost_used, consume)
-        }
-        State::LeakyBucket { level, last } => {
-            leaky_bucket::decide(policy, level, last, now, cost_used, consume)
+        State::Gcra {
+            tat_us,
+            tat_frac,
+            rate,
+        } => gcra::decide(policy, (tat_us, tat_frac, rate), now, cost_used, consume),
+        State::LeakyBucket { level, last, unit } => {
+            leaky_bucket::decide(policy, (level, last, unit), now, cost_used, consume)
         }
     };
     decision_from_parts(
@@ -281,6 +302,45 @@ struct Verdict {
     retry_at: u64,
     /// For shaping: microseconds to wait before proceeding.
     delay: u64,
+}
+
+/// When a state that becomes fresh at `fresh_at` (µs) may be dropped: the
+/// first microsecond of the millisecond after `ceil(fresh_at / 1000)`.
+///
+/// This is Redis's expiry, reproduced: the Redis store sets a key to expire
+/// at millisecond `ceil(fresh_at / 1000)` and Redis drops it once its clock
+/// is past that millisecond. The memory store drops an entry at the same
+/// instant, so both stores forget state at the same moment — which matters
+/// when the state is read under a changed policy. Always after `fresh_at`.
+///
+/// ```
+/// use tollgate::algorithm::expires_at;
+/// assert_eq!(expires_at(1_000), 2_000);
+/// assert_eq!(expires_at(1_001), 3_000);
+/// ```
+pub const fn expires_at(fresh_at: u64) -> u64 {
+    (div_ceil(fresh_at, 1000) + 1) * 1000
+}
+
+/// A level counted in units of `from` (one token or queued unit), in the
+/// policy's own scaled unit, keeping whole units only: what a bucket holds is
+/// never read as more than it was. At most the policy's full bucket.
+fn rescale_down(level: u64, from: u64, policy: &Policy) -> u64 {
+    let to = policy.scaled_unit();
+    if from == to {
+        return level;
+    }
+    (level / from.max(1)).min(policy.burst()) * to
+}
+
+/// As [`rescale_down`], counting a fraction of a unit as whole: what a queue
+/// holds is never read as less than it was.
+fn rescale_up(level: u64, from: u64, policy: &Policy) -> u64 {
+    let to = policy.scaled_unit();
+    if from == to {
+        return level;
+    }
+    div_ceil(level, from.max(1)).min(policy.burst()) * to
 }
 
 /// `ceil(a / b)` for `b > 0`.

@@ -20,15 +20,22 @@ pub(super) fn fresh_at(start: u64, prev: u64, curr: u64, period: u64) -> u64 {
 }
 
 /// The counters as seen at `now`: `(window start, prev, curr)`.
-fn normalize(start: u64, prev: u64, curr: u64, now: u64, period: u64) -> (u64, u64, u64) {
-    let window = now - now % period;
-    if window <= start {
+///
+/// Windows follow each other from the stored start. Under the policy that
+/// wrote the state the start is a multiple of the period, so this is the
+/// aligned window; under a changed period the window that was counting runs
+/// its new length, and alignment returns after an idle window. Counts are
+/// read as at most the limit: a count written under a larger limit means a
+/// full window, and the cap keeps the arithmetic below 2^53.
+fn normalize(start: u64, prev: u64, curr: u64, now: u64, policy: &Policy) -> (u64, u64, u64) {
+    let (period, limit) = (policy.period_us(), policy.limit());
+    if now < start + period {
         // Same window, or the clock stepped back: keep what was counted.
-        (start, prev, curr)
-    } else if window == start + period {
-        (window, curr, 0)
+        (start, prev.min(limit), curr.min(limit))
+    } else if now < start + 2 * period {
+        (start + period, curr.min(limit), 0)
     } else {
-        (window, 0, 0)
+        (now - now % period, 0, 0)
     }
 }
 
@@ -43,7 +50,7 @@ pub(super) fn decide(
 ) -> Verdict {
     let period = policy.period_us();
     let limit = policy.limit();
-    let (window, p, c) = normalize(*start, *prev, *curr, now, period);
+    let (window, p, c) = normalize(*start, *prev, *curr, now, policy);
     let elapsed = now.saturating_sub(window);
     // prev's weight: the part of the previous window still inside the slide.
     let weighted_prev = p * (period - elapsed);

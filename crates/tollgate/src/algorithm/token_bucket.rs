@@ -2,9 +2,11 @@
 //!
 //! The level is kept in scaled units (one token = `scaled_unit`, one
 //! microsecond adds `scaled_rate`), so refill is exact at any request rate:
-//! no fraction of a token is ever rounded away.
+//! no fraction of a token is ever rounded away. The state records the unit
+//! it was written in, so a policy changed under a live key reads it in
+//! tokens (see [`super::rescale_down`]).
 
-use super::{Verdict, div_ceil};
+use super::{Verdict, div_ceil, rescale_down};
 use crate::Policy;
 
 pub(super) fn fresh_at(policy: &Policy, level: u64, last: u64) -> u64 {
@@ -27,32 +29,35 @@ pub(super) fn refill(policy: &Policy, level: u64, last: u64, now: u64) -> u64 {
 
 pub(super) fn decide(
     policy: &Policy,
-    level: &mut u64,
-    last: &mut u64,
+    (level, last, unit): (&mut u64, &mut u64, &mut u64),
     now: u64,
     cost: u64,
     consume: bool,
 ) -> Verdict {
-    let unit = policy.scaled_unit();
+    let scaled = policy.scaled_unit();
     let rate = policy.scaled_rate();
-    let current = refill(policy, *level, *last, now);
-    let allowed = cost <= policy.burst() && cost * unit <= current;
+    // Tokens are kept, a fraction of one is dropped (never granted twice);
+    // `refill` caps the level at the policy's own bucket.
+    let stored = rescale_down(*level, *unit, policy);
+    let current = refill(policy, stored, *last, now);
+    let allowed = cost <= policy.burst() && cost * scaled <= current;
     let charged = allowed && consume;
     let after = if charged {
-        current - cost * unit
+        current - cost * scaled
     } else {
         current
     };
-    // The clock stepping back must not count the same time twice.
+    // The clock stepping back must not count the same time twice: the level
+    // is known at `last`, and refills only from then.
     let stamp = (*last).max(now);
     if charged {
-        (*level, *last) = (after, stamp);
+        (*level, *last, *unit) = (after, stamp, scaled);
     }
     Verdict {
         allowed,
-        remaining: after / unit,
+        remaining: after / scaled,
         fresh_at: fresh_at(policy, after, stamp),
-        retry_at: now + div_ceil((cost * unit).saturating_sub(current), rate),
+        retry_at: stamp + div_ceil((cost * scaled).saturating_sub(current), rate),
         delay: 0,
     }
 }

@@ -9,7 +9,9 @@
 //! hash lookup and a few integer operations, never held across an `.await`,
 //! and an uncontended std mutex costs a single atomic operation.
 //!
-//! Entries are dropped once their state is indistinguishable from fresh.
+//! Entries expire exactly when the Redis store's keys would
+//! ([`expires_at`]): a live entry is read under whatever policy is in force
+//! (a changed policy carries its state over), an expired one reads as fresh.
 //! Each shard sweeps itself when it has doubled in size since its last sweep,
 //! so memory stays within about twice the live entries without a background
 //! thread (and sweeping follows the store's clock, so tests with a
@@ -18,13 +20,14 @@
 
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::SmallVec;
 
 use super::{Decisions, Mode, PolicyRef, Store};
-use crate::algorithm::{State, decide};
-use crate::{Clock, Decision, Policy, StoreError, SystemClock};
+use crate::algorithm::{State, decide, expires_at};
+use crate::{Clock, Decision, StoreError, SystemClock};
 
 /// A shard never sweeps below this many entries: sweeping tiny tables often
 /// would cost more than the memory it frees.
@@ -66,7 +69,7 @@ struct Shard {
     sweep_at: usize,
 }
 
-/// One `(policy name, identity)` state. Kept small (96 bytes on 64-bit),
+/// One `(policy name, identity)` state. Kept small (88 bytes on 64-bit),
 /// since a busy limiter holds one per active client and policy.
 struct Entry {
     /// The identity's hash: shared by every policy of the identity, which
@@ -77,12 +80,11 @@ struct Entry {
     /// allocation of their own.
     key: SmallVec<[u8; 24]>,
     name_len: u32,
-    /// A fingerprint of the policy the state was built for: a state is only
-    /// read with the policy that wrote it (a changed policy starts fresh).
-    policy: u64,
     state: State,
-    /// When `state` becomes indistinguishable from fresh.
-    fresh_at: u64,
+    /// When the entry is dropped: [`expires_at`] of the state's freshness
+    /// under the policy of the last charge, pushed later (never earlier) by
+    /// any decision under a policy that keeps the state longer.
+    expires_at: u64,
 }
 
 impl Entry {
@@ -185,26 +187,16 @@ impl MemoryStore {
         let now = inner.clock.now_us();
         let mut decisions = Decisions::new();
         if let [policy] = policies {
-            decisions.push(shard.decide(
-                *policy,
-                inner.fingerprint(policy.policy),
-                hash,
-                key,
-                now,
-                cost,
-                mode,
-            ));
+            decisions.push(shard.decide(*policy, hash, key, now, cost, mode));
         } else {
             // All-or-nothing: look first, charge only if every policy allows.
             for policy in policies {
-                let fp = inner.fingerprint(policy.policy);
-                decisions.push(shard.decide(*policy, fp, hash, key, now, cost, Mode::Peek));
+                decisions.push(shard.decide(*policy, hash, key, now, cost, Mode::Peek));
             }
             if mode == Mode::Consume && decisions.iter().all(|d| d.allowed) {
                 decisions.clear();
                 for policy in policies {
-                    let fp = inner.fingerprint(policy.policy);
-                    decisions.push(shard.decide(*policy, fp, hash, key, now, cost, Mode::Consume));
+                    decisions.push(shard.decide(*policy, hash, key, now, cost, Mode::Consume));
                 }
             }
         }
@@ -232,18 +224,16 @@ impl Inner {
         // High bits pick the shard; the table uses the low ones.
         lock(&self.shards[(hash >> 40) as usize & (self.shards.len() - 1)])
     }
-
-    fn fingerprint(&self, policy: &Policy) -> u64 {
-        self.hasher.hash_one(policy)
-    }
 }
 
 impl Shard {
-    #[allow(clippy::too_many_arguments)]
+    /// Decides one policy for one identity. A live entry is read whatever
+    /// policy wrote it; a charge sets its expiry from the policy in force,
+    /// and any other decision only pushes the expiry later — the Lua
+    /// script's twin rule (`extend`), so both stores forget state together.
     fn decide(
         &mut self,
         p: PolicyRef<'_>,
-        fingerprint: u64,
         hash: u64,
         key: &[u8],
         now: u64,
@@ -252,13 +242,15 @@ impl Shard {
     ) -> Decision {
         let consume = mode == Mode::Consume;
         if let Some(entry) = self.table.find_mut(hash, |e| e.is(p.name, key)) {
-            if entry.policy != fingerprint {
-                entry.policy = fingerprint;
+            if entry.expires_at <= now {
                 entry.state = State::fresh(p.policy, now);
             }
             let decision = decide(p.policy, &mut entry.state, now, cost, consume);
             if decision.allowed && consume {
-                entry.fresh_at = entry.state.fresh_at(p.policy);
+                entry.expires_at = expires_at(entry.state.fresh_at(p.policy));
+            } else if entry.expires_at > now && decision.reset_after > Duration::ZERO {
+                let fresh_at = now + duration_us(decision.reset_after);
+                entry.expires_at = entry.expires_at.max(expires_at(fresh_at));
             }
             return decision;
         }
@@ -272,8 +264,7 @@ impl Shard {
                 hash,
                 key: stored,
                 name_len: u32::try_from(p.name.len()).unwrap_or(u32::MAX),
-                policy: fingerprint,
-                fresh_at: state.fresh_at(p.policy),
+                expires_at: expires_at(state.fresh_at(p.policy)),
                 state,
             };
             self.table.insert_unique(hash, entry, |e| e.hash);
@@ -282,13 +273,18 @@ impl Shard {
     }
 
     fn sweep(&mut self, now: u64) {
-        self.table.retain(|e| e.fresh_at > now);
+        self.table.retain(|e| e.expires_at > now);
         let len = self.table.len();
         if self.table.capacity() > 4 * len.max(MIN_SWEEP_LEN) {
             self.table.shrink_to_fit(|e| e.hash);
         }
         self.sweep_at = (2 * len).max(MIN_SWEEP_LEN);
     }
+}
+
+/// Whole microseconds of a duration the algorithms made from microseconds.
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Locks a shard. A panic while holding the lock cannot leave a shard
@@ -322,7 +318,7 @@ mod tests {
     #[test]
     fn entries_stay_small() {
         assert!(
-            size_of::<super::Entry>() <= 96,
+            size_of::<super::Entry>() <= 88,
             "{}",
             size_of::<super::Entry>()
         );
