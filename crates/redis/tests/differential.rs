@@ -1,6 +1,8 @@
 //! Differential test: random timelines driven through the memory store and
 //! through Redis (standalone and Cluster) must give identical decisions,
-//! field by field.
+//! field by field — including when a policy changes under a live key (each
+//! policy slot has a second version of the same algorithm that operations
+//! switch to and back), and when a state expires before the change.
 
 mod common;
 
@@ -19,11 +21,17 @@ struct Op {
     cost: u64,
     mode: Mode,
     reset: bool,
+    /// Decide under each slot's second version of its policy.
+    changed: bool,
 }
 
-fn policy() -> impl Strategy<Value = Policy> {
+fn policy() -> impl Strategy<Value = (Policy, Policy)> {
+    proptest::sample::select(Algorithm::ALL.to_vec())
+        .prop_flat_map(|algorithm| (policy_of(algorithm), policy_of(algorithm)))
+}
+
+fn policy_of(algorithm: Algorithm) -> impl Strategy<Value = Policy> {
     (
-        proptest::sample::select(Algorithm::ALL.to_vec()),
         1u64..=12,
         prop_oneof![
             1_000u64..=50_000,
@@ -33,7 +41,7 @@ fn policy() -> impl Strategy<Value = Policy> {
         ],
         1u64..=15,
     )
-        .prop_map(|(algorithm, limit, period, burst)| {
+        .prop_map(move |(limit, period, burst)| {
             let burst = algorithm.has_burst().then_some(burst);
             Policy::new(
                 algorithm,
@@ -45,7 +53,7 @@ fn policy() -> impl Strategy<Value = Policy> {
         })
 }
 
-fn case() -> impl Strategy<Value = (Vec<Policy>, Vec<Op>)> {
+fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
     proptest::collection::vec(policy(), 1..=3).prop_flat_map(|policies| {
         let n = policies.len();
         let op = (
@@ -55,14 +63,16 @@ fn case() -> impl Strategy<Value = (Vec<Policy>, Vec<Op>)> {
             prop_oneof![4 => 1u64..=3, 1 => 1u64..=20],
             prop_oneof![4 => Just(Mode::Consume), 1 => Just(Mode::Peek)],
             proptest::bool::weighted(0.03),
+            proptest::bool::weighted(0.3),
         )
-            .prop_map(|(step, key, policies, cost, mode, reset)| Op {
+            .prop_map(|(step, key, policies, cost, mode, reset, changed)| Op {
                 step,
                 key,
                 policies,
                 cost,
                 mode,
                 reset,
+                changed,
             });
         (Just(policies), proptest::collection::vec(op, 1..60))
     })
@@ -71,7 +81,7 @@ fn case() -> impl Strategy<Value = (Vec<Policy>, Vec<Op>)> {
 async fn compare<S: Store>(
     redis: &S,
     clock: &ManualClock,
-    policies: &[Policy],
+    policies: &[(Policy, Policy)],
     ops: &[Op],
 ) -> Result<(), TestCaseError> {
     let memory = MemoryStore::with_clock(clock.clone());
@@ -83,7 +93,11 @@ async fn compare<S: Store>(
             .iter()
             .map(|&j| PolicyRef {
                 name: &names[j],
-                policy: &policies[j],
+                policy: if op.changed {
+                    &policies[j].1
+                } else {
+                    &policies[j].0
+                },
             })
             .collect();
         let key = [b'k', op.key];

@@ -36,6 +36,32 @@ fn scenario() -> impl Strategy<Value = (Policy, Vec<(u64, u64)>)> {
     })
 }
 
+/// As [`scenario`], with steps that may go back in time (a failover to a
+/// replica whose clock is behind) by up to two periods.
+fn scenario_with_steps_back() -> impl Strategy<Value = (Policy, Vec<(i64, u64)>)> {
+    any_policy().prop_flat_map(|p| {
+        let forward = i64::try_from(2 * p.period_us() / p.limit().max(1) + 1).expect("small");
+        let back = i64::try_from(2 * p.period_us()).expect("small");
+        let step = prop_oneof![4 => 0..=forward, 1 => -back..=0];
+        let cost = 1..=p.capacity() + 1;
+        (Just(p), proptest::collection::vec((step, cost), 1..150))
+    })
+}
+
+/// Two policies of one algorithm (a policy changed under a live key) and a
+/// timeline of `(time step, which policy, cost)`.
+fn changing_scenario() -> impl Strategy<Value = (Policy, Policy, Vec<(u64, bool, u64)>)> {
+    proptest::sample::select(Algorithm::ALL.to_vec()).prop_flat_map(|a| {
+        (policy_of(vec![a]), policy_of(vec![a])).prop_flat_map(|(p, q)| {
+            let longest = p.period_us().max(q.period_us());
+            let step = 0..=longest / 4;
+            let cost = 1..=p.capacity().max(q.capacity()) + 1;
+            let op = (step, proptest::bool::weighted(0.2), cost);
+            (Just(p), Just(q), proptest::collection::vec(op, 1..150))
+        })
+    })
+}
+
 /// Runs a timeline from a start instant, returning every admitted `(t, cost)`.
 fn run(policy: &Policy, start: u64, steps: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut state = State::fresh(policy, start);
@@ -185,6 +211,82 @@ proptest! {
             let exact = policy.scaled_rate() == 1 || policy.algorithm() == Algorithm::FixedWindow;
             let late_by = if exact { 0 } else { 1 };
             prop_assert!(allowed_at(now + wait + late_by), "derived wait {wait} is early by more than {late_by} µs");
+        }
+    }
+
+    /// After the clock steps back, `retry_after` still names the first
+    /// instant the request passes: the buckets refill (drain) only from the
+    /// instant their level was measured, as GCRA's arrival time always did.
+    #[test]
+    fn retry_after_is_honest_when_the_clock_steps_back((policy, steps) in scenario_with_steps_back()) {
+        let start = 10 * policy.period_us();
+        let mut state = State::fresh(&policy, start);
+        let mut now = start;
+        for &(dt, cost) in &steps {
+            now = now.saturating_add_signed(dt);
+            let d = decide(&policy, &mut state, now, cost, true);
+            prop_assert!(d.remaining <= d.limit);
+            let Some(r) = d.retry_after else {
+                prop_assert!(d.allowed || cost > policy.capacity());
+                continue;
+            };
+            let r = r.as_micros() as u64;
+            prop_assert!(r > 0, "a denial with retry_after 0");
+            prop_assert!(decide(&policy, &mut state.clone(), now + r, cost, false).allowed,
+                "not allowed at retry_after {r}");
+            prop_assert!(!decide(&policy, &mut state.clone(), now + r - 1, cost, false).allowed,
+                "already allowed 1 µs before retry_after {r}");
+        }
+    }
+
+    /// A policy changed under a live key, any number of times: the state is
+    /// read in absolute units, so the key never admits more than the policy
+    /// in force allows from a fresh start — a bucket at most its capacity
+    /// plus its refill since the change, the sliding log at most its limit
+    /// in any period since the change — and `retry_after` stays honest.
+    #[test]
+    fn a_changed_policy_never_admits_more_than_the_policy_in_force((p, q, steps) in changing_scenario()) {
+        let mut state = State::fresh(&p, 0);
+        let mut now = 0;
+        // (instant, cost) admitted since the last change, and its policy.
+        let mut since: Vec<(u64, u64)> = Vec::new();
+        let mut current = &p;
+        let mut changed_at = 0;
+        for &(dt, use_q, cost) in &steps {
+            now += dt;
+            let policy = if use_q { &q } else { &p };
+            if !std::ptr::eq(policy, current) {
+                (current, changed_at) = (policy, now);
+                since.clear();
+            }
+            let d = decide(policy, &mut state, now, cost, true);
+            if d.allowed {
+                since.push((now, cost));
+            } else if let Some(r) = d.retry_after {
+                let r = r.as_micros() as u64;
+                prop_assert!(decide(policy, &mut state.clone(), now + r, cost, false).allowed,
+                    "not allowed at retry_after {r}");
+                prop_assert!(!decide(policy, &mut state.clone(), now + r - 1, cost, false).allowed,
+                    "already allowed 1 µs before retry_after {r}");
+            }
+            let (limit, period) = (policy.limit(), policy.period_us());
+            let total = admitted_between(&since, changed_at, now);
+            match policy.algorithm() {
+                Algorithm::SlidingLog => {
+                    prop_assert!(admitted_between(&since, now.saturating_sub(period - 1), now) <= limit);
+                }
+                Algorithm::TokenBucket | Algorithm::Gcra | Algorithm::LeakyBucket => {
+                    let refill = u128::from(now - changed_at) * u128::from(limit) / u128::from(period);
+                    prop_assert!(u128::from(total) <= u128::from(policy.burst()) + refill);
+                }
+                // Windows: a count carried into a window never lets it admit
+                // more than the limit in that window (the window it was
+                // counted in keeps running under the new period).
+                Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                    prop_assert!(total <= limit * (2 + (now - changed_at) / period));
+                }
+                _ => unreachable!(),
+            }
         }
     }
 

@@ -6,11 +6,13 @@ ALG.fixed_window = function(key, p, now, cost, consume)
   local v = load(key, now)
   local start, count = now - now % period, 0
   if v then start, count = parse(v) end
+  -- The count belongs to the window of this policy that holds its start.
+  local held = start - start % period
   local window, used
-  if now >= start + period then
+  if now >= held + period then
     window, used = now - now % period, 0
   else
-    window, used = start, count
+    window, used = held, count
   end
   local allowed = used + cost <= p.limit
   local charged = allowed and consume

@@ -24,13 +24,14 @@ ALG.sliding_window = function(key, p, now, cost, consume)
   local start, prev, curr = now - now % period, 0, 0
   local v = load(key, now)
   if v then start, prev, curr = parse(v) end
-  -- Windows follow each other from the stored start (aligned under the
-  -- policy that wrote it); counts read as at most the limit.
+  -- The counts belong to the window of this policy that holds the stored
+  -- start; they read as at most the limit.
+  local held = start - start % period
   local window, pv, cv
-  if now < start + period then
-    window, pv, cv = start, imin(prev, limit), imin(curr, limit)
-  elseif now < start + 2 * period then
-    window, pv, cv = start + period, imin(curr, limit), 0
+  if now < held + period then
+    window, pv, cv = held, imin(prev, limit), imin(curr, limit)
+  elseif now < held + 2 * period then
+    window, pv, cv = held + period, imin(curr, limit), 0
   else
     window, pv, cv = now - now % period, 0, 0
   end

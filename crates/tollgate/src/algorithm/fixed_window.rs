@@ -19,12 +19,16 @@ pub(super) fn decide(
     consume: bool,
 ) -> Verdict {
     let period = policy.period_us();
-    // A window that has ended counts nothing. A window that starts after
-    // `now` (the clock stepped back) is kept: forgetting it would re-grant.
-    let (window, used) = if now >= *start + period {
+    // The count belongs to the window of this policy that holds its start:
+    // the same window under the policy that wrote it, and under a changed
+    // period the new window it falls in, so windows never overlap. A window
+    // that has ended counts nothing. A window that starts after `now` (the
+    // clock stepped back) is kept: forgetting it would re-grant.
+    let held = *start - *start % period;
+    let (window, used) = if now >= held + period {
         (now - now % period, 0)
     } else {
-        (*start, *count)
+        (held, *count)
     };
     let allowed = used + cost <= policy.limit();
     let charged = allowed && consume;

@@ -21,19 +21,19 @@ pub(super) fn fresh_at(start: u64, prev: u64, curr: u64, period: u64) -> u64 {
 
 /// The counters as seen at `now`: `(window start, prev, curr)`.
 ///
-/// Windows follow each other from the stored start. Under the policy that
-/// wrote the state the start is a multiple of the period, so this is the
-/// aligned window; under a changed period the window that was counting runs
-/// its new length, and alignment returns after an idle window. Counts are
-/// read as at most the limit: a count written under a larger limit means a
-/// full window, and the cap keeps the arithmetic below 2^53.
+/// The counts belong to the window of this policy that holds the stored
+/// start: the same window under the policy that wrote them, and under a
+/// changed period the new window they fall in. Counts are read as at most
+/// the limit: a count written under a larger limit means a full window, and
+/// the cap keeps the arithmetic below 2^53.
 fn normalize(start: u64, prev: u64, curr: u64, now: u64, policy: &Policy) -> (u64, u64, u64) {
     let (period, limit) = (policy.period_us(), policy.limit());
-    if now < start + period {
+    let held = start - start % period;
+    if now < held + period {
         // Same window, or the clock stepped back: keep what was counted.
-        (start, prev.min(limit), curr.min(limit))
-    } else if now < start + 2 * period {
-        (start + period, curr.min(limit), 0)
+        (held, prev.min(limit), curr.min(limit))
+    } else if now < held + 2 * period {
+        (held + period, curr.min(limit), 0)
     } else {
         (now - now % period, 0, 0)
     }

@@ -262,3 +262,114 @@ fn fresh_at_is_exactly_when_the_state_is_fresh_again() {
     assert_eq!(k.burst(0, 100), 100);
     assert_eq!(k.state.fresh_at(&p), 10 * S);
 }
+
+/// One key's state read under a sequence of policies of one algorithm.
+fn changed(from: &str, spent: u64, to: &str) -> (Policy, State) {
+    let old = policy(from);
+    let mut state = State::fresh(&old, 0);
+    for _ in 0..spent {
+        assert!(decide(&old, &mut state, 0, 1, true).allowed, "{from}");
+    }
+    (policy(to), state)
+}
+
+/// Admitted single units at `now`, out of `n`.
+fn admitted(policy: &Policy, state: &mut State, now: u64, n: u64) -> u64 {
+    (0..n)
+        .filter(|_| decide(policy, state, now, 1, true).allowed)
+        .count() as u64
+}
+
+// Issue 12, item 1: the level was read in the new policy's scaled units,
+// and 8 of 8 were admitted where 1 token was left.
+#[test]
+fn a_token_bucket_keeps_its_tokens_when_the_limit_changes() {
+    let (new, mut state) = changed("token_bucket 7/1d burst 7", 6, "token_bucket 8/1d burst 8");
+    assert_eq!(admitted(&new, &mut state, 0, 10), 1);
+    // And the reverse, which under-admitted: 2 tokens left of 8, read as 2 of 7.
+    let (new, mut state) = changed("token_bucket 8/1d burst 8", 6, "token_bucket 7/1d burst 7");
+    assert_eq!(admitted(&new, &mut state, 0, 10), 2);
+}
+
+// Issue 12, item 1: 8 queued under 8/1d read under 7/1d admitted 6 at once.
+#[test]
+fn a_leaky_bucket_keeps_its_queue_clamped_to_the_new_capacity() {
+    let (new, mut state) = changed("leaky_bucket 8/1d burst 8", 8, "leaky_bucket 7/1d burst 7");
+    assert_eq!(admitted(&new, &mut state, 0, 10), 0);
+    // 3 queued of 4/1s, read under 8/1s: 5 more fit, draining at the new rate.
+    let (new, mut state) = changed("leaky_bucket 4/1s", 3, "leaky_bucket 8/1s");
+    assert_eq!(admitted(&new, &mut state, 0, 10), 5);
+    assert_eq!(admitted(&new, &mut state, 125_000, 10), 1);
+}
+
+// Issue 12, item 1: a drained `1/1s burst 2` read under `burst 100` admitted
+// 100 after 2.05 s; the tokens it had (none) plus 2.05 s of refill is 2.
+#[test]
+fn a_raised_burst_fills_at_the_refill_rate_not_at_once() {
+    let (new, mut state) = changed("token_bucket 1/1s burst 2", 2, "token_bucket 1/1s burst 100");
+    assert_eq!(admitted(&new, &mut state, 0, 5), 0);
+    assert_eq!(admitted(&new, &mut state, 2_050_000, 200), 2);
+}
+
+#[test]
+fn gcra_keeps_its_arrival_time_when_the_policy_changes() {
+    // 4 of 4/1s spent: the TAT is 1 s ahead. Under 4/1m (burst 4, one unit
+    // every 15 s) that is 1 s of a 60 s tolerance: 3 more fit now.
+    let (new, mut state) = changed("gcra 4/1s", 4, "gcra 4/1m");
+    assert_eq!(admitted(&new, &mut state, 0, 10), 3);
+    // Under 4/100ms the TAT is 900 ms past the tolerance: nothing until then.
+    let (new, mut state) = changed("gcra 4/1s", 4, "gcra 4/100ms");
+    let denied = decide(&new, &mut state, 0, 1, false);
+    assert!(!denied.allowed);
+    assert_eq!(us(denied.retry_after), Some(1_000_000 - 100_000 + 25_000));
+    // A fraction of a microsecond under 3/1s rounds the TAT up under 4/1s.
+    let (new, state) = changed("gcra 3/1s", 1, "gcra 4/1s");
+    assert_eq!(state.fresh_at(&new), 333_334);
+}
+
+#[test]
+fn windows_and_logs_keep_their_counts_when_the_policy_changes() {
+    // A daily quota raised from 1000 to 1001 leaves one more, not 1001.
+    for a in ["fixed_window", "sliding_window", "sliding_log"] {
+        let limit = if a == "sliding_log" { 100 } else { 1000 };
+        let (new, mut state) = changed(
+            &format!("{a} {limit}/1d"),
+            limit,
+            &format!("{a} {}/1d", limit + 1),
+        );
+        assert_eq!(admitted(&new, &mut state, 5, 10), 1, "{a}");
+    }
+    // A lengthened period keeps the count for the new, longer window.
+    let (new, mut state) = changed("sliding_log 5/1s", 5, "sliding_log 5/1h");
+    let denied = decide(&new, &mut state, 1_100_000, 1, true);
+    assert!(!denied.allowed);
+    assert_eq!(us(denied.retry_after), Some(3_600_000_000 - 1_100_000));
+    let (new, mut state) = changed("fixed_window 4/1s", 4, "fixed_window 4/1m");
+    assert_eq!(admitted(&new, &mut state, 1_500_000, 5), 0);
+    assert_eq!(admitted(&new, &mut state, 60_000_000, 5), 4);
+    // A limit lowered below the count denies until the window moves on.
+    let (new, mut state) = changed("sliding_window 4/1s", 4, "sliding_window 2/1s");
+    assert_eq!(admitted(&new, &mut state, 0, 5), 0);
+    assert!(state.fresh_at(&new) == 2_000_000);
+}
+
+#[test]
+fn an_algorithm_change_starts_fresh() {
+    let (new, mut state) = changed("fixed_window 4/1s", 4, "sliding_log 4/1s");
+    assert_eq!(admitted(&new, &mut state, 0, 10), 4);
+}
+
+// Issue 12, item 6: after the clock stepped back 5 s, the buckets said 1 s
+// where the truth (and gcra) is 6 s.
+#[test]
+fn retry_after_counts_the_time_the_clock_stepped_back() {
+    for a in ["token_bucket", "gcra", "leaky_bucket"] {
+        let p = policy(&format!("{a} 1/1s burst 1"));
+        let t0 = 10 * S;
+        let mut state = State::fresh(&p, t0);
+        assert!(decide(&p, &mut state, t0, 1, true).allowed);
+        let d = decide(&p, &mut state, t0 - 5 * S, 1, true);
+        assert!(!d.allowed, "{a}");
+        assert_eq!(us(d.retry_after), Some(6 * S), "{a}");
+    }
+}
