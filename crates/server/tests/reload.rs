@@ -250,11 +250,18 @@ async fn a_reload_that_changes_policies_forgets_cached_denials() {
     assert_eq!(app.store().stats().deny_cache_len, 0);
     assert!(
         check().await,
-        "5/1h: the memory store starts the key afresh"
+        "5/1h: the window's count (1) carries over, and 4 remain"
     );
-    // Back to 1/1h: the memory store starts afresh again (the policy
-    // changed), so the check is allowed; a denial cached under the first
-    // 1/1h must not answer it.
+    // Another algorithm starts the key afresh; back to 1/1h (fixed window)
+    // the store starts afresh again and allows: a denial cached under the
+    // first 1/1h must not answer it.
+    std::fs::write(
+        &file,
+        "policies:\n  - name: api\n    algorithm: sliding_log\n    limit: 1\n    period: 1h\n",
+    )
+    .unwrap();
+    app.reload().unwrap();
+    assert!(check().await, "sliding_log 1/1h: a fresh state");
     std::fs::write(&file, config(1)).unwrap();
     app.reload().unwrap();
     assert!(check().await);

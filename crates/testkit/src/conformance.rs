@@ -502,9 +502,12 @@ where
                 clock.advance_us(step);
                 let now = clock.now_us();
                 let expected = decide(p, &mut model, now, cost, mode == Mode::Consume);
-                let refs = [PolicyRef { name: "changing", policy: p }];
+                let refs = [PolicyRef {
+                    name: "changing",
+                    policy: p,
+                }];
                 let actual = store
-                    .apply(format!("{change}").as_bytes(), &refs, cost, mode)
+                    .apply(change.as_bytes(), &refs, cost, mode)
                     .await
                     .expect("store works")[0];
                 assert_eq!(actual, expected, "{a}, {change} ({p}), step {i}");

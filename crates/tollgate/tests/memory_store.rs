@@ -235,3 +235,43 @@ async fn unregistered_policies_are_decided_by_name_and_key() {
     assert_eq!((peek.allowed, peek.decisions[0].remaining), (true, 1));
     assert_eq!(consume("other", "k").await.decisions[0].remaining, 0);
 }
+
+/// Issue 12, item 1: a policy changed under a live entry keeps it as long as
+/// the policy in force needs, as the Redis store keeps its key: `sliding_log
+/// 5/1s` read under `5/1h` must not be forgotten when the old second is up.
+#[test]
+fn an_entry_lives_as_long_as_the_policy_in_force_needs() {
+    let clock = ManualClock::new(0);
+    let store = MemoryStore::with_clock(clock.clone());
+    let (short, long) = (policy("sliding_log 5/1s"), policy("sliding_log 5/1h"));
+    let apply = |p: &Policy| {
+        store.apply_sync(
+            b"k",
+            &[PolicyRef {
+                name: "p",
+                policy: p,
+            }],
+            1,
+            Mode::Consume,
+        )[0]
+    };
+    for _ in 0..5 {
+        assert!(apply(&short).allowed);
+    }
+    assert!(!apply(&long).allowed, "the log carries over");
+    clock.advance_us(1_100_000);
+    store.purge_expired();
+    assert_eq!(store.len(), 1, "swept by the old policy's expiry");
+    assert!(!apply(&long).allowed);
+    // Under the policy that wrote it, the entry would have gone: a change
+    // after that finds a fresh state (as a Redis key that expired).
+    clock.advance_us(3_600_000_000);
+    for _ in 0..5 {
+        assert!(apply(&short).allowed);
+    }
+    clock.advance_us(1_001_000);
+    assert!(
+        apply(&long).allowed,
+        "expired under 5/1s before 5/1h read it"
+    );
+}

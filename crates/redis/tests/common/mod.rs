@@ -21,6 +21,8 @@ pub fn options() -> RedisOptions {
     RedisOptions::default()
         .prefix(unique_prefix())
         .timeout(std::time::Duration::from_secs(5))
+        // A loaded CI machine can take more than the default second.
+        .connect_timeout(std::time::Duration::from_secs(5))
 }
 
 /// A standalone store driven by `clock`.

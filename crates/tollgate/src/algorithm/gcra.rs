@@ -40,7 +40,13 @@ fn ahead(policy: &Policy, tat_us: u64, tat_frac: u64, now: u64) -> u64 {
 /// When `cost` fits again: `before + cost * unit - tolerance` scaled units
 /// must have passed. Computed from the TAT itself when it is beyond the cap
 /// of [`ahead`], so that `retry_after` stays exact however far it is.
-fn retry_at(policy: &Policy, (tat_us, tat_frac): (u64, u64), before: u64, now: u64, cost: u64) -> u64 {
+fn retry_at(
+    policy: &Policy,
+    (tat_us, tat_frac): (u64, u64),
+    before: u64,
+    now: u64,
+    cost: u64,
+) -> u64 {
     let rate = policy.scaled_rate();
     let need = cost * policy.scaled_unit();
     let tolerance = policy.burst() * policy.scaled_unit();

@@ -306,7 +306,11 @@ fn a_leaky_bucket_keeps_its_queue_clamped_to_the_new_capacity() {
 // 100 after 2.05 s; the tokens it had (none) plus 2.05 s of refill is 2.
 #[test]
 fn a_raised_burst_fills_at_the_refill_rate_not_at_once() {
-    let (new, mut state) = changed("token_bucket 1/1s burst 2", 2, "token_bucket 1/1s burst 100");
+    let (new, mut state) = changed(
+        "token_bucket 1/1s burst 2",
+        2,
+        "token_bucket 1/1s burst 100",
+    );
     assert_eq!(admitted(&new, &mut state, 0, 5), 0);
     assert_eq!(admitted(&new, &mut state, 2_050_000, 200), 2);
 }

@@ -1,0 +1,94 @@
+//! Issue 12, item 1, on Redis's own clock: a policy changed under a live
+//! key keeps the key alive as long as the policy in force needs it. The key
+//! kept the old policy's TTL: after `sliding_log 5/1s` became `5/1h`, five
+//! more were admitted 1.1 s later; a drained `token_bucket 1/1s burst 2`
+//! under `burst 100` admitted 100 after 2.05 s. (The same timelines on a test
+//! clock, for every algorithm and change, are in the conformance suite.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tollgate::{Mode, Policy, PolicyRef, Store};
+use tollgate_redis::RedisStore;
+use tollgate_testkit::redis::{RedisCluster, RedisServer};
+
+fn policy(text: &str) -> Policy {
+    text.parse().expect("valid policy")
+}
+
+async fn check(store: &RedisStore, key: &[u8], policy: &Policy) -> tollgate::Decision {
+    let refs = [PolicyRef {
+        name: "changing",
+        policy,
+    }];
+    store
+        .apply(key, &refs, 1, Mode::Consume)
+        .await
+        .expect("redis")[0]
+}
+
+async fn a_lengthened_period_keeps_the_log(store: &RedisStore) {
+    let (short, long) = (policy("sliding_log 5/1s"), policy("sliding_log 5/1h"));
+    for _ in 0..5 {
+        assert!(check(store, b"log", &short).await.allowed);
+    }
+    let denied = check(store, b"log", &long).await;
+    assert!(!denied.allowed);
+    assert!(
+        denied.retry_after > Some(Duration::from_secs(3598)),
+        "{denied:?}"
+    );
+    // Past the old policy's expiry: the five still count under 5/1h.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..5 {
+        let d = check(store, b"log", &long).await;
+        assert!(!d.allowed, "admitted after the old TTL ran out: {d:?}");
+    }
+}
+
+async fn a_raised_burst_keeps_the_tokens(store: &RedisStore) {
+    let (small, large) = (
+        policy("token_bucket 1/1s burst 2"),
+        policy("token_bucket 1/1s burst 100"),
+    );
+    assert!(check(store, b"bucket", &small).await.allowed);
+    assert!(check(store, b"bucket", &small).await.allowed);
+    let drained = Instant::now();
+    assert!(!check(store, b"bucket", &large).await.allowed);
+    tokio::time::sleep(Duration::from_millis(2_050)).await;
+    let mut admitted = 0u64;
+    for _ in 0..100 {
+        admitted += u64::from(check(store, b"bucket", &large).await.allowed);
+    }
+    // One token a second since the drain (a slow machine may add one).
+    let elapsed = drained.elapsed().as_secs();
+    assert!(
+        admitted >= 2 && admitted <= elapsed + 1,
+        "{admitted} admitted {elapsed} s after the drain"
+    );
+}
+
+#[tokio::test]
+async fn standalone_keys_live_as_long_as_the_policy_in_force_needs() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), common::options())
+        .await
+        .expect("connect");
+    tokio::join!(
+        a_lengthened_period_keeps_the_log(&store),
+        a_raised_burst_keeps_the_tokens(&store)
+    );
+}
+
+#[tokio::test]
+async fn cluster_keys_live_as_long_as_the_policy_in_force_needs() {
+    let cluster = RedisCluster::start(3, 0);
+    let store = RedisStore::connect_cluster(&cluster.urls(), common::options())
+        .await
+        .expect("connect");
+    tokio::join!(
+        a_lengthened_period_keeps_the_log(&store),
+        a_raised_burst_keeps_the_tokens(&store)
+    );
+}
