@@ -6,7 +6,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, RedisError, RedisFuture, Value};
+use redis::cluster_routing::SingleNodeRoutingInfo;
+use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 use tollgate::algorithm::decision_from_parts;
 use tollgate::resilience::{InvalidationSink, Invalidations};
 use tollgate::{Decisions, Mode, PolicyRef, Store, StoreError};
@@ -20,6 +21,13 @@ pub const DEFAULT_PREFIX: &str = "tollgate";
 
 /// The default bound on one store call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The first pause before re-sending after `TRYAGAIN` or `CLUSTERDOWN`
+/// (and after any `MOVED` but a call's first); doubled after each, up to
+/// [`MAX_BACKOFF`], until the store's timeout.
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+/// The longest pause between two sends of one call.
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How to reach Redis and how to name keys.
 #[derive(Debug, Clone)]
@@ -115,6 +123,42 @@ pub enum ConnectError {
 enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// `ASKING` then `cmd` on the connection to `address` (`host:port`, from
+    /// an `ASK` error), as one pipeline: one write, so nothing another task
+    /// sends on that multiplexed connection can come between them.
+    async fn asking(&mut self, address: &str, cmd: &Cmd) -> RedisResult<Value> {
+        let Connection::Cluster(connection) = self else {
+            return Err(RedisError::from((
+                ErrorKind::ClientError,
+                "ASK redirection on a standalone connection",
+            )));
+        };
+        let route = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| {
+                Some(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_owned(),
+                    port: port.parse().ok()?,
+                })
+            })
+            .ok_or_else(|| {
+                RedisError::from((
+                    ErrorKind::ClientError,
+                    "ASK redirection to an invalid address",
+                    address.to_owned(),
+                ))
+            })?;
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("ASKING").add_command(cmd.clone());
+        // Skip ASKING's reply (OK); keep `cmd`'s.
+        let mut replies = connection.route_pipeline(&pipeline, 1, 1, route).await?;
+        replies
+            .pop()
+            .ok_or_else(|| RedisError::from((ErrorKind::ClientError, "no reply after ASKING")))
+    }
 }
 
 impl ConnectionLike for Connection {
@@ -228,6 +272,14 @@ impl RedisStore {
             url: redact(url),
             source,
         })?;
+        // A decision is never re-sent after an I/O error (see `resend`).
+        // In redis-rs 0.32 the ConnectionManager never re-sends a command:
+        // a command that fails on a dropped connection (reset, broken
+        // pipe, EOF) or times out returns its error, and the manager
+        // reconnects in the background; `number_of_retries` and
+        // `max_delay` only govern the connection attempts of one such
+        // reconnection. Redis errors (NOSCRIPT, TRYAGAIN...) are returned
+        // as they are; `RedisStore::send` decides what to re-send.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(options.connect_timeout)
             .set_response_timeout(options.timeout)
@@ -291,12 +343,24 @@ impl RedisStore {
             .map(|info| Subscriber::client(info.clone(), options.certificates()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ConnectError::Connect)?;
+        // No redis-rs retries: `RedisStore::send` re-sends, and only what
+        // did not run. In redis-rs 0.32's cluster_async, `retries(n)` caps
+        // every re-send of a request, whatever the error
+        // (`RedisError::retry_method`): MOVED and ASK are followed,
+        // TRYAGAIN and CLUSTERDOWN re-sent after a sleep, but a connection
+        // reset, broken pipe or EOF is re-sent on a new connection too
+        // (`Reconnect`), and any other I/O error, a response timeout
+        // included, at once (`RetryImmediately`) - after the script may
+        // have run, so a lost reply would charge twice. With `retries(0)`
+        // each error is returned to the caller at its first occurrence,
+        // and what repairs the connection still happens: a MOVED (or a
+        // node that cannot be reached) still rebuilds the slot map before
+        // the next request is routed, and an I/O error on a node's
+        // connection still reconnects to that node.
         let mut builder = ClusterClientBuilder::new(infos)
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.timeout)
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(200);
+            .retries(0);
         if let Some(certificates) = options.certificates() {
             builder = builder.certs(certificates);
         }
@@ -373,13 +437,60 @@ impl RedisStore {
         String::new()
     }
 
-    /// Runs `cmd` within the timeout.
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let mut connection = self.inner.connection.clone();
-        match tokio::time::timeout(self.inner.timeout, cmd.query_async::<T>(&mut connection)).await
-        {
+    /// Runs `cmd` within the timeout, re-sending it only after errors that
+    /// prove it did not run (see [`resend`]); `eval` takes its place after
+    /// `NOSCRIPT`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        eval: Option<&Cmd>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, self.send(cmd, eval)).await {
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
-            Ok(result) => result.map_err(store_error),
+            Ok(result) => result
+                .and_then(redis::from_owned_redis_value)
+                .map_err(store_error),
+        }
+    }
+
+    /// Sends `cmd` until it runs or fails with an error that leaves it
+    /// possibly run, or any other error (the caller bounds the time).
+    async fn send(&self, cmd: &Cmd, mut eval: Option<&Cmd>) -> RedisResult<Value> {
+        let mut connection = self.inner.connection.clone();
+        let cluster = matches!(connection, Connection::Cluster(_));
+        let mut cmd = cmd;
+        let mut ask: Option<String> = None;
+        let mut moved = false;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let reply = match ask.take() {
+                Some(address) => connection.asking(&address, cmd).await,
+                None => connection.req_packed_command(cmd).await,
+            };
+            let error = match reply.and_then(Value::extract_error) {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let wait = match resend(&error, cluster) {
+                Resend::Never => return Err(error),
+                Resend::Eval => {
+                    cmd = eval.take().ok_or(error)?;
+                    false
+                }
+                Resend::Ask(address) => {
+                    ask = Some(address);
+                    false
+                }
+                // redis-rs rebuilds its slot map on a MOVED before it routes
+                // the next request, so the first re-send goes at once; a
+                // further MOVED means the nodes do not agree yet: wait.
+                Resend::Moved => std::mem::replace(&mut moved, true),
+                Resend::Backoff => true,
+            };
+            if wait {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 
@@ -400,15 +511,10 @@ impl RedisStore {
             mode,
             &now,
         );
-        let reply: Vec<i64> = match self.run(&evalsha).await {
-            // The script is missing after a restart, a failover or SCRIPT
-            // FLUSH: EVAL sends it whole, which also caches it on that node.
-            Err(StoreError::Unavailable(message)) if message.starts_with("NOSCRIPT") => {
-                let eval = self.command("EVAL", SOURCE, key, policies, cost, mode, &now);
-                self.run(&eval).await?
-            }
-            other => other?,
-        };
+        // The script is missing after a restart, a failover or SCRIPT
+        // FLUSH: EVAL sends it whole, which also caches it on that node.
+        let eval = self.command("EVAL", SOURCE, key, policies, cost, mode, &now);
+        let reply: Vec<i64> = self.run(&evalsha, Some(&eval)).await?;
         parse_reply(&reply, policies, cost)
     }
 
@@ -480,10 +586,46 @@ fn parse_reply(
         .collect()
 }
 
-fn store_error(e: RedisError) -> StoreError {
-    if e.kind() == redis::ErrorKind::NoScriptError {
-        return StoreError::Unavailable(format!("NOSCRIPT {e}"));
+/// What [`RedisStore::send`] does after an error.
+#[derive(Debug, PartialEq)]
+enum Resend {
+    /// Return the error: the command may have run (an I/O error: reset,
+    /// broken pipe, EOF, timeout), or re-sending cannot help.
+    Never,
+    /// `NOSCRIPT`: send the `EVAL` instead.
+    Eval,
+    /// `MOVED`: send again, to the slot's new owner.
+    Moved,
+    /// `ASK`: send again to this node (`host:port`), after `ASKING`.
+    Ask(String),
+    /// `TRYAGAIN` (a multi-key call while the slot migrates and its keys
+    /// are split between two nodes) or `CLUSTERDOWN`: send again after a
+    /// pause.
+    Backoff,
+}
+
+/// Whether an error proves that the command did not run, so that sending
+/// it again cannot run it twice. A decision charges quota, so a command is
+/// re-sent only then: after `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN` or
+/// `NOSCRIPT`, which Redis answers instead of running it. An error on the
+/// connection (reset, broken pipe, EOF) or a timeout leaves it unknown
+/// whether it ran: that is returned. Matched by kind, never by text;
+/// redirections only on a Cluster (a standalone connection cannot follow
+/// them).
+fn resend(error: &RedisError, cluster: bool) -> Resend {
+    match error.kind() {
+        ErrorKind::NoScriptError => Resend::Eval,
+        ErrorKind::TryAgain | ErrorKind::ClusterDown => Resend::Backoff,
+        ErrorKind::Moved if cluster => Resend::Moved,
+        ErrorKind::Ask if cluster => match error.redirect_node() {
+            Some((address, _slot)) => Resend::Ask(address.to_owned()),
+            None => Resend::Never,
+        },
+        _ => Resend::Never,
     }
+}
+
+fn store_error(e: RedisError) -> StoreError {
     if e.is_timeout() {
         return StoreError::Unavailable(format!("timed out: {e}"));
     }
@@ -515,10 +657,10 @@ impl Store for RedisStore {
         for policy in policies {
             del.arg(self.key(key, policy));
         }
-        self.run::<i64>(&del).await?;
+        self.run::<i64>(&del, None).await?;
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.inner.subscriber.channel).arg(key);
-        self.run::<i64>(&publish).await.map(|_| ())
+        self.run::<i64>(&publish, None).await.map(|_| ())
     }
 }
 
@@ -531,5 +673,54 @@ impl Invalidations for RedisStore {
     /// Outside a tokio runtime.
     fn subscribe(&self, sink: InvalidationSink) {
         invalidate::subscribe(self.inner.subscriber.clone(), sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn server(kind: ErrorKind, detail: &str) -> RedisError {
+        RedisError::from((
+            kind,
+            "An error was signalled by the server",
+            detail.to_owned(),
+        ))
+    }
+
+    #[test]
+    fn only_errors_that_prove_the_command_did_not_run_are_resent() {
+        for cluster in [false, true] {
+            let no_script = server(ErrorKind::NoScriptError, "No matching script");
+            assert_eq!(resend(&no_script, cluster), Resend::Eval);
+            let try_again = server(ErrorKind::TryAgain, "Multiple keys request");
+            assert_eq!(resend(&try_again, cluster), Resend::Backoff);
+            let down = server(ErrorKind::ClusterDown, "The cluster is down");
+            assert_eq!(resend(&down, cluster), Resend::Backoff);
+            // The command may have run: never re-sent.
+            for kind in [
+                io::ErrorKind::ConnectionReset,
+                io::ErrorKind::BrokenPipe,
+                io::ErrorKind::UnexpectedEof,
+                io::ErrorKind::ConnectionAborted,
+                io::ErrorKind::TimedOut,
+                io::ErrorKind::Other,
+            ] {
+                let error = RedisError::from(io::Error::from(kind));
+                assert_eq!(resend(&error, cluster), Resend::Never, "{kind:?}");
+            }
+            // A script error may come after some of its writes.
+            let failed = server(ErrorKind::ResponseError, "Error running script");
+            assert_eq!(resend(&failed, cluster), Resend::Never);
+        }
+        let moved = server(ErrorKind::Moved, "3999 127.0.0.1:6381");
+        assert_eq!(resend(&moved, true), Resend::Moved);
+        let ask = server(ErrorKind::Ask, "3999 127.0.0.1:6381");
+        assert_eq!(resend(&ask, true), Resend::Ask("127.0.0.1:6381".to_owned()));
+        // A standalone connection cannot follow a redirection.
+        assert_eq!(resend(&moved, false), Resend::Never);
+        assert_eq!(resend(&ask, false), Resend::Never);
     }
 }
