@@ -150,10 +150,11 @@ pub fn decode_check(body: &[u8], max_key_bytes: usize) -> Result<ValidCheck, Pro
             policies.len()
         )));
     }
-    for (i, p) in policies.iter().enumerate() {
-        if policies[..i].contains(p) {
-            return Err(Problem::bad_request(format!("policy `{p}` is named twice")));
-        }
+    // The library's rule, checked here too so that a list naming a policy
+    // twice is a 400 before an unknown name in it is a 404.
+    if let Some(name) = tollgate::limiter::duplicate_policy(policies.iter().map(String::as_str)) {
+        let error = Error::DuplicatePolicy(name.to_owned());
+        return Err(Problem::bad_request(error.to_string()));
     }
     check_key(&request.key, max_key_bytes)?;
     let cost = match request.cost {
