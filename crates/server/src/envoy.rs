@@ -12,9 +12,11 @@
 //! Each matched limit is a policy of the limiter: a `policy:` reference
 //! uses the named policy, an inline `rate_limit` becomes the policy
 //! `envoy/<domain>/<key[=value]/...>` (algorithm `fixed_window` unless the
-//! descriptor says `algorithm:`). The key the limiter charges is the domain
-//! and every request entry, length-prefixed so no two descriptors can
-//! collide; a wildcard's value is therefore part of the key.
+//! descriptor says `algorithm:`). The key the limiter charges is the
+//! Envoy key space's tag ([`KeySpace::EnvoyGrpc`], so no HTTP or middleware
+//! key can be one), then the domain and every request entry, length-prefixed
+//! so no two descriptors can collide; a wildcard's value is therefore part
+//! of the key.
 //!
 //! A request descriptor may carry its own limit (Envoy's `limit` override):
 //! in a configured domain it applies whatever the descriptors say, as
@@ -25,6 +27,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use tollgate::keyspace::KeySpace;
 use tollgate::{Algorithm, Policy, PolicyError};
 
 /// The limiter policy name (and metric label) of every descriptor `limit`
@@ -340,6 +343,7 @@ impl Domain {
         let mut level = &self.root;
         let mut found = None;
         let mut key = Vec::with_capacity(64);
+        key.extend_from_slice(KeySpace::EnvoyGrpc.tag());
         push_part(&mut key, self.name.as_bytes());
         for (i, (k, v)) in entries.iter().enumerate() {
             let (k, v) = (k.as_ref(), v.as_ref());
@@ -390,11 +394,12 @@ impl Domain {
     /// window ([`Limit::rate`], 0 = always over the limit).
     ///
     /// Every override is the limiter policy [`OVERRIDE_POLICY`], so the key
-    /// holds what tells counters apart: the domain, the unit, the count and
-    /// every request entry, length-prefixed. Two different overrides of one
-    /// descriptor therefore never share a counter (envoyproxy/ratelimit
-    /// shares one per unit across counts; tollgate's stores only read a
-    /// state with the policy that wrote it, see docs/SERVER.md).
+    /// holds what tells counters apart: after the Envoy key space's tag, the
+    /// domain, the unit, the count and every request entry, length-prefixed.
+    /// Two different overrides of one descriptor therefore never share a
+    /// counter (envoyproxy/ratelimit shares one per unit across counts;
+    /// tollgate's stores only read a state with the policy that wrote it,
+    /// see docs/SERVER.md).
     ///
     /// # Errors
     /// None for the units and counts Envoy can send; the policy's error
@@ -416,6 +421,7 @@ impl Domain {
             applied: compile_limit(limit, OVERRIDE_POLICY, &BTreeMap::new()),
         };
         let mut key = Vec::with_capacity(64);
+        key.extend_from_slice(KeySpace::EnvoyGrpc.tag());
         push_part(&mut key, self.name.as_bytes());
         push_part(&mut key, unit.name().as_bytes());
         push_part(&mut key, requests_per_unit.to_string().as_bytes());
@@ -586,6 +592,18 @@ domains:
         );
         // The parent has no limit of its own.
         assert_eq!(name(&[("user", "u1")]), None);
+    }
+
+    #[test]
+    fn keys_are_in_the_envoy_key_space() {
+        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let edge = &config.domains["edge"];
+        let (_, key) = edge.find(&[("path", "/login")]).unwrap();
+        assert_eq!(key, b"envoy:4:edge4:path6:/login");
+        let (_, key) = edge
+            .find_override(&[("path", "/login")], super::Unit::Minute, 3)
+            .unwrap();
+        assert_eq!(key, b"envoy:4:edge6:minute1:34:path6:/login");
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! error is an RFC 9457 `application/problem+json` document with its own
 //! status, so nothing a client sends can crash the server or make it
 //! allocate beyond the limit.
+//!
+//! A request's `key` is charged in the HTTP API's own key space
+//! ([`KeySpace::HttpJson`]): no key a client sends here names a counter of
+//! an Envoy descriptor or of the middleware (docs/SERVER.md, "Key spaces").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
+use tollgate::keyspace::KeySpace;
 use tollgate::{Decision, Error, Mode};
 
 use crate::app::App;
@@ -150,10 +155,11 @@ pub fn decode_check(body: &[u8], max_key_bytes: usize) -> Result<ValidCheck, Pro
             policies.len()
         )));
     }
-    for (i, p) in policies.iter().enumerate() {
-        if policies[..i].contains(p) {
-            return Err(Problem::bad_request(format!("policy `{p}` is named twice")));
-        }
+    // The library's rule, checked here too so that a list naming a policy
+    // twice is a 400 before an unknown name in it is a 404.
+    if let Some(name) = tollgate::limiter::duplicate_policy(policies.iter().map(String::as_str)) {
+        let error = Error::DuplicatePolicy(name.to_owned());
+        return Err(Problem::bad_request(error.to_string()));
     }
     check_key(&request.key, max_key_bytes)?;
     let cost = match request.cost {
@@ -281,15 +287,9 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
         policies.push((name.as_str(), policy));
     }
     let names: Vec<&str> = policies.iter().map(|(n, _)| *n).collect();
+    let key = KeySpace::HttpJson.key(request.key.as_bytes());
     let result = app
-        .decide(
-            &loaded,
-            &names,
-            request.key.as_bytes(),
-            request.cost,
-            mode,
-            false,
-        )
+        .decide(&loaded, &names, &key, request.cost, mode, false)
         .await
         .map_err(limiter_problem)?;
     let (policy_field, limit_field) = headers::format(
@@ -410,7 +410,10 @@ async fn try_reset(app: &App, headers: &HeaderMap, body: Body) -> Result<(), Pro
     }
     loaded
         .limiter
-        .reset(&request.policy, request.key.as_bytes())
+        .reset(
+            &request.policy,
+            KeySpace::HttpJson.key(request.key.as_bytes()),
+        )
         .await
         .map_err(limiter_problem)?;
     tracing::info!(policy = %request.policy, "key reset");

@@ -75,6 +75,7 @@ where
     leaky_bucket_reports_its_delay(&make).await;
     a_changed_policy_carries_the_state_over(&make).await;
     concurrent_checks_admit_exactly_the_limit(&make).await;
+    a_policy_named_twice_is_refused_and_charges_nothing(&make).await;
 }
 
 /// Four single-unit checks pass with remaining 3, 2, 1, 0; the fifth fails.
@@ -568,4 +569,65 @@ where
             "{name}: 64 tasks admitted {total}, limit {limit}"
         );
     }
+}
+
+/// A multi-policy check that names one policy twice (`check_all`,
+/// `peek_all` or `apply`) is [`tollgate::Error::DuplicatePolicy`], and
+/// charges nothing: not with room for both charges, not with room for one.
+pub async fn a_policy_named_twice_is_refused_and_charges_nothing<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::{Error, Mode, PolicyRef};
+    let (limiter, _clock) = limiter(make, &[("other", "fixed_window 4/1h")]).await;
+    for a in Algorithm::ALL {
+        let name = a.name();
+        let key = format!("twice-{a}");
+        let refuse_every_way = || async {
+            let policy = *limiter.policy(name).expect("registered");
+            let refs = [
+                PolicyRef {
+                    name,
+                    policy: &policy,
+                },
+                PolicyRef {
+                    name,
+                    policy: &policy,
+                },
+            ];
+            let attempts = [
+                limiter.check_all(&[name, name], &key, 1).await,
+                limiter.check_all(&[name, "other", name], &key, 1).await,
+                limiter.peek_all(&[name, name], &key, 1).await,
+                limiter.apply(&refs, &key, 1, Mode::Consume).await,
+            ];
+            for (i, attempt) in attempts.into_iter().enumerate() {
+                match attempt {
+                    Err(Error::DuplicatePolicy(n)) if n == name => {}
+                    other => panic!("{a}: duplicate check #{i} was not refused: {other:?}"),
+                }
+            }
+        };
+        // Fresh (room for both charges), then with one unit left.
+        refuse_every_way().await;
+        for i in 0..3 {
+            let d = limiter.check(name, &key, 1).await.expect("store works");
+            assert!(
+                d.allowed,
+                "{a}: unit {i} of 4 denied: a refused check charged"
+            );
+        }
+        refuse_every_way().await;
+        let last = limiter.check(name, &key, 1).await.expect("store works");
+        assert!(last.allowed && last.remaining == 0, "{a}: {last:?}");
+        let over = limiter.check(name, &key, 1).await.expect("store works");
+        assert!(!over.allowed, "{a}: admitted a fifth unit: {over:?}");
+    }
+    let other = limiter.check("other", "twice-gcra", 4).await;
+    let other = other.expect("store works");
+    assert!(
+        other.allowed && other.remaining == 0,
+        "a refused check charged the other policy: {other:?}"
+    );
 }

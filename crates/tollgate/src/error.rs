@@ -49,6 +49,11 @@ pub enum Error {
     /// A multi-policy check named no policy.
     #[error("no policy given")]
     NoPolicy,
+    /// A multi-policy check named this policy more than once. Nothing was
+    /// decided or charged: a policy named twice would be charged twice, or
+    /// reported denied while charged, so the request is refused instead.
+    #[error("policy `{0}` is named twice")]
+    DuplicatePolicy(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -34,6 +34,7 @@ pub mod algorithm;
 pub mod clock;
 mod decision;
 mod error;
+pub mod keyspace;
 pub mod limiter;
 pub mod policy;
 pub mod resilience;

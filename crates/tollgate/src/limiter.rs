@@ -170,7 +170,9 @@ impl<S: Store> Limiter<S> {
     /// is charged to every policy only if every policy allows it.
     ///
     /// # Errors
-    /// As [`check`](Self::check), and [`Error::NoPolicy`] for an empty list.
+    /// As [`check`](Self::check), [`Error::NoPolicy`] for an empty list, and
+    /// [`Error::DuplicatePolicy`] for a list that names a policy twice
+    /// (checked before the store is asked, so nothing is charged).
     pub async fn check_all(
         &self,
         policies: &[&str],
@@ -206,7 +208,8 @@ impl<S: Store> Limiter<S> {
     /// what they mean.
     ///
     /// # Errors
-    /// [`Error::NoPolicy`] for an empty list, [`Error::ZeroCost`],
+    /// [`Error::NoPolicy`] for an empty list, [`Error::DuplicatePolicy`]
+    /// for a name given twice (nothing is charged), [`Error::ZeroCost`],
     /// [`Error::KeyTooLong`], or [`Error::Store`] when the store fails.
     pub async fn apply(
         &self,
@@ -219,6 +222,7 @@ impl<S: Store> Limiter<S> {
         if policies.is_empty() {
             return Err(Error::NoPolicy);
         }
+        distinct(policies.iter().map(|p| p.name))?;
         self.validate_request(key, cost)?;
         self.decide(policies, key, cost, mode).await
     }
@@ -256,6 +260,7 @@ impl<S: Store> Limiter<S> {
         if names.is_empty() {
             return Err(Error::NoPolicy);
         }
+        distinct(names.iter().copied())?;
         let refs = names
             .iter()
             .map(|name| self.prepare(name, key, cost))
@@ -316,5 +321,75 @@ impl<S: Store> Limiter<S> {
             });
         }
         Ok(())
+    }
+}
+
+/// Above this many names, [`duplicate_policy`] hashes instead of comparing
+/// every pair.
+const PAIRWISE_MAX: usize = 16;
+
+/// The first policy name that `names` repeats, if any: the rule of every
+/// multi-policy check ([`Limiter::check_all`], [`Limiter::peek_all`],
+/// [`Limiter::apply`]), which refuse such a list with
+/// [`Error::DuplicatePolicy`] before anything reaches the store. Adapters
+/// that validate a request before deciding it (the server's HTTP API, the
+/// tower layer's builder) ask it too, so the rule has one home.
+///
+/// Comparing every pair allocates nothing, and a check names one to three
+/// policies; longer lists are hashed, so the cost stays linear whatever a
+/// caller passes.
+///
+/// ```
+/// use tollgate::limiter::duplicate_policy;
+/// assert_eq!(duplicate_policy(["a", "b"]), None);
+/// assert_eq!(duplicate_policy(["a", "b", "b", "a"]), Some("b"));
+/// ```
+pub fn duplicate_policy<'a, I>(names: I) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+    I::IntoIter: Clone,
+{
+    let mut names = names.into_iter();
+    if names.clone().nth(PAIRWISE_MAX).is_none() {
+        names
+            .clone()
+            .enumerate()
+            .find(|&(i, name)| names.clone().take(i).any(|seen| seen == name))
+            .map(|(_, name)| name)
+    } else {
+        let mut seen = hashbrown::HashSet::new();
+        names.find(|name| !seen.insert(*name))
+    }
+}
+
+/// [`Error::DuplicatePolicy`] when `names` repeats a policy.
+fn distinct<'a, I>(names: I) -> Result<(), Error>
+where
+    I: IntoIterator<Item = &'a str>,
+    I::IntoIter: Clone,
+{
+    match duplicate_policy(names) {
+        Some(name) => Err(Error::DuplicatePolicy(name.to_owned())),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PAIRWISE_MAX, duplicate_policy};
+
+    #[test]
+    fn duplicates_are_found_in_short_and_long_lists() {
+        assert_eq!(duplicate_policy([]), None);
+        assert_eq!(duplicate_policy(["a"]), None);
+        assert_eq!(duplicate_policy(["a", "a"]), Some("a"));
+        assert_eq!(duplicate_policy(["a", "b", "c", "b"]), Some("b"));
+        // Past the pairwise limit, the hashed path gives the same answers.
+        let names: Vec<String> = (0..=PAIRWISE_MAX * 2).map(|i| format!("p{i}")).collect();
+        let mut long: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(duplicate_policy(long.iter().copied()), None);
+        long.push("p3");
+        long.push("p1");
+        assert_eq!(duplicate_policy(long.iter().copied()), Some("p3"));
     }
 }

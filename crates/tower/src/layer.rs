@@ -498,10 +498,12 @@ fn policy_set<S: Store>(limiter: &Limiter<S>, names: &[String]) -> Result<Policy
         if !response::is_sf_printable(name) {
             return Err(ConfigError::PolicyName(name.clone()));
         }
-        if entries.iter().any(|(seen, _)| **seen == **name) {
-            return Err(ConfigError::DuplicatePolicy(name.clone()));
-        }
         entries.push((name.clone().into_boxed_str(), *policy));
+    }
+    // The limiter's own rule, found here at build time rather than as an
+    // error on every request.
+    if let Some(name) = tollgate::limiter::duplicate_policy(names.iter().map(String::as_str)) {
+        return Err(ConfigError::DuplicatePolicy(name.to_owned()));
     }
     let quoted: Vec<Box<str>> = entries
         .iter()

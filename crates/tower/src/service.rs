@@ -374,7 +374,8 @@ impl<S: Store> Config<S> {
             // bad request: say so loudly, and do not punish the client.
             tollgate::Error::UnknownPolicy(_)
             | tollgate::Error::ZeroCost
-            | tollgate::Error::NoPolicy => {
+            | tollgate::Error::NoPolicy
+            | tollgate::Error::DuplicatePolicy(_) => {
                 tracing::error!(%error, key = %key, "rate limit layer misconfigured; request not limited");
                 Verdict::Pass
             }

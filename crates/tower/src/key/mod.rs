@@ -18,6 +18,12 @@
 //! `203.0.113.7` must not spend the budget of the host `203.0.113.7`. Keys
 //! returned by [`key_fn`] are used as they are.
 //!
+//! Every [`Key`], however built, is charged in the middleware's own key
+//! space (the tag `tower:` in front, see [`Key::identity`]), so a limiter
+//! whose store the server shares cannot be reached through the server's
+//! HTTP API or Envoy service, nor theirs through the middleware
+//! (docs/SERVER.md, "Key spaces").
+//!
 //! Why the head and not `&Request<B>`: the trait stays object safe and
 //! closures need no body type, so one extractor serves axum, hyper and tonic
 //! alike. The service splits the request into parts and back, which moves
@@ -36,6 +42,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use http::request::Parts;
 use smallvec::SmallVec;
+use tollgate::keyspace::KeySpace;
 
 pub use ip::{Cidr, CidrError, ClientIp, DEFAULT_IPV6_PREFIX, PeerIp, ProxyHeader};
 pub use route::RouteParam;
@@ -45,17 +52,29 @@ pub use route::RouteParam;
 /// Built-in extractors prefix their keys by kind (`ip:`, `header:`, `user:`,
 /// `param:`); build the same key with [`Key::for_ip`] or `Key::from` to name
 /// a key in an allowlist or in [`tollgate::Limiter::reset`].
+///
+/// Every key lives in the middleware's key space
+/// ([`KeySpace::Middleware`]): the limiter is given the space's tag and
+/// then the key ([`identity`](Key::identity), which is also what
+/// `AsRef<[u8]>` gives), so no key an extractor or a [`key_fn`] returns can
+/// name a counter of the server's HTTP API or Envoy service on a shared
+/// store. [`as_bytes`](Key::as_bytes) and `Display` show the key without
+/// the tag. `Limiter::reset(policy, &key)` and `Limiter::check(policy,
+/// &key, cost)` therefore name exactly the state the layer charges.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Key(
-    // Inline up to 48 bytes: every IP key (`ip:` and at most 42 more) is
-    // built without touching the heap.
-    pub(crate) SmallVec<[u8; 48]>,
+    // The tag, then the key. Inline up to 56 bytes: every IP key (the tag,
+    // `ip:` and at most 43 more) is built without touching the heap.
+    SmallVec<[u8; 56]>,
 );
 
+/// The middleware's key space tag, in front of every key.
+const TAG: &[u8] = KeySpace::Middleware.tag();
+
 impl Key {
-    /// A key of exactly these bytes.
+    /// A key of exactly these bytes (in the middleware's key space).
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Key(SmallVec::from_vec(bytes.into()))
+        Key::from(&bytes.into()[..])
     }
 
     /// The key [`PeerIp`] and [`ClientIp`] give the address `ip`: IPv4 (and
@@ -76,65 +95,86 @@ impl Key {
 
     /// A key made of a kind prefix and a value: `<prefix>:<value>`.
     pub(crate) fn prefixed(prefix: &str, value: &[u8]) -> Self {
-        let mut bytes = SmallVec::with_capacity(prefix.len() + 1 + value.len());
+        let mut bytes = SmallVec::with_capacity(TAG.len() + prefix.len() + 1 + value.len());
+        bytes.extend_from_slice(TAG);
         bytes.extend_from_slice(prefix.as_bytes());
         bytes.push(b':');
         bytes.extend_from_slice(value);
         Key(bytes)
     }
 
-    /// The key's bytes.
+    /// The key's bytes, as the extractor wrote them (`ip:192.0.2.1`),
+    /// without the key space's tag.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.0[TAG.len()..]
     }
 
-    /// The key's bytes, owned.
+    /// The key's bytes, owned, as [`as_bytes`](Key::as_bytes) gives them.
     pub fn into_bytes(self) -> Vec<u8> {
-        self.0.into_vec()
+        self.as_bytes().to_vec()
+    }
+
+    /// What the limiter is given: the middleware key space's tag, then the
+    /// key (`tower:ip:192.0.2.1`). Also what `AsRef<[u8]>` gives.
+    ///
+    /// ```
+    /// use tollgate_tower::key::Key;
+    /// let key = Key::from("ip:192.0.2.1");
+    /// assert_eq!(key.as_bytes(), b"ip:192.0.2.1");
+    /// assert_eq!(key.identity(), b"tower:ip:192.0.2.1");
+    /// ```
+    pub fn identity(&self) -> &[u8] {
+        &self.0
     }
 }
 
+/// The [`identity`](Key::identity): the key in the middleware's key space,
+/// as the limiter is given it.
 impl AsRef<[u8]> for Key {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.identity()
     }
 }
 
 impl From<String> for Key {
     fn from(key: String) -> Self {
-        Key::new(key.into_bytes())
+        Key::from(key.as_bytes())
     }
 }
 
 impl From<&str> for Key {
     fn from(key: &str) -> Self {
-        Key(SmallVec::from_slice(key.as_bytes()))
+        Key::from(key.as_bytes())
     }
 }
 
 impl From<Vec<u8>> for Key {
     fn from(key: Vec<u8>) -> Self {
-        Key::new(key)
+        Key::from(&key[..])
     }
 }
 
 impl From<&[u8]> for Key {
     fn from(key: &[u8]) -> Self {
-        Key(SmallVec::from_slice(key))
+        let mut bytes = SmallVec::with_capacity(TAG.len() + key.len());
+        bytes.extend_from_slice(TAG);
+        bytes.extend_from_slice(key);
+        Key(bytes)
     }
 }
 
-/// Shows the key as text, escaping bytes that are not printable ASCII
-/// (keys may come from request headers: logs must not carry raw bytes).
+/// Shows the key as text (without the key space's tag), escaping bytes that
+/// are not printable ASCII (keys may come from request headers: logs must
+/// not carry raw bytes).
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.escape_ascii())
+        write!(f, "{}", self.as_bytes().escape_ascii())
     }
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key(\"{}\")", self.0.escape_ascii())
+        write!(f, "Key(\"{}\")", self.as_bytes().escape_ascii())
     }
 }
 
@@ -336,5 +376,47 @@ where
             .get::<T>()
             .ok_or(KeyError::Missing("authenticated identity".into()))?;
         Ok(Key::prefixed("user", (self.id)(identity).as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_in_the_middleware_key_space() {
+        let keys = [
+            Key::new(b"a".to_vec()),
+            Key::from("a"),
+            Key::from("a".to_owned()),
+            Key::from(&b"a"[..]),
+            Key::from(b"a".to_vec()),
+        ];
+        for key in keys {
+            assert_eq!(key.identity(), b"tower:a");
+            assert_eq!(key.as_ref(), b"tower:a");
+            assert_eq!(key.as_bytes(), b"a");
+            assert_eq!(key.to_string(), "a");
+            assert_eq!(key.clone().into_bytes(), b"a");
+            let split = KeySpace::split(key.as_ref());
+            assert_eq!(split, Some((KeySpace::Middleware, &b"a"[..])));
+        }
+        let header = Key::prefixed("header", b"http:x");
+        assert_eq!(header.identity(), b"tower:header:http:x");
+        // A key spelling another adapter's key stays in the middleware's.
+        let spelled = Key::from("envoy:4:edge4:path6:/login");
+        assert_eq!(spelled.identity(), b"tower:envoy:4:edge4:path6:/login");
+    }
+
+    #[test]
+    fn ip_keys_stay_inline() {
+        let widest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        for key in [
+            Key::for_ip(widest, 127),
+            Key::for_ip(widest, 128),
+            Key::for_ip("255.255.255.255".parse().unwrap(), 64),
+        ] {
+            assert!(!key.0.spilled(), "{key} ({} bytes)", key.identity().len());
+        }
     }
 }
