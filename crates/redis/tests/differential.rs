@@ -2,19 +2,22 @@
 //! through Redis (standalone and Cluster) must give identical decisions,
 //! field by field — including when a policy changes under a live key (each
 //! policy slot has a second version of the same algorithm that operations
-//! switch to and back), and when a state expires before the change.
+//! switch to and back), when a state expires before the change, and when
+//! the clock steps back (a failover to a replica whose clock is behind).
 
 mod common;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
-use tollgate::{Algorithm, ManualClock, MemoryStore, Mode, Policy, PolicyRef, Store};
+use tollgate::{Algorithm, Clock, ManualClock, MemoryStore, Mode, Policy, PolicyRef, Store};
 use tollgate_testkit::redis::{RedisCluster, RedisServer};
 
 #[derive(Debug, Clone)]
 struct Op {
     /// Microseconds to advance before the operation.
     step: u64,
+    /// Microseconds to step the clock back before the operation.
+    back: u64,
     key: u8,
     /// Which policies (indexes into the case's policies); several = multi.
     policies: Vec<usize>,
@@ -64,16 +67,20 @@ fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
             prop_oneof![4 => Just(Mode::Consume), 1 => Just(Mode::Peek)],
             proptest::bool::weighted(0.03),
             proptest::bool::weighted(0.3),
+            prop_oneof![8 => Just(0u64), 1 => 1u64..3_000_000],
         )
-            .prop_map(|(step, key, policies, cost, mode, reset, changed)| Op {
-                step,
-                key,
-                policies,
-                cost,
-                mode,
-                reset,
-                changed,
-            });
+            .prop_map(
+                |(step, key, policies, cost, mode, reset, changed, back)| Op {
+                    step,
+                    back,
+                    key,
+                    policies,
+                    cost,
+                    mode,
+                    reset,
+                    changed,
+                },
+            );
         (Just(policies), proptest::collection::vec(op, 1..60))
     })
 }
@@ -88,6 +95,7 @@ async fn compare<S: Store>(
     let names: Vec<String> = (0..policies.len()).map(|i| format!("p{i}")).collect();
     for (i, op) in ops.iter().enumerate() {
         clock.advance_us(op.step);
+        clock.set_us(clock.now_us() - op.back);
         let refs: Vec<PolicyRef<'_>> = op
             .policies
             .iter()

@@ -55,18 +55,21 @@ local function expiry_ms(fresh_at)
 end
 
 -- Whether the key's state is still live at `now`: always, on Redis's clock
--- (an expired key is already gone); on a test clock, until its expiry.
+-- (an expired key is already gone); on a test clock, until its expiry, when
+-- it is deleted as Redis would: a clock that then steps back finds it gone.
 local function live(key, now)
   if not TEST_CLOCK then return true end
   local at = redis.call('PEXPIRETIME', key)
-  return at >= 0 and idiv(now, 1000) <= at - EXPIRE_BASE_MS
+  if at < 0 then return false end
+  if idiv(now, 1000) <= at - EXPIRE_BASE_MS then return true end
+  redis.call('DEL', key)
+  return false
 end
 
 -- The key's string state, or nil when there is none (or it has expired).
 local function load(key, now)
-  local v = redis.call('GET', key)
-  if v and not live(key, now) then return nil end
-  return v
+  if TEST_CLOCK and not live(key, now) then return nil end
+  return redis.call('GET', key)
 end
 
 -- Stores a string state that becomes fresh at `fresh_at` (> now).

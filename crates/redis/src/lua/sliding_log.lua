@@ -67,7 +67,7 @@ ALG.sliding_log = function(key, p, now, cost, consume)
   if charged then
     used_after = used + cost
     fresh_at = stamp + period
-    if not alive or (newest_at and newest_at <= boundary) then
+    if newest_at and newest_at <= boundary then
       -- Nothing active: start afresh (totals from zero).
       redis.call('DEL', key)
       newest_at, top, base = nil, 0, 0

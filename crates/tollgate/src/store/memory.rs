@@ -241,10 +241,14 @@ impl Shard {
         mode: Mode,
     ) -> Decision {
         let consume = mode == Mode::Consume;
-        if let Some(entry) = self.table.find_mut(hash, |e| e.is(p.name, key)) {
-            if entry.expires_at <= now {
-                entry.state = State::fresh(p.policy, now);
+        if let Ok(found) = self.table.find_entry(hash, |e| e.is(p.name, key)) {
+            if found.get().expires_at <= now {
+                // Gone, as an expired Redis key is: a clock that steps back
+                // later must not find it again.
+                found.remove();
+                return self.decide_absent(p, hash, key, now, cost, consume);
             }
+            let entry = found.into_mut();
             let decision = decide(p.policy, &mut entry.state, now, cost, consume);
             if decision.allowed && consume {
                 entry.expires_at = expires_at(entry.state.fresh_at(p.policy));
@@ -254,6 +258,19 @@ impl Shard {
             }
             return decision;
         }
+        self.decide_absent(p, hash, key, now, cost, consume)
+    }
+
+    /// Decides for an identity with no live state, inserting one if charged.
+    fn decide_absent(
+        &mut self,
+        p: PolicyRef<'_>,
+        hash: u64,
+        key: &[u8],
+        now: u64,
+        cost: u64,
+        consume: bool,
+    ) -> Decision {
         let mut state = State::fresh(p.policy, now);
         let decision = decide(p.policy, &mut state, now, cost, consume);
         if decision.allowed && consume {
