@@ -127,6 +127,8 @@ impl App {
             },
             deny_cache_hits: stats.deny_cache_hits,
             store_errors: stats.failures,
+            memory: self.store.get_ref().memory_usage(),
+            local: (stats.local_keys, stats.local_evictions),
         })
     }
 
@@ -297,7 +299,8 @@ fn resilient(store: ServerStore, settings: &StoreSettings) -> AppStore {
         .breaker_cooldown(settings.breaker.cooldown)
         .half_open_probes(settings.breaker.half_open_probes)
         .deny_cache(settings.deny_cache.enabled)
-        .deny_cache_capacity(settings.deny_cache.capacity);
+        .deny_cache_capacity(settings.deny_cache.capacity)
+        .local_max_keys(settings.max_keys);
     match settings.kind {
         StoreKind::Memory => Resilient::new(store, options),
         StoreKind::Redis | StoreKind::RedisCluster => Resilient::with_invalidations(store, options),

@@ -35,6 +35,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_KEY_BYTES: usize = tollgate::limiter::DEFAULT_MAX_KEY_LEN;
 /// The longest policy name.
 pub const MAX_POLICY_NAME: usize = 128;
+/// The largest `store.max_keys`: a billion entries is ~90 GB of memory,
+/// beyond any machine this runs on; a larger number is a typo.
+pub const MAX_MAX_KEYS: u64 = 1_000_000_000;
 
 /// The built-in demo configuration used by `tollgate serve` without
 /// `--config`: the embedded memory store and a few policies.
@@ -236,6 +239,10 @@ pub struct StoreSettings {
     pub breaker: BreakerSettings,
     /// The deny cache.
     pub deny_cache: DenyCacheSettings,
+    /// The most entries the memory store holds (and, on Redis, the `local`
+    /// fallback's in-memory state); past it the entries nearest to becoming
+    /// fresh are evicted.
+    pub max_keys: usize,
 }
 
 impl Default for StoreSettings {
@@ -249,6 +256,7 @@ impl Default for StoreSettings {
             local_share: 1.0,
             breaker: BreakerSettings::default(),
             deny_cache: DenyCacheSettings::default(),
+            max_keys: tollgate::store::memory::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -675,6 +683,7 @@ struct RawStore {
     local_share: Option<f64>,
     breaker: Option<Checked<RawBreaker>>,
     deny_cache: Option<Checked<RawDenyCache>>,
+    max_keys: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -786,6 +795,15 @@ impl Validate for RawStore {
                 "local_share must be above 0 and at most 1 (e.g. 0.25 for four instances), got {local_share}"
             ));
         }
+        let max_keys = match self.max_keys {
+            None => defaults.max_keys,
+            Some(n @ 1..=MAX_MAX_KEYS) => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                return Err(format!(
+                    "max_keys must be between 1 and {MAX_MAX_KEYS}, not {n}"
+                ));
+            }
+        };
         Ok(StoreSettings {
             kind: self.kind,
             urls,
@@ -795,6 +813,7 @@ impl Validate for RawStore {
             local_share,
             breaker: self.breaker.map_or(defaults.breaker, |b| b.0),
             deny_cache: self.deny_cache.map_or(defaults.deny_cache, |d| d.0),
+            max_keys,
         })
     }
 }
@@ -1215,6 +1234,16 @@ policies:
                 "store:\n  local_share: 1.5\n",
                 2,
                 "local_share must be above 0",
+            ),
+            (
+                "store:\n  max_keys: 0\n",
+                2,
+                "store: max_keys must be between 1 and 1000000000, not 0",
+            ),
+            (
+                "store:\n  max_keys: lots\n",
+                2,
+                "store.max_keys: invalid type",
             ),
             (
                 "store:\n  breaker:\n    failures: 0\n",

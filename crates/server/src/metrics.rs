@@ -62,6 +62,10 @@ pub struct ExternalGauges {
     pub deny_cache_hits: u64,
     /// Store calls that failed or timed out.
     pub store_errors: u64,
+    /// `(entries, evictions)` of the memory store; `None` on Redis.
+    pub memory: Option<(usize, u64)>,
+    /// `(entries, evictions)` of the `local` fallback's in-memory state.
+    pub local: (usize, u64),
 }
 
 /// The server's metrics. Every update is one or two atomic operations; the
@@ -186,6 +190,31 @@ impl Metrics {
              tollgate_config_reloads_total{{result=\"failure\"}} {failures}\n",
             external.store_errors, external.circuit_state, external.deny_cache_hits,
         );
+        // Memory held against `store.max_keys`, per in-memory state.
+        let mut memory = vec![("local", external.local)];
+        if let Some(main) = external.memory {
+            memory.insert(0, ("memory", main));
+        }
+        out.push_str(
+            "# HELP tollgate_memory_store_keys Entries held in memory, by store (memory: the store; local: the fallback's state); at most store.max_keys each.\n\
+             # TYPE tollgate_memory_store_keys gauge\n",
+        );
+        for (store, (keys, _)) in &memory {
+            let _ = writeln!(
+                out,
+                "tollgate_memory_store_keys{{store=\"{store}\"}} {keys}"
+            );
+        }
+        out.push_str(
+            "# HELP tollgate_memory_store_evictions_total Live entries evicted to stay under store.max_keys (each such identity starts fresh).\n\
+             # TYPE tollgate_memory_store_evictions_total counter\n",
+        );
+        for (store, (_, evictions)) in &memory {
+            let _ = writeln!(
+                out,
+                "tollgate_memory_store_evictions_total{{store=\"{store}\"}} {evictions}"
+            );
+        }
         out
     }
 }

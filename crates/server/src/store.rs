@@ -28,7 +28,9 @@ impl ServerStore {
             .prefix(settings.prefix.clone())
             .timeout(settings.timeout);
         Ok(match settings.kind {
-            StoreKind::Memory => ServerStore::Memory(MemoryStore::new()),
+            StoreKind::Memory => {
+                ServerStore::Memory(MemoryStore::builder().max_keys(settings.max_keys).build())
+            }
             StoreKind::Redis => {
                 let url = settings.urls.first().map_or("", String::as_str);
                 ServerStore::Redis(RedisStore::connect(url, options).await?)
@@ -37,6 +39,14 @@ impl ServerStore {
                 ServerStore::Redis(RedisStore::connect_cluster(&settings.urls, options).await?)
             }
         })
+    }
+
+    /// `(entries held, entries evicted)` of the memory store; `None` on Redis.
+    pub fn memory_usage(&self) -> Option<(usize, u64)> {
+        match self {
+            ServerStore::Memory(store) => Some((store.len(), store.evictions())),
+            ServerStore::Redis(_) => None,
+        }
     }
 
     /// What the store is, for logs: `memory`, `redis` or `redis_cluster`.

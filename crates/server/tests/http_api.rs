@@ -545,3 +545,33 @@ async fn check_body_has_exactly_the_documented_fields() {
         "one emission interval (60 s) less the time between the requests: {wait} ms"
     );
 }
+
+/// Issue 13, finding 3: one-off keys under a long policy grew the memory
+/// store without bound (1.49 M keys, 2 GB). With `store.max_keys` the store
+/// holds at most that many entries, and `/metrics` counts the evictions.
+#[tokio::test]
+async fn one_off_keys_never_grow_the_memory_store_past_max_keys() {
+    let yaml = "store:\n  max_keys: 100\npolicies:\n  - name: day\n    algorithm: fixed_window\n    limit: 1\n    period: 1h\n";
+    let options = ServerOptions::default()
+        .watch_interval(None)
+        .reload_on_sighup(false);
+    let mut server =
+        TestServer::start_with(Backend::memory(), yaml, ConfigSource::default(), options).await;
+    for i in 0..1_000 {
+        let body = format!(r#"{{"policy":"day","key":"one-off-{i}"}}"#);
+        let (status, json) = server.post_json("/v1/check", &body).await;
+        assert_eq!((status, json["allowed"].as_bool()), (200, Some(true)));
+    }
+    let (_, metrics) = server.get_text("/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    let keys = value("tollgate_memory_store_keys{store=\"memory\"}");
+    assert!(keys <= 100, "{keys} entries held");
+    let evictions = value("tollgate_memory_store_evictions_total{store=\"memory\"}");
+    assert!(evictions >= 900, "{evictions} evictions");
+    server.stop().await.unwrap();
+}

@@ -46,7 +46,7 @@ pub use error::{Error, StoreError};
 pub use limiter::{Limiter, LimiterBuilder, MultiDecision};
 pub use policy::{Algorithm, Policy, PolicyError};
 pub use resilience::{FailureMode, ResilienceOptions, Resilient};
-pub use store::memory::MemoryStore;
+pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 pub use store::{Decisions, Mode, PolicyRef, Store};
 
 /// The README's examples, compiled and run as doc tests.

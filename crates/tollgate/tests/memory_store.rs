@@ -275,3 +275,67 @@ fn an_entry_lives_as_long_as_the_policy_in_force_needs() {
         "expired under 5/1s before 5/1h read it"
     );
 }
+
+/// Issue 13, finding 3: 1.49 M one-off keys under a 1 h policy took the
+/// server to 2 GB. The store holds at most `max_keys` entries; past it the
+/// entries nearest to becoming fresh go first, and evictions are counted.
+#[test]
+fn the_store_never_holds_more_than_max_keys() {
+    let clock = ManualClock::new(0);
+    // Sharded, the cap is split evenly: never above it in total.
+    let sharded = MemoryStore::builder().max_keys(1_000).build();
+    let p = policy("fixed_window 1/1h");
+    for i in 0..20_000u32 {
+        sharded.apply_sync(
+            format!("k-{i}").as_bytes(),
+            &[PolicyRef {
+                name: "p",
+                policy: &p,
+            }],
+            1,
+            Mode::Consume,
+        );
+    }
+    assert!(sharded.len() <= 1_000, "{} entries", sharded.len());
+    assert!(sharded.evictions() >= 19_000);
+    // One shard, to follow which entries go.
+    let store = MemoryStore::builder()
+        .clock(clock.clone())
+        .shards(1)
+        .max_keys(1_000)
+        .build();
+    let (day, second) = (policy("fixed_window 1/1d"), policy("fixed_window 1/1s"));
+    let apply = |key: &[u8], p: &Policy| {
+        store.apply_sync(
+            key,
+            &[PolicyRef {
+                name: "p",
+                policy: p,
+            }],
+            1,
+            Mode::Consume,
+        )[0]
+    };
+    for i in 0..200u32 {
+        assert!(apply(format!("day-{i}").as_bytes(), &day).allowed);
+    }
+    for i in 0..20_000u32 {
+        assert!(apply(format!("flood-{i}").as_bytes(), &second).allowed);
+        assert!(store.len() <= 1_000, "{} entries after {i}", store.len());
+    }
+    assert!(store.evictions() >= 19_000, "{}", store.evictions());
+    // The entries nearest to fresh went first: every daily state is kept.
+    for i in 0..200u32 {
+        assert!(
+            !apply(format!("day-{i}").as_bytes(), &day).allowed,
+            "day-{i} was evicted before one-second states"
+        );
+    }
+    // Expired entries make room before anything live is evicted.
+    clock.advance_us(2_000_000);
+    let before = store.evictions();
+    for i in 0..500u32 {
+        assert!(apply(format!("late-{i}").as_bytes(), &second).allowed);
+    }
+    assert_eq!(store.evictions(), before, "expired states made the room");
+}

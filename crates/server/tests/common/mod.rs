@@ -91,12 +91,15 @@ impl Backend {
         Backend::RedisCluster(RedisCluster::start(3, 0))
     }
 
-    /// The store for `config`: the backend's own, or for a cluster the one
-    /// the configuration's `store:` section connects to.
+    /// The store for `config`: for Redis the backend's own, for the memory
+    /// store and a cluster the one the configuration's `store:` section
+    /// builds.
     pub async fn store_for(&self, config: &Config) -> ServerStore {
         match self {
-            Backend::RedisCluster(_) => ServerStore::connect(&config.store).await.unwrap(),
-            _ => self.store().await,
+            Backend::Memory | Backend::RedisCluster(_) => {
+                ServerStore::connect(&config.store).await.unwrap()
+            }
+            Backend::Redis(_) => self.store().await,
         }
     }
 

@@ -154,6 +154,10 @@ pub struct ResilienceStats {
     pub invalidations: u64,
     /// Whether the invalidation feed is connected; `None` without a feed.
     pub invalidation_feed_live: Option<bool>,
+    /// Entries the `local` fallback holds.
+    pub local_keys: usize,
+    /// Live entries the `local` fallback evicted to stay under its cap.
+    pub local_evictions: u64,
 }
 
 /// Adapts the shared clock to the memory store's `impl Clock`.
@@ -236,7 +240,10 @@ impl<S: Store> Resilient<S> {
     }
 
     fn build(store: S, options: ResilienceOptions, has_feed: bool) -> Self {
-        let local = MemoryStore::with_clock(SharedClock(Arc::clone(&options.clock)));
+        let local = MemoryStore::builder()
+            .clock(SharedClock(Arc::clone(&options.clock)))
+            .max_keys(options.local_max_keys)
+            .build();
         Resilient {
             store: Arc::new(store),
             shared: Arc::new(Shared {
@@ -340,6 +347,8 @@ impl<S> Resilient<S> {
                 .shared
                 .has_feed
                 .then(|| self.shared.feed_live.load(Ordering::Acquire)),
+            local_keys: self.shared.local.len(),
+            local_evictions: self.shared.local.evictions(),
         }
     }
 }

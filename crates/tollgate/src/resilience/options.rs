@@ -117,6 +117,7 @@ pub struct ResilienceOptions {
     pub(crate) half_open_probes: u32,
     pub(crate) deny_cache: bool,
     pub(crate) deny_cache_capacity: usize,
+    pub(crate) local_max_keys: usize,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -132,6 +133,7 @@ impl fmt::Debug for ResilienceOptions {
             .field("half_open_probes", &self.half_open_probes)
             .field("deny_cache", &self.deny_cache)
             .field("deny_cache_capacity", &self.deny_cache_capacity)
+            .field("local_max_keys", &self.local_max_keys)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +150,7 @@ impl Default for ResilienceOptions {
             half_open_probes: DEFAULT_HALF_OPEN_PROBES,
             deny_cache: true,
             deny_cache_capacity: DEFAULT_DENY_CACHE_CAPACITY,
+            local_max_keys: crate::store::memory::DEFAULT_MAX_KEYS,
             clock: Arc::new(SystemClock::new()),
         }
     }
@@ -177,6 +180,14 @@ impl ResilienceOptions {
             .get(name)
             .copied()
             .unwrap_or(self.failure_mode)
+    }
+
+    /// Caps the entries of the in-memory state that [`FailureMode::Local`]
+    /// decides on (default one million; see
+    /// [`MemoryStoreBuilder::max_keys`](crate::MemoryStoreBuilder::max_keys)).
+    pub fn local_max_keys(mut self, max_keys: usize) -> Self {
+        self.local_max_keys = max_keys;
+        self
     }
 
     /// Sets the share of each policy that [`FailureMode::Local`] enforces in

@@ -17,8 +17,18 @@
 //! thread (and sweeping follows the store's clock, so tests with a
 //! [`ManualClock`](crate::ManualClock) are deterministic).
 //! [`MemoryStore::purge_expired`] sweeps every shard on demand.
+//!
+//! The number of entries is capped ([`MemoryStoreBuilder::max_keys`], one
+//! million by default): identities are client input, and without a cap a
+//! flood of one-off keys under a long policy grows memory without bound.
+//! When a shard is full, expired entries go first; then the eighth of the
+//! shard nearest to becoming fresh is evicted — those carry the least
+//! information (the least of a limit left to enforce). An evicted identity
+//! starts fresh, which can admit it early: evictions are counted
+//! ([`MemoryStore::evictions`]) so an operator sees the cap is too small.
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,6 +42,9 @@ use crate::{Clock, Decision, StoreError, SystemClock};
 /// A shard never sweeps below this many entries: sweeping tiny tables often
 /// would cost more than the memory it frees.
 const MIN_SWEEP_LEN: usize = 1024;
+
+/// The default cap on entries ([`MemoryStoreBuilder::max_keys`]).
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 /// The embedded store: concurrent, atomic per key, bounded in memory.
 /// Cheap to clone; clones share state.
@@ -56,6 +69,11 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
+    /// Entries a shard may hold: `max_keys / shards`, so the store holds
+    /// at most `max_keys`.
+    shard_max: usize,
+    /// Live entries dropped to stay under the cap.
+    evictions: AtomicU64,
     /// Keyed hashing: identities are user input, and a fixed hash would let
     /// a client aim every key at one bucket.
     hasher: DefaultHashBuilder,
@@ -112,34 +130,40 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store on the system clock, with a shard count suited to this machine.
+    /// A store on the system clock, with a shard count suited to this
+    /// machine and the default cap of [`DEFAULT_MAX_KEYS`] entries.
     pub fn new() -> Self {
-        Self::with_clock(SystemClock::new())
+        Self::builder().build()
     }
 
     /// A store on `clock`.
     pub fn with_clock(clock: impl Clock) -> Self {
-        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        Self::with_clock_and_shards(clock, (cores * 16).next_power_of_two())
+        Self::builder().clock(clock).build()
     }
 
     /// A store on `clock` with `shards` shards (rounded up to a power of two).
     pub fn with_clock_and_shards(clock: impl Clock, shards: usize) -> Self {
-        let shards = shards.max(1).next_power_of_two();
-        MemoryStore {
-            inner: Arc::new(Inner {
-                shards: (0..shards)
-                    .map(|_| {
-                        Mutex::new(Shard {
-                            table: HashTable::new(),
-                            sweep_at: MIN_SWEEP_LEN,
-                        })
-                    })
-                    .collect(),
-                hasher: DefaultHashBuilder::default(),
-                clock: Arc::new(clock),
-            }),
+        Self::builder().clock(clock).shards(shards).build()
+    }
+
+    /// A builder, to choose the clock, the shards and the cap on entries.
+    ///
+    /// ```
+    /// use tollgate::MemoryStore;
+    /// let store = MemoryStore::builder().max_keys(10_000).build();
+    /// assert!(store.is_empty());
+    /// ```
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            clock: None,
+            shards: None,
+            max_keys: DEFAULT_MAX_KEYS,
         }
+    }
+
+    /// Live entries evicted so far to stay under the cap on entries.
+    pub fn evictions(&self) -> u64 {
+        self.inner.evictions.load(Ordering::Relaxed)
     }
 
     /// The number of entries held, including expired ones not yet swept.
@@ -187,16 +211,24 @@ impl MemoryStore {
         let now = inner.clock.now_us();
         let mut decisions = Decisions::new();
         if let [policy] = policies {
-            decisions.push(shard.decide(*policy, hash, key, now, cost, mode));
+            decisions.push(shard.decide(inner, *policy, hash, key, now, cost, mode));
         } else {
             // All-or-nothing: look first, charge only if every policy allows.
             for policy in policies {
-                decisions.push(shard.decide(*policy, hash, key, now, cost, Mode::Peek));
+                decisions.push(shard.decide(inner, *policy, hash, key, now, cost, Mode::Peek));
             }
             if mode == Mode::Consume && decisions.iter().all(|d| d.allowed) {
                 decisions.clear();
                 for policy in policies {
-                    decisions.push(shard.decide(*policy, hash, key, now, cost, Mode::Consume));
+                    decisions.push(shard.decide(
+                        inner,
+                        *policy,
+                        hash,
+                        key,
+                        now,
+                        cost,
+                        Mode::Consume,
+                    ));
                 }
             }
         }
@@ -218,6 +250,84 @@ impl MemoryStore {
     }
 }
 
+/// Builds a [`MemoryStore`]: see [`MemoryStore::builder`].
+#[must_use]
+pub struct MemoryStoreBuilder {
+    clock: Option<Arc<dyn Clock>>,
+    shards: Option<usize>,
+    max_keys: usize,
+}
+
+impl std::fmt::Debug for MemoryStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStoreBuilder")
+            .field("shards", &self.shards)
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// The clock (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The number of shards, rounded up to a power of two (default: 16 per
+    /// core). A small cap lowers it, so that every shard holds at least 16
+    /// entries.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The most entries (one per identity and policy) the store holds; at
+    /// least 1. Default [`DEFAULT_MAX_KEYS`]. Past it, the entries nearest
+    /// to becoming fresh are evicted (see the [module documentation](self)).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        let shards = self
+            .shards
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+                cores * 16
+            })
+            .max(1)
+            .next_power_of_two();
+        // Every shard holds at least 16 entries, or a cap split over many
+        // shards would evict while most of it is unused.
+        let fit = (self.max_keys / 16).max(1);
+        let shards = if shards > fit {
+            // The largest power of two not above `fit`.
+            1 << (usize::BITS - 1 - fit.leading_zeros())
+        } else {
+            shards
+        };
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..shards)
+                    .map(|_| {
+                        Mutex::new(Shard {
+                            table: HashTable::new(),
+                            sweep_at: MIN_SWEEP_LEN,
+                        })
+                    })
+                    .collect(),
+                shard_max: (self.max_keys / shards).max(1),
+                evictions: AtomicU64::new(0),
+                hasher: DefaultHashBuilder::default(),
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+            }),
+        }
+    }
+}
+
 impl Inner {
     /// The shard of an identity: every policy of one identity in one shard.
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
@@ -231,8 +341,10 @@ impl Shard {
     /// policy wrote it; a charge sets its expiry from the policy in force,
     /// and any other decision only pushes the expiry later — the Lua
     /// script's twin rule (`extend`), so both stores forget state together.
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
+        store: &Inner,
         p: PolicyRef<'_>,
         hash: u64,
         key: &[u8],
@@ -246,7 +358,7 @@ impl Shard {
                 // Gone, as an expired Redis key is: a clock that steps back
                 // later must not find it again.
                 found.remove();
-                return self.decide_absent(p, hash, key, now, cost, consume);
+                return self.decide_absent(store, p, hash, key, now, cost, consume);
             }
             let entry = found.into_mut();
             let decision = decide(p.policy, &mut entry.state, now, cost, consume);
@@ -258,12 +370,15 @@ impl Shard {
             }
             return decision;
         }
-        self.decide_absent(p, hash, key, now, cost, consume)
+        self.decide_absent(store, p, hash, key, now, cost, consume)
     }
 
-    /// Decides for an identity with no live state, inserting one if charged.
+    /// Decides for an identity with no live state, inserting one if charged
+    /// (making room first when the shard is full).
+    #[allow(clippy::too_many_arguments)]
     fn decide_absent(
         &mut self,
+        store: &Inner,
         p: PolicyRef<'_>,
         hash: u64,
         key: &[u8],
@@ -274,6 +389,9 @@ impl Shard {
         let mut state = State::fresh(p.policy, now);
         let decision = decide(p.policy, &mut state, now, cost, consume);
         if decision.allowed && consume {
+            if self.table.len() >= store.shard_max {
+                self.make_room(store, now);
+            }
             let mut stored = SmallVec::with_capacity(p.name.len() + key.len());
             stored.extend_from_slice(p.name.as_bytes());
             stored.extend_from_slice(key);
@@ -287,6 +405,33 @@ impl Shard {
             self.table.insert_unique(hash, entry, |e| e.hash);
         }
         decision
+    }
+
+    /// Drops expired entries; if the shard is still at its cap, evicts the
+    /// eighth of it nearest to becoming fresh (at least one entry), so the
+    /// cost of making room is spread over the inserts that follow.
+    fn make_room(&mut self, store: &Inner, now: u64) {
+        self.sweep(now);
+        let len = self.table.len();
+        if len < store.shard_max {
+            return;
+        }
+        let evict = (len / 8).max(1);
+        let mut expiries: Vec<u64> = self.table.iter().map(|e| e.expires_at).collect();
+        let (_, &mut threshold, _) = expiries.select_nth_unstable(evict - 1);
+        // Everything before the threshold goes, then ties until `evict`.
+        let mut left = evict;
+        self.table.retain(|e| {
+            let go = e.expires_at < threshold;
+            left -= usize::from(go);
+            !go
+        });
+        self.table.retain(|e| {
+            let go = left > 0 && e.expires_at == threshold;
+            left -= usize::from(go);
+            !go
+        });
+        store.evictions.fetch_add(evict as u64, Ordering::Relaxed);
     }
 
     fn sweep(&mut self, now: u64) {
