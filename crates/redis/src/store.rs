@@ -543,7 +543,7 @@ impl RedisStore {
             cmd.arg(policy.algorithm().name())
                 .arg(policy.limit())
                 .arg(policy.period_us())
-                .arg(policy.burst())
+                .arg(policy.capacity())
                 .arg(policy.scaled_unit())
                 .arg(policy.scaled_rate());
         }

@@ -8,7 +8,7 @@
 
 ALG.gcra = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
-  local tolerance = p.burst * unit
+  local tolerance = p.capacity * unit
   local need = cost * unit
   local tat, frac = now, 0
   local v = load(key, now)
@@ -19,10 +19,10 @@ ALG.gcra = function(key, p, now, cost, consume)
   end
   -- How far the TAT is ahead, in scaled units, capped where every request
   -- is denied anyway (the product stays below 2^53 under any policy).
-  local cap = cdiv((p.burst + 1) * unit, rate) + 1
+  local cap = cdiv((p.capacity + 1) * unit, rate) + 1
   local before = 0
   if tat >= now then before = imin(tat - now, cap) * rate + frac end
-  local allowed = cost <= p.burst and before + need <= tolerance
+  local allowed = cost <= p.capacity and before + need <= tolerance
   local charged = allowed and consume
   local after = before
   local fresh_at = 0

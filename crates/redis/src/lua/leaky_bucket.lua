@@ -10,13 +10,13 @@ end
 
 ALG.leaky_bucket = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
-  local capacity = p.burst * unit
+  local capacity = p.capacity * unit
   local level, last = 0, now
   local v = load(key, now)
   if v then
     local from
     level, last, from = parse(v)
-    if from > 0 and from ~= unit then level = imin(cdiv(level, from), p.burst) * unit end
+    if from > 0 and from ~= unit then level = imin(cdiv(level, from), p.capacity) * unit end
   end
   local current
   local elapsed = imax(0, now - last)
@@ -25,7 +25,7 @@ ALG.leaky_bucket = function(key, p, now, cost, consume)
   else
     current = level - elapsed * rate
   end
-  local allowed = cost <= p.burst and current + cost * unit <= capacity
+  local allowed = cost <= p.capacity and current + cost * unit <= capacity
   local charged = allowed and consume
   local after = current
   -- The queue drains only from `last`, also when the clock stepped back.

@@ -7,7 +7,8 @@
 -- ARGV[3]   "" to use Redis's clock (production), or a time in µs (tests only)
 -- ARGV[4]   n, the number of policies
 -- ARGV[4 + 6(i-1) + 1..6]  policy i: algorithm name, limit, period (µs),
---           burst, scaled unit, scaled rate (see tollgate::Policy)
+--           capacity (the burst of a bucket, the limit of a window: what
+--           tollgate::Policy::capacity says), scaled unit, scaled rate
 --
 -- Returns 5 integers per policy: allowed (1/0), remaining, reset_after (µs),
 -- retry_after (µs), delay (µs). All-or-nothing: no state is written unless
@@ -36,18 +37,11 @@ for i = 1, n do
     alg = ALG[ARGV[b + 1]],
     limit = tonumber(ARGV[b + 2]),
     period = tonumber(ARGV[b + 3]),
-    burst = tonumber(ARGV[b + 4]),
+    capacity = tonumber(ARGV[b + 4]),
     unit = tonumber(ARGV[b + 5]),
     rate = tonumber(ARGV[b + 6]),
   }
   if not p.alg then return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[b + 1])) end
-  -- The capacity is the burst for bucket algorithms, the limit otherwise;
-  -- a cost above it can never pass: decide it as a zero-cost look, denied.
-  if ARGV[b + 1] == 'token_bucket' or ARGV[b + 1] == 'gcra' or ARGV[b + 1] == 'leaky_bucket' then
-    p.capacity = p.burst
-  else
-    p.capacity = p.limit
-  end
   policies[i] = p
 end
 
@@ -55,6 +49,8 @@ local function run(commit)
   local out, all = {}, true
   for i = 1, n do
     local p = policies[i]
+    -- A cost above the capacity can never pass: decide it as a zero-cost
+    -- look, denied (twin of tollgate::algorithm::decide).
     local over = cost > p.capacity
     local c = cost
     if over then c = 0 end

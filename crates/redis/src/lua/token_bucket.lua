@@ -4,18 +4,18 @@
 -- at most a full bucket. Twin of crates/tollgate/src/algorithm/token_bucket.rs.
 
 local function token_bucket_fresh_at(p, level, last)
-  return last + cdiv(imax(0, p.burst * p.unit - level), p.rate)
+  return last + cdiv(imax(0, p.capacity * p.unit - level), p.rate)
 end
 
 ALG.token_bucket = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
-  local full = p.burst * unit
+  local full = p.capacity * unit
   local level, last = full, now
   local v = load(key, now)
   if v then
     local from
     level, last, from = parse(v)
-    if from > 0 and from ~= unit then level = imin(idiv(level, from), p.burst) * unit end
+    if from > 0 and from ~= unit then level = imin(idiv(level, from), p.capacity) * unit end
   end
   -- Refill since `last`, compared before multiplying so a long idle cannot
   -- leave the exact range.
@@ -26,7 +26,7 @@ ALG.token_bucket = function(key, p, now, cost, consume)
   else
     current = level + elapsed * rate
   end
-  local allowed = cost <= p.burst and cost * unit <= current
+  local allowed = cost <= p.capacity and cost * unit <= current
   local charged = allowed and consume
   local after = current
   -- The level is known at `last` and refills only from then, also when the

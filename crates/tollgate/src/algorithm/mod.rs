@@ -176,8 +176,9 @@ pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, consume: 
         *state = State::fresh(policy, now);
     }
     // A cost above the capacity can never pass: report the state as it is
-    // (a zero-cost look) and deny. Deciding it here, before any arithmetic,
-    // also keeps `cost * unit` within bounds in every algorithm below.
+    // (a zero-cost look); `decision_from_parts` denies it. Deciding it here,
+    // before any arithmetic, keeps `cost * unit` within bounds in every
+    // algorithm below.
     let over = cost > policy.capacity();
     let (cost_used, consume) = if over { (0, false) } else { (cost, consume) };
     let verdict = match state {
@@ -203,7 +204,7 @@ pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, consume: 
     decision_from_parts(
         policy,
         cost,
-        verdict.allowed && !over,
+        verdict.allowed,
         verdict.remaining,
         verdict.fresh_at.saturating_sub(now),
         verdict.retry_at.saturating_sub(now),

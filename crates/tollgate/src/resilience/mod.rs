@@ -62,6 +62,8 @@ pub use options::{
 use breaker::{Breaker, Permit};
 use deny_cache::{DenyCache, Flight, Landing, Lookup, Outcome};
 
+use crate::algorithm::decision_from_parts;
+use crate::store::memory::Step;
 use crate::store::{Decisions, Mode, PolicyRef, Store};
 use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
 
@@ -525,80 +527,45 @@ impl<S: Store> Resilient<S> {
                     .flatten()
             })
             .collect();
-        let closed = |i: usize| {
-            modes[i] == FailureMode::Closed
-                || (modes[i] == FailureMode::Local && scaled[i].is_none())
-        };
-        // Another policy denies: the local ones only look (all-or-nothing).
-        let denied_elsewhere = (0..policies.len()).any(|i| {
-            closed(i) || (modes[i] == FailureMode::Open && cost > policies[i].policy.capacity())
-        });
-        let local_refs: SmallVec<[PolicyRef<'_>; 2]> = policies
+        // Each policy by its mode: `local` on this instance's state (scaled
+        // to its share), `closed` a denial until the breaker next probes,
+        // `open` an allow as if the state were fresh; a `local` policy that
+        // cannot be scaled exactly is decided as `closed`. All-or-nothing
+        // across all of them, as on the store (`store::all_or_nothing`).
+        let steps: SmallVec<[Step<'_>; 2]> = policies
             .iter()
+            .zip(&modes)
             .zip(&scaled)
-            .filter_map(|(p, s)| {
-                s.as_ref().map(|policy| PolicyRef {
+            .map(|((p, mode), scaled)| match (mode, scaled) {
+                (FailureMode::Local, Some(policy)) => Step::Stored(PolicyRef {
                     name: p.name,
                     policy,
-                })
-            })
-            .collect();
-        let mut local = if local_refs.is_empty() {
-            Decisions::new()
-        } else {
-            let local_mode = if denied_elsewhere { Mode::Peek } else { mode };
-            self.shared
-                .local
-                .apply(key, &local_refs, cost, local_mode)
-                .await?
-        }
-        .into_iter();
-        let decisions = policies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let capacity = p.policy.capacity();
-                let decision = if scaled[i].is_some() {
-                    local
-                        .next()
-                        .unwrap_or_else(|| closed_decision(p.policy, cost, retry_after))
-                } else if closed(i) {
-                    closed_decision(p.policy, cost, retry_after)
-                } else {
-                    // Open: allowed as if the state were fresh, unless the
-                    // cost can never pass.
-                    let allowed = cost <= capacity;
-                    Decision {
-                        allowed,
-                        limit: capacity,
-                        remaining: if allowed { capacity - cost } else { capacity },
-                        reset_after: Duration::ZERO,
-                        retry_after: None,
-                        delay: Duration::ZERO,
-                        degraded: true,
-                    }
-                };
-                Decision {
-                    degraded: true,
-                    ..decision
+                }),
+                (FailureMode::Open, _) => {
+                    let remaining = p.policy.capacity().saturating_sub(cost);
+                    Step::Decided(decision_from_parts(
+                        p.policy, cost, true, remaining, 0, 0, 0,
+                    ))
                 }
+                _ => Step::Decided(decision_from_parts(
+                    p.policy,
+                    cost,
+                    false,
+                    0,
+                    0,
+                    u64::try_from(retry_after.as_micros()).unwrap_or(u64::MAX),
+                    0,
+                )),
             })
             .collect();
-        Ok(decisions)
-    }
-}
-
-/// A `closed`-mode denial: retry when the breaker next probes the store.
-fn closed_decision(policy: &Policy, cost: u64, retry_after: Duration) -> Decision {
-    let capacity = policy.capacity();
-    Decision {
-        allowed: false,
-        limit: capacity,
-        remaining: 0,
-        reset_after: Duration::ZERO,
-        retry_after: (cost <= capacity).then_some(retry_after),
-        delay: Duration::ZERO,
-        degraded: true,
+        let decisions = self.shared.local.apply_steps(key, &steps, cost, mode);
+        Ok(decisions
+            .into_iter()
+            .map(|decision| Decision {
+                degraded: true,
+                ..decision
+            })
+            .collect())
     }
 }
 

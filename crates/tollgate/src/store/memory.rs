@@ -35,7 +35,7 @@ use std::time::Duration;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::SmallVec;
 
-use super::{Decisions, Mode, PolicyRef, Store};
+use super::{Decisions, Mode, PolicyRef, Store, all_or_nothing};
 use crate::algorithm::{State, decide, expires_at};
 use crate::{Clock, Decision, StoreError, SystemClock};
 
@@ -209,33 +209,34 @@ impl MemoryStore {
         // Read the clock under the lock, so that decisions on one shard see
         // time in the order they are made.
         let now = inner.clock.now_us();
-        let mut decisions = Decisions::new();
-        if let [policy] = policies {
-            decisions.push(shard.decide(inner, *policy, hash, key, now, cost, mode));
-        } else {
-            // All-or-nothing: look first, charge only if every policy allows.
-            for policy in policies {
-                decisions.push(shard.decide(inner, *policy, hash, key, now, cost, Mode::Peek));
-            }
-            if mode == Mode::Consume && decisions.iter().all(|d| d.allowed) {
-                decisions.clear();
-                for policy in policies {
-                    decisions.push(shard.decide(
-                        inner,
-                        *policy,
-                        hash,
-                        key,
-                        now,
-                        cost,
-                        Mode::Consume,
-                    ));
-                }
-            }
-        }
+        let decisions = all_or_nothing(policies.len(), mode, |i, mode| {
+            shard.decide(inner, policies[i], hash, key, now, cost, mode)
+        });
         if shard.table.len() >= shard.sweep_at {
             shard.sweep(now);
         }
         decisions
+    }
+
+    /// As [`apply_sync`](Self::apply_sync), where some policies are already
+    /// decided elsewhere ([`Step::Decided`]): those take part in the
+    /// all-or-nothing rule but are never charged here. What the `local`
+    /// failure mode uses, next to policies in the `open` and `closed` modes.
+    pub(crate) fn apply_steps(
+        &self,
+        key: &[u8],
+        steps: &[Step<'_>],
+        cost: u64,
+        mode: Mode,
+    ) -> Decisions {
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let mut shard = inner.shard(hash);
+        let now = inner.clock.now_us();
+        all_or_nothing(steps.len(), mode, |i, mode| match steps[i] {
+            Step::Stored(policy) => shard.decide(inner, policy, hash, key, now, cost, mode),
+            Step::Decided(decision) => decision,
+        })
     }
 
     fn reset_sync(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
@@ -248,6 +249,15 @@ impl MemoryStore {
             }
         }
     }
+}
+
+/// One policy of a check on [`MemoryStore::apply_steps`].
+#[derive(Clone, Copy)]
+pub(crate) enum Step<'a> {
+    /// Decided on the store's state.
+    Stored(PolicyRef<'a>),
+    /// Already decided; never charged here.
+    Decided(Decision),
 }
 
 /// Builds a [`MemoryStore`]: see [`MemoryStore::builder`].

@@ -34,6 +34,43 @@ pub enum Mode {
     Peek,
 }
 
+/// The all-or-nothing rule of a check, in its one home (the Lua script's
+/// `main.lua` is its twin): a check of one policy is decided in `mode`; a
+/// check of several is first decided without charging anything, and charged
+/// only if every policy allows — so a denial anywhere charges nothing
+/// anywhere. `decide(i, mode)` decides policy `i`; stores call this under
+/// whatever makes the whole check atomic (the memory store: its shard lock).
+///
+/// ```
+/// use tollgate::{Decision, Mode, store::all_or_nothing};
+/// let allow = |limit| Decision { allowed: true, limit, remaining: 0,
+///     reset_after: Default::default(), retry_after: None,
+///     delay: Default::default(), degraded: false };
+/// let mut charged = Vec::new();
+/// let decisions = all_or_nothing(2, Mode::Consume, |i, mode| {
+///     if mode == Mode::Consume { charged.push(i) }
+///     Decision { allowed: i == 0, ..allow(1) }
+/// });
+/// assert!(!decisions[1].allowed);
+/// assert!(charged.is_empty(), "policy 1 denies: nothing is charged");
+/// ```
+pub fn all_or_nothing(
+    n: usize,
+    mode: Mode,
+    mut decide: impl FnMut(usize, Mode) -> Decision,
+) -> Decisions {
+    if n == 1 {
+        return Decisions::from_iter([decide(0, mode)]);
+    }
+    let mut decisions: Decisions = (0..n).map(|i| decide(i, Mode::Peek)).collect();
+    if mode == Mode::Consume && decisions.iter().all(|d| d.allowed) {
+        for (i, decision) in decisions.iter_mut().enumerate() {
+            *decision = decide(i, Mode::Consume);
+        }
+    }
+    decisions
+}
+
 /// A place where rate limiting state lives, making decisions atomically.
 ///
 /// Contract, checked by the conformance suite every store must pass:
