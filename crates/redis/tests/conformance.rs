@@ -1,28 +1,57 @@
 //! The Redis store passes the same conformance suite as the memory store,
-//! on a standalone server and on a 3-master Cluster.
+//! on a standalone server and on a 3-master Cluster, alone and behind the
+//! resilience layer (deny cache, breaker). Each case starts its own servers.
 
 mod common;
 
-use tollgate_testkit::redis::{RedisCluster, RedisServer};
+mod standalone {
+    use std::sync::Arc;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn standalone_redis_conforms() {
-    let server = RedisServer::start();
-    let url = server.url();
-    tollgate_testkit::conformance::run_all(|clock| {
-        let url = url.clone();
-        async move { common::standalone(&url, clock).await }
-    })
-    .await;
+    use tollgate::ManualClock;
+    use tollgate_testkit::redis::RedisServer;
+
+    tollgate_testkit::conformance_suite!({
+        let server = Arc::new(RedisServer::start());
+        move |clock: ManualClock| {
+            let server = Arc::clone(&server);
+            async move { super::common::standalone(&server.url(), clock).await }
+        }
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_cluster_conforms() {
-    let cluster = RedisCluster::start(3, 0);
-    let urls = cluster.urls();
-    tollgate_testkit::conformance::run_all(|clock| {
-        let urls = urls.clone();
-        async move { common::cluster(&urls, clock).await }
-    })
-    .await;
+mod cluster {
+    use std::sync::Arc;
+
+    use tollgate::ManualClock;
+    use tollgate_testkit::redis::RedisCluster;
+
+    tollgate_testkit::conformance_suite!({
+        let cluster = Arc::new(RedisCluster::start(3, 0));
+        move |clock: ManualClock| {
+            let cluster = Arc::clone(&cluster);
+            async move { super::common::cluster(&cluster.urls(), clock).await }
+        }
+    });
+}
+
+mod resilient_standalone {
+    use std::sync::Arc;
+
+    use tollgate::ManualClock;
+    use tollgate::resilience::{ResilienceOptions, Resilient};
+    use tollgate_testkit::redis::RedisServer;
+
+    tollgate_testkit::conformance_suite!({
+        let server = Arc::new(RedisServer::start());
+        move |clock: ManualClock| {
+            let server = Arc::clone(&server);
+            async move {
+                let store = super::common::standalone(&server.url(), clock.clone()).await;
+                let options = ResilienceOptions::default()
+                    .clock(clock)
+                    .timeout(std::time::Duration::from_secs(5));
+                Resilient::with_invalidations(store, options)
+            }
+        }
+    });
 }

@@ -6,9 +6,12 @@
 //! test-only path. Each case gets a fresh store and clock, and panics with
 //! the case's name and what differed.
 //!
+//! [`conformance_suite!`](crate::conformance_suite) makes one test per
+//! case for a store; each case is also a public function, to call alone:
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! tollgate_testkit::conformance::run_all(|clock| async move {
+//! tollgate_testkit::conformance::peek_consumes_nothing(&|clock| async move {
 //!     tollgate::MemoryStore::with_clock(clock)
 //! })
 //! .await;
@@ -55,27 +58,48 @@ where
     (builder.build(), clock)
 }
 
-/// Runs every case.
-pub async fn run_all<S, F, Fut>(make: F)
-where
-    S: Store,
-    F: Fn(ManualClock) -> Fut,
-    Fut: Future<Output = S>,
-{
-    counts_down_to_the_limit_then_denies(&make).await;
-    retry_after_is_honest_through_the_store(&make).await;
-    peek_consumes_nothing(&make).await;
-    denied_requests_charge_nothing(&make).await;
-    costs_above_capacity_never_pass(&make).await;
-    keys_are_independent_whatever_their_bytes(&make).await;
-    policies_are_independent_for_one_key(&make).await;
-    several_policies_are_all_or_nothing(&make).await;
-    reset_returns_a_key_to_fresh(&make).await;
-    state_is_fresh_after_reset_after(&make).await;
-    leaky_bucket_reports_its_delay(&make).await;
-    a_changed_policy_carries_the_state_over(&make).await;
-    concurrent_checks_admit_exactly_the_limit(&make).await;
-    a_policy_named_twice_is_refused_and_charges_nothing(&make).await;
+/// Defines one `#[tokio::test]` per conformance case for a store, so that
+/// each case passes or fails on its own (and runs in parallel with the
+/// others). `$make` is an expression evaluated once per test that yields the
+/// factory `Fn(ManualClock) -> impl Future<Output = S>`; whatever it
+/// captures (a Redis server, say) lives as long as the test.
+///
+/// ```text
+/// mod memory {
+///     tollgate_testkit::conformance_suite!(|clock: tollgate::ManualClock| async move {
+///         tollgate::MemoryStore::with_clock(clock)
+///     });
+/// }
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@cases $make;
+            counts_down_to_the_limit_then_denies,
+            retry_after_is_honest_through_the_store,
+            peek_consumes_nothing,
+            denied_requests_charge_nothing,
+            costs_above_capacity_never_pass,
+            keys_are_independent_whatever_their_bytes,
+            policies_are_independent_for_one_key,
+            several_policies_are_all_or_nothing,
+            reset_returns_a_key_to_fresh,
+            state_is_fresh_after_reset_after,
+            leaky_bucket_reports_its_delay,
+            a_changed_policy_carries_the_state_over,
+            concurrent_checks_admit_exactly_the_limit,
+            a_policy_named_twice_is_refused_and_charges_nothing,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let make = $make;
+                $crate::conformance::$case(&make).await;
+            }
+        )*
+    };
 }
 
 /// Four single-unit checks pass with remaining 3, 2, 1, 0; the fifth fails.

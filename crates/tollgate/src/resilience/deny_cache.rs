@@ -11,9 +11,19 @@
 //! - other requests can only consume more, which makes it pass later, never
 //!   sooner;
 //! - a larger cost needs at least as long (every algorithm is monotonic in
-//!   the cost);
+//!   the cost) — but its exact `retry_after` depends on the cost, so the
+//!   cache answers a larger cost only when every policy is a fixed window
+//!   that denied (it passes when its window ends, whatever the cost); any
+//!   other larger cost goes to the store;
 //! - only a reset makes it pass sooner, and every reset is broadcast
-//!   ([`Invalidation`](super::Invalidation)) and drops the entry.
+//!   ([`Invalidation`](super::Invalidation)) and drops the entry;
+//! - or a charge under another version of one of its policies (same name,
+//!   other numbers: a policy changed under a live key), which can leave the
+//!   state less used as the cached version reads it; such a charge through
+//!   this instance drops the entry. Across instances running different
+//!   versions at once (a rolling reload) it cannot be seen: a cached denial
+//!   may then outlast the store's by at most its own `retry_after` — a
+//!   denial, never an admission.
 //!
 //! So the cache denies cost `>= c` until `s + r <= d + r`: measured from when
 //! the call was *sent*, it expires no later than the store's own instant,
@@ -53,7 +63,7 @@ use smallvec::SmallVec;
 
 use crate::algorithm::next_allowed_after;
 use crate::store::{Decisions, PolicyRef};
-use crate::{Decision, Policy};
+use crate::{Algorithm, Decision, Policy};
 
 /// Shards: enough that 20-odd tasks flooding hot keys rarely meet on a lock.
 const SHARDS: usize = 16;
@@ -253,7 +263,18 @@ impl DenyCache {
             }
             return Lookup::Miss;
         }
-        if cost < entry.cost {
+        // A larger cost is denied too, but its exact `retry_after` (and the
+        // verdict of a policy that had room) depends on the cost: only a
+        // fixed window's denial is the same whatever the cost (it passes
+        // when the window ends).
+        let same_for_larger = || {
+            entry
+                .policies
+                .iter()
+                .zip(&entry.decisions)
+                .all(|((_, p), d)| !d.allowed && p.algorithm() == Algorithm::FixedWindow)
+        };
+        if cost < entry.cost || (cost > entry.cost && !same_for_larger()) {
             return Lookup::Miss;
         }
         Lookup::Hit(
@@ -331,6 +352,9 @@ impl DenyCache {
     ) {
         if decisions.len() != policies.len() || self.per_shard == 0 {
             return;
+        }
+        if consumed && decisions.iter().all(|d| d.allowed) {
+            self.forget_other_versions(key, policies);
         }
         let derived;
         let decisions = if decisions.iter().all(|d| d.allowed) {
@@ -410,6 +434,28 @@ impl DenyCache {
             // when the call was sent is not stale but an anchor for single
             // flight ([`land`](Self::land) decides its fate).
             entries.retain(|e| !(e.is_for(policies) && cost >= e.cost && e.until_us > sent_us));
+            if entries.is_empty() {
+                shard.identities.remove(key);
+            }
+        }
+    }
+
+    /// A charge under one version of a policy can leave another version
+    /// of it (same name, other numbers) *less* used than before — a window
+    /// that rolled under a shorter period, tokens refilled at a faster rate
+    /// — so a denial cached under the other version may be stale: drop it.
+    /// (Charges under the same version only consume more, which keeps every
+    /// cached denial true.)
+    fn forget_other_versions(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
+        let mut shard = self.shard(key);
+        if let Some(entries) = shard.identities.get_mut(key) {
+            entries.retain(|e| {
+                !e.policies.iter().any(|(name, policy)| {
+                    policies
+                        .iter()
+                        .any(|p| *p.name == **name && p.policy != policy)
+                })
+            });
             if entries.is_empty() {
                 shard.identities.remove(key);
             }

@@ -1,0 +1,21 @@
+//! The memory store passes the conformance suite, alone and behind the
+//! resilience layer (deny cache, breaker) that the server and the
+//! middleware put in front of every store.
+
+mod memory {
+    tollgate_testkit::conformance_suite!(|clock: tollgate::ManualClock| async move {
+        tollgate::MemoryStore::with_clock(clock)
+    });
+}
+
+mod resilient_memory {
+    use tollgate::resilience::{ResilienceOptions, Resilient};
+    use tollgate::{ManualClock, MemoryStore};
+
+    tollgate_testkit::conformance_suite!(|clock: ManualClock| async move {
+        Resilient::new(
+            MemoryStore::with_clock(clock.clone()),
+            ResilienceOptions::default().clock(clock),
+        )
+    });
+}
