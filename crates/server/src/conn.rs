@@ -557,3 +557,74 @@ pub fn raise_open_file_limit() -> Option<u64> {
         None
     }
 }
+
+/// A tower layer for the gRPC server: a call reaches its service (and
+/// tonic allocates its decode buffer, 8 KiB) only once the first bytes of
+/// its request message have arrived. A stream of headers with no message,
+/// held open to exhaust memory, then costs only its HTTP/2 state and a
+/// small waiting future until `grpc_request_timeout` ends it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AwaitMessageLayer;
+
+impl<S> tower::Layer<S> for AwaitMessageLayer {
+    type Service = AwaitMessage<S>;
+
+    fn layer(&self, inner: S) -> AwaitMessage<S> {
+        AwaitMessage(inner)
+    }
+}
+
+/// The service of [`AwaitMessageLayer`].
+#[derive(Debug, Clone)]
+pub struct AwaitMessage<S>(S);
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for AwaitMessage<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The clone is not ready; the ready one serves this call.
+        let clone = self.0.clone();
+        let mut inner = std::mem::replace(&mut self.0, clone);
+        Box::pin(async move {
+            let (parts, mut body) = request.into_parts();
+            let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            let body = tonic::body::Body::new(Replayed { first, rest: body });
+            inner.call(http::Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// A body whose first frame was already read.
+struct Replayed {
+    first: Option<Result<Frame<Bytes>, tonic::Status>>,
+    rest: tonic::body::Body,
+}
+
+impl Body for Replayed {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        match self.first.take() {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+}

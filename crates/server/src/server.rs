@@ -23,7 +23,7 @@ use tonic_health::ServingStatus;
 
 use crate::app::App;
 use crate::config::ServerSettings;
-use crate::conn::{Acceptor, Activity, TimedBody, Tracker, Watched};
+use crate::conn::{Acceptor, Activity, AwaitMessageLayer, TimedBody, Tracker, Watched};
 use crate::grpc::{RateLimitGrpc, SERVICE_NAME};
 
 /// How the server runs besides its listeners.
@@ -429,6 +429,7 @@ where
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
         .max_connection_age(GRPC_MAX_CONNECTION_AGE)
         .max_connection_age_grace(limits.grpc_request_timeout + Duration::from_secs(1))
+        .layer(AwaitMessageLayer)
         .add_service(health)
         .add_service(RateLimitGrpc::new(app).into_server())
         .serve_with_incoming_shutdown(ReceiverStream::new(connections), stopped());
