@@ -44,11 +44,28 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 /// `tollgate serve` on ephemeral ports with `server:` settings of a test's
 /// own; stderr (the log) piped when asked.
 fn serve(name: &str, server: &str, log: bool) -> Server {
+    serve_with_files(name, server, log, None)
+}
+
+/// As [`serve`], with the open-file limit (soft and hard) set to `files`.
+fn serve_with_files(name: &str, server: &str, log: bool, files: Option<u32>) -> Server {
     let config = format!(
         "server:\n{server}policies:\n  - name: api\n    limit: 1000\n    period: 1m\ndomains:\n  - domain: edge\n    descriptors:\n      - key: client\n        rate_limit: {{ unit: minute, requests_per_unit: 1000 }}\n"
     );
     let file = temp_file(name, &config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut command = match files {
+        None => Command::new(env!("CARGO_BIN_EXE_tollgate")),
+        Some(files) => {
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                &format!("ulimit -n {files} && exec \"$0\" \"$@\""),
+                env!("CARGO_BIN_EXE_tollgate"),
+            ]);
+            sh
+        }
+    };
+    let mut child = command
         .args([
             "serve",
             "--http",
@@ -239,10 +256,19 @@ fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
-    // Without the terminal colours.
+    let log = plain(&log);
+    let cut = log
+        .lines()
+        .find(|l| l.contains("shutdown_timeout were closed"))
+        .unwrap_or_else(|| panic!("no line on the connections cut:\n{log}"));
+    assert!(cut.contains("http=1") && cut.contains("grpc=1"), "{cut}");
+}
+
+/// `text` without the terminal colours.
+fn plain(text: &str) -> String {
     let mut plain = String::new();
     let mut escape = false;
-    for c in log.chars() {
+    for c in text.chars() {
         match (escape, c) {
             (false, '\u{1b}') => escape = true,
             (true, 'm') => escape = false,
@@ -250,10 +276,80 @@ fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
             (false, c) => plain.push(c),
         }
     }
-    let log = plain;
-    let cut = log
-        .lines()
-        .find(|l| l.contains("shutdown_timeout were closed"))
-        .unwrap_or_else(|| panic!("no line on the connections cut:\n{log}"));
-    assert!(cut.contains("http=1") && cut.contains("grpc=1"), "{cut}");
+    plain
+}
+
+#[test]
+fn out_of_file_descriptors_the_server_backs_off_logs_rarely_and_recovers() {
+    // 128 descriptors, soft and hard: 200 idle connections exhaust them.
+    let mut server = serve_with_files(
+        "emfile.yaml",
+        "  idle_timeout: 2s\n  max_connections: 1000\n",
+        true,
+        Some(128),
+    );
+    let http = server.http;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let served = runtime.block_on(async move {
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(TcpStream::connect(http).await.unwrap());
+        }
+        // The idle ones are closed after idle_timeout; the ones the server
+        // could not accept yet are accepted as descriptors free, and closed
+        // in their turn. A normal request gets through.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut stream = TcpStream::connect(http).await.ok()?;
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut buf = [0u8; 256];
+                let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+                    .await
+                    .ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"))
+            })
+            .await;
+            if matches!(attempt, Ok(Some(true))) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+    });
+    let elapsed = started.elapsed();
+    assert!(
+        served,
+        "no normal request was served within 15 s of running out of descriptors"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    let _ = server.child.wait();
+    let mut log = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let log = plain(&log);
+    assert!(log.contains("open_file_limit=128"), "{log}");
+    let failures = log.matches("cannot accept connections").count();
+    assert!(
+        failures >= 1,
+        "running out of descriptors was not logged:\n{log}"
+    );
+    // At most one line a second (and one to start with): no busy loop.
+    let bound = usize::try_from(elapsed.as_secs()).unwrap() + 2;
+    assert!(
+        failures <= bound,
+        "{failures} accept-error lines in {elapsed:?}:\n{log}"
+    );
 }
