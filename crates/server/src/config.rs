@@ -38,6 +38,23 @@ pub const MAX_POLICY_NAME: usize = 128;
 /// The largest `store.max_keys`: a billion entries is ~90 GB of memory,
 /// beyond any machine this runs on; a larger number is a typo.
 pub const MAX_MAX_KEYS: u64 = 1_000_000_000;
+/// The default most connections open at once, per port (HTTP, gRPC).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The default time a client has to send a request's headers, from its
+/// first byte.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default time a client has to send a request's body, from the end of
+/// its headers.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a connection may stay open with no request in progress.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default time shutdown waits for connections to finish before it
+/// closes them.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default most concurrent streams on one gRPC (HTTP/2) connection.
+pub const DEFAULT_GRPC_MAX_STREAMS: u32 = 256;
+/// The default bound on one gRPC call, its request message included.
+pub const DEFAULT_GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The built-in demo configuration used by `tollgate serve` without
 /// `--config`: the embedded memory store and a few policies.
@@ -161,6 +178,29 @@ pub struct ServerSettings {
     pub max_key_bytes: usize,
     /// When set, `POST /v1/reset` needs `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
+    /// The most connections open at once on each port (HTTP and gRPC
+    /// counted separately); at the cap the port stops accepting until one
+    /// closes.
+    pub max_connections: usize,
+    /// An HTTP request's headers must be complete this long after their
+    /// first byte, or the connection is closed.
+    pub header_timeout: Duration,
+    /// An HTTP request's body must be complete this long after its headers,
+    /// or the request gets `408` and the connection is closed.
+    pub body_timeout: Duration,
+    /// A connection with no request in progress (HTTP), or that has sent
+    /// nothing (gRPC), is closed after this long.
+    pub idle_timeout: Duration,
+    /// On shutdown, connections still open this long after the signal are
+    /// closed.
+    pub shutdown_timeout: Duration,
+    /// The most concurrent streams on one gRPC connection (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub grpc_max_streams: u32,
+    /// A gRPC call that takes longer, reading its request message included,
+    /// ends with `CANCELLED` ("Timeout expired"); a shorter `grpc-timeout`
+    /// from the client wins.
+    pub grpc_request_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -171,6 +211,13 @@ impl Default for ServerSettings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             admin_token: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            grpc_max_streams: DEFAULT_GRPC_MAX_STREAMS,
+            grpc_request_timeout: DEFAULT_GRPC_REQUEST_TIMEOUT,
         }
     }
 }
@@ -626,6 +673,13 @@ impl RawConfig {
     }
 }
 
+/// The largest `server.max_connections`.
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// The largest `server.grpc_max_streams`.
+const MAX_GRPC_STREAMS_LIMIT: u32 = 65_536;
+/// The longest of the `server.*_timeout` durations.
+const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -634,6 +688,13 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     max_key_bytes: Option<usize>,
     admin_token: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout: Option<DurationText>,
+    body_timeout: Option<DurationText>,
+    idle_timeout: Option<DurationText>,
+    shutdown_timeout: Option<DurationText>,
+    grpc_max_streams: Option<u32>,
+    grpc_request_timeout: Option<DurationText>,
 }
 
 impl Validate for RawServer {
@@ -659,12 +720,53 @@ impl Validate for RawServer {
                     .into(),
             );
         }
+        let max_connections = self.max_connections.unwrap_or(defaults.max_connections);
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&max_connections) {
+            return Err(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}, not {max_connections}"
+            ));
+        }
+        let grpc_max_streams = self.grpc_max_streams.unwrap_or(defaults.grpc_max_streams);
+        if !(1..=MAX_GRPC_STREAMS_LIMIT).contains(&grpc_max_streams) {
+            return Err(format!(
+                "grpc_max_streams must be between 1 and {MAX_GRPC_STREAMS_LIMIT}, not {grpc_max_streams}"
+            ));
+        }
+        let timeout = |name: &str, value: Option<DurationText>, default: Duration| {
+            let value = value.map_or(default, |d| d.0);
+            if value.is_zero() || value > MAX_SERVER_TIMEOUT {
+                Err(format!(
+                    "{name} must be above zero and at most 1h, not {value:?}"
+                ))
+            } else {
+                Ok(value)
+            }
+        };
         Ok(ServerSettings {
             http: self.http.unwrap_or(defaults.http),
             grpc: self.grpc.unwrap_or(defaults.grpc),
             max_body_bytes,
             max_key_bytes,
             admin_token: self.admin_token,
+            max_connections,
+            header_timeout: timeout(
+                "header_timeout",
+                self.header_timeout,
+                defaults.header_timeout,
+            )?,
+            body_timeout: timeout("body_timeout", self.body_timeout, defaults.body_timeout)?,
+            idle_timeout: timeout("idle_timeout", self.idle_timeout, defaults.idle_timeout)?,
+            shutdown_timeout: timeout(
+                "shutdown_timeout",
+                self.shutdown_timeout,
+                defaults.shutdown_timeout,
+            )?,
+            grpc_max_streams,
+            grpc_request_timeout: timeout(
+                "grpc_request_timeout",
+                self.grpc_request_timeout,
+                defaults.grpc_request_timeout,
+            )?,
         })
     }
 }
@@ -1291,6 +1393,76 @@ policies:
                 "duplicate descriptor `k`",
             ),
             ("server:\n  http: nowhere\n", 2, "invalid socket address"),
+            (
+                "server:\n  http: 127.0.0.1:1\n  max_connections: 0\n",
+                2,
+                "server: max_connections must be between 1 and 1000000, not 0",
+            ),
+            (
+                "server:\n  max_connections: -1\n",
+                2,
+                "server.max_connections: invalid type: integer `-1`",
+            ),
+            (
+                "server:\n  max_connections: 1000001\n",
+                2,
+                "max_connections must be between 1 and 1000000",
+            ),
+            (
+                "server:\n  http: 127.0.0.1:1\n  header_timeout: 5 fortnights\n",
+                3,
+                "server.header_timeout: unknown unit",
+            ),
+            (
+                "server:\n  header_timeout: 0s\n",
+                2,
+                "server: header_timeout must be above zero and at most 1h, not 0ns",
+            ),
+            (
+                "server:\n  body_timeout: 2h\n",
+                2,
+                "server: body_timeout must be above zero and at most 1h",
+            ),
+            (
+                "server:\n  max_body_bytes: 4096\n  idle_timeout: 0ms\n",
+                2,
+                "server: idle_timeout must be above zero",
+            ),
+            (
+                "server:\n  http: 127.0.0.1:1\n  grpc: 127.0.0.1:2\n  idle_timeout: 10\n",
+                4,
+                "server.idle_timeout:",
+            ),
+            (
+                "server:\n  shutdown_timeout: 0s\n",
+                2,
+                "server: shutdown_timeout must be above zero",
+            ),
+            (
+                "server:\n  grpc_max_streams: 0\n",
+                2,
+                "server: grpc_max_streams must be between 1 and 65536, not 0",
+            ),
+            (
+                "server:\n  grpc_max_streams: 5000000000\n",
+                2,
+                "server.grpc_max_streams: invalid value",
+            ),
+            (
+                "server:\n  grpc_request_timeout: 0s\n",
+                2,
+                "server: grpc_request_timeout must be above zero",
+            ),
+            (
+                "server:\n  grpc_request_timeout: soon\n",
+                2,
+                "server.grpc_request_timeout:",
+            ),
+            (
+                "server:\n  idle_timeuot: 1s\n",
+                2,
+                "server: unknown field `idle_timeuot`",
+            ),
             ("policies: [\n", 2, "did not find expected"),
         ];
         let mut wrong = Vec::new();
@@ -1303,6 +1475,42 @@ policies:
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn connection_limits_parse_and_default() {
+        let server = Config::parse(
+            "server:
+  max_connections: 500
+  header_timeout: 2s
+  body_timeout: 3s
+  idle_timeout: 30s
+  shutdown_timeout: 1500ms
+  grpc_max_streams: 64
+  grpc_request_timeout: 250ms
+",
+            "t.yaml",
+        )
+        .unwrap()
+        .server;
+        assert_eq!(server.max_connections, 500);
+        assert_eq!(server.header_timeout, Duration::from_secs(2));
+        assert_eq!(server.body_timeout, Duration::from_secs(3));
+        assert_eq!(server.idle_timeout, Duration::from_secs(30));
+        assert_eq!(server.shutdown_timeout, Duration::from_millis(1500));
+        assert_eq!(server.grpc_max_streams, 64);
+        assert_eq!(server.grpc_request_timeout, Duration::from_millis(250));
+        // The documented defaults, with and without a `server:` section.
+        for text in ["", "server:\n  max_body_bytes: 4096\n"] {
+            let server = Config::parse(text, "t.yaml").unwrap().server;
+            assert_eq!(server.max_connections, 10_000);
+            assert_eq!(server.header_timeout, Duration::from_secs(5));
+            assert_eq!(server.body_timeout, Duration::from_secs(10));
+            assert_eq!(server.idle_timeout, Duration::from_secs(60));
+            assert_eq!(server.shutdown_timeout, Duration::from_secs(10));
+            assert_eq!(server.grpc_max_streams, 256);
+            assert_eq!(server.grpc_request_timeout, Duration::from_secs(5));
+        }
     }
 
     #[test]

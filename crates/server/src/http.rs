@@ -204,13 +204,21 @@ fn check_key(key: &str, max: usize) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Reads a body of at most `max` bytes.
+/// Reads a body of at most `max` bytes. The server bounds the time it
+/// takes (`server.body_timeout`, [`crate::conn::TimedBody`]): past it, `408`
+/// (and the server closes the connection).
 async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Problem> {
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is larger than {max} bytes"),
+        )),
+        Err(e) if crate::conn::BodyTimeout::find(&*e).is_some() => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            crate::conn::BodyTimeout::find(&*e)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         )),
         Err(e) => Err(Problem::bad_request(format!(
             "could not read the request body: {e}"

@@ -6,6 +6,8 @@
 //! - [`config`]: the YAML configuration (server, store, policies, Envoy
 //!   domains), validated with line numbers; also envoyproxy/ratelimit files;
 //! - [`envoy`]: Envoy descriptor trees and envoyproxy/ratelimit matching;
+//! - [`conn`]: connections: the cap, accept back-off, header, body and
+//!   idle timeouts, closing what is left at shutdown;
 //! - [`app`]: [`App`], the running service: the current configuration and
 //!   limiter (swapped whole on reload), failure modes, metrics;
 //! - [`http`]: the HTTP JSON API (`/v1/check`, `/v1/peek`, `/v1/reset`,
@@ -45,6 +47,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod envoy;
 pub mod grpc;
 pub mod headers;

@@ -4,16 +4,26 @@
 //! `main` passes ctrl-c/SIGTERM, tests pass listeners on `127.0.0.1:0` and
 //! a future of their own.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::ServingStatus;
 
 use crate::app::App;
+use crate::config::ServerSettings;
+use crate::conn::{Acceptor, Activity, AwaitMessageLayer, TimedBody, Tracker, Watched};
 use crate::grpc::{RateLimitGrpc, SERVICE_NAME};
 
 /// How the server runs besides its listeners.
@@ -75,7 +85,13 @@ pub enum ServeError {
 }
 
 /// Serves `app` on `listeners` until `shutdown` completes, then stops
-/// accepting, lets requests in flight finish, and returns.
+/// accepting, lets requests in flight finish for up to
+/// `server.shutdown_timeout`, closes the connections still open, and
+/// returns.
+///
+/// The connection settings of `server:` (`max_connections`, the timeouts,
+/// `grpc_*`) are read once, here: like the listen addresses, a reload that
+/// changes them applies at the next start.
 ///
 /// # Errors
 /// [`ServeError`] when a listener fails.
@@ -85,6 +101,9 @@ pub async fn run(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let limits = app.current().config.server.clone();
+    open_file_limit(&limits, listeners.grpc.is_some());
+
     // One shutdown signal for every task: a watch channel each task waits on.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -92,10 +111,13 @@ pub async fn run(
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
     });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
+    let stopped = {
+        let stop_rx = stop_rx.clone();
+        move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
         }
     };
 
@@ -108,57 +130,70 @@ pub async fn run(
         ))
     });
 
-    // TCP_NODELAY on every accepted connection, HTTP and gRPC: a decision
-    // is a small write, and Nagle's algorithm meeting the client's delayed
-    // ACK would hold some of them for 40 ms (seen as the gRPC p99 before).
-    let http = axum::serve(
-        listeners.http.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        }),
-        crate::http::router(Arc::clone(&app)).into_make_service(),
-    )
-    .with_graceful_shutdown(stopped());
-
+    let http_open = Tracker::new();
+    let grpc_open = Tracker::new();
+    let http = serve_http(
+        Arc::clone(&app),
+        Acceptor::new(listeners.http, limits.max_connections, "http"),
+        &limits,
+        stop_rx,
+        &http_open,
+    );
     let grpc = async {
         let Some(listener) = listeners.grpc else {
             return Ok(());
         };
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-            .await;
-        let health_app = Arc::clone(&app);
-        let health_stop = stopped();
-        let interval = options.health_interval;
-        tokio::spawn(async move {
-            tokio::pin!(health_stop);
-            loop {
-                let status = if health_app.ready().await.is_ok() {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                reporter.set_service_status(SERVICE_NAME, status).await;
-                reporter.set_service_status("", status).await;
-                tokio::select! {
-                    () = &mut health_stop => return,
-                    () = tokio::time::sleep(interval) => {}
-                }
+        let acceptor = Acceptor::new(listener, limits.max_connections, "grpc");
+        let serving = serve_grpc(
+            Arc::clone(&app),
+            acceptor,
+            &limits,
+            options,
+            &stopped,
+            &grpc_open,
+        );
+        // tonic waits for every connection to close; once the deadline
+        // has passed and they were cut, give it a moment, then stop
+        // waiting (its connection tasks end with their sockets).
+        let give_up = async {
+            stopped().await;
+            tokio::time::sleep(limits.shutdown_timeout + CUT_GRACE).await;
+        };
+        tokio::select! {
+            result = serving => result,
+            () = give_up => {
+                tracing::warn!("gRPC server did not stop after its connections were cut");
+                Ok(())
             }
-        });
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(RateLimitGrpc::new(Arc::clone(&app)).into_server())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stopped(),
-            )
-            .await
+        }
+    };
+    let drain = async {
+        stopped().await;
+        let deadline = Instant::now() + limits.shutdown_timeout;
+        let all_closed = async {
+            http_open.closed().await;
+            grpc_open.closed().await;
+        };
+        if tokio::time::timeout_at(deadline, all_closed).await.is_ok() {
+            return;
+        }
+        let (http, grpc) = (http_open.open(), grpc_open.open());
+        http_open.cut();
+        grpc_open.cut();
+        tracing::warn!(
+            http,
+            grpc,
+            timeout_ms = u64::try_from(limits.shutdown_timeout.as_millis()).unwrap_or(u64::MAX),
+            "shutdown: connections still open at server.shutdown_timeout were closed"
+        );
+        let _ = tokio::time::timeout(CUT_GRACE, async {
+            http_open.closed().await;
+            grpc_open.closed().await;
+        })
+        .await;
     };
 
-    let (http, grpc) = tokio::join!(http, grpc);
+    let (http, grpc, ()) = tokio::join!(http, grpc, drain);
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
@@ -166,6 +201,240 @@ pub async fn run(
     grpc.map_err(ServeError::Grpc)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long closed connections get to end once cut at shutdown's deadline.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+/// A gRPC connection older than this is asked to go away (GOAWAY), so
+/// long-lived clients reconnect and spread over instances and no connection
+/// lives forever.
+pub const GRPC_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+/// The most time between HTTP/2 keepalive pings on a gRPC connection that
+/// is quiet (they are sent at half `idle_timeout` when that is shorter).
+pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A keepalive ping not answered within this long (or half `idle_timeout`
+/// when that is shorter) closes the connection.
+pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Raises the soft open-file limit to the hard one and logs it, with a
+/// warning when it is too low for `max_connections` on every port.
+fn open_file_limit(limits: &ServerSettings, grpc: bool) {
+    let Some(limit) = crate::conn::raise_open_file_limit() else {
+        return;
+    };
+    let ports = if grpc { 2 } else { 1 };
+    // Each connection is a descriptor; the rest (listeners, Redis, the
+    // configuration files, the runtime) fit in a few dozen.
+    let needed = u64::try_from(limits.max_connections * ports)
+        .unwrap_or(u64::MAX)
+        .saturating_add(64);
+    if limit < needed {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections = limits.max_connections,
+            ports,
+            needed,
+            "the open-file limit is below max_connections on every port: at the limit accepts fail (and are retried) before the cap is reached"
+        );
+    } else {
+        tracing::info!(
+            open_file_limit = limit,
+            max_connections = limits.max_connections,
+            "open-file limit"
+        );
+    }
+}
+
+/// The HTTP port: accepts until shutdown, one task per connection.
+async fn serve_http(
+    app: Arc<App>,
+    mut acceptor: Acceptor,
+    limits: &ServerSettings,
+    stop: watch::Receiver<bool>,
+    open: &Tracker,
+) -> Result<(), std::io::Error> {
+    let router = crate::http::router(app);
+    let mut stopping = stop.clone();
+    let stopped = stopping.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
+    loop {
+        let (stream, peer, slot) = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            accepted = acceptor.accept() => accepted,
+        };
+        tokio::spawn(http_connection(
+            stream,
+            peer,
+            slot,
+            HttpService {
+                router: router.clone(),
+                activity: Activity::http(limits.header_timeout, limits.idle_timeout),
+                body_timeout: limits.body_timeout,
+            },
+            stop.clone(),
+            open.watch(),
+        ));
+    }
+    // The listener closes here: new connections are refused.
+    drop(acceptor);
+    Ok(())
+}
+
+/// One HTTP/1.1 connection: served by hyper until it ends, expires (header
+/// or idle timeout), or is cut at shutdown's deadline. On shutdown it
+/// finishes the request in progress and closes.
+async fn http_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+    service: HttpService,
+    mut stop: watch::Receiver<bool>,
+    cut: watch::Receiver<bool>,
+) {
+    let activity = Arc::clone(&service.activity);
+    let io = TokioIo::new(Watched::http(stream, peer, Arc::clone(&activity)));
+    // hyper's own header timeout runs from the moment it waits for a
+    // request, so it would also close idle keep-alive connections;
+    // `Activity` times headers from their first byte instead.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let expired = activity.expired();
+    tokio::pin!(expired);
+    let cut = crate::conn::cut(cut);
+    tokio::pin!(cut);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            why = &mut expired => {
+                // Dropping the connection closes the socket.
+                tracing::debug!(%peer, ?why, "HTTP connection closed: timeout");
+                return;
+            }
+            () = &mut cut => {
+                tracing::debug!(%peer, "HTTP connection cut at shutdown");
+                return;
+            }
+            _ = stop.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The HTTP API for one connection: marks each request in progress and
+/// bounds the time to receive its body.
+#[derive(Clone)]
+struct HttpService {
+    router: axum::Router,
+    activity: Arc<Activity>,
+    body_timeout: Duration,
+}
+
+impl hyper::service::Service<Request<Incoming>> for HttpService {
+    type Response = Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.begin();
+        let timeout = self.body_timeout;
+        let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)));
+        let mut router = self.router.clone();
+        Box::pin(async move {
+            let mut response = tower::Service::call(&mut router, request).await?;
+            drop(in_flight);
+            // The rest of a body that timed out may still be on its way:
+            // the connection cannot carry another request.
+            if response.status() == StatusCode::REQUEST_TIMEOUT {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The gRPC port: tonic over the accepted connections, until shutdown.
+async fn serve_grpc<S, F>(
+    app: Arc<App>,
+    mut acceptor: Acceptor,
+    limits: &ServerSettings,
+    options: ServerOptions,
+    stopped: &S,
+    open: &Tracker,
+) -> Result<(), tonic::transport::Error>
+where
+    S: Fn() -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    let health_app = Arc::clone(&app);
+    let health_stop = stopped();
+    let interval = options.health_interval;
+    tokio::spawn(async move {
+        tokio::pin!(health_stop);
+        loop {
+            let status = if health_app.ready().await.is_ok() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            reporter.set_service_status("", status).await;
+            tokio::select! {
+                () = &mut health_stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+
+    let (incoming, connections) = mpsc::channel::<std::io::Result<Watched>>(1);
+    let idle_timeout = limits.idle_timeout;
+    let accept_stop = stopped();
+    let accepting = async move {
+        tokio::pin!(accept_stop);
+        loop {
+            let (stream, peer, slot) = tokio::select! {
+                biased;
+                () = &mut accept_stop => break,
+                accepted = acceptor.accept() => accepted,
+            };
+            let io = Watched::grpc(stream, peer, slot, idle_timeout, open.watch());
+            if incoming.send(Ok(io)).await.is_err() {
+                break;
+            }
+        }
+    };
+    // Pings keep a live but quiet client from looking idle: it answers.
+    let keepalive = GRPC_KEEPALIVE_INTERVAL.min(limits.idle_timeout / 2);
+    let serving = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.grpc_max_streams)
+        .timeout(limits.grpc_request_timeout)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
+        .max_connection_age(GRPC_MAX_CONNECTION_AGE)
+        .max_connection_age_grace(limits.grpc_request_timeout + Duration::from_secs(1))
+        .layer(AwaitMessageLayer)
+        .add_service(health)
+        .add_service(RateLimitGrpc::new(app).into_server())
+        .serve_with_incoming_shutdown(ReceiverStream::new(connections), stopped());
+    let ((), result) = tokio::join!(accepting, serving);
+    result
 }
 
 /// Completes on ctrl-c (SIGINT) or SIGTERM: what `main` passes to [`run`].

@@ -1,0 +1,355 @@
+//! Issue 13 against the real binary: a flood of header-only gRPC streams
+//! leaves the process's memory bounded and a normal RLS client served, and
+//! SIGTERM with stalled clients exits 0 within `shutdown_timeout`, logging
+//! how many connections were cut.
+
+#![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    grpc: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-expose-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `tollgate serve` on ephemeral ports with `server:` settings of a test's
+/// own; stderr (the log) piped when asked.
+fn serve(name: &str, server: &str, log: bool) -> Server {
+    serve_with_files(name, server, log, None)
+}
+
+/// As [`serve`], with the open-file limit (soft and hard) set to `files`.
+fn serve_with_files(name: &str, server: &str, log: bool, files: Option<u32>) -> Server {
+    let config = format!(
+        "server:\n{server}policies:\n  - name: api\n    limit: 1000\n    period: 1m\ndomains:\n  - domain: edge\n    descriptors:\n      - key: client\n        rate_limit: {{ unit: minute, requests_per_unit: 1000 }}\n"
+    );
+    let file = temp_file(name, &config);
+    let mut command = match files {
+        None => Command::new(env!("CARGO_BIN_EXE_tollgate")),
+        Some(files) => {
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                &format!("ulimit -n {files} && exec \"$0\" \"$@\""),
+                env!("CARGO_BIN_EXE_tollgate"),
+            ]);
+            sh
+        }
+    };
+    let mut child = command
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(if log { Stdio::piped() } else { Stdio::null() })
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut http, mut grpc) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("HTTP   http://") {
+            http = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+        }
+        if let Some(rest) = line.strip_prefix("gRPC   ") {
+            grpc = rest.split_whitespace().next().map(|a| a.parse().unwrap());
+        }
+        if line.starts_with("try:") {
+            break;
+        }
+    }
+    Server {
+        child,
+        http: http.expect("the banner names the HTTP address"),
+        grpc: grpc.expect("the banner names the gRPC address"),
+    }
+}
+
+/// The process's resident set, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn rls_call(addr: SocketAddr) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+async fn normal_rls_call(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let response = client
+        .should_rate_limit(RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "client".into(),
+                    value: "normal".into(),
+                }],
+                limit: None,
+                hits_addend: None,
+            }],
+            hits_addend: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.statuses.len(), 1);
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_served() {
+    const CONNECTIONS: usize = 80;
+    const STREAMS_PER_CONNECTION: usize = 250;
+    let server = serve("rss.yaml", "  grpc_request_timeout: 5s\n", false);
+    let pid = server.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    normal_rls_call(server.grpc).await;
+    let idle = rss_kib(pid);
+
+    // 20,000 streams: headers, and never a message.
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let tcp = TcpStream::connect(server.grpc).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        for _ in 0..STREAMS_PER_CONNECTION {
+            match client.send_request(rls_call(server.grpc), false) {
+                Ok(stream) => held.push(stream),
+                Err(_) => break,
+            }
+            client = match client.ready().await {
+                Ok(client) => client,
+                Err(_) => break,
+            };
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let loaded = rss_kib(pid);
+    let took = normal_rls_call(server.grpc).await;
+    let grown_mib = loaded.saturating_sub(idle) / 1024;
+    eprintln!(
+        "idle {} MiB, with {} header-only streams {} MiB (+{grown_mib} MiB); a normal call took {took:?}",
+        idle / 1024,
+        held.len(),
+        loaded / 1024
+    );
+    assert!(held.len() >= CONNECTIONS * STREAMS_PER_CONNECTION / 2);
+    assert!(
+        grown_mib < 100,
+        "RSS grew by {grown_mib} MiB with {} header-only streams",
+        held.len()
+    );
+    assert!(took < Duration::from_secs(2), "a normal call took {took:?}");
+    drop(held);
+}
+
+#[test]
+fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
+    let server = serve(
+        "stalled.yaml",
+        "  shutdown_timeout: 1s\n  body_timeout: 60s\n  idle_timeout: 60s\n  grpc_request_timeout: 60s\n",
+        true,
+    );
+    let mut server = server;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (http, grpc) = (server.http, server.grpc);
+    // Kept open by the runtime's tasks until the server closes them.
+    let _held = runtime.block_on(async move {
+        let mut stalled = TcpStream::connect(http).await.unwrap();
+        stalled
+            .write_all(b"POST /v1/check HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123")
+            .await
+            .unwrap();
+        let tcp = TcpStream::connect(grpc).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let (response, mut body) = client.send_request(rls_call(grpc), false).unwrap();
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 100]), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (stalled, client, response, body)
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM with shutdown_timeout 1s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    assert_eq!(exit.code(), Some(0), "exits 0");
+    assert!(took >= Duration::from_millis(900), "exited after {took:?}");
+    let mut log = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let log = plain(&log);
+    let cut = log
+        .lines()
+        .find(|l| l.contains("shutdown_timeout were closed"))
+        .unwrap_or_else(|| panic!("no line on the connections cut:\n{log}"));
+    assert!(cut.contains("http=1") && cut.contains("grpc=1"), "{cut}");
+}
+
+/// `text` without the terminal colours.
+fn plain(text: &str) -> String {
+    let mut plain = String::new();
+    let mut escape = false;
+    for c in text.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    plain
+}
+
+#[test]
+fn out_of_file_descriptors_the_server_backs_off_logs_rarely_and_recovers() {
+    // 128 descriptors, soft and hard: 200 idle connections exhaust them.
+    let mut server = serve_with_files(
+        "emfile.yaml",
+        "  idle_timeout: 2s\n  max_connections: 1000\n",
+        true,
+        Some(128),
+    );
+    let http = server.http;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let served = runtime.block_on(async move {
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(TcpStream::connect(http).await.unwrap());
+        }
+        // The idle ones are closed after idle_timeout; the ones the server
+        // could not accept yet are accepted as descriptors free, and closed
+        // in their turn. A normal request gets through.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut stream = TcpStream::connect(http).await.ok()?;
+                stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .ok()?;
+                let mut buf = [0u8; 256];
+                let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+                    .await
+                    .ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"))
+            })
+            .await;
+            if matches!(attempt, Ok(Some(true))) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+    });
+    let elapsed = started.elapsed();
+    assert!(
+        served,
+        "no normal request was served within 15 s of running out of descriptors"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    let _ = server.child.wait();
+    let mut log = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let log = plain(&log);
+    assert!(log.contains("open_file_limit=128"), "{log}");
+    let failures = log.matches("cannot accept connections").count();
+    assert!(
+        failures >= 1,
+        "running out of descriptors was not logged:\n{log}"
+    );
+    // At most one line a second (and one to start with): no busy loop.
+    let bound = usize::try_from(elapsed.as_secs()).unwrap() + 2;
+    assert!(
+        failures <= bound,
+        "{failures} accept-error lines in {elapsed:?}:\n{log}"
+    );
+}
