@@ -156,7 +156,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Longer keys get `400`.
     pub max_key_bytes: usize,
-    /// When set, `POST /v1/reset` needs `Authorization: Bearer <token>`.
+    /// Admin endpoints (`POST /v1/reset`) are closed (`403`) unless this is set;
+    /// then they need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
 }
 
@@ -647,7 +648,7 @@ impl Validate for RawServer {
         }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(
-                "admin_token must not be empty (leave it out to allow resets without a token)"
+                "admin_token must not be empty (leave it out to keep admin endpoints such as `/v1/reset` closed)"
                     .into(),
             );
         }
