@@ -136,10 +136,64 @@ impl App {
     /// with. Store settings cannot change without a restart: a changed
     /// store section is logged and ignored.
     ///
+    /// This reads and parses on the calling thread; on a runtime use
+    /// [`reload_off_runtime`](Self::reload_off_runtime).
+    ///
     /// # Errors
     /// The [`ConfigError`] of the new configuration.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        match self.source.load() {
+        self.install(self.source.load())
+    }
+
+    /// [`reload`](Self::reload), with the files read, parsed and validated
+    /// on a thread of their own, so that no request waits for them (a file
+    /// is bounded, see [`crate::config::MAX_CONFIG_FILE_BYTES`], but a
+    /// large one still takes a while to parse). Only the swap happens here.
+    ///
+    /// If this future is dropped (the server is shutting down), the thread
+    /// finishes on its own and its result is dropped: nothing waits for it,
+    /// and it does not keep the process alive.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] of the new configuration.
+    pub async fn reload_off_runtime(&self) -> Result<(), ConfigError> {
+        let source = self.source.clone();
+        let (done, loaded) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-config".to_owned())
+            .spawn(move || {
+                let _ = done.send(source.load());
+            });
+        let loaded = match spawned {
+            Ok(_) => loaded
+                .await
+                .unwrap_or_else(|_| Err(self.reload_error("the configuration thread panicked"))),
+            Err(error) => Err(self.reload_error(&format!(
+                "cannot start a thread to read the configuration: {error}"
+            ))),
+        };
+        self.install(loaded)
+    }
+
+    fn reload_error(&self, message: &str) -> ConfigError {
+        let file = self
+            .source
+            .config
+            .as_ref()
+            .or(self.source.envoy.as_ref())
+            .map_or_else(|| "<config>".to_owned(), |p| p.display().to_string());
+        ConfigError::Invalid {
+            file,
+            line: None,
+            column: None,
+            message: message.to_owned(),
+        }
+    }
+
+    /// Swaps in a configuration that loaded, or logs and counts one that
+    /// did not.
+    fn install(&self, loaded: Result<Config, ConfigError>) -> Result<(), ConfigError> {
+        match loaded {
             Ok(config) => {
                 let old = self.current();
                 if config.store != self.store_settings {

@@ -25,6 +25,10 @@ use tollgate::{Algorithm, Policy, resilience};
 
 use crate::envoy::{self, Domain};
 
+mod limits;
+
+pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_NESTING_DEPTH};
+
 /// The default HTTP address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// The default gRPC address.
@@ -329,6 +333,9 @@ impl ConfigSource {
     /// # Errors
     /// A [`ConfigError`] naming the file, line and field.
     pub fn load(&self) -> Result<Config, ConfigError> {
+        // Bytes still allowed for all files together.
+        let mut budget = MAX_CONFIG_BYTES;
+        let mut read = |path: &Path| limits::read_bounded(path, &mut budget);
         let mut config = match &self.config {
             Some(path) => Config::parse(&read(path)?, &path.display().to_string())?,
             // envoyproxy/ratelimit files alone: only their domains, on
@@ -356,13 +363,6 @@ impl ConfigSource {
         }
         files
     }
-}
-
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// The envoy configuration files under `path`, sorted: `path` itself when
@@ -499,6 +499,8 @@ fn parse_document<T: de::DeserializeOwned>(
     file: &str,
     known_policies: Option<HashSet<String>>,
 ) -> Result<T, ConfigError> {
+    // Before the parser: its time grows with the square of the nesting.
+    limits::check_text(text, file)?;
     CONTEXT.with(|c| {
         *c.borrow_mut() = ParseContext {
             known_policies,
