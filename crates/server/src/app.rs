@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -11,6 +10,7 @@ use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
 use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
 
 use crate::config::{Config, ConfigError, ConfigSource, StoreKind, StoreSettings};
+use crate::health::{Context, StoreHealth};
 use crate::metrics::{ExternalGauges, Metrics, Outcome};
 use crate::store::ServerStore;
 
@@ -62,9 +62,9 @@ pub struct App {
     /// The store section the store was built with: it stays in force until
     /// a restart, whatever later reloads say, so reloads compare with it.
     store_settings: StoreSettings,
-    /// Set while the store is failing, so failure and recovery are each
-    /// logged once rather than once per request.
-    store_failing: AtomicBool,
+    /// Whether the store is failing, and what was logged about it: breaker
+    /// state changes, rate-limited, never one line per decision.
+    health: StoreHealth,
     /// Counters and the latency histogram served at `/metrics`.
     metrics: Metrics,
 }
@@ -91,7 +91,7 @@ impl App {
             store,
             source,
             store_settings,
-            store_failing: AtomicBool::new(false),
+            health: StoreHealth::default(),
             metrics: Metrics::default(),
         }
     }
@@ -127,6 +127,7 @@ impl App {
             },
             deny_cache_hits: stats.deny_cache_hits,
             store_errors: stats.failures,
+            breaker_opened: stats.breaker_opened,
         })
     }
 
@@ -279,8 +280,8 @@ impl App {
         self.record(names, started, result, shadow)
     }
 
-    /// Records a decision started at `started`: latency, store failure or
-    /// recovery (logged once each), and each policy's outcome.
+    /// Records a decision started at `started`: latency, the breaker
+    /// opening, and each policy's outcome.
     fn record<'a>(
         &self,
         names: impl Iterator<Item = &'a str>,
@@ -290,15 +291,12 @@ impl App {
     ) -> Result<MultiDecision, Error> {
         self.metrics.store_latency(started.elapsed());
         let result = result?;
-        let degraded = result.decisions.iter().any(|d| d.degraded);
-        if degraded && !self.store_failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                on_failure = ?self.store_settings.on_failure,
-                breaker = self.store.breaker_state().name(),
-                "store failing; deciding by the failure mode"
-            );
-        } else if !degraded && self.store_failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("store recovered");
+        // Two atomic loads: a breaker that opened during this decision is a
+        // change of state (logged, rate-limited); recovery is the probe's
+        // to find (`health::watch_store`).
+        if !self.health.is_failing() && self.store.breaker_state() != BreakerState::Closed {
+            let cause = self.store.last_error().map(|e| e.to_string());
+            self.health.failed(cause, self.health_context());
         }
         for (name, decision) in names.zip(&result.decisions) {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
@@ -312,6 +310,58 @@ impl App {
         Ok(result)
     }
 
+    /// Every change of the store's health (`true`: failing), as the
+    /// background probe and decisions find it; gRPC health waits on it.
+    pub fn store_status(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.health.subscribe()
+    }
+
+    fn health_context(&self) -> Context<'static> {
+        Context {
+            on_failure: self.store_settings.on_failure,
+            breaker: self.store.breaker_state().name(),
+        }
+    }
+
+    /// Probes the store through its circuit breaker ([`Resilient::probe`],
+    /// one peek at a probe key) if `always`, or if the store is failing or
+    /// the breaker is not closed, and records what it found; logs the state
+    /// reached if an earlier change was held back by the rate limit. Run at
+    /// start and every cool-down by [`crate::health::watch_store`].
+    pub async fn probe_store(&self, always: bool) {
+        let needed = always
+            || self.health.is_failing()
+            || self.store.breaker_state() != BreakerState::Closed;
+        if needed {
+            let policy = probe_policy();
+            let outcome = match &policy {
+                Ok(policy) => {
+                    let refs = [PolicyRef {
+                        name: "tollgate-readyz",
+                        policy,
+                    }];
+                    self.store.probe(b"tollgate-readyz", &refs).await
+                }
+                Err(_) => None,
+            };
+            match outcome {
+                Some(Ok(())) if self.store.breaker_state() == BreakerState::Closed => {
+                    self.health.recovered(self.health_context());
+                }
+                Some(Err(error)) => {
+                    let cause = if self.health.wants_cause() {
+                        self.store.get_ref().explain(&error).await
+                    } else {
+                        error.to_string()
+                    };
+                    self.health.failed(Some(cause), self.health_context());
+                }
+                Some(Ok(())) | None => {}
+            }
+        }
+        self.health.flush(self.health_context());
+    }
+
     /// Whether the store answers (one peek, which writes nothing, at a probe
     /// key, past the resilience layer) and the circuit breaker is closed.
     ///
@@ -323,11 +373,10 @@ impl App {
             name: "tollgate-readyz",
             policy: &policy,
         }];
-        self.store
-            .get_ref()
-            .apply(b"tollgate-readyz", &refs, 1, Mode::Peek)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store = self.store.get_ref();
+        if let Err(error) = store.apply(b"tollgate-readyz", &refs, 1, Mode::Peek).await {
+            return Err(store.explain(&error).await);
+        }
         match self.store.breaker_state() {
             BreakerState::Closed => Ok(()),
             state => Err(format!("circuit breaker {}", state.name())),

@@ -108,6 +108,9 @@ pub async fn run(
         ))
     });
 
+    // Probes the store at start and while it fails (crate::health).
+    let store_watch = tokio::spawn(crate::health::watch_store(Arc::clone(&app), stopped()));
+
     // TCP_NODELAY on every accepted connection, HTTP and gRPC: a decision
     // is a small write, and Nagle's algorithm meeting the client's delayed
     // ACK would hold some of them for 40 ms (seen as the gRPC p99 before).
@@ -132,6 +135,7 @@ pub async fn run(
         let health_app = Arc::clone(&app);
         let health_stop = stopped();
         let interval = options.health_interval;
+        let mut store_status = app.store_status();
         tokio::spawn(async move {
             tokio::pin!(health_stop);
             loop {
@@ -142,9 +146,12 @@ pub async fn run(
                 };
                 reporter.set_service_status(SERVICE_NAME, status).await;
                 reporter.set_service_status("", status).await;
+                // Re-checked every interval, and at once when the store's
+                // health changes.
                 tokio::select! {
                     () = &mut health_stop => return,
                     () = tokio::time::sleep(interval) => {}
+                    Ok(()) = store_status.changed() => {}
                 }
             }
         });
@@ -162,6 +169,7 @@ pub async fn run(
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
+    let _ = store_watch.await;
     http.map_err(ServeError::Http)?;
     grpc.map_err(ServeError::Grpc)?;
     tracing::info!("stopped");
