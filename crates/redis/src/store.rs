@@ -414,6 +414,20 @@ impl RedisStore {
         }
     }
 
+    /// Sends `PING`, within the timeout. For diagnosis: when a decision
+    /// fails with a bare I/O error, `PING` usually says why. For instance
+    /// Redis 7 closes an unauthenticated connection that sends a command of
+    /// more than 10 arguments (a decision is one), so a missing password
+    /// shows as `broken pipe`, and `PING` as `NOAUTH`.
+    ///
+    /// # Errors
+    /// The [`StoreError`] of the command.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run::<String>(&redis::cmd("PING"), None)
+            .await
+            .map(drop)
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix

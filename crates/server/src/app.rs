@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -11,6 +10,7 @@ use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
 use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
 
 use crate::config::{Config, ConfigError, ConfigSource, StoreKind, StoreSettings};
+use crate::health::{Context, StoreHealth};
 use crate::metrics::{ExternalGauges, Metrics, Outcome};
 use crate::store::ServerStore;
 
@@ -62,9 +62,9 @@ pub struct App {
     /// The store section the store was built with: it stays in force until
     /// a restart, whatever later reloads say, so reloads compare with it.
     store_settings: StoreSettings,
-    /// Set while the store is failing, so failure and recovery are each
-    /// logged once rather than once per request.
-    store_failing: AtomicBool,
+    /// Whether the store is failing, and what was logged about it: breaker
+    /// state changes, rate-limited, never one line per decision.
+    health: StoreHealth,
     /// Counters and the latency histogram served at `/metrics`.
     metrics: Metrics,
 }
@@ -91,7 +91,7 @@ impl App {
             store,
             source,
             store_settings,
-            store_failing: AtomicBool::new(false),
+            health: StoreHealth::default(),
             metrics: Metrics::default(),
         }
     }
@@ -129,6 +129,7 @@ impl App {
             store_errors: stats.failures,
             memory: self.store.get_ref().memory_usage(),
             local: (stats.local_keys, stats.local_evictions),
+            breaker_opened: stats.breaker_opened,
         })
     }
 
@@ -138,10 +139,64 @@ impl App {
     /// with. Store settings cannot change without a restart: a changed
     /// store section is logged and ignored.
     ///
+    /// This reads and parses on the calling thread; on a runtime use
+    /// [`reload_off_runtime`](Self::reload_off_runtime).
+    ///
     /// # Errors
     /// The [`ConfigError`] of the new configuration.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        match self.source.load() {
+        self.install(self.source.load())
+    }
+
+    /// [`reload`](Self::reload), with the files read, parsed and validated
+    /// on a thread of their own, so that no request waits for them (a file
+    /// is bounded, see [`crate::config::MAX_CONFIG_FILE_BYTES`], but a
+    /// large one still takes a while to parse). Only the swap happens here.
+    ///
+    /// If this future is dropped (the server is shutting down), the thread
+    /// finishes on its own and its result is dropped: nothing waits for it,
+    /// and it does not keep the process alive.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] of the new configuration.
+    pub async fn reload_off_runtime(&self) -> Result<(), ConfigError> {
+        let source = self.source.clone();
+        let (done, loaded) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-config".to_owned())
+            .spawn(move || {
+                let _ = done.send(source.load());
+            });
+        let loaded = match spawned {
+            Ok(_) => loaded
+                .await
+                .unwrap_or_else(|_| Err(self.reload_error("the configuration thread panicked"))),
+            Err(error) => Err(self.reload_error(&format!(
+                "cannot start a thread to read the configuration: {error}"
+            ))),
+        };
+        self.install(loaded)
+    }
+
+    fn reload_error(&self, message: &str) -> ConfigError {
+        let file = self
+            .source
+            .config
+            .as_ref()
+            .or(self.source.envoy.as_ref())
+            .map_or_else(|| "<config>".to_owned(), |p| p.display().to_string());
+        ConfigError::Invalid {
+            file,
+            line: None,
+            column: None,
+            message: message.to_owned(),
+        }
+    }
+
+    /// Swaps in a configuration that loaded, or logs and counts one that
+    /// did not.
+    fn install(&self, loaded: Result<Config, ConfigError>) -> Result<(), ConfigError> {
+        match loaded {
             Ok(config) => {
                 let old = self.current();
                 if config.store != self.store_settings {
@@ -227,8 +282,8 @@ impl App {
         self.record(names, started, result, shadow)
     }
 
-    /// Records a decision started at `started`: latency, store failure or
-    /// recovery (logged once each), and each policy's outcome.
+    /// Records a decision started at `started`: latency, the breaker
+    /// opening, and each policy's outcome.
     fn record<'a>(
         &self,
         names: impl Iterator<Item = &'a str>,
@@ -238,15 +293,12 @@ impl App {
     ) -> Result<MultiDecision, Error> {
         self.metrics.store_latency(started.elapsed());
         let result = result?;
-        let degraded = result.decisions.iter().any(|d| d.degraded);
-        if degraded && !self.store_failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                on_failure = ?self.store_settings.on_failure,
-                breaker = self.store.breaker_state().name(),
-                "store failing; deciding by the failure mode"
-            );
-        } else if !degraded && self.store_failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("store recovered");
+        // Two atomic loads: a breaker that opened during this decision is a
+        // change of state (logged, rate-limited); recovery is the probe's
+        // to find (`health::watch_store`).
+        if !self.health.is_failing() && self.store.breaker_state() != BreakerState::Closed {
+            let cause = self.store.last_error().map(|e| e.to_string());
+            self.health.failed(cause, self.health_context());
         }
         for (name, decision) in names.zip(&result.decisions) {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
@@ -260,6 +312,58 @@ impl App {
         Ok(result)
     }
 
+    /// Every change of the store's health (`true`: failing), as the
+    /// background probe and decisions find it; gRPC health waits on it.
+    pub fn store_status(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.health.subscribe()
+    }
+
+    fn health_context(&self) -> Context<'static> {
+        Context {
+            on_failure: self.store_settings.on_failure,
+            breaker: self.store.breaker_state().name(),
+        }
+    }
+
+    /// Probes the store through its circuit breaker ([`Resilient::probe`],
+    /// one peek at a probe key) if `always`, or if the store is failing or
+    /// the breaker is not closed, and records what it found; logs the state
+    /// reached if an earlier change was held back by the rate limit. Run at
+    /// start and every cool-down by [`crate::health::watch_store`].
+    pub async fn probe_store(&self, always: bool) {
+        let needed = always
+            || self.health.is_failing()
+            || self.store.breaker_state() != BreakerState::Closed;
+        if needed {
+            let policy = probe_policy();
+            let outcome = match &policy {
+                Ok(policy) => {
+                    let refs = [PolicyRef {
+                        name: "tollgate-readyz",
+                        policy,
+                    }];
+                    self.store.probe(b"tollgate-readyz", &refs).await
+                }
+                Err(_) => None,
+            };
+            match outcome {
+                Some(Ok(())) if self.store.breaker_state() == BreakerState::Closed => {
+                    self.health.recovered(self.health_context());
+                }
+                Some(Err(error)) => {
+                    let cause = if self.health.wants_cause() {
+                        self.store.get_ref().explain(&error).await
+                    } else {
+                        error.to_string()
+                    };
+                    self.health.failed(Some(cause), self.health_context());
+                }
+                Some(Ok(())) | None => {}
+            }
+        }
+        self.health.flush(self.health_context());
+    }
+
     /// Whether the store answers (one peek, which writes nothing, at a probe
     /// key, past the resilience layer) and the circuit breaker is closed.
     ///
@@ -271,11 +375,10 @@ impl App {
             name: "tollgate-readyz",
             policy: &policy,
         }];
-        self.store
-            .get_ref()
-            .apply(b"tollgate-readyz", &refs, 1, Mode::Peek)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store = self.store.get_ref();
+        if let Err(error) = store.apply(b"tollgate-readyz", &refs, 1, Mode::Peek).await {
+            return Err(store.explain(&error).await);
+        }
         match self.store.breaker_state() {
             BreakerState::Closed => Ok(()),
             state => Err(format!("circuit breaker {}", state.name())),

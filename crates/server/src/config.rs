@@ -25,6 +25,10 @@ use tollgate::{Algorithm, Policy, resilience};
 
 use crate::envoy::{self, Domain};
 
+mod limits;
+
+pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_NESTING_DEPTH};
+
 /// The default HTTP address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// The default gRPC address.
@@ -176,7 +180,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Longer keys get `400`.
     pub max_key_bytes: usize,
-    /// When set, `POST /v1/reset` needs `Authorization: Bearer <token>`.
+    /// Admin endpoints (`POST /v1/reset`) are closed (`403`) unless this is set;
+    /// then they need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
     /// The most connections open at once on each port (HTTP and gRPC
     /// counted separately); at the cap the port stops accepting until one
@@ -383,6 +388,9 @@ impl ConfigSource {
     /// # Errors
     /// A [`ConfigError`] naming the file, line and field.
     pub fn load(&self) -> Result<Config, ConfigError> {
+        // Bytes still allowed for all files together.
+        let mut budget = MAX_CONFIG_BYTES;
+        let mut read = |path: &Path| limits::read_bounded(path, &mut budget);
         let mut config = match &self.config {
             Some(path) => Config::parse(&read(path)?, &path.display().to_string())?,
             // envoyproxy/ratelimit files alone: only their domains, on
@@ -410,13 +418,6 @@ impl ConfigSource {
         }
         files
     }
-}
-
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// The envoy configuration files under `path`, sorted: `path` itself when
@@ -553,6 +554,8 @@ fn parse_document<T: de::DeserializeOwned>(
     file: &str,
     known_policies: Option<HashSet<String>>,
 ) -> Result<T, ConfigError> {
+    // Before the parser: its time grows with the square of the nesting.
+    limits::check_text(text, file)?;
     CONTEXT.with(|c| {
         *c.borrow_mut() = ParseContext {
             known_policies,
@@ -716,7 +719,7 @@ impl Validate for RawServer {
         }
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(
-                "admin_token must not be empty (leave it out to allow resets without a token)"
+                "admin_token must not be empty (leave it out to keep admin endpoints such as `/v1/reset` closed)"
                     .into(),
             );
         }

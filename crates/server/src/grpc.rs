@@ -36,9 +36,7 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit, rate_limit::Unit as ProtoUnit,
 };
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-    RateLimitService, RateLimitServiceServer,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use tollgate::{Decision, Mode, PolicyRef};
@@ -66,10 +64,128 @@ impl RateLimitGrpc {
         RateLimitGrpc { app }
     }
 
-    /// The tonic server of this service.
-    pub fn into_server(self) -> RateLimitServiceServer<RateLimitGrpc> {
-        // A request is a handful of short strings; 1 MiB is generous.
-        RateLimitServiceServer::new(self).max_decoding_message_size(1024 * 1024)
+    /// The tonic server of this service: envoy-types' generated routing,
+    /// with a codec that reports a request that does not decode as
+    /// `INVALID_ARGUMENT` (see [`RateLimitServer`]).
+    pub fn into_server(self) -> RateLimitServer {
+        RateLimitServer {
+            inner: Arc::new(self),
+        }
+    }
+}
+
+/// The most bytes one request message may take; a request is a handful of
+/// short strings, so 1 MiB is generous.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// The gRPC server of [`RateLimitGrpc`].
+///
+/// envoy-types' generated `RateLimitServiceServer` decodes with
+/// tonic-prost's codec, which turns every decoding failure into `INTERNAL`
+/// (for instance a descriptor value that is not UTF-8: prost refuses it in a
+/// `string` field). Such a request is the client's fault, so this server
+/// routes `ShouldRateLimit` the way the generated one does but decodes with
+/// [`RequestCodec`], whose only error is `INVALID_ARGUMENT`. An `INTERNAL`
+/// from anywhere else (the service itself, tonic) is unchanged.
+#[derive(Debug, Clone)]
+pub struct RateLimitServer {
+    inner: Arc<RateLimitGrpc>,
+}
+
+impl tonic::server::NamedService for RateLimitServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+/// The path of the one method.
+const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// `ShouldRateLimit` as tonic's unary service.
+struct ShouldRateLimit(Arc<RateLimitGrpc>);
+
+impl tonic::server::UnaryService<RateLimitRequest> for ShouldRateLimit {
+    type Response = RateLimitResponse;
+    type Future = tonic::codegen::BoxFuture<Response<RateLimitResponse>, Status>;
+
+    fn call(&mut self, request: Request<RateLimitRequest>) -> Self::Future {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move { inner.should_rate_limit(request).await })
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for RateLimitServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != SHOULD_RATE_LIMIT {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
+        let method = ShouldRateLimit(Arc::clone(&self.inner));
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RequestCodec)
+                .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// The protobuf codec of `ShouldRateLimit` (prost, as tonic-prost's), except
+/// that a request which does not decode is `INVALID_ARGUMENT`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestCodec;
+
+impl tonic::codec::Codec for RequestCodec {
+    type Encode = RateLimitResponse;
+    type Decode = RateLimitRequest;
+    type Encoder = RequestCodec;
+    type Decoder = RequestCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RequestCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestCodec
+    }
+}
+
+impl tonic::codec::Encoder for RequestCodec {
+    type Item = RateLimitResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: RateLimitResponse,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        // The buffer grows as needed, so encoding cannot run out of room.
+        prost::Message::encode(&item, buf).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for RequestCodec {
+    type Item = RateLimitRequest;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<RateLimitRequest>, Status> {
+        <RateLimitRequest as prost::Message>::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("malformed RateLimitRequest: {e}")))
     }
 }
 

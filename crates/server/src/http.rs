@@ -392,20 +392,59 @@ async fn reset(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> R
     }
 }
 
+/// Admits a request to an admin endpoint (`/v1/reset`), or says why not:
+/// `403` when `server.admin_token` is not set (admin endpoints are closed
+/// by default), `401` without `Authorization: Bearer <admin_token>` (the
+/// scheme in any case, RFC 9110 §11.1), `415` unless the body is declared
+/// `application/json`. The last rule keeps browsers out: a cross-origin
+/// page can POST `text/plain` without a preflight, never `application/json`.
+fn admit_admin(admin_token: Option<&str>, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(token) = admin_token else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "admin endpoints are disabled: set `server.admin_token` in the configuration \
+             (a reload is enough) and send `Authorization: Bearer <admin_token>`",
+        ));
+    };
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| bearer_token(v.as_bytes()));
+    if !given.is_some_and(|g| same_token(g, token.as_bytes())) {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs `Authorization: Bearer <admin_token>`",
+        ));
+    }
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be sent as `Content-Type: application/json`",
+        ));
+    }
+    Ok(())
+}
+
+/// The token of an `Authorization: Bearer <token>` value: the scheme is
+/// case-insensitive and followed by one or more spaces (RFC 9110 §11.4).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|b| *b != b' ')?;
+    Some(&rest[start..])
+}
+
 async fn try_reset(app: &App, headers: &HeaderMap, body: Body) -> Result<(), Problem> {
     let loaded = app.current();
     let server = &loaded.config.server;
-    if let Some(token) = &server.admin_token {
-        let given = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if !given.is_some_and(|g| same_token(g, token.as_bytes())) {
-            return Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "reset needs `Authorization: Bearer <admin_token>`",
-            ));
-        }
-    }
+    admit_admin(server.admin_token.as_deref(), headers)?;
     let body = read_body(body, server.max_body_bytes).await?;
     let request: ResetRequest = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
@@ -531,6 +570,16 @@ mod tests {
         assert_eq!(ceil_ms(Duration::from_micros(1)), 1);
         assert_eq!(ceil_ms(Duration::from_millis(60_000)), 60_000);
         assert_eq!(ceil_ms(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bEaReR   abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Bearerabc"), None);
     }
 
     #[test]

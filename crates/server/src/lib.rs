@@ -14,6 +14,8 @@
 //!   `/v1/policies`), `/metrics`, `/healthz`, `/readyz`;
 //! - [`grpc`]: Envoy's `RateLimitService` (RLS v3);
 //! - [`headers`]: the IETF `RateLimit-Policy`/`RateLimit` fields;
+//! - [`health`]: the store's health: the background probe that closes the
+//!   circuit breaker without traffic, and state-change logging;
 //! - [`metrics`]: the Prometheus text;
 //! - [`reload`]: SIGHUP and file watching;
 //! - [`server`]: [`server::run`], which takes listeners and a shutdown
@@ -51,6 +53,7 @@ pub mod conn;
 pub mod envoy;
 pub mod grpc;
 pub mod headers;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod reload;

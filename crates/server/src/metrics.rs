@@ -66,6 +66,8 @@ pub struct ExternalGauges {
     pub memory: Option<(usize, u64)>,
     /// `(entries, evictions)` of the `local` fallback's in-memory state.
     pub local: (usize, u64),
+    /// Times the circuit breaker opened from closed.
+    pub breaker_opened: u64,
 }
 
 /// The server's metrics. Every update is one or two atomic operations; the
@@ -181,6 +183,9 @@ impl Metrics {
              # HELP tollgate_circuit_breaker_state Circuit breaker state: 0 closed, 1 open, 2 half-open.\n\
              # TYPE tollgate_circuit_breaker_state gauge\n\
              tollgate_circuit_breaker_state {}\n\
+             # HELP tollgate_circuit_breaker_opened_total Times the circuit breaker opened from closed.\n\
+             # TYPE tollgate_circuit_breaker_opened_total counter\n\
+             tollgate_circuit_breaker_opened_total {}\n\
              # HELP tollgate_deny_cache_hits_total Decisions answered by the local deny cache.\n\
              # TYPE tollgate_deny_cache_hits_total counter\n\
              tollgate_deny_cache_hits_total {}\n\
@@ -188,7 +193,10 @@ impl Metrics {
              # TYPE tollgate_config_reloads_total counter\n\
              tollgate_config_reloads_total{{result=\"success\"}} {reloads}\n\
              tollgate_config_reloads_total{{result=\"failure\"}} {failures}\n",
-            external.store_errors, external.circuit_state, external.deny_cache_hits,
+            external.store_errors,
+            external.circuit_state,
+            external.breaker_opened,
+            external.deny_cache_hits,
         );
         // Memory held against `store.max_keys`, per in-memory state.
         let mut memory = vec![("local", external.local)];

@@ -9,7 +9,9 @@
 //!
 //! A change is reloaded once; a file that fails validation leaves the
 //! running configuration in place (logged, counted), and is tried again
-//! when it next changes.
+//! when it next changes. Files are read and parsed on a thread of their
+//! own ([`App::reload_off_runtime`]), so requests never wait for a parse,
+//! and shutdown does not wait for one either.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,17 +103,21 @@ pub fn watch(
                 () = &mut shutdown => return,
                 _ = ticks.tick(), if interval.is_some() => {
                     let now = Fingerprint::of(app.source());
-                    if now != last {
-                        last = now;
-                        tracing::info!("configuration files changed; reloading");
-                        let _ = app.reload();
+                    if now == last {
+                        continue;
                     }
+                    last = now;
+                    tracing::info!("configuration files changed; reloading");
                 }
                 () = next_hangup(&mut hangup) => {
                     tracing::info!("SIGHUP; reloading the configuration");
                     last = Fingerprint::of(app.source());
-                    let _ = app.reload();
                 }
+            }
+            // Parsed off the runtime; shutdown does not wait for it.
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = app.reload_off_runtime() => {}
             }
         }
     }

@@ -130,6 +130,9 @@ pub async fn run(
         ))
     });
 
+    // Probes the store at start and while it fails (crate::health).
+    let store_watch = tokio::spawn(crate::health::watch_store(Arc::clone(&app), stopped()));
+
     let http_open = Tracker::new();
     let grpc_open = Tracker::new();
     let http = serve_http(
@@ -197,6 +200,7 @@ pub async fn run(
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
+    let _ = store_watch.await;
     http.map_err(ServeError::Http)?;
     grpc.map_err(ServeError::Grpc)?;
     tracing::info!("stopped");
@@ -386,6 +390,7 @@ where
     let health_app = Arc::clone(&app);
     let health_stop = stopped();
     let interval = options.health_interval;
+    let mut store_status = app.store_status();
     tokio::spawn(async move {
         tokio::pin!(health_stop);
         loop {
@@ -396,9 +401,12 @@ where
             };
             reporter.set_service_status(SERVICE_NAME, status).await;
             reporter.set_service_status("", status).await;
+            // Re-checked every interval, and at once when the store's
+            // health changes.
             tokio::select! {
                 () = &mut health_stop => return,
                 () = tokio::time::sleep(interval) => {}
+                Ok(()) = store_status.changed() => {}
             }
         }
     });

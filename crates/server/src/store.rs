@@ -49,6 +49,28 @@ impl ServerStore {
         }
     }
 
+    /// Why the store fails, as precisely as it can tell: a failed decision
+    /// may only say `broken pipe` where Redis answers `PING` with the reason
+    /// (`NOAUTH`, `LOADING`...). Returns `error` with `PING`'s error added
+    /// when that differs.
+    pub async fn explain(&self, error: &StoreError) -> String {
+        match self {
+            ServerStore::Memory(_) => error.to_string(),
+            ServerStore::Redis(store) => {
+                // A connection Redis has just closed fails the first PING
+                // with the closing; the reconnected one gets the answer.
+                let mut ping = store.ping().await;
+                if matches!(ping, Err(StoreError::Unavailable(_))) {
+                    ping = store.ping().await;
+                }
+                match ping {
+                    Err(ping) if ping != *error => format!("{error} (PING: {ping})"),
+                    _ => error.to_string(),
+                }
+            }
+        }
+    }
+
     /// What the store is, for logs: `memory`, `redis` or `redis_cluster`.
     pub fn describe(&self) -> String {
         match self {

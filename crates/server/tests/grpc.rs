@@ -597,3 +597,117 @@ async fn grpc_health_reports_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// Sends an already encoded `RateLimitRequest`, so a test can send bytes no
+/// well-behaved client would.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let len = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, len).to_vec()))
+    }
+}
+
+/// One length-delimited protobuf field (lengths below 128: one byte).
+fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2, u8::try_from(bytes.len()).unwrap()];
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// `RateLimitRequest { domain, descriptors: [{ entries: [{ key, value }] }] }`
+/// encoded by hand, so `value` may be any bytes.
+fn raw_request(domain: &str, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let entry = [field(1, key), field(2, value)].concat();
+    let descriptor = field(1, &entry);
+    [field(1, domain.as_bytes()), field(2, &descriptor)].concat()
+}
+
+async fn send_raw(server: &TestServer, message: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    );
+    grpc.unary(tonic::Request::new(message), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A descriptor value that is not UTF-8 (protobuf `string` fields must be)
+/// is the client's fault: `INVALID_ARGUMENT`, not `INTERNAL`. So is a
+/// message that is not protobuf at all. The same bytes with a valid value
+/// are answered.
+#[tokio::test]
+async fn a_descriptor_value_that_is_not_utf8_is_invalid_argument() {
+    let server = TestServer::start(Backend::memory()).await;
+    let ok = send_raw(&server, raw_request("edge", b"remote_address", b"10.0.0.1")).await;
+    let response = ok.unwrap();
+    let response = <RateLimitResponse as prost::Message>::decode(response.as_slice()).unwrap();
+    assert_eq!(response.overall_code, Code::Ok as i32);
+    assert_eq!(response.statuses[0].limit_remaining, 9);
+
+    for (what, message) in [
+        (
+            "value",
+            raw_request("edge", b"remote_address", b"10.0.\xff\xfe.1"),
+        ),
+        ("key", raw_request("edge", b"remote\xc3", b"x")),
+        ("truncated", raw_request("edge", b"k", b"v")[..9].to_vec()),
+    ] {
+        let status = send_raw(&server, message).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+    }
+    // The server still answers.
+    assert!(
+        send_raw(&server, raw_request("edge", b"remote_address", b"10.0.0.1"))
+            .await
+            .is_ok()
+    );
+}

@@ -95,6 +95,7 @@ async fn every_endpoint(backend: Backend) {
         .client
         .post(server.url("/v1/reset"))
         .bearer_auth("wrong")
+        .header("content-type", "application/json")
         .body(r#"{"policy": "tiny", "key": "k"}"#)
         .send()
         .await
@@ -105,6 +106,7 @@ async fn every_endpoint(backend: Backend) {
         .client
         .post(server.url("/v1/reset"))
         .bearer_auth("s3cret")
+        .header("content-type", "application/json")
         .body(r#"{"policy": "tiny", "key": "k"}"#)
         .send()
         .await
@@ -310,6 +312,7 @@ async fn every_error_is_problem_json_with_its_status() {
             .client
             .post(server.url("/v1/reset"))
             .bearer_auth("s3cret")
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
@@ -574,4 +577,99 @@ async fn one_off_keys_never_grow_the_memory_store_past_max_keys() {
     let evictions = value("tollgate_memory_store_evictions_total{store=\"memory\"}");
     assert!(evictions >= 900, "{evictions} evictions");
     server.stop().await.unwrap();
+}
+
+/// `/v1/reset` is an admin endpoint: closed unless `server.admin_token` is
+/// set (403, saying how to open it), and with a token it takes only
+/// `application/json` (a cross-origin `text/plain` POST is refused) and the
+/// bearer scheme in any case (RFC 9110: schemes are case-insensitive).
+#[tokio::test]
+async fn admin_endpoints_are_closed_without_a_token_and_take_only_json() {
+    let reset = r#"{"policy": "tiny", "key": "k"}"#;
+    // No admin_token: refused whatever is sent, and nothing is reset.
+    let open = common::CONFIG.replace("  admin_token: s3cret\n", "");
+    assert_ne!(open, common::CONFIG);
+    let server = TestServer::start_with(
+        Backend::memory(),
+        &open,
+        ConfigSource::default(),
+        ServerOptions::default()
+            .watch_interval(None)
+            .reload_on_sighup(false),
+    )
+    .await;
+    for _ in 0..2 {
+        server
+            .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
+            .await;
+    }
+    for authorization in [None, Some("Bearer anything")] {
+        let mut request = server
+            .client
+            .post(server.url("/v1/reset"))
+            .header("content-type", "application/json")
+            .body(reset);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 403);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], 403);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("server.admin_token") && detail.contains("Authorization: Bearer"),
+            "{detail}"
+        );
+    }
+    let (_, body) = server
+        .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
+        .await;
+    assert_eq!(body["allowed"], false, "the refused resets reset nothing");
+
+    // With a token: JSON only, the scheme in any case, a wrong token 401.
+    let server = TestServer::start(Backend::memory()).await;
+    let send = |authorization: &'static str, content_type: Option<&'static str>| {
+        let mut request = server
+            .client
+            .post(server.url("/v1/reset"))
+            .header("authorization", authorization)
+            .body(reset);
+        if let Some(value) = content_type {
+            request = request.header("content-type", value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let (status, body) = send("Bearer s3cret", content_type).await;
+        assert_eq!(status, 415, "{content_type:?}: {body}");
+        assert!(body.contains("application/json"), "{body}");
+    }
+    assert_eq!(send("Bearer wrong", Some("application/json")).await.0, 401);
+    assert_eq!(send("Bearer wrong", Some("text/plain")).await.0, 401);
+    for authorization in ["bearer s3cret", "BEARER s3cret", "Bearer s3cret"] {
+        for _ in 0..2 {
+            server
+                .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
+                .await;
+        }
+        let (status, body) = send(authorization, Some("application/json; charset=utf-8")).await;
+        assert_eq!(status, 204, "{authorization}: {body}");
+        let (_, body) = server
+            .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
+            .await;
+        assert_eq!(body["remaining"], 1, "{authorization}: reset took effect");
+    }
 }

@@ -161,6 +161,7 @@ async fn http_checks_on_a_redis_cluster() {
         .client
         .post(server.url("/v1/reset"))
         .bearer_auth("s3cret")
+        .header("content-type", "application/json")
         .body(r#"{"policy": "hourly", "key": "edge"}"#)
         .send()
         .await

@@ -11,7 +11,7 @@
 //! and while open or half-open.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The state of a circuit breaker.
@@ -65,6 +65,8 @@ pub(crate) struct Breaker {
     state: AtomicU8,
     /// Consecutive failures while closed.
     consecutive: AtomicU32,
+    /// Times it opened from closed.
+    trips: AtomicU64,
     transitions: Mutex<Transitions>,
     failures_to_open: u32,
     cooldown_us: u64,
@@ -83,6 +85,7 @@ impl Breaker {
         Breaker {
             state: AtomicU8::new(CLOSED),
             consecutive: AtomicU32::new(0),
+            trips: AtomicU64::new(0),
             transitions: Mutex::new(Transitions::default()),
             failures_to_open: failures_to_open.max(1),
             cooldown_us: u64::try_from(cooldown.as_micros()).unwrap_or(u64::MAX),
@@ -92,6 +95,12 @@ impl Breaker {
 
     pub(crate) fn state(&self) -> BreakerState {
         BreakerState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// How many times it opened from closed (a failed half-open probe
+    /// opening it again is not counted).
+    pub(crate) fn trips(&self) -> u64 {
+        self.trips.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Transitions> {
@@ -163,6 +172,7 @@ impl Breaker {
                     if self.state.load(Ordering::Acquire) == CLOSED {
                         t.opened_at_us = now_us;
                         t.probes_in_flight = 0;
+                        self.trips.fetch_add(1, Ordering::Relaxed);
                         self.state.store(OPEN, Ordering::Release);
                     }
                 }
@@ -204,8 +214,10 @@ mod tests {
             b.failure(Permit::Call, 0);
         }
         assert_eq!(b.state(), BreakerState::Closed, "success resets the count");
+        assert_eq!(b.trips(), 0);
         b.failure(Permit::Call, 10);
         assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.trips(), 1);
         assert_eq!(
             b.admit(50_000),
             Permit::ShortCircuit(Duration::from_micros(50_010))
@@ -228,6 +240,7 @@ mod tests {
         assert_eq!(b.admit(1_000), Permit::Probe);
         b.failure(Permit::Probe, 1_000);
         assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.trips(), 1, "a failed probe re-opens; it does not trip");
         assert!(matches!(b.admit(1_500), Permit::ShortCircuit(_)));
         assert_eq!(b.admit(2_000), Permit::Probe);
         b.abandon(Permit::Probe);

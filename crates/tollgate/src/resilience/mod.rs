@@ -46,7 +46,7 @@ mod invalidation;
 mod options;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -116,6 +116,9 @@ pub(crate) struct Shared {
     has_feed: bool,
     /// Whether that feed is connected.
     pub(crate) feed_live: AtomicBool,
+    /// The error of the latest failed store call (calls are bounded by the
+    /// breaker, so this is written rarely).
+    last_error: Mutex<Option<StoreError>>,
 }
 
 #[derive(Default)]
@@ -136,6 +139,10 @@ pub(crate) struct Counters {
 pub struct ResilienceStats {
     /// The circuit breaker's state.
     pub breaker: BreakerState,
+    /// Times the breaker opened from closed (a failed half-open probe
+    /// opening it again is not counted): how often the store started
+    /// failing.
+    pub breaker_opened: u64,
     /// Calls made to the inner store (probes included).
     pub calls: u64,
     /// Calls to the inner store that failed, timeouts included.
@@ -262,6 +269,7 @@ impl<S: Store> Resilient<S> {
                 counters: Counters::default(),
                 has_feed,
                 feed_live: AtomicBool::new(false),
+                last_error: Mutex::new(None),
                 options,
             }),
         }
@@ -331,12 +339,35 @@ impl<S> Resilient<S> {
         self.shared.breaker.state()
     }
 
+    /// The error of the latest store call that failed (timeouts included),
+    /// if any has: why the store is failing, for logs and readiness.
+    pub fn last_error(&self) -> Option<StoreError> {
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn failed(&self, error: &StoreError) {
+        self.shared
+            .counters
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
+        *self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+    }
+
     /// A snapshot of the state and counters.
     pub fn stats(&self) -> ResilienceStats {
         let c = &self.shared.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ResilienceStats {
             breaker: self.shared.breaker.state(),
+            breaker_opened: self.shared.breaker.trips(),
             calls: load(&c.calls),
             failures: load(&c.failures),
             timeouts: load(&c.timeouts),
@@ -473,7 +504,7 @@ impl<S: Store> Resilient<S> {
                 Ok(decisions)
             }
             Err(error) => {
-                counters.failures.fetch_add(1, Ordering::Relaxed);
+                self.failed(&error);
                 shared
                     .breaker
                     .failure(permit, shared.options.clock.now_us());
@@ -484,6 +515,57 @@ impl<S: Store> Resilient<S> {
                 self.fallback(key, policies, cost, mode, error, retry).await
             }
         }
+    }
+
+    /// Calls the store once, as a check would, if the circuit breaker lets
+    /// a call through now: a peek of `key` under `policies` (nothing is
+    /// charged), bounded by the timeout, whose outcome the breaker counts
+    /// like any call's. So a probe while the breaker is open and its
+    /// cool-down has ended closes it (with `half_open_probes` successes) or
+    /// opens it again, without waiting for a check to arrive. The deny
+    /// cache is neither read nor written.
+    ///
+    /// Returns `None` when the breaker let no call through (cooling down,
+    /// or its probes are already in flight), else the call's outcome.
+    /// A background task calling this every cool-down while the breaker is
+    /// not closed brings it back within about a cool-down of the store
+    /// recovering, with no traffic at all (`tollgate serve` does).
+    pub async fn probe(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+    ) -> Option<Result<(), StoreError>> {
+        let shared = &*self.shared;
+        let permit = shared.breaker.admit(shared.options.clock.now_us());
+        if let Permit::ShortCircuit(_) = permit {
+            return None;
+        }
+        shared.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let mut guard = ProbeGuard {
+            breaker: &shared.breaker,
+            permit,
+            finished: false,
+        };
+        let timeout = shared.options.timeout;
+        let call = self.store.apply(key, policies, 1, Mode::Peek);
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result.map(drop),
+            Err(_) => {
+                shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Timeout(timeout))
+            }
+        };
+        guard.finished = true;
+        match &result {
+            Ok(()) => shared.breaker.success(permit),
+            Err(error) => {
+                self.failed(error);
+                shared
+                    .breaker
+                    .failure(permit, shared.options.clock.now_us());
+            }
+        }
+        Some(result)
     }
 
     /// Decides without the store, each policy in its failure mode.

@@ -117,6 +117,55 @@ async fn open_allows_degraded_and_the_breaker_short_circuits() {
     assert_eq!(limiter.store().breaker_state(), BreakerState::Closed);
 }
 
+/// `probe` closes the breaker once the store is back, with no check at all,
+/// and only when the breaker lets a call through; the breaker's trips and
+/// the last error are reported.
+#[tokio::test]
+async fn a_probe_closes_the_breaker_without_traffic() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(inner.clone(), options(&clock));
+    let policy: Policy = "fixed_window 1/1s".parse().expect("valid");
+    let refs = [PolicyRef {
+        name: "probe",
+        policy: &policy,
+    }];
+    assert_eq!(store.probe(b"p", &refs).await, Some(Ok(())));
+    assert_eq!(store.last_error(), None);
+    inner.set(FAILING);
+    let limiter = limiter(store.clone());
+    for _ in 0..3 {
+        assert!(limiter.check("api", "k", 1).await.expect("ok").degraded);
+    }
+    assert_eq!(store.breaker_state(), BreakerState::Open);
+    assert_eq!(store.stats().breaker_opened, 1);
+    assert_eq!(
+        store.last_error(),
+        Some(StoreError::Unavailable("switched off".into()))
+    );
+    // Cooling down: no call.
+    let calls = inner.calls();
+    assert_eq!(store.probe(b"p", &refs).await, None);
+    assert_eq!(inner.calls(), calls);
+    // Cool-down over, still failing: the probe fails and re-opens it.
+    clock.advance(Duration::from_millis(100));
+    assert!(matches!(store.probe(b"p", &refs).await, Some(Err(_))));
+    assert_eq!(store.breaker_state(), BreakerState::Open);
+    assert_eq!(store.stats().breaker_opened, 1, "a re-open is not a trip");
+    // Back: the next probe closes it; nothing was charged.
+    inner.set(HEALTHY);
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(store.probe(b"p", &refs).await, Some(Ok(())));
+    assert_eq!(store.breaker_state(), BreakerState::Closed);
+    assert_eq!(store.stats().degraded, 3, "probes are not decisions");
+    let d = inner
+        .store
+        .apply(b"p", &refs, 1, Mode::Peek)
+        .await
+        .expect("ok");
+    assert_eq!(d[0].remaining, 1, "a probe peeks");
+}
+
 #[tokio::test]
 async fn closed_denies_with_the_cooldown_and_error_propagates() {
     let clock = ManualClock::new(0);

@@ -1,0 +1,106 @@
+//! Readiness comes back by itself: with the circuit breaker open after
+//! Redis went away, `/readyz` and gRPC health turn ready within 2 s of
+//! Redis returning, with no client traffic at all (a Kubernetes readiness
+//! probe that hides the pod also hides the traffic that would have probed
+//! the store).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestServer};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn grpc_serving(health: &mut HealthClient<Channel>) -> bool {
+    health
+        .check(HealthCheckRequest {
+            service: tollgate_server::grpc::SERVICE_NAME.to_owned(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_recovers_without_traffic_once_redis_is_back() {
+    let backend = Backend::redis();
+    let Backend::Redis(redis) = &backend else {
+        unreachable!()
+    };
+    let text = format!(
+        "store:\n  kind: redis\n  url: {}\n  timeout: 50ms\npolicies:\n  - name: api\n    limit: 100\n    period: 1m\n",
+        redis.url()
+    );
+    let mut server = TestServer::start_with(
+        backend,
+        &text,
+        tollgate_server::ConfigSource::default(),
+        tollgate_server::ServerOptions::default()
+            .watch_interval(None)
+            .reload_on_sighup(false),
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    assert_eq!(server.get_text("/readyz").await.0, 200);
+    assert!(grpc_serving(&mut health).await);
+
+    // Redis goes away; traffic opens the breaker, then stops.
+    let Backend::Redis(redis) = &mut server.backend else {
+        unreachable!()
+    };
+    redis.kill();
+    for _ in 0..10 {
+        let (status, body) = server
+            .post_json("/v1/check", r#"{"policy": "api", "key": "k"}"#)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_ne!(
+        server.app.store().breaker_state(),
+        tollgate::resilience::BreakerState::Closed
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get_text("/readyz").await.0 == 200 || grpc_serving(&mut health).await {
+        assert!(Instant::now() < deadline, "never reported unready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A while with the store down and no traffic.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let decisions = server.app.store().stats().degraded;
+
+    let Backend::Redis(redis) = &mut server.backend else {
+        unreachable!()
+    };
+    tokio::task::block_in_place(|| redis.restart());
+    let back = Instant::now();
+    let (mut readyz, mut grpc) = (None, None);
+    while (readyz.is_none() || grpc.is_none()) && back.elapsed() < Duration::from_secs(10) {
+        if readyz.is_none() && server.get_text("/readyz").await.0 == 200 {
+            readyz = Some(back.elapsed());
+        }
+        if grpc.is_none() && grpc_serving(&mut health).await {
+            grpc = Some(back.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limit = Duration::from_secs(2);
+    assert!(
+        readyz.is_some_and(|t| t <= limit) && grpc.is_some_and(|t| t <= limit),
+        "ready after Redis returned: /readyz {readyz:?}, gRPC health {grpc:?}"
+    );
+    assert_eq!(
+        server.app.store().stats().degraded,
+        decisions,
+        "no decision was made meanwhile"
+    );
+    server.stop().await.unwrap();
+}
