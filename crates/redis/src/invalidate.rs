@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
-use tollgate::resilience::{Invalidation, InvalidationSink};
+use tollgate::store::{Invalidation, InvalidationSink};
 
 /// How often a live subscription is checked with `PING`.
 const PING_INTERVAL: Duration = Duration::from_millis(500);

@@ -9,7 +9,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 use tollgate::algorithm::decision_from_parts;
-use tollgate::resilience::{InvalidationSink, Invalidations};
+use tollgate::store::{InvalidationSink, Invalidations};
 use tollgate::{Decisions, Mode, PolicyRef, Store, StoreError};
 
 use crate::invalidate::{self, Subscriber};

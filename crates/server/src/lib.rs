@@ -6,7 +6,7 @@
 //! - [`config`]: the YAML configuration (server, store, policies, Envoy
 //!   domains), validated with line numbers; also envoyproxy/ratelimit files;
 //! - [`envoy`]: Envoy descriptor trees and envoyproxy/ratelimit matching;
-//! - [`conn`]: connections: the cap, accept back-off, header, body and
+//! - `conn`: connections: the cap, accept back-off, header, body and
 //!   idle timeouts, closing what is left at shutdown;
 //! - [`app`]: [`App`], the running service: the current configuration and
 //!   limiter (swapped whole on reload), failure modes, metrics;
@@ -49,7 +49,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod conn;
+mod conn;
 pub mod envoy;
 pub mod grpc;
 pub mod headers;

@@ -1,6 +1,6 @@
 //! The store the server decides on, chosen by configuration.
 
-use tollgate::resilience::{InvalidationSink, Invalidations};
+use tollgate::store::{InvalidationSink, Invalidations};
 use tollgate::{Decisions, MemoryStore, Mode, PolicyRef, Store, StoreError};
 use tollgate_redis::{ConnectError, RedisOptions, RedisStore};
 

@@ -42,18 +42,16 @@
 
 mod breaker;
 mod deny_cache;
-mod invalidation;
 mod options;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
 pub use breaker::BreakerState;
-pub use invalidation::{Invalidation, InvalidationSink, Invalidations};
 pub use options::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_DENY_CACHE_CAPACITY,
     DEFAULT_HALF_OPEN_PROBES, DEFAULT_TIMEOUT, FailureMode, ResilienceOptions, UnknownFailureMode,
@@ -64,7 +62,10 @@ use deny_cache::{DenyCache, Flight, Landing, Lookup, Outcome};
 
 use crate::algorithm::decision_from_parts;
 use crate::store::memory::Step;
-use crate::store::{Decisions, Mode, PolicyRef, Store};
+use crate::store::{
+    Decisions, Invalidation, InvalidationReceiver, InvalidationSink, Invalidations, Mode,
+    PolicyRef, Store,
+};
 use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
 
 /// A [`Store`] that survives its inner store failing: deny cache, circuit
@@ -242,9 +243,9 @@ impl<S: Store> Resilient<S> {
         S: Invalidations,
     {
         let resilient = Self::build(store, options, true);
-        resilient.store.subscribe(InvalidationSink {
-            target: Arc::downgrade(&resilient.shared),
-        });
+        let shared: Weak<Shared> = Arc::downgrade(&resilient.shared);
+        let receiver: Weak<dyn InvalidationReceiver> = shared;
+        resilient.store.subscribe(InvalidationSink::new(receiver));
         resilient
     }
 
@@ -648,6 +649,29 @@ impl<S: Store> Resilient<S> {
                 ..decision
             })
             .collect())
+    }
+}
+
+/// The deny cache receives the store's invalidation feed: a reset made
+/// through any instance drops the identity; a (re)connected feed forgets
+/// everything (notices may have been missed).
+impl InvalidationReceiver for Shared {
+    fn receive(&self, notice: Invalidation) {
+        match notice {
+            Invalidation::Live => {
+                self.feed_live.store(true, Ordering::Release);
+                if let Some(cache) = &self.deny_cache {
+                    cache.clear();
+                }
+            }
+            Invalidation::Lost => self.feed_live.store(false, Ordering::Release),
+            Invalidation::Reset(identity) => {
+                self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+                if let Some(cache) = &self.deny_cache {
+                    cache.invalidate(&identity);
+                }
+            }
+        }
     }
 }
 

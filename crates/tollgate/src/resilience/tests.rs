@@ -372,9 +372,8 @@ async fn an_invalidation_sink_clears_the_cache_and_stops_with_the_wrapper() {
     let clock = ManualClock::new(0);
     let inner = Switchable::with_clock(clock.clone());
     let store = Resilient::new(inner.clone(), options(&clock));
-    let sink = InvalidationSink {
-        target: Arc::downgrade(&store.shared),
-    };
+    let shared: std::sync::Weak<Shared> = Arc::downgrade(&store.shared);
+    let sink = InvalidationSink::new(shared);
     let limiter = Limiter::builder(store)
         .policy("api", "fixed_window 1/1h".parse().expect("valid"))
         .build();

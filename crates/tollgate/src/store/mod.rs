@@ -4,7 +4,10 @@
 //! [`memory`] store is the embedded default; the Redis store lives in the
 //! `tollgate-redis` crate and implements the same trait.
 
+pub mod invalidation;
 pub mod memory;
+
+pub use invalidation::{Invalidation, InvalidationReceiver, InvalidationSink, Invalidations};
 
 use std::future::Future;
 

@@ -7,11 +7,12 @@
 //! its feed is connected ([`Invalidation::Live`]) or lost
 //! ([`Invalidation::Lost`]). The memory store, private to one process, needs
 //! none: the wrapper invalidates its own cache on its own resets.
+//!
+//! The feed is a capability of a store, so it lives here; what receives it
+//! (the deny cache of [`Resilient`](crate::resilience::Resilient)) is an
+//! [`InvalidationReceiver`] behind the sink, which the store never sees.
 
 use std::sync::Weak;
-use std::sync::atomic::Ordering;
-
-use super::Shared;
 
 /// One notice of the invalidation feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +29,17 @@ pub enum Invalidation {
     Reset(Vec<u8>),
 }
 
-/// Where a feed delivers its notices: the deny cache of one
-/// [`Resilient`](super::Resilient) store. Cheap to clone; it does not keep
-/// the store alive.
+/// What a feed's notices are for: a cache in front of a store.
+pub trait InvalidationReceiver: Send + Sync {
+    /// Applies one notice.
+    fn receive(&self, notice: Invalidation);
+}
+
+/// Where a feed delivers its notices. Cheap to clone; it does not keep the
+/// receiver alive.
 #[derive(Clone)]
 pub struct InvalidationSink {
-    pub(crate) target: Weak<Shared>,
+    target: Weak<dyn InvalidationReceiver>,
 }
 
 impl std::fmt::Debug for InvalidationSink {
@@ -45,34 +51,22 @@ impl std::fmt::Debug for InvalidationSink {
 }
 
 impl InvalidationSink {
-    /// Applies `notice` to the cache. Returns `false` once the wrapper is
-    /// gone: the feed should then stop.
+    /// A sink delivering to `target` for as long as it lives.
+    pub fn new(target: Weak<dyn InvalidationReceiver>) -> Self {
+        InvalidationSink { target }
+    }
+
+    /// Applies `notice` to the receiver. Returns `false` once the receiver
+    /// is gone: the feed should then stop.
     pub fn deliver(&self, notice: Invalidation) -> bool {
-        let Some(shared) = self.target.upgrade() else {
+        let Some(target) = self.target.upgrade() else {
             return false;
         };
-        match notice {
-            Invalidation::Live => {
-                shared.feed_live.store(true, Ordering::Release);
-                if let Some(cache) = &shared.deny_cache {
-                    cache.clear();
-                }
-            }
-            Invalidation::Lost => shared.feed_live.store(false, Ordering::Release),
-            Invalidation::Reset(identity) => {
-                shared
-                    .counters
-                    .invalidations
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(cache) = &shared.deny_cache {
-                    cache.invalidate(&identity);
-                }
-            }
-        }
+        target.receive(notice);
         true
     }
 
-    /// Whether the wrapper is gone (the feed should stop).
+    /// Whether the receiver is gone (the feed should stop).
     pub fn is_closed(&self) -> bool {
         self.target.strong_count() == 0
     }
