@@ -107,8 +107,11 @@ impl<'a> PolicyDecision<'a> {
 }
 
 /// What a check says to do with the request.
+///
+/// Exhaustive on purpose: a new kind of verdict must stop every adapter
+/// from compiling until it says what to do with it, not fall into a
+/// wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Verdict {
     /// Every policy allowed it, with no wait: forward it.
     Allow,
