@@ -2,6 +2,7 @@
 //! [`Answer`]: the values are the core's (`tollgate::answer`), this file
 //! only names the fields and adds them to a response.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate::answer::{self, Answer};
 
@@ -52,10 +53,7 @@ impl LimitFields {
         let legacy = on.legacy.then(|| answer.legacy_fields()).flatten();
         LimitFields {
             policy: policy_field.filter(|_| on.standard).cloned(),
-            ratelimit: on
-                .standard
-                .then(|| HeaderValue::try_from(answer.ratelimit_field()).ok())
-                .flatten(),
+            ratelimit: on.standard.then(|| ratelimit_value(answer)).flatten(),
             legacy: legacy.map(|fields| {
                 Box::new([
                     (X_RATELIMIT_LIMIT, HeaderValue::from(fields.limit)),
@@ -85,4 +83,12 @@ impl LimitFields {
             headers.insert(TOLLGATE_DEGRADED, HeaderValue::from_static("true"));
         }
     }
+}
+
+/// The `RateLimit` value of `answer`, in one allocation: a boxed string
+/// becomes `Bytes` as it is, where a `String` with spare capacity would
+/// cost `Bytes` a second one (this runs for every limited request).
+fn ratelimit_value(answer: &Answer<'_>) -> Option<HeaderValue> {
+    let value = answer.ratelimit_field().into_boxed_str().into_boxed_bytes();
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }
