@@ -1,7 +1,8 @@
 //! A layer's configuration, shared by every service it makes: which
 //! policies apply to a request, what it costs, what it is keyed by, and the
-//! public choices [`MissingKey`] and [`StoreFailure`]. Data only: the
-//! builder (`layer.rs`) makes it, the service (`service.rs`) acts on it.
+//! public choices [`MissingKey`] and [`StoreFailure`]. Data and the
+//! lookups on it: the builder (`layer.rs`) makes it, the service
+//! (`service.rs`) acts on it, so neither needs the other.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
