@@ -8,6 +8,9 @@
 //! - [`algorithm`]: the six algorithms as pure step functions over integer
 //!   microseconds; no I/O, no clock of their own;
 //! - [`Decision`]: the answer, a value (a denial is not an error);
+//! - [`answer`]: what a check's decisions tell a client (verdict, deciding
+//!   policy, `retry_after`, `RateLimit` header values), written once for
+//!   every adapter;
 //! - [`clock`]: time sources, the system's monotonic clock and a manual one;
 //! - [`store`]: the [`Store`] trait ("apply these policies to this key,
 //!   atomically") and the embedded [`MemoryStore`];
@@ -31,6 +34,7 @@
 //! ```
 
 pub mod algorithm;
+pub mod answer;
 pub mod clock;
 mod decision;
 mod error;

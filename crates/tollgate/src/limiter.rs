@@ -70,12 +70,10 @@ pub struct MultiDecision {
 
 impl MultiDecision {
     /// The longest `retry_after` among the denials: when the whole request
-    /// could pass. `None` if allowed or if some denial can never pass.
+    /// could pass. `None` if allowed or if some denial can never pass (the
+    /// rule of [`answer::retry_after`](crate::answer::retry_after)).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
-        let denied = self.decisions.iter().filter(|d| !d.allowed);
-        denied.map(|d| d.retry_after).try_fold(None, |acc, r| {
-            r.map(|r| Some(acc.map_or(r, |a: std::time::Duration| a.max(r))))
-        })?
+        crate::answer::retry_after(&self.decisions)
     }
 }
 

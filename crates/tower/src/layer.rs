@@ -1,181 +1,28 @@
-//! [`RateLimitLayer`] and its builder.
+//! [`RateLimitLayer`] and its builder: the one place a layer is configured
+//! and checked (every mistake is a [`ConfigError`] from
+//! [`build`](RateLimitLayerBuilder::build), never a failed request).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::MatchedPath;
 use http::HeaderValue;
 use http::request::Parts;
+use tollgate::answer;
 use tollgate::{Limiter, MemoryStore, Policy, Store};
 use tower::Layer;
 
+use crate::config::{Cost, LayerConfig, Policies, PolicySet};
+pub use crate::config::{MissingKey, StoreFailure};
 use crate::error::ConfigError;
 use crate::key::{Key, KeyExtractor, PeerIp};
-use crate::response::{self, ResponseFormat};
+use crate::response::{FieldSwitches, ResponseFormat};
 use crate::service::RateLimitService;
 
 /// The default longest a request waits in a `leaky_bucket` queue before the
 /// layer answers 429 instead (see [`RateLimitLayerBuilder::max_delay`]).
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
-
-/// What the layer does with a request it cannot read a key from.
-///
-/// Whatever the choice, it is never a 500. The reason is logged: at `warn`
-/// when the server is set up wrong ([`KeyError::NoPeerAddress`]), at `debug`
-/// when the client left something out.
-///
-/// [`KeyError::NoPeerAddress`]: crate::key::KeyError::NoPeerAddress
-#[derive(Clone, Default)]
-#[non_exhaustive]
-pub enum MissingKey {
-    /// Answer `400 Bad Request` (`{"error":"missing_key"}`; a gRPC call
-    /// gets `INVALID_ARGUMENT`). The default: a server started without
-    /// `ConnectInfo` fails loudly on its first request rather than silently
-    /// limiting nothing.
-    #[default]
-    BadRequest,
-    /// Answer `401 Unauthorized`, with this `WWW-Authenticate` challenge if
-    /// given (e.g. `Bearer`): for keys that are credentials. A gRPC call
-    /// gets `UNAUTHENTICATED` (and the challenge as metadata).
-    Unauthorized(Option<HeaderValue>),
-    /// Charge the key of another extractor instead, e.g.
-    /// [`MissingKey::peer_ip`]; if that fails too, answer 400.
-    Fallback(Arc<dyn KeyExtractor>),
-    /// Let the request through unlimited, without rate limit fields. Only
-    /// for keys a client cannot simply leave out to escape the limit.
-    Skip,
-}
-
-impl MissingKey {
-    /// Fall back to the peer's IP address ([`PeerIp`] with its defaults).
-    /// Behind a proxy, fall back to a [`ClientIp`](crate::key::ClientIp)
-    /// with [`MissingKey::Fallback`] instead, or every such request is
-    /// charged to the proxy.
-    pub fn peer_ip() -> Self {
-        MissingKey::Fallback(Arc::new(PeerIp::new()))
-    }
-
-    /// Fall back to the key of `extractor`.
-    pub fn fallback(extractor: impl KeyExtractor) -> Self {
-        MissingKey::Fallback(Arc::new(extractor))
-    }
-}
-
-impl fmt::Debug for MissingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MissingKey::BadRequest => f.write_str("BadRequest"),
-            MissingKey::Unauthorized(challenge) => {
-                f.debug_tuple("Unauthorized").field(challenge).finish()
-            }
-            MissingKey::Fallback(_) => f.write_str("Fallback(..)"),
-            MissingKey::Skip => f.write_str("Skip"),
-        }
-    }
-}
-
-/// What the layer does when the store cannot decide
-/// ([`tollgate::Error::Store`]: Redis down, a timeout).
-///
-/// Either way the failure is logged with `tracing::warn!`. The limiter will
-/// own failure modes (open, closed, local fallback) in a later version; this
-/// is the layer's own choice until then.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum StoreFailure {
-    /// Let the request through, without rate limit fields (the default: an
-    /// outage of the limiter should not become an outage of the service).
-    #[default]
-    Allow,
-    /// Answer `503 Service Unavailable`
-    /// (`{"error":"rate_limiter_unavailable"}`; a gRPC call gets
-    /// `UNAVAILABLE`).
-    Deny,
-}
-
-/// The policies of one group of requests, checked together.
-pub(crate) struct PolicySet {
-    /// Names and policies, in the order given.
-    pub(crate) entries: Vec<(Box<str>, Policy)>,
-    /// Each name as a structured-field string, quoted once here rather than
-    /// for every response.
-    pub(crate) quoted: Vec<Box<str>>,
-    /// The `RateLimit-Policy` value: it never changes, so it is written once.
-    pub(crate) header: Option<HeaderValue>,
-}
-
-/// Which policies apply to a request.
-pub(crate) enum Policies {
-    /// The same for every request.
-    Fixed(PolicySet),
-    /// By route template (axum's `MatchedPath`) or request path.
-    Routes {
-        routes: HashMap<Box<str>, PolicySet>,
-        default: Option<PolicySet>,
-    },
-}
-
-impl Policies {
-    /// The policies for `request`; `None` when it is not limited.
-    pub(crate) fn for_request(&self, request: &Parts) -> Option<&PolicySet> {
-        match self {
-            Policies::Fixed(set) => Some(set),
-            Policies::Routes { routes, default } => request
-                .extensions
-                .get::<MatchedPath>()
-                .and_then(|matched| routes.get(matched.as_str()))
-                .or_else(|| routes.get(request.uri.path()))
-                .or(default.as_ref()),
-        }
-    }
-}
-
-/// What a request costs: a constant, or a function of the request head.
-#[derive(Clone)]
-pub(crate) enum Cost {
-    Fixed(u64),
-    PerRequest(Arc<dyn Fn(&Parts) -> u64 + Send + Sync>),
-}
-
-impl Cost {
-    /// The units `request` costs; 0 means free (not checked).
-    pub(crate) fn of(&self, request: &Parts) -> u64 {
-        match self {
-            Cost::Fixed(cost) => *cost,
-            Cost::PerRequest(cost_of) => cost_of(request),
-        }
-    }
-}
-
-impl fmt::Debug for Cost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cost::Fixed(cost) => write!(f, "{cost}"),
-            Cost::PerRequest(_) => f.write_str("per request"),
-        }
-    }
-}
-
-/// Everything a layer's services share: built once, behind one `Arc`.
-pub(crate) struct Config<S> {
-    /// The budget: shared by every clone of every service of the layer, and
-    /// by anything else holding the same limiter.
-    pub(crate) limiter: Limiter<S>,
-    pub(crate) policies: Policies,
-    pub(crate) key: Arc<dyn KeyExtractor>,
-    pub(crate) missing_key: MissingKey,
-    pub(crate) store_failure: StoreFailure,
-    pub(crate) cost: Cost,
-    pub(crate) format: ResponseFormat,
-    pub(crate) standard_headers: bool,
-    pub(crate) legacy_headers: bool,
-    pub(crate) degraded_header: bool,
-    pub(crate) max_delay: Duration,
-    pub(crate) shadow: bool,
-    pub(crate) allowlist: HashSet<Box<[u8]>>,
-}
 
 /// A tower [`Layer`] that rate limits requests with a shared
 /// [`tollgate::Limiter`].
@@ -186,7 +33,7 @@ pub(crate) struct Config<S> {
 /// service. Build one with [`RateLimitLayer::builder`]; the crate docs show
 /// the whole flow.
 pub struct RateLimitLayer<S = MemoryStore> {
-    config: Arc<Config<S>>,
+    config: Arc<LayerConfig<S>>,
 }
 
 impl<S> Clone for RateLimitLayer<S> {
@@ -223,9 +70,11 @@ impl<S: Store> RateLimitLayer<S> {
             store_failure: StoreFailure::default(),
             cost: Cost::Fixed(1),
             format: ResponseFormat::default(),
-            standard_headers: true,
-            legacy_headers: false,
-            degraded_header: false,
+            fields: FieldSwitches {
+                standard: true,
+                legacy: false,
+                degraded: false,
+            },
             max_delay: DEFAULT_MAX_DELAY,
             shadow: false,
             allowlist: HashSet::new(),
@@ -259,9 +108,7 @@ pub struct RateLimitLayerBuilder<S> {
     store_failure: StoreFailure,
     cost: Cost,
     format: ResponseFormat,
-    standard_headers: bool,
-    legacy_headers: bool,
-    degraded_header: bool,
+    fields: FieldSwitches,
     max_delay: Duration,
     shadow: bool,
     allowlist: HashSet<Box<[u8]>>,
@@ -386,14 +233,14 @@ impl<S: Store> RateLimitLayerBuilder<S> {
 
     /// Whether to send `RateLimit-Policy` and `RateLimit` (default on).
     pub fn ratelimit_headers(mut self, on: bool) -> Self {
-        self.standard_headers = on;
+        self.fields.standard = on;
         self
     }
 
     /// Whether to also send the legacy `X-RateLimit-Limit`,
     /// `X-RateLimit-Remaining` and `X-RateLimit-Reset` (default off).
     pub fn legacy_headers(mut self, on: bool) -> Self {
-        self.legacy_headers = on;
+        self.fields.legacy = on;
         self
     }
 
@@ -401,7 +248,7 @@ impl<S: Store> RateLimitLayerBuilder<S> {
     /// was made without the shared store (the store failed and a
     /// [`tollgate::Resilient`] failure mode decided). Default off.
     pub fn degraded_header(mut self, on: bool) -> Self {
-        self.degraded_header = on;
+        self.fields.degraded = on;
         self
     }
 
@@ -470,7 +317,7 @@ impl<S: Store> RateLimitLayerBuilder<S> {
             Policies::Routes { routes, default }
         };
         Ok(RateLimitLayer {
-            config: Arc::new(Config {
+            config: Arc::new(LayerConfig {
                 limiter: self.limiter,
                 policies,
                 key: self.key,
@@ -478,9 +325,7 @@ impl<S: Store> RateLimitLayerBuilder<S> {
                 store_failure: self.store_failure,
                 cost: self.cost,
                 format: self.format,
-                standard_headers: self.standard_headers,
-                legacy_headers: self.legacy_headers,
-                degraded_header: self.degraded_header,
+                fields: self.fields,
                 max_delay: self.max_delay,
                 shadow: self.shadow,
                 allowlist: self.allowlist,
@@ -495,7 +340,7 @@ fn policy_set<S: Store>(limiter: &Limiter<S>, names: &[String]) -> Result<Policy
         let policy = limiter
             .policy(name)
             .ok_or_else(|| ConfigError::UnknownPolicy(name.clone()))?;
-        if !response::is_sf_printable(name) {
+        if !answer::is_sf_printable(name) {
             return Err(ConfigError::PolicyName(name.clone()));
         }
         entries.push((name.clone().into_boxed_str(), *policy));
@@ -505,14 +350,9 @@ fn policy_set<S: Store>(limiter: &Limiter<S>, names: &[String]) -> Result<Policy
     if let Some(name) = tollgate::limiter::duplicate_policy(names.iter().map(String::as_str)) {
         return Err(ConfigError::DuplicatePolicy(name.to_owned()));
     }
-    let quoted: Vec<Box<str>> = entries
-        .iter()
-        .map(|(n, _)| response::sf_string(n))
-        .collect();
-    let header = response::policy_header(quoted.iter().zip(&entries).map(|(q, (_, p))| (&**q, p)));
+    let field = answer::policy_field(entries.iter().map(|(name, policy)| (&**name, policy)));
     Ok(PolicySet {
+        header: HeaderValue::try_from(field).ok(),
         entries,
-        quoted,
-        header,
     })
 }

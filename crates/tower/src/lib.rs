@@ -14,15 +14,18 @@
 //! - [`layer`]: [`RateLimitLayer`] and its builder: policies per layer or
 //!   per route, [`MissingKey`], [`StoreFailure`], shadow mode, allowlist,
 //!   leaky bucket delays;
-//! - [`service`]: [`RateLimitService`], which decides in `call` (never in
-//!   `poll_ready`) and forwards or answers;
+//! - [`service`]: [`RateLimitService`], which in `call` (never in
+//!   `poll_ready`) extracts the key, asks the limiter and translates the
+//!   check's [`Answer`](tollgate::answer::Answer) (verdict, deciding policy,
+//!   waits and header values, decided by the core's rules, shared with
+//!   `tollgate serve`) into forwarding or a response;
 //! - [`key`]: who a request is charged to: [`PeerIp`](key::PeerIp),
 //!   [`ClientIp`](key::ClientIp) behind trusted proxies,
 //!   [`HeaderKey`](key::HeaderKey), [`Identity`](key::Identity),
 //!   [`RouteParam`](key::RouteParam), or any closure ([`key::key_fn`]);
 //! - [`response`]: the header fields and the layer's own responses
 //!   ([`ResponseFormat`]: JSON, RFC 9457 problem details, or your function;
-//!   gRPC status codes for gRPC calls);
+//!   gRPC Trailers-Only replies for gRPC calls);
 //! - [`future`] and [`body`]: the service's future and response body;
 //! - [`error`]: [`ConfigError`], the only error: found when the layer is
 //!   built, never while serving.
@@ -91,6 +94,7 @@
 //! with the same header fields (see [`response`]).
 
 pub mod body;
+mod config;
 pub mod error;
 pub mod future;
 pub mod key;
@@ -103,6 +107,6 @@ pub use error::ConfigError;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyError, KeyExtractor};
 pub use layer::{MissingKey, RateLimitLayer, RateLimitLayerBuilder, StoreFailure};
+pub use response::TOLLGATE_DEGRADED;
 pub use response::{Denial, PolicyDecision, ResponseFormat};
 pub use service::RateLimitService;
-pub use service::TOLLGATE_DEGRADED;

@@ -1,4 +1,6 @@
-//! [`RateLimitService`]: decides in `call`, then answers or forwards.
+//! [`RateLimitService`]: in `call` (never in `poll_ready`) it extracts the
+//! request's key, asks the limiter, and translates the check's
+//! [`Answer`] into forwarding, waiting, or a response of its own.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,18 +9,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{Request, Response};
 use smallvec::SmallVec;
+use tollgate::answer::{Answer, PolicyDecision, Verdict};
 use tollgate::{Decision, Store};
 use tower::Service;
 
 use crate::body::RateLimitBody;
+use crate::config::{LayerConfig, MissingKey, PolicySet};
 use crate::future::ResponseFuture;
 use crate::key::{Key, KeyError};
-use crate::layer::{Config, MissingKey, PolicySet, StoreFailure};
-use crate::response::{
-    self, Denial, PolicyDecision, Protocol, RATELIMIT, RATELIMIT_POLICY, Refusal,
-};
+use crate::response::{self, Denial, LimitFields, Protocol, Refusal};
 
 /// Rate limits requests to an inner service; made by
 /// [`RateLimitLayer`](crate::RateLimitLayer).
@@ -27,11 +28,11 @@ use crate::response::{
 /// every clone charges the same budget.
 pub struct RateLimitService<Svc, S> {
     inner: Svc,
-    config: Arc<Config<S>>,
+    config: Arc<LayerConfig<S>>,
 }
 
 impl<Svc, S> RateLimitService<Svc, S> {
-    pub(crate) fn new(inner: Svc, config: Arc<Config<S>>) -> Self {
+    pub(crate) fn new(inner: Svc, config: Arc<LayerConfig<S>>) -> Self {
         RateLimitService { inner, config }
     }
 
@@ -95,11 +96,11 @@ where
         let config = Arc::clone(&self.config);
         ResponseFuture::new(async move {
             let (parts, body) = request.into_parts();
-            let verdict = config.decide(&parts).await;
+            let action = act(&config, &parts).await;
             let request = Request::from_parts(parts, body);
-            match verdict {
-                Verdict::Pass => Ok(inner.call(request).await?.map(RateLimitBody::inner)),
-                Verdict::Proceed { fields, delay } => {
+            match action {
+                Action::Pass => Ok(inner.call(request).await?.map(RateLimitBody::inner)),
+                Action::Proceed { fields, delay } => {
                     if !delay.is_zero() {
                         // Boxed: a `Sleep` inline would grow every request's
                         // future, delayed or not.
@@ -109,14 +110,14 @@ where
                     fields.add_to(response.headers_mut());
                     Ok(response.map(RateLimitBody::inner))
                 }
-                Verdict::Respond(response) => Ok(response.map(RateLimitBody::written)),
+                Action::Respond(response) => Ok(response.map(RateLimitBody::written)),
             }
         })
     }
 }
 
-/// What to do with a request.
-pub(crate) enum Verdict {
+/// What the service does with a request.
+enum Action {
     /// Not limited (no policy for it, allowlisted, skipped, or the limiter
     /// could not decide and the layer fails open): forward, add nothing.
     Pass,
@@ -139,256 +140,162 @@ enum NoKey {
     Refuse(Refusal),
 }
 
-/// The rate limit header fields of one decision.
-/// The header [`RateLimitLayerBuilder::degraded_header`](crate::RateLimitLayerBuilder::degraded_header)
-/// adds (the same as `tollgate serve`'s).
-pub const TOLLGATE_DEGRADED: HeaderName = HeaderName::from_static("tollgate-degraded");
-
-pub(crate) struct LimitFields {
-    policy: Option<HeaderValue>,
-    ratelimit: Option<HeaderValue>,
-    // Boxed: off by default, and a verdict is moved through a future.
-    legacy: Option<Box<[(HeaderName, HeaderValue); 3]>>,
-    /// Some decision was made without the shared store.
-    degraded: bool,
-}
-
-impl LimitFields {
-    /// Appends the standard fields (stacked layers each add their list
-    /// members) and sets the legacy ones unless an inner layer did.
-    fn add_to(self, headers: &mut HeaderMap) {
-        if let Some(value) = self.policy {
-            headers.append(RATELIMIT_POLICY, value);
+/// What to do with `request`: find its policies and key, check them, and
+/// translate the answer.
+async fn act<S: Store>(config: &LayerConfig<S>, request: &Parts) -> Action {
+    let Some(set) = config.policies.for_request(request) else {
+        return Action::Pass;
+    };
+    let key = match config.key.extract(request) {
+        Ok(key) => key,
+        Err(error) => match missing_key(config, request, &error) {
+            NoKey::Fallback(key) => key,
+            NoKey::Pass => return Action::Pass,
+            NoKey::Refuse(refusal) => return refuse(config, request, refusal),
+        },
+    };
+    if config.allowlist.contains(key.as_bytes()) {
+        return Action::Pass;
+    }
+    let cost = config.cost.of(request);
+    if cost == 0 {
+        // Priced free by the cost function: nothing to check or charge.
+        return Action::Pass;
+    }
+    // One policy (the common case) skips `check_all`'s bookkeeping.
+    let limiter = &config.limiter;
+    let decided = match set.entries.as_slice() {
+        [(name, _)] => limiter.check(name, &key, cost).await.map(|d| {
+            let mut one = tollgate::Decisions::new();
+            one.push(d);
+            one
+        }),
+        entries => {
+            let names: SmallVec<[&str; 4]> = entries.iter().map(|(name, _)| &**name).collect();
+            (limiter.check_all(&names, &key, cost).await).map(|all| all.decisions)
         }
-        if let Some(value) = self.ratelimit {
-            headers.append(RATELIMIT, value);
-        }
-        for (name, value) in self.legacy.into_iter().flat_map(|fields| *fields) {
-            if !headers.contains_key(&name) {
-                headers.insert(name, value);
-            }
-        }
-        if self.degraded {
-            headers.insert(TOLLGATE_DEGRADED, HeaderValue::from_static("true"));
-        }
+    };
+    match decided {
+        Ok(decisions) => translate(config, request, set, &key, cost, &decisions),
+        Err(error) => failed(config, request, error, &key),
     }
 }
 
-impl<S: Store> Config<S> {
-    /// Decides what to do with `request`.
-    pub(crate) async fn decide(&self, request: &Parts) -> Verdict {
-        let Some(set) = self.policies.for_request(request) else {
-            return Verdict::Pass;
-        };
-        let key = match self.key.extract(request) {
-            Ok(key) => key,
-            Err(error) => match self.missing_key(request, &error) {
-                NoKey::Fallback(key) => key,
-                NoKey::Pass => return Verdict::Pass,
-                NoKey::Refuse(refusal) => return self.refuse(request, refusal),
-            },
-        };
-        if self.allowlist.contains(key.as_bytes()) {
-            return Verdict::Pass;
-        }
-        let cost = self.cost.of(request);
-        if cost == 0 {
-            // Priced free by the cost function: nothing to check or charge.
-            return Verdict::Pass;
-        }
-        // One policy (the common case) skips `check_all`'s bookkeeping.
-        let decided = match set.entries.as_slice() {
-            [(name, _)] => self.limiter.check(name, &key, cost).await.map(|d| {
-                let mut one = tollgate::Decisions::new();
-                one.push(d);
-                one
-            }),
-            entries => {
-                let names: SmallVec<[&str; 4]> = entries.iter().map(|(name, _)| &**name).collect();
-                (self.limiter.check_all(&names, &key, cost).await).map(|all| all.decisions)
+/// What to charge when the extractor found no key.
+fn missing_key<S>(config: &LayerConfig<S>, request: &Parts, error: &KeyError) -> NoKey {
+    log_key_error(error);
+    match &config.missing_key {
+        MissingKey::BadRequest => NoKey::Refuse(Refusal::MissingKey),
+        MissingKey::Unauthorized(_) => NoKey::Refuse(Refusal::Unauthenticated),
+        MissingKey::Fallback(extractor) => match extractor.extract(request) {
+            Ok(key) => NoKey::Fallback(key),
+            Err(error) => {
+                log_key_error(&error);
+                NoKey::Refuse(Refusal::MissingKey)
             }
-        };
-        match decided {
-            Ok(decisions) => self.judge(request, set, &key, cost, &decisions),
-            Err(error) => self.failed(request, error, &key),
+        },
+        MissingKey::Skip => NoKey::Pass,
+    }
+}
+
+/// The layer's own answer (not a 429): in gRPC's terms to a gRPC call.
+fn refuse<S>(config: &LayerConfig<S>, request: &Parts, refusal: Refusal) -> Action {
+    let challenge = match &config.missing_key {
+        MissingKey::Unauthorized(challenge) => challenge.as_ref(),
+        _ => None,
+    };
+    let protocol = Protocol::of(&request.headers);
+    Action::Respond(response::refusal(
+        &config.format,
+        protocol,
+        refusal,
+        challenge,
+    ))
+}
+
+/// The check's [`Answer`] for `request`, in the layer's terms: the rules
+/// (which policy decides, how long to wait, the field values) are the
+/// core's; shadow mode and the maximum delay are the layer's settings.
+fn translate<S>(
+    config: &LayerConfig<S>,
+    request: &Parts,
+    set: &PolicySet,
+    key: &Key,
+    cost: u64,
+    decisions: &[Decision],
+) -> Action {
+    let views: SmallVec<[PolicyDecision<'_>; 4]> = set
+        .entries
+        .iter()
+        .zip(decisions)
+        .map(|((name, policy), decision)| PolicyDecision::new(name, policy, *decision))
+        .collect();
+    let answer = Answer::new(&views);
+    let answer = if config.shadow {
+        if answer.verdict() == Verdict::Deny {
+            tracing::info!(key = %key, policy = deciding(&answer), "shadow mode: would deny");
         }
-    }
-
-    /// What to charge when the extractor found no key.
-    fn missing_key(&self, request: &Parts, error: &KeyError) -> NoKey {
-        log_key_error(error);
-        match &self.missing_key {
-            MissingKey::BadRequest => NoKey::Refuse(Refusal::MissingKey),
-            MissingKey::Unauthorized(_) => NoKey::Refuse(Refusal::Unauthenticated),
-            MissingKey::Fallback(extractor) => match extractor.extract(request) {
-                Ok(key) => NoKey::Fallback(key),
-                Err(error) => {
-                    log_key_error(&error);
-                    NoKey::Refuse(Refusal::MissingKey)
-                }
-            },
-            MissingKey::Skip => NoKey::Pass,
-        }
-    }
-
-    /// The layer's own answer (not a 429): in gRPC's terms to a gRPC call.
-    fn refuse(&self, request: &Parts, refusal: Refusal) -> Verdict {
-        let challenge = match &self.missing_key {
-            MissingKey::Unauthorized(challenge) => challenge.as_ref(),
-            _ => None,
-        };
-        let protocol = Protocol::of(&request.headers);
-        Verdict::Respond(response::refusal(
-            &self.format,
-            protocol,
-            refusal,
-            challenge,
-        ))
-    }
-
-    /// The verdict on the store's decisions for `request`.
-    fn judge(
-        &self,
-        request: &Parts,
-        set: &PolicySet,
-        key: &Key,
-        cost: u64,
-        decisions: &[Decision],
-    ) -> Verdict {
-        let views: SmallVec<[PolicyDecision<'_>; 4]> = set
-            .entries
-            .iter()
-            .zip(decisions)
-            .map(|((name, policy), decision)| PolicyDecision {
-                name,
-                policy,
-                decision: *decision,
-            })
-            .collect();
-        // The denial that lasts longest names the policy; "never" is longest.
-        let denying = views
-            .iter()
-            .filter(|v| !v.decision.allowed)
-            .max_by_key(|v| v.decision.retry_after.unwrap_or(Duration::MAX));
-        if let Some(denying) = denying {
-            if self.shadow {
-                tracing::info!(key = %key, policy = denying.name, "shadow mode: would deny");
-                return Verdict::Proceed {
-                    fields: self.fields(set, &views, None),
-                    delay: Duration::ZERO,
-                };
+        answer.shadowed()
+    } else {
+        answer.within_max_delay(config.max_delay, cost)
+    };
+    let fields = LimitFields::new(&answer, set.header.as_ref(), config.fields);
+    match answer.verdict() {
+        Verdict::Allow | Verdict::Delay => Action::Proceed {
+            fields,
+            delay: answer.delay(),
+        },
+        Verdict::Deny => {
+            if answer.queued_too_long() {
+                tracing::debug!(key = %key, policy = deciding(&answer), "queued longer than the maximum delay");
+            } else {
+                tracing::debug!(key = %key, policy = deciding(&answer), "rate limited");
             }
-            tracing::debug!(key = %key, policy = denying.name, "rate limited");
-            return self.reject(
-                set,
-                &Denial {
-                    policy: denying.name,
-                    retry_after: denying.decision.retry_after,
-                    key,
-                    decisions: &views,
-                    queued_too_long: false,
-                    // Read only on the way to a refusal, never per request.
-                    protocol: Protocol::of(&request.headers),
-                },
-            );
-        }
-        let slowest = views.iter().max_by_key(|v| v.decision.delay);
-        let fields = self.fields(set, &views, None);
-        let delay = match slowest {
-            Some(slowest) if !self.shadow && !slowest.decision.delay.is_zero() => slowest,
-            _ => {
-                return Verdict::Proceed {
-                    fields,
-                    delay: Duration::ZERO,
-                };
-            }
-        };
-        if delay.decision.delay <= self.max_delay {
-            return Verdict::Proceed {
-                fields,
-                delay: delay.decision.delay,
-            };
-        }
-        // A retry queues behind this request too: it waits no longer than
-        // the maximum once the queue has drained `delay - max` plus this
-        // request's own units.
-        let own_units_us = u128::from(cost) * u128::from(delay.policy.period_us());
-        let own_units_us = own_units_us.div_ceil(u128::from(delay.policy.limit()));
-        let own_units = Duration::from_micros(u64::try_from(own_units_us).unwrap_or(u64::MAX));
-        let retry_after = delay
-            .decision
-            .delay
-            .saturating_sub(self.max_delay)
-            .saturating_add(own_units);
-        tracing::debug!(key = %key, policy = delay.name, "queued longer than the maximum delay");
-        self.reject(
-            set,
-            &Denial {
-                policy: delay.name,
-                retry_after: Some(retry_after),
-                key,
-                decisions: &views,
-                queued_too_long: true,
-                protocol: Protocol::of(&request.headers),
-            },
-        )
-    }
-
-    /// The 429 for `denial`, with every field.
-    fn reject(&self, set: &PolicySet, denial: &Denial<'_>) -> Verdict {
-        let mut response = response::too_many_requests(&self.format, denial);
-        self.fields(set, denial.decisions, Some(denial.policy))
-            .add_to(response.headers_mut());
-        Verdict::Respond(response)
-    }
-
-    fn fields(
-        &self,
-        set: &PolicySet,
-        views: &[PolicyDecision<'_>],
-        denying: Option<&str>,
-    ) -> LimitFields {
-        let standard = self.standard_headers;
-        LimitFields {
-            policy: set.header.clone().filter(|_| standard),
-            ratelimit: standard
-                .then(|| response::ratelimit_header(&set.quoted, views))
-                .flatten(),
-            legacy: self
-                .legacy_headers
-                .then(|| response::legacy_headers(views, denying))
-                .flatten()
-                .map(Box::new),
-            degraded: self.degraded_header && views.iter().any(|v| v.decision.degraded),
+            // The protocol is read only on the way to a refusal, never per
+            // request.
+            let denial = Denial::new(&answer, key, Protocol::of(&request.headers));
+            let mut response = response::too_many_requests(&config.format, &denial);
+            fields.add_to(response.headers_mut());
+            Action::Respond(response)
         }
     }
+}
 
-    /// The verdict when the limiter could not decide.
-    fn failed(&self, request: &Parts, error: tollgate::Error, key: &Key) -> Verdict {
-        match error {
-            tollgate::Error::KeyTooLong { len, max } => {
-                tracing::debug!(len, max, "rate limiting key too long");
-                self.refuse(request, Refusal::KeyTooLong)
-            }
-            // `build` checked names and cost, so these mean a bug, not a
-            // bad request: say so loudly, and do not punish the client.
-            tollgate::Error::UnknownPolicy(_)
-            | tollgate::Error::ZeroCost
-            | tollgate::Error::NoPolicy
-            | tollgate::Error::DuplicatePolicy(_) => {
-                tracing::error!(%error, key = %key, "rate limit layer misconfigured; request not limited");
-                Verdict::Pass
-            }
-            // The store failed (or a failure this version does not know).
-            error => {
-                tracing::warn!(%error, key = %key, transient = error.is_transient(), "rate limit store failed");
-                match self.store_failure {
-                    StoreFailure::Allow => Verdict::Pass,
-                    StoreFailure::Deny => self.refuse(request, Refusal::Unavailable),
-                }
+/// What to do when the limiter could not decide.
+fn failed<S>(
+    config: &LayerConfig<S>,
+    request: &Parts,
+    error: tollgate::Error,
+    key: &Key,
+) -> Action {
+    match error {
+        tollgate::Error::KeyTooLong { len, max } => {
+            tracing::debug!(len, max, "rate limiting key too long");
+            refuse(config, request, Refusal::KeyTooLong)
+        }
+        // `build` checked names and cost, so these mean a bug, not a
+        // bad request: say so loudly, and do not punish the client.
+        tollgate::Error::UnknownPolicy(_)
+        | tollgate::Error::ZeroCost
+        | tollgate::Error::NoPolicy
+        | tollgate::Error::DuplicatePolicy(_) => {
+            tracing::error!(%error, key = %key, "rate limit layer misconfigured; request not limited");
+            Action::Pass
+        }
+        // The store failed (or a failure this version does not know).
+        error => {
+            tracing::warn!(%error, key = %key, transient = error.is_transient(), "rate limit store failed");
+            match config.store_failure.refusal() {
+                None => Action::Pass,
+                Some(refusal) => refuse(config, request, refusal),
             }
         }
     }
+}
+
+/// The deciding policy's name, for the log.
+fn deciding<'a>(answer: &Answer<'a>) -> &'a str {
+    answer.deciding().map_or("", |d| d.name)
 }
 
 fn log_key_error(error: &KeyError) {

@@ -31,7 +31,7 @@ pub(crate) fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> Key {
                     key[len] = b'.';
                     len += 1;
                 }
-                for &digit in crate::response::decimal(u64::from(octet), &mut digits) {
+                for &digit in decimal(u64::from(octet), &mut digits) {
                     key[len] = digit;
                     len += 1;
                 }
@@ -44,6 +44,22 @@ pub(crate) fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> Key {
             Key::from(format!("ip:{network}/{ipv6_prefix}"))
         }
     }
+}
+
+/// The decimal digits of `n`, written into `buf`: without the formatting
+/// machinery, as this runs for every request keyed by an IPv4 address.
+fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut rest = n;
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    &buf[start..]
 }
 
 /// IPv4-mapped IPv6 (`::ffff:192.0.2.1`, what a dual-stack socket reports
@@ -654,6 +670,14 @@ mod tests {
             ),
         );
         assert_eq!(mapped, "ip:203.0.113.9");
+    }
+
+    #[test]
+    fn decimal_digits_are_written_by_hand() {
+        let mut digits = [0; 20];
+        for n in [0, 7, 10, 12_345, u64::MAX] {
+            assert_eq!(decimal(n, &mut digits), n.to_string().as_bytes());
+        }
     }
 
     #[test]
