@@ -39,12 +39,12 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
-use tollgate::{Decision, Mode, PolicyRef};
+use tollgate::answer::{self, Answer, PolicyDecision};
+use tollgate::{Mode, PolicyRef};
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
 use crate::envoy::{Applied, Domain, Matched, Unit};
-use crate::headers;
 
 /// The gRPC service name, for health checking.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -393,9 +393,12 @@ impl RateLimitService for RateLimitGrpc {
         let response_headers_to_add = if decided.is_empty() {
             Vec::new()
         } else {
-            let entries: Vec<(&str, &tollgate::Policy, &Decision)> =
-                decided.iter().map(|(n, p, d)| (*n, *p, d)).collect();
-            let (policy_field, limit_field) = headers::format(entries);
+            let views: Vec<PolicyDecision<'_>> = decided
+                .iter()
+                .map(|(n, p, d)| PolicyDecision::new(n, p, *d))
+                .collect();
+            let policy_field = answer::policy_field(views.iter().map(|d| (d.name, d.policy)));
+            let limit_field = Answer::new(&views).ratelimit_field();
             vec![
                 HeaderValue {
                     key: "RateLimit-Policy".to_owned(),

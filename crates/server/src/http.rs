@@ -10,7 +10,6 @@
 //! an Envoy descriptor or of the middleware (docs/SERVER.md, "Key spaces").
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,11 +20,11 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
+use tollgate::answer::{self, Answer, PolicyDecision, ceil_millis};
 use tollgate::keyspace::KeySpace;
 use tollgate::{Decision, Error, Mode};
 
 use crate::app::App;
-use crate::headers;
 
 /// The most policies one multi-policy check may name.
 pub const MAX_POLICIES_PER_CHECK: usize = 16;
@@ -228,17 +227,11 @@ async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Problem> {
 
 /// Response header present (`true`) when a decision was made without the
 /// shared store (failure mode `open` or `local`).
-pub const TOLLGATE_DEGRADED: &str = "tollgate-degraded";
+pub const TOLLGATE_DEGRADED: &str = answer::TOLLGATE_DEGRADED;
 
 /// Response header: for an allowed `leaky_bucket` request, how long to wait
 /// before proceeding, in whole milliseconds rounded up.
 pub const TOLLGATE_DELAY_MS: &str = "tollgate-delay-ms";
-
-/// Whole milliseconds, rounded up: a client waiting that long is never early.
-fn ceil_ms(d: Duration) -> u64 {
-    let ms = d.as_millis() + u128::from(d.as_nanos() % 1_000_000 != 0);
-    u64::try_from(ms).unwrap_or(u64::MAX)
-}
 
 /// One policy's decision as JSON.
 #[derive(Debug, Serialize)]
@@ -259,8 +252,8 @@ impl<'a> DecisionBody<'a> {
             allowed: d.allowed,
             limit: d.limit,
             remaining: d.remaining,
-            reset_after_ms: ceil_ms(d.reset_after),
-            retry_after_ms: d.retry_after.map(ceil_ms),
+            reset_after_ms: ceil_millis(d.reset_after),
+            retry_after_ms: d.retry_after.map(ceil_millis),
         }
     }
 }
@@ -300,12 +293,13 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
         .decide(&loaded, &names, &key, request.cost, mode, false)
         .await
         .map_err(limiter_problem)?;
-    let (policy_field, limit_field) = headers::format(
-        policies
-            .iter()
-            .zip(&result.decisions)
-            .map(|((name, policy), d)| (*name, *policy, d)),
-    );
+    // What every adapter needs from the decisions, in one place.
+    let views: Vec<PolicyDecision<'_>> = policies
+        .iter()
+        .zip(&result.decisions)
+        .map(|((name, policy), d)| PolicyDecision::new(name, policy, *d))
+        .collect();
+    let answer = Answer::new(&views);
     let body = if request.single {
         let d = result
             .decisions
@@ -315,7 +309,7 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
     } else {
         serde_json::to_string(&serde_json::json!({
             "allowed": result.allowed,
-            "retry_after_ms": result.retry_after().map(ceil_ms),
+            "retry_after_ms": answer.retry_after().map(ceil_millis),
             "policies": names
                 .iter()
                 .zip(&result.decisions)
@@ -328,8 +322,11 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for (name, value) in [
-        (headers::RATELIMIT_POLICY, policy_field),
-        (headers::RATELIMIT, limit_field),
+        (
+            answer::RATELIMIT_POLICY,
+            answer::policy_field(views.iter().map(|d| (d.name, d.policy))),
+        ),
+        (answer::RATELIMIT, answer.ratelimit_field()),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
@@ -338,17 +335,14 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
     // The JSON body keeps exactly the documented fields; what only some
     // callers need travels in headers: a decision made without the shared
     // store, and a leaky bucket's wait before proceeding.
-    if result.decisions.iter().any(|d| d.degraded) {
+    if answer.degraded() {
         headers.insert(TOLLGATE_DEGRADED, HeaderValue::from_static("true"));
     }
-    if let Some(delay) = result
-        .decisions
-        .iter()
-        .map(|d| d.delay)
-        .max()
-        .filter(|d| !d.is_zero())
-    {
-        headers.insert(TOLLGATE_DELAY_MS, HeaderValue::from(ceil_ms(delay)));
+    if !answer.delay().is_zero() {
+        headers.insert(
+            TOLLGATE_DELAY_MS,
+            HeaderValue::from(ceil_millis(answer.delay())),
+        );
     }
     Ok(response)
 }
@@ -478,7 +472,7 @@ async fn policies(State(app): State<Arc<App>>) -> Response {
                 "name": name,
                 "algorithm": p.algorithm().name(),
                 "limit": p.limit(),
-                "period_ms": ceil_ms(p.period()),
+                "period_ms": ceil_millis(p.period()),
                 "burst": p.algorithm().has_burst().then(|| p.burst()),
                 "policy": p.to_string(),
             })
@@ -563,13 +557,6 @@ mod tests {
                 problem.detail
             );
         }
-    }
-
-    #[test]
-    fn milliseconds_round_up() {
-        assert_eq!(ceil_ms(Duration::from_micros(1)), 1);
-        assert_eq!(ceil_ms(Duration::from_millis(60_000)), 60_000);
-        assert_eq!(ceil_ms(Duration::ZERO), 0);
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //!   limiter (swapped whole on reload), failure modes, metrics;
 //! - [`http`]: the HTTP JSON API (`/v1/check`, `/v1/peek`, `/v1/reset`,
 //!   `/v1/policies`), `/metrics`, `/healthz`, `/readyz`;
-//! - [`grpc`]: Envoy's `RateLimitService` (RLS v3);
-//! - [`headers`]: the IETF `RateLimit-Policy`/`RateLimit` fields;
+//! - [`grpc`]: Envoy's `RateLimitService` (RLS v3)
+//!   (the IETF `RateLimit-Policy`/`RateLimit` fields come from `tollgate::answer`);
 //! - [`health`]: the store's health: the background probe that closes the
 //!   circuit breaker without traffic, and state-change logging;
 //! - [`metrics`]: the Prometheus text;
@@ -52,7 +52,6 @@ pub mod config;
 mod conn;
 pub mod envoy;
 pub mod grpc;
-pub mod headers;
 pub mod health;
 pub mod http;
 pub mod metrics;
