@@ -54,7 +54,8 @@ use parse::{Checked, parse_document};
 use raw::RawConfig;
 
 /// The built-in demo configuration used by `tollgate serve` without
-/// `--config`: the embedded memory store and a few policies.
+/// `--config`: the embedded memory store and a few policies (issue 6's
+/// example configuration, on the memory store).
 pub const DEMO_CONFIG: &str = r#"# tollgate's built-in demo configuration
 server:
   http: 127.0.0.1:8080

@@ -22,36 +22,12 @@ fn the_demo_configuration_is_valid() {
 
 #[test]
 fn the_issue_example_parses() {
-    let text = r#"
-server:
-  http: 127.0.0.1:8080
-  grpc: 127.0.0.1:8081
-store:
-  kind: redis
-  url: redis://127.0.0.1:6379
-  prefix: tollgate
-  timeout: 50ms
-  on_failure: open
-policies:
-  - name: api
-    algorithm: sliding_log
-    limit: 100
-    period: 1m
-  - name: login
-    algorithm: token_bucket
-    limit: 5
-    period: 1m
-    burst: 10
-domains:
-  - domain: edge
-    descriptors:
-      - key: remote_address
-        rate_limit: { unit: second, requests_per_unit: 10 }
-      - key: path
-        value: /login
-        policy: login
-"#;
-    let config = Config::parse(text, "t.yaml").unwrap();
+    // The demo is the issue's example on the memory store.
+    let text = DEMO_CONFIG.replace(
+        "store:\n  kind: memory\n",
+        "store:\n  kind: redis\n  url: redis://127.0.0.1:6379\n  prefix: tollgate\n  timeout: 50ms\n  on_failure: open\n",
+    );
+    let config = Config::parse(&text, "t.yaml").unwrap();
     assert_eq!(config.store.kind, StoreKind::Redis);
     assert_eq!(config.store.timeout, Duration::from_millis(50));
     assert_eq!(config.policies["login"].burst(), 10);
