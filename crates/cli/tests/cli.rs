@@ -3,22 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
-fn tollgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-}
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use support::tollgate;
+use tollgate_testkit::files::temp_file;
+use tollgate_testkit::process::ServeProcess;
 
 const GOOD: &str = "policies:\n  - name: api\n    algorithm: sliding_log\n    limit: 100\n    period: 1m\ndomains:\n  - domain: edge\n    descriptors:\n      - key: path\n        policy: api\n";
 
@@ -104,44 +96,26 @@ fn check_validates_envoy_files_with_the_config() {
 #[cfg(unix)]
 #[test]
 fn serve_answers_and_exits_zero_on_sigterm() {
-    let mut child = tollgate()
+    let mut command = tollgate();
+    command
         .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+        .env("RUST_LOG", "warn");
+    let mut serve = ServeProcess::start(command, false);
+    let (status, body) = serve
+        .request(
+            "POST",
+            "/v1/check",
+            &[],
+            r#"{"policy":"api","key":"me"}"#,
+            Duration::from_secs(10),
+        )
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut address = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("HTTP   http://") {
-            address = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.trim().starts_with("try:") {
-            break;
-        }
-    }
-    let address = address.expect("the banner names the HTTP address");
-    let body = r#"{"policy":"api","key":"me"}"#;
-    let mut stream = TcpStream::connect(&address).unwrap();
-    write!(
-        stream,
-        "POST /v1/check HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains(r#""remaining":99"#), "{response}");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""remaining":99"#), "{body}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
+    let (status, _) = serve
+        .terminate_within(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "exits 0 after SIGTERM");
 }
 

@@ -11,7 +11,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{Serve, temp_dir, tollgate};
+use support::{serve, tollgate};
+use tollgate_testkit::files::temp_dir;
 
 const GOOD: &str =
     "policies:\n  - name: api\n    algorithm: sliding_log\n    limit: 1000\n    period: 1h\n";
@@ -40,7 +41,7 @@ fn pathological_files_are_refused_while_requests_are_answered() {
     let dir = temp_dir("config-limits");
     let config = dir.join("tollgate.yaml");
     std::fs::write(&config, GOOD).unwrap();
-    let mut serve = Serve::start(&config);
+    let mut serve = serve(&config);
     let (status, body) = serve.check(r#"{"policy":"api","key":"k"}"#);
     assert_eq!(status, 200, "{body}");
 

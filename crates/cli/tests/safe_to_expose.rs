@@ -6,10 +6,10 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read};
+mod support;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,44 +17,26 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use support::{serve_command, tollgate};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-expose-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use tollgate_testkit::files::temp_file;
+use tollgate_testkit::process::ServeProcess;
 
 /// `tollgate serve` on ephemeral ports with `server:` settings of a test's
-/// own; stderr (the log) piped when asked.
-fn serve(name: &str, server: &str, log: bool) -> Server {
+/// own; its log collected when asked.
+fn serve(name: &str, server: &str, log: bool) -> ServeProcess {
     serve_with_files(name, server, log, None)
 }
 
 /// As [`serve`], with the open-file limit (soft and hard) set to `files`.
-fn serve_with_files(name: &str, server: &str, log: bool, files: Option<u32>) -> Server {
+fn serve_with_files(name: &str, server: &str, log: bool, files: Option<u32>) -> ServeProcess {
     let config = format!(
         "server:\n{server}policies:\n  - name: api\n    limit: 1000\n    period: 1m\ndomains:\n  - domain: edge\n    descriptors:\n      - key: client\n        rate_limit: {{ unit: minute, requests_per_unit: 1000 }}\n"
     );
     let file = temp_file(name, &config);
-    let mut command = match files {
-        None => Command::new(env!("CARGO_BIN_EXE_tollgate")),
+    let command = match files {
+        None => tollgate(),
         Some(files) => {
             let mut sh = Command::new("sh");
             sh.args([
@@ -65,41 +47,9 @@ fn serve_with_files(name: &str, server: &str, log: bool, files: Option<u32>) -> 
             sh
         }
     };
-    let mut child = command
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(if log { Stdio::piped() } else { Stdio::null() })
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut http, mut grpc) = (None, None);
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("HTTP   http://") {
-            http = rest.split_whitespace().next().map(|a| a.parse().unwrap());
-        }
-        if let Some(rest) = line.strip_prefix("gRPC   ") {
-            grpc = rest.split_whitespace().next().map(|a| a.parse().unwrap());
-        }
-        if line.starts_with("try:") {
-            break;
-        }
-    }
-    Server {
-        child,
-        http: http.expect("the banner names the HTTP address"),
-        grpc: grpc.expect("the banner names the gRPC address"),
-    }
+    let mut command = serve_command(command, &file);
+    command.env("RUST_LOG", "info");
+    ServeProcess::start(command, log)
 }
 
 /// The process's resident set, in KiB.
@@ -154,7 +104,7 @@ async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_serve
     const CONNECTIONS: usize = 80;
     const STREAMS_PER_CONNECTION: usize = 250;
     let server = serve("rss.yaml", "  grpc_request_timeout: 5s\n", false);
-    let pid = server.child.id();
+    let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     normal_rls_call(server.grpc).await;
     let idle = rss_kib(pid);
@@ -229,54 +179,17 @@ fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
         (stalled, client, response, body)
     });
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let signalled = Instant::now();
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "still running 5 s after SIGTERM with shutdown_timeout 1s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = signalled.elapsed();
+    let (exit, took) = server
+        .terminate_within(Duration::from_secs(5))
+        .expect("still running 5 s after SIGTERM with shutdown_timeout 1s");
     assert_eq!(exit.code(), Some(0), "exits 0");
     assert!(took >= Duration::from_millis(900), "exited after {took:?}");
-    let mut log = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    let log = plain(&log);
+    let log = server.log().join("\n");
     let cut = log
         .lines()
         .find(|l| l.contains("shutdown_timeout were closed"))
         .unwrap_or_else(|| panic!("no line on the connections cut:\n{log}"));
     assert!(cut.contains("http=1") && cut.contains("grpc=1"), "{cut}");
-}
-
-/// `text` without the terminal colours.
-fn plain(text: &str) -> String {
-    let mut plain = String::new();
-    let mut escape = false;
-    for c in text.chars() {
-        match (escape, c) {
-            (false, '\u{1b}') => escape = true,
-            (true, 'm') => escape = false,
-            (true, _) => {}
-            (false, c) => plain.push(c),
-        }
-    }
-    plain
 }
 
 #[test]
@@ -327,19 +240,8 @@ fn out_of_file_descriptors_the_server_backs_off_logs_rarely_and_recovers() {
         served,
         "no normal request was served within 15 s of running out of descriptors"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status();
-    let _ = server.child.wait();
-    let mut log = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    let log = plain(&log);
+    let _ = server.terminate_within(Duration::from_secs(20));
+    let log = server.log().join("\n");
     assert!(log.contains("open_file_limit=128"), "{log}");
     let failures = log.matches("cannot accept connections").count();
     assert!(

@@ -9,10 +9,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Serve, temp_dir};
+use support::serve;
+use tollgate_testkit::files::temp_dir;
+use tollgate_testkit::process::ServeProcess;
 use tollgate_testkit::redis::RedisServer;
 
-fn metric(serve: &Serve, name: &str) -> u64 {
+fn metric(serve: &ServeProcess, name: &str) -> u64 {
     let (status, body) = serve
         .request("GET", "/metrics", &[], "", Duration::from_secs(5))
         .unwrap();
@@ -43,7 +45,7 @@ fn a_store_that_refuses_the_server_is_named_at_error_from_the_start() {
         ),
     )
     .unwrap();
-    let serve = Serve::start(&config);
+    let serve = serve(&config);
     let line = serve
         .wait_for_log(
             &["ERROR", "store failing", "NOAUTH"],
@@ -97,7 +99,7 @@ fn a_flapping_store_logs_breaker_changes_rate_limited() {
         ),
     )
     .unwrap();
-    let serve = Serve::start(&config);
+    let serve = serve(&config);
     let (status, body) = serve.check(r#"{"policy":"api","key":"k"}"#);
     assert_eq!(status, 200, "{body}");
 

@@ -6,15 +6,9 @@ use std::process::Command;
 
 use tollgate::Limiter;
 use tollgate_redis::{RedisOptions, RedisStore};
+use tollgate_testkit::files::temp_dir;
+use tollgate_testkit::ports::free_port;
 use tollgate_testkit::redis::RedisServer;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -89,8 +83,7 @@ fn certificates(dir: &Path) {
 
 #[tokio::test]
 async fn rediss_with_a_private_ca() {
-    let dir = std::env::temp_dir().join(format!("tollgate-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir("tls");
     certificates(&dir);
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let tls_port = free_port().to_string();

@@ -395,7 +395,7 @@ fn probe_policy() -> Result<Policy, tollgate::PolicyError> {
 /// instance clears every instance's deny cache.
 fn resilient(store: ServerStore, settings: &StoreSettings) -> AppStore {
     let options = ResilienceOptions::default()
-        .failure_mode(settings.on_failure.into())
+        .failure_mode(settings.on_failure)
         .local_share(settings.local_share)
         .timeout(settings.timeout)
         .breaker_failures(settings.breaker.failures)
@@ -417,7 +417,7 @@ fn build(config: Config, store: &AppStore) -> Loaded {
         config
             .failure_modes
             .iter()
-            .map(|(name, mode)| (name.clone(), (*mode).into())),
+            .map(|(name, mode)| (name.clone(), *mode)),
     );
     let mut builder = Limiter::builder(store.clone()).max_key_len(MAX_LIMITER_KEY);
     for (name, policy) in config.limiter_policies() {

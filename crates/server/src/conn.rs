@@ -2,19 +2,19 @@
 //! per-connection header, body and idle timeouts, and closing what is left
 //! when shutdown's deadline passes (docs/SERVER.md, "Limits and timeouts").
 //!
-//! - [`Acceptor`] waits for a free slot (a semaphore permit, one per open
+//! - `Acceptor` waits for a free slot (a semaphore permit, one per open
 //!   connection) *before* it accepts: at `max_connections` a port stops
 //!   accepting, so further clients wait in the kernel's listen backlog and
 //!   are served in order as slots free, and no file descriptor is spent on
 //!   a connection that could not be served. Accept errors (`EMFILE`,
 //!   `ENFILE`, `ENOBUFS`...) back off from 5 ms to 1 s and are logged at
 //!   most once a second.
-//! - [`Activity`] follows one connection: for HTTP, whether a request is in
+//! - `Activity` follows one connection: for HTTP, whether a request is in
 //!   progress (its headers were complete, its handler has not returned),
 //!   when the next request's first byte arrived, and since when the
 //!   connection has been idle; for gRPC, when it last sent anything.
-//!   [`Activity::expired`] completes when its timeout passes.
-//! - [`Tracker`] counts open connections and closes them all at once when
+//!   `Activity::expired` completes when its timeout passes.
+//! - `Tracker` counts open connections and closes them all at once when
 //!   shutdown's deadline passes.
 //! - [`TimedBody`] bounds the time to receive a request body.
 

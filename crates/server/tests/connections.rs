@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use common::{Backend, CONFIG, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tollgate_server::{ConfigSource, ServerOptions};
 
 /// The shared test configuration with `server:` settings of a test's own.
 fn config(server: &str) -> String {
@@ -29,15 +28,7 @@ fn textwrap(lines: &str) -> String {
 }
 
 async fn start(server: &str) -> TestServer {
-    TestServer::start_with(
-        Backend::memory(),
-        &config(server),
-        ConfigSource::default(),
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await
+    TestServer::start_text(Backend::memory(), &config(server)).await
 }
 
 /// Waits until the server closes `stream` (end of stream or a reset),

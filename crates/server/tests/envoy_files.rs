@@ -7,9 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Backend, TestServer};
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use common::{Backend, TestServer, descriptor};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
@@ -39,8 +37,7 @@ fn a_directory_of_envoy_files_loads_hidden_entries_skipped() {
 
 #[test]
 fn broken_envoy_files_are_rejected_precisely() {
-    let dir = std::env::temp_dir().join(format!("tollgate-envoy-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tollgate_testkit::files::temp_dir("envoy-broken");
     let file = dir.join("bad.yaml");
     for (text, expected) in [
         (
@@ -93,16 +90,7 @@ async fn envoy_files_answer_envoy_requests_on_redis() {
         let response = client
             .should_rate_limit(RateLimitRequest {
                 domain: domain.to_owned(),
-                descriptors: vec![RateLimitDescriptor {
-                    entries: entries
-                        .iter()
-                        .map(|(k, v)| Entry {
-                            key: (*k).to_owned(),
-                            value: (*v).to_owned(),
-                        })
-                        .collect(),
-                    ..RateLimitDescriptor::default()
-                }],
+                descriptors: vec![descriptor(entries, None)],
                 hits_addend: 0,
             })
             .await

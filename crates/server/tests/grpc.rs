@@ -5,31 +5,15 @@
 
 mod common;
 
-use common::{Backend, TestServer};
+use common::{Backend, TestServer, descriptor};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
 use tonic::transport::Channel;
-
-fn descriptor(entries: &[(&str, &str)], hits_addend: Option<u64>) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: (*k).to_owned(),
-                value: (*v).to_owned(),
-            })
-            .collect(),
-        limit: None,
-        hits_addend: hits_addend.map(|value| UInt64Value { value }),
-    }
-}
 
 /// A descriptor carrying Envoy's per-request `limit` override.
 fn overridden(entries: &[(&str, &str)], requests_per_unit: u32, unit: i32) -> RateLimitDescriptor {
@@ -544,15 +528,7 @@ async fn an_override_follows_the_failure_mode() {
          rate_limit: {{ unit: second, requests_per_unit: 100 }}\n",
         redis.url()
     );
-    let mut server = TestServer::start_with(
-        backend,
-        &text,
-        tollgate_server::ConfigSource::default(),
-        tollgate_server::ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let mut server = TestServer::start_text(backend, &text).await;
     let mut client = Client::connect(&server).await;
     let hour = Unit::Hour as i32;
     let status = client.status(overridden(&[("k", "v")], 5, hour)).await;

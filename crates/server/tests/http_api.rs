@@ -434,8 +434,7 @@ policies:
             url
         )
     };
-    let dir = std::env::temp_dir().join(format!("tollgate-resilience-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tollgate_testkit::files::temp_dir("resilience");
     let file = dir.join("tollgate.yaml");
     std::fs::write(&file, text("closed")).unwrap();
     let source = tollgate_server::ConfigSource {
@@ -589,15 +588,7 @@ async fn admin_endpoints_are_closed_without_a_token_and_take_only_json() {
     // No admin_token: refused whatever is sent, and nothing is reset.
     let open = common::CONFIG.replace("  admin_token: s3cret\n", "");
     assert_ne!(open, common::CONFIG);
-    let server = TestServer::start_with(
-        Backend::memory(),
-        &open,
-        ConfigSource::default(),
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let server = TestServer::start_text(Backend::memory(), &open).await;
     for _ in 0..2 {
         server
             .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)

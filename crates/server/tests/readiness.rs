@@ -35,15 +35,7 @@ async fn readiness_recovers_without_traffic_once_redis_is_back() {
         "store:\n  kind: redis\n  url: {}\n  timeout: 50ms\npolicies:\n  - name: api\n    limit: 100\n    period: 1m\n",
         redis.url()
     );
-    let mut server = TestServer::start_with(
-        backend,
-        &text,
-        tollgate_server::ConfigSource::default(),
-        tollgate_server::ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let mut server = TestServer::start_text(backend, &text).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
         .unwrap()
         .connect()

@@ -5,30 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer};
+use common::{Backend, TestServer, api_config};
 use tollgate_server::{App, ConfigSource, ServerOptions, ServerStore};
-
-fn temp_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-server-{name}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn config(limit: u64) -> String {
-    format!(
-        "policies:\n  - name: api\n    algorithm: fixed_window\n    limit: {limit}\n    period: 1h\n"
-    )
-}
+use tollgate_testkit::files::temp_dir;
 
 const BROKEN: &str =
     "policies:\n  - name: api\n    algorithm: fixed_window\n    limit: 0\n    period: 1h\n";
@@ -54,7 +36,7 @@ fn limit(app: &App) -> u64 {
 async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_errors() {
     let dir = temp_dir("reload");
     let file = dir.join("tollgate.yaml");
-    std::fs::write(&file, config(10)).unwrap();
+    std::fs::write(&file, api_config(10)).unwrap();
     let app = memory_app(&file);
     let before = app.current();
     let d = app
@@ -63,7 +45,7 @@ async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_errors() {
         .unwrap();
     assert_eq!(d.decisions[0].remaining, 9);
 
-    std::fs::write(&file, config(20)).unwrap();
+    std::fs::write(&file, api_config(20)).unwrap();
     app.reload().unwrap();
     assert_eq!(limit(&app), 20);
     // A request that started before the reload still sees its configuration.
@@ -118,7 +100,7 @@ fn atomic_write(file: &Path, text: &str) {
 async fn the_watcher_follows_writes_renames_and_keeps_broken_files_out() {
     let dir = temp_dir("watch");
     let file = dir.join("tollgate.yaml");
-    std::fs::write(&file, config(10)).unwrap();
+    std::fs::write(&file, api_config(10)).unwrap();
     let source = ConfigSource {
         config: Some(file.clone()),
         envoy: None,
@@ -127,11 +109,11 @@ async fn the_watcher_follows_writes_renames_and_keeps_broken_files_out() {
     assert_eq!(limit(&server.app), 10);
 
     // A plain write (the length changes, so even a coarse mtime cannot hide it).
-    std::fs::write(&file, config(200)).unwrap();
+    std::fs::write(&file, api_config(200)).unwrap();
     wait_for_limit(&server, 200).await;
 
     // An atomic rename onto the file.
-    atomic_write(&file, &config(3000));
+    atomic_write(&file, &api_config(3000));
     wait_for_limit(&server, 3000).await;
 
     // A broken file is logged and counted; the running config stays, and
@@ -145,7 +127,7 @@ async fn the_watcher_follows_writes_renames_and_keeps_broken_files_out() {
     assert_eq!((status, body["limit"].as_u64()), (200, Some(3000)));
 
     // Fixed: picked up again.
-    atomic_write(&file, &config(4));
+    atomic_write(&file, &api_config(4));
     wait_for_limit(&server, 4).await;
     let (_, metrics) = server.get_text("/metrics").await;
     assert!(
@@ -170,7 +152,7 @@ async fn the_watcher_follows_a_kubernetes_configmap_symlink_swap() {
     let dir = temp_dir("configmap");
     let v1 = dir.join("..2024_01");
     std::fs::create_dir(&v1).unwrap();
-    std::fs::write(v1.join("config.yaml"), config(10)).unwrap();
+    std::fs::write(v1.join("config.yaml"), api_config(10)).unwrap();
     symlink("..2024_01", dir.join("..data")).unwrap();
     symlink("..data/config.yaml", dir.join("config.yaml")).unwrap();
     let source = ConfigSource {
@@ -183,7 +165,7 @@ async fn the_watcher_follows_a_kubernetes_configmap_symlink_swap() {
     let v2 = dir.join("..2024_02");
     std::fs::create_dir(&v2).unwrap();
     // Same length as before: only the canonical path tells them apart.
-    std::fs::write(v2.join("config.yaml"), config(20)).unwrap();
+    std::fs::write(v2.join("config.yaml"), api_config(20)).unwrap();
     symlink("..2024_02", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     wait_for_limit(&server, 20).await;
@@ -230,7 +212,7 @@ async fn envoy_directories_are_watched_too() {
 async fn a_reload_that_changes_policies_forgets_cached_denials() {
     let dir = temp_dir("reload-deny-cache");
     let file = dir.join("tollgate.yaml");
-    std::fs::write(&file, config(1)).unwrap();
+    std::fs::write(&file, api_config(1)).unwrap();
     let app = memory_app(&file);
     let check = || async {
         let loaded = app.current();
@@ -245,7 +227,7 @@ async fn a_reload_that_changes_policies_forgets_cached_denials() {
         "1/1h: the second is denied (from the cache)"
     );
     assert_eq!(app.store().stats().deny_cache_len, 1);
-    std::fs::write(&file, config(5)).unwrap();
+    std::fs::write(&file, api_config(5)).unwrap();
     app.reload().unwrap();
     assert_eq!(app.store().stats().deny_cache_len, 0);
     assert!(
@@ -262,7 +244,7 @@ async fn a_reload_that_changes_policies_forgets_cached_denials() {
     .unwrap();
     app.reload().unwrap();
     assert!(check().await, "sliding_log 1/1h: a fresh state");
-    std::fs::write(&file, config(1)).unwrap();
+    std::fs::write(&file, api_config(1)).unwrap();
     app.reload().unwrap();
     assert!(check().await);
     // A reload that changes no policy keeps the cache.

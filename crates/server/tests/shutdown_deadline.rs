@@ -12,7 +12,6 @@ use bytes::Bytes;
 use common::{Backend, CONFIG, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tollgate_server::{ConfigSource, ServerOptions};
 
 #[tokio::test]
 async fn shutdown_closes_stalled_connections_after_shutdown_timeout() {
@@ -23,15 +22,7 @@ async fn shutdown_closes_stalled_connections_after_shutdown_timeout() {
         "server:\n  shutdown_timeout: 1s\n  body_timeout: 60s\n  idle_timeout: 60s\n  grpc_request_timeout: 60s\n",
         1,
     );
-    let mut server = TestServer::start_with(
-        Backend::memory(),
-        &text,
-        ConfigSource::default(),
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let mut server = TestServer::start_text(Backend::memory(), &text).await;
 
     // HTTP: headers and 10 bytes of a 100-byte body.
     let mut stalled = TcpStream::connect(server.http).await.unwrap();

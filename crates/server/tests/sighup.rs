@@ -8,20 +8,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer};
+use common::{Backend, TestServer, api_config};
 use tollgate_server::{ConfigSource, ServerOptions};
+use tollgate_testkit::files::temp_dir;
 
 #[tokio::test]
 async fn sighup_reloads_the_configuration() {
-    let dir = std::env::temp_dir().join(format!("tollgate-server-sighup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("server-sighup");
     let file = dir.join("tollgate.yaml");
-    let config = |limit: u64| {
-        format!(
-            "policies:\n  - name: api\n    algorithm: fixed_window\n    limit: {limit}\n    period: 1h\n"
-        )
-    };
-    std::fs::write(&file, config(10)).unwrap();
+    std::fs::write(&file, api_config(10)).unwrap();
     let source = ConfigSource {
         config: Some(file.clone()),
         envoy: None,
@@ -33,7 +28,7 @@ async fn sighup_reloads_the_configuration() {
     let mut server = TestServer::start_with(Backend::memory(), "", source, options).await;
     // The server answers, so `run` has installed its handler.
     assert_eq!(server.get_text("/healthz").await.0, 200);
-    std::fs::write(&file, config(20)).unwrap();
+    std::fs::write(&file, api_config(20)).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.app.current().config.policies["api"].limit(), 10);
 

@@ -6,6 +6,15 @@
 //! - [`redis`]: real `redis-server` processes (standalone or a Redis
 //!   Cluster) on free loopback ports, to kill, restart and hang in tests;
 //!   killed on drop.
+//! - [`ports`]: free loopback ports, never handed out twice in one process.
+//! - [`files`]: fresh scratch directories for configuration files.
+//! - [`process`]: `tollgate serve` as a child process: its addresses from
+//!   the banner, its log, SIGTERM.
+//! - [`http`]: a tiny blocking HTTP/1.1 client.
 
 pub mod conformance;
+pub mod files;
+pub mod http;
+pub mod ports;
+pub mod process;
 pub mod redis;

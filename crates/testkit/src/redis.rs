@@ -20,9 +20,9 @@
 //! assert_eq!(server.cli(&["EXISTS", "greeting"]), "0");
 //! ```
 //!
-//! Ports handed out here are remembered for the life of the test process and
-//! never handed out twice, so parallel tests cannot collide with each other
-//! (nor with a cluster node's bus port, `port + 10000`). Collisions with
+//! Ports come from [`crate::ports`]: remembered for the life of the test
+//! process and never handed out twice, so parallel tests cannot collide
+//! with each other (nor with a cluster node's bus port, `port + 10000`). Collisions with
 //! other processes are caught at start (the server fails to bind, or another
 //! server answers on the port) and retried on a fresh port.
 //!
@@ -35,24 +35,22 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::ports;
 
 /// How long a server may take from spawn to answering `PING`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports `start` tries when another process takes its port.
 const START_ATTEMPTS: usize = 5;
-/// How many free-port candidates to draw from the kernel before giving up.
-const PORT_CANDIDATES: usize = 500;
 /// The cluster bus listens on `port + 10000`, so a node's port must leave
 /// room for it below 65536.
 const CLUSTER_BUS_OFFSET: u16 = 10_000;
-const MAX_CLUSTER_PORT: u16 = u16::MAX - CLUSTER_BUS_OFFSET;
 /// Bound on every `redis-cli` run by [`RedisServer::cli`].
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on `redis-cli --cluster create`, which itself waits for the join.
@@ -71,10 +69,6 @@ const CLUSTER_SLOTS: usize = 16_384;
 const INSTALL_HINT: &str = "install Redis with `apt-get install redis-server redis-tools` \
      (Debian/Ubuntu)";
 
-/// Ports (including cluster bus ports) handed out by this process. Never
-/// released: a dropped server's port may still be in `TIME_WAIT`, and a test
-/// process starts few enough servers that this set stays small.
-static RESERVED_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// Makes directory names unique even if a port is reused by another process.
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -149,7 +143,7 @@ impl RedisServer {
         let binary = redis_server_binary();
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            let port = free_port(cluster_bus);
+            let port = ports::reserve(cluster_bus.then_some(CLUSTER_BUS_OFFSET));
             let dir = std::env::temp_dir().join(format!(
                 "tollgate-redis-{}-{port}-{}",
                 std::process::id(),
@@ -760,44 +754,6 @@ fn info_field(text: &str, name: &str) -> Option<String> {
         let (key, value) = line.split_once(':')?;
         (key == name).then(|| value.trim().to_owned())
     })
-}
-
-/// Draws a free loopback port from the kernel that this process has not
-/// handed out before; with `cluster_bus`, one at most 55535 whose
-/// `port + 10000` is free too.
-fn free_port(cluster_bus: bool) -> u16 {
-    for _ in 0..PORT_CANDIDATES {
-        let port = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
-            Ok(address) => address.port(),
-            Err(e) => panic!("cannot bind a loopback port to find a free one: {e}"),
-        };
-        // The listener is closed here: the port is free, if only until
-        // someone else takes it (start retries on another port then).
-        let bus = port.checked_add(CLUSTER_BUS_OFFSET);
-        if cluster_bus {
-            match bus {
-                Some(bus) if port <= MAX_CLUSTER_PORT => {
-                    if TcpListener::bind((Ipv4Addr::LOCALHOST, bus)).is_err() {
-                        continue;
-                    }
-                }
-                _ => continue,
-            }
-        }
-        let mut reserved = RESERVED_PORTS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let bus_clash = cluster_bus && bus.is_some_and(|bus| reserved.contains(&bus));
-        if reserved.contains(&port) || bus_clash {
-            continue;
-        }
-        reserved.insert(port);
-        if let (true, Some(bus)) = (cluster_bus, bus) {
-            reserved.insert(bus);
-        }
-        return port;
-    }
-    panic!("no free loopback port found in {PORT_CANDIDATES} tries");
 }
 
 fn redis_server_binary() -> PathBuf {

@@ -6,6 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::google::protobuf::UInt64Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -68,6 +71,30 @@ domains:
           replaces:
             - name: per_user
 "#;
+
+/// One policy, `api`: `limit` requests an hour in fixed windows; reload
+/// tests write it with one limit, then another.
+pub fn api_config(limit: u64) -> String {
+    format!(
+        "policies:\n  - name: api\n    algorithm: fixed_window\n    limit: {limit}\n    period: 1h\n"
+    )
+}
+
+/// An Envoy request descriptor of `entries` (key, value), with Envoy's
+/// `hits_addend` when given.
+pub fn descriptor(entries: &[(&str, &str)], hits_addend: Option<u64>) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).to_owned(),
+                value: (*v).to_owned(),
+            })
+            .collect(),
+        limit: None,
+        hits_addend: hits_addend.map(|value| UInt64Value { value }),
+    }
+}
 
 /// Which store a test runs on.
 pub enum Backend {
@@ -136,10 +163,17 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server on [`CONFIG`].
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_text(backend, CONFIG).await
+    }
+
+    /// A server on the configuration `text`, which is neither watched nor
+    /// reloaded on SIGHUP.
+    pub async fn start_text(backend: Backend, text: &str) -> TestServer {
         Self::start_with(
             backend,
-            CONFIG,
+            text,
             ConfigSource::default(),
             ServerOptions::default()
                 .watch_interval(None)

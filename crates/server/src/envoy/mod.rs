@@ -22,6 +22,10 @@
 //! in a configured domain it applies whatever the descriptors say, as
 //! envoyproxy/ratelimit does, as a `fixed_window` policy under the one
 //! limiter name [`OVERRIDE_POLICY`]; see [`Domain::find_override`].
+//!
+//! `schema` (beside this file) is how descriptors are written and
+//! validated, in the tollgate configuration and in envoyproxy/ratelimit
+//! files alike.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +33,10 @@ use std::time::Duration;
 
 use tollgate::keyspace::KeySpace;
 use tollgate::{Algorithm, Policy, PolicyError};
+
+mod schema;
+
+pub(crate) use schema::{DomainSpec, RawDomain};
 
 /// The limiter policy name (and metric label) of every descriptor `limit`
 /// override. No configured policy can have it: named policies may not start

@@ -1,0 +1,327 @@
+//! Unit tests of the configuration: the demo and the issue's example parse,
+//! settings and their defaults, and every rejected value with its file,
+//! line and field.
+
+use std::time::Duration;
+
+use tollgate::resilience;
+
+use super::*;
+
+fn error(text: &str) -> ConfigError {
+    Config::parse(text, "t.yaml").expect_err("should be rejected")
+}
+
+#[test]
+fn the_demo_configuration_is_valid() {
+    let config = Config::demo().unwrap();
+    assert_eq!(config.policies.len(), 3);
+    assert_eq!(config.server.http, DEFAULT_HTTP.parse().unwrap());
+    assert!(config.domains.contains_key("edge"));
+}
+
+#[test]
+fn the_issue_example_parses() {
+    // The demo is the issue's example on the memory store.
+    let text = DEMO_CONFIG.replace(
+        "store:\n  kind: memory\n",
+        "store:\n  kind: redis\n  url: redis://127.0.0.1:6379\n  prefix: tollgate\n  timeout: 50ms\n  on_failure: open\n",
+    );
+    let config = Config::parse(&text, "t.yaml").unwrap();
+    assert_eq!(config.store.kind, StoreKind::Redis);
+    assert_eq!(config.store.timeout, Duration::from_millis(50));
+    assert_eq!(config.policies["login"].burst(), 10);
+    let names: Vec<&str> = config.limiter_policies().map(|(n, _)| n).collect();
+    assert!(names.contains(&"envoy/edge/remote_address"), "{names:?}");
+}
+
+#[test]
+fn resilience_settings_and_per_policy_modes_parse() {
+    let config = Config::parse(
+        "store:
+  on_failure: local
+  local_share: 0.25
+  breaker: { failures: 3, cooldown: 2s, half_open_probes: 2 }
+  deny_cache: { enabled: false, capacity: 100 }
+policies:
+  - name: api
+    limit: 10
+    period: 1s
+  - name: login
+    limit: 5
+    period: 1m
+    on_failure: closed
+",
+        "t.yaml",
+    )
+    .unwrap();
+    let store = &config.store;
+    assert_eq!(store.on_failure, FailureMode::Local);
+    assert!((store.local_share - 0.25).abs() < f64::EPSILON);
+    assert_eq!(
+        (
+            store.breaker.failures,
+            store.breaker.cooldown,
+            store.breaker.half_open_probes
+        ),
+        (3, Duration::from_secs(2), 2)
+    );
+    assert_eq!(
+        (store.deny_cache.enabled, store.deny_cache.capacity),
+        (false, 100)
+    );
+    assert_eq!(
+        config.failure_modes.into_iter().collect::<Vec<_>>(),
+        [("login".to_owned(), FailureMode::Closed)]
+    );
+    // Unset, everything is the library's default.
+    let defaults = Config::parse("store:\n  kind: memory\n", "t.yaml")
+        .unwrap()
+        .store;
+    assert_eq!(defaults.breaker, BreakerSettings::default());
+    assert_eq!(
+        defaults.breaker.failures,
+        resilience::DEFAULT_BREAKER_FAILURES
+    );
+    assert!(defaults.deny_cache.enabled);
+    assert!((defaults.local_share - 1.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn errors_carry_file_line_and_field() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "policies:\n  - name: a\n    limit: 1\n    period: 1s\n    burts: 3\n",
+            5,
+            "unknown field `burts`",
+        ),
+        (
+            "policies:\n  - name: a\n    limit: 0\n    period: 1s\n",
+            2,
+            "limit must be at least 1",
+        ),
+        (
+            "policies:\n  - name: a\n    limit: 1\n    period: 5fortnights\n",
+            4,
+            "policies[0].period: unknown unit `fortnights`",
+        ),
+        (
+            "policies:\n  - name: a\n    algorithm: fixed_window\n    limit: 1\n    period: 1s\n    burst: 3\n",
+            2,
+            "burst has no meaning for fixed_window",
+        ),
+        (
+            "policies:\n  - name: a\n    limit: 1\n    period: 1s\n  - name: a\n    limit: 2\n    period: 1s\n",
+            5,
+            "policy `a` is defined twice",
+        ),
+        (
+            "store:\n  kind: redis\n",
+            2,
+            "`url` is required when kind is redis",
+        ),
+        ("store:\n  kind: mongo\n", 2, "unknown variant `mongo`"),
+        (
+            "store:\n  on_failure: local\n  local_share: 0\n",
+            2,
+            "store: local_share must be above 0 and at most 1",
+        ),
+        (
+            "store:\n  local_share: 1.5\n",
+            2,
+            "local_share must be above 0",
+        ),
+        (
+            "store:\n  max_keys: 0\n",
+            2,
+            "store: max_keys must be between 1 and 1000000000, not 0",
+        ),
+        (
+            "store:\n  max_keys: lots\n",
+            2,
+            "store.max_keys: invalid type",
+        ),
+        (
+            "store:\n  breaker:\n    failures: 0\n",
+            3,
+            "store.breaker: failures must be at least 1",
+        ),
+        (
+            "store:\n  breaker: { failures: 3, cooldown: 0s }\n",
+            2,
+            "store.breaker: cooldown must be above zero",
+        ),
+        (
+            "store:\n  breaker:\n    failure: 3\n",
+            3,
+            "store.breaker: unknown field `failure`",
+        ),
+        (
+            "store:\n  deny_cache:\n    capacity: 0\n",
+            3,
+            "store.deny_cache: capacity must be at least 1",
+        ),
+        (
+            "policies:\n  - name: a\n    limit: 1\n    period: 1s\n    on_failure: maybe\n",
+            5,
+            "policies[0].on_failure: unknown variant `maybe`",
+        ),
+        (
+            "policies:\n  - name: a\n    limit: -3\n    period: 1s\n",
+            3,
+            "policies[0].limit: invalid type: integer `-3`",
+        ),
+        (
+            "domains:\n  - domain: d\n    descriptors:\n      - key: k\n        policy: nope\n",
+            4,
+            "unknown policy `nope`",
+        ),
+        (
+            "domains:\n  - domain: d\n    descriptors:\n      - key: k\n        rate_limit: { unit: fortnight, requests_per_unit: 1 }\n",
+            4,
+            "unknown unit `fortnight`",
+        ),
+        (
+            "domains:\n  - domain: d\n    descriptors:\n      - key: k\n      - key: k\n",
+            2,
+            "duplicate descriptor `k`",
+        ),
+        ("server:\n  http: nowhere\n", 2, "invalid socket address"),
+        (
+            "server:\n  http: 127.0.0.1:1\n  max_connections: 0\n",
+            2,
+            "server: max_connections must be between 1 and 1000000, not 0",
+        ),
+        (
+            "server:\n  max_connections: -1\n",
+            2,
+            "server.max_connections: invalid type: integer `-1`",
+        ),
+        (
+            "server:\n  max_connections: 1000001\n",
+            2,
+            "max_connections must be between 1 and 1000000",
+        ),
+        (
+            "server:\n  http: 127.0.0.1:1\n  header_timeout: 5 fortnights\n",
+            3,
+            "server.header_timeout: unknown unit",
+        ),
+        (
+            "server:\n  header_timeout: 0s\n",
+            2,
+            "server: header_timeout must be above zero and at most 1h, not 0ns",
+        ),
+        (
+            "server:\n  body_timeout: 2h\n",
+            2,
+            "server: body_timeout must be above zero and at most 1h",
+        ),
+        (
+            "server:\n  max_body_bytes: 4096\n  idle_timeout: 0ms\n",
+            2,
+            "server: idle_timeout must be above zero",
+        ),
+        (
+            "server:\n  http: 127.0.0.1:1\n  grpc: 127.0.0.1:2\n  idle_timeout: 10\n",
+            4,
+            "server.idle_timeout:",
+        ),
+        (
+            "server:\n  shutdown_timeout: 0s\n",
+            2,
+            "server: shutdown_timeout must be above zero",
+        ),
+        (
+            "server:\n  grpc_max_streams: 0\n",
+            2,
+            "server: grpc_max_streams must be between 1 and 65536, not 0",
+        ),
+        (
+            "server:\n  grpc_max_streams: 5000000000\n",
+            2,
+            "server.grpc_max_streams: invalid value",
+        ),
+        (
+            "server:\n  grpc_request_timeout: 0s\n",
+            2,
+            "server: grpc_request_timeout must be above zero",
+        ),
+        (
+            "server:\n  grpc_request_timeout: soon\n",
+            2,
+            "server.grpc_request_timeout:",
+        ),
+        (
+            "server:\n  idle_timeuot: 1s\n",
+            2,
+            "server: unknown field `idle_timeuot`",
+        ),
+        ("policies: [\n", 2, "did not find expected"),
+    ];
+    let mut wrong = Vec::new();
+    for (text, line, expected) in cases {
+        let message = error(text).to_string();
+        if !message.contains(expected) || !message.starts_with(&format!("t.yaml:{line}:")) {
+            wrong.push(format!(
+                "{text:?}: expected line {line} and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn connection_limits_parse_and_default() {
+    let server = Config::parse(
+        "server:
+  max_connections: 500
+  header_timeout: 2s
+  body_timeout: 3s
+  idle_timeout: 30s
+  shutdown_timeout: 1500ms
+  grpc_max_streams: 64
+  grpc_request_timeout: 250ms
+",
+        "t.yaml",
+    )
+    .unwrap()
+    .server;
+    assert_eq!(server.max_connections, 500);
+    assert_eq!(server.header_timeout, Duration::from_secs(2));
+    assert_eq!(server.body_timeout, Duration::from_secs(3));
+    assert_eq!(server.idle_timeout, Duration::from_secs(30));
+    assert_eq!(server.shutdown_timeout, Duration::from_millis(1500));
+    assert_eq!(server.grpc_max_streams, 64);
+    assert_eq!(server.grpc_request_timeout, Duration::from_millis(250));
+    // The documented defaults, with and without a `server:` section.
+    for text in ["", "server:\n  max_body_bytes: 4096\n"] {
+        let server = Config::parse(text, "t.yaml").unwrap().server;
+        assert_eq!(server.max_connections, 10_000);
+        assert_eq!(server.header_timeout, Duration::from_secs(5));
+        assert_eq!(server.body_timeout, Duration::from_secs(10));
+        assert_eq!(server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(server.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(server.grpc_max_streams, 256);
+        assert_eq!(server.grpc_request_timeout, Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn field_paths_are_named() {
+    let message = error("policies:\n  - name: a\n    limit: 0\n    period: 1s\n").to_string();
+    assert!(message.contains("policies[0]"), "{message}");
+}
+
+#[test]
+fn policy_names_are_checked() {
+    let message = error("policies:\n  - name: 'a\"b'\n    limit: 1\n    period: 1s\n").to_string();
+    assert!(message.contains("contains `\"`"), "{message}");
+}
+
+#[test]
+fn empty_documents_are_empty_configurations() {
+    let config = Config::parse("", "t.yaml").unwrap();
+    assert!(config.policies.is_empty());
+    assert_eq!(config.store.kind, StoreKind::Memory);
+}
