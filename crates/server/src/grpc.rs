@@ -44,7 +44,7 @@ use tollgate::{Mode, PolicyRef};
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
-use crate::envoy::{Applied, Domain, Matched, Unit};
+use crate::envoy::{Applied, CompiledRule, Domain, Matched, Unit};
 
 /// The gRPC service name, for health checking.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -262,6 +262,122 @@ fn proto_duration(d: Duration) -> ProtoDuration {
     }
 }
 
+/// A request Envoy's service refuses before matching anything.
+fn check_request(request: &RateLimitRequest) -> Result<(), Status> {
+    if request.domain.is_empty() {
+        return Err(Status::invalid_argument(
+            "rate limit domain must not be empty",
+        ));
+    }
+    if request.descriptors.is_empty() {
+        return Err(Status::invalid_argument(
+            "rate limit descriptor list must not be empty",
+        ));
+    }
+    if request.descriptors.len() > MAX_DESCRIPTORS {
+        return Err(Status::invalid_argument(format!(
+            "{} descriptors, above the maximum of {MAX_DESCRIPTORS}",
+            request.descriptors.len()
+        )));
+    }
+    Ok(())
+}
+
+/// What envoyproxy/ratelimit's semantics make of one descriptor, before any
+/// store call.
+enum Plan<'a> {
+    /// Nothing limits it: no match, or a limit another matched limit
+    /// `replaces`.
+    Pass,
+    /// A limit to apply: its rule and the limiter key.
+    Apply(Matched<'a>, Vec<u8>),
+}
+
+/// Matches every descriptor (`replaces` looks across all of them) and
+/// drops the limits another one replaces.
+fn plan<'a>(
+    domain: Option<&'a Domain>,
+    request: &RateLimitRequest,
+) -> Result<Vec<Plan<'a>>, Status> {
+    let matched = request
+        .descriptors
+        .iter()
+        .enumerate()
+        .map(|(index, descriptor)| find(domain, index, descriptor))
+        .collect::<Result<Vec<_>, Status>>()?;
+    let replaced: HashSet<String> = matched
+        .iter()
+        .flatten()
+        .flat_map(|(m, _)| m.rule.replaces.iter().cloned())
+        .collect();
+    Ok(matched
+        .into_iter()
+        .map(|found| match found {
+            Some((m, key))
+                if !m
+                    .rule
+                    .name
+                    .as_deref()
+                    .is_some_and(|name| replaced.contains(name)) =>
+            {
+                Plan::Apply(m, key)
+            }
+            _ => Plan::Pass,
+        })
+        .collect())
+}
+
+/// The cost and mode of one descriptor: its own `hits_addend` wins, 0
+/// included (a peek); the request's 0 means 1.
+fn hits(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) -> (u64, Mode) {
+    match descriptor.hits_addend.as_ref().map(|h| h.value) {
+        Some(0) => (1, Mode::Peek),
+        Some(n) => (n, Mode::Consume),
+        None => (u64::from(request.hits_addend.max(1)), Mode::Consume),
+    }
+}
+
+/// The status of a limit, from what it reports and whether it is over.
+fn limit_status(
+    rule: &CompiledRule,
+    over: bool,
+    requests_per_unit: u32,
+    unit: Option<Unit>,
+    remaining: u64,
+    reset_after: Duration,
+) -> DescriptorStatus {
+    DescriptorStatus {
+        code: if over { Code::OverLimit } else { Code::Ok } as i32,
+        current_limit: Some(RateLimit {
+            name: rule.name.clone().unwrap_or_default(),
+            requests_per_unit,
+            unit: proto_unit(unit),
+        }),
+        limit_remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+        duration_until_reset: Some(proto_duration(reset_after)),
+        ..DescriptorStatus::default()
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` for the limits that were decided.
+fn rate_limit_headers(decided: &[PolicyDecision<'_>]) -> Vec<HeaderValue> {
+    if decided.is_empty() {
+        return Vec::new();
+    }
+    let header = |key: &str, value: String| HeaderValue {
+        key: key.to_owned(),
+        value,
+        ..HeaderValue::default()
+    };
+    vec![
+        header(
+            "RateLimit-Policy",
+            answer::policy_field(decided.iter().map(|d| (d.name, d.policy))),
+        ),
+        header("RateLimit", Answer::new(decided).ratelimit_field()),
+    ]
+}
+
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
     async fn should_rate_limit(
@@ -269,77 +385,27 @@ impl RateLimitService for RateLimitGrpc {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let request = request.into_inner();
-        if request.domain.is_empty() {
-            return Err(Status::invalid_argument(
-                "rate limit domain must not be empty",
-            ));
-        }
-        if request.descriptors.is_empty() {
-            return Err(Status::invalid_argument(
-                "rate limit descriptor list must not be empty",
-            ));
-        }
-        if request.descriptors.len() > MAX_DESCRIPTORS {
-            return Err(Status::invalid_argument(format!(
-                "{} descriptors, above the maximum of {MAX_DESCRIPTORS}",
-                request.descriptors.len()
-            )));
-        }
+        check_request(&request)?;
         let loaded = self.app.current();
-        let domain = loaded.config.domains.get(&request.domain);
-        // Match every descriptor first: `replaces` looks across all of them.
-        let matched = request
-            .descriptors
-            .iter()
-            .enumerate()
-            .map(|(index, descriptor)| find(domain, index, descriptor))
-            .collect::<Result<Vec<_>, Status>>()?;
-        let replaced: HashSet<&str> = matched
-            .iter()
-            .flatten()
-            .flat_map(|(m, _)| m.rule.replaces.iter().map(String::as_str))
-            .collect();
-        let mut overall = Code::Ok;
-        let mut statuses = Vec::with_capacity(matched.len());
+        let plans = plan(loaded.config.domains.get(&request.domain), &request)?;
+        let mut statuses = Vec::with_capacity(plans.len());
         let mut decided = Vec::new();
-        for (descriptor, found) in request.descriptors.iter().zip(&matched) {
-            let Some((m, key)) = found else {
+        for (descriptor, plan) in request.descriptors.iter().zip(&plans) {
+            let Plan::Apply(m, key) = plan else {
                 statuses.push(DescriptorStatus {
                     code: Code::Ok as i32,
                     ..DescriptorStatus::default()
                 });
                 continue;
             };
-            if m.rule
-                .name
-                .as_deref()
-                .is_some_and(|name| replaced.contains(name))
-            {
-                statuses.push(DescriptorStatus {
-                    code: Code::Ok as i32,
-                    ..DescriptorStatus::default()
-                });
-                continue;
-            }
-            let status = match &m.rule.applied {
+            statuses.push(match &m.rule.applied {
                 Applied::Unlimited => DescriptorStatus {
                     code: Code::Ok as i32,
                     limit_remaining: u32::MAX,
                     ..DescriptorStatus::default()
                 },
                 Applied::DenyAll { unit } => {
-                    let code = if m.shadow { Code::Ok } else { Code::OverLimit };
-                    DescriptorStatus {
-                        code: code as i32,
-                        current_limit: Some(RateLimit {
-                            name: m.rule.name.clone().unwrap_or_default(),
-                            requests_per_unit: 0,
-                            unit: proto_unit(Some(*unit)),
-                        }),
-                        limit_remaining: 0,
-                        duration_until_reset: Some(proto_duration(unit.duration())),
-                        ..DescriptorStatus::default()
-                    }
+                    limit_status(&m.rule, !m.shadow, 0, Some(*unit), 0, unit.duration())
                 }
                 Applied::Policy {
                     name,
@@ -347,13 +413,7 @@ impl RateLimitService for RateLimitGrpc {
                     unit,
                     requests_per_unit,
                 } => {
-                    // The descriptor's own hits_addend wins, 0 included
-                    // (a peek); the request's 0 means 1.
-                    let (cost, mode) = match descriptor.hits_addend.as_ref().map(|h| h.value) {
-                        Some(0) => (1, Mode::Peek),
-                        Some(n) => (n, Mode::Consume),
-                        None => (u64::from(request.hits_addend.max(1)), Mode::Consume),
-                    };
+                    let (cost, mode) = hits(&request, descriptor);
                     let refs = [PolicyRef { name, policy }];
                     let decision = self
                         .app
@@ -366,56 +426,23 @@ impl RateLimitService for RateLimitGrpc {
                     let Some(d) = decision.decisions.first().copied() else {
                         return Err(Status::internal("no decision"));
                     };
-                    let code = if d.allowed || m.shadow {
-                        Code::Ok
-                    } else {
-                        Code::OverLimit
-                    };
-                    decided.push((name.as_str(), policy, d));
-                    DescriptorStatus {
-                        code: code as i32,
-                        current_limit: Some(RateLimit {
-                            name: m.rule.name.clone().unwrap_or_default(),
-                            requests_per_unit: *requests_per_unit,
-                            unit: proto_unit(*unit),
-                        }),
-                        limit_remaining: u32::try_from(d.remaining).unwrap_or(u32::MAX),
-                        duration_until_reset: Some(proto_duration(d.reset_after)),
-                        ..DescriptorStatus::default()
-                    }
+                    decided.push(PolicyDecision::new(name, policy, d));
+                    limit_status(
+                        &m.rule,
+                        !d.allowed && !m.shadow,
+                        *requests_per_unit,
+                        *unit,
+                        d.remaining,
+                        d.reset_after,
+                    )
                 }
-            };
-            if status.code == Code::OverLimit as i32 {
-                overall = Code::OverLimit;
-            }
-            statuses.push(status);
+            });
         }
-        let response_headers_to_add = if decided.is_empty() {
-            Vec::new()
-        } else {
-            let views: Vec<PolicyDecision<'_>> = decided
-                .iter()
-                .map(|(n, p, d)| PolicyDecision::new(n, p, *d))
-                .collect();
-            let policy_field = answer::policy_field(views.iter().map(|d| (d.name, d.policy)));
-            let limit_field = Answer::new(&views).ratelimit_field();
-            vec![
-                HeaderValue {
-                    key: "RateLimit-Policy".to_owned(),
-                    value: policy_field,
-                    ..HeaderValue::default()
-                },
-                HeaderValue {
-                    key: "RateLimit".to_owned(),
-                    value: limit_field,
-                    ..HeaderValue::default()
-                },
-            ]
-        };
+        let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
         Ok(Response::new(RateLimitResponse {
-            overall_code: overall as i32,
+            overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             statuses,
-            response_headers_to_add,
+            response_headers_to_add: rate_limit_headers(&decided),
             ..RateLimitResponse::default()
         }))
     }
