@@ -463,7 +463,7 @@ impl RedisStore {
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
             Ok(result) => result
                 .and_then(redis::from_owned_redis_value)
-                .map_err(store_error),
+                .map_err(|e| store_error(e, self.inner.timeout)),
         }
     }
 
@@ -508,7 +508,7 @@ impl RedisStore {
         }
     }
 
-    async fn decide(
+    async fn eval_decision(
         &self,
         key: &[u8],
         policies: &[PolicyRef<'_>],
@@ -639,9 +639,12 @@ fn resend(error: &RedisError, cluster: bool) -> Resend {
     }
 }
 
-fn store_error(e: RedisError) -> StoreError {
+/// A Redis error as a store error, by kind: the client's own response
+/// timeout (set to the same bound as the call) is a [`StoreError::Timeout`],
+/// as the call's is.
+fn store_error(e: RedisError, timeout: Duration) -> StoreError {
     if e.is_timeout() {
-        return StoreError::Unavailable(format!("timed out: {e}"));
+        return StoreError::Timeout(timeout);
     }
     match e.kind() {
         redis::ErrorKind::TypeError
@@ -659,7 +662,7 @@ impl Store for RedisStore {
         cost: u64,
         mode: Mode,
     ) -> Result<Decisions, StoreError> {
-        self.decide(key, policies, cost, mode).await
+        self.eval_decision(key, policies, cost, mode).await
     }
 
     /// Deletes the state, then publishes `key` on `<prefix>:invalidate` so

@@ -259,14 +259,14 @@ impl<'a> DecisionBody<'a> {
 }
 
 async fn check(State(app): State<Arc<App>>, body: Body) -> Response {
-    decide(app, body, Mode::Consume).await
+    answer_check(app, body, Mode::Consume).await
 }
 
 async fn peek(State(app): State<Arc<App>>, body: Body) -> Response {
-    decide(app, body, Mode::Peek).await
+    answer_check(app, body, Mode::Peek).await
 }
 
-async fn decide(app: Arc<App>, body: Body, mode: Mode) -> Response {
+async fn answer_check(app: Arc<App>, body: Body, mode: Mode) -> Response {
     match try_decide(&app, body, mode).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),

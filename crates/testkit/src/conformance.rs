@@ -526,7 +526,7 @@ where
             for (i, &(step, p, cost, mode)) in timeline.iter().enumerate() {
                 clock.advance_us(step);
                 let now = clock.now_us();
-                let expected = decide(p, &mut model, now, cost, mode == Mode::Consume);
+                let expected = decide(p, &mut model, now, cost, mode);
                 let refs = [PolicyRef {
                     name: "changing",
                     policy: p,

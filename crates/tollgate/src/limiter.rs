@@ -222,7 +222,7 @@ impl<S: Store> Limiter<S> {
         }
         distinct(policies.iter().map(|p| p.name))?;
         self.validate_request(key, cost)?;
-        self.decide(policies, key, cost, mode).await
+        self.apply_checked(policies, key, cost, mode).await
     }
 
     /// Returns `key`'s state for `policy` to fresh.
@@ -263,11 +263,11 @@ impl<S: Store> Limiter<S> {
             .iter()
             .map(|name| self.prepare(name, key, cost))
             .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
-        self.decide(&refs, key, cost, mode).await
+        self.apply_checked(&refs, key, cost, mode).await
     }
 
     /// One store call for validated `refs`.
-    async fn decide(
+    async fn apply_checked(
         &self,
         refs: &[PolicyRef<'_>],
         key: &[u8],

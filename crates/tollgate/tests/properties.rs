@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use tollgate::algorithm::{State, decide, next_allowed_after};
-use tollgate::{Algorithm, Policy};
+use tollgate::{Algorithm, Mode, Policy};
 
 fn any_policy() -> impl Strategy<Value = Policy> {
     policy_of(Algorithm::ALL.to_vec())
@@ -69,7 +69,7 @@ fn run(policy: &Policy, start: u64, steps: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut admitted = Vec::new();
     for &(dt, cost) in steps {
         now += dt;
-        let d = decide(policy, &mut state, now, cost, true);
+        let d = decide(policy, &mut state, now, cost, Mode::Consume);
         if d.allowed {
             admitted.push((now, cost));
         }
@@ -139,7 +139,7 @@ proptest! {
         let mut state = State::fresh(&policy, start);
         for k in 0..count {
             let now = start + k * gap;
-            let d = decide(&policy, &mut state, now, 1, true);
+            let d = decide(&policy, &mut state, now, 1, Mode::Consume);
             prop_assert!(d.allowed, "request {k} at {now} denied: {d:?}");
         }
         // The k-th request exactly k * period / limit after the first, rounded
@@ -151,7 +151,7 @@ proptest! {
             let mut state = State::fresh(&policy, start);
             for k in 0..count {
                 let now = start + (k * period).div_ceil(limit);
-                let d = decide(&policy, &mut state, now, 1, true);
+                let d = decide(&policy, &mut state, now, 1, Mode::Consume);
                 prop_assert!(d.allowed, "scheduled request {k} at {now} denied: {d:?}");
             }
         }
@@ -163,7 +163,7 @@ proptest! {
         let mut now = 0;
         for &(dt, cost) in &steps {
             now += dt;
-            let d = decide(&policy, &mut state, now, cost, true);
+            let d = decide(&policy, &mut state, now, cost, Mode::Consume);
             prop_assert!(d.remaining <= d.limit);
             prop_assert_eq!(d.limit, policy.capacity());
             if d.allowed {
@@ -176,10 +176,10 @@ proptest! {
                     let r = r.as_micros() as u64;
                     prop_assert!(r > 0, "a denial with retry_after 0");
                     let mut at = state.clone();
-                    prop_assert!(decide(&policy, &mut at, now + r, cost, false).allowed,
+                    prop_assert!(decide(&policy, &mut at, now + r, cost, Mode::Peek).allowed,
                         "not allowed at retry_after {r}");
                     let mut before = state.clone();
-                    prop_assert!(!decide(&policy, &mut before, now + r - 1, cost, false).allowed,
+                    prop_assert!(!decide(&policy, &mut before, now + r - 1, cost, Mode::Peek).allowed,
                         "already allowed 1 µs before retry_after {r}");
                 }
             }
@@ -195,7 +195,7 @@ proptest! {
         let mut now = 0;
         for &(dt, cost) in &steps {
             now += dt;
-            let d = decide(&policy, &mut state, now, cost, true);
+            let d = decide(&policy, &mut state, now, cost, Mode::Consume);
             let Some(wait) = next_allowed_after(&policy, cost, &d) else {
                 prop_assert!(!d.allowed || d.remaining >= cost || !matches!(policy.algorithm(),
                     Algorithm::FixedWindow | Algorithm::Gcra | Algorithm::TokenBucket | Algorithm::LeakyBucket));
@@ -203,7 +203,7 @@ proptest! {
             };
             let wait = wait.as_micros() as u64;
             prop_assert!(d.allowed && d.remaining < cost);
-            let allowed_at = |t: u64| decide(&policy, &mut state.clone(), t, cost, false).allowed;
+            let allowed_at = |t: u64| decide(&policy, &mut state.clone(), t, cost, Mode::Peek).allowed;
             prop_assert!(!allowed_at(now), "tight, yet allowed again at once");
             if wait > 0 {
                 prop_assert!(!allowed_at(now + wait - 1), "allowed before the derived wait {wait}");
@@ -224,7 +224,7 @@ proptest! {
         let mut now = start;
         for &(dt, cost) in &steps {
             now = now.saturating_add_signed(dt);
-            let d = decide(&policy, &mut state, now, cost, true);
+            let d = decide(&policy, &mut state, now, cost, Mode::Consume);
             prop_assert!(d.remaining <= d.limit);
             let Some(r) = d.retry_after else {
                 prop_assert!(d.allowed || cost > policy.capacity());
@@ -232,9 +232,9 @@ proptest! {
             };
             let r = r.as_micros() as u64;
             prop_assert!(r > 0, "a denial with retry_after 0");
-            prop_assert!(decide(&policy, &mut state.clone(), now + r, cost, false).allowed,
+            prop_assert!(decide(&policy, &mut state.clone(), now + r, cost, Mode::Peek).allowed,
                 "not allowed at retry_after {r}");
-            prop_assert!(!decide(&policy, &mut state.clone(), now + r - 1, cost, false).allowed,
+            prop_assert!(!decide(&policy, &mut state.clone(), now + r - 1, cost, Mode::Peek).allowed,
                 "already allowed 1 µs before retry_after {r}");
         }
     }
@@ -259,14 +259,14 @@ proptest! {
                 (current, changed_at) = (policy, now);
                 since.clear();
             }
-            let d = decide(policy, &mut state, now, cost, true);
+            let d = decide(policy, &mut state, now, cost, Mode::Consume);
             if d.allowed {
                 since.push((now, cost));
             } else if let Some(r) = d.retry_after {
                 let r = r.as_micros() as u64;
-                prop_assert!(decide(policy, &mut state.clone(), now + r, cost, false).allowed,
+                prop_assert!(decide(policy, &mut state.clone(), now + r, cost, Mode::Peek).allowed,
                     "not allowed at retry_after {r}");
-                prop_assert!(!decide(policy, &mut state.clone(), now + r - 1, cost, false).allowed,
+                prop_assert!(!decide(policy, &mut state.clone(), now + r - 1, cost, Mode::Peek).allowed,
                     "already allowed 1 µs before retry_after {r}");
             }
             let (limit, period) = (policy.limit(), policy.period_us());
@@ -296,7 +296,7 @@ proptest! {
         let mut now = 0;
         for &(dt, cost) in &steps {
             now += dt;
-            let d = decide(&policy, &mut state, now, cost, true);
+            let d = decide(&policy, &mut state, now, cost, Mode::Consume);
             let fresh_at = now + d.reset_after.as_micros() as u64;
             prop_assert_eq!(fresh_at.max(now), state.fresh_at(&policy).max(now));
             if d.reset_after.is_zero() {
@@ -306,12 +306,12 @@ proptest! {
                 let mut aged = state.clone();
                 let mut fresh = State::fresh(&policy, fresh_at);
                 prop_assert_eq!(
-                    decide(&policy, &mut aged, fresh_at, c, false),
-                    decide(&policy, &mut fresh, fresh_at, c, false)
+                    decide(&policy, &mut aged, fresh_at, c, Mode::Peek),
+                    decide(&policy, &mut fresh, fresh_at, c, Mode::Peek)
                 );
             }
             let mut almost = state.clone();
-            let d = decide(&policy, &mut almost, fresh_at - 1, 1, false);
+            let d = decide(&policy, &mut almost, fresh_at - 1, 1, Mode::Peek);
             prop_assert!(d.remaining < policy.capacity(), "fresh already 1 µs early: {d:?}");
         }
     }
@@ -326,7 +326,7 @@ proptest! {
         let mut now = 0;
         for &(dt, cost) in &steps {
             now += dt;
-            prop_assert_eq!(decide(&policy, &mut g, now, cost, true), decide(&bucket, &mut b, now, cost, true));
+            prop_assert_eq!(decide(&policy, &mut g, now, cost, Mode::Consume), decide(&bucket, &mut b, now, cost, Mode::Consume));
         }
     }
 }

@@ -3,8 +3,8 @@
 //! Windows are aligned to multiples of the period on the store's clock (Unix
 //! time for Redis), so every instance agrees on where a window starts.
 
-use super::Verdict;
-use crate::Policy;
+use super::Computed;
+use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(start: u64, count: u64, period: u64) -> u64 {
     if count == 0 { 0 } else { start + period }
@@ -16,8 +16,8 @@ pub(super) fn decide(
     count: &mut u64,
     now: u64,
     cost: u64,
-    consume: bool,
-) -> Verdict {
+    mode: Mode,
+) -> Computed {
     let period = policy.period_us();
     // The count belongs to the window of this policy that holds its start:
     // the same window under the policy that wrote it, and under a changed
@@ -31,12 +31,12 @@ pub(super) fn decide(
         (held, *count)
     };
     let allowed = used + cost <= policy.limit();
-    let charged = allowed && consume;
+    let charged = allowed && mode == Mode::Consume;
     let used_after = if charged { used + cost } else { used };
     if charged {
         (*start, *count) = (window, used_after);
     }
-    Verdict {
+    Computed {
         allowed,
         // Saturating: a store may hold a count made under a larger limit.
         remaining: policy.limit().saturating_sub(used_after),

@@ -15,8 +15,8 @@
 //! policy's steps, so the state records `rate`; read under another rate the
 //! TAT is rounded up to the next whole microsecond (never earlier).
 
-use super::{Verdict, div_ceil};
-use crate::Policy;
+use super::{Computed, div_ceil};
+use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(tat_us: u64, tat_frac: u64) -> u64 {
     // Fresh once the TAT is not in the future; round a fraction up.
@@ -66,8 +66,8 @@ pub(super) fn decide(
     (tat_us, tat_frac, tat_rate): (&mut u64, &mut u64, &mut u64),
     now: u64,
     cost: u64,
-    consume: bool,
-) -> Verdict {
+    mode: Mode,
+) -> Computed {
     let unit = policy.scaled_unit();
     let rate = policy.scaled_rate();
     let tolerance = policy.burst() * unit;
@@ -78,7 +78,7 @@ pub(super) fn decide(
     };
     let before = ahead(policy, stored_us, stored_frac, now);
     let allowed = cost <= policy.burst() && before + cost * unit <= tolerance;
-    let charged = allowed && consume;
+    let charged = allowed && mode == Mode::Consume;
     let after = if charged {
         before + cost * unit
     } else {
@@ -87,7 +87,7 @@ pub(super) fn decide(
     if charged {
         (*tat_us, *tat_frac, *tat_rate) = (now + after / rate, after % rate, rate);
     }
-    Verdict {
+    Computed {
         allowed,
         // Saturating: a clock stepping back can leave the TAT beyond the
         // tolerance.

@@ -6,8 +6,8 @@
 //! The level is scaled as for the token bucket, and the state records the
 //! unit it was written in (see [`super::rescale_up`]).
 
-use super::{Verdict, div_ceil, rescale_up};
-use crate::Policy;
+use super::{Computed, div_ceil, rescale_up};
+use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(policy: &Policy, level: u64, last: u64) -> u64 {
     if level == 0 {
@@ -33,8 +33,8 @@ pub(super) fn decide(
     (level, last, unit): (&mut u64, &mut u64, &mut u64),
     now: u64,
     cost: u64,
-    consume: bool,
-) -> Verdict {
+    mode: Mode,
+) -> Computed {
     let scaled = policy.scaled_unit();
     let rate = policy.scaled_rate();
     let capacity = policy.burst() * scaled;
@@ -43,7 +43,7 @@ pub(super) fn decide(
     let stored = rescale_up(*level, *unit, policy);
     let current = drain(policy, stored, *last, now);
     let allowed = cost <= policy.burst() && current + cost * scaled <= capacity;
-    let charged = allowed && consume;
+    let charged = allowed && mode == Mode::Consume;
     let after = if charged {
         current + cost * scaled
     } else {
@@ -54,7 +54,7 @@ pub(super) fn decide(
     if charged {
         (*level, *last, *unit) = (after, stamp, scaled);
     }
-    Verdict {
+    Computed {
         allowed,
         remaining: capacity.saturating_sub(after) / scaled,
         fresh_at: fresh_at(policy, after, stamp),

@@ -21,7 +21,7 @@ pub use sliding_log::Log;
 
 use std::time::Duration;
 
-use crate::{Algorithm, Decision, Policy};
+use crate::{Algorithm, Decision, Mode, Policy};
 
 /// The state one key holds for one policy.
 ///
@@ -149,8 +149,8 @@ impl State {
     }
 }
 
-/// Decides whether `cost` units may be spent at `now`, and when `consume` is
-/// true and the answer is yes, charges them to `state`.
+/// Decides whether `cost` units may be spent at `now`, and in
+/// [`Mode::Consume`] when the answer is yes, charges them to `state`.
 ///
 /// `state` may have been written under another policy of the same name (a
 /// reload, an override): it is then read in absolute units — counts and log
@@ -161,17 +161,18 @@ impl State {
 /// always false here: stores and the limiter set it.
 ///
 /// ```
+/// use tollgate::Mode;
 /// use tollgate::algorithm::{decide, State};
 /// let policy: tollgate::Policy = "fixed_window 2/s".parse().unwrap();
 /// let mut state = State::fresh(&policy, 0);
-/// assert!(decide(&policy, &mut state, 0, 1, true).allowed);
-/// assert!(decide(&policy, &mut state, 10, 1, true).allowed);
-/// let third = decide(&policy, &mut state, 20, 1, true);
+/// assert!(decide(&policy, &mut state, 0, 1, Mode::Consume).allowed);
+/// assert!(decide(&policy, &mut state, 10, 1, Mode::Consume).allowed);
+/// let third = decide(&policy, &mut state, 20, 1, Mode::Consume);
 /// assert!(!third.allowed);
 /// // Allowed again when the window ends, at 1 s.
 /// assert_eq!(third.retry_after, Some(std::time::Duration::from_micros(1_000_000 - 20)));
 /// ```
-pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, consume: bool) -> Decision {
+pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, mode: Mode) -> Decision {
     if state.algorithm() != policy.algorithm() {
         *state = State::fresh(policy, now);
     }
@@ -180,25 +181,25 @@ pub fn decide(policy: &Policy, state: &mut State, now: u64, cost: u64, consume: 
     // before any arithmetic, keeps `cost * unit` within bounds in every
     // algorithm below.
     let over = cost > policy.capacity();
-    let (cost_used, consume) = if over { (0, false) } else { (cost, consume) };
+    let (cost_used, mode) = if over { (0, Mode::Peek) } else { (cost, mode) };
     let verdict = match state {
         State::FixedWindow { start, count } => {
-            fixed_window::decide(policy, start, count, now, cost_used, consume)
+            fixed_window::decide(policy, start, count, now, cost_used, mode)
         }
         State::SlidingWindow { start, prev, curr } => {
-            sliding_window::decide(policy, start, prev, curr, now, cost_used, consume)
+            sliding_window::decide(policy, start, prev, curr, now, cost_used, mode)
         }
-        State::SlidingLog(log) => log.decide(policy, now, cost_used, consume),
+        State::SlidingLog(log) => log.decide(policy, now, cost_used, mode),
         State::TokenBucket { level, last, unit } => {
-            token_bucket::decide(policy, (level, last, unit), now, cost_used, consume)
+            token_bucket::decide(policy, (level, last, unit), now, cost_used, mode)
         }
         State::Gcra {
             tat_us,
             tat_frac,
             rate,
-        } => gcra::decide(policy, (tat_us, tat_frac, rate), now, cost_used, consume),
+        } => gcra::decide(policy, (tat_us, tat_frac, rate), now, cost_used, mode),
         State::LeakyBucket { level, last, unit } => {
-            leaky_bucket::decide(policy, (level, last, unit), now, cost_used, consume)
+            leaky_bucket::decide(policy, (level, last, unit), now, cost_used, mode)
         }
     };
     decision_from_parts(
@@ -261,16 +262,17 @@ pub fn decision_from_parts(
 ///
 /// ```
 /// use std::time::Duration;
+/// use tollgate::Mode;
 /// use tollgate::algorithm::{decide, next_allowed_after, State};
 /// let policy: tollgate::Policy = "gcra 10/s burst 2".parse().unwrap();
 /// let mut state = State::fresh(&policy, 0);
-/// let first = decide(&policy, &mut state, 0, 1, true);
+/// let first = decide(&policy, &mut state, 0, 1, Mode::Consume);
 /// assert_eq!(next_allowed_after(&policy, 1, &first), None); // one left
-/// let second = decide(&policy, &mut state, 0, 1, true);
+/// let second = decide(&policy, &mut state, 0, 1, Mode::Consume);
 /// let wait = next_allowed_after(&policy, 1, &second).unwrap();
 /// assert_eq!(wait, Duration::from_millis(100)); // one emission interval
-/// assert!(!decide(&policy, &mut state, 99_999, 1, false).allowed);
-/// assert!(decide(&policy, &mut state, 100_000, 1, false).allowed);
+/// assert!(!decide(&policy, &mut state, 99_999, 1, Mode::Peek).allowed);
+/// assert!(decide(&policy, &mut state, 100_000, 1, Mode::Peek).allowed);
 /// ```
 pub fn next_allowed_after(policy: &Policy, cost: u64, decision: &Decision) -> Option<Duration> {
     if !decision.allowed || decision.remaining >= cost || cost > policy.capacity() {
@@ -294,7 +296,7 @@ pub fn next_allowed_after(policy: &Policy, cost: u64, decision: &Decision) -> Op
 
 /// What an algorithm computes, as absolute instants in microseconds.
 #[derive(Debug, Clone, Copy)]
-struct Verdict {
+struct Computed {
     allowed: bool,
     remaining: u64,
     /// Absolute instant at which the state (after this decision) is fresh.

@@ -4,8 +4,8 @@
 
 use std::collections::VecDeque;
 
-use super::Verdict;
-use crate::Policy;
+use super::Computed;
+use crate::{Mode, Policy};
 
 /// Admitted requests, oldest first: `(admitted at µs, cost)`.
 ///
@@ -33,13 +33,7 @@ impl Log {
             .skip_while(move |&&(t, _)| t + period <= now)
     }
 
-    pub(super) fn decide(
-        &mut self,
-        policy: &Policy,
-        now: u64,
-        cost: u64,
-        consume: bool,
-    ) -> Verdict {
+    pub(super) fn decide(&mut self, policy: &Policy, now: u64, cost: u64, mode: Mode) -> Computed {
         let period = policy.period_us();
         let limit = policy.limit();
         let expired: u64 = self
@@ -68,7 +62,7 @@ impl Log {
             }
             at
         };
-        let charged = allowed && consume;
+        let charged = allowed && mode == Mode::Consume;
         let used_after = if charged { used + cost } else { used };
         let fresh_at = if charged {
             stamp + period
@@ -89,7 +83,7 @@ impl Log {
                 _ => self.entries.push_back((stamp, cost)),
             }
         }
-        Verdict {
+        Computed {
             allowed,
             remaining: limit.saturating_sub(used_after),
             fresh_at: if used_after == 0 { 0 } else { fresh_at },

@@ -6,8 +6,8 @@
 //! integers: the request is allowed when
 //! `prev * (period - elapsed) + (curr + cost) * period <= limit * period`.
 
-use super::Verdict;
-use crate::Policy;
+use super::Computed;
+use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(start: u64, prev: u64, curr: u64, period: u64) -> u64 {
     if curr > 0 {
@@ -46,8 +46,8 @@ pub(super) fn decide(
     curr: &mut u64,
     now: u64,
     cost: u64,
-    consume: bool,
-) -> Verdict {
+    mode: Mode,
+) -> Computed {
     let period = policy.period_us();
     let limit = policy.limit();
     let (window, p, c) = normalize(*start, *prev, *curr, now, policy);
@@ -56,13 +56,13 @@ pub(super) fn decide(
     let weighted_prev = p * (period - elapsed);
     let budget = limit * period;
     let allowed = cost <= limit && weighted_prev + (c + cost) * period <= budget;
-    let charged = allowed && consume;
+    let charged = allowed && mode == Mode::Consume;
     let c_after = if charged { c + cost } else { c };
     if charged {
         (*start, *prev, *curr) = (window, p, c_after);
     }
     let remaining = budget.saturating_sub(weighted_prev + c_after * period) / period;
-    Verdict {
+    Computed {
         allowed,
         remaining,
         fresh_at: fresh_at(window, p, c_after, period),

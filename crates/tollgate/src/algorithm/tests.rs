@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{State, decide};
-use crate::{Algorithm, Decision, Policy};
+use crate::{Algorithm, Decision, Mode, Policy};
 
 const S: u64 = 1_000_000;
 
@@ -26,10 +26,10 @@ impl Key {
         }
     }
     fn check(&mut self, now: u64, cost: u64) -> Decision {
-        decide(&self.policy, &mut self.state, now, cost, true)
+        decide(&self.policy, &mut self.state, now, cost, Mode::Consume)
     }
     fn peek(&mut self, now: u64, cost: u64) -> Decision {
-        decide(&self.policy, &mut self.state, now, cost, false)
+        decide(&self.policy, &mut self.state, now, cost, Mode::Peek)
     }
     /// Admitted units out of `n` single-unit requests at `now`.
     fn burst(&mut self, now: u64, n: u64) -> u64 {
@@ -268,7 +268,10 @@ fn changed(from: &str, spent: u64, to: &str) -> (Policy, State) {
     let old = policy(from);
     let mut state = State::fresh(&old, 0);
     for _ in 0..spent {
-        assert!(decide(&old, &mut state, 0, 1, true).allowed, "{from}");
+        assert!(
+            decide(&old, &mut state, 0, 1, Mode::Consume).allowed,
+            "{from}"
+        );
     }
     (policy(to), state)
 }
@@ -276,7 +279,7 @@ fn changed(from: &str, spent: u64, to: &str) -> (Policy, State) {
 /// Admitted single units at `now`, out of `n`.
 fn admitted(policy: &Policy, state: &mut State, now: u64, n: u64) -> u64 {
     (0..n)
-        .filter(|_| decide(policy, state, now, 1, true).allowed)
+        .filter(|_| decide(policy, state, now, 1, Mode::Consume).allowed)
         .count() as u64
 }
 
@@ -323,7 +326,7 @@ fn gcra_keeps_its_arrival_time_when_the_policy_changes() {
     assert_eq!(admitted(&new, &mut state, 0, 10), 3);
     // Under 4/100ms the TAT is 900 ms past the tolerance: nothing until then.
     let (new, mut state) = changed("gcra 4/1s", 4, "gcra 4/100ms");
-    let denied = decide(&new, &mut state, 0, 1, false);
+    let denied = decide(&new, &mut state, 0, 1, Mode::Peek);
     assert!(!denied.allowed);
     assert_eq!(us(denied.retry_after), Some(1_000_000 - 100_000 + 25_000));
     // A fraction of a microsecond under 3/1s rounds the TAT up under 4/1s.
@@ -345,7 +348,7 @@ fn windows_and_logs_keep_their_counts_when_the_policy_changes() {
     }
     // A lengthened period keeps the count for the new, longer window.
     let (new, mut state) = changed("sliding_log 5/1s", 5, "sliding_log 5/1h");
-    let denied = decide(&new, &mut state, 1_100_000, 1, true);
+    let denied = decide(&new, &mut state, 1_100_000, 1, Mode::Consume);
     assert!(!denied.allowed);
     assert_eq!(us(denied.retry_after), Some(3_600_000_000 - 1_100_000));
     let (new, mut state) = changed("fixed_window 4/1s", 4, "fixed_window 4/1m");
@@ -371,8 +374,8 @@ fn retry_after_counts_the_time_the_clock_stepped_back() {
         let p = policy(&format!("{a} 1/1s burst 1"));
         let t0 = 10 * S;
         let mut state = State::fresh(&p, t0);
-        assert!(decide(&p, &mut state, t0, 1, true).allowed);
-        let d = decide(&p, &mut state, t0 - 5 * S, 1, true);
+        assert!(decide(&p, &mut state, t0, 1, Mode::Consume).allowed);
+        let d = decide(&p, &mut state, t0 - 5 * S, 1, Mode::Consume);
         assert!(!d.allowed, "{a}");
         assert_eq!(us(d.retry_after), Some(6 * S), "{a}");
     }

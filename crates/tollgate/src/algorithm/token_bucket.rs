@@ -6,8 +6,8 @@
 //! it was written in, so a policy changed under a live key reads it in
 //! tokens (see [`super::rescale_down`]).
 
-use super::{Verdict, div_ceil, rescale_down};
-use crate::Policy;
+use super::{Computed, div_ceil, rescale_down};
+use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(policy: &Policy, level: u64, last: u64) -> u64 {
     let full = policy.burst() * policy.scaled_unit();
@@ -32,8 +32,8 @@ pub(super) fn decide(
     (level, last, unit): (&mut u64, &mut u64, &mut u64),
     now: u64,
     cost: u64,
-    consume: bool,
-) -> Verdict {
+    mode: Mode,
+) -> Computed {
     let scaled = policy.scaled_unit();
     let rate = policy.scaled_rate();
     // Tokens are kept, a fraction of one is dropped (never granted twice);
@@ -41,7 +41,7 @@ pub(super) fn decide(
     let stored = rescale_down(*level, *unit, policy);
     let current = refill(policy, stored, *last, now);
     let allowed = cost <= policy.burst() && cost * scaled <= current;
-    let charged = allowed && consume;
+    let charged = allowed && mode == Mode::Consume;
     let after = if charged {
         current - cost * scaled
     } else {
@@ -53,7 +53,7 @@ pub(super) fn decide(
     if charged {
         (*level, *last, *unit) = (after, stamp, scaled);
     }
-    Verdict {
+    Computed {
         allowed,
         remaining: after / scaled,
         fresh_at: fresh_at(policy, after, stamp),

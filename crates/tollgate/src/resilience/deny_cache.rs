@@ -110,7 +110,7 @@ pub(crate) struct Flight {
 
 /// How a flight ended, for its waiters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum FlightEnd {
     /// The store decided, or the leader gave up: look up again.
     Decided,
     /// The store failed (error, timeout, breaker open): decide by the
@@ -120,7 +120,7 @@ pub(crate) enum Outcome {
 
 impl Flight {
     /// Waits until the flight ends, at most `bound`; `None` if it did not.
-    pub(crate) async fn wait(&self, bound: std::time::Duration) -> Option<Outcome> {
+    pub(crate) async fn wait(&self, bound: std::time::Duration) -> Option<FlightEnd> {
         let notified = self.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -130,15 +130,15 @@ impl Flight {
             return None;
         }
         Some(if self.outcome.load(Ordering::Acquire) == 1 {
-            Outcome::Failed
+            FlightEnd::Failed
         } else {
-            Outcome::Decided
+            FlightEnd::Decided
         })
     }
 
-    fn end(&self, outcome: Outcome) {
+    fn end(&self, outcome: FlightEnd) {
         self.outcome
-            .store(u8::from(outcome == Outcome::Failed), Ordering::Release);
+            .store(u8::from(outcome == FlightEnd::Failed), Ordering::Release);
         self.done.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }
@@ -328,9 +328,9 @@ impl DenyCache {
             }
         }
         flight.end(if landing == Landing::Failed {
-            Outcome::Failed
+            FlightEnd::Failed
         } else {
-            Outcome::Decided
+            FlightEnd::Decided
         });
     }
 
@@ -609,6 +609,7 @@ mod tests {
 
     #[test]
     fn a_tight_allow_caches_the_denial_that_follows_it() {
+        use crate::Mode;
         use crate::algorithm::{State, decide};
         let cache = DenyCache::new(100);
         let gcra: Policy = "gcra 10/s burst 2".parse().expect("valid");
@@ -627,8 +628,8 @@ mod tests {
         let (mut g, mut f) = (State::fresh(&gcra, 0), State::fresh(&daily, 0));
         let mut allow = |now| -> Decisions {
             [
-                decide(&gcra, &mut g, now, 1, true),
-                decide(&daily, &mut f, now, 1, true),
+                decide(&gcra, &mut g, now, 1, Mode::Consume),
+                decide(&daily, &mut f, now, 1, Mode::Consume),
             ]
             .into_iter()
             .collect()
@@ -657,8 +658,10 @@ mod tests {
             name: "log",
             policy: &log,
         }];
-        decide(&log, &mut l, 0, 1, true);
-        let last: Decisions = [decide(&log, &mut l, 10, 1, true)].into_iter().collect();
+        decide(&log, &mut l, 0, 1, Mode::Consume);
+        let last: Decisions = [decide(&log, &mut l, 10, 1, Mode::Consume)]
+            .into_iter()
+            .collect();
         assert!(last[0].allowed && last[0].remaining == 0);
         cache.record(b"log", &refs, 1, &last, true, 10, 0);
         assert!(cache.lookup(b"log", &refs, 1, 11).is_none());

@@ -58,7 +58,7 @@ pub use options::{
 };
 
 use breaker::{Breaker, Permit};
-use deny_cache::{DenyCache, Flight, Landing, Lookup, Outcome};
+use deny_cache::{DenyCache, Flight, FlightEnd, Landing, Lookup};
 
 use crate::algorithm::decision_from_parts;
 use crate::store::memory::Step;
@@ -388,7 +388,7 @@ impl<S> Resilient<S> {
 }
 
 impl<S: Store> Resilient<S> {
-    async fn decide(
+    async fn apply_cached(
         &self,
         key: &[u8],
         policies: &[PolicyRef<'_>],
@@ -430,8 +430,8 @@ impl<S: Store> Resilient<S> {
                         *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
                     let bound = until.saturating_duration_since(tokio::time::Instant::now());
                     let error = match flight.wait(bound).await {
-                        Some(Outcome::Decided) => continue,
-                        Some(Outcome::Failed) => StoreError::Unavailable(
+                        Some(FlightEnd::Decided) => continue,
+                        Some(FlightEnd::Failed) => StoreError::Unavailable(
                             "the concurrent call for this key failed".into(),
                         ),
                         // The leader's call is bounded by the same timeout
@@ -704,7 +704,7 @@ impl<S: Store> Store for Resilient<S> {
         cost: u64,
         mode: Mode,
     ) -> Result<Decisions, StoreError> {
-        self.decide(key, policies, cost, mode).await
+        self.apply_cached(key, policies, cost, mode).await
     }
 
     /// Resets the inner store (within the timeout) and the local fallback

@@ -210,7 +210,7 @@ impl MemoryStore {
         // time in the order they are made.
         let now = inner.clock.now_us();
         let decisions = all_or_nothing(policies.len(), mode, |i, mode| {
-            shard.decide(inner, policies[i], hash, key, now, cost, mode)
+            shard.decide_policy(inner, policies[i], hash, key, now, cost, mode)
         });
         if shard.table.len() >= shard.sweep_at {
             shard.sweep(now);
@@ -234,7 +234,7 @@ impl MemoryStore {
         let mut shard = inner.shard(hash);
         let now = inner.clock.now_us();
         all_or_nothing(steps.len(), mode, |i, mode| match steps[i] {
-            Step::Stored(policy) => shard.decide(inner, policy, hash, key, now, cost, mode),
+            Step::Stored(policy) => shard.decide_policy(inner, policy, hash, key, now, cost, mode),
             Step::Decided(decision) => decision,
         })
     }
@@ -352,7 +352,7 @@ impl Shard {
     /// and any other decision only pushes the expiry later — the Lua
     /// script's twin rule (`extend`), so both stores forget state together.
     #[allow(clippy::too_many_arguments)]
-    fn decide(
+    fn decide_policy(
         &mut self,
         store: &Inner,
         p: PolicyRef<'_>,
@@ -362,17 +362,16 @@ impl Shard {
         cost: u64,
         mode: Mode,
     ) -> Decision {
-        let consume = mode == Mode::Consume;
         if let Ok(found) = self.table.find_entry(hash, |e| e.is(p.name, key)) {
             if found.get().expires_at <= now {
                 // Gone, as an expired Redis key is: a clock that steps back
                 // later must not find it again.
                 found.remove();
-                return self.decide_absent(store, p, hash, key, now, cost, consume);
+                return self.decide_absent(store, p, hash, key, now, cost, mode);
             }
             let entry = found.into_mut();
-            let decision = decide(p.policy, &mut entry.state, now, cost, consume);
-            if decision.allowed && consume {
+            let decision = decide(p.policy, &mut entry.state, now, cost, mode);
+            if decision.allowed && mode == Mode::Consume {
                 entry.expires_at = expires_at(entry.state.fresh_at(p.policy));
             } else if entry.expires_at > now && decision.reset_after > Duration::ZERO {
                 let fresh_at = now + duration_us(decision.reset_after);
@@ -380,7 +379,7 @@ impl Shard {
             }
             return decision;
         }
-        self.decide_absent(store, p, hash, key, now, cost, consume)
+        self.decide_absent(store, p, hash, key, now, cost, mode)
     }
 
     /// Decides for an identity with no live state, inserting one if charged
@@ -394,11 +393,11 @@ impl Shard {
         key: &[u8],
         now: u64,
         cost: u64,
-        consume: bool,
+        mode: Mode,
     ) -> Decision {
         let mut state = State::fresh(p.policy, now);
-        let decision = decide(p.policy, &mut state, now, cost, consume);
-        if decision.allowed && consume {
+        let decision = decide(p.policy, &mut state, now, cost, mode);
+        if decision.allowed && mode == Mode::Consume {
             if self.table.len() >= store.shard_max {
                 self.make_room(store, now);
             }
