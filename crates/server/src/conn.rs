@@ -142,12 +142,18 @@ struct State {
     /// HTTP requests whose handler has not returned.
     in_flight: usize,
     /// When the first byte of a request whose headers are not complete
-    /// yet arrived (HTTP).
+    /// yet arrived (HTTP); when the connection opened, until its client
+    /// preface is complete (gRPC).
     head_since: Option<Instant>,
+    /// Bytes of the HTTP/2 client preface still to come (gRPC).
+    preface_left: usize,
     /// Since when nothing is in progress (HTTP) or nothing was received
     /// (gRPC).
     quiet_since: Instant,
 }
+
+/// The HTTP/2 client connection preface (RFC 9113, 3.4): 24 bytes.
+const HTTP2_PREFACE_LEN: usize = 24;
 
 /// What one connection is doing, for its timeouts.
 #[derive(Debug)]
@@ -166,9 +172,16 @@ impl Activity {
         Self::new(true, header_timeout, idle_timeout)
     }
 
-    /// A gRPC (HTTP/2) connection's activity: idle when it sends nothing.
-    pub(crate) fn grpc(idle_timeout: Duration) -> Arc<Self> {
-        Self::new(false, idle_timeout, idle_timeout)
+    /// A gRPC (HTTP/2) connection's activity: idle when it sends nothing,
+    /// and cut when its client preface is not complete `header_timeout`
+    /// after it connected (a client trickling it would hold a slot).
+    pub(crate) fn grpc(header_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        let activity = Self::new(false, header_timeout, idle_timeout);
+        let mut state = activity.state();
+        state.head_since = Some(Instant::now());
+        state.preface_left = HTTP2_PREFACE_LEN;
+        drop(state);
+        activity
     }
 
     fn new(http: bool, header_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
@@ -176,6 +189,7 @@ impl Activity {
             state: Mutex::new(State {
                 in_flight: 0,
                 head_since: None,
+                preface_left: 0,
                 quiet_since: Instant::now(),
             }),
             changed: Notify::new(),
@@ -189,11 +203,20 @@ impl Activity {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Bytes arrived from the client.
-    fn received(&self) {
+    /// `n` bytes arrived from the client.
+    fn received(&self, n: usize) {
         let mut state = self.state();
         if !self.http {
             state.quiet_since = Instant::now();
+            if state.preface_left > 0 {
+                state.preface_left = state.preface_left.saturating_sub(n);
+                if state.preface_left == 0 {
+                    // The handshake's clock stops.
+                    state.head_since = None;
+                    drop(state);
+                    self.changed.notify_one();
+                }
+            }
         } else if state.in_flight == 0 && state.head_since.is_none() {
             // The first byte of the next request: its headers' clock starts.
             state.head_since = Some(Instant::now());
@@ -220,7 +243,14 @@ impl Activity {
         if state.in_flight > 0 {
             None
         } else if let Some(since) = state.head_since {
-            Some((since + self.header_timeout, Expiry::Header))
+            let header = (since + self.header_timeout, Expiry::Header);
+            // gRPC: a silent connection is also idle meanwhile.
+            let idle = (state.quiet_since + self.idle_timeout, Expiry::Idle);
+            Some(if !self.http && idle.0 < header.0 {
+                idle
+            } else {
+                header
+            })
         } else {
             Some((state.quiet_since + self.idle_timeout, Expiry::Idle))
         }
@@ -342,15 +372,15 @@ impl Watched {
         stream: TcpStream,
         peer: SocketAddr,
         slot: OwnedSemaphorePermit,
-        idle_timeout: Duration,
+        (header_timeout, idle_timeout): (Duration, Duration),
         cut_signal: watch::Receiver<bool>,
     ) -> Self {
-        let activity = Activity::grpc(idle_timeout);
+        let activity = Activity::grpc(header_timeout, idle_timeout);
         let watcher = Arc::clone(&activity);
         let doom = Box::pin(async move {
             tokio::select! {
                 () = cut(cut_signal) => tracing::debug!(%peer, "gRPC connection cut at shutdown"),
-                why = watcher.expired() => tracing::debug!(%peer, ?why, "gRPC connection closed: idle"),
+                why = watcher.expired() => tracing::debug!(%peer, ?why, "gRPC connection closed: idle or handshake too slow"),
             }
         });
         Watched {
@@ -396,7 +426,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.received();
+            self.activity.received(buf.filled().len() - before);
         }
         result
     }

@@ -412,7 +412,7 @@ where
     });
 
     let (incoming, connections) = mpsc::channel::<std::io::Result<Watched>>(1);
-    let idle_timeout = limits.idle_timeout;
+    let timeouts = (limits.header_timeout, limits.idle_timeout);
     let accept_stop = stopped();
     let accepting = async move {
         tokio::pin!(accept_stop);
@@ -422,7 +422,7 @@ where
                 () = &mut accept_stop => break,
                 accepted = acceptor.accept() => accepted,
             };
-            let io = Watched::grpc(stream, peer, slot, idle_timeout, open.watch());
+            let io = Watched::grpc(stream, peer, slot, timeouts, open.watch());
             if incoming.send(Ok(io)).await.is_err() {
                 break;
             }

@@ -1,7 +1,8 @@
 //! Issue 13, "safe to expose", on the gRPC port: the stream cap is
 //! advertised, a call that never finishes its message is ended by
-//! `grpc_request_timeout`, an oversized message is refused, and a
-//! connection that sends nothing is closed after `idle_timeout`. A raw
+//! `grpc_request_timeout`, an oversized message is refused, a connection
+//! that sends nothing is closed after `idle_timeout`, and one that trickles
+//! its preface after `header_timeout`. A raw
 //! HTTP/2 client (`h2`) does what a well-behaved gRPC client would not.
 
 #![allow(clippy::unwrap_used)]
@@ -192,4 +193,40 @@ async fn a_grpc_connection_that_sends_nothing_is_closed_after_idle_timeout() {
     body.send_data(message_prefix(0), true).unwrap();
     // An empty request: INVALID_ARGUMENT, but answered on this connection.
     assert_eq!(grpc_status(response).await, "3");
+}
+
+/// A client that trickles the HTTP/2 client preface (a byte every 300 ms)
+/// is never idle, and would hold its connection slot for the connection's
+/// whole age (30 min): it is cut once `header_timeout` has passed without a
+/// complete preface.
+#[tokio::test]
+async fn a_grpc_client_trickling_its_preface_is_cut_after_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = start("header_timeout: 1s\nidle_timeout: 30s").await;
+    let (mut reader, mut writer) = TcpStream::connect(server.grpc).await.unwrap().into_split();
+    let opened = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for byte in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return opened.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("a trickled preface held its connection 5 s into a 1 s header_timeout");
+    assert!(
+        closed >= Duration::from_millis(900),
+        "closed after {closed:?}"
+    );
+    trickle.abort();
 }
