@@ -199,11 +199,17 @@ async fn over_admission_is_flagged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_counted_not_fatal() {
-    // Nothing listens on this port.
-    let port = free_port();
+    three_requests_to_nothing_are_three_errors("http", |port| format!("http://127.0.0.1:{port}/"))
+        .await;
+}
+
+/// Three requests of the `kind` target at `target(port)`, on a port where
+/// nothing listens: three errors, with samples, and the run completes.
+async fn three_requests_to_nothing_are_three_errors(kind: &str, target: fn(u16) -> String) {
+    let target = target(free_port());
     let summary = bench::bench(&args(&[
-        "http",
-        &format!("http://127.0.0.1:{port}/"),
+        kind,
+        &target,
         "--concurrency",
         "1",
         "--max-requests",
@@ -357,22 +363,7 @@ async fn grpc_counts_ok_and_over_limit_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_failures_are_errors() {
-    // Nothing listens on this port.
-    let port = free_port();
-    let summary = bench::bench(&args(&[
-        "grpc",
-        &format!("127.0.0.1:{port}"),
-        "--concurrency",
-        "1",
-        "--max-requests",
-        "3",
-        "--timeout",
-        "2s",
-    ]))
-    .await
-    .expect("runs");
-    assert_eq!((summary.requests, summary.errors), (3, 3));
-    assert!(!summary.error_samples.is_empty());
+    three_requests_to_nothing_are_three_errors("grpc", |port| format!("127.0.0.1:{port}")).await;
 
     // An empty domain (the server would reject every request) and TLS are
     // refused before the run.
