@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Backend, CONFIG, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tollgate_testkit::http::Client;
 
 /// The shared test configuration with `server:` settings of a test's own.
 fn config(server: &str) -> String {
@@ -225,7 +226,7 @@ async fn the_connection_cap_holds_further_clients_until_a_slot_frees() {
     let mut server = start(&format!("max_connections: {CAP}\nidle_timeout: 60s")).await;
     // TestServer::start's probe connection, kept alive in the client's
     // pool, holds a slot: close it, so the cap is ours.
-    server.client = reqwest::Client::builder().no_proxy().build().unwrap();
+    server.client = Client::new(server.http);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut held = Vec::new();
     for n in 0..CAP {
@@ -257,11 +258,7 @@ async fn the_connection_cap_holds_further_clients_until_a_slot_frees() {
         "a connection above max_connections was served"
     );
     // The gRPC port has its own cap: Envoy is not locked out by an HTTP flood.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.grpc_channel().await;
     tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await

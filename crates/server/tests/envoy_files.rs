@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use common::{Backend, TestServer, descriptor};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use tollgate_server::{ConfigSource, ServerOptions};
 
 fn data(path: &str) -> PathBuf {
@@ -83,9 +82,7 @@ async fn envoy_files_answer_envoy_requests_on_redis() {
             .reload_on_sighup(false),
     )
     .await;
-    let mut client = RateLimitServiceClient::connect(format!("http://{}", server.grpc))
-        .await
-        .unwrap();
+    let mut client = server.rls_client().await;
     let mut ask = async |domain: &str, entries: &[(&str, &str)]| {
         let response = client
             .should_rate_limit(RateLimitRequest {

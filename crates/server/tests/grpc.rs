@@ -30,11 +30,7 @@ struct Client(RateLimitServiceClient<Channel>);
 
 impl Client {
     async fn connect(server: &TestServer) -> Client {
-        Client(
-            RateLimitServiceClient::connect(format!("http://{}", server.grpc))
-                .await
-                .unwrap(),
-        )
+        Client(server.rls_client().await)
     }
 
     async fn ask(
@@ -555,11 +551,7 @@ async fn grpc_health_reports_serving() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let server = TestServer::start(Backend::memory()).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.grpc_channel().await;
     let mut health = HealthClient::new(channel);
     let response = health
         .check(HealthCheckRequest {
@@ -637,11 +629,7 @@ fn raw_request(domain: &str, key: &[u8], value: &[u8]) -> Vec<u8> {
 }
 
 async fn send_raw(server: &TestServer, message: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.grpc_channel().await;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static(

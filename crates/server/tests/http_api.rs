@@ -92,25 +92,13 @@ async fn every_endpoint(backend: Backend) {
         .await;
     assert_eq!(status, 401, "{body}");
     let response = server
-        .client
-        .post(server.url("/v1/reset"))
-        .bearer_auth("wrong")
-        .header("content-type", "application/json")
-        .body(r#"{"policy": "tiny", "key": "k"}"#)
-        .send()
-        .await
-        .unwrap();
+        .reset(r#"{"policy": "tiny", "key": "k"}"#, "wrong")
+        .await;
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     let response = server
-        .client
-        .post(server.url("/v1/reset"))
-        .bearer_auth("s3cret")
-        .header("content-type", "application/json")
-        .body(r#"{"policy": "tiny", "key": "k"}"#)
-        .send()
-        .await
-        .unwrap();
+        .reset(r#"{"policy": "tiny", "key": "k"}"#, "s3cret")
+        .await;
     assert_eq!(response.status(), 204);
     let (_, body) = server
         .post_json("/v1/check", r#"{"policy": "tiny", "key": "k"}"#)
@@ -308,15 +296,7 @@ async fn every_error_is_problem_json_with_its_status() {
         (r#"{"policy": "nope", "key": "a"}"#, 404),
         (r#"{"policy": "api"}"#, 400),
     ] {
-        let response = server
-            .client
-            .post(server.url("/v1/reset"))
-            .bearer_auth("s3cret")
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = server.reset(body, "s3cret").await;
         assert_eq!(response.status().as_u16(), status, "{body}");
     }
     // A chunked body over the limit is cut off, not buffered.
@@ -587,7 +567,7 @@ async fn admin_endpoints_are_closed_without_a_token_and_take_only_json() {
     let reset = r#"{"policy": "tiny", "key": "k"}"#;
     // No admin_token: refused whatever is sent, and nothing is reset.
     let open = common::CONFIG.replace("  admin_token: s3cret\n", "");
-    assert_ne!(open, common::CONFIG);
+    assert_ne!(open, *common::CONFIG);
     let server = TestServer::start_text(Backend::memory(), &open).await;
     for _ in 0..2 {
         server
@@ -596,7 +576,7 @@ async fn admin_endpoints_are_closed_without_a_token_and_take_only_json() {
     }
     for authorization in [None, Some("Bearer anything")] {
         let mut request = server
-            .client
+            .reqwest
             .post(server.url("/v1/reset"))
             .header("content-type", "application/json")
             .body(reset);
@@ -626,7 +606,7 @@ async fn admin_endpoints_are_closed_without_a_token_and_take_only_json() {
     let server = TestServer::start(Backend::memory()).await;
     let send = |authorization: &'static str, content_type: Option<&'static str>| {
         let mut request = server
-            .client
+            .reqwest
             .post(server.url("/v1/reset"))
             .header("authorization", authorization)
             .body(reset);

@@ -61,14 +61,11 @@ async fn http_login(server: &TestServer, key: &str) -> u64 {
 /// `/v1/reset` of `login` for `key`.
 async fn http_reset(server: &TestServer, key: &str) {
     let response = server
-        .client
-        .post(server.url("/v1/reset"))
-        .bearer_auth("s3cret")
-        .header("content-type", "application/json")
-        .body(serde_json::json!({ "policy": "login", "key": key }).to_string())
-        .send()
-        .await
-        .unwrap();
+        .reset(
+            &serde_json::json!({ "policy": "login", "key": key }).to_string(),
+            "s3cret",
+        )
+        .await;
     assert_eq!(response.status(), 204);
 }
 
@@ -77,9 +74,7 @@ async fn http_reset(server: &TestServer, key: &str) {
 /// the domain `edge`, whose limit is that same named policy.
 async fn http_cannot_reach_envoy_counters(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut grpc = RateLimitServiceClient::connect(format!("http://{}", server.grpc))
-        .await
-        .unwrap();
+    let mut grpc = server.rls_client().await;
     assert_eq!(envoy_login(&mut grpc).await, 9);
 
     // Four HTTP checks spend the HTTP client's own budget...
@@ -163,7 +158,7 @@ async fn middleware_and_server_keep_apart(backend: Backend) {
         .await
     });
     let through_middleware = |path: &'static str, key: &'static str| {
-        let request = server.client.get(format!("http://{address}{path}"));
+        let request = server.reqwest.get(format!("http://{address}{path}"));
         async move {
             let response = request.header("x-key", key).send().await.unwrap();
             assert_eq!(response.status(), 200);
@@ -203,9 +198,7 @@ async fn middleware_and_server_keep_apart(backend: Backend) {
         9,
         "a middleware key drained the HTTP client's budget"
     );
-    let mut grpc = RateLimitServiceClient::connect(format!("http://{}", server.grpc))
-        .await
-        .unwrap();
+    let mut grpc = server.rls_client().await;
     assert_eq!(
         envoy_login(&mut grpc).await,
         9,

@@ -36,11 +36,7 @@ async fn readiness_recovers_without_traffic_once_redis_is_back() {
         redis.url()
     );
     let mut server = TestServer::start_text(backend, &text).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.grpc_channel().await;
     let mut health = HealthClient::new(channel);
     assert_eq!(server.get_text("/readyz").await.0, 200);
     assert!(grpc_serving(&mut health).await);

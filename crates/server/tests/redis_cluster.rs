@@ -158,14 +158,8 @@ async fn http_checks_on_a_redis_cluster() {
 
     // Reset: the key is fresh again; other keys are untouched.
     let response = server
-        .client
-        .post(server.url("/v1/reset"))
-        .bearer_auth("s3cret")
-        .header("content-type", "application/json")
-        .body(r#"{"policy": "hourly", "key": "edge"}"#)
-        .send()
-        .await
-        .unwrap();
+        .reset(r#"{"policy": "hourly", "key": "edge"}"#, "s3cret")
+        .await;
     assert_eq!(response.status(), 204);
     let body = check(
         &server,

@@ -21,7 +21,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tollgate::{Algorithm, Clock, Limiter, ManualClock, Policy, Store};
+use tollgate::{Algorithm, Clock, Decision, Limiter, ManualClock, Policy, Store};
 
 /// Where every case's clock starts: a realistic Unix time in microseconds,
 /// so stores that align windows to Unix time see ordinary values.
@@ -56,6 +56,26 @@ where
         builder = builder.policy(*name, policy(text));
     }
     (builder.build(), clock)
+}
+
+/// `limiter.check(policy, key, cost)`, which the store must answer.
+async fn check<S: Store>(
+    limiter: &Limiter<S>,
+    policy: &str,
+    key: impl AsRef<[u8]>,
+    cost: u64,
+) -> Decision {
+    limiter.check(policy, key, cost).await.expect("store works")
+}
+
+/// `limiter.peek(policy, key, cost)`, which the store must answer.
+async fn peek<S: Store>(
+    limiter: &Limiter<S>,
+    policy: &str,
+    key: impl AsRef<[u8]>,
+    cost: u64,
+) -> Decision {
+    limiter.peek(policy, key, cost).await.expect("store works")
 }
 
 /// Defines one `#[tokio::test]` per conformance case for a store, so that
@@ -112,10 +132,7 @@ where
     for a in Algorithm::ALL {
         let remaining: Vec<u64> = futures_remaining(&limiter, a.name(), b"counts", 4).await;
         assert_eq!(remaining, [3, 2, 1, 0], "{a}: remaining after each check");
-        let d = limiter
-            .check(a.name(), "counts", 1)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "counts", 1).await;
         assert!(!d.allowed, "{a}: fifth check allowed");
         assert_eq!((d.limit, d.remaining), (4, 0), "{a}");
         assert!(
@@ -133,7 +150,7 @@ async fn futures_remaining<S: Store>(
 ) -> Vec<u64> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let d = limiter.check(name, key, 1).await.expect("store works");
+        let d = check(limiter, name, key, 1).await;
         assert!(d.allowed, "{name}: {d:?}");
         out.push(d.remaining);
     }
@@ -150,35 +167,20 @@ where
     for a in Algorithm::ALL {
         let (limiter, clock) = limiter(make, &[]).await;
         clock.advance_us(123_457);
-        assert!(
-            limiter
-                .check(a.name(), "retry", 3)
-                .await
-                .expect("store works")
-                .allowed
-        );
+        assert!(check(&limiter, a.name(), "retry", 3).await.allowed);
         clock.advance_us(10_001);
-        let d = limiter
-            .check(a.name(), "retry", 2)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "retry", 2).await;
         assert!(!d.allowed, "{a}: {d:?}");
         let wait = d.retry_after.expect("cost 2 fits in 4 eventually");
         let wait = u64::try_from(wait.as_micros()).expect("small");
         clock.advance_us(wait - 1);
-        let early = limiter
-            .check(a.name(), "retry", 2)
-            .await
-            .expect("store works");
+        let early = check(&limiter, a.name(), "retry", 2).await;
         assert!(
             !early.allowed,
             "{a}: allowed 1 µs before retry_after ({wait} µs)"
         );
         clock.advance_us(1);
-        let on_time = limiter
-            .check(a.name(), "retry", 2)
-            .await
-            .expect("store works");
+        let on_time = check(&limiter, a.name(), "retry", 2).await;
         assert!(
             on_time.allowed,
             "{a}: denied at retry_after ({wait} µs): {on_time:?}"
@@ -194,24 +196,12 @@ where
 {
     let (limiter, _clock) = limiter(make, &[]).await;
     for a in Algorithm::ALL {
-        assert!(
-            limiter
-                .check(a.name(), "peek", 1)
-                .await
-                .expect("store works")
-                .allowed
-        );
+        assert!(check(&limiter, a.name(), "peek", 1).await.allowed);
         for _ in 0..10 {
-            let d = limiter
-                .peek(a.name(), "peek", 3)
-                .await
-                .expect("store works");
+            let d = peek(&limiter, a.name(), "peek", 3).await;
             assert_eq!((d.allowed, d.remaining), (true, 3), "{a}: peek {d:?}");
         }
-        let d = limiter
-            .check(a.name(), "peek", 3)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "peek", 3).await;
         assert_eq!(
             (d.allowed, d.remaining),
             (true, 0),
@@ -228,24 +218,12 @@ where
 {
     let (limiter, _clock) = limiter(make, &[]).await;
     for a in Algorithm::ALL {
-        assert!(
-            limiter
-                .check(a.name(), "charge", 3)
-                .await
-                .expect("store works")
-                .allowed
-        );
+        assert!(check(&limiter, a.name(), "charge", 3).await.allowed);
         for _ in 0..5 {
-            let d = limiter
-                .check(a.name(), "charge", 2)
-                .await
-                .expect("store works");
+            let d = check(&limiter, a.name(), "charge", 2).await;
             assert_eq!((d.allowed, d.remaining), (false, 1), "{a}: {d:?}");
         }
-        let d = limiter
-            .check(a.name(), "charge", 1)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "charge", 1).await;
         assert_eq!(
             (d.allowed, d.remaining),
             (true, 0),
@@ -262,19 +240,13 @@ where
 {
     let (limiter, _clock) = limiter(make, &[]).await;
     for a in Algorithm::ALL {
-        let d = limiter
-            .check(a.name(), "huge", 5)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "huge", 5).await;
         assert_eq!(
             (d.allowed, d.retry_after, d.remaining),
             (false, None, 4),
             "{a}: {d:?}"
         );
-        let d = limiter
-            .check(a.name(), "huge", u64::from(u32::MAX))
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "huge", u64::from(u32::MAX)).await;
         assert_eq!((d.allowed, d.retry_after), (false, None), "{a}: {d:?}");
     }
 }
@@ -306,7 +278,7 @@ where
     let (limiter, _clock) = limiter(make, &[]).await;
     for a in Algorithm::ALL {
         for key in &keys {
-            let d = limiter.check(a.name(), key, 3).await.expect("store works");
+            let d = check(&limiter, a.name(), key, 3).await;
             assert_eq!(
                 (d.allowed, d.remaining),
                 (true, 1),
@@ -324,14 +296,8 @@ where
     Fut: Future<Output = S>,
 {
     let (limiter, _clock) = limiter(make, &[("twin", "fixed_window 4/1s")]).await;
-    assert!(
-        limiter
-            .check("fixed_window", "k", 4)
-            .await
-            .expect("store works")
-            .allowed
-    );
-    let d = limiter.check("twin", "k", 4).await.expect("store works");
+    assert!(check(&limiter, "fixed_window", "k", 4).await.allowed);
+    let d = check(&limiter, "twin", "k", 4).await;
     assert!(d.allowed, "twin shares state with fixed_window: {d:?}");
 }
 
@@ -364,7 +330,7 @@ where
             !all.allowed && !all.decisions[0].allowed && all.decisions[1].allowed,
             "{a}: {all:?}"
         );
-        let wide = limiter.peek("wide", &key, 1).await.expect("store works");
+        let wide = peek(&limiter, "wide", &key, 1).await;
         assert_eq!(
             wide.remaining, 7,
             "{a}: a denied multi-check charged the other policy"
@@ -381,30 +347,12 @@ where
 {
     let (limiter, _clock) = limiter(make, &[]).await;
     for a in Algorithm::ALL {
-        assert!(
-            limiter
-                .check(a.name(), "reset", 4)
-                .await
-                .expect("store works")
-                .allowed
-        );
-        assert!(
-            limiter
-                .check(a.name(), "other", 4)
-                .await
-                .expect("store works")
-                .allowed
-        );
+        assert!(check(&limiter, a.name(), "reset", 4).await.allowed);
+        assert!(check(&limiter, a.name(), "other", 4).await.allowed);
         limiter.reset(a.name(), "reset").await.expect("store works");
-        let d = limiter
-            .check(a.name(), "reset", 4)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "reset", 4).await;
         assert!(d.allowed, "{a}: not fresh after reset: {d:?}");
-        let d = limiter
-            .check(a.name(), "other", 1)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "other", 1).await;
         assert!(!d.allowed, "{a}: reset leaked to another key");
     }
     limiter
@@ -422,26 +370,14 @@ where
     for a in Algorithm::ALL {
         let (limiter, clock) = limiter(make, &[]).await;
         clock.advance_us(777_777);
-        let d = limiter
-            .check(a.name(), "aging", 4)
-            .await
-            .expect("store works");
+        let d = check(&limiter, a.name(), "aging", 4).await;
         assert!(d.allowed && d.reset_after > Duration::ZERO, "{a}: {d:?}");
         clock.advance(d.reset_after - Duration::from_micros(1));
-        let early = limiter
-            .peek(a.name(), "aging", 4)
-            .await
-            .expect("store works");
+        let early = peek(&limiter, a.name(), "aging", 4).await;
         assert!(!early.allowed, "{a}: fresh 1 µs before reset_after");
         clock.advance_us(1);
-        let at = limiter
-            .peek(a.name(), "aging", 4)
-            .await
-            .expect("store works");
-        let fresh = limiter
-            .peek(a.name(), "brand-new", 4)
-            .await
-            .expect("store works");
+        let at = peek(&limiter, a.name(), "aging", 4).await;
+        let fresh = peek(&limiter, a.name(), "brand-new", 4).await;
         assert_eq!(at, fresh, "{a}: not fresh at reset_after");
     }
 }
@@ -455,21 +391,12 @@ where
     let (limiter, _clock) = limiter(make, &[]).await;
     let mut delays = Vec::new();
     for _ in 0..4 {
-        let d = limiter
-            .check("leaky_bucket", "queue", 1)
-            .await
-            .expect("store works");
+        let d = check(&limiter, "leaky_bucket", "queue", 1).await;
         assert!(d.allowed);
         delays.push(d.delay.as_millis());
     }
     assert_eq!(delays, [0, 250, 500, 750]);
-    assert!(
-        !limiter
-            .check("leaky_bucket", "queue", 1)
-            .await
-            .expect("store works")
-            .allowed
-    );
+    assert!(!check(&limiter, "leaky_bucket", "queue", 1).await.allowed);
 }
 
 /// The policy changes a live key may see (reload, rebuilt limiter, override),
@@ -571,12 +498,7 @@ where
                 tokio::spawn(async move {
                     let mut admitted = 0u64;
                     for _ in 0..20 {
-                        if limiter
-                            .check(&name, "hot", 1)
-                            .await
-                            .expect("store works")
-                            .allowed
-                        {
+                        if check(&limiter, &name, "hot", 1).await.allowed {
                             admitted += 1;
                         }
                     }
@@ -636,16 +558,16 @@ where
         // Fresh (room for both charges), then with one unit left.
         refuse_every_way().await;
         for i in 0..3 {
-            let d = limiter.check(name, &key, 1).await.expect("store works");
+            let d = check(&limiter, name, &key, 1).await;
             assert!(
                 d.allowed,
                 "{a}: unit {i} of 4 denied: a refused check charged"
             );
         }
         refuse_every_way().await;
-        let last = limiter.check(name, &key, 1).await.expect("store works");
+        let last = check(&limiter, name, &key, 1).await;
         assert!(last.allowed && last.remaining == 0, "{a}: {last:?}");
-        let over = limiter.check(name, &key, 1).await.expect("store works");
+        let over = check(&limiter, name, &key, 1).await;
         assert!(!over.allowed, "{a}: admitted a fifth unit: {over:?}");
     }
     let other = limiter.check("other", "twice-gcra", 4).await;

@@ -10,7 +10,10 @@
 //! - [`files`]: fresh scratch directories for configuration files.
 //! - [`process`]: `tollgate serve` as a child process: its addresses from
 //!   the banner, its log, SIGTERM.
-//! - [`http`]: a tiny blocking HTTP/1.1 client.
+//! - [`serve`]: real servers (an axum router, or any service a test
+//!   serves) on a loopback listener, with a shutdown handle.
+//! - [`http`]: clients of a real server: async for JSON and text
+//!   requests (reqwest), and a tiny blocking HTTP/1.1 one.
 
 pub mod conformance;
 pub mod files;
@@ -18,3 +21,4 @@ pub mod http;
 pub mod ports;
 pub mod process;
 pub mod redis;
+pub mod serve;

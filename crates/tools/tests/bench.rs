@@ -1,7 +1,7 @@
 //! `tollgate bench` against targets with known limits: exact counts of
 //! allowed and denied requests, and no over-admission.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::State;
@@ -9,7 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use clap::Parser;
 use tollgate::{Limiter, MemoryStore};
+use tollgate_testkit::http::Client;
+use tollgate_testkit::ports::free_port;
 use tollgate_testkit::redis::RedisServer;
+use tollgate_testkit::serve::{Stop, loopback, shutdown};
 use tollgate_tools::bench::{self, BenchArgs, BenchError};
 
 #[derive(Parser)]
@@ -118,12 +121,9 @@ async fn limited_server() -> SocketAddr {
         }
     }
     let app = Router::new().route("/r", get(handler)).with_state(limiter);
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, address) = loopback().await;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    address
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,15 +199,17 @@ async fn over_admission_is_flagged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_counted_not_fatal() {
-    // Nothing listens on this port (bound, then dropped).
-    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    three_requests_to_nothing_are_three_errors("http", |port| format!("http://127.0.0.1:{port}/"))
+        .await;
+}
+
+/// Three requests of the `kind` target at `target(port)`, on a port where
+/// nothing listens: three errors, with samples, and the run completes.
+async fn three_requests_to_nothing_are_three_errors(kind: &str, target: fn(u16) -> String) {
+    let target = target(free_port());
     let summary = bench::bench(&args(&[
-        "http",
-        &format!("http://127.0.0.1:{port}/"),
+        kind,
+        &target,
         "--concurrency",
         "1",
         "--max-requests",
@@ -224,7 +226,7 @@ async fn errors_are_counted_not_fatal() {
 /// The real tollgate server on 127.0.0.1:0 (memory store), as
 /// `crates/server/tests/common` starts it: its Envoy RLS gRPC address, and
 /// the sender that stops it when dropped.
-async fn rls_server(config: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn rls_server(config: &str) -> (SocketAddr, Stop) {
     use std::sync::Arc;
     use tollgate_server::{App, Config, ConfigSource, Listeners, ServerOptions, ServerStore};
     let config = Config::parse(config, "test.yaml").expect("valid config");
@@ -233,15 +235,9 @@ async fn rls_server(config: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<(
         config,
         ServerStore::Memory(MemoryStore::new()),
     ));
-    let http = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let grpc = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let http_addr = http.local_addr().expect("addr");
-    let grpc_addr = grpc.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (http, http_address) = loopback().await;
+    let (grpc, grpc_address) = loopback().await;
+    let (stop, stopped) = shutdown();
     tokio::spawn(tollgate_server::run(
         app,
         Listeners {
@@ -251,24 +247,11 @@ async fn rls_server(config: &str) -> (SocketAddr, tokio::sync::oneshot::Sender<(
         ServerOptions::default()
             .watch_interval(None)
             .reload_on_sighup(false),
-        async move {
-            let _ = stopped.await;
-        },
+        stopped,
     ));
     // Up once `/healthz` answers: `run` has started its listeners.
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
-    while client
-        .get(format!("http://{http_addr}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    (grpc_addr, stop)
+    Client::new(http_address).wait_until_up("/healthz").await;
+    (grpc_address, stop)
 }
 
 const RLS_CONFIG: &str = r#"
@@ -380,26 +363,7 @@ async fn grpc_counts_ok_and_over_limit_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_failures_are_errors() {
-    // Nothing listens on this port (bound, then dropped).
-    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let summary = bench::bench(&args(&[
-        "grpc",
-        &format!("127.0.0.1:{port}"),
-        "--concurrency",
-        "1",
-        "--max-requests",
-        "3",
-        "--timeout",
-        "2s",
-    ]))
-    .await
-    .expect("runs");
-    assert_eq!((summary.requests, summary.errors), (3, 3));
-    assert!(!summary.error_samples.is_empty());
+    three_requests_to_nothing_are_three_errors("grpc", |port| format!("127.0.0.1:{port}")).await;
 
     // An empty domain (the server would reject every request) and TLS are
     // refused before the run.

@@ -1,9 +1,9 @@
 //! `tollgate simulate`: exact, reproducible tables and well-formed plots.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use tollgate_testkit::files::temp_dir;
 use tollgate_tools::simulate::{self, SimulateArgs, plot};
 
 #[derive(Parser)]
@@ -117,7 +117,7 @@ fn one_algorithm_and_burst() {
 
 #[test]
 fn trace_in_milliseconds() {
-    let dir = temp_dir("trace");
+    let dir = temp_dir("simulate-trace");
     let trace = dir.join("trace.txt");
     std::fs::write(&trace, "# a client\n1000\n1000\n1000\n1500\n\n2600\n").expect("write");
     let report = args(&[
@@ -151,7 +151,7 @@ fn json_has_every_run() {
 
 #[test]
 fn svg_is_well_formed_with_one_series_per_algorithm() {
-    let dir = temp_dir("svg");
+    let dir = temp_dir("simulate-svg");
     let out = dir.to_str().expect("utf-8");
     let report = args(&[
         "--pattern",
@@ -242,10 +242,4 @@ fn check_xml(text: &str) {
     }
     assert!(stack.is_empty(), "unclosed: {stack:?}");
     assert!(text.trim_start().starts_with("<svg") || text.contains("<svg "));
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-tools-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

@@ -1,8 +1,6 @@
 //! The demo API of `examples/api_server.rs`, served on 127.0.0.1:0 and
 //! driven over HTTP: the policies behave as docs/MIDDLEWARE.md says.
 
-mod support;
-
 // The example itself, compiled as a module: the test drives the very `app`
 // and `serve` that `cargo run --example api_server` runs (its `main` and
 // flag parsing go unused here).
@@ -10,49 +8,26 @@ mod support;
 #[path = "../examples/api_server.rs"]
 mod api_server;
 
-use support::{Reply, client};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tollgate::{MemoryStore, Store};
 use tollgate_redis::{RedisOptions, RedisStore};
 use tollgate_testkit::redis::RedisServer;
+use tollgate_testkit::serve::Served;
 
-struct Demo {
-    base: String,
-    client: reqwest::Client,
-    _stop: oneshot::Sender<()>,
+/// The demo on the memory store.
+async fn start() -> Served {
+    start_on(MemoryStore::new()).await
 }
 
-impl Demo {
-    async fn start() -> Demo {
-        Demo::start_on(MemoryStore::new()).await
-    }
-
-    async fn start_on<S: Store>(store: S) -> Demo {
-        let limiter = api_server::limiter(store).expect("policies");
-        let app = api_server::app(limiter, &[]).expect("app");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(api_server::serve(listener, app, async {
-            let _ = stopped.await;
-        }));
-        Demo {
-            base,
-            client: client(),
-            _stop: stop,
-        }
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str) -> Reply {
-        let request = self.client.request(method, format!("{}{path}", self.base));
-        Reply::of(request.send().await.expect("response")).await
-    }
+/// The demo on `store`, served by the example's own `serve`.
+async fn start_on<S: Store>(store: S) -> Served {
+    let limiter = api_server::limiter(store).expect("policies");
+    let app = api_server::app(limiter, &[]).expect("app");
+    Served::start(|listener, shutdown| api_server::serve(listener, app, shutdown)).await
 }
 
 #[tokio::test]
 async fn resource_admits_100_per_minute_per_ip() {
-    let demo = Demo::start().await;
+    let demo = start().await;
     for i in 0..100u64 {
         let reply = demo.send(reqwest::Method::GET, "/api/resource").await;
         assert_eq!(reply.status, 200, "request {i}");
@@ -80,7 +55,7 @@ async fn resource_admits_100_per_minute_per_ip() {
 
 #[tokio::test]
 async fn login_admits_a_burst_of_5_then_one_every_12_seconds() {
-    let demo = Demo::start().await;
+    let demo = start().await;
     for _ in 0..5 {
         let reply = demo.send(reqwest::Method::POST, "/api/login").await;
         assert_eq!(reply.status, 200);
@@ -127,9 +102,9 @@ async fn two_instances_on_one_redis_share_one_limit() {
     let redis = RedisServer::start();
     let url = redis.url();
     let connect = || RedisStore::connect(&url, RedisOptions::default().prefix("demo"));
-    let a = Demo::start_on(connect().await.expect("redis")).await;
-    let b = Demo::start_on(connect().await.expect("redis")).await;
-    assert_ne!(a.base, b.base);
+    let a = start_on(connect().await.expect("redis")).await;
+    let b = start_on(connect().await.expect("redis")).await;
+    assert_ne!(a.address, b.address);
     let (mut resource, mut login) = (0, 0);
     for i in 0..130 {
         let demo = if i % 2 == 0 { &a } else { &b };

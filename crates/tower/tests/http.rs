@@ -9,8 +9,10 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use support::{START_US, Server, limiter};
+use support::{START_US, limiter};
 use tollgate::{Limiter, ManualClock, MemoryStore, Mode, PolicyRef, Store, StoreError};
+use tollgate_testkit::http::Reply;
+use tollgate_testkit::serve::Served;
 use tollgate_tower::key::{Cidr, ClientIp, HeaderKey, Key, ProxyHeader, RouteParam};
 use tollgate_tower::{MissingKey, RateLimitLayer, ResponseFormat, StoreFailure};
 
@@ -36,7 +38,7 @@ fn app<S: Store>(
 async fn allowed_and_denied_responses_carry_exact_fields_and_bodies() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("api", "sliding_log 3/1m")]);
-    let server = Server::start(app(limiter, "api", |b| b)).await;
+    let server = Served::router(app(limiter, "api", |b| b)).await;
 
     let first = server.get("/").await;
     assert_eq!(first.status, 200);
@@ -96,7 +98,7 @@ async fn allowed_and_denied_responses_carry_exact_fields_and_bodies() {
 async fn retry_after_rounds_up_and_is_never_zero() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("api", "sliding_log 1/1s")]);
-    let server = Server::start(app(limiter, "api", |b| b)).await;
+    let server = Served::router(app(limiter, "api", |b| b)).await;
     assert_eq!(server.get("/").await.status, 200);
     clock.advance(Duration::from_micros(999_999));
     let denied = server.get("/").await;
@@ -114,7 +116,7 @@ async fn retry_after_rounds_up_and_is_never_zero() {
 async fn a_request_that_can_never_pass_has_no_retry_after() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("api", "sliding_log 3/1m")]);
-    let server = Server::start(app(limiter, "api", |b| b.cost(5))).await;
+    let server = Served::router(app(limiter, "api", |b| b.cost(5))).await;
     let denied = server.get("/").await;
     assert_eq!(denied.status, 429);
     assert_eq!(denied.header("retry-after"), None);
@@ -142,7 +144,7 @@ async fn several_policies_are_checked_together_and_all_reported() {
         .policies(["per_second", "per_minute"])
         .build()
         .expect("layer");
-    let server = Server::start(Router::new().route("/", hello()).route_layer(layer)).await;
+    let server = Served::router(Router::new().route("/", hello()).route_layer(layer)).await;
 
     let policy = r#""per_second";q=2;w=1, "per_minute";q=5;w=60"#;
     let first = server.get("/").await;
@@ -193,7 +195,7 @@ async fn routes_with_their_own_layers_have_independent_budgets() {
         .route("/a", hello().route_layer(layer("a")))
         .route("/b", hello().route_layer(layer("b")))
         .route("/free", hello());
-    let server = Server::start(app).await;
+    let server = Served::router(app).await;
 
     assert_eq!(server.get("/a").await.status, 200);
     let denied = server.get("/a").await;
@@ -239,7 +241,7 @@ async fn a_route_map_follows_the_matched_path_and_route_parameters() {
         .route("/login", hello())
         .route("/health", hello())
         .layer(layer);
-    let server = Server::start(app).await;
+    let server = Served::router(app).await;
 
     let user1 = server.get("/users/1").await;
     assert_eq!(user1.status, 200);
@@ -287,7 +289,7 @@ async fn stacked_layers_each_add_their_list_members() {
     let app = Router::new()
         .route("/", hello().route_layer(layer("route")))
         .layer(layer("global"));
-    let server = Server::start(app).await;
+    let server = Served::router(app).await;
     let first = server.get("/").await;
     assert_eq!(
         first.header("ratelimit-policy").as_deref(),
@@ -319,7 +321,7 @@ async fn every_clone_and_every_layer_of_one_limiter_shares_the_budget() {
     let app = Router::new()
         .route("/x", hello().route_layer(layer()))
         .route("/y", hello().route_layer(layer()));
-    let server = std::sync::Arc::new(Server::start(app).await);
+    let server = std::sync::Arc::new(Served::router(app).await);
 
     // 30 concurrent requests: axum clones the service for each connection.
     let tasks: Vec<_> = (0..30)
@@ -341,7 +343,7 @@ async fn every_clone_and_every_layer_of_one_limiter_shares_the_budget() {
 async fn problem_details_format() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("api", "sliding_log 1/1m")]);
-    let server = Server::start(app(limiter, "api", |b| {
+    let server = Served::router(app(limiter, "api", |b| {
         b.response_format(ResponseFormat::ProblemJson)
     }))
     .await;
@@ -373,7 +375,7 @@ async fn a_custom_response_function_gets_the_fields_and_retry_after() {
         *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         response
     });
-    let server = Server::start(app(limiter, "api", |b| b.response_format(format))).await;
+    let server = Served::router(app(limiter, "api", |b| b.response_format(format))).await;
     assert_eq!(server.get("/").await.status, 200);
     let denied = server.get("/").await;
     assert_eq!(denied.status, 429);
@@ -397,7 +399,7 @@ async fn legacy_fields_when_asked_for() {
         .legacy_headers(true)
         .build()
         .expect("layer");
-    let server = Server::start(Router::new().route("/", hello()).layer(layer)).await;
+    let server = Served::router(Router::new().route("/", hello()).layer(layer)).await;
     let first = server.get("/").await;
     // The most constrained policy: fewest remaining.
     assert_eq!(first.header("x-ratelimit-limit").as_deref(), Some("3"));
@@ -417,55 +419,36 @@ async fn forwarded_for_is_ignored_from_untrusted_peers_and_honoured_from_trusted
     };
 
     // The test client (127.0.0.1) is not a trusted proxy: its claims are ignored.
-    let untrusting = Server::start(behind("10.0.0.0/8")).await;
+    let untrusting = Served::router(behind("10.0.0.0/8")).await;
     let xff = |ip: &'static str| [("x-forwarded-for", ip)];
-    assert_eq!(
-        untrusting.get_with("/", &xff("198.51.100.1")).await.status,
-        200
-    );
-    assert_eq!(
-        untrusting.get_with("/", &xff("198.51.100.2")).await.status,
-        429
-    );
+    // Each request in turn: its X-Forwarded-For and the status it gets.
+    async fn expect(server: &Served, requests: &[(&'static str, u16)]) {
+        for &(forwarded, status) in requests {
+            let reply = server
+                .get_with("/", &[("x-forwarded-for", forwarded)])
+                .await;
+            assert_eq!(reply.status, status, "x-forwarded-for: {forwarded}");
+        }
+    }
+    expect(&untrusting, &[("198.51.100.1", 200), ("198.51.100.2", 429)]).await;
 
     // Now it is trusted: each forwarded client has its own budget.
-    let trusting = Server::start(behind("127.0.0.1/32")).await;
-    assert_eq!(
-        trusting.get_with("/", &xff("198.51.100.1")).await.status,
-        200
-    );
-    assert_eq!(
-        trusting.get_with("/", &xff("198.51.100.2")).await.status,
-        200
-    );
-    assert_eq!(
-        trusting.get_with("/", &xff("198.51.100.1")).await.status,
-        429
-    );
-    // A client prepending a fake address is still charged as itself.
-    assert_eq!(
-        trusting
-            .get_with("/", &xff("203.0.113.50, 198.51.100.2"))
-            .await
-            .status,
-        429
-    );
-    // IPv6 clients share a key per /64.
-    assert_eq!(
-        trusting.get_with("/", &xff("2001:db8:1:2::1")).await.status,
-        200
-    );
-    assert_eq!(
-        trusting
-            .get_with("/", &xff("2001:db8:1:2:ffff::2"))
-            .await
-            .status,
-        429
-    );
-    assert_eq!(
-        trusting.get_with("/", &xff("2001:db8:1:3::1")).await.status,
-        200
-    );
+    let trusting = Served::router(behind("127.0.0.1/32")).await;
+    expect(
+        &trusting,
+        &[
+            ("198.51.100.1", 200),
+            ("198.51.100.2", 200),
+            ("198.51.100.1", 429),
+            // A client prepending a fake address is still charged as itself.
+            ("203.0.113.50, 198.51.100.2", 429),
+            // IPv6 clients share a key per /64.
+            ("2001:db8:1:2::1", 200),
+            ("2001:db8:1:2:ffff::2", 429),
+            ("2001:db8:1:3::1", 200),
+        ],
+    )
+    .await;
     // An unknown hop right of the client: no key, 400 by default, never 500.
     let unknown = trusting.get_with("/", &xff("198.51.100.9, unknown")).await;
     assert_eq!(unknown.status, 400);
@@ -476,7 +459,7 @@ async fn forwarded_for_is_ignored_from_untrusted_peers_and_honoured_from_trusted
 async fn shadow_mode_never_rejects_but_reports_and_charges() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("api", "sliding_log 1/1m")]);
-    let server = Server::start(app(limiter.clone(), "api", |b| b.shadow(true))).await;
+    let server = Served::router(app(limiter.clone(), "api", |b| b.shadow(true))).await;
     for _ in 0..3 {
         let reply = server.get("/").await;
         assert_eq!(reply.status, 200);
@@ -487,7 +470,7 @@ async fn shadow_mode_never_rejects_but_reports_and_charges() {
         assert_eq!(reply.header("retry-after"), None);
     }
     // The charge is real: an enforcing layer on the same limiter denies.
-    let enforcing = Server::start(app(limiter, "api", |b| b)).await;
+    let enforcing = Served::router(app(limiter, "api", |b| b)).await;
     assert_eq!(enforcing.get("/").await.status, 429);
 }
 
@@ -496,7 +479,7 @@ async fn allowlisted_keys_bypass_the_limit() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("api", "sliding_log 1/1m")]);
     let me = Key::for_ip("127.0.0.1".parse().expect("ip"), 64);
-    let server = Server::start(app(limiter, "api", |b| b.allow_keys([me]))).await;
+    let server = Served::router(app(limiter, "api", |b| b.allow_keys([me]))).await;
     for _ in 0..3 {
         let reply = server.get("/").await;
         assert_eq!(reply.status, 200);
@@ -511,7 +494,7 @@ async fn allowlisted_keys_bypass_the_limit() {
 async fn a_cost_function_prices_each_request() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("items", "fixed_window 10/1h")]);
-    let server = Server::start(app(limiter, "items", |b| {
+    let server = Served::router(app(limiter, "items", |b| {
         b.cost_fn(|request| {
             request
                 .headers
@@ -523,7 +506,7 @@ async fn a_cost_function_prices_each_request() {
     .await;
     let items = |n: &'static str| [("x-items", n)];
     // `r` of the RateLimit field (the window's end depends on the start).
-    let remaining = |reply: &support::Reply| -> Option<u64> {
+    let remaining = |reply: &Reply| -> Option<u64> {
         let field = reply.header("ratelimit")?;
         field
             .split(';')
@@ -566,7 +549,7 @@ async fn missing_keys_are_rejected_or_fall_back_or_skip_as_configured() {
         })
     };
 
-    let bad_request = Server::start(by_api_key(MissingKey::BadRequest)).await;
+    let bad_request = Served::router(by_api_key(MissingKey::BadRequest)).await;
     let reply = bad_request.get("/").await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.body, r#"{"error":"missing_key"}"#);
@@ -579,20 +562,20 @@ async fn missing_keys_are_rejected_or_fall_back_or_skip_as_configured() {
     );
 
     let challenge = HeaderValue::from_static("ApiKey");
-    let unauthorized = Server::start(by_api_key(MissingKey::Unauthorized(Some(challenge)))).await;
+    let unauthorized = Served::router(by_api_key(MissingKey::Unauthorized(Some(challenge)))).await;
     let reply = unauthorized.get("/").await;
     assert_eq!(reply.status, 401);
     assert_eq!(reply.header("www-authenticate").as_deref(), Some("ApiKey"));
     assert_eq!(reply.body, r#"{"error":"missing_key"}"#);
 
     // Without a key, the peer IP; an API key spelled like that IP is another key.
-    let fallback = Server::start(by_api_key(MissingKey::peer_ip())).await;
+    let fallback = Served::router(by_api_key(MissingKey::peer_ip())).await;
     assert_eq!(fallback.get("/").await.status, 200);
     assert_eq!(fallback.get("/").await.status, 429);
     let spelled = fallback.get_with("/", &[("x-api-key", "127.0.0.1")]).await;
     assert_eq!(spelled.status, 200);
 
-    let skip = Server::start(by_api_key(MissingKey::Skip)).await;
+    let skip = Served::router(by_api_key(MissingKey::Skip)).await;
     for _ in 0..3 {
         let reply = skip.get("/").await;
         assert_eq!(reply.status, 200);
@@ -604,7 +587,7 @@ async fn missing_keys_are_rejected_or_fall_back_or_skip_as_configured() {
 async fn a_server_without_connect_info_answers_400_not_500() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("api", "sliding_log 1/1m")]);
-    let server = Server::start_with(app(limiter, "api", |b| b), false).await;
+    let server = Served::router_without_connect_info(app(limiter, "api", |b| b)).await;
     let reply = server.get("/").await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.body, r#"{"error":"missing_key"}"#);
@@ -614,7 +597,7 @@ async fn a_server_without_connect_info_answers_400_not_500() {
 async fn a_leaky_bucket_delays_then_answers_429_beyond_the_maximum_wait() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("shape", "leaky_bucket 10/s burst 4")]);
-    let server = Server::start(app(limiter, "shape", |b| {
+    let server = Served::router(app(limiter, "shape", |b| {
         b.max_delay(Duration::from_millis(250))
     }))
     .await;
@@ -659,7 +642,7 @@ async fn a_leaky_bucket_delays_then_answers_429_beyond_the_maximum_wait() {
 async fn shadow_mode_does_not_delay() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("shape", "leaky_bucket 1/s burst 3")]);
-    let server = Server::start(app(limiter, "shape", |b| b.shadow(true))).await;
+    let server = Served::router(app(limiter, "shape", |b| b.shadow(true))).await;
     let started = Instant::now();
     for _ in 0..5 {
         assert_eq!(server.get("/").await.status, 200);
@@ -673,7 +656,7 @@ async fn a_key_longer_than_the_limiter_accepts_is_400() {
         .policy("api", "10/s".parse().expect("policy"))
         .max_key_len(8)
         .build();
-    let server = Server::start(app(limiter, "api", |b| b)).await;
+    let server = Served::router(app(limiter, "api", |b| b)).await;
     let reply = server.get("/").await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.body, r#"{"error":"key_too_long"}"#);
@@ -705,13 +688,13 @@ async fn a_failing_store_lets_requests_through_or_answers_503() {
             .policy("api", "10/s".parse().expect("policy"))
             .build()
     };
-    let open = Server::start(app(down(), "api", |b| b)).await;
+    let open = Served::router(app(down(), "api", |b| b)).await;
     let reply = open.get("/").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "hello");
     assert_eq!(reply.header("ratelimit"), None);
 
-    let closed = Server::start(app(down(), "api", |b| {
+    let closed = Served::router(app(down(), "api", |b| {
         b.on_store_failure(StoreFailure::Deny)
     }))
     .await;
@@ -791,7 +774,7 @@ async fn an_authenticated_identity_is_charged_per_user() {
         .route("/", hello())
         .layer(layer)
         .layer(from_fn(authenticate));
-    let server = Server::start(app).await;
+    let server = Served::router(app).await;
 
     let as_user = |id: &'static str| [("authorization", id)];
     assert_eq!(server.get_with("/", &as_user("user 1")).await.status, 200);
@@ -830,8 +813,8 @@ async fn degraded_decisions_are_reported_when_redis_is_down() {
         axum::Router::new().route("/", get(|| async { "ok" }).route_layer(layer))
     };
     let (reporting, silent) = (
-        Server::start(app(true)).await,
-        Server::start(app(false)).await,
+        Served::router(app(true)).await,
+        Served::router(app(false)).await,
     );
     let healthy = reporting.get("/").await;
     assert_eq!(

@@ -10,9 +10,9 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use support::{START_US, client, limiter};
-use tokio::net::TcpListener;
+use support::{START_US, limiter};
 use tollgate::ManualClock;
+use tollgate_testkit::serve::Served;
 use tollgate_tower::RateLimitLayer;
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -28,9 +28,7 @@ async fn limits_a_plain_hyper_service() {
     });
     let limited = layer.layer(hello);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
+    let served = Served::start(|listener, _shutdown| async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 return;
@@ -51,22 +49,14 @@ async fn limits_a_plain_hyper_service() {
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
             );
         }
-    });
+    })
+    .await;
 
-    let client = client();
-    let first = client
-        .get(format!("http://{address}/"))
-        .send()
-        .await
-        .expect("response");
-    assert_eq!(first.status(), 200);
-    assert_eq!(first.headers()["ratelimit"], r#""api";r=0;t=60"#);
-    assert_eq!(first.text().await.expect("body"), "hello");
-    let second = client
-        .get(format!("http://{address}/"))
-        .send()
-        .await
-        .expect("response");
-    assert_eq!(second.status(), 429);
-    assert_eq!(second.headers()["retry-after"], "60");
+    let first = served.get("/").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["ratelimit"], r#""api";r=0;t=60"#);
+    assert_eq!(first.body, "hello");
+    let second = served.get("/").await;
+    assert_eq!(second.status, 429);
+    assert_eq!(second.headers["retry-after"], "60");
 }

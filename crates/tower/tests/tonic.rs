@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use support::{START_US, limiter};
-use tokio::net::TcpListener;
 use tollgate::{Limiter, ManualClock, MemoryStore, Store};
+use tollgate_testkit::serve::loopback;
 use tollgate_tower::key::HeaderKey;
 use tollgate_tower::{MissingKey, RateLimitLayer, ResponseFormat, StoreFailure};
 use tonic::Code;
@@ -24,8 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 /// Serves `grpc.health.v1.Health` behind `layer` on 127.0.0.1:0 until the
 /// test's runtime ends.
 async fn serve<S: Store>(layer: RateLimitLayer<S>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
+    let (listener, address) = loopback().await;
     let (_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(
         Server::builder()
@@ -306,17 +305,18 @@ async fn an_empty_429_is_unavailable() {
 #[tokio::test]
 async fn grpc_web_calls_get_trailers_only_refusals_over_http1() {
     use axum::routing::post;
-    use support::{Reply, Server};
+    use tollgate_testkit::http::Reply;
+    use tollgate_testkit::serve::Served;
 
     let clock = ManualClock::new(START_US);
     let limited = keyed(limiter(&clock, &[("api", "fixed_window 1/1m")]))
         .build()
         .expect("layer");
     let app = axum::Router::new().route("/", post(|| async { "hello" }).layer(limited));
-    let server = Server::start(app).await;
+    let server = Served::router(app).await;
     let send = |content_type: &'static str| {
         let request = server
-            .client
+            .reqwest
             .post(server.url("/"))
             .header("x-api-key", "k1")
             .header("content-type", content_type);

@@ -56,6 +56,10 @@ use raw::RawConfig;
 /// The built-in demo configuration used by `tollgate serve` without
 /// `--config`: the embedded memory store and a few policies (issue 6's
 /// example configuration, on the memory store).
+///
+/// Test fixtures build on it: its `edge` domain's descriptors end the
+/// text (the Envoy tests append theirs), and the server tests take its
+/// policies before `burst` and those descriptors.
 pub const DEMO_CONFIG: &str = r#"# tollgate's built-in demo configuration
 server:
   http: 127.0.0.1:8080

@@ -529,24 +529,16 @@ fn build_level(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
+    use crate::config::{Config, DEMO_CONFIG};
 
-    const CONFIG: &str = r#"
-policies:
-  - name: login
-    algorithm: token_bucket
-    limit: 5
-    period: 1m
-    burst: 10
-domains:
-  - domain: edge
-    descriptors:
-      - key: remote_address
-        rate_limit: { unit: second, requests_per_unit: 10 }
-      - key: path
-        value: /login
-        policy: login
-      - key: path
+    /// The demo's configuration with wildcard, shared and nested
+    /// descriptors added to its `edge` domain (its last section).
+    fn config() -> Config {
+        let text = format!("{DEMO_CONFIG}{MORE_EDGE_DESCRIPTORS}");
+        Config::parse(&text, "t.yaml").unwrap()
+    }
+
+    const MORE_EDGE_DESCRIPTORS: &str = r#"      - key: path
         value: /api/*
         rate_limit: { unit: minute, requests_per_unit: 100 }
       - key: path
@@ -568,7 +560,7 @@ domains:
 
     #[test]
     fn matching_follows_envoyproxy_ratelimit() {
-        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let config = config();
         let edge = &config.domains["edge"];
         let name = |pairs: &[(&str, &str)]| {
             edge.find(&entries(pairs))
@@ -604,7 +596,7 @@ domains:
 
     #[test]
     fn keys_are_in_the_envoy_key_space() {
-        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let config = config();
         let edge = &config.domains["edge"];
         let (_, key) = edge.find(&[("path", "/login")]).unwrap();
         assert_eq!(key, b"envoy:4:edge4:path6:/login");
@@ -616,7 +608,7 @@ domains:
 
     #[test]
     fn wildcard_values_are_part_of_the_key_unless_shared() {
-        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let config = config();
         let edge = &config.domains["edge"];
         let key = |pairs: &[(&str, &str)]| edge.find(&entries(pairs)).map(|(_, k)| k);
         assert_ne!(
@@ -631,7 +623,7 @@ domains:
     fn an_override_ignores_the_configuration_and_keys_its_own_counter() {
         use super::{Applied, OVERRIDE_POLICY, Unit};
         use tollgate::{Algorithm, Policy};
-        let config = Config::parse(CONFIG, "t.yaml").unwrap();
+        let config = config();
         let edge = &config.domains["edge"];
         let address = [("remote_address", "10.0.0.1")];
         let (configured, configured_key) = edge.find(&address).unwrap();

@@ -1,39 +1,45 @@
-//! A server on 127.0.0.1:0 for each test, over the memory store or a real
-//! Redis, with its own shutdown.
+//! The server tests' own support: [`TestServer`], a `tollgate_server::run`
+//! on 127.0.0.1:0 (HTTP and gRPC ports) for each test over the memory
+//! store, a real Redis or a Redis Cluster, with its own shutdown; the
+//! [`CONFIG`] it runs by default; Envoy descriptors. Serving and HTTP
+//! requests are testkit's ([`tollgate_testkit::serve`],
+//! [`tollgate_testkit::http`]).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, LazyLock};
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::google::protobuf::UInt64Value;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tollgate_redis::{RedisOptions, RedisStore};
+use tollgate_server::config::DEMO_CONFIG;
 use tollgate_server::{
     App, Config, ConfigSource, Listeners, ServeError, ServerOptions, ServerStore,
 };
+use tollgate_testkit::http::Client;
 use tollgate_testkit::redis::{RedisCluster, RedisServer};
+use tollgate_testkit::serve::{Stop, loopback, shutdown};
+use tonic::transport::{Channel, Endpoint};
 
-pub const CONFIG: &str = r#"
+/// The test server's configuration: the demo's policies before its `burst`
+/// (`api`, `login`) and its `edge` domain (from [`DEMO_CONFIG`]), with
+/// request bounds, an admin token, two more policies and more descriptors.
+/// Tests assert on its exact policy list.
+pub static CONFIG: LazyLock<String> = LazyLock::new(|| {
+    let (policies, descriptors) = demo_parts();
+    format!(
+        r#"
 server:
   max_body_bytes: 4096
   max_key_bytes: 64
   admin_token: s3cret
 policies:
-  - name: api
-    algorithm: sliding_log
-    limit: 100
-    period: 1m
-  - name: login
-    algorithm: token_bucket
-    limit: 5
-    period: 1m
-    burst: 10
-  - name: tiny
+{policies}  - name: tiny
     algorithm: fixed_window
     limit: 2
     period: 1h
@@ -44,25 +50,20 @@ policies:
 domains:
   - domain: edge
     descriptors:
-      - key: remote_address
-        rate_limit: { unit: second, requests_per_unit: 10 }
-      - key: path
-        value: /login
-        policy: login
-      - key: path
+{descriptors}      - key: path
         value: /free
-        rate_limit: { unlimited: true }
+        rate_limit: {{ unlimited: true }}
       - key: path
         value: /closed
-        rate_limit: { unit: minute, requests_per_unit: 0 }
+        rate_limit: {{ unit: minute, requests_per_unit: 0 }}
       - key: user
         descriptors:
           - key: tier
             value: shadow
             shadow_mode: true
-            rate_limit: { unit: hour, requests_per_unit: 1 }
+            rate_limit: {{ unit: hour, requests_per_unit: 1 }}
           - key: tier
-            rate_limit: { unit: hour, requests_per_unit: 2, name: per_user }
+            rate_limit: {{ unit: hour, requests_per_unit: 2, name: per_user }}
       - key: plan
         value: premium
         rate_limit:
@@ -70,7 +71,22 @@ domains:
           requests_per_unit: 100
           replaces:
             - name: per_user
-"#;
+"#
+    )
+});
+
+/// Two runs of lines of [`DEMO_CONFIG`]: its policies before `burst`, and
+/// the descriptors of its `edge` domain (its last section).
+fn demo_parts() -> (&'static str, &'static str) {
+    let part = |text: &'static str, before: &str| {
+        text.split_once(before)
+            .unwrap_or_else(|| panic!("the demo configuration has no {before:?}"))
+    };
+    let (_, rest) = part(DEMO_CONFIG, "policies:\n");
+    let (policies, rest) = part(rest, "  - name: burst\n");
+    let (_, rest) = part(rest, "  - domain: edge\n    descriptors:\n");
+    (policies, rest)
+}
 
 /// One policy, `api`: `limit` requests an hour in fixed windows; reload
 /// tests write it with one limit, then another.
@@ -155,8 +171,9 @@ pub struct TestServer {
     pub app: Arc<App>,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    pub client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
+    /// A client of the HTTP port (the server is one through `Deref`).
+    pub client: Client,
+    stop: Option<Stop>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
     /// Kept alive for the server's life.
     pub backend: Backend,
@@ -165,7 +182,7 @@ pub struct TestServer {
 impl TestServer {
     /// A server on [`CONFIG`].
     pub async fn start(backend: Backend) -> TestServer {
-        Self::start_text(backend, CONFIG).await
+        Self::start_text(backend, &CONFIG).await
     }
 
     /// A server on the configuration `text`, which is neither watched nor
@@ -195,11 +212,9 @@ impl TestServer {
         };
         let store = backend.store_for(&config).await;
         let app = Arc::new(App::new(source, config, store));
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let grpc = grpc_listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (http_listener, http) = loopback().await;
+        let (grpc_listener, grpc) = loopback().await;
+        let (stop, stopped) = shutdown();
         let task = tokio::spawn(tollgate_server::run(
             Arc::clone(&app),
             Listeners {
@@ -207,68 +222,47 @@ impl TestServer {
                 grpc: Some(grpc_listener),
             },
             options,
-            async move {
-                let _ = stopped.await;
-            },
+            stopped,
         ));
         let server = TestServer {
             app,
             http,
             grpc,
-            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            client: Client::new(http),
             stop: Some(stop),
             task: Some(task),
             backend,
         };
         // Up: `run` has started its watcher and listeners.
-        while server
-            .client
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        server.wait_until_up("/healthz").await;
         server
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    pub async fn post(&self, path: &str, body: &str) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
+    /// A connection to the gRPC port.
+    pub async fn grpc_channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
             .await
             .unwrap()
     }
 
-    pub async fn post_json(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let response = self.post(path, body).await;
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let value = if text.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-        };
-        (status, value)
+    /// An Envoy rate limit service client of the gRPC port.
+    pub async fn rls_client(&self) -> RateLimitServiceClient<Channel> {
+        RateLimitServiceClient::new(self.grpc_channel().await)
     }
 
-    pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+    /// `/v1/reset` of the JSON `body` with the bearer `token`: the
+    /// response.
+    pub async fn reset(&self, body: &str, token: &str) -> reqwest::Response {
+        let authorization = format!("Bearer {token}");
+        self.post_with("/v1/reset", body, &[("authorization", &authorization)])
+            .await
     }
 
     /// Triggers shutdown and waits for the server to stop.
     pub async fn stop(&mut self) -> Result<(), ServeError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.trigger_stop();
         match self.task.take() {
             Some(task) => task.await.unwrap(),
             None => Ok(()),
@@ -277,11 +271,19 @@ impl TestServer {
 
     pub fn trigger_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            stop.fire();
         }
     }
 
     pub fn take_task(&mut self) -> JoinHandle<Result<(), ServeError>> {
         self.task.take().unwrap()
+    }
+}
+
+impl Deref for TestServer {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
