@@ -10,7 +10,7 @@ use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 use tollgate::algorithm::decision_from_parts;
 use tollgate::store::{InvalidationSink, Invalidations};
-use tollgate::{Decisions, Mode, PolicyRef, Store, StoreError};
+use tollgate::{Check, Decisions, Mode, PolicyRef, Store, StoreError};
 
 use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, state_key, validate_prefix};
@@ -508,43 +508,25 @@ impl RedisStore {
         }
     }
 
-    async fn eval_decision(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<Decisions, StoreError> {
+    async fn eval_decision(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         let now = self.now_arg();
-        let evalsha = self.command(
-            "EVALSHA",
-            SCRIPT.get_hash(),
-            key,
-            policies,
-            cost,
-            mode,
-            &now,
-        );
+        let evalsha = self.command("EVALSHA", SCRIPT.get_hash(), check, &now);
         // The script is missing after a restart, a failover or SCRIPT
         // FLUSH: EVAL sends it whole, which also caches it on that node.
-        let eval = self.command("EVAL", SOURCE, key, policies, cost, mode, &now);
+        let eval = self.command("EVAL", SOURCE, check, &now);
         let reply: Vec<i64> = self.run(&evalsha, Some(&eval)).await?;
-        parse_reply(&reply, policies, cost)
+        parse_reply(&reply, check.policies, check.cost)
     }
 
     /// `EVALSHA <sha>` or `EVAL <source>`, with the keys and arguments that
     /// main.lua documents.
-    #[allow(clippy::too_many_arguments)]
-    fn command(
-        &self,
-        verb: &str,
-        script: &str,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-        now: &str,
-    ) -> Cmd {
+    fn command(&self, verb: &str, script: &str, check: Check<'_>, now: &str) -> Cmd {
+        let Check {
+            key,
+            policies,
+            cost,
+            mode,
+        } = check;
         let mut cmd = redis::cmd(verb);
         cmd.arg(script).arg(policies.len());
         for policy in policies {
@@ -655,14 +637,8 @@ fn store_error(e: RedisError, timeout: Duration) -> StoreError {
 }
 
 impl Store for RedisStore {
-    async fn apply(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<Decisions, StoreError> {
-        self.eval_decision(key, policies, cost, mode).await
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        self.eval_decision(check).await
     }
 
     /// Deletes the state, then publishes `key` on `<prefix>:invalidate` so

@@ -115,11 +115,11 @@ async fn compare<S: Store>(
             continue;
         }
         let expected = memory
-            .apply(&key, &refs, op.cost, op.mode)
+            .apply(tollgate::Check::new(&key, &refs, op.cost, op.mode))
             .await
             .expect("memory");
         let actual = redis
-            .apply(&key, &refs, op.cost, op.mode)
+            .apply(tollgate::Check::new(&key, &refs, op.cost, op.mode))
             .await
             .expect("redis");
         prop_assert_eq!(&expected[..], &actual[..], "op {} ({:?}) differs", i, op);

@@ -23,7 +23,7 @@ async fn check(store: &RedisStore, key: &[u8], policy: &Policy) -> tollgate::Dec
         policy,
     }];
     store
-        .apply(key, &refs, 1, Mode::Consume)
+        .apply(tollgate::Check::new(key, &refs, 1, Mode::Consume))
         .await
         .expect("redis")[0]
 }

@@ -49,7 +49,7 @@ async fn every_key_gets_a_ttl_equal_to_when_its_state_is_fresh() {
         for _ in 0..100 {
             last = Some(
                 store
-                    .apply(b"drained", &refs, 1, Mode::Consume)
+                    .apply(tollgate::Check::new(b"drained", &refs, 1, Mode::Consume))
                     .await
                     .expect("redis")[0],
             );
@@ -93,7 +93,12 @@ async fn no_key_is_left_without_a_ttl() {
             })
             .collect();
         store
-            .apply(key.as_bytes(), &refs, u64::from(i % 4 + 1), Mode::Consume)
+            .apply(tollgate::Check::new(
+                key.as_bytes(),
+                &refs,
+                u64::from(i % 4 + 1),
+                Mode::Consume,
+            ))
             .await
             .expect("redis");
     }
@@ -171,7 +176,12 @@ async fn sliding_log_work_and_memory_do_not_grow_with_the_cost() {
         policy: &p,
     }];
     let d = store
-        .apply(b"heavy", &refs, 1_000_000, Mode::Consume)
+        .apply(tollgate::Check::new(
+            b"heavy",
+            &refs,
+            1_000_000,
+            Mode::Consume,
+        ))
         .await
         .expect("redis")[0];
     assert!(d.allowed && d.remaining == 0, "{d:?}");
@@ -183,7 +193,7 @@ async fn sliding_log_work_and_memory_do_not_grow_with_the_cost() {
         .expect("integer");
     assert!(bytes < 1024, "a key of {bytes} bytes");
     let denied = store
-        .apply(b"heavy", &refs, 1, Mode::Consume)
+        .apply(tollgate::Check::new(b"heavy", &refs, 1, Mode::Consume))
         .await
         .expect("redis")[0];
     assert!(!denied.allowed);
@@ -217,7 +227,7 @@ async fn no_fraction_of_refill_is_lost_at_any_request_rate() {
         while clock.now_us() - START_US <= 2_000_000 {
             admitted += u32::from(
                 store
-                    .apply(b"poller", &refs, 1, Mode::Consume)
+                    .apply(tollgate::Check::new(b"poller", &refs, 1, Mode::Consume))
                     .await
                     .expect("redis")[0]
                     .allowed,
@@ -268,11 +278,11 @@ async fn arithmetic_stays_exact_at_the_largest_policies() {
         for (i, &cost) in costs.iter().cycle().take(40).enumerate() {
             clock.advance_us([0, 1, 799, 59_999_999, 13][i % 5]);
             let expected = memory
-                .apply(b"k", &refs, cost, Mode::Consume)
+                .apply(tollgate::Check::new(b"k", &refs, cost, Mode::Consume))
                 .await
                 .expect("memory");
             let actual = redis
-                .apply(b"k", &refs, cost, Mode::Consume)
+                .apply(tollgate::Check::new(b"k", &refs, cost, Mode::Consume))
                 .await
                 .expect("redis");
             assert_eq!(expected, actual, "{p}: op {i}, cost {cost}");
@@ -301,7 +311,12 @@ async fn hostile_identities_keep_their_keys_in_one_cluster_slot() {
     let long = "}{".repeat(5_000);
     for identity in ["a}:{b", "{", "}", "", "%7B", "user:{42}", long.as_str()] {
         let d = store
-            .apply(identity.as_bytes(), &refs, 2, Mode::Consume)
+            .apply(tollgate::Check::new(
+                identity.as_bytes(),
+                &refs,
+                2,
+                Mode::Consume,
+            ))
             .await
             .expect("no CROSSSLOT");
         assert!(d.iter().all(|d| d.allowed), "{identity:.20}");

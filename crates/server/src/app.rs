@@ -376,7 +376,15 @@ impl App {
             policy: &policy,
         }];
         let store = self.store.get_ref();
-        if let Err(error) = store.apply(b"tollgate-readyz", &refs, 1, Mode::Peek).await {
+        if let Err(error) = store
+            .apply(tollgate::Check::new(
+                b"tollgate-readyz",
+                &refs,
+                1,
+                Mode::Peek,
+            ))
+            .await
+        {
             return Err(store.explain(&error).await);
         }
         match self.store.breaker_state() {

@@ -1,7 +1,7 @@
 //! The store the server decides on, chosen by configuration.
 
 use tollgate::store::{InvalidationSink, Invalidations};
-use tollgate::{Decisions, MemoryStore, Mode, PolicyRef, Store, StoreError};
+use tollgate::{Check, Decisions, MemoryStore, PolicyRef, Store, StoreError};
 use tollgate_redis::{ConnectError, RedisOptions, RedisStore};
 
 use crate::config::{StoreKind, StoreSettings};
@@ -92,16 +92,10 @@ impl Invalidations for ServerStore {
 }
 
 impl Store for ServerStore {
-    async fn apply(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<Decisions, StoreError> {
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         match self {
-            ServerStore::Memory(store) => store.apply(key, policies, cost, mode).await,
-            ServerStore::Redis(store) => store.apply(key, policies, cost, mode).await,
+            ServerStore::Memory(store) => store.apply(check).await,
+            ServerStore::Redis(store) => store.apply(check).await,
         }
     }
 

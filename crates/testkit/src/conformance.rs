@@ -459,7 +459,7 @@ where
                     policy: p,
                 }];
                 let actual = store
-                    .apply(change.as_bytes(), &refs, cost, mode)
+                    .apply(tollgate::Check::new(change.as_bytes(), &refs, cost, mode))
                     .await
                     .expect("store works")[0];
                 assert_eq!(actual, expected, "{a}, {change} ({p}), step {i}");

@@ -68,7 +68,12 @@ fn bench(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     timed(threads, iters, |i| {
                         let key = key_of(keys, i).to_le_bytes();
-                        black_box(store.apply_sync(&key, &refs, 1, Mode::Consume));
+                        black_box(store.apply_sync(tollgate::Check::new(
+                            &key,
+                            &refs,
+                            1,
+                            Mode::Consume,
+                        )));
                     })
                 })
             });
@@ -93,12 +98,12 @@ fn bench(c: &mut Criterion) {
         |b| {
             b.iter_custom(|iters| {
                 timed(1, iters, |i| {
-                    black_box(store.apply_sync(
+                    black_box(store.apply_sync(tollgate::Check::new(
                         &key_of(KEYS, i).to_le_bytes(),
                         &refs,
                         1,
                         Mode::Consume,
-                    ));
+                    )));
                 })
             })
         },

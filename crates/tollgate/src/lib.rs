@@ -51,7 +51,7 @@ pub use limiter::{Limiter, LimiterBuilder, MultiDecision};
 pub use policy::{Algorithm, Policy, PolicyError};
 pub use resilience::{FailureMode, ResilienceOptions, Resilient};
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
-pub use store::{Decisions, Mode, PolicyRef, Store};
+pub use store::{Check, Decisions, Mode, PolicyRef, Store};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../../../README.md")]

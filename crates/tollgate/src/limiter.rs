@@ -5,7 +5,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-use crate::store::{Decisions, Mode, PolicyRef, Store};
+use crate::store::{Check, Decisions, Mode, PolicyRef, Store};
 use crate::{Decision, Error, MemoryStore, Policy};
 
 /// The default longest key, in bytes.
@@ -222,7 +222,8 @@ impl<S: Store> Limiter<S> {
         }
         distinct(policies.iter().map(|p| p.name))?;
         self.validate_request(key, cost)?;
-        self.apply_checked(policies, key, cost, mode).await
+        self.apply_checked(Check::new(key, policies, cost, mode))
+            .await
     }
 
     /// Returns `key`'s state for `policy` to fresh.
@@ -241,7 +242,11 @@ impl<S: Store> Limiter<S> {
 
     async fn one(&self, name: &str, key: &[u8], cost: u64, mode: Mode) -> Result<Decision, Error> {
         let refs = [self.prepare(name, key, cost)?];
-        let decisions = self.inner.store.apply(key, &refs, cost, mode).await?;
+        let decisions = self
+            .inner
+            .store
+            .apply(Check::new(key, &refs, cost, mode))
+            .await?;
         decisions
             .into_iter()
             .next()
@@ -263,23 +268,17 @@ impl<S: Store> Limiter<S> {
             .iter()
             .map(|name| self.prepare(name, key, cost))
             .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
-        self.apply_checked(&refs, key, cost, mode).await
+        self.apply_checked(Check::new(key, &refs, cost, mode)).await
     }
 
-    /// One store call for validated `refs`.
-    async fn apply_checked(
-        &self,
-        refs: &[PolicyRef<'_>],
-        key: &[u8],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<MultiDecision, Error> {
-        let decisions = self.inner.store.apply(key, refs, cost, mode).await?;
-        if decisions.len() != refs.len() {
+    /// One store call for a validated check.
+    async fn apply_checked(&self, check: Check<'_>) -> Result<MultiDecision, Error> {
+        let decisions = self.inner.store.apply(check).await?;
+        if decisions.len() != check.policies.len() {
             return Err(crate::StoreError::Protocol(format!(
                 "store returned {} decisions for {} policies",
                 decisions.len(),
-                refs.len()
+                check.policies.len()
             ))
             .into());
         }

@@ -25,7 +25,14 @@ fn eight_threads_on_one_key_admit_exactly_the_limit() {
                             policy: &p,
                         }];
                         for _ in 0..2 * limit {
-                            if store.apply_sync(b"hot", &refs, 1, Mode::Consume)[0].allowed {
+                            if store.apply_sync(tollgate::Check::new(
+                                b"hot",
+                                &refs,
+                                1,
+                                Mode::Consume,
+                            ))[0]
+                                .allowed
+                            {
                                 admitted.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -60,7 +67,15 @@ fn a_million_one_off_keys_leave_memory_bounded() {
             name: "p",
             policy: p,
         }];
-        assert!(store.apply_sync(&i.to_le_bytes(), &refs, 1, Mode::Consume)[0].allowed);
+        assert!(
+            store.apply_sync(tollgate::Check::new(
+                &i.to_le_bytes(),
+                &refs,
+                1,
+                Mode::Consume
+            ))[0]
+                .allowed
+        );
         if i % 10_000 == 0 {
             peak_len = peak_len.max(store.len());
             peak_capacity = peak_capacity.max(store.capacity());
@@ -90,7 +105,7 @@ fn expired_entries_are_dropped_but_live_ones_kept() {
     let long = policy("token_bucket 1/1h burst 1");
     let short = policy("fixed_window 1/1s");
     let apply = |key: &[u8], p: &Policy| {
-        store.apply_sync(
+        store.apply_sync(tollgate::Check::new(
             key,
             &[PolicyRef {
                 name: "p",
@@ -98,7 +113,7 @@ fn expired_entries_are_dropped_but_live_ones_kept() {
             }],
             1,
             Mode::Consume,
-        )[0]
+        ))[0]
     };
     assert!(apply(b"long", &long).allowed);
     assert!(apply(b"short", &short).allowed);
@@ -122,7 +137,7 @@ fn a_changed_policy_under_the_same_name_keeps_its_count() {
     let before = policy("fixed_window 1/1h");
     let after = policy("fixed_window 3/1h");
     let apply = |p: &Policy| {
-        store.apply_sync(
+        store.apply_sync(tollgate::Check::new(
             b"k",
             &[PolicyRef {
                 name: "p",
@@ -130,7 +145,7 @@ fn a_changed_policy_under_the_same_name_keeps_its_count() {
             }],
             1,
             Mode::Consume,
-        )[0]
+        ))[0]
     };
     assert!(apply(&before).allowed);
     assert!(!apply(&before).allowed);
@@ -245,7 +260,7 @@ fn an_entry_lives_as_long_as_the_policy_in_force_needs() {
     let store = MemoryStore::with_clock(clock.clone());
     let (short, long) = (policy("sliding_log 5/1s"), policy("sliding_log 5/1h"));
     let apply = |p: &Policy| {
-        store.apply_sync(
+        store.apply_sync(tollgate::Check::new(
             b"k",
             &[PolicyRef {
                 name: "p",
@@ -253,7 +268,7 @@ fn an_entry_lives_as_long_as_the_policy_in_force_needs() {
             }],
             1,
             Mode::Consume,
-        )[0]
+        ))[0]
     };
     for _ in 0..5 {
         assert!(apply(&short).allowed);
@@ -286,7 +301,7 @@ fn the_store_never_holds_more_than_max_keys() {
     let sharded = MemoryStore::builder().max_keys(1_000).build();
     let p = policy("fixed_window 1/1h");
     for i in 0..20_000u32 {
-        sharded.apply_sync(
+        sharded.apply_sync(tollgate::Check::new(
             format!("k-{i}").as_bytes(),
             &[PolicyRef {
                 name: "p",
@@ -294,7 +309,7 @@ fn the_store_never_holds_more_than_max_keys() {
             }],
             1,
             Mode::Consume,
-        );
+        ));
     }
     assert!(sharded.len() <= 1_000, "{} entries", sharded.len());
     assert!(sharded.evictions() >= 19_000);
@@ -306,7 +321,7 @@ fn the_store_never_holds_more_than_max_keys() {
         .build();
     let (day, second) = (policy("fixed_window 1/1d"), policy("fixed_window 1/1s"));
     let apply = |key: &[u8], p: &Policy| {
-        store.apply_sync(
+        store.apply_sync(tollgate::Check::new(
             key,
             &[PolicyRef {
                 name: "p",
@@ -314,7 +329,7 @@ fn the_store_never_holds_more_than_max_keys() {
             }],
             1,
             Mode::Consume,
-        )[0]
+        ))[0]
     };
     for i in 0..200u32 {
         assert!(apply(format!("day-{i}").as_bytes(), &day).allowed);

@@ -10,7 +10,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use support::{START_US, limiter};
-use tollgate::{Limiter, ManualClock, MemoryStore, Mode, PolicyRef, Store, StoreError};
+use tollgate::{Limiter, ManualClock, MemoryStore, PolicyRef, Store, StoreError};
 use tollgate_testkit::http::Reply;
 use tollgate_testkit::serve::Served;
 use tollgate_tower::key::{Cidr, ClientIp, HeaderKey, Key, ProxyHeader, RouteParam};
@@ -666,13 +666,7 @@ async fn a_key_longer_than_the_limiter_accepts_is_400() {
 struct DownStore;
 
 impl Store for DownStore {
-    async fn apply(
-        &self,
-        _key: &[u8],
-        _policies: &[PolicyRef<'_>],
-        _cost: u64,
-        _mode: Mode,
-    ) -> Result<tollgate::Decisions, StoreError> {
+    async fn apply(&self, _check: tollgate::Check<'_>) -> Result<tollgate::Decisions, StoreError> {
         Err(StoreError::Unavailable("connection refused".into()))
     }
 

@@ -62,7 +62,7 @@ use hashbrown::{DefaultHashBuilder, HashMap};
 use smallvec::SmallVec;
 
 use crate::algorithm::next_allowed_after;
-use crate::store::{Decisions, PolicyRef};
+use crate::store::{Check, Decisions, Mode, PolicyRef};
 use crate::{Algorithm, Decision, Policy};
 
 /// Shards: enough that 20-odd tasks flooding hot keys rarely meet on a lock.
@@ -215,7 +215,7 @@ impl DenyCache {
         cost: u64,
         now_us: u64,
     ) -> Option<Decisions> {
-        match self.lookup_or_join(key, policies, cost, now_us, false) {
+        match self.lookup_or_join(Check::new(key, policies, cost, Mode::Peek), now_us, false) {
             Lookup::Hit(decisions) => Some(decisions),
             _ => None,
         }
@@ -223,14 +223,13 @@ impl DenyCache {
 
     /// The cached denial of `cost` for `policies` of `key` at `now_us`; or,
     /// if the entry expired and `join` is set, a flight to lead or wait for.
-    pub(crate) fn lookup_or_join(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        now_us: u64,
-        join: bool,
-    ) -> Lookup {
+    pub(crate) fn lookup_or_join(&self, check: Check<'_>, now_us: u64, join: bool) -> Lookup {
+        let Check {
+            key,
+            policies,
+            cost,
+            ..
+        } = check;
         // A cost above some capacity is denied with no retry_after: leave it
         // to the store, which says so exactly.
         if policies.iter().any(|p| cost > p.policy.capacity()) {
@@ -339,17 +338,14 @@ impl DenyCache {
     /// follows a `consumed` allow which left less than `cost` (see
     /// [`derived_denial`]); any other allow of at least the cached cost drops
     /// a stale entry.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn record(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        decisions: &Decisions,
-        consumed: bool,
-        sent_us: u64,
-        epoch: u64,
-    ) {
+    pub(crate) fn record(&self, check: Check<'_>, decisions: &Decisions, sent_us: u64, epoch: u64) {
+        let Check {
+            key,
+            policies,
+            cost,
+            mode,
+        } = check;
+        let consumed = mode == Mode::Consume;
         if decisions.len() != policies.len() || self.per_shard == 0 {
             return;
         }
@@ -564,12 +560,22 @@ mod tests {
             name: "api",
             policy: &policy,
         }];
-        cache.record(b"k", &refs, 2, &denial(&policy, 0), true, 1_000, 0);
+        cache.record(
+            Check::new(b"k", &refs, 2, Mode::Consume),
+            &denial(&policy, 0),
+            1_000,
+            0,
+        );
         assert!(
             cache.lookup(b"k", &refs, 2, 1_000).is_none(),
             "retry 0: not cached"
         );
-        cache.record(b"k", &refs, 1, &denial(&policy, 400_000), true, 1_000, 0);
+        cache.record(
+            Check::new(b"k", &refs, 1, Mode::Consume),
+            &denial(&policy, 400_000),
+            1_000,
+            0,
+        );
         let hit = cache.lookup(b"k", &refs, 1, 101_000).expect("cached");
         assert_eq!(hit[0].retry_after, Some(Duration::from_micros(300_000)));
         assert!(!hit[0].allowed && !hit[0].degraded);
@@ -594,7 +600,12 @@ mod tests {
             name: "api",
             policy: &policy,
         }];
-        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), true, 0, 0);
+        cache.record(
+            Check::new(b"k", &refs, 3, Mode::Consume),
+            &denial(&policy, 1_000),
+            0,
+            0,
+        );
         assert!(cache.lookup(b"k", &refs, 2, 0).is_none());
         let changed = [PolicyRef {
             name: "api",
@@ -603,7 +614,12 @@ mod tests {
         assert!(cache.lookup(b"k", &changed, 3, 0).is_none());
         cache.invalidate(b"k");
         assert!(cache.lookup(b"k", &refs, 3, 0).is_none());
-        cache.record(b"k", &refs, 3, &denial(&policy, 1_000), true, 0, 0);
+        cache.record(
+            Check::new(b"k", &refs, 3, Mode::Consume),
+            &denial(&policy, 1_000),
+            0,
+            0,
+        );
         assert!(cache.lookup(b"k", &refs, 3, 0).is_none(), "epoch moved on");
     }
 
@@ -635,14 +651,14 @@ mod tests {
             .collect()
         };
         // One token left: nothing to derive.
-        cache.record(b"k", &both, 1, &allow(0), true, 0, 0);
+        cache.record(Check::new(b"k", &both, 1, Mode::Consume), &allow(0), 0, 0);
         assert_eq!(cache.len(), 0);
         // None left: the rate policy denies until its next token, 100 ms
         // on; the daily one, with room, is reported as it stands.
         let tight = allow(0);
-        cache.record(b"k", &both, 1, &tight, false, 0, 0);
+        cache.record(Check::new(b"k", &both, 1, Mode::Peek), &tight, 0, 0);
         assert_eq!(cache.len(), 0, "a peek's fields describe the state before");
-        cache.record(b"k", &both, 1, &tight, true, 0, 0);
+        cache.record(Check::new(b"k", &both, 1, Mode::Consume), &tight, 0, 0);
         let hit = cache.lookup(b"k", &both, 1, 40_000).expect("derived");
         assert!(!hit[0].allowed && hit[1].allowed);
         assert_eq!(hit[0].retry_after, Some(Duration::from_millis(60)));
@@ -663,7 +679,7 @@ mod tests {
             .into_iter()
             .collect();
         assert!(last[0].allowed && last[0].remaining == 0);
-        cache.record(b"log", &refs, 1, &last, true, 10, 0);
+        cache.record(Check::new(b"log", &refs, 1, Mode::Consume), &last, 10, 0);
         assert!(cache.lookup(b"log", &refs, 1, 11).is_none());
     }
 
@@ -677,11 +693,8 @@ mod tests {
         }];
         for i in 0..10_000u64 {
             cache.record(
-                &i.to_le_bytes(),
-                &refs,
-                1,
+                Check::new(&i.to_le_bytes(), &refs, 1, Mode::Consume),
                 &denial(&policy, 1_000 + i),
-                true,
                 0,
                 0,
             );

@@ -63,7 +63,7 @@ use deny_cache::{DenyCache, Flight, FlightEnd, Landing, Lookup};
 use crate::algorithm::decision_from_parts;
 use crate::store::memory::Step;
 use crate::store::{
-    Decisions, Invalidation, InvalidationReceiver, InvalidationSink, Invalidations, Mode,
+    Check, Decisions, Invalidation, InvalidationReceiver, InvalidationSink, Invalidations, Mode,
     PolicyRef, Store,
 };
 use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
@@ -388,17 +388,12 @@ impl<S> Resilient<S> {
 }
 
 impl<S: Store> Resilient<S> {
-    async fn apply_cached(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<Decisions, StoreError> {
+    async fn apply_cached(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        let Check { key, policies, .. } = check;
         let shared = &*self.shared;
         let Some(cache) = &shared.deny_cache else {
             let sent_us = shared.options.clock.now_us();
-            return self.call(key, policies, cost, mode, sent_us, None).await;
+            return self.call(check, sent_us, None).await;
         };
         let timeout = shared.options.timeout;
         // Set once this caller waited for another's flight: waiting ends
@@ -409,7 +404,7 @@ impl<S: Store> Resilient<S> {
             // was sent, so it never outlives the store's own instant.
             let sent_us = shared.options.clock.now_us();
             let join = deadline.is_none_or(|d| tokio::time::Instant::now() < d);
-            let flight = match cache.lookup_or_join(key, policies, cost, sent_us, join) {
+            let flight = match cache.lookup_or_join(check, sent_us, join) {
                 Lookup::Hit(decisions) => {
                     shared
                         .counters
@@ -439,10 +434,10 @@ impl<S: Store> Resilient<S> {
                         None => StoreError::Timeout(timeout),
                     };
                     let retry = shared.options.breaker_cooldown;
-                    return self.fallback(key, policies, cost, mode, error, retry).await;
+                    return self.fallback(check, error, retry).await;
                 }
             };
-            return self.call(key, policies, cost, mode, sent_us, flight).await;
+            return self.call(check, sent_us, flight).await;
         }
     }
 
@@ -450,13 +445,11 @@ impl<S: Store> Resilient<S> {
     /// lands the flight if this caller leads one, and falls back on failure.
     async fn call(
         &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
+        check: Check<'_>,
         sent_us: u64,
         flight: Option<FlightGuard<'_>>,
     ) -> Result<Decisions, StoreError> {
+        let cost = check.cost;
         let shared = &*self.shared;
         let counters = &shared.counters;
         let permit = shared.breaker.admit(sent_us);
@@ -466,9 +459,7 @@ impl<S: Store> Resilient<S> {
                 flight.land(Landing::Failed);
             }
             let error = StoreError::Unavailable("circuit breaker open".into());
-            return self
-                .fallback(key, policies, cost, mode, error, probe_in)
-                .await;
+            return self.fallback(check, error, probe_in).await;
         }
         let epoch = shared.deny_cache.as_ref().map_or(0, DenyCache::epoch);
         counters.calls.fetch_add(1, Ordering::Relaxed);
@@ -478,7 +469,7 @@ impl<S: Store> Resilient<S> {
             finished: false,
         };
         let timeout = shared.options.timeout;
-        let call = self.store.apply(key, policies, cost, mode);
+        let call = self.store.apply(check);
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
             Err(_) => {
@@ -491,8 +482,7 @@ impl<S: Store> Resilient<S> {
             Ok(decisions) => {
                 shared.breaker.success(permit);
                 if let Some(cache) = &shared.deny_cache {
-                    let consumed = mode == Mode::Consume;
-                    cache.record(key, policies, cost, &decisions, consumed, sent_us, epoch);
+                    cache.record(check, &decisions, sent_us, epoch);
                 }
                 if let Some(flight) = flight {
                     let room = decisions.iter().all(|d| d.allowed && d.remaining >= cost);
@@ -513,7 +503,7 @@ impl<S: Store> Resilient<S> {
                     flight.land(Landing::Failed);
                 }
                 let retry = shared.options.breaker_cooldown;
-                self.fallback(key, policies, cost, mode, error, retry).await
+                self.fallback(check, error, retry).await
             }
         }
     }
@@ -548,7 +538,7 @@ impl<S: Store> Resilient<S> {
             finished: false,
         };
         let timeout = shared.options.timeout;
-        let call = self.store.apply(key, policies, 1, Mode::Peek);
+        let call = self.store.apply(Check::new(key, policies, 1, Mode::Peek));
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result.map(drop),
             Err(_) => {
@@ -572,13 +562,16 @@ impl<S: Store> Resilient<S> {
     /// Decides without the store, each policy in its failure mode.
     async fn fallback(
         &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
+        check: Check<'_>,
         error: StoreError,
         retry_after: Duration,
     ) -> Result<Decisions, StoreError> {
+        let Check {
+            key,
+            policies,
+            cost,
+            mode,
+        } = check;
         let options = &self.shared.options;
         let modes: SmallVec<[FailureMode; 2]> = {
             let overrides = self.policy_modes();
@@ -697,14 +690,8 @@ fn local_policy(policy: &Policy, share: f64) -> Option<Policy> {
 }
 
 impl<S: Store> Store for Resilient<S> {
-    async fn apply(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<Decisions, StoreError> {
-        self.apply_cached(key, policies, cost, mode).await
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        self.apply_cached(check).await
     }
 
     /// Resets the inner store (within the timeout) and the local fallback

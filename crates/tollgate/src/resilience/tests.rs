@@ -40,13 +40,7 @@ impl Switchable {
 }
 
 impl Store for Switchable {
-    async fn apply(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<Decisions, StoreError> {
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match self.health.load(Ordering::SeqCst) {
             FAILING => Err(StoreError::Unavailable("switched off".into())),
@@ -56,7 +50,7 @@ impl Store for Switchable {
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-                self.store.apply(key, policies, cost, mode).await
+                self.store.apply(check).await
             }
         }
     }
@@ -160,7 +154,7 @@ async fn a_probe_closes_the_breaker_without_traffic() {
     assert_eq!(store.stats().degraded, 3, "probes are not decisions");
     let d = inner
         .store
-        .apply(b"p", &refs, 1, Mode::Peek)
+        .apply(crate::Check::new(b"p", &refs, 1, Mode::Peek))
         .await
         .expect("ok");
     assert_eq!(d[0].remaining, 1, "a probe peeks");
@@ -443,7 +437,7 @@ async fn an_expired_denial_is_refreshed_by_one_call_for_all_waiters() {
     }];
     inner
         .store
-        .apply(b"k", &other, 2, Mode::Consume)
+        .apply(crate::Check::new(b"k", &other, 2, Mode::Consume))
         .await
         .expect("ok");
     inner.delay_ms.store(5, Ordering::SeqCst);

@@ -35,7 +35,7 @@ use std::time::Duration;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::SmallVec;
 
-use super::{Decisions, Mode, PolicyRef, Store, all_or_nothing};
+use super::{Check, Decisions, Mode, PolicyRef, Store, all_or_nothing};
 use crate::algorithm::{State, decide, expires_at};
 use crate::{Clock, Decision, StoreError, SystemClock};
 
@@ -196,21 +196,20 @@ impl MemoryStore {
 
     /// Decides synchronously: the memory store never waits, so callers
     /// outside async code (and benchmarks) can skip the future.
-    pub fn apply_sync(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Decisions {
+    pub fn apply_sync(&self, check: Check<'_>) -> Decisions {
         let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(key);
+        let hash = inner.hasher.hash_one(check.key);
         let mut shard = inner.shard(hash);
         // Read the clock under the lock, so that decisions on one shard see
         // time in the order they are made.
-        let now = inner.clock.now_us();
-        let decisions = all_or_nothing(policies.len(), mode, |i, mode| {
-            shard.decide_policy(inner, policies[i], hash, key, now, cost, mode)
+        let at = At {
+            key: check.key,
+            hash,
+            now: inner.clock.now_us(),
+        };
+        let now = at.now;
+        let decisions = all_or_nothing(check.policies.len(), check.mode, |i, mode| {
+            shard.decide_policy(inner, check.policies[i], at, check.cost, mode)
         });
         if shard.table.len() >= shard.sweep_at {
             shard.sweep(now);
@@ -232,9 +231,13 @@ impl MemoryStore {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
         let mut shard = inner.shard(hash);
-        let now = inner.clock.now_us();
+        let at = At {
+            key,
+            hash,
+            now: inner.clock.now_us(),
+        };
         all_or_nothing(steps.len(), mode, |i, mode| match steps[i] {
-            Step::Stored(policy) => shard.decide_policy(inner, policy, hash, key, now, cost, mode),
+            Step::Stored(policy) => shard.decide_policy(inner, policy, at, cost, mode),
             Step::Decided(decision) => decision,
         })
     }
@@ -249,6 +252,17 @@ impl MemoryStore {
             }
         }
     }
+}
+
+/// Which identity a decision is for, and when: what every policy of one
+/// check shares.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    key: &'a [u8],
+    /// The identity's hash (its shard and table slot).
+    hash: u64,
+    /// The store's clock, read once under the shard lock.
+    now: u64,
 }
 
 /// One policy of a check on [`MemoryStore::apply_steps`].
@@ -351,23 +365,21 @@ impl Shard {
     /// policy wrote it; a charge sets its expiry from the policy in force,
     /// and any other decision only pushes the expiry later — the Lua
     /// script's twin rule (`extend`), so both stores forget state together.
-    #[allow(clippy::too_many_arguments)]
     fn decide_policy(
         &mut self,
         store: &Inner,
         p: PolicyRef<'_>,
-        hash: u64,
-        key: &[u8],
-        now: u64,
+        at: At<'_>,
         cost: u64,
         mode: Mode,
     ) -> Decision {
+        let At { key, hash, now } = at;
         if let Ok(found) = self.table.find_entry(hash, |e| e.is(p.name, key)) {
             if found.get().expires_at <= now {
                 // Gone, as an expired Redis key is: a clock that steps back
                 // later must not find it again.
                 found.remove();
-                return self.decide_absent(store, p, hash, key, now, cost, mode);
+                return self.decide_absent(store, p, at, cost, mode);
             }
             let entry = found.into_mut();
             let decision = decide(p.policy, &mut entry.state, now, cost, mode);
@@ -379,22 +391,20 @@ impl Shard {
             }
             return decision;
         }
-        self.decide_absent(store, p, hash, key, now, cost, mode)
+        self.decide_absent(store, p, at, cost, mode)
     }
 
     /// Decides for an identity with no live state, inserting one if charged
     /// (making room first when the shard is full).
-    #[allow(clippy::too_many_arguments)]
     fn decide_absent(
         &mut self,
         store: &Inner,
         p: PolicyRef<'_>,
-        hash: u64,
-        key: &[u8],
-        now: u64,
+        at: At<'_>,
         cost: u64,
         mode: Mode,
     ) -> Decision {
+        let At { key, hash, now } = at;
         let mut state = State::fresh(p.policy, now);
         let decision = decide(p.policy, &mut state, now, cost, mode);
         if decision.allowed && mode == Mode::Consume {
@@ -468,14 +478,8 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 impl Store for MemoryStore {
-    async fn apply(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> Result<Decisions, StoreError> {
-        Ok(self.apply_sync(key, policies, cost, mode))
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        Ok(self.apply_sync(check))
     }
 
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {

@@ -25,6 +25,38 @@ pub struct PolicyRef<'a> {
     pub policy: &'a Policy,
 }
 
+/// One check asked of a store: may `key` spend `cost` units of every
+/// policy in `policies` — charged, in [`Mode::Consume`], only if all allow.
+/// What every layer from the limiter down passes along, whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    /// The identity, as its adapter wrote it (see [`crate::keyspace`]).
+    pub key: &'a [u8],
+    /// The policies, at least one, each under its configured name.
+    pub policies: &'a [PolicyRef<'a>],
+    /// Units, at least 1.
+    pub cost: u64,
+    /// Whether an allowed check is charged.
+    pub mode: Mode,
+}
+
+impl<'a> Check<'a> {
+    /// A check of `cost` units of `policies` for `key`.
+    pub const fn new(key: &'a [u8], policies: &'a [PolicyRef<'a>], cost: u64, mode: Mode) -> Self {
+        Check {
+            key,
+            policies,
+            cost,
+            mode,
+        }
+    }
+
+    /// The same check in another mode.
+    pub const fn with_mode(self, mode: Mode) -> Self {
+        Check { mode, ..self }
+    }
+}
+
 /// Decisions of one store call, one per policy, in the order given.
 pub type Decisions = SmallVec<[Decision; 2]>;
 
@@ -85,16 +117,13 @@ pub fn all_or_nothing(
 /// - the state of `(policy name, key)` is independent of every other pair;
 /// - `reset` returns the named states of `key` to fresh.
 pub trait Store: Send + Sync + 'static {
-    /// Decides `cost` units against every policy in `policies` for `key`.
+    /// Decides `check.cost` units against every policy of the check for
+    /// its key.
     ///
-    /// `policies` is not empty and `cost` is at least 1 (the limiter checks).
-    fn apply(
-        &self,
-        key: &[u8],
-        policies: &[PolicyRef<'_>],
-        cost: u64,
-        mode: Mode,
-    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
+    /// The policies are not empty and the cost is at least 1 (the limiter
+    /// checks).
+    fn apply(&self, check: Check<'_>)
+    -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
     /// Forgets `key`'s state for each policy.
     fn reset(

@@ -370,7 +370,7 @@ fn simulate_one(policy: &Policy, arrivals: &[u64]) -> AlgorithmRun {
     let mut denied = 0;
     for &t in arrivals {
         clock.set_us(origin + t);
-        let decisions = store.apply_sync(KEY, &refs, 1, Mode::Consume);
+        let decisions = store.apply_sync(tollgate::Check::new(KEY, &refs, 1, Mode::Consume));
         match decisions.first() {
             Some(d) if d.allowed => {
                 admitted_at.push(t + u64::try_from(d.delay.as_micros()).unwrap_or(u64::MAX));
