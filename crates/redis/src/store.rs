@@ -19,12 +19,9 @@ use crate::script::{SCRIPT, SOURCE};
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate";
 
-/// The default bound on one store call.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
-
 /// The first pause before re-sending after `TRYAGAIN` or `CLUSTERDOWN`
 /// (and after any `MOVED` but a call's first); doubled after each, up to
-/// [`MAX_BACKOFF`], until the store's timeout.
+/// [`MAX_BACKOFF`], until the caller's deadline.
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 /// The longest pause between two sends of one call.
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
@@ -35,9 +32,13 @@ const MAX_BACKOFF: Duration = Duration::from_millis(50);
 pub struct RedisOptions {
     /// The first part of every key (no braces). Default `tollgate`.
     pub prefix: String,
-    /// Every call (one script evaluation) fails with
-    /// [`StoreError::Timeout`] after this long. Default 50 ms.
-    pub timeout: Duration,
+    /// A bound on every call (one script evaluation): past it the call
+    /// fails with [`StoreError::Timeout`]. Default `None`: deadlines belong
+    /// to [`Resilient`](tollgate::resilience::Resilient), which the server
+    /// and the middleware put in front of every store (its timeout, 50 ms by
+    /// default, also drives the circuit breaker and the failure modes). Set
+    /// one when the store is used bare.
+    pub timeout: Option<Duration>,
     /// Connecting fails after this long. Default 1 s.
     pub connect_timeout: Duration,
     /// For `rediss://` URLs: the CA certificate (PEM) that signed the
@@ -50,7 +51,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             prefix: DEFAULT_PREFIX.to_owned(),
-            timeout: DEFAULT_TIMEOUT,
+            timeout: None,
             connect_timeout: Duration::from_secs(1),
             tls_root_cert: None,
         }
@@ -64,9 +65,9 @@ impl RedisOptions {
         self
     }
 
-    /// Sets the per-call timeout.
+    /// Bounds every call (see [`RedisOptions::timeout`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = Some(timeout);
         self
     }
 
@@ -211,7 +212,11 @@ pub struct RedisStore {
 struct Inner {
     connection: Connection,
     prefix: String,
-    timeout: Duration,
+    /// The bound on every call, if the store is used bare (see
+    /// [`RedisOptions::timeout`]).
+    timeout: Option<Duration>,
+    /// Bounds connecting and `ping`.
+    connect_timeout: Duration,
     /// Where a deny cache's invalidation feed subscribes (see
     /// [`invalidate`]); also names the channel `reset` publishes on.
     subscriber: Subscriber,
@@ -280,9 +285,12 @@ impl RedisStore {
         // `max_delay` only govern the connection attempts of one such
         // reconnection. Redis errors (NOSCRIPT, TRYAGAIN...) are returned
         // as they are; `RedisStore::send` decides what to re-send.
+        // No response timeout here: in redis-rs 0.32 one only fails the
+        // request (a timeout is not an unrecoverable error, so the manager
+        // does not reconnect on it), which is what the caller's deadline
+        // does already — deadlines have one owner (`RedisOptions::timeout`).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(options.connect_timeout)
-            .set_response_timeout(options.timeout)
             // Reconnect quickly after Redis comes back: at most 200 ms apart.
             .set_max_delay(200)
             .set_number_of_retries(2);
@@ -359,7 +367,6 @@ impl RedisStore {
         // connection still reconnects to that node.
         let mut builder = ClusterClientBuilder::new(infos)
             .connection_timeout(options.connect_timeout)
-            .response_timeout(options.timeout)
             .retries(0);
         if let Some(certificates) = options.certificates() {
             builder = builder.certs(certificates);
@@ -392,6 +399,7 @@ impl RedisStore {
                 },
                 prefix: options.prefix,
                 timeout: options.timeout,
+                connect_timeout: options.connect_timeout,
                 #[cfg(feature = "test-clock")]
                 clock: None,
             }),
@@ -422,10 +430,14 @@ impl RedisStore {
     ///
     /// # Errors
     /// The [`StoreError`] of the command.
+    /// Bounded by the connect timeout: a diagnosis must not hang on the
+    /// store it diagnoses.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run::<String>(&redis::cmd("PING"), None)
-            .await
-            .map(drop)
+        let bound = self.inner.connect_timeout;
+        match tokio::time::timeout(bound, self.run::<String>(&redis::cmd("PING"), None)).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(StoreError::Timeout(bound)),
+        }
     }
 
     /// The key prefix.
@@ -459,12 +471,16 @@ impl RedisStore {
         cmd: &Cmd,
         eval: Option<&Cmd>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, self.send(cmd, eval)).await {
-            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
-            Ok(result) => result
-                .and_then(redis::from_owned_redis_value)
-                .map_err(|e| store_error(e, self.inner.timeout)),
-        }
+        let result = match self.inner.timeout {
+            Some(bound) => match tokio::time::timeout(bound, self.send(cmd, eval)).await {
+                Err(_) => return Err(StoreError::Timeout(bound)),
+                Ok(result) => result,
+            },
+            None => self.send(cmd, eval).await,
+        };
+        result
+            .and_then(redis::from_owned_redis_value)
+            .map_err(store_error)
     }
 
     /// Sends `cmd` until it runs or fails with an error that leaves it
@@ -621,13 +637,9 @@ fn resend(error: &RedisError, cluster: bool) -> Resend {
     }
 }
 
-/// A Redis error as a store error, by kind: the client's own response
-/// timeout (set to the same bound as the call) is a [`StoreError::Timeout`],
-/// as the call's is.
-fn store_error(e: RedisError, timeout: Duration) -> StoreError {
-    if e.is_timeout() {
-        return StoreError::Timeout(timeout);
-    }
+/// A Redis error as a store error, by kind. (The client has no response
+/// timeout of its own: deadlines are the caller's.)
+fn store_error(e: RedisError) -> StoreError {
     match e.kind() {
         redis::ErrorKind::TypeError
         | redis::ErrorKind::ResponseError

@@ -24,9 +24,9 @@ impl ServerStore {
     /// [`ConnectError`] when Redis cannot be reached or its URL or prefix is
     /// invalid.
     pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
-        let options = RedisOptions::default()
-            .prefix(settings.prefix.clone())
-            .timeout(settings.timeout);
+        // No call bound on the Redis store: `store.timeout` is the
+        // resilience layer's deadline, which wraps every call.
+        let options = RedisOptions::default().prefix(settings.prefix.clone());
         Ok(match settings.kind {
             StoreKind::Memory => {
                 ServerStore::Memory(MemoryStore::builder().max_keys(settings.max_keys).build())

@@ -156,7 +156,7 @@ impl Default for StoreSettings {
             kind: StoreKind::Memory,
             urls: Vec::new(),
             prefix: tollgate_redis::store::DEFAULT_PREFIX.to_owned(),
-            timeout: tollgate_redis::store::DEFAULT_TIMEOUT,
+            timeout: tollgate::resilience::DEFAULT_TIMEOUT,
             on_failure: FailureMode::Open,
             local_share: 1.0,
             breaker: BreakerSettings::default(),
