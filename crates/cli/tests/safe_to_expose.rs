@@ -62,18 +62,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn rls_call(addr: SocketAddr) -> http::Request<()> {
-    http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap()
-}
-
 async fn normal_rls_call(addr: SocketAddr) -> Duration {
     let started = Instant::now();
     let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
@@ -119,7 +107,7 @@ async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_serve
         });
         let mut client = client.ready().await.unwrap();
         for _ in 0..STREAMS_PER_CONNECTION {
-            match client.send_request(rls_call(server.grpc), false) {
+            match client.send_request(tollgate_testkit::grpc::rls_call(server.grpc), false) {
                 Ok(stream) => held.push(stream),
                 Err(_) => break,
             }
@@ -172,7 +160,9 @@ fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
             let _ = connection.await;
         });
         let mut client = client.ready().await.unwrap();
-        let (response, mut body) = client.send_request(rls_call(grpc), false).unwrap();
+        let (response, mut body) = client
+            .send_request(tollgate_testkit::grpc::rls_call(grpc), false)
+            .unwrap();
         body.send_data(Bytes::from_static(&[0, 0, 0, 0, 100]), false)
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -43,18 +43,6 @@ async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     client.ready().await.unwrap()
 }
 
-fn rls_call(addr: SocketAddr) -> http::Request<()> {
-    http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap()
-}
-
 /// A gRPC message frame's 5-byte prefix: not compressed, `len` bytes.
 fn message_prefix(len: u32) -> Bytes {
     let mut prefix = vec![0u8];
@@ -94,17 +82,23 @@ async fn a_call_that_never_finishes_its_message_is_ended_by_the_request_timeout(
     let mut client = h2_client(server.grpc).await;
 
     // Headers only: no message at all.
-    let (bare, _bare_body) = client.send_request(rls_call(server.grpc), false).unwrap();
+    let (bare, _bare_body) = client
+        .send_request(tollgate_testkit::grpc::rls_call(server.grpc), false)
+        .unwrap();
     // Half a message: its prefix promises 100 bytes, 10 come.
     let mut client = client.ready().await.unwrap();
-    let (half, mut half_body) = client.send_request(rls_call(server.grpc), false).unwrap();
+    let (half, mut half_body) = client
+        .send_request(tollgate_testkit::grpc::rls_call(server.grpc), false)
+        .unwrap();
     half_body.send_data(message_prefix(100), false).unwrap();
     half_body
         .send_data(Bytes::from_static(&[0u8; 10]), false)
         .unwrap();
     // Message after message (empty requests), never the end of the stream.
     let mut client = client.ready().await.unwrap();
-    let (flood, mut flood_body) = client.send_request(rls_call(server.grpc), false).unwrap();
+    let (flood, mut flood_body) = client
+        .send_request(tollgate_testkit::grpc::rls_call(server.grpc), false)
+        .unwrap();
     let feeding = tokio::spawn(async move {
         loop {
             flood_body.reserve_capacity(4096);
@@ -147,7 +141,9 @@ async fn an_oversized_message_is_refused() {
     let server = start("grpc_request_timeout: 30s").await;
     let client = h2_client(server.grpc).await;
     let mut client = client.ready().await.unwrap();
-    let (response, mut body) = client.send_request(rls_call(server.grpc), false).unwrap();
+    let (response, mut body) = client
+        .send_request(tollgate_testkit::grpc::rls_call(server.grpc), false)
+        .unwrap();
     // The prefix announces 2 MiB, above the 1 MiB bound; a little follows.
     body.send_data(message_prefix(2 * 1024 * 1024), false)
         .unwrap();
@@ -189,7 +185,9 @@ async fn a_grpc_connection_that_sends_nothing_is_closed_after_idle_timeout() {
         .ready()
         .await
         .expect("a live quiet client stays connected");
-    let (response, mut body) = client.send_request(rls_call(server.grpc), false).unwrap();
+    let (response, mut body) = client
+        .send_request(tollgate_testkit::grpc::rls_call(server.grpc), false)
+        .unwrap();
     body.send_data(message_prefix(0), true).unwrap();
     // An empty request: INVALID_ARGUMENT, but answered on this connection.
     assert_eq!(grpc_status(response).await, "3");

@@ -14,9 +14,12 @@
 //!   serves) on a loopback listener, with a shutdown handle.
 //! - [`http`]: clients of a real server: async for JSON and text
 //!   requests (reqwest), and a tiny blocking HTTP/1.1 one.
+//! - [`grpc`]: raw gRPC request heads, for tests that speak HTTP/2
+//!   themselves.
 
 pub mod conformance;
 pub mod files;
+pub mod grpc;
 pub mod http;
 pub mod ports;
 pub mod process;
