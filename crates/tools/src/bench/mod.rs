@@ -329,12 +329,14 @@ impl Shared {
             match tokio::time::timeout(self.timeout, self.client.send(seq, &name, self.cost)).await
             {
                 Ok(outcome) => outcome,
-                Err(_) => report::Outcome::Error(format!("timed out after {:?}", self.timeout)),
+                Err(_) => {
+                    report::RequestResult::Error(format!("timed out after {:?}", self.timeout))
+                }
             };
         let latency = since.elapsed();
         let counter = match outcome {
-            report::Outcome::Allowed => &self.allowed,
-            report::Outcome::Denied => &self.denied,
+            report::RequestResult::Allowed => &self.allowed,
+            report::RequestResult::Denied => &self.denied,
             _ => &self.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);

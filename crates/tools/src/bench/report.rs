@@ -11,7 +11,7 @@ use tollgate::{Algorithm, Policy};
 
 /// How one request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RequestResult {
     /// Allowed (a 2xx for `http`).
     Allowed,
     /// Denied (a 429 for `http`).
@@ -73,7 +73,7 @@ impl Collector {
     }
 
     /// Records one request.
-    pub fn record(&mut self, key: u32, outcome: Outcome, latency: Duration) {
+    pub fn record(&mut self, key: u32, outcome: RequestResult, latency: Duration) {
         let us = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -81,13 +81,13 @@ impl Collector {
         let count = self.per_key.entry(key).or_default();
         count.requests += 1;
         match outcome {
-            Outcome::Allowed => {
+            RequestResult::Allowed => {
                 self.allowed += 1;
                 count.allowed += 1;
             }
-            Outcome::Denied => self.denied += 1,
-            Outcome::Status(status) => *self.statuses.entry(status).or_default() += 1,
-            Outcome::Error(message) => {
+            RequestResult::Denied => self.denied += 1,
+            RequestResult::Status(status) => *self.statuses.entry(status).or_default() += 1,
+            RequestResult::Error(message) => {
                 self.errors += 1;
                 if self.error_samples.len() < 5 && !self.error_samples.contains(&message) {
                     self.error_samples.push(message);

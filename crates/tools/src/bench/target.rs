@@ -12,7 +12,7 @@ use tollgate::{Limiter, MemoryStore, Policy};
 use tollgate_redis::{RedisOptions, RedisStore};
 
 use super::BenchError;
-use super::report::Outcome;
+use super::report::RequestResult;
 
 /// The name of the policy a `direct` bench configures.
 pub const DIRECT_POLICY: &str = "bench";
@@ -101,7 +101,7 @@ impl Client {
     }
 
     /// Sends request number `seq` for `key`.
-    pub async fn send(&self, seq: u64, key: &str, cost: u64) -> Outcome {
+    pub async fn send(&self, seq: u64, key: &str, cost: u64) -> RequestResult {
         match self {
             Client::Direct(limiters) => {
                 let limiter = &limiters[(seq % limiters.len() as u64) as usize];
@@ -110,9 +110,9 @@ impl Client {
                     DirectLimiter::Redis(l) => l.check(DIRECT_POLICY, key, cost).await,
                 };
                 match decision {
-                    Ok(d) if d.allowed => Outcome::Allowed,
-                    Ok(_) => Outcome::Denied,
-                    Err(e) => Outcome::Error(e.to_string()),
+                    Ok(d) if d.allowed => RequestResult::Allowed,
+                    Ok(_) => RequestResult::Denied,
+                    Err(e) => RequestResult::Error(e.to_string()),
                 }
             }
             Client::Http {
@@ -132,7 +132,7 @@ impl Client {
                         let _ = response.bytes().await;
                         http_outcome(status.as_u16())
                     }
-                    Err(e) => Outcome::Error(error_text(&e)),
+                    Err(e) => RequestResult::Error(error_text(&e)),
                 }
             }
             Client::Api {
@@ -147,15 +147,15 @@ impl Client {
                         match response.json::<serde_json::Value>().await {
                             Ok(value) if (200..300).contains(&status) || status == 429 => {
                                 match value.get("allowed").and_then(serde_json::Value::as_bool) {
-                                    Some(true) => Outcome::Allowed,
-                                    Some(false) => Outcome::Denied,
+                                    Some(true) => RequestResult::Allowed,
+                                    Some(false) => RequestResult::Denied,
                                     None => http_outcome(status),
                                 }
                             }
                             _ => http_outcome(status),
                         }
                     }
-                    Err(e) => Outcome::Error(error_text(&e)),
+                    Err(e) => RequestResult::Error(error_text(&e)),
                 }
             }
             Client::Grpc {
@@ -180,15 +180,16 @@ impl Client {
                     Ok(response) => {
                         let code = response.into_inner().overall_code;
                         match Code::try_from(code) {
-                            Ok(Code::Ok) => Outcome::Allowed,
-                            Ok(Code::OverLimit) => Outcome::Denied,
-                            Ok(other) => {
-                                Outcome::Error(format!("overall_code {}", other.as_str_name()))
-                            }
-                            Err(_) => Outcome::Error(format!("overall_code {code}")),
+                            Ok(Code::Ok) => RequestResult::Allowed,
+                            Ok(Code::OverLimit) => RequestResult::Denied,
+                            Ok(other) => RequestResult::Error(format!(
+                                "overall_code {}",
+                                other.as_str_name()
+                            )),
+                            Err(_) => RequestResult::Error(format!("overall_code {code}")),
                         }
                     }
-                    Err(status) => Outcome::Error(status_text(&status)),
+                    Err(status) => RequestResult::Error(status_text(&status)),
                 }
             }
         }
@@ -234,11 +235,11 @@ fn status_text(status: &tonic::Status) -> String {
     text
 }
 
-fn http_outcome(status: u16) -> Outcome {
+fn http_outcome(status: u16) -> RequestResult {
     match status {
-        200..=299 => Outcome::Allowed,
-        429 => Outcome::Denied,
-        other => Outcome::Status(other),
+        200..=299 => RequestResult::Allowed,
+        429 => RequestResult::Denied,
+        other => RequestResult::Status(other),
     }
 }
 
