@@ -172,6 +172,21 @@ pub(crate) enum Landing {
 }
 
 impl Entry {
+    /// Whether this entry holds another version (same name, other numbers)
+    /// of one of `policies`. A charge under one version of a policy can
+    /// leave another version of it *less* used than before — a window that
+    /// rolled under a shorter period, tokens refilled at a faster rate — so
+    /// a denial cached under the other version may be stale. (Charges under
+    /// the same version only consume more, which keeps every cached denial
+    /// true.)
+    fn is_other_version(&self, policies: &[PolicyRef<'_>]) -> bool {
+        self.policies.iter().any(|(name, policy)| {
+            policies
+                .iter()
+                .any(|p| *p.name == **name && p.policy != policy)
+        })
+    }
+
     fn is_for(&self, policies: &[PolicyRef<'_>]) -> bool {
         self.policies.len() == policies.len()
             && self
@@ -349,9 +364,10 @@ impl DenyCache {
         if decisions.len() != policies.len() || self.per_shard == 0 {
             return;
         }
-        if consumed && decisions.iter().all(|d| d.allowed) {
-            self.forget_other_versions(key, policies);
-        }
+        // A charge under another version of a policy can leave a denial
+        // cached under this key stale (`Entry::is_other_version`): such
+        // entries go, under the one shard lock this call takes anyway.
+        let charged = consumed && decisions.iter().all(|d| d.allowed);
         let derived;
         let decisions = if decisions.iter().all(|d| d.allowed) {
             match consumed
@@ -363,7 +379,7 @@ impl DenyCache {
                     &derived
                 }
                 None => {
-                    self.forget_if_stale(key, policies, cost, sent_us);
+                    self.forget_if_stale(key, policies, cost, sent_us, charged);
                     return;
                 }
             }
@@ -408,6 +424,9 @@ impl DenyCache {
             return;
         }
         if let Some(entries) = shard.identities.get_mut(key) {
+            if charged {
+                entries.retain(|e| !e.is_other_version(policies));
+            }
             match entries.iter().position(|e| e.is_for(policies)) {
                 Some(i) => entries[i] = entry,
                 None => entries.push(entry),
@@ -422,35 +441,23 @@ impl DenyCache {
         shard.identities.insert(Box::from(key), entries);
     }
 
-    fn forget_if_stale(&self, key: &[u8], policies: &[PolicyRef<'_>], cost: u64, sent_us: u64) {
+    fn forget_if_stale(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+        cost: u64,
+        sent_us: u64,
+        charged: bool,
+    ) {
         let mut shard = self.shard(key);
         if let Some(entries) = shard.identities.get_mut(key) {
             // The store allowed what we hold as denied: the entry is stale (a
             // reset whose notice we missed). Drop it. An entry already expired
             // when the call was sent is not stale but an anchor for single
             // flight ([`land`](Self::land) decides its fate).
-            entries.retain(|e| !(e.is_for(policies) && cost >= e.cost && e.until_us > sent_us));
-            if entries.is_empty() {
-                shard.identities.remove(key);
-            }
-        }
-    }
-
-    /// A charge under one version of a policy can leave another version
-    /// of it (same name, other numbers) *less* used than before — a window
-    /// that rolled under a shorter period, tokens refilled at a faster rate
-    /// — so a denial cached under the other version may be stale: drop it.
-    /// (Charges under the same version only consume more, which keeps every
-    /// cached denial true.)
-    fn forget_other_versions(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
-        let mut shard = self.shard(key);
-        if let Some(entries) = shard.identities.get_mut(key) {
             entries.retain(|e| {
-                !e.policies.iter().any(|(name, policy)| {
-                    policies
-                        .iter()
-                        .any(|p| *p.name == **name && p.policy != policy)
-                })
+                let stale = e.is_for(policies) && cost >= e.cost && e.until_us > sent_us;
+                !(stale || (charged && e.is_other_version(policies)))
             });
             if entries.is_empty() {
                 shard.identities.remove(key);
