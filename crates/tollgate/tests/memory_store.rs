@@ -9,6 +9,15 @@ fn policy(text: &str) -> Policy {
     text.parse().expect("valid policy")
 }
 
+/// Charges one unit of `p`, named `p`, to `key`.
+fn charge(store: &MemoryStore, key: &[u8], p: &Policy) -> tollgate::Decision {
+    let refs = [PolicyRef {
+        name: "p",
+        policy: p,
+    }];
+    store.apply_sync(tollgate::Check::new(key, &refs, 1, Mode::Consume))[0]
+}
+
 #[test]
 fn eight_threads_on_one_key_admit_exactly_the_limit() {
     for algorithm in Algorithm::ALL.into_iter().filter(|a| a.is_exact()) {
@@ -104,17 +113,7 @@ fn expired_entries_are_dropped_but_live_ones_kept() {
     let store = MemoryStore::with_clock(clock.clone());
     let long = policy("token_bucket 1/1h burst 1");
     let short = policy("fixed_window 1/1s");
-    let apply = |key: &[u8], p: &Policy| {
-        store.apply_sync(tollgate::Check::new(
-            key,
-            &[PolicyRef {
-                name: "p",
-                policy: p,
-            }],
-            1,
-            Mode::Consume,
-        ))[0]
-    };
+    let apply = |key: &[u8], p: &Policy| charge(&store, key, p);
     assert!(apply(b"long", &long).allowed);
     assert!(apply(b"short", &short).allowed);
     // Fresh at 1 s; dropped, like a Redis key, once the clock is past that
@@ -136,17 +135,7 @@ fn a_changed_policy_under_the_same_name_keeps_its_count() {
     let store = MemoryStore::with_clock(ManualClock::new(0));
     let before = policy("fixed_window 1/1h");
     let after = policy("fixed_window 3/1h");
-    let apply = |p: &Policy| {
-        store.apply_sync(tollgate::Check::new(
-            b"k",
-            &[PolicyRef {
-                name: "p",
-                policy: p,
-            }],
-            1,
-            Mode::Consume,
-        ))[0]
-    };
+    let apply = |p: &Policy| charge(&store, b"k", p);
     assert!(apply(&before).allowed);
     assert!(!apply(&before).allowed);
     // The window's count (1) carries over to the raised limit.
@@ -259,17 +248,7 @@ fn an_entry_lives_as_long_as_the_policy_in_force_needs() {
     let clock = ManualClock::new(0);
     let store = MemoryStore::with_clock(clock.clone());
     let (short, long) = (policy("sliding_log 5/1s"), policy("sliding_log 5/1h"));
-    let apply = |p: &Policy| {
-        store.apply_sync(tollgate::Check::new(
-            b"k",
-            &[PolicyRef {
-                name: "p",
-                policy: p,
-            }],
-            1,
-            Mode::Consume,
-        ))[0]
-    };
+    let apply = |p: &Policy| charge(&store, b"k", p);
     for _ in 0..5 {
         assert!(apply(&short).allowed);
     }
@@ -320,17 +299,7 @@ fn the_store_never_holds_more_than_max_keys() {
         .max_keys(1_000)
         .build();
     let (day, second) = (policy("fixed_window 1/1d"), policy("fixed_window 1/1s"));
-    let apply = |key: &[u8], p: &Policy| {
-        store.apply_sync(tollgate::Check::new(
-            key,
-            &[PolicyRef {
-                name: "p",
-                policy: p,
-            }],
-            1,
-            Mode::Consume,
-        ))[0]
-    };
+    let apply = |key: &[u8], p: &Policy| charge(&store, key, p);
     for i in 0..200u32 {
         assert!(apply(format!("day-{i}").as_bytes(), &day).allowed);
     }
