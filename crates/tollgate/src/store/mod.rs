@@ -50,11 +50,6 @@ impl<'a> Check<'a> {
             mode,
         }
     }
-
-    /// The same check in another mode.
-    pub const fn with_mode(self, mode: Mode) -> Self {
-        Check { mode, ..self }
-    }
 }
 
 /// Decisions of one store call, one per policy, in the order given.
