@@ -206,11 +206,6 @@ pub struct Policy {
     unit: u64,
     /// `limit / gcd(period_us, limit)`: scaled units gained per microsecond.
     rate: u64,
-    /// Bucket algorithms: how far ahead (µs) a state can be and still let a
-    /// request pass, plus margin: `ceil((burst + 1) * unit / rate) + 1`.
-    /// Derived once here, not per decision (it takes a division); 0 for
-    /// window algorithms.
-    horizon_us: u64,
 }
 
 impl Policy {
@@ -269,18 +264,6 @@ impl Policy {
             burst,
             unit: period_us / g,
             rate: limit / g,
-            horizon_us: 0,
-        };
-        let policy = Policy {
-            horizon_us: if algorithm.has_burst() {
-                (burst.saturating_add(1))
-                    .saturating_mul(policy.unit)
-                    .div_ceil(policy.rate)
-                    .saturating_add(1)
-            } else {
-                0
-            },
-            ..policy
         };
         policy.check_exact()?;
         Ok(policy)
@@ -360,12 +343,6 @@ impl Policy {
     /// fraction of a token is ever rounded away.
     pub const fn scaled_unit(&self) -> u64 {
         self.unit
-    }
-
-    /// Bucket algorithms: the distance (µs) past which a state ahead of
-    /// `now` denies every request, with a microsecond of margin.
-    pub(crate) const fn horizon_us(&self) -> u64 {
-        self.horizon_us
     }
 
     /// Scaled units gained per microsecond: `limit / gcd(period_us, limit)`.

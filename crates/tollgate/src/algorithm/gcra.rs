@@ -29,7 +29,7 @@ pub(super) fn fresh_at(tat_us: u64, tat_frac: u64) -> u64 {
 /// below 2^53 when the TAT was written under a slower policy.
 fn ahead(policy: &Policy, tat_us: u64, tat_frac: u64, now: u64) -> u64 {
     let rate = policy.scaled_rate();
-    let cap = policy.horizon_us();
+    let cap = div_ceil((policy.burst() + 1) * policy.scaled_unit(), rate) + 1;
     if tat_us >= now {
         (tat_us - now).min(cap) * rate + tat_frac
     } else {
@@ -50,7 +50,7 @@ fn retry_at(
     let rate = policy.scaled_rate();
     let need = cost * policy.scaled_unit();
     let tolerance = policy.burst() * policy.scaled_unit();
-    if tat_us >= now && tat_us - now > policy.horizon_us() - 1 {
+    if tat_us >= now && tat_us - now > div_ceil((policy.burst() + 1) * policy.scaled_unit(), rate) {
         // tat + (frac + need - tolerance) / rate, rounded up, in µs.
         return if tat_frac + need >= tolerance {
             tat_us + div_ceil(tat_frac + need - tolerance, rate)

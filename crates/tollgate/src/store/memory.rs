@@ -374,14 +374,14 @@ impl Shard {
         mode: Mode,
     ) -> Decision {
         let At { key, hash, now } = at;
-        if let Some(entry) = self.table.find_mut(hash, |e| e.is(p.name, key)) {
-            if entry.expires_at <= now {
-                // Gone, as an expired Redis key is: its state is replaced by
-                // a fresh one that expires at once, so a clock that steps
-                // back later does not find the old state again.
-                entry.state = State::fresh(p.policy, now);
-                entry.expires_at = 0;
+        if let Ok(found) = self.table.find_entry(hash, |e| e.is(p.name, key)) {
+            if found.get().expires_at <= now {
+                // Gone, as an expired Redis key is: a clock that steps back
+                // later must not find it again.
+                found.remove();
+                return self.decide_absent(store, p, at, cost, mode);
             }
+            let entry = found.into_mut();
             let decision = decide(p.policy, &mut entry.state, now, cost, mode);
             if decision.allowed && mode == Mode::Consume {
                 entry.expires_at = expires_at(entry.state.fresh_at(p.policy));
