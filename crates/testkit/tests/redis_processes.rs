@@ -4,7 +4,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate_testkit::redis::{RedisCluster, RedisServer};
 
@@ -192,5 +192,21 @@ fn a_cluster_with_replicas_fails_over_when_a_master_dies() {
         .unwrap();
     node.restart();
     cluster.wait_until_ok(Duration::from_secs(15));
-    assert!(!cluster.master_ports().contains(&dead));
+    // The rejoined node first believes its old `nodes.conf` (a master) and
+    // turns into a replica only when gossip tells it that its slots moved,
+    // so a single look right after `wait_until_ok` may still see it as a
+    // (slot-less) master. Wait for the outcome instead of sampling once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let masters = cluster.master_ports();
+        if !masters.contains(&dead) {
+            assert_eq!(masters.len(), 3, "{masters:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "127.0.0.1:{dead} still a master 15 s after rejoining: {masters:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
