@@ -36,36 +36,37 @@ use tollgate_testkit::process::ServeProcess;
 use tollgate_testkit::redis::RedisServer;
 
 /// The descriptor configuration most tests use (envoyproxy/ratelimit's
-/// schema), domain `edge`: one limit of 3 a minute for each kind of Envoy
+/// schema), domain `edge`: one limit of 3 an hour (so no test
+/// runs across a window's end, but once an hour) for each kind of Envoy
 /// action, and rules that are shadowed, unlimited or charged by
 /// `hits_addend`.
 const EDGE: &str = r#"domain: edge
 descriptors:
   - key: remote_address
-    rate_limit: { unit: minute, requests_per_unit: 3 }
+    rate_limit: { unit: hour, requests_per_unit: 3 }
   - key: user
-    rate_limit: { unit: minute, requests_per_unit: 3 }
+    rate_limit: { unit: hour, requests_per_unit: 3 }
   - key: generic_key
     value: checkout
-    rate_limit: { unit: minute, requests_per_unit: 3 }
+    rate_limit: { unit: hour, requests_per_unit: 3 }
   - key: channel
     value: beta
-    rate_limit: { unit: minute, requests_per_unit: 3 }
+    rate_limit: { unit: hour, requests_per_unit: 3 }
   - key: generic_key
     value: api
     descriptors:
       - key: user
-        rate_limit: { unit: minute, requests_per_unit: 3 }
+        rate_limit: { unit: hour, requests_per_unit: 3 }
   - key: generic_key
     value: shadowed
     shadow_mode: true
-    rate_limit: { unit: minute, requests_per_unit: 1 }
+    rate_limit: { unit: hour, requests_per_unit: 1 }
   - key: generic_key
     value: free
     rate_limit: { unlimited: true }
   - key: generic_key
     value: metered
-    rate_limit: { unit: minute, requests_per_unit: 10 }
+    rate_limit: { unit: hour, requests_per_unit: 10 }
 "#;
 
 /// The rate limit service a test runs behind Envoy.
@@ -347,7 +348,7 @@ async fn rate_limit_headers_reach_the_client() {
         let reply = client.get_with("/by-user", &headers).await;
         assert_eq!(reply.status, 200, "{reply:?}");
         let policy = reply.header("ratelimit-policy").expect("RateLimit-Policy");
-        assert!(policy.ends_with(";q=3;w=60"), "{policy}");
+        assert!(policy.ends_with(";q=3;w=3600"), "{policy}");
         let ratelimit = reply.header("ratelimit").expect("RateLimit");
         assert!(
             ratelimit.contains(&format!(";r={remaining};t=")),
@@ -355,14 +356,20 @@ async fn rate_limit_headers_reach_the_client() {
         );
         assert_eq!(
             reply.header("x-ratelimit-limit").as_deref(),
-            Some("3, 3;w=60")
+            Some("3, 3;w=3600")
         );
         assert_eq!(
             reply.header("x-ratelimit-remaining"),
             Some(remaining.to_string())
         );
+        // Envoy's reset is tollgate's `duration_until_reset` in whole
+        // seconds, rounded down; `t` is rounded up.
         let reset: u64 = reply.header("x-ratelimit-reset").unwrap().parse().unwrap();
-        assert!((1..=60).contains(&reset), "{reset}");
+        let t: u64 = ratelimit.rsplit(";t=").next().unwrap().parse().unwrap();
+        assert!(
+            t.checked_sub(reset).is_some_and(|d| d <= 1) && t <= 3600,
+            "{ratelimit}, x-ratelimit-reset: {reset}"
+        );
     }
     let denied = client.get_with("/by-user", &headers).await;
     assert_eq!(denied.status, 429, "{denied:?}");
@@ -375,7 +382,7 @@ async fn rate_limit_headers_reach_the_client() {
         denied
             .header("ratelimit-policy")
             .unwrap()
-            .ends_with(";q=3;w=60")
+            .ends_with(";q=3;w=3600")
     );
     assert_eq!(denied.header("x-ratelimit-remaining").as_deref(), Some("0"));
 }
@@ -476,8 +483,8 @@ async fn configmap_symlink_swap_reloads_the_limits() {
     let headers = [("x-user", "frank")];
     assert_exactly(&burst(&client, "/by-user", &headers, 5).await, 3, "before");
     let raised = EDGE.replacen(
-        "  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 3 }",
-        "  - key: user\n    rate_limit: { unit: minute, requests_per_unit: 5 }",
+        "  - key: user\n    rate_limit: { unit: hour, requests_per_unit: 3 }",
+        "  - key: user\n    rate_limit: { unit: hour, requests_per_unit: 5 }",
         1,
     );
     assert_ne!(raised, EDGE);
@@ -540,17 +547,21 @@ async fn envoy_health_checks_the_rate_limit_cluster() {
 }
 
 /// With Envoy's default filter timeout (20 ms), tollgate's default store
-/// timeout and Redis hung (SIGSTOP), tollgate's `on_failure: closed`
-/// answers before Envoy gives up: every request is tollgate's 429 (with
-/// its RateLimit headers), none is Envoy's error path, which with
-/// `failure_mode_deny: false` would have let it through. Then the same
-/// with a store timeout longer than Envoy's: Envoy gives up and lets them
-/// through, so the two outcomes are told apart.
+/// timeout (10 ms) and Redis hung (SIGSTOP), tollgate's `on_failure:
+/// closed` answers before Envoy gives up: requests get tollgate's 429 (with
+/// its RateLimit headers), not Envoy's error path, which with
+/// `failure_mode_deny: false` lets them through (`failure_mode_allowed`).
+/// One Envoy timeout in 10 is tolerated: on a loaded 2-core machine the
+/// debug binary, Envoy, Redis and the other tests share the cores, and a
+/// scheduling stall can eat the 10 ms of headroom. Then the same with the
+/// previous default, 50 ms: Envoy gives up on most calls (and, since it
+/// cancels them, tollgate's breaker never sees them fail), so the two
+/// outcomes are told apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_hung_on_failure_answers_before_envoys_default_timeout() {
-    for (store, answered_by_tollgate) in [
+    for (store, default_timeout) in [
         ("  on_failure: closed\n", true),
-        ("  on_failure: closed\n  timeout: 100ms\n", false),
+        ("  on_failure: closed\n  timeout: 50ms\n", false),
     ] {
         let redis = RedisServer::start();
         let service = start_service(&Service {
@@ -564,36 +575,65 @@ async fn with_redis_hung_on_failure_answers_before_envoys_default_timeout() {
         assert_eq!(bootstrap.timeout, None, "Envoy's default timeout");
         let envoy = Envoy::start(&bootstrap.yaml());
         let client = envoy.client();
-        // Healthy: the gRPC connection is up, and tollgate decides.
-        let reply = client.get("/checkout").await;
-        assert_eq!(reply.status, 200, "{reply:?}");
+        // Healthy: until a request is decided by tollgate (its RateLimit
+        // header), so the gRPC connection and the script are in place; on
+        // a loaded machine the very first call may outlast Envoy's 20 ms.
+        // Every request here is a user of its own: no count, no deny cache
+        // entry, can decide a later one.
+        let mut warm = 0;
+        loop {
+            let reply = client
+                .get_with("/by-user", &[("x-user", &format!("warm-{warm}"))])
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            if reply.header("ratelimit").is_some() {
+                break;
+            }
+            warm += 1;
+            assert!(warm < 20, "tollgate never answered within Envoy's timeout");
+        }
+        let stat = |name: &str| {
+            envoy
+                .stat(&format!("cluster.upstream.ratelimit.{name}"))
+                .unwrap_or(0)
+        };
+        let (errors_before, allowed_before, hits_before) =
+            (stat("error"), stat("failure_mode_allowed"), upstream.hits());
         redis.stop_signal();
         let mut replies = Vec::new();
-        for _ in 0..10 {
-            replies.push(client.get("/checkout").await);
+        for user in 0..10 {
+            replies.push(
+                client
+                    .get_with("/by-user", &[("x-user", &format!("hung-{user}"))])
+                    .await,
+            );
         }
         redis.cont_signal();
-        let errors = envoy.stat("cluster.upstream.ratelimit.error").unwrap_or(0);
-        if answered_by_tollgate {
-            for reply in &replies {
-                assert_eq!(reply.status, 429, "{:?}", statuses(&replies));
-                assert_eq!(reply.header("x-envoy-ratelimited").as_deref(), Some("true"));
-                assert!(reply.header("ratelimit").is_some(), "{reply:?}");
-            }
-            assert_eq!(errors, 0, "Envoy gave up on {errors} of 10 calls");
-            assert_eq!(upstream.hits(), 1);
+        let errors = stat("error") - errors_before;
+        let allowed = stat("failure_mode_allowed") - allowed_before;
+        // Each request is one or the other: tollgate's 429, or Envoy's
+        // timeout letting it through to the upstream.
+        let by_tollgate: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+        for reply in &by_tollgate {
+            assert_eq!(reply.header("x-envoy-ratelimited").as_deref(), Some("true"));
+            assert!(reply.header("ratelimit").is_some(), "{reply:?}");
+        }
+        let through = replies
+            .iter()
+            .filter(|r| r.status == 200 && r.body == "upstream")
+            .count() as u64;
+        assert_eq!(
+            by_tollgate.len() as u64 + through,
+            10,
+            "{:?}",
+            statuses(&replies)
+        );
+        assert_eq!((errors, allowed), (through, through));
+        assert_eq!(upstream.hits() - hits_before, through);
+        if default_timeout {
+            assert!(through <= 1, "Envoy gave up on {through} of 10 calls");
         } else {
-            // The breaker opens after its failures and answers at once:
-            // only the calls that waited for Redis are Envoy's timeouts.
-            assert!(errors >= 1, "statuses {:?}", statuses(&replies));
-            let through = replies.iter().filter(|r| r.status == 200).count();
-            assert_eq!(
-                u64::try_from(through).unwrap(),
-                envoy
-                    .stat("cluster.upstream.ratelimit.failure_mode_allowed")
-                    .unwrap_or(0)
-            );
-            assert!(through >= 1);
+            assert!(through >= 5, "Envoy gave up on only {through} of 10 calls");
         }
     }
 }

@@ -33,7 +33,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -75,7 +75,12 @@ pub fn envoy_binary() -> PathBuf {
         );
         return path;
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-test/bin/envoy");
+    // crates/testkit -> the workspace's root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap_or_else(|| Path::new("."));
+    let venv = root.join(".venv-test/bin/envoy");
     assert!(
         venv.is_file(),
         "no Envoy: TOLLGATE_ENVOY is not set and {} does not exist; {}",
