@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::tollgate;
-use tollgate_testkit::envoy::{Bootstrap, Envoy, Upstream};
+use tollgate_testkit::envoy::{Bootstrap, Envoy, Upstream, validate};
 use tollgate_testkit::files::temp_dir;
 use tollgate_testkit::http::{Client, Reply};
 use tollgate_testkit::process::ServeProcess;
@@ -636,4 +636,27 @@ async fn with_redis_hung_on_failure_answers_before_envoys_default_timeout() {
             assert!(through >= 5, "Envoy gave up on only {through} of 10 calls");
         }
     }
+}
+
+/// The Envoy bootstrap in docs/ENVOY.md ("Running behind Envoy") is one
+/// Envoy accepts: `envoy --mode validate` builds every resource of it.
+#[test]
+fn the_guides_envoy_bootstrap_is_valid() {
+    let guide = include_str!("../../../docs/ENVOY.md");
+    let (_, section) = guide
+        .split_once("## Running behind Envoy")
+        .expect("the guide's section");
+    let (_, block) = section.split_once("```yaml\n").expect("a yaml block");
+    let (bootstrap, _) = block.split_once("```").expect("its end");
+    assert!(
+        bootstrap.contains("envoy.filters.http.ratelimit"),
+        "{bootstrap}"
+    );
+    if let Err(output) = validate(bootstrap) {
+        panic!("envoy refuses the guide's bootstrap:\n{output}");
+    }
+    // And refuses a broken one, so the check above means something.
+    let broken = bootstrap.replace("failure_mode_deny:", "failure_mode_denied:");
+    assert_ne!(broken, bootstrap);
+    assert!(validate(&broken).is_err());
 }

@@ -98,6 +98,54 @@ fn install_hint() -> String {
     )
 }
 
+/// Checks `bootstrap` with `envoy --mode validate` (parsed and every
+/// resource built, nothing bound): `Err` with Envoy's output when it is
+/// refused.
+///
+/// # Panics
+/// When the binary is missing (see [`envoy_binary`]) or cannot be run.
+pub fn validate(bootstrap: &str) -> Result<(), String> {
+    let config = temp_dir("envoy-validate").join("envoy.yaml");
+    std::fs::write(&config, bootstrap)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+    let log_path = config.with_file_name("validate.log");
+    let log = std::fs::File::create(&log_path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+    let binary = envoy_binary();
+    let mut child = Command::new(&binary)
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+        ])
+        .arg("--config-path")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {}", binary.display(), install_hint()));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("envoy --mode validate did not finish within {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::fs::read_to_string(&log_path).unwrap_or_default())
+    }
+}
+
 /// A running Envoy, killed on drop.
 pub struct Envoy {
     /// In a mutex so that waits polling the admin port (`&self`) can look
