@@ -414,6 +414,9 @@ pub struct Bootstrap {
     /// More clusters pointing at `rls`, each health checked with a
     /// `service_name` (name, service_name); no route uses them.
     pub health_checked_clusters: Vec<(String, String)>,
+    /// HTTP filters before the rate limit filter (a YAML list, as written
+    /// under `http_filters:`), e.g. one setting filter state it reads.
+    pub filters_before: Option<String>,
     /// (path prefix, YAML of the route's `rate_limits`, YAML of the
     /// route's `RateLimitPerRoute.rate_limits`).
     routes: Vec<(String, Option<String>, Option<String>)>,
@@ -432,6 +435,7 @@ impl Bootstrap {
             x_ratelimit_headers: false,
             health_check: None,
             health_checked_clusters: Vec::new(),
+            filters_before: None,
             routes: Vec::new(),
         }
     }
@@ -516,7 +520,7 @@ static_resources:
                       domains: ["*"]
                       routes:
 {routes}                http_filters:
-                  - name: envoy.filters.http.ratelimit
+{filters_before}                  - name: envoy.filters.http.ratelimit
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
 {filter}                      rate_limit_service:
@@ -529,6 +533,7 @@ static_resources:
   clusters:
 {clusters}"#,
             routes = indent(&routes, 24),
+            filters_before = indent(self.filters_before.as_deref().unwrap_or(""), 18),
             filter = indent(&filter, 22),
         )
     }
