@@ -29,11 +29,18 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::tollgate;
+use tokio::sync::RwLock;
 use tollgate_testkit::envoy::{Bootstrap, Envoy, Upstream, validate};
 use tollgate_testkit::files::temp_dir;
 use tollgate_testkit::http::{Client, Reply};
 use tollgate_testkit::process::ServeProcess;
 use tollgate_testkit::redis::RedisServer;
+
+/// Tests share the machine (a read turn each), except the one that races
+/// Envoy's 20 ms timeout, which runs alone (the write turn): starting other
+/// tests' Envoys and servers meanwhile would steal the cores it measures
+/// against.
+static TURNS: RwLock<()> = RwLock::const_new(());
 
 /// The descriptor configuration most tests use (envoyproxy/ratelimit's
 /// schema), domain `edge`: one limit of 3 an hour (so no test
@@ -279,6 +286,7 @@ fn statuses(replies: &[Reply]) -> Vec<u16> {
 /// `x-envoy-ratelimited`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_kind_limits_exactly_through_envoy() {
+    let _turn = TURNS.read().await;
     let (_redis, _service, upstream, envoy) = edge(|_| {}).await;
     let client = envoy.client();
     // (path, action, a first identity's headers, a second's, what the
@@ -348,6 +356,7 @@ async fn every_action_kind_limits_exactly_through_envoy() {
 /// tollgate's descriptor statuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_headers_reach_the_client() {
+    let _turn = TURNS.read().await;
     let (_redis, _service, _upstream, envoy) = edge(|b| b.x_ratelimit_headers = true).await;
     let client = envoy.client();
     let headers = [("x-user", "erin")];
@@ -398,6 +407,7 @@ async fn rate_limit_headers_reach_the_client() {
 /// exhausted); an unlimited rule lets everything through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_mode_and_unlimited_rules_never_deny() {
+    let _turn = TURNS.read().await;
     let (_redis, _service, upstream, envoy) = edge(|b| b.x_ratelimit_headers = true).await;
     let client = envoy.client();
     let shadowed = burst(&client, "/shadowed", &[], 10).await;
@@ -437,6 +447,7 @@ const SET_HITS_ADDEND: &str = r#"- name: envoy.filters.http.set_filter_state
 /// is over, 4 fits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_addend_charges_that_many() {
+    let _turn = TURNS.read().await;
     let (_redis, _service, upstream, envoy) = edge(|b| {
         b.x_ratelimit_headers = true;
         b.filters_before = Some(SET_HITS_ADDEND.to_owned());
@@ -474,6 +485,7 @@ async fn hits_addend_charges_that_many() {
 /// rate limit service answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_mode_deny_decides_when_tollgate_is_stopped() {
+    let _turn = TURNS.read().await;
     for deny in [false, true] {
         let (_redis, mut service, upstream, envoy) = edge(|b| {
             b.failure_mode_deny = deny;
@@ -509,6 +521,7 @@ async fn failure_mode_deny_decides_when_tollgate_is_stopped() {
 /// restart: a limit of 3 becomes 5, the count carried over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_symlink_swap_reloads_the_limits() {
+    let _turn = TURNS.read().await;
     let (_redis, service, _upstream, envoy) = edge(|_| {}).await;
     let client = envoy.client();
     let headers = [("x-user", "frank")];
@@ -535,6 +548,7 @@ async fn configmap_symlink_swap_reloads_the_limits() {
 /// checked with `service_name: ratelimit` here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_health_checks_the_rate_limit_cluster() {
+    let _turn = TURNS.read().await;
     let (_redis, mut service, _upstream, envoy) = edge(|b| {
         b.health_check = Some("envoy.service.ratelimit.v3.RateLimitService".to_owned());
         b.health_checked_clusters = vec![("ratelimit_any".to_owned(), String::new())];
@@ -593,6 +607,8 @@ async fn envoy_health_checks_the_rate_limit_cluster() {
 /// outcomes are told apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_hung_on_failure_answers_before_envoys_default_timeout() {
+    // Alone: no other test's processes compete for the cores meanwhile.
+    let _alone = TURNS.write().await;
     for (store, default_timeout) in [
         ("  on_failure: closed\n", true),
         ("  on_failure: closed\n  timeout: 50ms\n", false),
