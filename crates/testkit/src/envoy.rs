@@ -50,6 +50,8 @@ use crate::serve::Served;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one request to the admin port.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one request through Envoy by [`Envoy::client`].
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between polls.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The most bytes read of one admin response.
@@ -360,9 +362,20 @@ impl Envoy {
         }
     }
 
-    /// A client of the `ingress` listener.
+    /// A client of the `ingress` listener, each request bounded by 30 s
+    /// (Envoy's own route timeout is 15 s).
+    ///
+    /// # Panics
+    /// When the client cannot be built.
     pub fn client(&self) -> Client {
-        Client::new(self.listener)
+        Client {
+            address: self.listener,
+            reqwest: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(CLIENT_TIMEOUT)
+                .build()
+                .expect("client"),
+        }
     }
 
     /// Every line Envoy logged so far.
