@@ -16,9 +16,11 @@
 //! that starts the binary with `RUNTIME_ROOT=<root>`,
 //! `RUNTIME_SUBDIRECTORY=ratelimit`, `RUNTIME_WATCH_ROOT=false`,
 //! `REDIS_SOCKET_TYPE=tcp`, `REDIS_URL=127.0.0.1:<port>`, `PORT`/`GRPC_PORT`
-//! and no `--config`, and run the tests that need no tollgate-only key
-//! (`Service::store` empty: every test here but the `on_failure` ones) with
-//! both variants.
+//! and no `--config`, and run the tests with both variants.
+//! `Service::store` holds the tollgate-only keys: `timeout: 1s` (through
+//! `edge`; in the variables, `REDIS_TIMEOUT=1s`) and `on_failure` (no
+//! envoyproxy/ratelimit equivalent: the hung-Redis test stays
+//! tollgate-config only).
 
 #![allow(clippy::unwrap_used)]
 
