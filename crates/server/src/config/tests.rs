@@ -35,6 +35,20 @@ fn the_issue_example_parses() {
     assert!(names.contains(&"envoy/edge/remote_address"), "{names:?}");
 }
 
+/// Without `timeout:`, a store call is bounded by 10 ms: below Envoy's
+/// default rate limit filter timeout (20 ms), so `on_failure` answers
+/// first (crates/cli/tests/envoy_proxy.rs shows it behind a real Envoy).
+#[test]
+fn the_default_store_timeout_is_below_envoys_filter_timeout() {
+    let config = Config::parse(
+        "store:\n  kind: redis\n  url: redis://127.0.0.1:6379\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(config.store.timeout, Duration::from_millis(10));
+    assert!(config.store.timeout < Duration::from_millis(20));
+}
+
 #[test]
 fn resilience_settings_and_per_policy_modes_parse() {
     let config = Config::parse(

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
@@ -17,7 +18,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::google::protobuf::UInt64Value;
 use tokio::task::JoinHandle;
 use tollgate_redis::{RedisOptions, RedisStore};
-use tollgate_server::config::DEMO_CONFIG;
+use tollgate_server::config::{DEFAULT_STORE_TIMEOUT, DEMO_CONFIG};
 use tollgate_server::{
     App, Config, ConfigSource, Listeners, ServeError, ServerOptions, ServerStore,
 };
@@ -87,6 +88,10 @@ fn demo_parts() -> (&'static str, &'static str) {
     let (_, rest) = part(rest, "  - domain: edge\n    descriptors:\n");
     (policies, rest)
 }
+
+/// The store timeout of [`TestServer`]s on Redis whose configuration
+/// leaves it at the default.
+pub const TEST_STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One policy, `api`: `limit` requests an hour in fixed windows; reload
 /// tests write it with one limit, then another.
@@ -205,11 +210,22 @@ impl TestServer {
         source: ConfigSource,
         options: ServerOptions,
     ) -> TestServer {
-        let config = if source == ConfigSource::default() {
+        let mut config = if source == ConfigSource::default() {
             Config::parse(text, "test.yaml").unwrap()
         } else {
             source.load().unwrap()
         };
+        // These tests are about answers, not a slow store: on a loaded
+        // 2-core machine a healthy Redis call can outlast the default store
+        // timeout (10 ms, sized to answer before Envoy's 20 ms), and the
+        // degraded decision would break an exact assertion. So a
+        // configuration on Redis that leaves `store.timeout` at its default
+        // gets TEST_STORE_TIMEOUT here; a test of timeouts writes its own.
+        // The default itself is tested in config/tests.rs and behind a real
+        // Envoy (crates/cli/tests/envoy_proxy.rs).
+        if !matches!(backend, Backend::Memory) && config.store.timeout == DEFAULT_STORE_TIMEOUT {
+            config.store.timeout = TEST_STORE_TIMEOUT;
+        }
         let store = backend.store_for(&config).await;
         let app = Arc::new(App::new(source, config, store));
         let (http_listener, http) = loopback().await;
