@@ -44,7 +44,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     /// The store could not be reached.
     #[error("store: {0}")]
-    Store(#[from] tollgate_redis::ConnectError),
+    Store(#[from] crate::store::StoreConnectError),
 }
 
 /// The service behind both protocols. Shared as `Arc<App>`.
@@ -75,7 +75,22 @@ impl App {
     /// # Errors
     /// [`StartError`] for an invalid configuration or an unreachable store.
     pub async fn start(source: ConfigSource) -> Result<App, StartError> {
-        let config = source.load()?;
+        let config = match source.load() {
+            Ok(config) => config,
+            Err(error) => match source.load_base_document() {
+                // `server.start_without_config` (FORCE_START_WITHOUT_INITIAL_CONFIG):
+                // serve the document alone, and take the files at the
+                // first reload that succeeds.
+                Ok(base) if base.server.start_without_config => {
+                    tracing::error!(
+                        %error,
+                        "configuration not loaded; starting without it (server.start_without_config) and waiting for a valid one"
+                    );
+                    base
+                }
+                _ => return Err(error.into()),
+            },
+        };
         let store = ServerStore::connect(&config.store).await?;
         Ok(App::new(source, config, store))
     }
@@ -362,6 +377,23 @@ impl App {
             }
         }
         self.health.flush(self.health_context());
+    }
+
+    /// Whether the service is healthy: [`ready`](Self::ready), and, with
+    /// `server.healthy_needs_domains`, at least one Envoy domain loaded.
+    /// `/healthcheck`, `/readyz` and gRPC health all follow it.
+    ///
+    /// # Errors
+    /// Why it is not healthy.
+    pub async fn healthy(&self) -> Result<(), String> {
+        let loaded = self.current();
+        if loaded.config.server.healthy_needs_domains && loaded.config.domains.is_empty() {
+            return Err(
+                "no rate limit configuration loaded (server.healthy_needs_domains)".to_owned(),
+            );
+        }
+        drop(loaded);
+        self.ready().await
     }
 
     /// Whether the store answers (one peek, which writes nothing, at a probe
