@@ -427,6 +427,9 @@ impl hyper::service::Service<Request<Incoming>> for HttpService {
 /// with `client_ca` the CA client certificates must chain to (then a
 /// client without one is refused in the handshake).
 fn grpc_tls(settings: &GrpcTlsSettings) -> Result<ServerTlsConfig, String> {
+    // tonic builds rustls's configuration with the process's provider,
+    // which rustls cannot choose when the build enables none or several.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let read = |name: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("{name} {}: {e}", path.display()))
     };
