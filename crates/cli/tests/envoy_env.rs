@@ -53,7 +53,13 @@ fn command(args: &[&str], vars: &[(&str, &str)]) -> Command {
 
 fn json(serve: &ServeProcess, body: &str) -> (u16, serde_json::Value) {
     let (status, text) = serve
-        .request("POST", "/json", &[("content-type", "application/json")], body, TIMEOUT)
+        .request(
+            "POST",
+            "/json",
+            &[("content-type", "application/json")],
+            body,
+            TIMEOUT,
+        )
         .unwrap();
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {status} {text}"));
     (status, value)
@@ -99,7 +105,8 @@ fn envoyproxy_variables_configure_the_server() {
         .unwrap_or_else(|| panic!("no warning:\n{}", serve.log().join("\n")));
 
     // The RUNTIME_ROOT file is served, exactly, on that Redis.
-    let request = r#"{"domain":"shop","descriptors":[{"entries":[{"key":"client","value":"c1"}]}]}"#;
+    let request =
+        r#"{"domain":"shop","descriptors":[{"entries":[{"key":"client","value":"c1"}]}]}"#;
     for remaining in [2, 1, 0] {
         let (status, body) = json(&serve, request);
         assert_eq!(status, 200, "{body}");
@@ -108,7 +115,10 @@ fn envoyproxy_variables_configure_the_server() {
         assert_eq!(first["currentLimit"]["requestsPerUnit"], 3, "{body}");
         assert_eq!(first["currentLimit"]["unit"], "MINUTE", "{body}");
         // protojson leaves a 0 out.
-        let left = first.get("limitRemaining").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let left = first
+            .get("limitRemaining")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
         assert_eq!(left, remaining, "{body}");
         // LIMIT_RESPONSE_HEADERS_ENABLED, with the configured name.
         let headers = body["responseHeadersToAdd"].as_array().unwrap();
@@ -147,7 +157,10 @@ fn envoyproxy_variables_configure_the_server() {
         dump.contains("shop.client: unit=MINUTE requests_per_unit=3, shadow_mode: false"),
         "{dump}"
     );
-    assert!(dump.contains("shop.path_/free: unit=UNKNOWN requests_per_unit=0, unlimited: true"), "{dump}");
+    assert!(
+        dump.contains("shop.path_/free: unit=UNKNOWN requests_per_unit=0, unlimited: true"),
+        "{dump}"
+    );
     let prometheus: std::net::SocketAddr = prometheus_addr.parse().unwrap();
     let (status, text) = get(prometheus, "/prom");
     assert_eq!(status, 200);
@@ -195,7 +208,9 @@ fn an_invalid_value_stops_the_start_and_names_the_variable() {
     ));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(r#"environment variable REDIS_TYPE="bogus": expected SINGLE, CLUSTER or SENTINEL"#),
+        stderr.contains(
+            r#"environment variable REDIS_TYPE="bogus": expected SINGLE, CLUSTER or SENTINEL"#
+        ),
         "{stderr}"
     );
     // `check` says the same, without starting anything.
@@ -220,11 +235,21 @@ fn check_prints_the_configuration_the_environment_gives() {
     .output()
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("warning: MEMCACHE_HOST_PORT is set but not honoured"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("warning: MEMCACHE_HOST_PORT is set but not honoured"),
+        "{stdout}"
+    );
     assert!(stdout.contains("url: redis://127.0.0.1:6379"), "{stdout}");
     assert!(stdout.contains("prefix: rl_"), "{stdout}");
-    assert!(stdout.contains("ok (0 policies, 1 envoy domains with 1 inline limits, store Redis)"), "{stdout}");
+    assert!(
+        stdout.contains("ok (0 policies, 1 envoy domains with 1 inline limits, store Redis)"),
+        "{stdout}"
+    );
 }
 
 /// FORCE_START_WITHOUT_INITIAL_CONFIG with no config directory yet: the
@@ -250,12 +275,19 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
     let mut serve = ServeProcess::start(command(&["serve"], &vars), true);
     let (status, body) = get(serve.http, "/healthcheck");
     assert_eq!(status, 500, "{body}");
-    assert!(body.contains("no rate limit configuration loaded"), "{body}");
+    assert!(
+        body.contains("no rate limit configuration loaded"),
+        "{body}"
+    );
 
     write_config(&root.join("config"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(serve.http, "/healthcheck").0 != 200 {
-        assert!(Instant::now() < deadline, "not healthy after the files arrived:\n{}", serve.log().join("\n"));
+        assert!(
+            Instant::now() < deadline,
+            "not healthy after the files arrived:\n{}",
+            serve.log().join("\n")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (status, body) = json(
@@ -286,7 +318,10 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
         ],
     ));
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains(&*missing.join("config").to_string_lossy()), "{stderr}");
+    assert!(
+        stderr.contains(&*missing.join("config").to_string_lossy()),
+        "{stderr}"
+    );
 }
 
 fn write_config(directory: &Path) {

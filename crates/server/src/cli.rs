@@ -108,7 +108,9 @@ fn envoy_variables_set() -> Vec<&'static str> {
 /// given (envoyproxy/ratelimit's variables are then ignored, with a warning
 /// returned), else the environment's configuration when it has
 /// envoyproxy/ratelimit's variables, else `None`.
-fn environment(config: Option<&PathBuf>) -> Result<(Option<EnvoyEnvironment>, Vec<String>), CliError> {
+fn environment(
+    config: Option<&PathBuf>,
+) -> Result<(Option<EnvoyEnvironment>, Vec<String>), CliError> {
     if config.is_some() {
         let set = envoy_variables_set();
         let warnings = if set.is_empty() {
@@ -254,7 +256,9 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
 }
 
 /// Runs `tollgate check`: loads and validates the configuration, and
-/// returns a summary of what it defines.
+/// returns a summary of what it defines. Without `--config`, the
+/// configuration envoyproxy/ratelimit's variables give: its warnings and
+/// document are printed to stdout first.
 ///
 /// # Errors
 /// The first [`ConfigError`], naming file, line and field.
@@ -281,6 +285,10 @@ pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
                 environment.variables.join(", ")
             );
             let _ = writeln!(out, "{}", environment.document.trim_end());
+            // Printed now, so the document is shown even when loading
+            // what it names fails.
+            print!("{out}");
+            out.clear();
             let mut source = environment.source;
             if args.envoy_config.is_some() {
                 source.envoy.clone_from(&args.envoy_config);

@@ -18,11 +18,11 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
     Entry, RateLimitOverride,
 };
-use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit, rate_limit::Unit as ResponseUnit,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, UInt64Value};
 use serde_json::{Map, Value};
 
@@ -32,8 +32,7 @@ use serde_json::{Map, Value};
 /// What is wrong and where (`descriptors[0].entries[1].key: expected a
 /// string`): the caller answers `400`.
 pub fn decode_request(body: &[u8]) -> Result<RateLimitRequest, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let mut request = RateLimitRequest::default();
     for (name, field) in object(&value, "the request")? {
         let path = name.as_str();
@@ -232,8 +231,10 @@ fn rate_limit(limit: &RateLimit) -> Value {
         out.insert("requestsPerUnit".into(), limit.requests_per_unit.into());
     }
     if limit.unit != 0 {
-        let unit = ResponseUnit::try_from(limit.unit)
-            .map_or_else(|_| Value::from(limit.unit), |u| Value::from(u.as_str_name()));
+        let unit = ResponseUnit::try_from(limit.unit).map_or_else(
+            |_| Value::from(limit.unit),
+            |u| Value::from(u.as_str_name()),
+        );
         out.insert("unit".into(), unit);
     }
     Value::Object(out)
@@ -253,7 +254,11 @@ fn header(header: &HeaderValue) -> Value {
 /// protojson's `Duration`: seconds, with 0, 3, 6 or 9 fraction digits.
 fn duration(d: &ProtoDuration) -> String {
     let nanos = d.nanos.unsigned_abs();
-    let sign = if d.seconds < 0 || d.nanos < 0 { "-" } else { "" };
+    let sign = if d.seconds < 0 || d.nanos < 0 {
+        "-"
+    } else {
+        ""
+    };
     let seconds = d.seconds.unsigned_abs();
     if nanos == 0 {
         format!("{sign}{seconds}s")
@@ -308,7 +313,10 @@ mod tests {
                 r#"{"descriptors":[{"entries":[{"key":"k","other":""}]}]}"#,
                 "unknown field `other` in descriptors[0].entries[0]",
             ),
-            (r#"{"hitsAddend":-1}"#, "hitsAddend: expected a whole number"),
+            (
+                r#"{"hitsAddend":-1}"#,
+                "hitsAddend: expected a whole number",
+            ),
             (r#"{"hitsAddend":4294967296}"#, "from 0 to 4294967295"),
             (r#"{"hitsAddend":1.5}"#, "expected a whole number"),
             (

@@ -463,7 +463,9 @@ where
 {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in HEALTH_NAMES {
-        reporter.set_service_status(name, ServingStatus::Serving).await;
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
     let health_app = Arc::clone(&app);
     let health_stop = stopped();

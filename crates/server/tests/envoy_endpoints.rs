@@ -32,7 +32,11 @@ async fn grpc_health(channel: &Channel, name: &str) -> Result<i32, tonic::Code> 
         .map_err(|s| s.code())
 }
 
-const NAMES: [&str; 3] = ["", "ratelimit", "envoy.service.ratelimit.v3.RateLimitService"];
+const NAMES: [&str; 3] = [
+    "",
+    "ratelimit",
+    "envoy.service.ratelimit.v3.RateLimitService",
+];
 
 #[tokio::test]
 async fn json_decides_as_grpc_does_on_the_same_counters() {
@@ -67,7 +71,10 @@ async fn json_decides_as_grpc_does_on_the_same_counters() {
     assert_eq!(over["statuses"][0]["code"], "OVER_LIMIT");
     // An unknown domain is OK without a limit, as in envoyproxy/ratelimit.
     let (status, text) = server
-        .post_json("/json", r#"{"domain":"nowhere","descriptors":[{"entries":[{"key":"a","value":"b"}]}]}"#)
+        .post_json(
+            "/json",
+            r#"{"domain":"nowhere","descriptors":[{"entries":[{"key":"a","value":"b"}]}]}"#,
+        )
         .await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(
@@ -82,19 +89,38 @@ async fn json_refuses_hostile_bodies_with_clear_errors() {
     for (body, status, detail) in [
         ("{", 400, "invalid JSON"),
         ("[1]", 400, "expected an object"),
-        (r#"{"domain":"edge","descriptors":[{"entries":[{"key":"k","value":"v"}],"x":1}]}"#, 400, "unknown field `x`"),
-        (r#"{"domain":"","descriptors":[{"entries":[{"key":"k","value":"v"}]}]}"#, 400, "domain must not be empty"),
-        (r#"{"domain":"edge"}"#, 400, "descriptor list must not be empty"),
+        (
+            r#"{"domain":"edge","descriptors":[{"entries":[{"key":"k","value":"v"}],"x":1}]}"#,
+            400,
+            "unknown field `x`",
+        ),
+        (
+            r#"{"domain":"","descriptors":[{"entries":[{"key":"k","value":"v"}]}]}"#,
+            400,
+            "domain must not be empty",
+        ),
+        (
+            r#"{"domain":"edge"}"#,
+            400,
+            "descriptor list must not be empty",
+        ),
         (
             r#"{"domain":"edge","descriptors":[{"entries":[{"key":"k","value":"v"}],"limit":{"requestsPerUnit":1,"unit":"UNKNOWN"}}]}"#,
             400,
             "is not a rate limit unit",
         ),
-        (r#"{"domain":"edge","hitsAddend":"lots","descriptors":[]}"#, 400, "hitsAddend"),
+        (
+            r#"{"domain":"edge","hitsAddend":"lots","descriptors":[]}"#,
+            400,
+            "hitsAddend",
+        ),
     ] {
         let (got, problem) = server.post_json("/json", body).await;
         assert_eq!(got, status, "{body}: {problem}");
-        assert!(problem["detail"].as_str().unwrap().contains(detail), "{body}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{body}: {problem}"
+        );
     }
     // 65 descriptors: above the gRPC method's own maximum.
     let many = format!(
@@ -103,7 +129,13 @@ async fn json_refuses_hostile_bodies_with_clear_errors() {
     );
     let (status, text) = server.post_json("/json", &many).await;
     assert_eq!(status, 400, "{text}");
-    assert!(text["detail"].as_str().unwrap().contains("above the maximum of 64"), "{text}");
+    assert!(
+        text["detail"]
+            .as_str()
+            .unwrap()
+            .contains("above the maximum of 64"),
+        "{text}"
+    );
     // Bodies are bounded like /v1/check (max_body_bytes 4096 here).
     let huge = format!(r#"{{"domain":"{}"}}"#, "x".repeat(5000));
     assert_eq!(server.post_json("/json", &huge).await.0, 413);
@@ -112,18 +144,30 @@ async fn json_refuses_hostile_bodies_with_clear_errors() {
 #[tokio::test]
 async fn healthcheck_and_grpc_health_answer_every_name() {
     let server = TestServer::start(Backend::memory()).await;
-    assert_eq!(server.get_text("/healthcheck").await, (200, "OK".to_owned()));
+    assert_eq!(
+        server.get_text("/healthcheck").await,
+        (200, "OK".to_owned())
+    );
     let channel = server.grpc_channel().await;
     for name in NAMES {
-        assert_eq!(grpc_health(&channel, name).await, Ok(ServingStatus::Serving as i32), "{name:?}");
+        assert_eq!(
+            grpc_health(&channel, name).await,
+            Ok(ServingStatus::Serving as i32),
+            "{name:?}"
+        );
     }
-    assert_eq!(grpc_health(&channel, "other").await, Err(tonic::Code::NotFound));
+    assert_eq!(
+        grpc_health(&channel, "other").await,
+        Err(tonic::Code::NotFound)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_fails_while_the_store_is_down() {
     let backend = Backend::redis();
-    let Backend::Redis(redis) = &backend else { unreachable!() };
+    let Backend::Redis(redis) = &backend else {
+        unreachable!()
+    };
     let text = format!(
         "store:\n  kind: redis\n  url: {}\n  timeout: 50ms\ndomains:\n  - domain: d\n    descriptors:\n      - key: k\n        rate_limit: {{ unit: second, requests_per_unit: 5 }}\n",
         redis.url()
@@ -131,7 +175,9 @@ async fn health_fails_while_the_store_is_down() {
     let mut server = TestServer::start_text(backend, &text).await;
     let channel = server.grpc_channel().await;
     assert_eq!(server.get_text("/healthcheck").await.0, 200);
-    let Backend::Redis(redis) = &mut server.backend else { unreachable!() };
+    let Backend::Redis(redis) = &mut server.backend else {
+        unreachable!()
+    };
     redis.kill();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -144,7 +190,10 @@ async fn health_fails_while_the_store_is_down() {
             assert!(!body.is_empty(), "the body says why");
             break;
         }
-        assert!(Instant::now() < deadline, "still healthy with Redis down: {status} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "still healthy with Redis down: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -158,11 +207,18 @@ async fn healthy_needs_domains_fails_health_without_a_domain() {
     .await;
     let (status, body) = server.get_text("/healthcheck").await;
     assert_eq!(status, 500, "{body}");
-    assert!(body.contains("no rate limit configuration loaded"), "{body}");
+    assert!(
+        body.contains("no rate limit configuration loaded"),
+        "{body}"
+    );
     assert_eq!(server.get_text("/readyz").await.0, 503);
     let channel = server.grpc_channel().await;
     for name in NAMES {
-        assert_eq!(grpc_health(&channel, name).await, Ok(ServingStatus::NotServing as i32), "{name:?}");
+        assert_eq!(
+            grpc_health(&channel, name).await,
+            Ok(ServingStatus::NotServing as i32),
+            "{name:?}"
+        );
     }
 }
 
@@ -250,13 +306,22 @@ domains:
     // The least remaining wins: narrow (1 left of 2) over wide (9 of 10).
     let response = ask(&[&[("free", "x")], &[("wide", "x")], &[("narrow", "x")]]).await;
     let got = headers(&response);
-    assert_eq!(got[0], ("RateLimit-Limit".to_owned(), "2".to_owned()), "{got:?}");
+    assert_eq!(
+        got[0],
+        ("RateLimit-Limit".to_owned(), "2".to_owned()),
+        "{got:?}"
+    );
     assert_eq!(got[1], ("X-Left".to_owned(), "1".to_owned()), "{got:?}");
     let reset: u64 = got[2].1.parse().unwrap();
     // Fixed windows are aligned on the clock, as envoyproxy/ratelimit's are.
     assert!((1..=3600).contains(&reset), "{got:?}");
     // The IETF fields are still there.
-    assert!(response.response_headers_to_add.iter().any(|h| h.key == "RateLimit-Policy"));
+    assert!(
+        response
+            .response_headers_to_add
+            .iter()
+            .any(|h| h.key == "RateLimit-Policy")
+    );
     // Only the unlimited one: no limit, no headers.
     assert!(headers(&ask(&[&[("free", "x")]]).await).is_empty());
     // Over the limit: that descriptor, 0 remaining.
@@ -273,7 +338,11 @@ fn openssl(dir: &Path, args: &[&str]) {
         .current_dir(dir)
         .output()
         .expect("openssl is needed for the TLS test (Debian: apt-get install openssl)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A throwaway CA, a server certificate for 127.0.0.1 and a client
@@ -281,16 +350,37 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn certificates(dir: &Path) {
     std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     for ca in ["ca", "other-ca"] {
-        let (key, crt, subject) = (format!("{ca}.key"), format!("{ca}.crt"), format!("/CN=tollgate {ca}"));
+        let (key, crt, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN=tollgate {ca}"),
+        );
         let mut args = vec!["req", "-x509"];
         args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &crt, "-days", "1", "-subj", &subject]);
+        args.extend([
+            "-keyout", &key, "-out", &crt, "-days", "1", "-subj", &subject,
+        ]);
         openssl(dir, &args);
     }
-    for (name, ca, ext) in [("server", "ca", "server.ext"), ("client", "ca", "client.ext"), ("stranger", "other-ca", "client.ext")] {
-        let (key, csr, crt, subject) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("/CN={name}"));
+    for (name, ca, ext) in [
+        ("server", "ca", "server.ext"),
+        ("client", "ca", "client.ext"),
+        ("stranger", "other-ca", "client.ext"),
+    ] {
+        let (key, csr, crt, subject) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("/CN={name}"),
+        );
         let mut args = vec!["req"];
         args.extend(ec);
         args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
@@ -298,7 +388,23 @@ fn certificates(dir: &Path) {
         let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
         openssl(
             dir,
-            &["x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-CAcreateserial", "-out", &crt, "-days", "1", "-extfile", ext],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                ext,
+            ],
         );
     }
 }
@@ -308,13 +414,20 @@ fn with_server_keys(keys: &str) -> String {
     common::CONFIG.replacen("server:\n", &format!("server:\n{keys}"), 1)
 }
 
-async fn tls_channel(server: &TestServer, dir: &Path, client: Option<&str>) -> Result<Channel, tonic::transport::Error> {
+async fn tls_channel(
+    server: &TestServer,
+    dir: &Path,
+    client: Option<&str>,
+) -> Result<Channel, tonic::transport::Error> {
     let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.crt")))
         .domain_name("127.0.0.1");
     if let Some(name) = client {
-        tls = tls.identity(Identity::from_pem(read(&format!("{name}.crt")), read(&format!("{name}.key"))));
+        tls = tls.identity(Identity::from_pem(
+            read(&format!("{name}.crt")),
+            read(&format!("{name}.key")),
+        ));
     }
     Endpoint::from_shared(format!("https://{}", server.grpc))
         .unwrap()
@@ -350,7 +463,10 @@ async fn grpc_over_mutual_tls() {
     // A client the CA signed is served.
     let channel = tls_channel(&server, &dir, Some("client")).await.unwrap();
     assert_eq!(allowed(channel.clone()).await.unwrap(), 1, "OK");
-    assert_eq!(grpc_health(&channel, "ratelimit").await, Ok(ServingStatus::Serving as i32));
+    assert_eq!(
+        grpc_health(&channel, "ratelimit").await,
+        Ok(ServingStatus::Serving as i32)
+    );
     // No client certificate, or one from another CA: refused.
     for client in [None, Some("stranger")] {
         let refused = match tls_channel(&server, &dir, client).await {

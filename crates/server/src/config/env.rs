@@ -170,13 +170,22 @@ const IGNORED: &[(&str, &str)] = &[
         "DISABLE_STATS",
         "metrics are always kept and served at /metrics",
     ),
-    ("USE_STATSD", "statsd is not supported; use Prometheus (/metrics)"),
-    ("USE_DOG_STATSD", "DogStatsD is not supported; use Prometheus (/metrics)"),
+    (
+        "USE_STATSD",
+        "statsd is not supported; use Prometheus (/metrics)",
+    ),
+    (
+        "USE_DOG_STATSD",
+        "DogStatsD is not supported; use Prometheus (/metrics)",
+    ),
     ("USE_DOG_STATSD_MOGRIFIERS", "DogStatsD is not supported"),
     ("STATSD_HOST", "statsd is not supported"),
     ("STATSD_PORT", "statsd is not supported"),
     ("EXTRA_TAGS", "statistics carry no extra tags"),
-    ("STATS_FLUSH_INTERVAL", "Prometheus is scraped, nothing is flushed"),
+    (
+        "STATS_FLUSH_INTERVAL",
+        "Prometheus is scraped, nothing is flushed",
+    ),
     (
         "PROMETHEUS_MAPPER_YAML",
         "metric names are fixed (envoyproxy/ratelimit's exporter names are served as they are)",
@@ -197,7 +206,10 @@ const IGNORED: &[(&str, &str)] = &[
         "REDIS_POOL_SIZE",
         "one multiplexed connection per Redis node, no pool",
     ),
-    ("REDIS_PIPELINE_WINDOW", "commands are sent as they come, no flush window"),
+    (
+        "REDIS_PIPELINE_WINDOW",
+        "commands are sent as they come, no flush window",
+    ),
     ("REDIS_PIPELINE_LIMIT", "unused by envoyproxy/ratelimit too"),
     (
         "REDIS_CLUSTER_PIPELINE_PARALLELISM",
@@ -234,8 +246,14 @@ const IGNORED: &[(&str, &str)] = &[
     ),
     ("REDIS_PERSECOND_POOL_SIZE", "no pool"),
     ("REDIS_PERSECOND_PIPELINE_WINDOW", "no flush window"),
-    ("REDIS_PERSECOND_PIPELINE_LIMIT", "unused by envoyproxy/ratelimit too"),
-    ("REDIS_PERSECOND_CLUSTER_PIPELINE_PARALLELISM", "no pipeline"),
+    (
+        "REDIS_PERSECOND_PIPELINE_LIMIT",
+        "unused by envoyproxy/ratelimit too",
+    ),
+    (
+        "REDIS_PERSECOND_CLUSTER_PIPELINE_PARALLELISM",
+        "no pipeline",
+    ),
     ("REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR", "no pool"),
     ("MEMCACHE_HOST_PORT", "memcache is not supported"),
     ("MEMCACHE_MAX_IDLE_CONNS", "memcache is not supported"),
@@ -245,7 +263,10 @@ const IGNORED: &[(&str, &str)] = &[
     ("MEMCACHE_TLS_CACERT", "memcache is not supported"),
     ("MEMCACHE_TLS_CLIENT_CERT", "memcache is not supported"),
     ("MEMCACHE_TLS_CLIENT_KEY", "memcache is not supported"),
-    ("MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION", "memcache is not supported"),
+    (
+        "MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION",
+        "memcache is not supported",
+    ),
     ("CONFIG_GRPC_XDS_NODE_ID", "xDS is not supported"),
     ("CONFIG_GRPC_XDS_NODE_METADATA", "xDS is not supported"),
     ("CONFIG_GRPC_XDS_SERVER_URL", "xDS is not supported"),
@@ -253,13 +274,19 @@ const IGNORED: &[(&str, &str)] = &[
         "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL",
         "xDS is not supported",
     ),
-    ("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS", "xDS is not supported"),
+    (
+        "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
+        "xDS is not supported",
+    ),
     ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "xDS is not supported"),
     ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "xDS is not supported"),
     ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "xDS is not supported"),
     ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "xDS is not supported"),
     ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "xDS is not supported"),
-    ("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "xDS is not supported"),
+    (
+        "XDS_CLIENT_BACKOFF_INITIAL_INTERVAL",
+        "xDS is not supported",
+    ),
     ("XDS_CLIENT_BACKOFF_MAX_INTERVAL", "xDS is not supported"),
     ("XDS_CLIENT_BACKOFF_RANDOM_FACTOR", "xDS is not supported"),
     ("XDS_CLIENT_BACKOFF_JITTER", "xDS is not supported"),
@@ -425,7 +452,7 @@ fn parse_go_bool(text: &str) -> Option<bool> {
 /// microsecond: a sequence of decimal numbers, each with an optional
 /// fraction and a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`); `0` alone.
 fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let problem = || format!("not a duration such as `10s`, `1h30m` or `250ms`");
+    let problem = || "not a duration such as `10s`, `1h30m` or `250ms`".to_owned();
     let body = text.strip_prefix('+').unwrap_or(text);
     if body == "0" {
         return Ok(Duration::ZERO);
@@ -485,7 +512,12 @@ fn duration_text(duration: Duration) -> String {
 
 /// An address from a Go `host` and `port`: Go's `net.JoinHostPort`, then
 /// `Listen` (an empty host is every interface; `localhost` is loopback).
-fn listen_addr(vars: &Vars, host_var: &str, port_var: &str, port_default: u16) -> Result<SocketAddr, EnvError> {
+fn listen_addr(
+    vars: &Vars,
+    host_var: &str,
+    port_var: &str,
+    port_default: u16,
+) -> Result<SocketAddr, EnvError> {
     let host = vars.string(host_var, "0.0.0.0");
     let ip = match host {
         "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -494,7 +526,12 @@ fn listen_addr(vars: &Vars, host_var: &str, port_var: &str, port_default: u16) -
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse()
-            .map_err(|_| vars.error(host_var, "not an IP address (host names other than localhost are not resolved)"))?,
+            .map_err(|_| {
+                vars.error(
+                    host_var,
+                    "not an IP address (host names other than localhost are not resolved)",
+                )
+            })?,
     };
     let port: u16 = vars.int(port_var, port_default)?;
     Ok(SocketAddr::new(ip, port))
@@ -513,9 +550,12 @@ fn prometheus_addr(vars: &Vars) -> Result<SocketAddr, EnvError> {
             .parse()
             .map_err(|_| vars.error("PROMETHEUS_ADDR", "the host is not an IP address"))?,
     };
-    let port = port
-        .parse()
-        .map_err(|_| vars.error("PROMETHEUS_ADDR", "the port is not a number from 0 to 65535"))?;
+    let port = port.parse().map_err(|_| {
+        vars.error(
+            "PROMETHEUS_ADDR",
+            "the port is not a number from 0 to 65535",
+        )
+    })?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -575,7 +615,11 @@ fn redis_store(vars: &Vars, prefix: &str, default_url: &str) -> Result<Mapping, 
             format!("{scheme}://{}{address}", userinfo(auth))
         }
     };
-    match vars.string(&type_var, "SINGLE").to_ascii_lowercase().as_str() {
+    match vars
+        .string(&type_var, "SINGLE")
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "single" => {
             store.insert("kind".into(), "redis".into());
             let url = match socket {
@@ -681,7 +725,9 @@ impl EnvoyEnvironment {
     ) -> Result<Option<EnvoyEnvironment>, EnvError> {
         let values: BTreeMap<String, String> = vars
             .into_iter()
-            .filter(|(name, _)| TRIGGERS.contains(&name.as_str()) || GENERIC.contains(&name.as_str()))
+            .filter(|(name, _)| {
+                TRIGGERS.contains(&name.as_str()) || GENERIC.contains(&name.as_str())
+            })
             .collect();
         if !values.keys().any(|name| TRIGGERS.contains(&name.as_str())) {
             return Ok(None);
@@ -701,7 +747,11 @@ impl EnvoyEnvironment {
         }
 
         let log = LogSettings {
-            level: match vars.string("LOG_LEVEL", "WARN").to_ascii_lowercase().as_str() {
+            level: match vars
+                .string("LOG_LEVEL", "WARN")
+                .to_ascii_lowercase()
+                .as_str()
+            {
                 "panic" | "fatal" | "error" => "error",
                 "warn" | "warning" => "warn",
                 "info" => "info",
@@ -714,7 +764,11 @@ impl EnvoyEnvironment {
                     ));
                 }
             },
-            json: match vars.string("LOG_FORMAT", "text").to_ascii_lowercase().as_str() {
+            json: match vars
+                .string("LOG_FORMAT", "text")
+                .to_ascii_lowercase()
+                .as_str()
+            {
                 "json" => true,
                 // envoyproxy/ratelimit writes text for anything but json.
                 _ => false,
@@ -735,7 +789,10 @@ impl EnvoyEnvironment {
         );
         for (var, key) in [
             ("GRPC_MAX_CONNECTION_AGE", "grpc_max_connection_age"),
-            ("GRPC_MAX_CONNECTION_AGE_GRACE", "grpc_max_connection_age_grace"),
+            (
+                "GRPC_MAX_CONNECTION_AGE_GRACE",
+                "grpc_max_connection_age_grace",
+            ),
         ] {
             if let Some(age) = vars.duration(var)? {
                 server.insert(key.into(), duration_text(age).into());
@@ -756,10 +813,16 @@ impl EnvoyEnvironment {
                     }
                 }
             }
-            if let Some(ca) = vars.get("GRPC_CLIENT_TLS_CACERT").filter(|ca| !ca.is_empty()) {
+            if let Some(ca) = vars
+                .get("GRPC_CLIENT_TLS_CACERT")
+                .filter(|ca| !ca.is_empty())
+            {
                 tls.insert("client_ca".into(), ca.into());
             }
-            if vars.get("GRPC_CLIENT_TLS_SAN").is_some_and(|san| !san.is_empty()) {
+            if vars
+                .get("GRPC_CLIENT_TLS_SAN")
+                .is_some_and(|san| !san.is_empty())
+            {
                 // Accepting any client the CA signed where only one SAN was
                 // meant would let more clients in: refuse to start.
                 return Err(vars.error(

@@ -91,7 +91,11 @@ impl Validate for RawGrpcTls {
     type Output = GrpcTlsSettings;
 
     fn validate(self) -> Result<GrpcTlsSettings, String> {
-        for (name, path) in [("cert", Some(&self.cert)), ("key", Some(&self.key)), ("client_ca", self.client_ca.as_ref())] {
+        for (name, path) in [
+            ("cert", Some(&self.cert)),
+            ("key", Some(&self.key)),
+            ("client_ca", self.client_ca.as_ref()),
+        ] {
             if path.is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(format!("{name} must not be empty"));
             }
@@ -116,7 +120,10 @@ impl Validate for RawMetrics {
 
     fn validate(self) -> Result<MetricsSettings, String> {
         let path = self.path.unwrap_or_else(|| DEFAULT_METRICS_PATH.to_owned());
-        if !path.starts_with('/') || path.len() > 256 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if !path.starts_with('/')
+            || path.len() > 256
+            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(format!(
                 "path `{path}` must start with `/`, have no spaces and be at most 256 bytes"
             ));
