@@ -271,8 +271,28 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
         ("REDIS_URL", &redis_url),
         ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
         ("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true"),
+        ("LOG_FORMAT", "json"),
     ];
     let mut serve = ServeProcess::start(command(&["serve"], &vars), true);
+    // LOG_FORMAT=json: JSON lines; no LOG_LEVEL: envoyproxy/ratelimit's
+    // default, warn, so the start's error is there and its info lines not.
+    let line = serve
+        .wait_for_log(&["configuration not loaded"], TIMEOUT)
+        .unwrap_or_else(|| panic!("no start error:\n{}", serve.log().join("\n")));
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(event["level"], "ERROR", "{line}");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("start_without_config"),
+        "{line}"
+    );
+    assert!(
+        event["error"].as_str().unwrap().contains("config"),
+        "{line}"
+    );
     let (status, body) = get(serve.http, "/healthcheck");
     assert_eq!(status, 500, "{body}");
     assert!(
@@ -301,6 +321,16 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
     );
     assert_eq!(status, 429, "{body}");
     serve.terminate();
+    let log = serve.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("configured from envoyproxy/ratelimit")),
+        "an INFO line at the default level warn:\n{}",
+        log.join("\n")
+    );
+    for line in &log {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
 
     // Without FORCE_START_WITHOUT_INITIAL_CONFIG, a missing directory
     // stops the start, naming it.

@@ -200,12 +200,19 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
     let _ = writeln!(out, "tollgate serving");
     let _ = writeln!(
         out,
-        "  HTTP   http://{http}  POST /v1/check /v1/peek /v1/reset; GET /v1/policies /metrics /healthz /readyz"
+        "  HTTP   http://{http}  POST /v1/check /v1/peek /v1/reset /json; GET /v1/policies /metrics /healthz /readyz /healthcheck /rlconfig"
     );
     let _ = writeln!(
         out,
         "  gRPC   {grpc}  envoy.service.ratelimit.v3.RateLimitService, grpc.health.v1.Health"
     );
+    if let Some(metrics) = &config.server.metrics {
+        let _ = writeln!(
+            out,
+            "  metrics http://{}{}  Prometheus (also GET /metrics on HTTP)",
+            metrics.addr, metrics.path
+        );
+    }
     let store = match config.store.kind {
         StoreKind::Memory => "memory (this process only)".to_owned(),
         StoreKind::Redis | StoreKind::RedisCluster => format!(

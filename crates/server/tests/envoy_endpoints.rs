@@ -500,3 +500,37 @@ async fn grpc_tls_without_client_ca_serves_any_client() {
     let channel = tls_channel(&server, &dir, None).await.unwrap();
     assert_eq!(allowed(channel).await.unwrap(), 1);
 }
+
+/// `server.grpc_max_connection_age` (GRPC_MAX_CONNECTION_AGE): a live
+/// connection is sent GOAWAY once it is that old, and closed after the
+/// grace, however quiet and healthy it is.
+#[tokio::test]
+async fn a_grpc_connection_is_closed_at_its_max_age() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        &with_server_keys("  grpc_max_connection_age: 1s\n  grpc_max_connection_age_grace: 1s\n"),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let opened = Instant::now();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(async move {
+        let result = connection.await;
+        (opened.elapsed(), result)
+    });
+    let mut client = client.ready().await.unwrap();
+    // A call is served on it meanwhile.
+    let (response, mut body) = client
+        .send_request(tollgate_testkit::grpc::rls_call(server.grpc), false)
+        .unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let (age, result) = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the connection outlived its max age by 9 s")
+        .unwrap();
+    assert!(age >= Duration::from_millis(900), "closed after {age:?}");
+    // Closed by the server's GOAWAY, not by an error.
+    assert!(result.is_ok(), "{result:?}");
+}
