@@ -361,3 +361,181 @@ fn write_config(directory: &Path) {
     std::fs::write(staging.join("limits.yaml"), LIMITS).unwrap();
     std::fs::rename(&staging, directory).unwrap();
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed for the TLS test (Debian: apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// REDIS_TLS, REDIS_TLS_CACERT and REDIS_AUTH (an ACL user whose password
+/// needs escaping in a URL) on a real redis-server with TLS and a private
+/// CA: the counters are written over TLS, as that user.
+#[test]
+fn redis_tls_and_auth_from_the_environment() {
+    let dir = temp_dir("envoy-env-redis-tls");
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+    ]);
+    openssl(&dir, &args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&dir, &args);
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let tls_port = free_port().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let password = "p@ss:w/rd %1";
+    assert_eq!(
+        redis.cli(&[
+            "ACL",
+            "SETUSER",
+            "limiter",
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all"
+        ]),
+        "OK"
+    );
+    // From here on, only `limiter` can log in.
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "off"]), "OK");
+    let as_limiter = |args: &[&str]| {
+        let mut all = vec!["--user", "limiter", "--pass", password, "--no-auth-warning"];
+        all.extend(args);
+        redis.cli(&all)
+    };
+    let root = runtime_root("envoy-env-redis-tls-root");
+    let redis_url = format!("127.0.0.1:{tls_port}");
+    let auth = format!("limiter:{password}");
+    let ca = path("ca.crt");
+    let vars = [
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("GRPC_HOST", "127.0.0.1"),
+        ("GRPC_PORT", "0"),
+        ("RUNTIME_ROOT", root.to_str().unwrap()),
+        ("REDIS_SOCKET_TYPE", "tcp"),
+        ("REDIS_URL", &redis_url),
+        ("REDIS_TLS", "true"),
+        ("REDIS_TLS_CACERT", &ca),
+        ("REDIS_AUTH", &auth),
+        ("CACHE_KEY_PREFIX", "tls_"),
+    ];
+    let mut serve = ServeProcess::start(command(&["serve"], &vars), true);
+    let request = r#"{"domain":"shop","descriptors":[{"entries":[{"key":"client","value":"t"}]}]}"#;
+    let (status, body) = json(&serve, request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["statuses"][0]["limitRemaining"], 2, "{body}");
+    // Written as `limiter`, over TLS (the plain port is only the test's).
+    let keys = as_limiter(&["KEYS", "tls_*"]);
+    assert!(!keys.trim().is_empty(), "no tls_ keys");
+    assert_eq!(get(serve.http, "/healthcheck").0, 200);
+    serve.terminate();
+}
+
+/// REDIS_TYPE=CLUSTER with envoyproxy/ratelimit's comma-separated
+/// `REDIS_URL` on a real three-master Redis Cluster.
+#[test]
+fn redis_cluster_from_the_environment() {
+    let cluster = tollgate_testkit::redis::RedisCluster::start(3, 0);
+    let seeds: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|url| {
+            url.trim_start_matches("redis://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let redis_url = seeds.join(",");
+    let root = runtime_root("envoy-env-cluster");
+    let vars = [
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("GRPC_HOST", "127.0.0.1"),
+        ("GRPC_PORT", "0"),
+        ("RUNTIME_ROOT", root.to_str().unwrap()),
+        ("REDIS_SOCKET_TYPE", "tcp"),
+        ("REDIS_TYPE", "CLUSTER"),
+        ("REDIS_URL", &redis_url),
+    ];
+    let mut serve = ServeProcess::start(command(&["serve"], &vars), true);
+    // Clients spread over the slots; each gets exactly its 3.
+    for client in ["a", "b", "c", "d", "e", "f"] {
+        let request = format!(
+            r#"{{"domain":"shop","descriptors":[{{"entries":[{{"key":"client","value":"{client}"}}]}}]}}"#
+        );
+        for _ in 0..3 {
+            let (status, body) = json(&serve, &request);
+            assert_eq!(status, 200, "{client}: {body}");
+        }
+        let (status, body) = json(&serve, &request);
+        assert_eq!(status, 429, "{client}: {body}");
+    }
+    assert_eq!(get(serve.http, "/healthcheck").0, 200);
+    serve.terminate();
+}
