@@ -647,13 +647,9 @@ fn redis_store(vars: &Vars, prefix: &str, default_url: &str) -> Result<Mapping, 
             };
             store.insert("url".into(), url.into());
         }
+        // A cluster's nodes and sentinels are reached over TCP whatever
+        // the socket type says, as in envoyproxy/ratelimit.
         "cluster" => {
-            if socket != "tcp" {
-                return Err(vars.error(
-                    &socket_var,
-                    format!("a Redis Cluster ({type_var}=CLUSTER) is reached over tcp"),
-                ));
-            }
             store.insert("kind".into(), "redis_cluster".into());
             let urls: Vec<Value> = url
                 .split(',')

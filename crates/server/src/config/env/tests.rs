@@ -295,6 +295,12 @@ const ROWS: &[(Vars, &str, &str)] = &[
         "store.per_second",
         "~",
     ),
+    // A cluster is reached over TCP whatever REDIS_SOCKET_TYPE says.
+    (
+        &[("REDIS_TYPE", "CLUSTER"), ("REDIS_URL", "a:1")],
+        "store.urls",
+        "['redis://a:1']",
+    ),
     // BACKEND_TYPE=memcache: the memory store (warned).
     (&[("BACKEND_TYPE", "memcache")], "store", "{kind: memory}"),
     // envoy:
@@ -549,11 +555,6 @@ fn invalid_values_are_errors_that_name_the_variable() {
             &[("REDIS_SOCKET_TYPE", "udp")][..],
             "REDIS_SOCKET_TYPE",
             "`tcp` or `unix`",
-        ),
-        (
-            &[("REDIS_TYPE", "CLUSTER")][..],
-            "REDIS_SOCKET_TYPE",
-            "over tcp",
         ),
         (
             &[("REDIS_TYPE", "SENTINEL"), ("REDIS_URL", "master")][..],
