@@ -299,6 +299,16 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
         body.contains("no rate limit configuration loaded"),
         "{body}"
     );
+    // Calls fail meanwhile, as envoyproxy/ratelimit's do (400 over /json).
+    let (status, body) = json(
+        &serve,
+        r#"{"domain":"shop","descriptors":[{"entries":[{"key":"client","value":"c"}]}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["detail"], "no rate limit configuration loaded",
+        "{body}"
+    );
 
     write_config(&root.join("config"));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -67,6 +68,10 @@ pub struct App {
     health: StoreHealth,
     /// Counters and the latency histogram served at `/metrics`.
     metrics: Metrics,
+    /// Started without its configuration (`server.start_without_config`)
+    /// and no reload has succeeded since: Envoy calls are refused, as
+    /// envoyproxy/ratelimit refuses them with no configuration loaded.
+    config_missing: AtomicBool,
 }
 
 impl App {
@@ -75,6 +80,7 @@ impl App {
     /// # Errors
     /// [`StartError`] for an invalid configuration or an unreachable store.
     pub async fn start(source: ConfigSource) -> Result<App, StartError> {
+        let mut missing = false;
         let config = match source.load() {
             Ok(config) => config,
             Err(error) => match source.load_base_document() {
@@ -86,13 +92,16 @@ impl App {
                         %error,
                         "configuration not loaded; starting without it (server.start_without_config) and waiting for a valid one"
                     );
+                    missing = true;
                     base
                 }
                 _ => return Err(error.into()),
             },
         };
         let store = ServerStore::connect(&config.store).await?;
-        Ok(App::new(source, config, store))
+        let app = App::new(source, config, store);
+        app.config_missing.store(missing, Ordering::Relaxed);
+        Ok(app)
     }
 
     /// A service over an already loaded configuration and store (tests use
@@ -108,6 +117,7 @@ impl App {
             store_settings,
             health: StoreHealth::default(),
             metrics: Metrics::default(),
+            config_missing: AtomicBool::new(false),
         }
     }
 
@@ -119,6 +129,12 @@ impl App {
     /// The store, with its resilience layer.
     pub fn store(&self) -> &AppStore {
         &self.store
+    }
+
+    /// Whether the server started without its configuration
+    /// (`server.start_without_config`) and no reload has brought it yet.
+    pub fn config_missing(&self) -> bool {
+        self.config_missing.load(Ordering::Relaxed)
     }
 
     /// The metrics.
@@ -239,6 +255,7 @@ impl App {
                 let policies = config.policies.len();
                 let domains = config.domains.len();
                 self.current.store(Arc::new(build(config, &self.store)));
+                self.config_missing.store(false, Ordering::Relaxed);
                 self.metrics.reload(true);
                 tracing::info!(policies, domains, "config reloaded");
                 Ok(())

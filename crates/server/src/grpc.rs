@@ -439,9 +439,16 @@ impl RateLimitGrpc {
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` for a request envoyproxy/ratelimit refuses (empty
-    /// domain or descriptors, too many, an invalid override unit).
+    /// domain or descriptors, too many, an invalid override unit);
+    /// `UNAVAILABLE` while the server runs without its configuration
+    /// (`server.start_without_config`, until a reload brings it).
     pub async fn decide(&self, request: RateLimitRequest) -> Result<RateLimitResponse, Status> {
         check_request(&request)?;
+        if self.app.config_missing() {
+            // envoyproxy/ratelimit fails the call too; Envoy's
+            // `failure_mode_deny` then decides.
+            return Err(Status::unavailable("no rate limit configuration loaded"));
+        }
         let loaded = self.app.current();
         let plans = plan(loaded.config.domains.get(&request.domain), &request)?;
         let mut statuses = Vec::with_capacity(plans.len());
