@@ -515,3 +515,54 @@ impl RateLimitGrpc {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, limit: Option<u32>, remaining: u32, reset_ms: u64) -> DescriptorStatus {
+        DescriptorStatus {
+            code: code as i32,
+            current_limit: limit.map(|requests_per_unit| RateLimit {
+                name: String::new(),
+                requests_per_unit,
+                unit: ProtoUnit::Minute as i32,
+            }),
+            limit_remaining: remaining,
+            duration_until_reset: Some(proto_duration(Duration::from_millis(reset_ms))),
+            ..DescriptorStatus::default()
+        }
+    }
+
+    fn values(statuses: &[DescriptorStatus]) -> Option<[String; 3]> {
+        let settings = ResponseHeaderSettings::default();
+        limit_headers(&settings, statuses).map(|h| h.map(|h| h.value))
+    }
+
+    #[test]
+    fn limit_headers_pick_envoyproxys_descriptor() {
+        // The least remaining, first among equals; no limit is never picked.
+        let statuses = [
+            status(Code::Ok, None, u32::MAX, 0),
+            status(Code::Ok, Some(10), 4, 1_000),
+            status(Code::Ok, Some(20), 4, 2_000),
+            status(Code::Ok, Some(30), 7, 3_000),
+        ];
+        assert_eq!(
+            values(&statuses),
+            Some(["10".into(), "4".into(), "1".into()])
+        );
+        // Over the limit wins over any remaining count; the last one over.
+        let statuses = [
+            status(Code::OverLimit, Some(5), 0, 500),
+            status(Code::Ok, Some(10), 0, 1_000),
+            status(Code::OverLimit, Some(6), 0, 59_001),
+        ];
+        assert_eq!(
+            values(&statuses),
+            Some(["6".into(), "0".into(), "60".into()])
+        );
+        assert_eq!(values(&[status(Code::Ok, None, u32::MAX, 0)]), None);
+        assert_eq!(values(&[]), None);
+    }
+}
