@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -44,7 +45,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     /// The store could not be reached.
     #[error("store: {0}")]
-    Store(#[from] tollgate_redis::ConnectError),
+    Store(#[from] crate::store::StoreConnectError),
 }
 
 /// The service behind both protocols. Shared as `Arc<App>`.
@@ -67,6 +68,10 @@ pub struct App {
     health: StoreHealth,
     /// Counters and the latency histogram served at `/metrics`.
     metrics: Metrics,
+    /// Started without its configuration (`server.start_without_config`)
+    /// and no reload has succeeded since: Envoy calls are refused, as
+    /// envoyproxy/ratelimit refuses them with no configuration loaded.
+    config_missing: AtomicBool,
 }
 
 impl App {
@@ -75,9 +80,28 @@ impl App {
     /// # Errors
     /// [`StartError`] for an invalid configuration or an unreachable store.
     pub async fn start(source: ConfigSource) -> Result<App, StartError> {
-        let config = source.load()?;
+        let mut missing = false;
+        let config = match source.load() {
+            Ok(config) => config,
+            Err(error) => match source.load_base_document() {
+                // `server.start_without_config` (FORCE_START_WITHOUT_INITIAL_CONFIG):
+                // serve the document alone, and take the files at the
+                // first reload that succeeds.
+                Ok(base) if base.server.start_without_config => {
+                    tracing::error!(
+                        %error,
+                        "configuration not loaded; starting without it (server.start_without_config) and waiting for a valid one"
+                    );
+                    missing = true;
+                    base
+                }
+                _ => return Err(error.into()),
+            },
+        };
         let store = ServerStore::connect(&config.store).await?;
-        Ok(App::new(source, config, store))
+        let app = App::new(source, config, store);
+        app.config_missing.store(missing, Ordering::Relaxed);
+        Ok(app)
     }
 
     /// A service over an already loaded configuration and store (tests use
@@ -93,6 +117,7 @@ impl App {
             store_settings,
             health: StoreHealth::default(),
             metrics: Metrics::default(),
+            config_missing: AtomicBool::new(false),
         }
     }
 
@@ -104,6 +129,12 @@ impl App {
     /// The store, with its resilience layer.
     pub fn store(&self) -> &AppStore {
         &self.store
+    }
+
+    /// Whether the server started without its configuration
+    /// (`server.start_without_config`) and no reload has brought it yet.
+    pub fn config_missing(&self) -> bool {
+        self.config_missing.load(Ordering::Relaxed)
     }
 
     /// The metrics.
@@ -224,6 +255,7 @@ impl App {
                 let policies = config.policies.len();
                 let domains = config.domains.len();
                 self.current.store(Arc::new(build(config, &self.store)));
+                self.config_missing.store(false, Ordering::Relaxed);
                 self.metrics.reload(true);
                 tracing::info!(policies, domains, "config reloaded");
                 Ok(())
@@ -362,6 +394,23 @@ impl App {
             }
         }
         self.health.flush(self.health_context());
+    }
+
+    /// Whether the service is healthy: [`ready`](Self::ready), and, with
+    /// `server.healthy_needs_domains`, at least one Envoy domain loaded.
+    /// `/healthcheck`, `/readyz` and gRPC health all follow it.
+    ///
+    /// # Errors
+    /// Why it is not healthy.
+    pub async fn healthy(&self) -> Result<(), String> {
+        let loaded = self.current();
+        if loaded.config.server.healthy_needs_domains && loaded.config.domains.is_empty() {
+            return Err(
+                "no rate limit configuration loaded (server.healthy_needs_domains)".to_owned(),
+            );
+        }
+        drop(loaded);
+        self.ready().await
     }
 
     /// Whether the store answers (one peek, which writes nothing, at a probe

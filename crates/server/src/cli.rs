@@ -10,14 +10,17 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::app::{App, StartError};
-use crate::config::{Config, ConfigError, ConfigSource, StoreKind};
+use crate::config::env::{EnvoyEnvironment, LogSettings, TRIGGERS};
+use crate::config::{Config, ConfigError, ConfigSource, GENERATED_NAME, StoreKind};
 use crate::server::{Listeners, ServeError, ServerOptions, run};
 
 /// `tollgate serve`: run the HTTP JSON API and Envoy RLS gRPC.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// The configuration file (YAML). Without it: the built-in demo
-    /// configuration on the memory store.
+    /// The configuration file (YAML). Without it: the configuration that
+    /// envoyproxy/ratelimit's environment variables describe when any is
+    /// set (`RUNTIME_ROOT`, `REDIS_URL`, ...: docs/ENVOY.md), else the
+    /// built-in demo configuration on the memory store.
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// envoyproxy/ratelimit configuration, unchanged: a file, or a
@@ -35,9 +38,10 @@ pub struct ServeArgs {
 /// `tollgate check`: validate a configuration and exit.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// The configuration file (YAML).
+    /// The configuration file (YAML). Without it: the configuration that
+    /// envoyproxy/ratelimit's environment variables describe, printed.
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// envoyproxy/ratelimit configuration to validate with it.
     #[arg(long, value_name = "DIR|FILE")]
     pub envoy_config: Option<PathBuf>,
@@ -61,17 +65,65 @@ pub enum CliError {
     /// The server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// An envoyproxy/ratelimit environment variable has an invalid value.
+    #[error(transparent)]
+    Environment(#[from] crate::config::env::EnvError),
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). Does nothing
 /// when a subscriber is already installed.
 pub fn init_logging() {
+    init_logging_with(None);
+}
+
+/// Logs to stderr. `RUST_LOG` wins when set; otherwise the level is
+/// envoyproxy/ratelimit's `LOG_LEVEL` when `envoy` is given (default
+/// `warn`, as there), else `info`. `LOG_FORMAT=json` writes one JSON object
+/// per line. Does nothing when a subscriber is already installed.
+pub fn init_logging_with(envoy: Option<&LogSettings>) {
+    let default = envoy.map_or("info", |log| log.level);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if envoy.is_some_and(|log| log.json) {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// envoyproxy/ratelimit's variables that are set, when a tollgate
+/// configuration file is given too (they are then ignored).
+fn envoy_variables_set() -> Vec<&'static str> {
+    TRIGGERS
+        .iter()
+        .copied()
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect()
+}
+
+/// Where `serve` and `check` read their configuration: the file when one is
+/// given (envoyproxy/ratelimit's variables are then ignored, with a warning
+/// returned), else the environment's configuration when it has
+/// envoyproxy/ratelimit's variables, else `None`.
+fn environment(
+    config: Option<&PathBuf>,
+) -> Result<(Option<EnvoyEnvironment>, Vec<String>), CliError> {
+    if config.is_some() {
+        let set = envoy_variables_set();
+        let warnings = if set.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!(
+                "a configuration file is given (--config / TOLLGATE_CONFIG): envoyproxy/ratelimit's variables are ignored: {}",
+                set.join(", ")
+            )]
+        };
+        return Ok((None, warnings));
+    }
+    Ok((EnvoyEnvironment::from_process()?, Vec::new()))
 }
 
 /// Runs `tollgate serve` until `shutdown` completes.
@@ -82,11 +134,36 @@ pub async fn run_serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
-    init_logging();
-    let source = ConfigSource {
-        config: args.config,
-        envoy: args.envoy_config,
+    let (environment, mut warnings) = match environment(args.config.as_ref()) {
+        Ok(found) => found,
+        Err(error) => {
+            init_logging();
+            return Err(error);
+        }
     };
+    init_logging_with(environment.as_ref().map(|e| &e.log));
+    let source = match environment {
+        Some(environment) => {
+            tracing::info!(
+                variables = %environment.variables.join(","),
+                "configured from envoyproxy/ratelimit's environment variables"
+            );
+            warnings.extend(environment.warnings);
+            let mut source = environment.source;
+            if args.envoy_config.is_some() {
+                source.envoy = args.envoy_config;
+            }
+            source
+        }
+        None => ConfigSource {
+            config: args.config,
+            envoy: args.envoy_config,
+            ..ConfigSource::default()
+        },
+    };
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     let app = Arc::new(App::start(source).await?);
     let loaded = app.current();
     let http_addr = args.http.unwrap_or(loaded.config.server.http);
@@ -123,12 +200,19 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
     let _ = writeln!(out, "tollgate serving");
     let _ = writeln!(
         out,
-        "  HTTP   http://{http}  POST /v1/check /v1/peek /v1/reset; GET /v1/policies /metrics /healthz /readyz"
+        "  HTTP   http://{http}  POST /v1/check /v1/peek /v1/reset /json; GET /v1/policies /metrics /healthz /readyz /healthcheck /rlconfig"
     );
     let _ = writeln!(
         out,
         "  gRPC   {grpc}  envoy.service.ratelimit.v3.RateLimitService, grpc.health.v1.Health"
     );
+    if let Some(metrics) = &config.server.metrics {
+        let _ = writeln!(
+            out,
+            "  metrics http://{}{}  Prometheus (also GET /metrics on HTTP)",
+            metrics.addr, metrics.path
+        );
+    }
     let store = match config.store.kind {
         StoreKind::Memory => "memory (this process only)".to_owned(),
         StoreKind::Redis | StoreKind::RedisCluster => format!(
@@ -139,13 +223,24 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
         ),
     };
     let _ = writeln!(out, "  store  {store}");
-    let _ = match &app.source().config {
-        Some(path) => writeln!(
+    let source = app.source();
+    let _ = match (&source.config, &source.generated, &source.envoy) {
+        (Some(path), _, _) => writeln!(
             out,
             "  config {} (reloaded on change and on SIGHUP)",
             path.display()
         ),
-        None => writeln!(
+        (None, Some(_), Some(directory)) => writeln!(
+            out,
+            "  config envoyproxy/ratelimit's environment variables; files in {} (reloaded on change and on SIGHUP)",
+            directory.display()
+        ),
+        (None, _, Some(directory)) => writeln!(
+            out,
+            "  config envoyproxy/ratelimit files in {} (reloaded on change and on SIGHUP)",
+            directory.display()
+        ),
+        (None, _, None) => writeln!(
             out,
             "  config built-in demo (use --config FILE for your own)"
         ),
@@ -168,14 +263,70 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
 }
 
 /// Runs `tollgate check`: loads and validates the configuration, and
-/// returns a summary of what it defines.
+/// returns a summary of what it defines. Without `--config`, the
+/// configuration envoyproxy/ratelimit's variables give: its warnings and
+/// document are printed to stdout first.
 ///
 /// # Errors
 /// The first [`ConfigError`], naming file, line and field.
 pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
-    let source = ConfigSource {
-        config: Some(args.config.clone()),
-        envoy: args.envoy_config.clone(),
+    let as_config_error = |error: CliError| ConfigError::Invalid {
+        file: GENERATED_NAME.to_owned(),
+        line: None,
+        column: None,
+        message: error.to_string(),
+    };
+    let (environment, warnings) = environment(args.config.as_ref()).map_err(as_config_error)?;
+    let mut out = String::new();
+    for warning in &warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    let (source, name) = match environment {
+        Some(environment) => {
+            for warning in &environment.warnings {
+                let _ = writeln!(out, "warning: {warning}");
+            }
+            let _ = writeln!(
+                out,
+                "envoyproxy/ratelimit environment variables: {}",
+                environment.variables.join(", ")
+            );
+            let _ = writeln!(out, "{}", environment.document.trim_end());
+            // Printed now, so the document is shown even when loading
+            // what it names fails.
+            print!("{out}");
+            out.clear();
+            let mut source = environment.source;
+            if args.envoy_config.is_some() {
+                source.envoy.clone_from(&args.envoy_config);
+            }
+            let name = format!(
+                "{GENERATED_NAME} + {}",
+                source
+                    .envoy
+                    .as_ref()
+                    .map_or_else(String::new, |d| d.display().to_string())
+            );
+            (source, name)
+        }
+        None => {
+            let Some(config) = &args.config else {
+                return Err(ConfigError::Invalid {
+                    file: "<none>".to_owned(),
+                    line: None,
+                    column: None,
+                    message: "no configuration: give --config FILE (or TOLLGATE_CONFIG), or set envoyproxy/ratelimit's variables (RUNTIME_ROOT, REDIS_URL, ...)".to_owned(),
+                });
+            };
+            (
+                ConfigSource {
+                    config: Some(config.clone()),
+                    envoy: args.envoy_config.clone(),
+                    ..ConfigSource::default()
+                },
+                config.display().to_string(),
+            )
+        }
     };
     let config: Config = source.load()?;
     let inline = config
@@ -183,12 +334,13 @@ pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
         .values()
         .map(|d| d.inline_policies().count())
         .sum::<usize>();
-    Ok(format!(
-        "{}: ok ({} policies, {} envoy domains with {} inline limits, store {:?})",
-        args.config.display(),
+    let _ = write!(
+        out,
+        "{name}: ok ({} policies, {} envoy domains with {} inline limits, store {:?})",
         config.policies.len(),
         config.domains.len(),
         inline,
         config.store.kind
-    ))
+    );
+    Ok(out)
 }

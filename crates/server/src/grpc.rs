@@ -18,7 +18,9 @@
 //!   `shadow` in the metrics.
 //! - `overall_code` is `OVER_LIMIT` when any status is.
 //! - `response_headers_to_add` carries `RateLimit-Policy` and `RateLimit`
-//!   for the limits that were decided.
+//!   for the limits that were decided; with `envoy.response_headers`
+//!   enabled, also envoyproxy/ratelimit's three headers (limit, remaining,
+//!   reset) of the status nearest to its limit.
 //! - A descriptor's `limit` override, in a configured domain, replaces
 //!   whatever its entries match: `requests_per_unit` per `unit` in a fixed
 //!   window, never shadowed, under the one policy name
@@ -44,10 +46,16 @@ use tollgate::{Mode, PolicyRef};
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
+use crate::config::ResponseHeaderSettings;
 use crate::envoy::{Applied, CompiledRule, Domain, Matched, Unit};
 
 /// The gRPC service name, for health checking.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
+/// Every name gRPC health answers for: the server as a whole (`""`), the
+/// name envoyproxy/ratelimit registers (`ratelimit`) and the service's full
+/// name. All three follow the same check.
+pub const HEALTH_NAMES: [&str; 3] = ["", "ratelimit", SERVICE_NAME];
 
 /// The most descriptors one request may carry.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -378,14 +386,69 @@ fn rate_limit_headers(decided: &[PolicyDecision<'_>]) -> Vec<HeaderValue> {
     ]
 }
 
+/// envoyproxy/ratelimit's `LIMIT_RESPONSE_HEADERS_ENABLED` headers: the
+/// limit, what remains and the seconds until reset of one status: the
+/// last one that is over the limit, or else the first with the least
+/// remaining among those with a `current_limit`. `None` when no status has
+/// a limit.
+fn limit_headers(
+    settings: &ResponseHeaderSettings,
+    statuses: &[DescriptorStatus],
+) -> Option<[HeaderValue; 3]> {
+    let mut chosen: Option<&DescriptorStatus> = None;
+    let mut over = false;
+    for status in statuses.iter().filter(|s| s.current_limit.is_some()) {
+        if status.code == Code::OverLimit as i32 {
+            chosen = Some(status);
+            over = true;
+        } else if !over && chosen.is_none_or(|c| status.limit_remaining < c.limit_remaining) {
+            chosen = Some(status);
+        }
+    }
+    let status = chosen?;
+    let limit = status.current_limit.as_ref()?;
+    let reset = status.duration_until_reset.as_ref().map_or(0, |d| {
+        // Whole seconds, rounded up: a client waiting this long finds the
+        // window reset.
+        d.seconds.max(0) + i64::from(d.nanos > 0)
+    });
+    let header = |key: &str, value: String| HeaderValue {
+        key: key.to_owned(),
+        value,
+        ..HeaderValue::default()
+    };
+    Some([
+        header(&settings.limit, limit.requests_per_unit.to_string()),
+        header(&settings.remaining, status.limit_remaining.to_string()),
+        header(&settings.reset, reset.to_string()),
+    ])
+}
+
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
     async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let request = request.into_inner();
+        self.decide(request.into_inner()).await.map(Response::new)
+    }
+}
+
+impl RateLimitGrpc {
+    /// `ShouldRateLimit`: what both the gRPC method and `POST /json` answer.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` for a request envoyproxy/ratelimit refuses (empty
+    /// domain or descriptors, too many, an invalid override unit);
+    /// `UNAVAILABLE` while the server runs without its configuration
+    /// (`server.start_without_config`, until a reload brings it).
+    pub async fn decide(&self, request: RateLimitRequest) -> Result<RateLimitResponse, Status> {
         check_request(&request)?;
+        if self.app.config_missing() {
+            // envoyproxy/ratelimit fails the call too; Envoy's
+            // `failure_mode_deny` then decides.
+            return Err(Status::unavailable("no rate limit configuration loaded"));
+        }
         let loaded = self.app.current();
         let plans = plan(loaded.config.domains.get(&request.domain), &request)?;
         let mut statuses = Vec::with_capacity(plans.len());
@@ -439,11 +502,67 @@ impl RateLimitService for RateLimitGrpc {
             });
         }
         let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
-        Ok(Response::new(RateLimitResponse {
+        let mut headers = rate_limit_headers(&decided);
+        let settings = &loaded.config.envoy.response_headers;
+        if settings.enabled {
+            headers.extend(limit_headers(settings, &statuses).into_iter().flatten());
+        }
+        Ok(RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             statuses,
-            response_headers_to_add: rate_limit_headers(&decided),
+            response_headers_to_add: headers,
             ..RateLimitResponse::default()
-        }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, limit: Option<u32>, remaining: u32, reset_ms: u64) -> DescriptorStatus {
+        DescriptorStatus {
+            code: code as i32,
+            current_limit: limit.map(|requests_per_unit| RateLimit {
+                name: String::new(),
+                requests_per_unit,
+                unit: ProtoUnit::Minute as i32,
+            }),
+            limit_remaining: remaining,
+            duration_until_reset: Some(proto_duration(Duration::from_millis(reset_ms))),
+            ..DescriptorStatus::default()
+        }
+    }
+
+    fn values(statuses: &[DescriptorStatus]) -> Option<[String; 3]> {
+        let settings = ResponseHeaderSettings::default();
+        limit_headers(&settings, statuses).map(|h| h.map(|h| h.value))
+    }
+
+    #[test]
+    fn limit_headers_pick_envoyproxys_descriptor() {
+        // The least remaining, first among equals; no limit is never picked.
+        let statuses = [
+            status(Code::Ok, None, u32::MAX, 0),
+            status(Code::Ok, Some(10), 4, 1_000),
+            status(Code::Ok, Some(20), 4, 2_000),
+            status(Code::Ok, Some(30), 7, 3_000),
+        ];
+        assert_eq!(
+            values(&statuses),
+            Some(["10".into(), "4".into(), "1".into()])
+        );
+        // Over the limit wins over any remaining count; the last one over.
+        let statuses = [
+            status(Code::OverLimit, Some(5), 0, 500),
+            status(Code::Ok, Some(10), 0, 1_000),
+            status(Code::OverLimit, Some(6), 0, 59_001),
+        ];
+        assert_eq!(
+            values(&statuses),
+            Some(["6".into(), "0".into(), "60".into()])
+        );
+        assert_eq!(values(&[status(Code::Ok, None, u32::MAX, 0)]), None);
+        assert_eq!(values(&[]), None);
     }
 }

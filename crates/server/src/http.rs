@@ -1,4 +1,6 @@
-//! The HTTP JSON API, `/metrics`, `/healthz` and `/readyz`.
+//! The HTTP JSON API, `/metrics`, `/healthz` and `/readyz`; and
+//! envoyproxy/ratelimit's `POST /json`, `GET /healthcheck` and
+//! `GET /rlconfig`.
 //!
 //! Every body is read through a size limit before it is parsed, and every
 //! error is an RFC 9457 `application/problem+json` document with its own
@@ -39,6 +41,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/json", post(envoy_json))
+        .route("/healthcheck", get(healthcheck))
+        .route("/rlconfig", get(rlconfig))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// The router of the Prometheus listener (`server.metrics`): the
+/// `/metrics` text at `path`, and `404` everywhere else.
+pub fn metrics_router(app: Arc<App>, path: &str) -> Router {
+    Router::new()
+        .route(path, get(metrics))
         .fallback(not_found)
         .with_state(app)
 }
@@ -494,8 +508,69 @@ async fn healthz() -> Response {
     ([(CONTENT_TYPE, "text/plain")], "ok\n").into_response()
 }
 
+/// `POST /json`: envoyproxy/ratelimit's JSON form of `ShouldRateLimit`
+/// ([`crate::json`]), decided by the gRPC service's own code. `200` with
+/// the response; `429` when the overall code is `OVER_LIMIT` (as
+/// envoyproxy/ratelimit answers); `400` (problem+json) for a body that
+/// does not read or a request the service refuses; `413` past
+/// `server.max_body_bytes`.
+async fn envoy_json(State(app): State<Arc<App>>, body: Body) -> Response {
+    let max = app.current().config.server.max_body_bytes;
+    let body = match read_body(body, max).await {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    let request = match crate::json::decode_request(&body) {
+        Ok(request) => request,
+        Err(detail) => {
+            return Problem::bad_request(format!("invalid RateLimitRequest: {detail}"))
+                .into_response();
+        }
+    };
+    let response = match crate::grpc::RateLimitGrpc::new(Arc::clone(&app))
+        .decide(request)
+        .await
+    {
+        Ok(response) => response,
+        Err(status) => return Problem::bad_request(status.message().to_owned()).into_response(),
+    };
+    let status = match response.overall_code {
+        1 => StatusCode::OK,
+        2 => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = crate::json::encode_response(&response).to_string();
+    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `GET /healthcheck`, as envoyproxy/ratelimit answers it: `200 OK` when
+/// healthy ([`App::healthy`]: the store answers, the breaker is closed,
+/// and with `server.healthy_needs_domains` a domain is loaded); otherwise
+/// `500` (its body says why, where envoyproxy/ratelimit's is empty).
+async fn healthcheck(State(app): State<Arc<App>>) -> Response {
+    match app.healthy().await {
+        Ok(()) => ([(CONTENT_TYPE, "text/plain")], "OK").into_response(),
+        Err(reason) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(CONTENT_TYPE, "text/plain")],
+            format!("{reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /rlconfig`: the Envoy domains in force as text, one line per limit
+/// ([`crate::envoy::Domain::dump`]), domains sorted by name.
+async fn rlconfig(State(app): State<Arc<App>>) -> Response {
+    let loaded = app.current();
+    let mut domains: Vec<_> = loaded.config.domains.values().collect();
+    domains.sort_by(|a, b| a.name().cmp(b.name()));
+    let text: String = domains.iter().map(|d| d.dump()).collect();
+    ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.ready().await {
+    match app.healthy().await {
         Ok(()) => ([(CONTENT_TYPE, "text/plain")], "ready\n").into_response(),
         Err(reason) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

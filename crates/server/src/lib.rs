@@ -11,7 +11,9 @@
 //! - [`app`]: [`App`], the running service: the current configuration and
 //!   limiter (swapped whole on reload), failure modes, metrics;
 //! - [`http`]: the HTTP JSON API (`/v1/check`, `/v1/peek`, `/v1/reset`,
-//!   `/v1/policies`), `/metrics`, `/healthz`, `/readyz`;
+//!   `/v1/policies`), `/metrics`, `/healthz`, `/readyz`, and
+//!   envoyproxy/ratelimit's `/json`, `/healthcheck`, `/rlconfig`;
+//! - [`json`]: the JSON form of `ShouldRateLimit` that `/json` speaks;
 //! - [`grpc`]: Envoy's `RateLimitService` (RLS v3)
 //!   (the IETF `RateLimit-Policy`/`RateLimit` fields come from `tollgate::answer`);
 //! - [`health`]: the store's health: the background probe that closes the
@@ -54,6 +56,7 @@ pub mod envoy;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod json;
 pub mod metrics;
 pub mod reload;
 pub mod server;

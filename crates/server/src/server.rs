@@ -19,12 +19,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::app::App;
-use crate::config::ServerSettings;
+use crate::config::{GrpcTlsSettings, ServerSettings};
 use crate::conn::{Acceptor, Activity, AwaitMessageLayer, TimedBody, Tracker, Watched};
-use crate::grpc::{RateLimitGrpc, SERVICE_NAME};
+use crate::grpc::{HEALTH_NAMES, RateLimitGrpc};
 
 /// How the server runs besides its listeners.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +83,18 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(tonic::transport::Error),
+    /// `server.grpc_tls` could not be put in force (a file missing or not
+    /// PEM).
+    #[error("server.grpc_tls: {0}")]
+    Tls(String),
+    /// The Prometheus listener (`server.metrics`) could not be bound or failed.
+    #[error("server.metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Serves `app` on `listeners` until `shutdown` completes, then stops
@@ -103,6 +116,23 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let limits = app.current().config.server.clone();
     open_file_limit(&limits, listeners.grpc.is_some());
+    // Read before anything starts, so a bad certificate stops the start.
+    let tls = match &limits.grpc_tls {
+        Some(settings) => Some(grpc_tls(settings).map_err(ServeError::Tls)?),
+        None => None,
+    };
+    let metrics_listener = match &limits.metrics {
+        Some(metrics) => Some((
+            TcpListener::bind(metrics.addr)
+                .await
+                .map_err(|source| ServeError::Metrics {
+                    addr: metrics.addr,
+                    source,
+                })?,
+            metrics.path.clone(),
+        )),
+        None => None,
+    };
 
     // One shutdown signal for every task: a watch channel each task waits on.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -133,6 +163,20 @@ pub async fn run(
     // Probes the store at start and while it fails (crate::health).
     let store_watch = tokio::spawn(crate::health::watch_store(Arc::clone(&app), stopped()));
 
+    let metrics = match metrics_listener {
+        Some((listener, path)) => {
+            let addr = listener.local_addr().ok();
+            tracing::info!(?addr, %path, "Prometheus metrics listener");
+            let router = crate::http::metrics_router(Arc::clone(&app), &path);
+            Some(tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped())
+                    .into_future(),
+            ))
+        }
+        None => None,
+    };
+
     let http_open = Tracker::new();
     let grpc_open = Tracker::new();
     let http = serve_http(
@@ -151,6 +195,7 @@ pub async fn run(
             Arc::clone(&app),
             acceptor,
             &limits,
+            tls.clone(),
             options,
             &stopped,
             &grpc_open,
@@ -201,6 +246,14 @@ pub async fn run(
         let _ = watcher.await;
     }
     let _ = store_watch.await;
+    if let Some(metrics) = metrics {
+        // It stops with the others; a listener error is logged, not fatal.
+        match tokio::time::timeout(CUT_GRACE, metrics).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "metrics listener failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("metrics listener did not stop in time"),
+        }
+    }
     http.map_err(ServeError::Http)?;
     grpc.map_err(ServeError::Grpc)?;
     tracing::info!("stopped");
@@ -209,10 +262,10 @@ pub async fn run(
 
 /// How long closed connections get to end once cut at shutdown's deadline.
 const CUT_GRACE: Duration = Duration::from_secs(2);
-/// A gRPC connection older than this is asked to go away (GOAWAY), so
-/// long-lived clients reconnect and spread over instances and no connection
-/// lives forever.
-pub const GRPC_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+/// The default age past which a gRPC connection is asked to go away
+/// (GOAWAY), so long-lived clients reconnect and spread over instances and
+/// no connection lives forever: `server.grpc_max_connection_age`.
+pub const GRPC_MAX_CONNECTION_AGE: Duration = crate::config::DEFAULT_GRPC_MAX_CONNECTION_AGE;
 /// The most time between HTTP/2 keepalive pings on a gRPC connection that
 /// is quiet (they are sent at half `idle_timeout` when that is shorter).
 pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -370,11 +423,36 @@ impl hyper::service::Service<Request<Incoming>> for HttpService {
     }
 }
 
+/// `server.grpc_tls` as tonic's configuration: the certificate and key, and
+/// with `client_ca` the CA client certificates must chain to (then a
+/// client without one is refused in the handshake).
+fn grpc_tls(settings: &GrpcTlsSettings) -> Result<ServerTlsConfig, String> {
+    // tonic builds rustls's configuration with the process's provider,
+    // which rustls cannot choose when the build enables none or several.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |name: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{name} {}: {e}", path.display()))
+    };
+    let cert = read("cert", &settings.cert)?;
+    let key = read("key", &settings.key)?;
+    for (name, pem) in [("cert", &cert), ("key", &key)] {
+        if !pem.starts_with(b"-----BEGIN") && !String::from_utf8_lossy(pem).contains("-----BEGIN") {
+            return Err(format!("{name} is not a PEM file"));
+        }
+    }
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(path) = &settings.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read("client_ca", path)?));
+    }
+    Ok(config)
+}
+
 /// The gRPC port: tonic over the accepted connections, until shutdown.
 async fn serve_grpc<S, F>(
     app: Arc<App>,
     mut acceptor: Acceptor,
     limits: &ServerSettings,
+    tls: Option<ServerTlsConfig>,
     options: ServerOptions,
     stopped: &S,
     open: &Tracker,
@@ -384,9 +462,11 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
+    for name in HEALTH_NAMES {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
     let health_app = Arc::clone(&app);
     let health_stop = stopped();
     let interval = options.health_interval;
@@ -394,13 +474,14 @@ where
     tokio::spawn(async move {
         tokio::pin!(health_stop);
         loop {
-            let status = if health_app.ready().await.is_ok() {
+            let status = if health_app.healthy().await.is_ok() {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            reporter.set_service_status(SERVICE_NAME, status).await;
-            reporter.set_service_status("", status).await;
+            for name in HEALTH_NAMES {
+                reporter.set_service_status(name, status).await;
+            }
             // Re-checked every interval, and at once when the store's
             // health changes.
             tokio::select! {
@@ -430,13 +511,17 @@ where
     };
     // Pings keep a live but quiet client from looking idle: it answers.
     let keepalive = GRPC_KEEPALIVE_INTERVAL.min(limits.idle_timeout / 2);
-    let serving = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let serving = builder
         .max_concurrent_streams(limits.grpc_max_streams)
         .timeout(limits.grpc_request_timeout)
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
-        .max_connection_age(GRPC_MAX_CONNECTION_AGE)
-        .max_connection_age_grace(limits.grpc_request_timeout + Duration::from_secs(1))
+        .max_connection_age(limits.grpc_max_connection_age)
+        .max_connection_age_grace(limits.grpc_max_connection_age_grace)
         .layer(AwaitMessageLayer)
         .add_service(health)
         .add_service(RateLimitGrpc::new(app).into_server())

@@ -6,6 +6,23 @@ use tollgate_redis::{ConnectError, RedisOptions, RedisStore};
 
 use crate::config::{StoreKind, StoreSettings};
 
+/// Why the configured store could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreConnectError {
+    /// The Redis store's own error.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// `store.tls_ca_cert` could not be read.
+    #[error("store.tls_ca_cert {path}: {source}")]
+    TlsCaCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// The memory store or a Redis store, behind one type so the server is not
 /// generic over its store. Cheap to clone; clones share state.
 #[derive(Clone, Debug)]
@@ -21,12 +38,19 @@ impl ServerStore {
     /// Connects to the configured store.
     ///
     /// # Errors
-    /// [`ConnectError`] when Redis cannot be reached or its URL or prefix is
-    /// invalid.
-    pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
+    /// [`StoreConnectError`] when Redis cannot be reached, its URL or prefix
+    /// is invalid, or `store.tls_ca_cert` cannot be read.
+    pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, StoreConnectError> {
         // No call bound on the Redis store: `store.timeout` is the
         // resilience layer's deadline, which wraps every call.
-        let options = RedisOptions::default().prefix(settings.prefix.clone());
+        let mut options = RedisOptions::default().prefix(settings.prefix.clone());
+        if let Some(path) = &settings.tls_ca_cert {
+            let pem = std::fs::read(path).map_err(|source| StoreConnectError::TlsCaCert {
+                path: path.clone(),
+                source,
+            })?;
+            options = options.tls_root_cert(pem);
+        }
         Ok(match settings.kind {
             StoreKind::Memory => {
                 ServerStore::Memory(MemoryStore::builder().max_keys(settings.max_keys).build())

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, DEMO_CONFIG, limits};
 
+/// How messages name the document generated from the environment.
+pub const GENERATED_NAME: &str = "<environment>";
+
 /// Where a configuration comes from: reloading reads the same places again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigSource {
@@ -15,6 +18,17 @@ pub struct ConfigSource {
     /// envoyproxy/ratelimit configuration: one file, or a directory whose
     /// `*.yaml`/`*.yml` files (not hidden ones) each hold one domain.
     pub envoy: Option<PathBuf>,
+    /// In an envoyproxy/ratelimit directory, skip files and directories
+    /// whose name starts with `.` (envoyproxy/ratelimit's
+    /// `RUNTIME_IGNOREDOTFILES`).
+    pub ignore_dot_files: bool,
+    /// Merge files that define the same domain instead of refusing them
+    /// (envoyproxy/ratelimit's `MERGE_DOMAIN_CONFIG`).
+    pub merge_domains: bool,
+    /// A tollgate YAML document given as text, read in place of `config`
+    /// when that is `None`: the configuration that envoyproxy/ratelimit's
+    /// environment variables describe (see [`crate::config::env`]).
+    pub generated: Option<String>,
 }
 
 impl ConfigSource {
@@ -25,20 +39,39 @@ impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
         // Bytes still allowed for all files together.
         let mut budget = limits::MAX_CONFIG_BYTES;
+        let mut config = self.load_base(&mut budget)?;
         let mut read = |path: &Path| limits::read_bounded(path, &mut budget);
-        let mut config = match &self.config {
-            Some(path) => Config::parse(&read(path)?, &path.display().to_string())?,
-            // envoyproxy/ratelimit files alone: only their domains, on
-            // the memory store, no demo policies.
-            None if self.envoy.is_some() => Config::parse("", "<empty>")?,
-            None => Config::parse(DEMO_CONFIG, "<demo>")?,
-        };
         if let Some(envoy) = &self.envoy {
             for file in envoy_files(envoy)? {
                 config.add_envoy_file(&read(&file)?, &file.display().to_string())?;
             }
         }
         Ok(config)
+    }
+
+    /// The configuration without the envoyproxy/ratelimit files: the
+    /// tollgate file, the generated document, an empty one (with `envoy`
+    /// set) or the demo.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn load_base_document(&self) -> Result<Config, ConfigError> {
+        let mut budget = limits::MAX_CONFIG_BYTES;
+        self.load_base(&mut budget)
+    }
+
+    fn load_base(&self, budget: &mut u64) -> Result<Config, ConfigError> {
+        Ok(match (&self.config, &self.generated) {
+            (Some(path), _) => Config::parse(
+                &limits::read_bounded(path, budget)?,
+                &path.display().to_string(),
+            )?,
+            (None, Some(text)) => Config::parse(text, GENERATED_NAME)?,
+            // envoyproxy/ratelimit files alone: only their domains, on
+            // the memory store, no demo policies.
+            (None, None) if self.envoy.is_some() => Config::parse("", "<empty>")?,
+            (None, None) => Config::parse(DEMO_CONFIG, "<demo>")?,
+        })
     }
 
     /// Every file the configuration is read from (the envoy directory's

@@ -14,6 +14,8 @@
 //! - this file: [`Config`], parsing a document into it, and the demo;
 //! - `settings`: the validated sections ([`ServerSettings`],
 //!   [`StoreSettings`], ...) and their defaults;
+//! - [`env`]: envoyproxy/ratelimit's environment variables, turned into a
+//!   tollgate document;
 //! - `error`: [`ConfigError`], with file, line and column;
 //! - `files`: [`ConfigSource`], which files a configuration is read from;
 //! - `limits`: size and nesting caps, checked before the parser runs;
@@ -30,6 +32,7 @@ use tollgate::Policy;
 
 use crate::envoy::{Domain, DomainSpec, RawDomain};
 
+pub mod env;
 mod error;
 mod files;
 mod limits;
@@ -40,7 +43,7 @@ mod settings;
 mod tests;
 
 pub use error::ConfigError;
-pub use files::ConfigSource;
+pub use files::{ConfigSource, GENERATED_NAME};
 pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_NESTING_DEPTH};
 pub use settings::{
     BreakerSettings, DEFAULT_BODY_TIMEOUT, DEFAULT_GRPC, DEFAULT_GRPC_MAX_STREAMS,
@@ -48,6 +51,10 @@ pub use settings::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEY_BYTES,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STORE_TIMEOUT, DenyCacheSettings, FailureMode, MAX_MAX_KEYS,
     MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
+};
+pub use settings::{
+    DEFAULT_GRPC_MAX_CONNECTION_AGE, DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings,
+    MetricsSettings, ResponseHeaderSettings,
 };
 
 use parse::{Checked, parse_document};
@@ -104,6 +111,8 @@ pub struct Config {
     pub failure_modes: BTreeMap<String, FailureMode>,
     /// Envoy rate limit domains, by name.
     pub domains: HashMap<String, Domain>,
+    /// Switches of envoyproxy/ratelimit's semantics (the `envoy:` section).
+    pub envoy: EnvoySettings,
 }
 
 impl Config {
@@ -148,6 +157,7 @@ impl Config {
                 .collect(),
             failure_modes,
             domains: HashMap::new(),
+            envoy: raw.envoy.map(|e| e.0).unwrap_or_default(),
         };
         for domain in raw.domains {
             config.add_domain(domain.0, file)?;

@@ -4,12 +4,16 @@
 //! descriptor schema, in `envoy::schema`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tollgate::{Algorithm, Policy};
 
 use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
+use super::settings::{
+    DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings, MetricsSettings, ResponseHeaderSettings,
+};
 use super::{
     BreakerSettings, DenyCacheSettings, FailureMode, MAX_MAX_KEYS, MAX_POLICY_NAME, ServerSettings,
     StoreKind, StoreSettings,
@@ -27,6 +31,8 @@ pub(super) struct RawConfig {
     pub(super) policies: Vec<Checked<RawPolicy>>,
     #[serde(default)]
     pub(super) domains: Vec<Checked<RawDomain>>,
+    #[serde(default)]
+    pub(super) envoy: Option<Checked<RawEnvoy>>,
 }
 
 impl RawConfig {
@@ -61,6 +67,117 @@ pub(super) struct RawServer {
     shutdown_timeout: Option<DurationText>,
     grpc_max_streams: Option<u32>,
     grpc_request_timeout: Option<DurationText>,
+    grpc_max_connection_age: Option<DurationText>,
+    grpc_max_connection_age_grace: Option<DurationText>,
+    grpc_tls: Option<Checked<RawGrpcTls>>,
+    metrics: Option<Checked<RawMetrics>>,
+    start_without_config: Option<bool>,
+    healthy_needs_domains: Option<bool>,
+}
+
+/// The longest `server.grpc_max_connection_age` (and its grace): a year.
+/// envoyproxy/ratelimit's defaults (24 h, and 1 h of grace) fit well within.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrpcTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+impl Validate for RawGrpcTls {
+    type Output = GrpcTlsSettings;
+
+    fn validate(self) -> Result<GrpcTlsSettings, String> {
+        for (name, path) in [
+            ("cert", Some(&self.cert)),
+            ("key", Some(&self.key)),
+            ("client_ca", self.client_ca.as_ref()),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        Ok(GrpcTlsSettings {
+            cert: self.cert,
+            key: self.key,
+            client_ca: self.client_ca,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    addr: SocketAddr,
+    path: Option<String>,
+}
+
+impl Validate for RawMetrics {
+    type Output = MetricsSettings;
+
+    fn validate(self) -> Result<MetricsSettings, String> {
+        let path = self.path.unwrap_or_else(|| DEFAULT_METRICS_PATH.to_owned());
+        if !path.starts_with('/')
+            || path.len() > 256
+            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "path `{path}` must start with `/`, have no spaces and be at most 256 bytes"
+            ));
+        }
+        Ok(MetricsSettings {
+            addr: self.addr,
+            path,
+        })
+    }
+}
+
+/// The `envoy:` section.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvoy {
+    response_headers: Option<Checked<RawResponseHeaders>>,
+}
+
+impl Validate for RawEnvoy {
+    type Output = EnvoySettings;
+
+    fn validate(self) -> Result<EnvoySettings, String> {
+        Ok(EnvoySettings {
+            response_headers: self.response_headers.map(|h| h.0).unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponseHeaders {
+    enabled: Option<bool>,
+    limit: Option<String>,
+    remaining: Option<String>,
+    reset: Option<String>,
+}
+
+impl Validate for RawResponseHeaders {
+    type Output = ResponseHeaderSettings;
+
+    fn validate(self) -> Result<ResponseHeaderSettings, String> {
+        let defaults = ResponseHeaderSettings::default();
+        let name = |field: &str, value: Option<String>, default: String| match value {
+            None => Ok(default),
+            Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => Ok(name),
+            Some(name) => Err(format!("{field}: `{name}` is not a valid header name")),
+        };
+        Ok(ResponseHeaderSettings {
+            enabled: self.enabled.unwrap_or(defaults.enabled),
+            limit: name("limit", self.limit, defaults.limit)?,
+            remaining: name("remaining", self.remaining, defaults.remaining)?,
+            reset: name("reset", self.reset, defaults.reset)?,
+        })
+    }
 }
 
 impl Validate for RawServer {
@@ -108,6 +225,21 @@ impl Validate for RawServer {
                 Ok(value)
             }
         };
+        let grpc_request_timeout = timeout(
+            "grpc_request_timeout",
+            self.grpc_request_timeout,
+            defaults.grpc_request_timeout,
+        )?;
+        let age = |name: &str, value: Option<DurationText>, default: Duration| {
+            let value = value.map_or(default, |d| d.0);
+            if value.is_zero() || value > MAX_CONNECTION_AGE {
+                Err(format!(
+                    "{name} must be above zero and at most 365 days, not {value:?}"
+                ))
+            } else {
+                Ok(value)
+            }
+        };
         Ok(ServerSettings {
             http: self.http.unwrap_or(defaults.http),
             grpc: self.grpc.unwrap_or(defaults.grpc),
@@ -128,11 +260,21 @@ impl Validate for RawServer {
                 defaults.shutdown_timeout,
             )?,
             grpc_max_streams,
-            grpc_request_timeout: timeout(
-                "grpc_request_timeout",
-                self.grpc_request_timeout,
-                defaults.grpc_request_timeout,
+            grpc_request_timeout,
+            grpc_max_connection_age: age(
+                "grpc_max_connection_age",
+                self.grpc_max_connection_age,
+                defaults.grpc_max_connection_age,
             )?,
+            grpc_max_connection_age_grace: age(
+                "grpc_max_connection_age_grace",
+                self.grpc_max_connection_age_grace,
+                grpc_request_timeout + Duration::from_secs(1),
+            )?,
+            grpc_tls: self.grpc_tls.map(|t| t.0),
+            metrics: self.metrics.map(|m| m.0),
+            start_without_config: self.start_without_config.unwrap_or(false),
+            healthy_needs_domains: self.healthy_needs_domains.unwrap_or(false),
         })
     }
 }
@@ -151,6 +293,7 @@ pub(super) struct RawStore {
     breaker: Option<Checked<RawBreaker>>,
     deny_cache: Option<Checked<RawDenyCache>>,
     max_keys: Option<u64>,
+    tls_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +424,7 @@ impl Validate for RawStore {
             breaker: self.breaker.map_or(defaults.breaker, |b| b.0),
             deny_cache: self.deny_cache.map_or(defaults.deny_cache, |d| d.0),
             max_keys,
+            tls_ca_cert: self.tls_ca_cert,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! server runs on once `raw` has checked what was written.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -84,7 +85,58 @@ pub struct ServerSettings {
     /// ends with `CANCELLED` ("Timeout expired"); a shorter `grpc-timeout`
     /// from the client wins.
     pub grpc_request_timeout: Duration,
+    /// A gRPC connection older than this is sent `GOAWAY`, so clients
+    /// reconnect and spread over instances (`server.grpc_max_connection_age`).
+    pub grpc_max_connection_age: Duration,
+    /// After `GOAWAY` for age, calls in flight get this long to finish
+    /// before the connection is closed (`server.grpc_max_connection_age_grace`;
+    /// default `grpc_request_timeout` + 1 s).
+    pub grpc_max_connection_age_grace: Duration,
+    /// TLS on the gRPC port (`server.grpc_tls`); `None`: plaintext.
+    pub grpc_tls: Option<GrpcTlsSettings>,
+    /// A second listener serving only the Prometheus text
+    /// (`server.metrics`); `/metrics` on the HTTP port stays.
+    pub metrics: Option<MetricsSettings>,
+    /// Start (and keep serving) when the configuration cannot be loaded at
+    /// start: the server runs this document without the envoyproxy/ratelimit
+    /// files until a reload succeeds (`server.start_without_config`,
+    /// envoyproxy/ratelimit's `FORCE_START_WITHOUT_INITIAL_CONFIG`).
+    pub start_without_config: bool,
+    /// Health (`/healthcheck`, `/readyz`, gRPC health) also requires at
+    /// least one Envoy domain loaded (`server.healthy_needs_domains`,
+    /// envoyproxy/ratelimit's `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`).
+    pub healthy_needs_domains: bool,
 }
+
+/// `server.grpc_tls`: the gRPC port's certificate, and the CA that client
+/// certificates must chain to (mutual TLS) when `client_ca` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GrpcTlsSettings {
+    /// The server's certificate chain (PEM file).
+    pub cert: PathBuf,
+    /// The server's private key (PEM file).
+    pub key: PathBuf,
+    /// Client certificates are required and verified against this CA (PEM
+    /// file); `None`: no client certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `server.metrics`: a listener of its own for Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsSettings {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The path the text is served at (any other path: 404).
+    pub path: String,
+}
+
+/// The default `server.metrics.path`.
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+
+/// The default `server.grpc_max_connection_age`.
+pub const DEFAULT_GRPC_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -101,6 +153,12 @@ impl Default for ServerSettings {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             grpc_max_streams: DEFAULT_GRPC_MAX_STREAMS,
             grpc_request_timeout: DEFAULT_GRPC_REQUEST_TIMEOUT,
+            grpc_max_connection_age: DEFAULT_GRPC_MAX_CONNECTION_AGE,
+            grpc_max_connection_age_grace: DEFAULT_GRPC_REQUEST_TIMEOUT + Duration::from_secs(1),
+            grpc_tls: None,
+            metrics: None,
+            start_without_config: false,
+            healthy_needs_domains: false,
         }
     }
 }
@@ -155,6 +213,9 @@ pub struct StoreSettings {
     /// fallback's in-memory state); past it the entries nearest to becoming
     /// fresh are evicted.
     pub max_keys: usize,
+    /// For `rediss://`: the CA certificate (PEM file) that signed Redis's
+    /// certificate, when it is not a public one (`store.tls_ca_cert`).
+    pub tls_ca_cert: Option<PathBuf>,
 }
 
 impl Default for StoreSettings {
@@ -169,6 +230,7 @@ impl Default for StoreSettings {
             breaker: BreakerSettings::default(),
             deny_cache: DenyCacheSettings::default(),
             max_keys: tollgate::store::memory::DEFAULT_MAX_KEYS,
+            tls_ca_cert: None,
         }
     }
 }
@@ -211,6 +273,43 @@ impl Default for DenyCacheSettings {
         DenyCacheSettings {
             enabled: true,
             capacity: resilience::DEFAULT_DENY_CACHE_CAPACITY,
+        }
+    }
+}
+
+/// The `envoy:` section: switches of envoyproxy/ratelimit's semantics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnvoySettings {
+    /// `envoy.response_headers`: envoyproxy/ratelimit's
+    /// `LIMIT_RESPONSE_HEADERS_ENABLED` headers.
+    pub response_headers: ResponseHeaderSettings,
+}
+
+/// `envoy.response_headers`: when enabled, every `ShouldRateLimit` answer
+/// that decided a limit carries three headers, as envoyproxy/ratelimit
+/// writes them: the limit, what remains and the seconds until it resets,
+/// of the descriptor with the least remaining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResponseHeaderSettings {
+    /// Whether the headers are written.
+    pub enabled: bool,
+    /// The name of the limit's header (default `RateLimit-Limit`).
+    pub limit: String,
+    /// The name of the remaining count's header (default `RateLimit-Remaining`).
+    pub remaining: String,
+    /// The name of the reset header, in seconds (default `RateLimit-Reset`).
+    pub reset: String,
+}
+
+impl Default for ResponseHeaderSettings {
+    fn default() -> Self {
+        ResponseHeaderSettings {
+            enabled: false,
+            limit: "RateLimit-Limit".to_owned(),
+            remaining: "RateLimit-Remaining".to_owned(),
+            reset: "RateLimit-Reset".to_owned(),
         }
     }
 }

@@ -445,6 +445,76 @@ impl Domain {
     }
 }
 
+impl Domain {
+    /// The domain's limits as text, one line per descriptor with a limit,
+    /// for `GET /rlconfig`: envoyproxy/ratelimit's dump format
+    /// (`<domain>.<key>[_<value>].<key>...: unit=MINUTE requests_per_unit=3,
+    /// shadow_mode: false`), with `unlimited: true`, a named policy
+    /// (`policy=<name> <policy>`) or a non-fixed-window algorithm written
+    /// out. Keys and values are sorted; wildcards keep their order.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        dump_level(&self.root, &self.name, &mut out);
+        out
+    }
+}
+
+fn dump_level(level: &Level, path: &str, out: &mut String) {
+    let mut keys: Vec<(&String, &KeyNodes)> = level.keys.iter().collect();
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, nodes) in keys {
+        let mut exact: Vec<(&String, &Node)> = nodes.exact.iter().collect();
+        exact.sort_by(|a, b| a.0.cmp(b.0));
+        for (value, node) in exact {
+            dump_node(node, &format!("{path}.{key}_{value}"), out);
+        }
+        for (prefix, node) in &nodes.prefixes {
+            let label = node
+                .shared_pattern
+                .clone()
+                .unwrap_or_else(|| format!("{prefix}*"));
+            dump_node(node, &format!("{path}.{key}_{label}"), out);
+        }
+        if let Some(node) = &nodes.any {
+            dump_node(node, &format!("{path}.{key}"), out);
+        }
+    }
+}
+
+fn dump_node(node: &Node, path: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    if let Some(rule) = &node.rule {
+        let unit_name = |unit: Option<Unit>| {
+            unit.map_or_else(|| "UNKNOWN".to_owned(), |u| u.name().to_ascii_uppercase())
+        };
+        let limit = match &rule.applied {
+            Applied::Unlimited => "unit=UNKNOWN requests_per_unit=0, unlimited: true".to_owned(),
+            Applied::DenyAll { unit } => {
+                format!("unit={} requests_per_unit=0", unit_name(Some(*unit)))
+            }
+            Applied::Policy {
+                name,
+                policy,
+                unit,
+                requests_per_unit,
+            } => {
+                let mut text = format!(
+                    "unit={} requests_per_unit={requests_per_unit}",
+                    unit_name(*unit)
+                );
+                if !name.starts_with("envoy/") {
+                    let _ = write!(text, ", policy={name} {policy}");
+                } else if policy.algorithm() != tollgate::Algorithm::FixedWindow {
+                    let _ = write!(text, ", algorithm={}", policy.algorithm().name());
+                }
+                text
+            }
+        };
+        let _ = writeln!(out, "{path}: {limit}, shadow_mode: {}", node.shadow_mode);
+    }
+    dump_level(&node.children, path, out);
+}
+
 /// Appends `part` with its length in front, so no two sequences of parts
 /// encode to the same bytes.
 fn push_part(key: &mut Vec<u8>, part: &[u8]) {

@@ -1,0 +1,536 @@
+//! envoyproxy/ratelimit's endpoints and switches: `POST /json` (the gRPC
+//! method's own decisions, in protobuf's JSON mapping), `GET /healthcheck`
+//! and gRPC health under every name envoyproxy/ratelimit answers, while
+//! the store is down and while no domain is loaded, `GET /rlconfig`,
+//! `envoy.response_headers`, and the gRPC port over (mutual) TLS.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestServer, descriptor};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use tollgate_testkit::files::temp_dir;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The status gRPC health gives `name`, or the error's code.
+async fn grpc_health(channel: &Channel, name: &str) -> Result<i32, tonic::Code> {
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: name.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|s| s.code())
+}
+
+const NAMES: [&str; 3] = [
+    "",
+    "ratelimit",
+    "envoy.service.ratelimit.v3.RateLimitService",
+];
+
+#[tokio::test]
+async fn json_decides_as_grpc_does_on_the_same_counters() {
+    let server = TestServer::start(Backend::memory()).await;
+    // `hourly` is 3 per hour in the test configuration, named `user=...`.
+    let body = r#"{"domain":"edge","descriptors":[{"entries":[{"key":"path","value":"/login"}]}]}"#;
+    let (status, first) = server.post_json("/json", body).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["overallCode"], "OK");
+    let left = first["statuses"][0]["limitRemaining"].as_u64().unwrap();
+    // A gRPC call charges the same counter: one less.
+    let mut rls = server.rls_client().await;
+    let response = rls
+        .should_rate_limit(RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![descriptor(&[("path", "/login")], None)],
+            hits_addend: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u64::from(response.statuses[0].limit_remaining), left - 1);
+    // Spend the rest through /json, then 429 with the same JSON shape.
+    let spend = format!(
+        r#"{{"domain":"edge","hitsAddend":{},"descriptors":[{{"entries":[{{"key":"path","value":"/login"}}]}}]}}"#,
+        left - 1
+    );
+    assert_eq!(server.post_json("/json", &spend).await.0, 200);
+    let (status, over) = server.post_json("/json", body).await;
+    assert_eq!(status, 429, "{over}");
+    assert_eq!(over["overallCode"], "OVER_LIMIT");
+    assert_eq!(over["statuses"][0]["code"], "OVER_LIMIT");
+    // An unknown domain is OK without a limit, as in envoyproxy/ratelimit.
+    let (status, text) = server
+        .post_json(
+            "/json",
+            r#"{"domain":"nowhere","descriptors":[{"entries":[{"key":"a","value":"b"}]}]}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        text,
+        serde_json::json!({"overallCode": "OK", "statuses": [{"code": "OK"}]})
+    );
+}
+
+#[tokio::test]
+async fn json_refuses_hostile_bodies_with_clear_errors() {
+    let server = TestServer::start(Backend::memory()).await;
+    for (body, status, detail) in [
+        ("{", 400, "invalid JSON"),
+        ("[1]", 400, "expected an object"),
+        (
+            r#"{"domain":"edge","descriptors":[{"entries":[{"key":"k","value":"v"}],"x":1}]}"#,
+            400,
+            "unknown field `x`",
+        ),
+        (
+            r#"{"domain":"","descriptors":[{"entries":[{"key":"k","value":"v"}]}]}"#,
+            400,
+            "domain must not be empty",
+        ),
+        (
+            r#"{"domain":"edge"}"#,
+            400,
+            "descriptor list must not be empty",
+        ),
+        (
+            r#"{"domain":"edge","descriptors":[{"entries":[{"key":"k","value":"v"}],"limit":{"requestsPerUnit":1,"unit":"UNKNOWN"}}]}"#,
+            400,
+            "is not a rate limit unit",
+        ),
+        (
+            r#"{"domain":"edge","hitsAddend":"lots","descriptors":[]}"#,
+            400,
+            "hitsAddend",
+        ),
+    ] {
+        let (got, problem) = server.post_json("/json", body).await;
+        assert_eq!(got, status, "{body}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{body}: {problem}"
+        );
+    }
+    // 65 descriptors: above the gRPC method's own maximum.
+    let many = format!(
+        r#"{{"domain":"edge","descriptors":[{}]}}"#,
+        vec![r#"{"entries":[{"key":"k","value":"v"}]}"#; 65].join(",")
+    );
+    let (status, text) = server.post_json("/json", &many).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text["detail"]
+            .as_str()
+            .unwrap()
+            .contains("above the maximum of 64"),
+        "{text}"
+    );
+    // Bodies are bounded like /v1/check (max_body_bytes 4096 here).
+    let huge = format!(r#"{{"domain":"{}"}}"#, "x".repeat(5000));
+    assert_eq!(server.post_json("/json", &huge).await.0, 413);
+}
+
+#[tokio::test]
+async fn healthcheck_and_grpc_health_answer_every_name() {
+    let server = TestServer::start(Backend::memory()).await;
+    assert_eq!(
+        server.get_text("/healthcheck").await,
+        (200, "OK".to_owned())
+    );
+    let channel = server.grpc_channel().await;
+    for name in NAMES {
+        assert_eq!(
+            grpc_health(&channel, name).await,
+            Ok(ServingStatus::Serving as i32),
+            "{name:?}"
+        );
+    }
+    assert_eq!(
+        grpc_health(&channel, "other").await,
+        Err(tonic::Code::NotFound)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_while_the_store_is_down() {
+    let backend = Backend::redis();
+    let Backend::Redis(redis) = &backend else {
+        unreachable!()
+    };
+    let text = format!(
+        "store:\n  kind: redis\n  url: {}\n  timeout: 50ms\ndomains:\n  - domain: d\n    descriptors:\n      - key: k\n        rate_limit: {{ unit: second, requests_per_unit: 5 }}\n",
+        redis.url()
+    );
+    let mut server = TestServer::start_text(backend, &text).await;
+    let channel = server.grpc_channel().await;
+    assert_eq!(server.get_text("/healthcheck").await.0, 200);
+    let Backend::Redis(redis) = &mut server.backend else {
+        unreachable!()
+    };
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server.get_text("/healthcheck").await;
+        let mut all_down = status == 500;
+        for name in NAMES {
+            all_down &= grpc_health(&channel, name).await == Ok(ServingStatus::NotServing as i32);
+        }
+        if all_down {
+            assert!(!body.is_empty(), "the body says why");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still healthy with Redis down: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn healthy_needs_domains_fails_health_without_a_domain() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        "server:\n  healthy_needs_domains: true\npolicies:\n  - name: api\n    limit: 1\n    period: 1s\n",
+    )
+    .await;
+    let (status, body) = server.get_text("/healthcheck").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("no rate limit configuration loaded"),
+        "{body}"
+    );
+    assert_eq!(server.get_text("/readyz").await.0, 503);
+    let channel = server.grpc_channel().await;
+    for name in NAMES {
+        assert_eq!(
+            grpc_health(&channel, name).await,
+            Ok(ServingStatus::NotServing as i32),
+            "{name:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rlconfig_lists_every_limit() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        "policies:
+  - name: login
+    algorithm: token_bucket
+    limit: 5
+    period: 1m
+domains:
+  - domain: b
+    descriptors:
+      - key: k
+        rate_limit: { unit: hour, requests_per_unit: 0 }
+  - domain: a
+    descriptors:
+      - key: user
+        value: '*'
+        descriptors:
+          - key: plan
+            value: free
+            shadow_mode: true
+            rate_limit: { unit: minute, requests_per_unit: 3, name: free }
+      - key: path
+        value: /login
+        policy: login
+      - key: ip
+        algorithm: gcra
+        rate_limit: { unit: second, requests_per_unit: 10 }
+",
+    )
+    .await;
+    let (status, text) = server.get_text("/rlconfig").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        text,
+        "a.ip: unit=SECOND requests_per_unit=10, algorithm=gcra, shadow_mode: false
+a.path_/login: unit=MINUTE requests_per_unit=5, policy=login token_bucket 5/1m burst 5, shadow_mode: false
+a.user_*.plan_free: unit=MINUTE requests_per_unit=3, shadow_mode: true
+b.k: unit=HOUR requests_per_unit=0, shadow_mode: false
+"
+    );
+}
+
+#[tokio::test]
+async fn response_headers_follow_the_descriptor_nearest_its_limit() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        "envoy:
+  response_headers: { enabled: true, remaining: X-Left }
+domains:
+  - domain: d
+    descriptors:
+      - key: wide
+        rate_limit: { unit: minute, requests_per_unit: 10 }
+      - key: narrow
+        rate_limit: { unit: hour, requests_per_unit: 2 }
+      - key: free
+        rate_limit: { unlimited: true }
+",
+    )
+    .await;
+    let mut rls = server.rls_client().await;
+    let mut ask = async |entries: &[&[(&str, &str)]]| {
+        rls.should_rate_limit(RateLimitRequest {
+            domain: "d".into(),
+            descriptors: entries.iter().map(|e| descriptor(e, None)).collect(),
+            hits_addend: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    };
+    let headers = |response: &envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse| {
+        response
+            .response_headers_to_add
+            .iter()
+            .filter(|h| ["RateLimit-Limit", "X-Left", "RateLimit-Reset"].contains(&h.key.as_str()))
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    // The least remaining wins: narrow (1 left of 2) over wide (9 of 10).
+    let response = ask(&[&[("free", "x")], &[("wide", "x")], &[("narrow", "x")]]).await;
+    let got = headers(&response);
+    assert_eq!(
+        got[0],
+        ("RateLimit-Limit".to_owned(), "2".to_owned()),
+        "{got:?}"
+    );
+    assert_eq!(got[1], ("X-Left".to_owned(), "1".to_owned()), "{got:?}");
+    let reset: u64 = got[2].1.parse().unwrap();
+    // Fixed windows are aligned on the clock, as envoyproxy/ratelimit's are.
+    assert!((1..=3600).contains(&reset), "{got:?}");
+    // The IETF fields are still there.
+    assert!(
+        response
+            .response_headers_to_add
+            .iter()
+            .any(|h| h.key == "RateLimit-Policy")
+    );
+    // Only the unlimited one: no limit, no headers.
+    assert!(headers(&ask(&[&[("free", "x")]]).await).is_empty());
+    // Over the limit: that descriptor, 0 remaining.
+    ask(&[&[("narrow", "x")]]).await;
+    let response = ask(&[&[("wide", "x")], &[("narrow", "x")]]).await;
+    let got = headers(&response);
+    assert_eq!(got[0].1, "2", "{got:?}");
+    assert_eq!(got[1].1, "0", "{got:?}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed for the TLS test (Debian: apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client
+/// certificate, all signed by it; and a second CA with a client of its own.
+fn certificates(dir: &Path) {
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, crt, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN=tollgate {ca}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout", &key, "-out", &crt, "-days", "1", "-subj", &subject,
+        ]);
+        openssl(dir, &args);
+    }
+    for (name, ca, ext) in [
+        ("server", "ca", "server.ext"),
+        ("client", "ca", "client.ext"),
+        ("stranger", "other-ca", "client.ext"),
+    ] {
+        let (key, csr, crt, subject) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("/CN={name}"),
+        );
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(dir, &args);
+        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                ext,
+            ],
+        );
+    }
+}
+
+/// The test configuration with `keys` added to its `server:` section.
+fn with_server_keys(keys: &str) -> String {
+    common::CONFIG.replacen("server:\n", &format!("server:\n{keys}"), 1)
+}
+
+async fn tls_channel(
+    server: &TestServer,
+    dir: &Path,
+    client: Option<&str>,
+) -> Result<Channel, tonic::transport::Error> {
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .domain_name("127.0.0.1");
+    if let Some(name) = client {
+        tls = tls.identity(Identity::from_pem(
+            read(&format!("{name}.crt")),
+            read(&format!("{name}.key")),
+        ));
+    }
+    Endpoint::from_shared(format!("https://{}", server.grpc))
+        .unwrap()
+        .tls_config(tls)?
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+async fn allowed(channel: Channel) -> Result<i32, tonic::Status> {
+    RateLimitServiceClient::new(channel)
+        .should_rate_limit(RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![descriptor(&[("path", "/login")], None)],
+            hits_addend: 0,
+        })
+        .await
+        .map(|r| r.into_inner().overall_code)
+}
+
+#[tokio::test]
+async fn grpc_over_mutual_tls() {
+    let dir = temp_dir("grpc-tls");
+    certificates(&dir);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let text = with_server_keys(&format!(
+        "  grpc_tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n  grpc_max_connection_age: 1h\n  grpc_max_connection_age_grace: 2s\n",
+        path("server.crt"),
+        path("server.key"),
+        path("ca.crt"),
+    ));
+    let server = TestServer::start_text(Backend::memory(), &text).await;
+    // A client the CA signed is served.
+    let channel = tls_channel(&server, &dir, Some("client")).await.unwrap();
+    assert_eq!(allowed(channel.clone()).await.unwrap(), 1, "OK");
+    assert_eq!(
+        grpc_health(&channel, "ratelimit").await,
+        Ok(ServingStatus::Serving as i32)
+    );
+    // No client certificate, or one from another CA: refused.
+    for client in [None, Some("stranger")] {
+        let refused = match tls_channel(&server, &dir, client).await {
+            Err(_) => true,
+            Ok(channel) => allowed(channel).await.is_err(),
+        };
+        assert!(refused, "{client:?} was served");
+    }
+    // Plaintext gRPC: refused.
+    let plain = Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .timeout(Duration::from_secs(5));
+    let refused = match plain.connect().await {
+        Err(_) => true,
+        Ok(channel) => allowed(channel).await.is_err(),
+    };
+    assert!(refused, "plaintext was served");
+}
+
+#[tokio::test]
+async fn grpc_tls_without_client_ca_serves_any_client() {
+    let dir = temp_dir("grpc-tls-one-way");
+    certificates(&dir);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let text = with_server_keys(&format!(
+        "  grpc_tls: {{ cert: {}, key: {} }}\n",
+        path("server.crt"),
+        path("server.key"),
+    ));
+    let server = TestServer::start_text(Backend::memory(), &text).await;
+    let channel = tls_channel(&server, &dir, None).await.unwrap();
+    assert_eq!(allowed(channel).await.unwrap(), 1);
+}
+
+/// `server.grpc_max_connection_age` (GRPC_MAX_CONNECTION_AGE): a live
+/// connection is sent GOAWAY once it is that old, and closed after the
+/// grace, however quiet and healthy it is.
+#[tokio::test]
+async fn a_grpc_connection_is_closed_at_its_max_age() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        &with_server_keys("  grpc_max_connection_age: 1s\n  grpc_max_connection_age_grace: 1s\n"),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let opened = Instant::now();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(async move {
+        let result = connection.await;
+        (opened.elapsed(), result)
+    });
+    let mut client = client.ready().await.unwrap();
+    // A call is served on it meanwhile.
+    let (response, mut body) = client
+        .send_request(tollgate_testkit::grpc::rls_call(server.grpc), false)
+        .unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let (age, result) = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the connection outlived its max age by 9 s")
+        .unwrap();
+    assert!(age >= Duration::from_millis(900), "closed after {age:?}");
+    // Closed by the server's GOAWAY, not by an error.
+    assert!(result.is_ok(), "{result:?}");
+}
