@@ -139,6 +139,15 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
         ),
     };
     let _ = writeln!(out, "  store  {store}");
+    if let (Some(settings), Some(per_second)) = (&config.store.per_second, app.per_second_store()) {
+        let _ = writeln!(
+            out,
+            "  store  per_second: {} {} (policies whose period is 1s; on failure: {:?})",
+            per_second.get_ref().describe(),
+            settings.urls.join(", "),
+            settings.on_failure
+        );
+    }
     let _ = match &app.source().config {
         Some(path) => writeln!(
             out,

@@ -46,8 +46,8 @@ pub use settings::{
     BreakerSettings, DEFAULT_BODY_TIMEOUT, DEFAULT_GRPC, DEFAULT_GRPC_MAX_STREAMS,
     DEFAULT_GRPC_REQUEST_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HTTP, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEY_BYTES,
-    DEFAULT_SHUTDOWN_TIMEOUT, DenyCacheSettings, FailureMode, MAX_MAX_KEYS, MAX_POLICY_NAME,
-    ServerSettings, StoreKind, StoreSettings,
+    DEFAULT_SHUTDOWN_TIMEOUT, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS,
+    MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
 };
 
 use parse::{Checked, parse_document};
