@@ -197,63 +197,60 @@ impl Metrics {
         let (reloads, failures) = self.reloads();
         // One series per store; labelled only when there are two, so a
         // single store's series are as they always were.
-        let mut stores = vec![(
-            "main",
-            (
-                external.store_errors,
-                external.circuit_state,
-                external.breaker_opened,
-                external.deny_cache_hits,
-            ),
-        )];
-        if let Some(p) = &external.per_second {
-            stores.push((
-                "per_second",
-                (
-                    p.store_errors,
-                    p.circuit_state,
-                    p.breaker_opened,
-                    p.deny_cache_hits,
-                ),
-            ));
-        }
-        let labels = |store: &str| {
-            if external.per_second.is_some() {
-                format!("{{store=\"{store}\"}}")
-            } else {
-                String::new()
-            }
+        let main = StoreGauges {
+            circuit_state: external.circuit_state,
+            deny_cache_hits: external.deny_cache_hits,
+            store_errors: external.store_errors,
+            memory: external.memory,
+            local: external.local,
+            breaker_opened: external.breaker_opened,
         };
-        let families: [(&str, &str, &str, fn(&(u64, u8, u64, u64)) -> u64); 4] = [
+        let mut stores = vec![("main", main)];
+        if let Some(per_second) = external.per_second {
+            stores.push(("per_second", per_second));
+        }
+        let labelled = stores.len() > 1;
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&StoreGauges) -> u64,
+        );
+        let families: [Family; 4] = [
             (
                 "tollgate_store_errors_total",
                 "Store calls that failed (timeouts included).",
                 "counter",
-                |s| s.0,
+                |s| s.store_errors,
             ),
             (
                 "tollgate_circuit_breaker_state",
                 "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
                 "gauge",
-                |s| u64::from(s.1),
+                |s| u64::from(s.circuit_state),
             ),
             (
                 "tollgate_circuit_breaker_opened_total",
                 "Times the circuit breaker opened from closed.",
                 "counter",
-                |s| s.2,
+                |s| s.breaker_opened,
             ),
             (
                 "tollgate_deny_cache_hits_total",
                 "Decisions answered by the local deny cache.",
                 "counter",
-                |s| s.3,
+                |s| s.deny_cache_hits,
             ),
         ];
         for (name, help, kind, value) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (store, values) in &stores {
-                let _ = writeln!(out, "{name}{} {}", labels(store), value(values));
+            for (store, gauges) in &stores {
+                let labels = if labelled {
+                    format!("{{store=\"{store}\"}}")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(out, "{name}{labels} {}", value(gauges));
             }
         }
         let _ = write!(

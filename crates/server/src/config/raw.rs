@@ -153,8 +153,11 @@ pub(super) struct RawStore {
     max_keys: Option<u64>,
     key_layout: Option<KeyLayout>,
     envoy_prefix: Option<String>,
-    per_second: Option<Box<Checked<RawPerSecond>>>,
+    per_second: Option<PerSecondSection>,
 }
+
+/// A `store.per_second` section as parsed.
+type PerSecondSection = Box<Checked<RawPerSecond>>;
 
 /// `store.per_second`: a store section of its own (see [`PerSecond`] for
 /// what it inherits from `store:`).
@@ -355,7 +358,7 @@ impl Validate for RawStore {
 impl RawStore {
     /// This section's own settings, each value checked (unset: the
     /// default), and its `per_second` section as written.
-    fn section(self) -> Result<(StoreSettings, Option<Box<Checked<RawPerSecond>>>), String> {
+    fn section(self) -> Result<(StoreSettings, Option<PerSecondSection>), String> {
         let urls = match (self.kind, self.url, self.urls) {
             (StoreKind::Memory, None, None) => Vec::new(),
             (StoreKind::Memory, _, _) => {
