@@ -224,8 +224,8 @@ impl RoutedStore {
         }
     }
 
-    /// The policies of `policies` on each store, by index: `(main,
-    /// per_second)`; `None` when every policy is on one store.
+    /// The per-second store and `policies` split between the two stores
+    /// (each with its index); `None` without a per-second store.
     fn split<'a>(&self, policies: &[PolicyRef<'a>]) -> Option<(&ResilientStore, Split<'a>)> {
         let per_second = self.per_second.as_ref()?;
         let mut split = Split::default();
