@@ -140,14 +140,28 @@ async fn per_second_policies_land_in_the_second_redis_and_the_others_in_the_firs
 /// Both stores with a test clock and no deny cache, so per-second windows
 /// move only when the test says.
 async fn app_on_clocks(main: &RedisServer, second: &RedisServer) -> (Arc<App>, ManualClock) {
-    let text = config(main, second, "  deny_cache: { enabled: false }\n");
+    app_on_clocks_with(main, second, "", |options| options).await
+}
+
+/// [`app_on_clocks`] with `extra` in `store:` and `options` for both.
+async fn app_on_clocks_with(
+    main: &RedisServer,
+    second: &RedisServer,
+    extra: &str,
+    options: fn(RedisOptions) -> RedisOptions,
+) -> (Arc<App>, ManualClock) {
+    let text = config(
+        main,
+        second,
+        &format!("  deny_cache: {{ enabled: false }}\n{extra}"),
+    );
     let config = Config::parse(&text, "t.yaml").unwrap();
     let clock = ManualClock::new(1_700_000_000_000_000);
     let connect = |redis: &RedisServer| {
         let url = redis.url();
         let clock = clock.clone();
         async move {
-            let options = RedisOptions::default().prefix("t");
+            let options = options(RedisOptions::default().prefix("t"));
             let store = RedisStore::connect(&url, options).await.unwrap();
             ServerStore::Redis(store.with_test_clock(clock))
         }
@@ -331,4 +345,24 @@ async fn without_a_per_second_section_one_store_holds_everything() {
         app.render_metrics()
             .contains("\ntollgate_store_errors_total 0\n")
     );
+}
+
+#[tokio::test]
+async fn per_second_envoy_counters_keep_envoyproxys_layout_on_the_second_redis() {
+    let (main, second) = (RedisServer::start(), RedisServer::start());
+    let (app, _clock) = app_on_clocks_with(
+        &main,
+        &second,
+        "  key_layout: envoy\n  envoy_prefix: rl_\n",
+        |options| options.envoy_prefix("rl_"),
+    )
+    .await;
+    for (key, value) in [("ip", "10.0.0.1"), ("path", "/a")] {
+        let response = envoy(&app, key, value).await;
+        assert_eq!(response.overall_code, Code::Ok as i32, "{response:?}");
+    }
+    // The clock is 1_700_000_000 s; its minute started at 1_699_999_980.
+    assert_eq!(keys(&second), ["rl_edge_ip_10.0.0.1_1700000000"]);
+    assert_eq!(keys(&main), ["rl_edge_path_/a_1699999980"]);
+    assert_eq!(second.cli(&["GET", "rl_edge_ip_10.0.0.1_1700000000"]), "1");
 }
