@@ -1,6 +1,7 @@
 //! `tollgate serve` with `store.per_second` (a second Redis for every
 //! policy whose period is one second) and `store.key_layout: envoy`, on
-//! real redis-servers: each policy's counter lands in its own Redis, and
+//! real redis-servers: each policy's counter lands in its own Redis (an
+//! Envoy descriptor's under envoyproxy/ratelimit's name for it), and
 //! when the per-second Redis dies only its policies are
 //! decided by the failure mode, readiness saying which store fails.
 
@@ -8,8 +9,13 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use support::serve;
 use tollgate_testkit::files::temp_dir;
 use tollgate_testkit::redis::RedisServer;
@@ -42,6 +48,11 @@ policies:
     algorithm: fixed_window
     limit: 5
     period: 1d
+domains:
+  - domain: edge
+    descriptors:
+      - key: client
+        rate_limit: {{ unit: minute, requests_per_unit: 10 }}
 ",
             main.url(),
             second.url()
@@ -69,6 +80,15 @@ policies:
         .request("GET", "/readyz", &[], "", Duration::from_secs(5))
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    // An Envoy descriptor of unit minute: counted in the main Redis, under
+    // envoyproxy/ratelimit's name for it.
+    assert_eq!(envoy_remaining(serve.grpc, "alice"), 9);
+    let counters = main.cli(&["--scan", "--pattern", "rl_edge_client_alice_*"]);
+    let counter = counters
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no counter"));
+    assert_eq!(main.cli(&["GET", counter]), "1");
 
     second.kill();
     // The per-second policy: closed while its Redis is gone (five failed
@@ -101,4 +121,33 @@ policies:
             )
         });
     assert!(line.contains("on_failure=Closed"), "{line}");
+}
+
+/// One `ShouldRateLimit` of `client=<client>` in domain `edge`: what remains.
+fn envoy_remaining(grpc: SocketAddr, client: &str) -> u32 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut rls = RateLimitServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let response = rls
+            .should_rate_limit(RateLimitRequest {
+                domain: "edge".into(),
+                descriptors: vec![RateLimitDescriptor {
+                    entries: vec![Entry {
+                        key: "client".into(),
+                        value: client.into(),
+                    }],
+                    ..RateLimitDescriptor::default()
+                }],
+                hits_addend: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        response.statuses[0].limit_remaining
+    })
 }
