@@ -18,3 +18,15 @@ pub const SOURCE: &str = concat!(
 
 /// The script's SHA-1, hashed once for the life of the process.
 pub static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SOURCE));
+
+/// The source of the envoyproxy/ratelimit counter script: a fixed window
+/// kept in envoyproxy/ratelimit's key layout (`lua/envoy_counter.lua`), for
+/// [`RedisStore::apply_envoy_counter`](crate::RedisStore::apply_envoy_counter).
+pub const ENVOY_COUNTER_SOURCE: &str = concat!(
+    include_str!("lua/prelude.lua"),
+    include_str!("lua/envoy_counter.lua"),
+);
+
+/// The envoyproxy/ratelimit counter script, hashed once.
+pub static ENVOY_COUNTER: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(ENVOY_COUNTER_SOURCE));

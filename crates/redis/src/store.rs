@@ -14,7 +14,7 @@ use tollgate::{Check, Decisions, Mode, PolicyRef, Store, StoreError};
 
 use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, state_key, validate_prefix};
-use crate::script::{SCRIPT, SOURCE};
+use crate::script::{ENVOY_COUNTER, ENVOY_COUNTER_SOURCE, SCRIPT, SOURCE};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate";
@@ -45,6 +45,11 @@ pub struct RedisOptions {
     /// server's certificate, when it is not in the public (webpki) roots —
     /// the usual case for a private Redis. `None` trusts the public roots.
     pub tls_root_cert: Option<Vec<u8>>,
+    /// envoyproxy/ratelimit's `CACHE_KEY_PREFIX`, for the counters a caller
+    /// keeps in its layout with [`RedisStore::apply_envoy_counter`]; `None`
+    /// (the default) when the caller keeps none. Written as it is, so it
+    /// may be empty.
+    pub envoy_prefix: Option<String>,
 }
 
 impl Default for RedisOptions {
@@ -54,6 +59,7 @@ impl Default for RedisOptions {
             timeout: None,
             connect_timeout: Duration::from_secs(1),
             tls_root_cert: None,
+            envoy_prefix: None,
         }
     }
 }
@@ -80,6 +86,13 @@ impl RedisOptions {
     /// Trusts `pem` (a CA certificate) for `rediss://` connections.
     pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// Keeps counters in envoyproxy/ratelimit's layout too, under `prefix`
+    /// (see [`RedisOptions::envoy_prefix`]).
+    pub fn envoy_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.envoy_prefix = Some(prefix.into());
         self
     }
 
@@ -212,6 +225,8 @@ pub struct RedisStore {
 struct Inner {
     connection: Connection,
     prefix: String,
+    /// See [`RedisOptions::envoy_prefix`].
+    envoy_prefix: Option<String>,
     /// The bound on every call, if the store is used bare (see
     /// [`RedisOptions::timeout`]).
     timeout: Option<Duration>,
@@ -398,6 +413,7 @@ impl RedisStore {
                     timeout: options.connect_timeout,
                 },
                 prefix: options.prefix,
+                envoy_prefix: options.envoy_prefix,
                 timeout: options.timeout,
                 connect_timeout: options.connect_timeout,
                 #[cfg(feature = "test-clock")]
@@ -443,6 +459,121 @@ impl RedisStore {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// envoyproxy/ratelimit's `CACHE_KEY_PREFIX`, when this store keeps
+    /// counters in its layout (see [`RedisOptions::envoy_prefix`]).
+    pub fn envoy_prefix(&self) -> Option<&str> {
+        self.inner.envoy_prefix.as_deref()
+    }
+
+    /// Decides `cost` against `policy`, a `fixed_window` of whole seconds,
+    /// on a counter in envoyproxy/ratelimit's key layout: the key is the
+    /// envoy prefix, then `base` (`<domain>_<key>_<value>_..._`, as
+    /// envoyproxy/ratelimit joins a descriptor), then the window start in
+    /// Unix seconds on Redis's clock; the value is a plain integer. One
+    /// script reads the counter and, only when the cost fits (and `mode`
+    /// consumes), adds it with `INCRBY` and sets `EXPIRE <period>`, as
+    /// envoyproxy/ratelimit does; decisions are those of `fixed_window`.
+    /// Identities are not escaped: that layout is envoyproxy/ratelimit's,
+    /// collisions included (see docs/REDIS.md).
+    ///
+    /// # Errors
+    /// [`StoreError::Protocol`] on a Cluster (the key's slot depends on the
+    /// window, which only the script knows), when no envoy prefix was
+    /// configured, for a policy that is not a whole-second fixed window, or
+    /// when the counter does not hold an integer; as [`Store::apply`]
+    /// otherwise.
+    pub async fn apply_envoy_counter(
+        &self,
+        base: &[u8],
+        policy: &tollgate::Policy,
+        cost: u64,
+        mode: Mode,
+    ) -> Result<tollgate::Decision, StoreError> {
+        let consume = if mode == Mode::Consume { "1" } else { "0" };
+        let reply: Vec<i64> = self.run_envoy_counter(base, policy, cost, consume).await?;
+        let refs = [PolicyRef {
+            name: "envoy",
+            policy,
+        }];
+        let decisions = parse_reply(&reply, &refs, cost)?;
+        decisions
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Protocol("no decision".into()))
+    }
+
+    /// Deletes the current window's counter of
+    /// [`apply_envoy_counter`](Self::apply_envoy_counter) (earlier windows
+    /// are never read again), then publishes `identity` for the deny
+    /// caches, as [`Store::reset`] does.
+    ///
+    /// # Errors
+    /// As [`apply_envoy_counter`](Self::apply_envoy_counter).
+    pub async fn reset_envoy_counter(
+        &self,
+        base: &[u8],
+        policy: &tollgate::Policy,
+        identity: &[u8],
+    ) -> Result<(), StoreError> {
+        let _: Vec<i64> = self.run_envoy_counter(base, policy, 1, "reset").await?;
+        self.publish_reset(identity).await
+    }
+
+    async fn run_envoy_counter(
+        &self,
+        base: &[u8],
+        policy: &tollgate::Policy,
+        cost: u64,
+        mode: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let Some(prefix) = &self.inner.envoy_prefix else {
+            return Err(StoreError::Protocol(
+                "this store keeps no counters in envoyproxy/ratelimit's layout (no envoy prefix)"
+                    .into(),
+            ));
+        };
+        if matches!(self.inner.connection, Connection::Cluster(_)) {
+            return Err(StoreError::Protocol(
+                "envoyproxy/ratelimit's key layout needs a standalone Redis, not a Cluster".into(),
+            ));
+        }
+        let period = policy.period();
+        if policy.algorithm() != tollgate::Algorithm::FixedWindow
+            || period.subsec_nanos() != 0
+            || period.is_zero()
+        {
+            return Err(StoreError::Protocol(format!(
+                "envoyproxy/ratelimit's key layout holds fixed windows of whole seconds, not {policy}"
+            )));
+        }
+        let mut key = Vec::with_capacity(prefix.len() + base.len());
+        key.extend_from_slice(prefix.as_bytes());
+        key.extend_from_slice(base);
+        let now = self.now_arg();
+        let command = |verb: &str, script: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(script)
+                .arg(0)
+                .arg(&key)
+                .arg(mode)
+                .arg(cost)
+                .arg(&now)
+                .arg(policy.limit())
+                .arg(period.as_secs());
+            cmd
+        };
+        let evalsha = command("EVALSHA", ENVOY_COUNTER.get_hash());
+        let eval = command("EVAL", ENVOY_COUNTER_SOURCE);
+        self.run(&evalsha, Some(&eval)).await
+    }
+
+    /// Publishes `identity` on the reset channel.
+    async fn publish_reset(&self, identity: &[u8]) -> Result<(), StoreError> {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.inner.subscriber.channel).arg(identity);
+        self.run::<i64>(&publish, None).await.map(|_| ())
     }
 
     /// The key holding `identity`'s state for `policy`.
@@ -663,9 +794,7 @@ impl Store for RedisStore {
             del.arg(self.key(key, policy));
         }
         self.run::<i64>(&del, None).await?;
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(&self.inner.subscriber.channel).arg(key);
-        self.run::<i64>(&publish, None).await.map(|_| ())
+        self.publish_reset(key).await
     }
 }
 

@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
 use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
 
-use crate::config::{Config, ConfigError, ConfigSource, StoreKind, StoreSettings};
+use crate::config::{Config, ConfigError, ConfigSource, FailureMode, StoreKind, StoreSettings};
 use crate::health::{Context, StoreHealth};
-use crate::metrics::{ExternalGauges, Metrics, Outcome};
-use crate::store::ServerStore;
+use crate::metrics::{ExternalGauges, Metrics, Outcome, StoreGauges};
+use crate::store::{ResilientStore, RoutedStore, ServerStore};
 
 /// The longest key the limiter accepts. The HTTP API applies the
 /// configured (smaller) `max_key_bytes` itself; Envoy descriptors encode
@@ -32,9 +32,10 @@ pub struct Loaded {
     pub limiter: Limiter<AppStore>,
 }
 
-/// The store requests go through: the configured store wrapped in
-/// [`Resilient`] (timeout, circuit breaker, deny cache, failure mode).
-pub type AppStore = Resilient<ServerStore>;
+/// The store requests go through: each configured store wrapped in
+/// [`Resilient`] (timeout, circuit breaker, deny cache, failure mode), and
+/// each policy sent to its store (see [`RoutedStore`]).
+pub type AppStore = RoutedStore;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,33 @@ pub enum StartError {
     /// The store could not be reached.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreConnectError),
+    /// The per-second store (`store.per_second`) could not be reached.
+    #[error("store.per_second: {0}")]
+    PerSecondStore(crate::store::StoreConnectError),
+}
+
+/// One configured store as the server watches it: its own breaker, health
+/// and log lines.
+#[derive(Debug)]
+struct Watched {
+    /// `main` or `per_second`, in log lines and readiness messages.
+    name: &'static str,
+    store: ResilientStore,
+    /// Its failure mode, for log lines.
+    on_failure: FailureMode,
+    /// Whether it is failing, and what was logged about it: breaker state
+    /// changes, rate-limited, never one line per decision.
+    health: StoreHealth,
+}
+
+impl Watched {
+    fn context(&self) -> Context<'static> {
+        Context {
+            store: self.name,
+            on_failure: self.on_failure,
+            breaker: self.store.breaker_state().name(),
+        }
+    }
 }
 
 /// The service behind both protocols. Shared as `Arc<App>`.
@@ -55,17 +83,16 @@ pub struct App {
     /// a reload, read without locking by every request.
     current: ArcSwap<Loaded>,
     /// Connected once at start: a reload builds a new limiter over the same
-    /// store (and the same breaker, deny cache and local fallback), so rate
-    /// limiting state survives reloads.
+    /// stores (and the same breakers, deny caches and local fallbacks), so
+    /// rate limiting state survives reloads.
     store: AppStore,
+    /// The main store, then the per-second store if there is one.
+    watched: Vec<Watched>,
     /// Where the configuration is read from again on reload.
     source: ConfigSource,
     /// The store section the store was built with: it stays in force until
     /// a restart, whatever later reloads say, so reloads compare with it.
     store_settings: StoreSettings,
-    /// Whether the store is failing, and what was logged about it: breaker
-    /// state changes, rate-limited, never one line per decision.
-    health: StoreHealth,
     /// Counters and the latency histogram served at `/metrics`.
     metrics: Metrics,
     /// Started without its configuration (`server.start_without_config`)
@@ -99,23 +126,65 @@ impl App {
             },
         };
         let store = ServerStore::connect(&config.store).await?;
-        let app = App::new(source, config, store);
+        let per_second = match &config.store.per_second {
+            Some(settings) => Some(
+                ServerStore::connect(settings)
+                    .await
+                    .map_err(StartError::PerSecondStore)?,
+            ),
+            None => None,
+        };
+        let app = App::with_stores(source, config, store, per_second);
         app.config_missing.store(missing, Ordering::Relaxed);
         Ok(app)
     }
 
     /// A service over an already loaded configuration and store (tests use
-    /// it to bring their own store).
+    /// it to bring their own store). Every policy is decided on `store`,
+    /// even when the configuration has a `store.per_second` section: see
+    /// [`with_stores`](Self::with_stores).
     pub fn new(source: ConfigSource, config: Config, store: ServerStore) -> App {
-        let store = resilient(store, &config.store);
+        App::with_stores(source, config, store, None)
+    }
+
+    /// A service over an already loaded configuration and its stores: the
+    /// policies whose period is one second on `per_second` when it is given
+    /// (configured by `store.per_second`, else by `store:`), the others on
+    /// `store`.
+    pub fn with_stores(
+        source: ConfigSource,
+        config: Config,
+        store: ServerStore,
+        per_second: Option<ServerStore>,
+    ) -> App {
+        let status = tokio::sync::watch::Sender::new(false);
+        let mut watched = vec![Watched {
+            name: "main",
+            store: resilient(store, &config.store),
+            on_failure: config.store.on_failure,
+            health: StoreHealth::new(status.clone()),
+        }];
+        if let Some(per_second) = per_second {
+            let settings = config.store.per_second.as_deref().unwrap_or(&config.store);
+            watched.push(Watched {
+                name: "per_second",
+                store: resilient(per_second, settings),
+                on_failure: settings.on_failure,
+                health: StoreHealth::new(status),
+            });
+        }
+        let store = RoutedStore::new(
+            watched[0].store.clone(),
+            watched.get(1).map(|w| w.store.clone()),
+        );
         let store_settings = config.store.clone();
         let loaded = build(config, &store);
         App {
             current: ArcSwap::from_pointee(loaded),
             store,
+            watched,
             source,
             store_settings,
-            health: StoreHealth::default(),
             metrics: Metrics::default(),
             config_missing: AtomicBool::new(false),
         }
@@ -126,8 +195,24 @@ impl App {
         self.current.load_full()
     }
 
-    /// The store, with its resilience layer.
-    pub fn store(&self) -> &AppStore {
+    /// The main store, with its resilience layer (every policy's store
+    /// unless a per-second store is configured).
+    pub fn store(&self) -> &ResilientStore {
+        self.store.main()
+    }
+
+    /// The per-second store, with its resilience layer, if configured.
+    pub fn per_second_store(&self) -> Option<&ResilientStore> {
+        self.store.per_second()
+    }
+
+    /// Every store: the main one, then the per-second one if configured.
+    pub fn stores(&self) -> impl Iterator<Item = &ResilientStore> {
+        self.watched.iter().map(|w| &w.store)
+    }
+
+    /// The store the limiter decides on: each policy routed to its store.
+    pub fn routed_store(&self) -> &AppStore {
         &self.store
     }
 
@@ -149,18 +234,30 @@ impl App {
 
     /// The metrics text served at `/metrics`.
     pub fn render_metrics(&self) -> String {
-        let stats = self.store.stats();
+        let gauges = |store: &ResilientStore| {
+            let stats = store.stats();
+            StoreGauges {
+                circuit_state: match stats.breaker {
+                    BreakerState::Closed => 0,
+                    BreakerState::Open => 1,
+                    BreakerState::HalfOpen => 2,
+                },
+                deny_cache_hits: stats.deny_cache_hits,
+                store_errors: stats.failures,
+                memory: store.get_ref().memory_usage(),
+                local: (stats.local_keys, stats.local_evictions),
+                breaker_opened: stats.breaker_opened,
+            }
+        };
+        let main = gauges(self.store.main());
         self.metrics.render(ExternalGauges {
-            circuit_state: match stats.breaker {
-                BreakerState::Closed => 0,
-                BreakerState::Open => 1,
-                BreakerState::HalfOpen => 2,
-            },
-            deny_cache_hits: stats.deny_cache_hits,
-            store_errors: stats.failures,
-            memory: self.store.get_ref().memory_usage(),
-            local: (stats.local_keys, stats.local_evictions),
-            breaker_opened: stats.breaker_opened,
+            circuit_state: main.circuit_state,
+            deny_cache_hits: main.deny_cache_hits,
+            store_errors: main.store_errors,
+            memory: main.memory,
+            local: main.local,
+            breaker_opened: main.breaker_opened,
+            per_second: self.store.per_second().map(gauges),
         })
     }
 
@@ -325,12 +422,15 @@ impl App {
     ) -> Result<MultiDecision, Error> {
         self.metrics.store_latency(started.elapsed());
         let result = result?;
-        // Two atomic loads: a breaker that opened during this decision is a
-        // change of state (logged, rate-limited); recovery is the probe's
-        // to find (`health::watch_store`).
-        if !self.health.is_failing() && self.store.breaker_state() != BreakerState::Closed {
-            let cause = self.store.last_error().map(|e| e.to_string());
-            self.health.failed(cause, self.health_context());
+        // Two atomic loads per store: a breaker that opened during this
+        // decision is a change of state (logged, rate-limited); recovery is
+        // the probe's to find (`health::watch_store`).
+        for watched in &self.watched {
+            if !watched.health.is_failing() && watched.store.breaker_state() != BreakerState::Closed
+            {
+                let cause = watched.store.last_error().map(|e| e.to_string());
+                watched.health.failed(cause, watched.context());
+            }
         }
         for (name, decision) in names.zip(&result.decisions) {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
@@ -344,56 +444,23 @@ impl App {
         Ok(result)
     }
 
-    /// Every change of the store's health (`true`: failing), as the
-    /// background probe and decisions find it; gRPC health waits on it.
+    /// Every change of a store's health (`true`: the store that changed is
+    /// failing), as the background probe and decisions find it; gRPC health
+    /// waits on it.
     pub fn store_status(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.health.subscribe()
+        self.watched[0].health.subscribe()
     }
 
-    fn health_context(&self) -> Context<'static> {
-        Context {
-            on_failure: self.store_settings.on_failure,
-            breaker: self.store.breaker_state().name(),
-        }
-    }
-
-    /// Probes the store through its circuit breaker ([`Resilient::probe`],
-    /// one peek at a probe key) if `always`, or if the store is failing or
-    /// the breaker is not closed, and records what it found; logs the state
+    /// Probes each store (the main one, and the per-second one if
+    /// configured) through its circuit breaker ([`Resilient::probe`], one
+    /// peek at a probe key) if `always`, or if that store is failing or its
+    /// breaker is not closed, and records what it found; logs the state
     /// reached if an earlier change was held back by the rate limit. Run at
     /// start and every cool-down by [`crate::health::watch_store`].
     pub async fn probe_store(&self, always: bool) {
-        let needed = always
-            || self.health.is_failing()
-            || self.store.breaker_state() != BreakerState::Closed;
-        if needed {
-            let policy = probe_policy();
-            let outcome = match &policy {
-                Ok(policy) => {
-                    let refs = [PolicyRef {
-                        name: "tollgate-readyz",
-                        policy,
-                    }];
-                    self.store.probe(b"tollgate-readyz", &refs).await
-                }
-                Err(_) => None,
-            };
-            match outcome {
-                Some(Ok(())) if self.store.breaker_state() == BreakerState::Closed => {
-                    self.health.recovered(self.health_context());
-                }
-                Some(Err(error)) => {
-                    let cause = if self.health.wants_cause() {
-                        self.store.get_ref().explain(&error).await
-                    } else {
-                        error.to_string()
-                    };
-                    self.health.failed(Some(cause), self.health_context());
-                }
-                Some(Ok(())) | None => {}
-            }
+        for watched in &self.watched {
+            probe(watched, always).await;
         }
-        self.health.flush(self.health_context());
     }
 
     /// Whether the service is healthy: [`ready`](Self::ready), and, with
@@ -413,8 +480,9 @@ impl App {
         self.ready().await
     }
 
-    /// Whether the store answers (one peek, which writes nothing, at a probe
-    /// key, past the resilience layer) and the circuit breaker is closed.
+    /// Whether every store answers (one peek each, which writes nothing, at a
+    /// probe key, past the resilience layer) and its circuit breaker is
+    /// closed. A per-second store's cause is named `per_second store: ...`.
     ///
     /// # Errors
     /// Why the store is not ready.
@@ -424,23 +492,67 @@ impl App {
             name: "tollgate-readyz",
             policy: &policy,
         }];
-        let store = self.store.get_ref();
-        if let Err(error) = store
-            .apply(tollgate::Check::new(
-                b"tollgate-readyz",
-                &refs,
-                1,
-                Mode::Peek,
-            ))
-            .await
-        {
-            return Err(store.explain(&error).await);
+        for watched in &self.watched {
+            let named = |cause: String| match watched.name {
+                "main" => cause,
+                name => format!("{name} store: {cause}"),
+            };
+            let store = watched.store.get_ref();
+            if let Err(error) = store
+                .apply(tollgate::Check::new(
+                    b"tollgate-readyz",
+                    &refs,
+                    1,
+                    Mode::Peek,
+                ))
+                .await
+            {
+                return Err(named(store.explain(&error).await));
+            }
+            match watched.store.breaker_state() {
+                BreakerState::Closed => {}
+                state => return Err(named(format!("circuit breaker {}", state.name()))),
+            }
         }
-        match self.store.breaker_state() {
-            BreakerState::Closed => Ok(()),
-            state => Err(format!("circuit breaker {}", state.name())),
+        Ok(())
+    }
+}
+
+/// Probes one store through its circuit breaker ([`Resilient::probe`], one
+/// peek at a probe key) if `always`, or if it is failing or its breaker is
+/// not closed, and records what it found; logs the state reached if an
+/// earlier change was held back by the rate limit.
+async fn probe(watched: &Watched, always: bool) {
+    let Watched { store, health, .. } = watched;
+    let needed = always || health.is_failing() || store.breaker_state() != BreakerState::Closed;
+    if needed {
+        let policy = probe_policy();
+        let outcome = match &policy {
+            Ok(policy) => {
+                let refs = [PolicyRef {
+                    name: "tollgate-readyz",
+                    policy,
+                }];
+                store.probe(b"tollgate-readyz", &refs).await
+            }
+            Err(_) => None,
+        };
+        match outcome {
+            Some(Ok(())) if store.breaker_state() == BreakerState::Closed => {
+                health.recovered(watched.context());
+            }
+            Some(Err(error)) => {
+                let cause = if health.wants_cause() {
+                    store.get_ref().explain(&error).await
+                } else {
+                    error.to_string()
+                };
+                health.failed(Some(cause), watched.context());
+            }
+            Some(Ok(())) | None => {}
         }
     }
+    health.flush(watched.context());
 }
 
 fn probe_policy() -> Result<Policy, tollgate::PolicyError> {
@@ -450,7 +562,7 @@ fn probe_policy() -> Result<Policy, tollgate::PolicyError> {
 /// Wraps the store in the resilience layer configured by `settings`. A
 /// shared (Redis) store subscribes to reset notices, so a reset through any
 /// instance clears every instance's deny cache.
-fn resilient(store: ServerStore, settings: &StoreSettings) -> AppStore {
+fn resilient(store: ServerStore, settings: &StoreSettings) -> ResilientStore {
     let options = ResilienceOptions::default()
         .failure_mode(settings.on_failure)
         .local_share(settings.local_share)
@@ -470,12 +582,12 @@ fn resilient(store: ServerStore, settings: &StoreSettings) -> AppStore {
 /// The limiter of `config` over `store`; also puts the configuration's
 /// per-policy failure modes in force (the store is shared across reloads).
 fn build(config: Config, store: &AppStore) -> Loaded {
-    store.set_policy_modes(
-        config
-            .failure_modes
-            .iter()
-            .map(|(name, mode)| (name.clone(), *mode)),
-    );
+    let modes: Vec<(String, FailureMode)> = config
+        .failure_modes
+        .iter()
+        .map(|(name, mode)| (name.clone(), *mode))
+        .collect();
+    store.set_policy_modes(&modes);
     let mut builder = Limiter::builder(store.clone()).max_key_len(MAX_LIMITER_KEY);
     for (name, policy) in config.limiter_policies() {
         builder = builder.policy(name, *policy);

@@ -223,6 +223,15 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
         ),
     };
     let _ = writeln!(out, "  store  {store}");
+    if let (Some(settings), Some(per_second)) = (&config.store.per_second, app.per_second_store()) {
+        let _ = writeln!(
+            out,
+            "  store  per_second: {} {} (policies whose period is 1s; on failure: {:?})",
+            per_second.get_ref().describe(),
+            settings.urls.join(", "),
+            settings.on_failure
+        );
+    }
     let source = app.source();
     let _ = match (&source.config, &source.generated, &source.envoy) {
         (Some(path), _, _) => writeln!(

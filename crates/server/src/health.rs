@@ -2,9 +2,12 @@
 //! brings the circuit breaker back without traffic, and what is logged
 //! when the store starts or stops failing.
 //!
-//! - **Probe.** [`watch_store`] runs for the server's life. It probes the
-//!   store once at start, then every breaker cool-down (at least 100 ms, at
-//!   most 1 s) while the store is failing or the breaker is not closed:
+//! - **Both stores.** With a per-second store (`store.per_second`), each
+//!   store has its own breaker, health and log lines (field `store`:
+//!   `main` or `per_second`); both are probed, and readiness needs both.
+//! - **Probe.** [`watch_store`] runs for the server's life. It probes each
+//!   store once at start, then every breaker cool-down (the shorter of the
+//!   two; at least 100 ms, at most 1 s) while it is failing or its breaker is not closed:
 //!   one peek through the breaker ([`Resilient::probe`]), so a store that
 //!   comes back closes the breaker, and readiness follows, with no request
 //!   arriving. A healthy store is not probed.
@@ -73,11 +76,13 @@ struct LogState {
     cause: Option<String>,
 }
 
-impl Default for StoreHealth {
-    fn default() -> Self {
+impl StoreHealth {
+    /// A store believed healthy, whose changes are sent on `status` (one
+    /// channel for both stores: whoever waits re-checks them all).
+    pub(crate) fn new(status: watch::Sender<bool>) -> Self {
         StoreHealth {
             failing: AtomicBool::new(false),
-            status: watch::Sender::new(false),
+            status,
             log: Mutex::new(LogState {
                 reported_failing: false,
                 failing_since: None,
@@ -95,6 +100,8 @@ impl Default for StoreHealth {
 /// What a line says besides the state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Context<'a> {
+    /// Which store: `main` or `per_second`.
+    pub store: &'a str,
     /// The store's failure mode.
     pub on_failure: FailureMode,
     /// The breaker's state, by name.
@@ -144,6 +151,7 @@ impl StoreHealth {
                     cause = log.cause.as_deref().unwrap_or("unknown"),
                     failed_probes = log.failed_probes,
                     failing_for_s = log.failing_since.map_or(0, |at| at.elapsed().as_secs()),
+                    store = context.store,
                     on_failure = ?context.on_failure,
                     breaker = context.breaker,
                     "store still failing; deciding by the failure mode"
@@ -204,6 +212,7 @@ impl StoreHealth {
                 cause = log.cause.as_deref().unwrap_or("unknown"),
                 on_failure = ?context.on_failure,
                 breaker = context.breaker,
+                store = context.store,
                 changes_not_logged,
                 "store failing; deciding by the failure mode until it answers again"
             );
@@ -216,6 +225,7 @@ impl StoreHealth {
                     .map_or(0, |at| u64::try_from(at.elapsed().as_millis())
                         .unwrap_or(u64::MAX)),
                 breaker = context.breaker,
+                store = context.store,
                 changes_not_logged,
                 "store recovered"
             );
@@ -228,9 +238,10 @@ impl StoreHealth {
 /// spawns it.
 pub async fn watch_store(app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let every = app
-        .store()
-        .options()
-        .get_breaker_cooldown()
+        .stores()
+        .map(|store| store.options().get_breaker_cooldown())
+        .min()
+        .unwrap_or_default()
         .clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

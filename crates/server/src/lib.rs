@@ -22,7 +22,8 @@
 //! - [`reload`]: SIGHUP and file watching;
 //! - [`server`]: [`server::run`], which takes listeners and a shutdown
 //!   future (main passes ctrl-c/SIGTERM; tests their own);
-//! - [`store`]: the store chosen by configuration;
+//! - [`store`]: the stores chosen by configuration (and the per-second
+//!   store, `store.per_second`), each policy routed to its store;
 //! - [`cli`]: the `serve` and `check` subcommands.
 //!
 //! ```

@@ -68,6 +68,26 @@ pub struct ExternalGauges {
     pub local: (usize, u64),
     /// Times the circuit breaker opened from closed.
     pub breaker_opened: u64,
+    /// The per-second store's (`store.per_second`), if configured: then
+    /// every store series carries `store="main"` or `store="per_second"`.
+    pub per_second: Option<StoreGauges>,
+}
+
+/// One store's state for [`ExternalGauges`], read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// 0 closed, 1 open, 2 half-open.
+    pub circuit_state: u8,
+    /// Decisions answered by the deny cache.
+    pub deny_cache_hits: u64,
+    /// Store calls that failed or timed out.
+    pub store_errors: u64,
+    /// `(entries, evictions)` of a memory store; `None` on Redis.
+    pub memory: Option<(usize, u64)>,
+    /// `(entries, evictions)` of the `local` fallback's in-memory state.
+    pub local: (usize, u64),
+    /// Times the circuit breaker opened from closed.
+    pub breaker_opened: u64,
 }
 
 /// The server's metrics. Every update is one or two atomic operations; the
@@ -175,33 +195,81 @@ impl Metrics {
             seconds(self.latency_sum_us.load(Ordering::Relaxed))
         );
         let (reloads, failures) = self.reloads();
+        // One series per store; labelled only when there are two, so a
+        // single store's series are as they always were.
+        let main = StoreGauges {
+            circuit_state: external.circuit_state,
+            deny_cache_hits: external.deny_cache_hits,
+            store_errors: external.store_errors,
+            memory: external.memory,
+            local: external.local,
+            breaker_opened: external.breaker_opened,
+        };
+        let mut stores = vec![("main", main)];
+        if let Some(per_second) = external.per_second {
+            stores.push(("per_second", per_second));
+        }
+        let labelled = stores.len() > 1;
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&StoreGauges) -> u64,
+        );
+        let families: [Family; 4] = [
+            (
+                "tollgate_store_errors_total",
+                "Store calls that failed (timeouts included).",
+                "counter",
+                |s| s.store_errors,
+            ),
+            (
+                "tollgate_circuit_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                "gauge",
+                |s| u64::from(s.circuit_state),
+            ),
+            (
+                "tollgate_circuit_breaker_opened_total",
+                "Times the circuit breaker opened from closed.",
+                "counter",
+                |s| s.breaker_opened,
+            ),
+            (
+                "tollgate_deny_cache_hits_total",
+                "Decisions answered by the local deny cache.",
+                "counter",
+                |s| s.deny_cache_hits,
+            ),
+        ];
+        for (name, help, kind, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (store, gauges) in &stores {
+                let labels = if labelled {
+                    format!("{{store=\"{store}\"}}")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(out, "{name}{labels} {}", value(gauges));
+            }
+        }
         let _ = write!(
             out,
-            "# HELP tollgate_store_errors_total Store calls that failed (timeouts included).\n\
-             # TYPE tollgate_store_errors_total counter\n\
-             tollgate_store_errors_total {}\n\
-             # HELP tollgate_circuit_breaker_state Circuit breaker state: 0 closed, 1 open, 2 half-open.\n\
-             # TYPE tollgate_circuit_breaker_state gauge\n\
-             tollgate_circuit_breaker_state {}\n\
-             # HELP tollgate_circuit_breaker_opened_total Times the circuit breaker opened from closed.\n\
-             # TYPE tollgate_circuit_breaker_opened_total counter\n\
-             tollgate_circuit_breaker_opened_total {}\n\
-             # HELP tollgate_deny_cache_hits_total Decisions answered by the local deny cache.\n\
-             # TYPE tollgate_deny_cache_hits_total counter\n\
-             tollgate_deny_cache_hits_total {}\n\
-             # HELP tollgate_config_reloads_total Configuration reloads by result.\n\
+            "# HELP tollgate_config_reloads_total Configuration reloads by result.\n\
              # TYPE tollgate_config_reloads_total counter\n\
              tollgate_config_reloads_total{{result=\"success\"}} {reloads}\n\
              tollgate_config_reloads_total{{result=\"failure\"}} {failures}\n",
-            external.store_errors,
-            external.circuit_state,
-            external.breaker_opened,
-            external.deny_cache_hits,
         );
         // Memory held against `store.max_keys`, per in-memory state.
         let mut memory = vec![("local", external.local)];
         if let Some(main) = external.memory {
             memory.insert(0, ("memory", main));
+        }
+        if let Some(per_second) = &external.per_second {
+            if let Some(held) = per_second.memory {
+                memory.push(("per_second_memory", held));
+            }
+            memory.push(("per_second_local", per_second.local));
         }
         out.push_str(
             "# HELP tollgate_memory_store_keys Entries held in memory, by store (memory: the store; local: the fallback's state); at most store.max_keys each.\n\

@@ -1,10 +1,17 @@
-//! The store the server decides on, chosen by configuration.
+//! The stores the server decides on, chosen by configuration: a
+//! [`ServerStore`] per configured store (`store:` and, if written,
+//! `store.per_second:`), each behind its own resilience layer, and the
+//! [`RoutedStore`] that sends each policy to its store.
 
+use std::time::Duration;
+
+use tollgate::resilience::Resilient;
 use tollgate::store::{InvalidationSink, Invalidations};
-use tollgate::{Check, Decisions, MemoryStore, PolicyRef, Store, StoreError};
+use tollgate::{Check, Decisions, MemoryStore, Mode, Policy, PolicyRef, Store, StoreError};
 use tollgate_redis::{ConnectError, RedisOptions, RedisStore};
 
-use crate::config::{StoreKind, StoreSettings};
+use crate::config::{KeyLayout, StoreKind, StoreSettings};
+use crate::envoy::envoyproxy_counter_base;
 
 /// Why the configured store could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,9 @@ impl ServerStore {
                 source,
             })?;
             options = options.tls_root_cert(pem);
+        }
+        if settings.key_layout == KeyLayout::Envoy {
+            options = options.envoy_prefix(settings.envoy_prefix.clone());
         }
         Ok(match settings.kind {
             StoreKind::Memory => {
@@ -115,18 +125,233 @@ impl Invalidations for ServerStore {
     }
 }
 
+/// On a Redis store with `key_layout: envoy` (an envoy prefix), a check of
+/// one inline Envoy descriptor limit in fixed windows is decided on
+/// envoyproxy/ratelimit's counter ([`envoyproxy_counter_base`] says which);
+/// everything else in tollgate's layout.
 impl Store for ServerStore {
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         match self {
             ServerStore::Memory(store) => store.apply(check).await,
-            ServerStore::Redis(store) => store.apply(check).await,
+            ServerStore::Redis(store) => match envoy_counter(store, check.key, check.policies) {
+                Some((base, policy)) => {
+                    let decision = store
+                        .apply_envoy_counter(&base, policy, check.cost, check.mode)
+                        .await?;
+                    Ok(std::iter::once(decision).collect())
+                }
+                None => store.apply(check).await,
+            },
         }
     }
 
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         match self {
             ServerStore::Memory(store) => store.reset(key, policies).await,
-            ServerStore::Redis(store) => store.reset(key, policies).await,
+            ServerStore::Redis(store) => {
+                let mut own: Vec<PolicyRef<'_>> = Vec::new();
+                for policy in policies {
+                    match envoy_counter(store, key, std::slice::from_ref(policy)) {
+                        Some((base, policy)) => {
+                            store.reset_envoy_counter(&base, policy, key).await?
+                        }
+                        None => own.push(*policy),
+                    }
+                }
+                if own.is_empty() {
+                    return Ok(());
+                }
+                store.reset(key, &own).await
+            }
         }
+    }
+}
+
+/// The envoyproxy/ratelimit counter a check on `store` is kept in, and its
+/// policy: `None` for tollgate's layout.
+fn envoy_counter<'p>(
+    store: &RedisStore,
+    key: &[u8],
+    policies: &[PolicyRef<'p>],
+) -> Option<(Vec<u8>, &'p Policy)> {
+    store.envoy_prefix()?;
+    let base = envoyproxy_counter_base(key, policies)?;
+    Some((base, policies.first()?.policy))
+}
+
+/// One configured store behind its resilience layer (deadline, circuit
+/// breaker, deny cache, failure mode).
+pub type ResilientStore = Resilient<ServerStore>;
+
+/// Whether `policy` is decided on the per-second store, when there is one:
+/// its period is exactly one second, whatever its algorithm or where it is
+/// written (envoyproxy/ratelimit sends every limit of unit `SECOND` to its
+/// `REDIS_PERSECOND` Redis).
+pub fn is_per_second(policy: &Policy) -> bool {
+    policy.period() == Duration::from_secs(1)
+}
+
+/// The store every check goes through: the main store, and the per-second
+/// store for the policies [`is_per_second`] picks, each with its own
+/// resilience layer, so a failure of one degrades only the policies on it.
+/// Cheap to clone; clones share everything.
+///
+/// A check whose policies are all on one store is that store's check,
+/// atomic and all-or-nothing as ever. A check with policies on both cannot
+/// be atomic across two Redis servers. It is decided on the per-second
+/// store first (all-or-nothing among its policies); only if that allows is
+/// it decided on the main store (likewise), and otherwise the main store's
+/// policies are only looked at (a peek). So a check is allowed only when
+/// both stores allowed and charged it: never more than the limits. The
+/// price: when the per-second store allows and the main store then denies,
+/// the per-second charge stays for a check that was denied — at most
+/// `cost` of a one-second limit, gone when its window (or bucket) moves
+/// on. Per-second first because that is the cheaper loss: the reverse
+/// order would let every burst the per-second limit denies spend the
+/// longer limits' quota. Peeks go to both stores at once.
+#[derive(Clone, Debug)]
+pub struct RoutedStore {
+    main: ResilientStore,
+    per_second: Option<ResilientStore>,
+}
+
+impl RoutedStore {
+    /// Routes to `main`, and to `per_second` for the policies
+    /// [`is_per_second`] picks when it is given.
+    pub fn new(main: ResilientStore, per_second: Option<ResilientStore>) -> Self {
+        RoutedStore { main, per_second }
+    }
+
+    /// The main store.
+    pub fn main(&self) -> &ResilientStore {
+        &self.main
+    }
+
+    /// The per-second store, if configured.
+    pub fn per_second(&self) -> Option<&ResilientStore> {
+        self.per_second.as_ref()
+    }
+
+    /// Forgets every cached denial, on both stores.
+    pub fn clear_deny_cache(&self) {
+        self.main.clear_deny_cache();
+        if let Some(store) = &self.per_second {
+            store.clear_deny_cache();
+        }
+    }
+
+    /// Puts per-policy failure modes in force on both stores.
+    pub fn set_policy_modes(&self, modes: &[(String, tollgate::resilience::FailureMode)]) {
+        self.main.set_policy_modes(modes.iter().cloned());
+        if let Some(store) = &self.per_second {
+            store.set_policy_modes(modes.iter().cloned());
+        }
+    }
+
+    /// The per-second store and `policies` split between the two stores
+    /// (each with its index); `None` without a per-second store.
+    fn split<'a>(&self, policies: &[PolicyRef<'a>]) -> Option<(&ResilientStore, Split<'a>)> {
+        let per_second = self.per_second.as_ref()?;
+        let mut split = Split::default();
+        for (i, policy) in policies.iter().enumerate() {
+            if is_per_second(policy.policy) {
+                split.per_second.push((i, *policy));
+            } else {
+                split.main.push((i, *policy));
+            }
+        }
+        Some((per_second, split))
+    }
+}
+
+/// A check's policies split between the two stores, each with its index in
+/// the check.
+#[derive(Default)]
+struct Split<'a> {
+    main: Vec<(usize, PolicyRef<'a>)>,
+    per_second: Vec<(usize, PolicyRef<'a>)>,
+}
+
+fn refs<'a>(part: &[(usize, PolicyRef<'a>)]) -> Vec<PolicyRef<'a>> {
+    part.iter().map(|(_, p)| *p).collect()
+}
+
+/// Puts the two stores' decisions back in the check's order.
+fn merge(
+    n: usize,
+    split: &Split<'_>,
+    main: Decisions,
+    per_second: Decisions,
+) -> Result<Decisions, StoreError> {
+    let mut slots: Vec<Option<tollgate::Decision>> = vec![None; n];
+    for ((i, _), d) in split.main.iter().zip(main) {
+        slots[*i] = Some(d);
+    }
+    for ((i, _), d) in split.per_second.iter().zip(per_second) {
+        slots[*i] = Some(d);
+    }
+    slots
+        .into_iter()
+        .map(|d| d.ok_or_else(|| StoreError::Protocol("a store returned too few decisions".into())))
+        .collect()
+}
+
+impl Store for RoutedStore {
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        let Some((per_second, split)) = self.split(check.policies) else {
+            return self.main.apply(check).await;
+        };
+        if split.per_second.is_empty() {
+            return self.main.apply(check).await;
+        }
+        if split.main.is_empty() {
+            return per_second.apply(check).await;
+        }
+        let (main_refs, second_refs) = (refs(&split.main), refs(&split.per_second));
+        let part = |refs, mode| Check::new(check.key, refs, check.cost, mode);
+        let (main, second) = match check.mode {
+            Mode::Peek => {
+                let (main, second) = tokio::join!(
+                    self.main.apply(part(&main_refs, Mode::Peek)),
+                    per_second.apply(part(&second_refs, Mode::Peek)),
+                );
+                (main?, second?)
+            }
+            Mode::Consume => {
+                let second = per_second.apply(part(&second_refs, Mode::Consume)).await?;
+                let mode = if second.iter().all(|d| d.allowed) {
+                    Mode::Consume
+                } else {
+                    Mode::Peek
+                };
+                (self.main.apply(part(&main_refs, mode)).await?, second)
+            }
+        };
+        merge(check.policies.len(), &split, main, second)
+    }
+
+    /// Resets the policies on each store; both are tried, and the first
+    /// failure is returned.
+    async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+        let Some((per_second, split)) = self.split(policies) else {
+            return self.main.reset(key, policies).await;
+        };
+        let (main_refs, second_refs) = (refs(&split.main), refs(&split.per_second));
+        let main = async {
+            if main_refs.is_empty() {
+                Ok(())
+            } else {
+                self.main.reset(key, &main_refs).await
+            }
+        };
+        let second = async {
+            if second_refs.is_empty() {
+                Ok(())
+            } else {
+                per_second.reset(key, &second_refs).await
+            }
+        };
+        let (main, second) = tokio::join!(main, second);
+        main.and(second)
     }
 }

@@ -52,3 +52,72 @@ mod redis {
         }
     });
 }
+
+/// The two stores of `store.per_second` behind the router, on two real
+/// redis-servers: the suite's 4/s policies live on the per-second one, its
+/// longer ones on the main one, so its multi-policy cases span both. Every
+/// case but one: `a_changed_policy_carries_the_state_over` changes a 1 s
+/// period to 1 min and 100 ms, which moves the policy to the other store,
+/// where its state starts fresh (docs/SERVER.md says so).
+mod routed {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tollgate::ManualClock;
+    use tollgate::resilience::{ResilienceOptions, Resilient};
+    use tollgate_redis::{RedisOptions, RedisStore};
+    use tollgate_server::store::{RoutedStore, ServerStore};
+    use tollgate_testkit::redis::RedisServer;
+
+    async fn store(
+        server: &RedisServer,
+        prefix: &str,
+        clock: &ManualClock,
+    ) -> Resilient<ServerStore> {
+        let options = RedisOptions::default()
+            .prefix(prefix)
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        let store = RedisStore::connect(&server.url(), options)
+            .await
+            .expect("connect")
+            .with_test_clock(clock.clone());
+        Resilient::with_invalidations(
+            ServerStore::Redis(store),
+            ResilienceOptions::default()
+                .clock(clock.clone())
+                .timeout(Duration::from_secs(5)),
+        )
+    }
+
+    tollgate_testkit::conformance_suite!(@cases {
+        let servers = Arc::new((RedisServer::start(), RedisServer::start()));
+        move |clock: ManualClock| {
+            let servers = Arc::clone(&servers);
+            async move {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let prefix = format!(
+                    "routed-{}",
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let main = store(&servers.0, &prefix, &clock).await;
+                let second = store(&servers.1, &prefix, &clock).await;
+                RoutedStore::new(main, Some(second))
+            }
+        }
+    };
+        counts_down_to_the_limit_then_denies,
+        retry_after_is_honest_through_the_store,
+        peek_consumes_nothing,
+        denied_requests_charge_nothing,
+        costs_above_capacity_never_pass,
+        keys_are_independent_whatever_their_bytes,
+        policies_are_independent_for_one_key,
+        several_policies_are_all_or_nothing,
+        reset_returns_a_key_to_fresh,
+        state_is_fresh_after_reset_after,
+        leaky_bucket_reports_its_delay,
+        concurrent_checks_admit_exactly_the_limit,
+        a_policy_named_twice_is_refused_and_charges_nothing,
+    );
+}

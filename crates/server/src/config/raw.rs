@@ -15,8 +15,8 @@ use super::settings::{
     DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings, MetricsSettings, ResponseHeaderSettings,
 };
 use super::{
-    BreakerSettings, DenyCacheSettings, FailureMode, MAX_MAX_KEYS, MAX_POLICY_NAME, ServerSettings,
-    StoreKind, StoreSettings,
+    BreakerSettings, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS, MAX_POLICY_NAME,
+    ServerSettings, StoreKind, StoreSettings,
 };
 use crate::envoy::{self, RawDomain};
 
@@ -294,6 +294,129 @@ pub(super) struct RawStore {
     deny_cache: Option<Checked<RawDenyCache>>,
     max_keys: Option<u64>,
     tls_ca_cert: Option<PathBuf>,
+    key_layout: Option<KeyLayout>,
+    envoy_prefix: Option<String>,
+    per_second: Option<PerSecondSection>,
+}
+
+/// A `store.per_second` section as parsed.
+type PerSecondSection = Box<Checked<RawPerSecond>>;
+
+/// `store.per_second`: a store section of its own (see [`PerSecond`] for
+/// what it inherits from `store:`).
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct RawPerSecond(RawStore);
+
+/// A `store.per_second` section, checked on its own, with what it wrote:
+/// what it leaves out is `store:`'s.
+struct PerSecond {
+    settings: StoreSettings,
+    prefix: bool,
+    timeout: bool,
+    on_failure: bool,
+    local_share: bool,
+    breaker: bool,
+    deny_cache: bool,
+    max_keys: bool,
+}
+
+impl PerSecond {
+    /// The per-second store's settings: its own where written, `main`'s
+    /// otherwise. `key_layout` and `envoy_prefix` are always `main`'s.
+    fn inherit(self, main: &StoreSettings) -> StoreSettings {
+        let own = self.settings;
+        StoreSettings {
+            prefix: if self.prefix {
+                own.prefix
+            } else {
+                main.prefix.clone()
+            },
+            timeout: if self.timeout {
+                own.timeout
+            } else {
+                main.timeout
+            },
+            on_failure: if self.on_failure {
+                own.on_failure
+            } else {
+                main.on_failure
+            },
+            local_share: if self.local_share {
+                own.local_share
+            } else {
+                main.local_share
+            },
+            breaker: if self.breaker {
+                own.breaker
+            } else {
+                main.breaker
+            },
+            deny_cache: if self.deny_cache {
+                own.deny_cache
+            } else {
+                main.deny_cache
+            },
+            max_keys: if self.max_keys {
+                own.max_keys
+            } else {
+                main.max_keys
+            },
+            key_layout: main.key_layout,
+            envoy_prefix: main.envoy_prefix.clone(),
+            per_second: None,
+            ..own
+        }
+    }
+}
+
+impl Validate for RawPerSecond {
+    type Output = PerSecond;
+
+    fn validate(self) -> Result<PerSecond, String> {
+        let raw = self.0;
+        if raw.per_second.is_some() {
+            return Err("a per_second store has no per_second section of its own".into());
+        }
+        for (written, key) in [
+            (raw.key_layout.is_some(), "key_layout"),
+            (raw.envoy_prefix.is_some(), "envoy_prefix"),
+        ] {
+            if written {
+                return Err(format!(
+                    "`{key}` is one setting for both stores: write it in `store:`, and the per_second store follows it"
+                ));
+            }
+        }
+        Ok(PerSecond {
+            prefix: raw.prefix.is_some(),
+            timeout: raw.timeout.is_some(),
+            on_failure: raw.on_failure.is_some(),
+            local_share: raw.local_share.is_some(),
+            breaker: raw.breaker.is_some(),
+            deny_cache: raw.deny_cache.is_some(),
+            max_keys: raw.max_keys.is_some(),
+            settings: raw.section()?.0,
+        })
+    }
+}
+
+/// Whether `settings` can keep counters in its `key_layout`.
+fn check_layout(settings: &StoreSettings) -> Result<(), String> {
+    if settings.key_layout == KeyLayout::Tollgate {
+        return Ok(());
+    }
+    match settings.kind {
+        StoreKind::Memory => Err(
+            "key_layout: envoy names Redis keys, and the memory store has none (use kind: redis)"
+                .into(),
+        ),
+        StoreKind::RedisCluster => Err(
+            "key_layout: envoy is not supported on redis_cluster: an envoyproxy/ratelimit counter's key ends with its window start, so its Cluster slot changes with every window, and the window is known only inside the script, from Redis's clock; use kind: redis, or key_layout: tollgate (counters then start fresh at the cutover)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -358,6 +481,27 @@ impl Validate for RawStore {
     type Output = StoreSettings;
 
     fn validate(self) -> Result<StoreSettings, String> {
+        let (mut settings, per_second) = self.section()?;
+        check_layout(&settings)?;
+        if settings.key_layout == KeyLayout::Tollgate && !settings.envoy_prefix.is_empty() {
+            return Err(
+                "envoy_prefix names counters in envoyproxy/ratelimit's layout: it needs key_layout: envoy"
+                    .into(),
+            );
+        }
+        if let Some(per_second) = per_second {
+            let per_second = per_second.0.inherit(&settings);
+            check_layout(&per_second).map_err(|e| format!("per_second: {e}"))?;
+            settings.per_second = Some(Box::new(per_second));
+        }
+        Ok(settings)
+    }
+}
+
+impl RawStore {
+    /// This section's own settings, each value checked (unset: the
+    /// default), and its `per_second` section as written.
+    fn section(self) -> Result<(StoreSettings, Option<PerSecondSection>), String> {
         let urls = match (self.kind, self.url, self.urls) {
             (StoreKind::Memory, None, None) => Vec::new(),
             (StoreKind::Memory, _, _) => {
@@ -414,7 +558,7 @@ impl Validate for RawStore {
                 ));
             }
         };
-        Ok(StoreSettings {
+        let settings = StoreSettings {
             kind: self.kind,
             urls,
             prefix,
@@ -425,7 +569,11 @@ impl Validate for RawStore {
             deny_cache: self.deny_cache.map_or(defaults.deny_cache, |d| d.0),
             max_keys,
             tls_ca_cert: self.tls_ca_cert,
-        })
+            key_layout: self.key_layout.unwrap_or(defaults.key_layout),
+            envoy_prefix: self.envoy_prefix.unwrap_or(defaults.envoy_prefix),
+            per_second: None,
+        };
+        Ok((settings, self.per_second))
     }
 }
 

@@ -181,6 +181,21 @@ pub enum StoreKind {
     RedisCluster,
 }
 
+/// How counters are named in Redis (`store.key_layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyLayout {
+    /// tollgate's own names, `<prefix>:{<identity>}:<policy>:<algorithm>`,
+    /// for every policy.
+    #[default]
+    Tollgate,
+    /// envoyproxy/ratelimit's names for the fixed-window counters of inline
+    /// Envoy descriptors (`<envoy_prefix><domain>_<key>_<value>_..._<window
+    /// start>`), so a rolling replacement keeps every count; tollgate's
+    /// names for everything else. Standalone Redis only (see docs/REDIS.md).
+    Envoy,
+}
+
 /// What happens to a decision when the store fails: the resilience
 /// layer's own type. Configuration accepts `open`, `closed` and `local`
 /// (see `parse::FailureModeName`); `error` is the library's alone, since
@@ -216,6 +231,17 @@ pub struct StoreSettings {
     /// For `rediss://`: the CA certificate (PEM file) that signed Redis's
     /// certificate, when it is not a public one (`store.tls_ca_cert`).
     pub tls_ca_cert: Option<PathBuf>,
+    /// How counters are named (`tollgate` or `envoy`); one value for both
+    /// stores.
+    pub key_layout: KeyLayout,
+    /// envoyproxy/ratelimit's `CACHE_KEY_PREFIX`: written as it is in front
+    /// of the counters in its layout (`key_layout: envoy` only; may be
+    /// empty, its default). One value for both stores.
+    pub envoy_prefix: String,
+    /// The store for every policy whose period is exactly one second
+    /// (envoyproxy/ratelimit's `REDIS_PERSECOND*`); `None`: the one store
+    /// holds everything. Never has a `per_second` of its own.
+    pub per_second: Option<Box<StoreSettings>>,
 }
 
 impl Default for StoreSettings {
@@ -231,6 +257,9 @@ impl Default for StoreSettings {
             deny_cache: DenyCacheSettings::default(),
             max_keys: tollgate::store::memory::DEFAULT_MAX_KEYS,
             tls_ca_cert: None,
+            key_layout: KeyLayout::Tollgate,
+            envoy_prefix: String::new(),
+            per_second: None,
         }
     }
 }

@@ -339,3 +339,111 @@ fn empty_documents_are_empty_configurations() {
     assert!(config.policies.is_empty());
     assert_eq!(config.store.kind, StoreKind::Memory);
 }
+
+#[test]
+fn a_per_second_store_inherits_what_it_does_not_write() {
+    let config = Config::parse(
+        "store:
+  kind: redis
+  url: redis://127.0.0.1:6379
+  prefix: main
+  timeout: 15ms
+  on_failure: closed
+  breaker: { failures: 3 }
+  key_layout: envoy
+  envoy_prefix: rl_
+  per_second:
+    kind: redis
+    url: redis://127.0.0.1:6380
+    on_failure: local
+",
+        "t.yaml",
+    )
+    .unwrap();
+    let main = &config.store;
+    assert_eq!(main.key_layout, KeyLayout::Envoy);
+    assert_eq!(main.envoy_prefix, "rl_");
+    let second = main.per_second.as_deref().unwrap();
+    assert_eq!(second.kind, StoreKind::Redis);
+    assert_eq!(second.urls, ["redis://127.0.0.1:6380"]);
+    // Written: its own. Left out: the main store's.
+    assert_eq!(second.on_failure, FailureMode::Local);
+    assert_eq!(second.prefix, "main");
+    assert_eq!(second.timeout, Duration::from_millis(15));
+    assert_eq!(second.breaker.failures, 3);
+    // One setting for both.
+    assert_eq!(second.key_layout, KeyLayout::Envoy);
+    assert_eq!(second.envoy_prefix, "rl_");
+    assert!(second.per_second.is_none());
+    // Without the section, one store; the layout defaults to tollgate's.
+    let plain = Config::parse("store:\n  kind: memory\n", "t.yaml").unwrap();
+    assert!(plain.store.per_second.is_none());
+    assert_eq!(plain.store.key_layout, KeyLayout::Tollgate);
+    assert_eq!(plain.store.envoy_prefix, "");
+}
+
+#[test]
+fn store_layouts_and_per_second_sections_are_checked_where_written() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  per_second:\n    kind: redis\n",
+            5,
+            "store.per_second: `url` is required when kind is redis",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  per_second:\n    kind: redis\n    url: redis://b\n    per_second: { kind: memory }\n",
+            5,
+            "store.per_second: a per_second store has no per_second section of its own",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  per_second:\n    kind: redis\n    url: redis://b\n    key_layout: envoy\n",
+            5,
+            "`key_layout` is one setting for both stores",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  per_second:\n    kind: redis\n    url: redis://b\n    urls: [redis://c]\n",
+            5,
+            "kind redis takes `url`",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  per_second:\n    kind: redis\n    url: redis://b\n    tiemout: 1s\n",
+            7,
+            "unknown field `tiemout`",
+        ),
+        (
+            "store:\n  kind: redis_cluster\n  urls: [redis://a]\n  key_layout: envoy\n",
+            2,
+            "key_layout: envoy is not supported on redis_cluster",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  key_layout: envoy\n  per_second:\n    kind: redis_cluster\n    urls: [redis://b]\n",
+            2,
+            "per_second: key_layout: envoy is not supported on redis_cluster",
+        ),
+        (
+            "store:\n  kind: memory\n  key_layout: envoy\n",
+            2,
+            "the memory store has none",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  key_layout: envoyproxy\n",
+            4,
+            "unknown variant `envoyproxy`",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://a\n  envoy_prefix: rl_\n",
+            2,
+            "envoy_prefix names counters in envoyproxy/ratelimit's layout: it needs key_layout: envoy",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, line, expected) in cases {
+        let message = error(text).to_string();
+        if !message.contains(expected) || !message.starts_with(&format!("t.yaml:{line}:")) {
+            wrong.push(format!(
+                "{text:?}: expected line {line} and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

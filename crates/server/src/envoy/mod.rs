@@ -523,6 +523,63 @@ fn push_part(key: &mut Vec<u8>, part: &[u8]) {
     key.extend_from_slice(part);
 }
 
+/// The parts `push_part` wrote, in order; `None` if `key` is not such a
+/// sequence.
+fn split_parts(mut key: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut parts = Vec::new();
+    while !key.is_empty() {
+        let colon = key.iter().position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&key[..colon]).ok()?.parse().ok()?;
+        let rest = &key[colon + 1..];
+        if rest.len() < len {
+            return None;
+        }
+        parts.push(&rest[..len]);
+        key = &rest[len..];
+    }
+    Some(parts)
+}
+
+/// For `store.key_layout: envoy`: the part of envoyproxy/ratelimit's
+/// counter key (`src/limiter/cache_key.go`) between its prefix and its
+/// window start, `<domain>_<key1>_<value1>_<key2>_<value2>_`, for a check
+/// of `policies` on the limiter `key` — when the check is what that layout
+/// holds: one inline descriptor limit (`envoy/<domain>/...`, not an
+/// override) counted in fixed windows, on a key [`Domain::find`] built.
+/// A shared wildcard's value is its pattern, as there. `None` otherwise:
+/// the check keeps tollgate's layout.
+///
+/// The limiter key is length-prefixed and so injective; this text is not
+/// (a `_` inside a domain, key or value can make two descriptors spell the
+/// same counter): it is envoyproxy/ratelimit's, collisions included.
+pub fn envoyproxy_counter_base(
+    key: &[u8],
+    policies: &[tollgate::PolicyRef<'_>],
+) -> Option<Vec<u8>> {
+    let [policy] = policies else {
+        return None;
+    };
+    if !policy.name.starts_with("envoy/")
+        || policy.name == OVERRIDE_POLICY
+        || policy.policy.algorithm() != Algorithm::FixedWindow
+    {
+        return None;
+    }
+    let parts = split_parts(key.strip_prefix(KeySpace::EnvoyGrpc.tag())?)?;
+    let (domain, entries) = parts.split_first()?;
+    if entries.is_empty() || entries.len() % 2 != 0 {
+        return None;
+    }
+    let mut base = Vec::with_capacity(key.len());
+    base.extend_from_slice(domain);
+    base.push(b'_');
+    for part in entries {
+        base.extend_from_slice(part);
+        base.push(b'_');
+    }
+    Some(base)
+}
+
 /// What `limit` applies; an inline limit is the limiter policy `name`.
 fn compile_limit(limit: Limit, name: &str, named: &BTreeMap<String, Policy>) -> Applied {
     match limit {
@@ -674,6 +731,80 @@ mod tests {
             .find_override(&[("path", "/login")], super::Unit::Minute, 3)
             .unwrap();
         assert_eq!(key, b"envoy:4:edge6:minute1:34:path6:/login");
+    }
+
+    #[test]
+    fn envoyproxy_counter_keys_are_its_cache_keys_without_prefix_and_window() {
+        use super::{OVERRIDE_POLICY, Unit, envoyproxy_counter_base};
+        use tollgate::{Algorithm, Policy, PolicyRef};
+        let config = config();
+        let edge = &config.domains["edge"];
+        let base = |pairs: &[(&str, &str)]| {
+            let (m, key) = edge.find(&entries(pairs)).unwrap();
+            let super::Applied::Policy { name, policy, .. } = &m.rule.applied else {
+                panic!("no policy for {pairs:?}");
+            };
+            envoyproxy_counter_base(&key, &[PolicyRef { name, policy }])
+                .map(|b| String::from_utf8(b).unwrap())
+        };
+        assert_eq!(
+            base(&[("remote_address", "10.0.0.1")]).as_deref(),
+            Some("edge_remote_address_10.0.0.1_")
+        );
+        assert_eq!(
+            base(&[("user", "u_1"), ("plan", "free")]).as_deref(),
+            Some("edge_user_u_1_plan_free_")
+        );
+        // A wildcard's value, unless shared: then its pattern.
+        assert_eq!(
+            base(&[("path", "/api/v1")]).as_deref(),
+            Some("edge_path_/api/v1_")
+        );
+        assert_eq!(
+            base(&[("path", "/shared/a")]).as_deref(),
+            Some("edge_path_/shared/*_")
+        );
+        // A named policy (here a token bucket) keeps tollgate's layout.
+        assert_eq!(base(&[("path", "/login")]), None);
+        // So do overrides, other algorithms and several policies.
+        let (_, key) = edge
+            .find_override(&[("path", "/login")], Unit::Minute, 3)
+            .unwrap();
+        let window = Policy::new(Algorithm::FixedWindow, 3, Unit::Minute.duration(), None).unwrap();
+        let refs = [PolicyRef {
+            name: OVERRIDE_POLICY,
+            policy: &window,
+        }];
+        assert_eq!(envoyproxy_counter_base(&key, &refs), None);
+        let (_, key) = edge.find(&[("remote_address", "a")]).unwrap();
+        let gcra = Policy::new(Algorithm::Gcra, 3, Unit::Minute.duration(), None).unwrap();
+        let inline = "envoy/edge/remote_address";
+        assert_eq!(
+            envoyproxy_counter_base(
+                &key,
+                &[PolicyRef {
+                    name: inline,
+                    policy: &gcra
+                }]
+            ),
+            None
+        );
+        let two = [
+            PolicyRef {
+                name: inline,
+                policy: &window,
+            },
+            PolicyRef {
+                name: inline,
+                policy: &window,
+            },
+        ];
+        assert_eq!(envoyproxy_counter_base(&key, &two), None);
+        assert!(envoyproxy_counter_base(&key, &two[..1]).is_some());
+        // Not a key `find` built.
+        assert_eq!(envoyproxy_counter_base(b"http:4:edge", &two[..1]), None);
+        assert_eq!(envoyproxy_counter_base(b"envoy:9:edge", &two[..1]), None);
+        assert_eq!(envoyproxy_counter_base(b"envoy:4:edge", &two[..1]), None);
     }
 
     #[test]
