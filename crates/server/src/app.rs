@@ -72,10 +72,23 @@ pub struct App {
 impl App {
     /// Loads the configuration from `source` and connects to its store.
     ///
+    /// envoyproxy/ratelimit files that are refused do not stop the start, as
+    /// they do not stop envoyproxy/ratelimit: the error is logged and
+    /// counted, and the service runs with no Envoy configuration (every
+    /// `ShouldRateLimit` fails) until a reload loads them
+    /// ([`ConfigSource::load_or_unloaded`]).
+    ///
     /// # Errors
-    /// [`StartError`] for an invalid configuration or an unreachable store.
+    /// [`StartError`] for an invalid tollgate configuration or an
+    /// unreachable store.
     pub async fn start(source: ConfigSource) -> Result<App, StartError> {
-        let config = source.load()?;
+        let config = source.load_or_unloaded()?;
+        if let Some(error) = &config.envoy_unloaded {
+            tracing::error!(
+                %error,
+                "envoy configuration refused; serving without it (every ShouldRateLimit fails) until a reload loads it"
+            );
+        }
         let store = ServerStore::connect(&config.store).await?;
         Ok(App::new(source, config, store))
     }
@@ -85,6 +98,9 @@ impl App {
     pub fn new(source: ConfigSource, config: Config, store: ServerStore) -> App {
         let store = resilient(store, &config.store);
         let store_settings = config.store.clone();
+        let metrics = Metrics::default();
+        metrics.envoy_config(&config.envoy);
+        metrics.config_load(config.envoy_unloaded.is_none());
         let loaded = build(config, &store);
         App {
             current: ArcSwap::from_pointee(loaded),
@@ -92,7 +108,7 @@ impl App {
             source,
             store_settings,
             health: StoreHealth::default(),
-            metrics: Metrics::default(),
+            metrics,
         }
     }
 
@@ -223,6 +239,7 @@ impl App {
                 }
                 let policies = config.policies.len();
                 let domains = config.domains.len();
+                self.metrics.envoy_config(&config.envoy);
                 self.current.store(Arc::new(build(config, &self.store)));
                 self.metrics.reload(true);
                 tracing::info!(policies, domains, "config reloaded");

@@ -21,9 +21,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// envoyproxy/ratelimit configuration, unchanged: a file, or a
-    /// directory of `*.yaml` files (one domain each).
+    /// directory of files (one domain each, at any depth).
     #[arg(long, value_name = "DIR|FILE")]
     pub envoy_config: Option<PathBuf>,
+    /// Skip the envoy directory's entries whose name starts with `.`
+    /// (envoyproxy/ratelimit's RUNTIME_IGNOREDOTFILES).
+    #[arg(long)]
+    pub envoy_ignore_dot_files: bool,
+    /// Merge envoy files that name the same domain
+    /// (envoyproxy/ratelimit's MERGE_DOMAIN_CONFIG).
+    #[arg(long)]
+    pub envoy_merge_domains: bool,
     /// Listen for HTTP on ADDR (overrides `server.http`).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
@@ -35,12 +43,25 @@ pub struct ServeArgs {
 /// `tollgate check`: validate a configuration and exit.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// The configuration file (YAML).
-    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
-    /// envoyproxy/ratelimit configuration to validate with it.
+    /// The configuration file (YAML); may be left out with
+    /// `--envoy-config`.
+    #[arg(
+        long,
+        env = "TOLLGATE_CONFIG",
+        value_name = "FILE",
+        required_unless_present = "envoy_config"
+    )]
+    pub config: Option<PathBuf>,
+    /// envoyproxy/ratelimit configuration to validate (with `--config`, or
+    /// alone).
     #[arg(long, value_name = "DIR|FILE")]
     pub envoy_config: Option<PathBuf>,
+    /// As `serve --envoy-ignore-dot-files`.
+    #[arg(long)]
+    pub envoy_ignore_dot_files: bool,
+    /// As `serve --envoy-merge-domains`.
+    #[arg(long)]
+    pub envoy_merge_domains: bool,
 }
 
 /// Why `serve` failed.
@@ -86,6 +107,8 @@ pub async fn run_serve(
     let source = ConfigSource {
         config: args.config,
         envoy: args.envoy_config,
+        ignore_dot_files: args.envoy_ignore_dot_files,
+        merge_domains: args.envoy_merge_domains,
     };
     let app = Arc::new(App::start(source).await?);
     let loaded = app.current();
@@ -174,8 +197,10 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
 /// The first [`ConfigError`], naming file, line and field.
 pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
     let source = ConfigSource {
-        config: Some(args.config.clone()),
+        config: args.config.clone(),
         envoy: args.envoy_config.clone(),
+        ignore_dot_files: args.envoy_ignore_dot_files,
+        merge_domains: args.envoy_merge_domains,
     };
     let config: Config = source.load()?;
     let inline = config
@@ -185,7 +210,10 @@ pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
         .sum::<usize>();
     Ok(format!(
         "{}: ok ({} policies, {} envoy domains with {} inline limits, store {:?})",
-        args.config.display(),
+        args.config
+            .as_ref()
+            .or(args.envoy_config.as_ref())
+            .map_or_else(String::new, |p| p.display().to_string()),
         config.policies.len(),
         config.domains.len(),
         inline,

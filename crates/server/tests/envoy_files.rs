@@ -23,6 +23,7 @@ fn a_directory_of_envoy_files_loads_hidden_entries_skipped() {
     let source = ConfigSource {
         config: None,
         envoy: Some(data("envoy")),
+        ..ConfigSource::default()
     };
     let config = source.load().unwrap();
     let mut domains: Vec<&str> = config.domains.keys().map(String::as_str).collect();
@@ -57,6 +58,7 @@ fn broken_envoy_files_are_rejected_precisely() {
         let source = ConfigSource {
             config: None,
             envoy: Some(file.clone()),
+            ..ConfigSource::default()
         };
         let error = source.load().unwrap_err().to_string();
         assert!(
@@ -72,6 +74,7 @@ async fn envoy_files_answer_envoy_requests_on_redis() {
     let source = ConfigSource {
         config: None,
         envoy: Some(data("envoy")),
+        ..ConfigSource::default()
     };
     let server = TestServer::start_with(
         Backend::redis(),

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use tollgate::{Algorithm, Policy};
 
 use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
+use super::settings::{DEFAULT_NEAR_LIMIT_RATIO, EnvoySettings, MAX_STATS_MAX_SERIES};
 use super::{
     BreakerSettings, DenyCacheSettings, FailureMode, MAX_MAX_KEYS, MAX_POLICY_NAME, ServerSettings,
     StoreKind, StoreSettings,
@@ -27,6 +28,8 @@ pub(super) struct RawConfig {
     pub(super) policies: Vec<Checked<RawPolicy>>,
     #[serde(default)]
     pub(super) domains: Vec<Checked<RawDomain>>,
+    #[serde(default)]
+    pub(super) envoy: Option<Checked<RawEnvoy>>,
 }
 
 impl RawConfig {
@@ -346,6 +349,47 @@ impl Validate for RawPolicy {
             name: self.name,
             policy,
             on_failure: self.on_failure.map(|m| m.0),
+        })
+    }
+}
+
+/// The `envoy:` section: envoyproxy/ratelimit's service-wide switches.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvoy {
+    shadow_mode: Option<bool>,
+    quota_mode: Option<bool>,
+    near_limit_ratio: Option<f64>,
+    stop_cache_key_increment_when_overlimit: Option<bool>,
+    stats_max_series: Option<usize>,
+}
+
+impl Validate for RawEnvoy {
+    type Output = EnvoySettings;
+
+    fn validate(self) -> Result<EnvoySettings, String> {
+        let defaults = EnvoySettings::default();
+        let near_limit_ratio = self.near_limit_ratio.unwrap_or(DEFAULT_NEAR_LIMIT_RATIO);
+        // Written so that NaN fails too.
+        if !(0.0..=1.0).contains(&near_limit_ratio) {
+            return Err(format!(
+                "near_limit_ratio must be between 0 and 1 (0.8: the last 20% of a limit is near it), not {near_limit_ratio}"
+            ));
+        }
+        let stats_max_series = self.stats_max_series.unwrap_or(defaults.stats_max_series);
+        if !(1..=MAX_STATS_MAX_SERIES).contains(&stats_max_series) {
+            return Err(format!(
+                "stats_max_series must be between 1 and {MAX_STATS_MAX_SERIES}, not {stats_max_series}"
+            ));
+        }
+        Ok(EnvoySettings {
+            shadow_mode: self.shadow_mode.unwrap_or(defaults.shadow_mode),
+            quota_mode: self.quota_mode.unwrap_or(defaults.quota_mode),
+            near_limit_ratio,
+            stop_cache_key_increment_when_overlimit: self
+                .stop_cache_key_increment_when_overlimit
+                .unwrap_or(defaults.stop_cache_key_increment_when_overlimit),
+            stats_max_series,
         })
     }
 }

@@ -52,7 +52,10 @@ impl Validate for RawDomain {
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     unit: Option<String>,
-    requests_per_unit: Option<u32>,
+    /// 0 when left out, as envoyproxy/ratelimit reads it (always over the
+    /// limit).
+    #[serde(default)]
+    requests_per_unit: u32,
     #[serde(default)]
     unlimited: bool,
     name: Option<String>,
@@ -78,16 +81,20 @@ struct RawDescriptor {
     descriptors: Vec<Checked<RawDescriptor>>,
     #[serde(default)]
     shadow_mode: bool,
-    /// Accepted for compatibility; tollgate's metrics are per policy.
     #[serde(default)]
-    #[allow(dead_code)]
+    quota_mode: bool,
+    #[serde(default)]
     detailed_metric: bool,
-    /// Accepted for compatibility; tollgate's metrics are per policy.
     #[serde(default)]
-    #[allow(dead_code)]
     value_to_metric: bool,
     #[serde(default)]
     share_threshold: bool,
+    /// envoyproxy/ratelimit returns it in a response's dynamic metadata
+    /// only when `RESPONSE_DYNAMIC_METADATA` is set; tollgate accepts any
+    /// mapping here (as envoyproxy/ratelimit does) and does not use it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    metadata: Option<serde_norway::Mapping>,
     policy: Option<String>,
     algorithm: Option<AlgorithmName>,
 }
@@ -101,13 +108,15 @@ impl Validate for RawDescriptor {
         }
         let children: Vec<Descriptor> = self.descriptors.into_iter().map(|d| d.0).collect();
         check_siblings(children.iter())?;
-        let what = match &self.value {
+        // An empty value is no value, as envoyproxy/ratelimit reads it.
+        let value = self.value.filter(|v| !v.is_empty());
+        let what = match &value {
             Some(v) => format!("descriptor `{}={v}`", self.key),
             None => format!("descriptor `{}`", self.key),
         };
-        if self.share_threshold && !self.value.as_deref().is_some_and(|v| v.ends_with('*')) {
+        if self.share_threshold && !value.as_deref().is_some_and(|v| v.contains('*')) {
             return Err(format!(
-                "{what}: share_threshold needs a wildcard value ending in `*`"
+                "{what}: share_threshold needs a wildcard value (one containing `*`)"
             ));
         }
         let algorithm = self.algorithm.map(|a| a.0);
@@ -128,11 +137,14 @@ impl Validate for RawDescriptor {
         };
         Ok(Descriptor {
             key: self.key,
-            value: self.value,
+            value,
             rule,
             children,
             shadow_mode: self.shadow_mode,
+            quota_mode: self.quota_mode,
             share_threshold: self.share_threshold,
+            detailed_metric: self.detailed_metric,
+            value_to_metric: self.value_to_metric,
         })
     }
 }
@@ -167,14 +179,20 @@ impl RawRateLimit {
         if replaces.iter().any(String::is_empty) {
             return Err(format!("{what}: `replaces` entries need a `name`"));
         }
-        if self.name.as_deref().is_some_and(str::is_empty) {
-            return Err(format!("{what}: rate_limit `name` must not be empty"));
+        // envoyproxy/ratelimit reads an empty name as no name.
+        let name = self.name.filter(|n| !n.is_empty());
+        if let Some(name) = &name {
+            if replaces.contains(name) {
+                return Err(format!(
+                    "{what}: rate_limit `{name}` names itself in `replaces`"
+                ));
+            }
         }
         let limit = if self.unlimited {
-            if self.unit.is_some() || self.requests_per_unit.is_some() {
-                return Err(format!(
-                    "{what}: an `unlimited` rate_limit takes no unit or requests_per_unit"
-                ));
+            // As envoyproxy/ratelimit: a valid unit is refused, anything
+            // else beside `unlimited` is ignored.
+            if self.unit.as_deref().and_then(Unit::parse).is_some() {
+                return Err(format!("{what}: an `unlimited` rate_limit takes no unit"));
             }
             if algorithm.is_some() {
                 return Err(format!(
@@ -191,14 +209,12 @@ impl RawRateLimit {
                     "{what}: unknown unit `{unit}` (expected second, minute, hour, day, week, month or year)"
                 )
             })?;
-            let requests = self
-                .requests_per_unit
-                .ok_or_else(|| format!("{what}: rate_limit needs `requests_per_unit`"))?;
+            let requests = self.requests_per_unit;
             let algorithm = algorithm.unwrap_or(Algorithm::FixedWindow);
             Limit::rate(unit, requests, algorithm).map_err(|e| format!("{what}: {e}"))?
         };
         Ok(Rule {
-            name: self.name,
+            name,
             replaces,
             limit,
         })

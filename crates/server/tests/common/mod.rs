@@ -208,7 +208,9 @@ impl TestServer {
         let config = if source == ConfigSource::default() {
             Config::parse(text, "test.yaml").unwrap()
         } else {
-            source.load().unwrap()
+            // As `App::start`: refused envoy files leave the server without
+            // an Envoy configuration rather than stopping it.
+            source.load_or_unloaded().unwrap()
         };
         let store = backend.store_for(&config).await;
         let app = Arc::new(App::new(source, config, store));
