@@ -527,3 +527,46 @@ fn the_envoy_section_parses_defaults_and_checks() {
         );
     }
 }
+
+/// envoyproxy/ratelimit reads YAML 1.1: `yes`/`no`/`on`/`off` are flags,
+/// and a key left empty is its zero value.
+#[test]
+fn envoy_files_read_yaml_1_1_flags_and_empty_keys() {
+    let config = envoy_file(
+        "domain: y
+descriptors:
+  - key: k
+    value: 007
+    shadow_mode: yes
+    quota_mode: Off
+    descriptors:
+    rate_limit:
+      unit: second
+      requests_per_unit:
+      replaces:
+  - key: bare
+    rate_limit:
+",
+    )
+    .unwrap();
+    let domain = &config.domains["y"];
+    // The value is the text as written, not a number.
+    let (m, _) = domain.find(&[("k", "007")]).unwrap();
+    assert!(m.shadow && !m.quota);
+    assert_eq!(
+        m.rule.applied,
+        crate::envoy::Applied::DenyAll {
+            unit: crate::envoy::Unit::Second
+        }
+    );
+    assert!(domain.find(&[("k", "7")]).is_none());
+    // `rate_limit:` left empty is no limit.
+    assert!(domain.find(&[("bare", "x")]).is_none());
+    let message = envoy_file("domain: y\ndescriptors:\n  - key: k\n    shadow_mode: maybe\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("e.yaml:4:18:") && message.contains("expected a boolean"),
+        "{message}"
+    );
+}

@@ -4,7 +4,10 @@
 //! validation into the [`Descriptor`] trees that [`Domain`](super::Domain)
 //! compiles. Each mapping is [`Checked`], so an error carries its location.
 
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use tollgate::Algorithm;
 
 use super::{Descriptor, Limit, Rule, Unit, check_siblings};
@@ -16,8 +19,56 @@ use crate::config::parse::{self, AlgorithmName, Checked, Validate};
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDomain {
     domain: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     descriptors: Vec<Checked<RawDescriptor>>,
+}
+
+/// A list left empty (`descriptors:` with nothing after it) is an empty
+/// list, as envoyproxy/ratelimit reads it.
+fn null_is_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<Vec<T>>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
+
+/// A flag as envoyproxy/ratelimit's YAML 1.1 parser reads it: `true` and
+/// `false`, also `yes`/`no`, `on`/`off` and `y`/`n` (in lower, title or
+/// upper case); left empty, `false`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FlagVisitor;
+
+        impl Visitor<'_> for FlagVisitor {
+            type Value = Flag;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean")
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<Flag, E> {
+                Ok(Flag(value))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Flag, E> {
+                Ok(Flag(false))
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Flag, E> {
+                match text {
+                    "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Ok(Flag(true)),
+                    "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => Ok(Flag(false)),
+                    _ => Err(E::invalid_type(de::Unexpected::Str(text), &self)),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(FlagVisitor)
+    }
 }
 
 /// A validated domain, before it is compiled into a
@@ -54,12 +105,11 @@ struct RawRateLimit {
     unit: Option<String>,
     /// 0 when left out, as envoyproxy/ratelimit reads it (always over the
     /// limit).
+    requests_per_unit: Option<u32>,
     #[serde(default)]
-    requests_per_unit: u32,
-    #[serde(default)]
-    unlimited: bool,
+    unlimited: Flag,
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     replaces: Vec<RawReplace>,
 }
 
@@ -77,18 +127,18 @@ struct RawDescriptor {
     key: String,
     value: Option<String>,
     rate_limit: Option<RawRateLimit>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     descriptors: Vec<Checked<RawDescriptor>>,
     #[serde(default)]
-    shadow_mode: bool,
+    shadow_mode: Flag,
     #[serde(default)]
-    quota_mode: bool,
+    quota_mode: Flag,
     #[serde(default)]
-    detailed_metric: bool,
+    detailed_metric: Flag,
     #[serde(default)]
-    value_to_metric: bool,
+    value_to_metric: Flag,
     #[serde(default)]
-    share_threshold: bool,
+    share_threshold: Flag,
     /// envoyproxy/ratelimit returns it in a response's dynamic metadata
     /// only when `RESPONSE_DYNAMIC_METADATA` is set; tollgate accepts any
     /// mapping here (as envoyproxy/ratelimit does) and does not use it.
@@ -114,7 +164,7 @@ impl Validate for RawDescriptor {
             Some(v) => format!("descriptor `{}={v}`", self.key),
             None => format!("descriptor `{}`", self.key),
         };
-        if self.share_threshold && !value.as_deref().is_some_and(|v| v.contains('*')) {
+        if self.share_threshold.0 && !value.as_deref().is_some_and(|v| v.contains('*')) {
             return Err(format!(
                 "{what}: share_threshold needs a wildcard value (one containing `*`)"
             ));
@@ -140,11 +190,11 @@ impl Validate for RawDescriptor {
             value,
             rule,
             children,
-            shadow_mode: self.shadow_mode,
-            quota_mode: self.quota_mode,
-            share_threshold: self.share_threshold,
-            detailed_metric: self.detailed_metric,
-            value_to_metric: self.value_to_metric,
+            shadow_mode: self.shadow_mode.0,
+            quota_mode: self.quota_mode.0,
+            share_threshold: self.share_threshold.0,
+            detailed_metric: self.detailed_metric.0,
+            value_to_metric: self.value_to_metric.0,
         })
     }
 }
@@ -188,7 +238,7 @@ impl RawRateLimit {
                 ));
             }
         }
-        let limit = if self.unlimited {
+        let limit = if self.unlimited.0 {
             // As envoyproxy/ratelimit: a valid unit is refused, anything
             // else beside `unlimited` is ignored.
             if self.unit.as_deref().and_then(Unit::parse).is_some() {
@@ -209,7 +259,7 @@ impl RawRateLimit {
                     "{what}: unknown unit `{unit}` (expected second, minute, hour, day, week, month or year)"
                 )
             })?;
-            let requests = self.requests_per_unit;
+            let requests = self.requests_per_unit.unwrap_or(0);
             let algorithm = algorithm.unwrap_or(Algorithm::FixedWindow);
             Limit::rate(unit, requests, algorithm).map_err(|e| format!("{what}: {e}"))?
         };
