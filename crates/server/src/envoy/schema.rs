@@ -60,8 +60,10 @@ impl<'de> Deserialize<'de> for Flag {
 
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Flag, E> {
                 match text {
-                    "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Ok(Flag(true)),
-                    "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => Ok(Flag(false)),
+                    "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "true" | "True"
+                    | "TRUE" => Ok(Flag(true)),
+                    "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "false" | "False"
+                    | "FALSE" => Ok(Flag(false)),
                     _ => Err(E::invalid_type(de::Unexpected::Str(text), &self)),
                 }
             }
