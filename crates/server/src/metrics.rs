@@ -582,4 +582,52 @@ mod tests {
         assert!(text.contains("tollgate_config_reloads_total{result=\"failure\"} 1\n"));
         assert_eq!(seconds(0), "0");
     }
+
+    #[test]
+    fn statistics_keys_become_envoyproxy_ratelimit_s_labels() {
+        // `:` and `|` become `_`; so do the dots of IPv4-shaped runs,
+        // found leftmost first with backtracking digits, and nothing else.
+        assert_eq!(sanitise_stat_name("d.k_a:b|c"), "d.k_a_b_c");
+        assert_eq!(sanitise_stat_name("d.ip_10.0.0.1.x"), "d.ip_10_0_0_1.x");
+        assert_eq!(sanitise_stat_name("d.v_1234.5.6.7"), "d.v_1234_5_6_7");
+        assert_eq!(sanitise_stat_name("d.v_1.2.3"), "d.v_1.2.3");
+        assert_eq!(
+            sanitise_stat_name("d.v_1.2.3.4.5.6.7.8"),
+            "d.v_1_2_3_4.5_6_7_8"
+        );
+        assert_eq!(sanitise_stat_name("d.é.1.2.3.4"), "d.é.1_2_3_4");
+        let labels = EnvoyLabels::of("dom.a_1.b_2.c_3");
+        assert_eq!(
+            (
+                labels.domain.as_str(),
+                labels.key1.as_str(),
+                labels.key2.as_deref()
+            ),
+            ("dom", "a_1", Some("b_2"))
+        );
+        assert_eq!(EnvoyLabels::of("dom.a").key2, None);
+    }
+
+    #[test]
+    fn envoy_series_are_capped_and_the_rest_overflows() {
+        let metrics = Metrics::default();
+        let mut settings = EnvoySettings::default();
+        settings.stats_max_series = 2;
+        metrics.envoy_config(&settings);
+        let hit = EnvoyHits {
+            total_hits: 1,
+            within_limit: 1,
+            ..EnvoyHits::default()
+        };
+        for key in ["d.a", "d.b", "d.c", "d.a", "d.d"] {
+            metrics.envoy_hits(key, hit);
+        }
+        assert_eq!(metrics.envoy_series_count(), 2);
+        assert_eq!(metrics.envoy_series("d.a").total_hits, 2);
+        assert_eq!(metrics.envoy_overflow().total_hits, 2);
+        let text = metrics.render(ExternalGauges::default());
+        assert!(text.contains(
+            "ratelimit_service_rate_limit_within_limit{domain=\"tollgate_overflow\",key1=\"tollgate_overflow\"} 2\n"
+        ));
+    }
 }
