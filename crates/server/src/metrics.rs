@@ -357,6 +357,11 @@ const ENVOY_STATS: [(&str, &str); 5] = [
     ),
 ];
 
+/// The most bytes of label values one per-descriptor series may hold: a
+/// series beyond it is counted in the overflow series, so the statistics
+/// hold at most `envoy.stats_max_series` times this many bytes of labels.
+pub const ENVOY_MAX_LABEL_BYTES: usize = 1024;
+
 /// The label value of the overflow series, in `domain` and `key1`.
 pub const ENVOY_OVERFLOW_LABEL: &str = "tollgate_overflow";
 
@@ -472,7 +477,8 @@ impl EnvoyStats {
             }
         }
         let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= self.max_series.load(Ordering::Relaxed) && !map.contains_key(&labels) {
+        let full = map.len() >= self.max_series.load(Ordering::Relaxed);
+        if (full || labels.len() > ENVOY_MAX_LABEL_BYTES) && !map.contains_key(&labels) {
             bump(&self.overflow);
             return;
         }
@@ -532,6 +538,11 @@ impl EnvoyStats {
 }
 
 impl EnvoyLabels {
+    /// The bytes of its label values.
+    fn len(&self) -> usize {
+        self.domain.len() + self.key1.len() + self.key2.as_ref().map_or(0, String::len)
+    }
+
     fn cmp_key(&self) -> (&str, &str, Option<&str>) {
         (&self.domain, &self.key1, self.key2.as_deref())
     }
@@ -619,15 +630,17 @@ mod tests {
             within_limit: 1,
             ..EnvoyHits::default()
         };
-        for key in ["d.a", "d.b", "d.c", "d.a", "d.d"] {
+        let long = format!("d.{}", "x".repeat(ENVOY_MAX_LABEL_BYTES));
+        for key in [long.as_str(), "d.a", "d.b", "d.c", "d.a", "d.d"] {
             metrics.envoy_hits(key, hit);
         }
         assert_eq!(metrics.envoy_series_count(), 2);
         assert_eq!(metrics.envoy_series("d.a").total_hits, 2);
-        assert_eq!(metrics.envoy_overflow().total_hits, 2);
+        // The over-long one, then two past the cap.
+        assert_eq!(metrics.envoy_overflow().total_hits, 3);
         let text = metrics.render(ExternalGauges::default());
         assert!(text.contains(
-            "ratelimit_service_rate_limit_within_limit{domain=\"tollgate_overflow\",key1=\"tollgate_overflow\"} 2\n"
+            "ratelimit_service_rate_limit_within_limit{domain=\"tollgate_overflow\",key1=\"tollgate_overflow\"} 3\n"
         ));
     }
 }
