@@ -366,3 +366,16 @@ async fn refused_files_at_start_leave_the_server_without_them_until_fixed() {
     server.stop().await.unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A path that is not there stops the start, as it stops
+/// envoyproxy/ratelimit.
+#[test]
+fn a_missing_envoy_path_is_an_error_at_start() {
+    let dir = tollgate_testkit::files::temp_dir("envoy-missing");
+    let error = envoy_source(&dir.join("nothing"), false, false)
+        .load_or_unloaded()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("nothing"), "{error}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -71,8 +71,17 @@ impl ConfigSource {
     /// with this.
     ///
     /// # Errors
-    /// A [`ConfigError`] of the tollgate file (which does stop `serve`).
+    /// A [`ConfigError`] of the tollgate file (which does stop `serve`), or
+    /// the envoy path not being there.
     pub fn load_or_unloaded(&self) -> Result<Config, ConfigError> {
+        // A path that is not there stops envoyproxy/ratelimit (its runtime
+        // loader cannot watch it), so it stops `serve` too.
+        if let Some(envoy) = &self.envoy {
+            std::fs::metadata(envoy).map_err(|source| ConfigError::Io {
+                path: envoy.clone(),
+                source,
+            })?;
+        }
         match self.load() {
             Ok(config) => Ok(config),
             Err(error) if self.envoy.is_some() => {
