@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tollgate::Policy;
 
-use crate::envoy::{Domain, DomainSpec, RawDomain};
+use crate::envoy::{Domain, DomainSpec, Leaves, RawDomain};
 
 mod error;
 mod files;
@@ -181,6 +181,7 @@ impl Config {
         merge: bool,
     ) -> Result<(), ConfigError> {
         let names: HashSet<String> = self.policies.keys().cloned().collect();
+        let _: Leaves = parse_document(text, file, None)?;
         let raw: Checked<RawDomain> = parse_document(text, file, Some(names))?;
         let located = |message: String| ConfigError::Invalid {
             file: file.to_owned(),
@@ -244,6 +245,7 @@ fn domain_line(text: &str) -> Option<usize> {
 /// # Errors
 /// As [`Config::parse`].
 pub fn parse_envoy_file(text: &str, file: &str) -> Result<String, ConfigError> {
+    let _: Leaves = parse_document(text, file, None)?;
     let raw: Checked<RawDomain> = parse_document(text, file, None)?;
     Ok(raw.0.domain)
 }

@@ -440,7 +440,17 @@ fn what_envoyproxy_ratelimit_refuses_is_refused_with_file_and_line() {
             1,
             "domain must not be empty",
         ),
-        ("domain: d\n1: x\n", 2, "unknown field `1`"),
+        ("domain: d\n1: x\n", 2, "a key that is a string"),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    value: 1.5\n",
+            4,
+            "a floating-point number (1.5), which envoyproxy/ratelimit refuses",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    value: 9223372036854775808\n",
+            4,
+            "beyond a 64-bit signed integer",
+        ),
         ("domain: d\ndescriptors: [a]\n", 2, "expected a mapping"),
     ];
     let mut wrong = Vec::new();
@@ -560,7 +570,12 @@ descriptors:
         }
     );
     assert!(domain.find(&[("k", "7")]).is_none());
-    // `rate_limit:` left empty is no limit.
+    // `rate_limit:` left empty is no limit; fractions are fine quoted and
+    // inside metadata, and keys there may be anything.
+    envoy_file(
+        "domain: q\ndescriptors:\n  - key: k\n    value: '1.5'\n    metadata: { 2.5: 1.5, true: [0.1] }\n",
+    )
+    .unwrap();
     assert!(domain.find(&[("bare", "x")]).is_none());
     let message = envoy_file("domain: y\ndescriptors:\n  - key: k\n    shadow_mode: maybe\n")
         .unwrap_err()

@@ -37,7 +37,7 @@ use tollgate::{Algorithm, Policy, PolicyError};
 
 mod schema;
 
-pub(crate) use schema::{DomainSpec, RawDomain};
+pub(crate) use schema::{DomainSpec, Leaves, RawDomain};
 
 /// The limiter policy name (and metric label) of every descriptor `limit`
 /// override. No configured policy can have it: named policies may not start

@@ -33,6 +33,113 @@ where
     Option::<Vec<T>>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
+/// Every value of an envoyproxy/ratelimit file, checked as that service
+/// checks them before it reads the file: each leaf outside `metadata` is a
+/// string, an integer, a boolean or empty. A floating-point number
+/// (`value: 1.5`, `1e3`) or an integer beyond 64-bit signed range is refused
+/// there, so it is here, at its line; quoted, it is text. Deserialized
+/// from the file on its own, before the schema.
+pub(crate) struct Leaves;
+
+impl<'de> Deserialize<'de> for Leaves {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LeafVisitor;
+
+        impl<'de> Visitor<'de> for LeafVisitor {
+            type Value = Leaves;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, an integer, a boolean, a list or a mapping")
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Leaves, E> {
+                Ok(Leaves)
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Leaves, E> {
+                Ok(Leaves)
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Leaves, E> {
+                if i64::try_from(value).is_ok() {
+                    Ok(Leaves)
+                } else {
+                    Err(E::custom(format!(
+                        "{value} is beyond a 64-bit signed integer, which envoyproxy/ratelimit refuses (quote it to make it text)"
+                    )))
+                }
+            }
+
+            fn visit_i128<E: de::Error>(self, value: i128) -> Result<Leaves, E> {
+                Err(E::custom(format!(
+                    "{value} is beyond a 64-bit signed integer, which envoyproxy/ratelimit refuses (quote it to make it text)"
+                )))
+            }
+
+            fn visit_u128<E: de::Error>(self, value: u128) -> Result<Leaves, E> {
+                self.visit_i128(i128::try_from(value).unwrap_or(i128::MAX))
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Leaves, E> {
+                Err(E::custom(format!(
+                    "a floating-point number ({value}), which envoyproxy/ratelimit refuses outside `metadata` (quote it to make it text)"
+                )))
+            }
+
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Leaves, E> {
+                Ok(Leaves)
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Leaves, E> {
+                Ok(Leaves)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Leaves, A::Error> {
+                while seq.next_element::<Leaves>()?.is_some() {}
+                Ok(Leaves)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Leaves, A::Error> {
+                while let Some(Key(name)) = map.next_key::<Key>()? {
+                    // envoyproxy/ratelimit does not look inside `metadata`.
+                    if name == "metadata" {
+                        map.next_value::<de::IgnoredAny>()?;
+                    } else {
+                        map.next_value::<Leaves>()?;
+                    }
+                }
+                Ok(Leaves)
+            }
+        }
+
+        deserializer.deserialize_any(LeafVisitor)
+    }
+}
+
+/// A mapping key of an envoyproxy/ratelimit file: a string (a number, a
+/// boolean or an empty key is refused there).
+struct Key(String);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key that is a string (envoyproxy/ratelimit refuses others)")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Key, E> {
+                Ok(Key(text.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}
+
 /// A flag as envoyproxy/ratelimit's YAML 1.1 parser reads it: `true` and
 /// `false`, also `yes`/`no`, `on`/`off` and `y`/`n` (in lower, title or
 /// upper case); left empty, `false`.
