@@ -51,7 +51,7 @@ pub use settings::{
     StoreKind, StoreSettings,
 };
 
-use parse::{Checked, parse_document};
+use parse::{Checked, parse_document, parse_envoy_document};
 use raw::RawConfig;
 
 /// The built-in demo configuration used by `tollgate serve` without
@@ -182,7 +182,7 @@ impl Config {
     ) -> Result<(), ConfigError> {
         let names: HashSet<String> = self.policies.keys().cloned().collect();
         let _: Leaves = parse_document(text, file, None)?;
-        let raw: Checked<RawDomain> = parse_document(text, file, Some(names))?;
+        let raw: Checked<RawDomain> = parse_envoy_document(text, file, Some(names))?;
         let located = |message: String| ConfigError::Invalid {
             file: file.to_owned(),
             line: domain_line(text),
@@ -246,6 +246,6 @@ fn domain_line(text: &str) -> Option<usize> {
 /// As [`Config::parse`].
 pub fn parse_envoy_file(text: &str, file: &str) -> Result<String, ConfigError> {
     let _: Leaves = parse_document(text, file, None)?;
-    let raw: Checked<RawDomain> = parse_document(text, file, None)?;
+    let raw: Checked<RawDomain> = parse_envoy_document(text, file, None)?;
     Ok(raw.0.domain)
 }

@@ -585,3 +585,47 @@ descriptors:
         "{message}"
     );
 }
+
+/// envoyproxy/ratelimit checks key names against its schema's, wherever
+/// written, then ignores those written where they mean nothing: such a
+/// file loads (with a warning). In tollgate's own `domains:` they are
+/// errors, as any unknown field there.
+#[test]
+fn schema_keys_in_the_wrong_place_are_ignored_in_envoy_files_only() {
+    let text = "domain: m
+unit: second
+descriptors:
+  - key: k
+    unit: second
+    requests_per_unit: 5
+    rate_limit:
+      unit: minute
+      requests_per_unit: 2
+      key: stray
+      replaces: [{ name: other, value: stray }]
+";
+    let config = envoy_file(text).unwrap();
+    let (m, _) = config.domains["m"].find(&[("k", "v")]).unwrap();
+    assert_eq!(m.rule.replaces, ["other"]);
+    assert!(matches!(
+        m.rule.applied,
+        crate::envoy::Applied::Policy {
+            requests_per_unit: 2,
+            unit: Some(crate::envoy::Unit::Minute),
+            ..
+        }
+    ));
+    // Not a key of the schema at all: refused there too.
+    let message = envoy_file("domain: m\ndescriptors:\n  - key: k\n    units: second\n")
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("unknown field `units`"), "{message}");
+    // In tollgate's own configuration: an error, where it is written.
+    let message =
+        error("domains:\n  - domain: m\n    descriptors:\n      - key: k\n        unit: second\n")
+            .to_string();
+    assert!(
+        message.starts_with("t.yaml:4:9:") && message.contains("`unit` has no meaning here"),
+        "{message}"
+    );
+}

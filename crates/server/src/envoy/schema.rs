@@ -21,6 +21,35 @@ pub(crate) struct RawDomain {
     domain: String,
     #[serde(default, deserialize_with = "null_is_empty")]
     descriptors: Vec<Checked<RawDescriptor>>,
+    // Keys of the schema that mean nothing here (see `parse::misplaced`).
+    #[serde(default)]
+    key: Misplaced,
+    #[serde(default)]
+    value: Misplaced,
+    #[serde(default)]
+    rate_limit: Misplaced,
+    #[serde(default)]
+    unit: Misplaced,
+    #[serde(default)]
+    requests_per_unit: Misplaced,
+    #[serde(default)]
+    unlimited: Misplaced,
+    #[serde(default)]
+    name: Misplaced,
+    #[serde(default)]
+    replaces: Misplaced,
+    #[serde(default)]
+    shadow_mode: Misplaced,
+    #[serde(default)]
+    quota_mode: Misplaced,
+    #[serde(default)]
+    detailed_metric: Misplaced,
+    #[serde(default)]
+    value_to_metric: Misplaced,
+    #[serde(default)]
+    share_threshold: Misplaced,
+    #[serde(default)]
+    metadata: Misplaced,
 }
 
 /// A list left empty (`descriptors:` with nothing after it) is an empty
@@ -140,6 +169,26 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
+/// A key of envoyproxy/ratelimit's schema written where it has no meaning
+/// (`unit:` on a descriptor): present or not; its value is not read.
+#[derive(Debug, Default, Clone, Copy)]
+struct Misplaced(bool);
+
+impl<'de> Deserialize<'de> for Misplaced {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        de::IgnoredAny::deserialize(deserializer).map(|_| Misplaced(true))
+    }
+}
+
+/// The names of the `fields` that are present.
+fn present<'a>(fields: &[(&'a str, Misplaced)]) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(_, m)| m.0)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
 /// A flag as envoyproxy/ratelimit's YAML 1.1 parser reads it: `true` and
 /// `false`, also `yes`/`no`, `on`/`off` and `y`/`n` (in lower, title or
 /// upper case); left empty, `false`.
@@ -196,6 +245,25 @@ impl Validate for RawDomain {
         if self.domain.is_empty() {
             return Err("domain must not be empty".into());
         }
+        parse::misplaced(
+            &format!("domain `{}`", self.domain),
+            &present(&[
+                ("key", self.key),
+                ("value", self.value),
+                ("rate_limit", self.rate_limit),
+                ("unit", self.unit),
+                ("requests_per_unit", self.requests_per_unit),
+                ("unlimited", self.unlimited),
+                ("name", self.name),
+                ("replaces", self.replaces),
+                ("shadow_mode", self.shadow_mode),
+                ("quota_mode", self.quota_mode),
+                ("detailed_metric", self.detailed_metric),
+                ("value_to_metric", self.value_to_metric),
+                ("share_threshold", self.share_threshold),
+                ("metadata", self.metadata),
+            ]),
+        )?;
         let descriptors: Vec<Descriptor> = self.descriptors.into_iter().map(|d| d.0).collect();
         check_siblings(descriptors.iter())?;
         if !parse::first_domain_definition(&self.domain) {
@@ -220,12 +288,66 @@ struct RawRateLimit {
     name: Option<String>,
     #[serde(default, deserialize_with = "null_is_empty")]
     replaces: Vec<RawReplace>,
+    // Keys of the schema that mean nothing here (see `parse::misplaced`).
+    #[serde(default)]
+    domain: Misplaced,
+    #[serde(default)]
+    key: Misplaced,
+    #[serde(default)]
+    value: Misplaced,
+    #[serde(default)]
+    descriptors: Misplaced,
+    #[serde(default)]
+    rate_limit: Misplaced,
+    #[serde(default)]
+    shadow_mode: Misplaced,
+    #[serde(default)]
+    quota_mode: Misplaced,
+    #[serde(default)]
+    detailed_metric: Misplaced,
+    #[serde(default)]
+    value_to_metric: Misplaced,
+    #[serde(default)]
+    share_threshold: Misplaced,
+    #[serde(default)]
+    metadata: Misplaced,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReplace {
     name: String,
+    // Keys of the schema that mean nothing here (see `parse::misplaced`).
+    #[serde(default)]
+    domain: Misplaced,
+    #[serde(default)]
+    key: Misplaced,
+    #[serde(default)]
+    value: Misplaced,
+    #[serde(default)]
+    descriptors: Misplaced,
+    #[serde(default)]
+    rate_limit: Misplaced,
+    #[serde(default)]
+    unit: Misplaced,
+    #[serde(default)]
+    requests_per_unit: Misplaced,
+    #[serde(default)]
+    unlimited: Misplaced,
+    #[serde(default)]
+    replaces: Misplaced,
+    #[serde(default)]
+    shadow_mode: Misplaced,
+    #[serde(default)]
+    quota_mode: Misplaced,
+    #[serde(default)]
+    detailed_metric: Misplaced,
+    #[serde(default)]
+    value_to_metric: Misplaced,
+    #[serde(default)]
+    share_threshold: Misplaced,
+    #[serde(default)]
+    metadata: Misplaced,
 }
 
 /// One descriptor entry as written (envoyproxy/ratelimit's schema plus
@@ -256,6 +378,19 @@ struct RawDescriptor {
     metadata: Option<serde_norway::Mapping>,
     policy: Option<String>,
     algorithm: Option<AlgorithmName>,
+    // Keys of the schema that mean nothing here (see `parse::misplaced`).
+    #[serde(default)]
+    domain: Misplaced,
+    #[serde(default)]
+    unit: Misplaced,
+    #[serde(default)]
+    requests_per_unit: Misplaced,
+    #[serde(default)]
+    unlimited: Misplaced,
+    #[serde(default)]
+    name: Misplaced,
+    #[serde(default)]
+    replaces: Misplaced,
 }
 
 impl Validate for RawDescriptor {
@@ -273,6 +408,17 @@ impl Validate for RawDescriptor {
             Some(v) => format!("descriptor `{}={v}`", self.key),
             None => format!("descriptor `{}`", self.key),
         };
+        parse::misplaced(
+            &what,
+            &present(&[
+                ("domain", self.domain),
+                ("unit", self.unit),
+                ("requests_per_unit", self.requests_per_unit),
+                ("unlimited", self.unlimited),
+                ("name", self.name),
+                ("replaces", self.replaces),
+            ]),
+        )?;
         if self.share_threshold.0 && !value.as_deref().is_some_and(|v| v.contains('*')) {
             return Err(format!(
                 "{what}: share_threshold needs a wildcard value (one containing `*`)"
@@ -330,6 +476,44 @@ impl RawRateLimit {
     /// The rule of a descriptor with this inline `rate_limit` and
     /// `algorithm`; `what` names the descriptor in messages.
     fn rule(self, what: &str, algorithm: Option<Algorithm>) -> Result<Rule, String> {
+        parse::misplaced(
+            &format!("{what}: rate_limit"),
+            &present(&[
+                ("domain", self.domain),
+                ("key", self.key),
+                ("value", self.value),
+                ("descriptors", self.descriptors),
+                ("rate_limit", self.rate_limit),
+                ("shadow_mode", self.shadow_mode),
+                ("quota_mode", self.quota_mode),
+                ("detailed_metric", self.detailed_metric),
+                ("value_to_metric", self.value_to_metric),
+                ("share_threshold", self.share_threshold),
+                ("metadata", self.metadata),
+            ]),
+        )?;
+        for replace in &self.replaces {
+            parse::misplaced(
+                &format!("{what}: replaces"),
+                &present(&[
+                    ("domain", replace.domain),
+                    ("key", replace.key),
+                    ("value", replace.value),
+                    ("descriptors", replace.descriptors),
+                    ("rate_limit", replace.rate_limit),
+                    ("unit", replace.unit),
+                    ("requests_per_unit", replace.requests_per_unit),
+                    ("unlimited", replace.unlimited),
+                    ("replaces", replace.replaces),
+                    ("shadow_mode", replace.shadow_mode),
+                    ("quota_mode", replace.quota_mode),
+                    ("detailed_metric", replace.detailed_metric),
+                    ("value_to_metric", replace.value_to_metric),
+                    ("share_threshold", replace.share_threshold),
+                    ("metadata", replace.metadata),
+                ]),
+            )?;
+        }
         let replaces = self
             .replaces
             .into_iter()
