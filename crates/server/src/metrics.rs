@@ -622,9 +622,10 @@ mod tests {
     #[test]
     fn envoy_series_are_capped_and_the_rest_overflows() {
         let metrics = Metrics::default();
-        let mut settings = EnvoySettings::default();
-        settings.stats_max_series = 2;
-        metrics.envoy_config(&settings);
+        metrics.envoy_config(&EnvoySettings {
+            stats_max_series: 2,
+            ..EnvoySettings::default()
+        });
         let hit = EnvoyHits {
             total_hits: 1,
             within_limit: 1,
