@@ -428,14 +428,14 @@ fn envoy_hits(
         .saturating_sub(remaining)
         .saturating_add(if charged { 0 } else { hits });
     let used_before = used_after.saturating_sub(hits);
-    // As envoyproxy/ratelimit: floor(limit * ratio). Exact for any limit a
-    // u32 `requests_per_unit` can give.
+    // As envoyproxy/ratelimit computes it, in 32-bit floating point:
+    // floor(limit * ratio), so the threshold is the same to the unit.
     #[allow(
         clippy::cast_precision_loss,
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss
     )]
-    let near = (limit as f64 * near_ratio).floor() as u64;
+    let near = ((limit as f32) * (near_ratio as f32)).floor() as u64;
     if used_after > near {
         out.near_limit = used_after - near.max(used_before);
     }
