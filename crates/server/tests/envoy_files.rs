@@ -379,3 +379,55 @@ fn a_missing_envoy_path_is_an_error_at_start() {
     assert!(error.contains("nothing"), "{error}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Waits (bounded) until the server's Envoy domains are `expected`.
+async fn wait_for_domains(server: &TestServer, expected: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut names: Vec<String> = server
+            .app
+            .current()
+            .config
+            .domains
+            .keys()
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        if names == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "domains {names:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Watched: a ConfigMap's `..data` swap (dot files ignored), and a file
+/// added in a subdirectory, are reloaded.
+#[tokio::test]
+async fn a_configmap_swap_and_a_file_in_a_subdirectory_are_reloaded() {
+    let dir = tollgate_testkit::files::temp_dir("envoy-cm-watch");
+    write(&dir.join("..v1/limits.yaml"), &domain_file("first", "k"));
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/limits.yaml", dir.join("limits.yaml")).unwrap();
+    let mut server = TestServer::start_with(
+        Backend::memory(),
+        "",
+        envoy_source(&dir, true, false),
+        ServerOptions::default()
+            .watch_interval(Some(std::time::Duration::from_millis(50)))
+            .reload_on_sighup(false),
+    )
+    .await;
+    wait_for_domains(&server, &["first"]).await;
+    write(&dir.join("..v2/limits.yaml"), &domain_file("second", "k"));
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    wait_for_domains(&server, &["second"]).await;
+    write(&dir.join("team/extra"), &domain_file("extra", "k"));
+    wait_for_domains(&server, &["extra", "second"]).await;
+    server.stop().await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
