@@ -331,12 +331,15 @@ fn plan<'a>(
     Ok(matched
         .into_iter()
         .map(|found| match found {
+            // An `unlimited` limit stays unlimited even when another one
+            // replaces its name (envoyproxy/ratelimit sets it aside first).
             Some((m, key))
-                if !m
-                    .rule
-                    .name
-                    .as_deref()
-                    .is_some_and(|name| replaced.contains(name)) =>
+                if m.rule.applied == Applied::Unlimited
+                    || !m
+                        .rule
+                        .name
+                        .as_deref()
+                        .is_some_and(|name| replaced.contains(name)) =>
             {
                 Plan::Apply(m, key)
             }

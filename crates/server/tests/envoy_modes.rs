@@ -270,3 +270,32 @@ async fn hostile_values_cannot_grow_the_statistics() {
         1
     );
 }
+
+/// `replaces` skips a limit another matched limit names; an `unlimited`
+/// one stays unlimited (envoyproxy/ratelimit sets unlimited limits aside
+/// before it applies `replaces`).
+#[tokio::test]
+async fn replaces_skips_a_named_limit_but_not_an_unlimited_one() {
+    let server = server(
+        "  quota_mode: false\n",
+        "      - key: special\n        rate_limit: { unit: hour, requests_per_unit: 5, replaces: [{ name: general }, { name: open }] }\n\
+         \x20     - key: general\n        rate_limit: { unit: hour, requests_per_unit: 1, name: general }\n\
+         \x20     - key: open\n        rate_limit: { unlimited: true, name: open }\n",
+    )
+    .await;
+    let entries = [("special", "s"), ("general", "g"), ("open", "o")];
+    for _ in 0..2 {
+        let descriptors = entries.iter().map(|e| descriptor(&[*e], None)).collect();
+        let response = ask(&server, descriptors).await;
+        assert_eq!(response.overall_code, OK);
+        // The replaced limit: OK, no limit reported, not charged.
+        assert!(response.statuses[1].current_limit.is_none());
+        assert_eq!(response.statuses[2].limit_remaining, u32::MAX);
+    }
+    // `general` was never charged: its one request an hour is still there.
+    let alone = ask(&server, vec![descriptor(&[("general", "g")], None)]).await;
+    assert_eq!(
+        (alone.overall_code, alone.statuses[0].limit_remaining),
+        (OK, 0)
+    );
+}
