@@ -181,7 +181,7 @@ impl Config {
         merge: bool,
     ) -> Result<(), ConfigError> {
         let names: HashSet<String> = self.policies.keys().cloned().collect();
-        let _: Leaves = parse_document(text, file, None)?;
+        let _: Leaves = parse_envoy_document(text, file, None)?;
         let raw: Checked<RawDomain> = parse_envoy_document(text, file, Some(names))?;
         let located = |message: String| ConfigError::Invalid {
             file: file.to_owned(),
@@ -245,7 +245,7 @@ fn domain_line(text: &str) -> Option<usize> {
 /// # Errors
 /// As [`Config::parse`].
 pub fn parse_envoy_file(text: &str, file: &str) -> Result<String, ConfigError> {
-    let _: Leaves = parse_document(text, file, None)?;
+    let _: Leaves = parse_envoy_document(text, file, None)?;
     let raw: Checked<RawDomain> = parse_envoy_document(text, file, None)?;
     Ok(raw.0.domain)
 }

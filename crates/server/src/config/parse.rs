@@ -49,7 +49,8 @@ pub(crate) fn parse_document<T: de::DeserializeOwned>(
 }
 
 /// [`parse_document`] for an envoyproxy/ratelimit file: what that service
-/// ignores is warned about (logged, naming the file), not refused.
+/// ignores is warned about (logged, naming the file), not refused, and
+/// only the first YAML document is read, as it reads only that one.
 pub(crate) fn parse_envoy_document<T: de::DeserializeOwned>(
     text: &str,
     file: &str,
@@ -76,6 +77,12 @@ fn parse_with<T: de::DeserializeOwned>(
     // An empty document is an empty configuration, not an error.
     let result = if text.trim().is_empty() {
         serde_norway::from_str::<T>("{}")
+    } else if envoy_file {
+        // envoyproxy/ratelimit reads a file's first document only.
+        match serde_norway::Deserializer::from_str(text).next() {
+            Some(document) => T::deserialize(document),
+            None => serde_norway::from_str::<T>("{}"),
+        }
     } else {
         serde_norway::from_str::<T>(text)
     };

@@ -629,3 +629,23 @@ descriptors:
         "{message}"
     );
 }
+
+/// envoyproxy/ratelimit reads a file's first YAML document only.
+#[test]
+fn envoy_files_are_read_to_their_first_document() {
+    let config =
+        envoy_file("---\ndomain: first\ndescriptors: []\n---\ndomain: second\nnot: [valid\n")
+            .unwrap();
+    assert!(config.domains.contains_key("first") && config.domains.len() == 1);
+    // The first document is checked as any file is.
+    let message = envoy_file("---\ndomain: d\ndescriptors:\n  - key: k\n    value: 1.5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("e.yaml:5:") && message.contains("floating-point"),
+        "{message}"
+    );
+    // A file of comments alone has no domain.
+    let message = envoy_file("# nothing here\n").unwrap_err().to_string();
+    assert!(message.contains("missing field `domain`"), "{message}");
+}

@@ -123,6 +123,14 @@ impl<'de> Deserialize<'de> for Leaves {
                 Ok(Leaves)
             }
 
+            fn visit_none<E: de::Error>(self) -> Result<Leaves, E> {
+                Ok(Leaves)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Leaves, D::Error> {
+                Leaves::deserialize(inner)
+            }
+
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Leaves, A::Error> {
                 while seq.next_element::<Leaves>()?.is_some() {}
                 Ok(Leaves)
