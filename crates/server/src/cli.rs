@@ -190,12 +190,15 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
     out
 }
 
-/// Runs `tollgate check`: loads and validates the configuration, and
-/// returns a summary of what it defines.
+/// Runs `tollgate check`: loads and validates the configuration, logs its
+/// warnings to stderr, and returns a summary of what it defines.
 ///
 /// # Errors
 /// The first [`ConfigError`], naming file, line and field.
 pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
+    // Warnings (what an envoyproxy/ratelimit file holds that is ignored)
+    // go to stderr.
+    init_logging();
     let source = ConfigSource {
         config: args.config.clone(),
         envoy: args.envoy_config.clone(),

@@ -95,6 +95,12 @@ fn parse_with<T: de::DeserializeOwned>(
     result.map_err(|e| ConfigError::from_yaml(file, &e))
 }
 
+/// A warning about the document being parsed, logged (naming the file)
+/// once it has parsed.
+pub(crate) fn warn(message: String) {
+    CONTEXT.with(|c| c.borrow_mut().warnings.push(message));
+}
+
 /// Keys envoyproxy/ratelimit knows (it checks every key name against the
 /// names of its schema, wherever written) but ignores where `present`
 /// says they are written, in the entry `what`: in an envoyproxy/ratelimit

@@ -382,7 +382,6 @@ struct RawDescriptor {
     /// only when `RESPONSE_DYNAMIC_METADATA` is set; tollgate accepts any
     /// mapping here (as envoyproxy/ratelimit does) and does not use it.
     #[serde(default)]
-    #[allow(dead_code)]
     metadata: Option<serde_norway::Mapping>,
     policy: Option<String>,
     algorithm: Option<AlgorithmName>,
@@ -427,6 +426,11 @@ impl Validate for RawDescriptor {
                 ("replaces", self.replaces),
             ]),
         )?;
+        if self.metadata.is_some() {
+            parse::warn(format!(
+                "{what}: `metadata` is accepted and not used (tollgate sends no dynamic metadata)"
+            ));
+        }
         if self.share_threshold.0 && !value.as_deref().is_some_and(|v| v.contains('*')) {
             return Err(format!(
                 "{what}: share_threshold needs a wildcard value (one containing `*`)"
