@@ -83,6 +83,7 @@ fn check_validates_envoy_files_with_the_config() {
         .arg(&file)
         .arg("--envoy-config")
         .arg(&envoy)
+        .arg("--envoy-ignore-dot-files")
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -91,6 +92,39 @@ fn check_validates_envoy_files_with_the_config() {
             .unwrap()
             .contains("3 envoy domains")
     );
+}
+
+/// `check --envoy-config` needs no `--config`; dot files are read unless
+/// told otherwise (envoyproxy/ratelimit's RUNTIME_IGNOREDOTFILES default),
+/// and the directory's broken `..hidden.yaml` is then reported by line.
+#[test]
+fn check_takes_envoy_files_alone_and_reads_dot_files_by_default() {
+    let envoy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../server/tests/data/envoy");
+    let output = tollgate()
+        .args(["check", "--envoy-config"])
+        .arg(&envoy)
+        .arg("--envoy-ignore-dot-files")
+        .env_remove("TOLLGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .contains("3 envoy domains")
+    );
+    let output = tollgate()
+        .args(["check", "--envoy-config"])
+        .arg(&envoy)
+        .env_remove("TOLLGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    // Named with its line: `..hidden.yaml:<line>:<column>: ...`.
+    let at = stderr.find("..hidden.yaml:").expect("names the file");
+    let line = &stderr[at + "..hidden.yaml:".len()..];
+    assert!(line.starts_with(|c: char| c.is_ascii_digit()), "{stderr}");
 }
 
 #[cfg(unix)]

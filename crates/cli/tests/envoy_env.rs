@@ -154,7 +154,7 @@ fn envoyproxy_variables_configure_the_server() {
     let (status, dump) = get(serve.http, "/rlconfig");
     assert_eq!(status, 200);
     assert!(
-        dump.contains("shop.client: unit=MINUTE requests_per_unit=3, shadow_mode: false"),
+        dump.contains("shop.client: unit=MINUTE requests_per_unit=3, shadow_mode: false, quota_mode: false"),
         "{dump}"
     );
     assert!(
@@ -252,14 +252,19 @@ fn check_prints_the_configuration_the_environment_gives() {
     );
 }
 
-/// FORCE_START_WITHOUT_INITIAL_CONFIG with no config directory yet: the
-/// server starts; with HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED it is
-/// unhealthy (gRPC and /healthcheck) until the files arrive, then healthy
-/// and limiting.
+/// A refused file in the runtime directory at start: the server starts
+/// anyway, as envoyproxy/ratelimit does (FORCE_START_WITHOUT_INITIAL_CONFIG
+/// changes nothing for files); with HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED
+/// it is unhealthy (gRPC and /healthcheck) and every call fails until the
+/// file is fixed, then healthy and limiting.
 #[test]
-fn force_start_waits_for_the_configuration_and_health_follows_it() {
+fn a_refused_file_at_start_serves_unhealthy_until_it_is_fixed() {
     let redis = RedisServer::start();
-    let root = temp_dir("envoy-env-force");
+    let root = temp_dir("envoy-env-refused");
+    let config = root.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let refused = "domain: shop\ndescriptors:\n  - key: client\n    rate_limit: { unit: fortnight, requests_per_unit: 3 }\n";
+    std::fs::write(config.join("limits.yaml"), refused).unwrap();
     let redis_url = format!("127.0.0.1:{}", redis.port());
     let vars = [
         ("HOST", "127.0.0.1"),
@@ -277,20 +282,13 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
     // LOG_FORMAT=json: JSON lines; no LOG_LEVEL: envoyproxy/ratelimit's
     // default, warn, so the start's error is there and its info lines not.
     let line = serve
-        .wait_for_log(&["configuration not loaded"], TIMEOUT)
+        .wait_for_log(&["envoy configuration refused"], TIMEOUT)
         .unwrap_or_else(|| panic!("no start error:\n{}", serve.log().join("\n")));
     let event: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(event["level"], "ERROR", "{line}");
     assert!(
-        event["message"]
-            .as_str()
-            .unwrap()
-            .contains("start_without_config"),
-        "{line}"
-    );
-    assert!(
-        event["error"].as_str().unwrap().contains("config"),
+        event["error"].as_str().unwrap().contains("limits.yaml"),
         "{line}"
     );
     let (status, body) = get(serve.http, "/healthcheck");
@@ -310,7 +308,9 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
         "{body}"
     );
 
-    write_config(&root.join("config"));
+    // Fixed as a deployment tool fixes it: written aside, renamed in.
+    std::fs::write(root.join("limits.yaml.new"), LIMITS).unwrap();
+    std::fs::rename(root.join("limits.yaml.new"), config.join("limits.yaml")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(serve.http, "/healthcheck").0 != 200 {
         assert!(
@@ -342,8 +342,8 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
 
-    // Without FORCE_START_WITHOUT_INITIAL_CONFIG, a missing directory
-    // stops the start, naming it.
+    // A missing runtime directory stops the start, naming it, as it stops
+    // envoyproxy/ratelimit's.
     let missing = temp_dir("envoy-env-missing");
     let (code, stderr) = exit_of(command(
         &["serve"],
@@ -362,14 +362,6 @@ fn force_start_waits_for_the_configuration_and_health_follows_it() {
         stderr.contains(&*missing.join("config").to_string_lossy()),
         "{stderr}"
     );
-}
-
-fn write_config(directory: &Path) {
-    // Written aside and renamed in, as a deployment tool does.
-    let staging = directory.with_extension("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::write(staging.join("limits.yaml"), LIMITS).unwrap();
-    std::fs::rename(&staging, directory).unwrap();
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

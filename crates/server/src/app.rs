@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -95,36 +94,28 @@ pub struct App {
     store_settings: StoreSettings,
     /// Counters and the latency histogram served at `/metrics`.
     metrics: Metrics,
-    /// Started without its configuration (`server.start_without_config`)
-    /// and no reload has succeeded since: Envoy calls are refused, as
-    /// envoyproxy/ratelimit refuses them with no configuration loaded.
-    config_missing: AtomicBool,
 }
 
 impl App {
     /// Loads the configuration from `source` and connects to its store.
     ///
+    /// envoyproxy/ratelimit files that are refused do not stop the start, as
+    /// they do not stop envoyproxy/ratelimit: the error is logged and
+    /// counted, and the service runs with no Envoy configuration (every
+    /// `ShouldRateLimit` fails) until a reload loads them
+    /// ([`ConfigSource::load_or_unloaded`]).
+    ///
     /// # Errors
-    /// [`StartError`] for an invalid configuration or an unreachable store.
+    /// [`StartError`] for an invalid tollgate configuration or an
+    /// unreachable store.
     pub async fn start(source: ConfigSource) -> Result<App, StartError> {
-        let mut missing = false;
-        let config = match source.load() {
-            Ok(config) => config,
-            Err(error) => match source.load_base_document() {
-                // `server.start_without_config` (FORCE_START_WITHOUT_INITIAL_CONFIG):
-                // serve the document alone, and take the files at the
-                // first reload that succeeds.
-                Ok(base) if base.server.start_without_config => {
-                    tracing::error!(
-                        %error,
-                        "configuration not loaded; starting without it (server.start_without_config) and waiting for a valid one"
-                    );
-                    missing = true;
-                    base
-                }
-                _ => return Err(error.into()),
-            },
-        };
+        let config = source.load_or_unloaded()?;
+        if let Some(error) = &config.envoy_unloaded {
+            tracing::error!(
+                %error,
+                "envoy configuration refused; serving without it (every ShouldRateLimit fails) until a reload loads it"
+            );
+        }
         let store = ServerStore::connect(&config.store).await?;
         let per_second = match &config.store.per_second {
             Some(settings) => Some(
@@ -134,9 +125,7 @@ impl App {
             ),
             None => None,
         };
-        let app = App::with_stores(source, config, store, per_second);
-        app.config_missing.store(missing, Ordering::Relaxed);
-        Ok(app)
+        Ok(App::with_stores(source, config, store, per_second))
     }
 
     /// A service over an already loaded configuration and store (tests use
@@ -178,6 +167,9 @@ impl App {
             watched.get(1).map(|w| w.store.clone()),
         );
         let store_settings = config.store.clone();
+        let metrics = Metrics::default();
+        metrics.envoy_config(&config.envoy);
+        metrics.config_load(config.envoy_unloaded.is_none());
         let loaded = build(config, &store);
         App {
             current: ArcSwap::from_pointee(loaded),
@@ -185,8 +177,7 @@ impl App {
             watched,
             source,
             store_settings,
-            metrics: Metrics::default(),
-            config_missing: AtomicBool::new(false),
+            metrics,
         }
     }
 
@@ -214,12 +205,6 @@ impl App {
     /// The store the limiter decides on: each policy routed to its store.
     pub fn routed_store(&self) -> &AppStore {
         &self.store
-    }
-
-    /// Whether the server started without its configuration
-    /// (`server.start_without_config`) and no reload has brought it yet.
-    pub fn config_missing(&self) -> bool {
-        self.config_missing.load(Ordering::Relaxed)
     }
 
     /// The metrics.
@@ -351,8 +336,8 @@ impl App {
                 }
                 let policies = config.policies.len();
                 let domains = config.domains.len();
+                self.metrics.envoy_config(&config.envoy);
                 self.current.store(Arc::new(build(config, &self.store)));
-                self.config_missing.store(false, Ordering::Relaxed);
                 self.metrics.reload(true);
                 tracing::info!(policies, domains, "config reloaded");
                 Ok(())

@@ -24,9 +24,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// envoyproxy/ratelimit configuration, unchanged: a file, or a
-    /// directory of `*.yaml` files (one domain each).
+    /// directory of files (one domain each, at any depth).
     #[arg(long, value_name = "DIR|FILE")]
     pub envoy_config: Option<PathBuf>,
+    /// Skip the envoy directory's entries whose name starts with `.`
+    /// (envoyproxy/ratelimit's RUNTIME_IGNOREDOTFILES).
+    #[arg(long)]
+    pub envoy_ignore_dot_files: bool,
+    /// Merge envoy files that name the same domain
+    /// (envoyproxy/ratelimit's MERGE_DOMAIN_CONFIG).
+    #[arg(long)]
+    pub envoy_merge_domains: bool,
     /// Listen for HTTP on ADDR (overrides `server.http`).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
@@ -38,13 +46,21 @@ pub struct ServeArgs {
 /// `tollgate check`: validate a configuration and exit.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// The configuration file (YAML). Without it: the configuration that
+    /// The configuration file (YAML). Without it: the envoyproxy/ratelimit
+    /// files of `--envoy-config` alone, or the configuration that
     /// envoyproxy/ratelimit's environment variables describe, printed.
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// envoyproxy/ratelimit configuration to validate with it.
+    /// envoyproxy/ratelimit configuration to validate (with `--config`, or
+    /// alone).
     #[arg(long, value_name = "DIR|FILE")]
     pub envoy_config: Option<PathBuf>,
+    /// As `serve --envoy-ignore-dot-files`.
+    #[arg(long)]
+    pub envoy_ignore_dot_files: bool,
+    /// As `serve --envoy-merge-domains`.
+    #[arg(long)]
+    pub envoy_merge_domains: bool,
 }
 
 /// Why `serve` failed.
@@ -161,6 +177,11 @@ pub async fn run_serve(
             ..ConfigSource::default()
         },
     };
+    let source = ConfigSource {
+        ignore_dot_files: source.ignore_dot_files || args.envoy_ignore_dot_files,
+        merge_domains: source.merge_domains || args.envoy_merge_domains,
+        ..source
+    };
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -271,14 +292,17 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
     out
 }
 
-/// Runs `tollgate check`: loads and validates the configuration, and
-/// returns a summary of what it defines. Without `--config`, the
-/// configuration envoyproxy/ratelimit's variables give: its warnings and
-/// document are printed to stdout first.
+/// Runs `tollgate check`: loads and validates the configuration, logs its
+/// warnings to stderr, and returns a summary of what it defines. Without
+/// `--config` or `--envoy-config`, the configuration envoyproxy/ratelimit's
+/// variables give: its warnings and document are printed to stdout first.
 ///
 /// # Errors
 /// The first [`ConfigError`], naming file, line and field.
 pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
+    // Warnings (what an envoyproxy/ratelimit file holds that is ignored)
+    // go to stderr.
+    init_logging();
     let as_config_error = |error: CliError| ConfigError::Invalid {
         file: GENERATED_NAME.to_owned(),
         line: None,
@@ -319,23 +343,29 @@ pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
             (source, name)
         }
         None => {
-            let Some(config) = &args.config else {
+            let Some(path) = args.config.as_ref().or(args.envoy_config.as_ref()) else {
                 return Err(ConfigError::Invalid {
                     file: "<none>".to_owned(),
                     line: None,
                     column: None,
-                    message: "no configuration: give --config FILE (or TOLLGATE_CONFIG), or set envoyproxy/ratelimit's variables (RUNTIME_ROOT, REDIS_URL, ...)".to_owned(),
+                    message: "no configuration: give --config FILE (or TOLLGATE_CONFIG) or --envoy-config DIR|FILE, or set envoyproxy/ratelimit's variables (RUNTIME_ROOT, REDIS_URL, ...)".to_owned(),
                 });
             };
+            let name = path.display().to_string();
             (
                 ConfigSource {
-                    config: Some(config.clone()),
+                    config: args.config.clone(),
                     envoy: args.envoy_config.clone(),
                     ..ConfigSource::default()
                 },
-                config.display().to_string(),
+                name,
             )
         }
+    };
+    let source = ConfigSource {
+        ignore_dot_files: source.ignore_dot_files || args.envoy_ignore_dot_files,
+        merge_domains: source.merge_domains || args.envoy_merge_domains,
+        ..source
     };
     let config: Config = source.load()?;
     let inline = config

@@ -16,7 +16,24 @@
 //!   is skipped.
 //! - `shadow_mode`: an over-limit descriptor is reported `OK` and counted as
 //!   `shadow` in the metrics.
-//! - `overall_code` is `OVER_LIMIT` when any status is.
+//! - `quota_mode` (per descriptor, or `envoy.quota_mode` for all): a
+//!   quota descriptor over the limit is reported `OVER_LIMIT` in its
+//!   status, but makes `overall_code` `OVER_LIMIT` only when every quota
+//!   descriptor of the request is over the limit; any other descriptor over
+//!   the limit makes it `OVER_LIMIT` (envoyproxy/ratelimit's rule: with
+//!   `envoy.quota_mode`, descriptors that match nothing count as quota
+//!   descriptors that passed).
+//! - `envoy.shadow_mode`: an `OVER_LIMIT` overall code becomes `OK` (the
+//!   statuses are unchanged), counted in
+//!   `ratelimit_service_global_shadow_mode`.
+//! - `envoy.stop_cache_key_increment_when_overlimit`: the request's limits
+//!   are first checked without charging; if any would deny, none is
+//!   charged (the statuses come from those checks).
+//! - No Envoy configuration loaded (envoyproxy/ratelimit files refused at
+//!   start): every call fails with `UNKNOWN`, as envoyproxy/ratelimit's
+//!   does.
+//! - envoyproxy/ratelimit's per-descriptor statistics are counted under
+//!   each limit's statistics key (see [`crate::metrics`]).
 //! - `response_headers_to_add` carries `RateLimit-Policy` and `RateLimit`
 //!   for the limits that were decided; with `envoy.response_headers`
 //!   enabled, also envoyproxy/ratelimit's three headers (limit, remaining,
@@ -45,9 +62,10 @@ use tollgate::answer::{self, Answer, PolicyDecision};
 use tollgate::{Mode, PolicyRef};
 use tonic::{Request, Response, Status};
 
-use crate::app::App;
+use crate::app::{App, Loaded};
 use crate::config::ResponseHeaderSettings;
 use crate::envoy::{Applied, CompiledRule, Domain, Matched, Unit};
+use crate::metrics::EnvoyHits;
 
 /// The gRPC service name, for health checking.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -321,12 +339,15 @@ fn plan<'a>(
     Ok(matched
         .into_iter()
         .map(|found| match found {
+            // An `unlimited` limit stays unlimited even when another one
+            // replaces its name (envoyproxy/ratelimit sets it aside first).
             Some((m, key))
-                if !m
-                    .rule
-                    .name
-                    .as_deref()
-                    .is_some_and(|name| replaced.contains(name)) =>
+                if m.rule.applied == Applied::Unlimited
+                    || !m
+                        .rule
+                        .name
+                        .as_deref()
+                        .is_some_and(|name| replaced.contains(name)) =>
             {
                 Plan::Apply(m, key)
             }
@@ -424,6 +445,77 @@ fn limit_headers(
     ])
 }
 
+/// envoyproxy/ratelimit's statistics of one decision of `hits` hits (0
+/// for a peek) against a limit of `limit` that left `remaining`; `charged`
+/// whether the hits were taken from `remaining` (not when they were only
+/// checked). A denied decision charged nothing (tollgate's rule), so all
+/// its hits are over the limit; an allowed one counts the hits that took
+/// the count above `near_ratio` of the limit as near it, as
+/// envoyproxy/ratelimit's base limiter does.
+fn envoy_hits(
+    hits: u64,
+    allowed: bool,
+    shadow: bool,
+    limit: u64,
+    remaining: u64,
+    charged: bool,
+    near_ratio: f64,
+) -> EnvoyHits {
+    let mut out = EnvoyHits {
+        total_hits: hits,
+        ..EnvoyHits::default()
+    };
+    if !allowed {
+        out.over_limit = hits;
+        if shadow {
+            out.shadow_mode = hits;
+        }
+        return out;
+    }
+    out.within_limit = hits;
+    let used_after = limit
+        .saturating_sub(remaining)
+        .saturating_add(if charged { 0 } else { hits });
+    let used_before = used_after.saturating_sub(hits);
+    // As envoyproxy/ratelimit computes it, in 32-bit floating point:
+    // floor(limit * ratio), so the threshold is the same to the unit.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let near = ((limit as f32) * (near_ratio as f32)).floor() as u64;
+    if used_after > near {
+        out.near_limit = used_after - near.max(used_before);
+    }
+    out
+}
+
+/// Whether every limit of `plans` would admit its hits now (peeks; nothing
+/// is charged or counted): `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`
+/// charges a request only then. A store failure is left to the decisions
+/// that follow, which apply the failure mode.
+async fn all_fit(loaded: &Loaded, request: &RateLimitRequest, plans: &[Plan<'_>]) -> bool {
+    for (descriptor, plan) in request.descriptors.iter().zip(plans) {
+        let Plan::Apply(m, key) = plan else {
+            continue;
+        };
+        match &m.rule.applied {
+            Applied::Unlimited => {}
+            Applied::DenyAll { .. } => return false,
+            Applied::Policy { name, policy, .. } => {
+                let (cost, _) = hits(request, descriptor);
+                let refs = [PolicyRef { name, policy }];
+                match loaded.limiter.apply(&refs, key, cost, Mode::Peek).await {
+                    Ok(d) if d.decisions.first().is_some_and(|d| !d.allowed) => return false,
+                    _ => {}
+                }
+            }
+        }
+    }
+    true
+}
+
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
     async fn should_rate_limit(
@@ -440,70 +532,69 @@ impl RateLimitGrpc {
     /// # Errors
     /// `INVALID_ARGUMENT` for a request envoyproxy/ratelimit refuses (empty
     /// domain or descriptors, too many, an invalid override unit);
-    /// `UNAVAILABLE` while the server runs without its configuration
-    /// (`server.start_without_config`, until a reload brings it).
+    /// `UNKNOWN` while no Envoy configuration is loaded (envoyproxy/ratelimit
+    /// files refused at start, until a reload loads them).
     pub async fn decide(&self, request: RateLimitRequest) -> Result<RateLimitResponse, Status> {
         check_request(&request)?;
-        if self.app.config_missing() {
-            // envoyproxy/ratelimit fails the call too; Envoy's
-            // `failure_mode_deny` then decides.
-            return Err(Status::unavailable("no rate limit configuration loaded"));
-        }
         let loaded = self.app.current();
+        if loaded.config.envoy_unloaded.is_some() {
+            // envoyproxy/ratelimit with no configuration loaded.
+            return Err(Status::unknown("no rate limit configuration loaded"));
+        }
+        let envoy = &loaded.config.envoy;
+        let metrics = self.app.metrics();
         let plans = plan(loaded.config.domains.get(&request.domain), &request)?;
+        let charge = !envoy.stop_cache_key_increment_when_overlimit
+            || all_fit(&loaded, &request, &plans).await;
         let mut statuses = Vec::with_capacity(plans.len());
         let mut decided = Vec::new();
+        // envoyproxy/ratelimit's quota mode: descriptors over the limit in
+        // quota mode make the request over the limit only when all of its
+        // quota descriptors are.
+        let (mut failed_rate_limits, mut failed_quotas, mut quotas) = (0, 0, 0);
         for (descriptor, plan) in request.descriptors.iter().zip(&plans) {
-            let Plan::Apply(m, key) = plan else {
-                statuses.push(DescriptorStatus {
-                    code: Code::Ok as i32,
-                    ..DescriptorStatus::default()
-                });
-                continue;
+            let (status, quota) = match plan {
+                Plan::Pass => (
+                    DescriptorStatus {
+                        code: Code::Ok as i32,
+                        ..DescriptorStatus::default()
+                    },
+                    envoy.quota_mode,
+                ),
+                Plan::Apply(m, _) if m.rule.applied == Applied::Unlimited => {
+                    statuses.push(DescriptorStatus {
+                        code: Code::Ok as i32,
+                        limit_remaining: u32::MAX,
+                        ..DescriptorStatus::default()
+                    });
+                    continue;
+                }
+                Plan::Apply(m, key) => {
+                    let status = self
+                        .decide_descriptor(&loaded, &request, descriptor, m, key, charge, &mut decided)
+                        .await?;
+                    (status, envoy.quota_mode || m.quota)
+                }
             };
-            statuses.push(match &m.rule.applied {
-                Applied::Unlimited => DescriptorStatus {
-                    code: Code::Ok as i32,
-                    limit_remaining: u32::MAX,
-                    ..DescriptorStatus::default()
-                },
-                Applied::DenyAll { unit } => {
-                    limit_status(&m.rule, !m.shadow, 0, Some(*unit), 0, unit.duration())
+            if status.code == Code::OverLimit as i32 {
+                if quota {
+                    failed_quotas += 1;
+                } else {
+                    failed_rate_limits += 1;
                 }
-                Applied::Policy {
-                    name,
-                    policy,
-                    unit,
-                    requests_per_unit,
-                } => {
-                    let (cost, mode) = hits(&request, descriptor);
-                    let refs = [PolicyRef { name, policy }];
-                    let decision = self
-                        .app
-                        .decide_policies(&loaded, &refs, key, cost, mode, m.shadow)
-                        .await
-                        .map_err(|e| match e {
-                            tollgate::Error::Store(e) => Status::unavailable(e.to_string()),
-                            other => Status::invalid_argument(other.to_string()),
-                        })?;
-                    let Some(d) = decision.decisions.first().copied() else {
-                        return Err(Status::internal("no decision"));
-                    };
-                    decided.push(PolicyDecision::new(name, policy, d));
-                    limit_status(
-                        &m.rule,
-                        !d.allowed && !m.shadow,
-                        *requests_per_unit,
-                        *unit,
-                        d.remaining,
-                        d.reset_after,
-                    )
-                }
-            });
+            }
+            if quota {
+                quotas += 1;
+            }
+            statuses.push(status);
         }
-        let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
+        let mut over = failed_rate_limits > 0 || (quotas > 0 && quotas == failed_quotas);
+        if over && envoy.shadow_mode {
+            over = false;
+            metrics.envoy_global_shadow();
+        }
         let mut headers = rate_limit_headers(&decided);
-        let settings = &loaded.config.envoy.response_headers;
+        let settings = &envoy.response_headers;
         if settings.enabled {
             headers.extend(limit_headers(settings, &statuses).into_iter().flatten());
         }
@@ -513,6 +604,88 @@ impl RateLimitGrpc {
             response_headers_to_add: headers,
             ..RateLimitResponse::default()
         })
+    }
+
+    /// Decides one matched descriptor (charging it only if `charge`),
+    /// counts its statistics, and returns its status; the decision joins
+    /// `decided` for the headers.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_descriptor<'a>(
+        &self,
+        loaded: &'a Loaded,
+        request: &RateLimitRequest,
+        descriptor: &RateLimitDescriptor,
+        m: &'a Matched<'_>,
+        key: &[u8],
+        charge: bool,
+        decided: &mut Vec<PolicyDecision<'a>>,
+    ) -> Result<DescriptorStatus, Status> {
+        let near_ratio = loaded.config.envoy.near_limit_ratio;
+        let metrics = self.app.metrics();
+        let (cost, mode) = hits(request, descriptor);
+        let counted = if mode == Mode::Peek { 0 } else { cost };
+        match &m.rule.applied {
+            Applied::Unlimited => Ok(DescriptorStatus {
+                code: Code::Ok as i32,
+                limit_remaining: u32::MAX,
+                ..DescriptorStatus::default()
+            }),
+            Applied::DenyAll { unit } => {
+                metrics.envoy_hits(
+                    &m.stat_key,
+                    envoy_hits(counted, false, m.shadow, 0, 0, false, near_ratio),
+                );
+                Ok(limit_status(
+                    &m.rule,
+                    !m.shadow,
+                    0,
+                    Some(*unit),
+                    0,
+                    unit.duration(),
+                ))
+            }
+            Applied::Policy {
+                name,
+                policy,
+                unit,
+                requests_per_unit,
+            } => {
+                let mode = if charge { mode } else { Mode::Peek };
+                let refs = [PolicyRef { name, policy }];
+                let decision = self
+                    .app
+                    .decide_policies(loaded, &refs, key, cost, mode, m.shadow)
+                    .await
+                    .map_err(|e| match e {
+                        tollgate::Error::Store(e) => Status::unavailable(e.to_string()),
+                        other => Status::invalid_argument(other.to_string()),
+                    })?;
+                let Some(d) = decision.decisions.first().copied() else {
+                    return Err(Status::internal("no decision"));
+                };
+                metrics.envoy_hits(
+                    &m.stat_key,
+                    envoy_hits(
+                        counted,
+                        d.allowed,
+                        m.shadow,
+                        d.limit,
+                        d.remaining,
+                        mode == Mode::Consume,
+                        near_ratio,
+                    ),
+                );
+                decided.push(PolicyDecision::new(name, policy, d));
+                Ok(limit_status(
+                    &m.rule,
+                    !d.allowed && !m.shadow,
+                    *requests_per_unit,
+                    *unit,
+                    d.remaining,
+                    d.reset_after,
+                ))
+            }
+        }
     }
 }
 

@@ -2,12 +2,19 @@
 //! counters, one histogram, and gauges read at scrape time need no registry
 //! crate, and the label sets are bounded by the configuration (policy names
 //! and four outcomes), never by request input.
+//!
+//! Beside tollgate's own, envoyproxy/ratelimit's per-descriptor statistics
+//! (`ratelimit_service_rate_limit_*`), named and labelled as its Prometheus
+//! exporter names them (see [`EnvoyStats`]): their label values may come
+//! from requests, so their number is capped by `envoy.stats_max_series`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use crate::config::{DEFAULT_STATS_MAX_SERIES, EnvoySettings};
 
 /// What happened to one policy's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +107,9 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    /// Configurations loaded (at start and by reloads): `[success, error]`.
+    config_loads: [AtomicU64; 2],
+    envoy: EnvoyStats,
 }
 
 impl Metrics {
@@ -133,6 +143,54 @@ impl Metrics {
         } else {
             self.reload_failures.fetch_add(1, Ordering::Relaxed);
         }
+        self.config_load(ok);
+    }
+
+    /// Counts one configuration load, the first included (a reload counts
+    /// itself, see [`reload`](Self::reload)).
+    pub fn config_load(&self, ok: bool) {
+        self.config_loads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Puts the `envoy:` section's bound on statistics in force.
+    pub fn envoy_config(&self, settings: &EnvoySettings) {
+        self.envoy
+            .max_series
+            .store(settings.stats_max_series, Ordering::Relaxed);
+    }
+
+    /// Counts the hits of one Envoy descriptor under envoyproxy/ratelimit's
+    /// statistics key `stat_key` (see [`crate::envoy::Matched::stat_key`]).
+    pub fn envoy_hits(&self, stat_key: &str, hits: EnvoyHits) {
+        self.envoy.add(stat_key, hits);
+    }
+
+    /// Counts one request that global shadow mode answered `OK` although it
+    /// was over the limit.
+    pub fn envoy_global_shadow(&self) {
+        self.envoy
+            .global_shadow_mode
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters of the series `stat_key` falls in (the overflow series'
+    /// when it has none), for tests and tools.
+    pub fn envoy_series(&self, stat_key: &str) -> EnvoyHits {
+        self.envoy.get(&EnvoyLabels::of(stat_key))
+    }
+
+    /// The counters of the overflow series.
+    pub fn envoy_overflow(&self) -> EnvoyHits {
+        EnvoyHits::load(&self.envoy.overflow)
+    }
+
+    /// The number of per-descriptor series (the overflow one not counted).
+    pub fn envoy_series_count(&self) -> usize {
+        self.envoy
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// The number of decisions of `policy` with `outcome` so far.
@@ -260,6 +318,7 @@ impl Metrics {
              tollgate_config_reloads_total{{result=\"success\"}} {reloads}\n\
              tollgate_config_reloads_total{{result=\"failure\"}} {failures}\n",
         );
+        self.envoy.render(&mut out, &self.config_loads);
         // Memory held against `store.max_keys`, per in-memory state.
         let mut memory = vec![("local", external.local)];
         if let Some(main) = external.memory {
@@ -292,6 +351,268 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// The hits of one descriptor, by envoyproxy/ratelimit's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnvoyHits {
+    /// Hits of a matched limit (`unlimited` ones excepted).
+    pub total_hits: u64,
+    /// Hits over the limit (shadow mode included).
+    pub over_limit: u64,
+    /// Hits allowed that brought the count above `near_limit_ratio` of
+    /// the limit.
+    pub near_limit: u64,
+    /// Hits allowed.
+    pub within_limit: u64,
+    /// Hits over the limit of a descriptor in shadow mode.
+    pub shadow_mode: u64,
+}
+
+impl EnvoyHits {
+    /// The statistics in the order of [`ENVOY_STATS`].
+    fn values(self) -> [u64; 5] {
+        [
+            self.total_hits,
+            self.over_limit,
+            self.near_limit,
+            self.within_limit,
+            self.shadow_mode,
+        ]
+    }
+
+    fn load(counters: &[AtomicU64; 5]) -> EnvoyHits {
+        let [
+            total_hits,
+            over_limit,
+            near_limit,
+            within_limit,
+            shadow_mode,
+        ] = std::array::from_fn(|i| counters[i].load(Ordering::Relaxed));
+        EnvoyHits {
+            total_hits,
+            over_limit,
+            near_limit,
+            within_limit,
+            shadow_mode,
+        }
+    }
+}
+
+/// envoyproxy/ratelimit's per-descriptor statistics, by their Prometheus
+/// names (its exporter's default mapping).
+const ENVOY_STATS: [(&str, &str); 5] = [
+    (
+        "ratelimit_service_rate_limit_total_hits",
+        "Hits of Envoy descriptors that matched a limit (envoyproxy/ratelimit's total_hits).",
+    ),
+    (
+        "ratelimit_service_rate_limit_over_limit",
+        "Hits of Envoy descriptors over their limit, shadow mode included (over_limit).",
+    ),
+    (
+        "ratelimit_service_rate_limit_near_limit",
+        "Allowed hits of Envoy descriptors above envoy.near_limit_ratio of their limit (near_limit).",
+    ),
+    (
+        "ratelimit_service_rate_limit_within_limit",
+        "Allowed hits of Envoy descriptors (within_limit).",
+    ),
+    (
+        "ratelimit_service_rate_limit_shadow_mode",
+        "Hits over the limit of Envoy descriptors in shadow mode (shadow_mode).",
+    ),
+];
+
+/// The most bytes of label values one per-descriptor series may hold: a
+/// series beyond it is counted in the overflow series, so the statistics
+/// hold at most `envoy.stats_max_series` times this many bytes of labels.
+pub const ENVOY_MAX_LABEL_BYTES: usize = 1024;
+
+/// The label value of the overflow series, in `domain` and `key1`.
+pub const ENVOY_OVERFLOW_LABEL: &str = "tollgate_overflow";
+
+/// The labels envoyproxy/ratelimit's Prometheus exporter gives a
+/// statistics key: it sanitises the key (`:` and `|` become `_`, and so do
+/// the dots of anything shaped like an IPv4 address), splits it at dots, and
+/// labels the first part `domain`, the second `key1` and, when there are
+/// more, the third `key2` (the rest is not a label).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EnvoyLabels {
+    domain: String,
+    key1: String,
+    key2: Option<String>,
+}
+
+impl EnvoyLabels {
+    fn of(stat_key: &str) -> EnvoyLabels {
+        let sanitised = sanitise_stat_name(stat_key);
+        let mut parts = sanitised.split('.');
+        EnvoyLabels {
+            domain: parts.next().unwrap_or_default().to_owned(),
+            key1: parts.next().unwrap_or_default().to_owned(),
+            key2: parts.next().map(str::to_owned),
+        }
+    }
+}
+
+/// envoyproxy/ratelimit's statistics name sanitising: `:` and `|` become
+/// `_`, and so do the dots of every run shaped like an IPv4 address
+/// (`\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}`, leftmost first).
+fn sanitise_stat_name(name: &str) -> String {
+    let bytes: Vec<u8> = name
+        .bytes()
+        .map(|b| if b == b':' || b == b'|' { b'_' } else { b })
+        .collect();
+    let mut out = bytes.clone();
+    let mut i = 0;
+    while i < bytes.len() {
+        match ipv4_at(&bytes[i..], 0) {
+            Some(len) => {
+                for b in &mut out[i..i + len] {
+                    if *b == b'.' {
+                        *b = b'_';
+                    }
+                }
+                i += len;
+            }
+            None => i += 1,
+        }
+    }
+    // Only ASCII bytes were replaced by ASCII bytes.
+    String::from_utf8(out).unwrap_or_else(|_| name.to_owned())
+}
+
+/// The length of the IPv4-shaped run at the start of `text`, groups
+/// `group..4` still to match, trying longer runs of digits first (as a
+/// backtracking greedy `\d{1,3}` does).
+fn ipv4_at(text: &[u8], group: usize) -> Option<usize> {
+    let digits = text
+        .iter()
+        .take(3)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    for len in (1..=digits).rev() {
+        if group == 3 {
+            return Some(len);
+        }
+        if text.get(len) == Some(&b'.') {
+            if let Some(rest) = ipv4_at(&text[len + 1..], group + 1) {
+                return Some(len + 1 + rest);
+            }
+        }
+    }
+    None
+}
+
+/// envoyproxy/ratelimit's per-descriptor statistics, with at most
+/// `max_series` label sets; hits of further ones go to `overflow`.
+#[derive(Debug)]
+struct EnvoyStats {
+    max_series: AtomicUsize,
+    series: RwLock<HashMap<EnvoyLabels, [AtomicU64; 5]>>,
+    overflow: [AtomicU64; 5],
+    global_shadow_mode: AtomicU64,
+}
+
+impl Default for EnvoyStats {
+    fn default() -> Self {
+        EnvoyStats {
+            max_series: AtomicUsize::new(DEFAULT_STATS_MAX_SERIES),
+            series: RwLock::default(),
+            overflow: Default::default(),
+            global_shadow_mode: AtomicU64::default(),
+        }
+    }
+}
+
+impl EnvoyStats {
+    fn add(&self, stat_key: &str, hits: EnvoyHits) {
+        let labels = EnvoyLabels::of(stat_key);
+        let bump = |counters: &[AtomicU64; 5]| {
+            for (counter, n) in counters.iter().zip(hits.values()) {
+                if n > 0 {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        };
+        {
+            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(counters) = map.get(&labels) {
+                bump(counters);
+                return;
+            }
+        }
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let full = map.len() >= self.max_series.load(Ordering::Relaxed);
+        if (full || labels.len() > ENVOY_MAX_LABEL_BYTES) && !map.contains_key(&labels) {
+            bump(&self.overflow);
+            return;
+        }
+        bump(map.entry(labels).or_default());
+    }
+
+    fn get(&self, labels: &EnvoyLabels) -> EnvoyHits {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        EnvoyHits::load(map.get(labels).unwrap_or(&self.overflow))
+    }
+
+    fn render(&self, out: &mut String, config_loads: &[AtomicU64; 2]) {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let mut series: Vec<(&EnvoyLabels, &[AtomicU64; 5])> = map.iter().collect();
+        series.sort_by(|a, b| a.0.cmp_key().cmp(&b.0.cmp_key()));
+        let overflow = EnvoyLabels {
+            domain: ENVOY_OVERFLOW_LABEL.to_owned(),
+            key1: ENVOY_OVERFLOW_LABEL.to_owned(),
+            key2: None,
+        };
+        let overflowed = self.overflow[0].load(Ordering::Relaxed) > 0;
+        for (i, (name, help)) in ENVOY_STATS.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let all = series
+                .iter()
+                .copied()
+                .chain(overflowed.then_some((&overflow, &self.overflow)));
+            for (labels, counters) in all {
+                let _ = write!(
+                    out,
+                    "{name}{{domain=\"{}\",key1=\"{}\"",
+                    escape_label(&labels.domain),
+                    escape_label(&labels.key1)
+                );
+                if let Some(key2) = &labels.key2 {
+                    let _ = write!(out, ",key2=\"{}\"", escape_label(key2));
+                }
+                let _ = writeln!(out, "}} {}", counters[i].load(Ordering::Relaxed));
+            }
+        }
+        let _ = write!(
+            out,
+            "# HELP ratelimit_service_global_shadow_mode Envoy requests over the limit answered OK by envoy.shadow_mode.\n\
+             # TYPE ratelimit_service_global_shadow_mode counter\n\
+             ratelimit_service_global_shadow_mode {}\n\
+             # HELP ratelimit_service_config_load_success Configurations loaded, at start and by reloads.\n\
+             # TYPE ratelimit_service_config_load_success counter\n\
+             ratelimit_service_config_load_success {}\n\
+             # HELP ratelimit_service_config_load_error Configurations refused, at start and by reloads.\n\
+             # TYPE ratelimit_service_config_load_error counter\n\
+             ratelimit_service_config_load_error {}\n",
+            self.global_shadow_mode.load(Ordering::Relaxed),
+            config_loads[0].load(Ordering::Relaxed),
+            config_loads[1].load(Ordering::Relaxed),
+        );
+    }
+}
+
+impl EnvoyLabels {
+    /// The bytes of its label values.
+    fn len(&self) -> usize {
+        self.domain.len() + self.key1.len() + self.key2.as_ref().map_or(0, String::len)
+    }
+
+    fn cmp_key(&self) -> (&str, &str, Option<&str>) {
+        (&self.domain, &self.key1, self.key2.as_deref())
     }
 }
 
@@ -339,5 +660,56 @@ mod tests {
         assert!(text.contains("tollgate_store_latency_seconds_bucket{le=\"1\"} 1\n"));
         assert!(text.contains("tollgate_config_reloads_total{result=\"failure\"} 1\n"));
         assert_eq!(seconds(0), "0");
+    }
+
+    #[test]
+    fn statistics_keys_become_envoyproxy_ratelimit_s_labels() {
+        // `:` and `|` become `_`; so do the dots of IPv4-shaped runs,
+        // found leftmost first with backtracking digits, and nothing else.
+        assert_eq!(sanitise_stat_name("d.k_a:b|c"), "d.k_a_b_c");
+        assert_eq!(sanitise_stat_name("d.ip_10.0.0.1.x"), "d.ip_10_0_0_1.x");
+        assert_eq!(sanitise_stat_name("d.v_1234.5.6.7"), "d.v_1234_5_6_7");
+        assert_eq!(sanitise_stat_name("d.v_1.2.3"), "d.v_1.2.3");
+        assert_eq!(
+            sanitise_stat_name("d.v_1.2.3.4.5.6.7.8"),
+            "d.v_1_2_3_4.5_6_7_8"
+        );
+        assert_eq!(sanitise_stat_name("d.é.1.2.3.4"), "d.é.1_2_3_4");
+        let labels = EnvoyLabels::of("dom.a_1.b_2.c_3");
+        assert_eq!(
+            (
+                labels.domain.as_str(),
+                labels.key1.as_str(),
+                labels.key2.as_deref()
+            ),
+            ("dom", "a_1", Some("b_2"))
+        );
+        assert_eq!(EnvoyLabels::of("dom.a").key2, None);
+    }
+
+    #[test]
+    fn envoy_series_are_capped_and_the_rest_overflows() {
+        let metrics = Metrics::default();
+        metrics.envoy_config(&EnvoySettings {
+            stats_max_series: 2,
+            ..EnvoySettings::default()
+        });
+        let hit = EnvoyHits {
+            total_hits: 1,
+            within_limit: 1,
+            ..EnvoyHits::default()
+        };
+        let long = format!("d.{}", "x".repeat(ENVOY_MAX_LABEL_BYTES));
+        for key in [long.as_str(), "d.a", "d.b", "d.c", "d.a", "d.d"] {
+            metrics.envoy_hits(key, hit);
+        }
+        assert_eq!(metrics.envoy_series_count(), 2);
+        assert_eq!(metrics.envoy_series("d.a").total_hits, 2);
+        // The over-long one, then two past the cap.
+        assert_eq!(metrics.envoy_overflow().total_hits, 3);
+        let text = metrics.render(ExternalGauges::default());
+        assert!(text.contains(
+            "ratelimit_service_rate_limit_within_limit{domain=\"tollgate_overflow\",key1=\"tollgate_overflow\"} 3\n"
+        ));
     }
 }

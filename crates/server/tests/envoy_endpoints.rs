@@ -258,10 +258,10 @@ domains:
     assert_eq!(status, 200);
     assert_eq!(
         text,
-        "a.ip: unit=SECOND requests_per_unit=10, algorithm=gcra, shadow_mode: false
-a.path_/login: unit=MINUTE requests_per_unit=5, policy=login token_bucket 5/1m burst 5, shadow_mode: false
-a.user_*.plan_free: unit=MINUTE requests_per_unit=3, shadow_mode: true
-b.k: unit=HOUR requests_per_unit=0, shadow_mode: false
+        "a.ip: unit=SECOND requests_per_unit=10, algorithm=gcra, shadow_mode: false, quota_mode: false
+a.path_/login: unit=MINUTE requests_per_unit=5, policy=login token_bucket 5/1m burst 5, shadow_mode: false, quota_mode: false
+a.user_*.plan_free: unit=MINUTE requests_per_unit=3, shadow_mode: true, quota_mode: false
+b.k: unit=HOUR requests_per_unit=0, shadow_mode: false, quota_mode: false
 "
     );
 }

@@ -420,7 +420,7 @@ policies:
     let source = tollgate_server::ConfigSource {
         config: Some(file.clone()),
         envoy: None,
-        ..Default::default()
+        ..ConfigSource::default()
     };
     let config = source.load().unwrap();
     let store = tollgate_server::ServerStore::connect(&config.store)

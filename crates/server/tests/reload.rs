@@ -20,7 +20,7 @@ fn memory_app(file: &Path) -> App {
     let source = ConfigSource {
         config: Some(file.to_path_buf()),
         envoy: None,
-        ..Default::default()
+        ..ConfigSource::default()
     };
     App::new(
         source.clone(),
@@ -105,7 +105,7 @@ async fn the_watcher_follows_writes_renames_and_keeps_broken_files_out() {
     let source = ConfigSource {
         config: Some(file.clone()),
         envoy: None,
-        ..Default::default()
+        ..ConfigSource::default()
     };
     let mut server = TestServer::start_with(Backend::memory(), "", source, watching()).await;
     assert_eq!(limit(&server.app), 10);
@@ -160,7 +160,7 @@ async fn the_watcher_follows_a_kubernetes_configmap_symlink_swap() {
     let source = ConfigSource {
         config: Some(dir.join("config.yaml")),
         envoy: None,
-        ..Default::default()
+        ..ConfigSource::default()
     };
     let mut server = TestServer::start_with(Backend::memory(), "", source, watching()).await;
     assert_eq!(limit(&server.app), 10);
@@ -187,7 +187,7 @@ async fn envoy_directories_are_watched_too() {
     let source = ConfigSource {
         config: None,
         envoy: Some(dir.clone()),
-        ..Default::default()
+        ..ConfigSource::default()
     };
     let mut server = TestServer::start_with(Backend::memory(), "", source, watching()).await;
     assert_eq!(server.app.current().config.domains.len(), 1);

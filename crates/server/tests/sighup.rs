@@ -20,7 +20,7 @@ async fn sighup_reloads_the_configuration() {
     let source = ConfigSource {
         config: Some(file.clone()),
         envoy: None,
-        ..Default::default()
+        ..ConfigSource::default()
     };
     // No file watching: only the signal can reload.
     let options = ServerOptions::default()

@@ -851,9 +851,11 @@ impl EnvoyEnvironment {
             );
             server.insert("metrics".into(), Value::Mapping(metrics));
         }
-        if vars.bool("FORCE_START_WITHOUT_INITIAL_CONFIG", false)? {
-            server.insert("start_without_config".into(), true.into());
-        }
+        // Checked, and nothing to set: envoyproxy/ratelimit's file provider
+        // starts with refused files whatever it says (the switch only stops
+        // an xDS start from waiting), and so does tollgate
+        // (`ConfigSource::load_or_unloaded`).
+        vars.bool("FORCE_START_WITHOUT_INITIAL_CONFIG", false)?;
         if vars.bool("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", false)? {
             server.insert("healthy_needs_domains".into(), true.into());
         }
@@ -875,6 +877,23 @@ impl EnvoyEnvironment {
         let redis = store.get("kind").and_then(Value::as_str) != Some("memory");
         if let Some(prefix) = vars.get("CACHE_KEY_PREFIX").filter(|p| !p.is_empty()) {
             store.insert("prefix".into(), prefix.into());
+        }
+        // Fixed-window counters stay where envoyproxy/ratelimit keeps them
+        // (its key layout, after CACHE_KEY_PREFIX), so replacing its
+        // instances one by one keeps every client's count. A Redis Cluster
+        // cannot hold that layout (docs/REDIS.md): counts start afresh once.
+        match store.get("kind").and_then(Value::as_str) {
+            Some("memory") => {}
+            Some("redis_cluster") => warnings.push(
+                "REDIS_TYPE=CLUSTER: envoyproxy/ratelimit's counters are not continued (its key layout cannot be kept on a Redis Cluster); every count starts afresh once at the switch".to_owned(),
+            ),
+            _ => {
+                store.insert("key_layout".into(), "envoy".into());
+                store.insert(
+                    "envoy_prefix".into(),
+                    vars.string("CACHE_KEY_PREFIX", "").into(),
+                );
+            }
         }
         if redis && vars.bool("REDIS_TLS", false)? {
             if let Some(ca) = vars.get("REDIS_TLS_CACERT").filter(|ca| !ca.is_empty()) {
@@ -945,8 +964,9 @@ impl EnvoyEnvironment {
             }
             envoy.insert("response_headers".into(), Value::Mapping(headers));
         }
-        // Honoured by tollgate's own rule: a denied request charges nothing.
-        vars.bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)?;
+        if vars.bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)? {
+            envoy.insert("stop_cache_key_increment_when_overlimit".into(), true.into());
+        }
 
         // Where the envoyproxy/ratelimit files are.
         let config_type = vars.string("CONFIG_TYPE", "FILE");

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tollgate::Policy;
 
-use crate::envoy::{Domain, DomainSpec, RawDomain};
+use crate::envoy::{Domain, DomainSpec, Leaves, RawDomain};
 
 pub mod env;
 mod error;
@@ -43,21 +43,22 @@ mod settings;
 mod tests;
 
 pub use error::ConfigError;
-pub use files::{ConfigSource, GENERATED_NAME};
+pub use files::{ConfigSource, GENERATED_NAME, MAX_ENVOY_FILES};
 pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_NESTING_DEPTH};
 pub use settings::{
     BreakerSettings, DEFAULT_BODY_TIMEOUT, DEFAULT_GRPC, DEFAULT_GRPC_MAX_STREAMS,
     DEFAULT_GRPC_REQUEST_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HTTP, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEY_BYTES,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STORE_TIMEOUT, DenyCacheSettings, FailureMode, KeyLayout,
-    MAX_MAX_KEYS, MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
+    DEFAULT_NEAR_LIMIT_RATIO, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATS_MAX_SERIES,
+    DEFAULT_STORE_TIMEOUT, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS,
+    MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
 };
 pub use settings::{
     DEFAULT_GRPC_MAX_CONNECTION_AGE, DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings,
     MetricsSettings, ResponseHeaderSettings,
 };
 
-use parse::{Checked, parse_document};
+use parse::{Checked, parse_document, parse_envoy_document};
 use raw::RawConfig;
 
 /// The built-in demo configuration used by `tollgate serve` without
@@ -111,8 +112,13 @@ pub struct Config {
     pub failure_modes: BTreeMap<String, FailureMode>,
     /// Envoy rate limit domains, by name.
     pub domains: HashMap<String, Domain>,
-    /// Switches of envoyproxy/ratelimit's semantics (the `envoy:` section).
+    /// envoyproxy/ratelimit's service-wide switches (the `envoy:` section).
     pub envoy: EnvoySettings,
+    /// Why the envoyproxy/ratelimit files could not be loaded, when the
+    /// server runs without them (see [`ConfigSource::load_or_unloaded`]):
+    /// then every `ShouldRateLimit` fails, as in envoyproxy/ratelimit
+    /// with no configuration loaded.
+    pub envoy_unloaded: Option<String>,
 }
 
 impl Config {
@@ -158,6 +164,7 @@ impl Config {
             failure_modes,
             domains: HashMap::new(),
             envoy: raw.envoy.map(|e| e.0).unwrap_or_default(),
+            envoy_unloaded: None,
         };
         for domain in raw.domains {
             config.add_domain(domain.0, file)?;
@@ -166,14 +173,44 @@ impl Config {
     }
 
     /// Adds one envoyproxy/ratelimit configuration file (top-level
-    /// `domain:` and `descriptors:`), as that service reads it.
+    /// `domain:` and `descriptors:`), as that service reads it. A domain
+    /// already defined is an error unless `merge` (envoyproxy/ratelimit's
+    /// `MERGE_DOMAIN_CONFIG`): then this file's descriptors join it, and
+    /// only a descriptor defined twice is an error.
     ///
     /// # Errors
-    /// As [`parse`](Self::parse); also a domain defined twice.
-    pub fn add_envoy_file(&mut self, text: &str, file: &str) -> Result<(), ConfigError> {
+    /// As [`parse`](Self::parse); also a domain defined twice (without
+    /// `merge`) or a descriptor defined twice in a merged domain.
+    pub fn add_envoy_file(
+        &mut self,
+        text: &str,
+        file: &str,
+        merge: bool,
+    ) -> Result<(), ConfigError> {
         let names: HashSet<String> = self.policies.keys().cloned().collect();
-        let raw: Checked<RawDomain> = parse_document(text, file, Some(names))?;
-        self.add_domain(raw.0, file)
+        let _: Leaves = parse_envoy_document(text, file, None)?;
+        let raw: Checked<RawDomain> = parse_envoy_document(text, file, Some(names))?;
+        let located = |message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: domain_line(text),
+            column: None,
+            message,
+        };
+        let raw = raw.0;
+        match self.domains.get(&raw.domain) {
+            Some(existing) if merge => {
+                let merged = existing
+                    .merged(raw.descriptors, &self.policies)
+                    .map_err(|e| located(format!("merging into domain `{}`: {e}", raw.domain)))?;
+                self.domains.insert(raw.domain, merged);
+                Ok(())
+            }
+            Some(_) => Err(located(format!(
+                "domain `{}` is defined in another file too (envoyproxy/ratelimit's MERGE_DOMAIN_CONFIG merges them)",
+                raw.domain
+            ))),
+            None => self.add_domain(raw, file),
+        }
     }
 
     fn add_domain(&mut self, raw: DomainSpec, file: &str) -> Result<(), ConfigError> {
@@ -198,12 +235,24 @@ impl Config {
     }
 }
 
+/// The line of an envoyproxy/ratelimit file's top-level `domain:` key, for
+/// errors about the file's domain as a whole.
+fn domain_line(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.strip_prefix("domain")
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|index| index + 1)
+}
+
 /// Parses an envoyproxy/ratelimit file on its own (for fuzzing and tools):
 /// returns the domain name.
 ///
 /// # Errors
 /// As [`Config::parse`].
 pub fn parse_envoy_file(text: &str, file: &str) -> Result<String, ConfigError> {
-    let raw: Checked<RawDomain> = parse_document(text, file, None)?;
+    let _: Leaves = parse_envoy_document(text, file, None)?;
+    let raw: Checked<RawDomain> = parse_envoy_document(text, file, None)?;
     Ok(raw.0.domain)
 }

@@ -33,6 +33,11 @@ struct ParseContext {
     seen_policies: HashSet<String>,
     /// Domains already defined in this document.
     seen_domains: HashSet<String>,
+    /// An envoyproxy/ratelimit file: keys it knows but ignores where they
+    /// are written are warned about, not refused (see [`misplaced`]).
+    envoy_file: bool,
+    /// Warnings to log once the document is parsed.
+    warnings: Vec<String>,
 }
 
 pub(crate) fn parse_document<T: de::DeserializeOwned>(
@@ -40,22 +45,91 @@ pub(crate) fn parse_document<T: de::DeserializeOwned>(
     file: &str,
     known_policies: Option<HashSet<String>>,
 ) -> Result<T, ConfigError> {
+    parse_with(text, file, known_policies, false)
+}
+
+/// [`parse_document`] for an envoyproxy/ratelimit file: what that service
+/// ignores is warned about (logged, naming the file), not refused, and
+/// only the first YAML document is read, as it reads only that one.
+pub(crate) fn parse_envoy_document<T: de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    known_policies: Option<HashSet<String>>,
+) -> Result<T, ConfigError> {
+    parse_with(text, file, known_policies, true)
+}
+
+fn parse_with<T: de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    known_policies: Option<HashSet<String>>,
+    envoy_file: bool,
+) -> Result<T, ConfigError> {
     // Before the parser: its time grows with the square of the nesting.
     limits::check_text(text, file)?;
     CONTEXT.with(|c| {
         *c.borrow_mut() = ParseContext {
             known_policies,
+            envoy_file,
             ..ParseContext::default()
         }
     });
     // An empty document is an empty configuration, not an error.
     let result = if text.trim().is_empty() {
         serde_norway::from_str::<T>("{}")
+    } else if envoy_file {
+        // envoyproxy/ratelimit reads a file's first document only.
+        match serde_norway::Deserializer::from_str(text).next() {
+            Some(document) => T::deserialize(document),
+            None => serde_norway::from_str::<T>("{}"),
+        }
     } else {
         serde_norway::from_str::<T>(text)
     };
-    CONTEXT.with(|c| *c.borrow_mut() = ParseContext::default());
+    let warnings = CONTEXT.with(|c| std::mem::take(&mut *c.borrow_mut()).warnings);
+    if result.is_ok() {
+        for warning in warnings {
+            tracing::warn!(file, "{warning}");
+        }
+    }
     result.map_err(|e| ConfigError::from_yaml(file, &e))
+}
+
+/// A warning about the document being parsed, logged (naming the file)
+/// once it has parsed.
+pub(crate) fn warn(message: String) {
+    CONTEXT.with(|c| c.borrow_mut().warnings.push(message));
+}
+
+/// Keys envoyproxy/ratelimit knows (it checks every key name against the
+/// names of its schema, wherever written) but ignores where `present`
+/// says they are written, in the entry `what`: in an envoyproxy/ratelimit
+/// file a warning, as that service reads on without them; in tollgate's
+/// own `domains:` an error, as every other unknown field there.
+///
+/// # Errors
+/// The message, outside an envoyproxy/ratelimit file.
+pub(crate) fn misplaced(what: &str, present: &[&str]) -> Result<(), String> {
+    if present.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "{what}: {} has no meaning here (envoyproxy/ratelimit ignores it)",
+        present
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    CONTEXT.with(|c| {
+        let mut context = c.borrow_mut();
+        if context.envoy_file {
+            context.warnings.push(message);
+            Ok(())
+        } else {
+            Err(message)
+        }
+    })
 }
 
 /// Records a policy defined in this document: `false` when it already was.

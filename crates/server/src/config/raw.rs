@@ -12,7 +12,8 @@ use tollgate::{Algorithm, Policy};
 
 use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
 use super::settings::{
-    DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings, MetricsSettings, ResponseHeaderSettings,
+    DEFAULT_METRICS_PATH, DEFAULT_NEAR_LIMIT_RATIO, EnvoySettings, GrpcTlsSettings,
+    MAX_STATS_MAX_SERIES, MetricsSettings, ResponseHeaderSettings,
 };
 use super::{
     BreakerSettings, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS, MAX_POLICY_NAME,
@@ -71,7 +72,6 @@ pub(super) struct RawServer {
     grpc_max_connection_age_grace: Option<DurationText>,
     grpc_tls: Option<Checked<RawGrpcTls>>,
     metrics: Option<Checked<RawMetrics>>,
-    start_without_config: Option<bool>,
     healthy_needs_domains: Option<bool>,
 }
 
@@ -131,23 +131,6 @@ impl Validate for RawMetrics {
         Ok(MetricsSettings {
             addr: self.addr,
             path,
-        })
-    }
-}
-
-/// The `envoy:` section.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawEnvoy {
-    response_headers: Option<Checked<RawResponseHeaders>>,
-}
-
-impl Validate for RawEnvoy {
-    type Output = EnvoySettings;
-
-    fn validate(self) -> Result<EnvoySettings, String> {
-        Ok(EnvoySettings {
-            response_headers: self.response_headers.map(|h| h.0).unwrap_or_default(),
         })
     }
 }
@@ -273,7 +256,6 @@ impl Validate for RawServer {
             )?,
             grpc_tls: self.grpc_tls.map(|t| t.0),
             metrics: self.metrics.map(|m| m.0),
-            start_without_config: self.start_without_config.unwrap_or(false),
             healthy_needs_domains: self.healthy_needs_domains.unwrap_or(false),
         })
     }
@@ -638,6 +620,49 @@ impl Validate for RawPolicy {
             name: self.name,
             policy,
             on_failure: self.on_failure.map(|m| m.0),
+        })
+    }
+}
+
+/// The `envoy:` section: envoyproxy/ratelimit's service-wide switches.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvoy {
+    shadow_mode: Option<bool>,
+    quota_mode: Option<bool>,
+    near_limit_ratio: Option<f64>,
+    stop_cache_key_increment_when_overlimit: Option<bool>,
+    stats_max_series: Option<usize>,
+    response_headers: Option<Checked<RawResponseHeaders>>,
+}
+
+impl Validate for RawEnvoy {
+    type Output = EnvoySettings;
+
+    fn validate(self) -> Result<EnvoySettings, String> {
+        let defaults = EnvoySettings::default();
+        let near_limit_ratio = self.near_limit_ratio.unwrap_or(DEFAULT_NEAR_LIMIT_RATIO);
+        // Written so that NaN fails too.
+        if !(0.0..=1.0).contains(&near_limit_ratio) {
+            return Err(format!(
+                "near_limit_ratio must be between 0 and 1 (0.8: the last 20% of a limit is near it), not {near_limit_ratio}"
+            ));
+        }
+        let stats_max_series = self.stats_max_series.unwrap_or(defaults.stats_max_series);
+        if !(1..=MAX_STATS_MAX_SERIES).contains(&stats_max_series) {
+            return Err(format!(
+                "stats_max_series must be between 1 and {MAX_STATS_MAX_SERIES}, not {stats_max_series}"
+            ));
+        }
+        Ok(EnvoySettings {
+            shadow_mode: self.shadow_mode.unwrap_or(defaults.shadow_mode),
+            quota_mode: self.quota_mode.unwrap_or(defaults.quota_mode),
+            near_limit_ratio,
+            stop_cache_key_increment_when_overlimit: self
+                .stop_cache_key_increment_when_overlimit
+                .unwrap_or(defaults.stop_cache_key_increment_when_overlimit),
+            stats_max_series,
+            response_headers: self.response_headers.map(|h| h.0).unwrap_or_default(),
         })
     }
 }

@@ -97,11 +97,6 @@ pub struct ServerSettings {
     /// A second listener serving only the Prometheus text
     /// (`server.metrics`); `/metrics` on the HTTP port stays.
     pub metrics: Option<MetricsSettings>,
-    /// Start (and keep serving) when the configuration cannot be loaded at
-    /// start: the server runs this document without the envoyproxy/ratelimit
-    /// files until a reload succeeds (`server.start_without_config`,
-    /// envoyproxy/ratelimit's `FORCE_START_WITHOUT_INITIAL_CONFIG`).
-    pub start_without_config: bool,
     /// Health (`/healthcheck`, `/readyz`, gRPC health) also requires at
     /// least one Envoy domain loaded (`server.healthy_needs_domains`,
     /// envoyproxy/ratelimit's `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`).
@@ -157,7 +152,6 @@ impl Default for ServerSettings {
             grpc_max_connection_age_grace: DEFAULT_GRPC_REQUEST_TIMEOUT + Duration::from_secs(1),
             grpc_tls: None,
             metrics: None,
-            start_without_config: false,
             healthy_needs_domains: false,
         }
     }
@@ -306,13 +300,55 @@ impl Default for DenyCacheSettings {
     }
 }
 
-/// The `envoy:` section: switches of envoyproxy/ratelimit's semantics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// envoyproxy/ratelimit's default `NEAR_LIMIT_RATIO`.
+pub const DEFAULT_NEAR_LIMIT_RATIO: f64 = 0.8;
+/// The default most series of envoyproxy/ratelimit's per-descriptor
+/// statistics (`envoy.stats_max_series`).
+pub const DEFAULT_STATS_MAX_SERIES: usize = 1000;
+/// The largest `envoy.stats_max_series`: each series is five counters in
+/// every scrape, so beyond this a scrape grows past what Prometheus takes
+/// comfortably.
+pub const MAX_STATS_MAX_SERIES: usize = 100_000;
+
+/// The `envoy:` section, validated: envoyproxy/ratelimit's service-wide
+/// switches (its `SHADOW_MODE`, `QUOTA_MODE`, `NEAR_LIMIT_RATIO`,
+/// `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`) and the bound on its
+/// statistics.
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct EnvoySettings {
+    /// Every Envoy request is answered `OK` overall, whatever its
+    /// descriptors say (each descriptor's status is unchanged), and counted
+    /// in `ratelimit_service_global_shadow_mode`.
+    pub shadow_mode: bool,
+    /// Every descriptor is in quota mode, as if each had `quota_mode: true`.
+    pub quota_mode: bool,
+    /// A hit is "near the limit" in the statistics once the count it brings
+    /// a limit to is above this share of it, in [0, 1].
+    pub near_limit_ratio: f64,
+    /// When any descriptor of a request is over its limit, none of the
+    /// request's descriptors is charged (tollgate never charges the one
+    /// over the limit anyway; this extends it to the others).
+    pub stop_cache_key_increment_when_overlimit: bool,
+    /// The most series of per-descriptor statistics kept; hits of further
+    /// statistics keys are counted in one overflow series.
+    pub stats_max_series: usize,
     /// `envoy.response_headers`: envoyproxy/ratelimit's
     /// `LIMIT_RESPONSE_HEADERS_ENABLED` headers.
     pub response_headers: ResponseHeaderSettings,
+}
+
+impl Default for EnvoySettings {
+    fn default() -> Self {
+        EnvoySettings {
+            shadow_mode: false,
+            quota_mode: false,
+            near_limit_ratio: DEFAULT_NEAR_LIMIT_RATIO,
+            stop_cache_key_increment_when_overlimit: false,
+            stats_max_series: DEFAULT_STATS_MAX_SERIES,
+            response_headers: ResponseHeaderSettings::default(),
+        }
+    }
 }
 
 /// `envoy.response_headers`: when enabled, every `ShouldRateLimit` answer

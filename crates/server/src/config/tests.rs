@@ -340,6 +340,330 @@ fn empty_documents_are_empty_configurations() {
     assert_eq!(config.store.kind, StoreKind::Memory);
 }
 
+/// An envoyproxy/ratelimit file `text` added to an empty configuration.
+fn envoy_file(text: &str) -> Result<Config, ConfigError> {
+    let mut config = Config::parse("", "<empty>")?;
+    config.add_envoy_file(text, "e.yaml", false)?;
+    Ok(config)
+}
+
+#[test]
+fn every_field_of_envoyproxy_ratelimit_files_is_read() {
+    let config = envoy_file(
+        "domain: all
+descriptors:
+  - key: quota
+    quota_mode: true
+    detailed_metric: true
+    value_to_metric: true
+    metadata:
+      team: payments
+      nested: { list: [1, two, { three: 3 }], flag: true }
+    rate_limit: { unit: HOUR, requests_per_unit: 10, name: q }
+  - key: zero
+    value: ''
+    rate_limit: { unit: second }
+  - key: free
+    rate_limit: { unlimited: true, requests_per_unit: 5, name: '' }
+  - key: wild
+    value: /a*b*c
+    share_threshold: true
+    rate_limit:
+      unit: minute
+      requests_per_unit: 1
+      replaces: [{ name: q }]
+",
+    )
+    .unwrap();
+    let domain = &config.domains["all"];
+    let (quota, _) = domain.find(&[("quota", "x")]).unwrap();
+    assert!(quota.quota);
+    assert_eq!(quota.rule.name.as_deref(), Some("q"));
+    // No requests_per_unit: 0, always over the limit; an empty value is no
+    // value (any value matches).
+    let (zero, _) = domain.find(&[("zero", "anything")]).unwrap();
+    assert_eq!(
+        zero.rule.applied,
+        crate::envoy::Applied::DenyAll {
+            unit: crate::envoy::Unit::Second
+        }
+    );
+    // unlimited ignores requests_per_unit; an empty name is no name.
+    let (free, _) = domain.find(&[("free", "x")]).unwrap();
+    assert_eq!(free.rule.applied, crate::envoy::Applied::Unlimited);
+    assert!(free.rule.name.is_none());
+    let (wild, _) = domain.find(&[("wild", "/a-b-c")]).unwrap();
+    assert_eq!(wild.rule.replaces, ["q"]);
+}
+
+#[test]
+fn what_envoyproxy_ratelimit_refuses_is_refused_with_file_and_line() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      name: me\n      unit: second\n      requests_per_unit: 1\n      replaces: [{ name: me }]\n",
+            3,
+            "rate_limit `me` names itself in `replaces`",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    value: plain\n    share_threshold: true\n",
+            3,
+            "share_threshold needs a wildcard value",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unlimited: true, unit: day }\n",
+            3,
+            "an `unlimited` rate_limit takes no unit",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { requests_per_unit: 3 }\n",
+            3,
+            "rate_limit needs a `unit`",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: unknown, requests_per_unit: 3 }\n",
+            3,
+            "unknown unit `unknown`",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    metadata: [1, 2]\n",
+            4,
+            "metadata: invalid type: sequence",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    quota_mode: 3\n",
+            4,
+            "quota_mode: invalid type: integer `3`, expected a boolean",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: ''\n",
+            3,
+            "descriptor `key` must not be empty",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: -1 }\n",
+            4,
+            "requests_per_unit",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, replaces: [{ name: '' }] }\n",
+            3,
+            "`replaces` entries need a `name`",
+        ),
+        (
+            "domain: ''\ndescriptors: []\n",
+            1,
+            "domain must not be empty",
+        ),
+        ("domain: d\n1: x\n", 2, "a key that is a string"),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    value: 1.5\n",
+            4,
+            "a floating-point number (1.5), which envoyproxy/ratelimit refuses",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    value: 9223372036854775808\n",
+            4,
+            "beyond a 64-bit signed integer",
+        ),
+        ("domain: d\ndescriptors: [a]\n", 2, "expected a mapping"),
+    ];
+    let mut wrong = Vec::new();
+    for (text, line, expected) in cases {
+        let message = envoy_file(text).expect_err(text).to_string();
+        if !message.contains(expected) || !message.starts_with(&format!("e.yaml:{line}:")) {
+            wrong.push(format!(
+                "{text:?}: expected line {line} and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn domains_in_two_files_are_refused_or_merged() {
+    let first = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: { unit: second, requests_per_unit: 1 }\n";
+    let second = "# the same domain\ndomain: d\ndescriptors:\n  - key: b\n    rate_limit: { unit: second, requests_per_unit: 2 }\n";
+    let mut config = Config::parse("", "<empty>").unwrap();
+    config.add_envoy_file(first, "one.yaml", false).unwrap();
+    let error = config
+        .add_envoy_file(second, "two.yaml", false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("two.yaml:2: domain `d` is defined in another file too"),
+        "{error}"
+    );
+    // Merged: both descriptors, one domain.
+    config.add_envoy_file(second, "two.yaml", true).unwrap();
+    let domain = &config.domains["d"];
+    assert!(domain.find(&[("a", "x")]).is_some() && domain.find(&[("b", "x")]).is_some());
+    // A descriptor twice across merged files is refused.
+    let error = config
+        .add_envoy_file(first, "three.yaml", true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("three.yaml:1: merging into domain `d`: duplicate descriptor `a`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_envoy_section_parses_defaults_and_checks() {
+    let defaults = Config::parse("", "t.yaml").unwrap().envoy;
+    assert_eq!(defaults, EnvoySettings::default());
+    assert!(!defaults.shadow_mode && !defaults.quota_mode);
+    assert!((defaults.near_limit_ratio - 0.8).abs() < f64::EPSILON);
+    assert!(!defaults.stop_cache_key_increment_when_overlimit);
+    assert_eq!(defaults.stats_max_series, DEFAULT_STATS_MAX_SERIES);
+    let envoy = Config::parse(
+        "envoy:\n  shadow_mode: true\n  quota_mode: true\n  near_limit_ratio: 0.5\n  stop_cache_key_increment_when_overlimit: true\n  stats_max_series: 7\n",
+        "t.yaml",
+    )
+    .unwrap()
+    .envoy;
+    assert!(envoy.shadow_mode && envoy.quota_mode && envoy.stop_cache_key_increment_when_overlimit);
+    assert!((envoy.near_limit_ratio - 0.5).abs() < f64::EPSILON);
+    assert_eq!(envoy.stats_max_series, 7);
+    for (text, expected) in [
+        (
+            "envoy:\n  near_limit_ratio: 1.5\n",
+            "near_limit_ratio must be between 0 and 1",
+        ),
+        (
+            "envoy:\n  near_limit_ratio: -0.1\n",
+            "near_limit_ratio must be between 0 and 1",
+        ),
+        (
+            "envoy:\n  near_limit_ratio: .nan\n",
+            "near_limit_ratio must be between 0 and 1",
+        ),
+        (
+            "envoy:\n  stats_max_series: 0\n",
+            "stats_max_series must be between 1 and",
+        ),
+        ("envoy:\n  shadow: true\n", "unknown field `shadow`"),
+    ] {
+        let message = error(text).to_string();
+        assert!(
+            message.starts_with("t.yaml:2:") && message.contains(expected),
+            "{text:?}: `{message}`"
+        );
+    }
+}
+
+/// envoyproxy/ratelimit reads YAML 1.1: `yes`/`no`/`on`/`off` are flags,
+/// and a key left empty is its zero value.
+#[test]
+fn envoy_files_read_yaml_1_1_flags_and_empty_keys() {
+    let config = envoy_file(
+        "domain: y
+descriptors:
+  - key: k
+    value: 007
+    shadow_mode: yes
+    quota_mode: Off
+    descriptors:
+    rate_limit:
+      unit: second
+      requests_per_unit:
+      replaces:
+  - key: bare
+    rate_limit:
+",
+    )
+    .unwrap();
+    let domain = &config.domains["y"];
+    // The value is the text as written, not a number.
+    let (m, _) = domain.find(&[("k", "007")]).unwrap();
+    assert!(m.shadow && !m.quota);
+    assert_eq!(
+        m.rule.applied,
+        crate::envoy::Applied::DenyAll {
+            unit: crate::envoy::Unit::Second
+        }
+    );
+    assert!(domain.find(&[("k", "7")]).is_none());
+    // `rate_limit:` left empty is no limit; fractions are fine quoted and
+    // inside metadata, and keys there may be anything.
+    envoy_file(
+        "domain: q\ndescriptors:\n  - key: k\n    value: '1.5'\n    metadata: { 2.5: 1.5, true: [0.1] }\n",
+    )
+    .unwrap();
+    assert!(domain.find(&[("bare", "x")]).is_none());
+    let message = envoy_file("domain: y\ndescriptors:\n  - key: k\n    shadow_mode: maybe\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("e.yaml:4:18:") && message.contains("expected a boolean"),
+        "{message}"
+    );
+}
+
+/// envoyproxy/ratelimit checks key names against its schema's, wherever
+/// written, then ignores those written where they mean nothing: such a
+/// file loads (with a warning). In tollgate's own `domains:` they are
+/// errors, as any unknown field there.
+#[test]
+fn schema_keys_in_the_wrong_place_are_ignored_in_envoy_files_only() {
+    let text = "domain: m
+unit: second
+descriptors:
+  - key: k
+    unit: second
+    requests_per_unit: 5
+    rate_limit:
+      unit: minute
+      requests_per_unit: 2
+      key: stray
+      replaces: [{ name: other, value: stray }]
+";
+    let config = envoy_file(text).unwrap();
+    let (m, _) = config.domains["m"].find(&[("k", "v")]).unwrap();
+    assert_eq!(m.rule.replaces, ["other"]);
+    assert!(matches!(
+        m.rule.applied,
+        crate::envoy::Applied::Policy {
+            requests_per_unit: 2,
+            unit: Some(crate::envoy::Unit::Minute),
+            ..
+        }
+    ));
+    // Not a key of the schema at all: refused there too.
+    let message = envoy_file("domain: m\ndescriptors:\n  - key: k\n    units: second\n")
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("unknown field `units`"), "{message}");
+    // In tollgate's own configuration: an error, where it is written.
+    let message =
+        error("domains:\n  - domain: m\n    descriptors:\n      - key: k\n        unit: second\n")
+            .to_string();
+    assert!(
+        message.starts_with("t.yaml:4:9:") && message.contains("`unit` has no meaning here"),
+        "{message}"
+    );
+}
+
+/// envoyproxy/ratelimit reads a file's first YAML document only.
+#[test]
+fn envoy_files_are_read_to_their_first_document() {
+    let config =
+        envoy_file("---\ndomain: first\ndescriptors: []\n---\ndomain: second\nnot: [valid\n")
+            .unwrap();
+    assert!(config.domains.contains_key("first") && config.domains.len() == 1);
+    // The first document is checked as any file is.
+    let message = envoy_file("---\ndomain: d\ndescriptors:\n  - key: k\n    value: 1.5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("e.yaml:5:") && message.contains("floating-point"),
+        "{message}"
+    );
+    // A file of comments alone has no domain.
+    let message = envoy_file("# nothing here\n").unwrap_err().to_string();
+    assert!(message.contains("missing field `domain`"), "{message}");
+}
+
 #[test]
 fn a_per_second_store_inherits_what_it_does_not_write() {
     let config = Config::parse(

@@ -3,8 +3,9 @@
 //!
 //! A domain is a tree of descriptor entries. A request descriptor (a list
 //! of `key`/`value` entries) walks the tree one entry per level, preferring
-//! at each level an entry with the same key and value, then a value
-//! wildcard (`value: "/api/*"`, a prefix), then an entry with the key and
+//! at each level an entry with the same key and value, then the first
+//! value with wildcards that matches (`value: "/api/*"`, `"/api/*/users"`:
+//! each `*` matches any text), then an entry with the key and
 //! no value (which matches any value). The limit applies only when the walk
 //! consumes every request entry and the last node has a limit: exactly
 //! envoyproxy/ratelimit's `GetLimit`.
@@ -36,7 +37,7 @@ use tollgate::{Algorithm, Policy, PolicyError};
 
 mod schema;
 
-pub(crate) use schema::{DomainSpec, RawDomain};
+pub(crate) use schema::{DomainSpec, Leaves, RawDomain};
 
 /// The limiter policy name (and metric label) of every descriptor `limit`
 /// override. No configured policy can have it: named policies may not start
@@ -183,7 +184,7 @@ pub struct Rule {
 pub struct Descriptor {
     /// The entry's key.
     pub key: String,
-    /// The value; `None` matches any value; a trailing `*` matches a prefix.
+    /// The value; `None` matches any value; each `*` in it matches any text.
     pub value: Option<String>,
     /// The limit at this node, if any.
     pub rule: Option<Rule>,
@@ -191,8 +192,18 @@ pub struct Descriptor {
     pub children: Vec<Descriptor>,
     /// Over-limit decisions are reported but not enforced.
     pub shadow_mode: bool,
+    /// Over the limit alone does not make the request over the limit
+    /// unless every quota descriptor of the request is (see
+    /// [`crate::grpc`]).
+    pub quota_mode: bool,
     /// With a wildcard value: every matching value shares one counter.
     pub share_threshold: bool,
+    /// The statistics of this limit are kept per request value
+    /// (envoyproxy/ratelimit's `detailed_metric`).
+    pub detailed_metric: bool,
+    /// The statistics name this entry by the request's value when it was
+    /// matched by a wildcard or by key alone (`value_to_metric`).
+    pub value_to_metric: bool,
 }
 
 impl Descriptor {
@@ -281,18 +292,78 @@ struct Level {
 #[derive(Debug, Clone, Default)]
 struct KeyNodes {
     exact: HashMap<String, Node>,
-    /// `(prefix, node)` in configuration order: the first match wins.
-    prefixes: Vec<(String, Node)>,
+    /// Values with a `*`, in configuration order: the first match wins.
+    wildcards: Vec<(Wildcard, Node)>,
     any: Option<Box<Node>>,
+}
+
+/// A value with `*` wildcards: each `*` matches any run of characters,
+/// the empty one included (envoyproxy/ratelimit's `wildcardMatch`).
+#[derive(Debug, Clone)]
+struct Wildcard {
+    /// The value as written.
+    pattern: String,
+    /// The text between the `*`s (split once, when the domain is built).
+    parts: Vec<String>,
+}
+
+impl Wildcard {
+    fn new(pattern: &str) -> Wildcard {
+        Wildcard {
+            pattern: pattern.to_owned(),
+            parts: pattern.split('*').map(str::to_owned).collect(),
+        }
+    }
+
+    /// Whether `value` matches: it starts with the first part, ends with
+    /// the last, and holds the others in order, without overlap, between.
+    /// Linear in the value's length times the number of parts.
+    fn matches(&self, value: &str) -> bool {
+        let (first, last) = match (self.parts.first(), self.parts.last()) {
+            (Some(first), Some(last)) if self.parts.len() > 1 => (first, last),
+            _ => return self.pattern == value,
+        };
+        let fixed: usize = self.parts.iter().map(String::len).sum();
+        if value.len() < fixed
+            || !value.starts_with(first.as_str())
+            || !value.ends_with(last.as_str())
+        {
+            return false;
+        }
+        // In bounds and on character boundaries: both ends matched, and
+        // they do not overlap (`fixed` counts them both).
+        let mut rest = &value[first.len()..value.len() - last.len()];
+        for part in &self.parts[1..self.parts.len() - 1] {
+            match rest.find(part.as_str()) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Node {
     rule: Option<CompiledRule>,
     shadow_mode: bool,
+    quota_mode: bool,
+    detailed_metric: bool,
+    value_to_metric: bool,
     /// For a shared wildcard: the pattern replaces the value in the key.
     shared_pattern: Option<String>,
     children: Level,
+}
+
+/// How one request entry matched a configured entry.
+#[derive(Clone, Copy)]
+enum How<'a> {
+    /// The same key and value.
+    Exact,
+    /// The key and a wildcard value (the pattern).
+    Wildcard(&'a str),
+    /// The key alone.
+    Any,
 }
 
 /// One domain, compiled for matching.
@@ -302,6 +373,9 @@ pub struct Domain {
     root: Level,
     /// Policies written inline, by limiter name.
     inline: BTreeMap<String, Policy>,
+    /// The descriptors it was built from, to merge another file's into
+    /// (`ConfigSource::merge_domains`).
+    descriptors: Vec<Descriptor>,
 }
 
 /// A request descriptor matched to a limit.
@@ -311,6 +385,14 @@ pub struct Matched<'a> {
     pub rule: Cow<'a, CompiledRule>,
     /// Whether over-limit decisions are only reported.
     pub shadow: bool,
+    /// Whether the descriptor is in quota mode (`quota_mode: true`).
+    pub quota: bool,
+    /// envoyproxy/ratelimit's statistics key of this limit
+    /// (`<domain>.<key>[_<value>]...`, before its sanitising), following
+    /// `detailed_metric`, `value_to_metric` and `share_threshold` as it
+    /// does. Parts of it may come from the request: whoever keeps
+    /// statistics by it must bound their number.
+    pub stat_key: String,
 }
 
 impl Domain {
@@ -322,12 +404,35 @@ impl Domain {
         named: &BTreeMap<String, Policy>,
     ) -> Domain {
         let mut inline = BTreeMap::new();
-        let root = build_level(descriptors, &format!("envoy/{name}"), named, &mut inline);
+        let root = build_level(
+            descriptors.clone(),
+            &format!("envoy/{name}"),
+            named,
+            &mut inline,
+        );
         Domain {
             name: name.to_owned(),
             root,
             inline,
+            descriptors,
         }
+    }
+
+    /// This domain with `more` top-level descriptors (another file's, for
+    /// the same domain), as envoyproxy/ratelimit merges them with
+    /// `MERGE_DOMAIN_CONFIG`.
+    ///
+    /// # Errors
+    /// A descriptor of `more` with the key and value of one already here.
+    pub(crate) fn merged(
+        &self,
+        more: Vec<Descriptor>,
+        named: &BTreeMap<String, Policy>,
+    ) -> Result<Domain, String> {
+        let mut descriptors = self.descriptors.clone();
+        descriptors.extend(more);
+        check_siblings(descriptors.iter())?;
+        Ok(Domain::build(&self.name, descriptors, named))
     }
 
     /// The domain's name.
@@ -342,7 +447,8 @@ impl Domain {
 
     /// Finds the limit for a request descriptor, as envoyproxy/ratelimit's
     /// `GetLimit` does, and returns it with the limiter key; `None` when no
-    /// limit applies.
+    /// limit applies. At each level the same value wins, then the first
+    /// wildcard value that matches, then the key alone.
     pub fn find<'a, K, V>(&'a self, entries: &[(K, V)]) -> Option<(Matched<'a>, Vec<u8>)>
     where
         K: AsRef<str>,
@@ -350,6 +456,7 @@ impl Domain {
     {
         let mut level = &self.root;
         let mut found = None;
+        let mut path: Vec<(How<'a>, &'a Node)> = Vec::with_capacity(entries.len());
         let mut key = Vec::with_capacity(64);
         key.extend_from_slice(KeySpace::EnvoyGrpc.tag());
         push_part(&mut key, self.name.as_bytes());
@@ -358,20 +465,22 @@ impl Domain {
             let Some(nodes) = level.keys.get(k) else {
                 break;
             };
-            let node = nodes
+            let matched = nodes
                 .exact
                 .get(v)
+                .map(|n| (How::Exact, n))
                 .or_else(|| {
                     nodes
-                        .prefixes
+                        .wildcards
                         .iter()
-                        .find(|(prefix, _)| v.starts_with(prefix.as_str()))
-                        .map(|(_, n)| n)
+                        .find(|(w, _)| w.matches(v))
+                        .map(|(w, n)| (How::Wildcard(w.pattern.as_str()), n))
                 })
-                .or(nodes.any.as_deref());
-            let Some(node) = node else {
+                .or_else(|| nodes.any.as_deref().map(|n| (How::Any, n)));
+            let Some((how, node)) = matched else {
                 break;
             };
+            path.push((how, node));
             push_part(&mut key, k.as_bytes());
             push_part(
                 &mut key,
@@ -379,10 +488,7 @@ impl Domain {
             );
             if let Some(rule) = &node.rule {
                 if i + 1 == entries.len() {
-                    found = Some(Matched {
-                        rule: Cow::Borrowed(rule),
-                        shadow: node.shadow_mode,
-                    });
+                    found = Some((rule, node));
                 }
             }
             if node.children.keys.is_empty() {
@@ -390,7 +496,65 @@ impl Domain {
             }
             level = &node.children;
         }
-        found.map(|m| (m, key))
+        let (rule, node) = found?;
+        let matched = Matched {
+            rule: Cow::Borrowed(rule),
+            shadow: node.shadow_mode,
+            quota: node.quota_mode,
+            stat_key: self.stat_key(entries, &path, node.detailed_metric),
+        };
+        Some((matched, key))
+    }
+
+    /// envoyproxy/ratelimit's statistics key for a limit found along
+    /// `path` (one step per request entry).
+    fn stat_key<K, V>(
+        &self,
+        entries: &[(K, V)],
+        path: &[(How<'_>, &Node)],
+        detailed: bool,
+    ) -> String
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let shared = |how: How<'_>, node: &Node| match how {
+            How::Wildcard(pattern) if node.shared_pattern.is_some() => Some(pattern.to_owned()),
+            _ => None,
+        };
+        let any_shared = path.iter().any(|(how, node)| shared(*how, node).is_some());
+        let mut out = self.name.clone();
+        for ((k, v), (how, node)) in entries.iter().zip(path) {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            out.push('.');
+            out.push_str(k);
+            let value: Option<&str> = if detailed {
+                match shared(*how, node) {
+                    Some(_) => Some(match how {
+                        How::Wildcard(p) => p,
+                        _ => v,
+                    }),
+                    // With a shared entry elsewhere an empty value is left
+                    // out; without, `_` is always written (as it does).
+                    None if any_shared && v.is_empty() => None,
+                    None => Some(v),
+                }
+            } else {
+                match how {
+                    How::Exact => Some(v),
+                    How::Wildcard(p) if node.shared_pattern.is_some() => Some(p),
+                    How::Wildcard(_) if node.value_to_metric => Some(v).filter(|v| !v.is_empty()),
+                    How::Wildcard(p) => Some(p),
+                    How::Any if node.value_to_metric => Some(v).filter(|v| !v.is_empty()),
+                    How::Any => None,
+                }
+            };
+            if let Some(value) = value {
+                out.push('_');
+                out.push_str(value);
+            }
+        }
+        out
     }
 
     /// The limit for a request descriptor that carries its own `limit`
@@ -437,9 +601,20 @@ impl Domain {
             push_part(&mut key, k.as_ref().as_bytes());
             push_part(&mut key, v.as_ref().as_bytes());
         }
+        let mut stat_key = self.name.clone();
+        for (k, v) in entries {
+            stat_key.push('.');
+            stat_key.push_str(k.as_ref());
+            if !v.as_ref().is_empty() {
+                stat_key.push('_');
+                stat_key.push_str(v.as_ref());
+            }
+        }
         let matched = Matched {
             rule: Cow::Owned(rule),
             shadow: false,
+            quota: false,
+            stat_key,
         };
         Ok((matched, key))
     }
@@ -449,7 +624,7 @@ impl Domain {
     /// The domain's limits as text, one line per descriptor with a limit,
     /// for `GET /rlconfig`: envoyproxy/ratelimit's dump format
     /// (`<domain>.<key>[_<value>].<key>...: unit=MINUTE requests_per_unit=3,
-    /// shadow_mode: false`), with `unlimited: true`, a named policy
+    /// shadow_mode: false, quota_mode: false`), with `unlimited: true`, a named policy
     /// (`policy=<name> <policy>`) or a non-fixed-window algorithm written
     /// out. Keys and values are sorted; wildcards keep their order.
     pub fn dump(&self) -> String {
@@ -468,12 +643,8 @@ fn dump_level(level: &Level, path: &str, out: &mut String) {
         for (value, node) in exact {
             dump_node(node, &format!("{path}.{key}_{value}"), out);
         }
-        for (prefix, node) in &nodes.prefixes {
-            let label = node
-                .shared_pattern
-                .clone()
-                .unwrap_or_else(|| format!("{prefix}*"));
-            dump_node(node, &format!("{path}.{key}_{label}"), out);
+        for (wildcard, node) in &nodes.wildcards {
+            dump_node(node, &format!("{path}.{key}_{}", wildcard.pattern), out);
         }
         if let Some(node) = &nodes.any {
             dump_node(node, &format!("{path}.{key}"), out);
@@ -510,7 +681,11 @@ fn dump_node(node: &Node, path: &str, out: &mut String) {
                 text
             }
         };
-        let _ = writeln!(out, "{path}: {limit}, shadow_mode: {}", node.shadow_mode);
+        let _ = writeln!(
+            out,
+            "{path}: {limit}, shadow_mode: {}, quota_mode: {}",
+            node.shadow_mode, node.quota_mode
+        );
     }
     dump_level(&node.children, path, out);
 }
@@ -627,14 +802,12 @@ fn build_level(
                 applied: compile_limit(rule.limit, &path, named),
             }
         });
-        let prefix = d
-            .value
-            .as_deref()
-            .and_then(|v| v.strip_suffix('*'))
-            .map(str::to_owned);
         let node = Node {
             rule,
             shadow_mode: d.shadow_mode,
+            quota_mode: d.quota_mode,
+            detailed_metric: d.detailed_metric,
+            value_to_metric: d.value_to_metric,
             shared_pattern: if d.share_threshold {
                 d.value.clone()
             } else {
@@ -643,12 +816,14 @@ fn build_level(
             children: build_level(d.children, &path, named, inline),
         };
         let nodes = level.keys.entry(d.key).or_default();
-        match (d.value, prefix) {
-            (Some(_), Some(prefix)) => nodes.prefixes.push((prefix, node)),
-            (Some(value), None) => {
+        match d.value {
+            Some(value) if value.contains('*') => {
+                nodes.wildcards.push((Wildcard::new(&value), node));
+            }
+            Some(value) => {
                 nodes.exact.insert(value, node);
             }
-            (None, _) => nodes.any = Some(Box::new(node)),
+            None => nodes.any = Some(Box::new(node)),
         }
     }
     level
@@ -859,5 +1034,178 @@ mod tests {
         // unlimited and shadow_mode nodes are overridden too.
         let (m, _) = over(&[("user", "u1"), ("plan", "pro")], Unit::Second, 1);
         assert!(matches!(m.rule.applied, Applied::Policy { .. }));
+    }
+
+    /// A domain of an envoyproxy/ratelimit file `text`.
+    fn domain(text: &str) -> super::Domain {
+        let mut config = Config::parse("", "<empty>").unwrap();
+        config.add_envoy_file(text, "d.yaml", false).unwrap();
+        config.domains.into_values().next().unwrap()
+    }
+
+    fn limit_name(domain: &super::Domain, pairs: &[(&str, &str)]) -> Option<String> {
+        domain.find(pairs).map(|(m, _)| match &m.rule.applied {
+            super::Applied::Policy { name, .. } => name.clone(),
+            other => format!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn wildcards_match_anywhere_in_a_value() {
+        let d = domain(
+            "domain: w
+descriptors:
+  - key: path
+    value: /v*/orders/*/items
+    rate_limit: { unit: second, requests_per_unit: 1 }
+  - key: path
+    value: /v1/orders/*
+    rate_limit: { unit: second, requests_per_unit: 2 }
+  - key: path
+    value: '*.png'
+    rate_limit: { unit: second, requests_per_unit: 3 }
+  - key: path
+    value: /exact
+    rate_limit: { unit: second, requests_per_unit: 4 }
+  - key: path
+    value: 'x*y*x'
+    rate_limit: { unit: second, requests_per_unit: 5 }
+  - key: host
+    value: '*'
+    rate_limit: { unit: second, requests_per_unit: 6 }
+  - key: host
+    value: static
+    rate_limit: { unlimited: true }
+  - key: path
+    rate_limit: { unit: second, requests_per_unit: 7 }
+",
+        );
+        let name = |value: &str| limit_name(&d, &[("path", value)]);
+        assert_eq!(
+            name("/v1/orders/9/items").as_deref(),
+            Some("envoy/w/path=/v*/orders/*/items")
+        );
+        assert_eq!(
+            name("/v22/orders//items").as_deref(),
+            Some("envoy/w/path=/v*/orders/*/items")
+        );
+        // The first wildcard in configuration order wins.
+        assert_eq!(
+            name("/v1/orders/9").as_deref(),
+            Some("envoy/w/path=/v1/orders/*")
+        );
+        assert_eq!(name("logo.png").as_deref(), Some("envoy/w/path=*.png"));
+        assert_eq!(name(".png").as_deref(), Some("envoy/w/path=*.png"));
+        // The same value wins over a wildcard; the key alone comes last.
+        assert_eq!(name("/exact").as_deref(), Some("envoy/w/path=/exact"));
+        assert_eq!(name("/v2/orders/9/item").as_deref(), Some("envoy/w/path"));
+        // Parts may not overlap: `x*y*x` needs two x's around a y.
+        assert_eq!(name("xyx").as_deref(), Some("envoy/w/path=x*y*x"));
+        assert_eq!(name("xy").as_deref(), Some("envoy/w/path"));
+        assert_eq!(name("xyyx").as_deref(), Some("envoy/w/path=x*y*x"));
+        assert_eq!(name("yx").as_deref(), Some("envoy/w/path"));
+        // `*` alone matches any value, the empty one too.
+        assert_eq!(
+            limit_name(&d, &[("host", "")]).as_deref(),
+            Some("envoy/w/host=*")
+        );
+        assert_eq!(
+            limit_name(&d, &[("host", "static")]).as_deref(),
+            Some("Unlimited")
+        );
+        // Multi-byte text is matched by bytes without splitting a character.
+        assert_eq!(
+            name("/vé/orders/ü/items").as_deref(),
+            Some("envoy/w/path=/v*/orders/*/items")
+        );
+    }
+
+    #[test]
+    fn share_threshold_with_a_middle_wildcard_shares_one_counter() {
+        let d = domain(
+            "domain: s
+descriptors:
+  - key: path
+    value: /api*v1
+    share_threshold: true
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+  - key: path
+    value: /own*v2
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+",
+        );
+        let key = |v: &str| d.find(&[("path", v)]).map(|(_, k)| k).unwrap();
+        assert_eq!(key("/api/a/v1"), key("/apiXv1"));
+        assert_ne!(key("/own/a/v2"), key("/ownXv2"));
+    }
+
+    #[test]
+    fn statistics_keys_follow_envoyproxy_ratelimit() {
+        let d = domain(
+            "domain: st
+descriptors:
+  - key: client
+    descriptors:
+      - key: path
+        value: /a/*
+        rate_limit: { unit: second, requests_per_unit: 1 }
+      - key: tier
+        value: gold
+        rate_limit: { unit: second, requests_per_unit: 1 }
+  - key: user
+    value_to_metric: true
+    descriptors:
+      - key: path
+        value: /b/*
+        value_to_metric: true
+        rate_limit: { unit: second, requests_per_unit: 1 }
+  - key: ip
+    detailed_metric: true
+    rate_limit: { unit: second, requests_per_unit: 1 }
+  - key: shared
+    value: s*
+    share_threshold: true
+    detailed_metric: true
+    descriptors:
+      - key: sub
+        detailed_metric: true
+        rate_limit: { unit: second, requests_per_unit: 1 }
+  - key: quota
+    quota_mode: true
+    rate_limit: { unit: second, requests_per_unit: 1 }
+",
+        );
+        let stat = |pairs: &[(&str, &str)]| d.find(pairs).unwrap().0.stat_key;
+        // By configuration: the wildcard pattern, the key alone.
+        assert_eq!(
+            stat(&[("client", "c1"), ("path", "/a/x")]),
+            "st.client.path_/a/*"
+        );
+        assert_eq!(
+            stat(&[("client", "c1"), ("tier", "gold")]),
+            "st.client.tier_gold"
+        );
+        // value_to_metric: the request's values where a key alone or a
+        // wildcard matched.
+        assert_eq!(
+            stat(&[("user", "u1"), ("path", "/b/x")]),
+            "st.user_u1.path_/b/x"
+        );
+        // detailed_metric: every request value.
+        assert_eq!(stat(&[("ip", "10.1.2.3")]), "st.ip_10.1.2.3");
+        // detailed_metric with share_threshold: the shared entry keeps its
+        // pattern, the others their values.
+        assert_eq!(
+            stat(&[("shared", "s1"), ("sub", "v")]),
+            "st.shared_s*.sub_v"
+        );
+        // quota_mode reaches the match.
+        assert!(d.find(&[("quota", "q")]).unwrap().0.quota);
+        assert!(!d.find(&[("ip", "q")]).unwrap().0.quota);
+        // An override: the request's entries.
+        let (m, _) = d
+            .find_override(&[("a", "1"), ("b", "")], super::Unit::Hour, 3)
+            .unwrap();
+        assert_eq!(m.stat_key, "st.a_1.b");
     }
 }

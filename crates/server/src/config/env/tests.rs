@@ -127,16 +127,6 @@ const ROWS: &[(Vars, &str, &str)] = &[
     (&[("PROMETHEUS_ADDR", ":9191")], "server.metrics", "~"),
     // Start and health.
     (
-        &[("FORCE_START_WITHOUT_INITIAL_CONFIG", "true")],
-        "server.start_without_config",
-        "true",
-    ),
-    (
-        &[("FORCE_START_WITHOUT_INITIAL_CONFIG", "false")],
-        "server.start_without_config",
-        "~",
-    ),
-    (
         &[("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "T")],
         "server.healthy_needs_domains",
         "true",
@@ -239,10 +229,21 @@ const ROWS: &[(Vars, &str, &str)] = &[
             ("REDIS_TLS", "true"),
         ],
         "store",
-        "{kind: redis_sentinel, urls: ['rediss://:spw@s1:26379', 'rediss://:spw@s2:26379'], master_name: mymaster, master_username: app, master_password: pw, master_tls: true}",
+        "{kind: redis_sentinel, urls: ['rediss://:spw@s1:26379', 'rediss://:spw@s2:26379'], master_name: mymaster, master_username: app, master_password: pw, master_tls: true, key_layout: envoy, envoy_prefix: ''}",
     ),
     (&[("CACHE_KEY_PREFIX", "rl_")], "store.prefix", "rl_"),
     (&[("CACHE_KEY_PREFIX", "")], "store.prefix", "~"),
+    // Counters continue in envoyproxy/ratelimit's key layout, except on a
+    // Cluster (warned) and on the memory store.
+    (&[("CACHE_KEY_PREFIX", "rl_")], "store.key_layout", "envoy"),
+    (&[("CACHE_KEY_PREFIX", "rl_")], "store.envoy_prefix", "rl_"),
+    (&[("REDIS_URL", "a:1")], "store.envoy_prefix", "''"),
+    (
+        &[("REDIS_TYPE", "CLUSTER"), ("REDIS_URL", "a:1")],
+        "store.key_layout",
+        "~",
+    ),
+    (&[("BACKEND_TYPE", "memcache")], "store.key_layout", "~"),
     // The deny cache: bytes / 128 entries.
     (
         &[("LOCAL_CACHE_SIZE_IN_BYTES", "1048576")],
@@ -307,6 +308,11 @@ const ROWS: &[(Vars, &str, &str)] = &[
     (&[("SHADOW_MODE", "true")], "envoy.shadow_mode", "true"),
     (&[("SHADOW_MODE", "false")], "envoy", "~"),
     (&[("QUOTA_MODE", "true")], "envoy.quota_mode", "true"),
+    (
+        &[("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true")],
+        "envoy.stop_cache_key_increment_when_overlimit",
+        "true",
+    ),
     (
         &[("NEAR_LIMIT_RATIO", "0.9")],
         "envoy.near_limit_ratio",
@@ -719,7 +725,6 @@ fn the_document_is_a_valid_configuration() {
         Duration::from_secs(3600)
     );
     assert!(config.server.metrics.is_some());
-    assert!(config.server.start_without_config);
     assert!(config.server.healthy_needs_domains);
     assert!(config.envoy.response_headers.enabled);
     assert_eq!(config.envoy.response_headers.remaining, "X-Left");

@@ -1,0 +1,301 @@
+//! envoyproxy/ratelimit's service-wide semantics behind Envoy's gRPC call:
+//! quota mode (per descriptor and global), global shadow mode,
+//! `stop_cache_key_increment_when_overlimit`, and its per-descriptor
+//! statistics on `/metrics`, bounded whatever requests send.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Backend, TestServer, descriptor};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+
+const OK: i32 = Code::Ok as i32;
+const OVER: i32 = Code::OverLimit as i32;
+
+/// A server on `envoy` (the `envoy:` section's lines) and the domain `d`
+/// with `descriptors` (indented as a domain's list).
+async fn server(envoy: &str, descriptors: &str) -> TestServer {
+    let text = format!("envoy:\n{envoy}domains:\n  - domain: d\n    descriptors:\n{descriptors}");
+    TestServer::start_text(Backend::memory(), &text).await
+}
+
+async fn ask(server: &TestServer, descriptors: Vec<RateLimitDescriptor>) -> RateLimitResponse {
+    server
+        .rls_client()
+        .await
+        .should_rate_limit(RateLimitRequest {
+            domain: "d".to_owned(),
+            descriptors,
+            hits_addend: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `(overall, [each status])`.
+async fn codes(server: &TestServer, entries: &[(&str, &str)]) -> (i32, Vec<i32>) {
+    let descriptors = entries.iter().map(|e| descriptor(&[*e], None)).collect();
+    let response = ask(server, descriptors).await;
+    let statuses = response.statuses.iter().map(|s| s.code).collect();
+    (response.overall_code, statuses)
+}
+
+const ONE_AN_HOUR: &str = "rate_limit: { unit: hour, requests_per_unit: 1 }";
+
+#[tokio::test]
+async fn quota_descriptors_deny_only_when_all_of_them_are_over() {
+    let server = server(
+        "  quota_mode: false\n",
+        &format!(
+            "      - key: qa\n        quota_mode: true\n        {ONE_AN_HOUR}\n\
+             \x20     - key: qb\n        quota_mode: true\n        {ONE_AN_HOUR}\n\
+             \x20     - key: plain\n        {ONE_AN_HOUR}\n"
+        ),
+    )
+    .await;
+    assert_eq!(codes(&server, &[("qa", "x")]).await, (OK, vec![OK]));
+    // One quota descriptor over, another within: each status says so, the
+    // request passes.
+    assert_eq!(
+        codes(&server, &[("qa", "x"), ("qb", "y")]).await,
+        (OK, vec![OVER, OK])
+    );
+    // Every quota descriptor over: over the limit.
+    assert_eq!(
+        codes(&server, &[("qa", "x"), ("qb", "y")]).await,
+        (OVER, vec![OVER, OVER])
+    );
+    // The one quota descriptor of this request is over: every one is.
+    assert_eq!(
+        codes(&server, &[("qa", "x"), ("plain", "p")]).await,
+        (OVER, vec![OVER, OK])
+    );
+    // Quota descriptors within and a rate limit within: passes.
+    assert_eq!(
+        codes(&server, &[("qa", "new"), ("plain", "q")]).await,
+        (OK, vec![OK, OK])
+    );
+    // A rate limit over: over the limit, whatever the quotas say.
+    assert_eq!(codes(&server, &[("plain", "p")]).await, (OVER, vec![OVER]));
+}
+
+#[tokio::test]
+async fn global_quota_mode_makes_every_descriptor_a_quota() {
+    let server = server(
+        "  quota_mode: true\n",
+        &format!("      - key: plain\n        {ONE_AN_HOUR}\n"),
+    )
+    .await;
+    assert_eq!(codes(&server, &[("plain", "p")]).await, (OK, vec![OK]));
+    assert_eq!(codes(&server, &[("plain", "p")]).await, (OVER, vec![OVER]));
+    // A descriptor that matches nothing is a quota that passed.
+    assert_eq!(
+        codes(&server, &[("plain", "p"), ("none", "z")]).await,
+        (OK, vec![OVER, OK])
+    );
+}
+
+#[tokio::test]
+async fn global_shadow_mode_answers_ok_and_counts_it() {
+    let server = server(
+        "  shadow_mode: true\n",
+        &format!("      - key: plain\n        {ONE_AN_HOUR}\n"),
+    )
+    .await;
+    assert_eq!(codes(&server, &[("plain", "p")]).await, (OK, vec![OK]));
+    // The status still says over the limit; the overall code does not.
+    assert_eq!(codes(&server, &[("plain", "p")]).await, (OK, vec![OVER]));
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(
+        metrics.contains("\nratelimit_service_global_shadow_mode 1\n"),
+        "{metrics}"
+    );
+}
+
+/// With the switch, a request with any descriptor over the limit charges
+/// none of the others; without it, the others are charged.
+#[tokio::test]
+async fn stop_cache_key_increment_when_overlimit_charges_nothing_of_a_denied_request() {
+    let descriptors = format!(
+        "      - key: tight\n        {ONE_AN_HOUR}\n\
+         \x20     - key: loose\n        rate_limit: {{ unit: hour, requests_per_unit: 5 }}\n"
+    );
+    for (switch, remaining) in [(true, [4, 4, 3]), (false, [4, 3, 2])] {
+        let server = server(
+            &format!("  stop_cache_key_increment_when_overlimit: {switch}\n"),
+            &descriptors,
+        )
+        .await;
+        let both = || {
+            vec![
+                descriptor(&[("tight", "t")], None),
+                descriptor(&[("loose", "l")], None),
+            ]
+        };
+        let first = ask(&server, both()).await;
+        assert_eq!(first.overall_code, OK);
+        assert_eq!(first.statuses[1].limit_remaining, remaining[0]);
+        let second = ask(&server, both()).await;
+        assert_eq!((second.overall_code, second.statuses[0].code), (OVER, OVER));
+        assert_eq!(second.statuses[1].code, OK);
+        assert_eq!(
+            second.statuses[1].limit_remaining, remaining[1],
+            "switch {switch}"
+        );
+        let alone = ask(&server, vec![descriptor(&[("loose", "l")], None)]).await;
+        assert_eq!(
+            alone.statuses[0].limit_remaining, remaining[2],
+            "switch {switch}"
+        );
+    }
+}
+
+/// The line of statistic `name` with `labels` in `metrics`, as a number.
+fn stat(metrics: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("ratelimit_service_rate_limit_{name}{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn per_descriptor_statistics_have_envoyproxy_ratelimit_s_names() {
+    let server = server(
+        "  near_limit_ratio: 0.5\n",
+        "      - key: user\n        rate_limit: { unit: hour, requests_per_unit: 4 }\n\
+         \x20     - key: bulk\n        rate_limit: { unit: hour, requests_per_unit: 4 }\n\
+         \x20     - key: trial\n        shadow_mode: true\n        rate_limit: { unit: hour, requests_per_unit: 1 }\n\
+         \x20     - key: ip\n        detailed_metric: true\n        rate_limit: { unit: hour, requests_per_unit: 9 }\n\
+         \x20     - key: app\n        descriptors:\n          - key: route\n            rate_limit: { unit: hour, requests_per_unit: 9 }\n\
+         \x20     - key: free\n        rate_limit: { unlimited: true }\n",
+    )
+    .await;
+    for _ in 0..5 {
+        ask(&server, vec![descriptor(&[("user", "u1")], None)]).await;
+    }
+    ask(&server, vec![descriptor(&[("bulk", "b")], Some(3))]).await;
+    for _ in 0..2 {
+        ask(&server, vec![descriptor(&[("trial", "t")], None)]).await;
+    }
+    ask(&server, vec![descriptor(&[("ip", "10.0.0.1")], None)]).await;
+    ask(
+        &server,
+        vec![descriptor(&[("app", "a"), ("route", "r")], None)],
+    )
+    .await;
+    ask(&server, vec![descriptor(&[("free", "f")], None)]).await;
+    let (_, metrics) = server.get_text("/metrics").await;
+    let user = r#"domain="d",key1="user""#;
+    // 4 within (the 3rd and 4th above half of 4: near), the 5th over.
+    assert_eq!(
+        [
+            "total_hits",
+            "within_limit",
+            "near_limit",
+            "over_limit",
+            "shadow_mode"
+        ]
+        .map(|name| stat(&metrics, name, user)),
+        [5, 4, 2, 1, 0]
+    );
+    // Three hits at once from 0 to 3: one of them above 2.
+    assert_eq!(stat(&metrics, "near_limit", r#"domain="d",key1="bulk""#), 1);
+    let trial = r#"domain="d",key1="trial""#;
+    assert_eq!(
+        ["total_hits", "within_limit", "over_limit", "shadow_mode"]
+            .map(|name| stat(&metrics, name, trial)),
+        [2, 1, 1, 1]
+    );
+    // detailed_metric: the value, its IPv4 dots made underscores.
+    assert_eq!(
+        stat(&metrics, "total_hits", r#"domain="d",key1="ip_10_0_0_1""#),
+        1
+    );
+    // Two entries: key1 and key2.
+    assert_eq!(
+        stat(
+            &metrics,
+            "total_hits",
+            r#"domain="d",key1="app",key2="route""#
+        ),
+        1
+    );
+    // Unlimited descriptors have no statistics.
+    assert!(!metrics.contains("key1=\"free\""), "{metrics}");
+    assert!(metrics.contains("# TYPE ratelimit_service_rate_limit_total_hits counter\n"));
+}
+
+/// Values from requests (here `detailed_metric`'s) never make more series
+/// than `envoy.stats_max_series`: the rest is one overflow series.
+#[tokio::test]
+async fn hostile_values_cannot_grow_the_statistics() {
+    let server = server(
+        "  stats_max_series: 3\n",
+        "      - key: user\n        detailed_metric: true\n        rate_limit: { unit: hour, requests_per_unit: 1000 }\n",
+    )
+    .await;
+    let hostile = "a\"b\\c\nd}";
+    ask(&server, vec![descriptor(&[("user", hostile)], None)]).await;
+    for i in 0..200 {
+        let value = format!("{i}.{}", "x".repeat(i % 7));
+        ask(&server, vec![descriptor(&[("user", &value)], None)]).await;
+    }
+    let metrics = server.app.metrics();
+    assert_eq!(metrics.envoy_series_count(), 3);
+    assert_eq!(metrics.envoy_overflow().total_hits, 201 - 3);
+    let (_, text) = server.get_text("/metrics").await;
+    let total_lines = text
+        .lines()
+        .filter(|l| l.starts_with("ratelimit_service_rate_limit_total_hits{"))
+        .count();
+    assert_eq!(total_lines, 4, "three series and the overflow one:\n{text}");
+    assert_eq!(
+        stat(
+            &text,
+            "total_hits",
+            r#"domain="tollgate_overflow",key1="tollgate_overflow""#
+        ),
+        198
+    );
+    // Label values are escaped: the hostile value stays in its line.
+    assert_eq!(
+        stat(&text, "total_hits", r#"domain="d",key1="user_a\"b\\c\nd}""#),
+        1
+    );
+}
+
+/// `replaces` skips a limit another matched limit names; an `unlimited`
+/// one stays unlimited (envoyproxy/ratelimit sets unlimited limits aside
+/// before it applies `replaces`).
+#[tokio::test]
+async fn replaces_skips_a_named_limit_but_not_an_unlimited_one() {
+    let server = server(
+        "  quota_mode: false\n",
+        "      - key: special\n        rate_limit: { unit: hour, requests_per_unit: 5, replaces: [{ name: general }, { name: open }] }\n\
+         \x20     - key: general\n        rate_limit: { unit: hour, requests_per_unit: 1, name: general }\n\
+         \x20     - key: open\n        rate_limit: { unlimited: true, name: open }\n",
+    )
+    .await;
+    let entries = [("special", "s"), ("general", "g"), ("open", "o")];
+    for _ in 0..2 {
+        let descriptors = entries.iter().map(|e| descriptor(&[*e], None)).collect();
+        let response = ask(&server, descriptors).await;
+        assert_eq!(response.overall_code, OK);
+        // The replaced limit: OK, no limit reported, not charged.
+        assert!(response.statuses[1].current_limit.is_none());
+        assert_eq!(response.statuses[2].limit_remaining, u32::MAX);
+    }
+    // `general` was never charged: its one request an hour is still there.
+    let alone = ask(&server, vec![descriptor(&[("general", "g")], None)]).await;
+    assert_eq!(
+        (alone.overall_code, alone.statuses[0].limit_remaining),
+        (OK, 0)
+    );
+}
