@@ -125,6 +125,10 @@ fn start_service(service: &Service<'_>) -> Running {
         .arg(&tollgate_yaml)
         .arg("--envoy-config")
         .arg(&config_dir)
+        // A ConfigMap mount: each file is also in a hidden timestamped
+        // directory, which envoyproxy/ratelimit (and tollgate) would read
+        // too unless told to skip dot files (RUNTIME_IGNOREDOTFILES).
+        .arg("--envoy-ignore-dot-files")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
     Running {
