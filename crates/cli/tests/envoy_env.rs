@@ -154,7 +154,9 @@ fn envoyproxy_variables_configure_the_server() {
     let (status, dump) = get(serve.http, "/rlconfig");
     assert_eq!(status, 200);
     assert!(
-        dump.contains("shop.client: unit=MINUTE requests_per_unit=3, shadow_mode: false, quota_mode: false"),
+        dump.contains(
+            "shop.client: unit=MINUTE requests_per_unit=3, shadow_mode: false, quota_mode: false"
+        ),
         "{dump}"
     );
     assert!(

@@ -9,18 +9,15 @@
 //!
 //! The rate limit service is started by one function, [`start_service`],
 //! from a [`Service`]: the envoyproxy/ratelimit configuration file (in a
-//! Kubernetes ConfigMap layout, `<root>/ratelimit/config/`) and the Redis
-//! store. NOTE for the lead: the issue also wants "the same run with
-//! envoyproxy/ratelimit's environment variables instead of a tollgate
-//! config". Once those are merged, give `start_service` a second variant
-//! that starts the binary with `RUNTIME_ROOT=<root>`,
-//! `RUNTIME_SUBDIRECTORY=ratelimit`, `RUNTIME_WATCH_ROOT=false`,
-//! `REDIS_SOCKET_TYPE=tcp`, `REDIS_URL=127.0.0.1:<port>`, `PORT`/`GRPC_PORT`
-//! and no `--config`, and run the tests with both variants.
-//! `Service::store` holds the tollgate-only keys: `timeout: 1s` (through
-//! `edge`; in the variables, `REDIS_TIMEOUT=1s`) and `on_failure` (no
-//! envoyproxy/ratelimit equivalent: the hung-Redis test stays
-//! tollgate-config only).
+//! Kubernetes ConfigMap layout, `<root>/ratelimit/config/`), the Redis
+//! store, and how the binary is configured ([`Setup`]): by a tollgate YAML
+//! `--config` beside `--envoy-config`, or, as a deployment that swaps
+//! envoyproxy/ratelimit's image for tollgate's keeps it, by
+//! envoyproxy/ratelimit's environment variables alone (`RUNTIME_ROOT`,
+//! `REDIS_URL`, ...). The exactness and health tests run both ways.
+//! `Service::store` holds the tollgate-only keys: `timeout: 1s` (in the
+//! variables, `REDIS_TIMEOUT=1s`) and `on_failure` (no envoyproxy/ratelimit
+//! equivalent: the hung-Redis test is tollgate-config only).
 
 #![allow(clippy::unwrap_used)]
 
@@ -90,6 +87,19 @@ struct Service<'a> {
     /// tollgate-only `store:` keys besides `kind` and `url` (YAML lines
     /// indented by two); empty for none.
     store: &'a str,
+    /// How the binary is configured.
+    setup: Setup,
+}
+
+/// How `tollgate serve` is configured in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    /// A tollgate YAML `--config` (the store) and `--envoy-config` (the
+    /// ConfigMap directory, dot files skipped).
+    Config,
+    /// envoyproxy/ratelimit's environment variables, nothing else: what a
+    /// Deployment that only swapped the image passes.
+    Environment,
 }
 
 /// A running rate limit service and where its configuration lives.
@@ -100,37 +110,67 @@ struct Running {
 }
 
 /// Starts `tollgate serve` for `service`: the descriptor file in a
-/// ConfigMap layout under `--envoy-config`, the store in a tollgate YAML
-/// `--config`. The one place that starts the service: see the module's
-/// note on a second, environment variable variant.
+/// ConfigMap layout under `<root>/ratelimit/config`, read as its
+/// [`Setup`] says. The one place that starts the service.
 fn start_service(service: &Service<'_>) -> Running {
     let root = temp_dir("envoy-rls");
     let config_dir = root.join("ratelimit").join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     configmap_update(&config_dir, "..2026_11_30_00_00_00.1", service.domains);
-    let tollgate_yaml = root.join("tollgate.yaml");
-    std::fs::write(
-        &tollgate_yaml,
-        format!(
-            "store:\n  kind: redis\n  url: {}\n{}",
-            service.redis.url(),
-            service.store
-        ),
-    )
-    .unwrap();
     let mut command: Command = tollgate();
-    command
-        .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .arg("--config")
-        .arg(&tollgate_yaml)
-        .arg("--envoy-config")
-        .arg(&config_dir)
-        // A ConfigMap mount: each file is also in a hidden timestamped
-        // directory, which envoyproxy/ratelimit (and tollgate) would read
-        // too unless told to skip dot files (RUNTIME_IGNOREDOTFILES).
-        .arg("--envoy-ignore-dot-files")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
+    match service.setup {
+        Setup::Config => {
+            let tollgate_yaml = root.join("tollgate.yaml");
+            std::fs::write(
+                &tollgate_yaml,
+                format!(
+                    "store:\n  kind: redis\n  url: {}\n{}",
+                    service.redis.url(),
+                    service.store
+                ),
+            )
+            .unwrap();
+            command
+                .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+                .arg("--config")
+                .arg(&tollgate_yaml)
+                .arg("--envoy-config")
+                .arg(&config_dir)
+                // A ConfigMap mount: each file is also in a hidden
+                // timestamped directory, which envoyproxy/ratelimit (and
+                // tollgate) would read too unless told to skip dot files.
+                .arg("--envoy-ignore-dot-files")
+                .env("RUST_LOG", "info");
+        }
+        Setup::Environment => {
+            let timeout = match service.store.trim() {
+                "" => None,
+                "timeout: 1s" => Some("1s"),
+                other => panic!("no envoyproxy/ratelimit variable for `{other}`"),
+            };
+            let redis = format!("127.0.0.1:{}", service.redis.port());
+            command
+                .arg("serve")
+                .env_clear()
+                .envs([
+                    ("HOST", "127.0.0.1"),
+                    ("PORT", "0"),
+                    ("GRPC_HOST", "127.0.0.1"),
+                    ("GRPC_PORT", "0"),
+                    ("LOG_LEVEL", "info"),
+                    ("RUNTIME_ROOT", root.to_str().unwrap()),
+                    ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+                    ("RUNTIME_WATCH_ROOT", "false"),
+                    ("RUNTIME_IGNOREDOTFILES", "true"),
+                    ("REDIS_SOCKET_TYPE", "tcp"),
+                    ("REDIS_TYPE", "SINGLE"),
+                    ("REDIS_URL", &redis),
+                    ("USE_STATSD", "false"),
+                ])
+                .envs(timeout.map(|t| ("REDIS_TIMEOUT", t)));
+        }
+    }
+    command.env("NO_COLOR", "1");
     Running {
         process: ServeProcess::start(command, true),
         config_dir,
@@ -216,11 +256,20 @@ fn edge_routes(bootstrap: &mut Bootstrap) {
 /// under load (these tests are about counting, not about a slow store),
 /// an upstream and Envoy with `edge_routes`, tuned by `tune`.
 async fn edge(tune: impl FnOnce(&mut Bootstrap)) -> (RedisServer, Running, Upstream, Envoy) {
+    edge_with(Setup::Config, tune).await
+}
+
+/// [`edge`], with the service configured as `setup` says.
+async fn edge_with(
+    setup: Setup,
+    tune: impl FnOnce(&mut Bootstrap),
+) -> (RedisServer, Running, Upstream, Envoy) {
     let redis = RedisServer::start();
     let service = start_service(&Service {
         domains: EDGE,
         redis: &redis,
         store: "  timeout: 1s\n",
+        setup,
     });
     let upstream = Upstream::start().await;
     let mut bootstrap = Bootstrap::new(upstream.address(), service.process.grpc, "edge");
@@ -292,8 +341,20 @@ fn statuses(replies: &[Reply]) -> Vec<u16> {
 /// `x-envoy-ratelimited`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_kind_limits_exactly_through_envoy() {
+    every_action_kind_limits_exactly(Setup::Config).await;
+}
+
+/// The same, with tollgate started from envoyproxy/ratelimit's
+/// environment variables alone (its counters then in envoyproxy/ratelimit's
+/// key layout: `key_layout: envoy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_kind_limits_exactly_from_envoyproxys_environment() {
+    every_action_kind_limits_exactly(Setup::Environment).await;
+}
+
+async fn every_action_kind_limits_exactly(setup: Setup) {
     let _turn = TURNS.read().await;
-    let (_redis, _service, upstream, envoy) = edge(|_| {}).await;
+    let (redis, _service, upstream, envoy) = edge_with(setup, |_| {}).await;
     let client = envoy.client();
     // (path, action, a first identity's headers, a second's, what the
     // second gets: 3 when it makes another descriptor, 0 when the same).
@@ -354,6 +415,14 @@ async fn every_action_kind_limits_exactly_through_envoy() {
             .unwrap_or(0)
             >= 27 * 5
     );
+    // From envoyproxy/ratelimit's variables, the counters are where it
+    // keeps them (`<domain>_<key>_<value>_<window start>`, no prefix), so
+    // a rolling replacement continues its counts.
+    let keys = redis.cli(&["KEYS", "edge_generic_key_checkout_*"]);
+    match setup {
+        Setup::Environment => assert!(!keys.trim().is_empty(), "no envoyproxy-layout key"),
+        Setup::Config => assert!(keys.trim().is_empty(), "{keys}"),
+    }
 }
 
 /// The RateLimit headers tollgate writes (IETF `RateLimit-Policy` and
@@ -554,14 +623,31 @@ async fn configmap_symlink_swap_reloads_the_limits() {
 /// checked with `service_name: ratelimit` here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_health_checks_the_rate_limit_cluster() {
+    envoy_health_checks(Setup::Config).await;
+}
+
+/// The same, with tollgate started from envoyproxy/ratelimit's variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_health_checks_the_service_started_from_envoyproxys_environment() {
+    envoy_health_checks(Setup::Environment).await;
+}
+
+/// Envoy health checks three clusters pointing at tollgate, one per
+/// service name it answers (the full name, `""`, and `ratelimit`, the one
+/// envoyproxy/ratelimit registers): all healthy while tollgate runs, all
+/// unhealthy once it stops.
+async fn envoy_health_checks(setup: Setup) {
     let _turn = TURNS.read().await;
-    let (_redis, mut service, _upstream, envoy) = edge(|b| {
+    let (_redis, mut service, _upstream, envoy) = edge_with(setup, |b| {
         b.health_check = Some("envoy.service.ratelimit.v3.RateLimitService".to_owned());
-        b.health_checked_clusters = vec![("ratelimit_any".to_owned(), String::new())];
+        b.health_checked_clusters = vec![
+            ("ratelimit_any".to_owned(), String::new()),
+            ("ratelimit_named".to_owned(), "ratelimit".to_owned()),
+        ];
     })
     .await;
     let within = Duration::from_secs(10);
-    for cluster in ["ratelimit", "ratelimit_any"] {
+    for cluster in ["ratelimit", "ratelimit_any", "ratelimit_named"] {
         envoy.wait_for_stat(
             &format!("cluster.{cluster}.health_check.success"),
             |n| n >= 2,
@@ -586,7 +672,7 @@ async fn envoy_health_checks_the_rate_limit_cluster() {
         "healthy",
     );
     service.process.terminate();
-    for cluster in ["ratelimit", "ratelimit_any"] {
+    for cluster in ["ratelimit", "ratelimit_any", "ratelimit_named"] {
         envoy.wait_for_stat(
             &format!("cluster.{cluster}.health_check.failure"),
             |n| n >= 1,
@@ -624,6 +710,7 @@ async fn with_redis_hung_on_failure_answers_before_envoys_default_timeout() {
             domains: EDGE,
             redis: &redis,
             store,
+            setup: Setup::Config,
         });
         let upstream = Upstream::start().await;
         let mut bootstrap = Bootstrap::new(upstream.address(), service.process.grpc, "edge");

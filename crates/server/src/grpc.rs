@@ -571,7 +571,15 @@ impl RateLimitGrpc {
                 }
                 Plan::Apply(m, key) => {
                     let status = self
-                        .decide_descriptor(&loaded, &request, descriptor, m, key, charge, &mut decided)
+                        .decide_descriptor(
+                            &loaded,
+                            &request,
+                            descriptor,
+                            m,
+                            key,
+                            charge,
+                            &mut decided,
+                        )
                         .await?;
                     (status, envoy.quota_mode || m.quota)
                 }

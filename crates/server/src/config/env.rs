@@ -965,7 +965,10 @@ impl EnvoyEnvironment {
             envoy.insert("response_headers".into(), Value::Mapping(headers));
         }
         if vars.bool("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", false)? {
-            envoy.insert("stop_cache_key_increment_when_overlimit".into(), true.into());
+            envoy.insert(
+                "stop_cache_key_increment_when_overlimit".into(),
+                true.into(),
+            );
         }
 
         // Where the envoyproxy/ratelimit files are.
