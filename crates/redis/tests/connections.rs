@@ -172,3 +172,51 @@ async fn acl_user_password_and_database_from_the_url() {
         "the password is not echoed: {err}"
     );
 }
+
+#[tokio::test]
+async fn unix_socket_urls_with_database_password_and_prefix() {
+    let server = RedisServer::start_with_unix_socket(&[]);
+    server.cli(&["CONFIG", "SET", "requirepass", "s0cket"]);
+    let socket = server.unix_socket();
+    let socket = socket.display();
+    for (url, db) in [
+        (format!("unix://{socket}?pass=s0cket"), "0"),
+        (format!("redis+unix://{socket}?db=2&pass=s0cket"), "2"),
+    ] {
+        let store = RedisStore::connect(&url, RedisOptions::default().prefix("sock"))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let limiter = Limiter::builder(store)
+            .policy("api", "fixed_window 2/1h".parse().expect("valid"))
+            .build();
+        let decision = limiter
+            .check("api", "unix-client", 1)
+            .await
+            .expect("decides");
+        assert_eq!((decision.allowed, decision.remaining), (true, 1), "{url}");
+        let exists = server.cli(&[
+            "-a",
+            "s0cket",
+            "--no-auth-warning",
+            "-n",
+            db,
+            "EXISTS",
+            "sock:{unix-client}:api:fixed_window",
+        ]);
+        assert_eq!(
+            exists, "1",
+            "{url}: the key, under the prefix, in database {db}"
+        );
+    }
+    // A wrong password fails without echoing it; so does a missing socket.
+    let wrong = format!("unix://{socket}?pass=wr0ng");
+    let err = RedisStore::connect(&wrong, RedisOptions::default())
+        .await
+        .expect_err("bad password");
+    assert!(!err.to_string().contains("wr0ng"), "{err}");
+    let missing = format!("unix://{socket}.missing");
+    let err = RedisStore::connect(&missing, RedisOptions::default())
+        .await
+        .expect_err("no such socket");
+    assert!(err.to_string().contains("connect"), "{err}");
+}
