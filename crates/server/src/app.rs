@@ -414,7 +414,9 @@ fn resilient(store: ServerStore, settings: &StoreSettings) -> AppStore {
         .local_max_keys(settings.max_keys);
     match settings.kind {
         StoreKind::Memory => Resilient::new(store, options),
-        StoreKind::Redis | StoreKind::RedisCluster => Resilient::with_invalidations(store, options),
+        StoreKind::Redis | StoreKind::RedisCluster | StoreKind::RedisSentinel => {
+            Resilient::with_invalidations(store, options)
+        }
     }
 }
 

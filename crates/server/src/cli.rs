@@ -131,7 +131,7 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
     );
     let store = match config.store.kind {
         StoreKind::Memory => "memory (this process only)".to_owned(),
-        StoreKind::Redis | StoreKind::RedisCluster => format!(
+        StoreKind::Redis | StoreKind::RedisCluster | StoreKind::RedisSentinel => format!(
             "{} {} (on failure: {:?})",
             app.store().get_ref().describe(),
             config.store.urls.join(", "),

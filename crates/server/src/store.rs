@@ -2,7 +2,7 @@
 
 use tollgate::store::{InvalidationSink, Invalidations};
 use tollgate::{Check, Decisions, MemoryStore, PolicyRef, Store, StoreError};
-use tollgate_redis::{ConnectError, RedisOptions, RedisStore};
+use tollgate_redis::{ConnectError, RedisOptions, RedisStore, SentinelMaster};
 
 use crate::config::{StoreKind, StoreSettings};
 
@@ -13,7 +13,7 @@ use crate::config::{StoreKind, StoreSettings};
 pub enum ServerStore {
     /// The embedded memory store.
     Memory(MemoryStore),
-    /// Redis or Redis Cluster.
+    /// Redis, Redis Cluster, or the master Redis Sentinel names.
     Redis(RedisStore),
 }
 
@@ -37,6 +37,23 @@ impl ServerStore {
             }
             StoreKind::RedisCluster => {
                 ServerStore::Redis(RedisStore::connect_cluster(&settings.urls, options).await?)
+            }
+            StoreKind::RedisSentinel => {
+                let sentinel = settings
+                    .sentinel
+                    .as_ref()
+                    .ok_or(ConnectError::NoSentinels)?;
+                let mut master =
+                    SentinelMaster::new(sentinel.master_name.clone()).tls(sentinel.master_tls);
+                if let Some(username) = &sentinel.master_username {
+                    master = master.username(username.clone());
+                }
+                if let Some(password) = &sentinel.master_password {
+                    master = master.password(password.clone());
+                }
+                ServerStore::Redis(
+                    RedisStore::connect_sentinel(&settings.urls, master, options).await?,
+                )
             }
         })
     }
@@ -71,7 +88,8 @@ impl ServerStore {
         }
     }
 
-    /// What the store is, for logs: `memory`, `redis` or `redis_cluster`.
+    /// What the store is, for logs: `memory`, or the Redis store's topology,
+    /// prefix (and, on Sentinel, the master in use).
     pub fn describe(&self) -> String {
         match self {
             ServerStore::Memory(_) => "memory".to_owned(),

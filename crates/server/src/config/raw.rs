@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate::{Algorithm, Policy};
 
+use super::SentinelSettings;
 use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
 use super::{
     BreakerSettings, DenyCacheSettings, FailureMode, MAX_MAX_KEYS, MAX_POLICY_NAME, ServerSettings,
@@ -151,6 +152,10 @@ pub(super) struct RawStore {
     breaker: Option<Checked<RawBreaker>>,
     deny_cache: Option<Checked<RawDenyCache>>,
     max_keys: Option<u64>,
+    master_name: Option<String>,
+    master_username: Option<String>,
+    master_password: Option<String>,
+    master_tls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -225,7 +230,9 @@ impl Validate for RawStore {
                 return Err("`url` is required when kind is redis".into());
             }
             (StoreKind::Redis, _, Some(_)) => {
-                return Err("kind redis takes `url`; `urls` is for redis_cluster".into());
+                return Err(
+                    "kind redis takes `url`; `urls` is for redis_cluster and redis_sentinel".into(),
+                );
             }
             (StoreKind::RedisCluster, None, Some(urls)) if !urls.is_empty() => urls,
             (StoreKind::RedisCluster, Some(_), _) => {
@@ -238,14 +245,29 @@ impl Validate for RawStore {
                     "`urls` (at least one seed node) is required when kind is redis_cluster".into(),
                 );
             }
+            (StoreKind::RedisSentinel, None, Some(urls)) if !urls.is_empty() => urls,
+            (StoreKind::RedisSentinel, Some(_), _) => {
+                return Err(
+                    "kind redis_sentinel takes `urls: [...]` (the sentinels), not `url`".into(),
+                );
+            }
+            (StoreKind::RedisSentinel, None, _) => {
+                return Err(
+                    "`urls` (at least one sentinel) is required when kind is redis_sentinel".into(),
+                );
+            }
         };
         for url in &urls {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(format!(
-                    "store URL `{url}` must start with redis:// or rediss://"
-                ));
-            }
+            check_store_url(self.kind, url)?;
         }
+        let sentinel = sentinel_settings(
+            self.kind,
+            &urls,
+            self.master_name,
+            self.master_username,
+            self.master_password,
+            self.master_tls,
+        )?;
         let defaults = StoreSettings::default();
         let prefix = self.prefix.unwrap_or(defaults.prefix);
         if let Err(e) = tollgate_redis::keys::validate_prefix(&prefix) {
@@ -274,6 +296,7 @@ impl Validate for RawStore {
         Ok(StoreSettings {
             kind: self.kind,
             urls,
+            sentinel,
             prefix,
             timeout,
             on_failure: self.on_failure.map_or(defaults.on_failure, |m| m.0),
@@ -284,6 +307,114 @@ impl Validate for RawStore {
         })
     }
 }
+
+/// A store URL's scheme: TCP (`redis://`, `rediss://`) for every kind,
+/// and a unix socket (`unix:///path`, `redis+unix:///path`) for kind
+/// `redis` only (a Cluster's nodes and the sentinels are reached over TCP).
+fn check_store_url(kind: StoreKind, url: &str) -> Result<(), String> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(());
+    }
+    let socket = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("redis+unix://"));
+    match (socket, kind) {
+        (Some(path), StoreKind::Redis) if path.starts_with('/') => Ok(()),
+        (Some(_), StoreKind::Redis) => Err(format!(
+            "store URL `{}`: a unix socket URL needs an absolute path, e.g. unix:///run/redis/redis.sock",
+            redact(url)
+        )),
+        (Some(_), _) => Err(format!(
+            "store URL `{}`: unix sockets are for kind redis; a {} is reached over redis:// or rediss://",
+            redact(url),
+            if kind == StoreKind::RedisSentinel {
+                "sentinel"
+            } else {
+                "cluster node"
+            }
+        )),
+        (None, StoreKind::Redis) => Err(format!(
+            "store URL `{}` must start with redis://, rediss://, unix:// or redis+unix://",
+            redact(url)
+        )),
+        (None, _) => Err(format!(
+            "store URL `{}` must start with redis:// or rediss://",
+            redact(url)
+        )),
+    }
+}
+
+/// A URL for a message: everything after the scheme is left out when it
+/// may hold a password (`user:password@`, `?pass=`).
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if rest.contains('@') || rest.contains("pass=") => {
+            format!("{scheme}://***")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `store.master_*`: required (`master_name`) for kind `redis_sentinel`,
+/// refused for every other kind.
+fn sentinel_settings(
+    kind: StoreKind,
+    urls: &[String],
+    master_name: Option<String>,
+    master_username: Option<String>,
+    master_password: Option<String>,
+    master_tls: Option<bool>,
+) -> Result<Option<SentinelSettings>, String> {
+    if kind != StoreKind::RedisSentinel {
+        let given = [
+            ("master_name", master_name.is_some()),
+            ("master_username", master_username.is_some()),
+            ("master_password", master_password.is_some()),
+            ("master_tls", master_tls.is_some()),
+        ];
+        return match given.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(format!("`{key}` is only for kind redis_sentinel")),
+            None => Ok(None),
+        };
+    }
+    let Some(master_name) = master_name else {
+        return Err(
+            "`master_name` (the name the sentinels monitor the master under) is required when kind is redis_sentinel"
+                .into(),
+        );
+    };
+    if master_name.is_empty()
+        || master_name.len() > MAX_MASTER_NAME
+        || master_name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "master_name must be 1 to {MAX_MASTER_NAME} characters without spaces or control characters"
+        ));
+    }
+    if master_username.is_some() && master_password.is_none() {
+        return Err("`master_username` needs `master_password`".into());
+    }
+    if master_password.as_deref() == Some("") {
+        return Err("master_password is empty (leave it out for a master without one)".into());
+    }
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls != 0 && tls != urls.len() {
+        return Err(
+            "the sentinels' `urls` mix redis:// and rediss://: use one scheme for all".into(),
+        );
+    }
+    Ok(Some(SentinelSettings {
+        master_name,
+        master_username,
+        master_password,
+        master_tls: master_tls.unwrap_or(tls != 0),
+    }))
+}
+
+/// The longest `store.master_name`.
+const MAX_MASTER_NAME: usize = 256;
 
 /// A named policy.
 pub(super) struct NamedPolicy {

@@ -114,6 +114,8 @@ pub enum StoreKind {
     Redis,
     /// A Redis Cluster.
     RedisCluster,
+    /// The master that Redis Sentinel names (`urls` are the sentinels').
+    RedisSentinel,
 }
 
 /// What happens to a decision when the store fails: the resilience
@@ -128,9 +130,11 @@ pub use tollgate::resilience::FailureMode;
 pub struct StoreSettings {
     /// Which store.
     pub kind: StoreKind,
-    /// Redis URLs: one for `redis`, the seeds for `redis_cluster`, none for
-    /// `memory`.
+    /// Redis URLs: one for `redis`, the seeds for `redis_cluster`, the
+    /// sentinels for `redis_sentinel`, none for `memory`.
     pub urls: Vec<String>,
+    /// For `redis_sentinel`: the master's name, credentials and TLS.
+    pub sentinel: Option<SentinelSettings>,
     /// The key prefix.
     pub prefix: String,
     /// The bound on one store call.
@@ -155,6 +159,7 @@ impl Default for StoreSettings {
         StoreSettings {
             kind: StoreKind::Memory,
             urls: Vec::new(),
+            sentinel: None,
             prefix: tollgate_redis::store::DEFAULT_PREFIX.to_owned(),
             timeout: tollgate::resilience::DEFAULT_TIMEOUT,
             on_failure: FailureMode::Open,
@@ -163,6 +168,36 @@ impl Default for StoreSettings {
             deny_cache: DenyCacheSettings::default(),
             max_keys: tollgate::store::memory::DEFAULT_MAX_KEYS,
         }
+    }
+}
+
+/// The master of a `redis_sentinel` store (`store.master_*`), validated.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SentinelSettings {
+    /// `store.master_name`: the name the sentinels monitor it under.
+    pub master_name: String,
+    /// `store.master_username`: the master's ACL user.
+    pub master_username: Option<String>,
+    /// `store.master_password`: the master's password.
+    pub master_password: Option<String>,
+    /// `store.master_tls`: whether the master speaks TLS (default: as the
+    /// sentinels' URLs, `rediss://`).
+    pub master_tls: bool,
+}
+
+/// The password is never printed.
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field("master_username", &self.master_username)
+            .field(
+                "master_password",
+                &self.master_password.as_ref().map(|_| "***"),
+            )
+            .field("master_tls", &self.master_tls)
+            .finish()
     }
 }
 

@@ -325,3 +325,138 @@ fn empty_documents_are_empty_configurations() {
     assert!(config.policies.is_empty());
     assert_eq!(config.store.kind, StoreKind::Memory);
 }
+
+#[test]
+fn sentinel_and_unix_socket_stores_parse() {
+    let text = "store:\n  kind: redis_sentinel\n  urls: [\"rediss://:sentinel-pw@10.0.0.1:26379\", \"rediss://10.0.0.2:26379\"]\n  master_name: mymaster\n  master_username: limiter\n  master_password: master-pw\n";
+    let store = Config::parse(text, "t.yaml").unwrap().store;
+    assert_eq!(store.kind, StoreKind::RedisSentinel);
+    assert_eq!(store.urls.len(), 2);
+    let sentinel = store.sentinel.clone().unwrap();
+    assert_eq!(sentinel.master_name, "mymaster");
+    assert_eq!(sentinel.master_username.as_deref(), Some("limiter"));
+    assert_eq!(sentinel.master_password.as_deref(), Some("master-pw"));
+    assert!(
+        sentinel.master_tls,
+        "TLS by default as the sentinels (rediss://)"
+    );
+    assert!(
+        !format!("{store:?}").contains("master-pw"),
+        "the master password is not printed"
+    );
+    let plain =
+        "store:\n  kind: redis_sentinel\n  urls: [redis://10.0.0.1:26379]\n  master_name: m\n";
+    let sentinel = Config::parse(plain, "t.yaml")
+        .unwrap()
+        .store
+        .sentinel
+        .unwrap();
+    assert!(!sentinel.master_tls && sentinel.master_password.is_none());
+    let forced = format!("{plain}  master_tls: true\n");
+    assert!(
+        Config::parse(&forced, "t.yaml")
+            .unwrap()
+            .store
+            .sentinel
+            .unwrap()
+            .master_tls
+    );
+    for url in [
+        "unix:///run/redis/redis.sock",
+        "redis+unix:///run/redis.sock?db=2&pass=x",
+    ] {
+        let text = format!("store:\n  kind: redis\n  url: \"{url}\"\n");
+        let store = Config::parse(&text, "t.yaml").unwrap().store;
+        assert_eq!(
+            (store.kind, store.urls, store.sentinel),
+            (StoreKind::Redis, vec![url.to_owned()], None)
+        );
+    }
+}
+
+#[test]
+fn sentinel_and_unix_socket_mistakes_are_refused_with_their_line() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n",
+            "`master_name` (the name the sentinels monitor the master under) is required",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  master_name: m\n",
+            "`urls` (at least one sentinel) is required when kind is redis_sentinel",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: []\n  master_name: m\n",
+            "`urls` (at least one sentinel) is required",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  url: redis://h:26379\n  master_name: m\n",
+            "kind redis_sentinel takes `urls: [...]` (the sentinels), not `url`",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://h:6379\n  master_name: m\n",
+            "`master_name` is only for kind redis_sentinel",
+        ),
+        (
+            "store:\n  kind: redis_cluster\n  urls: [redis://h:6379]\n  master_tls: true\n",
+            "`master_tls` is only for kind redis_sentinel",
+        ),
+        (
+            "store:\n  master_password: x\n",
+            "`master_password` is only for kind redis_sentinel",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: m\n  master_username: u\n",
+            "`master_username` needs `master_password`",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: \"my master\"\n",
+            "master_name must be 1 to 256 characters without spaces",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: \"\"\n",
+            "master_name must be 1 to 256 characters",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://a:26379, rediss://b:26379]\n  master_name: m\n",
+            "mix redis:// and rediss://",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [\"unix:///run/sentinel.sock\"]\n  master_name: m\n",
+            "unix sockets are for kind redis; a sentinel is reached over redis:// or rediss://",
+        ),
+        (
+            "store:\n  kind: redis_cluster\n  urls: [\"redis+unix:///run/redis.sock\"]\n",
+            "unix sockets are for kind redis; a cluster node",
+        ),
+        (
+            "store:\n  kind: redis\n  url: \"unix://run/redis.sock\"\n",
+            "a unix socket URL needs an absolute path",
+        ),
+        (
+            "store:\n  kind: redis\n  url: \"tcp://h:6379\"\n",
+            "must start with redis://, rediss://, unix:// or redis+unix://",
+        ),
+        (
+            "store:\n  kind: redis\n  url: \"http://u:secret@h\"\n",
+            "store URL `http://***`",
+        ),
+        (
+            "store:\n  kind: redis\n  urls: [redis://h:6379]\n",
+            "`urls` is for redis_cluster and redis_sentinel",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, expected) in cases {
+        let message = error(text).to_string();
+        if !message.contains(expected)
+            || !message.starts_with("t.yaml:2:")
+            || message.contains("secret")
+        {
+            wrong.push(format!(
+                "{text:?}: expected line 2 and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -119,6 +119,12 @@ pub enum Backend {
     /// A Redis Cluster; the server connects to it as its configuration's
     /// `store:` section says (`kind: redis_cluster`, `urls: [...]`).
     RedisCluster(RedisCluster),
+    /// A master, a replica and sentinels; the server finds the master as its
+    /// configuration says (`kind: redis_sentinel`, `urls`, `master_name`).
+    RedisSentinel(tollgate_testkit::redis::RedisSentinel),
+    /// A server on a unix socket (and TCP, for the test's own probes); the
+    /// server connects as its configuration says (`url: unix://...`).
+    RedisUnix(RedisServer),
 }
 
 impl Backend {
@@ -139,9 +145,10 @@ impl Backend {
     /// builds.
     pub async fn store_for(&self, config: &Config) -> ServerStore {
         match self {
-            Backend::Memory | Backend::RedisCluster(_) => {
-                ServerStore::connect(&config.store).await.unwrap()
-            }
+            Backend::Memory
+            | Backend::RedisCluster(_)
+            | Backend::RedisSentinel(_)
+            | Backend::RedisUnix(_) => ServerStore::connect(&config.store).await.unwrap(),
             Backend::Redis(_) => self.store().await,
         }
     }
@@ -161,6 +168,20 @@ impl Backend {
                 )
                 .await
                 .unwrap(),
+            ),
+            Backend::RedisSentinel(group) => ServerStore::Redis(
+                RedisStore::connect_sentinel(
+                    &group.sentinel_urls(),
+                    tollgate_redis::SentinelMaster::new(group.master_name()),
+                    RedisOptions::default().prefix("test"),
+                )
+                .await
+                .unwrap(),
+            ),
+            Backend::RedisUnix(server) => ServerStore::Redis(
+                RedisStore::connect(&server.unix_url(), RedisOptions::default().prefix("test"))
+                    .await
+                    .unwrap(),
             ),
         }
     }
