@@ -675,11 +675,11 @@ impl RedisStore {
                     let Some(sentinel) = abandoned.sentinel.clone() else {
                         return Err(error);
                     };
-                    if sentinel
-                        .rediscover(abandoned.generation, true)
-                        .await
-                        .is_err()
-                    {
+                    // Boxed: a rare path, kept out of every call's future
+                    // (inlined, its depth overflows the compiler's query
+                    // limit in deeply nested callers).
+                    let rediscover = Box::pin(sentinel.rediscover(abandoned.generation, true));
+                    if rediscover.await.is_err() {
                         return Err(error);
                     }
                     let current = sentinel.current();
