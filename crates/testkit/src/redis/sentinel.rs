@@ -595,3 +595,26 @@ impl Drop for SentinelProcess {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_sentinel_binary_says_how_to_install_it() {
+        let outcome = std::panic::catch_unwind(|| {
+            find_binary(
+                "TOLLGATE_TEST_UNSET_SENTINEL_VARIABLE",
+                "tollgate-no-such-redis-sentinel",
+                SENTINEL_HINT,
+            )
+        });
+        let panic = outcome.unwrap_err();
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            message.contains("apt-get install redis-sentinel")
+                && message.contains("tollgate-no-such-redis-sentinel"),
+            "{message}"
+        );
+    }
+}
