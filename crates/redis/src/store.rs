@@ -289,10 +289,14 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The URL without its password, for messages: the user information of a
-/// TCP URL, and the `pass=` query parameter of a unix socket URL
-/// (`redis+unix:///run/redis.sock?pass=...`).
-fn redact(url: &str) -> String {
+/// The URL without its password, for messages and logs: the user
+/// information of a TCP URL, and the `pass=` query parameter of a unix
+/// socket URL (`redis+unix:///run/redis.sock?pass=...`).
+///
+/// ```
+/// assert_eq!(tollgate_redis::store::redact("redis://:pw@10.0.0.1:26379"), "redis://***@10.0.0.1:26379");
+/// ```
+pub fn redact(url: &str) -> String {
     let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])

@@ -134,7 +134,14 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
         StoreKind::Redis | StoreKind::RedisCluster | StoreKind::RedisSentinel => format!(
             "{} {} (on failure: {:?})",
             app.store().get_ref().describe(),
-            config.store.urls.join(", "),
+            // Without passwords: the banner is logged.
+            config
+                .store
+                .urls
+                .iter()
+                .map(|url| tollgate_redis::store::redact(url))
+                .collect::<Vec<_>>()
+                .join(", "),
             config.store.on_failure
         ),
     };

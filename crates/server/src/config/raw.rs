@@ -322,11 +322,11 @@ fn check_store_url(kind: StoreKind, url: &str) -> Result<(), String> {
         (Some(path), StoreKind::Redis) if path.starts_with('/') => Ok(()),
         (Some(_), StoreKind::Redis) => Err(format!(
             "store URL `{}`: a unix socket URL needs an absolute path, e.g. unix:///run/redis/redis.sock",
-            redact(url)
+            tollgate_redis::store::redact(url)
         )),
         (Some(_), _) => Err(format!(
             "store URL `{}`: unix sockets are for kind redis; a {} is reached over redis:// or rediss://",
-            redact(url),
+            tollgate_redis::store::redact(url),
             if kind == StoreKind::RedisSentinel {
                 "sentinel"
             } else {
@@ -335,23 +335,12 @@ fn check_store_url(kind: StoreKind, url: &str) -> Result<(), String> {
         )),
         (None, StoreKind::Redis) => Err(format!(
             "store URL `{}` must start with redis://, rediss://, unix:// or redis+unix://",
-            redact(url)
+            tollgate_redis::store::redact(url)
         )),
         (None, _) => Err(format!(
             "store URL `{}` must start with redis:// or rediss://",
-            redact(url)
+            tollgate_redis::store::redact(url)
         )),
-    }
-}
-
-/// A URL for a message: everything after the scheme is left out when it
-/// may hold a password (`user:password@`, `?pass=`).
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) if rest.contains('@') || rest.contains("pass=") => {
-            format!("{scheme}://***")
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -439,7 +439,7 @@ fn sentinel_and_unix_socket_mistakes_are_refused_with_their_line() {
         ),
         (
             "store:\n  kind: redis\n  url: \"http://u:secret@h\"\n",
-            "store URL `http://***`",
+            "store URL `http://***@h`",
         ),
         (
             "store:\n  kind: redis\n  urls: [redis://h:6379]\n",
