@@ -2,9 +2,10 @@
 //! three `redis-sentinel` processes (testkit), the master demoted by
 //! `SENTINEL FAILOVER`, killed, or hung with `SIGSTOP`. Decisions resume on
 //! the new master within a bounded time, nothing is ever written to a
-//! demoted master, and a limit stays exact across the failover when every
-//! charge was replicated before it (docs/REDIS.md, "Sentinel": what
-//! asynchronous replication can lose).
+//! demoted master, a limit stays exact across the failover when every
+//! charge was replicated before it (docs/REDIS.md, "Exactness across a
+//! failover": what asynchronous replication can lose), and resets reach
+//! every deny cache before and after it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -273,4 +274,100 @@ async fn an_unknown_master_name_or_no_sentinel_is_a_clear_error() {
     .unwrap_err()
     .to_string();
     assert!(error.contains("redis:// or rediss://"), "{error}");
+}
+
+/// A limiter behind the resilience layer with its deny cache fed by the
+/// store's invalidation feed, waiting until the feed is live.
+async fn cached(
+    group: &RedisSentinel,
+    prefix: &str,
+) -> Limiter<tollgate::resilience::Resilient<RedisStore>> {
+    use tollgate::resilience::{ResilienceOptions, Resilient};
+
+    let options = common::options().prefix(prefix);
+    let store = RedisStore::connect_sentinel(
+        &group.sentinel_urls(),
+        common::sentinel_master(group),
+        options,
+    )
+    .await
+    .unwrap();
+    let limiter = Limiter::builder(Resilient::with_invalidations(
+        store,
+        ResilienceOptions::default(),
+    ))
+    .policy("api", "fixed_window 1/1h".parse().unwrap())
+    .build();
+    let started = Instant::now();
+    while limiter.store().stats().invalidation_feed_live != Some(true) {
+        assert!(started.elapsed() < Duration::from_secs(5), "feed not live");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    limiter
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_reach_every_deny_cache_before_and_after_a_failover() {
+    let group = blocking(RedisSentinel::start);
+    let prefix = common::unique_prefix();
+    let first = cached(&group, &prefix).await;
+    let second = cached(&group, &prefix).await;
+    let deny_both = || async {
+        for limiter in [&first, &second] {
+            let _ = limiter.check("api", "k", 1).await.unwrap();
+            let d = limiter.check("api", "k", 1).await.unwrap();
+            assert!(!d.allowed && !d.degraded, "denied by Redis: {d:?}");
+            assert_eq!(limiter.store().stats().deny_cache_len, 1);
+        }
+    };
+    deny_both().await;
+    // A reset through one instance reaches the other over the master's
+    // pub/sub, found through the sentinels.
+    second.reset("api", "k").await.unwrap();
+    let started = Instant::now();
+    while !first.check("api", "k", 1).await.unwrap().allowed {
+        assert!(started.elapsed() < Duration::from_secs(2), "reset not seen");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(first.store().stats().invalidations, 1);
+
+    deny_both().await;
+    blocking(|| group.wait_replicated(Duration::from_secs(10)));
+    blocking(|| group.failover());
+    // Both instances find the new master (a decision on Redis, not a
+    // degraded one from the failure mode)...
+    for (limiter, probe) in [(&first, "probe-1"), (&second, "probe-2")] {
+        let deadline = Instant::now() + RESUME_WITHIN;
+        loop {
+            let d = limiter.check("api", probe, 1).await.unwrap();
+            if !d.degraded {
+                assert!(d.allowed, "a fresh key, admitted by the new master");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no decision on Redis after the failover"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // "k" is still charged there (it was replicated): denied by Redis or
+    // by the cache...
+    assert!(!second.check("api", "k", 1).await.unwrap().allowed);
+    assert!(!first.check("api", "k", 1).await.unwrap().allowed);
+    // ...and a reset there still reaches the other instance's cache.
+    second.reset("api", "k").await.unwrap();
+    let started = Instant::now();
+    loop {
+        let d = first.check("api", "k", 1).await.unwrap();
+        if d.allowed {
+            assert!(!d.degraded);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "reset not seen after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
