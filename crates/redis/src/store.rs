@@ -28,7 +28,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How to reach Redis and how to name keys.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisOptions {
     /// The first part of every key (no braces). Default `tollgate`.
@@ -46,6 +46,23 @@ pub struct RedisOptions {
     /// server's certificate, when it is not in the public (webpki) roots —
     /// the usual case for a private Redis. `None` trusts the public roots.
     pub tls_root_cert: Option<Vec<u8>>,
+    /// For `rediss://` URLs: a client certificate and its private key
+    /// (both PEM), for a Redis that verifies its clients (mutual TLS,
+    /// `tls-auth-clients yes`). `None`: no client certificate.
+    pub tls_client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Certificates are summarised, and the private key never printed.
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls_root_cert", &self.tls_root_cert.is_some())
+            .field("tls_client_cert", &self.tls_client_cert.is_some())
+            .finish()
+    }
 }
 
 impl Default for RedisOptions {
@@ -55,6 +72,7 @@ impl Default for RedisOptions {
             timeout: None,
             connect_timeout: Duration::from_secs(1),
             tls_root_cert: None,
+            tls_client_cert: None,
         }
     }
 }
@@ -84,14 +102,28 @@ impl RedisOptions {
         self
     }
 
+    /// Presents `cert` (PEM) with its private `key` (PEM) to a Redis that
+    /// verifies its clients.
+    pub fn tls_client_cert(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls_client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.tls_root_cert.is_none() && self.tls_client_cert.is_none() {
+            return None;
+        }
         install_crypto_provider();
-        self.tls_root_cert
-            .as_ref()
-            .map(|pem| redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            })
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .tls_client_cert
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.tls_root_cert.clone(),
+        })
     }
 }
 

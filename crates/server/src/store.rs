@@ -26,7 +26,15 @@ impl ServerStore {
     pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
         // No call bound on the Redis store: `store.timeout` is the
         // resilience layer's deadline, which wraps every call.
-        let options = RedisOptions::default().prefix(settings.prefix.clone());
+        let mut options = RedisOptions::default().prefix(settings.prefix.clone());
+        if let Some(tls) = &settings.tls {
+            if let Some(ca) = &tls.ca {
+                options = options.tls_root_cert(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client {
+                options = options.tls_client_cert(cert.clone(), key.clone());
+            }
+        }
         Ok(match settings.kind {
             StoreKind::Memory => {
                 ServerStore::Memory(MemoryStore::builder().max_keys(settings.max_keys).build())

@@ -16,6 +16,8 @@
 //!   requests (reqwest), and a tiny blocking HTTP/1.1 one.
 //! - [`grpc`]: raw gRPC request heads, for tests that speak HTTP/2
 //!   themselves.
+//! - [`tls`]: throwaway certificates (a CA, a server and a client) made
+//!   with `openssl`.
 
 pub mod conformance;
 pub mod files;
@@ -25,3 +27,4 @@ pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod serve;
+pub mod tls;

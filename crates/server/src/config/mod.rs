@@ -42,7 +42,6 @@ mod tests;
 pub use error::ConfigError;
 pub use files::ConfigSource;
 pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_NESTING_DEPTH};
-pub use settings::SentinelSettings;
 pub use settings::{
     BreakerSettings, DEFAULT_BODY_TIMEOUT, DEFAULT_GRPC, DEFAULT_GRPC_MAX_STREAMS,
     DEFAULT_GRPC_REQUEST_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HTTP, DEFAULT_IDLE_TIMEOUT,
@@ -50,6 +49,7 @@ pub use settings::{
     DEFAULT_SHUTDOWN_TIMEOUT, DenyCacheSettings, FailureMode, MAX_MAX_KEYS, MAX_POLICY_NAME,
     ServerSettings, StoreKind, StoreSettings,
 };
+pub use settings::{SentinelSettings, TlsFiles};
 
 use parse::{Checked, parse_document};
 use raw::RawConfig;

@@ -9,12 +9,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate::{Algorithm, Policy};
 
-use super::SentinelSettings;
 use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
 use super::{
     BreakerSettings, DenyCacheSettings, FailureMode, MAX_MAX_KEYS, MAX_POLICY_NAME, ServerSettings,
     StoreKind, StoreSettings,
 };
+use super::{SentinelSettings, TlsFiles};
 use crate::envoy::{self, RawDomain};
 
 #[derive(Deserialize)]
@@ -156,6 +156,9 @@ pub(super) struct RawStore {
     master_username: Option<String>,
     master_password: Option<String>,
     master_tls: Option<bool>,
+    tls_ca_file: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +271,14 @@ impl Validate for RawStore {
             self.master_password,
             self.master_tls,
         )?;
+        let tls = tls_files(
+            self.kind,
+            &urls,
+            sentinel.as_ref(),
+            self.tls_ca_file,
+            self.tls_cert_file,
+            self.tls_key_file,
+        )?;
         let defaults = StoreSettings::default();
         let prefix = self.prefix.unwrap_or(defaults.prefix);
         if let Err(e) = tollgate_redis::keys::validate_prefix(&prefix) {
@@ -297,6 +308,7 @@ impl Validate for RawStore {
             kind: self.kind,
             urls,
             sentinel,
+            tls,
             prefix,
             timeout,
             on_failure: self.on_failure.map_or(defaults.on_failure, |m| m.0),
@@ -401,6 +413,67 @@ fn sentinel_settings(
         master_tls: master_tls.unwrap_or(tls != 0),
     }))
 }
+
+/// `store.tls_*_file`: read now (so a missing file is reported with its
+/// line), only with TLS in use (a `rediss://` URL, or `master_tls`), the
+/// certificate and its key together.
+fn tls_files(
+    kind: StoreKind,
+    urls: &[String],
+    sentinel: Option<&SentinelSettings>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<Option<TlsFiles>, String> {
+    let given = [
+        ("tls_ca_file", &ca),
+        ("tls_cert_file", &cert),
+        ("tls_key_file", &key),
+    ];
+    let Some((first, _)) = given.iter().find(|(_, path)| path.is_some()) else {
+        return Ok(None);
+    };
+    if kind == StoreKind::Memory {
+        return Err(format!("`{first}` is for the Redis kinds"));
+    }
+    let tls =
+        urls.iter().any(|u| u.starts_with("rediss://")) || sentinel.is_some_and(|s| s.master_tls);
+    if !tls {
+        return Err(format!(
+            "`{first}` needs TLS: a rediss:// URL{}",
+            if kind == StoreKind::RedisSentinel {
+                " or `master_tls: true`"
+            } else {
+                ""
+            }
+        ));
+    }
+    let read = |key: &str, path: &str| -> Result<Vec<u8>, String> {
+        let metadata = std::fs::metadata(path).map_err(|e| format!("{key} `{path}`: {e}"))?;
+        if metadata.len() > MAX_TLS_FILE_BYTES {
+            return Err(format!(
+                "{key} `{path}` is over {MAX_TLS_FILE_BYTES} bytes: not a PEM file"
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{key} `{path}`: {e}"))?;
+        if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(format!("{key} `{path}` is not PEM (no `-----BEGIN `)"));
+        }
+        Ok(bytes)
+    };
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            Some((read("tls_cert_file", &cert)?, read("tls_key_file", &key)?))
+        }
+        (None, None) => None,
+        _ => return Err("`tls_cert_file` and `tls_key_file` go together".into()),
+    };
+    let ca = ca.map(|path| read("tls_ca_file", &path)).transpose()?;
+    Ok(Some(TlsFiles { ca, client }))
+}
+
+/// The largest TLS file read (certificates and keys are a few KB).
+const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
 
 /// The longest `store.master_name`.
 const MAX_MASTER_NAME: usize = 256;

@@ -135,6 +135,9 @@ pub struct StoreSettings {
     pub urls: Vec<String>,
     /// For `redis_sentinel`: the master's name, credentials and TLS.
     pub sentinel: Option<SentinelSettings>,
+    /// TLS files (`store.tls_ca_file`, `tls_cert_file`, `tls_key_file`),
+    /// read when the configuration is loaded.
+    pub tls: Option<TlsFiles>,
     /// The key prefix.
     pub prefix: String,
     /// The bound on one store call.
@@ -160,6 +163,7 @@ impl Default for StoreSettings {
             kind: StoreKind::Memory,
             urls: Vec::new(),
             sentinel: None,
+            tls: None,
             prefix: tollgate_redis::store::DEFAULT_PREFIX.to_owned(),
             timeout: tollgate::resilience::DEFAULT_TIMEOUT,
             on_failure: FailureMode::Open,
@@ -197,6 +201,28 @@ impl std::fmt::Debug for SentinelSettings {
                 &self.master_password.as_ref().map(|_| "***"),
             )
             .field("master_tls", &self.master_tls)
+            .finish()
+    }
+}
+
+/// The TLS files of a Redis store, read (PEM): a private CA to trust
+/// instead of the public roots, and a client certificate for a Redis that
+/// verifies its clients.
+#[derive(Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// `store.tls_ca_file`'s contents.
+    pub ca: Option<Vec<u8>>,
+    /// `store.tls_cert_file` and `store.tls_key_file`'s contents.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The key is never printed.
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
             .finish()
     }
 }
