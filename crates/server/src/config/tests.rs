@@ -460,3 +460,82 @@ fn sentinel_and_unix_socket_mistakes_are_refused_with_their_line() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+#[test]
+fn tls_files_are_read_and_checked_with_their_line() {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = |name: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (pem("ca.pem"), pem("cert.pem"), pem("key.pem"));
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let not_pem = not_pem.display().to_string();
+
+    let text = format!(
+        "store:\n  kind: redis\n  url: rediss://h:6380\n  tls_ca_file: \"{ca}\"\n  tls_cert_file: \"{cert}\"\n  tls_key_file: \"{key}\"\n"
+    );
+    let store = Config::parse(&text, "t.yaml").unwrap().store;
+    let tls = store.tls.clone().unwrap();
+    assert!(tls.ca.unwrap().ends_with(b"-----END CERTIFICATE-----\n"));
+    assert!(tls.client.is_some());
+    assert!(
+        format!("{store:?}").contains("TlsFiles { ca: true, client: true }"),
+        "the files' contents are never printed: {store:?}"
+    );
+    // TLS to a sentinel's master only: the files serve the master.
+    let text = format!(
+        "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: m\n  master_tls: true\n  tls_ca_file: \"{ca}\"\n"
+    );
+    assert!(Config::parse(&text, "t.yaml").unwrap().store.tls.is_some());
+
+    let cases = [
+        (
+            format!("store:\n  tls_ca_file: \"{ca}\"\n"),
+            "`tls_ca_file` is for the Redis kinds".to_owned(),
+        ),
+        (
+            format!("store:\n  kind: redis\n  url: redis://h:6379\n  tls_ca_file: \"{ca}\"\n"),
+            "`tls_ca_file` needs TLS: a rediss:// URL".to_owned(),
+        ),
+        (
+            format!(
+                "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: m\n  tls_ca_file: \"{ca}\"\n"
+            ),
+            "needs TLS: a rediss:// URL or `master_tls: true`".to_owned(),
+        ),
+        (
+            format!("store:\n  kind: redis\n  url: rediss://h:6380\n  tls_cert_file: \"{cert}\"\n"),
+            "`tls_cert_file` and `tls_key_file` go together".to_owned(),
+        ),
+        (
+            "store:\n  kind: redis\n  url: rediss://h:6380\n  tls_ca_file: /no/such/ca.pem\n"
+                .to_owned(),
+            "tls_ca_file `/no/such/ca.pem`: No such file".to_owned(),
+        ),
+        (
+            format!(
+                "store:\n  kind: redis\n  url: rediss://h:6380\n  tls_ca_file: \"{not_pem}\"\n"
+            ),
+            "is not PEM".to_owned(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, expected) in &cases {
+        let message = error(text).to_string();
+        if !message.contains(expected.as_str()) || !message.starts_with("t.yaml:2:") {
+            wrong.push(format!(
+                "{text:?}: expected line 2 and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

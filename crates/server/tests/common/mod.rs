@@ -122,9 +122,10 @@ pub enum Backend {
     /// A master, a replica and sentinels; the server finds the master as its
     /// configuration says (`kind: redis_sentinel`, `urls`, `master_name`).
     RedisSentinel(tollgate_testkit::redis::RedisSentinel),
-    /// A server on a unix socket (and TCP, for the test's own probes); the
-    /// server connects as its configuration says (`url: unix://...`).
-    RedisUnix(RedisServer),
+    /// A server the app connects to as its configuration says (`url:
+    /// unix://...`, `rediss://` with TLS files...), not through the test's
+    /// own store; the test probes it over TCP.
+    RedisFromConfig(RedisServer),
 }
 
 impl Backend {
@@ -148,7 +149,7 @@ impl Backend {
             Backend::Memory
             | Backend::RedisCluster(_)
             | Backend::RedisSentinel(_)
-            | Backend::RedisUnix(_) => ServerStore::connect(&config.store).await.unwrap(),
+            | Backend::RedisFromConfig(_) => ServerStore::connect(&config.store).await.unwrap(),
             Backend::Redis(_) => self.store().await,
         }
     }
@@ -178,7 +179,7 @@ impl Backend {
                 .await
                 .unwrap(),
             ),
-            Backend::RedisUnix(server) => ServerStore::Redis(
+            Backend::RedisFromConfig(server) => ServerStore::Redis(
                 RedisStore::connect(&server.unix_url(), RedisOptions::default().prefix("test"))
                     .await
                     .unwrap(),

@@ -1,8 +1,10 @@
-//! `tollgate serve`'s app on Redis Sentinel and on a unix socket, each
-//! connected from the configuration as written (`store: {kind:
-//! redis_sentinel, urls, master_name, master_password}` and `store: {kind:
-//! redis, url: unix://...}`): HTTP and Envoy gRPC checks decided on Redis,
-//! through a real `SENTINEL FAILOVER`.
+//! `tollgate serve`'s app on Redis Sentinel, on a unix socket and on TLS
+//! with a private CA and a client certificate, each connected from the
+//! configuration as written (`store: {kind: redis_sentinel, urls,
+//! master_name, master_password}`, `store: {kind: redis, url:
+//! unix://...}`, `store: {url: rediss://..., tls_ca_file, tls_cert_file,
+//! tls_key_file}`): HTTP and Envoy gRPC checks decided on Redis, through a
+//! real `SENTINEL FAILOVER`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -151,8 +153,8 @@ async fn checks_on_a_sentinel_master_through_a_failover() {
 async fn checks_on_a_unix_socket() {
     let redis = RedisServer::start_with_unix_socket(&[]);
     let text = config(&format!("  kind: redis\n  url: \"{}\"", redis.unix_url()));
-    let server = TestServer::start_text(Backend::RedisUnix(redis), &text).await;
-    let Backend::RedisUnix(redis) = &server.backend else {
+    let server = TestServer::start_text(Backend::RedisFromConfig(redis), &text).await;
+    let Backend::RedisFromConfig(redis) = &server.backend else {
         unreachable!()
     };
     assert_eq!(server.get_text("/readyz").await.0, 200);
@@ -165,4 +167,32 @@ async fn checks_on_a_unix_socket() {
         "3"
     );
     envoy_checks(&server, "unix").await;
+}
+
+#[tokio::test]
+async fn checks_on_tls_with_a_private_ca_and_a_client_certificate() {
+    let dir = tollgate_testkit::files::temp_dir("server-mtls");
+    let files = tollgate_testkit::tls::Certificates::create(&dir);
+    let port = tollgate_testkit::ports::free_port();
+    let args = files.redis_args(port, true);
+    let redis = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = config(&format!(
+        "  kind: redis\n  url: rediss://127.0.0.1:{port}\n  tls_ca_file: \"{}\"\n  tls_cert_file: \"{}\"\n  tls_key_file: \"{}\"",
+        files.ca.display(),
+        files.client_cert.display(),
+        files.client_key.display()
+    ));
+    let server = TestServer::start_text(Backend::RedisFromConfig(redis), &text).await;
+    let Backend::RedisFromConfig(redis) = &server.backend else {
+        unreachable!()
+    };
+    for remaining in [4, 3] {
+        assert_eq!(check(&server, "tls").await, (true, remaining, false));
+    }
+    assert_eq!(
+        redis.cli(&["ZCARD", "sentinel-test:{http:tls}:api:sliding_log"]),
+        "2"
+    );
+    envoy_checks(&server, "tls").await;
+    std::fs::remove_dir_all(&dir).ok();
 }
