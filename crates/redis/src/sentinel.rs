@@ -13,7 +13,10 @@
 //! - the connection fails, or a call is abandoned at the caller's deadline
 //!   (a hung master): the decision may have run, so it is returned as an
 //!   error, never re-sent, and the sentinels are asked in the background so
-//!   that the next call goes to the new master.
+//!   that the next call goes to the new master;
+//! - every second, whatever the calls do (see `Sentinel::watch`): a
+//!   failover that fails no call (a master cut off from the sentinels but
+//!   not from this process) is followed too.
 //!
 //! The discovery follows Redis's guidelines for Sentinel clients: the
 //! sentinels are asked in turn (`SENTINEL GET-MASTER-ADDR-BY-NAME`), each
@@ -34,6 +37,10 @@ use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisConnectionInfo, Redi
 /// failing calls during a failover ask the sentinels once per interval,
 /// not once each.
 const MIN_REDISCOVERY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the store asks the sentinels which master they name, failed
+/// calls or not (see `Sentinel::watch`).
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The master a store follows, and how to talk to it: the name the
 /// sentinels monitor it under and its own credentials and TLS (the
@@ -151,10 +158,11 @@ pub(crate) struct Sentinel {
 
 impl Sentinel {
     /// Finds the master through the sentinels and connects to it.
+    /// Starts [`watch`](Self::watch).
     pub(crate) async fn connect(finder: Finder) -> Result<Arc<Sentinel>, RedisError> {
         let (address, client) = finder.discover().await?;
         let connection = finder.open(&client).await?;
-        Ok(Arc::new(Sentinel {
+        let sentinel = Arc::new(Sentinel {
             finder,
             current: Mutex::new(Current {
                 generation: 0,
@@ -163,7 +171,59 @@ impl Sentinel {
                 client,
             }),
             discovery: tokio::sync::Mutex::new(None),
-        }))
+        });
+        tokio::spawn(Self::watch(Arc::downgrade(&sentinel)));
+        Ok(sentinel)
+    }
+
+    /// Asks the sentinels which master they name every [`WATCH_INTERVAL`],
+    /// and switches when it is not the one in use (after the `ROLE` check),
+    /// until the store is dropped. Failed calls already make the store
+    /// ask; this follows a failover that fails no call: a master cut off
+    /// from the sentinels but not from this process keeps answering, and
+    /// without the watch the store would keep writing to it, writes the
+    /// promoted replica never sees. One connection to one sentinel at a
+    /// time, re-made (with the next sentinel) when it fails.
+    async fn watch(sentinel: std::sync::Weak<Sentinel>) {
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+        let mut next = 0;
+        loop {
+            tick.tick().await;
+            let Some(sentinel) = sentinel.upgrade() else {
+                return;
+            };
+            let finder = &sentinel.finder;
+            let asked = tokio::time::timeout(finder.timeout, async {
+                if connection.is_none() {
+                    let client = &finder.sentinels[next % finder.sentinels.len()];
+                    next += 1;
+                    connection = Some(client.get_multiplexed_async_connection().await?);
+                }
+                let Some(connection) = connection.as_mut() else {
+                    return Err(RedisError::from((
+                        ErrorKind::ClientError,
+                        "no sentinel connection",
+                    )));
+                };
+                finder.named(connection).await
+            })
+            .await;
+            match asked {
+                Ok(Ok(address)) => {
+                    let current = sentinel.current();
+                    if address != current.address {
+                        if let Err(e) = sentinel.rediscover(current.generation, true).await {
+                            tracing::debug!(error = %e, "Redis Sentinel: the named master is not ready");
+                        }
+                    }
+                }
+                // Another sentinel next time.
+                Ok(Err(_)) | Err(_) => connection = None,
+            }
+        }
     }
 
     /// The master in use.
@@ -282,10 +342,27 @@ impl Finder {
     /// One sentinel's answer: the master's host and port.
     async fn ask(&self, sentinel: &redis::Client) -> Result<(String, u16), RedisError> {
         let mut connection = sentinel.get_multiplexed_async_connection().await?;
+        self.address(&mut connection).await
+    }
+
+    /// The master a sentinel names, as `host:port`.
+    async fn named(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<String, RedisError> {
+        let (host, port) = self.address(connection).await?;
+        Ok(format!("{host}:{port}"))
+    }
+
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` on `connection`.
+    async fn address(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(String, u16), RedisError> {
         let address: Option<(String, u16)> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(&self.master.name)
-            .query_async(&mut connection)
+            .query_async(connection)
             .await?;
         address.ok_or_else(|| {
             RedisError::from((

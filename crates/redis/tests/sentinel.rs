@@ -371,3 +371,29 @@ async fn resets_reach_every_deny_cache_before_and_after_a_failover() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_follows_a_failover_that_fails_no_call() {
+    let group = blocking(RedisSentinel::start);
+    let store = RedisStore::connect_sentinel(
+        &group.sentinel_urls(),
+        common::sentinel_master(&group),
+        common::options(),
+    )
+    .await
+    .unwrap();
+    let old = group.master_port();
+    let new = blocking(|| group.failover());
+    // No call is made: the store's watch asks the sentinels every second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !format!("{store:?}").contains(&format!("127.0.0.1:{new}")) {
+        assert!(
+            Instant::now() < deadline,
+            "still on {old} 10 s after the failover: {store:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // So the first call after it goes straight to the new master.
+    let decision = limiter(store).check("api", "watched", 1).await.unwrap();
+    assert_eq!((decision.allowed, decision.remaining), (true, 9));
+}
