@@ -151,6 +151,10 @@ pub enum ConnectError {
     /// A Sentinel store needs at least one sentinel URL.
     #[error("Redis Sentinel needs at least one sentinel URL")]
     NoSentinels,
+    /// A Sentinel store needs the name the sentinels monitor the master
+    /// under.
+    #[error("Redis Sentinel needs the master's name")]
+    NoMasterName,
     /// The sentinels must be reached over TCP (`redis://` or `rediss://`).
     #[error("sentinel URL `{0}` must start with redis:// or rediss://")]
     SentinelScheme(String),
@@ -453,6 +457,9 @@ impl RedisStore {
         let Some(first) = described.first() else {
             return Err(ConnectError::NoSentinels);
         };
+        if master.name.is_empty() {
+            return Err(ConnectError::NoMasterName);
+        }
         let tls = master.tls.unwrap_or(first.starts_with("rediss://"));
         if tls {
             install_crypto_provider();

@@ -266,6 +266,15 @@ async fn an_unknown_master_name_or_no_sentinel_is_a_clear_error() {
         .to_string();
     assert!(error.contains("at least one sentinel"), "{error}");
     let error = RedisStore::connect_sentinel(
+        &group.sentinel_urls(),
+        SentinelMaster::new(""),
+        common::options(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("the master's name"), "{error}");
+    let error = RedisStore::connect_sentinel(
         &["unix:///tmp/sentinel.sock"],
         SentinelMaster::new("m"),
         common::options(),

@@ -50,7 +50,7 @@ impl ServerStore {
                 let sentinel = settings
                     .sentinel
                     .as_ref()
-                    .ok_or(ConnectError::NoSentinels)?;
+                    .ok_or(ConnectError::NoMasterName)?;
                 let mut master =
                     SentinelMaster::new(sentinel.master_name.clone()).tls(sentinel.master_tls);
                 if let Some(username) = &sentinel.master_username {
