@@ -406,3 +406,53 @@ async fn the_store_follows_a_failover_that_fails_no_call() {
     let decision = limiter(store).check("api", "watched", 1).await.unwrap();
     assert_eq!((decision.allowed, decision.remaining), (true, 9));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sentinels_and_master_with_a_private_ca_through_a_failover() {
+    let dir = tollgate_testkit::files::temp_dir("sentinel-tls");
+    let certificates = tollgate_testkit::tls::Certificates::create(&dir);
+    let ca = std::fs::read(&certificates.ca).unwrap();
+    let group = blocking(|| RedisSentinel::start_with(SentinelSetup::default().tls(certificates)));
+    let urls = group.sentinel_urls();
+    assert!(urls.iter().all(|u| u.starts_with("rediss://")), "{urls:?}");
+    // TLS to the master by default, as the sentinels' scheme says.
+    let store = RedisStore::connect_sentinel(
+        &urls,
+        common::sentinel_master(&group),
+        common::options().tls_root_cert(ca.clone()),
+    )
+    .await
+    .unwrap();
+    let limiter = limiter(store.clone());
+    for admitted in 1..=2 {
+        let decision = limiter.check("api", "tls", 1).await.unwrap();
+        assert_eq!(
+            (decision.allowed, decision.remaining),
+            (true, 10 - admitted)
+        );
+    }
+    blocking(|| group.wait_replicated(Duration::from_secs(10)));
+    blocking(|| group.failover());
+    let (decision, _failures) = first_decision(&limiter, "tls").await;
+    assert_eq!((decision.allowed, decision.remaining), (true, 7));
+    spend_the_rest(&limiter, "tls", 3).await;
+
+    // The master speaks only TLS to clients that trust its CA: the public
+    // roots, or plain text to its TLS port, fail.
+    let error =
+        RedisStore::connect_sentinel(&urls, common::sentinel_master(&group), common::options())
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(error.contains("connect"), "{error}");
+    let plain = SentinelMaster::new(group.master_name()).tls(false);
+    let error = RedisStore::connect_sentinel(&urls, plain, common::options().tls_root_cert(ca))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("no sentinel named a reachable master"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -14,6 +14,7 @@ use super::{
     find_binary, info_field, log_tail, request_as,
 };
 use crate::ports;
+use crate::tls::Certificates;
 
 const SENTINEL_HINT: &str = "install Redis Sentinel with `apt-get install redis-sentinel` \
      (Debian/Ubuntu)";
@@ -38,6 +39,11 @@ pub struct SentinelSetup {
     pub master_password: Option<String>,
     /// `requirepass` of the sentinels themselves.
     pub sentinel_password: Option<String>,
+    /// TLS with these certificates: every server and sentinel also listens
+    /// on a TLS port, the servers replicate and the sentinels monitor over
+    /// TLS, and [`RedisSentinel::sentinel_urls`] are `rediss://` (the
+    /// plain ports stay, for the test kit's own probes).
+    pub tls: Option<Certificates>,
 }
 
 impl Default for SentinelSetup {
@@ -50,6 +56,7 @@ impl Default for SentinelSetup {
             master_name: "tollgate-master".to_owned(),
             master_password: None,
             sentinel_password: None,
+            tls: None,
         }
     }
 }
@@ -71,6 +78,12 @@ impl SentinelSetup {
     /// Protects every sentinel with `password`.
     pub fn sentinel_password(mut self, password: &str) -> Self {
         self.sentinel_password = Some(password.to_owned());
+        self
+    }
+
+    /// Speaks TLS with `certificates` (see [`SentinelSetup::tls`]).
+    pub fn tls(mut self, certificates: Certificates) -> Self {
+        self.tls = Some(certificates);
         self
     }
 }
@@ -95,6 +108,9 @@ pub struct RedisSentinel {
     /// The first started as the master; roles change with failovers, so ask
     /// [`master_port`](Self::master_port).
     servers: Vec<RedisServer>,
+    /// `(plain port, TLS port)` of each server with TLS: the sentinels name
+    /// TLS ports, the probes use plain ones.
+    tls_ports: Vec<(u16, u16)>,
     sentinels: Vec<SentinelProcess>,
 }
 
@@ -124,8 +140,20 @@ impl RedisSentinel {
         let binary = find_binary("TOLLGATE_REDIS_SENTINEL", "redis-sentinel", SENTINEL_HINT);
         let password = setup.master_password.clone();
         let mut servers: Vec<RedisServer> = Vec::new();
+        let mut tls_ports = Vec::new();
         for index in 0..=setup.replicas {
-            let server = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+            let mut args = vec!["--repl-diskless-sync-delay".to_owned(), "0".to_owned()];
+            let tls_port = setup.tls.as_ref().map(|certificates| {
+                let port = ports::reserve(None);
+                args.extend(certificates.redis_args(port, false));
+                args.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+                port
+            });
+            let server =
+                RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            if let Some(tls_port) = tls_port {
+                tls_ports.push((server.port(), tls_port));
+            }
             // Set after start so that the testkit's readiness probe needs
             // no password; every server may become the master, so each
             // gets both settings.
@@ -136,7 +164,7 @@ impl RedisSentinel {
                 }
             }
             if index > 0 {
-                let master = servers[0].port().to_string();
+                let master = named(&tls_ports, servers[0].port()).to_string();
                 probe(server.port(), auth, &["REPLICAOF", "127.0.0.1", &master]);
             }
             servers.push(server);
@@ -144,11 +172,12 @@ impl RedisSentinel {
         let master = servers[0].port();
         let quorum = setup.sentinels / 2 + 1;
         let sentinels = (0..setup.sentinels)
-            .map(|_| SentinelProcess::start(&binary, &setup, master, quorum))
+            .map(|_| SentinelProcess::start(&binary, &setup, named(&tls_ports, master), quorum))
             .collect();
         let group = RedisSentinel {
             setup,
             servers,
+            tls_ports,
             sentinels,
         };
         group.wait_until_agreed(master, AGREE_TIMEOUT);
@@ -160,7 +189,8 @@ impl RedisSentinel {
         &self.setup.master_name
     }
 
-    /// `redis://[:<sentinel password>@]127.0.0.1:<port>` for every sentinel.
+    /// `redis://[:<sentinel password>@]127.0.0.1:<port>` for every sentinel
+    /// (`rediss://` and its TLS port with [`SentinelSetup::tls`]).
     pub fn sentinel_urls(&self) -> Vec<String> {
         let auth = match &self.setup.sentinel_password {
             Some(password) => format!(":{password}@"),
@@ -168,7 +198,10 @@ impl RedisSentinel {
         };
         self.sentinels
             .iter()
-            .map(|s| format!("redis://{auth}127.0.0.1:{}", s.port))
+            .map(|s| match s.tls_port {
+                Some(port) => format!("rediss://{auth}127.0.0.1:{port}"),
+                None => format!("redis://{auth}127.0.0.1:{}", s.port),
+            })
             .collect()
     }
 
@@ -182,7 +215,8 @@ impl RedisSentinel {
         &mut self.servers
     }
 
-    /// The master's port, as the first sentinel that answers names it.
+    /// The master's (plain) port, as the first sentinel that answers names
+    /// it.
     ///
     /// # Panics
     ///
@@ -327,7 +361,7 @@ impl RedisSentinel {
         })
     }
 
-    /// The master one sentinel names.
+    /// The master one sentinel names (its plain port).
     fn named_master(&self, sentinel: u16) -> Result<u16, String> {
         let reply = request_as(
             sentinel,
@@ -340,7 +374,12 @@ impl RedisSentinel {
             PROBE_TIMEOUT,
         )?;
         let port = reply.lines().nth(1).and_then(|p| p.parse().ok());
-        port.ok_or_else(|| format!("sentinel {sentinel} answered {reply:?}"))
+        let port = port.ok_or_else(|| format!("sentinel {sentinel} answered {reply:?}"))?;
+        Ok(self
+            .tls_ports
+            .iter()
+            .find(|(_, tls)| *tls == port)
+            .map_or(port, |(plain, _)| *plain))
     }
 
     /// Polls until every sentinel names `master` and sees every replica and
@@ -371,7 +410,7 @@ impl RedisSentinel {
                     field("num-other-sentinels"),
                 );
                 let wanted = (
-                    master.to_string(),
+                    named(&self.tls_ports, master).to_string(),
                     "master",
                     replicas.as_str(),
                     others.as_str(),
@@ -430,6 +469,15 @@ impl fmt::Debug for RedisSentinel {
     }
 }
 
+/// The port the sentinels know the server on plain `port` by: its TLS port
+/// when it has one.
+fn named(tls_ports: &[(u16, u16)], port: u16) -> u16 {
+    tls_ports
+        .iter()
+        .find(|(plain, _)| *plain == port)
+        .map_or(port, |(_, tls)| *tls)
+}
+
 /// Sends a setup command, panicking with the reason if it fails.
 fn probe(port: u16, password: Option<&str>, args: &[&str]) {
     if let Err(e) = request_as(port, password, args, PROBE_TIMEOUT) {
@@ -440,6 +488,8 @@ fn probe(port: u16, password: Option<&str>, args: &[&str]) {
 /// One `redis-sentinel` process, killed on drop.
 struct SentinelProcess {
     port: u16,
+    /// With TLS: the port clients reach it on over TLS.
+    tls_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -482,12 +532,24 @@ impl SentinelProcess {
             if let Some(password) = &setup.sentinel_password {
                 config.push_str(&format!("requirepass {password}\n"));
             }
+            let tls_port = setup.tls.as_ref().map(|certificates| {
+                let tls_port = ports::reserve(None);
+                config.push_str(&format!(
+                    "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    certificates.server_cert.display(),
+                    certificates.server_key.display(),
+                    certificates.ca.display()
+                ));
+                tls_port
+            });
             let file = dir.join("sentinel.conf");
             if let Err(e) = fs::write(&file, config) {
                 panic!("cannot write {}: {e}", file.display());
             }
             let mut process = SentinelProcess {
                 port,
+                tls_port,
                 dir,
                 child: None,
             };
