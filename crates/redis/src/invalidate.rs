@@ -37,6 +37,11 @@ pub fn channel(prefix: &str) -> String {
 #[derive(Clone)]
 pub(crate) struct Subscriber {
     pub(crate) clients: Vec<redis::Client>,
+    /// A Sentinel store subscribes on the master in use instead (every
+    /// replica would do too: `PUBLISH` is replicated).
+    pub(crate) sentinel: Option<std::sync::Arc<crate::sentinel::Sentinel>>,
+    /// The TLS roots for the Sentinel master's client.
+    pub(crate) certificates: Option<redis::TlsCertificates>,
     pub(crate) channel: String,
     /// Bound on connecting and on each command of the feed.
     pub(crate) timeout: Duration,
@@ -65,14 +70,31 @@ pub(crate) fn subscribe(subscriber: Subscriber, sink: InvalidationSink) {
 }
 
 async fn run(subscriber: Subscriber, sink: InvalidationSink) {
-    if subscriber.clients.is_empty() {
+    if subscriber.clients.is_empty() && subscriber.sentinel.is_none() {
         return;
     }
     let mut next = 0;
     while !sink.is_closed() {
-        let client = &subscriber.clients[next % subscriber.clients.len()];
+        let mut generation = None;
+        let client = match &subscriber.sentinel {
+            Some(sentinel) => {
+                let current = sentinel.current();
+                generation = Some(current.generation);
+                match Subscriber::client(
+                    current.client.get_connection_info().clone(),
+                    subscriber.certificates.clone(),
+                ) {
+                    Ok(client) => client,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot subscribe to invalidations");
+                        return;
+                    }
+                }
+            }
+            None => subscriber.clients[next % subscriber.clients.len()].clone(),
+        };
         next += 1;
-        if let Some((connection, pushes)) = connect(client, &subscriber).await {
+        if let Some((connection, pushes)) = connect(&client, &subscriber).await {
             if !sink.deliver(Invalidation::Live) {
                 return;
             }
@@ -81,6 +103,11 @@ async fn run(subscriber: Subscriber, sink: InvalidationSink) {
                 return;
             }
             tracing::debug!(channel = %subscriber.channel, "invalidation feed lost");
+        }
+        // The master may have moved: ask the sentinels (at most once per
+        // interval, whoever asks).
+        if let (Some(sentinel), Some(generation)) = (&subscriber.sentinel, generation) {
+            sentinel.rediscover_in_background(generation);
         }
         tokio::time::sleep(RETRY_INTERVAL).await;
     }

@@ -1,8 +1,11 @@
 //! The Redis store for tollgate: the shared decision that makes limits hold
 //! across every instance of a service.
 //!
-//! - [`store`]: [`RedisStore`], a [`tollgate::Store`] over one Redis or a
-//!   Redis Cluster, one multiplexed connection for all callers;
+//! - [`store`]: [`RedisStore`], a [`tollgate::Store`] over one Redis (TCP
+//!   or a unix socket), a Redis Cluster, or the master that Redis Sentinel
+//!   names, one multiplexed connection for all callers;
+//! - [`sentinel`]: finding the master through the sentinels and following
+//!   it through a failover;
 //! - [`script`]: the decision script (one Lua file per algorithm, the twin
 //!   of each Rust step function, plus a dispatcher), evaluated with one
 //!   `EVALSHA` per decision on Redis's own clock;
@@ -31,6 +34,8 @@
 pub mod invalidate;
 pub mod keys;
 pub mod script;
+pub mod sentinel;
 pub mod store;
 
+pub use sentinel::SentinelMaster;
 pub use store::{ConnectError, RedisOptions, RedisStore};

@@ -15,6 +15,7 @@ use tollgate::{Check, Decisions, Mode, PolicyRef, Store, StoreError};
 use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, state_key, validate_prefix};
 use crate::script::{ENVOY_COUNTER, ENVOY_COUNTER_SOURCE, SCRIPT, SOURCE};
+use crate::sentinel::{Finder, Sentinel, SentinelMaster};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate";
@@ -27,7 +28,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How to reach Redis and how to name keys.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisOptions {
     /// The first part of every key (no braces). Default `tollgate`.
@@ -50,6 +51,24 @@ pub struct RedisOptions {
     /// (the default) when the caller keeps none. Written as it is, so it
     /// may be empty.
     pub envoy_prefix: Option<String>,
+    /// For `rediss://` URLs: a client certificate and its private key
+    /// (both PEM), for a Redis that verifies its clients (mutual TLS,
+    /// `tls-auth-clients yes`). `None`: no client certificate.
+    pub tls_client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Certificates are summarised, and the private key never printed.
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls_root_cert", &self.tls_root_cert.is_some())
+            .field("tls_client_cert", &self.tls_client_cert.is_some())
+            .field("envoy_prefix", &self.envoy_prefix)
+            .finish()
+    }
 }
 
 impl Default for RedisOptions {
@@ -60,6 +79,7 @@ impl Default for RedisOptions {
             connect_timeout: Duration::from_secs(1),
             tls_root_cert: None,
             envoy_prefix: None,
+            tls_client_cert: None,
         }
     }
 }
@@ -96,14 +116,28 @@ impl RedisOptions {
         self
     }
 
+    /// Presents `cert` (PEM) with its private `key` (PEM) to a Redis that
+    /// verifies its clients.
+    pub fn tls_client_cert(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls_client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
     fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.tls_root_cert.is_none() && self.tls_client_cert.is_none() {
+            return None;
+        }
         install_crypto_provider();
-        self.tls_root_cert
-            .as_ref()
-            .map(|pem| redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.clone()),
-            })
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .tls_client_cert
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.tls_root_cert.clone(),
+        })
     }
 }
 
@@ -128,18 +162,46 @@ pub enum ConnectError {
     /// A Cluster store needs at least one seed URL.
     #[error("a Redis Cluster needs at least one seed URL")]
     NoSeeds,
+    /// A Sentinel store needs at least one sentinel URL.
+    #[error("Redis Sentinel needs at least one sentinel URL")]
+    NoSentinels,
+    /// A Sentinel store needs the name the sentinels monitor the master
+    /// under.
+    #[error("Redis Sentinel needs the master's name")]
+    NoMasterName,
+    /// The sentinels must be reached over TCP (`redis://` or `rediss://`).
+    #[error("sentinel URL `{0}` must start with redis:// or rediss://")]
+    SentinelScheme(String),
 }
 
-/// One connection type over both topologies: both redis-rs connections are
+/// One connection type over every topology: the redis-rs connections are
 /// multiplexed (concurrent calls share one socket and are pipelined),
-/// reconnect on their own, and are cheap to clone.
+/// reconnect on their own, and are cheap to clone. A Sentinel store holds a
+/// standalone connection to the master in use, replaced when the master
+/// moves (see [`crate::sentinel`]).
 #[derive(Clone)]
 enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<Sentinel>),
 }
 
 impl Connection {
+    /// The connection a call uses, and the Sentinel master's generation it
+    /// belongs to (0 on other topologies).
+    fn resolve(&self) -> (Connection, u64) {
+        match self {
+            Connection::Sentinel(sentinel) => {
+                let current = sentinel.current();
+                (
+                    Connection::Standalone(current.connection),
+                    current.generation,
+                )
+            }
+            other => (other.clone(), 0),
+        }
+    }
+
     /// `ASKING` then `cmd` on the connection to `address` (`host:port`, from
     /// an `ASK` error), as one pipeline: one write, so nothing another task
     /// sends on that multiplexed connection can come between them.
@@ -180,6 +242,10 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Standalone(c) => c.req_packed_command(cmd),
             Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Sentinel(s) => {
+                let mut c = s.current().connection;
+                Box::pin(async move { c.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -192,6 +258,10 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Standalone(c) => c.req_packed_commands(cmd, offset, count),
             Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Sentinel(s) => {
+                let mut c = s.current().connection;
+                Box::pin(async move { c.req_packed_commands(cmd, offset, count).await })
+            }
         }
     }
 
@@ -199,6 +269,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Standalone(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Sentinel(s) => s.current().connection.get_db(),
         }
     }
 }
@@ -245,9 +316,17 @@ impl std::fmt::Debug for RedisStore {
         let topology = match self.inner.connection {
             Connection::Standalone(_) => "standalone",
             Connection::Cluster(_) => "cluster",
+            Connection::Sentinel(_) => "sentinel",
         };
-        f.debug_struct("RedisStore")
-            .field("topology", &topology)
+        let mut debug = f.debug_struct("RedisStore");
+        debug.field("topology", &topology);
+        if let Connection::Sentinel(sentinel) = &self.inner.connection {
+            debug
+                .field("master_name", &sentinel.master_name())
+                .field("master", &sentinel.current().address)
+                .field("sentinels", &sentinel.sentinels());
+        }
+        debug
             .field("prefix", &self.inner.prefix)
             .field("timeout", &self.inner.timeout)
             .finish()
@@ -262,19 +341,41 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// The URL without its password, for messages and logs: the user
+/// information of a TCP URL, and the `pass=` query parameter of a unix
+/// socket URL (`redis+unix:///run/redis.sock?pass=...`).
+///
+/// ```
+/// assert_eq!(tollgate_redis::store::redact("redis://:pw@10.0.0.1:26379"), "redis://***@10.0.0.1:26379");
+/// ```
+pub fn redact(url: &str) -> String {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    match url.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("pass", _)) => "pass=***".to_owned(),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => url,
     }
 }
 
 impl RedisStore {
     /// Connects to one Redis server. The URL is `redis://` or `rediss://`
-    /// (TLS, via rustls), with optional `user:password@` (ACL) and `/db`.
+    /// (TLS, via rustls), with optional `user:password@` (ACL) and `/db`;
+    /// or a unix socket, `unix:///path/redis.sock` or
+    /// `redis+unix:///path/redis.sock`, with optional `?db=2&user=u&pass=p`
+    /// (percent-encoded).
     ///
     /// # Errors
     /// [`ConnectError`] for an invalid URL or prefix, or when Redis cannot be
@@ -304,14 +405,9 @@ impl RedisStore {
         // request (a timeout is not an unrecoverable error, so the manager
         // does not reconnect on it), which is what the caller's deadline
         // does already — deadlines have one owner (`RedisOptions::timeout`).
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(options.connect_timeout)
-            // Reconnect quickly after Redis comes back: at most 200 ms apart.
-            .set_max_delay(200)
-            .set_number_of_retries(2);
         let manager = tokio::time::timeout(
             options.connect_timeout,
-            client.get_connection_manager_with_config(config),
+            client.get_connection_manager_with_config(manager_config(&options)),
         )
         .await
         .map_err(|_| {
@@ -331,6 +427,77 @@ impl RedisStore {
             vec![subscriber],
             options,
         ))
+    }
+
+    /// Connects to the master that Redis Sentinel monitors under
+    /// `master.name`, through any of `sentinels` (`redis://` or `rediss://`
+    /// URLs, each with the sentinels' own `user:password@` if they require
+    /// one), and follows it when it fails over: the sentinels are asked
+    /// again when the master refuses a write (`READONLY`: it was demoted) or
+    /// stops answering, and the store switches to the master they name
+    /// (see [`crate::sentinel`]). The master's credentials and TLS are in
+    /// `master`; `options.tls_root_cert` serves both the sentinels and the
+    /// master.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect), [`ConnectError::NoSentinels`], and
+    /// [`ConnectError::SentinelScheme`] for a sentinel URL that is not TCP.
+    pub async fn connect_sentinel<U: AsRef<str>>(
+        sentinels: &[U],
+        master: SentinelMaster,
+        options: RedisOptions,
+    ) -> Result<Self, ConnectError> {
+        validate_prefix(&options.prefix)?;
+        let mut clients = Vec::with_capacity(sentinels.len());
+        let mut described = Vec::with_capacity(sentinels.len());
+        for url in sentinels {
+            let url = url.as_ref();
+            let tls = url.starts_with("rediss://");
+            if !(tls || url.starts_with("redis://")) {
+                return Err(ConnectError::SentinelScheme(redact(url)));
+            }
+            if tls {
+                install_crypto_provider();
+            }
+            let client = match (options.certificates(), tls) {
+                (Some(certificates), true) => redis::Client::build_with_tls(url, certificates),
+                _ => redis::Client::open(url),
+            }
+            .map_err(|source| ConnectError::Url {
+                url: redact(url),
+                source,
+            })?;
+            clients.push(client);
+            described.push(redact(url));
+        }
+        let Some(first) = described.first() else {
+            return Err(ConnectError::NoSentinels);
+        };
+        if master.name.is_empty() {
+            return Err(ConnectError::NoMasterName);
+        }
+        let tls = master.tls.unwrap_or(first.starts_with("rediss://"));
+        if tls {
+            install_crypto_provider();
+        }
+        let certificates = options.certificates().filter(|_| tls);
+        let finder = Finder {
+            sentinels: clients,
+            described,
+            master,
+            tls,
+            certificates: certificates.clone(),
+            timeout: options.connect_timeout,
+            manager: manager_config(&options),
+        };
+        let sentinel = Sentinel::connect(finder)
+            .await
+            .map_err(ConnectError::Connect)?;
+        let mut store = Self::new(Connection::Sentinel(sentinel), Vec::new(), options);
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.subscriber.certificates = certificates;
+        }
+        Ok(store)
     }
 
     /// Connects to a Redis Cluster through any of its nodes (`seeds`);
@@ -404,11 +571,17 @@ impl RedisStore {
     }
 
     fn new(connection: Connection, subscribers: Vec<redis::Client>, options: RedisOptions) -> Self {
+        let sentinel = match &connection {
+            Connection::Sentinel(sentinel) => Some(Arc::clone(sentinel)),
+            _ => None,
+        };
         RedisStore {
             inner: Arc::new(Inner {
                 connection,
                 subscriber: Subscriber {
                     clients: subscribers,
+                    sentinel,
+                    certificates: None,
                     channel: invalidate::channel(&options.prefix),
                     timeout: options.connect_timeout,
                 },
@@ -617,8 +790,44 @@ impl RedisStore {
     /// Sends `cmd` until it runs or fails with an error that leaves it
     /// possibly run, or any other error (the caller bounds the time).
     async fn send(&self, cmd: &Cmd, mut eval: Option<&Cmd>) -> RedisResult<Value> {
-        let mut connection = self.inner.connection.clone();
-        let cluster = matches!(connection, Connection::Cluster(_));
+        let (mut connection, generation) = self.inner.connection.resolve();
+        let topology = match &self.inner.connection {
+            Connection::Standalone(_) => Topology::Standalone,
+            Connection::Cluster(_) => Topology::Cluster,
+            Connection::Sentinel(_) => Topology::Sentinel,
+        };
+        // If the caller abandons this call (its deadline), the master may
+        // be hung: the sentinels are asked in the background.
+        let mut abandoned = Abandoned {
+            sentinel: match &self.inner.connection {
+                Connection::Sentinel(sentinel) => Some(Arc::clone(sentinel)),
+                _ => None,
+            },
+            generation,
+        };
+        let result = self
+            .send_on(&mut connection, &mut abandoned, topology, cmd, eval.take())
+            .await;
+        // The call completed: not abandoned.
+        let sentinel = abandoned.sentinel.take();
+        if let (Err(error), Some(sentinel)) = (&result, sentinel) {
+            // The connection failed: the master may have died or moved.
+            if may_have_moved(error) {
+                sentinel.rediscover_in_background(abandoned.generation);
+            }
+        }
+        result
+    }
+
+    /// [`send`](Self::send)'s loop, on `connection`.
+    async fn send_on(
+        &self,
+        connection: &mut Connection,
+        abandoned: &mut Abandoned,
+        topology: Topology,
+        cmd: &Cmd,
+        mut eval: Option<&Cmd>,
+    ) -> RedisResult<Value> {
         let mut cmd = cmd;
         let mut ask: Option<String> = None;
         let mut moved = false;
@@ -632,8 +841,30 @@ impl RedisStore {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let wait = match resend(&error, cluster) {
+            let wait = match resend(&error, topology) {
                 Resend::Never => return Err(error),
+                Resend::Rediscover => {
+                    // The node is no longer the master and did not run the
+                    // call: ask the sentinels, then send it to the new
+                    // master (or return the error if there is none yet).
+                    let Some(sentinel) = abandoned.sentinel.clone() else {
+                        return Err(error);
+                    };
+                    // Boxed: a rare path, kept out of every call's future
+                    // (inlined, its depth overflows the compiler's query
+                    // limit in deeply nested callers).
+                    let rediscover = Box::pin(sentinel.rediscover(abandoned.generation, true));
+                    if rediscover.await.is_err() {
+                        return Err(error);
+                    }
+                    let current = sentinel.current();
+                    if current.generation == abandoned.generation {
+                        return Err(error);
+                    }
+                    *connection = Connection::Standalone(current.connection);
+                    abandoned.generation = current.generation;
+                    false
+                }
                 Resend::Eval => {
                     cmd = eval.take().ok_or(error)?;
                     false
@@ -694,6 +925,15 @@ impl RedisStore {
     }
 }
 
+/// The connection settings shared by the standalone and Sentinel stores.
+fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(options.connect_timeout)
+        // Reconnect quickly after Redis comes back: at most 200 ms apart.
+        .set_max_delay(200)
+        .set_number_of_retries(2)
+}
+
 /// Turns the script's five integers per policy into decisions.
 fn parse_reply(
     reply: &[i64],
@@ -729,6 +969,41 @@ fn parse_reply(
         .collect()
 }
 
+/// The topology a store connects to, for [`resend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    Standalone,
+    Cluster,
+    Sentinel,
+}
+
+/// Asks the sentinels in the background when dropped with `sentinel` set:
+/// a call abandoned at its deadline (a hung master never answers, so no
+/// error would say so).
+struct Abandoned {
+    sentinel: Option<Arc<Sentinel>>,
+    /// The master generation the call is on.
+    generation: u64,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(sentinel) = self.sentinel.take() {
+            sentinel.rediscover_in_background(self.generation);
+        }
+    }
+}
+
+/// Whether an error says the connection to the master failed, so that
+/// the master may have died or moved (not an answer of a live master).
+fn may_have_moved(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+        || error.is_timeout()
+}
+
 /// What [`RedisStore::send`] does after an error.
 #[derive(Debug, PartialEq)]
 enum Resend {
@@ -745,18 +1020,28 @@ enum Resend {
     /// are split between two nodes) or `CLUSTERDOWN`: send again after a
     /// pause.
     Backoff,
+    /// `READONLY` or `MASTERDOWN` from a Sentinel store's master: it has
+    /// been demoted (or lost its master) and ran nothing; ask the sentinels
+    /// and send again to the master they name.
+    Rediscover,
 }
 
 /// Whether an error proves that the command did not run, so that sending
 /// it again cannot run it twice. A decision charges quota, so a command is
 /// re-sent only then: after `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN` or
-/// `NOSCRIPT`, which Redis answers instead of running it. An error on the
+/// `NOSCRIPT`, which Redis answers instead of running it, and on a Sentinel
+/// store after `READONLY` (a replica refuses the script's first write, so
+/// it wrote nothing) and `MASTERDOWN`. An error on the
 /// connection (reset, broken pipe, EOF) or a timeout leaves it unknown
 /// whether it ran: that is returned. Matched by kind, never by text;
 /// redirections only on a Cluster (a standalone connection cannot follow
 /// them).
-fn resend(error: &RedisError, cluster: bool) -> Resend {
+fn resend(error: &RedisError, topology: Topology) -> Resend {
+    let cluster = topology == Topology::Cluster;
     match error.kind() {
+        ErrorKind::ReadOnly | ErrorKind::MasterDown if topology == Topology::Sentinel => {
+            Resend::Rediscover
+        }
         ErrorKind::NoScriptError => Resend::Eval,
         ErrorKind::TryAgain | ErrorKind::ClusterDown => Resend::Backoff,
         ErrorKind::Moved if cluster => Resend::Moved,
@@ -825,14 +1110,27 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_redacted_for_messages() {
+        assert_eq!(
+            redact("redis://u:pw@host:6379/2"),
+            "redis://***@host:6379/2"
+        );
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?db=2&pass=pw&user=u"),
+            "redis+unix:///run/redis.sock?db=2&pass=***&user=u"
+        );
+        assert_eq!(redact("unix:///run/redis.sock"), "unix:///run/redis.sock");
+    }
+
+    #[test]
     fn only_errors_that_prove_the_command_did_not_run_are_resent() {
-        for cluster in [false, true] {
+        for topology in [Topology::Standalone, Topology::Cluster, Topology::Sentinel] {
             let no_script = server(ErrorKind::NoScriptError, "No matching script");
-            assert_eq!(resend(&no_script, cluster), Resend::Eval);
+            assert_eq!(resend(&no_script, topology), Resend::Eval);
             let try_again = server(ErrorKind::TryAgain, "Multiple keys request");
-            assert_eq!(resend(&try_again, cluster), Resend::Backoff);
+            assert_eq!(resend(&try_again, topology), Resend::Backoff);
             let down = server(ErrorKind::ClusterDown, "The cluster is down");
-            assert_eq!(resend(&down, cluster), Resend::Backoff);
+            assert_eq!(resend(&down, topology), Resend::Backoff);
             // The command may have run: never re-sent.
             for kind in [
                 io::ErrorKind::ConnectionReset,
@@ -843,18 +1141,36 @@ mod tests {
                 io::ErrorKind::Other,
             ] {
                 let error = RedisError::from(io::Error::from(kind));
-                assert_eq!(resend(&error, cluster), Resend::Never, "{kind:?}");
+                assert_eq!(resend(&error, topology), Resend::Never, "{kind:?}");
             }
             // A script error may come after some of its writes.
             let failed = server(ErrorKind::ResponseError, "Error running script");
-            assert_eq!(resend(&failed, cluster), Resend::Never);
+            assert_eq!(resend(&failed, topology), Resend::Never);
         }
         let moved = server(ErrorKind::Moved, "3999 127.0.0.1:6381");
-        assert_eq!(resend(&moved, true), Resend::Moved);
+        assert_eq!(resend(&moved, Topology::Cluster), Resend::Moved);
         let ask = server(ErrorKind::Ask, "3999 127.0.0.1:6381");
-        assert_eq!(resend(&ask, true), Resend::Ask("127.0.0.1:6381".to_owned()));
+        assert_eq!(
+            resend(&ask, Topology::Cluster),
+            Resend::Ask("127.0.0.1:6381".to_owned())
+        );
         // A standalone connection cannot follow a redirection.
-        assert_eq!(resend(&moved, false), Resend::Never);
-        assert_eq!(resend(&ask, false), Resend::Never);
+        for topology in [Topology::Standalone, Topology::Sentinel] {
+            assert_eq!(resend(&moved, topology), Resend::Never);
+            assert_eq!(resend(&ask, topology), Resend::Never);
+        }
+        // A demoted master refuses the script's first write, so it wrote
+        // nothing: a Sentinel store asks for the new master and re-sends;
+        // a standalone store has nowhere else to send it.
+        let read_only = server(
+            ErrorKind::ReadOnly,
+            "You can't write against a read only replica.",
+        );
+        let master_down = server(ErrorKind::MasterDown, "Link with MASTER is down");
+        for error in [&read_only, &master_down] {
+            assert_eq!(resend(error, Topology::Sentinel), Resend::Rediscover);
+            assert_eq!(resend(error, Topology::Standalone), Resend::Never);
+            assert_eq!(resend(error, Topology::Cluster), Resend::Never);
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The Redis store passes the same conformance suite as the memory store,
-//! on a standalone server and on a 3-master Cluster, alone and behind the
-//! resilience layer (deny cache, breaker). Each case starts its own servers.
+//! on a standalone server, on a 3-master Cluster and on a master found
+//! through Redis Sentinel (one replica, three sentinels), alone and behind
+//! the resilience layer (deny cache, breaker). Each case starts its own
+//! servers.
 
 mod common;
 
@@ -30,6 +32,21 @@ mod cluster {
         move |clock: ManualClock| {
             let cluster = Arc::clone(&cluster);
             async move { super::common::cluster(&cluster.urls(), clock).await }
+        }
+    });
+}
+
+mod sentinel {
+    use std::sync::Arc;
+
+    use tollgate::ManualClock;
+    use tollgate_testkit::redis::RedisSentinel;
+
+    tollgate_testkit::conformance_suite!({
+        let group = Arc::new(RedisSentinel::start());
+        move |clock: ManualClock| {
+            let group = Arc::clone(&group);
+            async move { super::common::sentinel(&group, clock).await }
         }
     });
 }

@@ -45,10 +45,10 @@ pub enum StartError {
     Config(#[from] ConfigError),
     /// The store could not be reached.
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreConnectError),
+    Store(#[from] tollgate_redis::ConnectError),
     /// The per-second store (`store.per_second`) could not be reached.
     #[error("store.per_second: {0}")]
-    PerSecondStore(crate::store::StoreConnectError),
+    PerSecondStore(tollgate_redis::ConnectError),
 }
 
 /// One configured store as the server watches it: its own breaker, health
@@ -560,7 +560,9 @@ fn resilient(store: ServerStore, settings: &StoreSettings) -> ResilientStore {
         .local_max_keys(settings.max_keys);
     match settings.kind {
         StoreKind::Memory => Resilient::new(store, options),
-        StoreKind::Redis | StoreKind::RedisCluster => Resilient::with_invalidations(store, options),
+        StoreKind::Redis | StoreKind::RedisCluster | StoreKind::RedisSentinel => {
+            Resilient::with_invalidations(store, options)
+        }
     }
 }
 

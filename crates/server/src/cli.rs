@@ -236,10 +236,17 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
     }
     let store = match config.store.kind {
         StoreKind::Memory => "memory (this process only)".to_owned(),
-        StoreKind::Redis | StoreKind::RedisCluster => format!(
+        StoreKind::Redis | StoreKind::RedisCluster | StoreKind::RedisSentinel => format!(
             "{} {} (on failure: {:?})",
             app.store().get_ref().describe(),
-            config.store.urls.join(", "),
+            // Without passwords: the banner is logged.
+            config
+                .store
+                .urls
+                .iter()
+                .map(|url| tollgate_redis::store::redact(url))
+                .collect::<Vec<_>>()
+                .join(", "),
             config.store.on_failure
         ),
     };

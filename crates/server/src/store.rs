@@ -8,27 +8,10 @@ use std::time::Duration;
 use tollgate::resilience::Resilient;
 use tollgate::store::{InvalidationSink, Invalidations};
 use tollgate::{Check, Decisions, MemoryStore, Mode, Policy, PolicyRef, Store, StoreError};
-use tollgate_redis::{ConnectError, RedisOptions, RedisStore};
+use tollgate_redis::{ConnectError, RedisOptions, RedisStore, SentinelMaster};
 
 use crate::config::{KeyLayout, StoreKind, StoreSettings};
 use crate::envoy::envoyproxy_counter_base;
-
-/// Why the configured store could not be created.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreConnectError {
-    /// The Redis store's own error.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// `store.tls_ca_cert` could not be read.
-    #[error("store.tls_ca_cert {path}: {source}")]
-    TlsCaCert {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
 
 /// The memory store or a Redis store, behind one type so the server is not
 /// generic over its store. Cheap to clone; clones share state.
@@ -37,7 +20,7 @@ pub enum StoreConnectError {
 pub enum ServerStore {
     /// The embedded memory store.
     Memory(MemoryStore),
-    /// Redis or Redis Cluster.
+    /// Redis, Redis Cluster, or the master Redis Sentinel names.
     Redis(RedisStore),
 }
 
@@ -47,16 +30,17 @@ impl ServerStore {
     /// # Errors
     /// [`StoreConnectError`] when Redis cannot be reached, its URL or prefix
     /// is invalid, or `store.tls_ca_cert` cannot be read.
-    pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, StoreConnectError> {
+    pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
         // No call bound on the Redis store: `store.timeout` is the
         // resilience layer's deadline, which wraps every call.
         let mut options = RedisOptions::default().prefix(settings.prefix.clone());
-        if let Some(path) = &settings.tls_ca_cert {
-            let pem = std::fs::read(path).map_err(|source| StoreConnectError::TlsCaCert {
-                path: path.clone(),
-                source,
-            })?;
-            options = options.tls_root_cert(pem);
+        if let Some(tls) = &settings.tls {
+            if let Some(ca) = &tls.ca {
+                options = options.tls_root_cert(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client {
+                options = options.tls_client_cert(cert.clone(), key.clone());
+            }
         }
         if settings.key_layout == KeyLayout::Envoy {
             options = options.envoy_prefix(settings.envoy_prefix.clone());
@@ -71,6 +55,23 @@ impl ServerStore {
             }
             StoreKind::RedisCluster => {
                 ServerStore::Redis(RedisStore::connect_cluster(&settings.urls, options).await?)
+            }
+            StoreKind::RedisSentinel => {
+                let sentinel = settings
+                    .sentinel
+                    .as_ref()
+                    .ok_or(ConnectError::NoMasterName)?;
+                let mut master =
+                    SentinelMaster::new(sentinel.master_name.clone()).tls(sentinel.master_tls);
+                if let Some(username) = &sentinel.master_username {
+                    master = master.username(username.clone());
+                }
+                if let Some(password) = &sentinel.master_password {
+                    master = master.password(password.clone());
+                }
+                ServerStore::Redis(
+                    RedisStore::connect_sentinel(&settings.urls, master, options).await?,
+                )
             }
         })
     }
@@ -105,7 +106,8 @@ impl ServerStore {
         }
     }
 
-    /// What the store is, for logs: `memory`, `redis` or `redis_cluster`.
+    /// What the store is, for logs: `memory`, or the Redis store's topology,
+    /// prefix (and, on Sentinel, the master in use).
     pub fn describe(&self) -> String {
         match self {
             ServerStore::Memory(_) => "memory".to_owned(),

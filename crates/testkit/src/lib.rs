@@ -3,9 +3,10 @@
 //! - [`conformance`]: the suite every [`Store`](tollgate::Store) must pass,
 //!   run against the memory store here and against Redis and Redis Cluster
 //!   by the Redis store's tests.
-//! - [`redis`]: real `redis-server` processes (standalone or a Redis
-//!   Cluster) on free loopback ports, to kill, restart and hang in tests;
-//!   killed on drop.
+//! - [`redis`]: real `redis-server` processes (standalone, on TCP and a
+//!   unix socket; a Redis Cluster; a master with replicas and
+//!   `redis-sentinel` processes, plain or TLS) on free loopback ports, to
+//!   kill, restart, hang and fail over in tests; killed on drop.
 //! - [`ports`]: free loopback ports, never handed out twice in one process.
 //! - [`files`]: fresh scratch directories for configuration files.
 //! - [`process`]: `tollgate serve` as a child process: its addresses from
@@ -20,6 +21,8 @@
 //!   it that counts what reaches it.
 //! - [`grpc`]: raw gRPC request heads, for tests that speak HTTP/2
 //!   themselves.
+//! - [`tls`]: throwaway certificates (a CA, a server and a client) made
+//!   with `openssl`.
 
 pub mod conformance;
 pub mod envoy;
@@ -30,3 +33,4 @@ pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod serve;
+pub mod tls;

@@ -1,5 +1,7 @@
-//! Real `redis-server` processes for tests: one standalone server, or a
-//! Redis Cluster, each on free loopback ports, killed when dropped.
+//! Real `redis-server` processes for tests: one standalone server (on TCP,
+//! and on a unix socket too if asked), a Redis Cluster, or a master with
+//! replicas watched by `redis-sentinel` processes ([`RedisSentinel`]), each
+//! on free loopback ports, killed when dropped.
 //!
 //! Nothing here is a mock. Every server is a child process of the test, so
 //! a test can kill it, restart it on the same port, or hang it with
@@ -44,6 +46,9 @@ use std::time::{Duration, Instant};
 
 use crate::ports;
 
+mod sentinel;
+pub use sentinel::{RedisSentinel, SentinelSetup};
+
 /// How long a server may take from spawn to answering `PING`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports `start` tries when another process takes its port.
@@ -68,6 +73,9 @@ const CLUSTER_SLOTS: usize = 16_384;
 
 const INSTALL_HINT: &str = "install Redis with `apt-get install redis-server redis-tools` \
      (Debian/Ubuntu)";
+/// Where a server started by [`RedisServer::start_with_unix_socket`]
+/// listens, relative to its directory (Redis changes into `--dir` first).
+const UNIX_SOCKET: &str = "redis.sock";
 
 /// Makes directory names unique even if a port is reused by another process.
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -135,6 +143,40 @@ impl RedisServer {
     /// panics with its log.
     pub fn start_with(args: &[&str]) -> RedisServer {
         Self::launch(args.iter().map(|a| (*a).to_owned()).collect(), false)
+    }
+
+    /// Like [`start`](Self::start), and also listening on a unix socket in
+    /// its directory (mode 700): see [`unix_socket`](Self::unix_socket) and
+    /// [`unix_url`](Self::unix_url). `args` as for
+    /// [`start_with`](Self::start_with).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start), and if the socket is missing once the
+    /// server answers.
+    pub fn start_with_unix_socket(args: &[&str]) -> RedisServer {
+        let mut all = vec!["--unixsocket", UNIX_SOCKET, "--unixsocketperm", "700"];
+        all.extend_from_slice(args);
+        let server = Self::start_with(&all);
+        assert!(
+            server.unix_socket().exists(),
+            "redis-server answers on port {} but its unix socket {} is missing",
+            server.port,
+            server.unix_socket().display()
+        );
+        server
+    }
+
+    /// The unix socket of a server started by
+    /// [`start_with_unix_socket`](Self::start_with_unix_socket) (the path
+    /// is in its temporary directory, so it is unique).
+    pub fn unix_socket(&self) -> PathBuf {
+        self.dir.join(UNIX_SOCKET)
+    }
+
+    /// `unix://<socket path>`: see [`unix_socket`](Self::unix_socket).
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.unix_socket().display())
     }
 
     /// Starts on a fresh port, retrying on another port when the first is
@@ -757,11 +799,11 @@ fn info_field(text: &str, name: &str) -> Option<String> {
 }
 
 fn redis_server_binary() -> PathBuf {
-    find_binary("TOLLGATE_REDIS_SERVER", "redis-server")
+    find_binary("TOLLGATE_REDIS_SERVER", "redis-server", INSTALL_HINT)
 }
 
 fn redis_cli_binary() -> PathBuf {
-    find_binary("TOLLGATE_REDIS_CLI", "redis-cli")
+    find_binary("TOLLGATE_REDIS_CLI", "redis-cli", INSTALL_HINT)
 }
 
 /// The binary named by `env_var`, else `name` on `PATH`.
@@ -769,7 +811,7 @@ fn redis_cli_binary() -> PathBuf {
 /// # Panics
 ///
 /// If it is not found, saying how to install it.
-fn find_binary(env_var: &str, name: &str) -> PathBuf {
+fn find_binary(env_var: &str, name: &str, install_hint: &str) -> PathBuf {
     let (wanted, source) = match std::env::var_os(env_var) {
         Some(value) if !value.is_empty() => (PathBuf::from(value), format!("{env_var} names")),
         _ => (PathBuf::from(name), format!("{env_var} is not set and")),
@@ -783,7 +825,7 @@ fn find_binary(env_var: &str, name: &str) -> PathBuf {
     }
     panic!(
         "{source} `{}`, which was not found (PATH searched for bare names). \
-         Tollgate's Redis tests start real Redis servers: {INSTALL_HINT}, \
+         Tollgate's Redis tests start real Redis servers: {install_hint}, \
          or set {env_var} to the path of `{name}`.",
         wanted.display()
     );
@@ -874,17 +916,36 @@ fn drain<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<String> {
 /// bounded by `timeout`. Enough RESP for the probes here: an error reply is
 /// an `Err`, an array's elements are joined by newlines.
 fn request(port: u16, args: &[&str], timeout: Duration) -> Result<String, String> {
+    request_as(port, None, args, timeout)
+}
+
+/// [`request`], after `AUTH <password>` on the same connection when one is
+/// given.
+fn request_as(
+    port: u16,
+    password: Option<&str>,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, String> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let exchange = || -> io::Result<String> {
-        let stream = TcpStream::connect_timeout(&address, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
+    let frame = |args: &[&str]| {
         let mut frame = format!("*{}\r\n", args.len());
         for arg in args {
             frame.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
-        (&stream).write_all(frame.as_bytes())?;
-        read_reply(&mut BufReader::new(&stream))
+        frame
+    };
+    let exchange = || -> io::Result<String> {
+        let stream = TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut reader = BufReader::new(&stream);
+        if let Some(password) = password {
+            (&stream).write_all(frame(&["AUTH", password]).as_bytes())?;
+            read_reply(&mut reader)?;
+        }
+        (&stream).write_all(frame(args).as_bytes())?;
+        read_reply(&mut reader)
     };
     exchange().map_err(|e| format!("{} to port {port}: {e}", args.join(" ")))
 }

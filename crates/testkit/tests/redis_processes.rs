@@ -1,12 +1,13 @@
-//! The Redis process helpers start real servers and clusters, and killing,
-//! restarting, hanging and dropping them does what a store's tests rely on.
+//! The Redis process helpers start real servers, clusters and sentinel
+//! groups, and killing, restarting, hanging, failing over and dropping them
+//! does what a store's tests rely on.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tollgate_testkit::redis::{RedisCluster, RedisServer};
+use tollgate_testkit::redis::{RedisCluster, RedisSentinel, RedisServer, SentinelSetup};
 
 /// Sends an inline `PING` and returns the first reply line, waiting at most
 /// 200 ms for it.
@@ -209,4 +210,91 @@ fn a_cluster_with_replicas_fails_over_when_a_master_dies() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_unix_socket_server_answers_on_its_socket_and_removes_it_on_drop() {
+    use std::os::unix::net::UnixStream;
+
+    let server = RedisServer::start_with_unix_socket(&[]);
+    let socket = server.unix_socket();
+    assert_eq!(server.unix_url(), format!("unix://{}", socket.display()));
+    let stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    (&stream).write_all(b"PING\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), "+PONG");
+    assert_eq!(
+        server.cli(&["CONFIG", "GET", "unixsocketperm"]),
+        "unixsocketperm\n700"
+    );
+    drop(server);
+    assert!(
+        !socket.exists(),
+        "the socket's directory is removed on drop"
+    );
+}
+
+#[test]
+fn a_sentinel_group_agrees_fails_over_and_leaves_no_process() {
+    let mut group = RedisSentinel::start();
+    let first = group.servers()[0].port();
+    assert_eq!(
+        group.master_port(),
+        first,
+        "the first server starts as the master"
+    );
+    let sentinels = group.sentinel_ports();
+    assert_eq!(sentinels.len(), 3);
+    for port in &sentinels {
+        assert_eq!(ping(*port).unwrap(), "+PONG", "sentinel {port}");
+    }
+    let replica = group.servers()[1].port();
+    assert!(
+        group
+            .query(replica, &["ROLE"])
+            .unwrap()
+            .starts_with("slave")
+    );
+
+    let new = group.failover();
+    assert_eq!(new, replica, "the only replica is promoted");
+    assert_eq!(group.master_port(), replica);
+    assert!(group.query(first, &["ROLE"]).unwrap().starts_with("slave"));
+
+    let (old, promoted) = group.kill_master();
+    assert_eq!((old, promoted), (replica, first), "and back to the first");
+    drop(group);
+    for port in sentinels.iter().chain([&first, &replica]) {
+        assert!(ping(*port).is_err(), "port {port} is closed after drop");
+    }
+}
+
+#[test]
+fn a_sentinel_group_with_passwords_refuses_who_has_none() {
+    let group = RedisSentinel::start_with(
+        SentinelSetup::default()
+            .nodes(0, 1)
+            .master_password("m-pw")
+            .sentinel_password("s-pw"),
+    );
+    let urls = group.sentinel_urls();
+    assert_eq!(
+        urls,
+        [format!(
+            "redis://:s-pw@127.0.0.1:{}",
+            group.sentinel_ports()[0]
+        )]
+    );
+    assert!(
+        ping(group.sentinel_ports()[0])
+            .unwrap()
+            .starts_with("-NOAUTH")
+    );
+    let master = group.master_port();
+    assert!(ping(master).unwrap().starts_with("-NOAUTH"));
+    assert_eq!(group.query(master, &["PING"]).unwrap(), "PONG");
 }

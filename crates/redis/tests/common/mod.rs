@@ -40,3 +40,21 @@ pub async fn cluster(urls: &[String], clock: ManualClock) -> RedisStore {
         .expect("connect to cluster")
         .with_test_clock(clock)
 }
+
+/// The master `group`'s sentinels monitor, without credentials.
+pub fn sentinel_master(
+    group: &tollgate_testkit::redis::RedisSentinel,
+) -> tollgate_redis::SentinelMaster {
+    tollgate_redis::SentinelMaster::new(group.master_name())
+}
+
+/// A Sentinel store driven by `clock`.
+pub async fn sentinel(
+    group: &tollgate_testkit::redis::RedisSentinel,
+    clock: ManualClock,
+) -> RedisStore {
+    RedisStore::connect_sentinel(&group.sentinel_urls(), sentinel_master(group), options())
+        .await
+        .expect("connect through the sentinels")
+        .with_test_clock(clock)
+}

@@ -233,14 +233,6 @@ const IGNORED: &[(&str, &str)] = &[
         "the server starts without waiting for Redis and reconnects in the background",
     ),
     (
-        "REDIS_TLS_CLIENT_CERT",
-        "client certificates to Redis are not supported",
-    ),
-    (
-        "REDIS_TLS_CLIENT_KEY",
-        "client certificates to Redis are not supported",
-    ),
-    (
         "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION",
         "Redis's certificate is always verified, host name included",
     ),
@@ -316,6 +308,21 @@ const HARMLESS: &[(&str, bool)] = &[
     ("XDS_CLIENT_BACKOFF_JITTER", true),
     ("TRACING_ENABLED", false),
 ];
+
+/// `REDIS_TLS_CACERT`, `REDIS_TLS_CLIENT_CERT` and `REDIS_TLS_CLIENT_KEY`
+/// (one set for both of envoyproxy/ratelimit's Redis stores, as there) as
+/// a store section's `tls_ca_file`, `tls_cert_file` and `tls_key_file`.
+fn tls_files(vars: &Vars, store: &mut Mapping) {
+    for (var, key) in [
+        ("REDIS_TLS_CACERT", "tls_ca_file"),
+        ("REDIS_TLS_CLIENT_CERT", "tls_cert_file"),
+        ("REDIS_TLS_CLIENT_KEY", "tls_key_file"),
+    ] {
+        if let Some(path) = vars.get(var).filter(|p| !p.is_empty()) {
+            store.insert(key.into(), path.into());
+        }
+    }
+}
 
 /// Bytes of envoyproxy/ratelimit's local cache (freecache) that one entry of
 /// tollgate's deny cache stands for: `LOCAL_CACHE_SIZE_IN_BYTES / 128`
@@ -896,9 +903,7 @@ impl EnvoyEnvironment {
             }
         }
         if redis && vars.bool("REDIS_TLS", false)? {
-            if let Some(ca) = vars.get("REDIS_TLS_CACERT").filter(|ca| !ca.is_empty()) {
-                store.insert("tls_ca_cert".into(), ca.into());
-            }
+            tls_files(&vars, &mut store);
         }
         match vars.int::<u64>("LOCAL_CACHE_SIZE_IN_BYTES", 0)? {
             // Unset or 0: envoyproxy/ratelimit has no local cache. tollgate's
@@ -929,9 +934,7 @@ impl EnvoyEnvironment {
                 per_second.insert("prefix".into(), prefix);
             }
             if vars.bool("REDIS_PERSECOND_TLS", false)? {
-                if let Some(ca) = vars.get("REDIS_TLS_CACERT").filter(|ca| !ca.is_empty()) {
-                    per_second.insert("tls_ca_cert".into(), ca.into());
-                }
+                tls_files(&vars, &mut per_second);
             }
             store.insert("per_second".into(), Value::Mapping(per_second));
         }

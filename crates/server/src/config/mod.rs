@@ -57,6 +57,7 @@ pub use settings::{
     DEFAULT_GRPC_MAX_CONNECTION_AGE, DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings,
     MetricsSettings, ResponseHeaderSettings,
 };
+pub use settings::{SentinelSettings, TlsFiles};
 
 use parse::{Checked, parse_document, parse_envoy_document};
 use raw::RawConfig;

@@ -19,6 +19,7 @@ use super::{
     BreakerSettings, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS, MAX_POLICY_NAME,
     ServerSettings, StoreKind, StoreSettings,
 };
+use super::{SentinelSettings, TlsFiles};
 use crate::envoy::{self, RawDomain};
 
 #[derive(Deserialize)]
@@ -275,7 +276,13 @@ pub(super) struct RawStore {
     breaker: Option<Checked<RawBreaker>>,
     deny_cache: Option<Checked<RawDenyCache>>,
     max_keys: Option<u64>,
-    tls_ca_cert: Option<PathBuf>,
+    master_name: Option<String>,
+    master_username: Option<String>,
+    master_password: Option<String>,
+    master_tls: Option<bool>,
+    tls_ca_file: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
     key_layout: Option<KeyLayout>,
     envoy_prefix: Option<String>,
     per_second: Option<PerSecondSection>,
@@ -494,7 +501,9 @@ impl RawStore {
                 return Err("`url` is required when kind is redis".into());
             }
             (StoreKind::Redis, _, Some(_)) => {
-                return Err("kind redis takes `url`; `urls` is for redis_cluster".into());
+                return Err(
+                    "kind redis takes `url`; `urls` is for redis_cluster and redis_sentinel".into(),
+                );
             }
             (StoreKind::RedisCluster, None, Some(urls)) if !urls.is_empty() => urls,
             (StoreKind::RedisCluster, Some(_), _) => {
@@ -507,14 +516,37 @@ impl RawStore {
                     "`urls` (at least one seed node) is required when kind is redis_cluster".into(),
                 );
             }
+            (StoreKind::RedisSentinel, None, Some(urls)) if !urls.is_empty() => urls,
+            (StoreKind::RedisSentinel, Some(_), _) => {
+                return Err(
+                    "kind redis_sentinel takes `urls: [...]` (the sentinels), not `url`".into(),
+                );
+            }
+            (StoreKind::RedisSentinel, None, _) => {
+                return Err(
+                    "`urls` (at least one sentinel) is required when kind is redis_sentinel".into(),
+                );
+            }
         };
         for url in &urls {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(format!(
-                    "store URL `{url}` must start with redis:// or rediss://"
-                ));
-            }
+            check_store_url(self.kind, url)?;
         }
+        let sentinel = sentinel_settings(
+            self.kind,
+            &urls,
+            self.master_name,
+            self.master_username,
+            self.master_password,
+            self.master_tls,
+        )?;
+        let tls = tls_files(
+            self.kind,
+            &urls,
+            sentinel.as_ref(),
+            self.tls_ca_file,
+            self.tls_cert_file,
+            self.tls_key_file,
+        )?;
         let defaults = StoreSettings::default();
         let prefix = self.prefix.unwrap_or(defaults.prefix);
         if let Err(e) = tollgate_redis::keys::validate_prefix(&prefix) {
@@ -543,6 +575,8 @@ impl RawStore {
         let settings = StoreSettings {
             kind: self.kind,
             urls,
+            sentinel,
+            tls,
             prefix,
             timeout,
             on_failure: self.on_failure.map_or(defaults.on_failure, |m| m.0),
@@ -550,7 +584,6 @@ impl RawStore {
             breaker: self.breaker.map_or(defaults.breaker, |b| b.0),
             deny_cache: self.deny_cache.map_or(defaults.deny_cache, |d| d.0),
             max_keys,
-            tls_ca_cert: self.tls_ca_cert,
             key_layout: self.key_layout.unwrap_or(defaults.key_layout),
             envoy_prefix: self.envoy_prefix.unwrap_or(defaults.envoy_prefix),
             per_second: None,
@@ -558,6 +591,164 @@ impl RawStore {
         Ok((settings, self.per_second))
     }
 }
+
+/// A store URL's scheme: TCP (`redis://`, `rediss://`) for every kind,
+/// and a unix socket (`unix:///path`, `redis+unix:///path`) for kind
+/// `redis` only (a Cluster's nodes and the sentinels are reached over TCP).
+fn check_store_url(kind: StoreKind, url: &str) -> Result<(), String> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(());
+    }
+    let socket = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("redis+unix://"));
+    match (socket, kind) {
+        (Some(path), StoreKind::Redis) if path.starts_with('/') => Ok(()),
+        (Some(_), StoreKind::Redis) => Err(format!(
+            "store URL `{}`: a unix socket URL needs an absolute path, e.g. unix:///run/redis/redis.sock",
+            tollgate_redis::store::redact(url)
+        )),
+        (Some(_), _) => Err(format!(
+            "store URL `{}`: unix sockets are for kind redis; a {} is reached over redis:// or rediss://",
+            tollgate_redis::store::redact(url),
+            if kind == StoreKind::RedisSentinel {
+                "sentinel"
+            } else {
+                "cluster node"
+            }
+        )),
+        (None, StoreKind::Redis) => Err(format!(
+            "store URL `{}` must start with redis://, rediss://, unix:// or redis+unix://",
+            tollgate_redis::store::redact(url)
+        )),
+        (None, _) => Err(format!(
+            "store URL `{}` must start with redis:// or rediss://",
+            tollgate_redis::store::redact(url)
+        )),
+    }
+}
+
+/// `store.master_*`: required (`master_name`) for kind `redis_sentinel`,
+/// refused for every other kind.
+fn sentinel_settings(
+    kind: StoreKind,
+    urls: &[String],
+    master_name: Option<String>,
+    master_username: Option<String>,
+    master_password: Option<String>,
+    master_tls: Option<bool>,
+) -> Result<Option<SentinelSettings>, String> {
+    if kind != StoreKind::RedisSentinel {
+        let given = [
+            ("master_name", master_name.is_some()),
+            ("master_username", master_username.is_some()),
+            ("master_password", master_password.is_some()),
+            ("master_tls", master_tls.is_some()),
+        ];
+        return match given.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(format!("`{key}` is only for kind redis_sentinel")),
+            None => Ok(None),
+        };
+    }
+    let Some(master_name) = master_name else {
+        return Err(
+            "`master_name` (the name the sentinels monitor the master under) is required when kind is redis_sentinel"
+                .into(),
+        );
+    };
+    if master_name.is_empty()
+        || master_name.len() > MAX_MASTER_NAME
+        || master_name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "master_name must be 1 to {MAX_MASTER_NAME} characters without spaces or control characters"
+        ));
+    }
+    if master_username.is_some() && master_password.is_none() {
+        return Err("`master_username` needs `master_password`".into());
+    }
+    if master_password.as_deref() == Some("") {
+        return Err("master_password is empty (leave it out for a master without one)".into());
+    }
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls != 0 && tls != urls.len() {
+        return Err(
+            "the sentinels' `urls` mix redis:// and rediss://: use one scheme for all".into(),
+        );
+    }
+    Ok(Some(SentinelSettings {
+        master_name,
+        master_username,
+        master_password,
+        master_tls: master_tls.unwrap_or(tls != 0),
+    }))
+}
+
+/// `store.tls_*_file`: read now (so a missing file is reported with its
+/// line), only with TLS in use (a `rediss://` URL, or `master_tls`), the
+/// certificate and its key together.
+fn tls_files(
+    kind: StoreKind,
+    urls: &[String],
+    sentinel: Option<&SentinelSettings>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<Option<TlsFiles>, String> {
+    let given = [
+        ("tls_ca_file", &ca),
+        ("tls_cert_file", &cert),
+        ("tls_key_file", &key),
+    ];
+    let Some((first, _)) = given.iter().find(|(_, path)| path.is_some()) else {
+        return Ok(None);
+    };
+    if kind == StoreKind::Memory {
+        return Err(format!("`{first}` is for the Redis kinds"));
+    }
+    let tls =
+        urls.iter().any(|u| u.starts_with("rediss://")) || sentinel.is_some_and(|s| s.master_tls);
+    if !tls {
+        return Err(format!(
+            "`{first}` needs TLS: a rediss:// URL{}",
+            if kind == StoreKind::RedisSentinel {
+                " or `master_tls: true`"
+            } else {
+                ""
+            }
+        ));
+    }
+    let read = |key: &str, path: &str| -> Result<Vec<u8>, String> {
+        let metadata = std::fs::metadata(path).map_err(|e| format!("{key} `{path}`: {e}"))?;
+        if metadata.len() > MAX_TLS_FILE_BYTES {
+            return Err(format!(
+                "{key} `{path}` is over {MAX_TLS_FILE_BYTES} bytes: not a PEM file"
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{key} `{path}`: {e}"))?;
+        if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(format!("{key} `{path}` is not PEM (no `-----BEGIN `)"));
+        }
+        Ok(bytes)
+    };
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            Some((read("tls_cert_file", &cert)?, read("tls_key_file", &key)?))
+        }
+        (None, None) => None,
+        _ => return Err("`tls_cert_file` and `tls_key_file` go together".into()),
+    };
+    let ca = ca.map(|path| read("tls_ca_file", &path)).transpose()?;
+    Ok(Some(TlsFiles { ca, client }))
+}
+
+/// The largest TLS file read (certificates and keys are a few KB).
+const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
+
+/// The longest `store.master_name`.
+const MAX_MASTER_NAME: usize = 256;
 
 /// A named policy.
 pub(super) struct NamedPolicy {

@@ -173,6 +173,8 @@ pub enum StoreKind {
     Redis,
     /// A Redis Cluster.
     RedisCluster,
+    /// The master that Redis Sentinel names (`urls` are the sentinels').
+    RedisSentinel,
 }
 
 /// How counters are named in Redis (`store.key_layout`).
@@ -202,9 +204,14 @@ pub use tollgate::resilience::FailureMode;
 pub struct StoreSettings {
     /// Which store.
     pub kind: StoreKind,
-    /// Redis URLs: one for `redis`, the seeds for `redis_cluster`, none for
-    /// `memory`.
+    /// Redis URLs: one for `redis`, the seeds for `redis_cluster`, the
+    /// sentinels for `redis_sentinel`, none for `memory`.
     pub urls: Vec<String>,
+    /// For `redis_sentinel`: the master's name, credentials and TLS.
+    pub sentinel: Option<SentinelSettings>,
+    /// TLS files (`store.tls_ca_file`, `tls_cert_file`, `tls_key_file`),
+    /// read when the configuration is loaded.
+    pub tls: Option<TlsFiles>,
     /// The key prefix.
     pub prefix: String,
     /// The bound on one store call.
@@ -222,9 +229,6 @@ pub struct StoreSettings {
     /// fallback's in-memory state); past it the entries nearest to becoming
     /// fresh are evicted.
     pub max_keys: usize,
-    /// For `rediss://`: the CA certificate (PEM file) that signed Redis's
-    /// certificate, when it is not a public one (`store.tls_ca_cert`).
-    pub tls_ca_cert: Option<PathBuf>,
     /// How counters are named (`tollgate` or `envoy`); one value for both
     /// stores.
     pub key_layout: KeyLayout,
@@ -243,6 +247,8 @@ impl Default for StoreSettings {
         StoreSettings {
             kind: StoreKind::Memory,
             urls: Vec::new(),
+            sentinel: None,
+            tls: None,
             prefix: tollgate_redis::store::DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_STORE_TIMEOUT,
             on_failure: FailureMode::Open,
@@ -250,11 +256,62 @@ impl Default for StoreSettings {
             breaker: BreakerSettings::default(),
             deny_cache: DenyCacheSettings::default(),
             max_keys: tollgate::store::memory::DEFAULT_MAX_KEYS,
-            tls_ca_cert: None,
             key_layout: KeyLayout::Tollgate,
             envoy_prefix: String::new(),
             per_second: None,
         }
+    }
+}
+
+/// The master of a `redis_sentinel` store (`store.master_*`), validated.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SentinelSettings {
+    /// `store.master_name`: the name the sentinels monitor it under.
+    pub master_name: String,
+    /// `store.master_username`: the master's ACL user.
+    pub master_username: Option<String>,
+    /// `store.master_password`: the master's password.
+    pub master_password: Option<String>,
+    /// `store.master_tls`: whether the master speaks TLS (default: as the
+    /// sentinels' URLs, `rediss://`).
+    pub master_tls: bool,
+}
+
+/// The password is never printed.
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field("master_username", &self.master_username)
+            .field(
+                "master_password",
+                &self.master_password.as_ref().map(|_| "***"),
+            )
+            .field("master_tls", &self.master_tls)
+            .finish()
+    }
+}
+
+/// The TLS files of a Redis store, read (PEM): a private CA to trust
+/// instead of the public roots, and a client certificate for a Redis that
+/// verifies its clients.
+#[derive(Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// `store.tls_ca_file`'s contents.
+    pub ca: Option<Vec<u8>>,
+    /// `store.tls_cert_file` and `store.tls_key_file`'s contents.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The key is never printed.
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
     }
 }
 

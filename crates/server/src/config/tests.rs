@@ -340,6 +340,220 @@ fn empty_documents_are_empty_configurations() {
     assert_eq!(config.store.kind, StoreKind::Memory);
 }
 
+#[test]
+fn sentinel_and_unix_socket_stores_parse() {
+    let text = "store:\n  kind: redis_sentinel\n  urls: [\"rediss://:sentinel-pw@10.0.0.1:26379\", \"rediss://10.0.0.2:26379\"]\n  master_name: mymaster\n  master_username: limiter\n  master_password: master-pw\n";
+    let store = Config::parse(text, "t.yaml").unwrap().store;
+    assert_eq!(store.kind, StoreKind::RedisSentinel);
+    assert_eq!(store.urls.len(), 2);
+    let sentinel = store.sentinel.clone().unwrap();
+    assert_eq!(sentinel.master_name, "mymaster");
+    assert_eq!(sentinel.master_username.as_deref(), Some("limiter"));
+    assert_eq!(sentinel.master_password.as_deref(), Some("master-pw"));
+    assert!(
+        sentinel.master_tls,
+        "TLS by default as the sentinels (rediss://)"
+    );
+    assert!(
+        !format!("{store:?}").contains("master-pw"),
+        "the master password is not printed"
+    );
+    let plain =
+        "store:\n  kind: redis_sentinel\n  urls: [redis://10.0.0.1:26379]\n  master_name: m\n";
+    let sentinel = Config::parse(plain, "t.yaml")
+        .unwrap()
+        .store
+        .sentinel
+        .unwrap();
+    assert!(!sentinel.master_tls && sentinel.master_password.is_none());
+    let forced = format!("{plain}  master_tls: true\n");
+    assert!(
+        Config::parse(&forced, "t.yaml")
+            .unwrap()
+            .store
+            .sentinel
+            .unwrap()
+            .master_tls
+    );
+    for url in [
+        "unix:///run/redis/redis.sock",
+        "redis+unix:///run/redis.sock?db=2&pass=x",
+    ] {
+        let text = format!("store:\n  kind: redis\n  url: \"{url}\"\n");
+        let store = Config::parse(&text, "t.yaml").unwrap().store;
+        assert_eq!(
+            (store.kind, store.urls, store.sentinel),
+            (StoreKind::Redis, vec![url.to_owned()], None)
+        );
+    }
+}
+
+#[test]
+fn sentinel_and_unix_socket_mistakes_are_refused_with_their_line() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n",
+            "`master_name` (the name the sentinels monitor the master under) is required",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  master_name: m\n",
+            "`urls` (at least one sentinel) is required when kind is redis_sentinel",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: []\n  master_name: m\n",
+            "`urls` (at least one sentinel) is required",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  url: redis://h:26379\n  master_name: m\n",
+            "kind redis_sentinel takes `urls: [...]` (the sentinels), not `url`",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://h:6379\n  master_name: m\n",
+            "`master_name` is only for kind redis_sentinel",
+        ),
+        (
+            "store:\n  kind: redis_cluster\n  urls: [redis://h:6379]\n  master_tls: true\n",
+            "`master_tls` is only for kind redis_sentinel",
+        ),
+        (
+            "store:\n  master_password: x\n",
+            "`master_password` is only for kind redis_sentinel",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: m\n  master_username: u\n",
+            "`master_username` needs `master_password`",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: \"my master\"\n",
+            "master_name must be 1 to 256 characters without spaces",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: \"\"\n",
+            "master_name must be 1 to 256 characters",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [redis://a:26379, rediss://b:26379]\n  master_name: m\n",
+            "mix redis:// and rediss://",
+        ),
+        (
+            "store:\n  kind: redis_sentinel\n  urls: [\"unix:///run/sentinel.sock\"]\n  master_name: m\n",
+            "unix sockets are for kind redis; a sentinel is reached over redis:// or rediss://",
+        ),
+        (
+            "store:\n  kind: redis_cluster\n  urls: [\"redis+unix:///run/redis.sock\"]\n",
+            "unix sockets are for kind redis; a cluster node",
+        ),
+        (
+            "store:\n  kind: redis\n  url: \"unix://run/redis.sock\"\n",
+            "a unix socket URL needs an absolute path",
+        ),
+        (
+            "store:\n  kind: redis\n  url: \"tcp://h:6379\"\n",
+            "must start with redis://, rediss://, unix:// or redis+unix://",
+        ),
+        (
+            "store:\n  kind: redis\n  url: \"http://u:secret@h\"\n",
+            "store URL `http://***@h`",
+        ),
+        (
+            "store:\n  kind: redis\n  urls: [redis://h:6379]\n",
+            "`urls` is for redis_cluster and redis_sentinel",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, expected) in cases {
+        let message = error(text).to_string();
+        if !message.contains(expected)
+            || !message.starts_with("t.yaml:2:")
+            || message.contains("secret")
+        {
+            wrong.push(format!(
+                "{text:?}: expected line 2 and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn tls_files_are_read_and_checked_with_their_line() {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = |name: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (pem("ca.pem"), pem("cert.pem"), pem("key.pem"));
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let not_pem = not_pem.display().to_string();
+
+    let text = format!(
+        "store:\n  kind: redis\n  url: rediss://h:6380\n  tls_ca_file: \"{ca}\"\n  tls_cert_file: \"{cert}\"\n  tls_key_file: \"{key}\"\n"
+    );
+    let store = Config::parse(&text, "t.yaml").unwrap().store;
+    let tls = store.tls.clone().unwrap();
+    assert!(tls.ca.unwrap().ends_with(b"-----END CERTIFICATE-----\n"));
+    assert!(tls.client.is_some());
+    assert!(
+        format!("{store:?}").contains("TlsFiles { ca: true, client: true }"),
+        "the files' contents are never printed: {store:?}"
+    );
+    // TLS to a sentinel's master only: the files serve the master.
+    let text = format!(
+        "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: m\n  master_tls: true\n  tls_ca_file: \"{ca}\"\n"
+    );
+    assert!(Config::parse(&text, "t.yaml").unwrap().store.tls.is_some());
+
+    let cases = [
+        (
+            format!("store:\n  tls_ca_file: \"{ca}\"\n"),
+            "`tls_ca_file` is for the Redis kinds".to_owned(),
+        ),
+        (
+            format!("store:\n  kind: redis\n  url: redis://h:6379\n  tls_ca_file: \"{ca}\"\n"),
+            "`tls_ca_file` needs TLS: a rediss:// URL".to_owned(),
+        ),
+        (
+            format!(
+                "store:\n  kind: redis_sentinel\n  urls: [redis://h:26379]\n  master_name: m\n  tls_ca_file: \"{ca}\"\n"
+            ),
+            "needs TLS: a rediss:// URL or `master_tls: true`".to_owned(),
+        ),
+        (
+            format!("store:\n  kind: redis\n  url: rediss://h:6380\n  tls_cert_file: \"{cert}\"\n"),
+            "`tls_cert_file` and `tls_key_file` go together".to_owned(),
+        ),
+        (
+            "store:\n  kind: redis\n  url: rediss://h:6380\n  tls_ca_file: /no/such/ca.pem\n"
+                .to_owned(),
+            "tls_ca_file `/no/such/ca.pem`: No such file".to_owned(),
+        ),
+        (
+            format!(
+                "store:\n  kind: redis\n  url: rediss://h:6380\n  tls_ca_file: \"{not_pem}\"\n"
+            ),
+            "is not PEM".to_owned(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, expected) in &cases {
+        let message = error(text).to_string();
+        if !message.contains(expected.as_str()) || !message.starts_with("t.yaml:2:") {
+            wrong.push(format!(
+                "{text:?}: expected line 2 and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 /// An envoyproxy/ratelimit file `text` added to an empty configuration.
 fn envoy_file(text: &str) -> Result<Config, ConfigError> {
     let mut config = Config::parse("", "<empty>")?;

@@ -124,6 +124,13 @@ pub enum Backend {
     /// A Redis Cluster; the server connects to it as its configuration's
     /// `store:` section says (`kind: redis_cluster`, `urls: [...]`).
     RedisCluster(RedisCluster),
+    /// A master, a replica and sentinels; the server finds the master as its
+    /// configuration says (`kind: redis_sentinel`, `urls`, `master_name`).
+    RedisSentinel(tollgate_testkit::redis::RedisSentinel),
+    /// A server the app connects to as its configuration says (`url:
+    /// unix://...`, `rediss://` with TLS files...), not through the test's
+    /// own store; the test probes it over TCP.
+    RedisFromConfig(RedisServer),
 }
 
 impl Backend {
@@ -144,9 +151,10 @@ impl Backend {
     /// builds.
     pub async fn store_for(&self, config: &Config) -> ServerStore {
         match self {
-            Backend::Memory | Backend::RedisCluster(_) => {
-                ServerStore::connect(&config.store).await.unwrap()
-            }
+            Backend::Memory
+            | Backend::RedisCluster(_)
+            | Backend::RedisSentinel(_)
+            | Backend::RedisFromConfig(_) => ServerStore::connect(&config.store).await.unwrap(),
             Backend::Redis(_) => self.store().await,
         }
     }
@@ -166,6 +174,20 @@ impl Backend {
                 )
                 .await
                 .unwrap(),
+            ),
+            Backend::RedisSentinel(group) => ServerStore::Redis(
+                RedisStore::connect_sentinel(
+                    &group.sentinel_urls(),
+                    tollgate_redis::SentinelMaster::new(group.master_name()),
+                    RedisOptions::default().prefix("test"),
+                )
+                .await
+                .unwrap(),
+            ),
+            Backend::RedisFromConfig(server) => ServerStore::Redis(
+                RedisStore::connect(&server.unix_url(), RedisOptions::default().prefix("test"))
+                    .await
+                    .unwrap(),
             ),
         }
     }

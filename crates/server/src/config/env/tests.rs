@@ -181,13 +181,15 @@ const ROWS: &[(Vars, &str, &str)] = &[
             ("REDIS_URL", "h:1"),
             ("REDIS_TLS", "true"),
             ("REDIS_TLS_CACERT", "/ca.pem"),
+            ("REDIS_TLS_CLIENT_CERT", "/c.pem"),
+            ("REDIS_TLS_CLIENT_KEY", "/k.pem"),
         ],
-        "store.tls_ca_cert",
-        "/ca.pem",
+        "store",
+        "{kind: redis, url: 'rediss://h:1', key_layout: envoy, envoy_prefix: '', tls_ca_file: /ca.pem, tls_cert_file: /c.pem, tls_key_file: /k.pem}",
     ),
     (
         &[("REDIS_URL", "h:1"), ("REDIS_TLS_CACERT", "/ca.pem")],
-        "store.tls_ca_cert",
+        "store.tls_ca_file",
         "~",
     ),
     (

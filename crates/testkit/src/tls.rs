@@ -1,0 +1,140 @@
+//! Throwaway TLS certificates for tests, made with `openssl`: a private CA,
+//! a server certificate for `127.0.0.1` and a client certificate, both
+//! signed by it.
+//!
+//! ```no_run
+//! let dir = tollgate_testkit::files::temp_dir("tls-example");
+//! let files = tollgate_testkit::tls::Certificates::create(&dir);
+//! assert!(files.ca.is_file() && files.client_key.is_file());
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The files [`Certificates::create`] wrote (PEM).
+#[derive(Debug, Clone)]
+pub struct Certificates {
+    /// The CA's certificate: trust it to accept the server (or client).
+    pub ca: PathBuf,
+    /// The server's certificate (subject alternative name IP 127.0.0.1).
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+    /// A client certificate, for a server that verifies its clients.
+    pub client_cert: PathBuf,
+    /// The client's private key.
+    pub client_key: PathBuf,
+}
+
+impl Certificates {
+    /// Writes a CA, a server and a client certificate into `dir`, valid
+    /// for a day.
+    ///
+    /// # Panics
+    /// When `openssl` is missing (the message says how to install it) or
+    /// fails.
+    pub fn create(dir: &Path) -> Certificates {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=tollgate test CA",
+            ],
+        );
+        // Extensions make both X.509 v3 (webpki refuses v1 certificates).
+        for (file, text) in [
+            ("server.ext", "subjectAltName=IP:127.0.0.1\n"),
+            ("client.ext", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(dir.join(file), text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", dir.display()));
+        }
+        for (name, subject) in [
+            ("server", "/CN=127.0.0.1"),
+            ("client", "/CN=tollgate test client"),
+        ] {
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let crt = format!("{name}.crt");
+            let extensions = format!("{name}.ext");
+            openssl(
+                dir,
+                &[
+                    "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                    subject,
+                ],
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &crt,
+                    "-days",
+                    "1",
+                    "-extfile",
+                    &extensions,
+                ],
+            );
+        }
+        Certificates {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
+
+    /// `redis-server` arguments for TLS on `port` with these files; with
+    /// `verify_clients`, a client must present a certificate the CA signed.
+    pub fn redis_args(&self, port: u16, verify_clients: bool) -> Vec<String> {
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        vec![
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(&self.server_cert),
+            "--tls-key-file".to_owned(),
+            path(&self.server_key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&self.ca),
+            "--tls-auth-clients".to_owned(),
+            if verify_clients { "yes" } else { "no" }.to_owned(),
+        ]
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl: {e}; install it with `apt-get install openssl`")
+        });
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
