@@ -4,7 +4,7 @@
 //! [`RedisStore::connect_sentinel`](crate::RedisStore::connect_sentinel)
 //! asks the sentinels for the master of a name, checks with `ROLE` that the
 //! node it names is a master, and holds one multiplexed connection to it,
-//! like a standalone store. The store asks again (see [`Sentinel::rediscover`])
+//! like a standalone store. The store asks again (`Sentinel::rediscover`)
 //! when the master may have changed:
 //!
 //! - the master answers `READONLY` (it has been demoted to a replica) or

@@ -491,29 +491,79 @@ fn envoy_hits(
     out
 }
 
-/// Whether every limit of `plans` would admit its hits now (peeks; nothing
-/// is charged or counted): `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`
-/// charges a request only then. A store failure is left to the decisions
-/// that follow, which apply the failure mode.
-async fn all_fit(loaded: &Loaded, request: &RateLimitRequest, plans: &[Plan<'_>]) -> bool {
+/// envoyproxy/ratelimit's overall code: `OVER_LIMIT` when a descriptor
+/// that is not a quota descriptor is over its limit, or when every quota
+/// descriptor is (quota mode). A shadowed descriptor over its limit reports
+/// `OK`, so it counts as passed.
+#[derive(Debug, Default)]
+struct Overall {
+    failed_rate_limits: usize,
+    failed_quotas: usize,
+    quotas: usize,
+}
+
+impl Overall {
+    /// Counts one descriptor's status: over its limit (as reported) or not,
+    /// and whether it is a quota descriptor.
+    fn add(&mut self, over: bool, quota: bool) {
+        match (over, quota) {
+            (true, true) => self.failed_quotas += 1,
+            (true, false) => self.failed_rate_limits += 1,
+            (false, _) => {}
+        }
+        if quota {
+            self.quotas += 1;
+        }
+    }
+
+    fn over(&self) -> bool {
+        self.failed_rate_limits > 0 || (self.quotas > 0 && self.quotas == self.failed_quotas)
+    }
+}
+
+/// Whether a descriptor is a quota descriptor: envoyproxy/ratelimit drops an
+/// unlimited limit before it counts them, so an unlimited one is (a quota
+/// descriptor that passed) only under the global switch, as is one that
+/// matched nothing (`m` `None`).
+fn is_quota(global: bool, m: Option<&Matched<'_>>) -> bool {
+    global || m.is_some_and(|m| m.quota && m.rule.applied != Applied::Unlimited)
+}
+
+/// Whether the request would be answered `OVER_LIMIT` now, from peeks
+/// (nothing is charged or counted): `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`
+/// charges a request only when it would not. Unlike envoyproxy/ratelimit,
+/// which stops charging when any limit is over, a shadowed or quota limit
+/// over its limit stops nothing while the request is answered `OK` (or
+/// under the global shadow mode): the request is then admitted, and
+/// admitting it uncharged would let it through again and again. A store
+/// failure is left to the decisions that follow, which apply the failure
+/// mode.
+async fn would_be_over(loaded: &Loaded, request: &RateLimitRequest, plans: &[Plan<'_>]) -> bool {
+    let envoy = &loaded.config.envoy;
+    if envoy.shadow_mode {
+        return false;
+    }
+    let mut overall = Overall::default();
     for (descriptor, plan) in request.descriptors.iter().zip(plans) {
         let Plan::Apply(m, key) = plan else {
+            overall.add(false, is_quota(envoy.quota_mode, None));
             continue;
         };
-        match &m.rule.applied {
-            Applied::Unlimited => {}
-            Applied::DenyAll { .. } => return false,
+        let denied = match &m.rule.applied {
+            Applied::Unlimited => false,
+            Applied::DenyAll { .. } => true,
             Applied::Policy { name, policy, .. } => {
                 let (cost, _) = hits(request, descriptor);
                 let refs = [PolicyRef { name, policy }];
-                match loaded.limiter.apply(&refs, key, cost, Mode::Peek).await {
-                    Ok(d) if d.decisions.first().is_some_and(|d| !d.allowed) => return false,
-                    _ => {}
-                }
+                matches!(
+                    loaded.limiter.apply(&refs, key, cost, Mode::Peek).await,
+                    Ok(d) if d.decisions.first().is_some_and(|d| !d.allowed)
+                )
             }
-        }
+        };
+        overall.add(denied && !m.shadow, is_quota(envoy.quota_mode, Some(m)));
     }
-    true
+    overall.over()
 }
 
 #[tonic::async_trait]
@@ -545,13 +595,13 @@ impl RateLimitGrpc {
         let metrics = self.app.metrics();
         let plans = plan(loaded.config.domains.get(&request.domain), &request)?;
         let charge = !envoy.stop_cache_key_increment_when_overlimit
-            || all_fit(&loaded, &request, &plans).await;
+            || !would_be_over(&loaded, &request, &plans).await;
         let mut statuses = Vec::with_capacity(plans.len());
         let mut decided = Vec::new();
         // envoyproxy/ratelimit's quota mode: descriptors over the limit in
         // quota mode make the request over the limit only when all of its
         // quota descriptors are.
-        let (mut failed_rate_limits, mut failed_quotas, mut quotas) = (0, 0, 0);
+        let mut overall = Overall::default();
         for (descriptor, plan) in request.descriptors.iter().zip(&plans) {
             let (status, quota) = match plan {
                 Plan::Pass => (
@@ -559,16 +609,8 @@ impl RateLimitGrpc {
                         code: Code::Ok as i32,
                         ..DescriptorStatus::default()
                     },
-                    envoy.quota_mode,
+                    is_quota(envoy.quota_mode, None),
                 ),
-                Plan::Apply(m, _) if m.rule.applied == Applied::Unlimited => {
-                    statuses.push(DescriptorStatus {
-                        code: Code::Ok as i32,
-                        limit_remaining: u32::MAX,
-                        ..DescriptorStatus::default()
-                    });
-                    continue;
-                }
                 Plan::Apply(m, key) => {
                     let status = self
                         .decide_descriptor(
@@ -581,22 +623,13 @@ impl RateLimitGrpc {
                             &mut decided,
                         )
                         .await?;
-                    (status, envoy.quota_mode || m.quota)
+                    (status, is_quota(envoy.quota_mode, Some(m)))
                 }
             };
-            if status.code == Code::OverLimit as i32 {
-                if quota {
-                    failed_quotas += 1;
-                } else {
-                    failed_rate_limits += 1;
-                }
-            }
-            if quota {
-                quotas += 1;
-            }
+            overall.add(status.code == Code::OverLimit as i32, quota);
             statuses.push(status);
         }
-        let mut over = failed_rate_limits > 0 || (quotas > 0 && quotas == failed_quotas);
+        let mut over = overall.over();
         if over && envoy.shadow_mode {
             over = false;
             metrics.envoy_global_shadow();

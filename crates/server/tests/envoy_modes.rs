@@ -154,6 +154,65 @@ async fn stop_cache_key_increment_when_overlimit_charges_nothing_of_a_denied_req
     }
 }
 
+/// With the switch, a limit over its limit that does not make the request
+/// `OVER_LIMIT` (a shadowed one, or a quota one while another quota
+/// descriptor passes) does not stop the others from being charged: the
+/// request is admitted, and admitting it uncharged would let it through
+/// again and again. A quota descriptor that makes the request `OVER_LIMIT`
+/// (all quota descriptors over) stops the charge, as any denial does.
+#[tokio::test]
+async fn stop_cache_key_increment_when_overlimit_charges_every_admitted_request() {
+    let descriptors = format!(
+        "      - key: trial\n        shadow_mode: true\n        {ONE_AN_HOUR}\n\
+         \x20     - key: plan\n        quota_mode: true\n        {ONE_AN_HOUR}\n\
+         \x20     - key: extra\n        quota_mode: true\n        rate_limit: {{ unit: hour, requests_per_unit: 100 }}\n\
+         \x20     - key: user\n        rate_limit: {{ unit: hour, requests_per_unit: 3 }}\n"
+    );
+    let server = server(
+        "  stop_cache_key_increment_when_overlimit: true\n",
+        &descriptors,
+    )
+    .await;
+    // Spend the shadowed and the quota limit (one an hour each).
+    ask(&server, vec![descriptor(&[("trial", "x")], None)]).await;
+    ask(&server, vec![descriptor(&[("plan", "x")], None)]).await;
+    let cases: [(&str, Vec<(&str, &str)>); 2] = [
+        ("shadow", vec![("trial", "x")]),
+        ("quota", vec![("plan", "x"), ("extra", "x")]),
+    ];
+    for (what, over) in cases {
+        for remaining in (0..3).rev() {
+            let mut request: Vec<RateLimitDescriptor> = over
+                .iter()
+                .map(|&entry| descriptor(&[entry], None))
+                .collect();
+            request.push(descriptor(&[("user", what)], None));
+            let reply = ask(&server, request).await;
+            assert_eq!(reply.overall_code, OK, "{what}");
+            assert_eq!(
+                reply.statuses.last().unwrap().limit_remaining,
+                remaining,
+                "{what}"
+            );
+        }
+        let reply = ask(&server, vec![descriptor(&[("user", what)], None)]).await;
+        assert_eq!(reply.overall_code, OVER, "{what}: 3 admitted, 3 charged");
+    }
+    // The only quota descriptor over: the request is OVER_LIMIT, and the
+    // other limit is not charged.
+    let reply = ask(
+        &server,
+        vec![
+            descriptor(&[("plan", "x")], None),
+            descriptor(&[("user", "alone")], None),
+        ],
+    )
+    .await;
+    assert_eq!(reply.overall_code, OVER);
+    let reply = ask(&server, vec![descriptor(&[("user", "alone")], None)]).await;
+    assert_eq!(reply.statuses[0].limit_remaining, 2, "not charged before");
+}
+
 /// The line of statistic `name` with `labels` in `metrics`, as a number.
 fn stat(metrics: &str, name: &str, labels: &str) -> u64 {
     let prefix = format!("ratelimit_service_rate_limit_{name}{{{labels}}} ");

@@ -933,6 +933,13 @@ impl EnvoyEnvironment {
             if let Some(prefix) = store.get("prefix").cloned() {
                 per_second.insert("prefix".into(), prefix);
             }
+            if per_second.get("kind").and_then(Value::as_str) == Some("redis_cluster")
+                && store.get("key_layout").is_some()
+            {
+                warnings.push(
+                    "REDIS_PERSECOND_TYPE=CLUSTER: envoyproxy/ratelimit's per-second counters are not continued (its key layout cannot be kept on a Redis Cluster); they start afresh once at the switch".to_owned(),
+                );
+            }
             if vars.bool("REDIS_PERSECOND_TLS", false)? {
                 tls_files(&vars, &mut per_second);
             }

@@ -312,7 +312,8 @@ struct PerSecond {
 
 impl PerSecond {
     /// The per-second store's settings: its own where written, `main`'s
-    /// otherwise. `key_layout` and `envoy_prefix` are always `main`'s.
+    /// otherwise. `key_layout` and `envoy_prefix` are always `main`'s,
+    /// except that a per-second Redis Cluster keeps tollgate's layout.
     fn inherit(self, main: &StoreSettings) -> StoreSettings {
         let own = self.settings;
         StoreSettings {
@@ -351,7 +352,13 @@ impl PerSecond {
             } else {
                 main.max_keys
             },
-            key_layout: main.key_layout,
+            // A Cluster cannot hold envoyproxy/ratelimit's layout (see
+            // `check_layout`): a per-second Cluster keeps tollgate's.
+            key_layout: if own.kind == StoreKind::RedisCluster {
+                KeyLayout::Tollgate
+            } else {
+                main.key_layout
+            },
             envoy_prefix: main.envoy_prefix.clone(),
             per_second: None,
             ..own

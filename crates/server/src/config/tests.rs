@@ -913,6 +913,16 @@ fn a_per_second_store_inherits_what_it_does_not_write() {
     assert_eq!(second.key_layout, KeyLayout::Envoy);
     assert_eq!(second.envoy_prefix, "rl_");
     assert!(second.per_second.is_none());
+    // A per-second Cluster cannot hold envoyproxy/ratelimit's layout: it
+    // keeps tollgate's while the main store keeps envoy's.
+    let split = Config::parse(
+        "store:\n  kind: redis\n  url: redis://a\n  key_layout: envoy\n  per_second:\n    kind: redis_cluster\n    urls: [redis://b]\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(split.store.key_layout, KeyLayout::Envoy);
+    let second = split.store.per_second.as_deref().unwrap();
+    assert_eq!(second.key_layout, KeyLayout::Tollgate);
     // Without the section, one store; the layout defaults to tollgate's.
     let plain = Config::parse("store:\n  kind: memory\n", "t.yaml").unwrap();
     assert!(plain.store.per_second.is_none());
@@ -952,11 +962,6 @@ fn store_layouts_and_per_second_sections_are_checked_where_written() {
             "store:\n  kind: redis_cluster\n  urls: [redis://a]\n  key_layout: envoy\n",
             2,
             "key_layout: envoy is not supported on redis_cluster",
-        ),
-        (
-            "store:\n  kind: redis\n  url: redis://a\n  key_layout: envoy\n  per_second:\n    kind: redis_cluster\n    urls: [redis://b]\n",
-            2,
-            "per_second: key_layout: envoy is not supported on redis_cluster",
         ),
         (
             "store:\n  kind: memory\n  key_layout: envoy\n",

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_norway::Value;
 
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, KeyLayout, StoreKind};
 
 fn environment(vars: &[(&str, &str)]) -> Result<Option<EnvoyEnvironment>, EnvError> {
     EnvoyEnvironment::from_vars(
@@ -686,9 +686,8 @@ fn go_durations() {
     }
 }
 
-/// The document parses as tollgate's configuration, for the keys this
-/// branch knows (the sentinel, per-second and `envoy:` mode keys belong to
-/// other parts and are asserted as text above).
+/// The document parses as tollgate's configuration, meaning what the
+/// variables say.
 #[test]
 fn the_document_is_a_valid_configuration() {
     let environment = mapped(&[
@@ -730,4 +729,61 @@ fn the_document_is_a_valid_configuration() {
     assert!(config.server.healthy_needs_domains);
     assert!(config.envoy.response_headers.enabled);
     assert_eq!(config.envoy.response_headers.remaining, "X-Left");
+}
+
+/// Environments that reach the parts built beside the mapping (Sentinel, a
+/// per-second store, envoyproxy/ratelimit's key layout, the `envoy:`
+/// switches) give documents that load, meaning what they say.
+#[test]
+fn documents_of_every_store_kind_and_switch_load() {
+    let load = |vars: &[(&str, &str)]| {
+        let environment = mapped(vars);
+        Config::parse(&environment.document, "<environment>")
+            .unwrap_or_else(|e| panic!("{e}\n{}", environment.document))
+    };
+    // A single Redis with a per-second Cluster: the main store continues
+    // envoyproxy/ratelimit's counters, the Cluster cannot (and says so).
+    let vars = [
+        ("REDIS_SOCKET_TYPE", "tcp"),
+        ("REDIS_URL", "127.0.0.1:6379"),
+        ("CACHE_KEY_PREFIX", "rl_"),
+        ("REDIS_PERSECOND", "true"),
+        ("REDIS_PERSECOND_TYPE", "CLUSTER"),
+        ("REDIS_PERSECOND_URL", "127.0.0.1:7000,127.0.0.1:7001"),
+    ];
+    let config = load(&vars);
+    assert_eq!(config.store.key_layout, KeyLayout::Envoy);
+    assert_eq!(config.store.envoy_prefix, "rl_");
+    let second = config.store.per_second.as_deref().unwrap();
+    assert_eq!(second.kind, StoreKind::RedisCluster);
+    assert_eq!(second.key_layout, KeyLayout::Tollgate);
+    assert!(
+        mapped(&vars)
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("REDIS_PERSECOND_TYPE=CLUSTER")),
+        "{:?}",
+        mapped(&vars).warnings
+    );
+    // Sentinel, with every envoy: switch.
+    let config = load(&[
+        ("REDIS_TYPE", "SENTINEL"),
+        ("REDIS_URL", "mymaster,127.0.0.1:26379,127.0.0.1:26380"),
+        ("REDIS_AUTH", "pw"),
+        ("SHADOW_MODE", "true"),
+        ("QUOTA_MODE", "true"),
+        ("NEAR_LIMIT_RATIO", "0.9"),
+        ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true"),
+    ]);
+    assert_eq!(config.store.kind, StoreKind::RedisSentinel);
+    assert_eq!(config.store.key_layout, KeyLayout::Envoy);
+    assert!(config.envoy.shadow_mode && config.envoy.quota_mode);
+    assert!(config.envoy.stop_cache_key_increment_when_overlimit);
+    assert!((config.envoy.near_limit_ratio - 0.9).abs() < 1e-9);
+    // A Cluster keeps tollgate's layout.
+    let config = load(&[
+        ("REDIS_TYPE", "CLUSTER"),
+        ("REDIS_URL", "127.0.0.1:7000"),
+    ]);
+    assert_eq!(config.store.key_layout, KeyLayout::Tollgate);
 }
