@@ -88,6 +88,7 @@ fn envoyproxy_variables_configure_the_server() {
         ("REDIS_SOCKET_TYPE", "tcp"),
         ("REDIS_TYPE", "SINGLE"),
         ("REDIS_URL", &redis_url),
+        ("REDIS_TIMEOUT", "1s"), // exact counts on a loaded machine
         ("CACHE_KEY_PREFIX", "rl_"),
         ("LIMIT_RESPONSE_HEADERS_ENABLED", "true"),
         ("LIMIT_REMAINING_HEADER", "X-Left"),
@@ -276,6 +277,7 @@ fn a_refused_file_at_start_serves_unhealthy_until_it_is_fixed() {
         ("RUNTIME_ROOT", root.to_str().unwrap()),
         ("REDIS_SOCKET_TYPE", "tcp"),
         ("REDIS_URL", &redis_url),
+        ("REDIS_TIMEOUT", "1s"), // exact counts on a loaded machine
         ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
         ("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true"),
         ("LOG_FORMAT", "json"),
@@ -484,6 +486,7 @@ fn redis_tls_and_auth_from_the_environment() {
         ("RUNTIME_ROOT", root.to_str().unwrap()),
         ("REDIS_SOCKET_TYPE", "tcp"),
         ("REDIS_URL", &redis_url),
+        ("REDIS_TIMEOUT", "1s"), // exact counts on a loaded machine
         ("REDIS_TLS", "true"),
         ("REDIS_TLS_CACERT", &ca),
         ("REDIS_AUTH", &auth),
@@ -526,6 +529,7 @@ fn redis_cluster_from_the_environment() {
         ("REDIS_SOCKET_TYPE", "tcp"),
         ("REDIS_TYPE", "CLUSTER"),
         ("REDIS_URL", &redis_url),
+        ("REDIS_TIMEOUT", "1s"), // exact counts on a loaded machine
     ];
     let mut serve = ServeProcess::start(command(&["serve"], &vars), true);
     // Clients spread over the slots; each gets exactly its 3.

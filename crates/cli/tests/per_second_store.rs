@@ -32,6 +32,7 @@ fn serve_splits_policies_between_the_two_stores_and_survives_one_failing() {
   kind: redis
   url: {}
   prefix: t
+  timeout: 1s
   key_layout: envoy
   envoy_prefix: rl_
   on_failure: open

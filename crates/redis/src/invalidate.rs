@@ -86,7 +86,9 @@ async fn run(subscriber: Subscriber, sink: InvalidationSink) {
                 ) {
                     Ok(client) => client,
                     Err(e) => {
-                        tracing::debug!(error = %e, "cannot subscribe to invalidations");
+                        // The same settings made the store's own client, so
+                        // this does not pass by retrying: say so, once.
+                        tracing::warn!(error = %e, "cannot subscribe to invalidations: resets from other instances will not clear this one's deny cache");
                         return;
                     }
                 }

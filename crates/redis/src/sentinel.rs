@@ -27,6 +27,7 @@
 //! connections (one hung sentinel stalls the discovery) and trusts the first
 //! sentinel that answers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -154,6 +155,10 @@ pub(crate) struct Sentinel {
     current: Mutex<Current>,
     /// One discovery at a time; holds when the last one finished.
     discovery: tokio::sync::Mutex<Option<Instant>>,
+    /// A background discovery is started or waiting: failing calls start
+    /// no other (a hung master fails every call, and one task each would
+    /// queue for the whole discovery).
+    background: AtomicBool,
 }
 
 impl Sentinel {
@@ -171,6 +176,7 @@ impl Sentinel {
                 client,
             }),
             discovery: tokio::sync::Mutex::new(None),
+            background: AtomicBool::new(false),
         });
         tokio::spawn(Self::watch(Arc::downgrade(&sentinel)));
         Ok(sentinel)
@@ -288,9 +294,14 @@ impl Sentinel {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if self.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let sentinel = Arc::clone(self);
         runtime.spawn(async move {
-            if let Err(e) = sentinel.rediscover(generation, false).await {
+            let result = sentinel.rediscover(generation, false).await;
+            sentinel.background.store(false, Ordering::Release);
+            if let Err(e) = result {
                 tracing::debug!(error = %e, master = %sentinel.finder.master.name, "Redis Sentinel: no master found yet");
             }
         });

@@ -256,7 +256,12 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
             out,
             "  store  per_second: {} {} (policies whose period is 1s; on failure: {:?})",
             per_second.get_ref().describe(),
-            settings.urls.join(", "),
+            settings
+                .urls
+                .iter()
+                .map(|url| tollgate_redis::store::redact(url))
+                .collect::<Vec<_>>()
+                .join(", "),
             settings.on_failure
         );
     }
@@ -331,7 +336,7 @@ pub fn run_check(args: &CheckArgs) -> Result<String, ConfigError> {
                 "envoyproxy/ratelimit environment variables: {}",
                 environment.variables.join(", ")
             );
-            let _ = writeln!(out, "{}", environment.document.trim_end());
+            let _ = writeln!(out, "{}", environment.redacted_document().trim_end());
             // Printed now, so the document is shown even when loading
             // what it names fails.
             print!("{out}");

@@ -5,7 +5,7 @@
 //!
 //! Beside tollgate's own, envoyproxy/ratelimit's per-descriptor statistics
 //! (`ratelimit_service_rate_limit_*`), named and labelled as its Prometheus
-//! exporter names them (see [`EnvoyStats`]): their label values may come
+//! exporter names them (see `EnvoyStats`): their label values may come
 //! from requests, so their number is capped by `envoy.stats_max_series`.
 
 use std::collections::HashMap;
@@ -537,16 +537,25 @@ impl EnvoyStats {
                 }
             }
         };
+        let max_series = self.max_series.load(Ordering::Relaxed);
         {
             let map = self.series.read().unwrap_or_else(|e| e.into_inner());
             if let Some(counters) = map.get(&labels) {
                 bump(counters);
                 return;
             }
+            // A new series that cannot be kept goes to the overflow under
+            // the read lock: request values past the cap never contend
+            // for the write lock.
+            if map.len() >= max_series || labels.len() > ENVOY_MAX_LABEL_BYTES {
+                bump(&self.overflow);
+                return;
+            }
         }
         let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
-        let full = map.len() >= self.max_series.load(Ordering::Relaxed);
-        if (full || labels.len() > ENVOY_MAX_LABEL_BYTES) && !map.contains_key(&labels) {
+        // Checked again: another thread may have filled the map meanwhile.
+        let full = map.len() >= max_series;
+        if full && !map.contains_key(&labels) {
             bump(&self.overflow);
             return;
         }

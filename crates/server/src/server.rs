@@ -97,6 +97,10 @@ pub enum ServeError {
     },
 }
 
+/// The most connections open at once on the Prometheus listener
+/// (`server.metrics`): scrapers, a handful at most.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
 /// Serves `app` on `listeners` until `shutdown` completes, then stops
 /// accepting, lets requests in flight finish for up to
 /// `server.shutdown_timeout`, closes the connections still open, and
@@ -163,24 +167,31 @@ pub async fn run(
     // Probes the store at start and while it fails (crate::health).
     let store_watch = tokio::spawn(crate::health::watch_store(Arc::clone(&app), stopped()));
 
-    let metrics = match metrics_listener {
-        Some((listener, path)) => {
-            let addr = listener.local_addr().ok();
-            tracing::info!(?addr, %path, "Prometheus metrics listener");
-            let router = crate::http::metrics_router(Arc::clone(&app), &path);
-            Some(tokio::spawn(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped())
-                    .into_future(),
-            ))
-        }
-        None => None,
-    };
-
     let http_open = Tracker::new();
     let grpc_open = Tracker::new();
+    let metrics_open = Tracker::new();
+    // The Prometheus listener is served as the HTTP port is (the same
+    // timeouts, shutdown and cut), with its own small connection cap: it is
+    // for scrapers, and a flood there must not take file descriptors from
+    // the ports that decide.
+    let metrics_stop = stop_rx.clone();
+    let metrics = async {
+        let Some((listener, path)) = metrics_listener else {
+            return Ok(());
+        };
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, %path, "Prometheus metrics listener");
+        serve_http(
+            crate::http::metrics_router(Arc::clone(&app), &path),
+            Acceptor::new(listener, METRICS_MAX_CONNECTIONS, "metrics"),
+            &limits,
+            metrics_stop,
+            &metrics_open,
+        )
+        .await
+    };
     let http = serve_http(
-        Arc::clone(&app),
+        crate::http::router(Arc::clone(&app)),
         Acceptor::new(listeners.http, limits.max_connections, "http"),
         &limits,
         stop_rx,
@@ -221,6 +232,7 @@ pub async fn run(
         let all_closed = async {
             http_open.closed().await;
             grpc_open.closed().await;
+            metrics_open.closed().await;
         };
         if tokio::time::timeout_at(deadline, all_closed).await.is_ok() {
             return;
@@ -228,6 +240,7 @@ pub async fn run(
         let (http, grpc) = (http_open.open(), grpc_open.open());
         http_open.cut();
         grpc_open.cut();
+        metrics_open.cut();
         tracing::warn!(
             http,
             grpc,
@@ -237,22 +250,19 @@ pub async fn run(
         let _ = tokio::time::timeout(CUT_GRACE, async {
             http_open.closed().await;
             grpc_open.closed().await;
+            metrics_open.closed().await;
         })
         .await;
     };
 
-    let (http, grpc, ()) = tokio::join!(http, grpc, drain);
+    let (http, grpc, metrics, ()) = tokio::join!(http, grpc, metrics, drain);
     if let Some(watcher) = watcher {
         let _ = watcher.await;
     }
     let _ = store_watch.await;
-    if let Some(metrics) = metrics {
-        // It stops with the others; a listener error is logged, not fatal.
-        match tokio::time::timeout(CUT_GRACE, metrics).await {
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "metrics listener failed"),
-            Ok(_) => {}
-            Err(_) => tracing::warn!("metrics listener did not stop in time"),
-        }
+    if let Err(error) = metrics {
+        // A listener error is logged, not fatal.
+        tracing::warn!(%error, "metrics listener failed");
     }
     http.map_err(ServeError::Http)?;
     grpc.map_err(ServeError::Grpc)?;
@@ -304,13 +314,12 @@ fn open_file_limit(limits: &ServerSettings, grpc: bool) {
 
 /// The HTTP port: accepts until shutdown, one task per connection.
 async fn serve_http(
-    app: Arc<App>,
+    router: axum::Router,
     mut acceptor: Acceptor,
     limits: &ServerSettings,
     stop: watch::Receiver<bool>,
     open: &Tracker,
 ) -> Result<(), std::io::Error> {
-    let router = crate::http::router(app);
     let mut stopping = stop.clone();
     let stopped = stopping.wait_for(|stop| *stop);
     tokio::pin!(stopped);

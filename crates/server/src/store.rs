@@ -28,8 +28,8 @@ impl ServerStore {
     /// Connects to the configured store.
     ///
     /// # Errors
-    /// [`StoreConnectError`] when Redis cannot be reached, its URL or prefix
-    /// is invalid, or `store.tls_ca_cert` cannot be read.
+    /// [`ConnectError`] when Redis cannot be reached or its URL or prefix is
+    /// invalid (the TLS files of `store.tls_*_file` were read at load).
     pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
         // No call bound on the Redis store: `store.timeout` is the
         // resilience layer's deadline, which wraps every call.

@@ -278,3 +278,53 @@ async fn the_connection_cap_holds_further_clients_until_a_slot_frees() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// The Prometheus listener (`server.metrics`) is served as the HTTP port
+/// is: it holds at most 64 connections (a 65th waits for a slot) and
+/// closes idle ones at `idle_timeout`, so a flood there cannot hold file
+/// descriptors; a scrape is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_is_capped_and_closes_idle_connections() {
+    let port = tollgate_testkit::ports::free_port();
+    let _server = start(&format!(
+        "header_timeout: 1s\nidle_timeout: 2s\nmetrics: {{ addr: \"127.0.0.1:{port}\", path: /prom }}"
+    ))
+    .await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let scrape = |mut stream: TcpStream| async move {
+        stream
+            .write_all(b"GET /prom HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        reply
+    };
+    // Served at all (the listener is up before `start` returns).
+    let reply = scrape(TcpStream::connect(addr).await.unwrap()).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("tollgate_decisions_total"), "{reply}");
+
+    let mut idle = Vec::new();
+    for _ in 0..tollgate_server::server::METRICS_MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // The 65th is accepted by the kernel, not served: no slot.
+    let waiting = tokio::spawn(scrape(TcpStream::connect(addr).await.unwrap()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beyond the cap");
+    // The idle ones are closed at idle_timeout; then the 65th is served.
+    for stream in &mut idle {
+        assert!(
+            closed_within(stream, Duration::from_secs(15))
+                .await
+                .is_some(),
+            "an idle metrics connection was still open 15 s after idle_timeout"
+        );
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the waiting scrape was not served once slots freed")
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}

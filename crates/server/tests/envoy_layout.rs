@@ -26,6 +26,7 @@ fn config(redis: &RedisServer) -> String {
   kind: redis
   url: {}
   prefix: t
+  timeout: 1s
   key_layout: envoy
   envoy_prefix: rl_
 domains:

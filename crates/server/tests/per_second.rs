@@ -30,6 +30,7 @@ fn config(main: &RedisServer, second: &RedisServer, extra: &str) -> String {
   url: {}
   prefix: t
   on_failure: closed
+  timeout: 1s
 {extra}  per_second:
     kind: redis
     url: {}

@@ -370,6 +370,48 @@ pub struct EnvoyEnvironment {
     pub variables: Vec<String>,
 }
 
+impl EnvoyEnvironment {
+    /// The document without secrets, for printing: Redis URLs lose their
+    /// credentials ([`tollgate_redis::store::redact`]) and
+    /// `master_password` its value.
+    pub fn redacted_document(&self) -> String {
+        fn scrub(value: &mut Value) {
+            match value {
+                Value::Mapping(mapping) => {
+                    for (key, value) in mapping.iter_mut() {
+                        match (key.as_str(), &mut *value) {
+                            (Some("master_password"), Value::String(text)) => {
+                                *text = "***".to_owned();
+                            }
+                            (Some("url"), Value::String(text)) => {
+                                *text = tollgate_redis::store::redact(text);
+                            }
+                            (Some("urls"), Value::Sequence(urls)) => {
+                                for url in urls.iter_mut() {
+                                    if let Value::String(text) = url {
+                                        *text = tollgate_redis::store::redact(text);
+                                    }
+                                }
+                            }
+                            _ => scrub(value),
+                        }
+                    }
+                }
+                Value::Sequence(items) => items.iter_mut().for_each(scrub),
+                _ => {}
+            }
+        }
+        let Ok(mut value) = serde_norway::from_str::<Value>(&self.document) else {
+            return "# (the document could not be read back to hide its secrets)\n".to_owned();
+        };
+        scrub(&mut value);
+        let yaml = serde_norway::to_string(&value).unwrap_or_default();
+        format!(
+            "# tollgate's configuration from envoyproxy/ratelimit's environment variables (secrets hidden)\n{yaml}"
+        )
+    }
+}
+
 /// A variable with a value envoyproxy/ratelimit would refuse (or that
 /// tollgate cannot honour safely).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -397,6 +439,14 @@ impl Vars {
     fn error(&self, name: &str, problem: impl fmt::Display) -> EnvError {
         let value = if name.ends_with("AUTH") {
             "***".to_owned()
+        } else if name.ends_with("URL") {
+            // A URL may carry credentials (`redis://:secret@host`).
+            self.get(name)
+                .unwrap_or_default()
+                .split(',')
+                .map(tollgate_redis::store::redact)
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
             self.get(name).unwrap_or_default().to_owned()
         };

@@ -14,7 +14,7 @@
 //! - this file: [`Config`], parsing a document into it, and the demo;
 //! - `settings`: the validated sections ([`ServerSettings`],
 //!   [`StoreSettings`], ...) and their defaults;
-//! - [`env`]: envoyproxy/ratelimit's environment variables, turned into a
+//! - [`env`](mod@env): envoyproxy/ratelimit's environment variables, turned into a
 //!   tollgate document;
 //! - `error`: [`ConfigError`], with file, line and column;
 //! - `files`: [`ConfigSource`], which files a configuration is read from;

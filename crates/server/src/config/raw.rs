@@ -121,12 +121,18 @@ impl Validate for RawMetrics {
 
     fn validate(self) -> Result<MetricsSettings, String> {
         let path = self.path.unwrap_or_else(|| DEFAULT_METRICS_PATH.to_owned());
+        // The path is a literal route: `{`, `}` and `*` would make it a
+        // pattern (or a refused one) in the router, and so would a segment
+        // starting with `:`.
         if !path.starts_with('/')
             || path.len() > 256
-            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            || path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '*'))
+            || path.split('/').any(|segment| segment.starts_with(':'))
         {
             return Err(format!(
-                "path `{path}` must start with `/`, have no spaces and be at most 256 bytes"
+                "path `{path}` must start with `/`, be at most 256 bytes, and hold no spaces, `{{`, `}}`, `*` or segment starting with `:`"
             ));
         }
         Ok(MetricsSettings {

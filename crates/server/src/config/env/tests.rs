@@ -781,9 +781,40 @@ fn documents_of_every_store_kind_and_switch_load() {
     assert!(config.envoy.stop_cache_key_increment_when_overlimit);
     assert!((config.envoy.near_limit_ratio - 0.9).abs() < 1e-9);
     // A Cluster keeps tollgate's layout.
-    let config = load(&[
-        ("REDIS_TYPE", "CLUSTER"),
-        ("REDIS_URL", "127.0.0.1:7000"),
-    ]);
+    let config = load(&[("REDIS_TYPE", "CLUSTER"), ("REDIS_URL", "127.0.0.1:7000")]);
     assert_eq!(config.store.key_layout, KeyLayout::Tollgate);
+}
+
+/// What `tollgate check` prints and what an invalid value's error says
+/// never carry a password.
+#[test]
+fn printed_documents_and_errors_hide_passwords() {
+    let sentinel = mapped(&[
+        ("REDIS_TYPE", "SENTINEL"),
+        ("REDIS_URL", "mymaster,127.0.0.1:26379"),
+        ("REDIS_AUTH", "master-secret"),
+        ("REDIS_SENTINEL_AUTH", "sentinel-secret"),
+        ("REDIS_PERSECOND", "true"),
+        ("REDIS_PERSECOND_URL", "127.0.0.1:6380"),
+        ("REDIS_PERSECOND_SOCKET_TYPE", "tcp"),
+        ("REDIS_PERSECOND_AUTH", "fast-secret"),
+    ]);
+    // The document used to connect has them; the printed one does not.
+    assert!(sentinel.document.contains("master-secret"));
+    let printed = sentinel.redacted_document();
+    for secret in ["master-secret", "sentinel-secret", "fast-secret"] {
+        assert!(!printed.contains(secret), "{secret} in\n{printed}");
+    }
+    assert!(printed.contains("master_name: mymaster"), "{printed}");
+    // A REDIS_URL of the wrong form (a URL, where envoyproxy/ratelimit
+    // takes `host:port`) is refused without echoing its password.
+    let error = environment(&[
+        ("REDIS_TYPE", "SENTINEL"),
+        ("REDIS_URL", "redis://:url-secret@h:1"),
+    ])
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(!error.is_empty(), "refused");
+    assert!(!error.contains("url-secret"), "{error}");
 }
