@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use tollgate_testkit::files::temp_dir;
 use tollgate_testkit::ports::free_port;
 use tollgate_testkit::process::ServeProcess;
 use tollgate_testkit::redis::RedisServer;
+use tollgate_testkit::tls::Certificates;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -368,91 +368,15 @@ fn a_refused_file_at_start_serves_unhealthy_until_it_is_fixed() {
     );
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed for the TLS test (Debian: apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// REDIS_TLS, REDIS_TLS_CACERT and REDIS_AUTH (an ACL user whose password
 /// needs escaping in a URL) on a real redis-server with TLS and a private
 /// CA: the counters are written over TLS, as that user.
 #[test]
 fn redis_tls_and_auth_from_the_environment() {
-    let dir = temp_dir("envoy-env-redis-tls");
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut args = vec!["req", "-x509"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test CA",
-    ]);
-    openssl(&dir, &args);
-    let mut args = vec!["req"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(&dir, &args);
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let tls_port = free_port().to_string();
-    let redis = RedisServer::start_with(&[
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &path("server.crt"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.crt"),
-        "--tls-auth-clients",
-        "no",
-    ]);
+    let certificates = Certificates::create(&temp_dir("envoy-env-redis-tls"));
+    let tls_port = free_port();
+    let args = certificates.redis_args(tls_port, false);
+    let redis = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let password = "p@ss:w/rd %1";
     assert_eq!(
         redis.cli(&[
@@ -477,7 +401,7 @@ fn redis_tls_and_auth_from_the_environment() {
     let root = runtime_root("envoy-env-redis-tls-root");
     let redis_url = format!("127.0.0.1:{tls_port}");
     let auth = format!("limiter:{password}");
-    let ca = path("ca.crt");
+    let ca = certificates.ca.to_string_lossy().into_owned();
     let vars = [
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),

@@ -234,14 +234,8 @@ impl App {
                 breaker_opened: stats.breaker_opened,
             }
         };
-        let main = gauges(self.store.main());
         self.metrics.render(ExternalGauges {
-            circuit_state: main.circuit_state,
-            deny_cache_hits: main.deny_cache_hits,
-            store_errors: main.store_errors,
-            memory: main.memory,
-            local: main.local,
-            breaker_opened: main.breaker_opened,
+            main: gauges(self.store.main()),
             per_second: self.store.per_second().map(gauges),
         })
     }

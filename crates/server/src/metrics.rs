@@ -63,18 +63,8 @@ const LATENCY_BUCKETS_US: [u64; 14] = [
 /// time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExternalGauges {
-    /// 0 closed, 1 open, 2 half-open.
-    pub circuit_state: u8,
-    /// Decisions answered by the deny cache.
-    pub deny_cache_hits: u64,
-    /// Store calls that failed or timed out.
-    pub store_errors: u64,
-    /// `(entries, evictions)` of the memory store; `None` on Redis.
-    pub memory: Option<(usize, u64)>,
-    /// `(entries, evictions)` of the `local` fallback's in-memory state.
-    pub local: (usize, u64),
-    /// Times the circuit breaker opened from closed.
-    pub breaker_opened: u64,
+    /// The store (`store:`).
+    pub main: StoreGauges,
     /// The per-second store's (`store.per_second`), if configured: then
     /// every store series carries `store="main"` or `store="per_second"`.
     pub per_second: Option<StoreGauges>,
@@ -255,15 +245,7 @@ impl Metrics {
         let (reloads, failures) = self.reloads();
         // One series per store; labelled only when there are two, so a
         // single store's series are as they always were.
-        let main = StoreGauges {
-            circuit_state: external.circuit_state,
-            deny_cache_hits: external.deny_cache_hits,
-            store_errors: external.store_errors,
-            memory: external.memory,
-            local: external.local,
-            breaker_opened: external.breaker_opened,
-        };
-        let mut stores = vec![("main", main)];
+        let mut stores = vec![("main", external.main)];
         if let Some(per_second) = external.per_second {
             stores.push(("per_second", per_second));
         }
@@ -320,8 +302,8 @@ impl Metrics {
         );
         self.envoy.render(&mut out, &self.config_loads);
         // Memory held against `store.max_keys`, per in-memory state.
-        let mut memory = vec![("local", external.local)];
-        if let Some(main) = external.memory {
+        let mut memory = vec![("local", external.main.local)];
+        if let Some(main) = external.main.memory {
             memory.insert(0, ("memory", main));
         }
         if let Some(per_second) = &external.per_second {

@@ -9,13 +9,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestServer, descriptor};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use tollgate_testkit::files::temp_dir;
+use tollgate_testkit::tls::Certificates;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -332,81 +332,14 @@ domains:
     assert_eq!(got[1].1, "0", "{got:?}");
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed for the TLS test (Debian: apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A throwaway CA, a server certificate for 127.0.0.1 and a client
-/// certificate, all signed by it; and a second CA with a client of its own.
-fn certificates(dir: &Path) {
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let (key, crt, subject) = (
-            format!("{ca}.key"),
-            format!("{ca}.crt"),
-            format!("/CN=tollgate {ca}"),
-        );
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        args.extend([
-            "-keyout", &key, "-out", &crt, "-days", "1", "-subj", &subject,
-        ]);
-        openssl(dir, &args);
-    }
-    for (name, ca, ext) in [
-        ("server", "ca", "server.ext"),
-        ("client", "ca", "client.ext"),
-        ("stranger", "other-ca", "client.ext"),
-    ] {
-        let (key, csr, crt, subject) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("/CN={name}"),
-        );
-        let mut args = vec!["req"];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
-        openssl(dir, &args);
-        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "1",
-                "-extfile",
-                ext,
-            ],
-        );
-    }
+/// A throwaway CA with a server certificate for 127.0.0.1 and a client
+/// certificate (`ours`), and a second CA with a client of its own
+/// (`other`: a stranger to the server).
+fn certificates(dir: &Path) -> (Certificates, Certificates) {
+    let (ours, other) = (dir.join("ours"), dir.join("other"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    (Certificates::create(&ours), Certificates::create(&other))
 }
 
 /// The test configuration with `keys` added to its `server:` section.
@@ -416,17 +349,17 @@ fn with_server_keys(keys: &str) -> String {
 
 async fn tls_channel(
     server: &TestServer,
-    dir: &Path,
-    client: Option<&str>,
+    ca: &Path,
+    client: Option<&Certificates>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let read = |path: &Path| std::fs::read(path).unwrap();
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .ca_certificate(Certificate::from_pem(read(ca)))
         .domain_name("127.0.0.1");
-    if let Some(name) = client {
+    if let Some(client) = client {
         tls = tls.identity(Identity::from_pem(
-            read(&format!("{name}.crt")),
-            read(&format!("{name}.key")),
+            read(&client.client_cert),
+            read(&client.client_key),
         ));
     }
     Endpoint::from_shared(format!("https://{}", server.grpc))
@@ -450,30 +383,28 @@ async fn allowed(channel: Channel) -> Result<i32, tonic::Status> {
 
 #[tokio::test]
 async fn grpc_over_mutual_tls() {
-    let dir = temp_dir("grpc-tls");
-    certificates(&dir);
-    let path = |name: &str| dir.join(name).display().to_string();
+    let (ours, other) = certificates(&temp_dir("grpc-tls"));
     let text = with_server_keys(&format!(
         "  grpc_tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n  grpc_max_connection_age: 1h\n  grpc_max_connection_age_grace: 2s\n",
-        path("server.crt"),
-        path("server.key"),
-        path("ca.crt"),
+        ours.server_cert.display(),
+        ours.server_key.display(),
+        ours.ca.display(),
     ));
     let server = TestServer::start_text(Backend::memory(), &text).await;
     // A client the CA signed is served.
-    let channel = tls_channel(&server, &dir, Some("client")).await.unwrap();
+    let channel = tls_channel(&server, &ours.ca, Some(&ours)).await.unwrap();
     assert_eq!(allowed(channel.clone()).await.unwrap(), 1, "OK");
     assert_eq!(
         grpc_health(&channel, "ratelimit").await,
         Ok(ServingStatus::Serving as i32)
     );
     // No client certificate, or one from another CA: refused.
-    for client in [None, Some("stranger")] {
-        let refused = match tls_channel(&server, &dir, client).await {
+    for client in [None, Some(&other)] {
+        let refused = match tls_channel(&server, &ours.ca, client).await {
             Err(_) => true,
             Ok(channel) => allowed(channel).await.is_err(),
         };
-        assert!(refused, "{client:?} was served");
+        assert!(refused, "{:?} was served", client.map(|c| &c.client_cert));
     }
     // Plaintext gRPC: refused.
     let plain = Endpoint::from_shared(format!("http://{}", server.grpc))
@@ -488,16 +419,14 @@ async fn grpc_over_mutual_tls() {
 
 #[tokio::test]
 async fn grpc_tls_without_client_ca_serves_any_client() {
-    let dir = temp_dir("grpc-tls-one-way");
-    certificates(&dir);
-    let path = |name: &str| dir.join(name).display().to_string();
+    let (ours, _) = certificates(&temp_dir("grpc-tls-one-way"));
     let text = with_server_keys(&format!(
         "  grpc_tls: {{ cert: {}, key: {} }}\n",
-        path("server.crt"),
-        path("server.key"),
+        ours.server_cert.display(),
+        ours.server_key.display(),
     ));
     let server = TestServer::start_text(Backend::memory(), &text).await;
-    let channel = tls_channel(&server, &dir, None).await.unwrap();
+    let channel = tls_channel(&server, &ours.ca, None).await.unwrap();
     assert_eq!(allowed(channel).await.unwrap(), 1);
 }
 
