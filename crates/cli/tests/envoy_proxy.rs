@@ -14,7 +14,7 @@
 //! `--config` beside `--envoy-config`, or, as a deployment that swaps
 //! envoyproxy/ratelimit's image for tollgate's keeps it, by
 //! envoyproxy/ratelimit's environment variables alone (`RUNTIME_ROOT`,
-//! `REDIS_URL`, ...). The exactness and health tests run both ways.
+//! `REDIS_URL`, ...). Every test runs both ways but the hung-Redis one.
 //! `Service::store` holds the tollgate-only keys: `timeout: 1s` (in the
 //! variables, `REDIS_TIMEOUT=1s`) and `on_failure` (no envoyproxy/ratelimit
 //! equivalent: the hung-Redis test is tollgate-config only).
@@ -101,6 +101,9 @@ enum Setup {
     /// Deployment that only swapped the image passes.
     Environment,
 }
+
+/// Both ways, for the tests that run each way.
+const SETUPS: [Setup; 2] = [Setup::Config, Setup::Environment];
 
 /// A running rate limit service and where its configuration lives.
 struct Running {
@@ -252,14 +255,10 @@ fn edge_routes(bootstrap: &mut Bootstrap) {
         );
 }
 
-/// Redis, the service on `EDGE` with a store timeout fit for exactness
-/// under load (these tests are about counting, not about a slow store),
-/// an upstream and Envoy with `edge_routes`, tuned by `tune`.
-async fn edge(tune: impl FnOnce(&mut Bootstrap)) -> (RedisServer, Running, Upstream, Envoy) {
-    edge_with(Setup::Config, tune).await
-}
-
-/// [`edge`], with the service configured as `setup` says.
+/// Redis, the service on `EDGE` (configured as `setup` says) with a store
+/// timeout fit for exactness under load (these tests are about counting,
+/// not about a slow store), an upstream and Envoy with `edge_routes`,
+/// tuned by `tune`.
 async fn edge_with(
     setup: Setup,
     tune: impl FnOnce(&mut Bootstrap),
@@ -432,50 +431,55 @@ async fn every_action_kind_limits_exactly(setup: Setup) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_headers_reach_the_client() {
     let _turn = TURNS.read().await;
-    let (_redis, _service, _upstream, envoy) = edge(|b| b.x_ratelimit_headers = true).await;
-    let client = envoy.client();
-    let headers = [("x-user", "erin")];
-    for remaining in [2, 1, 0] {
-        let reply = client.get_with("/by-user", &headers).await;
-        assert_eq!(reply.status, 200, "{reply:?}");
-        let policy = reply.header("ratelimit-policy").expect("RateLimit-Policy");
-        assert!(policy.ends_with(";q=3;w=3600"), "{policy}");
-        let ratelimit = reply.header("ratelimit").expect("RateLimit");
-        assert!(
-            ratelimit.contains(&format!(";r={remaining};t=")),
-            "{ratelimit}"
-        );
+    for setup in SETUPS {
+        // Printed with a failure: which way tollgate was configured.
+        eprintln!("setup: {setup:?}");
+        let (_redis, _service, _upstream, envoy) =
+            edge_with(setup, |b| b.x_ratelimit_headers = true).await;
+        let client = envoy.client();
+        let headers = [("x-user", "erin")];
+        for remaining in [2, 1, 0] {
+            let reply = client.get_with("/by-user", &headers).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            let policy = reply.header("ratelimit-policy").expect("RateLimit-Policy");
+            assert!(policy.ends_with(";q=3;w=3600"), "{policy}");
+            let ratelimit = reply.header("ratelimit").expect("RateLimit");
+            assert!(
+                ratelimit.contains(&format!(";r={remaining};t=")),
+                "{ratelimit}"
+            );
+            assert_eq!(
+                reply.header("x-ratelimit-limit").as_deref(),
+                Some("3, 3;w=3600")
+            );
+            assert_eq!(
+                reply.header("x-ratelimit-remaining"),
+                Some(remaining.to_string())
+            );
+            // Envoy's reset is tollgate's `duration_until_reset` in whole
+            // seconds, rounded down; `t` is rounded up.
+            let reset: u64 = reply.header("x-ratelimit-reset").unwrap().parse().unwrap();
+            let t: u64 = ratelimit.rsplit(";t=").next().unwrap().parse().unwrap();
+            assert!(
+                t.checked_sub(reset).is_some_and(|d| d <= 1) && t <= 3600,
+                "{ratelimit}, x-ratelimit-reset: {reset}"
+            );
+        }
+        let denied = client.get_with("/by-user", &headers).await;
+        assert_eq!(denied.status, 429, "{denied:?}");
         assert_eq!(
-            reply.header("x-ratelimit-limit").as_deref(),
-            Some("3, 3;w=3600")
+            denied.header("x-envoy-ratelimited").as_deref(),
+            Some("true")
         );
-        assert_eq!(
-            reply.header("x-ratelimit-remaining"),
-            Some(remaining.to_string())
-        );
-        // Envoy's reset is tollgate's `duration_until_reset` in whole
-        // seconds, rounded down; `t` is rounded up.
-        let reset: u64 = reply.header("x-ratelimit-reset").unwrap().parse().unwrap();
-        let t: u64 = ratelimit.rsplit(";t=").next().unwrap().parse().unwrap();
+        assert!(denied.header("ratelimit").unwrap().contains(";r=0;t="));
         assert!(
-            t.checked_sub(reset).is_some_and(|d| d <= 1) && t <= 3600,
-            "{ratelimit}, x-ratelimit-reset: {reset}"
+            denied
+                .header("ratelimit-policy")
+                .unwrap()
+                .ends_with(";q=3;w=3600")
         );
+        assert_eq!(denied.header("x-ratelimit-remaining").as_deref(), Some("0"));
     }
-    let denied = client.get_with("/by-user", &headers).await;
-    assert_eq!(denied.status, 429, "{denied:?}");
-    assert_eq!(
-        denied.header("x-envoy-ratelimited").as_deref(),
-        Some("true")
-    );
-    assert!(denied.header("ratelimit").unwrap().contains(";r=0;t="));
-    assert!(
-        denied
-            .header("ratelimit-policy")
-            .unwrap()
-            .ends_with(";q=3;w=3600")
-    );
-    assert_eq!(denied.header("x-ratelimit-remaining").as_deref(), Some("0"));
 }
 
 /// A shadowed rule is counted but never denies (its headers show it
@@ -483,24 +487,29 @@ async fn rate_limit_headers_reach_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_mode_and_unlimited_rules_never_deny() {
     let _turn = TURNS.read().await;
-    let (_redis, _service, upstream, envoy) = edge(|b| b.x_ratelimit_headers = true).await;
-    let client = envoy.client();
-    let shadowed = burst(&client, "/shadowed", &[], 10).await;
-    assert_exactly(&shadowed, 10, "shadow_mode");
-    // Counted: the limit of 1 shows as spent to the client.
-    let reply = client.get("/shadowed").await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("x-ratelimit-remaining").as_deref(), Some("0"));
-    assert!(reply.header("ratelimit").unwrap().contains(";r=0;t="));
-    let free = burst(&client, "/free", &[], 10).await;
-    assert_exactly(&free, 10, "unlimited");
-    assert_eq!(upstream.hits(), 21);
-    assert_eq!(
-        envoy
-            .stat("cluster.upstream.ratelimit.over_limit")
-            .unwrap_or(0),
-        0
-    );
+    for setup in SETUPS {
+        // Printed with a failure: which way tollgate was configured.
+        eprintln!("setup: {setup:?}");
+        let (_redis, _service, upstream, envoy) =
+            edge_with(setup, |b| b.x_ratelimit_headers = true).await;
+        let client = envoy.client();
+        let shadowed = burst(&client, "/shadowed", &[], 10).await;
+        assert_exactly(&shadowed, 10, "shadow_mode");
+        // Counted: the limit of 1 shows as spent to the client.
+        let reply = client.get("/shadowed").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-ratelimit-remaining").as_deref(), Some("0"));
+        assert!(reply.header("ratelimit").unwrap().contains(";r=0;t="));
+        let free = burst(&client, "/free", &[], 10).await;
+        assert_exactly(&free, 10, "unlimited");
+        assert_eq!(upstream.hits(), 21);
+        assert_eq!(
+            envoy
+                .stat("cluster.upstream.ratelimit.over_limit")
+                .unwrap_or(0),
+            0
+        );
+    }
 }
 
 /// Sets the request's `hits_addend` (Envoy's filter state
@@ -523,34 +532,38 @@ const SET_HITS_ADDEND: &str = r#"- name: envoy.filters.http.set_filter_state
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_addend_charges_that_many() {
     let _turn = TURNS.read().await;
-    let (_redis, _service, upstream, envoy) = edge(|b| {
-        b.x_ratelimit_headers = true;
-        b.filters_before = Some(SET_HITS_ADDEND.to_owned());
-    })
-    .await;
-    let client = envoy.client();
-    let steps = [
-        ("/metered", "x-cost", "4", 200, "6"),
-        ("/metered", "x-cost", "4", 200, "2"),
-        ("/metered", "x-cost", "4", 429, "2"),
-        ("/metered", "x-cost", "2", 200, "0"),
-        ("/bulk", "x-bulk", "6", 200, "4"),
-        ("/bulk", "x-bulk", "6", 429, "4"),
-        ("/bulk", "x-bulk", "4", 200, "0"),
-    ];
-    for (path, header, cost, status, remaining) in steps {
-        let reply = client.get_with(path, &[(header, cost)]).await;
-        assert_eq!(reply.status, status, "{path} cost {cost}: {reply:?}");
-        assert_eq!(
-            reply.header("x-ratelimit-remaining").as_deref(),
-            Some(remaining),
-            "{path} cost {cost}"
-        );
-    }
-    assert_eq!(upstream.hits(), 5);
-    for (path, header) in [("/metered", "x-cost"), ("/bulk", "x-bulk")] {
-        let reply = client.get_with(path, &[(header, "1")]).await;
-        assert_eq!(reply.status, 429, "{path}");
+    for setup in SETUPS {
+        // Printed with a failure: which way tollgate was configured.
+        eprintln!("setup: {setup:?}");
+        let (_redis, _service, upstream, envoy) = edge_with(setup, |b| {
+            b.x_ratelimit_headers = true;
+            b.filters_before = Some(SET_HITS_ADDEND.to_owned());
+        })
+        .await;
+        let client = envoy.client();
+        let steps = [
+            ("/metered", "x-cost", "4", 200, "6"),
+            ("/metered", "x-cost", "4", 200, "2"),
+            ("/metered", "x-cost", "4", 429, "2"),
+            ("/metered", "x-cost", "2", 200, "0"),
+            ("/bulk", "x-bulk", "6", 200, "4"),
+            ("/bulk", "x-bulk", "6", 429, "4"),
+            ("/bulk", "x-bulk", "4", 200, "0"),
+        ];
+        for (path, header, cost, status, remaining) in steps {
+            let reply = client.get_with(path, &[(header, cost)]).await;
+            assert_eq!(reply.status, status, "{path} cost {cost}: {reply:?}");
+            assert_eq!(
+                reply.header("x-ratelimit-remaining").as_deref(),
+                Some(remaining),
+                "{path} cost {cost}"
+            );
+        }
+        assert_eq!(upstream.hits(), 5);
+        for (path, header) in [("/metered", "x-cost"), ("/bulk", "x-bulk")] {
+            let reply = client.get_with(path, &[(header, "1")]).await;
+            assert_eq!(reply.status, 429, "{path}");
+        }
     }
 }
 
@@ -561,33 +574,37 @@ async fn hits_addend_charges_that_many() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_mode_deny_decides_when_tollgate_is_stopped() {
     let _turn = TURNS.read().await;
-    for deny in [false, true] {
-        let (_redis, mut service, upstream, envoy) = edge(|b| {
-            b.failure_mode_deny = deny;
-            b.timeout = Some(Duration::from_millis(500));
-        })
-        .await;
-        let client = envoy.client();
-        // Up: decided by tollgate.
-        assert_exactly(&burst(&client, "/checkout", &[], 4).await, 3, "up");
-        service.process.terminate();
-        let replies = burst(&client, "/checkout", &[], 5).await;
-        for reply in &replies {
-            if deny {
-                assert_eq!(reply.status, 500, "{reply:?}");
-            } else {
-                assert_eq!((reply.status, reply.body.as_str()), (200, "upstream"));
+    for setup in SETUPS {
+        // Printed with a failure: which way tollgate was configured.
+        eprintln!("setup: {setup:?}");
+        for deny in [false, true] {
+            let (_redis, mut service, upstream, envoy) = edge_with(setup, |b| {
+                b.failure_mode_deny = deny;
+                b.timeout = Some(Duration::from_millis(500));
+            })
+            .await;
+            let client = envoy.client();
+            // Up: decided by tollgate.
+            assert_exactly(&burst(&client, "/checkout", &[], 4).await, 3, "up");
+            service.process.terminate();
+            let replies = burst(&client, "/checkout", &[], 5).await;
+            for reply in &replies {
+                if deny {
+                    assert_eq!(reply.status, 500, "{reply:?}");
+                } else {
+                    assert_eq!((reply.status, reply.body.as_str()), (200, "upstream"));
+                }
+                assert_eq!(reply.header("x-envoy-ratelimited"), None);
             }
-            assert_eq!(reply.header("x-envoy-ratelimited"), None);
+            assert_eq!(upstream.hits(), if deny { 3 } else { 8 });
+            assert_eq!(envoy.stat("cluster.upstream.ratelimit.error"), Some(5));
+            assert_eq!(
+                envoy
+                    .stat("cluster.upstream.ratelimit.failure_mode_allowed")
+                    .unwrap_or(0),
+                if deny { 0 } else { 5 }
+            );
         }
-        assert_eq!(upstream.hits(), if deny { 3 } else { 8 });
-        assert_eq!(envoy.stat("cluster.upstream.ratelimit.error"), Some(5));
-        assert_eq!(
-            envoy
-                .stat("cluster.upstream.ratelimit.failure_mode_allowed")
-                .unwrap_or(0),
-            if deny { 0 } else { 5 }
-        );
     }
 }
 
@@ -597,23 +614,27 @@ async fn failure_mode_deny_decides_when_tollgate_is_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_symlink_swap_reloads_the_limits() {
     let _turn = TURNS.read().await;
-    let (_redis, service, _upstream, envoy) = edge(|_| {}).await;
-    let client = envoy.client();
-    let headers = [("x-user", "frank")];
-    assert_exactly(&burst(&client, "/by-user", &headers, 5).await, 3, "before");
-    let raised = EDGE.replacen(
-        "  - key: user\n    rate_limit: { unit: hour, requests_per_unit: 3 }",
-        "  - key: user\n    rate_limit: { unit: hour, requests_per_unit: 5 }",
-        1,
-    );
-    assert_ne!(raised, EDGE);
-    configmap_update(&service.config_dir, "..2026_11_30_00_05_00.2", &raised);
-    service
-        .process
-        .wait_for_log(&["config reloaded"], Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no reload:\n{}", service.process.log().join("\n")));
-    // 3 spent of the new 5: 2 more.
-    assert_exactly(&burst(&client, "/by-user", &headers, 5).await, 2, "after");
+    for setup in SETUPS {
+        // Printed with a failure: which way tollgate was configured.
+        eprintln!("setup: {setup:?}");
+        let (_redis, service, _upstream, envoy) = edge_with(setup, |_| {}).await;
+        let client = envoy.client();
+        let headers = [("x-user", "frank")];
+        assert_exactly(&burst(&client, "/by-user", &headers, 5).await, 3, "before");
+        let raised = EDGE.replacen(
+            "  - key: user\n    rate_limit: { unit: hour, requests_per_unit: 3 }",
+            "  - key: user\n    rate_limit: { unit: hour, requests_per_unit: 5 }",
+            1,
+        );
+        assert_ne!(raised, EDGE);
+        configmap_update(&service.config_dir, "..2026_11_30_00_05_00.2", &raised);
+        service
+            .process
+            .wait_for_log(&["config reloaded"], Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no reload:\n{}", service.process.log().join("\n")));
+        // 3 spent of the new 5: 2 more.
+        assert_exactly(&burst(&client, "/by-user", &headers, 5).await, 2, "after");
+    }
 }
 
 /// Envoy health checks the rate limit cluster over gRPC (the full service
