@@ -138,7 +138,7 @@ if command -v redis-server >/dev/null; then
     # The ceiling: the same EVALSHA (gcra 1000000/1s, a key of 1000,
     # consuming) with no server in between; -P 1: one request per round
     # trip per connection, as the server's callers wait for each answer.
-    sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(target/release/examples/decision_script)")
+    sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(target/release/examples/decision_script gcra)")
     seconds=${DURATION%s}
     for run in $(seq "$RUNS"); do
       line=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -P 1 \

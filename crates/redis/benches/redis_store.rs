@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tollgate::{Algorithm, Limiter, Policy};
+use tollgate::{Algorithm, Limiter, Policy, PolicyRef};
 use tollgate_redis::{RedisOptions, RedisStore, script};
 use tollgate_testkit::redis::RedisServer;
 
@@ -45,6 +45,15 @@ fn policy(algorithm: Algorithm) -> Policy {
     text.parse().expect("valid")
 }
 
+/// The decision script a check of one gcra policy runs.
+fn gcra_script() -> &'static script::Decision {
+    let p = policy(Algorithm::Gcra);
+    script::for_mask(script::mask(&[PolicyRef {
+        name: "bench",
+        policy: &p,
+    }]))
+}
+
 struct Ceiling {
     label: &'static str,
     rps: f64,
@@ -54,6 +63,7 @@ struct Ceiling {
 /// Runs redis-benchmark on the decision script; returns requests/s and p50.
 fn redis_benchmark(server: &RedisServer, pipeline: u32, clients: u32, requests: u32) -> (f64, f64) {
     let p = policy(Algorithm::Gcra);
+    let script = gcra_script();
     let port = server.port().to_string();
     let args: Vec<String> = vec![
         "-h".into(),
@@ -69,7 +79,7 @@ fn redis_benchmark(server: &RedisServer, pipeline: u32, clients: u32, requests: 
         "--precision".into(),
         "3".into(),
         "EVALSHA".into(),
-        script::SCRIPT.get_hash().into(),
+        script.script.get_hash().into(),
         "1".into(),
         "tollgate:{hot}:bench:gcra".into(),
         "1".into(),
@@ -247,7 +257,7 @@ async fn memory_per_key(server: &RedisServer, store: &RedisStore) -> Vec<(String
 
 fn main() {
     let server = RedisServer::start();
-    server.cli(&["SCRIPT", "LOAD", script::SOURCE]);
+    server.cli(&["SCRIPT", "LOAD", &gcra_script().source]);
     let n = (seconds() * 100_000) as u32;
     let ceilings: Vec<Ceiling> = [
         ("-P 1 -c 50", 1, 50, n),

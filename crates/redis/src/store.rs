@@ -14,7 +14,7 @@ use tollgate::{Check, Decisions, Mode, PolicyRef, Store, StoreError};
 
 use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, state_key, validate_prefix};
-use crate::script::{ENVOY_COUNTER, ENVOY_COUNTER_SOURCE, SCRIPT, SOURCE};
+use crate::script::{self, ENVOY_COUNTER, ENVOY_COUNTER_SOURCE};
 use crate::sentinel::{Finder, Sentinel, SentinelMaster};
 
 /// The default key prefix.
@@ -738,7 +738,7 @@ impl RedisStore {
             cmd
         };
         let evalsha = command("EVALSHA", ENVOY_COUNTER.get_hash());
-        let eval = command("EVAL", ENVOY_COUNTER_SOURCE);
+        let eval = || command("EVAL", ENVOY_COUNTER_SOURCE);
         self.run(&evalsha, Some(&eval)).await
     }
 
@@ -773,7 +773,7 @@ impl RedisStore {
     async fn run<T: redis::FromRedisValue>(
         &self,
         cmd: &Cmd,
-        eval: Option<&Cmd>,
+        eval: Option<&EvalCmd<'_>>,
     ) -> Result<T, StoreError> {
         let result = match self.inner.timeout {
             Some(bound) => match tokio::time::timeout(bound, self.send(cmd, eval)).await {
@@ -789,7 +789,7 @@ impl RedisStore {
 
     /// Sends `cmd` until it runs or fails with an error that leaves it
     /// possibly run, or any other error (the caller bounds the time).
-    async fn send(&self, cmd: &Cmd, mut eval: Option<&Cmd>) -> RedisResult<Value> {
+    async fn send(&self, cmd: &Cmd, mut eval: Option<&EvalCmd<'_>>) -> RedisResult<Value> {
         let (mut connection, generation) = self.inner.connection.resolve();
         let topology = match &self.inner.connection {
             Connection::Standalone(_) => Topology::Standalone,
@@ -826,9 +826,11 @@ impl RedisStore {
         abandoned: &mut Abandoned,
         topology: Topology,
         cmd: &Cmd,
-        mut eval: Option<&Cmd>,
+        mut eval: Option<&EvalCmd<'_>>,
     ) -> RedisResult<Value> {
         let mut cmd = cmd;
+        // The `EVAL` (the whole script) is built only if Redis lacks it.
+        let built = std::cell::OnceCell::new();
         let mut ask: Option<String> = None;
         let mut moved = false;
         let mut backoff = MIN_BACKOFF;
@@ -866,7 +868,8 @@ impl RedisStore {
                     false
                 }
                 Resend::Eval => {
-                    cmd = eval.take().ok_or(error)?;
+                    let make = eval.take().ok_or(error)?;
+                    cmd = built.get_or_init(make);
                     false
                 }
                 Resend::Ask(address) => {
@@ -888,10 +891,12 @@ impl RedisStore {
 
     async fn eval_decision(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         let now = self.now_arg();
-        let evalsha = self.command("EVALSHA", SCRIPT.get_hash(), check, &now);
+        // The script of exactly this check's algorithms (script.rs).
+        let script = script::for_mask(script::mask(check.policies));
+        let evalsha = self.command("EVALSHA", script.script.get_hash(), check, &now);
         // The script is missing after a restart, a failover or SCRIPT
         // FLUSH: EVAL sends it whole, which also caches it on that node.
-        let eval = self.command("EVAL", SOURCE, check, &now);
+        let eval = || self.command("EVAL", &script.source, check, &now);
         let reply: Vec<i64> = self.run(&evalsha, Some(&eval)).await?;
         parse_reply(&reply, check.policies, check.cost)
     }
@@ -924,6 +929,10 @@ impl RedisStore {
         cmd
     }
 }
+
+/// Builds the `EVAL` sent in place of an `EVALSHA` Redis answered with
+/// `NOSCRIPT`; built only then, since it carries the whole script.
+type EvalCmd<'a> = dyn Fn() -> Cmd + Send + Sync + 'a;
 
 /// The connection settings shared by the standalone and Sentinel stores.
 fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {

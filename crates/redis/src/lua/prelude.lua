@@ -1,7 +1,7 @@
--- tollgate decision script, part 1 of 8: shared helpers.
+-- tollgate decision script, first part: shared helpers.
 --
--- The script is the concatenation of prelude.lua, the six algorithm files and
--- main.lua (see src/script.rs). Each algorithm file is the Lua twin of the
+-- A script is the concatenation of prelude.lua, the files of the algorithms a
+-- check uses and main.lua (see src/script.rs). Each algorithm file is the Lua twin of the
 -- Rust step function of the same name in crates/tollgate/src/algorithm/; the
 -- differential test requires both to decide identically. All arithmetic is on
 -- integers below 2^53 (Policy::new guarantees it), where Lua's doubles are exact.
@@ -49,6 +49,12 @@ end
 -- gone once the test's time is past its expiry minus that base.
 local EXPIRE_BASE_MS = 0
 local TEST_CLOCK = false
+
+-- Where sliding_log.lua rebases its totals (see there). Declared here, like
+-- the two above, because main.lua sets it under a test clock and a script
+-- may hold main.lua without sliding_log.lua: Redis refuses to create a
+-- global.
+local LOG_REBASE_AT = 2 ^ 50
 
 local function expiry_ms(fresh_at)
   return EXPIRE_BASE_MS + cdiv(fresh_at, 1000)

@@ -7,10 +7,10 @@
 -- admitted request, however large its cost.
 -- Twin of crates/tollgate/src/algorithm/sliding_log.rs.
 
--- Totals are rebased to the first live entry before they reach 2^50, so
--- they stay exact in Lua's doubles however long a key stays busy. A test
--- clock rebases early (main.lua) so that tests exercise it.
-local LOG_REBASE_AT = 2 ^ 50
+-- Totals are rebased to the first live entry before they reach
+-- LOG_REBASE_AT (2^50, prelude.lua), so they stay exact in Lua's doubles
+-- however long a key stays busy. A test clock rebases early (main.lua) so
+-- that tests exercise it.
 
 local function log_entry(member)
   local total, cost = string.match(member, '^(%d+):(%d+)$')
