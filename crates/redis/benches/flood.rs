@@ -80,7 +80,7 @@ async fn flood(limiter: &Limiter<Resilient<RedisStore>>, tag: &str, period: Dura
                     i += 1;
                     let started = Instant::now();
                     let d = limiter.check("api", key, 1).await.expect("decision");
-                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let us = tollgate::clock::micros(started.elapsed());
                     latency.saturating_record(us.max(1));
                     if d.allowed {
                         allowed.fetch_add(1, Ordering::Relaxed);

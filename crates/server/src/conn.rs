@@ -118,7 +118,7 @@ impl Acceptor {
             port = self.port,
             %error,
             failures_not_logged = self.unlogged,
-            pause_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
+            pause_ms = tollgate::clock::millis(self.backoff),
             "cannot accept connections (at most one line a second; raise the open-file limit or lower server.max_connections)"
         );
         self.last_log = Some(now);

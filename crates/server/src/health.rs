@@ -222,8 +222,7 @@ impl StoreHealth {
             tracing::info!(
                 failing_for_ms = log
                     .failing_since
-                    .map_or(0, |at| u64::try_from(at.elapsed().as_millis())
-                        .unwrap_or(u64::MAX)),
+                    .map_or(0, |at| tollgate::clock::millis(at.elapsed())),
                 breaker = context.breaker,
                 store = context.store,
                 changes_not_logged,

@@ -118,7 +118,7 @@ impl Metrics {
 
     /// Records the latency of one store call.
     pub fn store_latency(&self, elapsed: Duration) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let us = tollgate::clock::micros(elapsed);
         if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
             self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
         }

@@ -244,7 +244,7 @@ pub async fn run(
         tracing::warn!(
             http,
             grpc,
-            timeout_ms = u64::try_from(limits.shutdown_timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms = tollgate::clock::millis(limits.shutdown_timeout),
             "shutdown: connections still open at server.shutdown_timeout were closed"
         );
         let _ = tokio::time::timeout(CUT_GRACE, async {

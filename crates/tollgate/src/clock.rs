@@ -4,6 +4,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A duration in whole microseconds, saturating at `u64::MAX` (585,000
+/// years: beyond any period, deadline or wait the library handles).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A source of the current time in microseconds.
 ///
 /// Implementations must never go backwards: the algorithms tolerate it
@@ -87,7 +98,7 @@ impl ManualClock {
 
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
-        let us = u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
+        let us = micros(by);
         self.now.fetch_add(us, Ordering::SeqCst);
     }
 

@@ -231,7 +231,7 @@ impl Policy {
             return Err(PolicyError::PeriodTooLong(period));
         }
         // Below MAX_PERIOD the microsecond count fits in u64.
-        let period_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+        let period_us = crate::clock::micros(period);
         if period_us == 0 {
             return Err(PolicyError::ZeroPeriod);
         }

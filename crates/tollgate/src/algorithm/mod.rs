@@ -278,7 +278,7 @@ pub fn next_allowed_after(policy: &Policy, cost: u64, decision: &Decision) -> Op
     if !decision.allowed || decision.remaining >= cost || cost > policy.capacity() {
         return None;
     }
-    let reset_us = u64::try_from(decision.reset_after.as_micros()).unwrap_or(u64::MAX);
+    let reset_us = crate::clock::micros(decision.reset_after);
     let wait_us = match policy.algorithm() {
         Algorithm::FixedWindow => reset_us,
         Algorithm::Gcra | Algorithm::TokenBucket | Algorithm::LeakyBucket => {

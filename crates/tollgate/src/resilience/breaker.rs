@@ -88,7 +88,7 @@ impl Breaker {
             trips: AtomicU64::new(0),
             transitions: Mutex::new(Transitions::default()),
             failures_to_open: failures_to_open.max(1),
-            cooldown_us: u64::try_from(cooldown.as_micros()).unwrap_or(u64::MAX),
+            cooldown_us: crate::clock::micros(cooldown),
             probes: probes.max(1),
         }
     }

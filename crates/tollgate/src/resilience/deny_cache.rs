@@ -391,13 +391,13 @@ impl DenyCache {
         let mut until_us = u64::MAX;
         for d in decisions.iter().filter(|d| !d.allowed) {
             let Some(retry) = d.retry_after else { return };
-            let retry_us = u64::try_from(retry.as_micros()).unwrap_or(u64::MAX);
+            let retry_us = crate::clock::micros(retry);
             until_us = until_us.min(sent_us.saturating_add(retry_us));
         }
         if until_us <= sent_us {
             return;
         }
-        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let micros = crate::clock::micros;
         let entry = Entry {
             policies: policies
                 .iter()

@@ -629,7 +629,7 @@ impl<S: Store> Resilient<S> {
                     false,
                     0,
                     0,
-                    u64::try_from(retry_after.as_micros()).unwrap_or(u64::MAX),
+                    crate::clock::micros(retry_after),
                     0,
                 )),
             })

@@ -386,7 +386,7 @@ impl Shard {
             if decision.allowed && mode == Mode::Consume {
                 entry.expires_at = expires_at(entry.state.fresh_at(p.policy));
             } else if entry.expires_at > now && decision.reset_after > Duration::ZERO {
-                let fresh_at = now + duration_us(decision.reset_after);
+                let fresh_at = now + crate::clock::micros(decision.reset_after);
                 entry.expires_at = entry.expires_at.max(expires_at(fresh_at));
             }
             return decision;
@@ -461,11 +461,6 @@ impl Shard {
         }
         self.sweep_at = (2 * len).max(MIN_SWEEP_LEN);
     }
-}
-
-/// Whole microseconds of a duration the algorithms made from microseconds.
-fn duration_us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Locks a shard. A panic while holding the lock cannot leave a shard

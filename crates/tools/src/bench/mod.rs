@@ -386,7 +386,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
     let progress = Progress::start(&shared, plan.duration);
     drive(&shared, &plan, load).await;
     let elapsed = start.elapsed();
-    let unix_end = unix_start + u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let unix_end = unix_start + tollgate::clock::micros(elapsed);
     if let Some(progress) = progress {
         progress.finish().await;
     }
@@ -409,7 +409,7 @@ fn unix_us() -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    u64::try_from(now.as_micros()).unwrap_or(u64::MAX)
+    tollgate::clock::micros(now)
 }
 
 /// Runs the phases in order; returns when every request has finished.

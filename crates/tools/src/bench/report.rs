@@ -74,9 +74,7 @@ impl Collector {
 
     /// Records one request.
     pub fn record(&mut self, key: u32, outcome: RequestResult, latency: Duration) {
-        let us = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let us = tollgate::clock::micros(latency).max(1);
         self.latency.saturating_record(us);
         let count = self.per_key.entry(key).or_default();
         count.requests += 1;

@@ -134,7 +134,7 @@ impl Pattern {
     /// [`SimulateError::Pattern`] for a non-positive rate, an empty interval
     /// or more than [`MAX_REQUESTS`] requests.
     pub fn arrivals(&self, duration: Duration, period_us: u64) -> Result<Vec<u64>, SimulateError> {
-        let end = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let end = tollgate::clock::micros(duration);
         let bad = |reason: &str| Err(SimulateError::Pattern(reason.to_owned()));
         let rate_ok = |rate: f64| rate.is_finite() && rate > 0.0;
         let too_many = |n: f64| n > MAX_REQUESTS as f64;
@@ -373,7 +373,7 @@ fn simulate_one(policy: &Policy, arrivals: &[u64]) -> AlgorithmRun {
         let decisions = store.apply_sync(tollgate::Check::new(KEY, &refs, 1, Mode::Consume));
         match decisions.first() {
             Some(d) if d.allowed => {
-                admitted_at.push(t + u64::try_from(d.delay.as_micros()).unwrap_or(u64::MAX));
+                admitted_at.push(t + tollgate::clock::micros(d.delay));
             }
             _ => denied += 1,
         }
@@ -526,7 +526,7 @@ impl SimulateArgs {
             );
             let chart = plot::Chart {
                 title: &title,
-                duration_us: u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
+                duration_us: tollgate::clock::micros(self.duration),
                 arrivals: &arrivals,
                 runs: &runs,
             };
@@ -542,7 +542,7 @@ impl SimulateArgs {
         Ok(Report {
             pattern: self.pattern,
             policy: self.policy.clone(),
-            duration_us: u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX),
+            duration_us: tollgate::clock::micros(self.duration),
             offered: arrivals.len() as u64,
             runs,
             files,
