@@ -29,11 +29,7 @@ mod redis {
         move |clock: ManualClock| {
             let server = Arc::clone(&server);
             async move {
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                let prefix = format!(
-                    "conformance-{}",
-                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                );
+                let prefix = tollgate_testkit::redis::unique_prefix();
                 let options = RedisOptions::default()
                     .prefix(prefix)
                     .timeout(std::time::Duration::from_secs(5))
@@ -95,11 +91,7 @@ mod routed {
         move |clock: ManualClock| {
             let servers = Arc::clone(&servers);
             async move {
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                let prefix = format!(
-                    "routed-{}",
-                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                );
+                let prefix = tollgate_testkit::redis::unique_prefix();
                 let main = store(&servers.0, &prefix, &clock).await;
                 let second = store(&servers.1, &prefix, &clock).await;
                 RoutedStore::new(main, Some(second))

@@ -40,7 +40,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,17 @@ const UNIX_SOCKET: &str = "redis.sock";
 
 /// Makes directory names unique even if a port is reused by another process.
 static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A key prefix no other store in this test process uses, so that stores
+/// sharing one Redis never see each other's keys.
+pub fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// One standalone `redis-server` on `127.0.0.1:<free port>`, killed on drop
 /// (also when the test panics).

@@ -1,21 +1,10 @@
 //! Shared helpers of the Redis store's tests.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tollgate::ManualClock;
 use tollgate_redis::{RedisOptions, RedisStore};
 
-/// A prefix no other store in this test process uses, so cases never see
-/// each other's keys.
-pub fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "t{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use tollgate_testkit::redis::unique_prefix;
 
 pub fn options() -> RedisOptions {
     RedisOptions::default()
