@@ -2,8 +2,10 @@
 # Throughput of a hello-world axum route with the tollgate-tower layer
 # (memory store, a policy that never denies) against the same route without
 # it, served by one process (crates/tower/examples/bench_server.rs) and
-# measured with wrk over loopback. Runs alternate plain/limited so drift in
-# the machine hits both alike; the median of RUNS runs of each is reported.
+# measured with wrk over loopback; and, as the floor under that ratio, the
+# route wrapped by a `route_layer` that does nothing (what axum's wrapping
+# costs any middleware). Runs alternate plain/noop/limited so drift in the
+# machine hits all alike; the median of RUNS runs of each is reported.
 #
 #   scripts/bench-middleware.sh                  # wrk -t2 -c50 -d10s, 3 runs each
 #   RUNS=5 DURATION=30s scripts/bench-middleware.sh
@@ -24,7 +26,7 @@ if [ "${1:-}" = instructions ]; then
       target/release/examples/bench_inprocess "$1" "$2" 2>&1 >/dev/null |
       awk '/I *refs/ { gsub(",", "", $4); print $4 }'
   }
-  for route in /plain /noop /limited; do
+  for route in /plain /noop /limited /handler; do
     a=$(count "$route" 2000)
     b=$(count "$route" 12000)
     echo "$route: $(((b - a) / 10000)) instructions per request"
@@ -57,16 +59,22 @@ rps() { # route -> requests per second
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $RUNS runs each, $(nproc) CPUs"
-rps 2s plain >/dev/null # warm up both paths
+rps 2s plain >/dev/null # warm up every path
+rps 2s noop >/dev/null
 rps 2s limited >/dev/null
-plain=() limited=()
+plain=() noop=() limited=()
 for run in $(seq "$RUNS"); do
   p=$(rps "$DURATION" plain)
+  n=$(rps "$DURATION" noop)
   l=$(rps "$DURATION" limited)
-  plain+=("$p") limited+=("$l")
-  printf 'run %d: plain %s req/s, limited %s req/s\n' "$run" "$p" "$l"
+  plain+=("$p") noop+=("$n") limited+=("$l")
+  printf 'run %d: plain %s req/s, noop %s req/s, limited %s req/s (ratio %s)\n' "$run" "$p" "$n" "$l" \
+    "$(awk -v l="$l" -v p="$p" 'BEGIN { printf "%.3f", l / p }')"
 done
 p=$(echo "${plain[*]}" | median)
+n=$(echo "${noop[*]}" | median)
 l=$(echo "${limited[*]}" | median)
 printf 'median: plain %s req/s, limited %s req/s, ratio %s\n' "$p" "$l" \
   "$(awk -v l="$l" -v p="$p" 'BEGIN { printf "%.3f", l / p }')"
+printf 'floor: noop %s req/s, ratio %s (a route_layer doing nothing)\n' "$n" \
+  "$(awk -v n="$n" -v p="$p" 'BEGIN { printf "%.3f", n / p }')"

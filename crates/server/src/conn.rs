@@ -13,7 +13,10 @@
 //!   progress (its headers were complete, its handler has not returned),
 //!   when the next request's first byte arrived, and since when the
 //!   connection has been idle; for gRPC, when it last sent anything.
-//!   `Activity::expired` completes when its timeout passes.
+//!   `Activity::expired` completes when its timeout passes. Requests only
+//!   record what they do (a lock, no wake-up, no timer): the one timer of a
+//!   connection wakes at the earliest instant any timeout could pass, and
+//!   looks again (see `Activity::expired`).
 //! - `Tracker` counts open connections and closes them all at once when
 //!   shutdown's deadline passes.
 //! - [`TimedBody`] bounds the time to receive a request body.
@@ -30,7 +33,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 /// The shortest and longest pause after a failed `accept`.
@@ -159,7 +162,6 @@ const HTTP2_PREFACE_LEN: usize = 24;
 #[derive(Debug)]
 pub(crate) struct Activity {
     state: Mutex<State>,
-    changed: Notify,
     /// HTTP (requests, headers) or gRPC (bytes received).
     http: bool,
     header_timeout: Duration,
@@ -192,7 +194,6 @@ impl Activity {
                 preface_left: 0,
                 quiet_since: Instant::now(),
             }),
-            changed: Notify::new(),
             http,
             header_timeout,
             idle_timeout,
@@ -213,15 +214,11 @@ impl Activity {
                 if state.preface_left == 0 {
                     // The handshake's clock stops.
                     state.head_since = None;
-                    drop(state);
-                    self.changed.notify_one();
                 }
             }
         } else if state.in_flight == 0 && state.head_since.is_none() {
             // The first byte of the next request: its headers' clock starts.
             state.head_since = Some(Instant::now());
-            drop(state);
-            self.changed.notify_one();
         }
     }
 
@@ -232,7 +229,6 @@ impl Activity {
         state.in_flight += 1;
         state.head_since = None;
         drop(state);
-        self.changed.notify_one();
         InFlight(Arc::clone(self))
     }
 
@@ -257,17 +253,35 @@ impl Activity {
     }
 
     /// Completes when the connection has expired.
+    ///
+    /// Nothing wakes it when a request starts or ends: every change of
+    /// state moves the deadline to at least `min(header_timeout,
+    /// idle_timeout)` after the change (a request's headers start their
+    /// clock, a request ends and the idle clock starts, bytes arrive), never
+    /// earlier. So the one timer is set to the deadline or to that long
+    /// from now, whichever comes first, and when it fires the state is read
+    /// again: each timeout passes exactly when it did with a wake-up per
+    /// change, at the cost of a timer firing every `min(header_timeout,
+    /// idle_timeout)` on a busy connection rather than two wake-ups and two
+    /// timers per request.
     pub(crate) async fn expired(&self) -> Expiry {
+        let shortest = self
+            .header_timeout
+            .min(self.idle_timeout)
+            .max(Duration::from_millis(1));
+        let next = |deadline: Option<(Instant, Expiry)>, now: Instant| {
+            let soonest = now + shortest;
+            deadline.map_or(soonest, |(at, _)| at.min(soonest))
+        };
+        let sleep = tokio::time::sleep_until(next(self.deadline(), Instant::now()));
+        tokio::pin!(sleep);
         loop {
-            match self.deadline() {
-                None => self.changed.notified().await,
-                Some((at, why)) if at <= Instant::now() => return why,
-                Some((at, _)) => {
-                    tokio::select! {
-                        () = self.changed.notified() => {}
-                        () = tokio::time::sleep_until(at) => {}
-                    }
-                }
+            sleep.as_mut().await;
+            let now = Instant::now();
+            let deadline = self.deadline();
+            match deadline {
+                Some((at, why)) if at <= now => return why,
+                _ => sleep.as_mut().reset(next(deadline, now)),
             }
         }
     }
@@ -284,8 +298,6 @@ impl Drop for InFlight {
         if state.in_flight == 0 {
             state.quiet_since = Instant::now();
         }
-        drop(state);
-        self.0.changed.notify_one();
     }
 }
 

@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::{DEFAULT_STATS_MAX_SERIES, EnvoySettings};
@@ -180,6 +180,7 @@ impl Metrics {
             .series
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .by_labels
             .len()
     }
 
@@ -409,7 +410,8 @@ const ENVOY_STATS: [(&str, &str); 5] = [
 
 /// The most bytes of label values one per-descriptor series may hold: a
 /// series beyond it is counted in the overflow series, so the statistics
-/// hold at most `envoy.stats_max_series` times this many bytes of labels.
+/// hold at most `envoy.stats_max_series` times this many bytes of labels
+/// (and as many of raw statistics keys, see `Series::by_key`).
 pub const ENVOY_MAX_LABEL_BYTES: usize = 1024;
 
 /// The label value of the overflow series, in `domain` and `key1`.
@@ -493,9 +495,23 @@ fn ipv4_at(text: &[u8], group: usize) -> Option<usize> {
 #[derive(Debug)]
 struct EnvoyStats {
     max_series: AtomicUsize,
-    series: RwLock<HashMap<EnvoyLabels, [AtomicU64; 5]>>,
+    series: RwLock<Series>,
     overflow: [AtomicU64; 5],
     global_shadow_mode: AtomicU64,
+}
+
+/// The series by their labels, and the same counters by the raw statistics
+/// keys seen so far: a hit whose key was seen before costs one lookup and
+/// no allocation (sanitising a key into labels allocates).
+#[derive(Debug, Default)]
+struct Series {
+    by_labels: HashMap<EnvoyLabels, Arc<[AtomicU64; 5]>>,
+    /// Several keys may share a series (`:` and `|` both become `_`, parts
+    /// after the third are not labels), so this map has its own cap,
+    /// `max_series`, and holds only keys of at most
+    /// [`ENVOY_MAX_LABEL_BYTES`]: a key it cannot hold is still counted,
+    /// through its labels.
+    by_key: HashMap<Box<str>, Arc<[AtomicU64; 5]>>,
 }
 
 impl Default for EnvoyStats {
@@ -511,7 +527,6 @@ impl Default for EnvoyStats {
 
 impl EnvoyStats {
     fn add(&self, stat_key: &str, hits: EnvoyHits) {
-        let labels = EnvoyLabels::of(stat_key);
         let bump = |counters: &[AtomicU64; 5]| {
             for (counter, n) in counters.iter().zip(hits.values()) {
                 if n > 0 {
@@ -520,38 +535,51 @@ impl EnvoyStats {
             }
         };
         let max_series = self.max_series.load(Ordering::Relaxed);
-        {
-            let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(counters) = map.get(&labels) {
+        let labels = {
+            let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(counters) = series.by_key.get(stat_key) {
                 bump(counters);
                 return;
             }
+            let labels = EnvoyLabels::of(stat_key);
             // A new series that cannot be kept goes to the overflow under
             // the read lock: request values past the cap never contend
             // for the write lock.
-            if map.len() >= max_series || labels.len() > ENVOY_MAX_LABEL_BYTES {
+            let known = series.by_labels.contains_key(&labels);
+            if !known
+                && (series.by_labels.len() >= max_series || labels.len() > ENVOY_MAX_LABEL_BYTES)
+            {
                 bump(&self.overflow);
                 return;
             }
-        }
-        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+            labels
+        };
+        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let Series { by_labels, by_key } = &mut *series;
         // Checked again: another thread may have filled the map meanwhile.
-        let full = map.len() >= max_series;
-        if full && !map.contains_key(&labels) {
-            bump(&self.overflow);
-            return;
+        let counters = match by_labels.get(&labels) {
+            Some(counters) => Arc::clone(counters),
+            None if by_labels.len() >= max_series => {
+                bump(&self.overflow);
+                return;
+            }
+            None => Arc::clone(by_labels.entry(labels).or_default()),
+        };
+        bump(&counters);
+        if by_key.len() < max_series && stat_key.len() <= ENVOY_MAX_LABEL_BYTES {
+            by_key.insert(stat_key.into(), counters);
         }
-        bump(map.entry(labels).or_default());
     }
 
     fn get(&self, labels: &EnvoyLabels) -> EnvoyHits {
-        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-        EnvoyHits::load(map.get(labels).unwrap_or(&self.overflow))
+        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
+        EnvoyHits::load(series.by_labels.get(labels).map_or(&self.overflow, |c| c))
     }
 
     fn render(&self, out: &mut String, config_loads: &[AtomicU64; 2]) {
         let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let mut series: Vec<(&EnvoyLabels, &[AtomicU64; 5])> = map.iter().collect();
+        let mut series: Vec<(&EnvoyLabels, &[AtomicU64; 5])> =
+            map.by_labels.iter().map(|(l, c)| (l, &**c)).collect();
         series.sort_by(|a, b| a.0.cmp_key().cmp(&b.0.cmp_key()));
         let overflow = EnvoyLabels {
             domain: ENVOY_OVERFLOW_LABEL.to_owned(),

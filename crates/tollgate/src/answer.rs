@@ -61,7 +61,6 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::{Decision, Policy};
@@ -378,21 +377,32 @@ impl<'a> Answer<'a> {
     /// assert_eq!(Answer::new(&decisions).ratelimit_field(), r#""api";r=42;t=17"#);
     /// ```
     pub fn ratelimit_field(&self) -> String {
-        // Two numbers of at most 20 digits, `;r=`, `;t=`, quotes, `, `.
-        let bound: usize = self.decisions.iter().map(|d| d.name.len() + 52).sum();
-        let mut value = String::with_capacity(bound);
+        // This runs for every decided request: the numbers are written by
+        // hand (`write!` costs more than the rest of the field together),
+        // and the value is allocated at its exact length, so that turning
+        // it into a header value's bytes does not reallocate.
+        let numbers =
+            |d: &PolicyDecision<'_>| (d.decision.remaining, ceil_seconds(d.decision.reset_after));
+        let len: usize = self
+            .decisions
+            .iter()
+            .map(|d| {
+                let (remaining, reset) = numbers(d);
+                // `, ` before each member but the first; `;r=` and `;t=`.
+                2 + sf_string_len(d.name) + 6 + decimal_len(remaining) + decimal_len(reset)
+            })
+            .sum();
+        let mut value = String::with_capacity(len.saturating_sub(2));
         for (i, d) in self.decisions.iter().enumerate() {
             if i > 0 {
                 value.push_str(", ");
             }
+            let (remaining, reset) = numbers(d);
             write_sf_string(&mut value, d.name);
-            // Writing to a String cannot fail.
-            let _ = write!(
-                value,
-                ";r={};t={}",
-                d.decision.remaining,
-                ceil_seconds(d.decision.reset_after)
-            );
+            value.push_str(";r=");
+            value.push_str(Decimal::new(remaining).as_str());
+            value.push_str(";t=");
+            value.push_str(Decimal::new(reset).as_str());
         }
         value
     }
@@ -591,13 +601,12 @@ pub fn policy_field<'a>(policies: impl IntoIterator<Item = (&'a str, &'a Policy)
             value.push_str(", ");
         }
         write_sf_string(&mut value, name);
-        // Writing to a String cannot fail.
-        let _ = write!(
-            value,
-            ";q={};w={}",
-            policy.limit(),
-            ceil_seconds(policy.period())
-        );
+        // The server writes this field for every request (the layer only
+        // once): numbers by hand, as in `ratelimit_field`.
+        value.push_str(";q=");
+        value.push_str(Decimal::new(policy.limit()).as_str());
+        value.push_str(";w=");
+        value.push_str(Decimal::new(ceil_seconds(policy.period())).as_str());
     }
     value
 }
@@ -621,6 +630,15 @@ pub fn policy_field<'a>(policies: impl IntoIterator<Item = (&'a str, &'a Policy)
 /// ```
 pub fn write_sf_string(out: &mut String, text: &str) {
     out.push('"');
+    if text
+        .bytes()
+        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
+        // Nothing to escape or replace (every policy name in practice).
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     for c in text.chars() {
         match c {
             '"' | '\\' => {
@@ -632,6 +650,52 @@ pub fn write_sf_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
+}
+
+/// A number in decimal, as `format!("{n}")` writes it, on the stack.
+struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u64) -> Decimal {
+        let mut digits = [b'0'; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            // A remainder below 10: the cast cannot truncate.
+            #[allow(clippy::cast_possible_truncation)]
+            let digit = (n % 10) as u8;
+            digits[start] = b'0' + digit;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits were written.
+        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
+    }
+}
+
+/// The number of digits of `n` in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
+/// The length of what [`write_sf_string`] writes for `text`.
+fn sf_string_len(text: &str) -> usize {
+    2 + text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => 2,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// Whether [`write_sf_string`] writes `text` unaltered: it is printable

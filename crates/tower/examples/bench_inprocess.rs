@@ -10,13 +10,15 @@
 //!
 //! Routes: `/plain` (no layer), `/noop` (a `route_layer` that does nothing:
 //! what axum's layering itself costs), `/limited` (the rate limit layer, as
-//! in `bench_server`).
+//! in `bench_server`), `/handler` (the same layer put on the handler with
+//! axum's `Handler::layer`, which wraps it without a second boxed route).
 
 use std::error::Error;
 use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::handler::Handler;
 use axum::routing::get;
 use axum::{Router, http};
 use tollgate::{Limiter, MemoryStore};
@@ -39,6 +41,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             "/noop",
             get(|| async { "hello" }).route_layer(tower::layer::layer_fn(|service| service)),
         )
+        .route("/handler", get((|| async { "hello" }).layer(layer.clone())))
         .route("/limited", get(|| async { "hello" }).route_layer(layer));
 
     let peer = SocketAddr::from(([127, 0, 0, 1], 5555));

@@ -2,6 +2,8 @@
 //! process, for `scripts/bench-middleware.sh`:
 //!
 //! - `GET /plain`: no layer;
+//! - `GET /noop`: a `route_layer` that does nothing: what axum's wrapping of
+//!   a route costs any middleware (the floor under `/limited`'s ratio);
 //! - `GET /limited`: the layer over a memory store, keyed by peer IP, with a
 //!   policy that never denies at any rate a benchmark reaches (so every
 //!   request pays for a full decision and the header fields, and none is
@@ -39,6 +41,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let layer = RateLimitLayer::builder(limiter).policy("never").build()?;
     let app = Router::new()
         .route("/plain", get(|| async { "hello" }))
+        .route(
+            "/noop",
+            get(|| async { "hello" }).route_layer(tower::layer::layer_fn(|service| service)),
+        )
         .route("/limited", get(|| async { "hello" }).route_layer(layer));
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, args.port)).await?;
     println!("listening on http://{}", listener.local_addr()?);

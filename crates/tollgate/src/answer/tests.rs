@@ -348,3 +348,16 @@ fn legacy_and_retry_after_values_round_up() {
     );
     assert_eq!(answer.retry_after_seconds(), Some(1));
 }
+
+#[test]
+fn decimals_and_strings_are_measured_and_written_as_format_writes_them() {
+    for n in [0, 1, 9, 10, 99, 100, 4_294_967_295, u64::MAX - 1, u64::MAX] {
+        assert_eq!(Decimal::new(n).as_str(), n.to_string());
+        assert_eq!(decimal_len(n), n.to_string().len());
+    }
+    for text in ["", "api", r#"a"b\c"#, "café\t", "€"] {
+        let mut out = String::new();
+        write_sf_string(&mut out, text);
+        assert_eq!(sf_string_len(text), out.len(), "{text}");
+    }
+}
