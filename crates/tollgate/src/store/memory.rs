@@ -9,6 +9,15 @@
 //! hash lookup and a few integer operations, never held across an `.await`,
 //! and an uncontended std mutex costs a single atomic operation.
 //!
+//! An entry is one 64-byte cache line, since over many keys a decision costs
+//! about one memory access per cache line its entry spans: the identity
+//! inline up to 20 bytes (on the heap beyond), the policy as a 16-bit index
+//! into its shard's table of names (each name held once per shard, counted
+//! by its entries and freed with the last), the algorithm's state, and the
+//! expiry instant. The hash is not stored; a resize recomputes it from the
+//! identity. A shard holds at most 65 535 entries, so its live names always
+//! fit the index (a larger cap takes more shards).
+//!
 //! Entries expire exactly when the Redis store's keys would
 //! ([`expires_at`]): a live entry is read under whatever policy is in force
 //! (a changed policy carries its state over), an expired one reads as fresh.
@@ -425,7 +434,7 @@ impl MemoryStoreBuilder {
 
     /// The number of shards, rounded up to a power of two (default: 16 per
     /// core). A small cap lowers it, so that every shard holds at least 16
-    /// entries.
+    /// entries; a cap above 65 535 entries per shard raises it.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -631,6 +640,70 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use super::{MemoryStore, lock};
+    use crate::{Check, ManualClock, Mode, Policy, PolicyRef};
+
+    /// Charges one unit of `policy` under `name` to `key`: allowed?
+    fn charge(store: &MemoryStore, name: &str, key: &[u8], policy: &Policy) -> bool {
+        let refs = [PolicyRef { name, policy }];
+        store.apply_sync(Check::new(key, &refs, 1, Mode::Consume))[0].allowed
+    }
+
+    /// Live names of the one shard of `store`.
+    fn live_names(store: &MemoryStore) -> Vec<String> {
+        let shard = lock(&store.inner.shards[0]);
+        let live: Vec<String> = shard
+            .names
+            .slots
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        assert_eq!(shard.names.index.len(), live.len());
+        live
+    }
+
+    #[test]
+    fn names_are_held_once_and_freed_with_their_last_entry() {
+        let clock = ManualClock::new(0);
+        let store = MemoryStore::with_clock_and_shards(clock.clone(), 1);
+        let policy: Policy = "fixed_window 1/s".parse().expect("valid");
+        // More names than a scan covers: the index finds them.
+        let names: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+        for key in [&b"alice"[..], b"a key longer than twenty bytes"] {
+            for name in &names {
+                assert!(charge(&store, name, key, &policy), "{name}");
+            }
+            for name in &names {
+                assert!(!charge(&store, name, key, &policy), "{name}");
+            }
+        }
+        assert_eq!(live_names(&store).len(), 20, "each name held once");
+        store.reset_sync(
+            b"alice",
+            &[PolicyRef {
+                name: "p3",
+                policy: &policy,
+            }],
+        );
+        assert!(charge(&store, "p3", b"alice", &policy), "reset");
+        clock.advance_us(3_000_000);
+        store.purge_expired();
+        assert!(live_names(&store).is_empty(), "freed with their entries");
+        // Freed indexes are reused by other names, which start fresh.
+        assert!(charge(&store, "q", b"alice", &policy));
+        assert!(!charge(&store, "q", b"alice", &policy));
+        assert!(charge(&store, "p0", b"alice", &policy));
+        assert_eq!(live_names(&store).len(), 2);
+    }
+
+    #[test]
+    fn a_shard_never_holds_more_entries_than_names_can_index() {
+        let store = MemoryStore::builder().shards(1).max_keys(1 << 20).build();
+        assert!(store.inner.shards.len() >= 16);
+        assert!(store.inner.shard_max <= super::SHARD_MAX);
+    }
+
     #[test]
     fn entries_stay_small() {
         // One cache line: a decision on a key not in cache is one miss.
