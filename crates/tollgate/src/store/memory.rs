@@ -666,7 +666,11 @@ mod tests {
     #[test]
     fn names_are_held_once_and_freed_with_their_last_entry() {
         let clock = ManualClock::new(0);
-        let store = MemoryStore::with_clock_and_shards(clock.clone(), 1);
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .shards(1)
+            .max_keys(1000)
+            .build();
         let policy: Policy = "fixed_window 1/s".parse().expect("valid");
         // More names than a scan covers: the index finds them.
         let names: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
@@ -709,6 +713,11 @@ mod tests {
         // One cache line: a decision on a key not in cache is one miss.
         assert_eq!(size_of::<super::Entry>(), 64);
         assert_eq!(size_of::<super::Key>(), 24);
+        assert!(
+            size_of::<super::Shard>() <= 128,
+            "{}",
+            size_of::<super::Shard>()
+        );
         assert!(size_of::<crate::algorithm::State>() <= 32);
     }
 }
