@@ -120,7 +120,7 @@ struct Entry {
 }
 
 /// An entry's policy (an index into its shard's [`Names`]) and identity:
-/// inline up to [`INLINE`] bytes (an IP address behind an adapter's tag),
+/// inline up to [`INLINE`] bytes (`http:` and an IPv4 address fit),
 /// so most keys cost no allocation of their own. 24 bytes.
 enum Key {
     Inline {
