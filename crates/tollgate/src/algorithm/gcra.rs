@@ -15,7 +15,7 @@
 //! policy's steps, so the state records `rate`; read under another rate the
 //! TAT is rounded up to the next whole microsecond (never earlier).
 
-use super::{Computed, div_ceil};
+use super::{Computed, div_ceil, div_rem};
 use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(tat_us: u64, tat_frac: u64) -> u64 {
@@ -85,7 +85,8 @@ pub(super) fn decide(
         before
     };
     if charged {
-        (*tat_us, *tat_frac, *tat_rate) = (now + after / rate, after % rate, rate);
+        let (whole, frac) = div_rem(after, rate);
+        (*tat_us, *tat_frac, *tat_rate) = (now + whole, frac, rate);
     }
     Computed {
         allowed,
@@ -100,7 +101,12 @@ pub(super) fn decide(
             // The TAT as stored: `before` may be capped.
             fresh_at(stored_us, stored_frac)
         },
-        retry_at: retry_at(policy, (stored_us, stored_frac), before, now, cost),
+        // Read only for a denial (`decision_from_parts`).
+        retry_at: if allowed {
+            0
+        } else {
+            retry_at(policy, (stored_us, stored_frac), before, now, cost)
+        },
         delay: 0,
     }
 }

@@ -9,6 +9,15 @@
 //! hash lookup and a few integer operations, never held across an `.await`,
 //! and an uncontended std mutex costs a single atomic operation.
 //!
+//! An entry is one 64-byte cache line, since over many keys a decision costs
+//! about one memory access per cache line its entry spans: the identity
+//! inline up to 20 bytes (on the heap beyond), the policy as a 16-bit index
+//! into its shard's table of names (each name held once per shard, counted
+//! by its entries and freed with the last), the algorithm's state, and the
+//! expiry instant. The hash is not stored; a resize recomputes it from the
+//! identity. A shard holds at most 65 535 entries, so its live names always
+//! fit the index (a larger cap takes more shards).
+//!
 //! Entries expire exactly when the Redis store's keys would
 //! ([`expires_at`]): a live entry is read under whatever policy is in force
 //! (a changed policy carries its state over), an expired one reads as fresh.
@@ -32,10 +41,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
-use smallvec::SmallVec;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use super::{Check, Decisions, Mode, PolicyRef, Store, all_or_nothing};
+use super::{Check, Decisions, Mode, PolicyRef, Store, all_or_nothing, all_or_nothing_into};
 use crate::algorithm::{State, decide, expires_at};
 use crate::{Clock, Decision, StoreError, SystemClock};
 
@@ -45,6 +53,14 @@ const MIN_SWEEP_LEN: usize = 1024;
 
 /// The default cap on entries ([`MemoryStoreBuilder::max_keys`]).
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// The most entries one shard holds: an entry names its policy by a 16-bit
+/// index into its shard's name table, and a shard never has more live names
+/// than entries. A larger cap is split over more shards.
+const SHARD_MAX: usize = u16::MAX as usize;
+
+/// Identities up to this many bytes are stored in the entry itself.
+const INLINE: usize = 20;
 
 /// The embedded store: concurrent, atomic per key, bounded in memory.
 /// Cheap to clone; clones share state.
@@ -80,37 +96,143 @@ struct Inner {
     clock: Arc<dyn Clock>,
 }
 
-#[derive(Default)]
 struct Shard {
     table: HashTable<Entry>,
+    /// The policy names of this shard's entries.
+    names: Names,
     /// Sweep when the table reaches this length.
     sweep_at: usize,
 }
 
-/// One `(policy name, identity)` state. Kept small (88 bytes on 64-bit),
-/// since a busy limiter holds one per active client and policy.
+/// One `(policy name, identity)` state, in one 64-byte cache line: a busy
+/// limiter holds one per active client and policy, and a decision on a key
+/// not in cache costs one memory access rather than two. The policy name is
+/// not repeated in every entry (the shard's [`Names`] holds it once), and
+/// the hash is not stored (a resize recomputes it from the identity).
+#[repr(align(64))]
 struct Entry {
-    /// The identity's hash: shared by every policy of the identity, which
-    /// the name comparison tells apart.
-    hash: u64,
-    /// The policy name followed by the identity; inline up to 24 bytes
-    /// (an IP address and a short policy name), so most keys cost no
-    /// allocation of their own.
-    key: SmallVec<[u8; 24]>,
-    name_len: u32,
-    state: State,
+    key: Key,
     /// When the entry is dropped: [`expires_at`] of the state's freshness
     /// under the policy of the last charge, pushed later (never earlier) by
     /// any decision under a policy that keeps the state longer.
     expires_at: u64,
+    state: State,
+}
+
+/// An entry's policy (an index into its shard's [`Names`]) and identity:
+/// inline up to [`INLINE`] bytes (`http:` and an IPv4 address fit),
+/// so most keys cost no allocation of their own. 24 bytes.
+enum Key {
+    Inline {
+        name: [u8; 2],
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Heap {
+        name: [u8; 2],
+        bytes: Box<[u8]>,
+    },
+}
+
+impl Key {
+    fn new(name: u16, identity: &[u8]) -> Key {
+        let name = name.to_le_bytes();
+        match u8::try_from(identity.len()) {
+            Ok(len) if identity.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..identity.len()].copy_from_slice(identity);
+                Key::Inline { name, len, bytes }
+            }
+            _ => Key::Heap {
+                name,
+                bytes: identity.into(),
+            },
+        }
+    }
+
+    fn name(&self) -> u16 {
+        match self {
+            Key::Inline { name, .. } | Key::Heap { name, .. } => u16::from_le_bytes(*name),
+        }
+    }
+
+    fn identity(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes, .. } => &bytes[..usize::from(*len)],
+            Key::Heap { bytes, .. } => bytes,
+        }
+    }
 }
 
 impl Entry {
-    fn is(&self, name: &str, identity: &[u8]) -> bool {
-        let split = self.name_len as usize;
-        split == name.len()
-            && self.key[..split] == *name.as_bytes()
-            && self.key[split..] == *identity
+    fn is(&self, name: u16, identity: &[u8]) -> bool {
+        self.key.name() == name && self.key.identity() == identity
+    }
+}
+
+/// A shard's policy names, each held once and referred to by index from
+/// its entries. A name is counted by its entries and its index freed with
+/// the last of them, so a shard holds no more names than entries (names
+/// come from configuration, but a reloaded configuration must not grow
+/// this forever).
+#[derive(Default)]
+struct Names {
+    /// By index: the name and how many entries use it (0: a free index).
+    slots: Vec<(Box<str>, u32)>,
+    /// Indexes whose name is gone, to reuse.
+    free: Vec<u16>,
+    /// Name to index, for shards with many names (a few are scanned).
+    index: HashMap<Box<str>, u16>,
+}
+
+/// Up to this many names, a scan finds a name faster than a hash lookup.
+const SCAN_NAMES: usize = 8;
+
+impl Names {
+    /// The index of `name`, if an entry uses it.
+    #[inline]
+    fn find(&self, name: &str) -> Option<u16> {
+        if self.slots.len() <= SCAN_NAMES {
+            let i = self
+                .slots
+                .iter()
+                .position(|(n, count)| *count > 0 && **n == *name)?;
+            // At most SCAN_NAMES.
+            return Some(i as u16);
+        }
+        self.index.get(name).copied()
+    }
+
+    /// The index of `name` for one more entry. The shard holds fewer than
+    /// [`SHARD_MAX`] entries, so fewer names, so an index is always free.
+    fn acquire(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.find(name) {
+            self.slots[usize::from(i)].1 += 1;
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[usize::from(i)] = (name.into(), 1);
+                i
+            }
+            None => {
+                self.slots.push((name.into(), 1));
+                u16::try_from(self.slots.len() - 1).unwrap_or(u16::MAX)
+            }
+        };
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    /// One entry less uses index `i`.
+    fn release(&mut self, i: u16) {
+        let slot = &mut self.slots[usize::from(i)];
+        slot.1 -= 1;
+        if slot.1 == 0 {
+            self.index.remove(&slot.0);
+            slot.0 = Box::default();
+            self.free.push(i);
+        }
     }
 }
 
@@ -190,13 +312,23 @@ impl MemoryStore {
     pub fn purge_expired(&self) {
         for shard in self.inner.shards.iter() {
             let now = self.inner.clock.now_us();
-            lock(shard).sweep(now);
+            lock(shard).sweep(&self.inner, now);
         }
     }
 
     /// Decides synchronously: the memory store never waits, so callers
     /// outside async code (and benchmarks) can skip the future.
+    #[inline]
     pub fn apply_sync(&self, check: Check<'_>) -> Decisions {
+        // Built where the caller receives it: returned from under the lock,
+        // the decisions were copied (a 152-byte memcpy in the profile).
+        let mut decisions = Decisions::new();
+        self.apply_into(check, &mut decisions);
+        decisions
+    }
+
+    #[inline(always)]
+    fn apply_into(&self, check: Check<'_>, decisions: &mut Decisions) {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(check.key);
         let mut shard = inner.shard(hash);
@@ -207,14 +339,12 @@ impl MemoryStore {
             hash,
             now: inner.clock.now_us(),
         };
-        let now = at.now;
-        let decisions = all_or_nothing(check.policies.len(), check.mode, |i, mode| {
+        all_or_nothing_into(decisions, check.policies.len(), check.mode, |i, mode| {
             shard.decide_policy(inner, check.policies[i], at, check.cost, mode)
         });
         if shard.table.len() >= shard.sweep_at {
-            shard.sweep(now);
+            shard.sweep(inner, at.now);
         }
-        decisions
     }
 
     /// As [`apply_sync`](Self::apply_sync), where some policies are already
@@ -247,8 +377,12 @@ impl MemoryStore {
         let hash = inner.hasher.hash_one(key);
         let mut shard = inner.shard(hash);
         for policy in policies {
-            if let Ok(entry) = shard.table.find_entry(hash, |e| e.is(policy.name, key)) {
+            let Some(name) = shard.names.find(policy.name) else {
+                continue;
+            };
+            if let Ok(entry) = shard.table.find_entry(hash, |e| e.is(name, key)) {
                 entry.remove();
+                shard.names.release(name);
             }
         }
     }
@@ -300,7 +434,7 @@ impl MemoryStoreBuilder {
 
     /// The number of shards, rounded up to a power of two (default: 16 per
     /// core). A small cap lowers it, so that every shard holds at least 16
-    /// entries.
+    /// entries; a cap above 65 535 entries per shard raises it.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -333,17 +467,20 @@ impl MemoryStoreBuilder {
         } else {
             shards
         };
+        // And at most SHARD_MAX: a larger cap takes more shards.
+        let shards = shards.max(self.max_keys.div_ceil(SHARD_MAX).next_power_of_two());
         MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..shards)
                     .map(|_| {
                         Mutex::new(Shard {
                             table: HashTable::new(),
+                            names: Names::default(),
                             sweep_at: MIN_SWEEP_LEN,
                         })
                     })
                     .collect(),
-                shard_max: (self.max_keys / shards).max(1),
+                shard_max: (self.max_keys / shards).clamp(1, SHARD_MAX),
                 evictions: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
@@ -357,6 +494,13 @@ impl Inner {
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         // High bits pick the shard; the table uses the low ones.
         lock(&self.shards[(hash >> 40) as usize & (self.shards.len() - 1)])
+    }
+}
+
+impl Inner {
+    /// An entry's hash, for a resize: its identity's.
+    fn rehash(&self, entry: &Entry) -> u64 {
+        self.hasher.hash_one(entry.key.identity())
     }
 }
 
@@ -374,11 +518,15 @@ impl Shard {
         mode: Mode,
     ) -> Decision {
         let At { key, hash, now } = at;
-        if let Ok(found) = self.table.find_entry(hash, |e| e.is(p.name, key)) {
+        let Some(name) = self.names.find(p.name) else {
+            return self.decide_absent(store, p, at, cost, mode);
+        };
+        if let Ok(found) = self.table.find_entry(hash, |e| e.is(name, key)) {
             if found.get().expires_at <= now {
                 // Gone, as an expired Redis key is: a clock that steps back
                 // later must not find it again.
                 found.remove();
+                self.names.release(name);
                 return self.decide_absent(store, p, at, cost, mode);
             }
             let entry = found.into_mut();
@@ -411,17 +559,12 @@ impl Shard {
             if self.table.len() >= store.shard_max {
                 self.make_room(store, now);
             }
-            let mut stored = SmallVec::with_capacity(p.name.len() + key.len());
-            stored.extend_from_slice(p.name.as_bytes());
-            stored.extend_from_slice(key);
             let entry = Entry {
-                hash,
-                key: stored,
-                name_len: u32::try_from(p.name.len()).unwrap_or(u32::MAX),
+                key: Key::new(self.names.acquire(p.name), key),
                 expires_at: expires_at(state.fresh_at(p.policy)),
                 state,
             };
-            self.table.insert_unique(hash, entry, |e| e.hash);
+            self.table.insert_unique(hash, entry, |e| store.rehash(e));
         }
         decision
     }
@@ -430,7 +573,7 @@ impl Shard {
     /// eighth of it nearest to becoming fresh (at least one entry), so the
     /// cost of making room is spread over the inserts that follow.
     fn make_room(&mut self, store: &Inner, now: u64) {
-        self.sweep(now);
+        self.sweep(store, now);
         let len = self.table.len();
         if len < store.shard_max {
             return;
@@ -440,12 +583,12 @@ impl Shard {
         let (_, &mut threshold, _) = expiries.select_nth_unstable(evict - 1);
         // Everything before the threshold goes, then ties until `evict`.
         let mut left = evict;
-        self.table.retain(|e| {
+        self.retain(|e| {
             let go = e.expires_at < threshold;
             left -= usize::from(go);
             !go
         });
-        self.table.retain(|e| {
+        self.retain(|e| {
             let go = left > 0 && e.expires_at == threshold;
             left -= usize::from(go);
             !go
@@ -453,13 +596,25 @@ impl Shard {
         store.evictions.fetch_add(evict as u64, Ordering::Relaxed);
     }
 
-    fn sweep(&mut self, now: u64) {
-        self.table.retain(|e| e.expires_at > now);
+    fn sweep(&mut self, store: &Inner, now: u64) {
+        self.retain(|e| e.expires_at > now);
         let len = self.table.len();
         if self.table.capacity() > 4 * len.max(MIN_SWEEP_LEN) {
-            self.table.shrink_to_fit(|e| e.hash);
+            self.table.shrink_to_fit(|e| store.rehash(e));
         }
         self.sweep_at = (2 * len).max(MIN_SWEEP_LEN);
+    }
+
+    /// Keeps the entries `keep` says to keep, releasing the names of the others.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        let names = &mut self.names;
+        self.table.retain(|e| {
+            let kept = keep(e);
+            if !kept {
+                names.release(e.key.name());
+            }
+            kept
+        });
     }
 }
 
@@ -485,12 +640,83 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use super::{MemoryStore, lock};
+    use crate::{Check, ManualClock, Mode, Policy, PolicyRef};
+
+    /// Charges one unit of `policy` under `name` to `key`: allowed?
+    fn charge(store: &MemoryStore, name: &str, key: &[u8], policy: &Policy) -> bool {
+        let refs = [PolicyRef { name, policy }];
+        store.apply_sync(Check::new(key, &refs, 1, Mode::Consume))[0].allowed
+    }
+
+    /// Live names of the one shard of `store`.
+    fn live_names(store: &MemoryStore) -> Vec<String> {
+        let shard = lock(&store.inner.shards[0]);
+        let live: Vec<String> = shard
+            .names
+            .slots
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        assert_eq!(shard.names.index.len(), live.len());
+        live
+    }
+
+    #[test]
+    fn names_are_held_once_and_freed_with_their_last_entry() {
+        let clock = ManualClock::new(0);
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .shards(1)
+            .max_keys(1000)
+            .build();
+        let policy: Policy = "fixed_window 1/s".parse().expect("valid");
+        // More names than a scan covers: the index finds them.
+        let names: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+        for key in [&b"alice"[..], b"a key longer than twenty bytes"] {
+            for name in &names {
+                assert!(charge(&store, name, key, &policy), "{name}");
+            }
+            for name in &names {
+                assert!(!charge(&store, name, key, &policy), "{name}");
+            }
+        }
+        assert_eq!(live_names(&store).len(), 20, "each name held once");
+        store.reset_sync(
+            b"alice",
+            &[PolicyRef {
+                name: "p3",
+                policy: &policy,
+            }],
+        );
+        assert!(charge(&store, "p3", b"alice", &policy), "reset");
+        clock.advance_us(3_000_000);
+        store.purge_expired();
+        assert!(live_names(&store).is_empty(), "freed with their entries");
+        // Freed indexes are reused by other names, which start fresh.
+        assert!(charge(&store, "q", b"alice", &policy));
+        assert!(!charge(&store, "q", b"alice", &policy));
+        assert!(charge(&store, "p0", b"alice", &policy));
+        assert_eq!(live_names(&store).len(), 2);
+    }
+
+    #[test]
+    fn a_shard_never_holds_more_entries_than_names_can_index() {
+        let store = MemoryStore::builder().shards(1).max_keys(1 << 20).build();
+        assert!(store.inner.shards.len() >= 16);
+        assert!(store.inner.shard_max <= super::SHARD_MAX);
+    }
+
     #[test]
     fn entries_stay_small() {
+        // One cache line: a decision on a key not in cache is one miss.
+        assert_eq!(size_of::<super::Entry>(), 64);
+        assert_eq!(size_of::<super::Key>(), 24);
         assert!(
-            size_of::<super::Entry>() <= 88,
+            size_of::<super::Shard>() <= 128,
             "{}",
-            size_of::<super::Entry>()
+            size_of::<super::Shard>()
         );
         assert!(size_of::<crate::algorithm::State>() <= 32);
     }
