@@ -2,8 +2,11 @@
 //! through Redis (standalone and Cluster) must give identical decisions,
 //! field by field — including when a policy changes under a live key (each
 //! policy slot has a second version of the same algorithm that operations
-//! switch to and back), when a state expires before the change, and when
-//! the clock steps back (a failover to a replica whose clock is behind).
+//! switch to and back), when a state expires before the change, when the
+//! clock steps back (a failover to a replica whose clock is behind), and
+//! when a state the script stored compact is rewritten in the text form of
+//! the previous release (a key that an instance of that release wrote
+//! during a rolling upgrade, read by this one).
 
 mod common;
 
@@ -26,6 +29,9 @@ struct Op {
     reset: bool,
     /// Decide under each slot's second version of its policy.
     changed: bool,
+    /// After the operation, rewrite its keys' compact states in the text
+    /// form of the previous release.
+    legacy: bool,
 }
 
 fn policy() -> impl Strategy<Value = (Policy, Policy)> {
@@ -68,9 +74,10 @@ fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
             proptest::bool::weighted(0.03),
             proptest::bool::weighted(0.3),
             prop_oneof![8 => Just(0u64), 1 => 1u64..3_000_000],
+            proptest::bool::weighted(0.2),
         )
             .prop_map(
-                |(step, key, policies, cost, mode, reset, changed, back)| Op {
+                |(step, key, policies, cost, mode, reset, changed, back, legacy)| Op {
                     step,
                     back,
                     key,
@@ -79,14 +86,74 @@ fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
                     mode,
                     reset,
                     changed,
+                    legacy,
                 },
             );
         (Just(policies), proptest::collection::vec(op, 1..60))
     })
 }
 
-async fn compare<S: Store>(
-    redis: &S,
+/// The text form the previous release stored for a compact state
+/// (`-...`, see crates/redis/src/lua/prelude.lua) of `policy`'s algorithm,
+/// with `policy`'s unit for a bucket: exactly what that release wrote after
+/// a charge under `policy`.
+fn previous_release_form(value: &str, policy: &Policy) -> String {
+    let digits = value.strip_prefix('-').expect("a compact state");
+    let field = |range: std::ops::Range<usize>| -> u64 { digits[range].parse().expect("digits") };
+    let n = digits.len();
+    let unit = policy.scaled_unit();
+    match policy.algorithm() {
+        Algorithm::FixedWindow => format!("{}:{}", field(0..n - 6) * 1000, field(n - 6..n)),
+        Algorithm::SlidingWindow => format!(
+            "{}:{}:{}",
+            field(0..n - 6) * 1000,
+            field(n - 6..n - 3),
+            field(n - 3..n)
+        ),
+        Algorithm::TokenBucket => {
+            format!("{}:{}:{unit}", field(n - 3..n) * unit, field(0..n - 3))
+        }
+        Algorithm::LeakyBucket => format!("{unit}:{}:{unit}", field(0..n)),
+        other => panic!("{other} has no compact form"),
+    }
+}
+
+/// Rewrites every compact state of `key` under `policies` in the previous
+/// release's text form, keeping its expiry.
+async fn rewrite_as_previous_release(
+    raw: &mut impl redis::aio::ConnectionLike,
+    redis: &tollgate_redis::RedisStore,
+    key: &[u8],
+    policies: &[PolicyRef<'_>],
+) {
+    for policy in policies {
+        if matches!(
+            policy.policy.algorithm(),
+            Algorithm::SlidingLog | Algorithm::Gcra
+        ) {
+            continue; // no compact form (a sorted set; an integer already)
+        }
+        let name = redis.key(key, policy);
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&name)
+            .query_async(raw)
+            .await
+            .expect("GET");
+        if let Some(value) = value.filter(|v| v.starts_with('-')) {
+            let () = redis::cmd("SET")
+                .arg(&name)
+                .arg(previous_release_form(&value, policy.policy))
+                .arg("KEEPTTL")
+                .query_async(raw)
+                .await
+                .expect("SET");
+        }
+    }
+}
+
+async fn compare(
+    redis: &tollgate_redis::RedisStore,
+    raw: &mut impl redis::aio::ConnectionLike,
     clock: &ManualClock,
     policies: &[(Policy, Policy)],
     ops: &[Op],
@@ -123,19 +190,27 @@ async fn compare<S: Store>(
             .await
             .expect("redis");
         prop_assert_eq!(&expected[..], &actual[..], "op {} ({:?}) differs", i, op);
+        if op.legacy {
+            rewrite_as_previous_release(raw, redis, &key, &refs).await;
+        }
     }
     Ok(())
 }
 
-fn run_cases<F, Fut>(cases: u32, make: F)
+/// Runs `cases` random timelines against the store `make` builds, with
+/// `raw` (a plain connection to the same Redis) for the rewrites.
+fn run_cases<F, Fut, C, Raw>(cases: u32, make: F, raw: Raw)
 where
     F: Fn(ManualClock) -> Fut,
     Fut: std::future::Future<Output = tollgate_redis::RedisStore>,
+    C: redis::aio::ConnectionLike + Clone,
+    Raw: std::future::Future<Output = C>,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let raw = runtime.block_on(raw);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
@@ -148,7 +223,7 @@ where
             runtime.block_on(async {
                 let clock = ManualClock::new(tollgate_testkit::conformance::START_US);
                 let redis = make(clock.clone()).await;
-                compare(&redis, &clock, &policies, &ops).await
+                compare(&redis, &mut raw.clone(), &clock, &policies, &ops).await
             })
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -158,18 +233,32 @@ where
 fn redis_decides_exactly_like_memory() {
     let server = RedisServer::start();
     let url = server.url();
-    run_cases(2_000, |clock| {
-        let url = url.clone();
-        async move { common::standalone(&url, clock).await }
-    });
+    let raw = redis::Client::open(url.as_str()).expect("url");
+    run_cases(
+        2_000,
+        |clock| {
+            let url = url.clone();
+            async move { common::standalone(&url, clock).await }
+        },
+        async move {
+            raw.get_multiplexed_async_connection()
+                .await
+                .expect("connect")
+        },
+    );
 }
 
 #[test]
 fn redis_cluster_decides_exactly_like_memory() {
     let cluster = RedisCluster::start(3, 0);
     let urls = cluster.urls();
-    run_cases(300, |clock| {
-        let urls = urls.clone();
-        async move { common::cluster(&urls, clock).await }
-    });
+    let raw = redis::cluster::ClusterClient::new(urls.clone()).expect("urls");
+    run_cases(
+        300,
+        |clock| {
+            let urls = urls.clone();
+            async move { common::cluster(&urls, clock).await }
+        },
+        async move { raw.get_async_connection().await.expect("connect") },
+    );
 }

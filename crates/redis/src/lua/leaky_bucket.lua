@@ -1,6 +1,11 @@
 -- leaky_bucket: KEYS[i] is a string "level:last:unit" (units queued, scaled
 -- as for token_bucket). Read under a policy of another unit, a fraction of a
--- queued unit counts whole, at most a full queue.
+-- queued unit counts whole, at most a full queue. A queue of exactly one
+-- unit (a request of cost 1 into an empty queue) is stored compact
+-- (prelude.lua) as "-<last>" and read as one unit of any policy: the text
+-- form would read the same. More whole units would not: under the same
+-- unit the text form is read unclamped, under another one clamped to the
+-- queue, and the compact form cannot tell which.
 -- Twin of crates/tollgate/src/algorithm/leaky_bucket.rs.
 
 local function leaky_bucket_fresh_at(p, level, last)
@@ -14,9 +19,13 @@ ALG.leaky_bucket = function(key, p, now, cost, consume)
   local level, last = 0, now
   local v = load(key, now)
   if v then
-    local from
-    level, last, from = parse(v)
-    if from > 0 and from ~= unit then level = imin(cdiv(level, from), p.capacity) * unit end
+    if compact(v) then
+      level, last = unit, tonumber(string.sub(v, 2))
+    else
+      local from
+      level, last, from = parse(v)
+      if from > 0 and from ~= unit then level = imin(cdiv(level, from), p.capacity) * unit end
+    end
   end
   local current
   local elapsed = imax(0, now - last)
@@ -32,7 +41,13 @@ ALG.leaky_bucket = function(key, p, now, cost, consume)
   local stamp = imax(last, now)
   if charged then
     after = current + cost * unit
-    store(key, fmt(after) .. ':' .. fmt(stamp) .. ':' .. fmt(unit), leaky_bucket_fresh_at(p, after, stamp))
+    local value
+    if after == unit then
+      value = '-' .. fmt(stamp)
+    else
+      value = fmt(after) .. ':' .. fmt(stamp) .. ':' .. fmt(unit)
+    end
+    store(key, value, leaky_bucket_fresh_at(p, after, stamp))
   end
   local delay = 0
   if allowed then delay = cdiv(current, rate) + (stamp - now) end

@@ -93,3 +93,16 @@ local function extend(key, fresh_at)
     redis.call('PEXPIREAT', key, fmt(want))
   end
 end
+
+-- Compact states (docs/REDIS.md, "Keys and state"). A window or bucket state
+-- whose numbers fit is stored as one negative decimal integer: '-', then
+-- its fields, the first as it is and the others zero-padded to fixed
+-- widths. Redis keeps such a value inside the key's object, like a counter
+-- (INT encoding), instead of allocating a string. Every field stays below
+-- 2^53 and is joined and split as text (string.format, string.match), so
+-- Lua never holds the 64-bit whole. The sign tells it from the text form
+-- "a:b[:c]", which is still read (and written when the numbers do not
+-- fit), and makes the parse of earlier releases fail instead of misreading.
+local function compact(v)
+  return string.byte(v) == 45
+end

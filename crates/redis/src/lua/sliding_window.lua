@@ -1,4 +1,7 @@
--- sliding_window: KEYS[i] is a string "start:prev:curr".
+-- sliding_window: KEYS[i] is "-<start ms><prev, 3 digits><curr, 3 digits>"
+-- (compact, see prelude.lua) when the window starts on a whole millisecond
+-- and both counts are below 1000, else the text "start:prev:curr" (start
+-- in µs).
 -- Twin of crates/tollgate/src/algorithm/sliding_window.rs.
 
 local function sliding_window_fresh_at(start, prev, curr, period)
@@ -23,7 +26,14 @@ ALG.sliding_window = function(key, p, now, cost, consume)
   local period, limit = p.period, p.limit
   local start, prev, curr = now - now % period, 0, 0
   local v = load(key, now)
-  if v then start, prev, curr = parse(v) end
+  if v then
+    if compact(v) then
+      local ms, a, b = string.match(v, '^%-(%d+)(%d%d%d)(%d%d%d)$')
+      start, prev, curr = tonumber(ms) * 1000, tonumber(a), tonumber(b)
+    else
+      start, prev, curr = parse(v)
+    end
+  end
   -- The counts belong to the window of this policy that holds the stored
   -- start; they read as at most the limit.
   local held = start - start % period
@@ -43,8 +53,13 @@ ALG.sliding_window = function(key, p, now, cost, consume)
   local c_after = cv
   if charged then
     c_after = cv + cost
-    store(key, fmt(window) .. ':' .. fmt(pv) .. ':' .. fmt(c_after),
-      sliding_window_fresh_at(window, pv, c_after, period))
+    local value
+    if window % 1000 == 0 and pv < 1000 and c_after < 1000 then
+      value = string.format('-%d%03d%03d', window / 1000, pv, c_after)
+    else
+      value = fmt(window) .. ':' .. fmt(pv) .. ':' .. fmt(c_after)
+    end
+    store(key, value, sliding_window_fresh_at(window, pv, c_after, period))
   end
   local remaining = idiv(imax(0, budget - (weighted_prev + c_after * period)), period)
   return allowed, remaining, sliding_window_fresh_at(window, pv, c_after, period),

@@ -1,7 +1,11 @@
 -- token_bucket: KEYS[i] is a string "level:last:unit": the level in scaled
 -- units of `unit` (one token; one microsecond adds p.rate when unit is
 -- p.unit). Read under a policy of another unit, whole tokens carry over,
--- at most a full bucket. Twin of crates/tollgate/src/algorithm/token_bucket.rs.
+-- at most a full bucket. A level of whole tokens, fewer than 1000, is
+-- stored compact (prelude.lua) as "-<last><tokens, 3 digits>" and read as
+-- that many tokens in any policy's unit: the text form would read the same
+-- (whole tokens carry over; above a full bucket both read full).
+-- Twin of crates/tollgate/src/algorithm/token_bucket.rs.
 
 local function token_bucket_fresh_at(p, level, last)
   return last + cdiv(imax(0, p.capacity * p.unit - level), p.rate)
@@ -13,9 +17,14 @@ ALG.token_bucket = function(key, p, now, cost, consume)
   local level, last = full, now
   local v = load(key, now)
   if v then
-    local from
-    level, last, from = parse(v)
-    if from > 0 and from ~= unit then level = imin(idiv(level, from), p.capacity) * unit end
+    if compact(v) then
+      local at, tokens = string.match(v, '^%-(%d+)(%d%d%d)$')
+      level, last = imin(tonumber(tokens), p.capacity) * unit, tonumber(at)
+    else
+      local from
+      level, last, from = parse(v)
+      if from > 0 and from ~= unit then level = imin(idiv(level, from), p.capacity) * unit end
+    end
   end
   -- Refill since `last`, compared before multiplying so a long idle cannot
   -- leave the exact range.
@@ -34,7 +43,13 @@ ALG.token_bucket = function(key, p, now, cost, consume)
   local stamp = imax(last, now)
   if charged then
     after = current - cost * unit
-    store(key, fmt(after) .. ':' .. fmt(stamp) .. ':' .. fmt(unit), token_bucket_fresh_at(p, after, stamp))
+    local value
+    if after % unit == 0 and after / unit < 1000 then
+      value = string.format('-%d%03d', stamp, after / unit)
+    else
+      value = fmt(after) .. ':' .. fmt(stamp) .. ':' .. fmt(unit)
+    end
+    store(key, value, token_bucket_fresh_at(p, after, stamp))
   end
   return allowed, idiv(after, unit), token_bucket_fresh_at(p, after, stamp),
     stamp + cdiv(imax(0, cost * unit - current), rate), 0
