@@ -1,13 +1,17 @@
-//! Prints a decision script, so that shell benchmarks can load it into a
-//! Redis (`redis-cli SCRIPT LOAD "$(...)"`) and drive the very `EVALSHA` the
-//! store sends with `redis-benchmark`: the ceiling the store is compared
-//! against (`scripts/bench-server.sh`), and the Redis CPU per decision
+//! Prints the decision code, so that shell benchmarks (and operators) can
+//! load it into a Redis and drive the very call the store sends with
+//! `redis-benchmark`: the ceiling the store is compared against
+//! (`scripts/bench-server.sh`), and the Redis CPU per decision
 //! (`scripts/bench-script-cpu.sh`).
 //!
-//! With algorithm names, the script a check of those algorithms runs; with
-//! none, the script of all six.
+//! With `--library`, the function library (`redis-cli FUNCTION LOAD
+//! "$(...)"` answers its name, which is also its function's: `FCALL <name>`).
+//! With algorithm names, the script a check of those algorithms runs where
+//! functions cannot be used (`SCRIPT LOAD`, `EVALSHA`); with neither, the
+//! script of all six.
 //!
 //! ```sh
+//! cargo run -q -p tollgate-redis --example decision_script -- --library > /tmp/tollgate.lua
 //! cargo run -q -p tollgate-redis --example decision_script -- gcra > /tmp/gcra.lua
 //! ```
 
@@ -15,6 +19,10 @@ use tollgate::{Algorithm, Policy, PolicyRef};
 use tollgate_redis::script;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--library") {
+        print!("{}", script::LIBRARY.source);
+        return;
+    }
     let policies: Vec<Policy> = std::env::args()
         .skip(1)
         .map(|name| {

@@ -139,6 +139,21 @@ pub const ENVOY_COUNTER_SOURCE: &str = concat!(
     include_str!("lua/envoy_counter.lua"),
 );
 
+/// A policy as the decision code takes it: one argument, "<algorithm>
+/// <limit> <period µs> <capacity> <scaled unit> <scaled rate>" (main.lua).
+/// One word per policy lets the library parse each policy once.
+pub fn policy_arg(policy: &tollgate::Policy) -> String {
+    format!(
+        "{} {} {} {} {} {}",
+        policy.algorithm().name(),
+        policy.limit(),
+        policy.period_us(),
+        policy.capacity(),
+        policy.scaled_unit(),
+        policy.scaled_rate()
+    )
+}
+
 /// The envoyproxy/ratelimit counter script, hashed once.
 pub static ENVOY_COUNTER: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(ENVOY_COUNTER_SOURCE));

@@ -986,15 +986,9 @@ impl RedisStore {
             cmd.arg(self.key(key, policy));
         }
         let consume = if mode == Mode::Consume { "1" } else { "0" };
-        cmd.arg(consume).arg(cost).arg(now).arg(policies.len());
+        cmd.arg(consume).arg(cost).arg(now);
         for p in policies {
-            let policy = p.policy;
-            cmd.arg(policy.algorithm().name())
-                .arg(policy.limit())
-                .arg(policy.period_us())
-                .arg(policy.capacity())
-                .arg(policy.scaled_unit())
-                .arg(policy.scaled_rate());
+            cmd.arg(script::policy_arg(p.policy));
         }
         cmd
     }

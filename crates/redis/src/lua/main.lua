@@ -5,10 +5,10 @@
 -- ARGV[1]   "1" to consume (charge every policy if all allow), "0" to peek
 -- ARGV[2]   cost, an integer >= 1
 -- ARGV[3]   "" to use Redis's clock (production), or a time in µs (tests only)
--- ARGV[4]   n, the number of policies
--- ARGV[4 + 6(i-1) + 1..6]  policy i: algorithm name, limit, period (µs),
---           capacity (the burst of a bucket, the limit of a window: what
---           tollgate::Policy::capacity says), scaled unit, scaled rate
+-- ARGV[3+i] policy i (KEYS[i]'s), one argument: "<algorithm> <limit>
+--           <period µs> <capacity> <scaled unit> <scaled rate>", six words
+--           separated by one space, capacity being the burst of a bucket or
+--           the limit of a window (what tollgate::Policy::capacity says)
 --
 -- Returns 5 integers per policy: allowed (1/0), remaining, reset_after (µs),
 -- retry_after (µs), delay (µs). All-or-nothing: no state is written unless
@@ -23,6 +23,34 @@
 -- its whole body on every call. Nothing here may be a global (Redis refuses
 -- them in a library), and since a library keeps its upvalues between calls,
 -- `decide` sets every per-call one (the clock's) afresh.
+
+-- The policies parsed so far, by their argument: a library parses each
+-- policy once, not on every call (a script, on every call). Bounded: past
+-- POLICIES_MAX policies (overrides can make many) it starts afresh.
+local POLICIES, POLICIES_CACHED, POLICIES_MAX = {}, 0, 1024
+
+-- Policy `spec` (one ARGV word, above) as the table the algorithms take
+-- (never written to), or nil when it is not one.
+local function policy(spec)
+  local p = POLICIES[spec]
+  if p then return p end
+  local name, limit, period, capacity, unit, rate =
+    string.match(spec, '^([%w_]+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local alg = name and ALG[name]
+  if not alg then return nil end
+  p = {
+    alg = alg,
+    limit = tonum(limit),
+    period = tonum(period),
+    capacity = tonum(capacity),
+    unit = tonum(unit),
+    rate = tonum(rate),
+  }
+  if POLICIES_CACHED >= POLICIES_MAX then POLICIES, POLICIES_CACHED = {}, 0 end
+  POLICIES[spec] = p
+  POLICIES_CACHED = POLICIES_CACHED + 1
+  return p
+end
 
 -- Decides every policy; charges them when `commit`. Fills `out` with five
 -- integers per policy; returns whether all allowed.
@@ -49,11 +77,12 @@ local function run(keys, policies, n, cost, now, commit, out)
 end
 
 local function decide(keys, args)
+  bind()
   local consume = args[1] == '1'
-  local cost = tonumber(args[2])
+  local cost = tonum(args[2])
   local now
   if args[3] ~= '' then
-    now = tonumber(args[3])
+    now = tonum(args[3])
     TEST_CLOCK = true
     EXPIRE_BASE_MS = 2 ^ 52
     LOG_REBASE_AT = 64
@@ -61,23 +90,15 @@ local function decide(keys, args)
     TEST_CLOCK = false
     EXPIRE_BASE_MS = 0
     LOG_REBASE_AT = 2 ^ 50
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local t = call('TIME')
+    now = tonum(t[1]) * 1000000 + tonum(t[2])
   end
-  local n = tonumber(args[4])
+  local n = #args - 3
 
   local policies = {}
   for i = 1, n do
-    local b = 4 + (i - 1) * 6
-    local p = {
-      alg = ALG[args[b + 1]],
-      limit = tonumber(args[b + 2]),
-      period = tonumber(args[b + 3]),
-      capacity = tonumber(args[b + 4]),
-      unit = tonumber(args[b + 5]),
-      rate = tonumber(args[b + 6]),
-    }
-    if not p.alg then return redis.error_reply('tollgate: unknown algorithm ' .. tostring(args[b + 1])) end
+    local p = policy(args[3 + i])
+    if not p then return redis.error_reply('tollgate: not a policy: ' .. args[3 + i]) end
     policies[i] = p
   end
 
