@@ -10,19 +10,23 @@
 #            usec_per_call summed (see FLOOR below)
 #   empty    FCALL of a function that returns at once, with the same keys
 #            and arguments: what entering Lua costs at all
+#   bare     FCALL of a function that sends TIME and the floor's commands
+#            with redis.call and returns five integers, deciding nothing:
+#            bare - empty is what the commands cost from Lua, fcall - bare
+#            what the decision's own Lua costs
 #
 # One policy, a fresh key per call mostly (-r), consuming, never denied;
 # a private redis-server on a free loopback port; 20 connections. Each
 # round runs every form of every algorithm in turn; prints one line per
 # measurement and the medians over ROUNDS.
 #
-#   scripts/bench-script-cpu.sh        # ROUNDS=3 REQUESTS=100000
+#   scripts/bench-script-cpu.sh        # ROUNDS=3 REQUESTS=60000 (about 4 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
-REQUESTS=${REQUESTS:-100000}
+REQUESTS=${REQUESTS:-60000}
 ALGORITHMS=${ALGORITHMS:-"fixed_window sliding_window sliding_log token_bucket gcra leaky_bucket"}
-FORMS=${FORMS:-"fcall evalsha floor empty"}
+FORMS=${FORMS:-"fcall evalsha floor empty bare"}
 cargo build -q --release -p tollgate-redis --example decision_script
 script=target/release/examples/decision_script
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -33,7 +37,25 @@ until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
 cli() { redis-cli -p "$port" "$@"; }
 library=$(cli FUNCTION LOAD "$($script --library)")
 cli FUNCTION LOAD "#!lua name=bench_empty
-redis.register_function('bench_empty', function() return 0 end)" >/dev/null
+redis.register_function('bench_empty', function() return 0 end)
+redis.register_function('bench_bare_counter', function(k)
+  redis.call('TIME'); redis.call('INCRBY', k[1], '1'); redis.call('PEXPIRE', k[1], '3600000')
+  return {1, 0, 0, 0, 0}
+end)
+redis.register_function('bench_bare_window', function(k)
+  redis.call('TIME'); redis.call('GET', k[1] .. ':prev'); redis.call('INCRBY', k[1], '1')
+  redis.call('PEXPIRE', k[1], '3600000')
+  return {1, 0, 0, 0, 0}
+end)
+redis.register_function('bench_bare_log', function(k)
+  redis.call('TIME'); redis.call('ZREMRANGEBYSCORE', k[1], '-inf', '1000'); redis.call('ZCARD', k[1])
+  redis.call('ZADD', k[1], '1790000000000000', '1:1'); redis.call('PEXPIRE', k[1], '3600000')
+  return {1, 0, 0, 0, 0}
+end)
+redis.register_function('bench_bare_value', function(k)
+  redis.call('TIME'); redis.call('GET', k[1]); redis.call('SET', k[1], '1790000000000000', 'PX', '3600000')
+  return {1, 0, 0, 0, 0}
+end)" >/dev/null
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 bench() { redis-benchmark -p "$port" -q -n "$REQUESTS" -c 20 -r 1000000 "$@" >/dev/null; }
 # usec_per_call of each command in `INFO commandstats`, summed.
@@ -80,6 +102,12 @@ for run in $(seq "$ROUNDS"); do
           sha=$(cli SCRIPT LOAD "$($script "$algorithm")")
           bench EVALSHA "$sha" "${call[@]}"; stat=evalsha ;;
         empty) bench FCALL bench_empty "${call[@]}"; stat=fcall ;;
+        bare)
+          case $algorithm in
+            fixed_window) bare=counter ;; sliding_window) bare=window ;;
+            sliding_log) bare=log ;; *) bare=value ;;
+          esac
+          bench FCALL "bench_bare_$bare" "${call[@]}"; stat=fcall ;;
         floor)
           stat=
           while read -r name command; do
