@@ -276,8 +276,9 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// Rate limiting state in Redis: every decision is one `EVALSHA` of one Lua
-/// script that reads, decides and writes atomically, on Redis's clock.
+/// Rate limiting state in Redis: every decision is one `FCALL` of a Lua
+/// function (one `EVALSHA` of a script where functions cannot be used) that
+/// reads, decides and writes atomically, on Redis's clock.
 /// Cheap to clone; clones share the connection.
 ///
 /// ```no_run
