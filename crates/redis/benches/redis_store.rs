@@ -42,6 +42,8 @@ fn seconds() -> u64 {
 fn policy(algorithm: Algorithm) -> Policy {
     let text = match algorithm {
         Algorithm::SlidingLog => "sliding_log 1000000/1h".to_owned(),
+        // 3 x limit x period must stay exact (below 2^53 µs).
+        Algorithm::SlidingWindow => "sliding_window 1000000000/1s".to_owned(),
         a => format!("{a} 1000000000/1h"),
     };
     text.parse().expect("valid")

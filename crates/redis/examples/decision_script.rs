@@ -4,6 +4,8 @@
 //! (`scripts/bench-server.sh`), and the Redis CPU per decision
 //! (`scripts/bench-script-cpu.sh`).
 //!
+//! With `--policy "<policy>"` (e.g. `"gcra 100/1s"`), that policy as the
+//! one argument the decision code takes for it (main.lua's ARGV).
 //! With `--library`, the function library (`redis-cli FUNCTION LOAD
 //! "$(...)"` answers its name, which is also its function's: `FCALL <name>`).
 //! With algorithm names, the script a check of those algorithms runs where
@@ -19,9 +21,21 @@ use tollgate::{Algorithm, Policy, PolicyRef};
 use tollgate_redis::script;
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--library") {
-        print!("{}", script::LIBRARY.source);
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("--library") => {
+            print!("{}", script::LIBRARY.source);
+            return;
+        }
+        Some("--policy") => {
+            let text = std::env::args().nth(2).unwrap_or_default();
+            let policy: Policy = text.parse().unwrap_or_else(|e| {
+                eprintln!("{text}: {e}");
+                std::process::exit(2);
+            });
+            print!("{}", script::policy_arg(&policy));
+            return;
+        }
+        _ => {}
     }
     let policies: Vec<Policy> = std::env::args()
         .skip(1)
