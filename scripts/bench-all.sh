@@ -3,14 +3,15 @@
 # with the baseline it compares against, then the comparison table
 # (scripts/bench-summary.py): subject, baseline, ratio and goal per row.
 #
-#   scripts/bench-all.sh                    # everything (about 25 minutes)
+#   scripts/bench-all.sh                    # everything (about 35 minutes)
 #   QUICK=1 scripts/bench-all.sh            # shorter runs where a bench has a knob
 #   OUT=/tmp/bench scripts/bench-all.sh     # keep the full logs there
 #
 # What runs (a missing piece is skipped with a message, never an error):
 #   1. cargo bench -p tollgate --bench memory_store   memory store vs governor
 #   2. cargo bench -p tollgate-redis --bench redis_store
-#                                                     RedisStore vs redis-benchmark of the same script
+#                                                     RedisStore vs redis-benchmark of the same FCALL
+#      scripts/bench-script-cpu.sh                    Redis CPU per decision vs plain commands
 #   3. cargo bench -p tollgate-redis --bench flood    deny cache on/off, Redis down/hung
 #   4. scripts/bench-middleware.sh                    axum route with vs without the layer (wrk)
 #   5. scripts/bench-server.sh                        the server (if the script exists)
@@ -68,9 +69,16 @@ run memory_store cargo bench -p tollgate --bench memory_store -- --noplot
 if have redis-server && have redis-cli; then
   if have redis-benchmark; then
     run redis_store cargo bench -p tollgate-redis --bench redis_store
-    note "$(results_tail "$OUT/redis_store.log" 40)"
+    note "$(results_tail "$OUT/redis_store.log" 60)"
+    if [ -n "${QUICK:-}" ]; then
+      run script_cpu env ROUNDS=1 REQUESTS=30000 bash scripts/bench-script-cpu.sh
+    else
+      run script_cpu bash scripts/bench-script-cpu.sh
+    fi
+    note "$(tail -n 8 "$OUT/script_cpu.log")"
   else
     skip redis_store "redis-benchmark not found (apt-get install redis-tools)"
+    skip script_cpu "redis-benchmark not found (apt-get install redis-tools)"
   fi
   if [ -f crates/redis/benches/flood.rs ]; then
     run flood cargo bench -p tollgate-redis --bench flood
@@ -80,6 +88,7 @@ if have redis-server && have redis-cli; then
   fi
 else
   skip redis_store "redis-server/redis-cli not found (apt-get install redis-server redis-tools)"
+  skip script_cpu "redis-server/redis-cli not found"
   skip flood "redis-server/redis-cli not found"
 fi
 

@@ -3,7 +3,7 @@
 # local Redis: POST /v1/check driven by wrk, then POST /v1/check and Envoy
 # RLS ShouldRateLimit driven by `tollgate bench` (one Rust client for both
 # protocols, so they compare side by side). On Redis, the baseline is the
-# raw ceiling: redis-benchmark sending the very EVALSHA the server sends
+# raw ceiling: redis-benchmark sending the very FCALL the server sends
 # (same script, policy and key spread), as many connections, in the same
 # run. 127.0.0.1 only; each run is bounded (DURATION, default 10s); three
 # runs per target, report medians.
@@ -135,15 +135,15 @@ if command -v redis-server >/dev/null; then
   url: redis://127.0.0.1:$REDIS_PORT"
   run_store redis
   if command -v redis-benchmark >/dev/null; then
-    # The ceiling: the same EVALSHA (gcra 1000000/1s, a key of 1000,
+    # The ceiling: the same FCALL (gcra 1000000/1s, a key of 1000,
     # consuming) with no server in between; -P 1: one request per round
     # trip per connection, as the server's callers wait for each answer.
-    sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(target/release/examples/decision_script gcra)")
+    library=$(redis-cli -p "$REDIS_PORT" FUNCTION LOAD REPLACE "$(target/release/examples/decision_script --library)")
     seconds=${DURATION%s}
     for run in $(seq "$RUNS"); do
       line=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" -P 1 \
         -n $((seconds * 40000)) -r 1000 --precision 3 \
-        EVALSHA "$sha" 1 "tollgate:{user-__rand_int__}:bench" 1 1 "" 1 gcra 1000000 1000000 1000000 1 1 |
+        FCALL "$library" 1 "tollgate:{user-__rand_int__}:bench" 1 1 "" "gcra 1000000 1000000 1000000 1 1" |
         tr '\r' '\n' | python3 -c '
 import sys
 text = sys.stdin.read()

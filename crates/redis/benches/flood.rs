@@ -7,8 +7,8 @@
 //!
 //! Starts its own redis-server on a free loopback port. For each flood it
 //! reports decisions per second, allowed decisions per second, and Redis
-//! script calls per second (`cmdstat_evalsha` + `cmdstat_eval` deltas of
-//! `INFO commandstats`); the deny cache's goal is script calls within
+//! script calls per second (`cmdstat_fcall` + `cmdstat_evalsha` +
+//! `cmdstat_eval` deltas of `INFO commandstats`); the deny cache's goal is script calls within
 //! 1.1 x allowed decisions (plus breaker probes, none here). For the outage
 //! scenarios it reports the latency distribution of decisions (failure
 //! mode `open`, timeout 50 ms): the goal is p99 <= the timeout.
@@ -40,7 +40,11 @@ fn script_calls(server: &RedisServer) -> u64 {
     let stats = server.cli(&["INFO", "commandstats"]);
     stats
         .lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter(|line| {
+            ["cmdstat_fcall:", "cmdstat_evalsha:", "cmdstat_eval:"]
+                .iter()
+                .any(|command| line.starts_with(command))
+        })
         .filter_map(|line| {
             line.split("calls=")
                 .nth(1)?

@@ -1,15 +1,17 @@
 //! The Redis store against the raw ceiling of the same script, in one run.
 //!
-//! `cargo bench -p tollgate-redis --bench redis_store` (takes about a minute;
-//! `TOLLGATE_BENCH_SECS` sets the seconds per measurement, default 3).
+//! `cargo bench -p tollgate-redis --bench redis_store` (takes about three
+//! minutes; `TOLLGATE_BENCH_SECS` sets the seconds per measurement, default
+//! 3; `TOLLGATE_BENCH_ALGORITHMS=gcra,sliding_log` measures only those,
+//! `TOLLGATE_BENCH_MEMORY=0` skips the memory part).
 //!
 //! Starts its own redis-server on a free loopback port, then measures:
-//! 1. the ceiling: `redis-benchmark` running the very same `EVALSHA` (the
-//!    decision script, gcra, consuming) with `-P 1 -c 50`, `-P 16 -c 50` and
-//!    `-P 1 -c 1`, on one hot key;
+//! 1. for each algorithm, the ceiling: `redis-benchmark` sending the very
+//!    call the store sends (`FCALL` of the function library, consuming) with
+//!    `-P 1 -c 50`, `-P 16 -c 50` and `-P 1 -c 1`, on one hot key;
 //! 2. decisions per second and latency through `Limiter` over `RedisStore`
-//!    at 1 and 50 concurrent callers, for gcra, token_bucket and sliding_log,
-//!    on one hot key and on 100 000 random keys;
+//!    at 1 and 50 concurrent callers, for each algorithm, on one hot key
+//!    and on 100 000 random keys, each against its algorithm's ceiling;
 //! 3. Redis memory per idle key for each algorithm (`INFO memory` over
 //!    100 000 keys) next to a plain integer counter with the same key names
 //!    and a TTL.
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tollgate::{Algorithm, Limiter, Policy, PolicyRef};
+use tollgate::{Algorithm, Limiter, Policy};
 use tollgate_redis::{RedisOptions, RedisStore, script};
 use tollgate_testkit::redis::RedisServer;
 
@@ -40,30 +42,41 @@ fn seconds() -> u64 {
 fn policy(algorithm: Algorithm) -> Policy {
     let text = match algorithm {
         Algorithm::SlidingLog => "sliding_log 1000000/1h".to_owned(),
+        // 3 x limit x period must stay exact (below 2^53 µs).
+        Algorithm::SlidingWindow => "sliding_window 1000000000/1s".to_owned(),
         a => format!("{a} 1000000000/1h"),
     };
     text.parse().expect("valid")
 }
 
-/// The decision script a check of one gcra policy runs.
-fn gcra_script() -> &'static script::Decision {
-    let p = policy(Algorithm::Gcra);
-    script::for_mask(script::mask(&[PolicyRef {
-        name: "bench",
-        policy: &p,
-    }]))
+/// The algorithms to measure: `TOLLGATE_BENCH_ALGORITHMS`, or all six.
+fn algorithms() -> Vec<Algorithm> {
+    match std::env::var("TOLLGATE_BENCH_ALGORITHMS") {
+        Ok(list) => list
+            .split(',')
+            .map(|name| name.trim().parse().expect("an algorithm name"))
+            .collect(),
+        Err(_) => Algorithm::ALL.to_vec(),
+    }
 }
 
 struct Ceiling {
+    algorithm: Algorithm,
     label: &'static str,
     rps: f64,
     p50_us: f64,
 }
 
-/// Runs redis-benchmark on the decision script; returns requests/s and p50.
-fn redis_benchmark(server: &RedisServer, pipeline: u32, clients: u32, requests: u32) -> (f64, f64) {
-    let p = policy(Algorithm::Gcra);
-    let script = gcra_script();
+/// Runs redis-benchmark sending the store's `FCALL` for one policy of
+/// `algorithm` on one hot key; returns requests/s and p50.
+fn redis_benchmark(
+    server: &RedisServer,
+    algorithm: Algorithm,
+    pipeline: u32,
+    clients: u32,
+    requests: u32,
+) -> (f64, f64) {
+    let p = policy(algorithm);
     let port = server.port().to_string();
     let args: Vec<String> = vec![
         "-h".into(),
@@ -78,30 +91,21 @@ fn redis_benchmark(server: &RedisServer, pipeline: u32, clients: u32, requests: 
         pipeline.to_string(),
         "--precision".into(),
         "3".into(),
-        "EVALSHA".into(),
-        script.script.get_hash().into(),
+        "FCALL".into(),
+        script::LIBRARY.name.clone(),
         "1".into(),
-        "tollgate:{hot}:bench:gcra".into(),
+        format!("tollgate:{{hot}}:bench:{algorithm}"),
         "1".into(),
         "1".into(),
         "".into(),
-        "1".into(),
-        "gcra".into(),
-        p.limit().to_string(),
-        p.period_us().to_string(),
-        p.burst().to_string(),
-        p.scaled_unit().to_string(),
-        p.scaled_rate().to_string(),
+        script::policy_arg(&p),
     ];
     let out = Command::new("redis-benchmark")
         .args(&args)
         .output()
         .expect("redis-benchmark (apt-get install redis-tools)");
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    assert!(
-        !text.contains("ERR") && !text.contains("NOSCRIPT"),
-        "redis-benchmark errors:\n{text}"
-    );
+    assert!(!text.contains("ERR"), "redis-benchmark errors:\n{text}");
     let rps = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("throughput summary:"))
@@ -257,19 +261,25 @@ async fn memory_per_key(server: &RedisServer, store: &RedisStore) -> Vec<(String
 
 fn main() {
     let server = RedisServer::start();
-    server.cli(&["SCRIPT", "LOAD", &gcra_script().source]);
+    server.cli(&["FUNCTION", "LOAD", &script::LIBRARY.source]);
     let n = (seconds() * 100_000) as u32;
-    let ceilings: Vec<Ceiling> = [
-        ("-P 1 -c 50", 1, 50, n),
-        ("-P 16 -c 50", 16, 50, 4 * n),
-        ("-P 1 -c 1", 1, 1, n / 5),
-    ]
-    .into_iter()
-    .map(|(label, p, c, requests)| {
-        let (rps, p50_us) = redis_benchmark(&server, p, c, requests);
-        Ceiling { label, rps, p50_us }
-    })
-    .collect();
+    let mut ceilings: Vec<Ceiling> = Vec::new();
+    for algorithm in algorithms() {
+        for (label, p, c, requests) in [
+            ("-P 1 -c 50", 1, 50, n),
+            ("-P 16 -c 50", 16, 50, 4 * n),
+            ("-P 1 -c 1", 1, 1, n / 5),
+        ] {
+            server.cli(&["FLUSHALL"]);
+            let (rps, p50_us) = redis_benchmark(&server, algorithm, p, c, requests);
+            ceilings.push(Ceiling {
+                algorithm,
+                label,
+                rps,
+                p50_us,
+            });
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -283,11 +293,7 @@ fn main() {
         .await
         .expect("connect");
         let mut runs = Vec::new();
-        for algorithm in [
-            Algorithm::Gcra,
-            Algorithm::TokenBucket,
-            Algorithm::SlidingLog,
-        ] {
+        for algorithm in algorithms() {
             for random in [false, true] {
                 for callers in [1, 50] {
                     server.cli(&["FLUSHALL"]);
@@ -295,23 +301,44 @@ fn main() {
                 }
             }
         }
-        (runs, memory_per_key(&server, &store).await)
+        // TOLLGATE_BENCH_MEMORY=0: decisions only.
+        let memory = if std::env::var("TOLLGATE_BENCH_MEMORY").as_deref() == Ok("0") {
+            Vec::new()
+        } else {
+            memory_per_key(&server, &store).await
+        };
+        (runs, memory)
     });
 
-    println!("\n== ceiling: redis-benchmark, the same EVALSHA (gcra, hot key)");
-    println!("{:<14} {:>12} {:>10}", "mode", "req/s", "p50 µs");
+    println!("\n== ceiling: redis-benchmark, the same FCALL (hot key)");
+    println!(
+        "{:<15} {:<14} {:>12} {:>10}",
+        "algorithm", "mode", "req/s", "p50 µs"
+    );
     for c in &ceilings {
-        println!("{:<14} {:>12.0} {:>10.0}", c.label, c.rps, c.p50_us);
+        println!(
+            "{:<15} {:<14} {:>12.0} {:>10.0}",
+            c.algorithm.name(),
+            c.label,
+            c.rps,
+            c.p50_us
+        );
     }
-    let unpipelined = ceilings[0].rps;
-    let pipelined = ceilings[1].rps;
-    let single_p50 = ceilings[2].p50_us;
+    let ceiling = |algorithm: Algorithm, label: &str| {
+        ceilings
+            .iter()
+            .find(|c| c.algorithm == algorithm && c.label == label)
+            .expect("measured")
+    };
     println!("\n== Limiter over RedisStore");
     println!(
         "{:<13} {:<12} {:>7} {:>11} {:>8} {:>8}  vs ceiling",
         "algorithm", "keys", "callers", "decisions/s", "p50 µs", "p99 µs"
     );
     for r in &runs {
+        let unpipelined = ceiling(r.algorithm, "-P 1 -c 50").rps;
+        let pipelined = ceiling(r.algorithm, "-P 16 -c 50").rps;
+        let single_p50 = ceiling(r.algorithm, "-P 1 -c 1").p50_us;
         let versus = if r.callers == 50 {
             format!(
                 "{:.2}x -P1, {:.2}x -P16",

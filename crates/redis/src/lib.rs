@@ -6,9 +6,10 @@
 //!   names, one multiplexed connection for all callers;
 //! - [`sentinel`]: finding the master through the sentinels and following
 //!   it through a failover;
-//! - [`script`]: the decision script (one Lua file per algorithm, the twin
-//!   of each Rust step function, plus a dispatcher), evaluated with one
-//!   `EVALSHA` per decision on Redis's own clock;
+//! - [`script`]: the decision code (one Lua file per algorithm, the twin
+//!   of each Rust step function, plus a dispatcher), called as a Redis
+//!   function with one `FCALL` per decision on Redis's own clock (one
+//!   `EVALSHA` of a script where functions cannot be used);
 //! - [`keys`]: key names with escaped identities and a Cluster hash tag;
 //! - [`invalidate`]: reset notices over pub/sub, so that every instance's
 //!   deny cache ([`tollgate::resilience`]) forgets a key reset anywhere.

@@ -1,13 +1,19 @@
-//! The decision scripts: the prelude, the algorithm files a check needs and
-//! the dispatcher, concatenated into one Lua script, so that a check of
-//! several policies of different algorithms is still one `EVALSHA`.
+//! The decision code: the prelude, the algorithm files and the entry point
+//! (`main.lua`'s `decide`), concatenated, so that a check of several
+//! policies of different algorithms is still one call. It runs two ways:
 //!
-//! Redis runs a cached script's whole body on every call, so every function
-//! it defines is created again each time. A script holding all six
-//! algorithms therefore paid for five it did not run (about 1 µs of Redis
-//! CPU per decision, an eighth of it, measured with `INFO commandstats`:
-//! docs/BENCHMARKS.md). Each check now runs the script of exactly its
-//! algorithms: one of 63, built and hashed the first time it is needed.
+//! - as a Redis function ([`LIBRARY`]): one library holding every
+//!   algorithm, loaded once with `FUNCTION LOAD`, called with `FCALL`. Its
+//!   top level (every helper, algorithm and dispatch table) runs once per
+//!   load, not per call. The production path on Redis 7 and later.
+//! - as a script ([`for_mask`]), for `EVALSHA` where functions are not
+//!   available (Redis before 7, or an ACL without `FUNCTION`). Redis runs a
+//!   cached script's whole body on every call, so every function it defines
+//!   is created again each time: each check runs the script of exactly its
+//!   algorithms, one of 63, built and hashed the first time it is needed.
+//!
+//! docs/REDIS.md says how the store chooses, and docs/BENCHMARKS.md what
+//! each costs.
 
 use std::sync::{LazyLock, OnceLock};
 
@@ -15,8 +21,10 @@ use tollgate::{Algorithm, PolicyRef};
 
 /// The shared helpers every script starts with.
 const PRELUDE: &str = include_str!("lua/prelude.lua");
-/// The entry point every script ends with.
+/// The entry point (`decide`) every script and the library end with.
 const MAIN: &str = include_str!("lua/main.lua");
+/// What makes a script of the code: a script's body runs on every call.
+const SCRIPT_TAIL: &str = "return decide(KEYS, ARGV)\n";
 
 /// Each algorithm's file, in [`Algorithm::ALL`]'s order.
 const ALGORITHMS: [(Algorithm, &str); 6] = [
@@ -42,7 +50,38 @@ pub const SOURCE: &str = concat!(
     include_str!("lua/gcra.lua"),
     include_str!("lua/leaky_bucket.lua"),
     include_str!("lua/main.lua"),
+    "return decide(KEYS, ARGV)\n",
 );
+
+/// The function library: every algorithm, and one function, `decide`,
+/// registered under the library's own name.
+#[derive(Debug)]
+pub struct Library {
+    /// `tollgate_` and the first 16 hex digits of the SHA-1 of the code:
+    /// the name of the library and of its function. Two versions of
+    /// tollgate with different code load libraries of different names, so
+    /// both run side by side during a rolling upgrade, and loading one
+    /// (`FUNCTION LOAD REPLACE`) can only replace a library of the same
+    /// name, which holds the same code.
+    pub name: String,
+    /// What `FUNCTION LOAD` takes: the `#!lua name=` line, the code and the
+    /// registration.
+    pub source: String,
+}
+
+/// The function library, built and hashed once.
+pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+    let mut code = String::with_capacity(SOURCE.len());
+    code.push_str(PRELUDE);
+    for (_, file) in &ALGORITHMS {
+        code.push_str(file);
+    }
+    code.push_str(MAIN);
+    let hash = redis::Script::new(&code).get_hash().to_owned();
+    let name = format!("tollgate_{}", &hash[..16]);
+    let source = format!("#!lua name={name}\n{code}redis.register_function('{name}', decide)\n");
+    Library { name, source }
+});
 
 /// A decision script of a set of algorithms: its source and hash.
 #[derive(Debug)]
@@ -86,6 +125,7 @@ pub fn for_mask(mask: u8) -> &'static Decision {
             }
         }
         source.push_str(MAIN);
+        source.push_str(SCRIPT_TAIL);
         let script = redis::Script::new(&source);
         Decision { source, script }
     })
@@ -99,6 +139,21 @@ pub const ENVOY_COUNTER_SOURCE: &str = concat!(
     include_str!("lua/envoy_counter.lua"),
 );
 
+/// A policy as the decision code takes it: one argument, "<algorithm>
+/// <limit> <period µs> <capacity> <scaled unit> <scaled rate>" (main.lua).
+/// One word per policy lets the library parse each policy once.
+pub fn policy_arg(policy: &tollgate::Policy) -> String {
+    format!(
+        "{} {} {} {} {} {}",
+        policy.algorithm().name(),
+        policy.limit(),
+        policy.period_us(),
+        policy.capacity(),
+        policy.scaled_unit(),
+        policy.scaled_rate()
+    )
+}
+
 /// The envoyproxy/ratelimit counter script, hashed once.
 pub static ENVOY_COUNTER: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(ENVOY_COUNTER_SOURCE));
@@ -106,6 +161,22 @@ pub static ENVOY_COUNTER: LazyLock<redis::Script> =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_library_holds_every_algorithm_and_is_named_by_its_code() {
+        let library = &*LIBRARY;
+        assert!(library.name.starts_with("tollgate_"));
+        assert_eq!(library.name.len(), "tollgate_".len() + 16);
+        assert!(
+            library
+                .source
+                .starts_with(&format!("#!lua name={}\n", library.name))
+        );
+        for (_, file) in &ALGORITHMS {
+            assert!(library.source.contains(file));
+        }
+        assert!(!library.source.contains(SCRIPT_TAIL));
+    }
 
     #[test]
     fn the_full_mask_is_the_full_script() {

@@ -1,6 +1,8 @@
 //! [`RedisStore`]: the [`Store`] whose state lives in Redis or Redis Cluster.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -14,7 +16,7 @@ use tollgate::{Check, Decisions, Mode, PolicyRef, Store, StoreError};
 
 use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, state_key, validate_prefix};
-use crate::script::{self, ENVOY_COUNTER, ENVOY_COUNTER_SOURCE};
+use crate::script::{self, ENVOY_COUNTER, ENVOY_COUNTER_SOURCE, LIBRARY};
 use crate::sentinel::{Finder, Sentinel, SentinelMaster};
 
 /// The default key prefix.
@@ -274,8 +276,9 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// Rate limiting state in Redis: every decision is one `EVALSHA` of one Lua
-/// script that reads, decides and writes atomically, on Redis's clock.
+/// Rate limiting state in Redis: every decision is one `FCALL` of a Lua
+/// function (one `EVALSHA` of a script where functions cannot be used) that
+/// reads, decides and writes atomically, on Redis's clock.
 /// Cheap to clone; clones share the connection.
 ///
 /// ```no_run
@@ -306,6 +309,10 @@ struct Inner {
     /// Where a deny cache's invalidation feed subscribes (see
     /// [`invalidate`]); also names the channel `reset` publishes on.
     subscriber: Subscriber,
+    /// Set once Redis has shown that this store cannot use functions
+    /// (Redis before 7, or an ACL without `FCALL` or `FUNCTION LOAD`):
+    /// decisions are `EVALSHA`s of scripts from then on (docs/REDIS.md).
+    scripts_only: AtomicBool,
     /// Tests only: the time sent to the script instead of Redis's clock.
     #[cfg(feature = "test-clock")]
     clock: Option<tollgate::ManualClock>,
@@ -589,6 +596,7 @@ impl RedisStore {
                 envoy_prefix: options.envoy_prefix,
                 timeout: options.timeout,
                 connect_timeout: options.connect_timeout,
+                scripts_only: AtomicBool::new(false),
                 #[cfg(feature = "test-clock")]
                 clock: None,
             }),
@@ -738,8 +746,12 @@ impl RedisStore {
             cmd
         };
         let evalsha = command("EVALSHA", ENVOY_COUNTER.get_hash());
-        let eval = || command("EVAL", ENVOY_COUNTER_SOURCE);
-        self.run(&evalsha, Some(&eval)).await
+        // A script only (it is not in the library): never an FCALL.
+        let build = |call: Call| match call {
+            Call::Eval => command("EVAL", ENVOY_COUNTER_SOURCE),
+            Call::Fcall | Call::Evalsha => command("EVALSHA", ENVOY_COUNTER.get_hash()),
+        };
+        self.run(&evalsha, Some(&build)).await
     }
 
     /// Publishes `identity` on the reset channel.
@@ -768,19 +780,19 @@ impl RedisStore {
     }
 
     /// Runs `cmd` within the timeout, re-sending it only after errors that
-    /// prove it did not run (see [`resend`]); `eval` takes its place after
-    /// `NOSCRIPT`.
+    /// prove it did not run (see [`resend`]); for a decision, `build` makes
+    /// the command that takes its place when Redis lacks its code.
     async fn run<T: redis::FromRedisValue>(
         &self,
         cmd: &Cmd,
-        eval: Option<&EvalCmd<'_>>,
+        build: Option<&BuildCall<'_>>,
     ) -> Result<T, StoreError> {
         let result = match self.inner.timeout {
-            Some(bound) => match tokio::time::timeout(bound, self.send(cmd, eval)).await {
+            Some(bound) => match tokio::time::timeout(bound, self.send(cmd, build)).await {
                 Err(_) => return Err(StoreError::Timeout(bound)),
                 Ok(result) => result,
             },
-            None => self.send(cmd, eval).await,
+            None => self.send(cmd, build).await,
         };
         result
             .and_then(redis::from_owned_redis_value)
@@ -789,7 +801,7 @@ impl RedisStore {
 
     /// Sends `cmd` until it runs or fails with an error that leaves it
     /// possibly run, or any other error (the caller bounds the time).
-    async fn send(&self, cmd: &Cmd, mut eval: Option<&EvalCmd<'_>>) -> RedisResult<Value> {
+    async fn send(&self, cmd: &Cmd, build: Option<&BuildCall<'_>>) -> RedisResult<Value> {
         let (mut connection, generation) = self.inner.connection.resolve();
         let topology = match &self.inner.connection {
             Connection::Standalone(_) => Topology::Standalone,
@@ -806,7 +818,7 @@ impl RedisStore {
             generation,
         };
         let result = self
-            .send_on(&mut connection, &mut abandoned, topology, cmd, eval.take())
+            .send_on(&mut connection, &mut abandoned, topology, cmd, build)
             .await;
         // The call completed: not abandoned.
         let sentinel = abandoned.sentinel.take();
@@ -826,24 +838,26 @@ impl RedisStore {
         abandoned: &mut Abandoned,
         topology: Topology,
         cmd: &Cmd,
-        mut eval: Option<&EvalCmd<'_>>,
+        build: Option<&BuildCall<'_>>,
     ) -> RedisResult<Value> {
-        let mut cmd = cmd;
-        // The `EVAL` (the whole script) is built only if Redis lacks it.
-        let built = std::cell::OnceCell::new();
+        // What is sent; replaced (built only then) when Redis lacks the
+        // library or the script: at most once each per call.
+        let mut cmd = Cow::Borrowed(cmd);
+        let mut fcall = is_fcall(&cmd);
+        let (mut loaded, mut evaled) = (false, false);
         let mut ask: Option<String> = None;
         let mut moved = false;
         let mut backoff = MIN_BACKOFF;
         loop {
             let reply = match ask.take() {
-                Some(address) => connection.asking(&address, cmd).await,
-                None => connection.req_packed_command(cmd).await,
+                Some(address) => connection.asking(&address, &cmd).await,
+                None => connection.req_packed_command(&cmd).await,
             };
             let error = match reply.and_then(Value::extract_error) {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let wait = match resend(&error, topology) {
+            let wait = match resend(&error, topology, fcall) {
                 Resend::Never => return Err(error),
                 Resend::Rediscover => {
                     // The node is no longer the master and did not run the
@@ -868,8 +882,33 @@ impl RedisStore {
                     false
                 }
                 Resend::Eval => {
-                    let make = eval.take().ok_or(error)?;
-                    cmd = built.get_or_init(make);
+                    let build = build.filter(|_| !evaled).ok_or(error)?;
+                    evaled = true;
+                    cmd = Cow::Owned(build(Call::Eval));
+                    false
+                }
+                Resend::LoadLibrary => {
+                    let build = build.filter(|_| !loaded).ok_or(error)?;
+                    loaded = true;
+                    // Boxed: a rare path, kept out of every call's future.
+                    match Box::pin(load_library(connection)).await {
+                        Ok(()) => {}
+                        Err(load) if functions_unavailable(&load) => {
+                            self.use_scripts(&load);
+                            cmd = Cow::Owned(build(Call::Evalsha));
+                            fcall = false;
+                        }
+                        Err(load) => return Err(load),
+                    }
+                    false
+                }
+                Resend::Scripts => {
+                    let Some(build) = build else {
+                        return Err(error);
+                    };
+                    self.use_scripts(&error);
+                    cmd = Cow::Owned(build(Call::Evalsha));
+                    fcall = false;
                     false
                 }
                 Resend::Ask(address) => {
@@ -889,20 +928,52 @@ impl RedisStore {
         }
     }
 
+    /// From now on, decisions are `EVALSHA`s: `error` said that functions
+    /// cannot be used here. Said once in the log.
+    fn use_scripts(&self, error: &RedisError) {
+        if !self.inner.scripts_only.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %error,
+                "Redis functions unavailable (Redis before 7, or an ACL without FCALL and \
+                 FUNCTION LOAD): decisions use EVALSHA, which costs Redis more CPU"
+            );
+        }
+    }
+
+    /// Whether decisions are sent as `FCALL` (Redis functions): until Redis
+    /// has shown that this store cannot use them (docs/REDIS.md).
+    pub fn uses_functions(&self) -> bool {
+        !self.inner.scripts_only.load(Ordering::Relaxed)
+    }
+
     async fn eval_decision(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         let now = self.now_arg();
-        // The script of exactly this check's algorithms (script.rs).
-        let script = script::for_mask(script::mask(check.policies));
-        let evalsha = self.command("EVALSHA", script.script.get_hash(), check, &now);
-        // The script is missing after a restart, a failover or SCRIPT
-        // FLUSH: EVAL sends it whole, which also caches it on that node.
-        let eval = || self.command("EVAL", &script.source, check, &now);
-        let reply: Vec<i64> = self.run(&evalsha, Some(&eval)).await?;
+        let mask = script::mask(check.policies);
+        // FCALL of the library's function; where Redis cannot run functions,
+        // EVALSHA of the script of exactly this check's algorithms
+        // (script.rs). The library is missing on a new server, after FUNCTION
+        // FLUSH or on a node that never had it: it is loaded, then the FCALL
+        // sent again. The script is missing after a restart, a failover or
+        // SCRIPT FLUSH: EVAL sends it whole, which also caches it.
+        let build = |call: Call| match call {
+            Call::Fcall => self.command("FCALL", &LIBRARY.name, check, &now),
+            Call::Evalsha => {
+                let script = script::for_mask(mask);
+                self.command("EVALSHA", script.script.get_hash(), check, &now)
+            }
+            Call::Eval => self.command("EVAL", &script::for_mask(mask).source, check, &now),
+        };
+        let first = build(if self.uses_functions() {
+            Call::Fcall
+        } else {
+            Call::Evalsha
+        });
+        let reply: Vec<i64> = self.run(&first, Some(&build)).await?;
         parse_reply(&reply, check.policies, check.cost)
     }
 
-    /// `EVALSHA <sha>` or `EVAL <source>`, with the keys and arguments that
-    /// main.lua documents.
+    /// `FCALL <function>`, `EVALSHA <sha>` or `EVAL <source>`, with the keys
+    /// and arguments that main.lua documents.
     fn command(&self, verb: &str, script: &str, check: Check<'_>, now: &str) -> Cmd {
         let Check {
             key,
@@ -916,23 +987,73 @@ impl RedisStore {
             cmd.arg(self.key(key, policy));
         }
         let consume = if mode == Mode::Consume { "1" } else { "0" };
-        cmd.arg(consume).arg(cost).arg(now).arg(policies.len());
+        cmd.arg(consume).arg(cost).arg(now);
         for p in policies {
-            let policy = p.policy;
-            cmd.arg(policy.algorithm().name())
-                .arg(policy.limit())
-                .arg(policy.period_us())
-                .arg(policy.capacity())
-                .arg(policy.scaled_unit())
-                .arg(policy.scaled_rate());
+            cmd.arg(script::policy_arg(p.policy));
         }
         cmd
     }
 }
 
-/// Builds the `EVAL` sent in place of an `EVALSHA` Redis answered with
-/// `NOSCRIPT`; built only then, since it carries the whole script.
-type EvalCmd<'a> = dyn Fn() -> Cmd + Send + Sync + 'a;
+/// The forms of one decision (or of the envoy counter, a script only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// `FCALL` of the library's function.
+    Fcall,
+    /// `EVALSHA` of the script.
+    Evalsha,
+    /// `EVAL` of the whole script, after `NOSCRIPT`; built only then,
+    /// since it carries the script.
+    Eval,
+}
+
+/// Builds a form of the command being sent, when Redis lacks its code.
+type BuildCall<'a> = dyn Fn(Call) -> Cmd + Send + Sync + 'a;
+
+/// Whether `cmd` is an `FCALL`.
+fn is_fcall(cmd: &Cmd) -> bool {
+    matches!(cmd.args_iter().next(), Some(redis::Arg::Simple(verb)) if verb == b"FCALL")
+}
+
+/// `FUNCTION LOAD REPLACE` of the library on `connection`: on a Cluster,
+/// redis-rs sends it to every master and succeeds only if all succeed.
+/// REPLACE is safe: a library of this name can only hold this code
+/// (script.rs), and other versions' libraries have other names.
+async fn load_library(connection: &mut Connection) -> RedisResult<()> {
+    let mut load = redis::cmd("FUNCTION");
+    load.arg("LOAD").arg("REPLACE").arg(&LIBRARY.source);
+    connection
+        .req_packed_command(&load)
+        .await
+        .and_then(Value::extract_error)
+        .map(drop)
+}
+
+/// Whether an error to `FCALL` or `FUNCTION LOAD` says that functions
+/// cannot be used on this server by this user, so that the command did not
+/// run: an unknown command (Redis before 7) or an ACL refusing it. Redis
+/// has no error kind for these, so they are told by text.
+fn functions_unavailable(error: &RedisError) -> bool {
+    let detail = error.detail().unwrap_or_default();
+    match error.code() {
+        Some("ERR") => {
+            detail.starts_with("unknown command") || detail.starts_with("unknown subcommand")
+        }
+        // Only the ACL's refusal of the command itself, before it ran (a
+        // refusal of a key or of a command inside the function is not).
+        Some("NOPERM") => detail.contains("'fcall'") || detail.contains("'function|load'"),
+        _ => false,
+    }
+}
+
+/// Whether an error to `FCALL` says that the library's function is
+/// missing on that node (it did not run).
+fn function_missing(error: &RedisError) -> bool {
+    error.code() == Some("ERR")
+        && error
+            .detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
+}
 
 /// The connection settings shared by the standalone and Sentinel stores.
 fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
@@ -1021,6 +1142,13 @@ enum Resend {
     Never,
     /// `NOSCRIPT`: send the `EVAL` instead.
     Eval,
+    /// `FCALL` of a function the node lacks: load the library, then send
+    /// it again (or the `EVALSHA`, if the load says functions cannot be
+    /// used).
+    LoadLibrary,
+    /// `FCALL` refused as an unknown command or by the ACL: send the
+    /// `EVALSHA` instead, and from now on.
+    Scripts,
     /// `MOVED`: send again, to the slot's new owner.
     Moved,
     /// `ASK`: send again to this node (`host:port`), after `ASKING`.
@@ -1045,8 +1173,17 @@ enum Resend {
 /// whether it ran: that is returned. Matched by kind, never by text;
 /// redirections only on a Cluster (a standalone connection cannot follow
 /// them).
-fn resend(error: &RedisError, topology: Topology) -> Resend {
+///
+/// After an `FCALL` (`fcall`), an error that its function is missing, or
+/// that functions cannot be used, also proves that it did not run.
+fn resend(error: &RedisError, topology: Topology, fcall: bool) -> Resend {
     let cluster = topology == Topology::Cluster;
+    if fcall && function_missing(error) {
+        return Resend::LoadLibrary;
+    }
+    if fcall && functions_unavailable(error) {
+        return Resend::Scripts;
+    }
     match error.kind() {
         ErrorKind::ReadOnly | ErrorKind::MasterDown if topology == Topology::Sentinel => {
             Resend::Rediscover
@@ -1132,14 +1269,48 @@ mod tests {
     }
 
     #[test]
+    fn an_fcall_refused_before_it_ran_loads_the_library_or_falls_back_to_scripts() {
+        let missing = server(ErrorKind::ResponseError, "Function not found");
+        let unknown = server(
+            ErrorKind::ResponseError,
+            "unknown command 'FCALL', with args beginning with: ",
+        );
+        let refused = redis::make_extension_error(
+            "NOPERM".to_owned(),
+            Some("User u has no permissions to run the 'fcall' command".to_owned()),
+        );
+        let key_refused = redis::make_extension_error(
+            "NOPERM".to_owned(),
+            Some("No permissions to access a key".to_owned()),
+        );
+        for topology in [Topology::Standalone, Topology::Cluster, Topology::Sentinel] {
+            assert_eq!(resend(&missing, topology, true), Resend::LoadLibrary);
+            assert_eq!(resend(&unknown, topology, true), Resend::Scripts);
+            assert_eq!(resend(&refused, topology, true), Resend::Scripts);
+            assert_eq!(resend(&key_refused, topology, true), Resend::Never);
+            // Not after an EVALSHA (or any other command).
+            assert_eq!(resend(&missing, topology, false), Resend::Never);
+            assert_eq!(resend(&unknown, topology, false), Resend::Never);
+        }
+        let load_refused = redis::make_extension_error(
+            "NOPERM".to_owned(),
+            Some("User u has no permissions to run the 'function|load' command".to_owned()),
+        );
+        assert!(functions_unavailable(&load_refused));
+        assert!(functions_unavailable(&unknown));
+        assert!(!functions_unavailable(&missing));
+        assert!(!functions_unavailable(&key_refused));
+    }
+
+    #[test]
     fn only_errors_that_prove_the_command_did_not_run_are_resent() {
         for topology in [Topology::Standalone, Topology::Cluster, Topology::Sentinel] {
             let no_script = server(ErrorKind::NoScriptError, "No matching script");
-            assert_eq!(resend(&no_script, topology), Resend::Eval);
+            assert_eq!(resend(&no_script, topology, false), Resend::Eval);
             let try_again = server(ErrorKind::TryAgain, "Multiple keys request");
-            assert_eq!(resend(&try_again, topology), Resend::Backoff);
+            assert_eq!(resend(&try_again, topology, false), Resend::Backoff);
             let down = server(ErrorKind::ClusterDown, "The cluster is down");
-            assert_eq!(resend(&down, topology), Resend::Backoff);
+            assert_eq!(resend(&down, topology, false), Resend::Backoff);
             // The command may have run: never re-sent.
             for kind in [
                 io::ErrorKind::ConnectionReset,
@@ -1150,23 +1321,23 @@ mod tests {
                 io::ErrorKind::Other,
             ] {
                 let error = RedisError::from(io::Error::from(kind));
-                assert_eq!(resend(&error, topology), Resend::Never, "{kind:?}");
+                assert_eq!(resend(&error, topology, false), Resend::Never, "{kind:?}");
             }
             // A script error may come after some of its writes.
             let failed = server(ErrorKind::ResponseError, "Error running script");
-            assert_eq!(resend(&failed, topology), Resend::Never);
+            assert_eq!(resend(&failed, topology, false), Resend::Never);
         }
         let moved = server(ErrorKind::Moved, "3999 127.0.0.1:6381");
-        assert_eq!(resend(&moved, Topology::Cluster), Resend::Moved);
+        assert_eq!(resend(&moved, Topology::Cluster, false), Resend::Moved);
         let ask = server(ErrorKind::Ask, "3999 127.0.0.1:6381");
         assert_eq!(
-            resend(&ask, Topology::Cluster),
+            resend(&ask, Topology::Cluster, false),
             Resend::Ask("127.0.0.1:6381".to_owned())
         );
         // A standalone connection cannot follow a redirection.
         for topology in [Topology::Standalone, Topology::Sentinel] {
-            assert_eq!(resend(&moved, topology), Resend::Never);
-            assert_eq!(resend(&ask, topology), Resend::Never);
+            assert_eq!(resend(&moved, topology, false), Resend::Never);
+            assert_eq!(resend(&ask, topology, false), Resend::Never);
         }
         // A demoted master refuses the script's first write, so it wrote
         // nothing: a Sentinel store asks for the new master and re-sends;
@@ -1177,9 +1348,9 @@ mod tests {
         );
         let master_down = server(ErrorKind::MasterDown, "Link with MASTER is down");
         for error in [&read_only, &master_down] {
-            assert_eq!(resend(error, Topology::Sentinel), Resend::Rediscover);
-            assert_eq!(resend(error, Topology::Standalone), Resend::Never);
-            assert_eq!(resend(error, Topology::Cluster), Resend::Never);
+            assert_eq!(resend(error, Topology::Sentinel, false), Resend::Rediscover);
+            assert_eq!(resend(error, Topology::Standalone, false), Resend::Never);
+            assert_eq!(resend(error, Topology::Cluster, false), Resend::Never);
         }
     }
 }

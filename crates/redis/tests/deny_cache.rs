@@ -12,14 +12,9 @@ use tollgate::resilience::{ResilienceOptions, Resilient};
 use tollgate_redis::{RedisOptions, RedisStore};
 use tollgate_testkit::redis::RedisServer;
 
-/// `calls=` of `cmdstat_evalsha` in `INFO commandstats`: script calls Redis ran.
-fn evalsha_calls(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("a count"))
+/// The decisions Redis ran (`FCALL`s in `INFO commandstats`).
+fn decision_calls(server: &RedisServer) -> u64 {
+    common::calls(server, "fcall")
 }
 
 async fn store(server: &RedisServer, prefix: &str) -> RedisStore {
@@ -67,7 +62,7 @@ async fn a_denied_key_stays_denied_without_redis_until_exactly_t() {
     let t = Instant::now() + retry;
     assert!(retry > Duration::from_millis(500), "{retry:?}");
 
-    let before = evalsha_calls(&server);
+    let before = decision_calls(&server);
     let mut hits: u64 = 0;
     while Instant::now() + Duration::from_millis(100) < t {
         let d = limiter.check("api", "k", 1).await.expect("cached");
@@ -87,7 +82,7 @@ async fn a_denied_key_stays_denied_without_redis_until_exactly_t() {
     }
     let peeks = hits.div_ceil(50);
     assert_eq!(
-        evalsha_calls(&server) - before,
+        decision_calls(&server) - before,
         peeks,
         "{hits} cached denials: the only script calls were the truth's peeks"
     );
@@ -128,7 +123,7 @@ async fn after_an_allow_that_leaves_no_room_redis_is_not_asked_until_the_next_to
         .policy("api", "gcra 10/s burst 1".parse().expect("valid"))
         .build();
     for round in 0..3 {
-        let before = evalsha_calls(&server);
+        let before = decision_calls(&server);
         let started = Instant::now();
         let (allowed, sent) = loop {
             let sent = Instant::now();
@@ -148,7 +143,7 @@ async fn after_an_allow_that_leaves_no_room_redis_is_not_asked_until_the_next_to
             .await;
         };
         assert_eq!(allowed.remaining, 0);
-        let after_allow = evalsha_calls(&server);
+        let after_allow = decision_calls(&server);
         assert!(
             after_allow - before <= 2,
             "round {round}: {}",
@@ -174,7 +169,7 @@ async fn after_an_allow_that_leaves_no_room_redis_is_not_asked_until_the_next_to
         let peeked = truth.peek("api", "k", 1).await.expect("redis");
         assert!(!early || !peeked.allowed, "Redis allowed before the token");
         assert_eq!(
-            evalsha_calls(&server) - after_allow,
+            decision_calls(&server) - after_allow,
             1,
             "round {round}: {hits} denials from the cache; the one call was the truth's peek"
         );
@@ -188,13 +183,13 @@ async fn a_larger_cost_is_denied_from_the_cache_a_smaller_one_asks_redis() {
     let limiter = cached(&server, &prefix, "fixed_window 10/1h").await;
     assert!(limiter.check("api", "k", 8).await.expect("redis").allowed);
     assert!(!limiter.check("api", "k", 3).await.expect("redis").allowed);
-    let before = evalsha_calls(&server);
+    let before = decision_calls(&server);
     assert!(!limiter.check("api", "k", 5).await.expect("cached").allowed);
     assert!(!limiter.peek("api", "k", 3).await.expect("cached").allowed);
-    assert_eq!(evalsha_calls(&server), before);
+    assert_eq!(decision_calls(&server), before);
     let d = limiter.check("api", "k", 2).await.expect("redis");
     assert!(d.allowed, "2 of the 10 remained");
-    assert_eq!(evalsha_calls(&server), before + 1);
+    assert_eq!(decision_calls(&server), before + 1);
 }
 
 #[tokio::test]
@@ -209,7 +204,7 @@ async fn a_reset_through_another_instance_is_honoured_at_once() {
         assert!(!limiter.check("api", "k", 1).await.expect("cached").allowed);
         assert_eq!(limiter.store().stats().deny_cache_len, 1);
     }
-    let before = evalsha_calls(&server);
+    let before = decision_calls(&server);
     second.reset("api", "k").await.expect("reset");
     // The notice travels over pub/sub: within milliseconds, never a period.
     let started = Instant::now();
@@ -226,12 +221,12 @@ async fn a_reset_through_another_instance_is_honoured_at_once() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(first.store().stats().invalidations, 1);
-    assert_eq!(evalsha_calls(&server), before + 1, "one call, allowed");
+    assert_eq!(decision_calls(&server), before + 1, "one call, allowed");
     // The instance that reset forgot its own entry too, and the key was
     // charged once by `first` since: denied by Redis, not by a stale cache.
     let d = second.check("api", "k", 1).await.expect("redis");
     assert!(!d.allowed);
-    assert_eq!(evalsha_calls(&server), before + 2);
+    assert_eq!(decision_calls(&server), before + 2);
 }
 
 #[tokio::test]

@@ -262,3 +262,16 @@ fn redis_cluster_decides_exactly_like_memory() {
         async move { raw.get_async_connection().await.expect("connect") },
     );
 }
+
+/// The fallback for servers without functions: a user whose ACL forbids
+/// them gets `EVALSHA` of the scripts, which must decide the same.
+#[test]
+fn redis_scripts_decide_exactly_like_memory() {
+    let server = RedisServer::start();
+    let url = common::scripts_only_user(&server);
+    run_cases(500, |clock| {
+        let url = url.clone();
+        async move { common::standalone(&url, clock).await }
+    });
+    common::assert_no_fcall_ran(&server);
+}

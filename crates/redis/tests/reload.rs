@@ -1,5 +1,6 @@
-//! The script is reloaded by itself after `SCRIPT FLUSH` and after Redis
-//! restarts, with no restart of the client.
+//! The function library (and, where functions cannot be used, the script)
+//! is loaded again by itself after `FUNCTION FLUSH` (`SCRIPT FLUSH`) and
+//! after Redis restarts, with no restart of the client.
 
 mod common;
 
@@ -10,7 +11,11 @@ use tollgate_redis::RedisStore;
 use tollgate_testkit::redis::RedisServer;
 
 async fn limiter(server: &RedisServer) -> Limiter<RedisStore> {
-    let store = RedisStore::connect(&server.url(), common::options())
+    limiter_at(&server.url()).await
+}
+
+async fn limiter_at(url: &str) -> Limiter<RedisStore> {
+    let store = RedisStore::connect(url, common::options())
         .await
         .expect("connect");
     Limiter::builder(store)
@@ -19,9 +24,38 @@ async fn limiter(server: &RedisServer) -> Limiter<RedisStore> {
 }
 
 #[tokio::test]
-async fn script_flush_is_survived() {
+async fn function_flush_is_survived() {
     let server = RedisServer::start();
     let limiter = limiter(&server).await;
+    assert_eq!(
+        limiter.check("api", "k", 1).await.expect("redis").remaining,
+        2
+    );
+    assert!(limiter.store().uses_functions());
+    assert_eq!(common::calls(&server, "function|load"), 1);
+    assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
+    assert_eq!(
+        limiter
+            .check("api", "k", 1)
+            .await
+            .expect("reloaded")
+            .remaining,
+        1
+    );
+    assert_eq!(common::calls(&server, "function|load"), 2, "loaded again");
+    // Loaded again: the next call is a plain FCALL.
+    assert_eq!(
+        limiter.check("api", "k", 1).await.expect("redis").remaining,
+        0
+    );
+    assert_eq!(common::calls(&server, "function|load"), 2);
+    assert_eq!(common::calls(&server, "fcall"), 5, "3 decisions, 2 refused");
+}
+
+#[tokio::test]
+async fn script_flush_is_survived_where_functions_cannot_be_used() {
+    let server = RedisServer::start();
+    let limiter = limiter_at(&common::scripts_only_user(&server)).await;
     assert_eq!(
         limiter.check("api", "k", 1).await.expect("redis").remaining,
         2
@@ -45,6 +79,8 @@ async fn script_flush_is_survived() {
         limiter.check("api", "k", 1).await.expect("redis").remaining,
         0
     );
+    assert!(!limiter.store().uses_functions());
+    common::assert_no_fcall_ran(&server);
 }
 
 #[tokio::test]

@@ -83,11 +83,12 @@ fn request(buf: &[u8]) -> Option<(usize, Vec<Vec<u8>>)> {
     Some((end, args))
 }
 
-/// The identity of a decision request (`EVALSHA`/`EVAL`), from its first
-/// key `<prefix>:{<identity>}:...`; `None` for any other command.
+/// The identity of a decision request (`FCALL`, or `EVALSHA`/`EVAL`),
+/// from its first key `<prefix>:{<identity>}:...`; `None` for any other
+/// command.
 fn decision_identity(args: &[Vec<u8>]) -> Option<String> {
     let verb = args.first()?.to_ascii_uppercase();
-    if verb != b"EVALSHA" && verb != b"EVAL" {
+    if verb != b"FCALL" && verb != b"EVALSHA" && verb != b"EVAL" {
         return None;
     }
     identity_of(&String::from_utf8_lossy(args.get(3)?))

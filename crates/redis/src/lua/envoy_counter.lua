@@ -22,6 +22,7 @@
 -- denied or peeked request writes nothing; an allowed one is charged with
 -- INCRBY and the expiry set as envoyproxy/ratelimit sets it.
 
+bind()
 local now
 if ARGV[4] ~= '' then
   now = tonumber(ARGV[4])

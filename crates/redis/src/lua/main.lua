@@ -1,52 +1,61 @@
--- tollgate decision script, last part: the entry point.
+-- tollgate decision script, last part: the entry point, `decide`.
 --
 -- KEYS[i]   the state of policy i for one identity; every key carries the
 --           same {identity} hash tag, so all of them live in one Cluster slot.
 -- ARGV[1]   "1" to consume (charge every policy if all allow), "0" to peek
 -- ARGV[2]   cost, an integer >= 1
 -- ARGV[3]   "" to use Redis's clock (production), or a time in µs (tests only)
--- ARGV[4]   n, the number of policies
--- ARGV[4 + 6(i-1) + 1..6]  policy i: algorithm name, limit, period (µs),
---           capacity (the burst of a bucket, the limit of a window: what
---           tollgate::Policy::capacity says), scaled unit, scaled rate
+-- ARGV[3+i] policy i (KEYS[i]'s), one argument: "<algorithm> <limit>
+--           <period µs> <capacity> <scaled unit> <scaled rate>", six words
+--           separated by one space, capacity being the burst of a bucket or
+--           the limit of a window (what tollgate::Policy::capacity says)
 --
 -- Returns 5 integers per policy: allowed (1/0), remaining, reset_after (µs),
 -- retry_after (µs), delay (µs). All-or-nothing: no state is written unless
 -- every policy allows and ARGV[1] is "1"; a decision that charges nothing
 -- only pushes a key's expiry later when the policy in force needs it
 -- (prelude.lua, `extend`).
+--
+-- The same code runs two ways (src/script.rs): as the library function
+-- that FCALL calls, whose top level (every helper and algorithm above, and
+-- the functions below) runs once, when the library is loaded; or as a
+-- script for EVALSHA, which ends with `return decide(KEYS, ARGV)` and runs
+-- its whole body on every call. Nothing here may be a global (Redis refuses
+-- them in a library), and since a library keeps its upvalues between calls,
+-- `decide` sets every per-call one (the clock's) afresh.
 
-local consume = ARGV[1] == '1'
-local cost = tonumber(ARGV[2])
-local now
-if ARGV[3] ~= '' then
-  now = tonumber(ARGV[3])
-  TEST_CLOCK = true
-  EXPIRE_BASE_MS = 2 ^ 52
-  LOG_REBASE_AT = 64
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local n = tonumber(ARGV[4])
+-- The policies parsed so far, by their argument: a library parses each
+-- policy once, not on every call (a script, on every call). Bounded: past
+-- POLICIES_MAX policies (overrides can make many) it starts afresh.
+local POLICIES, POLICIES_CACHED, POLICIES_MAX = {}, 0, 1024
 
-local policies = {}
-for i = 1, n do
-  local b = 4 + (i - 1) * 6
-  local p = {
-    alg = ALG[ARGV[b + 1]],
-    limit = tonumber(ARGV[b + 2]),
-    period = tonumber(ARGV[b + 3]),
-    capacity = tonumber(ARGV[b + 4]),
-    unit = tonumber(ARGV[b + 5]),
-    rate = tonumber(ARGV[b + 6]),
+-- Policy `spec` (one ARGV word, above) as the table the algorithms take
+-- (never written to), or nil when it is not one.
+local function policy(spec)
+  local p = POLICIES[spec]
+  if p then return p end
+  local name, limit, period, capacity, unit, rate =
+    string.match(spec, '^([%w_]+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local alg = name and ALG[name]
+  if not alg then return nil end
+  p = {
+    alg = alg,
+    limit = tonum(limit),
+    period = tonum(period),
+    capacity = tonum(capacity),
+    unit = tonum(unit),
+    rate = tonum(rate),
   }
-  if not p.alg then return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[b + 1])) end
-  policies[i] = p
+  if POLICIES_CACHED >= POLICIES_MAX then POLICIES, POLICIES_CACHED = {}, 0 end
+  POLICIES[spec] = p
+  POLICIES_CACHED = POLICIES_CACHED + 1
+  return p
 end
 
-local function run(commit)
-  local out, all = {}, true
+-- Decides every policy; charges them when `commit`. Fills `out` with five
+-- integers per policy; returns whether all allowed.
+local function run(keys, policies, n, cost, now, commit, out)
+  local all = true
   for i = 1, n do
     local p = policies[i]
     -- A cost above the capacity can never pass: decide it as a zero-cost
@@ -54,7 +63,7 @@ local function run(commit)
     local over = cost > p.capacity
     local c = cost
     if over then c = 0 end
-    local allowed, remaining, fresh_at, retry_at, delay = p.alg(KEYS[i], p, now, c, commit and not over)
+    local allowed, remaining, fresh_at, retry_at, delay = p.alg(keys[i], p, now, c, commit and not over)
     allowed = allowed and not over
     if not allowed then all = false end
     local k = (i - 1) * 5
@@ -64,23 +73,47 @@ local function run(commit)
     out[k + 4] = imax(0, retry_at - now)
     out[k + 5] = delay
   end
-  return out, all
+  return all
 end
 
--- Pushes the expiry of every key that was decided without a charge.
-local function extend_all(out)
-  for i = 1, n do
-    local reset_after = out[(i - 1) * 5 + 3]
-    if reset_after > 0 then extend(KEYS[i], now + reset_after) end
+local function decide(keys, args)
+  bind()
+  local consume = args[1] == '1'
+  local cost = tonum(args[2])
+  local now
+  if args[3] ~= '' then
+    now = tonum(args[3])
+    TEST_CLOCK = true
+    EXPIRE_BASE_MS = 2 ^ 52
+    LOG_REBASE_AT = 64
+  else
+    TEST_CLOCK = false
+    EXPIRE_BASE_MS = 0
+    LOG_REBASE_AT = 2 ^ 50
+    local t = call('TIME')
+    now = tonum(t[1]) * 1000000 + tonum(t[2])
   end
-end
+  local n = #args - 3
 
--- All-or-nothing: look first when there are several policies, and charge
--- only if every one allows.
-local out, all = run(consume and n == 1)
-if consume and all then
-  if n > 1 then out = run(true) end
-else
-  extend_all(out)
+  local policies = {}
+  for i = 1, n do
+    local p = policy(args[3 + i])
+    if not p then return redis.error_reply('tollgate: not a policy: ' .. args[3 + i]) end
+    policies[i] = p
+  end
+
+  -- All-or-nothing: look first when there are several policies, and charge
+  -- only if every one allows.
+  local out = {}
+  local all = run(keys, policies, n, cost, now, consume and n == 1, out)
+  if consume and all then
+    if n > 1 then run(keys, policies, n, cost, now, true, out) end
+  else
+    -- Push the expiry of every key that was decided without a charge.
+    for i = 1, n do
+      local reset_after = out[(i - 1) * 5 + 3]
+      if reset_after > 0 then extend(keys[i], now + reset_after) end
+    end
+  end
+  return out
 end
-return out

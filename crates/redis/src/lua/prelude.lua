@@ -8,10 +8,19 @@
 
 local ALG = {}
 
+-- Redis's and Lua's functions used on every decision, as locals: a global
+-- is a table lookup on every use.
+-- A library's top level runs in a sandbox that cannot reach them, so
+-- `bind` sets them on a call's first use (main.lua, envoy_counter.lua).
+local call, floor, format, tonum
+local function bind()
+  if not call then call, floor, format, tonum = redis.call, math.floor, string.format, tonumber end
+end
+
 -- floor(a / b) for integers 0 <= a < 2^53 and b > 0. The quotient of two such
 -- doubles floors correctly; the correction keeps that true by construction.
 local function idiv(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   local r = a - q * b
   if r < 0 then q = q - 1 elseif r >= b then q = q + 1 end
   return q
@@ -29,12 +38,12 @@ local function imin(a, b) if a < b then return a end return b end
 
 -- Integers to decimal text. Never pass a Lua number to redis.call directly:
 -- large values could be written in exponent form.
-local function fmt(n) return string.format('%d', n) end
+local function fmt(n) return format('%d', n) end
 
 -- Parses "a", "a:b" or "a:b:c" into numbers (missing parts are 0).
 local function parse(v)
   local a, b, c = string.match(v, '^(%d+):?(%d*):?(%d*)$')
-  return tonumber(a), tonumber(b) or 0, tonumber(c) or 0
+  return tonum(a), tonum(b) or 0, tonum(c) or 0
 end
 
 -- Expiry. A state that becomes fresh at `fresh_at` (µs) expires at
@@ -65,22 +74,22 @@ end
 -- it is deleted as Redis would: a clock that then steps back finds it gone.
 local function live(key, now)
   if not TEST_CLOCK then return true end
-  local at = redis.call('PEXPIRETIME', key)
+  local at = call('PEXPIRETIME', key)
   if at < 0 then return false end
   if idiv(now, 1000) <= at - EXPIRE_BASE_MS then return true end
-  redis.call('DEL', key)
+  call('DEL', key)
   return false
 end
 
 -- The key's string state, or nil when there is none (or it has expired).
 local function load(key, now)
   if TEST_CLOCK and not live(key, now) then return nil end
-  return redis.call('GET', key)
+  return call('GET', key)
 end
 
 -- Stores a string state that becomes fresh at `fresh_at` (> now).
 local function store(key, value, fresh_at)
-  redis.call('SET', key, value, 'PXAT', fmt(expiry_ms(fresh_at)))
+  call('SET', key, value, 'PXAT', fmt(expiry_ms(fresh_at)))
 end
 
 -- After a decision that charged nothing: a state read under a policy that
@@ -89,8 +98,8 @@ end
 -- that wrote the state the expiry already matches and nothing is written.
 local function extend(key, fresh_at)
   local want = expiry_ms(fresh_at)
-  if redis.call('PEXPIRETIME', key) < want then
-    redis.call('PEXPIREAT', key, fmt(want))
+  if call('PEXPIRETIME', key) < want then
+    call('PEXPIREAT', key, fmt(want))
   end
 end
 

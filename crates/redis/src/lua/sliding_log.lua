@@ -14,7 +14,7 @@
 
 local function log_entry(member)
   local total, cost = string.match(member, '^(%d+):(%d+)$')
-  return tonumber(total), tonumber(cost)
+  return tonum(total), tonum(cost)
 end
 
 ALG.sliding_log = function(key, p, now, cost, consume)
@@ -23,18 +23,18 @@ ALG.sliding_log = function(key, p, now, cost, consume)
   local boundary = now - period
   local alive = live(key, now)
   local newest = {}
-  if alive then newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES') end
+  if alive then newest = call('ZRANGE', key, -1, -1, 'WITHSCORES') end
   local newest_at, top, base, used, expired = nil, 0, 0, 0, false
   if #newest > 0 then
-    newest_at = tonumber(newest[2])
+    newest_at = tonum(newest[2])
     top = log_entry(newest[1])
     if newest_at > boundary then
-      local last = redis.call('ZRANGE', key, fmt(boundary), '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)
+      local last = call('ZRANGE', key, fmt(boundary), '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)
       if #last > 0 then
         expired = true
         base = log_entry(last[1])
       else
-        local total, first_cost = log_entry(redis.call('ZRANGE', key, 0, 0)[1])
+        local total, first_cost = log_entry(call('ZRANGE', key, 0, 0)[1])
         base = total - first_cost
       end
       used = top - base
@@ -52,13 +52,13 @@ ALG.sliding_log = function(key, p, now, cost, consume)
     -- The first active entry whose running total covers the excess: once it
     -- expires, `cost` fits.
     local target = base + used + cost - limit
-    local lo = redis.call('ZCOUNT', key, '-inf', fmt(boundary))
-    local hi = redis.call('ZCARD', key) - 1
+    local lo = call('ZCOUNT', key, '-inf', fmt(boundary))
+    local hi = call('ZCARD', key) - 1
     while lo < hi do
       local mid = idiv(lo + hi, 2)
-      if log_entry(redis.call('ZRANGE', key, mid, mid)[1]) >= target then hi = mid else lo = mid + 1 end
+      if log_entry(call('ZRANGE', key, mid, mid)[1]) >= target then hi = mid else lo = mid + 1 end
     end
-    retry_at = tonumber(redis.call('ZRANGE', key, lo, lo, 'WITHSCORES')[2]) + period
+    retry_at = tonum(call('ZRANGE', key, lo, lo, 'WITHSCORES')[2]) + period
   end
   local charged = allowed and consume
   local used_after = used
@@ -69,31 +69,31 @@ ALG.sliding_log = function(key, p, now, cost, consume)
     fresh_at = stamp + period
     if newest_at and newest_at <= boundary then
       -- Nothing active: start afresh (totals from zero).
-      redis.call('DEL', key)
+      call('DEL', key)
       newest_at, top, base = nil, 0, 0
     elseif expired then
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(boundary))
+      call('ZREMRANGEBYSCORE', key, '-inf', fmt(boundary))
     end
     if top + cost >= LOG_REBASE_AT then
-      local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-      redis.call('DEL', key)
+      local entries = call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      call('DEL', key)
       for j = 1, #entries, 2 do
         local total, c = log_entry(entries[j])
-        redis.call('ZADD', key, entries[j + 1], fmt(total - base) .. ':' .. fmt(c))
+        call('ZADD', key, entries[j + 1], fmt(total - base) .. ':' .. fmt(c))
       end
       top = top - base
     end
     local at = fmt(stamp)
     if newest_at == stamp then
       -- Merge with the entry of the same microsecond.
-      local member = redis.call('ZRANGE', key, -1, -1)[1]
+      local member = call('ZRANGE', key, -1, -1)[1]
       local _, c = log_entry(member)
-      redis.call('ZREM', key, member)
-      redis.call('ZADD', key, at, fmt(top + cost) .. ':' .. fmt(c + cost))
+      call('ZREM', key, member)
+      call('ZADD', key, at, fmt(top + cost) .. ':' .. fmt(c + cost))
     else
-      redis.call('ZADD', key, at, fmt(top + cost) .. ':' .. fmt(cost))
+      call('ZADD', key, at, fmt(top + cost) .. ':' .. fmt(cost))
     end
-    redis.call('PEXPIREAT', key, fmt(expiry_ms(fresh_at)))
+    call('PEXPIREAT', key, fmt(expiry_ms(fresh_at)))
   end
   if used_after == 0 then fresh_at = 0 end
   return allowed, imax(0, limit - used_after), fresh_at, retry_at, 0

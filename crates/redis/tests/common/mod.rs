@@ -47,3 +47,42 @@ pub async fn sentinel(
         .expect("connect through the sentinels")
         .with_test_clock(clock)
 }
+
+/// Creates a user on `server` whose ACL allows everything but functions
+/// (`FCALL`, `FUNCTION`), as an operator might; returns its URL. A store
+/// connecting with it must decide through `EVALSHA`.
+pub fn scripts_only_user(server: &tollgate_testkit::redis::RedisServer) -> String {
+    let reply = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "scripts",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-function",
+        "-fcall",
+        "-fcall_ro",
+    ]);
+    assert_eq!(reply, "OK");
+    format!("redis://scripts:pw@127.0.0.1:{}", server.port())
+}
+
+/// The calls `server` counts for `command` (`INFO commandstats`), 0 if none.
+pub fn calls(server: &tollgate_testkit::redis::RedisServer, command: &str) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// That `server` ran no `FCALL` (refused ones are not calls) and some
+/// `EVALSHA`s.
+pub fn assert_no_fcall_ran(server: &tollgate_testkit::redis::RedisServer) {
+    assert_eq!(calls(server, "fcall"), 0);
+    assert!(calls(server, "evalsha") > 0);
+}

@@ -1,0 +1,125 @@
+//! Decisions are `FCALL`s of the function library (loaded by the store on
+//! every master when missing), and `EVALSHA`s of scripts where functions
+//! cannot be used: the choice is made once, by what Redis answers.
+
+mod common;
+
+use tollgate::Limiter;
+use tollgate_redis::{RedisStore, script::LIBRARY};
+use tollgate_testkit::redis::{RedisCluster, RedisServer};
+
+async fn limiter(url: &str) -> Limiter<RedisStore> {
+    let store = RedisStore::connect(url, common::options())
+        .await
+        .expect("connect");
+    Limiter::builder(store)
+        .policy("api", "gcra 3/1h".parse().expect("valid"))
+        .build()
+}
+
+async fn three_decisions(limiter: &Limiter<RedisStore>) {
+    for remaining in [2, 1, 0] {
+        let d = limiter.check("api", "k", 1).await.expect("redis");
+        assert!(d.allowed);
+        assert_eq!(d.remaining, remaining);
+    }
+    assert!(!limiter.check("api", "k", 1).await.expect("redis").allowed);
+}
+
+#[tokio::test]
+async fn a_user_who_may_call_but_not_load_functions_falls_back_to_scripts() {
+    let server = RedisServer::start();
+    let reply = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "caller",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-function",
+    ]);
+    assert_eq!(reply, "OK");
+    let limiter = limiter(&format!("redis://caller:pw@127.0.0.1:{}", server.port())).await;
+    three_decisions(&limiter).await;
+    assert!(!limiter.store().uses_functions());
+    // One FCALL, refused (the function is missing), then scripts only.
+    assert_eq!(common::calls(&server, "fcall"), 1);
+    assert_eq!(common::calls(&server, "evalsha"), 4);
+}
+
+#[tokio::test]
+async fn a_user_who_may_only_call_functions_uses_a_library_an_operator_loaded() {
+    let server = RedisServer::start();
+    server.cli(&["FUNCTION", "LOAD", &LIBRARY.source]);
+    let reply = server.cli(&[
+        "ACL",
+        "SETUSER",
+        "caller",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-function",
+        "-eval",
+        "-evalsha",
+        "-script",
+    ]);
+    assert_eq!(reply, "OK");
+    let limiter = limiter(&format!("redis://caller:pw@127.0.0.1:{}", server.port())).await;
+    three_decisions(&limiter).await;
+    assert!(limiter.store().uses_functions());
+    assert_eq!(common::calls(&server, "fcall"), 4);
+}
+
+#[tokio::test]
+async fn another_versions_library_is_left_alone() {
+    let server = RedisServer::start();
+    // What an older tollgate would have loaded: another name.
+    let old = "#!lua name=tollgate_0000000000000000\n\
+               redis.register_function('tollgate_0000000000000000', function() return 7 end)";
+    server.cli(&["FUNCTION", "LOAD", old]);
+    let limiter = limiter(&server.url()).await;
+    three_decisions(&limiter).await;
+    assert!(limiter.store().uses_functions());
+    // Both versions can decide side by side (a rolling upgrade).
+    assert_eq!(
+        server.cli(&["FCALL", "tollgate_0000000000000000", "0"]),
+        "7"
+    );
+    let libraries = server.cli(&["FUNCTION", "LIST"]);
+    assert!(libraries.contains(&LIBRARY.name), "{libraries}");
+    assert!(
+        libraries.contains("tollgate_0000000000000000"),
+        "{libraries}"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_loads_the_library_on_every_master_again_after_a_flush() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let store = RedisStore::connect_cluster(&cluster.urls(), common::options())
+        .await
+        .expect("connect");
+    let limiter = Limiter::builder(store)
+        .policy("api", "gcra 3/1h".parse().expect("valid"))
+        .build();
+    // Identities in every master's slots.
+    let identities: Vec<String> = (0..30).map(|i| format!("id-{i}")).collect();
+    for round in 0..2 {
+        for id in &identities {
+            assert!(limiter.check("api", id, 1).await.expect("redis").allowed);
+        }
+        let masters = cluster.master_ports();
+        for node in cluster.nodes() {
+            assert!(masters.contains(&node.port()));
+            let list = node.cli(&["FUNCTION", "LIST"]);
+            assert!(list.contains(&LIBRARY.name), "round {round}: {list}");
+            // As a new master would be: without the library.
+            assert_eq!(node.cli(&["FUNCTION", "FLUSH"]), "OK");
+        }
+    }
+    assert!(limiter.store().uses_functions());
+}
