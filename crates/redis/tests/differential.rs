@@ -269,9 +269,18 @@ fn redis_cluster_decides_exactly_like_memory() {
 fn redis_scripts_decide_exactly_like_memory() {
     let server = RedisServer::start();
     let url = common::scripts_only_user(&server);
-    run_cases(500, |clock| {
-        let url = url.clone();
-        async move { common::standalone(&url, clock).await }
-    });
+    let raw = redis::Client::open(server.url().as_str()).expect("url");
+    run_cases(
+        500,
+        |clock| {
+            let url = url.clone();
+            async move { common::standalone(&url, clock).await }
+        },
+        async move {
+            raw.get_multiplexed_async_connection()
+                .await
+                .expect("connect")
+        },
+    );
     common::assert_no_fcall_ran(&server);
 }

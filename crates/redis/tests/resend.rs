@@ -299,10 +299,7 @@ async fn charges(ports: &[u16], prefix: &str) -> BTreeMap<String, u64> {
                 .query_async(&mut connection)
                 .await
                 .expect("GET");
-            let count = value
-                .rsplit(':')
-                .next()
-                .and_then(|c| c.parse().ok())
+            let count = common::fixed_window_count(&value)
                 .unwrap_or_else(|| panic!("{key} = {value:?}: not a fixed window"));
             let identity = identity_of(&key).expect("a state key");
             assert!(
@@ -665,10 +662,7 @@ impl Migration {
                 .query_async(&mut connection)
                 .await
                 .expect("GET a key the node holds");
-            *count = value
-                .rsplit(':')
-                .next()
-                .and_then(|c| c.parse().ok())
+            *count = common::fixed_window_count(&value)
                 .unwrap_or_else(|| panic!("{key} = {value:?} on {port}"));
         }
         counts

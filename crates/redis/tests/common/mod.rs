@@ -86,3 +86,16 @@ pub fn assert_no_fcall_ran(server: &tollgate_testkit::redis::RedisServer) {
     assert_eq!(calls(server, "fcall"), 0);
     assert!(calls(server, "evalsha") > 0);
 }
+
+/// The count a `fixed_window` state holds, in either of its stored forms
+/// (docs/REDIS.md, "Keys and state"): compact, `-<start ms><count, 6
+/// digits>`, or text, `start:count`. `None` for anything else.
+pub fn fixed_window_count(value: &str) -> Option<u64> {
+    match value.strip_prefix('-') {
+        Some(digits) if digits.len() > 6 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            digits[digits.len() - 6..].parse().ok()
+        }
+        Some(_) => None,
+        None => value.split_once(':')?.1.parse().ok(),
+    }
+}
