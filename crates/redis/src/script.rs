@@ -139,8 +139,8 @@ pub const ENVOY_COUNTER_SOURCE: &str = concat!(
     include_str!("lua/envoy_counter.lua"),
 );
 
-/// A policy as the decision code takes it: one argument, "<algorithm>
-/// <limit> <period µs> <capacity> <scaled unit> <scaled rate>" (main.lua).
+/// A policy as the decision code takes it: one argument, `"<algorithm>
+/// <limit> <period µs> <capacity> <scaled unit> <scaled rate>"` (main.lua).
 /// One word per policy lets the library parse each policy once.
 pub fn policy_arg(policy: &tollgate::Policy) -> String {
     format!(

@@ -542,15 +542,26 @@ impl EnvoyStats {
                 return;
             }
             let labels = EnvoyLabels::of(stat_key);
-            // A new series that cannot be kept goes to the overflow under
-            // the read lock: request values past the cap never contend
-            // for the write lock.
-            let known = series.by_labels.contains_key(&labels);
-            if !known
-                && (series.by_labels.len() >= max_series || labels.len() > ENVOY_MAX_LABEL_BYTES)
-            {
-                bump(&self.overflow);
-                return;
+            // Whatever needs no new entry is counted under the read lock,
+            // so request values a client varies (a key the raw-key map is
+            // full for, a series past the cap) never contend for the
+            // write lock: a known series whose key cannot be remembered,
+            // and a new series that cannot be kept (the overflow).
+            let keep_key =
+                series.by_key.len() < max_series && stat_key.len() <= ENVOY_MAX_LABEL_BYTES;
+            match series.by_labels.get(&labels) {
+                Some(counters) if !keep_key => {
+                    bump(counters);
+                    return;
+                }
+                Some(_) => {}
+                None if series.by_labels.len() >= max_series
+                    || labels.len() > ENVOY_MAX_LABEL_BYTES =>
+                {
+                    bump(&self.overflow);
+                    return;
+                }
+                None => {}
             }
             labels
         };
@@ -704,6 +715,29 @@ mod tests {
             ("dom", "a_1", Some("b_2"))
         );
         assert_eq!(EnvoyLabels::of("dom.a").key2, None);
+    }
+
+    #[test]
+    fn a_known_series_counts_every_raw_key_once_the_raw_key_map_is_full() {
+        let metrics = Metrics::default();
+        metrics.envoy_config(&EnvoySettings {
+            stats_max_series: 2,
+            ..EnvoySettings::default()
+        });
+        let hit = EnvoyHits {
+            total_hits: 1,
+            ..EnvoyHits::default()
+        };
+        // Parts after the third are not labels: one series, many raw keys,
+        // as a client varying a later descriptor entry makes them.
+        for i in 0..10 {
+            metrics.envoy_hits(&format!("d.k1_v1.k2_v2.k3_{i}"), hit);
+        }
+        assert_eq!(metrics.envoy_series_count(), 1);
+        assert_eq!(metrics.envoy_series("d.k1_v1.k2_v2").total_hits, 10);
+        assert_eq!(metrics.envoy_overflow().total_hits, 0);
+        let series = metrics.envoy.series.read().expect("lock");
+        assert_eq!(series.by_key.len(), 2, "the raw-key map keeps its cap");
     }
 
     #[test]
