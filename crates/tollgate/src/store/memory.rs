@@ -59,6 +59,12 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// than entries. A larger cap is split over more shards.
 const SHARD_MAX: usize = u16::MAX as usize;
 
+/// The most shards a store has: the shard is chosen by 16 bits of the
+/// identity's hash (bits 40 to 55, [`Inner::shard`]), below the 7 top bits
+/// the hash table keeps for itself. With [`SHARD_MAX`] entries each, a
+/// store holds at most about 4.3 billion entries, whatever `max_keys` says.
+const MAX_SHARDS: usize = 1 << 16;
+
 /// Identities up to this many bytes are stored in the entry itself.
 const INLINE: usize = 20;
 
@@ -441,10 +447,12 @@ impl MemoryStoreBuilder {
     }
 
     /// The most entries (one per identity and policy) the store holds; at
-    /// least 1. Default [`DEFAULT_MAX_KEYS`]. Past it, the entries nearest
-    /// to becoming fresh are evicted (see the [module documentation](self)).
+    /// least 1, at most 65 536 × 65 535 (about 4.3 billion; larger values,
+    /// `usize::MAX` included, mean that). Default [`DEFAULT_MAX_KEYS`].
+    /// Past it, the entries nearest to becoming fresh are evicted (see the
+    /// [module documentation](self)).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys.max(1);
+        self.max_keys = max_keys.clamp(1, MAX_SHARDS * SHARD_MAX);
         self
     }
 
@@ -456,7 +464,7 @@ impl MemoryStoreBuilder {
                 let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
                 cores * 16
             })
-            .max(1)
+            .clamp(1, MAX_SHARDS)
             .next_power_of_two();
         // Every shard holds at least 16 entries, or a cap split over many
         // shards would evict while most of it is unused.
@@ -699,6 +707,15 @@ mod tests {
         assert!(!charge(&store, "q", b"alice", &policy));
         assert!(charge(&store, "p0", b"alice", &policy));
         assert_eq!(live_names(&store).len(), 2);
+    }
+
+    #[test]
+    fn the_largest_cap_builds_a_store_of_at_most_max_shards() {
+        let store = MemoryStore::builder().max_keys(usize::MAX).build();
+        assert_eq!(store.inner.shards.len(), super::MAX_SHARDS);
+        assert_eq!(store.inner.shard_max, super::SHARD_MAX);
+        let store = MemoryStore::builder().shards(usize::MAX).build();
+        assert!(store.inner.shards.len() <= super::MAX_SHARDS);
     }
 
     #[test]
