@@ -846,16 +846,33 @@ impl RedisStore {
         let mut fcall = is_fcall(&cmd);
         let (mut loaded, mut evaled) = (false, false);
         let mut ask: Option<String> = None;
+        // The node the last send was redirected to by an ASK, if it was.
+        let mut asked: Option<String> = None;
+        // An error met on the way (a failed FUNCTION LOAD), to go through
+        // the same rules as a reply before anything is sent again.
+        let mut pending: Option<RedisError> = None;
         let mut moved = false;
         let mut backoff = MIN_BACKOFF;
         loop {
-            let reply = match ask.take() {
-                Some(address) => connection.asking(&address, &cmd).await,
-                None => connection.req_packed_command(&cmd).await,
-            };
-            let error = match reply.and_then(Value::extract_error) {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
+            let error = match pending.take() {
+                Some(error) => error,
+                None => {
+                    let reply = match ask.take() {
+                        Some(address) => {
+                            let reply = connection.asking(&address, &cmd).await;
+                            asked = Some(address);
+                            reply
+                        }
+                        None => {
+                            asked = None;
+                            connection.req_packed_command(&cmd).await
+                        }
+                    };
+                    match reply.and_then(Value::extract_error) {
+                        Ok(value) => return Ok(value),
+                        Err(error) => error,
+                    }
+                }
             };
             let wait = match resend(&error, topology, fcall) {
                 Resend::Never => return Err(error),
@@ -887,6 +904,18 @@ impl RedisStore {
                     cmd = Cow::Owned(build(Call::Eval));
                     false
                 }
+                Resend::LoadLibrary if asked.is_some() => {
+                    // A node an ASK pointed to may own no slot yet (a new
+                    // master taking its first one), so a load sent to every
+                    // master would miss it: this call goes there again, as
+                    // an EVAL, which carries its code.
+                    let build = build.filter(|_| !evaled).ok_or(error)?;
+                    evaled = true;
+                    cmd = Cow::Owned(build(Call::Eval));
+                    fcall = false;
+                    ask = asked.take();
+                    false
+                }
                 Resend::LoadLibrary => {
                     let build = build.filter(|_| !loaded).ok_or(error)?;
                     loaded = true;
@@ -898,7 +927,15 @@ impl RedisStore {
                             cmd = Cow::Owned(build(Call::Evalsha));
                             fcall = false;
                         }
-                        Err(load) => return Err(load),
+                        Err(load) => {
+                            // The call did not run. A load refused by a
+                            // node that is no longer the master (READONLY),
+                            // or by a cluster that is busy (TRYAGAIN), is
+                            // handled as that reply to the call would be;
+                            // the load is tried again after it.
+                            loaded = false;
+                            pending = Some(load);
+                        }
                     }
                     false
                 }
