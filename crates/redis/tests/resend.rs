@@ -720,6 +720,28 @@ async fn cluster_multi_policy_check_waits_out_a_migration_that_splits_its_keys()
     assert_allowed(m.check().await, 3);
 }
 
+/// The node an ASK names may lack the library: a master taking its first
+/// slot owns none, so a load sent to every master misses it. The call is
+/// sent there again as an EVAL of its script (which carries its code),
+/// after ASKING, and is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_to_a_node_without_the_library_is_decided_there_by_eval() {
+    let mut m = Migration::start("asknolib").await;
+    assert_allowed(m.check().await, 1);
+    m.begin();
+    m.migrate(0);
+    m.migrate(1);
+    let target = m.target;
+    assert_eq!(m.cli(target, &["FUNCTION", "FLUSH"]), "OK");
+    assert_allowed(m.check().await, 2);
+    assert_eq!(m.counts(m.target).await, [2, 2]);
+    assert_eq!(
+        m.cli(target, &["FUNCTION", "LIST"]),
+        "",
+        "decided by EVAL on the target, not by loading the library there"
+    );
+}
+
 /// The redirections the store now follows itself, redis-rs's retries being
 /// off: ASK (with ASKING, on the importing node) and MOVED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
