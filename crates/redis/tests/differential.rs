@@ -229,22 +229,30 @@ where
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A plain connection to the standalone Redis at `url`, for the rewrites.
+fn raw_connection(
+    url: &str,
+) -> impl std::future::Future<Output = redis::aio::MultiplexedConnection> + use<> {
+    let client = redis::Client::open(url).expect("url");
+    async move {
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+}
+
 #[test]
 fn redis_decides_exactly_like_memory() {
     let server = RedisServer::start();
     let url = server.url();
-    let raw = redis::Client::open(url.as_str()).expect("url");
     run_cases(
         2_000,
         |clock| {
             let url = url.clone();
             async move { common::standalone(&url, clock).await }
         },
-        async move {
-            raw.get_multiplexed_async_connection()
-                .await
-                .expect("connect")
-        },
+        raw_connection(&url),
     );
 }
 
@@ -269,18 +277,13 @@ fn redis_cluster_decides_exactly_like_memory() {
 fn redis_scripts_decide_exactly_like_memory() {
     let server = RedisServer::start();
     let url = common::scripts_only_user(&server);
-    let raw = redis::Client::open(server.url().as_str()).expect("url");
     run_cases(
         500,
         |clock| {
             let url = url.clone();
             async move { common::standalone(&url, clock).await }
         },
-        async move {
-            raw.get_multiplexed_async_connection()
-                .await
-                .expect("connect")
-        },
+        raw_connection(&server.url()),
     );
     common::assert_no_fcall_ran(&server);
 }

@@ -29,19 +29,7 @@ async fn three_decisions(limiter: &Limiter<RedisStore>) {
 #[tokio::test]
 async fn a_user_who_may_call_but_not_load_functions_falls_back_to_scripts() {
     let server = RedisServer::start();
-    let reply = server.cli(&[
-        "ACL",
-        "SETUSER",
-        "caller",
-        "on",
-        ">pw",
-        "~*",
-        "&*",
-        "+@all",
-        "-function",
-    ]);
-    assert_eq!(reply, "OK");
-    let limiter = limiter(&format!("redis://caller:pw@127.0.0.1:{}", server.port())).await;
+    let limiter = limiter(&common::user_without(&server, "caller", &["-function"])).await;
     three_decisions(&limiter).await;
     assert!(!limiter.store().uses_functions());
     // One FCALL, refused (the function is missing), then scripts only.
@@ -53,22 +41,8 @@ async fn a_user_who_may_call_but_not_load_functions_falls_back_to_scripts() {
 async fn a_user_who_may_only_call_functions_uses_a_library_an_operator_loaded() {
     let server = RedisServer::start();
     server.cli(&["FUNCTION", "LOAD", &LIBRARY.source]);
-    let reply = server.cli(&[
-        "ACL",
-        "SETUSER",
-        "caller",
-        "on",
-        ">pw",
-        "~*",
-        "&*",
-        "+@all",
-        "-function",
-        "-eval",
-        "-evalsha",
-        "-script",
-    ]);
-    assert_eq!(reply, "OK");
-    let limiter = limiter(&format!("redis://caller:pw@127.0.0.1:{}", server.port())).await;
+    let denied = ["-function", "-eval", "-evalsha", "-script"];
+    let limiter = limiter(&common::user_without(&server, "caller", &denied)).await;
     three_decisions(&limiter).await;
     assert!(limiter.store().uses_functions());
     assert_eq!(common::calls(&server, "fcall"), 4);

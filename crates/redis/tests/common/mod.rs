@@ -52,21 +52,21 @@ pub async fn sentinel(
 /// (`FCALL`, `FUNCTION`), as an operator might; returns its URL. A store
 /// connecting with it must decide through `EVALSHA`.
 pub fn scripts_only_user(server: &tollgate_testkit::redis::RedisServer) -> String {
-    let reply = server.cli(&[
-        "ACL",
-        "SETUSER",
-        "scripts",
-        "on",
-        ">pw",
-        "~*",
-        "&*",
-        "+@all",
-        "-function",
-        "-fcall",
-        "-fcall_ro",
-    ]);
-    assert_eq!(reply, "OK");
-    format!("redis://scripts:pw@127.0.0.1:{}", server.port())
+    user_without(server, "scripts", &["-function", "-fcall", "-fcall_ro"])
+}
+
+/// Creates user `name` (password `pw`) on `server`, allowed every command,
+/// key and channel except the ACL rules `denied` (e.g. `-function`);
+/// returns its URL.
+pub fn user_without(
+    server: &tollgate_testkit::redis::RedisServer,
+    name: &str,
+    denied: &[&str],
+) -> String {
+    let mut args = vec!["ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all"];
+    args.extend_from_slice(denied);
+    assert_eq!(server.cli(&args), "OK");
+    format!("redis://{name}:pw@127.0.0.1:{}", server.port())
 }
 
 /// The calls `server` counts for `command` (`INFO commandstats`), 0 if none.
