@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -313,6 +313,12 @@ struct Inner {
     /// (Redis before 7, or an ACL without `FCALL` or `FUNCTION LOAD`):
     /// decisions are `EVALSHA`s of scripts from then on (docs/REDIS.md).
     scripts_only: AtomicBool,
+    /// Loads of the function library completed so far, and the lock one
+    /// load at a time holds: when a server lost the library (a restart,
+    /// `FUNCTION FLUSH`), every call in flight finds it missing, and one
+    /// load serves them all instead of one compile each.
+    library_loads: AtomicU64,
+    loading: tokio::sync::Mutex<()>,
     /// Tests only: the time sent to the script instead of Redis's clock.
     #[cfg(feature = "test-clock")]
     clock: Option<tollgate::ManualClock>,
@@ -597,6 +603,8 @@ impl RedisStore {
                 timeout: options.timeout,
                 connect_timeout: options.connect_timeout,
                 scripts_only: AtomicBool::new(false),
+                library_loads: AtomicU64::new(0),
+                loading: tokio::sync::Mutex::new(()),
                 #[cfg(feature = "test-clock")]
                 clock: None,
             }),
@@ -851,12 +859,16 @@ impl RedisStore {
         // An error met on the way (a failed FUNCTION LOAD), to go through
         // the same rules as a reply before anything is sent again.
         let mut pending: Option<RedisError> = None;
+        // The library loads completed before the last send: a load after
+        // it may already have put the library back.
+        let mut loads_before = 0;
         let mut moved = false;
         let mut backoff = MIN_BACKOFF;
         loop {
             let error = match pending.take() {
                 Some(error) => error,
                 None => {
+                    loads_before = self.inner.library_loads.load(Ordering::Acquire);
                     let reply = match ask.take() {
                         Some(address) => {
                             let reply = connection.asking(&address, &cmd).await;
@@ -918,9 +930,24 @@ impl RedisStore {
                 }
                 Resend::LoadLibrary => {
                     let build = build.filter(|_| !loaded).ok_or(error)?;
-                    loaded = true;
                     // Boxed: a rare path, kept out of every call's future.
-                    match Box::pin(load_library(connection)).await {
+                    let load = Box::pin(async {
+                        let _one = self.inner.loading.lock().await;
+                        if self.inner.library_loads.load(Ordering::Acquire) != loads_before {
+                            // Loaded since this call was sent: send it again.
+                            return None;
+                        }
+                        let result = load_library(connection).await;
+                        if result.is_ok() {
+                            self.inner.library_loads.fetch_add(1, Ordering::Release);
+                        }
+                        Some(result)
+                    });
+                    let Some(result) = load.await else {
+                        continue;
+                    };
+                    loaded = true;
+                    match result {
                         Ok(()) => {}
                         Err(load) if functions_unavailable(&load) => {
                             self.use_scripts(&load);

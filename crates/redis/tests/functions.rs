@@ -97,3 +97,29 @@ async fn a_cluster_loads_the_library_on_every_master_again_after_a_flush() {
     }
     assert!(limiter.store().uses_functions());
 }
+
+/// A server that lost the library (a restart, `FUNCTION FLUSH`) finds it
+/// missing for every call in flight: one load serves them all, instead of
+/// one compile of the whole library each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_when_the_library_is_missing_share_one_load() {
+    let server = RedisServer::start();
+    let limiter = limiter(&server.url()).await;
+    three_decisions(&limiter).await;
+    assert_eq!(common::calls(&server, "function|load"), 1);
+    assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
+    let checks = (0..50).map(|i| {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.check("api", &format!("c{i}"), 1).await })
+    });
+    for check in checks.collect::<Vec<_>>() {
+        let decision = check.await.expect("task").expect("redis");
+        assert!(decision.allowed);
+        assert_eq!(decision.remaining, 2, "charged once");
+    }
+    assert_eq!(
+        common::calls(&server, "function|load"),
+        2,
+        "one load for 50 calls"
+    );
+}
