@@ -20,9 +20,9 @@ const SENTINEL_HINT: &str = "install Redis Sentinel with `apt-get install redis-
      (Debian/Ubuntu)";
 /// Bound on waiting for the sentinels to agree on a new topology.
 const AGREE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a sentinel waits before it deems an unanswering master down
-/// (Redis's default is 30 s; tests fail over in a few seconds).
-const DOWN_AFTER_MS: u32 = 1000;
+/// How long a sentinel waits by default before it deems an unanswering
+/// master down (Redis's default is 30 s; tests fail over in a few seconds).
+const DOWN_AFTER: Duration = Duration::from_secs(1);
 
 /// What [`RedisSentinel::start_with`] starts.
 #[derive(Debug, Clone)]
@@ -44,6 +44,12 @@ pub struct SentinelSetup {
     /// TLS, and [`RedisSentinel::sentinel_urls`] are `rediss://` (the
     /// plain ports stay, for the test kit's own probes).
     pub tls: Option<Certificates>,
+    /// How long the sentinels wait before they deem an unanswering master
+    /// down (`down-after-milliseconds`): 1 s by default, so that failover
+    /// tests fail over in a few seconds. Tests that must not fail over
+    /// take longer, so that a master starved of CPU on a busy machine is
+    /// not replaced under them (losing the writes it had not replicated).
+    pub down_after: Duration,
 }
 
 impl Default for SentinelSetup {
@@ -57,6 +63,7 @@ impl Default for SentinelSetup {
             master_password: None,
             sentinel_password: None,
             tls: None,
+            down_after: DOWN_AFTER,
         }
     }
 }
@@ -84,6 +91,12 @@ impl SentinelSetup {
     /// Speaks TLS with `certificates` (see [`SentinelSetup::tls`]).
     pub fn tls(mut self, certificates: Certificates) -> Self {
         self.tls = Some(certificates);
+        self
+    }
+
+    /// Sets how long the sentinels wait before they deem the master down.
+    pub fn down_after(mut self, down_after: Duration) -> Self {
+        self.down_after = down_after;
         self
     }
 }
@@ -521,10 +534,11 @@ impl SentinelProcess {
             let mut config = format!(
                 "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
                  sentinel monitor {name} 127.0.0.1 {master} {quorum}\n\
-                 sentinel down-after-milliseconds {name} {DOWN_AFTER_MS}\n\
+                 sentinel down-after-milliseconds {name} {down_after}\n\
                  sentinel failover-timeout {name} 10000\n\
                  sentinel parallel-syncs {name} 1\n",
-                dir.display()
+                dir.display(),
+                down_after = setup.down_after.as_millis(),
             );
             if let Some(password) = &setup.master_password {
                 config.push_str(&format!("sentinel auth-pass {name} {password}\n"));
