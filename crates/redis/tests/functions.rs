@@ -123,3 +123,44 @@ async fn calls_in_flight_when_the_library_is_missing_share_one_load() {
         "one load for 50 calls"
     );
 }
+
+/// The library keeps parsed policies in two bounded generations: across
+/// many one-off policies (more than both hold), a policy in steady use and
+/// every one-off one are still decided exactly.
+#[tokio::test]
+async fn decisions_stay_exact_while_one_off_policies_turn_the_policy_cache_over() {
+    use tollgate::{Check, Mode, Policy, PolicyRef, Store};
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), common::options())
+        .await
+        .expect("connect");
+    let steady: Policy = "fixed_window 1000/1h".parse().expect("valid");
+    let check = |name: &'static str, policy: &Policy, key: &str| {
+        let store = store.clone();
+        let (policy, key) = (*policy, key.to_owned());
+        async move {
+            let refs = [PolicyRef {
+                name,
+                policy: &policy,
+            }];
+            let decisions = store
+                .apply(Check::new(key.as_bytes(), &refs, 1, Mode::Consume))
+                .await
+                .expect("redis");
+            decisions[0]
+        }
+    };
+    for i in 0..1_500u64 {
+        // A policy never seen before, of a limit of its own.
+        let one_off: Policy = format!("fixed_window {}/1h", 2 + i).parse().expect("valid");
+        let d = check("one_off", &one_off, &format!("o{i}")).await;
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 1 + i, "one-off policy {i}");
+        if i % 100 == 0 {
+            let d = check("steady", &steady, "s").await;
+            assert!(d.allowed);
+            assert_eq!(d.remaining, 999 - i / 100, "steady policy at {i}");
+        }
+    }
+    assert!(store.uses_functions());
+}

@@ -25,28 +25,38 @@
 -- `decide` sets every per-call one (the clock's) afresh.
 
 -- The policies parsed so far, by their argument: a library parses each
--- policy once, not on every call (a script, on every call). Bounded: past
--- POLICIES_MAX policies (overrides can make many) it starts afresh.
-local POLICIES, POLICIES_CACHED, POLICIES_MAX = {}, 0, 1024
+-- policy once, not on every call (a script, on every call). Bounded, in two
+-- generations of at most POLICIES_MAX each: when the young one is full it
+-- becomes the old one and the oldest is dropped, and a policy found in the
+-- old one moves back to the young. So a stream of one-off policies (Envoy
+-- overrides carry their numbers in the request, which a client chooses)
+-- costs parsing for those alone, and a policy in use at least once per
+-- generation stays parsed.
+local POLICIES, OLD_POLICIES, POLICIES_CACHED, POLICIES_MAX = {}, {}, 0, 512
 
 -- Policy `spec` (one ARGV word, above) as the table the algorithms take
 -- (never written to), or nil when it is not one.
 local function policy(spec)
   local p = POLICIES[spec]
   if p then return p end
-  local name, limit, period, capacity, unit, rate =
-    string.match(spec, '^([%w_]+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-  local alg = name and ALG[name]
-  if not alg then return nil end
-  p = {
-    alg = alg,
-    limit = tonum(limit),
-    period = tonum(period),
-    capacity = tonum(capacity),
-    unit = tonum(unit),
-    rate = tonum(rate),
-  }
-  if POLICIES_CACHED >= POLICIES_MAX then POLICIES, POLICIES_CACHED = {}, 0 end
+  p = OLD_POLICIES[spec]
+  if not p then
+    local name, limit, period, capacity, unit, rate =
+      string.match(spec, '^([%w_]+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+    local alg = name and ALG[name]
+    if not alg then return nil end
+    p = {
+      alg = alg,
+      limit = tonum(limit),
+      period = tonum(period),
+      capacity = tonum(capacity),
+      unit = tonum(unit),
+      rate = tonum(rate),
+    }
+  end
+  if POLICIES_CACHED >= POLICIES_MAX then
+    POLICIES, OLD_POLICIES, POLICIES_CACHED = {}, POLICIES, 0
+  end
   POLICIES[spec] = p
   POLICIES_CACHED = POLICIES_CACHED + 1
   return p
