@@ -313,10 +313,12 @@ struct Inner {
     /// (Redis before 7, or an ACL without `FCALL` or `FUNCTION LOAD`):
     /// decisions are `EVALSHA`s of scripts from then on (docs/REDIS.md).
     scripts_only: AtomicBool,
-    /// Loads of the function library completed so far, and the lock one
-    /// load at a time holds: when a server lost the library (a restart,
-    /// `FUNCTION FLUSH`), every call in flight finds it missing, and one
-    /// load serves them all instead of one compile each.
+    /// Attempts to load the function library completed so far (whatever
+    /// their outcome), and the lock one attempt at a time holds: when a
+    /// server lost the library (a restart, `FUNCTION FLUSH`), every call in
+    /// flight finds it missing, and one attempt serves them all instead of
+    /// one compile each (or, when the load is refused, one refusal each in
+    /// turn).
     library_loads: AtomicU64,
     loading: tokio::sync::Mutex<()>,
     /// Tests only: the time sent to the script instead of Redis's clock.
@@ -859,8 +861,9 @@ impl RedisStore {
         // An error met on the way (a failed FUNCTION LOAD), to go through
         // the same rules as a reply before anything is sent again.
         let mut pending: Option<RedisError> = None;
-        // The library loads completed before the last send: a load after
-        // it may already have put the library back.
+        // The library load attempts completed before the last send (set
+        // before every send; the first error always follows one): one
+        // after it may already have put the library back.
         let mut loads_before = 0;
         let mut moved = false;
         let mut backoff = MIN_BACKOFF;
@@ -934,19 +937,25 @@ impl RedisStore {
                     let load = Box::pin(async {
                         let _one = self.inner.loading.lock().await;
                         if self.inner.library_loads.load(Ordering::Acquire) != loads_before {
-                            // Loaded since this call was sent: send it again.
                             return None;
                         }
                         let result = load_library(connection).await;
-                        if result.is_ok() {
-                            self.inner.library_loads.fetch_add(1, Ordering::Release);
-                        }
+                        self.inner.library_loads.fetch_add(1, Ordering::Release);
                         Some(result)
                     });
+                    loaded = true;
                     let Some(result) = load.await else {
+                        // Another call tried since this one was sent: it
+                        // counts as this call's attempt. Sent again as that
+                        // call left things (the library loaded, or scripts
+                        // from now on); a library still missing then is
+                        // this call's error, not another load.
+                        if !self.uses_functions() {
+                            cmd = Cow::Owned(build(Call::Evalsha));
+                            fcall = false;
+                        }
                         continue;
                     };
-                    loaded = true;
                     match result {
                         Ok(()) => {}
                         Err(load) if functions_unavailable(&load) => {

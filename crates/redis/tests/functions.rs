@@ -164,3 +164,41 @@ async fn decisions_stay_exact_while_one_off_policies_turn_the_policy_cache_over(
     }
     assert!(store.uses_functions());
 }
+
+/// When the library is missing and loading it is refused (here: Redis is
+/// out of memory), the calls in flight do not queue up to be refused one
+/// after another: one attempt answers them all, and each fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_share_one_refused_load() {
+    let server = RedisServer::start();
+    let limiter = limiter(&server.url()).await;
+    three_decisions(&limiter).await;
+    assert_eq!(server.cli(&["FUNCTION", "FLUSH"]), "OK");
+    assert_eq!(
+        server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "OK"
+    );
+    assert_eq!(server.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    let checks = (0..50).map(|i| {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.check("api", &format!("c{i}"), 1).await })
+    });
+    for check in checks.collect::<Vec<_>>() {
+        assert!(
+            check.await.expect("task").is_err(),
+            "no library, none loadable"
+        );
+    }
+    let refused: u64 = server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find(|l| l.starts_with("cmdstat_function|load:"))
+        .and_then(|l| l.split("rejected_calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("FUNCTION LOAD was refused");
+    assert!(refused <= 2, "{refused} refused loads for 50 calls");
+    assert_eq!(server.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    let decision = limiter.check("api", "after", 1).await.expect("redis");
+    assert!(decision.allowed);
+}
