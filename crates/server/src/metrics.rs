@@ -730,9 +730,26 @@ mod tests {
         };
         // Parts after the third are not labels: one series, many raw keys,
         // as a client varying a later descriptor entry makes them.
-        for i in 0..10 {
+        for i in 0..3 {
             metrics.envoy_hits(&format!("d.k1_v1.k2_v2.k3_{i}"), hit);
         }
+        // From now on no raw key is new to the map's cap: every hit is
+        // counted under the read lock, so a reader holding it (here: this
+        // test) never makes a hit wait.
+        let metrics = std::sync::Arc::new(metrics);
+        let reader = metrics.envoy.series.read().expect("lock");
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = std::sync::Arc::clone(&metrics);
+        let hits = std::thread::spawn(move || {
+            for i in 3..10 {
+                writer.envoy_hits(&format!("d.k1_v1.k2_v2.k3_{i}"), hit);
+            }
+            done.send(()).expect("send");
+        });
+        let counted = finished.recv_timeout(std::time::Duration::from_secs(5));
+        drop(reader);
+        hits.join().expect("hits");
+        assert!(counted.is_ok(), "a hit waited for the write lock");
         assert_eq!(metrics.envoy_series_count(), 1);
         assert_eq!(metrics.envoy_series("d.k1_v1.k2_v2").total_hits, 10);
         assert_eq!(metrics.envoy_overflow().total_hits, 0);
