@@ -717,13 +717,19 @@ mod tests {
         assert_eq!(EnvoyLabels::of("dom.a").key2, None);
     }
 
-    #[test]
-    fn a_known_series_counts_every_raw_key_once_the_raw_key_map_is_full() {
+    /// Metrics that keep at most two Envoy series (and two raw keys).
+    fn two_envoy_series() -> Metrics {
         let metrics = Metrics::default();
         metrics.envoy_config(&EnvoySettings {
             stats_max_series: 2,
             ..EnvoySettings::default()
         });
+        metrics
+    }
+
+    #[test]
+    fn a_known_series_counts_every_raw_key_once_the_raw_key_map_is_full() {
+        let metrics = two_envoy_series();
         let hit = EnvoyHits {
             total_hits: 1,
             ..EnvoyHits::default()
@@ -759,11 +765,7 @@ mod tests {
 
     #[test]
     fn envoy_series_are_capped_and_the_rest_overflows() {
-        let metrics = Metrics::default();
-        metrics.envoy_config(&EnvoySettings {
-            stats_max_series: 2,
-            ..EnvoySettings::default()
-        });
+        let metrics = two_envoy_series();
         let hit = EnvoyHits {
             total_hits: 1,
             within_limit: 1,
