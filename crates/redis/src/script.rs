@@ -143,15 +143,27 @@ pub const ENVOY_COUNTER_SOURCE: &str = concat!(
 /// <limit> <period µs> <capacity> <scaled unit> <scaled rate>"` (main.lua).
 /// One word per policy lets the library parse each policy once.
 pub fn policy_arg(policy: &tollgate::Policy) -> String {
-    format!(
-        "{} {} {} {} {} {}",
-        policy.algorithm().name(),
-        policy.limit(),
-        policy.period_us(),
-        policy.capacity(),
-        policy.scaled_unit(),
-        policy.scaled_rate()
-    )
+    PolicyArg(policy).to_string()
+}
+
+/// [`policy_arg`] as it is written: the store writes it straight into the
+/// command's buffer, with no string of its own per decision.
+pub(crate) struct PolicyArg<'a>(pub(crate) &'a tollgate::Policy);
+
+impl std::fmt::Display for PolicyArg<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let policy = self.0;
+        write!(
+            f,
+            "{} {} {} {} {} {}",
+            policy.algorithm().name(),
+            policy.limit(),
+            policy.period_us(),
+            policy.capacity(),
+            policy.scaled_unit(),
+            policy.scaled_rate()
+        )
+    }
 }
 
 /// The envoyproxy/ratelimit counter script, hashed once.

@@ -1062,7 +1062,7 @@ impl RedisStore {
         let consume = if mode == Mode::Consume { "1" } else { "0" };
         cmd.arg(consume).arg(cost).arg(now);
         for p in policies {
-            cmd.arg(script::policy_arg(p.policy));
+            redis::RedisWrite::write_arg_fmt(&mut cmd, script::PolicyArg(p.policy));
         }
         cmd
     }
