@@ -48,10 +48,12 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::Decision;
 pub use error::{Error, StoreError};
 pub use limiter::{Limiter, LimiterBuilder, MultiDecision};
-pub use policy::{Algorithm, Policy, PolicyError};
+pub use policy::{Algorithm, Lease, Policy, PolicyError};
 pub use resilience::{FailureMode, ResilienceOptions, Resilient};
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
-pub use store::{Check, Decisions, Mode, PolicyRef, Store};
+pub use store::{
+    Check, Decisions, Held, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, Store,
+};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../../../README.md")]

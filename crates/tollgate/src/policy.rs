@@ -164,6 +164,12 @@ pub enum PolicyError {
          token_bucket, gcra, leaky_bucket)"
     )]
     UnknownAlgorithm(String),
+    /// Leasing was asked of an algorithm that cannot lease exactly.
+    #[error("{0} cannot lease: {reason}", reason = lease_refusal(*.0))]
+    LeaseNotSupported(Algorithm),
+    /// A lease's `max` or `ttl` is out of bounds.
+    #[error("invalid lease: {0}")]
+    InvalidLease(String),
     /// The text could not be parsed.
     #[error("invalid policy `{text}`: {reason}")]
     Syntax {
@@ -206,6 +212,77 @@ pub struct Policy {
     unit: u64,
     /// `limit / gcd(period_us, limit)`: scaled units gained per microsecond.
     rate: u64,
+    /// Leasing, when turned on ([`Policy::with_lease`]).
+    lease: Option<Lease>,
+}
+
+/// Why an algorithm cannot lease, in the words of its error.
+const fn lease_refusal(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingLog => {
+            "sliding_log records the instant of every admitted unit, and a leased unit is \
+             spent at an instant the store never sees"
+        }
+        Algorithm::LeakyBucket => {
+            "leaky_bucket answers each request with its own delay, its place in the queue, \
+             which only the store knows"
+        }
+        _ => "not supported",
+    }
+}
+
+/// Leasing for one policy ([`Policy::with_lease`]): an instance may take up
+/// to `max` units of the policy from the shared store in one atomic step —
+/// charged there before any of them is spent — and spend them locally for
+/// at most `ttl`. `docs/LEASES.md` has the rules and the argument that a
+/// fleet spending leases never admits more than the policy allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    max: u64,
+    ttl_us: u64,
+}
+
+impl Lease {
+    /// The longest a lease may live.
+    pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+    /// At most `max` units per lease, each lease spent within `ttl`.
+    ///
+    /// # Errors
+    /// [`PolicyError::InvalidLease`] when `max` is below 2 (a lease of one
+    /// unit is a decision in the store) or above [`MAX_LIMIT`], or `ttl` is
+    /// below one millisecond or above [`Lease::MAX_TTL`].
+    pub fn new(max: u64, ttl: Duration) -> Result<Lease, PolicyError> {
+        if !(2..=MAX_LIMIT).contains(&max) {
+            return Err(PolicyError::InvalidLease(format!(
+                "max must be between 2 and {MAX_LIMIT} units, not {max}"
+            )));
+        }
+        if ttl < Duration::from_millis(1) || ttl > Self::MAX_TTL {
+            return Err(PolicyError::InvalidLease(format!(
+                "ttl must be between 1ms and 1h, not {ttl:?}"
+            )));
+        }
+        Ok(Lease {
+            max,
+            ttl_us: crate::clock::micros(ttl),
+        })
+    }
+
+    /// The most units one lease holds.
+    pub const fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// The longest one lease lives.
+    pub const fn ttl(&self) -> Duration {
+        Duration::from_micros(self.ttl_us)
+    }
+
+    /// [`ttl`](Self::ttl) in microseconds.
+    pub const fn ttl_us(&self) -> u64 {
+        self.ttl_us
+    }
 }
 
 impl Policy {
@@ -264,6 +341,7 @@ impl Policy {
             burst,
             unit: period_us / g,
             rate: limit / g,
+            lease: None,
         };
         policy.check_exact()?;
         Ok(policy)
@@ -348,6 +426,45 @@ impl Policy {
     /// Scaled units gained per microsecond: `limit / gcd(period_us, limit)`.
     pub const fn scaled_rate(&self) -> u64 {
         self.rate
+    }
+
+    /// This policy, leased ([`Lease`]): decisions on a hot key are made
+    /// from units taken from the store in batches. Only `fixed_window`,
+    /// `sliding_window`, `token_bucket` and `gcra` can lease exactly.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::policy::{Lease, Policy};
+    /// let lease = Lease::new(100, Duration::from_millis(200))?;
+    /// let p: Policy = "fixed_window 10000/s".parse::<Policy>()?.with_lease(lease)?;
+    /// assert_eq!(p.lease(), Some(lease));
+    /// assert!("sliding_log 10/s".parse::<Policy>()?.with_lease(lease).is_err());
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PolicyError::LeaseNotSupported`] for `sliding_log` and `leaky_bucket`.
+    pub fn with_lease(mut self, lease: Lease) -> Result<Policy, PolicyError> {
+        if matches!(
+            self.algorithm,
+            Algorithm::SlidingLog | Algorithm::LeakyBucket
+        ) {
+            return Err(PolicyError::LeaseNotSupported(self.algorithm));
+        }
+        self.lease = Some(lease);
+        Ok(self)
+    }
+
+    /// The policy's leasing, if turned on.
+    pub const fn lease(&self) -> Option<Lease> {
+        self.lease
+    }
+
+    /// This policy without leasing: what the store decides with. Two
+    /// policies that differ only in leasing decide alike.
+    pub const fn without_lease(mut self) -> Policy {
+        self.lease = None;
+        self
     }
 }
 

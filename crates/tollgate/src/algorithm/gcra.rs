@@ -23,18 +23,41 @@ pub(super) fn fresh_at(tat_us: u64, tat_frac: u64) -> u64 {
     tat_us + u64::from(tat_frac > 0)
 }
 
+/// The stored TAT as `policy` reads it: its fraction is in steps of the
+/// rate that wrote it, so under another rate it is rounded up to the next
+/// whole microsecond (never earlier).
+pub(super) fn as_read(policy: &Policy, tat_us: u64, tat_frac: u64, tat_rate: u64) -> (u64, u64) {
+    if tat_rate == policy.scaled_rate() || tat_frac == 0 {
+        (tat_us, tat_frac)
+    } else {
+        (tat_us + 1, 0)
+    }
+}
+
+/// The most whole microseconds [`ahead`] counts.
+fn ahead_cap(policy: &Policy) -> u64 {
+    div_ceil(
+        (policy.burst() + 1) * policy.scaled_unit(),
+        policy.scaled_rate(),
+    ) + 1
+}
+
 /// How far the TAT is ahead of `now`, in scaled units (0 if behind), at
 /// most one microsecond past the tolerance plus one unit: beyond that every
 /// request is denied whatever the distance, and the cap keeps the product
 /// below 2^53 when the TAT was written under a slower policy.
 fn ahead(policy: &Policy, tat_us: u64, tat_frac: u64, now: u64) -> u64 {
-    let rate = policy.scaled_rate();
-    let cap = div_ceil((policy.burst() + 1) * policy.scaled_unit(), rate) + 1;
     if tat_us >= now {
-        (tat_us - now).min(cap) * rate + tat_frac
+        (tat_us - now).min(ahead_cap(policy)) * policy.scaled_rate() + tat_frac
     } else {
         0
     }
+}
+
+/// [`ahead`], or `None` when the cap would make it less than the truth.
+pub(super) fn exactly_ahead(policy: &Policy, tat_us: u64, tat_frac: u64, now: u64) -> Option<u64> {
+    (tat_us < now || tat_us - now <= ahead_cap(policy))
+        .then(|| ahead(policy, tat_us, tat_frac, now))
 }
 
 /// When `cost` fits again: `before + cost * unit - tolerance` scaled units
@@ -71,11 +94,7 @@ pub(super) fn decide(
     let unit = policy.scaled_unit();
     let rate = policy.scaled_rate();
     let tolerance = policy.burst() * unit;
-    let (stored_us, stored_frac) = if *tat_rate == rate || *tat_frac == 0 {
-        (*tat_us, *tat_frac)
-    } else {
-        (*tat_us + 1, 0)
-    };
+    let (stored_us, stored_frac) = as_read(policy, *tat_us, *tat_frac, *tat_rate);
     let before = ahead(policy, stored_us, stored_frac, now);
     let allowed = cost <= policy.burst() && before + cost * unit <= tolerance;
     let charged = allowed && mode == Mode::Consume;

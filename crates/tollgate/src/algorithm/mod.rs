@@ -13,10 +13,12 @@
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
+mod lease;
 mod sliding_log;
 mod sliding_window;
 mod token_bucket;
 
+pub use lease::{LEASE_SHARE, give_back, lease_size, lease_until};
 pub use sliding_log::Log;
 
 use std::time::Duration;

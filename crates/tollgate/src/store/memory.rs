@@ -43,8 +43,11 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use super::{Check, Decisions, Mode, PolicyRef, Store, all_or_nothing, all_or_nothing_into};
-use crate::algorithm::{State, decide, expires_at};
+use super::{
+    Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, Store, all_or_nothing,
+    all_or_nothing_into,
+};
+use crate::algorithm::{State, decide, expires_at, give_back, lease_size, lease_until};
 use crate::{Clock, Decision, StoreError, SystemClock};
 
 /// A shard never sweeps below this many entries: sweeping tiny tables often
@@ -378,6 +381,69 @@ impl MemoryStore {
         })
     }
 
+    /// [`Store::lease`], synchronously: every step under the identity's
+    /// shard lock, so the whole call is atomic like a check.
+    pub fn lease_sync(&self, call: LeaseCall<'_>) -> LeaseAnswer {
+        let LeaseCall { check, asks } = call;
+        let inner = &*self.inner;
+        let hash = inner.hasher.hash_one(check.key);
+        let mut shard = inner.shard(hash);
+        let at = At {
+            key: check.key,
+            hash,
+            now: inner.clock.now_us(),
+        };
+        let now = at.now;
+        let mut answer = LeaseAnswer::default();
+        // Given back first, then each lease's end read before the check
+        // charges anything.
+        let mut until = smallvec::SmallVec::<[u64; 2]>::new();
+        for (&p, ask) in check.policies.iter().zip(asks) {
+            let returned = shard.update(p, at, |state| {
+                give_back(p.policy, state, now, ask.held.units, ask.held.until)
+            });
+            answer.leased.push(Leased {
+                returned,
+                ..Leased::default()
+            });
+            until.push(if ask.want > 0 {
+                let end = shard.read(p, at, |state| lease_until(p.policy, state, now));
+                end.min(now.saturating_add(ask.ttl_us))
+            } else {
+                now
+            });
+        }
+        all_or_nothing_into(
+            &mut answer.decisions,
+            check.policies.len(),
+            Mode::Consume,
+            |i, mode| shard.decide_policy(inner, check.policies[i], at, check.cost, mode),
+        );
+        if answer.decisions.iter().all(|d| d.allowed) {
+            for (i, &p) in check.policies.iter().enumerate() {
+                let decision = &mut answer.decisions[i];
+                let units = if until[i] > now {
+                    lease_size(asks[i].want, decision.remaining)
+                } else {
+                    0
+                };
+                if units == 0 {
+                    continue;
+                }
+                let after = shard.decide_policy(inner, p, at, units, Mode::Consume);
+                debug_assert!(after.allowed, "a lease takes only what remains");
+                decision.remaining = after.remaining;
+                decision.reset_after = after.reset_after;
+                let leased = &mut answer.leased[i];
+                (leased.units, leased.until, leased.valid_us) = (units, until[i], until[i] - now);
+            }
+        }
+        if shard.table.len() >= shard.sweep_at {
+            shard.sweep(inner, now);
+        }
+        answer
+    }
+
     fn reset_sync(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
@@ -550,6 +616,44 @@ impl Shard {
         self.decide_absent(store, p, at, cost, mode)
     }
 
+    /// Reads the live state of `p` for the identity (a fresh one when
+    /// there is none).
+    fn read<R>(&mut self, p: PolicyRef<'_>, at: At<'_>, f: impl FnOnce(&State) -> R) -> R {
+        let At { key, hash, now } = at;
+        let live = self.names.find(p.name).and_then(|name| {
+            self.table
+                .find(hash, |e| e.is(name, key))
+                .filter(|e| e.expires_at > now)
+        });
+        match live {
+            Some(entry) => f(&entry.state),
+            None => f(&State::fresh(p.policy, now)),
+        }
+    }
+
+    /// Changes the live state of `p` for the identity with `f`, which
+    /// returns how much it changed (0: nothing), then sets its expiry from
+    /// the state: exactly when it is fresh, as the Lua script does. An
+    /// identity with no live state is left alone (`f` is not called).
+    fn update(&mut self, p: PolicyRef<'_>, at: At<'_>, f: impl FnOnce(&mut State) -> u64) -> u64 {
+        let At { key, hash, now } = at;
+        let Some(name) = self.names.find(p.name) else {
+            return 0;
+        };
+        let Some(entry) = self
+            .table
+            .find_mut(hash, |e| e.is(name, key))
+            .filter(|e| e.expires_at > now)
+        else {
+            return 0;
+        };
+        let changed = f(&mut entry.state);
+        if changed > 0 {
+            entry.expires_at = expires_at(entry.state.fresh_at(p.policy));
+        }
+        changed
+    }
+
     /// Decides for an identity with no live state, inserting one if charged
     /// (making room first when the shard is full).
     fn decide_absent(
@@ -638,6 +742,10 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl Store for MemoryStore {
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         Ok(self.apply_sync(check))
+    }
+
+    async fn lease(&self, call: LeaseCall<'_>) -> Result<LeaseAnswer, StoreError> {
+        Ok(self.lease_sync(call))
     }
 
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {

@@ -55,6 +55,66 @@ impl<'a> Check<'a> {
 /// Decisions of one store call, one per policy, in the order given.
 pub type Decisions = SmallVec<[Decision; 2]>;
 
+/// Units of a lease not spent, handed back to the store: how many, and the
+/// instant (store microseconds, [`Leased::until`]) the lease was valid
+/// until. The store takes them only while the lease is valid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Units not spent.
+    pub units: u64,
+    /// The lease's end, as the store granted it.
+    pub until: u64,
+}
+
+/// What a lease call asks of one policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseAsk {
+    /// Units wanted beyond the request's own cost (0: take no lease).
+    pub want: u64,
+    /// The longest the lease may live, in microseconds.
+    pub ttl_us: u64,
+    /// A previous lease's unspent units, given back first.
+    pub held: Held,
+}
+
+/// A check that may also take leases: the check is decided as
+/// [`Store::apply`] decides it (always [`Mode::Consume`]), and when it is
+/// allowed each policy with a `want` takes a lease of up to that many more
+/// units. See [`Store::lease`].
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseCall<'a> {
+    /// The check; its mode must be [`Mode::Consume`].
+    pub check: Check<'a>,
+    /// One per policy of the check, in its order.
+    pub asks: &'a [LeaseAsk],
+}
+
+/// What a lease call did for one policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leased {
+    /// Units leased (charged in the store, to be spent by the caller).
+    pub units: u64,
+    /// Until when they may be spent (store microseconds): given back with
+    /// them in [`Held::until`].
+    pub until: u64,
+    /// `until` minus the store's time of the call: how long the lease is
+    /// valid, for a caller that does not share the store's clock.
+    pub valid_us: u64,
+    /// Units of [`LeaseAsk::held`] the store took back.
+    pub returned: u64,
+}
+
+/// The outcome of a [`LeaseCall`]: the check's decisions — each
+/// `remaining` counting what is left in the store after the lease — and
+/// one [`Leased`] per policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseAnswer {
+    /// The check's decisions, one per policy.
+    pub decisions: Decisions,
+    /// What each policy leased and took back.
+    pub leased: SmallVec<[Leased; 2]>,
+}
+
 /// Whether a call charges the cost or only looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -136,6 +196,32 @@ pub trait Store: Send + Sync + 'static {
     /// checks).
     fn apply(&self, check: Check<'_>)
     -> impl Future<Output = Result<Decisions, StoreError>> + Send;
+
+    /// Decides `call.check` as [`apply`](Self::apply) does (charging it
+    /// when every policy allows), and, in the same atomic step:
+    ///
+    /// 1. first gives back each policy's [`LeaseAsk::held`] units
+    ///    ([`give_back`](crate::algorithm::give_back));
+    /// 2. then, when the check is allowed, leases to each policy with a
+    ///    `want` up to that many more units
+    ///    ([`lease_size`](crate::algorithm::lease_size) of what remains),
+    ///    charged now, valid until [`lease_until`](crate::algorithm::lease_until)
+    ///    of the state before this call charged anything, capped at the
+    ///    ask's time to live.
+    ///
+    /// The default decides the check with [`apply`](Self::apply), leases
+    /// nothing and takes nothing back (the held units are forfeited):
+    /// exact, only slower. Every store of this workspace leases.
+    fn lease(
+        &self,
+        call: LeaseCall<'_>,
+    ) -> impl Future<Output = Result<LeaseAnswer, StoreError>> + Send {
+        async move {
+            let decisions = self.apply(call.check).await?;
+            let leased = decisions.iter().map(|_| Leased::default()).collect();
+            Ok(LeaseAnswer { decisions, leased })
+        }
+    }
 
     /// Forgets `key`'s state for each policy.
     fn reset(

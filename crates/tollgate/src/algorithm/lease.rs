@@ -1,0 +1,178 @@
+//! Leases: units charged in the store before they are spent elsewhere.
+//!
+//! Three pure functions, each with a Lua twin in the Redis store (the
+//! differential test requires both to agree), make up the store's half of
+//! leasing; `docs/LEASES.md` argues why together they never let a fleet
+//! admit more than a policy allows:
+//!
+//! - [`lease_until`]: until when units taken from a state now may be spent.
+//!   For the windows, the end of the window they are charged in. For the
+//!   buckets, the instant the bucket *as it was before the lease* would be
+//!   full again: until then, no refill that the leased units would have
+//!   made is lost to the bucket's cap, so the store's level plus every unit
+//!   still held in leases never exceeds the capacity.
+//! - [`lease_size`]: how much one lease takes of what remains.
+//! - [`give_back`]: units of a lease not spent, returned while the lease is
+//!   valid — exactly as if they had never been charged, since nothing that
+//!   happened in between (a window moving, a refill capped) depended on them.
+
+use super::{State, div_rem, gcra, rescale_down, token_bucket};
+use crate::Policy;
+
+/// One lease takes at most this fraction (`1 / LEASE_SHARE`) of what
+/// remains in the store after the request that takes it, and at least one
+/// unit when anything remains: near the limit leases shrink to single
+/// units, and instances asking in turn get nearly equal shares.
+pub const LEASE_SHARE: u64 = 16;
+
+/// Until when (store microseconds) units leased from `state` at `now`,
+/// before anything is charged at `now`, may be spent; `now` itself when no
+/// lease may be taken (a full bucket, or an algorithm that cannot lease).
+/// The caller caps it further at the lease's time to live.
+///
+/// ```
+/// use tollgate::algorithm::{State, lease_until};
+/// let window: tollgate::Policy = "fixed_window 100/s".parse().unwrap();
+/// let state = State::fresh(&window, 250_000);
+/// assert_eq!(lease_until(&window, &state, 250_000), 1_000_000); // the window's end
+/// let bucket: tollgate::Policy = "token_bucket 10/s burst 10".parse().unwrap();
+/// let full = State::fresh(&bucket, 0);
+/// assert_eq!(lease_until(&bucket, &full, 0), 0); // a full bucket leases nothing
+/// ```
+pub fn lease_until(policy: &Policy, state: &State, now: u64) -> u64 {
+    let p = policy.period_us();
+    let fresh;
+    let state = if state.algorithm() == policy.algorithm() {
+        state
+    } else {
+        fresh = State::fresh(policy, now);
+        &fresh
+    };
+    match *state {
+        State::FixedWindow { start, .. } | State::SlidingWindow { start, .. } => {
+            // The window a charge at `now` lands in (as `decide` finds it).
+            let held = start - start % p;
+            let window = if now >= held + p { now - now % p } else { held };
+            window + p
+        }
+        State::TokenBucket { level, last, unit } => {
+            let current =
+                token_bucket::refill(policy, rescale_down(level, unit, policy), last, now);
+            let full = policy.burst() * policy.scaled_unit();
+            if current >= full {
+                now
+            } else {
+                token_bucket::fresh_at(policy, current, last.max(now))
+            }
+        }
+        State::Gcra {
+            tat_us,
+            tat_frac,
+            rate,
+        } => {
+            let (tat_us, tat_frac) = gcra::as_read(policy, tat_us, tat_frac, rate);
+            gcra::fresh_at(tat_us, tat_frac).max(now)
+        }
+        State::SlidingLog(_) | State::LeakyBucket { .. } => now,
+    }
+}
+
+/// How many units one lease takes when `remaining` units remain after the
+/// request taking it: `want`, at most [`LEASE_SHARE`]'s share of what
+/// remains, and at least one unit when anything remains.
+///
+/// ```
+/// use tollgate::algorithm::lease_size;
+/// assert_eq!(lease_size(1_000, 16_000), 1_000);
+/// assert_eq!(lease_size(1_000, 1_600), 100);
+/// assert_eq!(lease_size(1_000, 3), 1); // the last units go one at a time
+/// assert_eq!(lease_size(1_000, 0), 0);
+/// ```
+pub const fn lease_size(want: u64, remaining: u64) -> u64 {
+    let share = remaining / LEASE_SHARE;
+    let share = if share == 0 && remaining > 0 {
+        1
+    } else {
+        share
+    };
+    if want < share { want } else { share }
+}
+
+/// Gives back to `state` at `now` up to `units` of a lease that was valid
+/// until `until` (store microseconds), and returns how many it gave back.
+///
+/// Nothing is given back once the lease is over (`now >= until`), to a
+/// state of another algorithm, or beyond what the state holds: a window
+/// counter never goes below zero, a bucket never above full. A window's
+/// units go back only to the window the lease ended with.
+///
+/// ```
+/// use tollgate::Mode;
+/// use tollgate::algorithm::{State, decide, give_back, lease_until};
+/// let policy: tollgate::Policy = "fixed_window 100/s".parse().unwrap();
+/// let mut state = State::fresh(&policy, 0);
+/// let until = lease_until(&policy, &state, 0);
+/// decide(&policy, &mut state, 0, 10, Mode::Consume); // a lease of 10
+/// assert_eq!(give_back(&policy, &mut state, 500_000, 4, until), 4);
+/// assert_eq!(decide(&policy, &mut state, 500_000, 1, Mode::Peek).remaining, 94);
+/// // Once the window (and with it the lease) is over, nothing goes back.
+/// assert_eq!(give_back(&policy, &mut state, 1_000_000, 4, until), 0);
+/// ```
+pub fn give_back(policy: &Policy, state: &mut State, now: u64, units: u64, until: u64) -> u64 {
+    if units == 0 || now >= until || state.algorithm() != policy.algorithm() {
+        return 0;
+    }
+    let p = policy.period_us();
+    match state {
+        State::FixedWindow { start, count } => {
+            let held = *start - *start % p;
+            if now >= held + p || until <= held || until > held + p {
+                return 0;
+            }
+            let given = units.min(*count);
+            *count -= given;
+            given
+        }
+        State::SlidingWindow { start, curr, .. } => {
+            let held = *start - *start % p;
+            if now >= held + p || until <= held || until > held + p {
+                return 0;
+            }
+            let given = units.min(*curr);
+            *curr -= given;
+            given
+        }
+        State::TokenBucket { level, last, unit } => {
+            let scaled = policy.scaled_unit();
+            let current =
+                token_bucket::refill(policy, rescale_down(*level, *unit, policy), *last, now);
+            let full = policy.burst() * scaled;
+            let given = units.min((full - current.min(full)) / scaled);
+            if given > 0 {
+                (*level, *last, *unit) = (current + given * scaled, (*last).max(now), scaled);
+            }
+            given
+        }
+        State::Gcra {
+            tat_us,
+            tat_frac,
+            rate,
+        } => {
+            let scaled = policy.scaled_unit();
+            let (stored_us, stored_frac) = gcra::as_read(policy, *tat_us, *tat_frac, *rate);
+            let Some(before) = gcra::exactly_ahead(policy, stored_us, stored_frac, now) else {
+                // Further ahead than any decision reads: written under a
+                // slower policy, and not this lease's to shorten.
+                return 0;
+            };
+            let given = units.min(before / scaled);
+            if given > 0 {
+                let after = before - given * scaled;
+                let (whole, frac) = div_rem(after, policy.scaled_rate());
+                (*tat_us, *tat_frac, *rate) = (now + whole, frac, policy.scaled_rate());
+            }
+            given
+        }
+        State::SlidingLog(_) | State::LeakyBucket { .. } => 0,
+    }
+}
