@@ -39,8 +39,9 @@ impl Switchable {
     }
 }
 
-impl Store for Switchable {
-    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+impl Switchable {
+    /// Counts a call, then fails, hangs or waits as switched.
+    async fn gate(&self) -> Result<(), StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match self.health.load(Ordering::SeqCst) {
             FAILING => Err(StoreError::Unavailable("switched off".into())),
@@ -50,9 +51,24 @@ impl Store for Switchable {
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-                self.store.apply(check).await
+                Ok(())
             }
         }
+    }
+}
+
+impl Store for Switchable {
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        self.gate().await?;
+        self.store.apply(check).await
+    }
+
+    async fn lease(
+        &self,
+        call: crate::store::LeaseCall<'_>,
+    ) -> Result<crate::store::LeaseAnswer, StoreError> {
+        self.gate().await?;
+        self.store.lease(call).await
     }
 
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
@@ -587,4 +603,167 @@ fn failure_modes_parse_and_shares_scale() {
     assert_eq!((local.limit(), local.burst()), (2, 1));
     let p: Policy = "sliding_log 3/1m".parse().expect("valid");
     assert_eq!(local_policy(&p, 0.1).expect("valid").limit(), 1);
+}
+
+// Leases (the local half: `leases.rs`). The store's half is tested with
+// the algorithms; these follow a check through the wrapper.
+
+fn leased(text: &str, max: u64, ttl_ms: u64) -> crate::Policy {
+    text.parse::<crate::Policy>()
+        .expect("valid")
+        .with_lease(crate::Lease::new(max, Duration::from_millis(ttl_ms)).expect("valid"))
+        .expect("leases")
+}
+
+fn lease_limiter(
+    store: Resilient<Switchable>,
+    policy: crate::Policy,
+) -> Limiter<Resilient<Switchable>> {
+    Limiter::builder(store).policy("hot", policy).build()
+}
+
+#[tokio::test]
+async fn a_hot_key_is_served_from_leases_and_admits_exactly_the_limit() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = lease_limiter(
+        Resilient::new(inner.clone(), options(&clock)),
+        leased("fixed_window 1000/1h", 100, 60_000),
+    );
+    let mut allowed = 0;
+    for i in 0..3000 {
+        // A microsecond apart: a hot key's rate.
+        clock.advance(Duration::from_micros(1));
+        let d = limiter.check("hot", "k", 1).await.expect("ok");
+        assert!(!d.degraded);
+        if d.allowed {
+            allowed += 1;
+            assert!(
+                d.remaining <= 1000 - allowed,
+                "check {i}: remaining {} promises more than is left",
+                d.remaining
+            );
+        }
+    }
+    assert_eq!(
+        allowed, 1000,
+        "leases never admit more, and lose nothing on one instance"
+    );
+    let stats = limiter.store().stats().leases;
+    assert!(stats.taken > 0 && stats.units > 0, "{stats:?}");
+    assert!(
+        inner.calls() < 300,
+        "{} store calls for 3000 checks: leases served most",
+        inner.calls()
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_a_store_admit_the_limit_between_them_never_more() {
+    let clock = ManualClock::new(1_000_000);
+    let shared = Switchable::with_clock(clock.clone());
+    let policy = leased("fixed_window 500/1h", 64, 60_000);
+    let fleet: Vec<_> = (0..3)
+        .map(|_| lease_limiter(Resilient::new(shared.clone(), options(&clock)), policy))
+        .collect();
+    let mut admitted = [0u64; 3];
+    for round in 0..2000 {
+        clock.advance(Duration::from_micros(1));
+        let i = round % 3;
+        if fleet[i].check("hot", "k", 1).await.expect("ok").allowed {
+            admitted[i] += 1;
+        }
+    }
+    let total: u64 = admitted.iter().sum();
+    assert_eq!(
+        total, 500,
+        "admitted {admitted:?}: the whole limit, never more"
+    );
+    for (i, n) in admitted.iter().enumerate() {
+        assert!(
+            (150..=184).contains(n),
+            "instance {i} admitted {n} of 500 ({admitted:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_key_never_leases() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = lease_limiter(
+        Resilient::new(inner.clone(), options(&clock)),
+        leased("fixed_window 1000/1h", 100, 100),
+    );
+    for _ in 0..50 {
+        clock.advance(Duration::from_millis(20));
+        assert!(limiter.check("hot", "k", 1).await.expect("ok").allowed);
+    }
+    assert_eq!(limiter.store().stats().leases.taken, 0);
+    assert_eq!(inner.calls(), 50, "every check decided in the store");
+}
+
+#[tokio::test]
+async fn a_lease_in_hand_is_spent_while_the_store_is_down() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = lease_limiter(
+        Resilient::new(
+            inner.clone(),
+            options(&clock).failure_mode(FailureMode::Closed),
+        ),
+        leased("fixed_window 100000/1h", 50, 60_000),
+    );
+    for _ in 0..20 {
+        clock.advance(Duration::from_micros(1));
+        limiter.check("hot", "k", 1).await.expect("ok");
+    }
+    let held = limiter.store().stats().leases.units;
+    assert!(held > 0, "a lease was taken");
+    inner.set(FAILING);
+    let calls = inner.calls();
+    // Units of the lease still in hand are spent without the store, not degraded.
+    let d = limiter.check("hot", "k", 1).await.expect("ok");
+    assert!(d.allowed && !d.degraded);
+    assert_eq!(inner.calls(), calls, "no store call");
+}
+
+#[tokio::test]
+async fn a_reset_revokes_leases_and_a_changed_policy_ends_them() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(inner.clone(), options(&clock));
+    let limiter = lease_limiter(store.clone(), leased("fixed_window 1000/1h", 100, 60_000));
+    let warm = |limiter: Limiter<Resilient<Switchable>>, clock: ManualClock| async move {
+        for _ in 0..40 {
+            clock.advance(Duration::from_micros(1));
+            limiter.check("hot", "k", 1).await.expect("ok");
+        }
+    };
+    warm(limiter.clone(), clock.clone()).await;
+    let before = store.stats().leases;
+    assert!(before.units > before.forfeited, "{before:?}");
+    limiter.reset("hot", "k").await.expect("reset");
+    let after = store.stats().leases;
+    assert!(
+        after.forfeited > before.forfeited,
+        "the reset forfeited the lease: {after:?}"
+    );
+    let calls = inner.calls();
+    clock.advance(Duration::from_micros(1));
+    limiter.check("hot", "k", 1).await.expect("ok");
+    assert_eq!(inner.calls(), calls + 1, "after a reset the store decides");
+
+    warm(limiter.clone(), clock.clone()).await;
+    let before = store.stats().leases;
+    let changed = lease_limiter(store.clone(), leased("fixed_window 2000/1h", 100, 60_000));
+    let calls = inner.calls();
+    clock.advance(Duration::from_micros(1));
+    changed.check("hot", "k", 1).await.expect("ok");
+    assert_eq!(
+        inner.calls(),
+        calls + 1,
+        "a changed policy is decided in the store"
+    );
+    assert!(store.stats().leases.forfeited > before.forfeited);
 }
