@@ -77,6 +77,29 @@ pub fn lease_until(policy: &Policy, state: &State, now: u64) -> u64 {
     }
 }
 
+/// The units worth asking for a lease valid for `valid_us` when `want`
+/// units are what a whole time to live (`ttl_us`) would spend: `want`
+/// scaled by `valid_us / ttl_us` (at most 1), so that a lease that can only
+/// live briefly (a window about to end, a bucket nearly full) holds only
+/// what can be spent in that time. The fraction is taken in steps of 2^-20
+/// so that every product stays below 2^53 (the Lua twin computes in
+/// doubles).
+///
+/// ```
+/// use tollgate::algorithm::lease_want;
+/// assert_eq!(lease_want(1_000, 500_000, 100_000), 1_000);
+/// assert_eq!(lease_want(1_000, 50_000, 100_000), 500);
+/// assert_eq!(lease_want(1_000, 0, 100_000), 0);
+/// ```
+pub const fn lease_want(want: u64, valid_us: u64, ttl_us: u64) -> u64 {
+    if valid_us >= ttl_us {
+        return want;
+    }
+    // valid_us < ttl_us <= 3.6e9 < 2^32, and want <= 2^32 (Lease::max).
+    let fraction = (valid_us << 20) / ttl_us;
+    (want * fraction) >> 20
+}
+
 /// How many units one lease takes when `remaining` units remain after the
 /// request taking it: `want`, at most [`LEASE_SHARE`]'s share of what
 /// remains, and at least one unit when anything remains.

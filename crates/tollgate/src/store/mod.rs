@@ -203,11 +203,12 @@ pub trait Store: Send + Sync + 'static {
     /// 1. first gives back each policy's [`LeaseAsk::held`] units
     ///    ([`give_back`](crate::algorithm::give_back));
     /// 2. then, when the check is allowed, leases to each policy with a
-    ///    `want` up to that many more units
-    ///    ([`lease_size`](crate::algorithm::lease_size) of what remains),
-    ///    charged now, valid until [`lease_until`](crate::algorithm::lease_until)
-    ///    of the state before this call charged anything, capped at the
-    ///    ask's time to live.
+    ///    `want` more units, charged now and valid until
+    ///    [`lease_until`](crate::algorithm::lease_until) of the state before
+    ///    this call charged anything, capped at the ask's time to live: as
+    ///    many as [`lease_size`](crate::algorithm::lease_size) lets of what
+    ///    remains, asking [`lease_want`](crate::algorithm::lease_want) — the
+    ///    want scaled to how long the lease can live.
     ///
     /// The default decides the check with [`apply`](Self::apply), leases
     /// nothing and takes nothing back (the held units are forfeited):
