@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tollgate::resilience::LeaseStats;
+
 use crate::config::{DEFAULT_STATS_MAX_SERIES, EnvoySettings};
 
 /// What happened to one policy's decision.
@@ -85,6 +87,8 @@ pub struct StoreGauges {
     pub local: (usize, u64),
     /// Times the circuit breaker opened from closed.
     pub breaker_opened: u64,
+    /// What leasing did (policies with `lease:`).
+    pub leases: LeaseStats,
 }
 
 /// The server's metrics. Every update is one or two atomic operations; the
@@ -257,7 +261,7 @@ impl Metrics {
             &'static str,
             fn(&StoreGauges) -> u64,
         );
-        let families: [Family; 4] = [
+        let families: [Family; 9] = [
             (
                 "tollgate_store_errors_total",
                 "Store calls that failed (timeouts included).",
@@ -281,6 +285,36 @@ impl Metrics {
                 "Decisions answered by the local deny cache.",
                 "counter",
                 |s| s.deny_cache_hits,
+            ),
+            (
+                "tollgate_leases_taken_total",
+                "Leases taken from the store (one per policy that leased units in a store call).",
+                "counter",
+                |s| s.leases.taken,
+            ),
+            (
+                "tollgate_lease_units_leased_total",
+                "Units leased: charged in the store to be spent in this process.",
+                "counter",
+                |s| s.leases.units,
+            ),
+            (
+                "tollgate_lease_units_returned_total",
+                "Units of ended leases given back to the store.",
+                "counter",
+                |s| s.leases.returned,
+            ),
+            (
+                "tollgate_lease_units_forfeited_total",
+                "Units of ended leases neither spent nor given back (expired, revoked, refused, or lost with a failed call).",
+                "counter",
+                |s| s.leases.forfeited,
+            ),
+            (
+                "tollgate_lease_keys",
+                "(policy, identity) pairs the leasing layer tracks.",
+                "gauge",
+                |s| u64::try_from(s.leases.keys).unwrap_or(u64::MAX),
             ),
         ];
         for (name, help, kind, value) in families {
@@ -715,6 +749,74 @@ mod tests {
             ("dom", "a_1", Some("b_2"))
         );
         assert_eq!(EnvoyLabels::of("dom.a").key2, None);
+    }
+
+    /// The lease series, from a real leasing layer (the library's
+    /// `Resilient` over a memory store): a hot key takes leases, a check
+    /// costing more than the lease holds gives the rest back, and an
+    /// expired lease is forfeited.
+    #[tokio::test]
+    async fn lease_counters_come_from_the_leasing_layer() {
+        use tollgate::resilience::{ResilienceOptions, Resilient};
+        use tollgate::{Lease, Limiter, ManualClock, MemoryStore, Policy};
+
+        let clock = ManualClock::new(1_000_000);
+        let store = Resilient::new(
+            MemoryStore::builder().clock(clock.clone()).build(),
+            ResilienceOptions::default().clock(clock.clone()),
+        );
+        let policy = "fixed_window 100000/1h"
+            .parse::<Policy>()
+            .expect("valid")
+            .with_lease(Lease::new(100, Duration::from_secs(1)).expect("valid"))
+            .expect("leases");
+        let limiter = Limiter::builder(store).policy("hot", policy).build();
+        let check = |cost| limiter.check("hot", "k", cost);
+        for _ in 0..200 {
+            clock.advance(Duration::from_micros(10));
+            assert!(check(1).await.expect("decides").allowed);
+        }
+        // More than any lease holds: a store call that gives the rest back.
+        assert!(check(500).await.expect("decides").allowed);
+        for _ in 0..200 {
+            clock.advance(Duration::from_micros(10));
+            assert!(check(1).await.expect("decides").allowed);
+        }
+        // The lease held now outlives its ttl: the next store call forfeits it.
+        clock.advance(Duration::from_secs(2));
+        assert!(check(500).await.expect("decides").allowed);
+        let leases = limiter.store().stats().leases;
+        assert!(leases.taken > 0, "{leases:?}");
+        assert!(leases.returned > 0, "{leases:?}");
+        assert!(leases.forfeited > 0, "{leases:?}");
+        assert!(leases.keys > 0, "{leases:?}");
+        let text = Metrics::default().render(ExternalGauges {
+            main: StoreGauges {
+                leases,
+                ..StoreGauges::default()
+            },
+            per_second: None,
+        });
+        for (name, kind, value) in [
+            ("tollgate_leases_taken_total", "counter", leases.taken),
+            ("tollgate_lease_units_leased_total", "counter", leases.units),
+            (
+                "tollgate_lease_units_returned_total",
+                "counter",
+                leases.returned,
+            ),
+            (
+                "tollgate_lease_units_forfeited_total",
+                "counter",
+                leases.forfeited,
+            ),
+            ("tollgate_lease_keys", "gauge", leases.keys as u64),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n{name} {value}\n")),
+                "{name}:\n{text}"
+            );
+        }
     }
 
     /// Metrics that keep at most two Envoy series (and two raw keys).
