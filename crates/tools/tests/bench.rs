@@ -83,6 +83,153 @@ async fn direct_redis_fleet_admits_exactly_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_redis_counts_the_commands_redis_ran() {
+    let server = RedisServer::start();
+    let summary = bench::bench(&args(&[
+        "direct",
+        "--store",
+        &server.url(),
+        "--policy",
+        "fixed_window 1000/1h",
+        "--concurrency",
+        "4",
+        "--max-requests",
+        "200",
+    ]))
+    .await
+    .expect("runs");
+    assert_eq!((summary.allowed, summary.errors), (200, 0));
+    // Without leases every decision is one script call in Redis (the 4
+    // first may be sent twice: refused once before the library is loaded),
+    // and a script runs commands of its own.
+    let redis = summary.redis.expect("counted on Redis");
+    assert!((200..=204).contains(&redis.script_calls), "{redis:?}");
+    assert!(redis.commands > redis.script_calls, "{redis:?}");
+    let per_call = redis.script_calls_per_admitted.expect("some admitted");
+    assert!((1.0..=1.02).contains(&per_call), "{redis:?}");
+    assert!(summary.leases.is_none());
+    let text = summary.text();
+    assert!(
+        text.contains(&format!(
+            "redis       {} commands ({} script calls): ",
+            redis.commands, redis.script_calls
+        )),
+        "{text}"
+    );
+}
+
+/// `--lease-max`/`--lease-ttl` arguments of a `direct` bench of one hot
+/// key: `fixed_window 100/1h`, 600 requests from 3 instances.
+fn leased_direct(store: &str) -> BenchArgs {
+    args(&[
+        "direct",
+        "--store",
+        store,
+        "--instances",
+        "3",
+        "--policy",
+        "fixed_window 100/1h",
+        "--lease-max",
+        "20",
+        "--lease-ttl",
+        "1m",
+        "--concurrency",
+        "4",
+        "--max-requests",
+        "600",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_leases_admit_exactly_the_limit_and_report_what_leasing_did() {
+    let summary = bench::bench(&leased_direct("memory")).await.expect("runs");
+    // Leases live longer than the run and every instance keeps being asked,
+    // so every leased unit is spent: the whole limit, never more.
+    assert_eq!(
+        (summary.allowed, summary.denied, summary.errors),
+        (100, 500, 0)
+    );
+    assert!(summary.accuracy.as_ref().expect("policy known").ok());
+    assert!(
+        summary.target.contains("lease max 20 ttl 60s"),
+        "{}",
+        summary.target
+    );
+    let leases = summary.leases.expect("leasing reported");
+    assert!(leases.taken > 0 && leases.units > 0, "{leases:?}");
+    assert!(leases.units <= 100, "{leases:?}");
+    assert!(
+        leases.store_calls < summary.requests,
+        "leases served some checks without the store: {leases:?}"
+    );
+    assert!(summary.redis.is_none());
+    assert!(
+        summary.text().contains("leases      taken "),
+        "{}",
+        summary.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_redis_leases_admit_exactly_the_limit() {
+    let server = RedisServer::start();
+    let summary = bench::bench(&leased_direct(&server.url()))
+        .await
+        .expect("runs");
+    assert_eq!(
+        (summary.allowed, summary.denied, summary.errors),
+        (100, 500, 0)
+    );
+    assert!(summary.accuracy.expect("policy known").ok());
+    assert!(summary.leases.is_some());
+    let redis = summary.redis.expect("counted on Redis");
+    assert!(redis.script_calls > 0, "{redis:?}");
+}
+
+#[test]
+fn lease_flags_come_together_and_only_for_algorithms_that_lease() {
+    for half in [["--lease-max", "10"], ["--lease-ttl", "1s"]] {
+        let mut argv = vec!["bench", "direct"];
+        argv.extend_from_slice(&half);
+        assert!(Cli::try_parse_from(argv).is_err(), "{half:?} alone");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let refused = |line: &[&str]| {
+        let mut argv = vec!["direct", "--max-requests", "1"];
+        argv.extend_from_slice(line);
+        runtime.block_on(bench::bench(&args(&argv)))
+    };
+    let log = refused(&[
+        "--policy",
+        "sliding_log 10/1s",
+        "--lease-max",
+        "10",
+        "--lease-ttl",
+        "1s",
+    ]);
+    assert!(
+        matches!(
+            log,
+            Err(BenchError::Policy(
+                tollgate::PolicyError::LeaseNotSupported(_)
+            ))
+        ),
+        "{log:?}"
+    );
+    let tiny = refused(&["--lease-max", "1", "--lease-ttl", "1s"]);
+    assert!(
+        matches!(
+            tiny,
+            Err(BenchError::Policy(tollgate::PolicyError::InvalidLease(_)))
+        ),
+        "{tiny:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_open_model_sends_on_schedule() {
     // 200/s for 0.5 s: exactly 100 arrivals; a token bucket of 10 refilled
     // at 1/min admits 10.

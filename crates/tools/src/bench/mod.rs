@@ -18,6 +18,7 @@ pub mod load;
 pub mod report;
 pub mod target;
 
+use std::fmt::Write as _;
 use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -28,7 +29,7 @@ use tokio::sync::Semaphore;
 use tollgate::Policy;
 
 use load::{KeyPicker, LoadArgs, Model, Plan};
-use report::{Collector, Summary};
+use report::{Collector, RedisCommands, Summary};
 use target::Client;
 
 /// Why a bench could not run. A target that answers with errors is not
@@ -76,6 +77,14 @@ pub enum TargetArgs {
         /// share one store.
         #[arg(long, default_value_t = 1)]
         instances: usize,
+        /// Lease the policy: at most this many units per lease (with
+        /// `--lease-ttl`). Each instance then checks through the resilience
+        /// layer, where leases are held and spent.
+        #[arg(long, requires = "lease_ttl", value_name = "UNITS")]
+        lease_max: Option<u64>,
+        /// The longest a lease lives (with `--lease-max`), e.g. `100ms`.
+        #[arg(long, requires = "lease_max", value_parser = crate::parse_duration, value_name = "DURATION")]
+        lease_ttl: Option<Duration>,
         /// Load options.
         #[command(flatten)]
         load: LoadArgs,
@@ -155,17 +164,26 @@ async fn setup(args: &TargetArgs, artillery: &load::ArtilleryTarget) -> Result<S
         .transpose()?;
     match args {
         TargetArgs::Direct {
-            store, instances, ..
+            store,
+            instances,
+            lease_max,
+            lease_ttl,
+            ..
         } => {
             target::check_store_loopback(store, load.allow_remote).await?;
-            let policy = match expected {
+            let mut policy = match expected {
                 Some(p) => p,
                 None => "gcra 1000/1s".parse()?,
             };
+            let mut description = format!("direct {store} x{instances}, policy {policy}");
+            if let (Some(max), Some(ttl)) = (lease_max, lease_ttl) {
+                policy = policy.with_lease(tollgate::Lease::new(*max, *ttl)?)?;
+                let _ = write!(description, ", lease max {max} ttl {ttl:?}");
+            }
             let client = Client::direct(store, *instances, policy).await?;
             Ok(Setup {
                 client,
-                description: format!("direct {store} x{instances}, policy {policy}"),
+                description,
                 policy: Some(policy),
             })
         }
@@ -381,11 +399,25 @@ pub async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
         max_requests: load.max_requests.unwrap_or(u64::MAX),
         timeout: load.timeout,
     });
+    // `direct` on Redis: the commands Redis runs for the run's requests
+    // (connections are set up by now).
+    let redis_store = match &args.target {
+        TargetArgs::Direct { store, .. } if store != "memory" => Some(store.as_str()),
+        _ => None,
+    };
+    let commands_before = match redis_store {
+        Some(store) => target::redis_counts(store).await?,
+        None => None,
+    };
     let unix_start = unix_us();
     let start = Instant::now();
     let progress = Progress::start(&shared, plan.duration);
     drive(&shared, &plan, load).await;
     let elapsed = start.elapsed();
+    let commands_after = match redis_store {
+        Some(store) => target::redis_counts(store).await?,
+        None => None,
+    };
     let unix_end = unix_start + tollgate::clock::micros(elapsed);
     if let Some(progress) = progress {
         progress.finish().await;
@@ -394,7 +426,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
         .collector
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Summary::new(
+    let mut summary = Summary::new(
         description,
         plan.phases.iter().map(ToString::to_string).collect(),
         &collector,
@@ -402,7 +434,16 @@ pub async fn bench(args: &BenchArgs) -> Result<Summary, BenchError> {
         (unix_start, unix_end),
         policy.as_ref().map(|p| (p, load.cost)),
         &|key| format!("{key_prefix}{key}"),
-    ))
+    );
+    summary.leases = shared.client.lease_report();
+    if let (Some(before), Some(after)) = (commands_before, commands_after) {
+        summary.redis = Some(RedisCommands::new(
+            after.commands.saturating_sub(before.commands),
+            after.script_calls.saturating_sub(before.script_calls),
+            summary.allowed,
+        ));
+    }
+    Ok(summary)
 }
 
 fn unix_us() -> u64 {

@@ -173,6 +173,56 @@ pub fn allowance(policy: &Policy, start_us: u64, end_us: u64) -> u64 {
     u64::try_from(units).unwrap_or(u64::MAX)
 }
 
+/// What the leasing layers of a `direct` bench did over the run (every
+/// instance's, summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LeaseReport {
+    /// Leases taken from the store.
+    pub taken: u64,
+    /// Units leased (charged in the store to be spent locally).
+    pub units: u64,
+    /// Units of ended leases given back to the store.
+    pub returned: u64,
+    /// Units of ended leases neither spent nor given back.
+    pub forfeited: u64,
+    /// (policy, identity) pairs tracked at the end of the run.
+    pub keys: usize,
+    /// Calls the leasing layers made to the store (lease calls and
+    /// decisions made there).
+    pub store_calls: u64,
+}
+
+/// What Redis ran during a `direct` bench on Redis, from the first request
+/// to the last answer (`INFO commandstats`, summed over every master of a
+/// cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RedisCommands {
+    /// Every command Redis ran, those run by the scripts included (`INFO`
+    /// and `CLUSTER`, the count's own, excepted).
+    pub commands: u64,
+    /// Script calls (`FCALL`, `EVALSHA`, `EVAL`): the decisions and lease
+    /// calls the stores sent.
+    pub script_calls: u64,
+    /// `commands` per allowed request; `None` when none was allowed.
+    pub commands_per_admitted: Option<f64>,
+    /// `script_calls` per allowed request; `None` when none was allowed.
+    pub script_calls_per_admitted: Option<f64>,
+}
+
+impl RedisCommands {
+    /// `commands` commands, `script_calls` of them script calls, for
+    /// `allowed` admitted requests.
+    pub fn new(commands: u64, script_calls: u64, allowed: u64) -> Self {
+        let per = |n: u64| (allowed > 0).then(|| n as f64 / allowed as f64);
+        RedisCommands {
+            commands,
+            script_calls,
+            commands_per_admitted: per(commands),
+            script_calls_per_admitted: per(script_calls),
+        }
+    }
+}
+
 /// The summary of a run, as printed (or with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -200,6 +250,10 @@ pub struct Summary {
     pub latency: Latency,
     /// Admissions against the policy, when one is known.
     pub accuracy: Option<Accuracy>,
+    /// `direct` with `--lease-max`: what leasing did.
+    pub leases: Option<LeaseReport>,
+    /// `direct` on Redis: the commands Redis ran.
+    pub redis: Option<RedisCommands>,
 }
 
 impl Summary {
@@ -264,6 +318,8 @@ impl Summary {
             error_samples: collected.error_samples.clone(),
             latency,
             accuracy,
+            leases: None,
+            redis: None,
         }
     }
 
@@ -323,6 +379,30 @@ impl Summary {
                     let _ = writeln!(out, "  over      {key}: {units} units");
                 }
             }
+        }
+        if let Some(l) = &self.leases {
+            let _ = writeln!(
+                out,
+                "leases      taken {}, units {} (returned {}, forfeited {}), keys {}; store calls {} ({:.4} per request)",
+                l.taken,
+                l.units,
+                l.returned,
+                l.forfeited,
+                l.keys,
+                l.store_calls,
+                l.store_calls as f64 / self.requests.max(1) as f64
+            );
+        }
+        if let Some(r) = &self.redis {
+            let per = |n: Option<f64>| n.map_or_else(|| "-".to_owned(), |n| format!("{n:.4}"));
+            let _ = writeln!(
+                out,
+                "redis       {} commands ({} script calls): {} ({}) per admitted decision",
+                r.commands,
+                r.script_calls,
+                per(r.commands_per_admitted),
+                per(r.script_calls_per_admitted)
+            );
         }
         out
     }

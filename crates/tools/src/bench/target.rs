@@ -8,11 +8,12 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descri
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use tollgate::resilience::{FailureMode, ResilienceOptions, Resilient};
 use tollgate::{Limiter, MemoryStore, Policy};
 use tollgate_redis::{RedisOptions, RedisStore};
 
 use super::BenchError;
-use super::report::RequestResult;
+use super::report::{LeaseReport, RequestResult};
 
 /// The name of the policy a `direct` bench configures.
 pub const DIRECT_POLICY: &str = "bench";
@@ -60,25 +61,64 @@ pub enum DirectLimiter {
     Memory(Limiter<MemoryStore>),
     /// On its own Redis connection.
     Redis(Limiter<RedisStore>),
+    /// A policy that leases, on the memory store: each instance has its own
+    /// resilience layer (where leases are held and spent) over the one
+    /// shared store.
+    LeasedMemory(Limiter<Resilient<MemoryStore>>),
+    /// A policy that leases, on its own Redis connection and resilience
+    /// layer, subscribed to the store's invalidation feed as a server's is.
+    LeasedRedis(Limiter<Resilient<RedisStore>>),
+}
+
+impl DirectLimiter {
+    /// What this instance's leasing layer did; `None` without leases.
+    fn lease_stats(&self) -> Option<(tollgate::resilience::LeaseStats, u64)> {
+        let stats = match self {
+            DirectLimiter::Memory(_) | DirectLimiter::Redis(_) => return None,
+            DirectLimiter::LeasedMemory(l) => l.store().stats(),
+            DirectLimiter::LeasedRedis(l) => l.store().stats(),
+        };
+        Some((stats.leases, stats.calls))
+    }
+}
+
+/// The resilience layer of a leasing `direct` bench: the defaults (deny
+/// cache on), except that a store failure is an error, so that it is
+/// counted as one rather than turned into a degraded decision.
+fn lease_options() -> ResilienceOptions {
+    ResilienceOptions::default().failure_mode(FailureMode::Error)
 }
 
 impl Client {
     /// `direct`: `instances` limiters with `policy`, over `store`
     /// (`memory`, `redis://...`, `rediss://...` or
-    /// `redis-cluster://host:port,host:port`).
+    /// `redis-cluster://host:port,host:port`). A policy that leases
+    /// ([`Policy::lease`]) is checked through a [`Resilient`] store per
+    /// instance, where leases are held and spent.
     ///
     /// # Errors
     /// [`BenchError::Connect`] when Redis cannot be reached.
     pub async fn direct(store: &str, instances: usize, policy: Policy) -> Result<Self, BenchError> {
         let instances = instances.max(1);
         let mut limiters = Vec::with_capacity(instances);
+        let leases = policy.lease().is_some();
         if store == "memory" {
             let shared = MemoryStore::new();
             for _ in 0..instances {
-                let limiter = Limiter::builder(shared.clone())
-                    .policy(DIRECT_POLICY, policy)
-                    .build();
-                limiters.push(DirectLimiter::Memory(limiter));
+                limiters.push(if leases {
+                    let store = Resilient::new(shared.clone(), lease_options());
+                    DirectLimiter::LeasedMemory(
+                        Limiter::builder(store)
+                            .policy(DIRECT_POLICY, policy)
+                            .build(),
+                    )
+                } else {
+                    DirectLimiter::Memory(
+                        Limiter::builder(shared.clone())
+                            .policy(DIRECT_POLICY, policy)
+                            .build(),
+                    )
+                });
             }
         } else {
             let options = || RedisOptions::default().prefix("tollgate-bench");
@@ -91,13 +131,45 @@ impl Client {
                     RedisStore::connect(store, options()).await
                 }
                 .map_err(|e| BenchError::Connect(e.to_string()))?;
-                let limiter = Limiter::builder(redis)
-                    .policy(DIRECT_POLICY, policy)
-                    .build();
-                limiters.push(DirectLimiter::Redis(limiter));
+                limiters.push(if leases {
+                    let store = Resilient::with_invalidations(redis, lease_options());
+                    DirectLimiter::LeasedRedis(
+                        Limiter::builder(store)
+                            .policy(DIRECT_POLICY, policy)
+                            .build(),
+                    )
+                } else {
+                    DirectLimiter::Redis(
+                        Limiter::builder(redis)
+                            .policy(DIRECT_POLICY, policy)
+                            .build(),
+                    )
+                });
             }
         }
         Ok(Client::Direct(limiters))
+    }
+
+    /// `direct` with a policy that leases: what the instances' leasing
+    /// layers did, summed; `None` for any other client.
+    pub fn lease_report(&self) -> Option<LeaseReport> {
+        let Client::Direct(limiters) = self else {
+            return None;
+        };
+        limiters.iter().filter_map(DirectLimiter::lease_stats).fold(
+            None,
+            |sum: Option<LeaseReport>, (stats, calls)| {
+                let sum = sum.unwrap_or_default();
+                Some(LeaseReport {
+                    taken: sum.taken + stats.taken,
+                    units: sum.units + stats.units,
+                    returned: sum.returned + stats.returned,
+                    forfeited: sum.forfeited + stats.forfeited,
+                    keys: sum.keys + stats.keys,
+                    store_calls: sum.store_calls + calls,
+                })
+            },
+        )
     }
 
     /// Sends request number `seq` for `key`.
@@ -108,6 +180,8 @@ impl Client {
                 let decision = match limiter {
                     DirectLimiter::Memory(l) => l.check(DIRECT_POLICY, key, cost).await,
                     DirectLimiter::Redis(l) => l.check(DIRECT_POLICY, key, cost).await,
+                    DirectLimiter::LeasedMemory(l) => l.check(DIRECT_POLICY, key, cost).await,
+                    DirectLimiter::LeasedRedis(l) => l.check(DIRECT_POLICY, key, cost).await,
                 };
                 match decision {
                     Ok(d) if d.allowed => RequestResult::Allowed,
@@ -320,4 +394,154 @@ pub async fn check_store_loopback(store: &str, allow_remote: bool) -> Result<(),
         check_loopback(host, parsed.port().unwrap_or(6379), allow_remote).await?;
     }
     Ok(())
+}
+
+/// What a Redis store has run so far, from `INFO commandstats`, summed over
+/// the standalone server or every master of a cluster (`store` as for
+/// [`Client::direct`]; `None` for `memory`).
+///
+/// # Errors
+/// [`BenchError::Connect`] when a node cannot be reached or answers
+/// something else than `INFO` does.
+pub async fn redis_counts(store: &str) -> Result<Option<RedisCounts>, BenchError> {
+    if store == "memory" {
+        return Ok(None);
+    }
+    let fail = |e: redis::RedisError| BenchError::Connect(format!("INFO commandstats: {e}"));
+    let nodes = match store.strip_prefix("redis-cluster://") {
+        None => vec![store.to_owned()],
+        Some(seeds) => {
+            let seed = seeds.split(',').next().unwrap_or_default();
+            let mut seed = connection(&format!("redis://{seed}")).await.map_err(fail)?;
+            let table: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut seed)
+                .await
+                .map_err(fail)?;
+            cluster_masters(&table)
+                .into_iter()
+                .map(|address| format!("redis://{address}"))
+                .collect()
+        }
+    };
+    let mut total = RedisCounts::default();
+    for node in nodes {
+        let mut connection = connection(&node).await.map_err(fail)?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await
+            .map_err(fail)?;
+        let counts = RedisCounts::of(&info);
+        total.commands += counts.commands;
+        total.script_calls += counts.script_calls;
+    }
+    Ok(Some(total))
+}
+
+/// Counts read from `INFO commandstats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisCounts {
+    /// Every command run, those run by scripts included, but `INFO` and
+    /// `CLUSTER` (this count's own).
+    pub commands: u64,
+    /// Script calls (`FCALL`, `EVALSHA`, `EVAL` and their `_RO` forms): the
+    /// decisions and lease calls a store sent.
+    pub script_calls: u64,
+}
+
+impl RedisCounts {
+    /// The counts in one node's `INFO commandstats`.
+    fn of(info: &str) -> RedisCounts {
+        let mut counts = RedisCounts::default();
+        for line in info.lines() {
+            let Some((command, stats)) = line
+                .trim()
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let Some(calls) = stats
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let name = command
+                .split('|')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            match name.as_str() {
+                "info" | "cluster" => {}
+                "fcall" | "fcall_ro" | "evalsha" | "evalsha_ro" | "eval" | "eval_ro" => {
+                    counts.commands += calls;
+                    counts.script_calls += calls;
+                }
+                _ => counts.commands += calls,
+            }
+        }
+        counts
+    }
+}
+
+async fn connection(url: &str) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await
+}
+
+/// The addresses (`host:port`) of the masters in a `CLUSTER NODES` table
+/// that are not marked failed.
+fn cluster_masters(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            let flags = fields.next()?.split(',').collect::<Vec<_>>();
+            let usable = flags.contains(&"master") && !flags.iter().any(|f| f.starts_with("fail"));
+            // `host:port@cport[,hostname]`
+            let address = address.split(['@', ',']).next()?;
+            (usable && !address.starts_with(':')).then(|| address.to_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commandstats_count_every_command_but_the_count_s_own() {
+        let info = "# Commandstats\r\n\
+                    cmdstat_fcall:calls=120,usec=900,usec_per_call=7.50,rejected_calls=0,failed_calls=1\r\n\
+                    cmdstat_get:calls=120,usec=40,usec_per_call=0.33,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_info:calls=4,usec=80,usec_per_call=20.00,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_cluster|nodes:calls=2,usec=10,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_function|load:calls=1,usec=498,usec_per_call=498.00,rejected_calls=0,failed_calls=0\r\n\
+                    cmdstat_evalsha:calls=3,usec=9,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n";
+        assert_eq!(
+            RedisCounts::of(info),
+            RedisCounts {
+                commands: 244,
+                script_calls: 123
+            }
+        );
+    }
+
+    #[test]
+    fn cluster_masters_are_the_live_masters() {
+        let table = "\
+            07c3 127.0.0.1:30004@31004,host4 slave e7d1 0 1426238317239 4 connected\n\
+            67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922\n\
+            292f 127.0.0.1:30003@31003 master,fail - 0 1426238318243 3 connected\n\
+            e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460\n";
+        assert_eq!(
+            cluster_masters(table),
+            vec!["127.0.0.1:30002".to_owned(), "127.0.0.1:30001".to_owned()]
+        );
+    }
 }
