@@ -210,10 +210,7 @@ impl<S: Store> Limiter<S> {
                     given: p.algorithm(),
                 });
             }
-            OverrideLimit::Policy(p) => OverrideLimit::Policy(match base.lease() {
-                Some(lease) => p.with_lease(lease).unwrap_or(p),
-                None => p.without_lease(),
-            }),
+            OverrideLimit::Policy(p) => OverrideLimit::Policy(p.without_lease()),
             other => other,
         })
     }
@@ -409,10 +406,13 @@ impl<S: Store> Limiter<S> {
             .iter()
             .any(|o| o.is_some_and(|o| o.limit == OverrideLimit::Blocked));
         let mode = if blocked { Mode::Peek } else { check.mode };
+        // The override's numbers, with the policy's lease (a store's copy
+        // holds numbers only).
         let numbers: SmallVec<[Option<Policy>; 2]> = found
             .iter()
-            .map(|o| match o.map(|o| o.limit) {
-                Some(OverrideLimit::Policy(p)) => Some(p),
+            .zip(check.policies)
+            .map(|(o, base)| match o.map(|o| o.limit) {
+                Some(OverrideLimit::Policy(p)) => Some(with_lease_of(p, base.policy)),
                 _ => None,
             })
             .collect();
@@ -553,6 +553,14 @@ impl<S: Store> Limiter<S> {
             });
         }
         Ok(())
+    }
+}
+
+/// `numbers` leasing as `base` does.
+fn with_lease_of(numbers: Policy, base: &Policy) -> Policy {
+    match base.lease() {
+        Some(lease) => numbers.with_lease(lease).unwrap_or(numbers),
+        None => numbers.without_lease(),
     }
 }
 

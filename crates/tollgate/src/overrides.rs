@@ -22,7 +22,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-use crate::{Clock, Policy, SystemClock};
+use std::future::Future;
+
+use crate::{Clock, Policy, StoreError, SystemClock};
 
 /// The default cap on run-time overrides ([`Overrides::with_max_entries`]).
 pub const DEFAULT_MAX_OVERRIDES: usize = 100_000;
@@ -49,6 +51,70 @@ pub struct Override {
 }
 
 impl Override {
+    /// The override as one line of text, for a store that shares it:
+    /// `<kind> <expires_at_us or 0> [<algorithm> <limit> <period_us> <burst>]`
+    /// with kind `p` (numbers), `u` (unlimited) or `b` (blocked).
+    ///
+    /// ```
+    /// use tollgate::overrides::{Override, OverrideLimit};
+    /// let o = Override { limit: OverrideLimit::Policy("gcra 10/s burst 5".parse()?), expires_at_us: Some(7) };
+    /// assert_eq!(o.encode(), "p 7 gcra 10 1000000 5");
+    /// assert_eq!(Override::decode(&o.encode()), Some(o));
+    /// assert_eq!(Override::decode("b 0"), Some(Override { limit: OverrideLimit::Blocked, expires_at_us: None }));
+    /// assert_eq!(Override::decode("p 0 gcra 0 1 1"), None);
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    pub fn encode(&self) -> String {
+        let expires = self.expires_at_us.unwrap_or(0);
+        match self.limit {
+            OverrideLimit::Policy(p) => format!(
+                "p {expires} {} {} {} {}",
+                p.algorithm(),
+                p.limit(),
+                p.period_us(),
+                p.burst()
+            ),
+            OverrideLimit::Unlimited => format!("u {expires}"),
+            OverrideLimit::Blocked => format!("b {expires}"),
+        }
+    }
+
+    /// Reads [`encode`](Self::encode)'s text back; `None` if it is not
+    /// one (another version's, or damaged): such an entry is ignored.
+    pub fn decode(text: &str) -> Option<Override> {
+        let mut words = text.split(' ');
+        let kind = words.next()?;
+        let expires: u64 = words.next()?.parse().ok()?;
+        let limit = match kind {
+            "u" => OverrideLimit::Unlimited,
+            "b" => OverrideLimit::Blocked,
+            "p" => {
+                let algorithm: crate::Algorithm = words.next()?.parse().ok()?;
+                let limit: u64 = words.next()?.parse().ok()?;
+                let period: u64 = words.next()?.parse().ok()?;
+                let burst: u64 = words.next()?.parse().ok()?;
+                let burst = algorithm.has_burst().then_some(burst);
+                OverrideLimit::Policy(
+                    Policy::new(
+                        algorithm,
+                        limit,
+                        std::time::Duration::from_micros(period),
+                        burst,
+                    )
+                    .ok()?,
+                )
+            }
+            _ => return None,
+        };
+        if words.next().is_some() {
+            return None;
+        }
+        Some(Override {
+            limit,
+            expires_at_us: (expires > 0).then_some(expires),
+        })
+    }
+
     /// Whether the override is in force at `now_us`.
     pub const fn live(&self, now_us: u64) -> bool {
         match self.expires_at_us {
@@ -114,9 +180,11 @@ impl Slot {
 
 /// The composite key of a slot: the policy name's length (2 bytes), the
 /// name, then the identity — so that no two (name, key) pairs meet.
-type Composite = SmallVec<[u8; 96]>;
+pub type Composite = SmallVec<[u8; 96]>;
 
-fn composite(policy: &str, key: &[u8]) -> Composite {
+/// The bytes that name (`policy`, `key`) in an override table or store:
+/// the name's length (2 bytes, big-endian), the name, the identity.
+pub fn composite(policy: &str, key: &[u8]) -> Composite {
     let len = u16::try_from(policy.len()).unwrap_or(u16::MAX);
     let mut c = Composite::with_capacity(2 + policy.len() + key.len());
     c.extend_from_slice(&len.to_be_bytes());
@@ -125,10 +193,14 @@ fn composite(policy: &str, key: &[u8]) -> Composite {
     c
 }
 
-fn split(composite: &[u8]) -> (&str, &[u8]) {
-    let len = usize::from(u16::from_be_bytes([composite[0], composite[1]]));
-    let name = std::str::from_utf8(&composite[2..2 + len]).unwrap_or_default();
-    (name, &composite[2 + len..])
+/// (policy, key) of a [`composite`]; `None` if it is not one.
+pub fn split(composite: &[u8]) -> Option<(&str, &[u8])> {
+    let len = usize::from(u16::from_be_bytes([
+        *composite.first()?,
+        *composite.get(1)?,
+    ]));
+    let name = std::str::from_utf8(composite.get(2..2 + len)?).ok()?;
+    Some((name, &composite[2 + len..]))
 }
 
 /// One override as listed: its (policy, key), what it sets and where it
@@ -345,7 +417,7 @@ impl Overrides {
         let mut keys: Vec<&[u8]> = slots
             .iter()
             .filter(|(c, slot)| {
-                policy.is_none_or(|p| split(c).0 == p)
+                policy.is_none_or(|p| split(c).is_some_and(|(name, _)| name == p))
                     && cursor.is_none_or(|after| &***c > after)
                     && slot.effective().is_some_and(|(o, _)| o.live(now))
             })
@@ -358,7 +430,7 @@ impl Overrides {
             .iter()
             .filter_map(|c| {
                 let (value, source) = slots.get(*c)?.effective()?;
-                let (policy, key) = split(c);
+                let (policy, key) = split(c)?;
                 Some(Listed {
                     policy: policy.to_owned(),
                     key: key.to_vec(),
@@ -397,5 +469,65 @@ impl Overrides {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<[u8]>, Slot>> {
         self.slots.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Where run-time overrides are shared between instances (the Redis
+/// store): every instance writes there and follows it ([`follow`]).
+pub trait OverrideStore: Send + Sync + 'static {
+    /// Sets the override of (`policy`, `key`), unless the store holds
+    /// `max` others already: `Ok(false)` then.
+    fn put_override(
+        &self,
+        policy: &str,
+        key: &[u8],
+        value: &Override,
+        max: usize,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the override of (`policy`, `key`); whether there was one.
+    fn delete_override(
+        &self,
+        policy: &str,
+        key: &[u8],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A number that changes whenever an override is set or deleted.
+    fn override_version(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every override the store holds (entries it cannot read are left
+    /// out).
+    fn load_overrides(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>, Override)>, StoreError>> + Send;
+}
+
+/// Keeps `table`'s run-time layer equal to `store`'s overrides: reads the
+/// store's version every `every`, and everything when it moved. Returns
+/// when the table is dropped. A change made through any instance is in
+/// force everywhere within `every` plus one read; a failed read is tried
+/// again at the next tick (the table keeps what it had).
+pub async fn follow<S: OverrideStore>(
+    table: std::sync::Weak<Overrides>,
+    store: S,
+    every: std::time::Duration,
+) {
+    let mut seen = None;
+    loop {
+        if table.strong_count() == 0 {
+            return;
+        }
+        if let Ok(version) = store.override_version().await {
+            if seen != Some(version) {
+                if let Ok(entries) = store.load_overrides().await {
+                    let Some(table) = table.upgrade() else {
+                        return;
+                    };
+                    table.replace_runtime(entries);
+                    seen = Some(version);
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
