@@ -40,6 +40,9 @@ redis.call('INCR', KEYS[2])
 return 1
 ";
 
+/// Fields and values, as `HSCAN` returns them.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Fields read per `HSCAN` step.
 const SCAN_COUNT: usize = 1000;
 
@@ -66,14 +69,14 @@ impl RedisStore {
     }
 
     /// Every field and value of the hash, in `HSCAN` steps.
-    async fn scan_overrides(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn scan_overrides(&self) -> Result<Fields, StoreError> {
         let key = self.overrides_key();
         let mut cursor = 0u64;
         let mut out = Vec::new();
         loop {
             let mut cmd = redis::cmd("HSCAN");
             cmd.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
-            let (next, page): (u64, Vec<(Vec<u8>, Vec<u8>)>) = self.run_command(&cmd).await?;
+            let (next, page): (u64, Fields) = self.run_command(&cmd).await?;
             out.extend(page);
             if next == 0 {
                 return Ok(out);
