@@ -71,6 +71,10 @@ impl Store for Switchable {
         self.store.lease(call).await
     }
 
+    fn leases(&self) -> bool {
+        self.store.leases()
+    }
+
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         self.store.reset(key, policies).await
     }
@@ -885,4 +889,80 @@ async fn a_flood_of_keys_stays_within_the_lease_table_cap() {
     }
     let keys = store.stats().leases.keys;
     assert!(keys <= 256, "{keys} slots for a cap of 256");
+}
+
+#[tokio::test]
+async fn units_held_go_back_to_their_lease_when_the_breaker_keeps_the_call_in() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(
+        inner.clone(),
+        options(&clock).failure_mode(FailureMode::Closed),
+    );
+    let limiter = Limiter::builder(store.clone())
+        .policy("hot", leased("fixed_window 100000/1h", 50, 60_000))
+        .policy("plain", "fixed_window 10/1h".parse().expect("valid"))
+        .build();
+    for _ in 0..20 {
+        clock.advance(Duration::from_micros(1));
+        limiter.check("hot", "k", 1).await.expect("ok");
+    }
+    assert!(store.stats().leases.units > 0);
+    // The store fails on another key until the breaker opens.
+    inner.set(FAILING);
+    for _ in 0..3 {
+        limiter.check("plain", "other", 1).await.expect("ok");
+    }
+    assert_eq!(store.stats().breaker, BreakerState::Open);
+    let forfeited = store.stats().leases.forfeited;
+    // More than the lease holds: it would give its units back, but the
+    // call never leaves, so they stay in the lease.
+    let d = limiter.check("hot", "k", 60).await.expect("ok");
+    assert!(d.degraded && !d.allowed, "closed mode");
+    assert_eq!(
+        store.stats().leases.forfeited,
+        forfeited,
+        "nothing was lost"
+    );
+    let calls = inner.calls();
+    let d = limiter.check("hot", "k", 1).await.expect("ok");
+    assert!(d.allowed && !d.degraded, "served from the lease");
+    assert_eq!(inner.calls(), calls);
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_lease_decides_every_check_plainly() {
+    /// The memory store behind the trait's default `lease`.
+    #[derive(Clone)]
+    struct Plain(MemoryStore);
+    impl Store for Plain {
+        async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+            self.0.apply(check).await
+        }
+        async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+            self.0.reset(key, policies).await
+        }
+    }
+    let clock = ManualClock::new(1_000_000);
+    let store = Resilient::new(
+        Plain(MemoryStore::with_clock(clock.clone())),
+        options(&clock),
+    );
+    let limiter = Limiter::builder(store.clone())
+        .policy("hot", leased("fixed_window 100/1h", 50, 60_000))
+        .build();
+    let mut allowed = 0;
+    for _ in 0..200 {
+        clock.advance(Duration::from_micros(1));
+        allowed += u64::from(limiter.check("hot", "k", 1).await.expect("ok").allowed);
+    }
+    assert_eq!(allowed, 100);
+    assert_eq!(
+        store.stats().leases,
+        LeaseStats::default(),
+        "no slot, no lease"
+    );
+    // One call per allowed check: the last one left nothing, and the deny
+    // cache answers every check after it.
+    assert_eq!(store.stats().calls, 100);
 }
