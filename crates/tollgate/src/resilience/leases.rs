@@ -178,6 +178,17 @@ pub(crate) enum Serve {
     Miss,
 }
 
+/// How a lease call ended, for [`Leases::land`].
+pub(crate) enum Landed<'a> {
+    /// The store answered.
+    Answer(&'a LeaseAnswer),
+    /// The call failed, timed out or was dropped: the store may or may not
+    /// have run it.
+    Failed,
+    /// The call was never sent (the breaker was open).
+    NotSent,
+}
+
 /// What a check that missed asks of the store.
 pub(crate) enum Ask {
     /// A lease call, with its flight.
@@ -304,14 +315,20 @@ impl Leases {
                 return Ask::Wait(Arc::clone(flight));
             }
             slot.arrivals = slot.arrivals.saturating_add(check.cost);
-            let ttl_us = p.policy.lease().map_or(0, |l| l.ttl_us());
-            asks.push(LeaseAsk {
-                want: slot.want(now),
-                ttl_us,
-                held: Held {
-                    units: slot.units,
-                    until: slot.until,
-                },
+            // A lease that could serve this cost keeps its units (the store
+            // charges the cost there too, all-or-nothing with the others);
+            // one that cannot gives them back and asks for more.
+            asks.push(if slot.units >= check.cost {
+                LeaseAsk::default()
+            } else {
+                LeaseAsk {
+                    want: slot.want(now),
+                    ttl_us: p.policy.lease().map_or(0, |l| l.ttl_us()),
+                    held: Held {
+                        units: slot.units,
+                        until: slot.until,
+                    },
+                }
             });
         }
         if asks.iter().all(|a| a.want == 0 && a.held.units == 0) {
@@ -321,9 +338,9 @@ impl Leases {
             notify: Notify::new(),
             landed: AtomicBool::new(false),
         });
-        for p in check.policies {
+        for (p, ask) in check.policies.iter().zip(&asks) {
             if let Some(slot) = shard.get_mut(&Borrowed(p.name, check.key)) {
-                slot.units = 0;
+                slot.units -= ask.held.units;
                 slot.flight = Some(Arc::clone(&flight));
             }
         }
@@ -332,60 +349,97 @@ impl Leases {
 
     /// Records the outcome of a lease call sent at `sent` (local µs): the
     /// new leases, what the store took back, and the end of the flight.
-    /// `None` when the call failed or was abandoned: its given-back units
-    /// are lost (the store may or may not have taken them).
+    /// Returns, per policy, the units leased that this instance kept (a
+    /// lease revoked while in flight is forfeited at once).
     pub(crate) fn land(
         &self,
         check: Check<'_>,
         asks: &[LeaseAsk],
         flight: &Arc<Flight>,
         sent: u64,
-        answer: Option<&LeaseAnswer>,
-    ) {
+        landed: Landed<'_>,
+    ) -> SmallVec<[u64; 2]> {
         let c = &self.counters;
+        let mut kept = SmallVec::new();
         let mut shard = self.shard(check.key);
         for (i, p) in check.policies.iter().enumerate() {
-            let held = asks.get(i).map_or(0, |a| a.held.units);
+            let held = asks.get(i).map_or(Held::default(), |a| a.held);
             let slot = shard
                 .get_mut(&Borrowed(p.name, check.key))
                 .filter(|slot| slot.flight.as_ref().is_some_and(|f| Arc::ptr_eq(f, flight)));
-            let Some(answer) = answer else {
-                self.forfeit(held);
-                if let Some(slot) = slot {
-                    slot.flight = None;
+            let answer = match landed {
+                Landed::Answer(answer) => answer,
+                Landed::NotSent => {
+                    // Never left: the units go back to the lease (the same
+                    // one: its `until` and deadline were kept), unless it
+                    // was revoked or ended meanwhile.
+                    match slot {
+                        Some(slot) if slot.policy == *p.policy && slot.until == held.until => {
+                            slot.units += held.units;
+                            slot.flight = None;
+                        }
+                        Some(slot) => {
+                            slot.flight = None;
+                            self.forfeit(held.units);
+                        }
+                        None => self.forfeit(held.units),
+                    }
+                    kept.push(0);
+                    continue;
                 }
-                continue;
+                Landed::Failed => {
+                    // The store may or may not have taken them back.
+                    self.forfeit(held.units);
+                    if let Some(slot) = slot {
+                        slot.flight = None;
+                    }
+                    kept.push(0);
+                    continue;
+                }
             };
             let (Some(leased), Some(decision)) = (answer.leased.get(i), answer.decisions.get(i))
             else {
+                kept.push(0);
                 continue;
             };
             c.returned.fetch_add(leased.returned, Ordering::Relaxed);
-            self.forfeit(held.saturating_sub(leased.returned));
+            self.forfeit(held.units.saturating_sub(leased.returned));
             if leased.units > 0 {
                 c.taken.fetch_add(1, Ordering::Relaxed);
                 c.units.fetch_add(leased.units, Ordering::Relaxed);
             }
             match slot {
-                // Taken under the policy this slot holds: spend it here.
+                // Taken under the policy this slot holds: spent here. Units
+                // the slot kept (it could serve the cost) stay with their
+                // own lease; a slot that asked held none.
                 Some(slot) if slot.policy == *p.policy => {
                     slot.flight = None;
-                    slot.units = leased.units;
-                    slot.until = leased.until;
-                    slot.deadline = sent.saturating_add(leased.valid_us);
-                    slot.store_remaining = decision.remaining;
-                    slot.reset_at = sent + crate::clock::micros(decision.reset_after);
+                    if leased.units > 0 {
+                        self.forfeit(slot.units);
+                        slot.units = leased.units;
+                        slot.until = leased.until;
+                        slot.deadline = sent.saturating_add(leased.valid_us);
+                        slot.store_remaining = decision.remaining;
+                        slot.reset_at =
+                            sent.saturating_add(crate::clock::micros(decision.reset_after));
+                    }
+                    kept.push(leased.units);
                 }
                 Some(slot) => {
                     slot.flight = None;
                     self.forfeit(leased.units);
+                    kept.push(0);
                 }
                 // Revoked while in flight (a reset): never spent.
-                None => self.forfeit(leased.units),
+                None => {
+                    self.forfeit(leased.units);
+                    kept.push(0);
+                }
             }
         }
         drop(shard);
         flight.land();
+        kept
     }
 
     /// Drops every lease of `key` (a reset): its units are forfeited.
@@ -455,15 +509,15 @@ fn served(p: &PolicyRef<'_>, slot: &Slot, now: u64) -> Decision {
 }
 
 /// The caller's view of a lease call's decisions: each `remaining` counts
-/// the units the caller now holds in its lease, as the store's remaining
-/// did before it leased them.
-pub(crate) fn with_leased(answer: &LeaseAnswer) -> Decisions {
+/// the units this instance kept in its new lease ([`Leases::land`]), as
+/// the store's remaining did before it leased them.
+pub(crate) fn with_leased(answer: &LeaseAnswer, kept: &[u64]) -> Decisions {
     answer
         .decisions
         .iter()
-        .zip(&answer.leased)
-        .map(|(d, l)| Decision {
-            remaining: d.remaining.saturating_add(l.units),
+        .zip(kept)
+        .map(|(d, units)| Decision {
+            remaining: d.remaining.saturating_add(*units),
             ..*d
         })
         .collect()

@@ -634,8 +634,13 @@ impl<S: Store> Resilient<S> {
         impl Drop for Landing<'_> {
             fn drop(&mut self) {
                 if !self.done {
-                    self.leases
-                        .land(self.check, self.asks, self.flight, self.sent_us, None);
+                    self.leases.land(
+                        self.check,
+                        self.asks,
+                        self.flight,
+                        self.sent_us,
+                        leases::Landed::Failed,
+                    );
                 }
             }
         }
@@ -652,7 +657,11 @@ impl<S: Store> Resilient<S> {
         let permit = shared.breaker.admit(sent_us);
         if let Permit::ShortCircuit(probe_in) = permit {
             counters.short_circuited.fetch_add(1, Ordering::Relaxed);
-            drop(landing);
+            // Never sent: the units held go back to their leases.
+            shared
+                .leases
+                .land(check, asks, flight, sent_us, leases::Landed::NotSent);
+            landing.done = true;
             let error = StoreError::Unavailable("circuit breaker open".into());
             return self.fallback(check, error, probe_in).await;
         }
@@ -691,11 +700,15 @@ impl<S: Store> Resilient<S> {
                 if let Some(cache) = &shared.deny_cache {
                     cache.record(check, &answer.decisions, sent_us, epoch);
                 }
-                shared
-                    .leases
-                    .land(check, asks, flight, sent_us, Some(&answer));
+                let kept = shared.leases.land(
+                    check,
+                    asks,
+                    flight,
+                    sent_us,
+                    leases::Landed::Answer(&answer),
+                );
                 landing.done = true;
-                Ok(leases::with_leased(&answer))
+                Ok(leases::with_leased(&answer, &kept))
             }
             Err(error) => {
                 drop(landing);
@@ -853,6 +866,7 @@ impl<S: Store> Store for Resilient<S> {
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         if check.mode == Mode::Consume
             && check.policies.iter().all(|p| p.policy.lease().is_some())
+            && self.store.leases()
             && self.may_lease()
         {
             return self.apply_leased(check).await;
@@ -876,9 +890,12 @@ impl<S: Store> Store for Resilient<S> {
         let result = tokio::time::timeout(timeout, self.store.reset(key, policies))
             .await
             .unwrap_or(Err(StoreError::Timeout(timeout)));
+        // Again after: a lease taken while the reset was on its way may
+        // come from the state before it.
         if let Some(cache) = &shared.deny_cache {
             cache.invalidate(key);
         }
+        shared.leases.revoke(key);
         result
     }
 }

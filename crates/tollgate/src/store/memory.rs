@@ -746,6 +746,10 @@ impl Store for MemoryStore {
         Ok(self.lease_sync(call))
     }
 
+    fn leases(&self) -> bool {
+        true
+    }
+
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         self.reset_sync(key, policies);
         Ok(())

@@ -212,7 +212,8 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// The default decides the check with [`apply`](Self::apply), leases
     /// nothing and takes nothing back (the held units are forfeited):
-    /// exact, only slower. Every store of this workspace leases.
+    /// exact. A store that implements this says so with
+    /// [`leases`](Self::leases).
     fn lease(
         &self,
         call: LeaseCall<'_>,
@@ -222,6 +223,14 @@ pub trait Store: Send + Sync + 'static {
             let leased = decisions.iter().map(|_| Leased::default()).collect();
             Ok(LeaseAnswer { decisions, leased })
         }
+    }
+
+    /// Whether [`lease`](Self::lease) grants leases: without it, the
+    /// resilience layer decides every check of a leasing policy as a plain
+    /// check (asking a store that cannot lease would only make callers
+    /// wait for calls that bring nothing).
+    fn leases(&self) -> bool {
+        false
     }
 
     /// Forgets `key`'s state for each policy.
