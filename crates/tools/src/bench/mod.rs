@@ -180,7 +180,7 @@ async fn setup(args: &TargetArgs, artillery: &load::ArtilleryTarget) -> Result<S
                 policy = policy.with_lease(tollgate::Lease::new(*max, *ttl)?)?;
                 let _ = write!(description, ", lease max {max} ttl {ttl:?}");
             }
-            let client = Client::direct(store, *instances, policy).await?;
+            let client = Client::direct(store, *instances, policy, load.timeout).await?;
             Ok(Setup {
                 client,
                 description,

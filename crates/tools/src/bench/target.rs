@@ -84,9 +84,14 @@ impl DirectLimiter {
 
 /// The resilience layer of a leasing `direct` bench: the defaults (deny
 /// cache on), except that a store failure is an error, so that it is
-/// counted as one rather than turned into a degraded decision.
-fn lease_options() -> ResilienceOptions {
-    ResilienceOptions::default().failure_mode(FailureMode::Error)
+/// counted as one rather than turned into a degraded decision, and that a
+/// store call may take the bench's per-request `timeout` (a saturated
+/// machine must show up as latency, not as calls abandoned after the
+/// default 50 ms and a breaker that opens on them).
+fn lease_options(timeout: Duration) -> ResilienceOptions {
+    ResilienceOptions::default()
+        .failure_mode(FailureMode::Error)
+        .timeout(timeout)
 }
 
 impl Client {
@@ -94,11 +99,17 @@ impl Client {
     /// (`memory`, `redis://...`, `rediss://...` or
     /// `redis-cluster://host:port,host:port`). A policy that leases
     /// ([`Policy::lease`]) is checked through a [`Resilient`] store per
-    /// instance, where leases are held and spent.
+    /// instance, where leases are held and spent, with `timeout` on every
+    /// store call.
     ///
     /// # Errors
     /// [`BenchError::Connect`] when Redis cannot be reached.
-    pub async fn direct(store: &str, instances: usize, policy: Policy) -> Result<Self, BenchError> {
+    pub async fn direct(
+        store: &str,
+        instances: usize,
+        policy: Policy,
+        timeout: Duration,
+    ) -> Result<Self, BenchError> {
         let instances = instances.max(1);
         let mut limiters = Vec::with_capacity(instances);
         let leases = policy.lease().is_some();
@@ -106,7 +117,7 @@ impl Client {
             let shared = MemoryStore::new();
             for _ in 0..instances {
                 limiters.push(if leases {
-                    let store = Resilient::new(shared.clone(), lease_options());
+                    let store = Resilient::new(shared.clone(), lease_options(timeout));
                     DirectLimiter::LeasedMemory(
                         Limiter::builder(store)
                             .policy(DIRECT_POLICY, policy)
@@ -132,7 +143,7 @@ impl Client {
                 }
                 .map_err(|e| BenchError::Connect(e.to_string()))?;
                 limiters.push(if leases {
-                    let store = Resilient::with_invalidations(redis, lease_options());
+                    let store = Resilient::with_invalidations(redis, lease_options(timeout));
                     DirectLimiter::LeasedRedis(
                         Limiter::builder(store)
                             .policy(DIRECT_POLICY, policy)
