@@ -585,6 +585,16 @@ fn build(config: Config, store: &AppStore, overrides: &Arc<Overrides>) -> Loaded
         .map(|(name, mode)| (name.clone(), *mode))
         .collect();
     store.set_policy_modes(&modes);
+    // The file's overrides, replaced whole; those set through the API stay
+    // (and win where both name one key).
+    overrides.replace_file(config.overrides.iter().map(|(policy, key, limit)| {
+        let key = tollgate::keyspace::KeySpace::HttpJson.key(key.as_bytes());
+        let value = tollgate::overrides::Override {
+            limit: *limit,
+            expires_at_us: None,
+        };
+        (policy.clone(), key, value)
+    }));
     let mut builder = Limiter::builder(store.clone())
         .max_key_len(MAX_LIMITER_KEY)
         .overrides(Arc::clone(overrides));

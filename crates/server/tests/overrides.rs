@@ -300,3 +300,108 @@ async fn overrides_block_expire_and_list_in_pages_on_the_memory_store() {
     expected.sort();
     assert_eq!(seen, expected, "bot's ended block is not listed");
 }
+
+/// The `overrides:` section: checked like the rest of the file, reloaded
+/// with it, and beneath the API's overrides of the same keys.
+#[tokio::test]
+async fn declared_overrides_reload_with_the_file_and_yield_to_the_api() {
+    use tollgate_server::{App, ConfigSource, ServerStore};
+    let with = |entries: &str| format!("{}overrides:\n{entries}", config(""));
+    for (entries, error) in [
+        (
+            "  - policy: nope\n    key: k\n    limit: 5\n",
+            "no such policy",
+        ),
+        ("  - policy: tiny\n    key: k\n", "an override is one of"),
+        (
+            "  - policy: tiny\n    key: k\n    limit: 5\n    blocked: true\n",
+            "an override is one of",
+        ),
+        (
+            "  - policy: tiny\n    key: k\n    burst: 5\n    limit: 5\n",
+            "burst",
+        ),
+        (
+            "  - policy: tiny\n    key: k\n    limit: 5\n  - policy: tiny\n    key: k\n    blocked: true\n",
+            "declared twice",
+        ),
+        (
+            "  - policy: tiny\n    key: k\n    limit: 5\n    colour: red\n",
+            "colour",
+        ),
+        (
+            &format!(
+                "  - policy: tiny\n    key: {}\n    limit: 5\n",
+                "x".repeat(65)
+            ),
+            "max_key_bytes",
+        ),
+    ] {
+        let text = with(entries);
+        let message = tollgate_server::Config::parse(&text, "t.yaml")
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {entries}"))
+            .to_string();
+        assert!(message.contains(error), "{entries}: {message}");
+    }
+
+    let dir = tollgate_testkit::files::temp_dir("overrides");
+    let file = dir.join("tollgate.yaml");
+    std::fs::write(&file, with("  - policy: tiny\n    key: gold\n    limit: 4\n  - policy: tiny\n    key: banned\n    blocked: true\n")).unwrap();
+    let source = ConfigSource {
+        config: Some(file.clone()),
+        envoy: None,
+        ..ConfigSource::default()
+    };
+    let app = App::new(
+        source.clone(),
+        source.load().unwrap(),
+        ServerStore::Memory(tollgate::MemoryStore::new()),
+    );
+    let admitted = |key: &'static str, n: usize| {
+        let app = &app;
+        async move {
+            let mut ok = 0;
+            for _ in 0..n {
+                let loaded = app.current();
+                let key = tollgate::keyspace::KeySpace::HttpJson.key(key.as_bytes());
+                let d = app
+                    .decide(&loaded, &["tiny"], &key, 1, tollgate::Mode::Consume, false)
+                    .await
+                    .unwrap();
+                ok += usize::from(d.allowed);
+            }
+            ok
+        }
+    };
+    assert_eq!(admitted("gold", 10).await, 4);
+    assert_eq!(admitted("banned", 3).await, 0);
+    // An override set at run time wins over the declared one.
+    let table = &app.overrides().table;
+    let key = tollgate::keyspace::KeySpace::HttpJson.key(b"banned");
+    table
+        .set(
+            "tiny",
+            &key,
+            tollgate::overrides::Override {
+                limit: tollgate::overrides::OverrideLimit::Unlimited,
+                expires_at_us: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(admitted("banned", 3).await, 3);
+    // A reload without them drops the declared ones, never the API's.
+    std::fs::write(&file, config("")).unwrap();
+    app.reload().unwrap();
+    assert!(
+        table
+            .get(
+                "tiny",
+                &tollgate::keyspace::KeySpace::HttpJson.key(b"gold"),
+                tollgate::overrides::Source::File
+            )
+            .is_none()
+    );
+    assert_eq!(admitted("gold", 1).await, 0, "4 spent, 2 allowed now");
+    assert_eq!(admitted("banned", 3).await, 3, "the API's override stays");
+}
