@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tollgate::Policy;
 use tollgate::keyspace::KeySpace;
-use tollgate::overrides::{Override, OverrideLimit, OverrideStore, Overrides, Source};
+use tollgate::overrides::{
+    Override, OverrideLimit, OverrideStore, Overrides, Source, path_segment,
+};
 use tollgate_redis::RedisStore;
 
 use crate::app::App;
@@ -279,20 +281,6 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, Problem> {
     Ok(out)
 }
 
-/// Percent-encodes a key for a URL path segment (everything but
-/// unreserved characters).
-fn percent_encode(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len());
-    for &b in key {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn json(status: StatusCode, body: &impl Serialize) -> Response {
     let mut response = (status, serde_json::to_string(body).unwrap_or_default()).into_response();
     response
@@ -500,8 +488,8 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 pub fn path(policy: &str, key: &[u8]) -> String {
     format!(
         "/v1/overrides/{}/{}",
-        percent_encode(policy.as_bytes()),
-        percent_encode(key)
+        path_segment(policy.as_bytes()),
+        path_segment(key)
     )
 }
 

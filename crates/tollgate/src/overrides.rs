@@ -203,6 +203,27 @@ pub fn split(composite: &[u8]) -> Option<(&str, &[u8])> {
     Some((name, &composite[2 + len..]))
 }
 
+/// `bytes` as one URL path segment: every byte but the unreserved ASCII
+/// characters (letters, digits, `-._~`) percent-encoded. How a key of any
+/// bytes travels in `/v1/overrides/{policy}/{key}`.
+///
+/// ```
+/// assert_eq!(tollgate::overrides::path_segment(b"a b/\xff~"), "a%20b%2F%FF~");
+/// ```
+pub fn path_segment(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
 /// One override as listed: its (policy, key), what it sets and where it
 /// came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
