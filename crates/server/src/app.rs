@@ -427,14 +427,15 @@ impl App {
                 watched.health.failed(cause, watched.context());
             }
         }
-        for (name, decision) in names.zip(&result.decisions) {
+        for (i, (name, decision)) in names.zip(&result.decisions).enumerate() {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
                 (true, _, _) => Outcome::Degraded,
                 (false, true, _) => Outcome::Allowed,
                 (false, false, true) => Outcome::Shadow,
                 (false, false, false) => Outcome::Denied,
             };
-            self.metrics.decision(name, outcome);
+            let overridden = result.overridden.get(i).copied().unwrap_or(false);
+            self.metrics.decision_of(name, outcome, overridden);
         }
         Ok(result)
     }
