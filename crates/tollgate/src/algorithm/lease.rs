@@ -12,11 +12,15 @@
 //!   made is lost to the bucket's cap, so the store's level plus every unit
 //!   still held in leases never exceeds the capacity.
 //! - [`lease_size`]: how much one lease takes of what remains.
-//! - [`give_back`]: units of a lease not spent, returned while the lease is
-//!   valid — exactly as if they had never been charged, since nothing that
-//!   happened in between (a window moving, a refill capped) depended on them.
+//! - [`give_back`]: units of a lease not spent, returned to a window's
+//!   counter while the lease is valid — exactly as if they had never been
+//!   charged, since nothing that happened in between (the window moving, a
+//!   later charge's decision) depended on them. A bucket takes nothing
+//!   back: every lease taken after this one has its `until` computed from
+//!   the bucket with these units gone, and giving them back would fill the
+//!   bucket before that lease ends (see [`give_back`]).
 
-use super::{State, div_rem, gcra, rescale_down, token_bucket};
+use super::{State, gcra, rescale_down, token_bucket};
 use crate::Policy;
 
 /// One lease takes at most this fraction (`1 / LEASE_SHARE`) of what
@@ -101,10 +105,27 @@ pub const fn lease_size(want: u64, remaining: u64) -> u64 {
 /// Gives back to `state` at `now` up to `units` of a lease that was valid
 /// until `until` (store microseconds), and returns how many it gave back.
 ///
-/// Nothing is given back once the lease is over (`now >= until`), to a
-/// state of another algorithm, or beyond what the state holds: a window
-/// counter never goes below zero, a bucket never above full. A window's
-/// units go back only to the window the lease ended with.
+/// Only a window's counter takes units back, only to the window the lease
+/// ended with, and never below zero. Nothing is given back once the lease
+/// is over (`now >= until`), to a state of another algorithm, or to a
+/// bucket (`token_bucket`, `gcra`): a bucket's unspent units are forfeited.
+///
+/// Why a bucket cannot take units back exactly: a lease taken from a
+/// bucket ends when the bucket as it was before that lease would be full,
+/// and that bucket already lacks the units of every earlier lease still
+/// held. Were an earlier lease to give its units back, the bucket would be
+/// full before the later lease ends, and the later lease's units, still
+/// spendable, would come on top of a full bucket. A counterexample of the
+/// shape the fleet property test (`tests/lease_exactness.rs`) found, in
+/// `token_bucket 10/s burst 100` at t = 0: one unit charged (99 left);
+/// lease A, valid 1 µs, costs 1 and takes 6 (92 left); lease B costs 1,
+/// takes 1 (90 left) and ends at 0.8 s, when the 92 before it would have
+/// refilled to 100; A gives its 6 back (96 left). At 0.5 s the
+/// bucket is full: 100 units pass at once, and B spends its unit — 101
+/// units in one instant from a bucket of 100. Without the give-back the
+/// bucket holds 95 at 0.5 s, and 95 + 1 <= 100. A window has no such
+/// coupling: its leases all end with the window, and its counter bounds
+/// the units admitted in the window however late they are spent.
 ///
 /// ```
 /// use tollgate::Mode;
@@ -142,37 +163,8 @@ pub fn give_back(policy: &Policy, state: &mut State, now: u64, units: u64, until
             *curr -= given;
             given
         }
-        State::TokenBucket { level, last, unit } => {
-            let scaled = policy.scaled_unit();
-            let current =
-                token_bucket::refill(policy, rescale_down(*level, *unit, policy), *last, now);
-            let full = policy.burst() * scaled;
-            let given = units.min((full - current.min(full)) / scaled);
-            if given > 0 {
-                (*level, *last, *unit) = (current + given * scaled, (*last).max(now), scaled);
-            }
-            given
-        }
-        State::Gcra {
-            tat_us,
-            tat_frac,
-            rate,
-        } => {
-            let scaled = policy.scaled_unit();
-            let (stored_us, stored_frac) = gcra::as_read(policy, *tat_us, *tat_frac, *rate);
-            let Some(before) = gcra::exactly_ahead(policy, stored_us, stored_frac, now) else {
-                // Further ahead than any decision reads: written under a
-                // slower policy, and not this lease's to shorten.
-                return 0;
-            };
-            let given = units.min(before / scaled);
-            if given > 0 {
-                let after = before - given * scaled;
-                let (whole, frac) = div_rem(after, policy.scaled_rate());
-                (*tat_us, *tat_frac, *rate) = (now + whole, frac, policy.scaled_rate());
-            }
-            given
-        }
+        // Forfeited: see above.
+        State::TokenBucket { .. } | State::Gcra { .. } => 0,
         State::SlidingLog(_) | State::LeakyBucket { .. } => 0,
     }
 }
