@@ -1,7 +1,8 @@
 //! The exactness of leases, against a simulated fleet.
 //!
 //! Two to four instances share one [`MemoryStore`] (on a [`ManualClock`])
-//! for one key and one leased policy. Each instance takes leases with
+//! for one key and one leased policy (or two, checked all or nothing: a
+//! request then needs a unit of each, leased together). Each instance takes leases with
 //! [`MemoryStore::lease_sync`] and spends them locally as the local half
 //! does: one unit at a time, only while the store's clock is before the
 //! `until` the store granted, giving back what is left on its next lease
@@ -139,32 +140,43 @@ fn events(policy: &Policy, spend: u32) -> impl Strategy<Value = Vec<Event>> + us
     proptest::collection::vec(event, 1..=200)
 }
 
-/// A policy of each leasing algorithm, a fleet size, a start instant and
-/// the events.
-fn scenario() -> impl Strategy<Value = (Policy, usize, u64, Vec<Event>)> {
-    proptest::sample::select(vec![
-        Algorithm::FixedWindow,
-        Algorithm::SlidingWindow,
-        Algorithm::TokenBucket,
-        Algorithm::Gcra,
-    ])
-    .prop_flat_map(leased_policy)
-    .prop_flat_map(|policy| {
-        let start = 0..10 * policy.period_us();
-        (
-            Just(policy),
-            2usize..=4,
-            start,
-            (2u32..=40).prop_flat_map(move |spend| events(&policy, spend)),
-        )
-    })
+const LEASING: [Algorithm; 4] = [
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindow,
+    Algorithm::TokenBucket,
+    Algorithm::Gcra,
+];
+
+/// The policies of the key (one of each leasing algorithm, and in a
+/// quarter of the cases a second policy of any leasing algorithm checked
+/// with it, all or nothing), a fleet size, a start instant and the events
+/// (timed by the first policy).
+fn scenario() -> impl Strategy<Value = (Vec<Policy>, usize, u64, Vec<Event>)> {
+    let second = proptest::sample::select(LEASING.to_vec()).prop_flat_map(leased_policy);
+    (
+        proptest::sample::select(LEASING.to_vec()).prop_flat_map(leased_policy),
+        proptest::option::weighted(0.25, second),
+    )
+        .prop_flat_map(|(first, second)| {
+            let start = 0..10 * first.period_us();
+            let events = (2u32..=40).prop_flat_map(move |spend| events(&first, spend));
+            let policies = std::iter::once(first).chain(second).collect::<Vec<_>>();
+            (Just(policies), 2usize..=4, start, events)
+        })
 }
 
-/// A lease an instance holds: units charged in the store, not yet spent.
+/// A lease an instance holds of one policy: units charged in the store,
+/// not yet spent.
 #[derive(Debug, Clone, Copy, Default)]
 struct InHand {
     units: u64,
     until: u64,
+}
+
+impl InHand {
+    fn spendable(&self, now: u64) -> bool {
+        self.units > 0 && now < self.until
+    }
 }
 
 /// Units admitted at an instant, in one span between resets.
@@ -199,19 +211,24 @@ struct Fleet<'a> {
     clock: ManualClock,
     store: MemoryStore,
     twin: MemoryStore,
-    policy: &'a Policy,
-    instances: Vec<InHand>,
+    policies: &'a [Policy],
+    /// Each instance's lease of each policy. A request needs a unit of
+    /// every policy: an instance spends only while it holds all of them.
+    instances: Vec<Vec<InHand>>,
     span: u32,
     admitted: Vec<Admitted>,
     seen: Seen,
 }
 
+const NAMES: [&str; 2] = ["first", "second"];
+
 impl Fleet<'_> {
-    fn refs(&self) -> [PolicyRef<'_>; 1] {
-        [PolicyRef {
-            name: "leased",
-            policy: self.policy,
-        }]
+    fn refs(&self) -> Vec<PolicyRef<'_>> {
+        NAMES
+            .iter()
+            .zip(self.policies)
+            .map(|(&name, policy)| PolicyRef { name, policy })
+            .collect()
     }
 
     fn now(&self) -> u64 {
@@ -228,9 +245,8 @@ impl Fleet<'_> {
             .twin
             .apply_sync(Check::new(KEY, &refs, units, Mode::Consume));
         prop_assert!(
-            twin[0].allowed,
-            "{units} unit(s) admitted at {now} that a store without leases denies: {:?}",
-            twin[0]
+            twin.iter().all(|d| d.allowed),
+            "{units} unit(s) admitted at {now} that a store without leases denies: {twin:?}"
         );
         self.admitted.push(Admitted {
             span: self.span,
@@ -252,83 +268,98 @@ impl Fleet<'_> {
                 ttl_us,
             } => {
                 let held = std::mem::take(&mut self.instances[instance % n]);
-                let asks = [LeaseAsk {
-                    want,
-                    ttl_us,
-                    held: Held {
-                        units: held.units,
-                        until: held.until,
-                    },
-                }];
+                let asks: Vec<LeaseAsk> = (0..self.policies.len())
+                    .map(|i| {
+                        let held = held.get(i).copied().unwrap_or_default();
+                        LeaseAsk {
+                            want,
+                            ttl_us,
+                            held: Held {
+                                units: held.units,
+                                until: held.until,
+                            },
+                        }
+                    })
+                    .collect();
                 let refs = self.refs();
                 let answer = self.store.lease_sync(LeaseCall {
                     check: Check::new(KEY, &refs, cost, Mode::Consume),
                     asks: &asks,
                 });
-                let (decision, leased) = (answer.decisions[0], answer.leased[0]);
-                // What is given back: all of it to a window's counter while
-                // the lease is valid (the counter holds every unit leased in
-                // its window, so nothing clips it), nothing once the lease
-                // is over, and nothing to a bucket (forfeited: see
-                // `give_back`).
-                let window = matches!(
-                    self.policy.algorithm(),
-                    Algorithm::FixedWindow | Algorithm::SlidingWindow
-                );
-                let expected = if window && now < held.until {
-                    held.units
-                } else {
-                    0
-                };
-                prop_assert_eq!(
-                    leased.returned,
-                    expected,
-                    "given back at {} of {:?}",
-                    now,
-                    held
-                );
-                self.seen.given_back += u64::from(leased.returned > 0);
-                if !decision.allowed {
-                    prop_assert_eq!(leased.units, 0, "a denied call leases nothing");
-                    self.seen.denied += 1;
-                    return self.promises_no_more_than_the_twin();
-                }
-                self.admit(cost)?;
-                prop_assert!(leased.units <= want);
-                if leased.units > 0 {
-                    self.seen.leases += 1;
-                    self.seen.multi_unit_leases += u64::from(leased.units > 1);
-                    prop_assert!(leased.until > now && leased.until <= now + ttl_us);
-                    prop_assert_eq!(leased.valid_us, leased.until - now);
-                    self.instances[instance % n] = InHand {
+                let allowed = answer.decisions.iter().all(|d| d.allowed);
+                let mut in_hand = Vec::new();
+                for ((policy, ask), leased) in self.policies.iter().zip(&asks).zip(&answer.leased) {
+                    // What is given back: all of it to a window's counter
+                    // while the lease is valid (the counter holds every unit
+                    // leased in its window, so nothing clips it), nothing
+                    // once the lease is over, and nothing to a bucket
+                    // (forfeited: see `give_back`).
+                    let window = matches!(
+                        policy.algorithm(),
+                        Algorithm::FixedWindow | Algorithm::SlidingWindow
+                    );
+                    let held = ask.held;
+                    let expected = if window && now < held.until {
+                        held.units
+                    } else {
+                        0
+                    };
+                    prop_assert_eq!(
+                        leased.returned,
+                        expected,
+                        "{} given back at {} of {:?}",
+                        policy,
+                        now,
+                        held
+                    );
+                    self.seen.given_back += u64::from(leased.returned > 0);
+                    if !allowed {
+                        prop_assert_eq!(leased.units, 0, "a denied call leases nothing");
+                        continue;
+                    }
+                    prop_assert!(leased.units <= want);
+                    if leased.units > 0 {
+                        self.seen.leases += 1;
+                        self.seen.multi_unit_leases += u64::from(leased.units > 1);
+                        prop_assert!(leased.until > now && leased.until <= now + ttl_us);
+                        prop_assert_eq!(leased.valid_us, leased.until - now);
+                    }
+                    in_hand.push(InHand {
                         units: leased.units,
                         until: leased.until,
-                    };
+                    });
+                }
+                if allowed {
+                    self.admit(cost)?;
+                    self.instances[instance % n] = in_hand;
+                } else {
+                    self.seen.denied += 1;
                 }
             }
             Event::Spend(instance, units) => {
+                let all = |held: &Vec<InHand>| {
+                    held.len() == self.policies.len() && held.iter().all(|h| h.spendable(now))
+                };
                 for _ in 0..units {
-                    let held = &mut self.instances[instance % n];
-                    if held.units == 0 || now >= held.until {
+                    if !all(&self.instances[instance % n]) {
                         break;
                     }
-                    held.units -= 1;
-                    let spendable = self
-                        .instances
-                        .iter()
-                        .filter(|h| h.units > 0 && now < h.until);
-                    self.seen.spent_while_shared += u64::from(spendable.count() > 1);
+                    for held in &mut self.instances[instance % n] {
+                        held.units -= 1;
+                    }
+                    let spending = self.instances.iter().filter(|held| all(held)).count();
+                    self.seen.spent_while_shared += u64::from(spending > 1);
                     self.seen.spent += 1;
                     self.admit(1)?;
                 }
             }
-            Event::Drop(instance) => self.instances[instance % n] = InHand::default(),
+            Event::Drop(instance) => self.instances[instance % n].clear(),
             Event::Check(cost) => {
                 let refs = self.refs();
                 let decision = self
                     .store
                     .apply_sync(Check::new(KEY, &refs, cost, Mode::Consume));
-                if decision[0].allowed {
+                if decision.iter().all(|d| d.allowed) {
                     self.admit(cost)?;
                 } else {
                     self.seen.denied += 1;
@@ -336,16 +367,15 @@ impl Fleet<'_> {
             }
             Event::Drain => {
                 let refs = self.refs();
-                let left =
-                    self.store.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek))[0].remaining;
+                let peek = self.store.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek));
+                let left = peek.iter().map(|d| d.remaining).min().unwrap_or_default();
                 if left > 0 {
                     let decision =
                         self.store
                             .apply_sync(Check::new(KEY, &refs, left, Mode::Consume));
                     prop_assert!(
-                        decision[0].allowed,
-                        "what remains is allowed: {:?}",
-                        decision[0]
+                        decision.iter().all(|d| d.allowed),
+                        "what remains is allowed: {decision:?}"
                     );
                     self.admit(left)?;
                 }
@@ -353,34 +383,36 @@ impl Fleet<'_> {
             Event::Reset => {
                 block_on(self.store.reset(KEY, &self.refs())).expect("memory store resets");
                 block_on(self.twin.reset(KEY, &self.refs())).expect("memory store resets");
-                self.instances.fill(InHand::default());
+                self.instances.iter_mut().for_each(Vec::clear);
                 self.span += 1;
             }
         }
         self.promises_no_more_than_the_twin()
     }
 
-    /// The store's `remaining` plus every unit still spendable from a lease
-    /// is at most the twin's `remaining`.
+    /// For each policy, the store's `remaining` plus every unit of it still
+    /// spendable from a lease is at most the twin's `remaining`.
     fn promises_no_more_than_the_twin(&self) -> Result<(), TestCaseError> {
         let now = self.now();
         let refs = self.refs();
-        let peek = |store: &MemoryStore| {
-            store.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek))[0].remaining
-        };
-        let spendable: u64 = self
-            .instances
-            .iter()
-            .filter(|held| now < held.until)
-            .map(|held| held.units)
-            .sum();
-        let (store, twin) = (peek(&self.store), peek(&self.twin));
-        prop_assert!(
-            store + spendable <= twin,
-            "at {now}: the store has {store} remaining and leases {spendable} spendable units, \
-             the twin only {twin} remaining; leases {:?}",
-            self.instances
-        );
+        let store = self.store.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek));
+        let twin = self.twin.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek));
+        for (i, policy) in self.policies.iter().enumerate() {
+            let spendable: u64 = self
+                .instances
+                .iter()
+                .filter_map(|held| held.get(i))
+                .filter(|held| now < held.until)
+                .map(|held| held.units)
+                .sum();
+            let (store, twin) = (store[i].remaining, twin[i].remaining);
+            prop_assert!(
+                store + spendable <= twin,
+                "{policy} at {now}: the store has {store} remaining and leases {spendable} \
+                 spendable units, the twin only {twin} remaining; leases {:?}",
+                self.instances
+            );
+        }
         Ok(())
     }
 }
@@ -466,14 +498,19 @@ fn within_policy(policy: &Policy, admitted: &[Admitted]) -> Result<(), TestCaseE
 }
 
 /// Runs one scenario, checking every bound, and returns what it saw.
-fn run(policy: &Policy, size: usize, start: u64, events: &[Event]) -> Result<Seen, TestCaseError> {
+fn run(
+    policies: &[Policy],
+    size: usize,
+    start: u64,
+    events: &[Event],
+) -> Result<Seen, TestCaseError> {
     let clock = ManualClock::new(start);
     let mut fleet = Fleet {
         store: MemoryStore::with_clock(clock.clone()),
         twin: MemoryStore::with_clock(clock.clone()),
         clock,
-        policy,
-        instances: vec![InHand::default(); size],
+        policies,
+        instances: vec![Vec::new(); size],
         span: 0,
         admitted: Vec::new(),
         seen: Seen::default(),
@@ -488,7 +525,9 @@ fn run(policy: &Policy, size: usize, start: u64, events: &[Event]) -> Result<See
             .copied()
             .filter(|a| a.span == span)
             .collect();
-        within_policy(policy, &admitted)?;
+        for policy in policies {
+            within_policy(policy, &admitted)?;
+        }
     }
     Ok(fleet.seen)
 }
@@ -504,13 +543,19 @@ fn the_scenarios_exercise_leases() {
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
     let mut total = Seen::default();
     let mut by_algorithm = std::collections::BTreeMap::new();
+    let mut spent_under_two_policies = 0;
     for _ in 0..256 {
-        let (policy, size, start, events) = scenario()
+        let (policies, size, start, events) = scenario()
             .new_tree(&mut runner)
             .expect("scenarios generate")
             .current();
-        let seen = run(&policy, size, start, &events).expect("the property holds");
-        *by_algorithm.entry(policy.algorithm()).or_insert(0u64) += seen.spent_while_shared;
+        let seen = run(&policies, size, start, &events).expect("the property holds");
+        for policy in &policies {
+            *by_algorithm.entry(policy.algorithm()).or_insert(0u64) += seen.spent_while_shared;
+        }
+        if policies.len() == 2 {
+            spent_under_two_policies += seen.spent;
+        }
         total.leases += seen.leases;
         total.multi_unit_leases += seen.multi_unit_leases;
         total.spent += seen.spent;
@@ -522,6 +567,10 @@ fn the_scenarios_exercise_leases() {
     assert!(total.spent >= 1_000, "{total:?}");
     assert!(total.given_back >= 500, "{total:?}");
     assert!(total.denied >= 200, "{total:?}");
+    assert!(
+        spent_under_two_policies >= 100,
+        "{spent_under_two_policies}"
+    );
     for algorithm in [
         Algorithm::FixedWindow,
         Algorithm::SlidingWindow,
@@ -605,7 +654,7 @@ fn a_give_back_never_fills_a_bucket_under_a_later_lease() {
             Event::Drain,
             Event::Spend(1, 1),
         ];
-        let seen = run(&policy, 2, 0, &events).expect("exact");
+        let seen = run(&[policy], 2, 0, &events).expect("exact");
         assert_eq!((seen.leases, seen.spent), (2, 1), "{algorithm}");
     }
 }
@@ -622,8 +671,8 @@ proptest! {
 
     #[test]
     fn a_fleet_spending_leases_never_admits_more_than_the_policy(
-        (policy, size, start, events) in scenario()
+        (policies, size, start, events) in scenario()
     ) {
-        run(&policy, size, start, &events)?;
+        run(&policies, size, start, &events)?;
     }
 }
