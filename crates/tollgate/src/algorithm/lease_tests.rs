@@ -305,3 +305,33 @@ fn a_window_leases_until_the_end_of_the_window_a_charge_lands_in() {
         assert_eq!(lease_until(&p, &state, 3 * S + 5), 4 * S, "{a}");
     }
 }
+
+#[test]
+fn a_bucket_changed_under_a_live_key_leases_until_full_under_the_policy_in_force() {
+    // Six of ten tokens spent at 0: four left.
+    let old = policy("token_bucket 10/1s burst 10");
+    let mut state = State::fresh(&old, 0);
+    assert!(decide(&old, &mut state, 0, 6, Mode::Consume).allowed);
+    // A smaller bucket holds at most its own five tokens: one missing.
+    let smaller = policy("token_bucket 10/1s burst 5");
+    assert_eq!(lease_until(&smaller, &state, 0), 100_000);
+    // A faster refill: six tokens missing at 20/s.
+    let faster = policy("token_bucket 20/1s burst 10");
+    assert_eq!(lease_until(&faster, &state, 0), 300_000);
+    // A bucket already full under the new policy leases nothing.
+    let tiny = policy("token_bucket 10/1s burst 3");
+    assert_eq!(lease_until(&tiny, &state, 0), 0);
+    // GCRA keeps its arrival time: full (not ahead) at 600 ms whatever
+    // the burst, which is when its bucket stops losing nothing to the cap.
+    let old = policy("gcra 10/1s burst 10");
+    let mut state = State::fresh(&old, 0);
+    assert!(decide(&old, &mut state, 0, 6, Mode::Consume).allowed);
+    assert_eq!(
+        lease_until(&policy("gcra 10/1s burst 5"), &state, 0),
+        600_000
+    );
+    assert_eq!(
+        lease_until(&policy("gcra 20/1s burst 10"), &state, 0),
+        600_000
+    );
+}
