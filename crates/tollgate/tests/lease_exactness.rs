@@ -330,6 +330,13 @@ impl Fleet<'_> {
                     });
                 }
                 if allowed {
+                    // The call's decisions describe the store after the
+                    // lease, as a look right after it does.
+                    let after = self.peek(&self.store);
+                    for (answered, looked) in answer.decisions.iter().zip(&after) {
+                        prop_assert_eq!(answered.remaining, looked.remaining);
+                        prop_assert_eq!(answered.reset_after, looked.reset_after);
+                    }
                     self.admit(cost)?;
                     self.instances[instance % n] = in_hand;
                 } else {
@@ -367,8 +374,12 @@ impl Fleet<'_> {
             }
             Event::Drain => {
                 let refs = self.refs();
-                let peek = self.store.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek));
-                let left = peek.iter().map(|d| d.remaining).min().unwrap_or_default();
+                let left = self
+                    .peek(&self.store)
+                    .iter()
+                    .map(|d| d.remaining)
+                    .min()
+                    .unwrap_or_default();
                 if left > 0 {
                     let decision =
                         self.store
@@ -390,13 +401,16 @@ impl Fleet<'_> {
         self.promises_no_more_than_the_twin()
     }
 
+    /// What `store` decides for one unit of the key now, charging nothing.
+    fn peek(&self, store: &MemoryStore) -> tollgate::Decisions {
+        store.apply_sync(Check::new(KEY, &self.refs(), 1, Mode::Peek))
+    }
+
     /// For each policy, the store's `remaining` plus every unit of it still
     /// spendable from a lease is at most the twin's `remaining`.
     fn promises_no_more_than_the_twin(&self) -> Result<(), TestCaseError> {
         let now = self.now();
-        let refs = self.refs();
-        let store = self.store.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek));
-        let twin = self.twin.apply_sync(Check::new(KEY, &refs, 1, Mode::Peek));
+        let (store, twin) = (self.peek(&self.store), self.peek(&self.twin));
         for (i, policy) in self.policies.iter().enumerate() {
             let spendable: u64 = self
                 .instances
