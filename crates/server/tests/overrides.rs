@@ -272,14 +272,26 @@ async fn overrides_block_expire_and_list_in_pages_on_the_memory_store() {
     // Counted under the policy, in series of their own.
     let (_, metrics) = server.get_text("/metrics").await;
     for (series, n) in [
-        (r#"tollgate_decisions_total{policy="tiny",outcome="allowed",override="true"}"#, 5),
-        (r#"tollgate_decisions_total{policy="tiny",outcome="denied",override="true"}"#, 1),
-        (r#"tollgate_decisions_total{policy="tiny",outcome="allowed"}"#, 1),
+        (
+            r#"tollgate_decisions_total{policy="tiny",outcome="allowed",override="true"}"#,
+            5,
+        ),
+        (
+            r#"tollgate_decisions_total{policy="tiny",outcome="denied",override="true"}"#,
+            1,
+        ),
+        (
+            r#"tollgate_decisions_total{policy="tiny",outcome="allowed"}"#,
+            1,
+        ),
     ] {
         let line = format!("{series} {n}\n");
         assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     }
-    assert!(!metrics.contains(r#"policy="bucket",outcome="allowed",override"#), "no series before an override decides");
+    assert!(
+        !metrics.contains(r#"policy="bucket",outcome="allowed",override"#),
+        "no series before an override decides"
+    );
     // Pages: 25 more, listed 10 at a time, each once, in order.
     for i in 0..25 {
         put(

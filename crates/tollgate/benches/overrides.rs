@@ -49,9 +49,21 @@ fn bench(c: &mut Criterion) {
     let full = full_table();
     for (name, limiter, key) in [
         ("no_table", limiter(None), "someone"),
-        ("empty_table", limiter(Some(Arc::new(Overrides::new()))), "someone"),
-        ("100k_table_miss", limiter(Some(Arc::clone(&full))), "someone"),
-        ("100k_table_hit", limiter(Some(Arc::clone(&full))), "tenant-77"),
+        (
+            "empty_table",
+            limiter(Some(Arc::new(Overrides::new()))),
+            "someone",
+        ),
+        (
+            "100k_table_miss",
+            limiter(Some(Arc::clone(&full))),
+            "someone",
+        ),
+        (
+            "100k_table_hit",
+            limiter(Some(Arc::clone(&full))),
+            "tenant-77",
+        ),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {
