@@ -136,7 +136,10 @@ struct PutBody {
 #[derive(Debug, Serialize)]
 struct Shown {
     policy: String,
+    /// The key as text (bytes that are not UTF-8 shown as U+FFFD).
     key: String,
+    /// The key exactly, as the path segment that names it.
+    key_path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,6 +166,7 @@ impl Shown {
         Shown {
             policy: policy.to_owned(),
             key: String::from_utf8_lossy(key).into_owned(),
+            key_path: path_segment(key),
             limit: numbers.map(|p| p.limit()),
             period_ms: numbers.map(|p| p.period_us() / 1000),
             burst: numbers
@@ -475,7 +479,10 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 2 * (4096 + 256) {
+    // A cursor names one (policy, key): the name's length, a name of at
+    // most 128 bytes, the key space's tag and a key the limiter takes.
+    const MAX_CURSOR_BYTES: usize = 2 + 128 + 16 + crate::app::MAX_LIMITER_KEY;
+    if text.len() % 2 != 0 || text.len() > 2 * MAX_CURSOR_BYTES {
         return None;
     }
     (0..text.len())

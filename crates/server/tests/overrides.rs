@@ -54,10 +54,10 @@ async fn get(server: &TestServer, path: &str) -> (u16, serde_json::Value) {
     send(server, reqwest::Method::GET, path, None, Some(TOKEN)).await
 }
 
-/// Waits until a GET of `path` on `server` answers `status`: at most 1 s,
-/// the bound on propagation between instances.
-async fn propagated(server: &TestServer, path: &str, status: u16) {
-    let start = Instant::now();
+/// Waits until a GET of `path` on `server` answers `status`: at most 1 s
+/// after `start` (when the change was made), the bound on propagation
+/// between instances.
+async fn propagated(server: &TestServer, path: &str, status: u16, start: Instant) {
     loop {
         if get(server, path).await.0 == status {
             return;
@@ -84,12 +84,13 @@ async fn three_servers_share_overrides(store: &str) {
         TestServer::start_text(Backend::memory(), &text).await,
         TestServer::start_text(Backend::memory(), &text).await,
     ];
+    let start = Instant::now();
     let (status, body) = put(&fleet[0], "/v1/overrides/tiny/vip", r#"{"limit": 5}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["limit"], 5);
     assert_eq!(body["source"], "api");
     for server in &fleet[1..] {
-        propagated(server, "/v1/overrides/tiny/vip", 200).await;
+        propagated(server, "/v1/overrides/tiny/vip", 200, start).await;
     }
     // One state, one limit of 5 for `vip`, across the fleet; 2 for others.
     let mut allowed = 0;
@@ -102,6 +103,7 @@ async fn three_servers_share_overrides(store: &str) {
     let body = check(&fleet[1], "someone").await;
     assert!(body.get("override").is_none(), "{body}");
 
+    let start = Instant::now();
     let (status, _) = send(
         &fleet[2],
         reqwest::Method::DELETE,
@@ -112,7 +114,7 @@ async fn three_servers_share_overrides(store: &str) {
     .await;
     assert_eq!(status, 204);
     for server in &fleet {
-        propagated(server, "/v1/overrides/tiny/vip", 404).await;
+        propagated(server, "/v1/overrides/tiny/vip", 404, start).await;
     }
     assert_eq!(
         check(&fleet[0], "vip").await["allowed"],
@@ -239,6 +241,7 @@ async fn overrides_block_expire_and_list_in_pages_on_the_memory_store() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["key"], "café/x");
+    assert_eq!(body["key_path"], "caf%C3%A9%2Fx");
     assert_eq!(body["burst"], 200);
     assert_eq!(body["period_ms"], 60_000);
     let expires = body["expires_in_ms"].as_u64().unwrap();
