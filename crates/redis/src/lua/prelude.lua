@@ -8,6 +8,22 @@
 
 local ALG = {}
 
+-- The lease functions of the algorithms that lease (main.lua, `lease`), by
+-- the same names: LEASE_UNTIL[name](key, p, now) is the twin of
+-- tollgate::algorithm::lease_until, GIVE_BACK[name](key, p, now, units,
+-- ends) of give_back (it writes the state it changes). sliding_log and
+-- leaky_bucket have none: they never lease.
+local LEASE_UNTIL, GIVE_BACK = {}, {}
+
+-- lease_until of both windows, from the stored window start (`now` when
+-- there is none): the end of the window a charge at `now` lands in, the
+-- one that holds the start under this `period` or, once that ended, now's.
+local function window_lease_until(start, period, now)
+  local held = start - start % period
+  if now >= held + period then return now - now % period + period end
+  return held + period
+end
+
 -- Redis's and Lua's functions used on every decision, as locals: a global
 -- is a table lookup on every use.
 -- A library's top level runs in a sandbox that cannot reach them, so
@@ -87,9 +103,15 @@ local function load(key, now)
   return call('GET', key)
 end
 
--- Stores a string state that becomes fresh at `fresh_at` (> now).
+-- Stores a string state that becomes fresh at `fresh_at` (> now), or
+-- deletes it when it is fresh already (`fresh_at` 0: a window that a
+-- give-back emptied), as the memory store's entry is gone then.
 local function store(key, value, fresh_at)
-  call('SET', key, value, 'PXAT', fmt(expiry_ms(fresh_at)))
+  if fresh_at == 0 then
+    call('DEL', key)
+  else
+    call('SET', key, value, 'PXAT', fmt(expiry_ms(fresh_at)))
+  end
 end
 
 -- After a decision that charged nothing: a state read under a policy that
