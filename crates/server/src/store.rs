@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tollgate::resilience::Resilient;
 use tollgate::store::{InvalidationSink, Invalidations};
-use tollgate::{Check, Decisions, MemoryStore, Mode, Policy, PolicyRef, Store, StoreError};
+use tollgate::{
+    Check, Decisions, LeaseAnswer, LeaseCall, MemoryStore, Mode, Policy, PolicyRef, Store,
+    StoreError,
+};
 use tollgate_redis::{ConnectError, RedisOptions, RedisStore, SentinelMaster};
 
 use crate::config::{KeyLayout, StoreKind, StoreSettings};
@@ -130,7 +133,9 @@ impl Invalidations for ServerStore {
 /// On a Redis store with `key_layout: envoy` (an envoy prefix), a check of
 /// one inline Envoy descriptor limit in fixed windows is decided on
 /// envoyproxy/ratelimit's counter ([`envoyproxy_counter_base`] says which);
-/// everything else in tollgate's layout.
+/// everything else in tollgate's layout. Leases are the store's own; a
+/// check kept on envoyproxy/ratelimit's counter leases nothing (that
+/// layout has no lease: the check is decided as a plain one).
 impl Store for ServerStore {
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         match self {
@@ -144,6 +149,22 @@ impl Store for ServerStore {
                 }
                 None => store.apply(check).await,
             },
+        }
+    }
+
+    async fn lease(&self, call: LeaseCall<'_>) -> Result<LeaseAnswer, StoreError> {
+        match self {
+            ServerStore::Memory(store) => store.lease(call).await,
+            ServerStore::Redis(store) => {
+                if envoy_counter(store, call.check.key, call.check.policies).is_some() {
+                    let check = Check {
+                        mode: Mode::Consume,
+                        ..call.check
+                    };
+                    return Ok(LeaseAnswer::unleased(self.apply(check).await?));
+                }
+                store.lease(call).await
+            }
         }
     }
 
@@ -211,6 +232,12 @@ pub fn is_per_second(policy: &Policy) -> bool {
 /// on. Per-second first because that is the cheaper loss: the reverse
 /// order would let every burst the per-second limit denies spend the
 /// longer limits' quota. Peeks go to both stores at once.
+///
+/// Leases likewise: a lease call whose policies are all on one store is
+/// that store's lease call. One with policies on both cannot take its
+/// leases atomically with its check (nor give held units back to two
+/// servers in one step), so it is decided as a plain check, as above, and
+/// leases nothing: its held units are forfeited, which is always exact.
 #[derive(Clone, Debug)]
 pub struct RoutedStore {
     main: ResilientStore,
@@ -330,6 +357,26 @@ impl Store for RoutedStore {
             }
         };
         merge(check.policies.len(), &split, main, second)
+    }
+
+    /// The store of every policy of the call, when they share one; else a
+    /// consumed check across both stores ([`apply`](Store::apply)), with
+    /// no lease (see the type's documentation).
+    async fn lease(&self, call: LeaseCall<'_>) -> Result<LeaseAnswer, StoreError> {
+        let Some((per_second, split)) = self.split(call.check.policies) else {
+            return self.main.lease(call).await;
+        };
+        if split.per_second.is_empty() {
+            return self.main.lease(call).await;
+        }
+        if split.main.is_empty() {
+            return per_second.lease(call).await;
+        }
+        let check = Check {
+            mode: Mode::Consume,
+            ..call.check
+        };
+        Ok(LeaseAnswer::unleased(self.apply(check).await?))
     }
 
     /// Resets the policies on each store; both are tried, and the first
