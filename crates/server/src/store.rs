@@ -404,3 +404,82 @@ impl Store for RoutedStore {
         main.and(second)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tollgate::resilience::ResilienceOptions;
+    use tollgate::{Clock, Held, LeaseAsk, Leased, ManualClock};
+
+    use super::*;
+
+    /// A router over two memory stores on `clock`, behind their resilience
+    /// layers as the server builds them.
+    fn routed(clock: &ManualClock) -> RoutedStore {
+        let store = || {
+            Resilient::new(
+                ServerStore::Memory(MemoryStore::with_clock(clock.clone())),
+                ResilienceOptions::default().clock(clock.clone()),
+            )
+        };
+        RoutedStore::new(store(), Some(store()))
+    }
+
+    fn policy(text: &str) -> Policy {
+        text.parse().expect("a valid policy")
+    }
+
+    /// Remaining units of `policy` for `key` (a peek of one unit).
+    async fn remaining(store: &RoutedStore, key: &[u8], policy: PolicyRef<'_>) -> u64 {
+        let refs = [policy];
+        store
+            .apply(Check::new(key, &refs, 1, Mode::Peek))
+            .await
+            .expect("memory")[0]
+            .remaining
+    }
+
+    #[tokio::test]
+    async fn a_lease_call_across_both_stores_is_a_plain_check_that_leases_nothing() {
+        let clock = ManualClock::new(1_790_000_000_000_000);
+        let store = routed(&clock);
+        let (second, hour) = (policy("fixed_window 100/1s"), policy("fixed_window 100/1h"));
+        let refs = [
+            PolicyRef {
+                name: "second",
+                policy: &second,
+            },
+            PolicyRef {
+                name: "hour",
+                policy: &hour,
+            },
+        ];
+        let ask = LeaseAsk {
+            want: 50,
+            ttl_us: 10_000_000,
+            held: Held {
+                units: 3,
+                until: clock.now_us() + 500_000,
+            },
+        };
+        let call = LeaseCall {
+            check: Check::new(b"k", &refs, 2, Mode::Consume),
+            asks: &[ask, ask],
+        };
+        let answer = store.lease(call).await.expect("memory");
+        assert!(answer.decisions.iter().all(|d| d.allowed), "{answer:?}");
+        assert_eq!(answer.leased.as_slice(), [Leased::default(); 2]);
+        // Both charged the check's cost, and nothing more.
+        for policy in refs {
+            assert_eq!(remaining(&store, b"k", policy).await, 98, "{}", policy.name);
+        }
+        // Denied on the per-second store: the main store is not charged.
+        let call = LeaseCall {
+            check: Check::new(b"k", &refs, 99, Mode::Consume),
+            asks: &[ask, ask],
+        };
+        let denied = store.lease(call).await.expect("memory");
+        assert!(!denied.decisions[0].allowed, "{denied:?}");
+        assert_eq!(denied.leased.as_slice(), [Leased::default(); 2]);
+        assert_eq!(remaining(&store, b"k", refs[1]).await, 98);
+    }
+}
