@@ -1030,6 +1030,11 @@ impl RedisStore {
     ) -> Result<Vec<i64>, StoreError> {
         let now = self.now_arg();
         let mask = script::mask(check.policies);
+        // Only a lease call's script holds the lease code.
+        let script = || match asks {
+            Some(_) => script::for_lease_mask(mask),
+            None => script::for_mask(mask),
+        };
         // FCALL of the library's function; where Redis cannot run functions,
         // EVALSHA of the script of exactly this check's algorithms
         // (script.rs). The library is missing on a new server, after FUNCTION
@@ -1039,13 +1044,10 @@ impl RedisStore {
         let build = |call: Call| match call {
             Call::Fcall => self.command("FCALL", &LIBRARY.name, check, asks, &now),
             Call::Evalsha => {
-                let script = script::for_mask(mask);
-                self.command("EVALSHA", script.script.get_hash(), check, asks, &now)
+                let hash = script().script.get_hash();
+                self.command("EVALSHA", hash, check, asks, &now)
             }
-            Call::Eval => {
-                let source = &script::for_mask(mask).source;
-                self.command("EVAL", source, check, asks, &now)
-            }
+            Call::Eval => self.command("EVAL", &script().source, check, asks, &now),
         };
         let first = build(if self.uses_functions() {
             Call::Fcall

@@ -1,28 +1,19 @@
 -- tollgate decision script, first part: shared helpers.
 --
 -- A script is the concatenation of prelude.lua, the files of the algorithms a
--- check uses and main.lua (see src/script.rs). Each algorithm file is the Lua twin of the
+-- check uses and main.lua (see src/script.rs); the library and a lease call's
+-- script add lease/prelude.lua and the lease files of those algorithms after
+-- the algorithm files, and lease/main.lua after main.lua. Each algorithm file is the Lua twin of the
 -- Rust step function of the same name in crates/tollgate/src/algorithm/; the
 -- differential test requires both to decide identically. All arithmetic is on
 -- integers below 2^53 (Policy::new guarantees it), where Lua's doubles are exact.
 
 local ALG = {}
 
--- The lease functions of the algorithms that lease (main.lua, `lease`), by
--- the same names: LEASE_UNTIL[name](key, p, now) is the twin of
--- tollgate::algorithm::lease_until, GIVE_BACK[name](key, p, now, units,
--- ends) of give_back (it writes the state it changes). sliding_log and
--- leaky_bucket have none: they never lease.
-local LEASE_UNTIL, GIVE_BACK = {}, {}
-
--- lease_until of both windows, from the stored window start (`now` when
--- there is none): the end of the window a charge at `now` lands in, the
--- one that holds the start under this `period` or, once that ended, now's.
-local function window_lease_until(start, period, now)
-  local held = start - start % period
-  if now >= held + period then return now - now % period + period end
-  return held + period
-end
+-- The lease step's two halves (lease/main.lua), where the code holds them:
+-- `decide` (main.lua) runs them before and after a lease call's check.
+-- Declared here, set after main.lua.
+local lease_begin, lease_end
 
 -- Redis's and Lua's functions used on every decision, as locals: a global
 -- is a table lookup on every use.
