@@ -482,4 +482,41 @@ mod tests {
         assert_eq!(denied.leased.as_slice(), [Leased::default(); 2]);
         assert_eq!(remaining(&store, b"k", refs[1]).await, 98);
     }
+
+    /// A check kept on envoyproxy/ratelimit's counter cannot lease: the
+    /// call is that check, charged on the counter, and leases nothing.
+    #[tokio::test]
+    async fn a_lease_call_on_an_envoy_counter_is_a_plain_check_that_leases_nothing() {
+        let server = tollgate_testkit::redis::RedisServer::start();
+        let options = RedisOptions::default()
+            .prefix(tollgate_testkit::redis::unique_prefix())
+            .envoy_prefix("lease_")
+            .timeout(Duration::from_secs(5));
+        let store = ServerStore::Redis(
+            RedisStore::connect(&server.url(), options)
+                .await
+                .expect("connect"),
+        );
+        let limit = policy("fixed_window 100/1s");
+        let refs = [PolicyRef {
+            name: "envoy/domain/key",
+            policy: &limit,
+        }];
+        let ask = LeaseAsk {
+            want: 50,
+            ttl_us: 10_000_000,
+            held: Held::default(),
+        };
+        let call = LeaseCall {
+            check: Check::new(b"envoy:6:domain3:key5:value", &refs, 3, Mode::Consume),
+            asks: &[ask],
+        };
+        let answer = store.lease(call).await.expect("redis");
+        assert!(answer.decisions[0].allowed, "{answer:?}");
+        assert_eq!(answer.decisions[0].remaining, 97, "{answer:?}");
+        assert_eq!(answer.leased.as_slice(), [Leased::default()]);
+        let counters = server.cli(&["KEYS", "lease_domain_key_value_*"]);
+        let counter = counters.lines().next().expect("the counter");
+        assert_eq!(server.cli(&["GET", counter]), "3");
+    }
 }
