@@ -131,6 +131,7 @@ macro_rules! conformance_suite {
             units_given_back_too_late_change_nothing,
             a_denied_lease_call_leases_and_charges_nothing,
             one_policy_denying_leases_nothing_anywhere,
+            concurrent_lease_calls_grant_exactly_what_they_charge,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -962,5 +963,73 @@ where
         );
         assert_eq!(store_remaining(&store, &key, refs[0]).await, 149, "{a}");
         assert_eq!(store_remaining(&store, &key, refs[1]).await, 1, "{a}");
+    }
+}
+
+/// 32 concurrent tasks on one key, each making lease calls and giving back
+/// part of its previous lease with the next: every unit the store grants
+/// (checks allowed, units leased, less units taken back) is charged in it,
+/// exactly, and together they never pass the limit. Time stands still, so
+/// the limit is the whole allowance.
+pub async fn concurrent_lease_calls_grant_exactly_what_they_charge<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use std::sync::Arc;
+
+    use tollgate::{Held, PolicyRef};
+    let (store, _clock) = store_at_start(make).await;
+    let store = Arc::new(store);
+    for a in leasing_algorithms() {
+        let p = leasing(a, "500/1h");
+        let key = format!("concurrent-{a}");
+        let tasks: Vec<_> = (0..32u64)
+            .map(|task| {
+                let (store, key) = (Arc::clone(&store), key.clone());
+                tokio::spawn(async move {
+                    let refs = [PolicyRef {
+                        name: "leasing",
+                        policy: &p,
+                    }];
+                    let (mut granted, mut held) = (0u64, Held::default());
+                    for call in 0..12u64 {
+                        let want = 1 + (task * 7 + call * 3) % 40;
+                        // Give back a part (sometimes all, sometimes none).
+                        let back = Held {
+                            units: held.units * ((task + call) % 3) / 2,
+                            until: held.until,
+                        };
+                        let cost = 1 + call % 3;
+                        let answer =
+                            lease_call(&*store, &key, &refs, cost, &[ask(want, back)]).await;
+                        let (d, l) = (answer.decisions[0], answer.leased[0]);
+                        assert!(l.returned <= back.units, "{a}: {answer:?}");
+                        assert!(d.allowed || l.units == 0, "{a}: {answer:?}");
+                        granted = granted + if d.allowed { cost } else { 0 } + l.units - l.returned;
+                        held = Held {
+                            units: l.units,
+                            until: l.until,
+                        };
+                    }
+                    granted
+                })
+            })
+            .collect();
+        let mut granted = 0;
+        for task in tasks {
+            granted += task.await.expect("task does not panic");
+        }
+        let refs = [PolicyRef {
+            name: "leasing",
+            policy: &p,
+        }];
+        let remaining = store_remaining(&*store, &key, refs[0]).await;
+        assert!(granted <= 500, "{a}: granted {granted} of 500");
+        assert_eq!(
+            granted,
+            500 - remaining,
+            "{a}: granted {granted}, but the store has {remaining} of 500 left"
+        );
     }
 }
