@@ -2,7 +2,7 @@
 //! [`Limiter`] on a timeline driven by a [`ManualClock`], and
 //! [`Store::lease`]'s on the store itself (the lease cases: charged at once,
 //! sized from what remains, full buckets, give-backs in time and too late,
-//! denials, several policies).
+//! denials, several policies, concurrency).
 //!
 //! A store under test is built by a factory that receives the clock: the
 //! memory store reads it directly, the Redis store sends its time on the
