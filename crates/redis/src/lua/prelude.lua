@@ -1,12 +1,13 @@
 -- tollgate decision script, first part: shared helpers.
 --
--- A script is the concatenation of prelude.lua, the files of the algorithms a
--- check uses and main.lua (see src/script.rs); the library and a lease call's
--- script add lease/prelude.lua and the lease files of those algorithms after
--- the algorithm files, and lease/main.lua after main.lua. Each algorithm file is the Lua twin of the
--- Rust step function of the same name in crates/tollgate/src/algorithm/; the
--- differential test requires both to decide identically. All arithmetic is on
--- integers below 2^53 (Policy::new guarantees it), where Lua's doubles are exact.
+-- A script is the concatenation of prelude.lua, the files of the algorithms
+-- a check uses and main.lua (see src/script.rs); the library and a lease
+-- call's script add lease/prelude.lua and the lease files of those
+-- algorithms after the algorithm files, and lease/main.lua after main.lua.
+-- Each algorithm file is the Lua twin of the Rust step function of the same
+-- name in crates/tollgate/src/algorithm/; the differential test requires
+-- both to decide identically. All arithmetic is on integers below 2^53
+-- (Policy::new guarantees it), where Lua's doubles are exact.
 
 local ALG = {}
 
