@@ -1,6 +1,6 @@
--- gcra's lease functions, after gcra.lua (whose state helpers
--- they use) and lease/prelude.lua: twins of its arms of
--- tollgate::algorithm::lease_until and give_back.
+-- gcra's lease functions, after gcra.lua (whose state helpers they use) and
+-- lease/prelude.lua: twins of its arms of tollgate::algorithm::lease_until
+-- and give_back.
 
 -- A lease lasts until the TAT as it is now, before the lease: the instant
 -- the bucket would be full again; a full bucket leases nothing (`now`).

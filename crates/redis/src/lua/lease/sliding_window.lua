@@ -1,5 +1,5 @@
--- sliding_window's lease functions, after sliding_window.lua (whose state helpers
--- they use) and lease/prelude.lua: twins of its arms of
+-- sliding_window's lease functions, after sliding_window.lua (whose state
+-- helpers they use) and lease/prelude.lua: twins of its arms of
 -- tollgate::algorithm::lease_until and give_back.
 
 -- Leases end with the window they are charged in (as fixed_window's).
