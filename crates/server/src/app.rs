@@ -428,14 +428,15 @@ impl App {
                 watched.health.failed(cause, watched.context());
             }
         }
-        for (name, decision) in names.zip(&result.decisions) {
+        for (i, (name, decision)) in names.zip(&result.decisions).enumerate() {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
                 (true, _, _) => Outcome::Degraded,
                 (false, true, _) => Outcome::Allowed,
                 (false, false, true) => Outcome::Shadow,
                 (false, false, false) => Outcome::Denied,
             };
-            self.metrics.decision(name, outcome);
+            let overridden = result.overridden.get(i).copied().unwrap_or(false);
+            self.metrics.decision_of(name, outcome, overridden);
         }
         Ok(result)
     }
@@ -586,6 +587,16 @@ fn build(config: Config, store: &AppStore, overrides: &Arc<Overrides>) -> Loaded
         .map(|(name, mode)| (name.clone(), *mode))
         .collect();
     store.set_policy_modes(&modes);
+    // The file's overrides, replaced whole; those set through the API stay
+    // (and win where both name one key).
+    overrides.replace_file(config.overrides.iter().map(|(policy, key, limit)| {
+        let key = tollgate::keyspace::KeySpace::HttpJson.key(key.as_bytes());
+        let value = tollgate::overrides::Override {
+            limit: *limit,
+            expires_at_us: None,
+        };
+        (policy.clone(), key, value)
+    }));
     let mut builder = Limiter::builder(store.clone())
         .max_key_len(MAX_LIMITER_KEY)
         .overrides(Arc::clone(overrides));

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tollgate::Policy;
 use tollgate::keyspace::KeySpace;
-use tollgate::overrides::{Override, OverrideLimit, OverrideStore, Overrides, Source};
+use tollgate::overrides::{
+    Override, OverrideLimit, OverrideStore, Overrides, Source, path_segment,
+};
 use tollgate_redis::RedisStore;
 
 use crate::app::App;
@@ -134,7 +136,10 @@ struct PutBody {
 #[derive(Debug, Serialize)]
 struct Shown {
     policy: String,
+    /// The key as text (bytes that are not UTF-8 shown as U+FFFD).
     key: String,
+    /// The key exactly, as the path segment that names it.
+    key_path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,6 +166,7 @@ impl Shown {
         Shown {
             policy: policy.to_owned(),
             key: String::from_utf8_lossy(key).into_owned(),
+            key_path: path_segment(key),
             limit: numbers.map(|p| p.limit()),
             period_ms: numbers.map(|p| p.period_us() / 1000),
             burst: numbers
@@ -277,20 +283,6 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, Problem> {
         }
     }
     Ok(out)
-}
-
-/// Percent-encodes a key for a URL path segment (everything but
-/// unreserved characters).
-fn percent_encode(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len());
-    for &b in key {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Response {
@@ -487,7 +479,10 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 2 * (4096 + 256) {
+    // A cursor names one (policy, key): the name's length, a name of at
+    // most 128 bytes, the key space's tag and a key the limiter takes.
+    const MAX_CURSOR_BYTES: usize = 2 + 128 + 16 + crate::app::MAX_LIMITER_KEY;
+    if text.len() % 2 != 0 || text.len() > 2 * MAX_CURSOR_BYTES {
         return None;
     }
     (0..text.len())
@@ -500,8 +495,8 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
 pub fn path(policy: &str, key: &[u8]) -> String {
     format!(
         "/v1/overrides/{}/{}",
-        percent_encode(policy.as_bytes()),
-        percent_encode(key)
+        path_segment(policy.as_bytes()),
+        path_segment(key)
     )
 }
 

@@ -54,10 +54,10 @@ async fn get(server: &TestServer, path: &str) -> (u16, serde_json::Value) {
     send(server, reqwest::Method::GET, path, None, Some(TOKEN)).await
 }
 
-/// Waits until a GET of `path` on `server` answers `status`: at most 1 s,
-/// the bound on propagation between instances.
-async fn propagated(server: &TestServer, path: &str, status: u16) {
-    let start = Instant::now();
+/// Waits until a GET of `path` on `server` answers `status`: at most 1 s
+/// after `start` (when the change was made), the bound on propagation
+/// between instances.
+async fn propagated(server: &TestServer, path: &str, status: u16, start: Instant) {
     loop {
         if get(server, path).await.0 == status {
             return;
@@ -84,12 +84,13 @@ async fn three_servers_share_overrides(store: &str) {
         TestServer::start_text(Backend::memory(), &text).await,
         TestServer::start_text(Backend::memory(), &text).await,
     ];
+    let start = Instant::now();
     let (status, body) = put(&fleet[0], "/v1/overrides/tiny/vip", r#"{"limit": 5}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["limit"], 5);
     assert_eq!(body["source"], "api");
     for server in &fleet[1..] {
-        propagated(server, "/v1/overrides/tiny/vip", 200).await;
+        propagated(server, "/v1/overrides/tiny/vip", 200, start).await;
     }
     // One state, one limit of 5 for `vip`, across the fleet; 2 for others.
     let mut allowed = 0;
@@ -102,6 +103,7 @@ async fn three_servers_share_overrides(store: &str) {
     let body = check(&fleet[1], "someone").await;
     assert!(body.get("override").is_none(), "{body}");
 
+    let start = Instant::now();
     let (status, _) = send(
         &fleet[2],
         reqwest::Method::DELETE,
@@ -112,7 +114,7 @@ async fn three_servers_share_overrides(store: &str) {
     .await;
     assert_eq!(status, 204);
     for server in &fleet {
-        propagated(server, "/v1/overrides/tiny/vip", 404).await;
+        propagated(server, "/v1/overrides/tiny/vip", 404, start).await;
     }
     assert_eq!(
         check(&fleet[0], "vip").await["allowed"],
@@ -239,6 +241,7 @@ async fn overrides_block_expire_and_list_in_pages_on_the_memory_store() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["key"], "café/x");
+    assert_eq!(body["key_path"], "caf%C3%A9%2Fx");
     assert_eq!(body["burst"], 200);
     assert_eq!(body["period_ms"], 60_000);
     let expires = body["expires_in_ms"].as_u64().unwrap();
@@ -269,6 +272,29 @@ async fn overrides_block_expire_and_list_in_pages_on_the_memory_store() {
     for _ in 0..5 {
         assert_eq!(check(&server, "free").await["allowed"], true);
     }
+    // Counted under the policy, in series of their own.
+    let (_, metrics) = server.get_text("/metrics").await;
+    for (series, n) in [
+        (
+            r#"tollgate_decisions_total{policy="tiny",outcome="allowed",override="true"}"#,
+            5,
+        ),
+        (
+            r#"tollgate_decisions_total{policy="tiny",outcome="denied",override="true"}"#,
+            1,
+        ),
+        (
+            r#"tollgate_decisions_total{policy="tiny",outcome="allowed"}"#,
+            1,
+        ),
+    ] {
+        let line = format!("{series} {n}\n");
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(r#"policy="bucket",outcome="allowed",override"#),
+        "no series before an override decides"
+    );
     // Pages: 25 more, listed 10 at a time, each once, in order.
     for i in 0..25 {
         put(
@@ -299,4 +325,109 @@ async fn overrides_block_expire_and_list_in_pages_on_the_memory_store() {
     expected.push("free".to_owned());
     expected.sort();
     assert_eq!(seen, expected, "bot's ended block is not listed");
+}
+
+/// The `overrides:` section: checked like the rest of the file, reloaded
+/// with it, and beneath the API's overrides of the same keys.
+#[tokio::test]
+async fn declared_overrides_reload_with_the_file_and_yield_to_the_api() {
+    use tollgate_server::{App, ConfigSource, ServerStore};
+    let with = |entries: &str| format!("{}overrides:\n{entries}", config(""));
+    for (entries, error) in [
+        (
+            "  - policy: nope\n    key: k\n    limit: 5\n",
+            "no such policy",
+        ),
+        ("  - policy: tiny\n    key: k\n", "an override is one of"),
+        (
+            "  - policy: tiny\n    key: k\n    limit: 5\n    blocked: true\n",
+            "an override is one of",
+        ),
+        (
+            "  - policy: tiny\n    key: k\n    burst: 5\n    limit: 5\n",
+            "burst",
+        ),
+        (
+            "  - policy: tiny\n    key: k\n    limit: 5\n  - policy: tiny\n    key: k\n    blocked: true\n",
+            "declared twice",
+        ),
+        (
+            "  - policy: tiny\n    key: k\n    limit: 5\n    colour: red\n",
+            "colour",
+        ),
+        (
+            &format!(
+                "  - policy: tiny\n    key: {}\n    limit: 5\n",
+                "x".repeat(65)
+            ),
+            "max_key_bytes",
+        ),
+    ] {
+        let text = with(entries);
+        let message = tollgate_server::Config::parse(&text, "t.yaml")
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {entries}"))
+            .to_string();
+        assert!(message.contains(error), "{entries}: {message}");
+    }
+
+    let dir = tollgate_testkit::files::temp_dir("overrides");
+    let file = dir.join("tollgate.yaml");
+    std::fs::write(&file, with("  - policy: tiny\n    key: gold\n    limit: 4\n  - policy: tiny\n    key: banned\n    blocked: true\n")).unwrap();
+    let source = ConfigSource {
+        config: Some(file.clone()),
+        envoy: None,
+        ..ConfigSource::default()
+    };
+    let app = App::new(
+        source.clone(),
+        source.load().unwrap(),
+        ServerStore::Memory(tollgate::MemoryStore::new()),
+    );
+    let admitted = |key: &'static str, n: usize| {
+        let app = &app;
+        async move {
+            let mut ok = 0;
+            for _ in 0..n {
+                let loaded = app.current();
+                let key = tollgate::keyspace::KeySpace::HttpJson.key(key.as_bytes());
+                let d = app
+                    .decide(&loaded, &["tiny"], &key, 1, tollgate::Mode::Consume, false)
+                    .await
+                    .unwrap();
+                ok += usize::from(d.allowed);
+            }
+            ok
+        }
+    };
+    assert_eq!(admitted("gold", 10).await, 4);
+    assert_eq!(admitted("banned", 3).await, 0);
+    // An override set at run time wins over the declared one.
+    let table = &app.overrides().table;
+    let key = tollgate::keyspace::KeySpace::HttpJson.key(b"banned");
+    table
+        .set(
+            "tiny",
+            &key,
+            tollgate::overrides::Override {
+                limit: tollgate::overrides::OverrideLimit::Unlimited,
+                expires_at_us: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(admitted("banned", 3).await, 3);
+    // A reload without them drops the declared ones, never the API's.
+    std::fs::write(&file, config("")).unwrap();
+    app.reload().unwrap();
+    assert!(
+        table
+            .get(
+                "tiny",
+                &tollgate::keyspace::KeySpace::HttpJson.key(b"gold"),
+                tollgate::overrides::Source::File
+            )
+            .is_none()
+    );
+    assert_eq!(admitted("gold", 1).await, 0, "4 spent, 2 allowed now");
+    assert_eq!(admitted("banned", 3).await, 3, "the API's override stays");
 }

@@ -57,7 +57,9 @@ pub type Decisions = SmallVec<[Decision; 2]>;
 
 /// Units of a lease not spent, handed back to the store: how many, and the
 /// instant (store microseconds, [`Leased::until`]) the lease was valid
-/// until. The store takes them only while the lease is valid.
+/// until. The store takes them only while the lease is valid, and only
+/// into a window's counter: a bucket forfeits them (see
+/// [`give_back`](crate::algorithm::give_back) for why).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Held {
     /// Units not spent.
@@ -113,6 +115,17 @@ pub struct LeaseAnswer {
     pub decisions: Decisions,
     /// What each policy leased and took back.
     pub leased: SmallVec<[Leased; 2]>,
+}
+
+impl LeaseAnswer {
+    /// The answer of a lease call decided as a plain check: `decisions`,
+    /// nothing leased, nothing taken back (held units are forfeited, which
+    /// is always exact). What a store that cannot lease answers
+    /// ([`Store::lease`]'s default).
+    pub fn unleased(decisions: Decisions) -> Self {
+        let leased = decisions.iter().map(|_| Leased::default()).collect();
+        LeaseAnswer { decisions, leased }
+    }
 }
 
 /// Whether a call charges the cost or only looks.
@@ -218,11 +231,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         call: LeaseCall<'_>,
     ) -> impl Future<Output = Result<LeaseAnswer, StoreError>> + Send {
-        async move {
-            let decisions = self.apply(call.check).await?;
-            let leased = decisions.iter().map(|_| Leased::default()).collect();
-            Ok(LeaseAnswer { decisions, leased })
-        }
+        async move { Ok(LeaseAnswer::unleased(self.apply(call.check).await?)) }
     }
 
     /// Whether [`lease`](Self::lease) grants leases: without it, the
