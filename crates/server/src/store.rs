@@ -168,14 +168,6 @@ impl Store for ServerStore {
         }
     }
 
-    /// Whether the store under it leases (both do).
-    fn leases(&self) -> bool {
-        match self {
-            ServerStore::Memory(store) => store.leases(),
-            ServerStore::Redis(store) => store.leases(),
-        }
-    }
-
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         match self {
             ServerStore::Memory(store) => store.reset(key, policies).await,
