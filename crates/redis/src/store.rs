@@ -1383,6 +1383,10 @@ impl Store for RedisStore {
         parse_lease_reply(&reply, check.policies, check.cost)
     }
 
+    fn leases(&self) -> bool {
+        true
+    }
+
     /// Deletes the state, then publishes `key` on `<prefix>:invalidate` so
     /// that the deny caches of every instance forget it (see
     /// [`invalidate`]). Both steps are bounded by the timeout; a failure of

@@ -63,8 +63,9 @@ mod resilient_standalone {
     use tollgate::resilience::{ResilienceOptions, Resilient};
     use tollgate_testkit::redis::RedisServer;
 
-    // Without the lease cases: the resilience layer decides lease calls as
-    // plain checks until it forwards them to its store.
+    // Without the lease cases: the resilience layer spends and takes leases
+    // itself, in `apply` (its tests: tollgate's resilience tests), and is
+    // no leasing store (`Store::leases` is false).
     tollgate_testkit::conformance_suite!(@without_leases {
         let server = Arc::new(RedisServer::start());
         move |clock: ManualClock| {

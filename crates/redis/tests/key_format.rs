@@ -156,9 +156,10 @@ async fn each_state_is_stored_compact_when_it_fits_and_as_text_otherwise() {
 
 /// A give-back writes the state in the same compact form a decision does,
 /// expiring at the millisecond the memory store's entry does (where the
-/// state is fresh); a window it empties is deleted. Each lease call gives
-/// back with a check that costs more than the capacity, so that it is
-/// denied and the give-back is the call's only write.
+/// state is fresh); a window it empties is deleted; a bucket takes nothing
+/// back and keeps the state its lease left. Each lease call gives back
+/// with a check that costs more than the capacity, so that it is denied
+/// and the give-back is the call's only write.
 #[tokio::test]
 async fn states_given_back_keep_their_compact_forms_and_exact_expiry() {
     use tollgate::{Held, LeaseAsk, LeaseCall};
@@ -169,7 +170,8 @@ async fn states_given_back_keep_their_compact_forms_and_exact_expiry() {
     // Expiries are 2^52 ms ahead under the test clock (prelude.lua).
     let expiry = |fresh_at: u64| ((1u64 << 52) + fresh_at.div_ceil(1000)).to_string();
     // (policy, units given back of the 6 leased, value, fresh at): each
-    // after one charged unit and a lease of 6 (a 16th of the 98 left).
+    // after one charged unit and a lease of 6 (a 16th of the 98 left);
+    // buckets take none back.
     let cases: [(Policy, u64, Option<&str>, u64); 5] = [
         (
             policy(Algorithm::FixedWindow, 100, second),
@@ -185,15 +187,15 @@ async fn states_given_back_keep_their_compact_forms_and_exact_expiry() {
         ),
         (
             policy(Algorithm::TokenBucket, 100, hour),
-            5,
-            Some("-1790000000000000097"),
-            START_US + 3 * 36_000_000,
+            0,
+            Some("-1790000000000000092"),
+            START_US + 8 * 36_000_000,
         ),
         (
             policy(Algorithm::Gcra, 100, hour),
-            5,
-            Some("1790000108000000"),
-            START_US + 3 * 36_000_000,
+            0,
+            Some("1790000288000000"),
+            START_US + 8 * 36_000_000,
         ),
         // Every unit back: the window is fresh, its key gone.
         (policy(Algorithm::FixedWindow, 100, second), 8, None, 0),
@@ -202,9 +204,11 @@ async fn states_given_back_keep_their_compact_forms_and_exact_expiry() {
         let identity = format!("given-{i}");
         consume(&store, &clock, identity.as_bytes(), policy, 1, &[0]).await;
         let refs = [PolicyRef { name: "p", policy }];
+        // A time to live no longer than any of these leases can live,
+        // so that the want is not scaled down.
         let ask = |want, held| LeaseAsk {
             want,
-            ttl_us: 10 * second,
+            ttl_us: second,
             held,
         };
         let take = [ask(50, Held::default())];
@@ -215,8 +219,9 @@ async fn states_given_back_keep_their_compact_forms_and_exact_expiry() {
             .expect("redis");
         let lease = taken.leased[0];
         assert_eq!(lease.units, 6, "case {i}: {taken:?}");
+        // Buckets are offered 5 as well: they take none.
         let held = Held {
-            units: *back,
+            units: (*back).max(5),
             until: lease.until,
         };
         let give = [ask(0, held)];

@@ -168,6 +168,13 @@ impl Store for ServerStore {
         }
     }
 
+    /// Both stores lease (a check kept on envoyproxy/ratelimit's counter is
+    /// decided without one: only inline Envoy limits are, and they carry
+    /// no lease).
+    fn leases(&self) -> bool {
+        true
+    }
+
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         match self {
             ServerStore::Memory(store) => store.reset(key, policies).await,

@@ -7,8 +7,9 @@ mod memory {
     use tollgate::resilience::{ResilienceOptions, Resilient};
     use tollgate_server::store::ServerStore;
 
-    // Without the lease cases: the resilience layer decides lease calls as
-    // plain checks until it forwards them to its store.
+    // Without the lease cases: the resilience layer spends and takes leases
+    // itself, in `apply` (its tests: tollgate's resilience tests), and is
+    // no leasing store (`Store::leases` is false).
     tollgate_testkit::conformance_suite!(@without_leases |clock: ManualClock| async move {
         Resilient::with_invalidations(
             ServerStore::Memory(tollgate::MemoryStore::with_clock(clock.clone())),
@@ -26,8 +27,9 @@ mod redis {
     use tollgate_server::store::ServerStore;
     use tollgate_testkit::redis::RedisServer;
 
-    // Without the lease cases: the resilience layer decides lease calls as
-    // plain checks until it forwards them to its store.
+    // Without the lease cases: the resilience layer spends and takes leases
+    // itself, in `apply` (its tests: tollgate's resilience tests), and is
+    // no leasing store (`Store::leases` is false).
     tollgate_testkit::conformance_suite!(@without_leases {
         let server = Arc::new(RedisServer::start());
         move |clock: ManualClock| {

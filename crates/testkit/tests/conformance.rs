@@ -12,8 +12,9 @@ mod resilient_memory {
     use tollgate::resilience::{ResilienceOptions, Resilient};
     use tollgate::{ManualClock, MemoryStore};
 
-    // Without the lease cases: the resilience layer decides lease calls as
-    // plain checks until it forwards them to its store.
+    // Without the lease cases: the resilience layer spends and takes leases
+    // itself, in `apply` (its tests: tollgate's resilience tests), and is
+    // no leasing store (`Store::leases` is false).
     tollgate_testkit::conformance_suite!(@without_leases |clock: ManualClock| async move {
         Resilient::new(
             MemoryStore::with_clock(clock.clone()),

@@ -10,6 +10,15 @@ local function lease_size(want, remaining)
   return imin(want, share)
 end
 
+-- The units worth asking for a lease valid `valid` µs when `want` is what a
+-- whole `ttl` would spend: scaled by valid / ttl (at most 1) in steps of
+-- 2^-20, every product below 2^53. Twin of tollgate::algorithm::lease_want.
+local function lease_want(want, valid, ttl)
+  if valid >= ttl then return want end
+  want = imin(want, 4294967296)
+  return idiv(want * idiv(valid * 1048576, ttl), 1048576)
+end
+
 -- A lease call, twin of tollgate's MemoryStore::lease_sync: one atomic
 -- step that `decide` (main.lua) runs as a consumed check between
 -- `lease_begin` and `lease_end` (declared in prelude.lua):
@@ -18,8 +27,9 @@ end
 --      state before anything is charged, capped at now + ttl);
 --   2. `decide` decides the check, consuming, all-or-nothing;
 --   3. `lease_end`, when all allowed, charges each policy whose lease would
---      end after now a lease of `lease_size` of what remains (a second
---      charge of that many units), and reports the remaining and
+--      end after now a lease of `lease_size` of what remains, asking
+--      `lease_want` (the want scaled to how long the lease can live): a
+--      second charge of that many units; it reports the remaining and
 --      reset_after of that charge.
 -- ARGV[1] is "lease", ARGV[2] the cost, ARGV[3] the clock and ARGV[3+i]
 -- policy i as for a decision, for the n = #KEYS policies; then four words
@@ -44,7 +54,7 @@ lease_begin = function(keys, args, policies, n, now, out)
     end
     local until_ = now
     if want > 0 and lease_until then until_ = imin(lease_until(key, p, now), now + ttl) end
-    wants[i], ends[i] = want, until_
+    wants[i], ends[i] = lease_want(want, until_ - now, ttl), until_
     out[5 * n + 4 * i] = returned
   end
   return ends, wants
