@@ -518,6 +518,14 @@ async fn drive(shared: &Arc<Shared>, plan: &Plan, load: &LoadArgs) {
                             let Some(seq) = shared.claim() else { break };
                             let key = keys.next_key();
                             shared.request(seq, key, Instant::now()).await;
+                            // A check answered at once (the memory store, a
+                            // lease held) never makes this loop wait, so it
+                            // would never give its thread back: the tasks
+                            // woken meanwhile on that thread (a caller that
+                            // waited for another's lease call) would wait
+                            // for the phase to end. Spending coop budget
+                            // yields every so often.
+                            tokio::task::coop::consume_budget().await;
                         }
                     });
                 }
