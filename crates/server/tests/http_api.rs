@@ -121,7 +121,7 @@ async fn every_endpoint(backend: Backend) {
     assert_eq!(names, ["api", "hourly", "login", "tiny"]);
     assert_eq!(
         body["policies"][2],
-        json!({"name": "login", "algorithm": "token_bucket", "limit": 5, "period_ms": 60000, "burst": 10, "policy": "token_bucket 5/1m burst 10"})
+        json!({"name": "login", "algorithm": "token_bucket", "limit": 5, "period_ms": 60000, "burst": 10, "lease": null, "policy": "token_bucket 5/1m burst 10"})
     );
 
     // health and readiness.
@@ -644,4 +644,37 @@ async fn admin_endpoints_are_closed_without_a_token_and_take_only_json() {
             .await;
         assert_eq!(body["remaining"], 1, "{authorization}: reset took effect");
     }
+}
+
+/// A leased policy is listed with its lease, and checks through it keep
+/// its limit exactly.
+#[tokio::test]
+async fn a_leased_policy_is_listed_with_its_lease_and_keeps_its_limit() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        "policies:
+  - name: hot
+    algorithm: fixed_window
+    limit: 3
+    period: 1h
+    lease: { max: 50, ttl: 250ms }
+",
+    )
+    .await;
+    let (status, text) = server.get_text("/v1/policies").await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        body["policies"],
+        json!([{"name": "hot", "algorithm": "fixed_window", "limit": 3, "period_ms": 3_600_000, "burst": null, "lease": {"max": 50, "ttl_ms": 250}, "policy": "fixed_window 3/1h"}])
+    );
+    let mut allowed = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = server
+            .post_json("/v1/check", r#"{"policy": "hot", "key": "k"}"#)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        allowed.push(body["allowed"].as_bool().unwrap());
+    }
+    assert_eq!(allowed, [true, true, true, false, false]);
 }
