@@ -233,6 +233,14 @@ async fn hammer(address: SocketAddr, until: Instant) -> Vec<Answer> {
 fn window_end(answer: &Answer) -> Result<u64, String> {
     let period = micros(PERIOD);
     let reset_after = answer.reset_after_ms * 1000;
+    // A fixed window resets within one period: so the window named is one
+    // the check's span overlaps, where the decision may have been made.
+    if reset_after > period {
+        return Err(format!(
+            "reset_after_ms {} is beyond one period",
+            answer.reset_after_ms
+        ));
+    }
     let earliest = (answer.send_us + reset_after).saturating_sub(1000 + micros(CLOCK_TOLERANCE));
     let latest = answer.receive_us + reset_after + micros(CLOCK_TOLERANCE);
     let first = earliest.div_ceil(period) * period;
