@@ -34,6 +34,7 @@
 
 pub mod invalidate;
 pub mod keys;
+pub mod overrides;
 pub mod script;
 pub mod sentinel;
 pub mod store;

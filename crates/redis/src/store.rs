@@ -792,6 +792,15 @@ impl RedisStore {
     /// Runs `cmd` within the timeout, re-sending it only after errors that
     /// prove it did not run (see [`resend`]); for a decision, `build` makes
     /// the command that takes its place when Redis lacks its code.
+    /// Sends a plain command (never a decision) under the store's rules:
+    /// its timeout, its re-send rules, its topology.
+    pub(crate) async fn run_command<T: redis::FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+    ) -> Result<T, StoreError> {
+        self.run(cmd, None).await
+    }
+
     async fn run<T: redis::FromRedisValue>(
         &self,
         cmd: &Cmd,

@@ -40,6 +40,7 @@ mod decision;
 mod error;
 pub mod keyspace;
 pub mod limiter;
+pub mod overrides;
 pub mod policy;
 pub mod resilience;
 pub mod store;

@@ -5,6 +5,9 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
+use std::time::Duration;
+
+use crate::overrides::{Override, OverrideError, OverrideLimit, Overrides};
 use crate::store::{Check, Decisions, Mode, PolicyRef, Store};
 use crate::{Decision, Error, MemoryStore, Policy};
 
@@ -57,6 +60,7 @@ struct Inner<S> {
     store: S,
     policies: HashMap<Box<str>, Policy>,
     max_key_len: usize,
+    overrides: Option<Arc<Overrides>>,
 }
 
 /// The result of checking several policies at once.
@@ -66,6 +70,10 @@ pub struct MultiDecision {
     pub allowed: bool,
     /// One decision per policy, in the order the policies were named.
     pub decisions: Decisions,
+    /// Which decisions were made under an override
+    /// ([`LimiterBuilder::overrides`]): one flag per policy, or empty when
+    /// no override applied.
+    pub overridden: SmallVec<[bool; 2]>,
 }
 
 impl MultiDecision {
@@ -83,6 +91,7 @@ pub struct LimiterBuilder<S> {
     store: S,
     policies: HashMap<Box<str>, Policy>,
     max_key_len: usize,
+    overrides: Option<Arc<Overrides>>,
 }
 
 impl<S: Store> LimiterBuilder<S> {
@@ -100,6 +109,15 @@ impl<S: Store> LimiterBuilder<S> {
         self
     }
 
+    /// Consults `overrides` on every check: a (policy, key) with an
+    /// override is decided under it (see [`crate::overrides`]). Share one
+    /// table between limiters (a reload builds a new limiter) with
+    /// `Arc::clone`.
+    pub fn overrides(mut self, overrides: Arc<Overrides>) -> Self {
+        self.overrides = Some(overrides);
+        self
+    }
+
     /// Builds the limiter.
     pub fn build(self) -> Limiter<S> {
         Limiter {
@@ -107,6 +125,7 @@ impl<S: Store> LimiterBuilder<S> {
                 store: self.store,
                 policies: self.policies,
                 max_key_len: self.max_key_len,
+                overrides: self.overrides,
             }),
         }
     }
@@ -119,7 +138,81 @@ impl<S: Store> Limiter<S> {
             store,
             policies: HashMap::new(),
             max_key_len: DEFAULT_MAX_KEY_LEN,
+            overrides: None,
         }
+    }
+
+    /// The overrides this limiter consults, if any.
+    pub fn overrides(&self) -> Option<&Arc<Overrides>> {
+        self.inner.overrides.as_ref()
+    }
+
+    /// Sets the run-time override of `policy` for `key`: `limit` replaces
+    /// the policy for that key only, until `expires_in` has passed if
+    /// given. Overriding numbers keep the policy's algorithm and lease.
+    ///
+    /// # Errors
+    /// When the limiter has no override table ([`OverrideError::Full`] of
+    /// 0), the policy is unknown, the numbers are for another algorithm,
+    /// the key is too long, or the table is full.
+    pub fn set_override(
+        &self,
+        policy: &str,
+        key: impl AsRef<[u8]>,
+        limit: OverrideLimit,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<(), OverrideError> {
+        let key = key.as_ref();
+        let table = self
+            .inner
+            .overrides
+            .as_ref()
+            .ok_or(OverrideError::Full(0))?;
+        let limit = self.check_override(policy, key, limit)?;
+        let expires_at_us =
+            expires_in.map(|d| table.now_us().saturating_add(crate::clock::micros(d)));
+        table.set(
+            policy,
+            key,
+            Override {
+                limit,
+                expires_at_us,
+            },
+        )
+    }
+
+    /// Checks an override against the policy it overrides: the policy is
+    /// known, the numbers keep its algorithm (and take its lease), the key
+    /// is not too long. Returns the override as it will apply.
+    ///
+    /// # Errors
+    /// As [`set_override`](Self::set_override).
+    pub fn check_override(
+        &self,
+        policy: &str,
+        key: &[u8],
+        limit: OverrideLimit,
+    ) -> Result<OverrideLimit, OverrideError> {
+        let base = self
+            .policy(policy)
+            .ok_or_else(|| OverrideError::UnknownPolicy(policy.to_owned()))?;
+        if key.len() > self.inner.max_key_len {
+            return Err(OverrideError::KeyTooLong {
+                len: key.len(),
+                max: self.inner.max_key_len,
+            });
+        }
+        Ok(match limit {
+            OverrideLimit::Policy(p) if p.algorithm() != base.algorithm() => {
+                return Err(OverrideError::OtherAlgorithm {
+                    policy: policy.to_owned(),
+                    expected: base.algorithm(),
+                    given: p.algorithm(),
+                });
+            }
+            OverrideLimit::Policy(p) => OverrideLimit::Policy(p.without_lease()),
+            other => other,
+        })
     }
 
     /// The store.
@@ -242,6 +335,12 @@ impl<S: Store> Limiter<S> {
 
     async fn one(&self, name: &str, key: &[u8], cost: u64, mode: Mode) -> Result<Decision, Error> {
         let refs = [self.prepare(name, key, cost)?];
+        if self.has_overrides() {
+            let multi = self
+                .apply_checked(Check::new(key, &refs, cost, mode))
+                .await?;
+            return Ok(multi.decisions[0]);
+        }
         let decisions = self
             .inner
             .store
@@ -272,7 +371,142 @@ impl<S: Store> Limiter<S> {
     }
 
     /// One store call for a validated check.
+    fn has_overrides(&self) -> bool {
+        self.inner.overrides.as_ref().is_some_and(|o| !o.is_empty())
+    }
+
     async fn apply_checked(&self, check: Check<'_>) -> Result<MultiDecision, Error> {
+        if let Some(table) = &self.inner.overrides {
+            if !table.is_empty() {
+                return self.apply_overridden(check, table).await;
+            }
+        }
+        self.apply_store(check).await
+    }
+
+    /// A check where some (policy, key) may have an override: unlimited
+    /// policies are allowed here (nothing charged), a blocked one denies
+    /// the whole check (the others are only peeked, so nothing is charged),
+    /// and the rest go to the store, each under its overriding numbers.
+    async fn apply_overridden(
+        &self,
+        check: Check<'_>,
+        table: &Overrides,
+    ) -> Result<MultiDecision, Error> {
+        let found: SmallVec<[Option<Override>; 2]> = check
+            .policies
+            .iter()
+            .map(|p| table.lookup(p.name, check.key).map(|(o, _)| o))
+            .collect();
+        if found.iter().all(Option::is_none) {
+            return self.apply_store(check).await;
+        }
+        let now = table.now_us();
+        let blocked = found
+            .iter()
+            .any(|o| o.is_some_and(|o| o.limit == OverrideLimit::Blocked));
+        let mode = if blocked { Mode::Peek } else { check.mode };
+        // The override's numbers, with the policy's lease (a store's copy
+        // holds numbers only).
+        let numbers: SmallVec<[Option<Policy>; 2]> = found
+            .iter()
+            .zip(check.policies)
+            .map(|(o, base)| match o.map(|o| o.limit) {
+                Some(OverrideLimit::Policy(p)) => Some(with_lease_of(p, base.policy)),
+                _ => None,
+            })
+            .collect();
+        let stored: SmallVec<[(usize, PolicyRef<'_>); 2]> = check
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                !matches!(
+                    found[*i].map(|o| o.limit),
+                    Some(OverrideLimit::Unlimited | OverrideLimit::Blocked)
+                )
+            })
+            .map(|(i, p)| {
+                let policy = numbers[i].as_ref().unwrap_or(p.policy);
+                (
+                    i,
+                    PolicyRef {
+                        name: p.name,
+                        policy,
+                    },
+                )
+            })
+            .collect();
+        let refs: SmallVec<[PolicyRef<'_>; 2]> = stored.iter().map(|(_, p)| *p).collect();
+        let from_store = if refs.is_empty() {
+            Decisions::new()
+        } else {
+            self.apply_store(Check::new(check.key, &refs, check.cost, mode))
+                .await?
+                .decisions
+        };
+        // One store decision per stored policy (`apply_store` checks).
+        let mut by_policy: SmallVec<[Option<Decision>; 2]> = smallvec::smallvec![None; found.len()];
+        for ((i, _), d) in stored.iter().zip(from_store) {
+            by_policy[*i] = Some(d);
+        }
+        let decisions: Decisions = check
+            .policies
+            .iter()
+            .zip(&found)
+            .zip(by_policy)
+            .map(
+                |((p, o), stored)| match o.map(|o| (o.limit, o.expires_at_us)) {
+                    Some((OverrideLimit::Unlimited, _)) => Decision {
+                        allowed: !blocked,
+                        limit: p.policy.capacity(),
+                        remaining: p.policy.capacity(),
+                        reset_after: Duration::ZERO,
+                        retry_after: None,
+                        delay: Duration::ZERO,
+                        degraded: false,
+                    },
+                    Some((OverrideLimit::Blocked, until)) => Decision {
+                        allowed: false,
+                        limit: p.policy.capacity(),
+                        remaining: 0,
+                        reset_after: Duration::ZERO,
+                        retry_after: until.map(|at| Duration::from_micros(at.saturating_sub(now))),
+                        delay: Duration::ZERO,
+                        degraded: false,
+                    },
+                    _ => {
+                        let d = stored.unwrap_or(Decision {
+                            allowed: false,
+                            limit: p.policy.capacity(),
+                            remaining: 0,
+                            reset_after: Duration::ZERO,
+                            retry_after: None,
+                            delay: Duration::ZERO,
+                            degraded: false,
+                        });
+                        // Peeked beside a blocked policy: reported, not allowed.
+                        if blocked {
+                            Decision {
+                                allowed: false,
+                                retry_after: None,
+                                ..d
+                            }
+                        } else {
+                            d
+                        }
+                    }
+                },
+            )
+            .collect();
+        Ok(MultiDecision {
+            allowed: decisions.iter().all(|d| d.allowed),
+            decisions,
+            overridden: found.iter().map(Option::is_some).collect(),
+        })
+    }
+
+    async fn apply_store(&self, check: Check<'_>) -> Result<MultiDecision, Error> {
         let decisions = self.inner.store.apply(check).await?;
         if decisions.len() != check.policies.len() {
             return Err(crate::StoreError::Protocol(format!(
@@ -285,6 +519,7 @@ impl<S: Store> Limiter<S> {
         Ok(MultiDecision {
             allowed: decisions.iter().all(|d| d.allowed),
             decisions,
+            overridden: SmallVec::new(),
         })
     }
 
@@ -318,6 +553,14 @@ impl<S: Store> Limiter<S> {
             });
         }
         Ok(())
+    }
+}
+
+/// `numbers` leasing as `base` does.
+fn with_lease_of(numbers: Policy, base: &Policy) -> Policy {
+    match base.lease() {
+        Some(lease) => numbers.with_lease(lease).unwrap_or(numbers),
+        None => numbers.without_lease(),
     }
 }
 

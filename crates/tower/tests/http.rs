@@ -825,3 +825,40 @@ async fn degraded_decisions_are_reported_when_redis_is_down() {
         (200, None)
     );
 }
+
+#[tokio::test]
+async fn a_leased_policy_behind_the_layer_is_served_from_leases_and_exact() {
+    use tollgate::{Lease, Policy, ResilienceOptions, Resilient};
+    let clock = ManualClock::new(START_US);
+    let store = Resilient::new(
+        MemoryStore::with_clock(clock.clone()),
+        ResilienceOptions::default().clock(clock.clone()),
+    );
+    // The one line that turns leasing on: the policy's lease.
+    let policy = "fixed_window 200/1h"
+        .parse::<Policy>()
+        .expect("valid")
+        .with_lease(Lease::new(20, Duration::from_secs(60)).expect("valid"))
+        .expect("leases");
+    let limiter = Limiter::builder(store).policy("api", policy).build();
+    let server = Served::router(app(limiter.clone(), "api", |b| b)).await;
+    let mut ok = 0;
+    for _ in 0..300 {
+        clock.advance(Duration::from_micros(10));
+        let reply = server.get("/").await;
+        ok += usize::from(reply.status == 200);
+        assert!(
+            reply.status == 200 || reply.status == 429,
+            "{}",
+            reply.status
+        );
+    }
+    assert_eq!(ok, 200, "exactly the limit");
+    let leases = limiter.store().stats().leases;
+    assert!(leases.taken > 0, "{leases:?}");
+    assert!(
+        limiter.store().stats().calls < 100,
+        "{} store calls for 300 requests",
+        limiter.store().stats().calls
+    );
+}

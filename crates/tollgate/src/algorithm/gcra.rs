@@ -54,12 +54,6 @@ fn ahead(policy: &Policy, tat_us: u64, tat_frac: u64, now: u64) -> u64 {
     }
 }
 
-/// [`ahead`], or `None` when the cap would make it less than the truth.
-pub(super) fn exactly_ahead(policy: &Policy, tat_us: u64, tat_frac: u64, now: u64) -> Option<u64> {
-    (tat_us < now || tat_us - now <= ahead_cap(policy))
-        .then(|| ahead(policy, tat_us, tat_frac, now))
-}
-
 /// When `cost` fits again: `before + cost * unit - tolerance` scaled units
 /// must have passed. Computed from the TAT itself when it is beyond the cap
 /// of [`ahead`], so that `retry_after` stays exact however far it is.

@@ -12,11 +12,12 @@
 //!   made is lost to the bucket's cap, so the store's level plus every unit
 //!   still held in leases never exceeds the capacity.
 //! - [`lease_size`]: how much one lease takes of what remains.
-//! - [`give_back`]: units of a lease not spent, returned while the lease is
-//!   valid — exactly as if they had never been charged, since nothing that
-//!   happened in between (a window moving, a refill capped) depended on them.
+//! - [`give_back`]: units of a lease not spent, returned to a window while
+//!   the lease is valid — exactly as if they had never been charged, since
+//!   nothing that happened in between depended on them. A bucket takes
+//!   nothing back (later leases' ends depend on those units staying gone).
 
-use super::{State, div_rem, gcra, rescale_down, token_bucket};
+use super::{State, gcra, rescale_down, token_bucket};
 use crate::Policy;
 
 /// One lease takes at most this fraction (`1 / LEASE_SHARE`) of what
@@ -77,6 +78,35 @@ pub fn lease_until(policy: &Policy, state: &State, now: u64) -> u64 {
     }
 }
 
+/// The units worth asking for a lease valid for `valid_us` when `want`
+/// units are what a whole time to live (`ttl_us`) would spend: `want`
+/// scaled by `valid_us / ttl_us` (at most 1), so that a lease that can only
+/// live briefly (a window about to end, a bucket nearly full) holds only
+/// what can be spent in that time. The fraction is taken in steps of 2^-20
+/// so that every product stays below 2^53 (the Lua twin computes in
+/// doubles).
+///
+/// ```
+/// use tollgate::algorithm::lease_want;
+/// assert_eq!(lease_want(1_000, 500_000, 100_000), 1_000);
+/// assert_eq!(lease_want(1_000, 50_000, 100_000), 500);
+/// assert_eq!(lease_want(1_000, 0, 100_000), 0);
+/// ```
+pub const fn lease_want(want: u64, valid_us: u64, ttl_us: u64) -> u64 {
+    if valid_us >= ttl_us {
+        return want;
+    }
+    // valid_us < ttl_us <= 3.6e9 < 2^32; want is capped at 2^32 (what a
+    // lease's `max` allows) so that the product stays below 2^53.
+    let want = if want > crate::policy::MAX_LIMIT {
+        crate::policy::MAX_LIMIT
+    } else {
+        want
+    };
+    let fraction = (valid_us << 20) / ttl_us;
+    (want * fraction) >> 20
+}
+
 /// How many units one lease takes when `remaining` units remain after the
 /// request taking it: `want`, at most [`LEASE_SHARE`]'s share of what
 /// remains, and at least one unit when anything remains.
@@ -101,10 +131,12 @@ pub const fn lease_size(want: u64, remaining: u64) -> u64 {
 /// Gives back to `state` at `now` up to `units` of a lease that was valid
 /// until `until` (store microseconds), and returns how many it gave back.
 ///
-/// Nothing is given back once the lease is over (`now >= until`), to a
-/// state of another algorithm, or beyond what the state holds: a window
-/// counter never goes below zero, a bucket never above full. A window's
-/// units go back only to the window the lease ended with.
+/// Only the windows take units back: a window's counter is decremented,
+/// never below zero, and only in the window the lease was taken in (which
+/// it is valid within). Nothing is given back once the lease is over
+/// (`now >= until`), to a state of another algorithm, or to a bucket
+/// (`token_bucket`, `gcra`: the comment in the code says why that would
+/// not be exact).
 ///
 /// ```
 /// use tollgate::Mode;
@@ -117,6 +149,15 @@ pub const fn lease_size(want: u64, remaining: u64) -> u64 {
 /// assert_eq!(decide(&policy, &mut state, 500_000, 1, Mode::Peek).remaining, 94);
 /// // Once the window (and with it the lease) is over, nothing goes back.
 /// assert_eq!(give_back(&policy, &mut state, 1_000_000, 4, until), 0);
+///
+/// // A bucket takes nothing back, even while the lease is valid.
+/// let bucket: tollgate::Policy = "token_bucket 100/s burst 100".parse().unwrap();
+/// let mut state = State::fresh(&bucket, 0);
+/// decide(&bucket, &mut state, 0, 50, Mode::Consume);
+/// let until = lease_until(&bucket, &state, 0);
+/// decide(&bucket, &mut state, 0, 10, Mode::Consume); // a lease of 10
+/// assert!(until > 0);
+/// assert_eq!(give_back(&bucket, &mut state, 1, 10, until), 0);
 /// ```
 pub fn give_back(policy: &Policy, state: &mut State, now: u64, units: u64, until: u64) -> u64 {
     if units == 0 || now >= until || state.algorithm() != policy.algorithm() {
@@ -142,37 +183,16 @@ pub fn give_back(policy: &Policy, state: &mut State, now: u64, units: u64, until
             *curr -= given;
             given
         }
-        State::TokenBucket { level, last, unit } => {
-            let scaled = policy.scaled_unit();
-            let current =
-                token_bucket::refill(policy, rescale_down(*level, *unit, policy), *last, now);
-            let full = policy.burst() * scaled;
-            let given = units.min((full - current.min(full)) / scaled);
-            if given > 0 {
-                (*level, *last, *unit) = (current + given * scaled, (*last).max(now), scaled);
-            }
-            given
-        }
-        State::Gcra {
-            tat_us,
-            tat_frac,
-            rate,
-        } => {
-            let scaled = policy.scaled_unit();
-            let (stored_us, stored_frac) = gcra::as_read(policy, *tat_us, *tat_frac, *rate);
-            let Some(before) = gcra::exactly_ahead(policy, stored_us, stored_frac, now) else {
-                // Further ahead than any decision reads: written under a
-                // slower policy, and not this lease's to shorten.
-                return 0;
-            };
-            let given = units.min(before / scaled);
-            if given > 0 {
-                let after = before - given * scaled;
-                let (whole, frac) = div_rem(after, policy.scaled_rate());
-                (*tat_us, *tat_frac, *rate) = (now + whole, frac, policy.scaled_rate());
-            }
-            given
-        }
+        // A bucket takes nothing back. Every later lease's `until` was read
+        // on a level these units had already left, and assumed they would
+        // not come back: returned, they would let the bucket hold more than
+        // its capacity, counting the units still held in those later leases,
+        // until the last of them ends. (`token_bucket 1000/s burst 1000` at
+        // 500 tokens: A leases 31; B then leases 29, valid until the bucket
+        // as it was before B is full; A gives its 31 back; just before B's
+        // `until` the store admits 1000 at once while B still spends 29.)
+        // So they are forfeited: a loss of utilisation, never exactness.
+        State::TokenBucket { .. } | State::Gcra { .. } => 0,
         State::SlidingLog(_) | State::LeakyBucket { .. } => 0,
     }
 }

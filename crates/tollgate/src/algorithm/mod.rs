@@ -18,7 +18,7 @@ mod sliding_log;
 mod sliding_window;
 mod token_bucket;
 
-pub use lease::{LEASE_SHARE, give_back, lease_size, lease_until};
+pub use lease::{LEASE_SHARE, give_back, lease_size, lease_until, lease_want};
 pub use sliding_log::Log;
 
 use std::time::Duration;

@@ -42,6 +42,7 @@
 
 mod breaker;
 mod deny_cache;
+mod leases;
 mod options;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,19 +53,22 @@ use hashbrown::HashMap;
 use smallvec::SmallVec;
 
 pub use breaker::BreakerState;
+pub use leases::LeaseStats;
 pub use options::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_DENY_CACHE_CAPACITY,
-    DEFAULT_HALF_OPEN_PROBES, DEFAULT_TIMEOUT, FailureMode, ResilienceOptions, UnknownFailureMode,
+    DEFAULT_HALF_OPEN_PROBES, DEFAULT_LEASE_MAX_KEYS, DEFAULT_TIMEOUT, FailureMode,
+    ResilienceOptions, UnknownFailureMode,
 };
 
 use breaker::{Breaker, Permit};
 use deny_cache::{DenyCache, Flight, FlightEnd, Landing, Lookup};
+use leases::{Ask, Leases, Serve};
 
 use crate::algorithm::decision_from_parts;
 use crate::store::memory::Step;
 use crate::store::{
-    Check, Decisions, Invalidation, InvalidationReceiver, InvalidationSink, Invalidations, Mode,
-    PolicyRef, Store,
+    Check, Decisions, Invalidation, InvalidationReceiver, InvalidationSink, Invalidations,
+    LeaseAsk, LeaseCall, Mode, PolicyRef, Store,
 };
 use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
 
@@ -112,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) deny_cache: Option<DenyCache>,
     /// Where `local` mode decides, with scaled policies under the same names.
     local: MemoryStore,
+    /// Leases held by this instance.
+    leases: Leases,
     pub(crate) counters: Counters,
     /// Whether an invalidation feed was subscribed at all.
     has_feed: bool,
@@ -166,6 +172,8 @@ pub struct ResilienceStats {
     pub invalidation_feed_live: Option<bool>,
     /// Entries the `local` fallback holds.
     pub local_keys: usize,
+    /// What leasing did.
+    pub leases: LeaseStats,
     /// Live entries the `local` fallback evicted to stay under its cap.
     pub local_evictions: u64,
 }
@@ -266,6 +274,7 @@ impl<S: Store> Resilient<S> {
                     .deny_cache
                     .then(|| DenyCache::new(options.deny_cache_capacity)),
                 local,
+                leases: Leases::new(options.lease_max_keys),
                 policy_modes: RwLock::new(options.policy_modes.clone()),
                 counters: Counters::default(),
                 has_feed,
@@ -382,6 +391,7 @@ impl<S> Resilient<S> {
                 .has_feed
                 .then(|| self.shared.feed_live.load(Ordering::Acquire)),
             local_keys: self.shared.local.len(),
+            leases: self.shared.leases.stats(),
             local_evictions: self.shared.local.evictions(),
         }
     }
@@ -559,6 +569,159 @@ impl<S: Store> Resilient<S> {
         Some(result)
     }
 
+    /// Whether new leases may be spent: with an invalidation feed, only
+    /// while it is connected (a reset must reach every lease).
+    fn may_lease(&self) -> bool {
+        !self.shared.has_feed || self.shared.feed_live.load(Ordering::Acquire)
+    }
+
+    /// A check of leasing policies: served from leases held, else by one
+    /// lease call (after the deny cache), waiting first for a lease call
+    /// another caller has in flight for the same key.
+    async fn apply_leased(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        let shared = &*self.shared;
+        let timeout = shared.options.timeout;
+        for round in 0..=leases::WAIT_ROUNDS {
+            let now = shared.options.clock.now_us();
+            match shared.leases.serve(check, now) {
+                Serve::Served(decisions) => return Ok(decisions),
+                Serve::Wait(flight) if round < leases::WAIT_ROUNDS => {
+                    flight.wait(timeout).await;
+                    continue;
+                }
+                Serve::Wait(_) | Serve::Miss => {}
+            }
+            if let Some(cache) = &shared.deny_cache {
+                if let Lookup::Hit(decisions) = cache.lookup_or_join(check, now, false) {
+                    shared
+                        .counters
+                        .deny_cache_hits
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(decisions);
+                }
+            }
+            match shared.leases.ask(check, now) {
+                Ask::Lease(asks, flight) => {
+                    return self.call_lease(check, &asks, now, &flight).await;
+                }
+                Ask::Wait(flight) if round < leases::WAIT_ROUNDS => flight.wait(timeout).await,
+                Ask::Wait(_) | Ask::Plain => break,
+            }
+        }
+        self.apply_cached(check).await
+    }
+
+    /// One lease call through the breaker and timeout, as [`call`] makes a
+    /// check: its outcome lands in the lease table (also when this future
+    /// is dropped mid-call), a denial in the deny cache, a failure in the
+    /// failure mode.
+    async fn call_lease(
+        &self,
+        check: Check<'_>,
+        asks: &[LeaseAsk],
+        sent_us: u64,
+        flight: &Arc<leases::Flight>,
+    ) -> Result<Decisions, StoreError> {
+        /// Lands the flight as failed unless the call's outcome landed it.
+        struct Landing<'a> {
+            leases: &'a Leases,
+            check: Check<'a>,
+            asks: &'a [LeaseAsk],
+            flight: &'a Arc<leases::Flight>,
+            sent_us: u64,
+            done: bool,
+        }
+        impl Drop for Landing<'_> {
+            fn drop(&mut self) {
+                if !self.done {
+                    self.leases.land(
+                        self.check,
+                        self.asks,
+                        self.flight,
+                        self.sent_us,
+                        leases::Landed::Failed,
+                    );
+                }
+            }
+        }
+        let shared = &*self.shared;
+        let counters = &shared.counters;
+        let mut landing = Landing {
+            leases: &shared.leases,
+            check,
+            asks,
+            flight,
+            sent_us,
+            done: false,
+        };
+        let permit = shared.breaker.admit(sent_us);
+        if let Permit::ShortCircuit(probe_in) = permit {
+            counters.short_circuited.fetch_add(1, Ordering::Relaxed);
+            // Never sent: the units held go back to their leases.
+            shared
+                .leases
+                .land(check, asks, flight, sent_us, leases::Landed::NotSent);
+            landing.done = true;
+            let error = StoreError::Unavailable("circuit breaker open".into());
+            return self.fallback(check, error, probe_in).await;
+        }
+        let epoch = shared.deny_cache.as_ref().map_or(0, DenyCache::epoch);
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        let mut guard = ProbeGuard {
+            breaker: &shared.breaker,
+            permit,
+            finished: false,
+        };
+        let timeout = shared.options.timeout;
+        let call = self.store.lease(LeaseCall { check, asks });
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(answer))
+                if answer.decisions.len() == check.policies.len()
+                    && answer.leased.len() == check.policies.len() =>
+            {
+                Ok(answer)
+            }
+            Ok(Ok(answer)) => Err(StoreError::Protocol(format!(
+                "store returned {} decisions and {} leases for {} policies",
+                answer.decisions.len(),
+                answer.leased.len(),
+                check.policies.len()
+            ))),
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Timeout(timeout))
+            }
+        };
+        guard.finished = true;
+        match result {
+            Ok(answer) => {
+                shared.breaker.success(permit);
+                if let Some(cache) = &shared.deny_cache {
+                    cache.record(check, &answer.decisions, sent_us, epoch);
+                }
+                let kept = shared.leases.land(
+                    check,
+                    asks,
+                    flight,
+                    sent_us,
+                    leases::Landed::Answer(&answer),
+                );
+                landing.done = true;
+                Ok(leases::with_leased(&answer, &kept))
+            }
+            Err(error) => {
+                drop(landing);
+                self.failed(&error);
+                shared
+                    .breaker
+                    .failure(permit, shared.options.clock.now_us());
+                let retry = shared.options.breaker_cooldown;
+                self.fallback(check, error, retry).await
+            }
+        }
+    }
+
     /// Decides without the store, each policy in its failure mode.
     async fn fallback(
         &self,
@@ -656,13 +819,20 @@ impl InvalidationReceiver for Shared {
                 if let Some(cache) = &self.deny_cache {
                     cache.clear();
                 }
+                self.leases.revoke_all();
             }
-            Invalidation::Lost => self.feed_live.store(false, Ordering::Release),
+            Invalidation::Lost => {
+                self.feed_live.store(false, Ordering::Release);
+                // Resets may go unheard until the feed is back: a lease
+                // taken before one must not be spent after it.
+                self.leases.revoke_all();
+            }
             Invalidation::Reset(identity) => {
                 self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
                 if let Some(cache) = &self.deny_cache {
                     cache.invalidate(&identity);
                 }
+                self.leases.revoke(&identity);
             }
         }
     }
@@ -690,7 +860,17 @@ fn local_policy(policy: &Policy, share: f64) -> Option<Policy> {
 }
 
 impl<S: Store> Store for Resilient<S> {
+    /// Decides `check`: from leases held when every policy leases (see
+    /// [`Policy::lease`]), else through the deny cache, breaker and
+    /// timeout to the store.
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        if check.mode == Mode::Consume
+            && check.policies.iter().all(|p| p.policy.lease().is_some())
+            && self.store.leases()
+            && self.may_lease()
+        {
+            return self.apply_leased(check).await;
+        }
         self.apply_cached(check).await
     }
 
@@ -704,14 +884,18 @@ impl<S: Store> Store for Resilient<S> {
         if let Some(cache) = &shared.deny_cache {
             cache.invalidate(key);
         }
+        shared.leases.revoke(key);
         shared.local.reset(key, policies).await?;
         let timeout = shared.options.timeout;
         let result = tokio::time::timeout(timeout, self.store.reset(key, policies))
             .await
             .unwrap_or(Err(StoreError::Timeout(timeout)));
+        // Again after: a lease taken while the reset was on its way may
+        // come from the state before it.
         if let Some(cache) = &shared.deny_cache {
             cache.invalidate(key);
         }
+        shared.leases.revoke(key);
         result
     }
 }

@@ -21,6 +21,10 @@ pub const DEFAULT_HALF_OPEN_PROBES: u32 = 1;
 /// The default number of identities the deny cache holds.
 pub const DEFAULT_DENY_CACHE_CAPACITY: usize = 65_536;
 
+/// The default cap on (policy, identity) pairs tracked for leasing
+/// ([`ResilienceOptions::lease_max_keys`]).
+pub const DEFAULT_LEASE_MAX_KEYS: usize = 65_536;
+
 /// What a check decides when the inner store cannot (it failed, timed out,
 /// or the circuit breaker is open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -118,6 +122,7 @@ pub struct ResilienceOptions {
     pub(crate) deny_cache: bool,
     pub(crate) deny_cache_capacity: usize,
     pub(crate) local_max_keys: usize,
+    pub(crate) lease_max_keys: usize,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -134,6 +139,7 @@ impl fmt::Debug for ResilienceOptions {
             .field("deny_cache", &self.deny_cache)
             .field("deny_cache_capacity", &self.deny_cache_capacity)
             .field("local_max_keys", &self.local_max_keys)
+            .field("lease_max_keys", &self.lease_max_keys)
             .finish_non_exhaustive()
     }
 }
@@ -151,6 +157,7 @@ impl Default for ResilienceOptions {
             deny_cache: true,
             deny_cache_capacity: DEFAULT_DENY_CACHE_CAPACITY,
             local_max_keys: crate::store::memory::DEFAULT_MAX_KEYS,
+            lease_max_keys: DEFAULT_LEASE_MAX_KEYS,
             clock: Arc::new(SystemClock::new()),
         }
     }
@@ -187,6 +194,16 @@ impl ResilienceOptions {
     /// [`MemoryStoreBuilder::max_keys`](crate::MemoryStoreBuilder::max_keys)).
     pub fn local_max_keys(mut self, max_keys: usize) -> Self {
         self.local_max_keys = max_keys;
+        self
+    }
+
+    /// Caps the (policy, identity) pairs whose leases this process tracks
+    /// (default [`DEFAULT_LEASE_MAX_KEYS`]). Only pairs of leasing policies
+    /// are tracked, and only hot ones hold a lease; when the table is full,
+    /// slots holding no live lease are swept, and a new pair that still
+    /// finds no room is decided in the store without a lease.
+    pub fn lease_max_keys(mut self, max_keys: usize) -> Self {
+        self.lease_max_keys = max_keys;
         self
     }
 

@@ -39,8 +39,9 @@ impl Switchable {
     }
 }
 
-impl Store for Switchable {
-    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+impl Switchable {
+    /// Counts a call, then fails, hangs or waits as switched.
+    async fn gate(&self) -> Result<(), StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match self.health.load(Ordering::SeqCst) {
             FAILING => Err(StoreError::Unavailable("switched off".into())),
@@ -50,9 +51,28 @@ impl Store for Switchable {
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-                self.store.apply(check).await
+                Ok(())
             }
         }
+    }
+}
+
+impl Store for Switchable {
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        self.gate().await?;
+        self.store.apply(check).await
+    }
+
+    async fn lease(
+        &self,
+        call: crate::store::LeaseCall<'_>,
+    ) -> Result<crate::store::LeaseAnswer, StoreError> {
+        self.gate().await?;
+        self.store.lease(call).await
+    }
+
+    fn leases(&self) -> bool {
+        self.store.leases()
     }
 
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
@@ -587,4 +607,362 @@ fn failure_modes_parse_and_shares_scale() {
     assert_eq!((local.limit(), local.burst()), (2, 1));
     let p: Policy = "sliding_log 3/1m".parse().expect("valid");
     assert_eq!(local_policy(&p, 0.1).expect("valid").limit(), 1);
+}
+
+// Leases (the local half: `leases.rs`). The store's half is tested with
+// the algorithms; these follow a check through the wrapper.
+
+fn leased(text: &str, max: u64, ttl_ms: u64) -> crate::Policy {
+    text.parse::<crate::Policy>()
+        .expect("valid")
+        .with_lease(crate::Lease::new(max, Duration::from_millis(ttl_ms)).expect("valid"))
+        .expect("leases")
+}
+
+fn lease_limiter(
+    store: Resilient<Switchable>,
+    policy: crate::Policy,
+) -> Limiter<Resilient<Switchable>> {
+    Limiter::builder(store).policy("hot", policy).build()
+}
+
+#[tokio::test]
+async fn a_hot_key_is_served_from_leases_and_admits_exactly_the_limit() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = lease_limiter(
+        Resilient::new(inner.clone(), options(&clock)),
+        leased("fixed_window 1000/1h", 100, 60_000),
+    );
+    let mut allowed = 0;
+    for i in 0..3000 {
+        // A microsecond apart: a hot key's rate.
+        clock.advance(Duration::from_micros(1));
+        let d = limiter.check("hot", "k", 1).await.expect("ok");
+        assert!(!d.degraded);
+        if d.allowed {
+            allowed += 1;
+            assert!(
+                d.remaining <= 1000 - allowed,
+                "check {i}: remaining {} promises more than is left",
+                d.remaining
+            );
+        }
+    }
+    assert_eq!(
+        allowed, 1000,
+        "leases never admit more, and lose nothing on one instance"
+    );
+    let stats = limiter.store().stats().leases;
+    assert!(stats.taken > 0 && stats.units > 0, "{stats:?}");
+    assert!(
+        inner.calls() < 300,
+        "{} store calls for 3000 checks: leases served most",
+        inner.calls()
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_a_store_admit_the_limit_between_them_never_more() {
+    let clock = ManualClock::new(1_000_000);
+    let shared = Switchable::with_clock(clock.clone());
+    let policy = leased("fixed_window 500/1h", 64, 60_000);
+    let fleet: Vec<_> = (0..3)
+        .map(|_| lease_limiter(Resilient::new(shared.clone(), options(&clock)), policy))
+        .collect();
+    let mut admitted = [0u64; 3];
+    for round in 0..2000 {
+        clock.advance(Duration::from_micros(1));
+        let i = round % 3;
+        if fleet[i].check("hot", "k", 1).await.expect("ok").allowed {
+            admitted[i] += 1;
+        }
+    }
+    let total: u64 = admitted.iter().sum();
+    assert_eq!(
+        total, 500,
+        "admitted {admitted:?}: the whole limit, never more"
+    );
+    for (i, n) in admitted.iter().enumerate() {
+        assert!(
+            (150..=184).contains(n),
+            "instance {i} admitted {n} of 500 ({admitted:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_key_never_leases() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = lease_limiter(
+        Resilient::new(inner.clone(), options(&clock)),
+        leased("fixed_window 1000/1h", 100, 100),
+    );
+    for _ in 0..50 {
+        clock.advance(Duration::from_millis(20));
+        assert!(limiter.check("hot", "k", 1).await.expect("ok").allowed);
+    }
+    assert_eq!(limiter.store().stats().leases.taken, 0);
+    assert_eq!(inner.calls(), 50, "every check decided in the store");
+}
+
+#[tokio::test]
+async fn a_lease_in_hand_is_spent_while_the_store_is_down() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let limiter = lease_limiter(
+        Resilient::new(
+            inner.clone(),
+            options(&clock).failure_mode(FailureMode::Closed),
+        ),
+        leased("fixed_window 100000/1h", 50, 60_000),
+    );
+    for _ in 0..20 {
+        clock.advance(Duration::from_micros(1));
+        limiter.check("hot", "k", 1).await.expect("ok");
+    }
+    let held = limiter.store().stats().leases.units;
+    assert!(held > 0, "a lease was taken");
+    inner.set(FAILING);
+    let calls = inner.calls();
+    // Units of the lease still in hand are spent without the store, not degraded.
+    let d = limiter.check("hot", "k", 1).await.expect("ok");
+    assert!(d.allowed && !d.degraded);
+    assert_eq!(inner.calls(), calls, "no store call");
+}
+
+#[tokio::test]
+async fn a_reset_revokes_leases_and_a_changed_policy_ends_them() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(inner.clone(), options(&clock));
+    let limiter = lease_limiter(store.clone(), leased("fixed_window 1000/1h", 100, 60_000));
+    let warm = |limiter: Limiter<Resilient<Switchable>>, clock: ManualClock| async move {
+        for _ in 0..40 {
+            clock.advance(Duration::from_micros(1));
+            limiter.check("hot", "k", 1).await.expect("ok");
+        }
+    };
+    warm(limiter.clone(), clock.clone()).await;
+    let before = store.stats().leases;
+    assert!(before.units > before.forfeited, "{before:?}");
+    limiter.reset("hot", "k").await.expect("reset");
+    let after = store.stats().leases;
+    assert!(
+        after.forfeited > before.forfeited,
+        "the reset forfeited the lease: {after:?}"
+    );
+    let calls = inner.calls();
+    clock.advance(Duration::from_micros(1));
+    limiter.check("hot", "k", 1).await.expect("ok");
+    assert_eq!(inner.calls(), calls + 1, "after a reset the store decides");
+
+    warm(limiter.clone(), clock.clone()).await;
+    let before = store.stats().leases;
+    let changed = lease_limiter(store.clone(), leased("fixed_window 2000/1h", 100, 60_000));
+    let calls = inner.calls();
+    clock.advance(Duration::from_micros(1));
+    changed.check("hot", "k", 1).await.expect("ok");
+    assert_eq!(
+        inner.calls(),
+        calls + 1,
+        "a changed policy is decided in the store"
+    );
+    assert!(store.stats().leases.forfeited > before.forfeited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_on_three_instances_never_admit_more_than_the_limit() {
+    for text in [
+        "fixed_window 700/1h",
+        "sliding_window 700/1h",
+        "token_bucket 700/1h burst 700",
+        "gcra 700/1h burst 700",
+    ] {
+        let clock = ManualClock::new(1_000_000);
+        let shared = Switchable::with_clock(clock.clone());
+        let policy = leased(text, 50, 60_000);
+        let mut tasks = Vec::new();
+        let mut stores = Vec::new();
+        for _ in 0..3 {
+            let store = Resilient::new(shared.clone(), options(&clock));
+            stores.push(store.clone());
+            let limiter = lease_limiter(store, policy);
+            for _ in 0..4 {
+                let (limiter, clock) = (limiter.clone(), clock.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut admitted = 0u64;
+                    for _ in 0..250 {
+                        clock.advance(Duration::from_micros(1));
+                        let d = limiter.check("hot", "k", 1).await.expect("ok");
+                        admitted += u64::from(d.allowed);
+                    }
+                    admitted
+                }));
+            }
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.expect("task");
+        }
+        let taken: u64 = stores.iter().map(|s| s.stats().leases.taken).sum();
+        // 3000 checks within 3 ms of a 1 h policy: the buckets refill by
+        // less than one unit, so the allowance is the capacity.
+        assert!(total <= 700, "{text}: admitted {total} of 700");
+        assert!(total >= 650, "{text}: admitted only {total} of 700");
+        assert!(taken > 0, "{text}: no lease taken");
+    }
+}
+
+#[tokio::test]
+async fn a_check_of_several_leased_policies_stays_all_or_nothing() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(inner.clone(), options(&clock));
+    let limiter = Limiter::builder(store)
+        .policy("small", leased("fixed_window 300/1h", 40, 60_000))
+        .policy("large", leased("gcra 5000/1h burst 5000", 40, 60_000))
+        .build();
+    let mut admitted = 0;
+    for _ in 0..1000 {
+        clock.advance(Duration::from_micros(1));
+        let d = limiter
+            .check_all(&["small", "large"], "k", 1)
+            .await
+            .expect("ok");
+        admitted += u64::from(d.allowed);
+    }
+    assert_eq!(admitted, 300, "the smaller policy decides");
+    assert!(limiter.store().stats().leases.taken > 0);
+    // `large` was charged for every admitted check (plus what its leases
+    // hold), never for a denied one: it still has at least 5000 - 300 - 40.
+    let peek = limiter.peek("large", "k", 1).await.expect("ok");
+    assert!(
+        peek.remaining >= 5000 - 300 - 40 - 40,
+        "large has {} left",
+        peek.remaining
+    );
+}
+
+#[tokio::test]
+async fn the_feed_revokes_leases_by_identity_and_all_of_them_when_lost() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(inner.clone(), options(&clock));
+    let sink = InvalidationSink::new(Arc::downgrade(&store.shared) as std::sync::Weak<Shared>);
+    let limiter = lease_limiter(store.clone(), leased("fixed_window 100000/1h", 100, 60_000));
+    let warm = |key: &'static str| {
+        let (limiter, clock) = (limiter.clone(), clock.clone());
+        async move {
+            for _ in 0..30 {
+                clock.advance(Duration::from_micros(1));
+                limiter.check("hot", key, 1).await.expect("ok");
+            }
+        }
+    };
+    warm("a").await;
+    warm("b").await;
+    let before = store.stats().leases;
+    assert_eq!(before.keys, 2);
+    assert!(sink.deliver(Invalidation::Reset(b"a".to_vec())));
+    let after = store.stats().leases;
+    assert_eq!(after.keys, 1, "a's slot is gone, b's is not");
+    assert!(after.forfeited > before.forfeited);
+    assert!(sink.deliver(Invalidation::Lost));
+    assert_eq!(
+        store.stats().leases.keys,
+        0,
+        "a lost feed revokes every lease"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_keys_stays_within_the_lease_table_cap() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(inner.clone(), options(&clock).lease_max_keys(256));
+    let limiter = lease_limiter(store.clone(), leased("fixed_window 10/1h", 5, 60_000));
+    for i in 0..5_000 {
+        let key = format!("bot-{i}");
+        assert!(limiter.check("hot", &key, 1).await.expect("ok").allowed);
+    }
+    let keys = store.stats().leases.keys;
+    assert!(keys <= 256, "{keys} slots for a cap of 256");
+}
+
+#[tokio::test]
+async fn units_held_go_back_to_their_lease_when_the_breaker_keeps_the_call_in() {
+    let clock = ManualClock::new(1_000_000);
+    let inner = Switchable::with_clock(clock.clone());
+    let store = Resilient::new(
+        inner.clone(),
+        options(&clock).failure_mode(FailureMode::Closed),
+    );
+    let limiter = Limiter::builder(store.clone())
+        .policy("hot", leased("fixed_window 100000/1h", 50, 60_000))
+        .policy("plain", "fixed_window 10/1h".parse().expect("valid"))
+        .build();
+    for _ in 0..20 {
+        clock.advance(Duration::from_micros(1));
+        limiter.check("hot", "k", 1).await.expect("ok");
+    }
+    assert!(store.stats().leases.units > 0);
+    // The store fails on another key until the breaker opens.
+    inner.set(FAILING);
+    for _ in 0..3 {
+        limiter.check("plain", "other", 1).await.expect("ok");
+    }
+    assert_eq!(store.stats().breaker, BreakerState::Open);
+    let forfeited = store.stats().leases.forfeited;
+    // More than the lease holds: it would give its units back, but the
+    // call never leaves, so they stay in the lease.
+    let d = limiter.check("hot", "k", 60).await.expect("ok");
+    assert!(d.degraded && !d.allowed, "closed mode");
+    assert_eq!(
+        store.stats().leases.forfeited,
+        forfeited,
+        "nothing was lost"
+    );
+    let calls = inner.calls();
+    let d = limiter.check("hot", "k", 1).await.expect("ok");
+    assert!(d.allowed && !d.degraded, "served from the lease");
+    assert_eq!(inner.calls(), calls);
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_lease_decides_every_check_plainly() {
+    /// The memory store behind the trait's default `lease`.
+    #[derive(Clone)]
+    struct Plain(MemoryStore);
+    impl Store for Plain {
+        async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+            self.0.apply(check).await
+        }
+        async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+            self.0.reset(key, policies).await
+        }
+    }
+    let clock = ManualClock::new(1_000_000);
+    let store = Resilient::new(
+        Plain(MemoryStore::with_clock(clock.clone())),
+        options(&clock),
+    );
+    let limiter = Limiter::builder(store.clone())
+        .policy("hot", leased("fixed_window 100/1h", 50, 60_000))
+        .build();
+    let mut allowed = 0;
+    for _ in 0..200 {
+        clock.advance(Duration::from_micros(1));
+        allowed += u64::from(limiter.check("hot", "k", 1).await.expect("ok").allowed);
+    }
+    assert_eq!(allowed, 100);
+    assert_eq!(
+        store.stats().leases,
+        LeaseStats::default(),
+        "no slot, no lease"
+    );
+    // One call per allowed check: the last one left nothing, and the deny
+    // cache answers every check after it.
+    assert_eq!(store.stats().calls, 100);
 }

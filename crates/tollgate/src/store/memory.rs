@@ -47,7 +47,7 @@ use super::{
     Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, Store, all_or_nothing,
     all_or_nothing_into,
 };
-use crate::algorithm::{State, decide, expires_at, give_back, lease_size, lease_until};
+use crate::algorithm::{State, decide, expires_at, give_back, lease_size, lease_until, lease_want};
 use crate::{Clock, Decision, StoreError, SystemClock};
 
 /// A shard never sweeps below this many entries: sweeping tiny tables often
@@ -422,11 +422,9 @@ impl MemoryStore {
         if answer.decisions.iter().all(|d| d.allowed) {
             for (i, &p) in check.policies.iter().enumerate() {
                 let decision = &mut answer.decisions[i];
-                let units = if until[i] > now {
-                    lease_size(asks[i].want, decision.remaining)
-                } else {
-                    0
-                };
+                let ask = asks[i];
+                let want = lease_want(ask.want, until[i].saturating_sub(now), ask.ttl_us);
+                let units = lease_size(want, decision.remaining);
                 if units == 0 {
                     continue;
                 }
@@ -746,6 +744,10 @@ impl Store for MemoryStore {
 
     async fn lease(&self, call: LeaseCall<'_>) -> Result<LeaseAnswer, StoreError> {
         Ok(self.lease_sync(call))
+    }
+
+    fn leases(&self) -> bool {
+        true
     }
 
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {

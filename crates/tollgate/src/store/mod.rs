@@ -203,15 +203,17 @@ pub trait Store: Send + Sync + 'static {
     /// 1. first gives back each policy's [`LeaseAsk::held`] units
     ///    ([`give_back`](crate::algorithm::give_back));
     /// 2. then, when the check is allowed, leases to each policy with a
-    ///    `want` up to that many more units
-    ///    ([`lease_size`](crate::algorithm::lease_size) of what remains),
-    ///    charged now, valid until [`lease_until`](crate::algorithm::lease_until)
-    ///    of the state before this call charged anything, capped at the
-    ///    ask's time to live.
+    ///    `want` more units, charged now and valid until
+    ///    [`lease_until`](crate::algorithm::lease_until) of the state before
+    ///    this call charged anything, capped at the ask's time to live: as
+    ///    many as [`lease_size`](crate::algorithm::lease_size) lets of what
+    ///    remains, asking [`lease_want`](crate::algorithm::lease_want) — the
+    ///    want scaled to how long the lease can live.
     ///
     /// The default decides the check with [`apply`](Self::apply), leases
     /// nothing and takes nothing back (the held units are forfeited):
-    /// exact, only slower. Every store of this workspace leases.
+    /// exact. A store that implements this says so with
+    /// [`leases`](Self::leases).
     fn lease(
         &self,
         call: LeaseCall<'_>,
@@ -221,6 +223,14 @@ pub trait Store: Send + Sync + 'static {
             let leased = decisions.iter().map(|_| Leased::default()).collect();
             Ok(LeaseAnswer { decisions, leased })
         }
+    }
+
+    /// Whether [`lease`](Self::lease) grants leases: without it, the
+    /// resilience layer decides every check of a leasing policy as a plain
+    /// check (asking a store that cannot lease would only make callers
+    /// wait for calls that bring nothing).
+    fn leases(&self) -> bool {
+        false
     }
 
     /// Forgets `key`'s state for each policy.

@@ -1,0 +1,533 @@
+//! Overrides: a limit for one (policy, key) that replaces the policy's for
+//! that key only — other numbers, `unlimited` or `blocked` — optionally
+//! until an instant.
+//!
+//! An override is a policy change for one key: the store decides the key
+//! with the overriding policy under the policy's own name, so the key's
+//! live state carries over in absolute units, exactly as when a reload
+//! changes the policy for everyone (`docs/ALGORITHMS.md`). `Unlimited`
+//! allows without charging; `Blocked` denies without a store call.
+//!
+//! [`Overrides`] is the table a [`Limiter`](crate::Limiter) consults: two
+//! layers, the overrides set at run time (an API, shared through a store by
+//! whoever owns the table) and those declared in a file, where a run-time
+//! override wins over a declared one for the same (policy, key). Bounded:
+//! at most [`Overrides::max_entries`] run-time overrides. A lookup costs
+//! nothing while the table is empty, and one hash lookup under a read lock
+//! otherwise. `docs/OVERRIDES.md` is the operator's guide.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+
+use std::future::Future;
+
+use crate::{Clock, Policy, StoreError, SystemClock};
+
+/// The default cap on run-time overrides ([`Overrides::with_max_entries`]).
+pub const DEFAULT_MAX_OVERRIDES: usize = 100_000;
+
+/// What an override sets for its (policy, key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OverrideLimit {
+    /// Other numbers (the same algorithm as the policy's).
+    Policy(Policy),
+    /// Every check allowed, nothing charged.
+    Unlimited,
+    /// Every check denied, nothing charged.
+    Blocked,
+}
+
+/// One override: its limit, and when it ends (Unix microseconds on the
+/// table's clock), if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Override {
+    /// What replaces the policy for the key.
+    pub limit: OverrideLimit,
+    /// When the override ends by itself; `None`: when deleted.
+    pub expires_at_us: Option<u64>,
+}
+
+impl Override {
+    /// The override as one line of text, for a store that shares it:
+    /// `<kind> <expires_at_us or 0> [<algorithm> <limit> <period_us> <burst>]`
+    /// with kind `p` (numbers), `u` (unlimited) or `b` (blocked).
+    ///
+    /// ```
+    /// use tollgate::overrides::{Override, OverrideLimit};
+    /// let o = Override { limit: OverrideLimit::Policy("gcra 10/s burst 5".parse()?), expires_at_us: Some(7) };
+    /// assert_eq!(o.encode(), "p 7 gcra 10 1000000 5");
+    /// assert_eq!(Override::decode(&o.encode()), Some(o));
+    /// assert_eq!(Override::decode("b 0"), Some(Override { limit: OverrideLimit::Blocked, expires_at_us: None }));
+    /// assert_eq!(Override::decode("p 0 gcra 0 1 1"), None);
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    pub fn encode(&self) -> String {
+        let expires = self.expires_at_us.unwrap_or(0);
+        match self.limit {
+            OverrideLimit::Policy(p) => format!(
+                "p {expires} {} {} {} {}",
+                p.algorithm(),
+                p.limit(),
+                p.period_us(),
+                p.burst()
+            ),
+            OverrideLimit::Unlimited => format!("u {expires}"),
+            OverrideLimit::Blocked => format!("b {expires}"),
+        }
+    }
+
+    /// Reads [`encode`](Self::encode)'s text back; `None` if it is not
+    /// one (another version's, or damaged): such an entry is ignored.
+    pub fn decode(text: &str) -> Option<Override> {
+        let mut words = text.split(' ');
+        let kind = words.next()?;
+        let expires: u64 = words.next()?.parse().ok()?;
+        let limit = match kind {
+            "u" => OverrideLimit::Unlimited,
+            "b" => OverrideLimit::Blocked,
+            "p" => {
+                let algorithm: crate::Algorithm = words.next()?.parse().ok()?;
+                let limit: u64 = words.next()?.parse().ok()?;
+                let period: u64 = words.next()?.parse().ok()?;
+                let burst: u64 = words.next()?.parse().ok()?;
+                let burst = algorithm.has_burst().then_some(burst);
+                OverrideLimit::Policy(
+                    Policy::new(
+                        algorithm,
+                        limit,
+                        std::time::Duration::from_micros(period),
+                        burst,
+                    )
+                    .ok()?,
+                )
+            }
+            _ => return None,
+        };
+        if words.next().is_some() {
+            return None;
+        }
+        Some(Override {
+            limit,
+            expires_at_us: (expires > 0).then_some(expires),
+        })
+    }
+
+    /// Whether the override is in force at `now_us`.
+    pub const fn live(&self, now_us: u64) -> bool {
+        match self.expires_at_us {
+            Some(at) => now_us < at,
+            None => true,
+        }
+    }
+}
+
+/// Where an override came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Set at run time (an API, a CLI); wins over a declared one.
+    Runtime,
+    /// Declared in a configuration file.
+    File,
+}
+
+/// Why an override was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverrideError {
+    /// The policy is unknown.
+    #[error("unknown policy `{0}`")]
+    UnknownPolicy(String),
+    /// The override's numbers are for another algorithm.
+    #[error("an override of `{policy}` must keep its algorithm {expected}, not {given}")]
+    OtherAlgorithm {
+        /// The policy.
+        policy: String,
+        /// Its algorithm.
+        expected: crate::Algorithm,
+        /// The override's.
+        given: crate::Algorithm,
+    },
+    /// The table is full.
+    #[error("at most {0} overrides may be set at run time")]
+    Full(usize),
+    /// The key is longer than the limiter accepts.
+    #[error("key of {len} bytes is longer than the limit of {max}")]
+    KeyTooLong {
+        /// Its length.
+        len: usize,
+        /// The most accepted.
+        max: usize,
+    },
+}
+
+/// Both layers of one (policy, key).
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    runtime: Option<Override>,
+    file: Option<Override>,
+}
+
+impl Slot {
+    fn effective(&self) -> Option<(Override, Source)> {
+        self.runtime
+            .map(|o| (o, Source::Runtime))
+            .or(self.file.map(|o| (o, Source::File)))
+    }
+}
+
+/// The composite key of a slot: the policy name's length (2 bytes), the
+/// name, then the identity — so that no two (name, key) pairs meet.
+pub type Composite = SmallVec<[u8; 96]>;
+
+/// The bytes that name (`policy`, `key`) in an override table or store:
+/// the name's length (2 bytes, big-endian), the name, the identity.
+pub fn composite(policy: &str, key: &[u8]) -> Composite {
+    let len = u16::try_from(policy.len()).unwrap_or(u16::MAX);
+    let mut c = Composite::with_capacity(2 + policy.len() + key.len());
+    c.extend_from_slice(&len.to_be_bytes());
+    c.extend_from_slice(policy.as_bytes());
+    c.extend_from_slice(key);
+    c
+}
+
+/// (policy, key) of a [`composite`]; `None` if it is not one.
+pub fn split(composite: &[u8]) -> Option<(&str, &[u8])> {
+    let len = usize::from(u16::from_be_bytes([
+        *composite.first()?,
+        *composite.get(1)?,
+    ]));
+    let name = std::str::from_utf8(composite.get(2..2 + len)?).ok()?;
+    Some((name, &composite[2 + len..]))
+}
+
+/// One override as listed: its (policy, key), what it sets and where it
+/// came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The policy's name.
+    pub policy: String,
+    /// The identity.
+    pub key: Vec<u8>,
+    /// The override in force.
+    pub value: Override,
+    /// Its layer.
+    pub source: Source,
+}
+
+/// A page of [`Overrides::list`]: up to `limit` overrides in (policy, key)
+/// order, and the cursor of the next page if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The overrides.
+    pub items: Vec<Listed>,
+    /// Pass it to get the next page; `None` on the last.
+    pub next: Option<Vec<u8>>,
+}
+
+/// The overrides a limiter consults (see the [module docs](self)).
+pub struct Overrides {
+    slots: RwLock<HashMap<Box<[u8]>, Slot>>,
+    /// Whether any slot exists: the hot path's only cost when none does.
+    any: AtomicBool,
+    runtime_len: AtomicU64,
+    max_entries: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("runtime", &self.runtime_len.load(Ordering::Relaxed))
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Overrides::new()
+    }
+}
+
+impl Overrides {
+    /// An empty table on the system clock.
+    pub fn new() -> Overrides {
+        Overrides::with_clock(SystemClock::new())
+    }
+
+    /// An empty table on `clock` (expiries are read on it).
+    pub fn with_clock(clock: impl Clock) -> Overrides {
+        Overrides {
+            slots: RwLock::default(),
+            any: AtomicBool::new(false),
+            runtime_len: AtomicU64::new(0),
+            max_entries: DEFAULT_MAX_OVERRIDES,
+            clock: Arc::new(clock),
+        }
+    }
+
+    /// Caps the run-time overrides (default [`DEFAULT_MAX_OVERRIDES`]):
+    /// setting one more is refused ([`OverrideError::Full`]).
+    #[must_use]
+    pub fn with_max_entries(mut self, max: usize) -> Overrides {
+        self.max_entries = max;
+        self
+    }
+
+    /// The cap on run-time overrides.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// Whether no override is set (in either layer).
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
+    }
+
+    /// The table's time, Unix microseconds.
+    pub fn now_us(&self) -> u64 {
+        self.clock.now_us()
+    }
+
+    /// The override in force for `policy` and `key` now, if any, and its
+    /// layer. The hot path: free while the table is empty.
+    #[inline]
+    pub fn lookup(&self, policy: &str, key: &[u8]) -> Option<(Override, Source)> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let c = composite(policy, key);
+        let found = self.read().get(c.as_slice()).and_then(Slot::effective)?;
+        found.0.live(self.clock.now_us()).then_some(found)
+    }
+
+    /// Sets (or replaces) the run-time override of `policy` for `key`. The
+    /// caller has checked it against the policy ([`Limiter::set_override`]
+    /// does).
+    ///
+    /// # Errors
+    /// [`OverrideError::Full`] when the table holds its cap of run-time
+    /// overrides and this is a new one (expired ones are swept first).
+    ///
+    /// [`Limiter::set_override`]: crate::Limiter::set_override
+    pub fn set(&self, policy: &str, key: &[u8], value: Override) -> Result<(), OverrideError> {
+        let c = composite(policy, key);
+        let mut slots = self.write();
+        let exists = slots.get(c.as_slice()).is_some_and(|s| s.runtime.is_some());
+        if !exists && self.runtime_len.load(Ordering::Relaxed) >= self.max_entries as u64 {
+            self.sweep(&mut slots);
+            if self.runtime_len.load(Ordering::Relaxed) >= self.max_entries as u64 {
+                return Err(OverrideError::Full(self.max_entries));
+            }
+        }
+        let slot = slots.entry(c.as_slice().into()).or_default();
+        if slot.runtime.replace(value).is_none() {
+            self.runtime_len.fetch_add(1, Ordering::Relaxed);
+        }
+        self.any.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The override of `policy` for `key` in `source`'s layer, live or not.
+    pub fn get(&self, policy: &str, key: &[u8], source: Source) -> Option<Override> {
+        let c = composite(policy, key);
+        let slots = self.read();
+        let slot = slots.get(c.as_slice())?;
+        match source {
+            Source::Runtime => slot.runtime,
+            Source::File => slot.file,
+        }
+    }
+
+    /// Deletes the run-time override of `policy` for `key`; returns
+    /// whether there was one. A declared one, if any, is in force again.
+    pub fn remove(&self, policy: &str, key: &[u8]) -> bool {
+        let c = composite(policy, key);
+        let mut slots = self.write();
+        let Some(slot) = slots.get_mut(c.as_slice()) else {
+            return false;
+        };
+        let had = slot.runtime.take().is_some();
+        if had {
+            self.runtime_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        if slot.file.is_none() {
+            slots.remove(c.as_slice());
+        }
+        self.any.store(!slots.is_empty(), Ordering::Release);
+        had
+    }
+
+    /// Replaces every run-time override with `entries` (a store's copy,
+    /// read whole): what a process that shares its overrides through a
+    /// store calls when the store's version moved. Entries beyond the cap
+    /// are dropped (the store enforces the same cap when they are set).
+    pub fn replace_runtime(&self, entries: impl IntoIterator<Item = (String, Vec<u8>, Override)>) {
+        self.replace(entries, Source::Runtime);
+    }
+
+    /// Replaces every declared override with `entries` (a configuration
+    /// reload).
+    pub fn replace_file(&self, entries: impl IntoIterator<Item = (String, Vec<u8>, Override)>) {
+        self.replace(entries, Source::File);
+    }
+
+    fn replace(
+        &self,
+        entries: impl IntoIterator<Item = (String, Vec<u8>, Override)>,
+        source: Source,
+    ) {
+        let mut slots = self.write();
+        fn layer(slot: &mut Slot, source: Source) -> &mut Option<Override> {
+            match source {
+                Source::Runtime => &mut slot.runtime,
+                Source::File => &mut slot.file,
+            }
+        }
+        slots.retain(|_, slot| {
+            *layer(slot, source) = None;
+            slot.runtime.is_some() || slot.file.is_some()
+        });
+        let mut count = 0u64;
+        for (policy, key, value) in entries {
+            if source == Source::Runtime && count >= self.max_entries as u64 {
+                break;
+            }
+            let c = composite(&policy, &key);
+            let slot = slots.entry(c.as_slice().into()).or_default();
+            if layer(slot, source).replace(value).is_none() {
+                count += 1;
+            }
+        }
+        if source == Source::Runtime {
+            self.runtime_len.store(count, Ordering::Relaxed);
+        }
+        self.any.store(!slots.is_empty(), Ordering::Release);
+    }
+
+    /// Up to `limit` overrides in force (live, either layer), of `policy`
+    /// if given, in (policy, key) order, starting after `cursor` (the
+    /// `next` of the previous page).
+    pub fn list(&self, policy: Option<&str>, cursor: Option<&[u8]>, limit: usize) -> Page {
+        let now = self.clock.now_us();
+        let slots = self.read();
+        let mut keys: Vec<&[u8]> = slots
+            .iter()
+            .filter(|(c, slot)| {
+                policy.is_none_or(|p| split(c).is_some_and(|(name, _)| name == p))
+                    && cursor.is_none_or(|after| &***c > after)
+                    && slot.effective().is_some_and(|(o, _)| o.live(now))
+            })
+            .map(|(c, _)| &**c)
+            .collect();
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let items = keys
+            .iter()
+            .filter_map(|c| {
+                let (value, source) = slots.get(*c)?.effective()?;
+                let (policy, key) = split(c)?;
+                Some(Listed {
+                    policy: policy.to_owned(),
+                    key: key.to_vec(),
+                    value,
+                    source,
+                })
+            })
+            .collect();
+        Page {
+            items,
+            next: more.then(|| keys.last().map(|c| c.to_vec())).flatten(),
+        }
+    }
+
+    /// Run-time overrides set now (expired ones included until swept).
+    pub fn runtime_len(&self) -> usize {
+        usize::try_from(self.runtime_len.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    fn sweep(&self, slots: &mut HashMap<Box<[u8]>, Slot>) {
+        let now = self.clock.now_us();
+        let mut removed = 0;
+        slots.retain(|_, slot| {
+            if slot.runtime.is_some_and(|o| !o.live(now)) {
+                slot.runtime = None;
+                removed += 1;
+            }
+            slot.runtime.is_some() || slot.file.is_some()
+        });
+        self.runtime_len.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<[u8]>, Slot>> {
+        self.slots.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<[u8]>, Slot>> {
+        self.slots.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Where run-time overrides are shared between instances (the Redis
+/// store): every instance writes there and follows it ([`follow`]).
+pub trait OverrideStore: Send + Sync + 'static {
+    /// Sets the override of (`policy`, `key`), unless the store holds
+    /// `max` others already: `Ok(false)` then.
+    fn put_override(
+        &self,
+        policy: &str,
+        key: &[u8],
+        value: &Override,
+        max: usize,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the override of (`policy`, `key`); whether there was one.
+    fn delete_override(
+        &self,
+        policy: &str,
+        key: &[u8],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A number that changes whenever an override is set or deleted.
+    fn override_version(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every override the store holds (entries it cannot read are left
+    /// out).
+    fn load_overrides(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>, Override)>, StoreError>> + Send;
+}
+
+/// Keeps `table`'s run-time layer equal to `store`'s overrides: reads the
+/// store's version every `every`, and everything when it moved. Returns
+/// when the table is dropped. A change made through any instance is in
+/// force everywhere within `every` plus one read; a failed read is tried
+/// again at the next tick (the table keeps what it had).
+pub async fn follow<S: OverrideStore>(
+    table: std::sync::Weak<Overrides>,
+    store: S,
+    every: std::time::Duration,
+) {
+    let mut seen = None;
+    loop {
+        if table.strong_count() == 0 {
+            return;
+        }
+        if let Ok(version) = store.override_version().await {
+            if seen != Some(version) {
+                if let Ok(entries) = store.load_overrides().await {
+                    let Some(table) = table.upgrade() else {
+                        return;
+                    };
+                    table.replace_runtime(entries);
+                    seen = Some(version);
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
