@@ -232,6 +232,7 @@ impl App {
                 memory: store.get_ref().memory_usage(),
                 local: (stats.local_keys, stats.local_evictions),
                 breaker_opened: stats.breaker_opened,
+                leases: stats.leases,
             }
         };
         self.metrics.render(ExternalGauges {

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tollgate::resilience::LeaseStats;
+
 use crate::config::{DEFAULT_STATS_MAX_SERIES, EnvoySettings};
 
 /// What happened to one policy's decision.
@@ -85,6 +87,8 @@ pub struct StoreGauges {
     pub local: (usize, u64),
     /// Times the circuit breaker opened from closed.
     pub breaker_opened: u64,
+    /// What leasing did (leased policies only; all zero without them).
+    pub leases: LeaseStats,
 }
 
 /// The server's metrics. Every update is one or two atomic operations; the
@@ -257,7 +261,7 @@ impl Metrics {
             &'static str,
             fn(&StoreGauges) -> u64,
         );
-        let families: [Family; 4] = [
+        let families: [Family; 9] = [
             (
                 "tollgate_store_errors_total",
                 "Store calls that failed (timeouts included).",
@@ -281,6 +285,36 @@ impl Metrics {
                 "Decisions answered by the local deny cache.",
                 "counter",
                 |s| s.deny_cache_hits,
+            ),
+            (
+                "tollgate_leases_taken_total",
+                "Leases taken from the store (one per policy that leased units in a store call).",
+                "counter",
+                |s| s.leases.taken,
+            ),
+            (
+                "tollgate_lease_units_total",
+                "Units leased from the store.",
+                "counter",
+                |s| s.leases.units,
+            ),
+            (
+                "tollgate_lease_units_returned_total",
+                "Units of ended leases given back to the store.",
+                "counter",
+                |s| s.leases.returned,
+            ),
+            (
+                "tollgate_lease_units_forfeited_total",
+                "Units of ended leases neither spent nor given back (expired, revoked, refused or lost with a failed call).",
+                "counter",
+                |s| s.leases.forfeited,
+            ),
+            (
+                "tollgate_lease_keys",
+                "(policy, identity) pairs tracked for leasing.",
+                "gauge",
+                |s| s.leases.keys as u64,
             ),
         ];
         for (name, help, kind, value) in families {
@@ -690,6 +724,42 @@ mod tests {
         assert!(text.contains("tollgate_store_latency_seconds_bucket{le=\"1\"} 1\n"));
         assert!(text.contains("tollgate_config_reloads_total{result=\"failure\"} 1\n"));
         assert_eq!(seconds(0), "0");
+    }
+
+    #[test]
+    fn renders_lease_counters_per_store() {
+        let mut main = StoreGauges::default();
+        main.leases.taken = 3;
+        main.leases.units = 40;
+        main.leases.returned = 5;
+        main.leases.forfeited = 7;
+        main.leases.keys = 2;
+        let metrics = Metrics::default();
+        let text = metrics.render(ExternalGauges {
+            main,
+            per_second: None,
+        });
+        for line in [
+            "# TYPE tollgate_leases_taken_total counter\ntollgate_leases_taken_total 3\n",
+            "# TYPE tollgate_lease_units_total counter\ntollgate_lease_units_total 40\n",
+            "tollgate_lease_units_returned_total 5\n",
+            "tollgate_lease_units_forfeited_total 7\n",
+            "# TYPE tollgate_lease_keys gauge\ntollgate_lease_keys 2\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        // With a per-second store, one series per store.
+        let text = metrics.render(ExternalGauges {
+            main,
+            per_second: Some(StoreGauges::default()),
+        });
+        for line in [
+            "tollgate_leases_taken_total{store=\"main\"} 3\n",
+            "tollgate_leases_taken_total{store=\"per_second\"} 0\n",
+            "tollgate_lease_keys{store=\"per_second\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]
