@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::serve;
+use support::{metric, serve};
 use tollgate_testkit::files::temp_dir;
 use tollgate_testkit::http::Client;
 use tollgate_testkit::process::ServeProcess;
@@ -38,9 +38,10 @@ const LIMIT: u64 = 300;
 /// `end - t` rounded up to the millisecond, so its window's `end` lies in
 /// `(send + reset_after - 1 ms, receive + reset_after]`. Window ends are a
 /// second apart, and a check takes milliseconds (a store call is bounded
-/// by the 10 ms default timeout), so exactly one window end lies in that
-/// span, even widened by [`CLOCK_TOLERANCE`] on either side; an answer
-/// for which that is not so fails the test rather than be guessed.
+/// by [`STORE_TIMEOUT`]), so exactly one window end lies in that span,
+/// even widened by [`CLOCK_TOLERANCE`] on either side (a decision served
+/// from a lease reckons its `reset_after` on its own); an answer for which
+/// that is not so fails the test rather than be guessed.
 const PERIOD: Duration = Duration::from_secs(1);
 /// The most units one lease holds.
 const LEASE_MAX: u64 = 50;
@@ -64,10 +65,15 @@ const PAUSE: Duration = Duration::from_millis(300);
 /// The bound on one check; a check with no answer fails the test (it may
 /// have been admitted, and could not be counted).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The servers' bound on one store call (`store.timeout`): well inside the
+/// pause (calls time out, and Redis runs them when it resumes), well above
+/// a busy machine's latency otherwise.
+const STORE_TIMEOUT: Duration = Duration::from_millis(100);
 /// How far a decision served from a lease may place its window end from
-/// the store's clock: the instance reads time on its own clock since it
-/// took the lease.
-const CLOCK_TOLERANCE: Duration = Duration::from_millis(50);
+/// where it is: its `reset_after` is what the store said less the time
+/// since the lease call was sent, so up to one round trip (at most
+/// [`STORE_TIMEOUT`]) early (docs/LEASES.md); and a margin.
+const CLOCK_TOLERANCE: Duration = Duration::from_millis(150);
 /// Attempts at the reset (see [`reset`]).
 const RESET_ATTEMPTS: usize = 5;
 /// The admin token of the servers.
@@ -95,12 +101,10 @@ impl Backend {
         };
         // `closed`: while Redis cannot answer, checks are denied. The
         // other modes admit without the store by design, and would break
-        // the invariant this test asserts for leases. A store call times
-        // out after 100 ms: well inside the pause (calls time out, and
-        // Redis runs them when it resumes), well above a busy machine's
-        // latency otherwise.
+        // the invariant this test asserts for leases.
         format!(
-            "store:\n  kind: {kind}\n  {url}\n  prefix: fleet\n  timeout: 100ms\n  on_failure: closed\n"
+            "store:\n  kind: {kind}\n  {url}\n  prefix: fleet\n  timeout: {}ms\n  on_failure: closed\n",
+            STORE_TIMEOUT.as_millis()
         )
     }
 
@@ -359,6 +363,10 @@ fn fleet_never_over_admits(mut backend: Backend) {
     });
     let (disturbances, answers) = disturbances;
     let calls = script_calls(&nodes);
+    let leases_taken: Vec<u64> = servers
+        .iter()
+        .map(|server| metric(server, "tollgate_leases_taken_total"))
+        .collect();
 
     // Attribute every allowed answer to its window.
     let period = micros(PERIOD);
@@ -386,6 +394,7 @@ fn fleet_never_over_admits(mut backend: Backend) {
     let denied = answers.len() as u64 - allowed;
     println!(
         "{} checks: {allowed} allowed, {denied} denied; {calls} store script calls; \
+         leases taken per server {leases_taken:?}; \
          pause {:?} µs, reset {:?} µs; admitted per window end: {admitted:?}",
         answers.len(),
         disturbances.pause_us,
@@ -404,7 +413,14 @@ fn fleet_never_over_admits(mut backend: Backend) {
         denied > 0,
         "no check was denied: the fleet was not overloaded"
     );
-    // The leases did something: without them every admitted check is one
+    // The leases did something, on every server, as its metrics say.
+    for (server, taken) in leases_taken.iter().enumerate() {
+        assert!(
+            *taken > 0,
+            "server {server} took no lease: {leases_taken:?}"
+        );
+    }
+    // And fewer store calls: without leases every admitted check is one
     // script call of its own (and denials add more), so fewer calls than
     // admitted checks means checks were served from leases.
     assert!(
