@@ -326,7 +326,7 @@ fn fleet_never_over_admits(mut backend: Backend) {
         .enable_all()
         .build()
         .unwrap();
-    let disturbances = std::thread::scope(|scope| {
+    let (disturbances, answers) = std::thread::scope(|scope| {
         let disturb = scope.spawn(|| {
             std::thread::sleep(pause_at);
             let pause_start = unix_us();
@@ -361,7 +361,6 @@ fn fleet_never_over_admits(mut backend: Backend) {
         });
         (disturb.join().unwrap(), answers)
     });
-    let (disturbances, answers) = disturbances;
     let calls = script_calls(&nodes);
     let leases_taken: Vec<u64> = servers
         .iter()
