@@ -32,16 +32,21 @@ const LIMIT: u64 = 300;
 /// The policy's period. The windows are `[k * PERIOD, (k + 1) * PERIOD)` of
 /// Unix time (Redis's clock, this host's clock: everything runs here).
 ///
-/// One second makes the attribution of an answer to its window
-/// unambiguous: an answer sent at `send` and received at `receive` was
-/// decided at some `t` in between, and its `reset_after_ms` is
-/// `end - t` rounded up to the millisecond, so its window's `end` lies in
-/// `(send + reset_after - 1 ms, receive + reset_after]`. Window ends are a
-/// second apart, and a check takes milliseconds (a store call is bounded
-/// by [`STORE_TIMEOUT`]), so exactly one window end lies in that span,
-/// even widened by [`CLOCK_TOLERANCE`] on either side (a decision served
-/// from a lease reckons its `reset_after` on its own); an answer for which
-/// that is not so fails the test rather than be guessed.
+/// An allowed answer is attributed to the window of the instant its unit
+/// was admitted, which lies between the check's send and its answer: a
+/// check the store decided, at the store's instant; one served from a
+/// lease, at the instance's, before the lease's deadline, which is never
+/// later than the end of the window the lease was charged in (a lease
+/// lives at most to its window's end), and never before the charge. A
+/// check takes milliseconds and windows last a second, so the span
+/// between send and answer nearly always lies in one window, and the
+/// answer belongs to it. When the span crosses a window edge, the
+/// answer's `reset_after_ms` says which side: `answer + reset_after` is the
+/// window's end, early by at most the lease call's round trip (a lease
+/// counts its time from when its call was sent, docs/LEASES.md) and late
+/// by at most the check's own latency, so the nearer of the candidate
+/// ends is the right one while those stay below half a period; an answer
+/// for which none is that near fails the test rather than be guessed.
 const PERIOD: Duration = Duration::from_secs(1);
 /// The most units one lease holds.
 const LEASE_MAX: u64 = 50;
@@ -69,11 +74,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// pause (calls time out, and Redis runs them when it resumes), well above
 /// a busy machine's latency otherwise.
 const STORE_TIMEOUT: Duration = Duration::from_millis(100);
-/// How far a decision served from a lease may place its window end from
-/// where it is: its `reset_after` is what the store said less the time
-/// since the lease call was sent, so up to one round trip (at most
-/// [`STORE_TIMEOUT`]) early (docs/LEASES.md); and a margin.
-const CLOCK_TOLERANCE: Duration = Duration::from_millis(150);
+/// How far the instances' clocks (each reads the system clock's Unix time
+/// once, then counts on a monotonic one) may stray from this process's.
+const CLOCK_SLACK: Duration = Duration::from_millis(1);
 /// Attempts at the reset (see [`reset`]).
 const RESET_ATTEMPTS: u64 = 5;
 /// The admin token of the servers.
@@ -119,6 +122,8 @@ impl Backend {
 
 /// One answered check.
 struct Answer {
+    /// The server asked.
+    server: SocketAddr,
     /// Unix µs when the request was sent.
     send_us: u64,
     /// Unix µs when the answer was read.
@@ -226,6 +231,7 @@ async fn hammer(address: SocketAddr, until: Instant) -> Vec<Answer> {
         let receive_us = unix_us();
         assert_eq!(status, 200, "{body}");
         answers.push(Answer {
+            server: address,
             send_us,
             receive_us,
             allowed: body["allowed"].as_bool().unwrap(),
@@ -234,32 +240,37 @@ async fn hammer(address: SocketAddr, until: Instant) -> Vec<Answer> {
     }
 }
 
-/// The end of the window an allowed answer was decided in (Unix µs),
-/// or why it cannot be told (see [`PERIOD`]).
+/// The end of the window an allowed answer's unit was admitted in (Unix
+/// µs), as [`PERIOD`] says, or why it cannot be told.
 fn window_end(answer: &Answer) -> Result<u64, String> {
     let period = micros(PERIOD);
     let reset_after = answer.reset_after_ms * 1000;
-    // A fixed window resets within one period: so the window named is one
-    // the check's span overlaps, where the decision may have been made.
+    // A fixed window resets within one period.
     if reset_after > period {
         return Err(format!(
-            "reset_after_ms {} is beyond one period",
-            answer.reset_after_ms
+            "{} answered reset_after_ms {}, beyond one period",
+            answer.server, answer.reset_after_ms
         ));
     }
-    let earliest = (answer.send_us + reset_after).saturating_sub(1000 + micros(CLOCK_TOLERANCE));
-    let latest = answer.receive_us + reset_after + micros(CLOCK_TOLERANCE);
-    let first = earliest.div_ceil(period) * period;
-    if first > latest || first + period <= latest {
+    let slack = micros(CLOCK_SLACK);
+    // The ends of the windows the span from send to answer touches.
+    let first = ((answer.send_us.saturating_sub(slack)) / period + 1) * period;
+    let last = ((answer.receive_us + slack) / period + 1) * period;
+    if first == last {
+        return Ok(first);
+    }
+    let said = answer.receive_us + reset_after;
+    let nearest = (first..=last)
+        .step_by(usize::try_from(period).unwrap())
+        .min_by_key(|end| end.abs_diff(said))
+        .unwrap_or(first);
+    if nearest.abs_diff(said) >= period / 2 {
         return Err(format!(
-            "sent at {} µs, answered at {} µs, reset_after_ms {}: {} window ends in [{earliest}, {latest}]",
-            answer.send_us,
-            answer.receive_us,
-            answer.reset_after_ms,
-            if first > latest { "no" } else { "two" },
+            "{} sent at {} µs, answered at {} µs, reset_after_ms {}: no window end in [{first}, {last}] near {said}",
+            answer.server, answer.send_us, answer.receive_us, answer.reset_after_ms
         ));
     }
-    Ok(first)
+    Ok(nearest)
 }
 
 /// Resets the hot key through `server`'s admin API, trying again while
@@ -380,6 +391,16 @@ fn fleet_never_over_admits(mut backend: Backend) {
             Err(why) => unattributed.push(why),
         }
     }
+    let allowed = answers.iter().filter(|a| a.allowed).count() as u64;
+    let denied = answers.len() as u64 - allowed;
+    println!(
+        "{} checks: {allowed} allowed, {denied} denied; {calls} store script calls; \
+         leases taken per server {leases_taken:?}; \
+         pause {:?} µs, reset {:?} µs; admitted per window end: {admitted:?}",
+        answers.len(),
+        disturbances.pause_us,
+        disturbances.reset_us
+    );
     assert!(
         unattributed.is_empty(),
         "{} allowed answers cannot be placed in one window:\n{}",
@@ -397,16 +418,6 @@ fn fleet_never_over_admits(mut backend: Backend) {
     let (reset_send, reset_receive) = disturbances.reset_us;
     let exempt = |end: u64| end > reset_send && end - period <= reset_receive;
     let reset_bound = (disturbances.resets + 1) * LIMIT + SERVERS as u64 * LEASE_MAX;
-    let allowed = answers.iter().filter(|a| a.allowed).count() as u64;
-    let denied = answers.len() as u64 - allowed;
-    println!(
-        "{} checks: {allowed} allowed, {denied} denied; {calls} store script calls; \
-         leases taken per server {leases_taken:?}; \
-         pause {:?} µs, reset {:?} µs; admitted per window end: {admitted:?}",
-        answers.len(),
-        disturbances.pause_us,
-        disturbances.reset_us
-    );
     let over: Vec<String> = admitted
         .iter()
         .filter_map(|(end, count)| {
