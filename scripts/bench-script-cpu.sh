@@ -14,6 +14,10 @@
 #            with redis.call and returns five integers, deciding nothing:
 #            bare - empty is what the commands cost from Lua, fcall - bare
 #            what the decision's own Lua costs
+#   probe    (not in the default FORMS) FCALL of a function that only
+#            looks the key up in a hash of 100 000 overrides (HEXISTS):
+#            probe - empty is what folding an override lookup into the
+#            decision script would add (docs/OVERRIDES.md)
 #
 # One policy, a fresh key per call mostly (-r), consuming, never denied;
 # a private redis-server on a free loopback port; 20 connections. Each
@@ -51,6 +55,10 @@ redis.register_function('bench_bare_log', function(k)
   redis.call('TIME'); redis.call('ZREMRANGEBYSCORE', k[1], '-inf', '1000'); redis.call('ZCARD', k[1])
   redis.call('ZADD', k[1], '1790000000000000', '1:1'); redis.call('PEXPIRE', k[1], '3600000')
   return {1, 0, 0, 0, 0}
+end)
+redis.register_function('bench_probe', function(k)
+  redis.call('HEXISTS', 'tollgate:{%overrides}', k[1])
+  return 0
 end)
 redis.register_function('bench_bare_value', function(k)
   redis.call('TIME'); redis.call('GET', k[1]); redis.call('SET', k[1], '1790000000000000', 'PX', '3600000')
@@ -104,6 +112,11 @@ for run in $(seq "$ROUNDS"); do
           sha=$(cli SCRIPT LOAD "$($script "$algorithm")")
           bench EVALSHA "$sha" "${call[@]}"; stat=evalsha ;;
         empty) bench FCALL bench_empty "${call[@]}"; stat=fcall ;;
+        probe)
+          cli EVAL "for i = 1, 100000 do redis.call('HSET', KEYS[1], 'tenant-' .. i, 'p 0 gcra 10 1000000 10') end" \
+            1 'tollgate:{%overrides}' >/dev/null
+          cli CONFIG RESETSTAT >/dev/null
+          bench FCALL bench_probe "${call[@]}"; stat=fcall ;;
         bare)
           case $algorithm in
             fixed_window) bare=counter ;; sliding_window) bare=window ;;

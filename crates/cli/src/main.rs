@@ -29,6 +29,9 @@ enum Command {
     /// Run the six algorithms over a traffic pattern (exactly, on a manual
     /// clock); print a table and plot offered vs admitted.
     Simulate(tollgate_tools::simulate::SimulateArgs),
+    /// Set, read, list and delete per-key overrides on a running server
+    /// (the admin token from TOLLGATE_ADMIN_TOKEN).
+    Override(tollgate_tools::overrides::OverrideArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,5 +85,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Override(args) => {
+            let result = tokio::runtime::Runtime::new()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(tollgate_tools::overrides::run(args)));
+            match result {
+                Ok(output) => {
+                    if !output.is_empty() {
+                        println!("{output}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate override: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -24,9 +24,12 @@ use tollgate::overrides::{Override, OverrideStore, composite, split};
 use crate::RedisStore;
 
 /// Sets or deletes one field and moves the version, refusing a new field
-/// when the hash holds `ARGV[3]` already (-1).
+/// when the hash holds `ARGV[3]` already (-1). A delete with `ARGV[4]`
+/// deletes only if the field still holds that value (a sweep must not
+/// delete an override set again since it read the old one).
 const PUT: &str = r"
 if ARGV[2] == '' then
+  if ARGV[4] and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[4] then return 0 end
   local n = redis.call('HDEL', KEYS[1], ARGV[1])
   if n > 0 then redis.call('INCR', KEYS[2]) end
   return n
@@ -55,7 +58,13 @@ impl RedisStore {
         format!("{}:{{%overrides}}:version", self.prefix())
     }
 
-    async fn put(&self, field: &[u8], value: &str, max: usize) -> Result<i64, StoreError> {
+    async fn put(
+        &self,
+        field: &[u8],
+        value: &str,
+        max: usize,
+        if_still: Option<&[u8]>,
+    ) -> Result<i64, StoreError> {
         let mut cmd = Cmd::new();
         cmd.arg("EVAL")
             .arg(PUT)
@@ -65,6 +74,9 @@ impl RedisStore {
             .arg(field)
             .arg(value)
             .arg(max);
+        if let Some(expected) = if_still {
+            cmd.arg(expected);
+        }
         self.run_command(&cmd).await
     }
 
@@ -86,10 +98,12 @@ impl RedisStore {
     }
 
     /// Deletes the overrides that have ended (by the store's time), so
-    /// that they stop counting against the cap.
+    /// that they stop counting against the cap: each only if it still
+    /// holds what was read (not one set again meanwhile). Entries this
+    /// version cannot read (another version's) are left alone.
     async fn sweep_overrides(&self) -> Result<(), StoreError> {
         let now = self.now_us().await?;
-        let ended: Vec<Vec<u8>> = self
+        let ended: Fields = self
             .scan_overrides()
             .await?
             .into_iter()
@@ -97,12 +111,11 @@ impl RedisStore {
                 std::str::from_utf8(value)
                     .ok()
                     .and_then(Override::decode)
-                    .is_none_or(|o| !o.live(now))
+                    .is_some_and(|o| !o.live(now))
             })
-            .map(|(field, _)| field)
             .collect();
-        for field in ended {
-            self.put(&field, "", 0).await?;
+        for (field, value) in ended {
+            self.put(&field, "", 0, Some(&value)).await?;
         }
         Ok(())
     }
@@ -123,16 +136,16 @@ impl OverrideStore for RedisStore {
     ) -> Result<bool, StoreError> {
         let field = composite(policy, key);
         let text = value.encode();
-        if self.put(&field, &text, max).await? >= 0 {
+        if self.put(&field, &text, max, None).await? >= 0 {
             return Ok(true);
         }
         // Full: ended overrides may be holding the room.
         self.sweep_overrides().await?;
-        Ok(self.put(&field, &text, max).await? >= 0)
+        Ok(self.put(&field, &text, max, None).await? >= 0)
     }
 
     async fn delete_override(&self, policy: &str, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.put(&composite(policy, key), "", 0).await? > 0)
+        Ok(self.put(&composite(policy, key), "", 0, None).await? > 0)
     }
 
     async fn override_version(&self) -> Result<u64, StoreError> {

@@ -37,9 +37,13 @@ fn instance(store: RedisStore) -> Instance {
 }
 
 /// Waits until `table` says what `expect` says of (api, key), at most 1 s
-/// (the bound on propagation).
-async fn propagated(table: &Overrides, key: &[u8], expect: impl Fn(Option<Override>) -> bool) {
-    let start = Instant::now();
+/// after `start`, when the change was made (the bound on propagation).
+async fn propagated(
+    table: &Overrides,
+    key: &[u8],
+    expect: impl Fn(Option<Override>) -> bool,
+    start: Instant,
+) {
     while !expect(table.lookup("api", key).map(|(o, _)| o)) {
         assert!(
             start.elapsed() < Duration::from_secs(1),
@@ -56,6 +60,7 @@ async fn three_instances_agree(stores: Vec<RedisStore>) {
         limit: OverrideLimit::Policy("fixed_window 5/1h".parse::<Policy>().expect("valid")),
         expires_at_us: None,
     };
+    let start = Instant::now();
     assert!(
         fleet[0]
             .store
@@ -64,7 +69,13 @@ async fn three_instances_agree(stores: Vec<RedisStore>) {
             .expect("put")
     );
     for instance in &fleet {
-        propagated(&instance.table, key.as_bytes(), |o| o == Some(raised)).await;
+        propagated(
+            &instance.table,
+            key.as_bytes(),
+            |o| o == Some(raised),
+            start,
+        )
+        .await;
     }
     // The fleet shares one state and now one limit of 5 for this key.
     let mut allowed = 0;
@@ -77,6 +88,7 @@ async fn three_instances_agree(stores: Vec<RedisStore>) {
         allowed += usize::from(d.allowed);
     }
     assert_eq!(allowed, 5);
+    let start = Instant::now();
     assert!(
         fleet[2]
             .store
@@ -85,7 +97,7 @@ async fn three_instances_agree(stores: Vec<RedisStore>) {
             .expect("delete")
     );
     for instance in &fleet {
-        propagated(&instance.table, key.as_bytes(), |o| o.is_none()).await;
+        propagated(&instance.table, key.as_bytes(), |o| o.is_none(), start).await;
     }
     assert!(
         !fleet[1]
@@ -196,4 +208,66 @@ async fn the_store_holds_at_most_max_and_ended_overrides_make_room() {
     let hash = format!("{}:{{%overrides}}", store.prefix());
     server.cli(&["HSET", &hash, "junk", "x y z"]);
     assert_eq!(store.load_overrides().await.expect("load").len(), 3);
+}
+
+/// Raises `api` to `raised` for one key, spends 7, removes the override
+/// and checks once more: every (allowed, remaining).
+async fn spent_under_an_override<S: tollgate::Store>(
+    store: S,
+    base: &str,
+    raised: &str,
+) -> Vec<(bool, u64)> {
+    let limiter = Limiter::builder(store)
+        .policy("api", base.parse::<Policy>().expect("valid"))
+        .overrides(Arc::new(Overrides::new()))
+        .build();
+    limiter
+        .set_override(
+            "api",
+            "k",
+            OverrideLimit::Policy(raised.parse().expect("valid")),
+            None,
+        )
+        .expect("set");
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        let d = limiter.check("api", "k", 1).await.expect("decision");
+        seen.push((d.allowed, d.remaining));
+    }
+    assert!(limiter.remove_override("api", "k"));
+    let d = limiter.check("api", "k", 1).await.expect("decision");
+    seen.push((d.allowed, d.remaining));
+    seen
+}
+
+/// An override is a policy change for one key, on Redis as in memory:
+/// units spent under it count, in absolute units, once it is gone (a
+/// bucket's tokens clamped to the policy's capacity, GCRA's arrival time,
+/// a window's count).
+#[tokio::test]
+async fn state_spent_under_an_override_carries_over_alike_in_redis_and_memory() {
+    let server = RedisServer::start();
+    for (base, raised) in [
+        ("fixed_window 2/1h", "fixed_window 6/1h"),
+        ("sliding_window 2/1h", "sliding_window 6/1h"),
+        ("token_bucket 2/1h burst 2", "token_bucket 6/1h burst 6"),
+        ("gcra 2/1h burst 2", "gcra 6/1h burst 6"),
+    ] {
+        let redis = RedisStore::connect(&server.url(), common::options())
+            .await
+            .expect("connect");
+        let on_redis = spent_under_an_override(redis, base, raised).await;
+        let in_memory = spent_under_an_override(tollgate::MemoryStore::new(), base, raised).await;
+        assert_eq!(on_redis, in_memory, "{base}");
+        assert_eq!(
+            on_redis.iter().filter(|(a, _)| *a).count(),
+            6,
+            "{base}: {on_redis:?}"
+        );
+        assert_eq!(
+            on_redis.last(),
+            Some(&(false, 0)),
+            "{base}: 6 spent against 2"
+        );
+    }
 }

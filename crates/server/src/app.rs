@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tollgate::overrides::Overrides;
 use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
 use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
 
@@ -94,6 +95,9 @@ pub struct App {
     store_settings: StoreSettings,
     /// Counters and the latency histogram served at `/metrics`.
     metrics: Metrics,
+    /// The overrides every limiter consults, shared across reloads (and on
+    /// Redis followed from the store).
+    overrides: crate::overrides::Shared,
 }
 
 impl App {
@@ -166,11 +170,16 @@ impl App {
             watched[0].store.clone(),
             watched.get(1).map(|w| w.store.clone()),
         );
+        let shared_overrides = match watched[0].store.get_ref() {
+            ServerStore::Redis(redis) => Some(redis.clone()),
+            ServerStore::Memory(_) => None,
+        };
+        let overrides = crate::overrides::Shared::new(shared_overrides);
         let store_settings = config.store.clone();
         let metrics = Metrics::default();
         metrics.envoy_config(&config.envoy);
         metrics.config_load(config.envoy_unloaded.is_none());
-        let loaded = build(config, &store);
+        let loaded = build(config, &store, &overrides.table);
         App {
             current: ArcSwap::from_pointee(loaded),
             store,
@@ -178,7 +187,13 @@ impl App {
             source,
             store_settings,
             metrics,
+            overrides,
         }
+    }
+
+    /// The overrides every limiter consults, and where they are shared.
+    pub fn overrides(&self) -> &crate::overrides::Shared {
+        &self.overrides
     }
 
     /// The configuration in force and its limiter.
@@ -332,7 +347,8 @@ impl App {
                 let policies = config.policies.len();
                 let domains = config.domains.len();
                 self.metrics.envoy_config(&config.envoy);
-                self.current.store(Arc::new(build(config, &self.store)));
+                self.current
+                    .store(Arc::new(build(config, &self.store, &self.overrides.table)));
                 self.metrics.reload(true);
                 tracing::info!(policies, domains, "config reloaded");
                 Ok(())
@@ -412,14 +428,15 @@ impl App {
                 watched.health.failed(cause, watched.context());
             }
         }
-        for (name, decision) in names.zip(&result.decisions) {
+        for (i, (name, decision)) in names.zip(&result.decisions).enumerate() {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
                 (true, _, _) => Outcome::Degraded,
                 (false, true, _) => Outcome::Allowed,
                 (false, false, true) => Outcome::Shadow,
                 (false, false, false) => Outcome::Denied,
             };
-            self.metrics.decision(name, outcome);
+            let overridden = result.overridden.get(i).copied().unwrap_or(false);
+            self.metrics.decision_of(name, outcome, overridden);
         }
         Ok(result)
     }
@@ -563,14 +580,26 @@ fn resilient(store: ServerStore, settings: &StoreSettings) -> ResilientStore {
 
 /// The limiter of `config` over `store`; also puts the configuration's
 /// per-policy failure modes in force (the store is shared across reloads).
-fn build(config: Config, store: &AppStore) -> Loaded {
+fn build(config: Config, store: &AppStore, overrides: &Arc<Overrides>) -> Loaded {
     let modes: Vec<(String, FailureMode)> = config
         .failure_modes
         .iter()
         .map(|(name, mode)| (name.clone(), *mode))
         .collect();
     store.set_policy_modes(&modes);
-    let mut builder = Limiter::builder(store.clone()).max_key_len(MAX_LIMITER_KEY);
+    // The file's overrides, replaced whole; those set through the API stay
+    // (and win where both name one key).
+    overrides.replace_file(config.overrides.iter().map(|(policy, key, limit)| {
+        let key = tollgate::keyspace::KeySpace::HttpJson.key(key.as_bytes());
+        let value = tollgate::overrides::Override {
+            limit: *limit,
+            expires_at_us: None,
+        };
+        (policy.clone(), key, value)
+    }));
+    let mut builder = Limiter::builder(store.clone())
+        .max_key_len(MAX_LIMITER_KEY)
+        .overrides(Arc::clone(overrides));
     for (name, policy) in config.limiter_policies() {
         builder = builder.policy(name, *policy);
     }

@@ -311,10 +311,6 @@ fn check_request(request: &RateLimitRequest) -> Result<(), Status> {
 
 /// What envoyproxy/ratelimit's semantics make of one descriptor, before any
 /// store call.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "plans live in one short Vec per request; boxing `Apply` would add an allocation per descriptor to spare a few hundred bytes of it"
-)]
 enum Plan<'a> {
     /// Nothing limits it: no match, or a limit another matched limit
     /// `replaces`.

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -27,6 +27,7 @@ use tollgate::keyspace::KeySpace;
 use tollgate::{Decision, Error, Mode};
 
 use crate::app::App;
+use crate::overrides;
 
 /// The most policies one multi-policy check may name.
 pub const MAX_POLICIES_PER_CHECK: usize = 16;
@@ -38,6 +39,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/peek", post(peek))
         .route("/v1/reset", post(reset))
         .route("/v1/policies", get(policies))
+        .route("/v1/overrides", get(overrides::list))
+        .route(
+            "/v1/overrides/{*target}",
+            put(overrides::put)
+                .get(overrides::get_one)
+                .delete(overrides::delete),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -67,15 +75,27 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Problem {
             status,
             detail: detail.into(),
         }
     }
 
-    fn bad_request(detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    pub(crate) fn conflict(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::CONFLICT, detail)
+    }
+
+    pub(crate) fn unavailable(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
     }
 }
 
@@ -92,6 +112,12 @@ impl IntoResponse for Problem {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        // Only the admin endpoints answer 401, and they take a bearer token.
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -220,7 +246,7 @@ fn check_key(key: &str, max: usize) -> Result<(), Problem> {
 /// Reads a body of at most `max` bytes. The server bounds the time it
 /// takes (`server.body_timeout`, [`crate::conn::TimedBody`]): past it, `408`
 /// (and the server closes the connection).
-async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Problem> {
+pub(crate) async fn read_body(body: Body, max: usize) -> Result<bytes::Bytes, Problem> {
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
@@ -257,11 +283,16 @@ struct DecisionBody<'a> {
     remaining: u64,
     reset_after_ms: u64,
     retry_after_ms: Option<u64>,
+    /// Present, `true`, when the decision was made under an override of
+    /// the policy for this key.
+    #[serde(rename = "override", skip_serializing_if = "std::ops::Not::not")]
+    overridden: bool,
 }
 
 impl<'a> DecisionBody<'a> {
-    fn new(policy: Option<&'a str>, d: &Decision) -> Self {
+    fn new(policy: Option<&'a str>, d: &Decision, overridden: bool) -> Self {
         DecisionBody {
+            overridden,
             policy,
             allowed: d.allowed,
             limit: d.limit,
@@ -319,7 +350,8 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
             .decisions
             .first()
             .ok_or_else(|| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "no decision"))?;
-        serde_json::to_string(&DecisionBody::new(None, d))
+        let overridden = result.overridden.first().copied().unwrap_or(false);
+        serde_json::to_string(&DecisionBody::new(None, d, overridden))
     } else {
         serde_json::to_string(&serde_json::json!({
             "allowed": result.allowed,
@@ -327,7 +359,11 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
             "policies": names
                 .iter()
                 .zip(&result.decisions)
-                .map(|(name, d)| DecisionBody::new(Some(name), d))
+                .enumerate()
+                .map(|(i, (name, d))| {
+                    let overridden = result.overridden.get(i).copied().unwrap_or(false);
+                    DecisionBody::new(Some(name), d, overridden)
+                })
                 .collect::<Vec<_>>(),
         }))
     }
@@ -387,26 +423,25 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
 async fn reset(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     match try_reset(&app, &headers, body).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(problem) => {
-            let unauthorized = problem.status == StatusCode::UNAUTHORIZED;
-            let mut response = problem.into_response();
-            if unauthorized {
-                response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            response
-        }
+        Err(problem) => problem.into_response(),
     }
 }
 
-/// Admits a request to an admin endpoint (`/v1/reset`), or says why not:
-/// `403` when `server.admin_token` is not set (admin endpoints are closed
-/// by default), `401` without `Authorization: Bearer <admin_token>` (the
-/// scheme in any case, RFC 9110 §11.1), `415` unless the body is declared
+/// Admits a request to an admin endpoint (`/v1/reset`, `/v1/overrides`),
+/// or says why not: `403` when `server.admin_token` is not set (admin
+/// endpoints are closed by default), `401` without `Authorization: Bearer
+/// <admin_token>` (the scheme in any case, RFC 9110 §11.1), and for a
+/// request with a body (`with_body`), `415` unless it is declared
 /// `application/json`. The last rule keeps browsers out: a cross-origin
-/// page can POST `text/plain` without a preflight, never `application/json`.
-fn admit_admin(admin_token: Option<&str>, headers: &HeaderMap) -> Result<(), Problem> {
+/// page can POST `text/plain` without a preflight, never
+/// `application/json`; a request without a body is a `GET` (which a page
+/// can send, but never with the token) or a `DELETE` (never without a
+/// preflight).
+pub(crate) fn admit_admin_request(
+    admin_token: Option<&str>,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> Result<(), Problem> {
     let Some(token) = admin_token else {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
@@ -422,6 +457,9 @@ fn admit_admin(admin_token: Option<&str>, headers: &HeaderMap) -> Result<(), Pro
             StatusCode::UNAUTHORIZED,
             "this endpoint needs `Authorization: Bearer <admin_token>`",
         ));
+    }
+    if !with_body {
+        return Ok(());
     }
     let json = headers
         .get(CONTENT_TYPE)
@@ -452,7 +490,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 async fn try_reset(app: &App, headers: &HeaderMap, body: Body) -> Result<(), Problem> {
     let loaded = app.current();
     let server = &loaded.config.server;
-    admit_admin(server.admin_token.as_deref(), headers)?;
+    admit_admin_request(server.admin_token.as_deref(), headers, true)?;
     let body = read_body(body, server.max_body_bytes).await?;
     let request: ResetRequest = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;

@@ -59,6 +59,7 @@ pub mod health;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod overrides;
 pub mod reload;
 pub mod server;
 pub mod store;

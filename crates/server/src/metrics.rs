@@ -95,7 +95,9 @@ pub struct StoreGauges {
 /// per-policy map takes a read lock except the first time a policy is seen.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    decisions: RwLock<HashMap<String, [AtomicU64; 4]>>,
+    /// Per policy: each outcome's count, then each outcome's count under
+    /// an override.
+    decisions: RwLock<HashMap<String, [AtomicU64; 8]>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -109,15 +111,22 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one decision of `policy`.
     pub fn decision(&self, policy: &str, outcome: Outcome) {
+        self.decision_of(policy, outcome, false);
+    }
+
+    /// Counts one decision of `policy`, made under an override of it when
+    /// `overridden` (counted in a series of its own, `override="true"`).
+    pub fn decision_of(&self, policy: &str, outcome: Outcome, overridden: bool) {
+        let i = outcome.index() + if overridden { Outcome::ALL.len() } else { 0 };
         {
             let map = self.decisions.read().unwrap_or_else(|e| e.into_inner());
             if let Some(counters) = map.get(policy) {
-                counters[outcome.index()].fetch_add(1, Ordering::Relaxed);
+                counters[i].fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
         let mut map = self.decisions.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(policy.to_owned()).or_default()[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        map.entry(policy.to_owned()).or_default()[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the latency of one store call.
@@ -188,11 +197,14 @@ impl Metrics {
             .len()
     }
 
-    /// The number of decisions of `policy` with `outcome` so far.
+    /// The number of decisions of `policy` with `outcome` so far, under an
+    /// override or not.
     pub fn decisions(&self, policy: &str, outcome: Outcome) -> u64 {
         let map = self.decisions.read().unwrap_or_else(|e| e.into_inner());
-        map.get(policy)
-            .map_or(0, |c| c[outcome.index()].load(Ordering::Relaxed))
+        map.get(policy).map_or(0, |c| {
+            c[outcome.index()].load(Ordering::Relaxed)
+                + c[outcome.index() + Outcome::ALL.len()].load(Ordering::Relaxed)
+        })
     }
 
     /// `(successful, failed)` reloads so far.
@@ -207,7 +219,7 @@ impl Metrics {
     pub fn render(&self, external: ExternalGauges) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
-            "# HELP tollgate_decisions_total Decisions by policy and outcome.\n\
+            "# HELP tollgate_decisions_total Decisions by policy and outcome; those made under a per-key override in series of their own, labelled override=\"true\".\n\
              # TYPE tollgate_decisions_total counter\n",
         );
         {
@@ -223,6 +235,20 @@ impl Metrics {
                         escape_label(name),
                         outcome.label()
                     );
+                }
+                // Only once a decision was made under an override: a
+                // policy's series stay four until then (at most eight).
+                let overridden = &map[name][Outcome::ALL.len()..];
+                if overridden.iter().any(|c| c.load(Ordering::Relaxed) > 0) {
+                    for outcome in Outcome::ALL {
+                        let n = overridden[outcome.index()].load(Ordering::Relaxed);
+                        let _ = writeln!(
+                            out,
+                            "tollgate_decisions_total{{policy=\"{}\",outcome=\"{}\",override=\"true\"}} {n}",
+                            escape_label(name),
+                            outcome.label()
+                        );
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use std::time::Duration;
 
-use crate::overrides::{Override, OverrideError, OverrideLimit, Overrides};
+use crate::overrides::{Override, OverrideError, OverrideLimit, Overrides, Page, Source};
 use crate::store::{Check, Decisions, Mode, PolicyRef, Store};
 use crate::{Decision, Error, MemoryStore, Policy};
 
@@ -147,14 +147,20 @@ impl<S: Store> Limiter<S> {
         self.inner.overrides.as_ref()
     }
 
-    /// Sets the run-time override of `policy` for `key`: `limit` replaces
-    /// the policy for that key only, until `expires_in` has passed if
-    /// given. Overriding numbers keep the policy's algorithm and lease.
+    /// Sets the run-time override of `policy` for `key` in this limiter's
+    /// table: `limit` replaces the policy for that key only, until
+    /// `expires_in` has passed if given. Overriding numbers keep the
+    /// policy's algorithm and lease.
+    ///
+    /// A table that follows a store ([`crate::overrides::follow`]) is
+    /// replaced by the store's copy at its next change: write such
+    /// overrides through the store ([`crate::overrides::OverrideStore`]),
+    /// then here, as the server does.
     ///
     /// # Errors
-    /// When the limiter has no override table ([`OverrideError::Full`] of
-    /// 0), the policy is unknown, the numbers are for another algorithm,
-    /// the key is too long, or the table is full.
+    /// When the limiter has no override table, the policy is unknown, the
+    /// numbers are for another algorithm, the key is too long, or the
+    /// table is full.
     pub fn set_override(
         &self,
         policy: &str,
@@ -179,6 +185,36 @@ impl<S: Store> Limiter<S> {
                 expires_at_us,
             },
         )
+    }
+
+    /// The override in force for `policy` and `key`, and its layer.
+    pub fn override_of(&self, policy: &str, key: impl AsRef<[u8]>) -> Option<(Override, Source)> {
+        self.inner.overrides.as_ref()?.lookup(policy, key.as_ref())
+    }
+
+    /// Deletes the run-time override of `policy` for `key`; whether there
+    /// was one. A declared one is in force again.
+    pub fn remove_override(&self, policy: &str, key: impl AsRef<[u8]>) -> bool {
+        self.inner
+            .overrides
+            .as_ref()
+            .is_some_and(|t| t.remove(policy, key.as_ref()))
+    }
+
+    /// A page of the overrides in force ([`Overrides::list`]).
+    pub fn list_overrides(
+        &self,
+        policy: Option<&str>,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Page {
+        match &self.inner.overrides {
+            Some(table) => table.list(policy, cursor, limit),
+            None => Page {
+                items: Vec::new(),
+                next: None,
+            },
+        }
     }
 
     /// Checks an override against the policy it overrides: the policy is
@@ -386,8 +422,11 @@ impl<S: Store> Limiter<S> {
 
     /// A check where some (policy, key) may have an override: unlimited
     /// policies are allowed here (nothing charged), a blocked one denies
-    /// the whole check (the others are only peeked, so nothing is charged),
-    /// and the rest go to the store, each under its overriding numbers.
+    /// the whole check (the others are only looked at, as a denial
+    /// anywhere leaves them, so nothing is charged), and the rest go to the
+    /// store, each under its overriding numbers. An override whose numbers
+    /// are for another algorithm than the policy's (the policy changed by
+    /// a reload since) is ignored.
     async fn apply_overridden(
         &self,
         check: Check<'_>,
@@ -396,23 +435,30 @@ impl<S: Store> Limiter<S> {
         let found: SmallVec<[Option<Override>; 2]> = check
             .policies
             .iter()
-            .map(|p| table.lookup(p.name, check.key).map(|(o, _)| o))
+            .map(|p| {
+                table
+                    .lookup(p.name, check.key)
+                    .map(|(o, _)| o)
+                    .filter(|o| match o.limit {
+                        OverrideLimit::Policy(numbers) => {
+                            numbers.algorithm() == p.policy.algorithm()
+                        }
+                        _ => true,
+                    })
+            })
             .collect();
         if found.iter().all(Option::is_none) {
             return self.apply_store(check).await;
         }
         let now = table.now_us();
-        let blocked = found
-            .iter()
-            .any(|o| o.is_some_and(|o| o.limit == OverrideLimit::Blocked));
+        let limit_of = |i: usize| found[i].map(|o| o.limit);
+        let blocked = (0..found.len()).any(|i| limit_of(i) == Some(OverrideLimit::Blocked));
         let mode = if blocked { Mode::Peek } else { check.mode };
         // The override's numbers, with the policy's lease (a store's copy
         // holds numbers only).
-        let numbers: SmallVec<[Option<Policy>; 2]> = found
-            .iter()
-            .zip(check.policies)
-            .map(|(o, base)| match o.map(|o| o.limit) {
-                Some(OverrideLimit::Policy(p)) => Some(with_lease_of(p, base.policy)),
+        let numbers: SmallVec<[Option<Policy>; 2]> = (0..found.len())
+            .map(|i| match limit_of(i) {
+                Some(OverrideLimit::Policy(p)) => Some(with_lease_of(p, check.policies[i].policy)),
                 _ => None,
             })
             .collect();
@@ -422,7 +468,7 @@ impl<S: Store> Limiter<S> {
             .enumerate()
             .filter(|(i, _)| {
                 !matches!(
-                    found[*i].map(|o| o.limit),
+                    limit_of(*i),
                     Some(OverrideLimit::Unlimited | OverrideLimit::Blocked)
                 )
             })
@@ -438,69 +484,47 @@ impl<S: Store> Limiter<S> {
             })
             .collect();
         let refs: SmallVec<[PolicyRef<'_>; 2]> = stored.iter().map(|(_, p)| *p).collect();
-        let from_store = if refs.is_empty() {
-            Decisions::new()
-        } else {
-            self.apply_store(Check::new(check.key, &refs, check.cost, mode))
-                .await?
-                .decisions
-        };
-        // One store decision per stored policy (`apply_store` checks).
         let mut by_policy: SmallVec<[Option<Decision>; 2]> = smallvec::smallvec![None; found.len()];
-        for ((i, _), d) in stored.iter().zip(from_store) {
-            by_policy[*i] = Some(d);
+        if !refs.is_empty() {
+            // One store decision per stored policy (`apply_store` checks).
+            let decided = self
+                .apply_store(Check::new(check.key, &refs, check.cost, mode))
+                .await?
+                .decisions;
+            for ((i, _), d) in stored.iter().zip(decided) {
+                by_policy[*i] = Some(d);
+            }
         }
         let decisions: Decisions = check
             .policies
             .iter()
             .zip(&found)
             .zip(by_policy)
-            .map(
-                |((p, o), stored)| match o.map(|o| (o.limit, o.expires_at_us)) {
-                    Some((OverrideLimit::Unlimited, _)) => Decision {
-                        allowed: !blocked,
-                        limit: p.policy.capacity(),
-                        remaining: p.policy.capacity(),
-                        reset_after: Duration::ZERO,
-                        retry_after: None,
-                        delay: Duration::ZERO,
-                        degraded: false,
-                    },
-                    Some((OverrideLimit::Blocked, until)) => Decision {
-                        allowed: false,
-                        limit: p.policy.capacity(),
-                        remaining: 0,
-                        reset_after: Duration::ZERO,
-                        retry_after: until.map(|at| Duration::from_micros(at.saturating_sub(now))),
-                        delay: Duration::ZERO,
-                        degraded: false,
-                    },
-                    _ => {
-                        let d = stored.unwrap_or(Decision {
-                            allowed: false,
-                            limit: p.policy.capacity(),
-                            remaining: 0,
-                            reset_after: Duration::ZERO,
-                            retry_after: None,
-                            delay: Duration::ZERO,
-                            degraded: false,
-                        });
-                        // Peeked beside a blocked policy: reported, not allowed.
-                        if blocked {
-                            Decision {
-                                allowed: false,
-                                retry_after: None,
-                                ..d
-                            }
-                        } else {
-                            d
-                        }
-                    }
-                },
-            )
+            .map(|((p, o), stored)| {
+                let capacity = p.policy.capacity();
+                let fixed = |allowed, remaining, retry_after| Decision {
+                    allowed,
+                    limit: capacity,
+                    remaining,
+                    reset_after: Duration::ZERO,
+                    retry_after,
+                    delay: Duration::ZERO,
+                    degraded: false,
+                };
+                match o.map(|o| (o.limit, o.expires_at_us)) {
+                    Some((OverrideLimit::Unlimited, _)) => fixed(true, capacity, None),
+                    // Until the block ends; never, if it does not.
+                    Some((OverrideLimit::Blocked, until)) => fixed(
+                        false,
+                        0,
+                        until.map(|at| Duration::from_micros(at.saturating_sub(now))),
+                    ),
+                    _ => stored.unwrap_or_else(|| fixed(false, 0, None)),
+                }
+            })
             .collect();
         Ok(MultiDecision {
-            allowed: decisions.iter().all(|d| d.allowed),
+            allowed: !blocked && decisions.iter().all(|d| d.allowed),
             decisions,
             overridden: found.iter().map(Option::is_some).collect(),
         })

@@ -153,6 +153,14 @@ pub enum OverrideError {
     /// The table is full.
     #[error("at most {0} overrides may be set at run time")]
     Full(usize),
+    /// The limiter has no override table ([`LimiterBuilder::overrides`]).
+    ///
+    /// [`LimiterBuilder::overrides`]: crate::LimiterBuilder::overrides
+    #[error("this limiter has no override table")]
+    NoTable,
+    /// The policy's name is longer than an override can name (65 535 bytes).
+    #[error("policy name of {0} bytes is too long for an override")]
+    NameTooLong(usize),
     /// The key is longer than the limiter accepts.
     #[error("key of {len} bytes is longer than the limit of {max}")]
     KeyTooLong {
@@ -184,6 +192,9 @@ pub type Composite = SmallVec<[u8; 96]>;
 
 /// The bytes that name (`policy`, `key`) in an override table or store:
 /// the name's length (2 bytes, big-endian), the name, the identity.
+///
+/// A name longer than 65 535 bytes has no composite: [`Overrides::set`]
+/// refuses it, and [`Overrides::lookup`] finds nothing for it.
 pub fn composite(policy: &str, key: &[u8]) -> Composite {
     let len = u16::try_from(policy.len()).unwrap_or(u16::MAX);
     let mut c = Composite::with_capacity(2 + policy.len() + key.len());
@@ -203,6 +214,27 @@ pub fn split(composite: &[u8]) -> Option<(&str, &[u8])> {
     Some((name, &composite[2 + len..]))
 }
 
+/// `bytes` as one URL path segment: every byte but the unreserved ASCII
+/// characters (letters, digits, `-._~`) percent-encoded. How a key of any
+/// bytes travels in `/v1/overrides/{policy}/{key}`.
+///
+/// ```
+/// assert_eq!(tollgate::overrides::path_segment(b"a b/\xff~"), "a%20b%2F%FF~");
+/// ```
+pub fn path_segment(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
 /// One override as listed: its (policy, key), what it sets and where it
 /// came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,7 +250,7 @@ pub struct Listed {
 }
 
 /// A page of [`Overrides::list`]: up to `limit` overrides in (policy, key)
-/// order, and the cursor of the next page if there is one.
+/// order (by bytes), and the cursor of the next page if there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     /// The overrides.
@@ -296,7 +328,7 @@ impl Overrides {
     /// layer. The hot path: free while the table is empty.
     #[inline]
     pub fn lookup(&self, policy: &str, key: &[u8]) -> Option<(Override, Source)> {
-        if !self.any.load(Ordering::Acquire) {
+        if !self.any.load(Ordering::Acquire) || policy.len() > usize::from(u16::MAX) {
             return None;
         }
         let c = composite(policy, key);
@@ -310,10 +342,14 @@ impl Overrides {
     ///
     /// # Errors
     /// [`OverrideError::Full`] when the table holds its cap of run-time
-    /// overrides and this is a new one (expired ones are swept first).
+    /// overrides and this is a new one (expired ones are swept first);
+    /// [`OverrideError::NameTooLong`] for a policy name above 65 535 bytes.
     ///
     /// [`Limiter::set_override`]: crate::Limiter::set_override
     pub fn set(&self, policy: &str, key: &[u8], value: Override) -> Result<(), OverrideError> {
+        if policy.len() > usize::from(u16::MAX) {
+            return Err(OverrideError::NameTooLong(policy.len()));
+        }
         let c = composite(policy, key);
         let mut slots = self.write();
         let exists = slots.get(c.as_slice()).is_some_and(|s| s.runtime.is_some());
@@ -380,32 +416,45 @@ impl Overrides {
         entries: impl IntoIterator<Item = (String, Vec<u8>, Override)>,
         source: Source,
     ) {
-        let mut slots = self.write();
         fn layer(slot: &mut Slot, source: Source) -> &mut Option<Override> {
             match source {
                 Source::Runtime => &mut slot.runtime,
                 Source::File => &mut slot.file,
             }
         }
-        slots.retain(|_, slot| {
-            *layer(slot, source) = None;
-            slot.runtime.is_some() || slot.file.is_some()
-        });
+        // Built beside the table, then swapped in: checks wait on the lock
+        // only for the swap, never for the build.
+        let mut next: HashMap<Box<[u8]>, Slot> = HashMap::new();
         let mut count = 0u64;
         for (policy, key, value) in entries {
-            if source == Source::Runtime && count >= self.max_entries as u64 {
-                break;
+            if policy.len() > usize::from(u16::MAX)
+                || (source == Source::Runtime && count >= self.max_entries as u64)
+            {
+                continue;
             }
             let c = composite(&policy, &key);
-            let slot = slots.entry(c.as_slice().into()).or_default();
+            let slot = next.entry(c.as_slice().into()).or_default();
             if layer(slot, source).replace(value).is_none() {
                 count += 1;
             }
         }
-        if source == Source::Runtime {
-            self.runtime_len.store(count, Ordering::Relaxed);
+        let mut slots = self.write();
+        // The other layer, as it is now.
+        for (c, slot) in slots.iter() {
+            let other = match source {
+                Source::Runtime => slot.file.map(|o| (o, Source::File)),
+                Source::File => slot.runtime.map(|o| (o, Source::Runtime)),
+            };
+            if let Some((value, other)) = other {
+                *layer(next.entry(c.clone()).or_default(), other) = Some(value);
+            }
         }
+        let old = std::mem::replace(&mut *slots, next);
+        let runtime = slots.values().filter(|s| s.runtime.is_some()).count() as u64;
+        self.runtime_len.store(runtime, Ordering::Relaxed);
         self.any.store(!slots.is_empty(), Ordering::Release);
+        drop(slots);
+        drop(old);
     }
 
     /// Up to `limit` overrides in force (live, either layer), of `policy`
@@ -413,36 +462,37 @@ impl Overrides {
     /// `next` of the previous page).
     pub fn list(&self, policy: Option<&str>, cursor: Option<&[u8]>, limit: usize) -> Page {
         let now = self.clock.now_us();
-        let slots = self.read();
-        let mut keys: Vec<&[u8]> = slots
-            .iter()
-            .filter(|(c, slot)| {
-                policy.is_none_or(|p| split(c).is_some_and(|(name, _)| name == p))
-                    && cursor.is_none_or(|after| &***c > after)
-                    && slot.effective().is_some_and(|(o, _)| o.live(now))
-            })
-            .map(|(c, _)| &**c)
-            .collect();
-        keys.sort_unstable();
-        let more = keys.len() > limit;
-        keys.truncate(limit);
-        let items = keys
-            .iter()
-            .filter_map(|c| {
-                let (value, source) = slots.get(*c)?.effective()?;
-                let (policy, key) = split(c)?;
-                Some(Listed {
-                    policy: policy.to_owned(),
-                    key: key.to_vec(),
-                    value,
-                    source,
+        let after = cursor.and_then(split);
+        // Copied out under the read lock, sorted after it is released.
+        let mut items: Vec<Listed> = {
+            let slots = self.read();
+            slots
+                .iter()
+                .filter_map(|(c, slot)| {
+                    let (name, key) = split(c)?;
+                    if policy.is_some_and(|p| p != name) || after.is_some_and(|a| (name, key) <= a)
+                    {
+                        return None;
+                    }
+                    let (value, source) = slot.effective().filter(|(o, _)| o.live(now))?;
+                    Some(Listed {
+                        policy: name.to_owned(),
+                        key: key.to_vec(),
+                        value,
+                        source,
+                    })
                 })
-            })
-            .collect();
-        Page {
-            items,
-            next: more.then(|| keys.last().map(|c| c.to_vec())).flatten(),
-        }
+                .collect()
+        };
+        items.sort_unstable_by(|a, b| (&a.policy, &a.key).cmp(&(&b.policy, &b.key)));
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = if more {
+            items.last().map(|l| composite(&l.policy, &l.key).to_vec())
+        } else {
+            None
+        };
+        Page { items, next }
     }
 
     /// Run-time overrides set now (expired ones included until swept).

@@ -238,26 +238,31 @@ const fn lease_refusal(algorithm: Algorithm) -> &'static str {
 /// fleet spending leases never admits more than the policy allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Lease {
-    max: u64,
-    ttl_us: u64,
+    // u32s: a lease rides in every `Policy`, which is copied on hot paths.
+    max: u32,
+    ttl_us: u32,
 }
 
 impl Lease {
     /// The longest a lease may live.
     pub const MAX_TTL: Duration = Duration::from_secs(3600);
 
+    /// The most units one lease may hold.
+    pub const MAX_UNITS: u64 = u32::MAX as u64;
+
     /// At most `max` units per lease, each lease spent within `ttl`.
     ///
     /// # Errors
     /// [`PolicyError::InvalidLease`] when `max` is below 2 (a lease of one
-    /// unit is a decision in the store) or above [`MAX_LIMIT`], or `ttl` is
-    /// below one millisecond or above [`Lease::MAX_TTL`].
+    /// unit is a decision in the store) or above [`Lease::MAX_UNITS`], or
+    /// `ttl` is below one millisecond or above [`Lease::MAX_TTL`].
     pub fn new(max: u64, ttl: Duration) -> Result<Lease, PolicyError> {
-        if !(2..=MAX_LIMIT).contains(&max) {
+        let Some(max) = u32::try_from(max).ok().filter(|m| *m >= 2) else {
             return Err(PolicyError::InvalidLease(format!(
-                "max must be between 2 and {MAX_LIMIT} units, not {max}"
+                "max must be between 2 and {} units, not {max}",
+                Self::MAX_UNITS
             )));
-        }
+        };
         if ttl < Duration::from_millis(1) || ttl > Self::MAX_TTL {
             return Err(PolicyError::InvalidLease(format!(
                 "ttl must be between 1ms and 1h, not {ttl:?}"
@@ -265,23 +270,24 @@ impl Lease {
         }
         Ok(Lease {
             max,
-            ttl_us: crate::clock::micros(ttl),
+            // At most an hour: 3.6e9 µs < 2^32.
+            ttl_us: u32::try_from(crate::clock::micros(ttl)).unwrap_or(u32::MAX),
         })
     }
 
     /// The most units one lease holds.
     pub const fn max(&self) -> u64 {
-        self.max
+        self.max as u64
     }
 
     /// The longest one lease lives.
     pub const fn ttl(&self) -> Duration {
-        Duration::from_micros(self.ttl_us)
+        Duration::from_micros(self.ttl_us as u64)
     }
 
     /// [`ttl`](Self::ttl) in microseconds.
     pub const fn ttl_us(&self) -> u64 {
-        self.ttl_us
+        self.ttl_us as u64
     }
 }
 

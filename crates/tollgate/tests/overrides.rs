@@ -213,3 +213,24 @@ async fn listing_pages_through_every_override_once_in_order() {
     assert_eq!(seen, expected);
     assert_eq!(table.list(None, None, 100).items.len(), 26);
 }
+
+#[tokio::test]
+async fn an_override_for_another_algorithm_is_ignored_after_a_reload() {
+    let clock = ManualClock::new(START);
+    let overrides = Arc::new(Overrides::with_clock(clock.clone()));
+    let before = Limiter::builder(MemoryStore::with_clock(clock.clone()))
+        .policy("api", "token_bucket 2/1h burst 2".parse().expect("valid"))
+        .overrides(Arc::clone(&overrides))
+        .build();
+    before
+        .set_override("api", "k", numbers("token_bucket 9/1h burst 9"), None)
+        .expect("set");
+    // The policy became a window: the bucket numbers mean nothing there.
+    let after = Limiter::builder(MemoryStore::with_clock(clock))
+        .policy("api", "fixed_window 2/1h".parse().expect("valid"))
+        .overrides(overrides)
+        .build();
+    assert_eq!(admitted(&after, "api", "k", 5).await, 2);
+    let multi = after.check_all(&["api"], "k", 1).await.expect("ok");
+    assert!(multi.overridden.iter().all(|o| !o));
+}

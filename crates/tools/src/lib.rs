@@ -30,6 +30,7 @@
 //! ```
 
 pub mod bench;
+pub mod overrides;
 pub mod simulate;
 
 /// Parses a duration such as `500ms`, `5s`, `1m` (the units of policies:

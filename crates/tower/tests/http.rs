@@ -862,3 +862,31 @@ async fn a_leased_policy_behind_the_layer_is_served_from_leases_and_exact() {
         limiter.store().stats().calls
     );
 }
+
+#[tokio::test]
+async fn the_layer_honours_an_override_of_the_key_it_charges() {
+    use std::sync::Arc;
+    use tollgate::overrides::{OverrideLimit, Overrides};
+    let clock = ManualClock::new(START_US);
+    let limiter = Limiter::builder(MemoryStore::with_clock(clock.clone()))
+        .policy("api", "fixed_window 2/1m".parse().expect("valid"))
+        .overrides(Arc::new(Overrides::with_clock(clock.clone())))
+        .build();
+    let server = Served::router(app(limiter.clone(), "api", |b| b)).await;
+    // The layer charges the peer's address: name that key, as the layer
+    // builds it, and give it 5.
+    let key = Key::for_ip("127.0.0.1".parse().expect("ip"), 64);
+    limiter
+        .set_override(
+            "api",
+            &key,
+            OverrideLimit::Policy("fixed_window 5/1m".parse().expect("valid")),
+            None,
+        )
+        .expect("set");
+    let mut ok = 0;
+    for _ in 0..8 {
+        ok += usize::from(server.get("/").await.status == 200);
+    }
+    assert_eq!(ok, 5, "the override's limit, with no change to the layer");
+}

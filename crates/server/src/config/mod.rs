@@ -115,6 +115,9 @@ pub struct Config {
     pub domains: HashMap<String, Domain>,
     /// envoyproxy/ratelimit's service-wide switches (the `envoy:` section).
     pub envoy: EnvoySettings,
+    /// The `overrides:` section: (policy, key, what it sets), checked
+    /// against the policies; keys are the HTTP API's.
+    pub overrides: Vec<(String, String, tollgate::overrides::OverrideLimit)>,
     /// Why the envoyproxy/ratelimit files could not be loaded, when the
     /// server runs without them (see [`ConfigSource::load_or_unloaded`]):
     /// then every `ShouldRateLimit` fails, as in envoyproxy/ratelimit
@@ -154,6 +157,7 @@ impl Config {
             .iter()
             .filter_map(|p| Some((p.0.name.clone(), p.0.on_failure?)))
             .collect();
+        let declared: Vec<_> = raw.overrides.into_iter().map(|o| o.0).collect();
         let mut config = Config {
             server: raw.server.map(|s| s.0).unwrap_or_default(),
             store: raw.store.map(|s| s.0).unwrap_or_default(),
@@ -165,8 +169,10 @@ impl Config {
             failure_modes,
             domains: HashMap::new(),
             envoy: raw.envoy.map(|e| e.0).unwrap_or_default(),
+            overrides: Vec::new(),
             envoy_unloaded: None,
         };
+        config.overrides = config.declared_overrides(declared, file)?;
         for domain in raw.domains {
             config.add_domain(domain.0, file)?;
         }
@@ -212,6 +218,38 @@ impl Config {
             ))),
             None => self.add_domain(raw, file),
         }
+    }
+
+    /// Checks each declared override against its policy and the key bounds;
+    /// a (policy, key) declared twice is an error.
+    fn declared_overrides(
+        &self,
+        declared: Vec<raw::DeclaredOverride>,
+        file: &str,
+    ) -> Result<Vec<(String, String, tollgate::overrides::OverrideLimit)>, ConfigError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(declared.len());
+        for entry in declared {
+            let what = format!("overrides: `{}` for key `{}`", entry.policy, entry.key);
+            let invalid =
+                |message: String| ConfigError::invalid(file, format!("{what}: {message}"));
+            let base = self
+                .policies
+                .get(&entry.policy)
+                .ok_or_else(|| invalid("no such policy in `policies:`".into()))?;
+            if entry.key.len() > self.server.max_key_bytes {
+                return Err(invalid(format!(
+                    "the key is longer than server.max_key_bytes ({})",
+                    self.server.max_key_bytes
+                )));
+            }
+            if !seen.insert((entry.policy.clone(), entry.key.clone())) {
+                return Err(invalid("declared twice".into()));
+            }
+            let limit = entry.spec.resolve(base).map_err(invalid)?;
+            out.push((entry.policy, entry.key, limit));
+        }
+        Ok(out)
     }
 
     fn add_domain(&mut self, raw: DomainSpec, file: &str) -> Result<(), ConfigError> {

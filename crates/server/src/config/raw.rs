@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     pub(super) domains: Vec<Checked<RawDomain>>,
     #[serde(default)]
     pub(super) envoy: Option<Checked<RawEnvoy>>,
+    #[serde(default)]
+    pub(super) overrides: Vec<Checked<RawOverride>>,
 }
 
 impl RawConfig {
@@ -889,6 +891,48 @@ impl Validate for RawEnvoy {
                 .unwrap_or(defaults.stop_cache_key_increment_when_overlimit),
             stats_max_series,
             response_headers: self.response_headers.map(|h| h.0).unwrap_or_default(),
+        })
+    }
+}
+
+/// One entry of the `overrides:` section: a (policy, key) and what it
+/// sets, read as the admin API reads its body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOverride {
+    policy: String,
+    key: String,
+    limit: Option<u64>,
+    period: Option<DurationText>,
+    burst: Option<u64>,
+    unlimited: Option<bool>,
+    blocked: Option<bool>,
+}
+
+/// A declared override, checked against its policy later (when every
+/// policy is known).
+pub(super) struct DeclaredOverride {
+    pub(super) policy: String,
+    pub(super) key: String,
+    pub(super) spec: crate::overrides::Spec,
+}
+
+impl Validate for RawOverride {
+    type Output = DeclaredOverride;
+
+    fn validate(self) -> Result<DeclaredOverride, String> {
+        let spec = crate::overrides::Spec::from_fields(
+            self.limit,
+            self.period.map(|d| d.0),
+            self.burst,
+            self.unlimited,
+            self.blocked,
+        )
+        .map_err(|e| format!("override of `{}` for `{}`: {e}", self.policy, self.key))?;
+        Ok(DeclaredOverride {
+            policy: self.policy,
+            key: self.key,
+            spec,
         })
     }
 }

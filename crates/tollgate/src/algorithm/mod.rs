@@ -366,3 +366,6 @@ const fn div_rem(a: u64, b: u64) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod lease_tests;

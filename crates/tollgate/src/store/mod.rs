@@ -57,7 +57,9 @@ pub type Decisions = SmallVec<[Decision; 2]>;
 
 /// Units of a lease not spent, handed back to the store: how many, and the
 /// instant (store microseconds, [`Leased::until`]) the lease was valid
-/// until. The store takes them only while the lease is valid.
+/// until. The store takes them only while the lease is valid, and only
+/// into a window's counter: a bucket forfeits them (see
+/// [`give_back`](crate::algorithm::give_back) for why).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Held {
     /// Units not spent.
