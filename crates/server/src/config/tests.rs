@@ -992,12 +992,13 @@ fn store_layouts_and_per_second_sections_are_checked_where_written() {
 #[test]
 fn a_policy_lease_parses_and_absent_means_no_leasing() {
     let config = Config::parse(
-        "policies:
+        &format!(
+            "policies:
   - name: hot
     algorithm: fixed_window
     limit: 300
     period: 1s
-    lease: { max: 50, ttl: 200ms }
+    lease: {{ max: 50, ttl: 200ms }}
   - name: bucket
     algorithm: token_bucket
     limit: 100
@@ -1010,15 +1011,17 @@ fn a_policy_lease_parses_and_absent_means_no_leasing() {
     algorithm: sliding_window
     limit: 100
     period: 1m
-    lease: { max: 4294967296, ttl: 1ms }
+    lease: {{ max: {}, ttl: 1ms }}
   - name: cell
     limit: 100
     period: 1s
-    lease: { max: 10, ttl: 1s }
+    lease: {{ max: 10, ttl: 1s }}
   - name: plain
     limit: 100
     period: 1s
 ",
+            tollgate::Lease::MAX_UNITS
+        ),
         "t.yaml",
     )
     .unwrap();
@@ -1028,7 +1031,7 @@ fn a_policy_lease_parses_and_absent_means_no_leasing() {
     assert_eq!(lease("bucket"), expected(2, Duration::from_secs(3600)));
     assert_eq!(
         lease("smooth"),
-        expected(tollgate::policy::MAX_LIMIT, Duration::from_millis(1))
+        expected(tollgate::Lease::MAX_UNITS, Duration::from_millis(1))
     );
     assert_eq!(lease("cell"), expected(10, Duration::from_secs(1)));
     assert_eq!(
@@ -1049,7 +1052,8 @@ fn hostile_lease_sections_are_refused_where_written() {
         )
     };
     let fixed = |lease: &str| policy("fixed_window", lease);
-    let cases = [
+    let max = tollgate::Lease::MAX_UNITS;
+    let cases: [(String, usize, &str); 18] = [
         // Unknown keys, missing keys, wrong types: at the key, or the section.
         (fixed("{ max: 5, ttl: 1s, size: 3 }"), 6, "policies[0].lease: unknown field `size`, expected `max` or `ttl`"),
         (fixed("{ max: 5 }"), 6, "policies[0].lease: missing field `ttl`"),
@@ -1060,10 +1064,10 @@ fn hostile_lease_sections_are_refused_where_written() {
         (fixed("{ max: 2.5, ttl: 1s }"), 6, "policies[0].lease.max: invalid type: floating point `2.5`"),
         (fixed("{ max: 5, ttl: 100 }"), 6, "policies[0].lease.ttl: period `100` has no unit"),
         (fixed("{ max: 5, ttl: soon }"), 6, "policies[0].lease.ttl: unknown unit `soon`"),
-        // Out of bounds: max 2..=2^32, ttl 1ms..=1h.
-        (fixed("{ max: 1, ttl: 1s }"), 6, "policies[0].lease: invalid lease: max must be between 2 and 4294967296 units, not 1"),
-        (fixed("{ max: 0, ttl: 1s }"), 6, "invalid lease: max must be between 2 and 4294967296 units, not 0"),
-        (fixed("{ max: 4294967297, ttl: 1s }"), 6, "invalid lease: max must be between 2 and 4294967296 units, not 4294967297"),
+        // Out of bounds: max 2..=Lease::MAX_UNITS, ttl 1ms..=1h.
+        (fixed("{ max: 1, ttl: 1s }"), 6, &format!("policies[0].lease: invalid lease: max must be between 2 and {max} units, not 1")),
+        (fixed("{ max: 0, ttl: 1s }"), 6, &format!("invalid lease: max must be between 2 and {max} units, not 0")),
+        (fixed(&format!("{{ max: {}, ttl: 1s }}", max + 1)), 6, &format!("invalid lease: max must be between 2 and {max} units, not {}", max + 1)),
         (fixed("{ max: 5, ttl: 999us }"), 6, "policies[0].lease: invalid lease: ttl must be between 1ms and 1h"),
         (fixed("{ max: 5, ttl: 0s }"), 6, "invalid lease: ttl must be between 1ms and 1h, not 0ns"),
         (fixed("{ max: 5, ttl: 61m }"), 6, "invalid lease: ttl must be between 1ms and 1h, not 3660s"),
