@@ -438,7 +438,8 @@ fn fleet_never_over_admits(mut backend: Backend) {
     for (server, taken) in leases_taken.iter().enumerate() {
         assert!(
             *taken > 0,
-            "server {server} took no lease: {leases_taken:?}"
+            "server {server} took no lease: {leases_taken:?} (a store whose Store::leases is \
+             false is never asked for one)"
         );
     }
     // And fewer store calls: without leases every admitted check is one
