@@ -9,7 +9,8 @@
 //! - [`script`]: the decision code (one Lua file per algorithm, the twin
 //!   of each Rust step function, plus a dispatcher), called as a Redis
 //!   function with one `FCALL` per decision on Redis's own clock (one
-//!   `EVALSHA` of a script where functions cannot be used);
+//!   `EVALSHA` of a script where functions cannot be used), and the lease
+//!   code that makes a lease call (`Store::lease`) one such call too;
 //! - [`keys`]: key names with escaped identities and a Cluster hash tag;
 //! - [`invalidate`]: reset notices over pub/sub, so that every instance's
 //!   deny cache ([`tollgate::resilience`]) forgets a key reset anywhere.

@@ -10,7 +10,9 @@
 //!   available (Redis before 7, or an ACL without `FUNCTION`). Redis runs a
 //!   cached script's whole body on every call, so every function it defines
 //!   is created again each time: each check runs the script of exactly its
-//!   algorithms, one of 63, built and hashed the first time it is needed.
+//!   algorithms, one of 63, built and hashed the first time it is needed,
+//!   and only a lease call's script ([`for_lease_mask`]) holds the lease
+//!   code.
 //!
 //! docs/REDIS.md says how the store chooses, and docs/BENCHMARKS.md what
 //! each costs.
@@ -26,6 +28,28 @@ const MAIN: &str = include_str!("lua/main.lua");
 /// What makes a script of the code: a script's body runs on every call.
 const SCRIPT_TAIL: &str = "return decide(KEYS, ARGV)\n";
 
+/// What the lease files share, after the algorithm files.
+const LEASE_PRELUDE: &str = include_str!("lua/lease/prelude.lua");
+/// The lease step, after [`MAIN`].
+const LEASE_MAIN: &str = include_str!("lua/lease/main.lua");
+
+/// The lease file of each algorithm that leases, after its algorithm file.
+const LEASE_ALGORITHMS: [(Algorithm, &str); 4] = [
+    (
+        Algorithm::FixedWindow,
+        include_str!("lua/lease/fixed_window.lua"),
+    ),
+    (
+        Algorithm::SlidingWindow,
+        include_str!("lua/lease/sliding_window.lua"),
+    ),
+    (
+        Algorithm::TokenBucket,
+        include_str!("lua/lease/token_bucket.lua"),
+    ),
+    (Algorithm::Gcra, include_str!("lua/lease/gcra.lua")),
+];
+
 /// Each algorithm's file, in [`Algorithm::ALL`]'s order.
 const ALGORITHMS: [(Algorithm, &str); 6] = [
     (Algorithm::FixedWindow, include_str!("lua/fixed_window.lua")),
@@ -39,8 +63,9 @@ const ALGORITHMS: [(Algorithm, &str); 6] = [
     (Algorithm::LeakyBucket, include_str!("lua/leaky_bucket.lua")),
 ];
 
-/// The full source of the decision script: every algorithm. What a tool
-/// that loads one script by hand (`redis-cli SCRIPT LOAD`) takes.
+/// The full source of the decision script: every algorithm, and the lease
+/// code. What a tool that loads one script by hand (`redis-cli SCRIPT
+/// LOAD`) takes.
 pub const SOURCE: &str = concat!(
     include_str!("lua/prelude.lua"),
     include_str!("lua/fixed_window.lua"),
@@ -49,12 +74,18 @@ pub const SOURCE: &str = concat!(
     include_str!("lua/token_bucket.lua"),
     include_str!("lua/gcra.lua"),
     include_str!("lua/leaky_bucket.lua"),
+    include_str!("lua/lease/prelude.lua"),
+    include_str!("lua/lease/fixed_window.lua"),
+    include_str!("lua/lease/sliding_window.lua"),
+    include_str!("lua/lease/token_bucket.lua"),
+    include_str!("lua/lease/gcra.lua"),
     include_str!("lua/main.lua"),
+    include_str!("lua/lease/main.lua"),
     "return decide(KEYS, ARGV)\n",
 );
 
-/// The function library: every algorithm, and one function, `decide`,
-/// registered under the library's own name.
+/// The function library: every algorithm and the lease code, and one
+/// function, `decide`, registered under the library's own name.
 #[derive(Debug)]
 pub struct Library {
     /// `tollgate_` and the first 16 hex digits of the SHA-1 of the code:
@@ -71,12 +102,7 @@ pub struct Library {
 
 /// The function library, built and hashed once.
 pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let mut code = String::with_capacity(SOURCE.len());
-    code.push_str(PRELUDE);
-    for (_, file) in &ALGORITHMS {
-        code.push_str(file);
-    }
-    code.push_str(MAIN);
+    let code = code(0x3f, true);
     let hash = redis::Script::new(&code).get_hash().to_owned();
     let name = format!("tollgate_{}", &hash[..16]);
     let source = format!("#!lua name={name}\n{code}redis.register_function('{name}', decide)\n");
@@ -92,8 +118,9 @@ pub struct Decision {
     pub script: redis::Script,
 }
 
-/// The scripts built so far, by [`mask`].
+/// The scripts built so far, by [`mask`]: of decisions, and of lease calls.
 static BY_MASK: [OnceLock<Decision>; 64] = [const { OnceLock::new() }; 64];
+static LEASE_BY_MASK: [OnceLock<Decision>; 64] = [const { OnceLock::new() }; 64];
 
 /// The bit of `algorithm` in a mask (its place in [`Algorithm::ALL`]).
 fn bit(algorithm: Algorithm) -> u8 {
@@ -112,23 +139,54 @@ pub fn mask(policies: &[PolicyRef<'_>]) -> u8 {
         .fold(0, |mask, p| mask | bit(p.policy.algorithm()))
 }
 
-/// The script holding exactly the algorithms of `mask` (every algorithm
-/// for 0, which no check has).
-pub fn for_mask(mask: u8) -> &'static Decision {
-    let mask = if mask == 0 { 0x3f } else { mask & 0x3f };
-    BY_MASK[usize::from(mask)].get_or_init(|| {
-        let mut source = String::with_capacity(SOURCE.len());
-        source.push_str(PRELUDE);
-        for (i, (_, file)) in ALGORITHMS.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                source.push_str(file);
+/// The code of the algorithms of `mask` (a full mask: every algorithm) and,
+/// with `lease`, their lease code, without a script's tail: the prelude,
+/// the algorithm files, the lease files, the entry point, the lease step.
+fn code(mask: u8, lease: bool) -> String {
+    let mut code = String::with_capacity(SOURCE.len());
+    code.push_str(PRELUDE);
+    for (i, (_, file)) in ALGORITHMS.iter().enumerate() {
+        if mask & (1 << i) != 0 {
+            code.push_str(file);
+        }
+    }
+    if lease {
+        code.push_str(LEASE_PRELUDE);
+        for (algorithm, file) in &LEASE_ALGORITHMS {
+            if mask & bit(*algorithm) != 0 {
+                code.push_str(file);
             }
         }
-        source.push_str(MAIN);
+    }
+    code.push_str(MAIN);
+    if lease {
+        code.push_str(LEASE_MAIN);
+    }
+    code
+}
+
+/// The script of `mask` in `scripts` (every algorithm for 0, which no
+/// check has), built the first time.
+fn script(scripts: &'static [OnceLock<Decision>; 64], mask: u8, lease: bool) -> &'static Decision {
+    let mask = if mask == 0 { 0x3f } else { mask & 0x3f };
+    scripts[usize::from(mask)].get_or_init(|| {
+        let mut source = code(mask, lease);
         source.push_str(SCRIPT_TAIL);
         let script = redis::Script::new(&source);
         Decision { source, script }
     })
+}
+
+/// The decision script holding exactly the algorithms of `mask` (every
+/// algorithm for 0, which no check has), without the lease code.
+pub fn for_mask(mask: u8) -> &'static Decision {
+    script(&BY_MASK, mask, false)
+}
+
+/// The script of a lease call on the algorithms of `mask`: theirs and
+/// their lease code.
+pub fn for_lease_mask(mask: u8) -> &'static Decision {
+    script(&LEASE_BY_MASK, mask, true)
 }
 
 /// The source of the envoyproxy/ratelimit counter script: a fixed window
@@ -184,20 +242,24 @@ mod tests {
                 .source
                 .starts_with(&format!("#!lua name={}\n", library.name))
         );
-        for (_, file) in &ALGORITHMS {
+        for (_, file) in ALGORITHMS.iter().chain(&LEASE_ALGORITHMS) {
             assert!(library.source.contains(file));
         }
+        assert!(library.source.contains(LEASE_MAIN));
         assert!(!library.source.contains(SCRIPT_TAIL));
     }
 
     #[test]
     fn the_full_mask_is_the_full_script() {
-        assert_eq!(for_mask(0x3f).source, SOURCE);
-        assert_eq!(for_mask(0).source, SOURCE);
+        assert_eq!(for_lease_mask(0x3f).source, SOURCE);
+        assert_eq!(for_lease_mask(0).source, SOURCE);
         assert_eq!(
-            for_mask(0x3f).script.get_hash(),
+            for_lease_mask(0x3f).script.get_hash(),
             redis::Script::new(SOURCE).get_hash()
         );
+        // A decision's script has no lease code.
+        assert!(!for_mask(0x3f).source.contains(LEASE_PRELUDE));
+        assert!(!for_mask(0x3f).source.contains(LEASE_MAIN));
     }
 
     #[test]
@@ -205,6 +267,19 @@ mod tests {
         for (i, (algorithm, file)) in ALGORITHMS.iter().enumerate() {
             let alone = for_mask(1 << i);
             assert!(alone.source.contains(file), "{algorithm:?}");
+            let lease = for_lease_mask(1 << i);
+            assert!(lease.source.contains(file), "{algorithm:?}");
+            for (other, lease_file) in &LEASE_ALGORITHMS {
+                assert!(
+                    !alone.source.contains(lease_file),
+                    "{other:?} in {algorithm:?}'s"
+                );
+                assert_eq!(
+                    lease.source.contains(lease_file),
+                    other == algorithm,
+                    "{other:?}'s lease code in {algorithm:?}'s lease script"
+                );
+            }
             for (other, other_file) in &ALGORITHMS {
                 if other != algorithm {
                     assert!(

@@ -12,7 +12,9 @@ use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 use tollgate::algorithm::decision_from_parts;
 use tollgate::store::{InvalidationSink, Invalidations};
-use tollgate::{Check, Decisions, Mode, PolicyRef, Store, StoreError};
+use tollgate::{
+    Check, Decisions, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, Store, StoreError,
+};
 
 use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, state_key, validate_prefix};
@@ -1028,9 +1030,20 @@ impl RedisStore {
         !self.inner.scripts_only.load(Ordering::Relaxed)
     }
 
-    async fn eval_decision(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+    /// Sends `check` (with `asks`, a lease call) as one call of the
+    /// decision code, and returns its integers (main.lua).
+    async fn eval(
+        &self,
+        check: Check<'_>,
+        asks: Option<&[LeaseAsk]>,
+    ) -> Result<Vec<i64>, StoreError> {
         let now = self.now_arg();
         let mask = script::mask(check.policies);
+        // Only a lease call's script holds the lease code.
+        let script = || match asks {
+            Some(_) => script::for_lease_mask(mask),
+            None => script::for_mask(mask),
+        };
         // FCALL of the library's function; where Redis cannot run functions,
         // EVALSHA of the script of exactly this check's algorithms
         // (script.rs). The library is missing on a new server, after FUNCTION
@@ -1038,25 +1051,32 @@ impl RedisStore {
         // sent again. The script is missing after a restart, a failover or
         // SCRIPT FLUSH: EVAL sends it whole, which also caches it.
         let build = |call: Call| match call {
-            Call::Fcall => self.command("FCALL", &LIBRARY.name, check, &now),
+            Call::Fcall => self.command("FCALL", &LIBRARY.name, check, asks, &now),
             Call::Evalsha => {
-                let script = script::for_mask(mask);
-                self.command("EVALSHA", script.script.get_hash(), check, &now)
+                let hash = script().script.get_hash();
+                self.command("EVALSHA", hash, check, asks, &now)
             }
-            Call::Eval => self.command("EVAL", &script::for_mask(mask).source, check, &now),
+            Call::Eval => self.command("EVAL", &script().source, check, asks, &now),
         };
         let first = build(if self.uses_functions() {
             Call::Fcall
         } else {
             Call::Evalsha
         });
-        let reply: Vec<i64> = self.run(&first, Some(&build)).await?;
-        parse_reply(&reply, check.policies, check.cost)
+        self.run(&first, Some(&build)).await
     }
 
     /// `FCALL <function>`, `EVALSHA <sha>` or `EVAL <source>`, with the keys
-    /// and arguments that main.lua documents.
-    fn command(&self, verb: &str, script: &str, check: Check<'_>, now: &str) -> Cmd {
+    /// and arguments that main.lua documents: a decision's, or with `asks`
+    /// (one per policy) a lease call's.
+    fn command(
+        &self,
+        verb: &str,
+        script: &str,
+        check: Check<'_>,
+        asks: Option<&[LeaseAsk]>,
+        now: &str,
+    ) -> Cmd {
         let Check {
             key,
             policies,
@@ -1068,10 +1088,20 @@ impl RedisStore {
         for policy in policies {
             cmd.arg(self.key(key, policy));
         }
-        let consume = if mode == Mode::Consume { "1" } else { "0" };
-        cmd.arg(consume).arg(cost).arg(now);
+        let call = match (asks, mode) {
+            (Some(_), _) => "lease",
+            (None, Mode::Consume) => "1",
+            (None, Mode::Peek) => "0",
+        };
+        cmd.arg(call).arg(cost).arg(now);
         for p in policies {
             redis::RedisWrite::write_arg_fmt(&mut cmd, script::PolicyArg(p.policy));
+        }
+        for ask in asks.unwrap_or_default() {
+            cmd.arg(ask.want)
+                .arg(ask.ttl_us)
+                .arg(ask.held.units)
+                .arg(ask.held.until);
         }
         cmd
     }
@@ -1146,6 +1176,45 @@ fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
         .set_number_of_retries(2)
 }
 
+/// Turns a lease call's reply (main.lua, `lease`) into its answer: the
+/// check's five integers per policy, then four per policy of what it
+/// leased.
+fn parse_lease_reply(
+    reply: &[i64],
+    policies: &[PolicyRef<'_>],
+    cost: u64,
+) -> Result<LeaseAnswer, StoreError> {
+    let n = policies.len();
+    if reply.len() != 9 * n {
+        return Err(StoreError::Protocol(format!(
+            "lease call returned {} values for {n} policies",
+            reply.len()
+        )));
+    }
+    let (decisions, leased) = reply.split_at(5 * n);
+    let leased = leased
+        .chunks_exact(4)
+        .map(|l| {
+            Ok(Leased {
+                units: field(l[0])?,
+                until: field(l[1])?,
+                valid_us: field(l[2])?,
+                returned: field(l[3])?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(LeaseAnswer {
+        decisions: parse_reply(decisions, policies, cost)?,
+        leased,
+    })
+}
+
+/// One integer of the decision code's reply, never negative.
+fn field(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v)
+        .map_err(|_| StoreError::Protocol(format!("negative value {v} from the decision script")))
+}
+
 /// Turns the script's five integers per policy into decisions.
 fn parse_reply(
     reply: &[i64],
@@ -1159,11 +1228,6 @@ fn parse_reply(
             policies.len()
         )));
     }
-    let field = |v: i64| {
-        u64::try_from(v).map_err(|_| {
-            StoreError::Protocol(format!("negative value {v} from the decision script"))
-        })
-    };
     policies
         .iter()
         .zip(reply.chunks_exact(5))
@@ -1294,7 +1358,33 @@ fn store_error(e: RedisError) -> StoreError {
 
 impl Store for RedisStore {
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
-        self.eval_decision(check).await
+        let reply = self.eval(check, None).await?;
+        parse_reply(&reply, check.policies, check.cost)
+    }
+
+    /// One call of the decision code (main.lua's `lease`), atomic like a
+    /// check and sent, re-sent and bounded exactly as
+    /// [`apply`](Store::apply)'s: the check is always consumed, whatever
+    /// its mode.
+    ///
+    /// # Errors
+    /// As [`apply`](Store::apply), and [`StoreError::Protocol`] when the
+    /// call has not one ask per policy.
+    async fn lease(&self, call: LeaseCall<'_>) -> Result<LeaseAnswer, StoreError> {
+        let LeaseCall { check, asks } = call;
+        if asks.len() != check.policies.len() {
+            return Err(StoreError::Protocol(format!(
+                "a lease call needs one ask per policy: {} asks for {} policies",
+                asks.len(),
+                check.policies.len()
+            )));
+        }
+        let reply = self.eval(check, Some(asks)).await?;
+        parse_lease_reply(&reply, check.policies, check.cost)
+    }
+
+    fn leases(&self) -> bool {
+        true
     }
 
     /// Deletes the state, then publishes `key` on `<prefix>:invalidate` so

@@ -6,13 +6,23 @@
 //! clock steps back (a failover to a replica whose clock is behind), and
 //! when a state the script stored compact is rewritten in the text form of
 //! the previous release (a key that an instance of that release wrote
-//! during a rolling upgrade, read by this one).
+//! during a rolling upgrade, read by this one). A third of the operations
+//! are lease calls (`Store::lease`): random wants and lifetimes, giving back
+//! part of the key's last lease (sometimes more than it held, sometimes
+//! with a wrong end), whose answers — decisions and leases — must be equal
+//! too.
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
-use tollgate::{Algorithm, Clock, ManualClock, MemoryStore, Mode, Policy, PolicyRef, Store};
+use tollgate::{
+    Algorithm, Clock, Held, LeaseAsk, LeaseCall, Leased, ManualClock, MemoryStore, Mode, Policy,
+    PolicyRef, Store,
+};
 use tollgate_testkit::redis::{RedisCluster, RedisServer};
 
 #[derive(Debug, Clone)]
@@ -32,6 +42,40 @@ struct Op {
     /// After the operation, rewrite its keys' compact states in the text
     /// form of the previous release.
     legacy: bool,
+    /// A lease call (consuming) instead of a check: one ask per policy
+    /// slot of the case, used for the slots the operation names.
+    lease: Option<Vec<Ask>>,
+}
+
+/// What a lease call asks of one policy.
+#[derive(Debug, Clone)]
+struct Ask {
+    want: u64,
+    ttl_us: u64,
+    /// Give back part of the key's last lease of this policy: `pick` modulo
+    /// (its units + 3), so sometimes all of it and sometimes more.
+    give: Option<u64>,
+    /// Added to that lease's end: a give-back that names the wrong end.
+    skew: i64,
+}
+
+fn ask() -> impl Strategy<Value = Ask> {
+    (
+        prop_oneof![1 => Just(0u64), 4 => 1u64..=8, 2 => 1u64..=400],
+        prop_oneof![
+            1_000u64..=50_000,
+            50_000u64..=3_000_000,
+            Just(3_600_000_000u64)
+        ],
+        proptest::option::weighted(0.6, 0u64..1_000),
+        prop_oneof![8 => Just(0i64), 1 => -2_000_000i64..=2_000_000],
+    )
+        .prop_map(|(want, ttl_us, give, skew)| Ask {
+            want,
+            ttl_us,
+            give,
+            skew,
+        })
 }
 
 fn policy() -> impl Strategy<Value = (Policy, Policy)> {
@@ -40,15 +84,17 @@ fn policy() -> impl Strategy<Value = (Policy, Policy)> {
 }
 
 fn policy_of(algorithm: Algorithm) -> impl Strategy<Value = Policy> {
+    // Mostly small limits, where decisions deny often; some large enough
+    // for leases of more than one unit (a 16th of what remains).
     (
-        1u64..=12,
+        prop_oneof![3 => 1u64..=12, 1 => 13u64..=400],
         prop_oneof![
             1_000u64..=50_000,
             50_000u64..=3_000_000,
             Just(1_000_000u64),
             Just(60_000_000u64)
         ],
-        1u64..=15,
+        prop_oneof![3 => 1u64..=15, 1 => 16u64..=400],
     )
         .prop_map(move |(limit, period, burst)| {
             let burst = algorithm.has_burst().then_some(burst);
@@ -75,9 +121,10 @@ fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
             proptest::bool::weighted(0.3),
             prop_oneof![8 => Just(0u64), 1 => 1u64..3_000_000],
             proptest::bool::weighted(0.2),
+            proptest::option::weighted(0.33, proptest::collection::vec(ask(), n)),
         )
             .prop_map(
-                |(step, key, policies, cost, mode, reset, changed, back, legacy)| Op {
+                |(step, key, policies, cost, mode, reset, changed, back, legacy, lease)| Op {
                     step,
                     back,
                     key,
@@ -87,6 +134,7 @@ fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
                     reset,
                     changed,
                     legacy,
+                    lease,
                 },
             );
         (Just(policies), proptest::collection::vec(op, 1..60))
@@ -151,15 +199,73 @@ async fn rewrite_as_previous_release(
     }
 }
 
+/// What the lease calls of a run did, counted over all its timelines: a
+/// run must have taken leases of every algorithm that leases, leases of
+/// several units, and had held units both given back and refused, or it
+/// compared too little.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Leases taken, by algorithm (in `Algorithm::ALL`'s order).
+    leases: [AtomicU64; 6],
+    several_units: AtomicU64,
+    returned: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Seen {
+    fn count(&self, refs: &[PolicyRef<'_>], asks: &[LeaseAsk], answer: &tollgate::LeaseAnswer) {
+        for ((p, ask), leased) in refs.iter().zip(asks).zip(&answer.leased) {
+            let add = |counter: &AtomicU64, yes: bool| {
+                counter.fetch_add(u64::from(yes), Ordering::Relaxed);
+            };
+            let algorithm = Algorithm::ALL
+                .iter()
+                .position(|&a| a == p.policy.algorithm())
+                .expect("an algorithm");
+            add(&self.leases[algorithm], leased.units > 0);
+            add(&self.several_units, leased.units > 1);
+            add(&self.returned, leased.returned > 0);
+            add(&self.refused, ask.held.units > 0 && leased.returned == 0);
+        }
+    }
+
+    fn assert_covered(&self) {
+        for (i, algorithm) in Algorithm::ALL.iter().enumerate() {
+            let leases = self.leases[i].load(Ordering::Relaxed);
+            let leasing = Policy::new(*algorithm, 1, std::time::Duration::from_secs(1), None)
+                .expect("valid")
+                .with_lease(
+                    tollgate::Lease::new(2, std::time::Duration::from_secs(1)).expect("valid"),
+                )
+                .is_ok();
+            assert_eq!(
+                leases > 0,
+                leasing,
+                "{algorithm}: {leases} leases: {self:?}"
+            );
+        }
+        for (what, counter) in [
+            ("leases of several units", &self.several_units),
+            ("units given back", &self.returned),
+            ("give-backs refused", &self.refused),
+        ] {
+            assert!(counter.load(Ordering::Relaxed) > 0, "no {what}: {self:?}");
+        }
+    }
+}
+
 async fn compare(
     redis: &tollgate_redis::RedisStore,
     raw: &mut impl redis::aio::ConnectionLike,
     clock: &ManualClock,
     policies: &[(Policy, Policy)],
     ops: &[Op],
+    seen: &Seen,
 ) -> Result<(), TestCaseError> {
     let memory = MemoryStore::with_clock(clock.clone());
     let names: Vec<String> = (0..policies.len()).map(|i| format!("p{i}")).collect();
+    // The last lease granted per (key, policy slot), not yet given back.
+    let mut leases: HashMap<(u8, usize), Leased> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
         clock.advance_us(op.step);
         clock.set_us(clock.now_us() - op.back);
@@ -181,15 +287,52 @@ async fn compare(
             redis.reset(&key, &refs).await.expect("redis reset");
             continue;
         }
-        let expected = memory
-            .apply(tollgate::Check::new(&key, &refs, op.cost, op.mode))
-            .await
-            .expect("memory");
-        let actual = redis
-            .apply(tollgate::Check::new(&key, &refs, op.cost, op.mode))
-            .await
-            .expect("redis");
-        prop_assert_eq!(&expected[..], &actual[..], "op {} ({:?}) differs", i, op);
+        if let Some(asks) = &op.lease {
+            let asks: Vec<LeaseAsk> = op
+                .policies
+                .iter()
+                .map(|&j| {
+                    let ask = &asks[j];
+                    let held = ask.give.map_or(Held::default(), |pick| {
+                        let last = leases.remove(&(op.key, j)).unwrap_or_default();
+                        Held {
+                            units: pick % (last.units + 3),
+                            until: last.until.saturating_add_signed(ask.skew),
+                        }
+                    });
+                    LeaseAsk {
+                        want: ask.want,
+                        ttl_us: ask.ttl_us,
+                        held,
+                    }
+                })
+                .collect();
+            let call = LeaseCall {
+                check: tollgate::Check::new(&key, &refs, op.cost, Mode::Consume),
+                asks: &asks,
+            };
+            let expected = memory.lease(call).await.expect("memory");
+            let actual = redis.lease(call).await.expect("redis lease");
+            prop_assert_eq!(
+                &expected,
+                &actual,
+                "op {} ({:?}, {:?}) differs",
+                i,
+                op,
+                asks
+            );
+            seen.count(&refs, &asks, &expected);
+            for (&j, leased) in op.policies.iter().zip(&expected.leased) {
+                if leased.units > 0 {
+                    leases.insert((op.key, j), *leased);
+                }
+            }
+        } else {
+            let check = tollgate::Check::new(&key, &refs, op.cost, op.mode);
+            let expected = memory.apply(check).await.expect("memory");
+            let actual = redis.apply(check).await.expect("redis");
+            prop_assert_eq!(&expected[..], &actual[..], "op {} ({:?}) differs", i, op);
+        }
         if op.legacy {
             rewrite_as_previous_release(raw, redis, &key, &refs).await;
         }
@@ -211,6 +354,7 @@ where
         .build()
         .expect("runtime");
     let raw = runtime.block_on(raw);
+    let seen = Seen::default();
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
@@ -223,10 +367,11 @@ where
             runtime.block_on(async {
                 let clock = ManualClock::new(tollgate_testkit::conformance::START_US);
                 let redis = make(clock.clone()).await;
-                compare(&redis, &mut raw.clone(), &clock, &policies, &ops).await
+                compare(&redis, &mut raw.clone(), &clock, &policies, &ops, &seen).await
             })
         })
         .unwrap_or_else(|e| panic!("{e}"));
+    seen.assert_covered();
 }
 
 /// A plain connection to the standalone Redis at `url`, for the rewrites.

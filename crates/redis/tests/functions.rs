@@ -202,3 +202,61 @@ async fn calls_in_flight_share_one_refused_load() {
     let decision = limiter.check("api", "after", 1).await.expect("redis");
     assert!(decision.allowed);
 }
+
+/// A lease call on `store`: cost 1 of `policy` for `k`, wanting 50 units.
+async fn lease(store: &RedisStore, policy: &tollgate::Policy) -> tollgate::LeaseAnswer {
+    let refs = [tollgate::PolicyRef {
+        name: "api",
+        policy,
+    }];
+    let asks = [tollgate::LeaseAsk {
+        want: 50,
+        ttl_us: 10_000_000,
+        held: tollgate::Held::default(),
+    }];
+    let check = tollgate::Check::new(b"k", &refs, 1, tollgate::Mode::Consume);
+    tollgate::Store::lease(store, tollgate::LeaseCall { check, asks: &asks })
+        .await
+        .expect("redis")
+}
+
+/// A lease call follows the decision's rules when Redis lacks its code: the
+/// library is loaded again after `FUNCTION FLUSH`; on the scripts path the
+/// lease script (not the decision's) is sent whole after `SCRIPT FLUSH`.
+#[tokio::test]
+async fn a_lease_call_loads_its_code_as_a_decision_does() {
+    let server = RedisServer::start();
+    let policy: tollgate::Policy = "fixed_window 160/1h".parse().expect("valid");
+    let store = RedisStore::connect(&server.url(), common::options())
+        .await
+        .expect("connect");
+    server.cli(&["FUNCTION", "FLUSH"]);
+    let first = lease(&store, &policy).await;
+    assert_eq!(
+        (first.leased[0].units, first.decisions[0].remaining),
+        (9, 150)
+    );
+    assert!(store.uses_functions());
+    assert!(server.cli(&["FUNCTION", "LIST"]).contains(&LIBRARY.name));
+    // Scripts only (another prefix: fresh state): the lease script, sent
+    // whole once, then by its hash.
+    let url = common::scripts_only_user(&server);
+    let store = RedisStore::connect(&url, common::options())
+        .await
+        .expect("connect");
+    server.cli(&["SCRIPT", "FLUSH"]);
+    for remaining in [150, 140] {
+        let answer = lease(&store, &policy).await;
+        assert_eq!(answer.decisions[0].remaining, remaining, "{answer:?}");
+    }
+    assert!(!store.uses_functions());
+    assert_eq!(common::calls(&server, "eval"), 1);
+    let mask = tollgate_redis::script::mask(&[tollgate::PolicyRef {
+        name: "api",
+        policy: &policy,
+    }]);
+    let sha = tollgate_redis::script::for_lease_mask(mask)
+        .script
+        .get_hash();
+    assert_eq!(server.cli(&["SCRIPT", "EXISTS", sha]), "1");
+}

@@ -3,7 +3,8 @@
 //! states that do not fit fall back to the text form, states written by the
 //! previous release are read as that release read them, and that release
 //! refuses the compact states instead of misreading them (a rolling
-//! upgrade runs both on one Redis).
+//! upgrade runs both on one Redis). A state a lease's give-back writes
+//! keeps the same forms, with its expiry exactly from when it is fresh.
 
 mod common;
 
@@ -150,6 +151,104 @@ async fn each_state_is_stored_compact_when_it_fits_and_as_text_otherwise() {
             *encoding,
             "case {i}: {policy:?}"
         );
+    }
+}
+
+/// A give-back writes the state in the same compact form a decision does,
+/// expiring at the millisecond the memory store's entry does (where the
+/// state is fresh); a window it empties is deleted; a bucket takes nothing
+/// back and keeps the state its lease left. Each lease call gives back
+/// with a check that costs more than the capacity, so that it is denied
+/// and the give-back is the call's only write.
+#[tokio::test]
+async fn states_given_back_keep_their_compact_forms_and_exact_expiry() {
+    use tollgate::{Held, LeaseAsk, LeaseCall};
+    let server = RedisServer::start();
+    let clock = ManualClock::new(START_US);
+    let store = common::standalone(&server.url(), clock.clone()).await;
+    let (hour, second) = (3_600_000_000, 1_000_000);
+    // Expiries are 2^52 ms ahead under the test clock (prelude.lua).
+    let expiry = |fresh_at: u64| ((1u64 << 52) + fresh_at.div_ceil(1000)).to_string();
+    // (policy, units given back of the 6 leased, value, fresh at): each
+    // after one charged unit and a lease of 6 (a 16th of the 98 left);
+    // buckets take none back.
+    let cases: [(Policy, u64, Option<&str>, u64); 5] = [
+        (
+            policy(Algorithm::FixedWindow, 100, second),
+            5,
+            Some("-1790000000000000003"),
+            START_US + second,
+        ),
+        (
+            policy(Algorithm::SlidingWindow, 100, second),
+            5,
+            Some("-1790000000000000003"),
+            START_US + 2 * second,
+        ),
+        (
+            policy(Algorithm::TokenBucket, 100, hour),
+            0,
+            Some("-1790000000000000092"),
+            START_US + 8 * 36_000_000,
+        ),
+        (
+            policy(Algorithm::Gcra, 100, hour),
+            0,
+            Some("1790000288000000"),
+            START_US + 8 * 36_000_000,
+        ),
+        // Every unit back: the window is fresh, its key gone.
+        (policy(Algorithm::FixedWindow, 100, second), 8, None, 0),
+    ];
+    for (i, (policy, back, value, fresh_at)) in cases.iter().enumerate() {
+        let identity = format!("given-{i}");
+        consume(&store, &clock, identity.as_bytes(), policy, 1, &[0]).await;
+        let refs = [PolicyRef { name: "p", policy }];
+        // A time to live no longer than any of these leases can live,
+        // so that the want is not scaled down.
+        let ask = |want, held| LeaseAsk {
+            want,
+            ttl_us: second,
+            held,
+        };
+        let take = [ask(50, Held::default())];
+        let check = tollgate::Check::new(identity.as_bytes(), &refs, 1, Mode::Consume);
+        let taken = store
+            .lease(LeaseCall { check, asks: &take })
+            .await
+            .expect("redis");
+        let lease = taken.leased[0];
+        assert_eq!(lease.units, 6, "case {i}: {taken:?}");
+        // Buckets are offered 5 as well: they take none.
+        let held = Held {
+            units: (*back).max(5),
+            until: lease.until,
+        };
+        let give = [ask(0, held)];
+        let check = tollgate::Check::new(identity.as_bytes(), &refs, 101, Mode::Consume);
+        let given = store
+            .lease(LeaseCall { check, asks: &give })
+            .await
+            .expect("redis");
+        assert!(!given.decisions[0].allowed, "case {i}: {given:?}");
+        assert_eq!(given.leased[0].returned, *back, "case {i}: {given:?}");
+        let name = key_name(&store, identity.as_bytes(), policy);
+        match value {
+            Some(value) => {
+                assert_eq!(server.cli(&["GET", &name]), *value, "case {i}: {policy:?}");
+                assert_eq!(
+                    server.cli(&["OBJECT", "ENCODING", &name]),
+                    "int",
+                    "case {i}"
+                );
+                assert_eq!(
+                    server.cli(&["PEXPIRETIME", &name]),
+                    expiry(*fresh_at),
+                    "case {i}: {policy:?}"
+                );
+            }
+            None => assert_eq!(server.cli(&["EXISTS", &name]), "0", "case {i}: {policy:?}"),
+        }
     }
 }
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tollgate::resilience::Resilient;
 use tollgate::store::{InvalidationSink, Invalidations};
-use tollgate::{Check, Decisions, MemoryStore, Mode, Policy, PolicyRef, Store, StoreError};
+use tollgate::{
+    Check, Decisions, LeaseAnswer, LeaseCall, MemoryStore, Mode, Policy, PolicyRef, Store,
+    StoreError,
+};
 use tollgate_redis::{ConnectError, RedisOptions, RedisStore, SentinelMaster};
 
 use crate::config::{KeyLayout, StoreKind, StoreSettings};
@@ -130,7 +133,9 @@ impl Invalidations for ServerStore {
 /// On a Redis store with `key_layout: envoy` (an envoy prefix), a check of
 /// one inline Envoy descriptor limit in fixed windows is decided on
 /// envoyproxy/ratelimit's counter ([`envoyproxy_counter_base`] says which);
-/// everything else in tollgate's layout.
+/// everything else in tollgate's layout. Leases are the store's own; a
+/// check kept on envoyproxy/ratelimit's counter leases nothing (that
+/// layout has no lease: the check is decided as a plain one).
 impl Store for ServerStore {
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         match self {
@@ -145,6 +150,29 @@ impl Store for ServerStore {
                 None => store.apply(check).await,
             },
         }
+    }
+
+    async fn lease(&self, call: LeaseCall<'_>) -> Result<LeaseAnswer, StoreError> {
+        match self {
+            ServerStore::Memory(store) => store.lease(call).await,
+            ServerStore::Redis(store) => {
+                if envoy_counter(store, call.check.key, call.check.policies).is_some() {
+                    let check = Check {
+                        mode: Mode::Consume,
+                        ..call.check
+                    };
+                    return Ok(LeaseAnswer::unleased(self.apply(check).await?));
+                }
+                store.lease(call).await
+            }
+        }
+    }
+
+    /// Both stores lease (a check kept on envoyproxy/ratelimit's counter is
+    /// decided without one: only inline Envoy limits are, and they carry
+    /// no lease).
+    fn leases(&self) -> bool {
+        true
     }
 
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
@@ -211,6 +239,12 @@ pub fn is_per_second(policy: &Policy) -> bool {
 /// on. Per-second first because that is the cheaper loss: the reverse
 /// order would let every burst the per-second limit denies spend the
 /// longer limits' quota. Peeks go to both stores at once.
+///
+/// Leases likewise: a lease call whose policies are all on one store is
+/// that store's lease call. One with policies on both cannot take its
+/// leases atomically with its check (nor give held units back to two
+/// servers in one step), so it is decided as a plain check, as above, and
+/// leases nothing: its held units are forfeited, which is always exact.
 #[derive(Clone, Debug)]
 pub struct RoutedStore {
     main: ResilientStore,
@@ -332,6 +366,26 @@ impl Store for RoutedStore {
         merge(check.policies.len(), &split, main, second)
     }
 
+    /// The store of every policy of the call, when they share one; else a
+    /// consumed check across both stores ([`apply`](Store::apply)), with
+    /// no lease (see the type's documentation).
+    async fn lease(&self, call: LeaseCall<'_>) -> Result<LeaseAnswer, StoreError> {
+        let Some((per_second, split)) = self.split(call.check.policies) else {
+            return self.main.lease(call).await;
+        };
+        if split.per_second.is_empty() {
+            return self.main.lease(call).await;
+        }
+        if split.main.is_empty() {
+            return per_second.lease(call).await;
+        }
+        let check = Check {
+            mode: Mode::Consume,
+            ..call.check
+        };
+        Ok(LeaseAnswer::unleased(self.apply(check).await?))
+    }
+
     /// Resets the policies on each store; both are tried, and the first
     /// failure is returned.
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
@@ -355,5 +409,121 @@ impl Store for RoutedStore {
         };
         let (main, second) = tokio::join!(main, second);
         main.and(second)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate::resilience::ResilienceOptions;
+    use tollgate::{Clock, Held, LeaseAsk, Leased, ManualClock};
+
+    use super::*;
+
+    /// A router over two memory stores on `clock`, behind their resilience
+    /// layers as the server builds them.
+    fn routed(clock: &ManualClock) -> RoutedStore {
+        let store = || {
+            Resilient::new(
+                ServerStore::Memory(MemoryStore::with_clock(clock.clone())),
+                ResilienceOptions::default().clock(clock.clone()),
+            )
+        };
+        RoutedStore::new(store(), Some(store()))
+    }
+
+    fn policy(text: &str) -> Policy {
+        text.parse().expect("a valid policy")
+    }
+
+    /// Remaining units of `policy` for `key` (a peek of one unit).
+    async fn remaining(store: &RoutedStore, key: &[u8], policy: PolicyRef<'_>) -> u64 {
+        let refs = [policy];
+        store
+            .apply(Check::new(key, &refs, 1, Mode::Peek))
+            .await
+            .expect("memory")[0]
+            .remaining
+    }
+
+    #[tokio::test]
+    async fn a_lease_call_across_both_stores_is_a_plain_check_that_leases_nothing() {
+        let clock = ManualClock::new(1_790_000_000_000_000);
+        let store = routed(&clock);
+        let (second, hour) = (policy("fixed_window 100/1s"), policy("fixed_window 100/1h"));
+        let refs = [
+            PolicyRef {
+                name: "second",
+                policy: &second,
+            },
+            PolicyRef {
+                name: "hour",
+                policy: &hour,
+            },
+        ];
+        let ask = LeaseAsk {
+            want: 50,
+            ttl_us: 10_000_000,
+            held: Held {
+                units: 3,
+                until: clock.now_us() + 500_000,
+            },
+        };
+        let call = LeaseCall {
+            check: Check::new(b"k", &refs, 2, Mode::Consume),
+            asks: &[ask, ask],
+        };
+        let answer = store.lease(call).await.expect("memory");
+        assert!(answer.decisions.iter().all(|d| d.allowed), "{answer:?}");
+        assert_eq!(answer.leased.as_slice(), [Leased::default(); 2]);
+        // Both charged the check's cost, and nothing more.
+        for policy in refs {
+            assert_eq!(remaining(&store, b"k", policy).await, 98, "{}", policy.name);
+        }
+        // Denied on the per-second store: the main store is not charged.
+        let call = LeaseCall {
+            check: Check::new(b"k", &refs, 99, Mode::Consume),
+            asks: &[ask, ask],
+        };
+        let denied = store.lease(call).await.expect("memory");
+        assert!(!denied.decisions[0].allowed, "{denied:?}");
+        assert_eq!(denied.leased.as_slice(), [Leased::default(); 2]);
+        assert_eq!(remaining(&store, b"k", refs[1]).await, 98);
+    }
+
+    /// A check kept on envoyproxy/ratelimit's counter cannot lease: the
+    /// call is that check, charged on the counter, and leases nothing.
+    #[tokio::test]
+    async fn a_lease_call_on_an_envoy_counter_is_a_plain_check_that_leases_nothing() {
+        let server = tollgate_testkit::redis::RedisServer::start();
+        let options = RedisOptions::default()
+            .prefix(tollgate_testkit::redis::unique_prefix())
+            .envoy_prefix("lease_")
+            .timeout(Duration::from_secs(5));
+        let store = ServerStore::Redis(
+            RedisStore::connect(&server.url(), options)
+                .await
+                .expect("connect"),
+        );
+        let limit = policy("fixed_window 100/1s");
+        let refs = [PolicyRef {
+            name: "envoy/domain/key",
+            policy: &limit,
+        }];
+        let ask = LeaseAsk {
+            want: 50,
+            ttl_us: 10_000_000,
+            held: Held::default(),
+        };
+        let call = LeaseCall {
+            check: Check::new(b"envoy:6:domain3:key5:value", &refs, 3, Mode::Consume),
+            asks: &[ask],
+        };
+        let answer = store.lease(call).await.expect("redis");
+        assert!(answer.decisions[0].allowed, "{answer:?}");
+        assert_eq!(answer.decisions[0].remaining, 97, "{answer:?}");
+        assert_eq!(answer.leased.as_slice(), [Leased::default()]);
+        let counters = server.cli(&["KEYS", "lease_domain_key_value_*"]);
+        let counter = counters.lines().next().expect("the counter");
+        assert_eq!(server.cli(&["GET", counter]), "3");
     }
 }

@@ -1,5 +1,8 @@
 //! The store conformance suite: the contract of [`Store`], checked through a
-//! [`Limiter`] on a timeline driven by a [`ManualClock`].
+//! [`Limiter`] on a timeline driven by a [`ManualClock`], and
+//! [`Store::lease`]'s on the store itself (the lease cases: charged at once,
+//! sized from what remains, full buckets, give-backs in time and too late,
+//! denials, several policies, concurrency).
 //!
 //! A store under test is built by a factory that receives the clock: the
 //! memory store reads it directly, the Redis store sends its time on the
@@ -91,9 +94,18 @@ async fn peek<S: Store>(
 ///     });
 /// }
 /// ```
+///
+/// `conformance_suite!(@without_leases $make)` makes every case but the
+/// lease cases, for a store that decides lease calls as plain checks
+/// ([`Store::lease`]'s default); `conformance_suite!(@leases $make)` only
+/// the lease cases.
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr) => {
+        $crate::conformance_suite!(@without_leases $make);
+        $crate::conformance_suite!(@leases $make);
+    };
+    (@without_leases $make:expr) => {
         $crate::conformance_suite!(@cases $make;
             counts_down_to_the_limit_then_denies,
             retry_after_is_honest_through_the_store,
@@ -109,6 +121,17 @@ macro_rules! conformance_suite {
             a_changed_policy_carries_the_state_over,
             concurrent_checks_admit_exactly_the_limit,
             a_policy_named_twice_is_refused_and_charges_nothing,
+        );
+    };
+    (@leases $make:expr) => {
+        $crate::conformance_suite!(@cases $make;
+            a_lease_is_charged_and_sized_from_what_remains,
+            a_full_bucket_leases_nothing,
+            units_given_back_in_time_restore_what_remains,
+            units_given_back_too_late_change_nothing,
+            a_denied_lease_call_leases_and_charges_nothing,
+            one_policy_denying_leases_nothing_anywhere,
+            concurrent_lease_calls_grant_exactly_what_they_charge,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -576,4 +599,450 @@ where
         other.allowed && other.remaining == 0,
         "a refused check charged the other policy: {other:?}"
     );
+}
+
+/// The algorithms that lease (`sliding_log` and `leaky_bucket` refuse).
+pub fn leasing_algorithms() -> Vec<Algorithm> {
+    Algorithm::ALL
+        .into_iter()
+        .filter(|a| policy(&format!("{a} 1/1s")).with_lease(lease(2)).is_ok())
+        .collect()
+}
+
+/// Leases of at most `max` units, living at most [`LEASE_TTL_US`].
+fn lease(max: u64) -> tollgate::Lease {
+    tollgate::Lease::new(max, Duration::from_micros(LEASE_TTL_US)).expect("a valid lease")
+}
+
+/// The longest life of the lease cases' leases: 10 s.
+pub const LEASE_TTL_US: u64 = 10_000_000;
+
+/// `<algorithm> <limit>/<period>` (a bucket's burst: the limit), leasing
+/// up to 50 units.
+fn leasing(a: Algorithm, rate: &str) -> Policy {
+    let text = if a.has_burst() {
+        let limit = rate.split('/').next().unwrap_or(rate);
+        format!("{a} {rate} burst {limit}")
+    } else {
+        format!("{a} {rate}")
+    };
+    policy(&text).with_lease(lease(50)).expect("leases")
+}
+
+/// An ask for the policy's whole lease (`want` units), giving back `held`.
+fn ask(want: u64, held: tollgate::Held) -> tollgate::LeaseAsk {
+    tollgate::LeaseAsk {
+        want,
+        ttl_us: LEASE_TTL_US,
+        held,
+    }
+}
+
+/// A lease call of `cost` on `policies` for `key`, which the store must
+/// answer with one decision and one lease per policy.
+async fn lease_call<S: Store>(
+    store: &S,
+    key: &str,
+    policies: &[tollgate::PolicyRef<'_>],
+    cost: u64,
+    asks: &[tollgate::LeaseAsk],
+) -> tollgate::LeaseAnswer {
+    let check = tollgate::Check::new(key.as_bytes(), policies, cost, tollgate::Mode::Consume);
+    let answer = store
+        .lease(tollgate::LeaseCall { check, asks })
+        .await
+        .expect("store works");
+    assert_eq!(answer.decisions.len(), policies.len(), "{key}: {answer:?}");
+    assert_eq!(answer.leased.len(), policies.len(), "{key}: {answer:?}");
+    answer
+}
+
+/// `cost` of `policy` for `key` on the store itself, in `mode`.
+async fn store_check<S: Store>(
+    store: &S,
+    key: &str,
+    policy: tollgate::PolicyRef<'_>,
+    cost: u64,
+    mode: tollgate::Mode,
+) -> Decision {
+    let refs = [policy];
+    store
+        .apply(tollgate::Check::new(key.as_bytes(), &refs, cost, mode))
+        .await
+        .expect("store works")[0]
+}
+
+/// What remains of `policy` for `key`: a peek of one unit.
+async fn store_remaining<S: Store>(store: &S, key: &str, policy: tollgate::PolicyRef<'_>) -> u64 {
+    store_check(store, key, policy, 1, tollgate::Mode::Peek)
+        .await
+        .remaining
+}
+
+/// A store on a clock at [`START_US`].
+async fn store_at_start<S, F, Fut>(make: &F) -> (S, ManualClock)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let clock = ManualClock::new(START_US);
+    (make(clock.clone()).await, clock)
+}
+
+/// A lease is charged in the store when it is taken (the next check sees
+/// less remaining), and holds what it wants scaled to how long it can live
+/// (`lease_want`), but at most a 16th of what remains after the check, at
+/// least one while anything remains: leases shrink near the limit, the
+/// last units go one at a time, and check costs plus leased units add up
+/// to exactly the limit. It lives until the end of its window or the
+/// instant the bucket would be full again, at most its time to live.
+pub async fn a_lease_is_charged_and_sized_from_what_remains<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::PolicyRef;
+    use tollgate::algorithm::{lease_size, lease_want};
+    let (store, _clock) = store_at_start(make).await;
+    for a in leasing_algorithms() {
+        for rate in ["160/1h", "160/1s"] {
+            let p = leasing(a, rate);
+            let refs = [PolicyRef {
+                name: "leasing",
+                policy: &p,
+            }];
+            let key = format!("sized-{a}-{rate}");
+            // A check first: a full bucket would lease nothing.
+            let first = store_check(&store, &key, refs[0], 1, tollgate::Mode::Consume).await;
+            assert_eq!((first.allowed, first.remaining), (true, 159), "{a} {rate}");
+            let (mut remaining, mut spent) = (159, 1);
+            for want in [2, 50] {
+                loop {
+                    let answer =
+                        lease_call(&store, &key, &refs, 1, &[ask(want, Default::default())]).await;
+                    let (d, l) = (answer.decisions[0], answer.leased[0]);
+                    if remaining == 0 {
+                        assert!(!d.allowed, "{a} {rate}: allowed past the limit: {answer:?}");
+                        assert_eq!(l, tollgate::Leased::default(), "{a} {rate}");
+                        break;
+                    }
+                    // The clock stands at the window's start: a window's
+                    // lease lives a period; a bucket's until the units
+                    // spent so far would have come back (exact here:
+                    // whole microseconds per unit).
+                    let lives = if a.has_burst() {
+                        (160 - remaining) * p.period_us() / 160
+                    } else {
+                        p.period_us()
+                    }
+                    .min(LEASE_TTL_US);
+                    let after_check = remaining - 1;
+                    let expected = lease_size(lease_want(want, lives, LEASE_TTL_US), after_check);
+                    assert!(d.allowed, "{a} {rate}: {answer:?}");
+                    assert_eq!(
+                        l.units, expected,
+                        "{a} {rate}: {remaining} remained, want {want}"
+                    );
+                    assert_eq!(l.returned, 0, "{a} {rate}");
+                    assert_eq!(d.remaining, after_check - l.units, "{a} {rate}: {answer:?}");
+                    if l.units > 0 {
+                        assert_eq!(l.valid_us, lives, "{a} {rate}: {l:?}");
+                        assert_eq!(l.until, START_US + l.valid_us, "{a} {rate}: {l:?}");
+                    }
+                    remaining = d.remaining;
+                    spent += 1 + l.units;
+                    let seen = store_remaining(&store, &key, refs[0]).await;
+                    assert_eq!(seen, remaining, "{a} {rate}: the lease was not charged");
+                    if want == 2 && remaining < 100 {
+                        break;
+                    }
+                }
+            }
+            assert_eq!(spent, 160, "{a} {rate}: checks and leases took {spent}");
+        }
+    }
+}
+
+/// A bucket that is full (fresh, or refilled) leases nothing: no refill
+/// can be lost to its cap while a lease is out only if the lease ends
+/// before the bucket would be full again, which it already is. The check
+/// itself is charged.
+pub async fn a_full_bucket_leases_nothing<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::PolicyRef;
+    let (store, clock) = store_at_start(make).await;
+    for a in leasing_algorithms() {
+        let p = leasing(a, "160/1h");
+        let refs = [PolicyRef {
+            name: "leasing",
+            policy: &p,
+        }];
+        let key = format!("full-{a}");
+        let answer = lease_call(&store, &key, &refs, 1, &[ask(50, Default::default())]).await;
+        assert!(answer.decisions[0].allowed, "{a}: {answer:?}");
+        if a.has_burst() {
+            assert_eq!(answer.leased[0], tollgate::Leased::default(), "{a}");
+            assert_eq!(answer.decisions[0].remaining, 159, "{a}: {answer:?}");
+            // Refilled to full: nothing again.
+            clock.advance_us(3_600_000_000);
+            let again = lease_call(&store, &key, &refs, 1, &[ask(50, Default::default())]).await;
+            assert_eq!(again.leased[0], tollgate::Leased::default(), "{a}");
+            assert_eq!(again.decisions[0].remaining, 159, "{a}: {again:?}");
+        } else {
+            // A window is never full: it leases from its first check.
+            assert_eq!(answer.leased[0].units, 9, "{a}: {answer:?}");
+        }
+    }
+}
+
+/// Units of a lease given back to a window while it is valid restore what
+/// remains exactly, as if they had never been charged, and are counted as
+/// returned. A bucket takes none back (later leases count on them staying
+/// gone: see `tollgate::algorithm::give_back`).
+pub async fn units_given_back_in_time_restore_what_remains<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::{Held, PolicyRef};
+    let (store, clock) = store_at_start(make).await;
+    for a in leasing_algorithms() {
+        let p = leasing(a, "160/1h");
+        let refs = [PolicyRef {
+            name: "leasing",
+            policy: &p,
+        }];
+        let key = format!("given-{a}");
+        store_check(&store, &key, refs[0], 1, tollgate::Mode::Consume).await;
+        let taken = lease_call(&store, &key, &refs, 1, &[ask(50, Default::default())]).await;
+        let lease = taken.leased[0];
+        assert_eq!((lease.units, taken.decisions[0].remaining), (9, 149), "{a}");
+        let taken_back = |n: u64| if a.has_burst() { 0 } else { n };
+        // At once: 4 of the 9 back, and the check's unit charged.
+        let held = Held {
+            units: 4,
+            until: lease.until,
+        };
+        let back = lease_call(&store, &key, &refs, 1, &[ask(0, held)]).await;
+        assert_eq!(back.leased[0].returned, taken_back(4), "{a}: {back:?}");
+        assert_eq!(back.leased[0].units, 0, "{a}: nothing wanted: {back:?}");
+        let now = 148 + taken_back(4);
+        assert_eq!(back.decisions[0].remaining, now, "{a}: {back:?}");
+        assert_eq!(store_remaining(&store, &key, refs[0]).await, now, "{a}");
+        // Later, still within the lease: 3 more back.
+        clock.advance_us(lease.valid_us / 2);
+        let before = store_remaining(&store, &key, refs[0]).await;
+        let held = Held {
+            units: 3,
+            until: lease.until,
+        };
+        let back = lease_call(&store, &key, &refs, 1, &[ask(0, held)]).await;
+        assert_eq!(back.leased[0].returned, taken_back(3), "{a}: {back:?}");
+        let now = before - 1 + taken_back(3);
+        assert_eq!(back.decisions[0].remaining, now, "{a}: {back:?}");
+        assert_eq!(store_remaining(&store, &key, refs[0]).await, now, "{a}");
+    }
+}
+
+/// Units given back once their lease is over (at its `until` or later)
+/// change nothing, and none is counted as returned: the window may have
+/// moved, the bucket may have refilled past them.
+pub async fn units_given_back_too_late_change_nothing<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::{Held, PolicyRef};
+    for a in leasing_algorithms() {
+        // Ended by the time to live, and by the window or the bucket.
+        for rate in ["160/1h", "160/1s"] {
+            let (store, clock) = store_at_start(make).await;
+            let p = leasing(a, rate);
+            let refs = [PolicyRef {
+                name: "leasing",
+                policy: &p,
+            }];
+            let key = format!("late-{a}-{rate}");
+            // Drained enough that a bucket's lease lives long enough to
+            // hold units (a want is scaled to a lease's life).
+            store_check(&store, &key, refs[0], 100, tollgate::Mode::Consume).await;
+            let taken = lease_call(&store, &key, &refs, 1, &[ask(50, Default::default())]).await;
+            let lease = taken.leased[0];
+            assert!(lease.units > 0, "{a} {rate}: {taken:?}");
+            clock.advance_us(lease.valid_us);
+            let before = store_remaining(&store, &key, refs[0]).await;
+            let held = Held {
+                units: lease.units,
+                until: lease.until,
+            };
+            let back = lease_call(&store, &key, &refs, 1, &[ask(0, held)]).await;
+            assert_eq!(back.leased[0].returned, 0, "{a} {rate}: {back:?}");
+            assert_eq!(
+                back.decisions[0].remaining,
+                before - 1,
+                "{a} {rate}: {back:?}"
+            );
+        }
+    }
+}
+
+/// A lease call whose check is denied leases nothing and charges nothing;
+/// one allowed with nothing left after it leases nothing either.
+pub async fn a_denied_lease_call_leases_and_charges_nothing<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::PolicyRef;
+    let (store, _clock) = store_at_start(make).await;
+    for a in leasing_algorithms() {
+        let p = leasing(a, "160/1h");
+        let refs = [PolicyRef {
+            name: "leasing",
+            policy: &p,
+        }];
+        let key = format!("denied-{a}");
+        let d = store_check(&store, &key, refs[0], 158, tollgate::Mode::Consume).await;
+        assert_eq!((d.allowed, d.remaining), (true, 2), "{a}");
+        let denied = lease_call(&store, &key, &refs, 3, &[ask(50, Default::default())]).await;
+        assert!(!denied.decisions[0].allowed, "{a}: {denied:?}");
+        assert_eq!(denied.leased[0], tollgate::Leased::default(), "{a}");
+        assert_eq!(store_remaining(&store, &key, refs[0]).await, 2, "{a}");
+        let last = lease_call(&store, &key, &refs, 2, &[ask(50, Default::default())]).await;
+        assert!(last.decisions[0].allowed, "{a}: {last:?}");
+        assert_eq!(last.decisions[0].remaining, 0, "{a}: {last:?}");
+        assert_eq!(last.leased[0].units, 0, "{a}: nothing remained: {last:?}");
+    }
+}
+
+/// With several policies, a lease call denied by one of them leases
+/// nothing and charges nothing on any; allowed by all, each policy takes
+/// its own lease, sized from what it has left.
+pub async fn one_policy_denying_leases_nothing_anywhere<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use tollgate::PolicyRef;
+    let (store, _clock) = store_at_start(make).await;
+    let narrow = policy("fixed_window 4/1h")
+        .with_lease(lease(50))
+        .expect("leases");
+    for a in leasing_algorithms() {
+        let wide = leasing(a, "160/1h");
+        let refs = [
+            PolicyRef {
+                name: "wide",
+                policy: &wide,
+            },
+            PolicyRef {
+                name: "narrow",
+                policy: &narrow,
+            },
+        ];
+        let asks = [ask(50, Default::default()), ask(50, Default::default())];
+        // Both allow: the wide policy leases 9 of the 158 left, the narrow
+        // one its last but one unit (a 16th of 2, at least one).
+        let key = format!("multi-{a}");
+        store_check(&store, &key, refs[0], 1, tollgate::Mode::Consume).await;
+        store_check(&store, &key, refs[1], 1, tollgate::Mode::Consume).await;
+        let both = lease_call(&store, &key, &refs, 1, &asks).await;
+        assert!(both.decisions.iter().all(|d| d.allowed), "{a}: {both:?}");
+        assert_eq!(
+            (both.leased[0].units, both.decisions[0].remaining),
+            (9, 149),
+            "{a}: {both:?}"
+        );
+        assert_eq!(
+            (both.leased[1].units, both.decisions[1].remaining),
+            (1, 1),
+            "{a}: {both:?}"
+        );
+        // The narrow policy denies a cost of 2: nothing anywhere.
+        let denied = lease_call(&store, &key, &refs, 2, &asks).await;
+        assert!(
+            denied.decisions[0].allowed && !denied.decisions[1].allowed,
+            "{a}: {denied:?}"
+        );
+        assert!(
+            denied
+                .leased
+                .iter()
+                .all(|l| *l == tollgate::Leased::default()),
+            "{a}: {denied:?}"
+        );
+        assert_eq!(store_remaining(&store, &key, refs[0]).await, 149, "{a}");
+        assert_eq!(store_remaining(&store, &key, refs[1]).await, 1, "{a}");
+    }
+}
+
+/// 32 concurrent tasks on one key, each making lease calls and giving back
+/// part of its previous lease with the next: every unit the store grants
+/// (checks allowed, units leased, less units taken back) is charged in it,
+/// exactly, and together they never pass the limit. Time stands still, so
+/// the limit is the whole allowance.
+pub async fn concurrent_lease_calls_grant_exactly_what_they_charge<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    use std::sync::Arc;
+
+    use tollgate::{Held, PolicyRef};
+    let (store, _clock) = store_at_start(make).await;
+    let store = Arc::new(store);
+    for a in leasing_algorithms() {
+        let p = leasing(a, "500/1h");
+        let key = format!("concurrent-{a}");
+        let tasks: Vec<_> = (0..32u64)
+            .map(|task| {
+                let (store, key) = (Arc::clone(&store), key.clone());
+                tokio::spawn(async move {
+                    let refs = [PolicyRef {
+                        name: "leasing",
+                        policy: &p,
+                    }];
+                    let (mut granted, mut held) = (0u64, Held::default());
+                    for call in 0..12u64 {
+                        let want = 1 + (task * 7 + call * 3) % 40;
+                        // Give back a part (sometimes all, sometimes none).
+                        let back = Held {
+                            units: held.units * ((task + call) % 3) / 2,
+                            until: held.until,
+                        };
+                        let cost = 1 + call % 3;
+                        let answer =
+                            lease_call(&*store, &key, &refs, cost, &[ask(want, back)]).await;
+                        let (d, l) = (answer.decisions[0], answer.leased[0]);
+                        assert!(l.returned <= back.units, "{a}: {answer:?}");
+                        assert!(d.allowed || l.units == 0, "{a}: {answer:?}");
+                        granted = granted + if d.allowed { cost } else { 0 } + l.units - l.returned;
+                        held = Held {
+                            units: l.units,
+                            until: l.until,
+                        };
+                    }
+                    granted
+                })
+            })
+            .collect();
+        let mut granted = 0;
+        for task in tasks {
+            granted += task.await.expect("task does not panic");
+        }
+        let refs = [PolicyRef {
+            name: "leasing",
+            policy: &p,
+        }];
+        let remaining = store_remaining(&*store, &key, refs[0]).await;
+        assert!(granted <= 500, "{a}: granted {granted} of 500");
+        assert_eq!(
+            granted,
+            500 - remaining,
+            "{a}: granted {granted}, but the store has {remaining} of 500 left"
+        );
+    }
 }

@@ -4,18 +4,33 @@
 -- period).
 -- Twin of crates/tollgate/src/algorithm/fixed_window.rs.
 
+-- The stored start and count, or nil when there is no live state.
+local function fixed_window_load(key, now)
+  local v = load(key, now)
+  if not v then return nil end
+  if compact(v) then
+    local ms, n = string.match(v, '^%-(%d+)(%d%d%d%d%d%d)$')
+    return tonumber(ms) * 1000, tonumber(n)
+  end
+  local start, count = parse(v)
+  return start, count
+end
+
+-- Writes a start and count, fresh at `fresh_at` (0: deleted).
+local function fixed_window_store(key, start, count, fresh_at)
+  local value
+  if start % 1000 == 0 and count < 1000000 then
+    value = string.format('-%d%06d', start / 1000, count)
+  else
+    value = fmt(start) .. ':' .. fmt(count)
+  end
+  store(key, value, fresh_at)
+end
+
 ALG.fixed_window = function(key, p, now, cost, consume)
   local period = p.period
-  local v = load(key, now)
-  local start, count = now - now % period, 0
-  if v then
-    if compact(v) then
-      local ms, n = string.match(v, '^%-(%d+)(%d%d%d%d%d%d)$')
-      start, count = tonumber(ms) * 1000, tonumber(n)
-    else
-      start, count = parse(v)
-    end
-  end
+  local start, count = fixed_window_load(key, now)
+  if not start then start, count = now - now % period, 0 end
   -- The count belongs to the window of this policy that holds its start.
   local held = start - start % period
   local window, used
@@ -29,16 +44,9 @@ ALG.fixed_window = function(key, p, now, cost, consume)
   local used_after = used
   if charged then
     used_after = used + cost
-    local value
-    if window % 1000 == 0 and used_after < 1000000 then
-      value = string.format('-%d%06d', window / 1000, used_after)
-    else
-      value = fmt(window) .. ':' .. fmt(used_after)
-    end
-    store(key, value, window + period)
+    fixed_window_store(key, window, used_after, window + period)
   end
   local fresh_at = 0
   if used_after > 0 then fresh_at = window + period end
   return allowed, imax(0, p.limit - used_after), fresh_at, window + period, 0
 end
-

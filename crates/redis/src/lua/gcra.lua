@@ -6,20 +6,42 @@
 -- under another rate, a fraction rounds the TAT up to the next microsecond.
 -- Twin of crates/tollgate/src/algorithm/gcra.rs.
 
+-- The stored TAT as p reads it (whole µs, fraction in p's steps), or nil
+-- when there is no live state.
+local function gcra_load(key, p, now)
+  local v = load(key, now)
+  if not v then return nil end
+  local tat, frac, from = parse(v)
+  if frac > 0 and from ~= p.rate then tat, frac = tat + 1, 0 end
+  return tat, frac
+end
+
+-- The most whole microseconds the TAT is counted ahead of now: beyond, every
+-- request is denied anyway, and the cap keeps products below 2^53 under any
+-- policy.
+local function gcra_cap(p)
+  return cdiv((p.capacity + 1) * p.unit, p.rate) + 1
+end
+
+-- Writes the TAT `after` scaled units (of `rate`) ahead of now; returns the
+-- instant it is fresh.
+local function gcra_store(key, now, after, rate)
+  local new_frac = after % rate
+  local value = fmt(now + idiv(after, rate))
+  if new_frac > 0 then value = value .. ':' .. fmt(new_frac) .. ':' .. fmt(rate) end
+  local fresh_at = now + cdiv(after, rate)
+  store(key, value, fresh_at)
+  return fresh_at
+end
+
 ALG.gcra = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
   local tolerance = p.capacity * unit
   local need = cost * unit
-  local tat, frac = now, 0
-  local v = load(key, now)
-  if v then
-    local from
-    tat, frac, from = parse(v)
-    if frac > 0 and from ~= rate then tat, frac = tat + 1, 0 end
-  end
-  -- How far the TAT is ahead, in scaled units, capped where every request
-  -- is denied anyway (the product stays below 2^53 under any policy).
-  local cap = cdiv((p.capacity + 1) * unit, rate) + 1
+  local tat, frac = gcra_load(key, p, now)
+  if not tat then tat, frac = now, 0 end
+  -- How far the TAT is ahead, in scaled units, capped.
+  local cap = gcra_cap(p)
   local before = 0
   if tat >= now then before = imin(tat - now, cap) * rate + frac end
   local allowed = cost <= p.capacity and before + need <= tolerance
@@ -28,11 +50,7 @@ ALG.gcra = function(key, p, now, cost, consume)
   local fresh_at = 0
   if charged then
     after = before + need
-    local new_frac = after % rate
-    local value = fmt(now + idiv(after, rate))
-    if new_frac > 0 then value = value .. ':' .. fmt(new_frac) .. ':' .. fmt(rate) end
-    fresh_at = now + cdiv(after, rate)
-    store(key, value, fresh_at)
+    fresh_at = gcra_store(key, now, after, rate)
   elseif before > 0 then
     fresh_at = tat
     if frac > 0 then fresh_at = tat + 1 end

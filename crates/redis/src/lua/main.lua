@@ -2,7 +2,8 @@
 --
 -- KEYS[i]   the state of policy i for one identity; every key carries the
 --           same {identity} hash tag, so all of them live in one Cluster slot.
--- ARGV[1]   "1" to consume (charge every policy if all allow), "0" to peek
+-- ARGV[1]   "1" to consume (charge every policy if all allow), "0" to peek,
+--           "lease" for a lease call (lease/main.lua: more arguments follow)
 -- ARGV[2]   cost, an integer >= 1
 -- ARGV[3]   "" to use Redis's clock (production), or a time in µs (tests only)
 -- ARGV[3+i] policy i (KEYS[i]'s), one argument: "<algorithm> <limit>
@@ -47,6 +48,7 @@ local function policy(spec)
     if not alg then return nil end
     p = {
       alg = alg,
+      name = name,
       limit = tonum(limit),
       period = tonum(period),
       capacity = tonum(capacity),
@@ -89,6 +91,9 @@ end
 local function decide(keys, args)
   bind()
   local consume = args[1] == '1'
+  -- A lease call (lease/main.lua) is a consumed check with steps before
+  -- and after it, and four more words per policy.
+  local lease = not consume and args[1] == 'lease'
   local cost = tonum(args[2])
   local now
   if args[3] ~= '' then
@@ -104,6 +109,14 @@ local function decide(keys, args)
     now = tonum(t[1]) * 1000000 + tonum(t[2])
   end
   local n = #args - 3
+  if lease then
+    if not lease_begin then return redis.error_reply('tollgate: a decision script does not lease') end
+    n = #keys
+    if #args ~= 3 + 5 * n then
+      return redis.error_reply('tollgate: a lease call takes 5 arguments per policy')
+    end
+    consume = true
+  end
 
   local policies = {}
   for i = 1, n do
@@ -112,9 +125,11 @@ local function decide(keys, args)
     policies[i] = p
   end
 
+  local out = {}
+  local ends, wants
+  if lease then ends, wants = lease_begin(keys, args, policies, n, now, out) end
   -- All-or-nothing: look first when there are several policies, and charge
   -- only if every one allows.
-  local out = {}
   local all = run(keys, policies, n, cost, now, consume and n == 1, out)
   if consume and all then
     if n > 1 then run(keys, policies, n, cost, now, true, out) end
@@ -125,5 +140,6 @@ local function decide(keys, args)
       if reset_after > 0 then extend(keys[i], now + reset_after) end
     end
   end
+  if lease then lease_end(keys, policies, n, now, out, all, ends, wants) end
   return out
 end

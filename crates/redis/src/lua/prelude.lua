@@ -1,12 +1,20 @@
 -- tollgate decision script, first part: shared helpers.
 --
--- A script is the concatenation of prelude.lua, the files of the algorithms a
--- check uses and main.lua (see src/script.rs). Each algorithm file is the Lua twin of the
--- Rust step function of the same name in crates/tollgate/src/algorithm/; the
--- differential test requires both to decide identically. All arithmetic is on
--- integers below 2^53 (Policy::new guarantees it), where Lua's doubles are exact.
+-- A script is the concatenation of prelude.lua, the files of the algorithms
+-- a check uses and main.lua (see src/script.rs); the library and a lease
+-- call's script add lease/prelude.lua and the lease files of those
+-- algorithms after the algorithm files, and lease/main.lua after main.lua.
+-- Each algorithm file is the Lua twin of the Rust step function of the same
+-- name in crates/tollgate/src/algorithm/; the differential test requires
+-- both to decide identically. All arithmetic is on integers below 2^53
+-- (Policy::new guarantees it), where Lua's doubles are exact.
 
 local ALG = {}
+
+-- The lease step's two halves (lease/main.lua), where the code holds them:
+-- `decide` (main.lua) runs them before and after a lease call's check.
+-- Declared here, set after main.lua.
+local lease_begin, lease_end
 
 -- Redis's and Lua's functions used on every decision, as locals: a global
 -- is a table lookup on every use.
@@ -87,9 +95,15 @@ local function load(key, now)
   return call('GET', key)
 end
 
--- Stores a string state that becomes fresh at `fresh_at` (> now).
+-- Stores a string state that becomes fresh at `fresh_at` (> now), or
+-- deletes it when it is fresh already (`fresh_at` 0: a window that a
+-- give-back emptied), as the memory store's entry is gone then.
 local function store(key, value, fresh_at)
-  call('SET', key, value, 'PXAT', fmt(expiry_ms(fresh_at)))
+  if fresh_at == 0 then
+    call('DEL', key)
+  else
+    call('SET', key, value, 'PXAT', fmt(expiry_ms(fresh_at)))
+  end
 end
 
 -- After a decision that charged nothing: a state read under a policy that

@@ -22,18 +22,32 @@ local function sliding_window_retry_at(window, prev, curr, period, limit, cost)
   return window + period + e
 end
 
+-- The stored start, prev and curr, or nil when there is no live state.
+local function sliding_window_load(key, now)
+  local v = load(key, now)
+  if not v then return nil end
+  if compact(v) then
+    local ms, a, b = string.match(v, '^%-(%d+)(%d%d%d)(%d%d%d)$')
+    return tonumber(ms) * 1000, tonumber(a), tonumber(b)
+  end
+  return parse(v)
+end
+
+-- Writes a start and counts, fresh when `period` says (0: deleted).
+local function sliding_window_store(key, start, prev, curr, period)
+  local value
+  if start % 1000 == 0 and prev < 1000 and curr < 1000 then
+    value = string.format('-%d%03d%03d', start / 1000, prev, curr)
+  else
+    value = fmt(start) .. ':' .. fmt(prev) .. ':' .. fmt(curr)
+  end
+  store(key, value, sliding_window_fresh_at(start, prev, curr, period))
+end
+
 ALG.sliding_window = function(key, p, now, cost, consume)
   local period, limit = p.period, p.limit
-  local start, prev, curr = now - now % period, 0, 0
-  local v = load(key, now)
-  if v then
-    if compact(v) then
-      local ms, a, b = string.match(v, '^%-(%d+)(%d%d%d)(%d%d%d)$')
-      start, prev, curr = tonumber(ms) * 1000, tonumber(a), tonumber(b)
-    else
-      start, prev, curr = parse(v)
-    end
-  end
+  local start, prev, curr = sliding_window_load(key, now)
+  if not start then start, prev, curr = now - now % period, 0, 0 end
   -- The counts belong to the window of this policy that holds the stored
   -- start; they read as at most the limit.
   local held = start - start % period
@@ -53,13 +67,7 @@ ALG.sliding_window = function(key, p, now, cost, consume)
   local c_after = cv
   if charged then
     c_after = cv + cost
-    local value
-    if window % 1000 == 0 and pv < 1000 and c_after < 1000 then
-      value = string.format('-%d%03d%03d', window / 1000, pv, c_after)
-    else
-      value = fmt(window) .. ':' .. fmt(pv) .. ':' .. fmt(c_after)
-    end
-    store(key, value, sliding_window_fresh_at(window, pv, c_after, period))
+    sliding_window_store(key, window, pv, c_after, period)
   end
   local remaining = idiv(imax(0, budget - (weighted_prev + c_after * period)), period)
   return allowed, remaining, sliding_window_fresh_at(window, pv, c_after, period),

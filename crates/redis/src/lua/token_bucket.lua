@@ -11,30 +11,49 @@ local function token_bucket_fresh_at(p, level, last)
   return last + cdiv(imax(0, p.capacity * p.unit - level), p.rate)
 end
 
+-- The stored level (in p's unit: whole tokens carry over from another
+-- unit, at most a full bucket) and its instant, or nil when there is no
+-- live state.
+local function token_bucket_load(key, p, now)
+  local v = load(key, now)
+  if not v then return nil end
+  local unit = p.unit
+  if compact(v) then
+    local at, tokens = string.match(v, '^%-(%d+)(%d%d%d)$')
+    return imin(tonumber(tokens), p.capacity) * unit, tonumber(at)
+  end
+  local level, last, from = parse(v)
+  if from > 0 and from ~= unit then level = imin(idiv(level, from), p.capacity) * unit end
+  return level, last
+end
+
+-- The level at `now`: refilled since `last`, compared before multiplying
+-- so a long idle cannot leave the exact range, capped at a full bucket.
+local function token_bucket_refill(p, level, last, now)
+  local full = p.capacity * p.unit
+  local elapsed = imax(0, now - last)
+  if elapsed >= cdiv(imax(0, full - level), p.rate) then return full end
+  return level + elapsed * p.rate
+end
+
+-- Writes a level (in p's unit) at instant `last`.
+local function token_bucket_store(key, p, level, last)
+  local unit = p.unit
+  local value
+  if level % unit == 0 and level / unit < 1000 then
+    value = string.format('-%d%03d', last, level / unit)
+  else
+    value = fmt(level) .. ':' .. fmt(last) .. ':' .. fmt(unit)
+  end
+  store(key, value, token_bucket_fresh_at(p, level, last))
+end
+
 ALG.token_bucket = function(key, p, now, cost, consume)
   local unit, rate = p.unit, p.rate
   local full = p.capacity * unit
-  local level, last = full, now
-  local v = load(key, now)
-  if v then
-    if compact(v) then
-      local at, tokens = string.match(v, '^%-(%d+)(%d%d%d)$')
-      level, last = imin(tonumber(tokens), p.capacity) * unit, tonumber(at)
-    else
-      local from
-      level, last, from = parse(v)
-      if from > 0 and from ~= unit then level = imin(idiv(level, from), p.capacity) * unit end
-    end
-  end
-  -- Refill since `last`, compared before multiplying so a long idle cannot
-  -- leave the exact range.
-  local current
-  local elapsed = imax(0, now - last)
-  if elapsed >= cdiv(imax(0, full - level), rate) then
-    current = full
-  else
-    current = level + elapsed * rate
-  end
+  local level, last = token_bucket_load(key, p, now)
+  if not level then level, last = full, now end
+  local current = token_bucket_refill(p, level, last, now)
   local allowed = cost <= p.capacity and cost * unit <= current
   local charged = allowed and consume
   local after = current
@@ -43,13 +62,7 @@ ALG.token_bucket = function(key, p, now, cost, consume)
   local stamp = imax(last, now)
   if charged then
     after = current - cost * unit
-    local value
-    if after % unit == 0 and after / unit < 1000 then
-      value = string.format('-%d%03d', stamp, after / unit)
-    else
-      value = fmt(after) .. ':' .. fmt(stamp) .. ':' .. fmt(unit)
-    end
-    store(key, value, token_bucket_fresh_at(p, after, stamp))
+    token_bucket_store(key, p, after, stamp)
   end
   return allowed, idiv(after, unit), token_bucket_fresh_at(p, after, stamp),
     stamp + cdiv(imax(0, cost * unit - current), rate), 0

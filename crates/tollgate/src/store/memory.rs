@@ -398,7 +398,10 @@ impl MemoryStore {
         // Given back first, then each lease's end read before the check
         // charges anything.
         let mut until = smallvec::SmallVec::<[u64; 2]>::new();
-        for (&p, ask) in check.policies.iter().zip(asks) {
+        // A policy without an ask (a caller's mistake) asks for nothing.
+        let ask_of = |i: usize| asks.get(i).copied().unwrap_or_default();
+        for (i, &p) in check.policies.iter().enumerate() {
+            let ask = ask_of(i);
             let returned = shard.update(p, at, |state| {
                 give_back(p.policy, state, now, ask.held.units, ask.held.until)
             });
@@ -422,7 +425,7 @@ impl MemoryStore {
         if answer.decisions.iter().all(|d| d.allowed) {
             for (i, &p) in check.policies.iter().enumerate() {
                 let decision = &mut answer.decisions[i];
-                let ask = asks[i];
+                let ask = ask_of(i);
                 let want = lease_want(ask.want, until[i].saturating_sub(now), ask.ttl_us);
                 let units = lease_size(want, decision.remaining);
                 if units == 0 {

@@ -117,6 +117,17 @@ pub struct LeaseAnswer {
     pub leased: SmallVec<[Leased; 2]>,
 }
 
+impl LeaseAnswer {
+    /// The answer of a lease call decided as a plain check: `decisions`,
+    /// nothing leased, nothing taken back (held units are forfeited, which
+    /// is always exact). What a store that cannot lease answers
+    /// ([`Store::lease`]'s default).
+    pub fn unleased(decisions: Decisions) -> Self {
+        let leased = decisions.iter().map(|_| Leased::default()).collect();
+        LeaseAnswer { decisions, leased }
+    }
+}
+
 /// Whether a call charges the cost or only looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -220,11 +231,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         call: LeaseCall<'_>,
     ) -> impl Future<Output = Result<LeaseAnswer, StoreError>> + Send {
-        async move {
-            let decisions = self.apply(call.check).await?;
-            let leased = decisions.iter().map(|_| Leased::default()).collect();
-            Ok(LeaseAnswer { decisions, leased })
-        }
+        async move { Ok(LeaseAnswer::unleased(self.apply(call.check).await?)) }
     }
 
     /// Whether [`lease`](Self::lease) grants leases: without it, the
