@@ -62,7 +62,7 @@ const CLIENTS_PER_SERVER: usize = 4;
 /// 400 per server, 1200 for the fleet against a limit of 300 per second
 /// (four times the allowance: overload).
 const CLIENT_TICK: Duration = Duration::from_millis(10);
-/// How long the clients hammer: about 3600 checks in all, over four or
+/// How long the clients hammer: at most 4320 checks in all, over four or
 /// five windows.
 const RUN: Duration = Duration::from_millis(3600);
 /// How long Redis is paused.
