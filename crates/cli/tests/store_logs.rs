@@ -9,22 +9,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::serve;
+use support::{metric, serve};
 use tollgate_testkit::files::temp_dir;
-use tollgate_testkit::process::ServeProcess;
 use tollgate_testkit::redis::RedisServer;
-
-fn metric(serve: &ServeProcess, name: &str) -> u64 {
-    let (status, body) = serve
-        .request("GET", "/metrics", &[], "", Duration::from_secs(5))
-        .unwrap();
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
-        .parse()
-        .unwrap()
-}
 
 /// Redis requires a password the configuration lacks: every call fails
 /// with `NOAUTH`. The server starts anyway (no crash loop), says why at

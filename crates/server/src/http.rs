@@ -526,6 +526,10 @@ async fn policies(State(app): State<Arc<App>>) -> Response {
                 "limit": p.limit(),
                 "period_ms": ceil_millis(p.period()),
                 "burst": p.algorithm().has_burst().then(|| p.burst()),
+                "lease": p.lease().map(|l| serde_json::json!({
+                    "max": l.max(),
+                    "ttl_ms": ceil_millis(l.ttl()),
+                })),
                 "policy": p.to_string(),
             })
         })

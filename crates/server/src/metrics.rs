@@ -87,7 +87,7 @@ pub struct StoreGauges {
     pub local: (usize, u64),
     /// Times the circuit breaker opened from closed.
     pub breaker_opened: u64,
-    /// What leasing did (policies with `lease:`).
+    /// What leasing did (leased policies only; all zero without them).
     pub leases: LeaseStats,
 }
 
@@ -319,8 +319,8 @@ impl Metrics {
                 |s| s.leases.taken,
             ),
             (
-                "tollgate_lease_units_leased_total",
-                "Units leased: charged in the store to be spent in this process.",
+                "tollgate_lease_units_total",
+                "Units leased from the store.",
                 "counter",
                 |s| s.leases.units,
             ),
@@ -332,15 +332,15 @@ impl Metrics {
             ),
             (
                 "tollgate_lease_units_forfeited_total",
-                "Units of ended leases neither spent nor given back (expired, revoked, refused, or lost with a failed call).",
+                "Units of ended leases neither spent nor given back (expired, revoked, refused or lost with a failed call).",
                 "counter",
                 |s| s.leases.forfeited,
             ),
             (
                 "tollgate_lease_keys",
-                "(policy, identity) pairs the leasing layer tracks.",
+                "(policy, identity) pairs tracked for leasing.",
                 "gauge",
-                |s| u64::try_from(s.leases.keys).unwrap_or(u64::MAX),
+                |s| s.leases.keys as u64,
             ),
         ];
         for (name, help, kind, value) in families {
@@ -752,32 +752,7 @@ mod tests {
         assert_eq!(seconds(0), "0");
     }
 
-    #[test]
-    fn statistics_keys_become_envoyproxy_ratelimit_s_labels() {
-        // `:` and `|` become `_`; so do the dots of IPv4-shaped runs,
-        // found leftmost first with backtracking digits, and nothing else.
-        assert_eq!(sanitise_stat_name("d.k_a:b|c"), "d.k_a_b_c");
-        assert_eq!(sanitise_stat_name("d.ip_10.0.0.1.x"), "d.ip_10_0_0_1.x");
-        assert_eq!(sanitise_stat_name("d.v_1234.5.6.7"), "d.v_1234_5_6_7");
-        assert_eq!(sanitise_stat_name("d.v_1.2.3"), "d.v_1.2.3");
-        assert_eq!(
-            sanitise_stat_name("d.v_1.2.3.4.5.6.7.8"),
-            "d.v_1_2_3_4.5_6_7_8"
-        );
-        assert_eq!(sanitise_stat_name("d.é.1.2.3.4"), "d.é.1_2_3_4");
-        let labels = EnvoyLabels::of("dom.a_1.b_2.c_3");
-        assert_eq!(
-            (
-                labels.domain.as_str(),
-                labels.key1.as_str(),
-                labels.key2.as_deref()
-            ),
-            ("dom", "a_1", Some("b_2"))
-        );
-        assert_eq!(EnvoyLabels::of("dom.a").key2, None);
-    }
-
-    /// The lease series, from a real leasing layer (the library's
+    /// The lease series from a real leasing layer (the library's
     /// `Resilient` over a memory store): a hot key takes leases, a check
     /// costing more than the lease holds gives the rest back, and an
     /// expired lease is forfeited.
@@ -825,7 +800,7 @@ mod tests {
         });
         for (name, kind, value) in [
             ("tollgate_leases_taken_total", "counter", leases.taken),
-            ("tollgate_lease_units_leased_total", "counter", leases.units),
+            ("tollgate_lease_units_total", "counter", leases.units),
             (
                 "tollgate_lease_units_returned_total",
                 "counter",
@@ -843,6 +818,67 @@ mod tests {
                 "{name}:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn renders_lease_counters_per_store() {
+        let mut main = StoreGauges::default();
+        main.leases.taken = 3;
+        main.leases.units = 40;
+        main.leases.returned = 5;
+        main.leases.forfeited = 7;
+        main.leases.keys = 2;
+        let metrics = Metrics::default();
+        let text = metrics.render(ExternalGauges {
+            main,
+            per_second: None,
+        });
+        for line in [
+            "# TYPE tollgate_leases_taken_total counter\ntollgate_leases_taken_total 3\n",
+            "# TYPE tollgate_lease_units_total counter\ntollgate_lease_units_total 40\n",
+            "tollgate_lease_units_returned_total 5\n",
+            "tollgate_lease_units_forfeited_total 7\n",
+            "# TYPE tollgate_lease_keys gauge\ntollgate_lease_keys 2\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        // With a per-second store, one series per store.
+        let text = metrics.render(ExternalGauges {
+            main,
+            per_second: Some(StoreGauges::default()),
+        });
+        for line in [
+            "tollgate_leases_taken_total{store=\"main\"} 3\n",
+            "tollgate_leases_taken_total{store=\"per_second\"} 0\n",
+            "tollgate_lease_keys{store=\"per_second\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn statistics_keys_become_envoyproxy_ratelimit_s_labels() {
+        // `:` and `|` become `_`; so do the dots of IPv4-shaped runs,
+        // found leftmost first with backtracking digits, and nothing else.
+        assert_eq!(sanitise_stat_name("d.k_a:b|c"), "d.k_a_b_c");
+        assert_eq!(sanitise_stat_name("d.ip_10.0.0.1.x"), "d.ip_10_0_0_1.x");
+        assert_eq!(sanitise_stat_name("d.v_1234.5.6.7"), "d.v_1234_5_6_7");
+        assert_eq!(sanitise_stat_name("d.v_1.2.3"), "d.v_1.2.3");
+        assert_eq!(
+            sanitise_stat_name("d.v_1.2.3.4.5.6.7.8"),
+            "d.v_1_2_3_4.5_6_7_8"
+        );
+        assert_eq!(sanitise_stat_name("d.é.1.2.3.4"), "d.é.1_2_3_4");
+        let labels = EnvoyLabels::of("dom.a_1.b_2.c_3");
+        assert_eq!(
+            (
+                labels.domain.as_str(),
+                labels.key1.as_str(),
+                labels.key2.as_deref()
+            ),
+            ("dom", "a_1", Some("b_2"))
+        );
+        assert_eq!(EnvoyLabels::of("dom.a").key2, None);
     }
 
     /// Metrics that keep at most two Envoy series (and two raw keys).

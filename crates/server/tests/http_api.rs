@@ -9,6 +9,17 @@ use common::{Backend, TestServer};
 use serde_json::json;
 use tollgate_server::{ConfigSource, ServerOptions};
 
+/// The value of the series `series` (its name and labels, as written) in
+/// the metrics text `metrics`.
+fn series(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{series} ")))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 async fn every_endpoint(backend: Backend) {
     let server = TestServer::start(backend).await;
 
@@ -121,7 +132,7 @@ async fn every_endpoint(backend: Backend) {
     assert_eq!(names, ["api", "hourly", "login", "tiny"]);
     assert_eq!(
         body["policies"][2],
-        json!({"name": "login", "algorithm": "token_bucket", "limit": 5, "period_ms": 60000, "burst": 10, "policy": "token_bucket 5/1m burst 10"})
+        json!({"name": "login", "algorithm": "token_bucket", "limit": 5, "period_ms": 60000, "burst": 10, "lease": null, "policy": "token_bucket 5/1m burst 10"})
     );
 
     // health and readiness.
@@ -546,12 +557,7 @@ async fn one_off_keys_never_grow_the_memory_store_past_max_keys() {
         assert_eq!((status, json["allowed"].as_bool()), (200, Some(true)));
     }
     let (_, metrics) = server.get_text("/metrics").await;
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
-    };
+    let value = |name: &str| series(&metrics, name);
     let keys = value("tollgate_memory_store_keys{store=\"memory\"}");
     assert!(keys <= 100, "{keys} entries held");
     let evictions = value("tollgate_memory_store_evictions_total{store=\"memory\"}");
@@ -644,4 +650,46 @@ async fn admin_endpoints_are_closed_without_a_token_and_take_only_json() {
             .await;
         assert_eq!(body["remaining"], 1, "{authorization}: reset took effect");
     }
+}
+
+/// A leased policy is listed with its lease, its checks are served from
+/// leases (as `/metrics` says) and keep its limit exactly.
+#[tokio::test]
+async fn a_leased_policy_is_listed_with_its_lease_and_keeps_its_limit() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        "policies:
+  - name: hot
+    algorithm: fixed_window
+    limit: 20
+    period: 1h
+    lease: { max: 50, ttl: 1h }
+",
+    )
+    .await;
+    let (status, text) = server.get_text("/v1/policies").await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        body["policies"],
+        json!([{"name": "hot", "algorithm": "fixed_window", "limit": 20, "period_ms": 3_600_000, "burst": null, "lease": {"max": 50, "ttl_ms": 3_600_000}, "policy": "fixed_window 20/1h"}])
+    );
+    let mut allowed = 0;
+    for i in 0..25 {
+        let (status, body) = server
+            .post_json("/v1/check", r#"{"policy": "hot", "key": "k"}"#)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // Exactly the limit, the first twenty.
+        assert_eq!(body["allowed"].as_bool(), Some(i < 20), "check {i}: {body}");
+        allowed += u64::from(body["allowed"].as_bool().unwrap());
+    }
+    assert_eq!(allowed, 20);
+    // A key checked this often holds a lease (a lease is asked for once
+    // eight units were asked within one ttl).
+    let (_, metrics) = server.get_text("/metrics").await;
+    let value = |name: &str| series(&metrics, name);
+    assert!(value("tollgate_leases_taken_total") >= 1, "{metrics}");
+    assert!(value("tollgate_lease_units_total") >= 1, "{metrics}");
+    assert_eq!(value("tollgate_lease_keys"), 1, "{metrics}");
 }

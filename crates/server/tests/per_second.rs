@@ -330,16 +330,15 @@ async fn a_failing_store_degrades_only_the_policies_on_it() {
 async fn without_a_per_second_section_one_store_holds_everything() {
     let main = RedisServer::start();
     let text = format!(
-        "store:\n  kind: redis\n  url: {}\n  prefix: t\npolicies:\n  - name: second\n    algorithm: fixed_window\n    limit: 2\n    period: 1s\n",
+        "store:\n  kind: redis\n  url: {}\n  prefix: t\n  timeout: 1s\npolicies:\n  - name: second\n    algorithm: fixed_window\n    limit: 2\n    period: 1s\n",
         main.url()
     );
     let app = start(&text).await;
     assert!(app.per_second_store().is_none());
-    assert!(
-        decide(&app, &["second"], "dave", Mode::Consume)
-            .await
-            .allowed
-    );
+    // Decided in Redis (a default 10 ms timeout can pass on a loaded
+    // machine, and an `open` decision writes nothing).
+    let d = decide(&app, &["second"], "dave", Mode::Consume).await;
+    assert!(d.allowed && !d.decisions[0].degraded, "{d:?}");
     assert_eq!(keys(&main), ["t:{http:dave}:second:fixed_window"]);
     // Unlabelled metrics, as they always were.
     assert!(

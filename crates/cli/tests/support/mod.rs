@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use tollgate_testkit::process::ServeProcess;
 
@@ -37,4 +38,20 @@ pub fn serve(config: &Path) -> ServeProcess {
     let mut command = serve_command(tollgate(), config);
     command.env("RUST_LOG", "info").env("NO_COLOR", "1");
     ServeProcess::start(command, true)
+}
+
+/// The value of the unlabelled series `name` on `serve`'s `/metrics`.
+///
+/// # Panics
+/// When `/metrics` does not answer 200 or has no such series.
+pub fn metric(serve: &ServeProcess, name: &str) -> u64 {
+    let (status, body) = serve
+        .request("GET", "/metrics", &[], "", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+        .parse()
+        .unwrap()
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tollgate::{Algorithm, Policy};
+use tollgate::{Algorithm, Lease, Policy};
 
 use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
 use super::settings::{
@@ -782,6 +782,24 @@ pub(super) struct RawPolicy {
     period: DurationText,
     burst: Option<u64>,
     on_failure: Option<FailureModeName>,
+    lease: Option<Checked<RawLease>>,
+}
+
+/// A policy's `lease:` section: `{ max: <units>, ttl: <duration> }`, both
+/// required, bounded by [`Lease::new`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    max: u64,
+    ttl: DurationText,
+}
+
+impl Validate for RawLease {
+    type Output = Lease;
+
+    fn validate(self) -> Result<Lease, String> {
+        Lease::new(self.max, self.ttl.0).map_err(|e| e.to_string())
+    }
 }
 
 /// Checks a policy name: it appears quoted in `RateLimit` header fields
@@ -818,6 +836,10 @@ impl Validate for RawPolicy {
         validate_policy_name(&self.name)?;
         let algorithm = self.algorithm.map_or(Algorithm::Gcra, |a| a.0);
         let policy = Policy::new(algorithm, self.limit, self.period.0, self.burst)
+            .and_then(|policy| match self.lease {
+                Some(lease) => policy.with_lease(lease.0),
+                None => Ok(policy),
+            })
             .map_err(|e| format!("policy `{}`: {e}", self.name))?;
         if !parse::first_policy_definition(&self.name) {
             return Err(format!("policy `{}` is defined twice", self.name));

@@ -12,6 +12,22 @@ fn error(text: &str) -> ConfigError {
     Config::parse(text, "t.yaml").expect_err("should be rejected")
 }
 
+/// Each `(text, line, expected)`: `text` is refused at `t.yaml:<line>:`
+/// with a message containing `expected`. Every case is checked before the
+/// assertion, which lists each that failed.
+fn assert_refused_where_written(cases: &[(&str, usize, &str)]) {
+    let mut wrong = Vec::new();
+    for (text, line, expected) in cases {
+        let message = error(text).to_string();
+        if !message.contains(expected) || !message.starts_with(&format!("t.yaml:{line}:")) {
+            wrong.push(format!(
+                "{text:?}: expected line {line} and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 #[test]
 fn the_demo_configuration_is_valid() {
     let config = Config::demo().unwrap();
@@ -273,16 +289,7 @@ fn errors_carry_file_line_and_field() {
         ),
         ("policies: [\n", 2, "did not find expected"),
     ];
-    let mut wrong = Vec::new();
-    for (text, line, expected) in cases {
-        let message = error(text).to_string();
-        if !message.contains(expected) || !message.starts_with(&format!("t.yaml:{line}:")) {
-            wrong.push(format!(
-                "{text:?}: expected line {line} and `{expected}`, got `{message}`"
-            ));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_refused_where_written(cases);
 }
 
 #[test]
@@ -979,14 +986,100 @@ fn store_layouts_and_per_second_sections_are_checked_where_written() {
             "envoy_prefix names counters in envoyproxy/ratelimit's layout: it needs key_layout: envoy",
         ),
     ];
-    let mut wrong = Vec::new();
-    for (text, line, expected) in cases {
-        let message = error(text).to_string();
-        if !message.contains(expected) || !message.starts_with(&format!("t.yaml:{line}:")) {
-            wrong.push(format!(
-                "{text:?}: expected line {line} and `{expected}`, got `{message}`"
-            ));
-        }
-    }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_refused_where_written(cases);
+}
+
+#[test]
+fn a_policy_lease_parses_and_absent_means_no_leasing() {
+    let config = Config::parse(
+        &format!(
+            "policies:
+  - name: hot
+    algorithm: fixed_window
+    limit: 300
+    period: 1s
+    lease: {{ max: 50, ttl: 200ms }}
+  - name: bucket
+    algorithm: token_bucket
+    limit: 100
+    period: 1s
+    burst: 200
+    lease:
+      max: 2
+      ttl: 1h
+  - name: smooth
+    algorithm: sliding_window
+    limit: 100
+    period: 1m
+    lease: {{ max: {}, ttl: 1ms }}
+  - name: cell
+    limit: 100
+    period: 1s
+    lease: {{ max: 10, ttl: 1s }}
+  - name: plain
+    limit: 100
+    period: 1s
+",
+            tollgate::Lease::MAX_UNITS
+        ),
+        "t.yaml",
+    )
+    .unwrap();
+    let lease = |name: &str| config.policies[name].lease();
+    let expected = |max, ttl| Some(tollgate::Lease::new(max, ttl).unwrap());
+    assert_eq!(lease("hot"), expected(50, Duration::from_millis(200)));
+    assert_eq!(lease("bucket"), expected(2, Duration::from_secs(3600)));
+    assert_eq!(
+        lease("smooth"),
+        expected(tollgate::Lease::MAX_UNITS, Duration::from_millis(1))
+    );
+    assert_eq!(lease("cell"), expected(10, Duration::from_secs(1)));
+    assert_eq!(
+        config.policies["cell"].algorithm(),
+        tollgate::Algorithm::Gcra
+    );
+    assert_eq!(lease("plain"), None);
+    // The lease is part of the policy: the rest of it is as without one.
+    assert_eq!(config.policies["hot"].limit(), 300);
+    assert_eq!(config.policies["bucket"].burst(), 200);
+}
+
+#[test]
+fn hostile_lease_sections_are_refused_where_written() {
+    let policy = |algorithm: &str, lease: &str| {
+        format!(
+            "policies:\n  - name: a\n    algorithm: {algorithm}\n    limit: 10\n    period: 1s\n    lease: {lease}\n"
+        )
+    };
+    let fixed = |lease: &str| policy("fixed_window", lease);
+    let max = tollgate::Lease::MAX_UNITS;
+    let cases: [(String, usize, &str); 18] = [
+        // Unknown keys, missing keys, wrong types: at the key, or the section.
+        (fixed("{ max: 5, ttl: 1s, size: 3 }"), 6, "policies[0].lease: unknown field `size`, expected `max` or `ttl`"),
+        (fixed("{ max: 5 }"), 6, "policies[0].lease: missing field `ttl`"),
+        (fixed("{ ttl: 1s }"), 6, "policies[0].lease: missing field `max`"),
+        (fixed("50"), 6, "policies[0].lease: invalid type: integer `50`, expected a mapping"),
+        (fixed("{ max: lots, ttl: 1s }"), 6, "policies[0].lease.max: invalid type: string \"lots\""),
+        (fixed("{ max: -5, ttl: 1s }"), 6, "policies[0].lease.max: invalid type: integer `-5`"),
+        (fixed("{ max: 2.5, ttl: 1s }"), 6, "policies[0].lease.max: invalid type: floating point `2.5`"),
+        (fixed("{ max: 5, ttl: 100 }"), 6, "policies[0].lease.ttl: period `100` has no unit"),
+        (fixed("{ max: 5, ttl: soon }"), 6, "policies[0].lease.ttl: unknown unit `soon`"),
+        // Out of bounds: max 2..=Lease::MAX_UNITS, ttl 1ms..=1h.
+        (fixed("{ max: 1, ttl: 1s }"), 6, &format!("policies[0].lease: invalid lease: max must be between 2 and {max} units, not 1")),
+        (fixed("{ max: 0, ttl: 1s }"), 6, &format!("invalid lease: max must be between 2 and {max} units, not 0")),
+        (fixed(&format!("{{ max: {}, ttl: 1s }}", max + 1)), 6, &format!("invalid lease: max must be between 2 and {max} units, not {}", max + 1)),
+        (fixed("{ max: 5, ttl: 999us }"), 6, "policies[0].lease: invalid lease: ttl must be between 1ms and 1h"),
+        (fixed("{ max: 5, ttl: 0s }"), 6, "invalid lease: ttl must be between 1ms and 1h, not 0ns"),
+        (fixed("{ max: 5, ttl: 61m }"), 6, "invalid lease: ttl must be between 1ms and 1h, not 3660s"),
+        // Algorithms that cannot lease: at the policy, saying why.
+        (policy("sliding_log", "{ max: 5, ttl: 1s }"), 2, "policies[0]: policy `a`: sliding_log cannot lease: sliding_log records the instant of every admitted unit"),
+        (policy("leaky_bucket", "{ max: 5, ttl: 1s }"), 2, "policies[0]: policy `a`: leaky_bucket cannot lease: leaky_bucket answers each request with its own delay"),
+        // Block style: an unknown key at its own line.
+        ("policies:\n  - name: a\n    limit: 10\n    period: 1s\n    lease:\n      max: 5\n      ttl: 1s\n      ttl_ms: 3\n".to_owned(), 8, "policies[0].lease: unknown field `ttl_ms`"),
+    ];
+    let cases: Vec<(&str, usize, &str)> = cases
+        .iter()
+        .map(|(text, line, expected)| (text.as_str(), *line, *expected))
+        .collect();
+    assert_refused_where_written(&cases);
 }
