@@ -7,6 +7,7 @@
 #   RUNS=1 scripts/bench-lease-fleet.sh           # one run
 #   LEASE= scripts/bench-lease-fleet.sh           # the same without leasing
 #   OUT=/tmp/fleet scripts/bench-lease-fleet.sh   # keep the logs there
+#   CLUSTER=1 scripts/bench-lease-fleet.sh        # on a 3-master Redis Cluster
 #
 # Each run lies inside one window of the policy (fixed_window LIMIT/1m; the
 # run starts a second after a minute begins and lasts SECS, 20 s), so the
@@ -24,6 +25,7 @@ SECS=${SECS:-20}
 LIMIT=${LIMIT:-50000}
 WORKERS=${WORKERS:-16}
 LEASE=${LEASE-"{ max: 100, ttl: 100ms }"}
+CLUSTER=${CLUSTER:-}
 OUT=${OUT:-$(mktemp -d -t tollgate-fleet-XXXXXX)}
 mkdir -p "$OUT"
 
@@ -39,17 +41,38 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Free loopback ports (bound to 0, then released), seven of them.
+# Free loopback ports (bound to 0, then released), nine of them: Redis,
+# three servers' HTTP and gRPC, two more Cluster masters.
 read -r -a PORTS <<<"$(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(7)]
+socks = [socket.socket() for _ in range(9)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')"
 REDIS_PORT=${PORTS[0]}
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
-  --daemonize no >/dev/null &
-PIDS+=("$!")
-for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS_PORTS=("$REDIS_PORT")
+[ -n "$CLUSTER" ] && REDIS_PORTS+=("${PORTS[7]}" "${PORTS[8]}")
+for port in "${REDIS_PORTS[@]}"; do
+  mkdir -p "$WORK/redis-$port"
+  cluster_args=()
+  [ -n "$CLUSTER" ] && cluster_args=(--cluster-enabled yes --cluster-config-file "$WORK/redis-$port/nodes.conf")
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis-$port" \
+    "${cluster_args[@]}" --daemonize no >/dev/null &
+  PIDS+=("$!")
+  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+done
+if [ -n "$CLUSTER" ]; then
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${REDIS_PORTS[@]}") --cluster-replicas 0 \
+    --cluster-yes >/dev/null
+  for _ in $(seq 100); do
+    redis-cli -p "$REDIS_PORT" cluster info | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+  done
+  STORE="  kind: redis_cluster
+  urls: [$(printf 'redis://127.0.0.1:%s,' "${REDIS_PORTS[@]}" | sed 's/,$//')]"
+else
+  STORE="  kind: redis
+  url: redis://127.0.0.1:$REDIS_PORT"
+fi
 
 lease_line=""
 [ -n "$LEASE" ] && lease_line="    lease: $LEASE"
@@ -62,8 +85,7 @@ server:
   http: 127.0.0.1:$http
   grpc: 127.0.0.1:${PORTS[$((2 * i))]}
 store:
-  kind: redis
-  url: redis://127.0.0.1:$REDIS_PORT
+$STORE
   # A saturated 2-core machine must not turn slow calls into failures:
   # closed (a failure denies) and a long timeout keep every answer exact.
   timeout: 1s
@@ -84,8 +106,9 @@ for i in 1 2 3; do
     { echo "server $i did not start:" >&2; cat "$OUT/serve-$i.log" >&2; exit 1; }
 done
 
+# Script calls on every master.
 script_calls() {
-  redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+  for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" INFO commandstats; done | tr -d '\r' |
     awk -F'[:,=]' '/^cmdstat_(fcall|fcall_ro|evalsha|evalsha_ro|eval|eval_ro):/ { n += $3 } END { print n + 0 }'
 }
 

@@ -202,6 +202,16 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// What a store call through the breaker and the timeout came to
+/// ([`Resilient::guarded`]).
+enum Guarded<T> {
+    /// The breaker kept the call in; it may let one through after this long.
+    Short(Duration),
+    /// The call ran (or timed out): its result, and the deny cache's epoch
+    /// read before it was sent.
+    Ran(Result<T, StoreError>, u64),
+}
+
 /// Leads a deny cache flight: lands it when the call ends, or as cancelled
 /// if the caller is dropped first (another waiter then leads).
 struct FlightGuard<'a> {
@@ -461,36 +471,18 @@ impl<S: Store> Resilient<S> {
     ) -> Result<Decisions, StoreError> {
         let cost = check.cost;
         let shared = &*self.shared;
-        let counters = &shared.counters;
-        let permit = shared.breaker.admit(sent_us);
-        if let Permit::ShortCircuit(probe_in) = permit {
-            counters.short_circuited.fetch_add(1, Ordering::Relaxed);
-            if let Some(flight) = flight {
-                flight.land(Landing::Failed);
+        let (result, epoch) = match self.guarded(sent_us, self.store.apply(check)).await {
+            Guarded::Short(probe_in) => {
+                if let Some(flight) = flight {
+                    flight.land(Landing::Failed);
+                }
+                let error = StoreError::Unavailable("circuit breaker open".into());
+                return self.fallback(check, error, probe_in).await;
             }
-            let error = StoreError::Unavailable("circuit breaker open".into());
-            return self.fallback(check, error, probe_in).await;
-        }
-        let epoch = shared.deny_cache.as_ref().map_or(0, DenyCache::epoch);
-        counters.calls.fetch_add(1, Ordering::Relaxed);
-        let mut guard = ProbeGuard {
-            breaker: &shared.breaker,
-            permit,
-            finished: false,
+            Guarded::Ran(result, epoch) => (result, epoch),
         };
-        let timeout = shared.options.timeout;
-        let call = self.store.apply(check);
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::Timeout(timeout))
-            }
-        };
-        guard.finished = true;
         match result {
             Ok(decisions) => {
-                shared.breaker.success(permit);
                 if let Some(cache) = &shared.deny_cache {
                     cache.record(check, &decisions, sent_us, epoch);
                 }
@@ -505,10 +497,6 @@ impl<S: Store> Resilient<S> {
                 Ok(decisions)
             }
             Err(error) => {
-                self.failed(&error);
-                shared
-                    .breaker
-                    .failure(permit, shared.options.clock.now_us());
                 if let Some(flight) = flight {
                     flight.land(Landing::Failed);
                 }
@@ -516,6 +504,50 @@ impl<S: Store> Resilient<S> {
                 self.fallback(check, error, retry).await
             }
         }
+    }
+
+    /// Runs `call` (a store call) through the circuit breaker and the
+    /// timeout, counting it: the one home of both, for checks and lease
+    /// calls alike. The breaker learns the outcome; a failure is recorded
+    /// ([`last_error`](Self::last_error)).
+    async fn guarded<T>(
+        &self,
+        sent_us: u64,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Guarded<T> {
+        let shared = &*self.shared;
+        let counters = &shared.counters;
+        let permit = shared.breaker.admit(sent_us);
+        if let Permit::ShortCircuit(probe_in) = permit {
+            counters.short_circuited.fetch_add(1, Ordering::Relaxed);
+            return Guarded::Short(probe_in);
+        }
+        let epoch = shared.deny_cache.as_ref().map_or(0, DenyCache::epoch);
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        let mut guard = ProbeGuard {
+            breaker: &shared.breaker,
+            permit,
+            finished: false,
+        };
+        let timeout = shared.options.timeout;
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Timeout(timeout))
+            }
+        };
+        guard.finished = true;
+        match &result {
+            Ok(_) => shared.breaker.success(permit),
+            Err(error) => {
+                self.failed(error);
+                shared
+                    .breaker
+                    .failure(permit, shared.options.clock.now_us());
+            }
+        }
+        Guarded::Ran(result, epoch)
     }
 
     /// Calls the store once, as a check would, if the circuit breaker lets
@@ -645,7 +677,6 @@ impl<S: Store> Resilient<S> {
             }
         }
         let shared = &*self.shared;
-        let counters = &shared.counters;
         let mut landing = Landing {
             leases: &shared.leases,
             check,
@@ -654,49 +685,32 @@ impl<S: Store> Resilient<S> {
             sent_us,
             done: false,
         };
-        let permit = shared.breaker.admit(sent_us);
-        if let Permit::ShortCircuit(probe_in) = permit {
-            counters.short_circuited.fetch_add(1, Ordering::Relaxed);
-            // Never sent: the units held go back to their leases.
-            shared
-                .leases
-                .land(check, asks, flight, sent_us, leases::Landed::NotSent);
-            landing.done = true;
-            let error = StoreError::Unavailable("circuit breaker open".into());
-            return self.fallback(check, error, probe_in).await;
-        }
-        let epoch = shared.deny_cache.as_ref().map_or(0, DenyCache::epoch);
-        counters.calls.fetch_add(1, Ordering::Relaxed);
-        let mut guard = ProbeGuard {
-            breaker: &shared.breaker,
-            permit,
-            finished: false,
-        };
-        let timeout = shared.options.timeout;
-        let call = self.store.lease(LeaseCall { check, asks });
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(answer))
-                if answer.decisions.len() == check.policies.len()
-                    && answer.leased.len() == check.policies.len() =>
-            {
-                Ok(answer)
+        let call = async {
+            let answer = self.store.lease(LeaseCall { check, asks }).await?;
+            let n = check.policies.len();
+            if answer.decisions.len() != n || answer.leased.len() != n {
+                return Err(StoreError::Protocol(format!(
+                    "store returned {} decisions and {} leases for {n} policies",
+                    answer.decisions.len(),
+                    answer.leased.len(),
+                )));
             }
-            Ok(Ok(answer)) => Err(StoreError::Protocol(format!(
-                "store returned {} decisions and {} leases for {} policies",
-                answer.decisions.len(),
-                answer.leased.len(),
-                check.policies.len()
-            ))),
-            Ok(Err(error)) => Err(error),
-            Err(_) => {
-                counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::Timeout(timeout))
-            }
+            Ok(answer)
         };
-        guard.finished = true;
+        let (result, epoch) = match self.guarded(sent_us, call).await {
+            Guarded::Short(probe_in) => {
+                // Never sent: the units held go back to their leases.
+                shared
+                    .leases
+                    .land(check, asks, flight, sent_us, leases::Landed::NotSent);
+                landing.done = true;
+                let error = StoreError::Unavailable("circuit breaker open".into());
+                return self.fallback(check, error, probe_in).await;
+            }
+            Guarded::Ran(result, epoch) => (result, epoch),
+        };
         match result {
             Ok(answer) => {
-                shared.breaker.success(permit);
                 if let Some(cache) = &shared.deny_cache {
                     cache.record(check, &answer.decisions, sent_us, epoch);
                 }
@@ -712,10 +726,6 @@ impl<S: Store> Resilient<S> {
             }
             Err(error) => {
                 drop(landing);
-                self.failed(&error);
-                shared
-                    .breaker
-                    .failure(permit, shared.options.clock.now_us());
                 let retry = shared.options.breaker_cooldown;
                 self.fallback(check, error, retry).await
             }

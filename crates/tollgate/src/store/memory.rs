@@ -336,18 +336,25 @@ impl MemoryStore {
         decisions
     }
 
+    /// Locks `key`'s shard and reads the clock under the lock, so that
+    /// decisions on one shard see time in the order they are made.
     #[inline(always)]
-    fn apply_into(&self, check: Check<'_>, decisions: &mut Decisions) {
+    fn lock_at<'k>(&self, key: &'k [u8]) -> (MutexGuard<'_, Shard>, At<'k>) {
         let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(check.key);
-        let mut shard = inner.shard(hash);
-        // Read the clock under the lock, so that decisions on one shard see
-        // time in the order they are made.
+        let hash = inner.hasher.hash_one(key);
+        let shard = inner.shard(hash);
         let at = At {
-            key: check.key,
+            key,
             hash,
             now: inner.clock.now_us(),
         };
+        (shard, at)
+    }
+
+    #[inline(always)]
+    fn apply_into(&self, check: Check<'_>, decisions: &mut Decisions) {
+        let inner = &*self.inner;
+        let (mut shard, at) = self.lock_at(check.key);
         all_or_nothing_into(decisions, check.policies.len(), check.mode, |i, mode| {
             shard.decide_policy(inner, check.policies[i], at, check.cost, mode)
         });
@@ -368,13 +375,7 @@ impl MemoryStore {
         mode: Mode,
     ) -> Decisions {
         let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(key);
-        let mut shard = inner.shard(hash);
-        let at = At {
-            key,
-            hash,
-            now: inner.clock.now_us(),
-        };
+        let (mut shard, at) = self.lock_at(key);
         all_or_nothing(steps.len(), mode, |i, mode| match steps[i] {
             Step::Stored(policy) => shard.decide_policy(inner, policy, at, cost, mode),
             Step::Decided(decision) => decision,
@@ -386,13 +387,7 @@ impl MemoryStore {
     pub fn lease_sync(&self, call: LeaseCall<'_>) -> LeaseAnswer {
         let LeaseCall { check, asks } = call;
         let inner = &*self.inner;
-        let hash = inner.hasher.hash_one(check.key);
-        let mut shard = inner.shard(hash);
-        let at = At {
-            key: check.key,
-            hash,
-            now: inner.clock.now_us(),
-        };
+        let (mut shard, at) = self.lock_at(check.key);
         let now = at.now;
         let mut answer = LeaseAnswer::default();
         // Given back first, then each lease's end read before the check
