@@ -8,6 +8,9 @@
 #   LEASE= scripts/bench-lease-fleet.sh           # the same without leasing
 #   OUT=/tmp/fleet scripts/bench-lease-fleet.sh   # keep the logs there
 #   CLUSTER=1 scripts/bench-lease-fleet.sh        # on a 3-master Redis Cluster
+#   RATE=1000 scripts/bench-lease-fleet.sh        # open model: each load sends RATE
+#                                                 # requests/s (equal demand by
+#                                                 # construction), not WORKERS workers
 #
 # Each run lies inside one window of the policy (fixed_window LIMIT/1m; the
 # run starts a second after a minute begins and lasts SECS, 20 s), so the
@@ -26,6 +29,7 @@ LIMIT=${LIMIT:-50000}
 WORKERS=${WORKERS:-16}
 LEASE=${LEASE-"{ max: 100, ttl: 100ms }"}
 CLUSTER=${CLUSTER:-}
+RATE=${RATE:-}
 OUT=${OUT:-$(mktemp -d -t tollgate-fleet-XXXXXX)}
 mkdir -p "$OUT"
 
@@ -119,9 +123,10 @@ for run in $(seq "$RUNS"); do
   sleep "$wait"
   before=$(script_calls)
   loads=()
+  if [ -n "$RATE" ]; then model=(--rate "$RATE"); else model=(--concurrency "$WORKERS"); fi
   for i in 1 2 3; do
     "$BIN" bench api "http://127.0.0.1:${HTTP_PORTS[$((i - 1))]}" --policy-name hot --keys 1 \
-      --key-prefix "fleet-$run-" --concurrency "$WORKERS" --duration "${SECS}s" \
+      --key-prefix "fleet-$run-" "${model[@]}" --duration "${SECS}s" \
       --policy "fixed_window $LIMIT/1m" --json >"$OUT/run-$run-instance-$i.json" &
     loads+=("$!")
   done
