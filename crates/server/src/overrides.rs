@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tollgate::Policy;
 use tollgate::keyspace::KeySpace;
 use tollgate::overrides::{
-    Override, OverrideLimit, OverrideStore, Overrides, Source, path_segment,
+    Override, OverrideLimit, OverrideStore, Overrides, Source, path_segment, path_segment_bytes,
 };
 use tollgate_redis::RedisStore;
 
@@ -105,15 +105,7 @@ impl Spec {
                 limit,
                 period,
                 burst,
-            } => {
-                let algorithm = base.algorithm();
-                if burst.is_some() && !algorithm.has_burst() {
-                    return Err(format!("`burst` has no meaning for {algorithm}"));
-                }
-                Policy::new(algorithm, limit, period.unwrap_or(base.period()), burst)
-                    .map(OverrideLimit::Policy)
-                    .map_err(|e| e.to_string())
-            }
+            } => OverrideLimit::numbers(base, limit, period, burst).map_err(|e| e.to_string()),
             Spec::Unlimited => Ok(OverrideLimit::Unlimited),
             Spec::Blocked => Ok(OverrideLimit::Blocked),
         }
@@ -261,28 +253,11 @@ fn target(path: &str) -> Result<(String, Vec<u8>), Problem> {
     Ok((policy, percent_decode(key)?))
 }
 
-/// Decodes `%XX` escapes; anything else is taken as it is.
+/// Decodes `%XX` escapes ([`path_segment_bytes`]); anything else is taken
+/// as it is.
 fn percent_decode(text: &str) -> Result<Vec<u8>, Problem> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    Problem::bad_request("a `%` in the path is not followed by two hex digits")
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Ok(out)
+    path_segment_bytes(text)
+        .ok_or_else(|| Problem::bad_request("a `%` in the path is not followed by two hex digits"))
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Response {

@@ -40,6 +40,42 @@ pub enum OverrideLimit {
     Blocked,
 }
 
+impl OverrideLimit {
+    /// Other numbers for `base`, for one key: `limit` units per `period`
+    /// (`base`'s period when `None`), with `burst` for a bucket algorithm
+    /// (as [`Policy::new`] defaults it when `None`), always `base`'s
+    /// algorithm — the one home of what an override's numbers mean, for
+    /// every adapter that reads them.
+    ///
+    /// ```
+    /// use tollgate::overrides::OverrideLimit;
+    /// let base: tollgate::Policy = "token_bucket 10/1m burst 20".parse()?;
+    /// let OverrideLimit::Policy(p) = OverrideLimit::numbers(&base, 100, None, Some(200))? else { panic!() };
+    /// assert_eq!((p.algorithm(), p.limit(), p.period(), p.burst()), (base.algorithm(), 100, base.period(), 200));
+    /// let window: tollgate::Policy = "fixed_window 10/1m".parse()?;
+    /// assert!(OverrideLimit::numbers(&window, 100, None, Some(200)).is_err());
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Policy::new`]: zero, too large, a burst where the algorithm has
+    /// none, not computable exactly.
+    pub fn numbers(
+        base: &Policy,
+        limit: u64,
+        period: Option<std::time::Duration>,
+        burst: Option<u64>,
+    ) -> Result<OverrideLimit, crate::PolicyError> {
+        Policy::new(
+            base.algorithm(),
+            limit,
+            period.unwrap_or(base.period()),
+            burst,
+        )
+        .map(OverrideLimit::Policy)
+    }
+}
+
 /// One override: its limit, and when it ends (Unix microseconds on the
 /// table's clock), if it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -233,6 +269,40 @@ pub fn path_segment(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The bytes a [`path_segment`] names: every `%XX` (two hex digits)
+/// decoded, every other byte as it is; `None` for a `%` not followed by
+/// two hex digits.
+///
+/// ```
+/// use tollgate::overrides::{path_segment, path_segment_bytes};
+/// assert_eq!(path_segment_bytes(&path_segment(b"a b/\xff")).as_deref(), Some(&b"a b/\xff"[..]));
+/// assert_eq!(path_segment_bytes("caf%C3%A9"), Some("café".as_bytes().to_vec()));
+/// assert_eq!(path_segment_bytes("%zz"), None);
+/// assert_eq!(path_segment_bytes("%+f"), None);
+/// ```
+pub fn path_segment_bytes(text: &str) -> Option<Vec<u8>> {
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let high = hex(*bytes.get(i + 1)?)?;
+            let low = hex(*bytes.get(i + 2)?)?;
+            out.push(high << 4 | low);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// One override as listed: its (policy, key), what it sets and where it
