@@ -1,6 +1,6 @@
 //! The HTTP JSON API, `/metrics`, `/healthz` and `/readyz`; and
 //! envoyproxy/ratelimit's `POST /json`, `GET /healthcheck` and
-//! `GET /rlconfig`.
+//! `GET /rlconfig`; and the dashboard's page ([`crate::dashboard`]).
 //!
 //! Every body is read through a size limit before it is parsed, and every
 //! error is an RFC 9457 `application/problem+json` document with its own
@@ -52,6 +52,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/json", post(envoy_json))
         .route("/healthcheck", get(healthcheck))
         .route("/rlconfig", get(rlconfig))
+        .merge(crate::dashboard::routes())
         .fallback(not_found)
         .with_state(app)
 }

@@ -13,6 +13,7 @@
 //! - [`http`]: the HTTP JSON API (`/v1/check`, `/v1/peek`, `/v1/reset`,
 //!   `/v1/policies`), `/metrics`, `/healthz`, `/readyz`, and
 //!   envoyproxy/ratelimit's `/json`, `/healthcheck`, `/rlconfig`;
+//! - [`dashboard`]: the dashboard's page (`GET /`), embedded in the binary;
 //! - [`json`]: the JSON form of `ShouldRateLimit` that `/json` speaks;
 //! - [`grpc`]: Envoy's `RateLimitService` (RLS v3)
 //!   (the IETF `RateLimit-Policy`/`RateLimit` fields come from `tollgate::answer`);
@@ -53,6 +54,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 mod conn;
+pub mod dashboard;
 pub mod envoy;
 pub mod grpc;
 pub mod health;
