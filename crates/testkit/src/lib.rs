@@ -19,11 +19,15 @@
 //!   limit service, from a bootstrap the test gives or builds, ready
 //!   when its admin port says so, killed on drop; and an upstream behind
 //!   it that counts what reaches it.
+//! - [`browser`]: a real headless Chromium (Debian's `chromium`), driven
+//!   through the DevTools protocol, collecting what a page logs as an
+//!   error; killed on drop.
 //! - [`grpc`]: raw gRPC request heads, for tests that speak HTTP/2
 //!   themselves.
 //! - [`tls`]: throwaway certificates (a CA, a server and a client) made
 //!   with `openssl`.
 
+pub mod browser;
 pub mod conformance;
 pub mod envoy;
 pub mod files;

@@ -1,0 +1,183 @@
+//! The dashboard in a real browser: Debian's `chromium`, headless, driven
+//! through the DevTools protocol (tollgate_testkit::browser), against a
+//! real `tollgate serve` on the memory store. The page loads without a
+//! single error, shows the configured policies, the store and the
+//! configuration, and after a burst of denials for one key shows that key
+//! at the top of its policy within two refreshes, as text (a key is
+//! client input: markup in it stays text).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::serve;
+use tollgate_testkit::browser::Browser;
+use tollgate_testkit::files::temp_dir;
+
+/// The bound on each wait for the page (a refresh is once a second).
+const PAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// A key that would run script if the page ever parsed data as markup.
+const HOSTILE_KEY: &str = r#"<img src=x onerror="document.title='pwned'">"#;
+
+/// The first row of the top-keys table of `policy`, with the refresh it
+/// was rendered by: `{refreshes, key, denied}`, or `null` before the
+/// policy is shown.
+fn top_row(policy: &str) -> String {
+    format!(
+        r#"(() => {{
+            const card = document.querySelector('[data-policy="{policy}"]');
+            if (!card) return null;
+            const row = card.querySelector("tbody tr");
+            return {{
+                refreshes: Number(document.body.dataset.refreshes || 0),
+                key: row.cells[0].textContent,
+                denied: row.cells[1].textContent,
+            }};
+        }})()"#
+    )
+}
+
+#[test]
+fn the_dashboard_shows_policies_and_the_most_denied_key_in_a_real_browser() {
+    let dir = temp_dir("dashboard");
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(
+        &config,
+        "server:
+  dashboard:
+    show_keys: true
+policies:
+  - name: api
+    algorithm: token_bucket
+    limit: 100
+    period: 1s
+    burst: 200
+  - name: login
+    algorithm: fixed_window
+    limit: 3
+    period: 1h
+",
+    )
+    .unwrap();
+    let serve = serve(&config);
+    let mut browser = Browser::start();
+    browser.navigate(&format!("http://{}/", serve.http));
+
+    // The first refresh shows every policy with its numbers, the store and
+    // the configuration.
+    browser.wait_for(
+        "Number(document.body.dataset.refreshes || 0) >= 1 || null",
+        PAGE_WAIT,
+    );
+    let shown = browser
+        .evaluate(
+            r#"({
+                policies: [...document.querySelectorAll("[data-policy]")].map((card) => ({
+                    name: card.dataset.policy,
+                    numbers: card.querySelector(".numbers").textContent,
+                    chart: card.querySelector("svg[role=img]").getAttribute("aria-label"),
+                })),
+                store: document.getElementById("store").textContent,
+                config: document.getElementById("config").textContent,
+                title: document.title,
+            })"#,
+        )
+        .unwrap();
+    assert_eq!(
+        shown["policies"],
+        json!([
+            {
+                "name": "api",
+                "numbers": "token_bucket · 100 per 1s · burst 200",
+                "chart": shown["policies"][0]["chart"],
+            },
+            {
+                "name": "login",
+                "numbers": "fixed_window · 3 per 1h",
+                "chart": shown["policies"][1]["chart"],
+            },
+        ]),
+        "{shown}"
+    );
+    for chart in [
+        &shown["policies"][0]["chart"],
+        &shown["policies"][1]["chart"],
+    ] {
+        assert!(
+            chart.as_str().unwrap().contains("in the last second"),
+            "{chart}"
+        );
+    }
+    let store = shown["store"].as_str().unwrap();
+    assert!(store.contains("Kindmemory"), "{store}");
+    assert!(store.contains("Reachableyes"), "{store}");
+    assert!(store.contains("Circuit breakerclosed"), "{store}");
+    let config_text = shown["config"].as_str().unwrap();
+    assert!(
+        config_text.contains(&config.display().to_string()),
+        "{config_text}"
+    );
+    assert_eq!(shown["title"], "tollgate");
+    assert_eq!(
+        browser.evaluate(&top_row("login")).unwrap()["key"],
+        "none denied"
+    );
+
+    // A burst: 17 denials for the hostile key, 2 for another.
+    for (key, checks) in [(HOSTILE_KEY, 20), ("bob", 5)] {
+        for _ in 0..checks {
+            let (status, body) = serve.check(&json!({"policy": "login", "key": key}).to_string());
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let after_burst = browser
+        .evaluate("Number(document.body.dataset.refreshes)")
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    // The refresh after next fetched /v1/stats after the burst; the key is
+    // at the top by then.
+    let expected = format!(
+        "(() => {{ const row = {}; return row && row.key.includes({}) ? row : null; }})()",
+        top_row("login"),
+        Value::from(HOSTILE_KEY)
+    );
+    let row = browser.wait_for(&expected, PAGE_WAIT);
+    assert!(
+        row["refreshes"].as_u64().unwrap() <= after_burst + 2,
+        "the key was shown by refresh {} (the burst ended at refresh {after_burst})",
+        row["refreshes"]
+    );
+    assert_eq!(row["denied"], "17", "{row}");
+    let second = browser
+        .evaluate(
+            r#"(() => {
+                const row = document.querySelectorAll('[data-policy="login"] tbody tr')[1];
+                return [row.cells[0].textContent, row.cells[1].textContent];
+            })()"#,
+        )
+        .unwrap();
+    assert!(second[0].as_str().unwrap().contains("bob"), "{second}");
+    assert_eq!(second[1], "2");
+    // The key is text: no element came from it, no script ran.
+    let page = browser
+        .evaluate(r#"({ images: document.images.length, title: document.title })"#)
+        .unwrap();
+    assert_eq!(page, json!({ "images": 0, "title": "tollgate" }));
+
+    // Not one error all along: none the browser saw, none the page caught.
+    let caught = browser
+        .evaluate(
+            r#"({
+                errors: document.getElementById("errors").textContent,
+                problem: document.body.dataset.problem || null,
+            })"#,
+        )
+        .unwrap();
+    assert_eq!(caught, json!({ "errors": "", "problem": null }));
+    assert_eq!(browser.errors(), Vec::<String>::new());
+}
