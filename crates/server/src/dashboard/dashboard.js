@@ -271,6 +271,10 @@
       }
     }
     $("no-policies").hidden = list.length > 0;
+    const omitted = num(stats.policies_omitted) || 0;
+    $("omitted").hidden = omitted === 0;
+    $("omitted").textContent = omitted + " more polic" + (omitted === 1 ? "y is" : "ies are") +
+      " not shown: the dashboard lists the first " + list.length + ".";
     $("span").textContent = formatAgo(CHART_SAMPLES * intervalMs);
   }
 
@@ -291,26 +295,26 @@
     dd.className = tone || "";
   }
 
-  function renderStore(store, nowMs) {
+  // One store into the list `listId`.
+  function renderStore(listId, store) {
     store = store || {};
-    fact("store", "Kind", String(store.kind));
-    if (store.reachable === true) fact("store", "Reachable", "yes", "good");
-    else fact("store", "Reachable", "no" + (store.error ? ": " + store.error : ""), "bad");
+    fact(listId, "Kind", String(store.kind));
+    if (store.reachable === true) fact(listId, "Reachable", "yes", "good");
+    else fact(listId, "Reachable", "no" + (store.error ? ": " + store.error : ""), "bad");
     const breaker = String(store.breaker).replace(/_/g, " ");
-    fact("store", "Circuit breaker", breaker, store.breaker === "closed" ? "good" : "bad");
+    fact(listId, "Circuit breaker", breaker, store.breaker === "closed" ? "good" : "bad");
     const latency = store.latency_ms || {};
-    fact("store", "Latency (last minute)",
+    fact(listId, "Latency (last minute)",
       num(latency.p50) === null && num(latency.p99) === null
         ? "no store calls"
         : "p50 " + formatMs(latency.p50) + " · p99 " + formatMs(latency.p99));
     const cache = store.deny_cache || {};
     const ratio = num(cache.hit_ratio);
-    fact("store", "Deny cache",
+    fact(listId, "Deny cache",
       ratio === null
         ? "no lookups yet"
         : (ratio * 100).toFixed(1) + " % hits (" + formatCount(cache.hits) + " of " + formatCount(cache.lookups) + " lookups)");
-    fact("store", "Leases", describe(store.leases));
-    void nowMs;
+    fact(listId, "Leases", describe(store.leases));
   }
 
   function renderConfig(config, nowMs) {
@@ -334,7 +338,10 @@
     const nowMs = num(stats.now_ms) || Date.now();
     $("version").textContent = stats.version ? "v" + stats.version : "";
     renderPolicies(stats);
-    renderStore(stats.store, nowMs);
+    renderStore("store", stats.store);
+    const perSecond = stats.per_second_store;
+    $("per-second-panel").hidden = !perSecond;
+    if (perSecond) renderStore("per-second-store", perSecond);
     renderConfig(stats.config, nowMs);
     refreshes += 1;
     document.body.dataset.refreshes = String(refreshes);
