@@ -181,3 +181,97 @@ policies:
     assert_eq!(caught, json!({ "errors": "", "problem": null }));
     assert_eq!(browser.errors(), Vec::<String>::new());
 }
+
+#[test]
+fn with_metrics_auth_the_page_asks_for_the_admin_token_and_keeps_it_in_the_tab() {
+    let dir = temp_dir("dashboard-token");
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(
+        &config,
+        "server:
+  admin_token: s3cret-token
+  metrics_auth: true
+policies:
+  - name: api
+    algorithm: fixed_window
+    limit: 10
+    period: 1s
+",
+    )
+    .unwrap();
+    let serve = serve(&config);
+    let mut browser = Browser::start();
+    // The page itself holds no figures: it loads without the token.
+    browser.navigate(&format!("http://{}/", serve.http));
+    let asking = r#"(() => {
+        const problem = document.body.dataset.problem;
+        return problem && !document.getElementById("token-form").hidden ? problem : null;
+    })()"#;
+    let problem = browser.wait_for(asking, PAGE_WAIT);
+    assert!(
+        problem.as_str().unwrap().contains("needs the admin token"),
+        "{problem}"
+    );
+    let submit = |token: &str| {
+        format!(
+            r#"(() => {{
+                document.getElementById("token").value = {};
+                document.getElementById("token-form").requestSubmit();
+                return true;
+            }})()"#,
+            Value::from(token)
+        )
+    };
+
+    // A wrong token is refused, and the page says so.
+    browser.evaluate(&submit("wrong")).unwrap();
+    let refused = browser.wait_for(
+        r#"(document.body.dataset.problem || "").includes("was refused") || null"#,
+        PAGE_WAIT,
+    );
+    assert_eq!(refused, true);
+    assert_eq!(
+        browser
+            .evaluate("Number(document.body.dataset.refreshes || 0)")
+            .unwrap(),
+        0
+    );
+
+    // The right one: figures, the form gone, the token kept in this tab.
+    browser.evaluate(&submit("s3cret-token")).unwrap();
+    browser.wait_for(
+        "Number(document.body.dataset.refreshes || 0) >= 2 || null",
+        PAGE_WAIT,
+    );
+    let state = browser
+        .evaluate(
+            r#"({
+                policies: [...document.querySelectorAll("[data-policy]")].map((c) => c.dataset.policy),
+                problem: document.body.dataset.problem || null,
+                form: document.getElementById("token-form").hidden,
+                kept: sessionStorage.getItem("tollgate.admin_token"),
+                errors: document.getElementById("errors").textContent,
+            })"#,
+        )
+        .unwrap();
+    assert_eq!(
+        state,
+        json!({
+            "policies": ["api"],
+            "problem": null,
+            "form": true,
+            "kept": "s3cret-token",
+            "errors": "",
+        })
+    );
+    // The only errors the browser saw are the two refused requests (the
+    // page stops asking until it is given a token).
+    let errors = browser.errors();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    for error in errors {
+        assert!(
+            error.contains("status of 401") && error.ends_with("/v1/stats"),
+            "{error}"
+        );
+    }
+}

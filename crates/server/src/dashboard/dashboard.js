@@ -357,6 +357,7 @@
     $("problem-text").textContent = text;
     $("token-form").hidden = !askToken;
     document.body.dataset.problem = text;
+    if (lastGood === null) $("status").textContent = "No figures yet.";
   }
 
   function clearProblem() {
