@@ -205,7 +205,8 @@ policies:
     browser.navigate(&format!("http://{}/", serve.http));
     let asking = r#"(() => {
         const problem = document.body.dataset.problem;
-        return problem && !document.getElementById("token-form").hidden ? problem : null;
+        const form = getComputedStyle(document.getElementById("token-form")).display;
+        return problem && form !== "none" ? problem : null;
     })()"#;
     let problem = browser.wait_for(asking, PAGE_WAIT);
     assert!(
@@ -237,7 +238,8 @@ policies:
         0
     );
 
-    // The right one: figures, the form gone, the token kept in this tab.
+    // The right one: figures, the problem and the form gone, the token kept
+    // in this tab.
     browser.evaluate(&submit("s3cret-token")).unwrap();
     browser.wait_for(
         "Number(document.body.dataset.refreshes || 0) >= 2 || null",
@@ -248,7 +250,7 @@ policies:
             r#"({
                 policies: [...document.querySelectorAll("[data-policy]")].map((c) => c.dataset.policy),
                 problem: document.body.dataset.problem || null,
-                form: document.getElementById("token-form").hidden,
+                shown: ["problem", "token-form"].map((id) => getComputedStyle(document.getElementById(id)).display),
                 kept: sessionStorage.getItem("tollgate.admin_token"),
                 errors: document.getElementById("errors").textContent,
             })"#,
@@ -259,7 +261,7 @@ policies:
         json!({
             "policies": ["api"],
             "problem": null,
-            "form": true,
+            "shown": ["none", "none"],
             "kept": "s3cret-token",
             "errors": "",
         })
