@@ -170,6 +170,17 @@ pub enum PolicyError {
     /// A lease's `max` or `ttl` is out of bounds.
     #[error("invalid lease: {0}")]
     InvalidLease(String),
+    /// A reservation was asked of an algorithm that cannot settle exactly.
+    #[error("{0} cannot be reserved: {reason}", reason = reserve_refusal(*.0))]
+    ReserveNotSupported(Algorithm),
+    /// A `max_overdraft` above the policy's capacity.
+    #[error("max_overdraft {given} is above the policy's capacity of {capacity} units")]
+    OverdraftTooLarge {
+        /// The overdraft given.
+        given: u64,
+        /// The policy's capacity (its limit, or its burst for a bucket).
+        capacity: u64,
+    },
     /// The text could not be parsed.
     #[error("invalid policy `{text}`: {reason}")]
     Syntax {
@@ -214,6 +225,26 @@ pub struct Policy {
     rate: u64,
     /// Leasing, when turned on ([`Policy::with_lease`]).
     lease: Option<Lease>,
+    /// How far a settled reservation may overdraw
+    /// ([`Policy::with_max_overdraft`]); `None`: the capacity. A u32 (a
+    /// larger one is the capacity anyway, at most 2^32) keeps `Policy` at
+    /// one cache line.
+    max_overdraft: Option<u32>,
+}
+
+/// Why an algorithm cannot be reserved, in the words of its error.
+const fn reserve_refusal(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingLog => {
+            "sliding_log records every admitted unit at its instant, and a settle that gives \
+             units back or charges more would rewrite or invent entries of the past"
+        }
+        Algorithm::LeakyBucket => {
+            "leaky_bucket answers each request with its own delay, its place in the queue, \
+             which a later settle would change for every request queued behind it"
+        }
+        _ => "not supported",
+    }
 }
 
 /// Why an algorithm cannot lease, in the words of its error.
@@ -348,6 +379,7 @@ impl Policy {
             unit: period_us / g,
             rate: limit / g,
             lease: None,
+            max_overdraft: None,
         };
         policy.check_exact()?;
         Ok(policy)
@@ -464,6 +496,48 @@ impl Policy {
     /// The policy's leasing, if turned on.
     pub const fn lease(&self) -> Option<Lease> {
         self.lease
+    }
+
+    /// This policy with a settled reservation allowed to overdraw it by at
+    /// most `units` beyond what remains (default: its capacity, one full
+    /// allowance). `docs/RESERVATIONS.md` says what owing means per
+    /// algorithm.
+    ///
+    /// ```
+    /// use tollgate::policy::Policy;
+    /// let p: Policy = "fixed_window 1000/1m".parse::<Policy>()?.with_max_overdraft(200)?;
+    /// assert_eq!(p.max_overdraft(), 200);
+    /// assert_eq!("fixed_window 1000/1m".parse::<Policy>()?.max_overdraft(), 1000);
+    /// assert!("fixed_window 1000/1m".parse::<Policy>()?.with_max_overdraft(1001).is_err());
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PolicyError::ReserveNotSupported`] for `sliding_log` and
+    /// `leaky_bucket`, [`PolicyError::OverdraftTooLarge`] above the
+    /// capacity.
+    pub fn with_max_overdraft(mut self, units: u64) -> Result<Policy, PolicyError> {
+        if !crate::algorithm::can_reserve(self.algorithm) {
+            return Err(PolicyError::ReserveNotSupported(self.algorithm));
+        }
+        if units > self.capacity() {
+            return Err(PolicyError::OverdraftTooLarge {
+                given: units,
+                capacity: self.capacity(),
+            });
+        }
+        // Above u32::MAX only the capacity 2^32 itself: the default.
+        self.max_overdraft = u32::try_from(units).ok();
+        Ok(self)
+    }
+
+    /// How far a settled reservation may overdraw this policy beyond what
+    /// remains ([`with_max_overdraft`](Self::with_max_overdraft)).
+    pub const fn max_overdraft(&self) -> u64 {
+        match self.max_overdraft {
+            Some(units) => units as u64,
+            None => self.capacity(),
+        }
     }
 
     /// This policy without leasing: what the store decides with. Two

@@ -68,7 +68,7 @@ use crate::algorithm::decision_from_parts;
 use crate::store::memory::Step;
 use crate::store::{
     Check, Decisions, Invalidation, InvalidationReceiver, InvalidationSink, Invalidations,
-    LeaseAsk, LeaseCall, Mode, PolicyRef, Store,
+    LeaseAsk, LeaseCall, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall, Store,
 };
 use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
 
@@ -882,6 +882,47 @@ impl<S: Store> Store for Resilient<S> {
             return self.apply_leased(check).await;
         }
         self.apply_cached(check).await
+    }
+
+    /// Reserves in the inner store, through the breaker and the timeout.
+    /// Never from leases, the deny cache or the fallback: a reservation is
+    /// a record in the shared store, and a settle on another instance must
+    /// find it. A call that timed out may still have run: its estimate then
+    /// stays charged until the deadline (settled at its estimate), exact.
+    async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
+        let sent_us = self.shared.options.clock.now_us();
+        match self.guarded(sent_us, self.store.reserve(call)).await {
+            Guarded::Short(_) => Err(StoreError::Unavailable(
+                "circuit breaker open: the store is failing".into(),
+            )),
+            Guarded::Ran(result, _) => result,
+        }
+    }
+
+    /// Settles in the inner store, through the breaker and the timeout
+    /// (a settle is idempotent: the caller may retry it). Units given back
+    /// drop the key's deny cache entries, which may deny what the store
+    /// now allows.
+    async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
+        let sent_us = self.shared.options.clock.now_us();
+        match self.guarded(sent_us, self.store.settle(call)).await {
+            Guarded::Short(_) => Err(StoreError::Unavailable(
+                "circuit breaker open: the store is failing".into(),
+            )),
+            Guarded::Ran(result, _) => {
+                let answer = result?;
+                if let (Some(cache), Some(answer)) = (&self.shared.deny_cache, &answer) {
+                    if answer.settled.iter().any(|s| s.returned > 0) {
+                        cache.invalidate(call.key);
+                    }
+                }
+                Ok(answer)
+            }
+        }
+    }
+
+    fn reserves(&self) -> bool {
+        self.store.reserves()
     }
 
     /// Resets the inner store (within the timeout) and the local fallback

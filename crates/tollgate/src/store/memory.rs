@@ -43,11 +43,14 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
+use super::reservations::{Record, Table};
 use super::{
-    Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, Store, all_or_nothing,
-    all_or_nothing_into,
+    Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, ReserveCall, SettleAnswer,
+    SettleCall, Settled, Store, all_or_nothing, all_or_nothing_into,
 };
-use crate::algorithm::{State, decide, expires_at, give_back, lease_size, lease_until, lease_want};
+use crate::algorithm::{
+    State, decide, expires_at, give_back, lease_size, lease_until, lease_want, overdraw,
+};
 use crate::{Clock, Decision, StoreError, SystemClock};
 
 /// A shard never sweeps below this many entries: sweeping tiny tables often
@@ -56,6 +59,10 @@ const MIN_SWEEP_LEN: usize = 1024;
 
 /// The default cap on entries ([`MemoryStoreBuilder::max_keys`]).
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// The default cap on open reservations
+/// ([`MemoryStoreBuilder::max_reservations`]).
+pub const DEFAULT_MAX_RESERVATIONS: usize = 100_000;
 
 /// The most entries one shard holds: an entry names its policy by a 16-bit
 /// index into its shard's name table, and a shard never has more live names
@@ -99,6 +106,16 @@ struct Inner {
     shard_max: usize,
     /// Live entries dropped to stay under the cap.
     evictions: AtomicU64,
+    /// Open reservations, one table per shard (same index), boxed when the
+    /// first is made: kept beside the shards, whose size is counted in
+    /// cache lines. Locked only under the shard's lock, so a reservation
+    /// and the state it charges change atomically.
+    reservations: Box<[Mutex<Option<Box<Table>>>]>,
+    /// Open reservations a shard may hold: `max_reservations / shards`.
+    shard_max_reservations: usize,
+    /// Open reservations dropped (settled at their estimate) to stay under
+    /// the cap.
+    reservation_evictions: AtomicU64,
     /// Keyed hashing: identities are user input, and a fixed hash would let
     /// a client aim every key at one bucket.
     hasher: DefaultHashBuilder,
@@ -289,12 +306,29 @@ impl MemoryStore {
             clock: None,
             shards: None,
             max_keys: DEFAULT_MAX_KEYS,
+            max_reservations: DEFAULT_MAX_RESERVATIONS,
         }
     }
 
     /// Live entries evicted so far to stay under the cap on entries.
     pub fn evictions(&self) -> u64 {
         self.inner.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Open reservations held, including those past their deadline not
+    /// yet dropped.
+    pub fn reservations(&self) -> usize {
+        self.inner
+            .reservations
+            .iter()
+            .map(|s| lock_table(s).as_ref().map_or(0, |t| t.len()))
+            .sum()
+    }
+
+    /// Open reservations evicted so far (settled at their estimate) to
+    /// stay under [`MemoryStoreBuilder::max_reservations`].
+    pub fn reservation_evictions(&self) -> u64 {
+        self.inner.reservation_evictions.load(Ordering::Relaxed)
     }
 
     /// The number of entries held, including expired ones not yet swept.
@@ -440,6 +474,115 @@ impl MemoryStore {
         answer
     }
 
+    /// A keyed hash of a reservation's key and policy names: what a settle
+    /// must match to find it.
+    fn reservation_check(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = self.inner.hasher.build_hasher();
+        key.hash(&mut hasher);
+        for p in policies {
+            p.name.hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
+    /// [`Store::reserve`], synchronously: the reference of one reservation
+    /// step, atomic under the identity's shard lock.
+    pub fn reserve_sync(&self, call: ReserveCall<'_>) -> Decisions {
+        let ReserveCall {
+            check,
+            nonce,
+            deadline_us,
+        } = call;
+        let record_check = self.reservation_check(check.key, check.policies);
+        let inner = &*self.inner;
+        let (mut shard, at) = self.lock_at(check.key);
+        let now = at.now;
+        let untils: smallvec::SmallVec<[u64; 2]> = check
+            .policies
+            .iter()
+            .map(|&p| shard.read(p, at, |state| lease_until(p.policy, state, now)))
+            .collect();
+        let mut decisions = Decisions::new();
+        all_or_nothing_into(
+            &mut decisions,
+            check.policies.len(),
+            Mode::Consume,
+            |i, mode| shard.decide_policy(inner, check.policies[i], at, check.cost, mode),
+        );
+        if decisions.iter().all(|d| d.allowed) {
+            let record = Record {
+                check: record_check,
+                deadline: now.saturating_add(deadline_us),
+                estimate: check.cost,
+                untils,
+                settled: None,
+            };
+            let evicted = lock_table(inner.reservations_of(at.hash))
+                .get_or_insert_default()
+                .insert(nonce, record, now, inner.shard_max_reservations);
+            inner
+                .reservation_evictions
+                .fetch_add(evicted, Ordering::Relaxed);
+        }
+        decisions
+    }
+
+    /// [`Store::settle`], synchronously: the reference of one settle step,
+    /// atomic under the identity's shard lock.
+    pub fn settle_sync(&self, call: SettleCall<'_>) -> Option<SettleAnswer> {
+        let SettleCall {
+            key,
+            policies,
+            nonce,
+            actual,
+        } = call;
+        let record_check = self.reservation_check(key, policies);
+        let inner = &*self.inner;
+        let (mut shard, at) = self.lock_at(key);
+        let now = at.now;
+        // Under the shard's lock, as every change below.
+        let mut table = lock_table(inner.reservations_of(at.hash));
+        let record = table
+            .as_mut()?
+            .get_mut(nonce, now)
+            .filter(|r| r.check == record_check && r.untils.len() == policies.len())?;
+        let estimate = record.estimate;
+        let mut answer = SettleAnswer {
+            estimate,
+            ..SettleAnswer::default()
+        };
+        if let Some((first, settled)) = &record.settled {
+            (answer.actual, answer.replayed, answer.settled) = (*first, true, settled.clone());
+        } else {
+            let untils = record.untils.clone();
+            for (i, &p) in policies.iter().enumerate() {
+                let mut settled = Settled::default();
+                if actual < estimate {
+                    settled.returned = shard.update(p, at, |state| {
+                        give_back(p.policy, state, now, estimate - actual, untils[i])
+                    });
+                } else if actual > estimate {
+                    let extra = actual - estimate;
+                    settled.charged = shard.upsert(inner, p, at, |state| {
+                        overdraw(p.policy, state, now, extra, p.policy.max_overdraft())
+                    });
+                    settled.unpaid = extra - settled.charged;
+                }
+                answer.settled.push(settled);
+            }
+            answer.actual = actual;
+            if let Some(record) = table.as_mut().and_then(|t| t.get_mut(nonce, now)) {
+                record.settled = Some((actual, answer.settled.clone()));
+            }
+        }
+        for &p in policies {
+            let decision = shard.decide_policy(inner, p, at, 1, Mode::Peek);
+            answer.decisions.push(decision);
+        }
+        Some(answer)
+    }
+
     fn reset_sync(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
@@ -482,6 +625,7 @@ pub struct MemoryStoreBuilder {
     clock: Option<Arc<dyn Clock>>,
     shards: Option<usize>,
     max_keys: usize,
+    max_reservations: usize,
 }
 
 impl std::fmt::Debug for MemoryStoreBuilder {
@@ -489,6 +633,7 @@ impl std::fmt::Debug for MemoryStoreBuilder {
         f.debug_struct("MemoryStoreBuilder")
             .field("shards", &self.shards)
             .field("max_keys", &self.max_keys)
+            .field("max_reservations", &self.max_reservations)
             .finish_non_exhaustive()
     }
 }
@@ -515,6 +660,16 @@ impl MemoryStoreBuilder {
     /// [module documentation](self)).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.clamp(1, MAX_SHARDS * SHARD_MAX);
+        self
+    }
+
+    /// The most open reservations the store keeps (at least one per
+    /// shard). Default [`DEFAULT_MAX_RESERVATIONS`]. Past it, the
+    /// reservations nearest their deadline are forgotten early: settled at
+    /// their estimate, as their deadline would have done (a later settle
+    /// finds nothing).
+    pub fn max_reservations(mut self, max: usize) -> Self {
+        self.max_reservations = max.max(1);
         self
     }
 
@@ -552,6 +707,9 @@ impl MemoryStoreBuilder {
                     .collect(),
                 shard_max: (self.max_keys / shards).clamp(1, SHARD_MAX),
                 evictions: AtomicU64::new(0),
+                reservations: (0..shards).map(|_| Mutex::new(None)).collect(),
+                shard_max_reservations: (self.max_reservations / shards).max(1),
+                reservation_evictions: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
             }),
@@ -563,7 +721,17 @@ impl Inner {
     /// The shard of an identity: every policy of one identity in one shard.
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         // High bits pick the shard; the table uses the low ones.
-        lock(&self.shards[(hash >> 40) as usize & (self.shards.len() - 1)])
+        lock(&self.shards[self.shard_index(hash)])
+    }
+
+    fn shard_index(&self, hash: u64) -> usize {
+        (hash >> 40) as usize & (self.shards.len() - 1)
+    }
+
+    /// The reservations of an identity's shard: lock only under the
+    /// shard's lock.
+    fn reservations_of(&self, hash: u64) -> &Mutex<Option<Box<Table>>> {
+        &self.reservations[self.shard_index(hash)]
     }
 }
 
@@ -650,6 +818,47 @@ impl Shard {
         changed
     }
 
+    /// As [`update`](Self::update), on a fresh state (inserted if `f`
+    /// changes it) when the identity has no live one.
+    fn upsert(
+        &mut self,
+        store: &Inner,
+        p: PolicyRef<'_>,
+        at: At<'_>,
+        f: impl FnOnce(&mut State) -> u64,
+    ) -> u64 {
+        let At { key, hash, now } = at;
+        let live = self.names.find(p.name).is_some_and(|name| {
+            self.table
+                .find(hash, |e| e.is(name, key))
+                .is_some_and(|e| e.expires_at > now)
+        });
+        if live {
+            return self.update(p, at, f);
+        }
+        let mut state = State::fresh(p.policy, now);
+        let changed = f(&mut state);
+        if changed > 0 {
+            // An expired entry of the same identity and policy goes first.
+            if let Some(name) = self.names.find(p.name) {
+                if let Ok(old) = self.table.find_entry(hash, |e| e.is(name, key)) {
+                    old.remove();
+                    self.names.release(name);
+                }
+            }
+            if self.table.len() >= store.shard_max {
+                self.make_room(store, now);
+            }
+            let entry = Entry {
+                key: Key::new(self.names.acquire(p.name), key),
+                expires_at: expires_at(state.fresh_at(p.policy)),
+                state,
+            };
+            self.table.insert_unique(hash, entry, |e| store.rehash(e));
+        }
+        changed
+    }
+
     /// Decides for an identity with no live state, inserting one if charged
     /// (making room first when the shard is full).
     fn decide_absent(
@@ -726,6 +935,13 @@ impl Shard {
     }
 }
 
+/// Locks a shard's reservations (see [`lock`] on poisoning).
+fn lock_table(table: &Mutex<Option<Box<Table>>>) -> MutexGuard<'_, Option<Box<Table>>> {
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Locks a shard. A panic while holding the lock cannot leave a shard
 /// half-updated (every update is a whole-value assignment), so a poisoned
 /// lock is used as is rather than propagating the panic to every caller.
@@ -745,6 +961,18 @@ impl Store for MemoryStore {
     }
 
     fn leases(&self) -> bool {
+        true
+    }
+
+    async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
+        Ok(self.reserve_sync(call))
+    }
+
+    async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
+        Ok(self.settle_sync(call))
+    }
+
+    fn reserves(&self) -> bool {
         true
     }
 
