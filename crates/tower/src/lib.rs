@@ -99,6 +99,7 @@ pub mod error;
 pub mod future;
 pub mod key;
 pub mod layer;
+pub mod reserve;
 pub mod response;
 pub mod service;
 
@@ -107,6 +108,7 @@ pub use error::ConfigError;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyError, KeyExtractor};
 pub use layer::{MissingKey, RateLimitLayer, RateLimitLayerBuilder, StoreFailure};
+pub use reserve::{Reserve, SettleStats};
 pub use response::TOLLGATE_DEGRADED;
 pub use response::{Denial, PolicyDecision, ResponseFormat};
 pub use service::RateLimitService;
