@@ -75,11 +75,7 @@ where
             KindProj::Metered { body, meter } => {
                 let polled = body.poll_frame(cx);
                 match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            meter.add(data.len());
-                        }
-                    }
+                    Poll::Ready(Some(Ok(frame))) => meter.frame(frame),
                     Poll::Ready(Some(Err(_)) | None) => meter.finish(),
                     Poll::Pending => {}
                 }

@@ -55,6 +55,7 @@ impl<S> fmt::Debug for RateLimitLayer<S> {
             .field("cost", &c.cost)
             .field("format", &c.format)
             .field("shadow", &c.shadow)
+            .field("reserve", &c.reserve.is_some())
             .finish_non_exhaustive()
     }
 }

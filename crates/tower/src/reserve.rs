@@ -10,14 +10,15 @@
 //!
 //! | option | the actual is | settled when |
 //! |---|---|---|
-//! | [`Reserve::header`] | the integer in a response header (`x-usage-tokens: 1234`) | the response head is ready |
+//! | [`Reserve::header`] | the integer in a response header (`x-usage-tokens: 1234`), or else in a trailer of that name | the response head is ready, or else the body ends (or is dropped) |
 //! | [`Reserve::response_fn`] | what your function reads from the response head | the response head is ready |
 //! | [`Reserve::body_bytes`], [`Reserve::body_fn`] | the body's bytes (or units your function makes of them) | the body ends, fails, or is dropped |
 //!
 //! Each request's reservation is settled exactly once:
-//! - a header that is missing or not a plain decimal integer, or a
-//!   function answering `None`, settles at the estimate (the charge stays
-//!   as it was) and is counted in [`SettleStats::unread`];
+//! - a usage header missing from the head and from the trailers, or not a
+//!   plain decimal integer, or a function answering `None`, settles at the
+//!   estimate (the charge stays as it was) and is counted in
+//!   [`SettleStats::unread`];
 //! - a body that fails, or is dropped before its end (the client went
 //!   away mid-stream), settles at the bytes handed to the connection so
 //!   far;
@@ -36,6 +37,58 @@
 //! server stopped, before the runtime ends (a runtime's end cancels the
 //! settles still running).
 //!
+//! An LLM endpoint with a budget of tokens per minute per client, reserving
+//! 2 000 tokens per completion and settling at what the handler reports:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{routing::post, Router};
+//! use http::HeaderName;
+//! use tollgate::{Limiter, MemoryStore};
+//! use tollgate_tower::{RateLimitLayer, Reserve};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! # // A manual clock: no minute ends while the example runs.
+//! # let store = MemoryStore::with_clock(tollgate::ManualClock::new(1_700_000_040_000_000));
+//! # /*
+//! let store = MemoryStore::new();
+//! # */
+//! let limiter = Limiter::builder(store)
+//!     .policy("tokens", "fixed_window 100000/1m".parse()?)
+//!     .build();
+//! let layer = RateLimitLayer::builder(limiter.clone())
+//!     .policy("tokens")
+//!     .cost(2_000) // the estimate
+//!     .reserve(Reserve::header(HeaderName::from_static("x-usage-tokens")))
+//!     .build()?;
+//!
+//! // The handler says what the completion used.
+//! let complete = || async { ([("x-usage-tokens", "1234")], "a completion") };
+//! let app = Router::new()
+//!     .route("/v1/complete", post(complete))
+//!     .layer(layer.clone());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let address = listener.local_addr()?;
+//! tokio::spawn(async move {
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+//! });
+//! # let client = reqwest::Client::builder().no_proxy().build()?;
+//! # let response = client.post(format!("http://{address}/v1/complete")).send().await?;
+//! # assert_eq!(response.status(), 200);
+//! // 2 000 were reserved, so the response's fields say 98 000 remain ...
+//! # assert_eq!(response.headers()["ratelimit"], r#""tokens";r=98000;t=60"#);
+//!
+//! // ... and once settled (off the response path: its settle started
+//! // before the response was sent), 1 234 are charged.
+//! layer.settles_finished().await;
+//! let key = tollgate_tower::Key::for_ip("127.0.0.1".parse()?, 64);
+//! assert_eq!(limiter.peek("tokens", &key, 1).await?.remaining, 98_766);
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
+//! ```
+//!
 //! [`RateLimitLayer::settles_finished`]: crate::RateLimitLayer::settles_finished
 
 use std::fmt;
@@ -44,9 +97,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::HeaderName;
 use http::response::Parts;
 use http::{HeaderMap, Response};
+use http_body::Frame;
 use tokio::sync::Notify;
 use tollgate::reservation::{DEFAULT_DEADLINE, MAX_AMOUNT, MAX_DEADLINE};
 use tollgate::{Limiter, ReservationId, Store};
@@ -96,10 +151,13 @@ pub(crate) enum SettleFrom {
     /// A response header holding a decimal integer.
     Header(HeaderName),
     /// A function of the response head.
-    Response(Arc<dyn Fn(&Parts) -> Option<u64> + Send + Sync>),
+    Response(ActualOf),
     /// The body's bytes, through a function or as they are.
     Body(Option<BytesToUnits>),
 }
+
+/// A function reading the actual cost from a response head.
+pub(crate) type ActualOf = Arc<dyn Fn(&Parts) -> Option<u64> + Send + Sync>;
 
 /// A function from a body's bytes to units.
 pub(crate) type BytesToUnits = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
@@ -114,11 +172,16 @@ impl Reserve {
     }
 
     /// Settles at the integer in the response header `name` (the handler
-    /// sets it, e.g. `x-usage-tokens: 1234`). The value must be one field
-    /// of ASCII digits only; a missing, repeated or malformed field settles
-    /// at the estimate. A value above [`MAX_AMOUNT`] settles at
+    /// sets it, e.g. `x-usage-tokens: 1234`) as soon as the head is ready.
+    /// A response whose head has no such field is read to its end for a
+    /// trailer of that name instead: a streamed completion (or a gRPC
+    /// call's trailing metadata) reports its usage last. The value must be
+    /// one field of ASCII digits only; a field that is malformed or
+    /// repeated, or missing from both head and trailers, settles at the
+    /// estimate, and so does a body dropped before its trailers (a client
+    /// that went away). A value above [`MAX_AMOUNT`] settles at
     /// `MAX_AMOUNT` (the policy's overdraft bounds what that charges). The
-    /// header is passed on to the client as the handler set it.
+    /// field is passed on to the client as the handler set it.
     pub fn header(name: HeaderName) -> Reserve {
         Reserve::new(SettleFrom::Header(name))
     }
@@ -302,22 +365,24 @@ impl Reserving {
         response: Response<B>,
     ) -> Response<RateLimitBody<B>> {
         match &self.from {
-            SettleFrom::Header(name) => {
-                let actual = read_header(response.headers(), name);
-                settler.settle_or_estimate(actual);
-                response.map(RateLimitBody::inner)
-            }
+            SettleFrom::Header(name) => match read_header(response.headers(), name) {
+                Some(actual) => {
+                    settler.settle(actual);
+                    response.map(RateLimitBody::inner)
+                }
+                // Not in the head: perhaps in the trailers, at the end.
+                None => {
+                    let meter = Meter::new(settler, Measure::Trailer(name.clone()));
+                    response.map(|body| RateLimitBody::metered(body, meter))
+                }
+            },
             SettleFrom::Response(actual_of) => {
                 let (parts, body) = response.into_parts();
                 settler.settle_or_estimate(actual_of(&parts));
                 Response::from_parts(parts, RateLimitBody::inner(body))
             }
             SettleFrom::Body(units) => {
-                let meter = Meter {
-                    settler,
-                    bytes: 0,
-                    units: units.clone(),
-                };
+                let meter = Meter::new(settler, Measure::Bytes(units.clone()));
                 response.map(|body| RateLimitBody::metered(body, meter))
             }
         }
@@ -528,28 +593,60 @@ impl fmt::Debug for Settler {
     }
 }
 
-/// Counts a body's bytes and settles its reservation at its end, its
-/// error, or its drop.
+/// Watches a response body to settle its reservation: from its bytes, or
+/// from a header among its trailers.
 pub(crate) struct Meter {
     settler: Settler,
     bytes: u64,
-    units: Option<BytesToUnits>,
+    measure: Measure,
+}
+
+/// What a [`Meter`] settles from.
+enum Measure {
+    /// The data bytes (through a function, or as they are), at the end.
+    Bytes(Option<BytesToUnits>),
+    /// The trailer field of this name; the estimate when the body ends
+    /// without it.
+    Trailer(HeaderName),
 }
 
 impl Meter {
-    /// `len` more bytes went out.
-    pub(crate) fn add(&mut self, len: usize) {
-        self.bytes = self.bytes.saturating_add(len as u64);
+    fn new(settler: Settler, measure: Measure) -> Meter {
+        Meter {
+            settler,
+            bytes: 0,
+            measure,
+        }
     }
 
-    /// Settles at the bytes so far (once).
+    /// A frame of the body went out.
+    pub(crate) fn frame(&mut self, frame: &Frame<Bytes>) {
+        match &self.measure {
+            Measure::Bytes(_) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes = self.bytes.saturating_add(data.len() as u64);
+                }
+            }
+            Measure::Trailer(name) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.settler.settle_or_estimate(read_header(trailers, name));
+                }
+            }
+        }
+    }
+
+    /// The body ended, failed or is dropped: settles (once) at the bytes
+    /// so far, or at the estimate when no trailer said otherwise.
     pub(crate) fn finish(&mut self) {
-        if self.settler.open.is_some() {
-            let actual = self
-                .units
-                .as_ref()
-                .map_or(self.bytes, |units| units(self.bytes));
-            self.settler.settle(actual);
+        if self.settler.open.is_none() {
+            return;
+        }
+        match &self.measure {
+            Measure::Bytes(units) => {
+                let actual = units.as_ref().map_or(self.bytes, |units| units(self.bytes));
+                self.settler.settle(actual);
+            }
+            Measure::Trailer(_) => self.settler.settle_or_estimate(None),
         }
     }
 }

@@ -22,8 +22,12 @@ use http::{HeaderName, Response, StatusCode};
 use http_body::Frame;
 use support::{START_US, limiter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
-use tollgate::{Limiter, ManualClock, MemoryStore, Policy};
+use tollgate::{
+    Check, Decisions, Limiter, ManualClock, MemoryStore, Policy, PolicyRef, ReserveCall,
+    SettleAnswer, SettleCall, Store, StoreError,
+};
 use tollgate_testkit::serve::Served;
 use tollgate_tower::key::{DEFAULT_IPV6_PREFIX, Key};
 use tollgate_tower::{ConfigError, RateLimitLayer, Reserve, SettleStats};
@@ -51,7 +55,7 @@ async fn remaining(limiter: &Limiter<MemoryStore>, policy: &str) -> u64 {
 
 /// Waits (polling, bounded) until the layer has finished `n` settles of
 /// any outcome, and none is running; returns the stats.
-async fn settles(layer: &RateLimitLayer<MemoryStore>, n: u64) -> SettleStats {
+async fn settles<S: Store>(layer: &RateLimitLayer<S>, n: u64) -> SettleStats {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let stats = layer.settle_stats();
@@ -145,10 +149,10 @@ async fn a_usage_header_settles_each_request_and_a_denied_reservation_is_a_429()
     assert_eq!(layer.settle_stats().settled, 5);
 }
 
-/// A response body fed chunk by chunk through a channel, counting the
-/// bytes it yields.
+/// A response body fed frame by frame through a channel, counting the
+/// data bytes it yields.
 struct ChunkBody {
-    chunks: mpsc::Receiver<Bytes>,
+    chunks: mpsc::Receiver<Frame<Bytes>>,
     yielded: Arc<AtomicU64>,
 }
 
@@ -160,13 +164,20 @@ impl http_body::Body for ChunkBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.chunks.poll_recv(cx).map(|chunk| {
-            chunk.map(|data| {
-                self.yielded.fetch_add(data.len() as u64, Ordering::SeqCst);
-                Ok(Frame::data(data))
+        self.chunks.poll_recv(cx).map(|frame| {
+            frame.map(|frame| {
+                if let Some(data) = frame.data_ref() {
+                    self.yielded.fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+                Ok(frame)
             })
         })
     }
+}
+
+/// A data frame of `size` bytes `x`.
+fn x_frame(size: usize) -> Frame<Bytes> {
+    Frame::data(Bytes::from(vec![b'x'; size]))
 }
 
 /// A route streaming `chunks` chunks of `size` bytes (`x`), one at a time.
@@ -177,7 +188,7 @@ fn streaming(chunks: usize, size: usize) -> Router {
             let (send, receive) = mpsc::channel(1);
             tokio::spawn(async move {
                 for _ in 0..chunks {
-                    if send.send(Bytes::from(vec![b'x'; size])).await.is_err() {
+                    if send.send(x_frame(size)).await.is_err() {
                         return;
                     }
                 }
@@ -242,7 +253,7 @@ async fn a_client_hanging_up_mid_stream_pays_for_what_was_sent() {
         .expect("layer");
     // The test feeds the body: one chunk at a time, as long as the server
     // still holds it.
-    let (feed, chunks) = mpsc::channel::<Bytes>(1);
+    let (feed, chunks) = mpsc::channel::<Frame<Bytes>>(1);
     let chunks = Arc::new(Mutex::new(Some(chunks)));
     let yielded = Arc::new(AtomicU64::new(0));
     let body = {
@@ -263,7 +274,7 @@ async fn a_client_hanging_up_mid_stream_pays_for_what_was_sent() {
         .await
         .expect("request");
     for _ in 0..3 {
-        feed.send(Bytes::from(vec![b'x'; 100])).await.expect("feed");
+        feed.send(x_frame(100)).await.expect("feed");
     }
     // Read until the 300 bytes of body arrived, then hang up.
     let mut seen = Vec::new();
@@ -291,7 +302,7 @@ async fn a_client_hanging_up_mid_stream_pays_for_what_was_sent() {
     // fails then. Bounded: at most 1 000 more chunks, within the patience.
     let feeding = async {
         for _ in 0..1000 {
-            if feed.send(Bytes::from(vec![b'x'; 100])).await.is_err() {
+            if feed.send(x_frame(100)).await.is_err() {
                 return true;
             }
         }
@@ -306,8 +317,58 @@ async fn a_client_hanging_up_mid_stream_pays_for_what_was_sent() {
 
     assert_eq!(settles(&layer, 1).await.settled, 1);
     let sent = yielded.load(Ordering::SeqCst);
-    assert!(sent >= 300 && sent < 1_000_000, "{sent}");
+    assert!((300..1_000_000).contains(&sent), "{sent}");
     assert_eq!(remaining(&limiter, "bytes").await, 10_000_000 - sent);
+}
+
+#[tokio::test]
+async fn a_usage_trailer_settles_when_the_head_has_no_usage_header() {
+    let clock = ManualClock::new(START_US);
+    let limiter = limiter(&clock, &[("tokens", "fixed_window 1000/1m")]);
+    let layer = RateLimitLayer::builder(limiter.clone())
+        .policy("tokens")
+        .cost(300)
+        .reserve(Reserve::header(usage_header()))
+        .build()
+        .expect("layer");
+    // A streamed completion: text, then its usage in a trailer (`/`), or
+    // a malformed one (`/bad`), or none (`/none`).
+    let stream = |trailer: Option<&'static str>| {
+        move || async move {
+            let (send, frames) = mpsc::channel(4);
+            tokio::spawn(async move {
+                send.send(x_frame(10)).await.expect("body");
+                if let Some(value) = trailer {
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert(usage_header(), value.parse().expect("value"));
+                    send.send(Frame::trailers(trailers)).await.expect("body");
+                }
+            });
+            Response::new(ChunkBody {
+                chunks: frames,
+                yielded: Arc::new(AtomicU64::new(0)),
+            })
+        }
+    };
+    let app = Router::new()
+        .route("/", get(stream(Some("42"))))
+        .route("/bad", get(stream(Some("4 2"))))
+        .route("/none", get(stream(None)))
+        .layer(layer.clone());
+    let server = Served::router(app).await;
+
+    // The client asks for trailers, as a streaming client would.
+    let trailers = [("te", "trailers")];
+    assert_eq!(server.get_with("/", &trailers).await.body.len(), 10);
+    let stats = settles(&layer, 1).await;
+    assert_eq!((stats.settled, stats.unread), (1, 0));
+    assert_eq!(remaining(&limiter, "tokens").await, 958);
+
+    assert_eq!(server.get_with("/bad", &trailers).await.status, 200);
+    assert_eq!(server.get_with("/none", &trailers).await.status, 200);
+    let stats = settles(&layer, 3).await;
+    assert_eq!((stats.settled, stats.unread), (3, 2));
+    assert_eq!(remaining(&limiter, "tokens").await, 358);
 }
 
 /// What a handler used, left in the response's extensions.
@@ -499,6 +560,119 @@ async fn concurrent_overdrafts_stay_within_one_overdraft_of_the_limit() {
     );
     assert!(stats.unpaid_units > 0, "{stats:?}");
     assert_eq!(remaining(&limiter, "tokens").await, 0);
+}
+
+/// A memory store whose settles wait for the test to let them through
+/// (a permit each), and whose reserves or settles fail on demand.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Arc<Semaphore>,
+    fail_reserves: Arc<std::sync::atomic::AtomicBool>,
+    fail_settles: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for GatedStore {
+    async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+        self.inner.apply(check).await
+    }
+
+    async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
+        if self.fail_reserves.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        self.inner.reserve(call).await
+    }
+
+    async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
+        self.gate.acquire().await.expect("gate").forget();
+        if self.fail_settles.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        self.inner.settle(call).await
+    }
+
+    fn reserves(&self) -> bool {
+        true
+    }
+
+    async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
+        self.inner.reset(key, policies).await
+    }
+}
+
+#[tokio::test]
+async fn settles_never_hold_responses_back_are_bounded_and_every_outcome_is_counted() {
+    let clock = ManualClock::new(START_US);
+    let gate = Arc::new(Semaphore::new(0));
+    let fail_reserves = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fail_settles = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = GatedStore {
+        inner: MemoryStore::with_clock(clock.clone()),
+        gate: Arc::clone(&gate),
+        fail_reserves: Arc::clone(&fail_reserves),
+        fail_settles: Arc::clone(&fail_settles),
+    };
+    let limiter = Limiter::builder(store)
+        .policy("tokens", "fixed_window 1000/1m".parse().expect("policy"))
+        .build();
+    let layer = RateLimitLayer::builder(limiter.clone())
+        .policy("tokens")
+        .cost(100)
+        .on_store_failure(tollgate_tower::StoreFailure::Deny)
+        .reserve(Reserve::header(usage_header()).max_pending_settles(1))
+        .build()
+        .expect("layer");
+    let app = Router::new()
+        .route("/", get(reports_usage))
+        .layer(layer.clone());
+    let server = Served::router(app).await;
+    let remaining = || async {
+        limiter
+            .peek("tokens", loopback_key(), 1)
+            .await
+            .expect("peek")
+            .remaining
+    };
+
+    // The first settle is stuck in the store; its response is not.
+    assert_eq!(server.get_with("/", &[("x-use", "10")]).await.status, 200);
+    // The second finds the one settle allowed running: dropped (counted
+    // before its response was sent), its estimate stays charged.
+    assert_eq!(server.get_with("/", &[("x-use", "10")]).await.status, 200);
+    assert_eq!(layer.settle_stats().dropped, 1);
+    assert_eq!(layer.settle_stats().settled, 0);
+    assert_eq!(remaining().await, 800);
+
+    gate.add_permits(1);
+    let stats = settles(&layer, 2).await;
+    assert_eq!((stats.settled, stats.dropped), (1, 1));
+    assert_eq!(remaining().await, 890);
+
+    // A settle the store fails is counted; the estimate stays.
+    fail_settles.store(true, Ordering::SeqCst);
+    gate.add_permits(1);
+    assert_eq!(server.get_with("/", &[("x-use", "10")]).await.status, 200);
+    assert_eq!(settles(&layer, 3).await.failed, 1);
+    assert_eq!(remaining().await, 790);
+    fail_settles.store(false, Ordering::SeqCst);
+
+    // A settle arriving after the reservation's deadline finds nothing: it
+    // was settled at its estimate.
+    assert_eq!(server.get_with("/", &[("x-use", "10")]).await.status, 200);
+    clock.advance(Duration::from_secs(301));
+    gate.add_permits(1);
+    let stats = settles(&layer, 4).await;
+    assert_eq!(
+        (stats.settled, stats.expired, stats.failed, stats.dropped),
+        (1, 1, 1, 1)
+    );
+
+    // A reserve the store fails follows `on_store_failure`: here 503.
+    fail_reserves.store(true, Ordering::SeqCst);
+    let refused = server.get_with("/", &[("x-use", "10")]).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body, r#"{"error":"rate_limiter_unavailable"}"#);
+    assert_eq!(layer.settle_stats().settled, 1);
 }
 
 #[tokio::test]
