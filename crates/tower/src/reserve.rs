@@ -320,9 +320,10 @@ pub struct SettleStats {
     /// Settles the store failed (logged at `warn`): the reservation
     /// settles at its estimate at its deadline.
     pub failed: u64,
-    /// Settles never attempted, past [`Reserve::max_pending_settles`] or
-    /// with no tokio runtime (logged at `warn`): the reservation settles at
-    /// its estimate at its deadline.
+    /// Settles never carried out: past [`Reserve::max_pending_settles`],
+    /// with no tokio runtime, or cancelled when their runtime ended
+    /// (logged at `warn`): the reservation settles at its estimate at its
+    /// deadline.
     pub dropped: u64,
 }
 
@@ -442,13 +443,27 @@ struct Queue<S> {
 }
 
 /// One running settle: counted in `pending` until dropped (finished, or
-/// cancelled with its runtime).
+/// cancelled with its runtime: then counted as dropped).
 struct Running<S> {
     queue: Arc<Queue<S>>,
+    done: bool,
+}
+
+impl<S> Running<S> {
+    /// The settle ran to its end (whatever the store answered).
+    fn complete(&mut self) {
+        self.done = true;
+    }
 }
 
 impl<S> Drop for Running<S> {
     fn drop(&mut self) {
+        if !self.done {
+            self.queue.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "settle cancelled (its runtime ended): the reservation settles at its estimate at its deadline"
+            );
+        }
         if self.queue.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.queue.idle.notify_waiters();
         }
@@ -477,7 +492,10 @@ impl<S: Store> Settles for Queue<S> {
             );
             return;
         }
-        let running = Running { queue: self };
+        let mut running = Running {
+            queue: self,
+            done: false,
+        };
         runtime.spawn(async move {
             let queue = &running.queue;
             let counts = &queue.counts;
@@ -499,7 +517,7 @@ impl<S: Store> Settles for Queue<S> {
                     tracing::warn!(%error, reservation = ?id, actual, "settle failed: the reservation settles at its estimate at its deadline");
                 }
             }
-            drop(running);
+            running.complete();
         });
     }
 

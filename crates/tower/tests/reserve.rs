@@ -675,6 +675,69 @@ async fn settles_never_hold_responses_back_are_bounded_and_every_outcome_is_coun
     assert_eq!(layer.settle_stats().settled, 1);
 }
 
+#[test]
+fn a_settle_cancelled_with_its_runtime_is_counted() {
+    use tower::{Service, ServiceExt};
+
+    let gate = Arc::new(Semaphore::new(0));
+    let store = GatedStore {
+        inner: MemoryStore::with_clock(ManualClock::new(START_US)),
+        gate: Arc::clone(&gate),
+        fail_reserves: Arc::default(),
+        fail_settles: Arc::default(),
+    };
+    let limiter = Limiter::builder(store)
+        .policy("tokens", "fixed_window 1000/1m".parse().expect("policy"))
+        .build();
+    let layer = RateLimitLayer::builder(limiter)
+        .policy("tokens")
+        .cost(100)
+        .reserve(Reserve::header(usage_header()))
+        .build()
+        .expect("layer");
+    let handler = tower::service_fn(|_request: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(
+            Response::builder()
+                .header("x-usage-tokens", "5")
+                .body(String::from("ok"))
+                .expect("response"),
+        )
+    });
+    let mut service = tower::Layer::layer(&layer, handler);
+    let request = http::Request::builder()
+        .uri("/")
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            40_000,
+        ))))
+        .body(())
+        .expect("request");
+
+    // The settle starts on a runtime that ends while the store holds it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let response = runtime.block_on(async {
+        service.ready().await.expect("ready");
+        service.call(request).await.expect("response")
+    });
+    assert_eq!(response.status(), 200);
+    drop(runtime);
+
+    assert_eq!(layer.settle_stats().dropped, 1);
+    assert_eq!(layer.settle_stats().settled, 0);
+    // Nothing is left running: waiting for the settles ends at once.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(PATIENCE, layer.settles_finished())
+            .await
+            .expect("no settle left");
+    });
+}
+
 #[tokio::test]
 async fn reserve_is_refused_at_build_where_it_cannot_work() {
     let clock = ManualClock::new(START_US);
