@@ -32,7 +32,9 @@
 //! or one with no tokio runtime to run on, is dropped: logged at `warn`,
 //! counted in [`SettleStats::dropped`], and the store settles that
 //! reservation at its estimate at its deadline. A settle the store fails
-//! is logged and counted ([`SettleStats::failed`]) the same way. On
+//! transiently is retried (settles are idempotent), up to
+//! [`SETTLE_ATTEMPTS`] tries 100 ms, then 200 ms apart; one that still
+//! fails is logged and counted ([`SettleStats::failed`]) the same way. On
 //! graceful shutdown, await [`RateLimitLayer::settles_finished`] after the
 //! server stopped, before the runtime ends (a runtime's end cancels the
 //! settles still running).
@@ -112,6 +114,13 @@ use crate::error::ConfigError;
 /// How many settles may run at once by default (see
 /// [`Reserve::max_pending_settles`]).
 pub const DEFAULT_MAX_PENDING_SETTLES: usize = 1024;
+
+/// How many times a settle is tried when the store fails transiently
+/// ([`tollgate::Error::is_transient`]).
+pub const SETTLE_ATTEMPTS: u32 = 3;
+
+/// The wait before a settle's first retry; it doubles for each next one.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// The longest decimal header value read: `u64::MAX` has 20 digits.
 const MAX_DIGITS: usize = 20;
@@ -317,9 +326,12 @@ pub struct SettleStats {
     /// Settles the store found no reservation for: its deadline had passed,
     /// so it was settled at its estimate.
     pub expired: u64,
-    /// Settles the store failed (logged at `warn`): the reservation
-    /// settles at its estimate at its deadline.
+    /// Settles the store failed, [`SETTLE_ATTEMPTS`] times when the error
+    /// was transient, else once (logged at `warn`): the reservation settles
+    /// at its estimate at its deadline.
     pub failed: u64,
+    /// Attempts retried after a transient store error (logged at `debug`).
+    pub retried: u64,
     /// Settles never carried out: past [`Reserve::max_pending_settles`],
     /// with no tokio runtime, or cancelled when their runtime ended
     /// (logged at `warn`): the reservation settles at its estimate at its
@@ -429,6 +441,7 @@ struct Counts {
     unread: AtomicU64,
     expired: AtomicU64,
     failed: AtomicU64,
+    retried: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -499,11 +512,30 @@ impl<S: Store> Settles for Queue<S> {
         runtime.spawn(async move {
             let queue = &running.queue;
             let counts = &queue.counts;
-            match queue.limiter.settle(&id, actual.min(MAX_AMOUNT)).await {
+            let actual = actual.min(MAX_AMOUNT);
+            let mut wait = FIRST_RETRY;
+            let mut attempt = 1;
+            // A settle is idempotent: retrying one that may have run (a
+            // timeout) answers what it did.
+            let outcome = loop {
+                match queue.limiter.settle(&id, actual).await {
+                    Err(error) if error.is_transient() && attempt < SETTLE_ATTEMPTS => {
+                        counts.retried.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%error, reservation = ?id, attempt, "settle failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                        attempt += 1;
+                    }
+                    outcome => break outcome,
+                }
+            };
+            match outcome {
                 Ok(Some(answer)) => {
                     counts.settled.fetch_add(1, Ordering::Relaxed);
+                    // A replay here can only answer this settle's own
+                    // earlier attempt: its unpaid units count once.
                     let unpaid = answer.settled.iter().map(|s| s.unpaid).max().unwrap_or(0);
-                    if unpaid > 0 && !answer.replayed {
+                    if unpaid > 0 {
                         counts.unpaid_units.fetch_add(unpaid, Ordering::Relaxed);
                         tracing::debug!(reservation = ?id, actual, unpaid, "settled past the overdraft: units left unpaid");
                     }
@@ -533,6 +565,7 @@ impl<S: Store> Settles for Queue<S> {
             unread: c.unread.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
         }
     }

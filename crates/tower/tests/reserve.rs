@@ -568,7 +568,8 @@ struct GatedStore {
     inner: MemoryStore,
     gate: Arc<Semaphore>,
     fail_reserves: Arc<std::sync::atomic::AtomicBool>,
-    fail_settles: Arc<std::sync::atomic::AtomicBool>,
+    /// How many of the next settles fail.
+    fail_settles: Arc<AtomicU64>,
 }
 
 impl Store for GatedStore {
@@ -585,7 +586,10 @@ impl Store for GatedStore {
 
     async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
         self.gate.acquire().await.expect("gate").forget();
-        if self.fail_settles.load(Ordering::SeqCst) {
+        let fail = self
+            .fail_settles
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if fail.is_ok() {
             return Err(StoreError::Unavailable("connection refused".into()));
         }
         self.inner.settle(call).await
@@ -605,7 +609,7 @@ async fn settles_never_hold_responses_back_are_bounded_and_every_outcome_is_coun
     let clock = ManualClock::new(START_US);
     let gate = Arc::new(Semaphore::new(0));
     let fail_reserves = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let fail_settles = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fail_settles = Arc::new(AtomicU64::new(0));
     let store = GatedStore {
         inner: MemoryStore::with_clock(clock.clone()),
         gate: Arc::clone(&gate),
@@ -648,23 +652,31 @@ async fn settles_never_hold_responses_back_are_bounded_and_every_outcome_is_coun
     assert_eq!((stats.settled, stats.dropped), (1, 1));
     assert_eq!(remaining().await, 890);
 
-    // A settle the store fails is counted; the estimate stays.
-    fail_settles.store(true, Ordering::SeqCst);
-    gate.add_permits(1);
+    // A settle the store fails once is retried, and lands.
+    fail_settles.store(1, Ordering::SeqCst);
+    gate.add_permits(2);
     assert_eq!(server.get_with("/", &[("x-use", "10")]).await.status, 200);
-    assert_eq!(settles(&layer, 3).await.failed, 1);
-    assert_eq!(remaining().await, 790);
-    fail_settles.store(false, Ordering::SeqCst);
+    let stats = settles(&layer, 3).await;
+    assert_eq!((stats.settled, stats.retried, stats.failed), (2, 1, 0));
+    assert_eq!(remaining().await, 880);
+
+    // One the store fails at every attempt is counted; the estimate stays.
+    fail_settles.store(3, Ordering::SeqCst);
+    gate.add_permits(3);
+    assert_eq!(server.get_with("/", &[("x-use", "10")]).await.status, 200);
+    let stats = settles(&layer, 4).await;
+    assert_eq!((stats.settled, stats.retried, stats.failed), (2, 3, 1));
+    assert_eq!(remaining().await, 780);
 
     // A settle arriving after the reservation's deadline finds nothing: it
     // was settled at its estimate.
     assert_eq!(server.get_with("/", &[("x-use", "10")]).await.status, 200);
     clock.advance(Duration::from_secs(301));
     gate.add_permits(1);
-    let stats = settles(&layer, 4).await;
+    let stats = settles(&layer, 5).await;
     assert_eq!(
         (stats.settled, stats.expired, stats.failed, stats.dropped),
-        (1, 1, 1, 1)
+        (2, 1, 1, 1)
     );
 
     // A reserve the store fails follows `on_store_failure`: here 503.
@@ -672,7 +684,7 @@ async fn settles_never_hold_responses_back_are_bounded_and_every_outcome_is_coun
     let refused = server.get_with("/", &[("x-use", "10")]).await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.body, r#"{"error":"rate_limiter_unavailable"}"#);
-    assert_eq!(layer.settle_stats().settled, 1);
+    assert_eq!(layer.settle_stats().settled, 2);
 }
 
 #[test]
