@@ -185,7 +185,7 @@ async fn a_settle_in_the_next_window_charges_its_excess_there() {
         (settled.settled[0].charged, settled.settled[0].unpaid),
         (100, 0)
     );
-    assert!(limiter.check("tokens", "k", 10).await.unwrap().allowed == false);
+    assert!(!limiter.check("tokens", "k", 10).await.unwrap().allowed);
     let late = limiter.reserve(&["tokens"], "k", 1, MINUTE).await.unwrap();
     let settled = limiter
         .settle(late.id.as_ref().unwrap_or(&r), 50)
