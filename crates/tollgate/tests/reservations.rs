@@ -30,7 +30,8 @@
 //! For the windows, what remains after every step is exactly what the
 //! recorded units leave (the store forgets nothing it charged).
 //!
-//! A concurrent test makes many reservations at once from tokio tasks.
+//! A concurrent test makes many reservations at once from tokio tasks, and
+//! one holds the memory store to its bound on open reservations.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -719,4 +720,73 @@ async fn concurrent_reservations_keep_the_budget() {
             "{name}: {kept} kept, {left} left"
         );
     }
+}
+
+/// The memory store holds at most `max_reservations` records, whatever the
+/// keys (1 000 reservations, half of them on one hot key, against a bound
+/// of 100): past it, the reservation nearest its deadline is forgotten
+/// first, settled at its estimate (a later settle finds nothing, and the
+/// estimate stays charged); the latest ones settle as usual. Settled
+/// records, kept for replays, count too and go at their deadline.
+#[test]
+fn the_memory_store_keeps_at_most_max_reservations() {
+    let clock = ManualClock::new(1_790_000_000_000_000);
+    let store = MemoryStore::builder()
+        .clock(clock.clone())
+        .max_reservations(100)
+        .build();
+    let policy: Policy = "fixed_window 1000000/1h".parse().expect("valid");
+    let refs = [PolicyRef {
+        name: "tokens",
+        policy: &policy,
+    }];
+    let key = |i: u64| {
+        if i % 2 == 0 {
+            "hot".to_owned()
+        } else {
+            format!("k{i}")
+        }
+    };
+    for i in 0..1_000u64 {
+        let k = key(i);
+        let decisions = store.reserve_sync(ReserveCall {
+            check: Check::new(k.as_bytes(), &refs, 10, Mode::Consume),
+            nonce: u128::from(i),
+            // Later reservations live longer: the first ones go first.
+            deadline_us: 60_000_000 + i,
+        });
+        assert!(decisions[0].allowed);
+        assert!(store.reservations() <= 100, "{} held", store.reservations());
+    }
+    assert_eq!(store.reservation_evictions(), 900);
+    let settle = |i: u64, actual| {
+        let k = key(i);
+        store.settle_sync(SettleCall {
+            key: k.as_bytes(),
+            policies: &refs,
+            nonce: u128::from(i),
+            actual,
+        })
+    };
+    let hot = |store: &MemoryStore| {
+        store.apply_sync(Check::new(b"hot", &refs, 1, Mode::Peek))[0].remaining
+    };
+    // Evicted: nothing found, the estimate stays.
+    let before = hot(&store);
+    assert_eq!(settle(0, 0), None);
+    assert_eq!(hot(&store), before);
+    assert_eq!(before, 1_000_000 - 500 * 10, "every hot estimate charged");
+    // Kept: settled, then replayed.
+    let answer = settle(998, 0).expect("among the latest 100");
+    assert_eq!(answer.settled[0].returned, 10);
+    assert!(settle(998, 0).expect("kept for replays").replayed);
+    // Past every deadline, the next reservation sweeps them all away.
+    clock.advance_us(61_000_000);
+    store.reserve_sync(ReserveCall {
+        check: Check::new(b"hot", &refs, 1, Mode::Consume),
+        nonce: 5_000,
+        deadline_us: 60_000_000,
+    });
+    assert_eq!(store.reservations(), 1);
+    assert_eq!(store.reservation_evictions(), 900, "expired, not evicted");
 }
