@@ -790,3 +790,51 @@ fn the_memory_store_keeps_at_most_max_reservations() {
     assert_eq!(store.reservations(), 1);
     assert_eq!(store.reservation_evictions(), 900, "expired, not evicted");
 }
+
+/// Why the bounds count an overdraft when it is settled, not with its
+/// reservation: two reservations of 50 fill a window of `100/1m` (overdraft
+/// 100); settled in the next window at 150 each, both overdrafts are charged
+/// in full there (100 + 100: the new window's limit plus its overdraft).
+/// Counted at their actual cost when reserved, the first window would hold
+/// 300, past its 200: the bound holds only as the store charges, the
+/// overdraft in the window of the settle (and unpaid units never count).
+#[test]
+fn an_overdraft_counts_in_the_window_it_is_settled_in() {
+    let start = 1_790_000_000_000_000 - 1_790_000_000_000_000 % 60_000_000;
+    let clock = ManualClock::new(start);
+    let store = MemoryStore::with_clock(clock.clone());
+    let policy: Policy = "fixed_window 100/1m"
+        .parse::<Policy>()
+        .and_then(|p| p.with_max_overdraft(100))
+        .expect("valid");
+    let refs = [PolicyRef {
+        name: "tokens",
+        policy: &policy,
+    }];
+    for nonce in [1, 2] {
+        let decisions = store.reserve_sync(ReserveCall {
+            check: Check::new(KEY, &refs, 50, Mode::Consume),
+            nonce,
+            deadline_us: 300_000_000,
+        });
+        assert!(decisions[0].allowed);
+    }
+    clock.advance_us(60_000_000);
+    let mut charged = 0;
+    for nonce in [1, 2] {
+        let answer = store
+            .settle_sync(SettleCall {
+                key: KEY,
+                policies: &refs,
+                nonce,
+                actual: 150,
+            })
+            .expect("open");
+        assert_eq!(answer.settled[0].returned, 0, "the window has ended");
+        assert_eq!(answer.settled[0].unpaid, 0, "{answer:?}");
+        charged += answer.settled[0].charged;
+    }
+    assert_eq!(charged, 200, "the new window's limit plus its overdraft");
+    let reserved_window_at_actual_cost = 150 + 150;
+    assert!(reserved_window_at_actual_cost > policy.limit() + policy.max_overdraft());
+}
