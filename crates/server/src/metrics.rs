@@ -56,7 +56,7 @@ impl Outcome {
 }
 
 /// Upper bounds of the store latency buckets, in microseconds.
-const LATENCY_BUCKETS_US: [u64; 14] = [
+pub(crate) const LATENCY_BUCKETS_US: [u64; 14] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000,
 ];
@@ -204,6 +204,30 @@ impl Metrics {
         map.get(policy).map_or(0, |c| {
             c[outcome.index()].load(Ordering::Relaxed)
                 + c[outcome.index() + Outcome::ALL.len()].load(Ordering::Relaxed)
+        })
+    }
+
+    /// Every policy's decisions so far by outcome (in [`Outcome`] order),
+    /// under an override or not: what the dashboard samples.
+    pub fn decision_totals(&self) -> HashMap<String, [u64; 4]> {
+        let map = self.decisions.read().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|(name, c)| {
+                let total = std::array::from_fn(|i| {
+                    c[i].load(Ordering::Relaxed) + c[i + Outcome::ALL.len()].load(Ordering::Relaxed)
+                });
+                (name.clone(), total)
+            })
+            .collect()
+    }
+
+    /// The store latency histogram: each bucket's count (not cumulative,
+    /// in the order of its bounds), then the count of all calls (those
+    /// above the largest bound included).
+    pub fn latency_counts(&self) -> [u64; LATENCY_BUCKETS_US.len() + 1] {
+        std::array::from_fn(|i| match self.latency_buckets.get(i) {
+            Some(bucket) => bucket.load(Ordering::Relaxed),
+            None => self.latency_count.load(Ordering::Relaxed),
         })
     }
 
