@@ -239,6 +239,10 @@ impl Dashboard {
         let (shown, _) = shown_policies(&loaded.config);
         let names: HashSet<&str> = shown.iter().map(|(name, _, _)| *name).collect();
         let series = &mut *series;
+        // The first sample counts everything since the start; a policy
+        // that appears later (by a reload) counts from now, whatever an
+        // earlier policy of its name decided.
+        let first = series.len == 0;
         series.len = (series.len + 1).min(SERIES_LEN);
         for (name, _, _) in &shown {
             let now = totals.get(*name).copied().unwrap_or_default();
@@ -246,7 +250,7 @@ impl Dashboard {
                 .by_policy
                 .entry((*name).to_owned())
                 .or_insert_with(|| Ring {
-                    last: now,
+                    last: if first { [0; 4] } else { now },
                     samples: VecDeque::with_capacity(SERIES_LEN),
                 });
             let delta: [u32; 4] = std::array::from_fn(|i| {
