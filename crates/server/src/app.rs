@@ -267,6 +267,7 @@ impl App {
                     BreakerState::HalfOpen => 2,
                 },
                 deny_cache_hits: stats.deny_cache_hits,
+                deny_cache_lookups: stats.deny_cache_lookups,
                 store_errors: stats.failures,
                 memory: store.get_ref().memory_usage(),
                 local: (stats.local_keys, stats.local_evictions),

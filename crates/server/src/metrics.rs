@@ -79,6 +79,8 @@ pub struct StoreGauges {
     pub circuit_state: u8,
     /// Decisions answered by the deny cache.
     pub deny_cache_hits: u64,
+    /// Decisions that consulted the deny cache.
+    pub deny_cache_lookups: u64,
     /// Store calls that failed or timed out.
     pub store_errors: u64,
     /// `(entries, evictions)` of a memory store; `None` on Redis.
@@ -311,7 +313,7 @@ impl Metrics {
             &'static str,
             fn(&StoreGauges) -> u64,
         );
-        let families: [Family; 9] = [
+        let families: [Family; 10] = [
             (
                 "tollgate_store_errors_total",
                 "Store calls that failed (timeouts included).",
@@ -335,6 +337,12 @@ impl Metrics {
                 "Decisions answered by the local deny cache.",
                 "counter",
                 |s| s.deny_cache_hits,
+            ),
+            (
+                "tollgate_deny_cache_lookups_total",
+                "Decisions that consulted the local deny cache (hits / lookups: its hit ratio).",
+                "counter",
+                |s| s.deny_cache_lookups,
             ),
             (
                 "tollgate_leases_taken_total",
@@ -773,6 +781,9 @@ mod tests {
         assert!(text.contains("tollgate_store_latency_seconds_sum 0.0003\n"));
         assert!(text.contains("tollgate_store_latency_seconds_bucket{le=\"1\"} 1\n"));
         assert!(text.contains("tollgate_config_reloads_total{result=\"failure\"} 1\n"));
+        assert!(text.contains(
+            "# TYPE tollgate_deny_cache_lookups_total counter\ntollgate_deny_cache_lookups_total 0\n"
+        ));
         assert_eq!(seconds(0), "0");
     }
 
