@@ -322,26 +322,42 @@ impl Hitters {
     /// The `n` keys `policy` denied most in the last minute.
     pub fn top(&self, policy: &str, n: usize) -> Vec<Hitter> {
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let map = self
-            .by_policy
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.get(policy).map_or_else(Vec::new, |sketch| {
-            sketch
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .top(epoch, n)
-        })
+        // Copied (a few KiB) under the locks and merged outside them, so a
+        // reader never makes a denial wait for a merge.
+        let ring = {
+            let map = self
+                .by_policy
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match map.get(policy) {
+                Some(sketch) => sketch
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+                None => return Vec::new(),
+            }
+        };
+        ring.top(epoch, n)
     }
 
     /// Drops the sketches of policies for which `keep` is false (policies
     /// a reload removed), or every sketch.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut map = self
+        // Checked under the read lock first: the sampler calls this every
+        // second, and denials need not wait for a write lock that drops
+        // nothing.
+        let drop_some = self
             .by_policy
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.retain(|name, _| keep(name));
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .any(|name| !keep(name));
+        if drop_some {
+            self.by_policy
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|name, _| keep(name));
+        }
     }
 
     /// Policies with a sketch.

@@ -155,8 +155,11 @@ struct Series {
     /// with zeros, so every series of a response has the same length).
     len: usize,
     by_policy: HashMap<String, Ring>,
-    /// Cumulative latency bucket counts (and the total), one per sample.
+    /// Latency bucket counts (and the total) as of each sample.
     latency: VecDeque<[u64; LATENCY_BUCKETS_US.len() + 1]>,
+    /// Whether a sample was ever taken (kept when the dashboard is turned
+    /// off): only the process's first sample counts from the start.
+    sampled_before: bool,
 }
 
 /// When the configuration was loaded and the last error.
@@ -229,7 +232,10 @@ impl Dashboard {
         let loaded = app.current();
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         if !loaded.config.server.dashboard.enabled {
-            *series = Series::default();
+            *series = Series {
+                sampled_before: series.sampled_before,
+                ..Series::default()
+            };
             self.hitters.retain(|_| false);
             return;
         }
@@ -239,10 +245,11 @@ impl Dashboard {
         let (shown, _) = shown_policies(&loaded.config);
         let names: HashSet<&str> = shown.iter().map(|(name, _, _)| *name).collect();
         let series = &mut *series;
-        // The first sample counts everything since the start; a policy
-        // that appears later (by a reload) counts from now, whatever an
-        // earlier policy of its name decided.
-        let first = series.len == 0;
+        // The process's first sample counts everything since the start; a
+        // policy that appears later (by a reload, or the dashboard turned
+        // on again) counts from now, whatever was decided before.
+        let first = !series.sampled_before;
+        series.sampled_before = true;
         series.len = (series.len + 1).min(SERIES_LEN);
         for (name, _, _) in &shown {
             let now = totals.get(*name).copied().unwrap_or_default();
@@ -338,7 +345,7 @@ impl Dashboard {
                     hit_ratio: (stats.deny_cache_lookups > 0)
                         .then(|| stats.deny_cache_hits as f64 / stats.deny_cache_lookups as f64),
                 },
-                leases: (stats.leases != Default::default()).then(|| LeaseStats {
+                leases: (stats.leases != Default::default()).then_some(LeaseStats {
                     taken: stats.leases.taken,
                     units: stats.leases.units,
                     returned: stats.leases.returned,

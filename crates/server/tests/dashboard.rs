@@ -427,3 +427,56 @@ async fn the_document_is_bounded() {
     // what 1000 policies x 4 series x 300 samples could take.
     assert!(reply.body.len() < 4 * 1024 * 1024, "{}", reply.body.len());
 }
+
+/// A reload turns the dashboard off (404, memory dropped) and on again;
+/// back on, its series count from then, not the decisions made meanwhile.
+#[tokio::test]
+async fn a_reload_turns_the_dashboard_off_and_on() {
+    let dir = temp_dir("dashboard-toggle");
+    let file = dir.join("tollgate.yaml");
+    std::fs::write(&file, POLICIES).unwrap();
+    let source = ConfigSource {
+        config: Some(file.clone()),
+        ..ConfigSource::default()
+    };
+    let server = TestServer::start_with(
+        Backend::Memory,
+        "",
+        source,
+        ServerOptions::default()
+            .watch_interval(None)
+            .reload_on_sighup(false),
+    )
+    .await;
+    for _ in 0..5 {
+        check(&server, "tiny", "k").await;
+    }
+    assert_eq!(
+        sum(&policy(&stats(&server).await, "tiny")["series"]["denied"]),
+        3
+    );
+
+    std::fs::write(
+        &file,
+        format!("server:\n  dashboard:\n    enabled: false\n{POLICIES}"),
+    )
+    .unwrap();
+    server.app.reload().unwrap();
+    for _ in 0..4 {
+        check(&server, "tiny", "k").await;
+    }
+    server.app.dashboard().tick(&server.app);
+    assert_eq!(server.get("/v1/stats").await.status, 404);
+    assert!(server.app.dashboard().hitters().is_empty());
+
+    std::fs::write(&file, POLICIES).unwrap();
+    server.app.reload().unwrap();
+    // The series start at this sample (or the sampler's, if it came
+    // first): the decision below falls after either.
+    server.app.dashboard().tick(&server.app);
+    check(&server, "tiny", "k").await;
+    let back = stats(&server).await;
+    let tiny = policy(&back, "tiny");
+    assert_eq!(sum(&tiny["series"]["denied"]), 1, "{tiny}");
+    assert_eq!(tiny["top_denied"][0]["denied"], 1, "{tiny}");
+}
