@@ -480,3 +480,56 @@ async fn a_reload_turns_the_dashboard_off_and_on() {
     assert_eq!(sum(&tiny["series"]["denied"]), 1, "{tiny}");
     assert_eq!(tiny["top_denied"][0]["denied"], 1, "{tiny}");
 }
+
+/// On a real Redis: the store's kind, and when Redis goes away, not
+/// reachable with the reason, the breaker's state, and the decisions that
+/// `on_failure` made counted as degraded.
+#[tokio::test]
+async fn a_redis_store_that_goes_away_is_shown_unreachable_with_its_cause() {
+    let backend = Backend::redis();
+    let Backend::Redis(redis) = &backend else {
+        unreachable!()
+    };
+    let text = format!(
+        "store:\n  kind: redis\n  url: {}\n  timeout: 50ms\n{POLICIES}",
+        redis.url()
+    );
+    let mut server = TestServer::start_text(backend, &text).await;
+    assert!(check(&server, "tiny", "k").await);
+    let healthy = stats(&server).await;
+    assert_eq!(healthy["store"]["kind"], "redis");
+    assert_eq!(healthy["store"]["reachable"], true, "{}", healthy["store"]);
+    assert_eq!(healthy["store"]["error"], Value::Null);
+
+    let Backend::Redis(redis) = &mut server.backend else {
+        unreachable!()
+    };
+    redis.kill();
+    for _ in 0..10 {
+        // on_failure: open (the default): allowed, degraded.
+        assert!(check(&server, "tiny", "k").await);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let down = loop {
+        let stats = stats(&server).await;
+        if stats["store"]["reachable"] == false {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never shown unreachable: {}",
+            stats["store"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let store = &down["store"];
+    assert!(
+        store["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{store}"
+    );
+    assert_ne!(store["breaker"], "closed", "{store}");
+    assert!(
+        sum(&policy(&down, "tiny")["series"]["degraded"]) >= 5,
+        "{down}"
+    );
+}
