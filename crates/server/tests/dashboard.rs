@@ -299,19 +299,28 @@ async fn a_disabled_dashboard_answers_404_and_tracks_nothing() {
     assert_eq!(server.get("/metrics").await.status, 200);
 }
 
-/// `/metrics` and `/v1/stats` share one rule: open by default (an admin
-/// token alone changes nothing), the admin token with `metrics_auth`.
+/// `/metrics` (on the HTTP port and on `server.metrics`' listener) and
+/// `/v1/stats` share one rule: open by default (an admin token alone
+/// changes nothing), the admin token with `metrics_auth`.
 #[tokio::test]
 async fn stats_and_metrics_follow_one_access_rule() {
     for (auth, needs_token) in [("", false), ("  metrics_auth: true\n", true)] {
-        let config = format!("server:\n  admin_token: s3cret\n{auth}{POLICIES}");
+        let port = tollgate_testkit::ports::free_port();
+        let config = format!(
+            "server:\n  admin_token: s3cret\n  metrics: {{ addr: \"127.0.0.1:{port}\", path: /prom }}\n{auth}{POLICIES}"
+        );
         let server = TestServer::start_text(Backend::Memory, &config).await;
-        for path in ["/metrics", "/v1/stats"] {
-            let open = server.get(path).await;
-            let wrong = server
+        let listener = tollgate_testkit::http::Client::new(([127, 0, 0, 1], port).into());
+        for (client, path) in [
+            (&server.client, "/metrics"),
+            (&server.client, "/v1/stats"),
+            (&listener, "/prom"),
+        ] {
+            let open = client.get(path).await;
+            let wrong = client
                 .get_with(path, &[("authorization", "Bearer nope")])
                 .await;
-            let right = server
+            let right = client
                 .get_with(path, &[("authorization", "bearer s3cret")])
                 .await;
             assert_eq!(right.status, 200, "{path}: {}", right.body);
