@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,13 +82,13 @@ pub async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
         Ok(loaded) => loaded,
         Err(problem) => return problem.into_response(),
     };
-    match serde_json::to_string(&app.dashboard().snapshot(&app, &loaded)) {
+    match app.dashboard().document(&app, &loaded) {
         Ok(body) => (
             [
                 (CONTENT_TYPE, "application/json"),
                 (CACHE_CONTROL, "no-store"),
             ],
-            body,
+            body.to_string(),
         )
             .into_response(),
         Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -182,6 +183,24 @@ pub struct Dashboard {
     /// Written by the sampler once a second, read by `/v1/stats`.
     series: Mutex<Series>,
     config: Mutex<ConfigStatus>,
+    /// Moves with every sample and configuration load: what the document
+    /// is built from changed.
+    generation: AtomicU64,
+    /// The latest document, with the generation and configuration it was
+    /// built from: `/v1/stats` builds one at most once per sample
+    /// (building one for 1000 policies takes milliseconds), however often
+    /// clients ask.
+    document: Mutex<Option<Built>>,
+}
+
+/// A `/v1/stats` document and what it was built from.
+#[derive(Debug)]
+struct Built {
+    generation: u64,
+    /// The configuration in force then (compared by address: a reload
+    /// installs a new one).
+    config: usize,
+    body: Arc<str>,
 }
 
 impl Default for Dashboard {
@@ -196,6 +215,8 @@ impl Default for Dashboard {
                 loaded_ms: now,
                 ..ConfigStatus::default()
             }),
+            generation: AtomicU64::new(0),
+            document: Mutex::new(None),
         }
     }
 }
@@ -215,6 +236,7 @@ impl Dashboard {
     /// Records a configuration load (at start or by a reload): when it
     /// succeeded, or why it failed.
     pub fn config_loaded(&self, result: Result<(), String>) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         let mut status = self.config.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(()) => status.loaded_ms = unix_ms(),
@@ -231,6 +253,7 @@ impl Dashboard {
     pub fn tick(&self, app: &App) {
         let loaded = app.current();
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         if !loaded.config.server.dashboard.enabled {
             *series = Series {
                 sampled_before: series.sampled_before,
@@ -282,7 +305,34 @@ impl Dashboard {
         }
     }
 
-    /// The document `/v1/stats` answers.
+    /// The `/v1/stats` document as JSON: the one built since the latest
+    /// sample and configuration load if there is one, else a new one.
+    /// Requests in between get the same document (its `now_ms` included).
+    ///
+    /// # Errors
+    /// When the document cannot be written as JSON (never in practice).
+    pub fn document(&self, app: &App, loaded: &Arc<Loaded>) -> Result<Arc<str>, serde_json::Error> {
+        let config = Arc::as_ptr(loaded) as usize;
+        // Held while building: concurrent requests wait for the one build
+        // instead of each making their own.
+        let mut built = self.document.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = self.generation.load(Ordering::Relaxed);
+        if let Some(b) = built
+            .as_ref()
+            .filter(|b| b.generation == generation && b.config == config)
+        {
+            return Ok(Arc::clone(&b.body));
+        }
+        let body: Arc<str> = serde_json::to_string(&self.snapshot(app, loaded))?.into();
+        *built = Some(Built {
+            generation,
+            config,
+            body: Arc::clone(&body),
+        });
+        Ok(body)
+    }
+
+    /// The document `/v1/stats` answers, built now.
     pub fn snapshot(&self, app: &App, loaded: &Loaded) -> Stats {
         let config = &loaded.config;
         let show_keys = config.server.dashboard.show_keys;
@@ -573,6 +623,28 @@ mod tests {
         slow[LATENCY_BUCKETS_US.len()] = 1000;
         let stats = latency_ms(to, slow).expect("calls");
         assert!((stats.p99 - 1000.0).abs() < 1e-9, "{stats:?}");
+    }
+
+    /// However often clients ask, a document is built once per sample
+    /// (and per configuration load).
+    #[tokio::test]
+    async fn the_document_is_built_once_per_sample() {
+        let app = App::new(
+            ConfigSource::default(),
+            Config::demo().expect("demo"),
+            crate::ServerStore::Memory(Default::default()),
+        );
+        let dashboard = app.dashboard();
+        let loaded = app.current();
+        let first = dashboard.document(&app, &loaded).expect("json");
+        let again = dashboard.document(&app, &loaded).expect("json");
+        assert!(Arc::ptr_eq(&first, &again));
+        dashboard.tick(&app);
+        let sampled = dashboard.document(&app, &loaded).expect("json");
+        assert!(!Arc::ptr_eq(&first, &sampled));
+        dashboard.config_loaded(Err("t.yaml:1:1: broken".to_owned()));
+        let failed = dashboard.document(&app, &loaded).expect("json");
+        assert!(failed.contains("t.yaml:1:1: broken"), "{failed}");
     }
 
     #[test]
