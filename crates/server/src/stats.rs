@@ -35,7 +35,7 @@ pub use crate::hitters::{KEY_BYTES, MAX_POLICIES};
 use crate::http::{Problem, admit_admin_request};
 use crate::metrics::{LATENCY_BUCKETS_US, Outcome};
 
-/// Milliseconds between two samples of the series.
+/// The time between two samples of the series (`interval_ms`).
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Samples kept per series: five minutes.
 pub const SERIES_LEN: usize = 300;
