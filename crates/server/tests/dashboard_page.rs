@@ -72,3 +72,43 @@ async fn the_page_and_its_files_are_served_with_strict_headers() {
     let response = server.post("/", "{}").await;
     assert_eq!(response.status(), 405);
 }
+
+const PAGE_FILES: [&str; 4] = ["/", "/dashboard.js", "/dashboard.css", "/favicon.svg"];
+
+#[tokio::test]
+async fn a_disabled_dashboard_serves_no_page() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        "server:\n  dashboard:\n    enabled: false\npolicies: []\n",
+    )
+    .await;
+    for path in PAGE_FILES.iter().chain(&["/v1/stats"]) {
+        let reply = server.get(path).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(
+            reply.body.contains("server.dashboard.enabled: false"),
+            "{path}: {}",
+            reply.body
+        );
+    }
+}
+
+/// The page holds no figures: under `server.metrics_auth` it is served
+/// without the token (a browser opening it could not send one), and
+/// `/v1/stats`, where its figures come from, is not.
+#[tokio::test]
+async fn under_metrics_auth_the_page_is_served_and_its_figures_are_not() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        "server:\n  admin_token: t0ken\n  metrics_auth: true\npolicies: []\n",
+    )
+    .await;
+    for path in PAGE_FILES {
+        assert_eq!(server.get(path).await.status, 200, "{path}");
+    }
+    assert_eq!(server.get("/v1/stats").await.status, 401);
+    let reply = server
+        .get_with("/v1/stats", &[("authorization", "Bearer t0ken")])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}

@@ -18,6 +18,10 @@ pub enum StoreError {
     /// The store answered with something this version does not understand.
     #[error("store protocol error: {0}")]
     Protocol(String),
+    /// The store cannot do what was asked (e.g. reservations, of a store
+    /// that does not keep them).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
 }
 
 impl StoreError {
@@ -54,6 +58,21 @@ pub enum Error {
     /// reported denied while charged, so the request is refused instead.
     #[error("policy `{0}` is named twice")]
     DuplicatePolicy(String),
+    /// A reservation was asked of a policy whose algorithm cannot be
+    /// reserved (`sliding_log`, `leaky_bucket`: the message says why).
+    #[error("policy `{policy}`: {reason}")]
+    NotReservable {
+        /// The policy's name.
+        policy: String,
+        /// Why, from [`PolicyError::ReserveNotSupported`](crate::PolicyError::ReserveNotSupported).
+        reason: String,
+    },
+    /// A reservation or settle out of bounds: a deadline past
+    /// [`MAX_DEADLINE`](crate::reservation::MAX_DEADLINE), an amount past
+    /// [`MAX_AMOUNT`](crate::reservation::MAX_AMOUNT), names too long to
+    /// name in a reservation.
+    #[error("invalid reservation: {0}")]
+    InvalidReservation(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -42,6 +42,7 @@ pub mod keyspace;
 pub mod limiter;
 pub mod overrides;
 pub mod policy;
+pub mod reservation;
 pub mod resilience;
 pub mod store;
 
@@ -50,13 +51,20 @@ pub use decision::Decision;
 pub use error::{Error, StoreError};
 pub use limiter::{Limiter, LimiterBuilder, MultiDecision};
 pub use policy::{Algorithm, Lease, Policy, PolicyError};
+pub use reservation::{Reservation, ReservationId};
 pub use resilience::{FailureMode, ResilienceOptions, Resilient};
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 pub use store::{
-    Check, Decisions, Held, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, Store,
+    Check, Decisions, Held, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, ReserveCall,
+    SettleAnswer, SettleCall, Settled, Store,
 };
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// docs/RESERVATIONS.md's example, compiled and run as a doc test.
+#[doc = include_str!("../../../docs/RESERVATIONS.md")]
+#[cfg(doctest)]
+pub struct ReservationsDoctests;

@@ -8,7 +8,10 @@ use smallvec::SmallVec;
 use std::time::Duration;
 
 use crate::overrides::{Override, OverrideError, OverrideLimit, Overrides, Page, Source};
-use crate::store::{Check, Decisions, Mode, PolicyRef, Store};
+use crate::reservation::{MAX_AMOUNT, MAX_DEADLINE, Reservation, ReservationId};
+use crate::store::{
+    Check, Decisions, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall, Store,
+};
 use crate::{Decision, Error, MemoryStore, Policy};
 
 /// The default longest key, in bytes.
@@ -355,6 +358,258 @@ impl<S: Store> Limiter<S> {
             .await
     }
 
+    /// Reserves `estimate` units of every policy in `policies` for `key`,
+    /// for a cost known only afterwards: decided like
+    /// [`check_all`](Self::check_all) of `estimate` (all-or-nothing), and
+    /// when allowed a reservation stays open in the store for `deadline`,
+    /// to be settled with [`settle`](Self::settle) at the actual cost or
+    /// given back with [`cancel`](Self::cancel). Not settled by its
+    /// deadline, it settles at its estimate. `docs/RESERVATIONS.md` has
+    /// the rules.
+    ///
+    /// Overrides apply as to a check: a blocked policy denies, an
+    /// unlimited one is not reserved (nothing to settle), numbers replace
+    /// the policy's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Limiter, MemoryStore};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let limiter = Limiter::builder(MemoryStore::new())
+    ///     .policy("tokens", "fixed_window 10000/1m".parse()?)
+    ///     .build();
+    /// let reservation = limiter.reserve(&["tokens"], "alice", 2_000, Duration::from_secs(60)).await?;
+    /// assert!(reservation.allowed());
+    /// let id = reservation.id.expect("allowed");
+    /// // The response used 1 200 tokens: 800 go back.
+    /// let settled = limiter.settle(&id, 1_200).await?.expect("open");
+    /// assert_eq!(settled.settled[0].returned, 800);
+    /// assert_eq!(limiter.peek("tokens", "alice", 1).await?.remaining, 8_800);
+    /// // A retried settle changes nothing.
+    /// assert!(limiter.settle(&id, 1_200).await?.expect("kept").replayed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`check_all`](Self::check_all) (with `estimate` as the cost),
+    /// [`Error::NotReservable`] for a `sliding_log` or `leaky_bucket`
+    /// policy, [`Error::InvalidReservation`] for a deadline past
+    /// [`MAX_DEADLINE`] or of zero, or an estimate past [`MAX_AMOUNT`], and
+    /// [`Error::Store`] with [`StoreError::Unsupported`](crate::StoreError::Unsupported)
+    /// from a store that keeps no reservations.
+    pub async fn reserve(
+        &self,
+        policies: &[&str],
+        key: impl AsRef<[u8]>,
+        estimate: u64,
+        deadline: Duration,
+    ) -> Result<Reservation, Error> {
+        let key = key.as_ref();
+        if policies.is_empty() {
+            return Err(Error::NoPolicy);
+        }
+        distinct(policies.iter().copied())?;
+        self.validate_request(key, estimate)?;
+        if estimate > MAX_AMOUNT {
+            return Err(Error::InvalidReservation(format!(
+                "estimate {estimate} is above the maximum of {MAX_AMOUNT}"
+            )));
+        }
+        if deadline.is_zero() || deadline > MAX_DEADLINE {
+            return Err(Error::InvalidReservation(format!(
+                "deadline {deadline:?} must be above zero and at most {MAX_DEADLINE:?}"
+            )));
+        }
+        let refs = policies
+            .iter()
+            .map(|name| {
+                let policy = self.lookup(name)?;
+                if !crate::algorithm::can_reserve(policy.algorithm()) {
+                    return Err(Error::NotReservable {
+                        policy: (*name).to_owned(),
+                        reason: crate::PolicyError::ReserveNotSupported(policy.algorithm())
+                            .to_string(),
+                    });
+                }
+                Ok(PolicyRef { name, policy })
+            })
+            .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
+        let overridden = self.resolve_overrides(key, &refs);
+        let blocked = overridden.iter().any(|o| matches!(o, Resolved::Blocked));
+        let stored: SmallVec<[PolicyRef<'_>; 2]> = refs
+            .iter()
+            .zip(&overridden)
+            .filter_map(|(p, o)| match o {
+                Resolved::Policy(policy) => Some(PolicyRef {
+                    name: p.name,
+                    policy,
+                }),
+                Resolved::Registered => Some(*p),
+                Resolved::Unlimited | Resolved::Blocked => None,
+            })
+            .collect();
+        if blocked || stored.is_empty() {
+            // Decided as a check is (nothing reserved): a block denies with
+            // nothing charged, unlimited policies pass without a store.
+            let decision = self
+                .apply_checked(Check::new(key, &refs, estimate, Mode::Peek))
+                .await?;
+            return Ok(Reservation {
+                decision: MultiDecision {
+                    allowed: decision.allowed && !blocked,
+                    ..decision
+                },
+                id: None,
+            });
+        }
+        let names: SmallVec<[&str; 2]> = stored.iter().map(|p| p.name).collect();
+        let id = ReservationId::draw(key, &names)?;
+        let decided = self
+            .inner
+            .store
+            .reserve(ReserveCall {
+                check: Check::new(key, &stored, estimate, Mode::Consume),
+                nonce: id.nonce(),
+                deadline_us: crate::clock::micros(deadline),
+            })
+            .await?;
+        if decided.len() != stored.len() {
+            return Err(crate::StoreError::Protocol(format!(
+                "store returned {} decisions for {} policies",
+                decided.len(),
+                stored.len()
+            ))
+            .into());
+        }
+        let mut decided = decided.into_iter();
+        let decisions: Decisions = refs
+            .iter()
+            .zip(&overridden)
+            .map(|(p, o)| match o {
+                Resolved::Unlimited => unlimited(p.policy),
+                _ => decided.next().unwrap_or_else(|| unlimited(p.policy)),
+            })
+            .collect();
+        let allowed = decisions.iter().all(|d| d.allowed);
+        Ok(Reservation {
+            decision: MultiDecision {
+                allowed,
+                decisions,
+                overridden: if overridden.iter().all(|o| matches!(o, Resolved::Registered)) {
+                    SmallVec::new()
+                } else {
+                    overridden
+                        .iter()
+                        .map(|o| !matches!(o, Resolved::Registered))
+                        .collect()
+                },
+            },
+            id: allowed.then_some(id),
+        })
+    }
+
+    /// Settles the reservation `id` at `actual` units: gives back
+    /// `estimate - actual` where the algorithm allows it exactly, or
+    /// charges `actual - estimate` more, overdrawing each policy by at
+    /// most its [`Policy::max_overdraft`] (what is not charged is reported
+    /// as [`Settled::unpaid`](crate::Settled::unpaid)). Once: a settle
+    /// retried, with any `actual`, changes nothing and answers what the
+    /// first did (`replayed`). `Ok(None)` when the store holds no such
+    /// reservation (past its deadline, and so settled at its estimate, or
+    /// never made).
+    ///
+    /// Each policy is settled with the numbers in force now (an override's
+    /// or the registered policy's).
+    ///
+    /// # Errors
+    /// [`Error::UnknownPolicy`] for a policy no longer configured (the
+    /// reservation then settles at its estimate at its deadline),
+    /// [`Error::KeyTooLong`], [`Error::InvalidReservation`] for an actual
+    /// past [`MAX_AMOUNT`], or [`Error::Store`].
+    pub async fn settle(
+        &self,
+        id: &ReservationId,
+        actual: u64,
+    ) -> Result<Option<SettleAnswer>, Error> {
+        if actual > MAX_AMOUNT {
+            return Err(Error::InvalidReservation(format!(
+                "actual {actual} is above the maximum of {MAX_AMOUNT}"
+            )));
+        }
+        let key = id.key();
+        self.validate_key(key)?;
+        let names: SmallVec<[&str; 2]> = id.policies().collect();
+        let refs = names
+            .iter()
+            .map(|name| {
+                Ok(PolicyRef {
+                    name,
+                    policy: self.lookup(name)?,
+                })
+            })
+            .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
+        let overridden = self.resolve_overrides(key, &refs);
+        let refs: SmallVec<[PolicyRef<'_>; 2]> = refs
+            .iter()
+            .zip(&overridden)
+            .map(|(p, o)| match o {
+                Resolved::Policy(policy) => PolicyRef {
+                    name: p.name,
+                    policy,
+                },
+                _ => *p,
+            })
+            .collect();
+        Ok(self
+            .inner
+            .store
+            .settle(SettleCall {
+                key,
+                policies: &refs,
+                nonce: id.nonce(),
+                actual,
+            })
+            .await?)
+    }
+
+    /// Cancels the reservation `id`: settles it at zero, giving back its
+    /// whole estimate where the algorithm allows it exactly.
+    ///
+    /// # Errors
+    /// As [`settle`](Self::settle).
+    pub async fn cancel(&self, id: &ReservationId) -> Result<Option<SettleAnswer>, Error> {
+        self.settle(id, 0).await
+    }
+
+    /// Each policy's override for `key`, as a reservation or a settle
+    /// uses it.
+    fn resolve_overrides(&self, key: &[u8], refs: &[PolicyRef<'_>]) -> SmallVec<[Resolved; 2]> {
+        let table = self.inner.overrides.as_ref().filter(|t| !t.is_empty());
+        refs.iter()
+            .map(|p| {
+                let Some(table) = table else {
+                    return Resolved::Registered;
+                };
+                match table.lookup(p.name, key).map(|(o, _)| o) {
+                    Some(o) => match o.limit {
+                        OverrideLimit::Policy(numbers)
+                            if numbers.algorithm() == p.policy.algorithm() =>
+                        {
+                            Resolved::Policy(
+                                with_lease_of(numbers, p.policy).with_max_overdraft_of(p.policy),
+                            )
+                        }
+                        OverrideLimit::Policy(_) => Resolved::Registered,
+                        OverrideLimit::Unlimited => Resolved::Unlimited,
+                        OverrideLimit::Blocked => Resolved::Blocked,
+                    },
+                    None => Resolved::Registered,
+                }
+            })
+            .collect()
+    }
+
     /// Returns `key`'s state for `policy` to fresh.
     ///
     /// # Errors
@@ -577,6 +832,32 @@ impl<S: Store> Limiter<S> {
             });
         }
         Ok(())
+    }
+}
+
+/// What an override makes of one policy of a reservation.
+#[derive(Debug, Clone, Copy)]
+enum Resolved {
+    /// No override: the registered policy.
+    Registered,
+    /// The override's numbers.
+    Policy(Policy),
+    /// Unlimited: not reserved.
+    Unlimited,
+    /// Blocked.
+    Blocked,
+}
+
+/// The decision of a policy unlimited by an override.
+fn unlimited(policy: &Policy) -> Decision {
+    Decision {
+        allowed: true,
+        limit: policy.capacity(),
+        remaining: policy.capacity(),
+        reset_after: Duration::ZERO,
+        retry_after: None,
+        delay: Duration::ZERO,
+        degraded: false,
     }
 }
 

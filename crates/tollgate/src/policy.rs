@@ -170,6 +170,18 @@ pub enum PolicyError {
     /// A lease's `max` or `ttl` is out of bounds.
     #[error("invalid lease: {0}")]
     InvalidLease(String),
+    /// A reservation was asked of an algorithm that cannot settle exactly.
+    #[error("{0} cannot be reserved: {reason}", reason = reserve_refusal(*.0))]
+    ReserveNotSupported(Algorithm),
+    /// A `max_overdraft` above the policy's capacity.
+    #[error("max_overdraft {given} is above the most this policy takes, {capacity} units")]
+    OverdraftTooLarge {
+        /// The overdraft given.
+        given: u64,
+        /// The most it takes ([`Policy::overdraft_cap`]): its capacity
+        /// (its limit, or its burst for a bucket).
+        capacity: u64,
+    },
     /// The text could not be parsed.
     #[error("invalid policy `{text}`: {reason}")]
     Syntax {
@@ -214,6 +226,26 @@ pub struct Policy {
     rate: u64,
     /// Leasing, when turned on ([`Policy::with_lease`]).
     lease: Option<Lease>,
+    /// How far a settled reservation may overdraw
+    /// ([`Policy::with_max_overdraft`]); `None`: the capacity. A u32 (a
+    /// larger one is the capacity anyway, at most 2^32) keeps `Policy` at
+    /// one cache line.
+    max_overdraft: Option<u32>,
+}
+
+/// Why an algorithm cannot be reserved, in the words of its error.
+const fn reserve_refusal(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::SlidingLog => {
+            "sliding_log records every admitted unit at its instant, and a settle that gives \
+             units back or charges more would rewrite or invent entries of the past"
+        }
+        Algorithm::LeakyBucket => {
+            "leaky_bucket answers each request with its own delay, its place in the queue, \
+             which a later settle would change for every request queued behind it"
+        }
+        _ => "not supported",
+    }
 }
 
 /// Why an algorithm cannot lease, in the words of its error.
@@ -348,6 +380,7 @@ impl Policy {
             unit: period_us / g,
             rate: limit / g,
             lease: None,
+            max_overdraft: None,
         };
         policy.check_exact()?;
         Ok(policy)
@@ -464,6 +497,79 @@ impl Policy {
     /// The policy's leasing, if turned on.
     pub const fn lease(&self) -> Option<Lease> {
         self.lease
+    }
+
+    /// This policy with a settled reservation allowed to overdraw it by at
+    /// most `units` beyond what remains (default: its capacity, one full
+    /// allowance). `docs/RESERVATIONS.md` says what owing means per
+    /// algorithm.
+    ///
+    /// ```
+    /// use tollgate::policy::Policy;
+    /// let p: Policy = "fixed_window 1000/1m".parse::<Policy>()?.with_max_overdraft(200)?;
+    /// assert_eq!(p.max_overdraft(), 200);
+    /// assert_eq!("fixed_window 1000/1m".parse::<Policy>()?.max_overdraft(), 1000);
+    /// assert!("fixed_window 1000/1m".parse::<Policy>()?.with_max_overdraft(1001).is_err());
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PolicyError::ReserveNotSupported`] for `sliding_log` and
+    /// `leaky_bucket`, [`PolicyError::OverdraftTooLarge`] above the
+    /// capacity.
+    pub fn with_max_overdraft(mut self, units: u64) -> Result<Policy, PolicyError> {
+        if !crate::algorithm::can_reserve(self.algorithm) {
+            return Err(PolicyError::ReserveNotSupported(self.algorithm));
+        }
+        if units > self.overdraft_cap() {
+            return Err(PolicyError::OverdraftTooLarge {
+                given: units,
+                capacity: self.overdraft_cap(),
+            });
+        }
+        // Above u32::MAX only the capacity 2^32 itself: the default.
+        self.max_overdraft = u32::try_from(units).ok();
+        Ok(self)
+    }
+
+    /// This policy's numbers with `base`'s overdraft setting: `base`'s
+    /// explicit `max_overdraft` (at most this policy's capacity), or, when
+    /// `base` keeps the default, this policy's own default (its capacity).
+    /// For numbers that stand in for `base`, such as an override's.
+    pub fn with_max_overdraft_of(mut self, base: &Policy) -> Policy {
+        self.max_overdraft = base
+            .max_overdraft
+            .map(|units| units.min(u32::try_from(self.overdraft_cap()).unwrap_or(u32::MAX)));
+        self
+    }
+
+    /// How far a settled reservation may overdraw this policy beyond what
+    /// remains ([`with_max_overdraft`](Self::with_max_overdraft)).
+    pub fn max_overdraft(&self) -> u64 {
+        match self.max_overdraft {
+            Some(units) => (units as u64).min(self.overdraft_cap()),
+            None => self.overdraft_cap(),
+        }
+    }
+
+    /// The largest `max_overdraft` this policy takes: its capacity, and for
+    /// `sliding_window` at most what keeps `2 x (limit + max_overdraft) x
+    /// period` below 2^53 (an overdraft reads both windows' counts up to
+    /// `limit + max_overdraft`; only policies near the 2^53 bound of
+    /// [`Policy::new`] are held lower, never below half their limit).
+    ///
+    /// ```
+    /// use tollgate::policy::Policy;
+    /// assert_eq!("sliding_window 1000/1m".parse::<Policy>()?.overdraft_cap(), 1000);
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    pub fn overdraft_cap(&self) -> u64 {
+        let capacity = self.capacity();
+        if self.algorithm != Algorithm::SlidingWindow {
+            return capacity;
+        }
+        let exact = (MAX_EXACT - 1) / (2 * self.period_us);
+        capacity.min(exact.saturating_sub(self.limit))
     }
 
     /// This policy without leasing: what the store decides with. Two

@@ -4,9 +4,12 @@
 //! the configuration (docs/DASHBOARD.md).
 //!
 //! Its four files are compiled into the binary (`include_str!`): no CDN,
-//! no network, no build step. The page holds no data of its own; what it
-//! shows comes from `/v1/stats`, which answers to the same access rule as
-//! `/metrics`. The script builds the DOM with `textContent` only (keys are
+//! no network, no build step. The page holds no data of its own, so it is
+//! served to anyone while the dashboard is enabled (`404` otherwise,
+//! [`crate::stats::dashboard_enabled`]); what it shows comes from
+//! `/v1/stats`, which answers to the same access rule as `/metrics`
+//! ([`crate::stats::admit_reader`]), and the page asks for the admin token
+//! when that rule needs it. The script builds the DOM with `textContent` only (keys are
 //! client input), and every response here carries a Content-Security-Policy
 //! that allows nothing but this server's own script, style, image and
 //! `fetch`, so even a bug that slipped markup into the page could not run
@@ -15,6 +18,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::HeaderValue;
@@ -69,11 +73,17 @@ static ASSETS: [Asset; 4] = [
 /// The routes of the page and its files (`GET`, and so `HEAD`).
 pub fn routes() -> Router<Arc<App>> {
     ASSETS.iter().fold(Router::new(), |router, asset| {
-        router.route(asset.path, get(move || serve(asset)))
+        router.route(
+            asset.path,
+            get(move |State(app): State<Arc<App>>| serve(app, asset)),
+        )
     })
 }
 
-async fn serve(asset: &'static Asset) -> Response {
+async fn serve(app: Arc<App>, asset: &'static Asset) -> Response {
+    if let Err(problem) = crate::stats::dashboard_enabled(&app.current()) {
+        return problem.into_response();
+    }
     let mut response = asset.body.into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));

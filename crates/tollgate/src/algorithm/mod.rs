@@ -14,11 +14,13 @@ mod fixed_window;
 mod gcra;
 mod leaky_bucket;
 mod lease;
+mod reserve;
 mod sliding_log;
 mod sliding_window;
 mod token_bucket;
 
 pub use lease::{LEASE_SHARE, give_back, lease_size, lease_until, lease_want};
+pub use reserve::{can_reserve, overdraw};
 pub use sliding_log::Log;
 
 use std::time::Duration;
@@ -369,3 +371,6 @@ mod tests;
 
 #[cfg(test)]
 mod lease_tests;
+
+#[cfg(test)]
+mod reserve_tests;

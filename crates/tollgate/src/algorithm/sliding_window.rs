@@ -26,7 +26,13 @@ pub(super) fn fresh_at(start: u64, prev: u64, curr: u64, period: u64) -> u64 {
 /// changed period the new window they fall in. Counts are read as at most
 /// the limit: a count written under a larger limit means a full window, and
 /// the cap keeps the arithmetic below 2^53.
-fn normalize(start: u64, prev: u64, curr: u64, now: u64, policy: &Policy) -> (u64, u64, u64) {
+pub(super) fn normalize(
+    start: u64,
+    prev: u64,
+    curr: u64,
+    now: u64,
+    policy: &Policy,
+) -> (u64, u64, u64) {
     let (period, limit) = (policy.period_us(), policy.limit());
     let held = start - start % period;
     if now < held + period {

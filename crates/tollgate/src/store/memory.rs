@@ -2,8 +2,9 @@
 //!
 //! State is split over shards, each a hash table behind its own mutex, chosen
 //! by a hash of the identity alone, so every policy of one identity lives in
-//! one shard and a multi-policy check is atomic under one lock. There is no
-//! global lock.
+//! one shard and a multi-policy check is atomic under one lock. No check
+//! takes a global lock; reservations share one table (its own lock, taken
+//! under a shard's for one map operation at a time).
 //!
 //! A `std::sync::Mutex` rather than an async one: the critical section is a
 //! hash lookup and a few integer operations, never held across an `.await`,
@@ -43,11 +44,14 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
+use super::reservations::{Mark, Record, Table};
 use super::{
-    Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, Store, all_or_nothing,
-    all_or_nothing_into,
+    Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, ReserveCall, SettleAnswer,
+    SettleCall, Settled, Store, all_or_nothing, all_or_nothing_into,
 };
-use crate::algorithm::{State, decide, expires_at, give_back, lease_size, lease_until, lease_want};
+use crate::algorithm::{
+    State, decide, expires_at, give_back, lease_size, lease_until, lease_want, overdraw,
+};
 use crate::{Clock, Decision, StoreError, SystemClock};
 
 /// A shard never sweeps below this many entries: sweeping tiny tables often
@@ -56,6 +60,10 @@ const MIN_SWEEP_LEN: usize = 1024;
 
 /// The default cap on entries ([`MemoryStoreBuilder::max_keys`]).
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// The default cap on open reservations
+/// ([`MemoryStoreBuilder::max_reservations`]).
+pub const DEFAULT_MAX_RESERVATIONS: usize = 100_000;
 
 /// The most entries one shard holds: an entry names its policy by a 16-bit
 /// index into its shard's name table, and a shard never has more live names
@@ -99,6 +107,18 @@ struct Inner {
     shard_max: usize,
     /// Live entries dropped to stay under the cap.
     evictions: AtomicU64,
+    /// Reservations, of every identity: one table, so that its bound holds
+    /// for the store whatever the keys (a hot key's reservations all fall
+    /// in one shard). Locked only under the identity's shard lock, so a
+    /// reservation and the state it charges change atomically, and held for
+    /// one table operation at a time (a map lookup or insert): the one lock
+    /// every reservation of the store shares, never taken by a check.
+    reservations: Mutex<Table>,
+    /// The most open reservations ([`MemoryStoreBuilder::max_reservations`]).
+    max_reservations: usize,
+    /// Open reservations dropped (settled at their estimate) to stay under
+    /// the cap.
+    reservation_evictions: AtomicU64,
     /// Keyed hashing: identities are user input, and a fixed hash would let
     /// a client aim every key at one bucket.
     hasher: DefaultHashBuilder,
@@ -289,12 +309,26 @@ impl MemoryStore {
             clock: None,
             shards: None,
             max_keys: DEFAULT_MAX_KEYS,
+            max_reservations: DEFAULT_MAX_RESERVATIONS,
         }
     }
 
     /// Live entries evicted so far to stay under the cap on entries.
     pub fn evictions(&self) -> u64 {
         self.inner.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Reservations held: open ones, settled ones kept until their deadline
+    /// to answer a retried settle, and those past their deadline not yet
+    /// dropped.
+    pub fn reservations(&self) -> usize {
+        lock_table(&self.inner.reservations).len()
+    }
+
+    /// Open reservations evicted so far (settled at their estimate) to
+    /// stay under [`MemoryStoreBuilder::max_reservations`].
+    pub fn reservation_evictions(&self) -> u64 {
+        self.inner.reservation_evictions.load(Ordering::Relaxed)
     }
 
     /// The number of entries held, including expired ones not yet swept.
@@ -440,6 +474,125 @@ impl MemoryStore {
         answer
     }
 
+    /// A keyed hash of a reservation's key and policy names: what a settle
+    /// must match to find it.
+    fn reservation_check(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = self.inner.hasher.build_hasher();
+        key.hash(&mut hasher);
+        for p in policies {
+            p.name.hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
+    /// [`Store::reserve`], synchronously: the reference of one reservation
+    /// step, atomic under the identity's shard lock.
+    pub fn reserve_sync(&self, call: ReserveCall<'_>) -> Decisions {
+        let ReserveCall {
+            check,
+            nonce,
+            deadline_us,
+        } = call;
+        let record_check = self.reservation_check(check.key, check.policies);
+        let inner = &*self.inner;
+        let (mut shard, at) = self.lock_at(check.key);
+        let now = at.now;
+        let marks: smallvec::SmallVec<[Mark; 2]> = check
+            .policies
+            .iter()
+            .map(|&p| Mark {
+                until: shard.read(p, at, |state| lease_until(p.policy, state, now)),
+                algorithm: p.policy.algorithm(),
+                period_us: p.policy.period_us(),
+            })
+            .collect();
+        let mut decisions = Decisions::new();
+        all_or_nothing_into(
+            &mut decisions,
+            check.policies.len(),
+            Mode::Consume,
+            |i, mode| shard.decide_policy(inner, check.policies[i], at, check.cost, mode),
+        );
+        if decisions.iter().all(|d| d.allowed) {
+            let record = Record {
+                check: record_check,
+                identity: at.hash,
+                deadline: now.saturating_add(deadline_us),
+                estimate: check.cost,
+                marks,
+                settled: None,
+            };
+            let evicted =
+                lock_table(&inner.reservations).insert(nonce, record, now, inner.max_reservations);
+            inner
+                .reservation_evictions
+                .fetch_add(evicted, Ordering::Relaxed);
+        }
+        decisions
+    }
+
+    /// [`Store::settle`], synchronously: the reference of one settle step,
+    /// atomic under the identity's shard lock.
+    pub fn settle_sync(&self, call: SettleCall<'_>) -> Option<SettleAnswer> {
+        let SettleCall {
+            key,
+            policies,
+            nonce,
+            actual,
+        } = call;
+        let record_check = self.reservation_check(key, policies);
+        let inner = &*self.inner;
+        let (mut shard, at) = self.lock_at(key);
+        let now = at.now;
+        // The table is locked twice, briefly: to read the record, then to
+        // mark it settled. The shard's lock, held throughout, keeps any
+        // other settle of it (same key, same shard) out in between.
+        let (estimate, marks, replay) = {
+            let mut table = lock_table(&inner.reservations);
+            let record = table
+                .get_mut(nonce, now)
+                .filter(|r| r.check == record_check && r.marks.len() == policies.len())?;
+            (
+                record.estimate,
+                record.marks.clone(),
+                record.settled.clone(),
+            )
+        };
+        let mut answer = SettleAnswer {
+            estimate,
+            ..SettleAnswer::default()
+        };
+        if let Some((first, settled)) = replay {
+            (answer.actual, answer.replayed, answer.settled) = (first, true, settled);
+        } else {
+            for (&p, mark) in policies.iter().zip(&marks) {
+                let mut settled = Settled::default();
+                let same_numbers = p.policy.algorithm() == mark.algorithm
+                    && p.policy.period_us() == mark.period_us;
+                if actual < estimate && same_numbers {
+                    settled.returned = shard.update(p, at, |state| {
+                        give_back(p.policy, state, now, estimate - actual, mark.until)
+                    });
+                } else if actual > estimate {
+                    let extra = actual - estimate;
+                    settled.charged = shard.upsert(inner, p, at, |state| {
+                        overdraw(p.policy, state, now, extra, p.policy.max_overdraft())
+                    });
+                    settled.unpaid = extra - settled.charged;
+                }
+                answer.settled.push(settled);
+            }
+            answer.actual = actual;
+            lock_table(&inner.reservations).settle(nonce, actual, answer.settled.clone());
+        }
+        for &p in policies {
+            let decision = shard.decide_policy(inner, p, at, 1, Mode::Peek);
+            answer.decisions.push(decision);
+        }
+        Some(answer)
+    }
+
     fn reset_sync(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
@@ -482,6 +635,7 @@ pub struct MemoryStoreBuilder {
     clock: Option<Arc<dyn Clock>>,
     shards: Option<usize>,
     max_keys: usize,
+    max_reservations: usize,
 }
 
 impl std::fmt::Debug for MemoryStoreBuilder {
@@ -489,6 +643,7 @@ impl std::fmt::Debug for MemoryStoreBuilder {
         f.debug_struct("MemoryStoreBuilder")
             .field("shards", &self.shards)
             .field("max_keys", &self.max_keys)
+            .field("max_reservations", &self.max_reservations)
             .finish_non_exhaustive()
     }
 }
@@ -515,6 +670,15 @@ impl MemoryStoreBuilder {
     /// [module documentation](self)).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.clamp(1, MAX_SHARDS * SHARD_MAX);
+        self
+    }
+
+    /// The most open reservations the store keeps (at least one). Default [`DEFAULT_MAX_RESERVATIONS`]. Past it, the
+    /// reservations nearest their deadline are forgotten early: settled at
+    /// their estimate, as their deadline would have done (a later settle
+    /// finds nothing).
+    pub fn max_reservations(mut self, max: usize) -> Self {
+        self.max_reservations = max.max(1);
         self
     }
 
@@ -552,6 +716,9 @@ impl MemoryStoreBuilder {
                     .collect(),
                 shard_max: (self.max_keys / shards).clamp(1, SHARD_MAX),
                 evictions: AtomicU64::new(0),
+                reservations: Mutex::new(Table::default()),
+                max_reservations: self.max_reservations,
+                reservation_evictions: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
             }),
@@ -650,6 +817,47 @@ impl Shard {
         changed
     }
 
+    /// As [`update`](Self::update), on a fresh state (inserted if `f`
+    /// changes it) when the identity has no live one.
+    fn upsert(
+        &mut self,
+        store: &Inner,
+        p: PolicyRef<'_>,
+        at: At<'_>,
+        f: impl FnOnce(&mut State) -> u64,
+    ) -> u64 {
+        let At { key, hash, now } = at;
+        let live = self.names.find(p.name).is_some_and(|name| {
+            self.table
+                .find(hash, |e| e.is(name, key))
+                .is_some_and(|e| e.expires_at > now)
+        });
+        if live {
+            return self.update(p, at, f);
+        }
+        let mut state = State::fresh(p.policy, now);
+        let changed = f(&mut state);
+        if changed > 0 {
+            // An expired entry of the same identity and policy goes first.
+            if let Some(name) = self.names.find(p.name) {
+                if let Ok(old) = self.table.find_entry(hash, |e| e.is(name, key)) {
+                    old.remove();
+                    self.names.release(name);
+                }
+            }
+            if self.table.len() >= store.shard_max {
+                self.make_room(store, now);
+            }
+            let entry = Entry {
+                key: Key::new(self.names.acquire(p.name), key),
+                expires_at: expires_at(state.fresh_at(p.policy)),
+                state,
+            };
+            self.table.insert_unique(hash, entry, |e| store.rehash(e));
+        }
+        changed
+    }
+
     /// Decides for an identity with no live state, inserting one if charged
     /// (making room first when the shard is full).
     fn decide_absent(
@@ -726,6 +934,13 @@ impl Shard {
     }
 }
 
+/// Locks the reservations (see [`lock`] on poisoning).
+fn lock_table(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Locks a shard. A panic while holding the lock cannot leave a shard
 /// half-updated (every update is a whole-value assignment), so a poisoned
 /// lock is used as is rather than propagating the panic to every caller.
@@ -745,6 +960,18 @@ impl Store for MemoryStore {
     }
 
     fn leases(&self) -> bool {
+        true
+    }
+
+    async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
+        Ok(self.reserve_sync(call))
+    }
+
+    async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
+        Ok(self.settle_sync(call))
+    }
+
+    fn reserves(&self) -> bool {
         true
     }
 

@@ -6,6 +6,7 @@
 
 pub mod invalidation;
 pub mod memory;
+mod reservations;
 
 pub use invalidation::{Invalidation, InvalidationReceiver, InvalidationSink, Invalidations};
 
@@ -128,6 +129,68 @@ impl LeaseAnswer {
     }
 }
 
+/// A reservation asked of a store: its check (the estimate as the cost,
+/// always [`Mode::Consume`]) and what the store records when it is allowed.
+/// See [`Store::reserve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReserveCall<'a> {
+    /// The check of the estimate.
+    pub check: Check<'a>,
+    /// The reservation's identity: 128 bits drawn at random by the caller,
+    /// the secret a settle must present.
+    pub nonce: u128,
+    /// How long the store keeps the reservation, in microseconds; past it
+    /// the reservation is settled at its estimate (forgotten).
+    pub deadline_us: u64,
+}
+
+/// A settle asked of a store: the reservation's key, policies and nonce
+/// (as reserved), and the cost actually spent. See [`Store::settle`].
+#[derive(Debug, Clone, Copy)]
+pub struct SettleCall<'a> {
+    /// The identity, as reserved.
+    pub key: &'a [u8],
+    /// The policies, as reserved (same names, same order); each with the
+    /// numbers in force now.
+    pub policies: &'a [PolicyRef<'a>],
+    /// The reservation's nonce.
+    pub nonce: u128,
+    /// Units actually spent (0: cancel, give back the whole estimate).
+    pub actual: u64,
+}
+
+/// What settling did to one policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Units of the estimate given back (`actual` below it).
+    pub returned: u64,
+    /// Units charged beyond the estimate (`actual` above it).
+    pub charged: u64,
+    /// Units beyond the estimate not charged: past what remained plus
+    /// [`Policy::max_overdraft`].
+    pub unpaid: u64,
+}
+
+/// The outcome of a settle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettleAnswer {
+    /// The estimate the reservation charged.
+    pub estimate: u64,
+    /// The actual cost the reservation was settled at: this call's, or
+    /// the first settle's when `replayed`.
+    pub actual: u64,
+    /// Whether the reservation had already been settled: nothing was
+    /// charged or given back by this call, and `settled` repeats what the
+    /// first settle did.
+    pub replayed: bool,
+    /// What settling did, one per policy.
+    pub settled: SmallVec<[Settled; 2]>,
+    /// Each policy's state after settling, as a one-unit peek: what the
+    /// next request finds (`retry_after` says how long an overdraft holds
+    /// it back).
+    pub decisions: Decisions,
+}
+
 /// Whether a call charges the cost or only looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -239,6 +302,49 @@ pub trait Store: Send + Sync + 'static {
     /// check (asking a store that cannot lease would only make callers
     /// wait for calls that bring nothing).
     fn leases(&self) -> bool {
+        false
+    }
+
+    /// Decides `call.check` (its cost is the estimate) as
+    /// [`apply`](Self::apply) does in [`Mode::Consume`], and when it is
+    /// allowed records, in the same atomic step, a reservation under
+    /// `call.nonce` for `call.deadline_us`: the estimate, and for each
+    /// policy until when units may be given back
+    /// ([`lease_until`](crate::algorithm::lease_until) of the state before
+    /// the charge). A denied reservation records nothing.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a store that
+    /// implements this says so with [`reserves`](Self::reserves).
+    fn reserve(
+        &self,
+        call: ReserveCall<'_>,
+    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send {
+        let _ = call;
+        async { Err(StoreError::Unsupported("reservations")) }
+    }
+
+    /// Settles the reservation `call.nonce` of `call.key` and
+    /// `call.policies` at `call.actual`, in one atomic step: for each
+    /// policy, gives back `estimate - actual`
+    /// ([`give_back`](crate::algorithm::give_back)) or charges
+    /// `actual - estimate` ([`overdraw`](crate::algorithm::overdraw)), and
+    /// marks the reservation settled, so that a settle retried (with any
+    /// `actual`) changes nothing and answers what the first did, with
+    /// `replayed` set. `None` when there is no such reservation: never
+    /// made, made for another key or other policies, or past its deadline.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]).
+    fn settle(
+        &self,
+        call: SettleCall<'_>,
+    ) -> impl Future<Output = Result<Option<SettleAnswer>, StoreError>> + Send {
+        let _ = call;
+        async { Err(StoreError::Unsupported("reservations")) }
+    }
+
+    /// Whether [`reserve`](Self::reserve) and [`settle`](Self::settle) are
+    /// implemented.
+    fn reserves(&self) -> bool {
         false
     }
 
