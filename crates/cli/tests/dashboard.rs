@@ -4,7 +4,8 @@
 //! single error, shows the configured policies, the store and the
 //! configuration, and after a burst of denials for one key shows that key
 //! at the top of its policy within two refreshes, as text (a key is
-//! client input: markup in it stays text).
+//! client input: markup in it stays text); when the server goes away the
+//! page says so. With `server.metrics_auth` it asks for the admin token.
 
 #![allow(clippy::unwrap_used)]
 
@@ -63,7 +64,7 @@ policies:
 ",
     )
     .unwrap();
-    let serve = serve(&config);
+    let mut serve = serve(&config);
     let mut browser = Browser::start();
     browser.navigate(&format!("http://{}/", serve.http));
 
@@ -180,6 +181,22 @@ policies:
         .unwrap();
     assert_eq!(caught, json!({ "errors": "", "problem": null }));
     assert_eq!(browser.errors(), Vec::<String>::new());
+
+    // The server goes away: the page says so, and keeps the last figures.
+    serve.terminate();
+    let problem = browser.wait_for("document.body.dataset.problem || null", PAGE_WAIT);
+    assert!(
+        problem
+            .as_str()
+            .unwrap()
+            .contains("Cannot reach the server"),
+        "{problem}"
+    );
+    let kept = browser.evaluate(&top_row("login")).unwrap();
+    assert!(
+        kept["key"].as_str().unwrap().contains(HOSTILE_KEY),
+        "{kept}"
+    );
 }
 
 #[test]
