@@ -4,8 +4,8 @@
 //! single error, shows the configured policies, the store and the
 //! configuration, and after a burst of denials for one key shows that key
 //! at the top of its policy within two refreshes, as text (a key is
-//! client input: markup in it stays text); when the server goes away the
-//! page says so. With `server.metrics_auth` it asks for the admin token.
+//! client input: markup in it stays text); it follows a reload; when the
+//! server goes away it says so. With `server.metrics_auth` it asks for the admin token.
 
 #![allow(clippy::unwrap_used)]
 
@@ -180,6 +180,56 @@ policies:
         )
         .unwrap();
     assert_eq!(caught, json!({ "errors": "", "problem": null }));
+    assert_eq!(browser.errors(), Vec::<String>::new());
+
+    // A reload removes `api` and adds `search`: the page follows, and
+    // updates the card of `login` in place.
+    browser
+        .evaluate(r#"document.querySelector('[data-policy="login"]').dataset.mark = "kept""#)
+        .unwrap();
+    // Written whole, then renamed over the old file: the watcher never
+    // reads half of it.
+    let next = dir.join("next.yaml");
+    std::fs::write(
+        &next,
+        "server:
+  dashboard:
+    show_keys: true
+policies:
+  - name: login
+    algorithm: fixed_window
+    limit: 3
+    period: 1h
+  - name: search
+    algorithm: gcra
+    limit: 10
+    period: 1s
+    burst: 20
+",
+    )
+    .unwrap();
+    std::fs::rename(&next, &config).unwrap();
+    let reloaded = browser.wait_for(
+        r#"(() => {
+            const cards = [...document.querySelectorAll("[data-policy]")];
+            const names = cards.map((card) => card.dataset.policy).join(",");
+            return names === "login,search" ? {
+                mark: cards[0].dataset.mark || null,
+                numbers: cards[1].querySelector(".numbers").textContent,
+                config: document.getElementById("config").textContent,
+            } : null;
+        })()"#,
+        PAGE_WAIT,
+    );
+    assert_eq!(reloaded["mark"], "kept", "{reloaded}");
+    assert_eq!(reloaded["numbers"], "gcra · 10 per 1s · burst 20");
+    assert!(
+        reloaded["config"]
+            .as_str()
+            .unwrap()
+            .contains("Reloads1 (0 failed)"),
+        "{reloaded}"
+    );
     assert_eq!(browser.errors(), Vec::<String>::new());
 
     // The server goes away: the page says so, and keeps the last figures.

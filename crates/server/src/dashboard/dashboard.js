@@ -253,6 +253,7 @@
     const list = Array.isArray(stats.policies) ? stats.policies : [];
     const container = $("policies");
     const seen = new Set();
+    let position = 0;
     for (const policy of list) {
       const name = String(policy.name);
       seen.add(name);
@@ -262,7 +263,11 @@
         cards.set(name, view);
       }
       renderPolicy(view, policy, intervalMs);
-      container.appendChild(view.card); // keeps the server's order; a no-op move when unchanged
+      // The server's order; a card already in place is left alone (moving
+      // it would drop a reader's text selection).
+      const here = container.children[position] || null;
+      if (here !== view.card) container.insertBefore(view.card, here);
+      position += 1;
     }
     for (const [name, view] of cards) {
       if (!seen.has(name)) {
