@@ -55,8 +55,8 @@ pub use reservation::{Reservation, ReservationId};
 pub use resilience::{FailureMode, ResilienceOptions, Resilient};
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 pub use store::{
-    Check, Decisions, Held, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, ReserveCall,
-    SettleAnswer, SettleCall, Settled, Store,
+    ChargeCall, Check, Decisions, Held, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef,
+    ReserveCall, SettleAnswer, SettleCall, Settled, Store,
 };
 
 /// The README's examples, compiled and run as doc tests.

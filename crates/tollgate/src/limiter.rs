@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::overrides::{Override, OverrideError, OverrideLimit, Overrides, Page, Source};
 use crate::reservation::{MAX_AMOUNT, MAX_DEADLINE, Reservation, ReservationId};
 use crate::store::{
-    Check, Decisions, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall, Store,
+    ChargeCall, Check, Decisions, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall, Store,
 };
 use crate::{Decision, Error, MemoryStore, Policy};
 
@@ -569,6 +569,82 @@ impl<S: Store> Limiter<S> {
                 policies: &refs,
                 nonce: id.nonce(),
                 actual,
+            })
+            .await?)
+    }
+
+    /// Charges `units` to every policy in `policies` for `key`, after the
+    /// fact and with nothing reserved: whether or not they fit, each policy
+    /// overdrawn by at most its [`Policy::max_overdraft`] (what does not fit
+    /// is reported unpaid). For a cost known only when a response is done
+    /// where nothing could be reserved before it (Envoy's stream-done
+    /// hits); the request itself should have been admitted by a check or a
+    /// peek. Overrides apply as to a settle: an unlimited or blocked policy
+    /// is charged nothing.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPolicy`], [`Error::NoPolicy`],
+    /// [`Error::DuplicatePolicy`], [`Error::ZeroCost`],
+    /// [`Error::KeyTooLong`], [`Error::NotReservable`],
+    /// [`Error::InvalidReservation`] past [`MAX_AMOUNT`], or
+    /// [`Error::Store`].
+    pub async fn charge(
+        &self,
+        policies: &[&str],
+        key: impl AsRef<[u8]>,
+        units: u64,
+    ) -> Result<SettleAnswer, Error> {
+        let key = key.as_ref();
+        if policies.is_empty() {
+            return Err(Error::NoPolicy);
+        }
+        distinct(policies.iter().copied())?;
+        self.validate_request(key, units)?;
+        if units > MAX_AMOUNT {
+            return Err(Error::InvalidReservation(format!(
+                "units {units} are above the maximum of {MAX_AMOUNT}"
+            )));
+        }
+        let refs = policies
+            .iter()
+            .map(|name| {
+                let policy = self.lookup(name)?;
+                if !crate::algorithm::can_reserve(policy.algorithm()) {
+                    return Err(Error::NotReservable {
+                        policy: (*name).to_owned(),
+                        reason: crate::PolicyError::ReserveNotSupported(policy.algorithm())
+                            .to_string(),
+                    });
+                }
+                Ok(PolicyRef { name, policy })
+            })
+            .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
+        let overridden = self.resolve_overrides(key, &refs);
+        let refs: SmallVec<[PolicyRef<'_>; 2]> = refs
+            .iter()
+            .zip(&overridden)
+            .filter_map(|(p, o)| match o {
+                Resolved::Policy(policy) => Some(PolicyRef {
+                    name: p.name,
+                    policy,
+                }),
+                Resolved::Registered => Some(*p),
+                Resolved::Unlimited | Resolved::Blocked => None,
+            })
+            .collect();
+        if refs.is_empty() {
+            return Ok(SettleAnswer {
+                actual: units,
+                ..SettleAnswer::default()
+            });
+        }
+        Ok(self
+            .inner
+            .store
+            .charge(ChargeCall {
+                key,
+                policies: &refs,
+                units,
             })
             .await?)
     }

@@ -415,6 +415,76 @@ where
     }
 }
 
+/// A charge after the fact, with nothing reserved, overdraws whether or not
+/// the units fit: at most what remains plus `max_overdraft`, counting the
+/// debt already owed, the rest unpaid; it records nothing, and the peek it
+/// answers says the next request waits. Several policies are each charged.
+pub async fn a_charge_overdraws_with_nothing_reserved<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let (store, _clock) = reserving_store(make).await;
+    for a in reservable_algorithms() {
+        let p = hourly(a, 100, Some(20));
+        let wide = hourly(a, 1000, None);
+        let refs = [
+            PolicyRef {
+                name: "tokens",
+                policy: &p,
+            },
+            PolicyRef {
+                name: "daily",
+                policy: &wide,
+            },
+        ];
+        let key = format!("charge-{a}");
+        let charge = |units| {
+            let store = &store;
+            let (key, refs) = (&key, &refs);
+            async move {
+                let answer = store
+                    .charge(tollgate::ChargeCall {
+                        key: key.as_bytes(),
+                        policies: refs,
+                        units,
+                    })
+                    .await
+                    .expect("store works");
+                assert_eq!(answer.settled.len(), 2, "{a}: {answer:?}");
+                assert_eq!(answer.decisions.len(), 2, "{a}: {answer:?}");
+                answer
+            }
+        };
+        let first = charge(90).await;
+        assert_eq!(first.settled[0].charged, 90, "{a}: it fits");
+        assert!(first.decisions[0].allowed, "{a}: 10 remain");
+        // 10 remain and 20 may be owed: 30 of 50 are charged, 20 unpaid.
+        let second = charge(50).await;
+        assert_eq!(
+            second.settled[0],
+            Settled {
+                returned: 0,
+                charged: 30,
+                unpaid: 20
+            },
+            "{a}"
+        );
+        assert_eq!(
+            second.settled[1].charged, 50,
+            "{a}: the wide policy takes all"
+        );
+        assert!(
+            !second.decisions[0].allowed,
+            "{a}: the debt holds the next one back"
+        );
+        assert!(second.decisions[0].retry_after.is_some(), "{a}");
+        let third = charge(1).await;
+        assert_eq!(third.settled[0].unpaid, 1, "{a}: already owes 20");
+        assert_eq!(remaining(&store, &key, refs[1]).await, 1000 - 141, "{a}");
+    }
+}
+
 /// A settle uses each policy's numbers in force when it runs (a reload or
 /// an override may have changed them since the reservation): a window
 /// reserved under `100/1h` and settled under `50/1h` with an overdraft of

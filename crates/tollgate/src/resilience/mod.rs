@@ -67,8 +67,9 @@ use leases::{Ask, Leases, Serve};
 use crate::algorithm::decision_from_parts;
 use crate::store::memory::Step;
 use crate::store::{
-    Check, Decisions, Invalidation, InvalidationReceiver, InvalidationSink, Invalidations,
-    LeaseAsk, LeaseCall, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall, Store,
+    ChargeCall, Check, Decisions, Invalidation, InvalidationReceiver, InvalidationSink,
+    Invalidations, LeaseAsk, LeaseCall, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall,
+    Store,
 };
 use crate::{Clock, Decision, MemoryStore, Policy, StoreError};
 
@@ -963,6 +964,19 @@ impl<S: Store> Store for Resilient<S> {
                 }
                 Ok(answer)
             }
+        }
+    }
+
+    /// Charges in the inner store, through the breaker and the timeout (a
+    /// charge only makes a cached denial truer: the deny cache is left as
+    /// it is).
+    async fn charge(&self, call: ChargeCall<'_>) -> Result<SettleAnswer, StoreError> {
+        let sent_us = self.shared.options.clock.now_us();
+        match self.guarded(sent_us, self.store.charge(call)).await {
+            Guarded::Short(_) => Err(StoreError::Unavailable(
+                "circuit breaker open: the store is failing".into(),
+            )),
+            Guarded::Ran(result, _) => result,
         }
     }
 

@@ -46,8 +46,8 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use super::reservations::{Mark, Record, Table};
 use super::{
-    Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, ReserveCall, SettleAnswer,
-    SettleCall, Settled, Store, all_or_nothing, all_or_nothing_into,
+    ChargeCall, Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, ReserveCall,
+    SettleAnswer, SettleCall, Settled, Store, all_or_nothing, all_or_nothing_into,
 };
 use crate::algorithm::{
     State, decide, expires_at, give_back, lease_size, lease_until, lease_want, overdraw,
@@ -593,6 +593,38 @@ impl MemoryStore {
         Some(answer)
     }
 
+    /// [`Store::charge`], synchronously: the reference of one charge step,
+    /// atomic under the identity's shard lock.
+    pub fn charge_sync(&self, call: ChargeCall<'_>) -> SettleAnswer {
+        let ChargeCall {
+            key,
+            policies,
+            units,
+        } = call;
+        let inner = &*self.inner;
+        let (mut shard, at) = self.lock_at(key);
+        let now = at.now;
+        let mut answer = SettleAnswer {
+            actual: units,
+            ..SettleAnswer::default()
+        };
+        for &p in policies {
+            let charged = shard.upsert(inner, p, at, |state| {
+                overdraw(p.policy, state, now, units, p.policy.max_overdraft())
+            });
+            answer.settled.push(Settled {
+                returned: 0,
+                charged,
+                unpaid: units - charged,
+            });
+        }
+        for &p in policies {
+            let decision = shard.decide_policy(inner, p, at, 1, Mode::Peek);
+            answer.decisions.push(decision);
+        }
+        answer
+    }
+
     fn reset_sync(&self, key: &[u8], policies: &[PolicyRef<'_>]) {
         let inner = &*self.inner;
         let hash = inner.hasher.hash_one(key);
@@ -969,6 +1001,10 @@ impl Store for MemoryStore {
 
     async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
         Ok(self.settle_sync(call))
+    }
+
+    async fn charge(&self, call: ChargeCall<'_>) -> Result<SettleAnswer, StoreError> {
+        Ok(self.charge_sync(call))
     }
 
     fn reserves(&self) -> bool {

@@ -159,6 +159,19 @@ pub struct SettleCall<'a> {
     pub actual: u64,
 }
 
+/// A cost charged after the fact, with no reservation: `units` charged to
+/// every policy whether or not they fit, each overdrawn by at most its
+/// [`Policy::max_overdraft`]. See [`Store::charge`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChargeCall<'a> {
+    /// The identity.
+    pub key: &'a [u8],
+    /// The policies, each with the numbers in force now.
+    pub policies: &'a [PolicyRef<'a>],
+    /// Units spent.
+    pub units: u64,
+}
+
 /// What settling did to one policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {
@@ -342,8 +355,27 @@ pub trait Store: Send + Sync + 'static {
         async { Err(StoreError::Unsupported("reservations")) }
     }
 
-    /// Whether [`reserve`](Self::reserve) and [`settle`](Self::settle) are
-    /// implemented.
+    /// Charges `call.units` to each policy of `call.key` in one atomic step,
+    /// whether or not they fit: a cost known only afterwards, with nothing
+    /// reserved ahead (Envoy's stream-done hits). Each policy is overdrawn
+    /// ([`overdraw`](crate::algorithm::overdraw)) by at most its
+    /// `max_overdraft`; what does not fit is reported unpaid. Answers as a
+    /// settle of a reservation of 0 at `units` would: `estimate` 0,
+    /// `actual` the units, per policy what was charged and unpaid, and the
+    /// one-unit peek of each policy after.
+    ///
+    /// The default refuses ([`StoreError::Unsupported`]); a store that
+    /// implements [`reserve`](Self::reserve) implements this too.
+    fn charge(
+        &self,
+        call: ChargeCall<'_>,
+    ) -> impl Future<Output = Result<SettleAnswer, StoreError>> + Send {
+        let _ = call;
+        async { Err(StoreError::Unsupported("charges after the fact")) }
+    }
+
+    /// Whether [`reserve`](Self::reserve), [`settle`](Self::settle) and
+    /// [`charge`](Self::charge) are implemented.
     fn reserves(&self) -> bool {
         false
     }
