@@ -126,3 +126,4 @@ async fn a_cluster_reserves_and_settles_identities_in_many_slots() {
     }
     assert!(slots.len() > 50, "only {} slots", slots.len());
 }
+
