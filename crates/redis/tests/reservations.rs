@@ -1,8 +1,9 @@
 //! Reservations on Redis beyond what the differential test compares: a
 //! record expires at its deadline on Redis's own clock (after which a
-//! settle finds nothing and the estimate stays charged), and a Cluster
+//! settle finds nothing and the estimate stays charged), a Cluster
 //! reserves and settles identities spread over many slots, each record
-//! beside the states it charges.
+//! beside the states it charges, and amounts or deadlines past the
+//! limiter's bounds are refused before anything is sent.
 
 mod common;
 
@@ -127,3 +128,56 @@ async fn a_cluster_reserves_and_settles_identities_in_many_slots() {
     assert!(slots.len() > 50, "only {} slots", slots.len());
 }
 
+/// The store refuses what the limiter never asks (an amount past 2^53 - 1,
+/// which Lua could not compute exactly; a deadline past an hour, a record
+/// kept that long) before anything reaches Redis.
+#[tokio::test]
+async fn amounts_and_deadlines_past_the_bounds_are_refused() {
+    use tollgate::StoreError;
+    use tollgate::reservation::{MAX_AMOUNT, MAX_DEADLINE};
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), common::options())
+        .await
+        .expect("connect");
+    let policy: Policy = "fixed_window 100/1h".parse().expect("valid");
+    let refs = [PolicyRef {
+        name: "api",
+        policy: &policy,
+    }];
+    let reserve = |estimate, deadline_us| ReserveCall {
+        check: Check::new(b"client", &refs, estimate, Mode::Consume),
+        nonce: 1,
+        deadline_us,
+    };
+    let hour = MAX_DEADLINE.as_micros() as u64;
+    for call in [reserve(MAX_AMOUNT + 1, 1_000), reserve(1, hour + 1)] {
+        let refused = store.reserve(call).await;
+        assert!(
+            matches!(refused, Err(StoreError::Protocol(_))),
+            "{refused:?}"
+        );
+    }
+    let settle = SettleCall {
+        key: b"client",
+        policies: &refs,
+        nonce: 1,
+        actual: MAX_AMOUNT + 1,
+    };
+    let refused = store.settle(settle).await;
+    assert!(
+        matches!(refused, Err(StoreError::Protocol(_))),
+        "{refused:?}"
+    );
+    assert_eq!(server.cli(&["DBSIZE"]), "0");
+    // At the bounds: accepted.
+    let decisions = store.reserve(reserve(1, hour)).await.expect("reserve");
+    assert!(decisions[0].allowed);
+    let settle = SettleCall {
+        actual: MAX_AMOUNT,
+        ..settle
+    };
+    let answer = store.settle(settle).await.expect("settle").expect("found");
+    // 99 remain, plus an overdraft of the capacity: exact at 2^53 - 1.
+    assert_eq!(answer.settled[0].charged, 199, "{answer:?}");
+    assert_eq!(answer.settled[0].unpaid, MAX_AMOUNT - 1 - 199, "{answer:?}");
+}
