@@ -4,7 +4,9 @@
 //! previous release are read as that release read them, and that release
 //! refuses the compact states instead of misreading them (a rolling
 //! upgrade runs both on one Redis). A state a lease's give-back writes
-//! keeps the same forms, with its expiry exactly from when it is fresh.
+//! keeps the same forms, with its expiry exactly from when it is fresh. A
+//! reservation's record has its key, layout and expiry (docs/REDIS.md,
+//! "Reservations").
 
 mod common;
 
