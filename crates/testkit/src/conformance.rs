@@ -150,6 +150,7 @@ macro_rules! conformance_suite {
             a_window_gives_back_only_while_the_estimate_s_window_lasts,
             settling_above_the_estimate_overdraws_up_to_max_overdraft,
             an_overdraft_counts_what_the_policy_already_owes,
+            a_settle_uses_the_numbers_in_force_now,
             a_replayed_settle_changes_nothing,
             a_settle_must_name_the_reservation_exactly,
             several_policies_reserve_all_or_nothing,

@@ -415,6 +415,49 @@ where
     }
 }
 
+/// A settle uses each policy's numbers in force when it runs (a reload or
+/// an override may have changed them since the reservation): a window
+/// reserved under `100/1h` and settled under `50/1h` with an overdraft of
+/// 10 gives back to the same counter, and overdraws up to the new limit
+/// plus the new overdraft.
+pub async fn a_settle_uses_the_numbers_in_force_now<S: Store, F, Fut>(make: &F)
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let (store, _clock) = reserving_store(make).await;
+    for a in reservable_algorithms()
+        .into_iter()
+        .filter(|a| !a.has_burst())
+    {
+        let (before, now) = (hourly(a, 100, None), hourly(a, 50, Some(10)));
+        let reserved = [PolicyRef {
+            name: "tokens",
+            policy: &before,
+        }];
+        let settled = [PolicyRef {
+            name: "tokens",
+            policy: &now,
+        }];
+        let key = format!("numbers-{a}");
+        reserve(&store, &key, &reserved, 40, 1).await;
+        reserve(&store, &key, &reserved, 5, 2).await;
+        let answer = settle(&store, &key, &settled, 2, 0).await.expect("open");
+        assert_eq!(answer.settled[0].returned, 5, "{a}: {answer:?}");
+        assert_eq!(remaining(&store, &key, settled[0]).await, 10, "{a}");
+        // 40 counted: 20 more fit under 50 plus 10.
+        let answer = settle(&store, &key, &settled, 1, 70).await.expect("open");
+        let expected = Settled {
+            returned: 0,
+            charged: 20,
+            unpaid: 10,
+        };
+        assert_eq!(answer.settled[0], expected, "{a}: {answer:?}");
+        assert!(!answer.decisions[0].allowed, "{a}: {answer:?}");
+        assert_eq!(answer.decisions[0].limit, 50, "{a}: {answer:?}");
+    }
+}
+
 /// A settle is done once: settled again (the same `actual`, another, or a
 /// cancel), nothing is charged or given back, and the answer repeats the
 /// first one's `actual` and `settled` with `replayed` set.
