@@ -1498,15 +1498,21 @@ impl Store for RedisStore {
     /// [`apply`](Store::apply)'s.
     ///
     /// # Errors
-    /// As [`apply`](Store::apply), and [`StoreError::Protocol`] for an
-    /// estimate past [`MAX_AMOUNT`] or a deadline past [`MAX_DEADLINE`]
-    /// (what the limiter allows; the script computes exactly below 2^53).
+    /// As [`apply`](Store::apply), and [`StoreError::Protocol`] for no
+    /// policy, an estimate past [`MAX_AMOUNT`] or a deadline past
+    /// [`MAX_DEADLINE`] (what the limiter allows; the script computes
+    /// exactly below 2^53).
     async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
         let ReserveCall {
             check,
             nonce,
             deadline_us,
         } = call;
+        if check.policies.is_empty() {
+            return Err(StoreError::Protocol(
+                "a reservation needs at least one policy".into(),
+            ));
+        }
         if check.cost > MAX_AMOUNT {
             return Err(StoreError::Protocol(format!(
                 "an estimate of {} is above the maximum of {MAX_AMOUNT}",

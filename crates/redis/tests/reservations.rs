@@ -130,7 +130,7 @@ async fn a_cluster_reserves_and_settles_identities_in_many_slots() {
 
 /// The store refuses what the limiter never asks (an amount past 2^53 - 1,
 /// which Lua could not compute exactly; a deadline past an hour, a record
-/// kept that long) before anything reaches Redis.
+/// kept that long; no policy) before anything reaches Redis.
 #[tokio::test]
 async fn amounts_and_deadlines_past_the_bounds_are_refused() {
     use tollgate::StoreError;
@@ -150,7 +150,11 @@ async fn amounts_and_deadlines_past_the_bounds_are_refused() {
         deadline_us,
     };
     let hour = MAX_DEADLINE.as_micros() as u64;
-    for call in [reserve(MAX_AMOUNT + 1, 1_000), reserve(1, hour + 1)] {
+    let none = ReserveCall {
+        check: Check::new(b"client", &[], 1, Mode::Consume),
+        ..reserve(1, 1_000)
+    };
+    for call in [reserve(MAX_AMOUNT + 1, 1_000), reserve(1, hour + 1), none] {
         let refused = store.reserve(call).await;
         assert!(
             matches!(refused, Err(StoreError::Protocol(_))),
