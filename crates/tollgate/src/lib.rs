@@ -63,3 +63,8 @@ pub use store::{
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// docs/RESERVATIONS.md's example, compiled and run as a doc test.
+#[doc = include_str!("../../../docs/RESERVATIONS.md")]
+#[cfg(doctest)]
+pub struct ReservationsDoctests;

@@ -174,11 +174,12 @@ pub enum PolicyError {
     #[error("{0} cannot be reserved: {reason}", reason = reserve_refusal(*.0))]
     ReserveNotSupported(Algorithm),
     /// A `max_overdraft` above the policy's capacity.
-    #[error("max_overdraft {given} is above the policy's capacity of {capacity} units")]
+    #[error("max_overdraft {given} is above the most this policy takes, {capacity} units")]
     OverdraftTooLarge {
         /// The overdraft given.
         given: u64,
-        /// The policy's capacity (its limit, or its burst for a bucket).
+        /// The most it takes ([`Policy::overdraft_cap`]): its capacity
+        /// (its limit, or its burst for a bucket).
         capacity: u64,
     },
     /// The text could not be parsed.
@@ -520,10 +521,10 @@ impl Policy {
         if !crate::algorithm::can_reserve(self.algorithm) {
             return Err(PolicyError::ReserveNotSupported(self.algorithm));
         }
-        if units > self.capacity() {
+        if units > self.overdraft_cap() {
             return Err(PolicyError::OverdraftTooLarge {
                 given: units,
-                capacity: self.capacity(),
+                capacity: self.overdraft_cap(),
             });
         }
         // Above u32::MAX only the capacity 2^32 itself: the default.
@@ -538,17 +539,37 @@ impl Policy {
     pub fn with_max_overdraft_of(mut self, base: &Policy) -> Policy {
         self.max_overdraft = base
             .max_overdraft
-            .map(|units| units.min(u32::try_from(self.capacity()).unwrap_or(u32::MAX)));
+            .map(|units| units.min(u32::try_from(self.overdraft_cap()).unwrap_or(u32::MAX)));
         self
     }
 
     /// How far a settled reservation may overdraw this policy beyond what
     /// remains ([`with_max_overdraft`](Self::with_max_overdraft)).
-    pub const fn max_overdraft(&self) -> u64 {
+    pub fn max_overdraft(&self) -> u64 {
         match self.max_overdraft {
-            Some(units) => units as u64,
-            None => self.capacity(),
+            Some(units) => (units as u64).min(self.overdraft_cap()),
+            None => self.overdraft_cap(),
         }
+    }
+
+    /// The largest `max_overdraft` this policy takes: its capacity, and for
+    /// `sliding_window` at most what keeps `2 x (limit + max_overdraft) x
+    /// period` below 2^53 (an overdraft reads both windows' counts up to
+    /// `limit + max_overdraft`; only policies near the 2^53 bound of
+    /// [`Policy::new`] are held lower, never below half their limit).
+    ///
+    /// ```
+    /// use tollgate::policy::Policy;
+    /// assert_eq!("sliding_window 1000/1m".parse::<Policy>()?.overdraft_cap(), 1000);
+    /// # Ok::<(), tollgate::PolicyError>(())
+    /// ```
+    pub fn overdraft_cap(&self) -> u64 {
+        let capacity = self.capacity();
+        if self.algorithm != Algorithm::SlidingWindow {
+            return capacity;
+        }
+        let exact = (MAX_EXACT - 1) / (2 * self.period_us);
+        capacity.min(exact.saturating_sub(self.limit))
     }
 
     /// This policy without leasing: what the store decides with. Two

@@ -28,7 +28,10 @@
 //! settle changes nothing and repeats the first answer; a reservation past
 //! its deadline, or a nonce never drawn, is not found and changes nothing.
 //! For the windows, what remains after every step is exactly what the
-//! recorded units leave (the store forgets nothing it charged); and for
+//! recorded units leave (the store forgets nothing it charged); for GCRA,
+//! what remains and what each overdraft charges are exactly those of a
+//! bucket level computed in exact arithmetic (a token bucket: never more,
+//! as it rounds a debt's end up to a whole microsecond); and for
 //! every algorithm a denied unit's `retry_after` is honest however far an
 //! overdraft took the policy (denied 1 µs before it, allowed at it).
 //!
@@ -216,12 +219,63 @@ struct Seen {
 
 const NAMES: [&str; 2] = ["first", "second"];
 
+/// A bucket's level in exact arithmetic (scaled units, as the algorithms
+/// count): full at the start, refilled continuously up to the burst, below
+/// zero while an overdraft is owed.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    level: i128,
+    last: u64,
+    unit: i128,
+    rate: i128,
+    full: i128,
+}
+
+impl Bucket {
+    fn new(policy: &Policy, now: u64) -> Self {
+        let unit = i128::from(policy.scaled_unit());
+        let full = i128::from(policy.burst()) * unit;
+        Bucket {
+            level: full,
+            last: now,
+            unit,
+            rate: i128::from(policy.scaled_rate()),
+            full,
+        }
+    }
+
+    /// The level at `now`.
+    fn at(&self, now: u64) -> i128 {
+        let refilled = self.level + self.rate * i128::from(now.saturating_sub(self.last));
+        refilled.min(self.full.max(self.level))
+    }
+
+    fn charge(&mut self, now: u64, units: u64) {
+        self.level = self.at(now) - i128::from(units) * self.unit;
+        self.last = now;
+    }
+
+    /// What remains at `now`, in units.
+    fn remaining(&self, now: u64) -> u64 {
+        u64::try_from(self.at(now).max(0) / self.unit).expect("at most the burst")
+    }
+
+    /// What an overdraft of `units` may charge at `now`: what remains plus
+    /// `max_overdraft`, less what is owed.
+    fn overdraft(&self, now: u64, units: u64, max_overdraft: u64) -> u64 {
+        let room = (self.at(now) + i128::from(max_overdraft) * self.unit).max(0) / self.unit;
+        units.min(u64::try_from(room).expect("bounded"))
+    }
+}
+
 struct Run<'a> {
     clock: ManualClock,
     store: MemoryStore,
     policies: &'a [Policy],
     /// Per policy, every charge in time order.
     charges: Vec<Vec<Charge>>,
+    /// Per policy, a bucket's exact level (`None` for the windows).
+    buckets: Vec<Option<Bucket>>,
     open: Vec<Open>,
     done: Vec<Done>,
     next_nonce: u128,
@@ -248,6 +302,9 @@ impl Run<'_> {
 
     fn charge(&mut self, policy: usize, units: u64) -> usize {
         let at = self.now();
+        if let Some(bucket) = &mut self.buckets[policy] {
+            bucket.charge(at, units);
+        }
         self.charges[policy].push(Charge { at, units });
         self.charges[policy].len() - 1
     }
@@ -351,6 +408,17 @@ impl Run<'_> {
                     };
                     prop_assert_eq!(s.returned, expected, "{:?} at {}: {:?}", open, now, s);
                     prop_assert_eq!(s.charged + s.unpaid, over, "{:?}", s);
+                    if let Some(bucket) = &self.buckets[i] {
+                        // GCRA keeps fractions of a microsecond: exact. A
+                        // token bucket rounds a debt's end up to a whole
+                        // microsecond: never more.
+                        let most = bucket.overdraft(now, over, policy.max_overdraft());
+                        if policy.algorithm() == Algorithm::Gcra {
+                            prop_assert_eq!(s.charged, most, "{:?} at {}: {:?}", open, now, s);
+                        } else {
+                            prop_assert!(s.charged <= most, "{:?} at {}: {:?}", open, now, s);
+                        }
+                    }
                     prop_assert!(s.charged <= policy.max_overdraft() + policy.capacity());
                     self.charges[i][open.charges[i]].units -= s.returned;
                     if s.charged > 0 {
@@ -449,6 +517,16 @@ impl Run<'_> {
                     .sum()
             };
             let curr = sum(window, window + p);
+            if let Some(bucket) = &self.buckets[i] {
+                let exact = bucket.remaining(now);
+                let seen = decisions[i].remaining;
+                if policy.algorithm() == Algorithm::Gcra {
+                    prop_assert_eq!(seen, exact, "gcra: {:?}", bucket);
+                } else {
+                    prop_assert!(seen <= exact, "token_bucket: {} of {}", seen, exact);
+                }
+                continue;
+            }
             let expected = match policy.algorithm() {
                 Algorithm::FixedWindow => limit.saturating_sub(curr),
                 Algorithm::SlidingWindow => {
@@ -551,6 +629,10 @@ fn run(policies: &[Policy], start: u64, events: &[Event]) -> Result<Seen, TestCa
         clock,
         policies,
         charges: vec![Vec::new(); policies.len()],
+        buckets: policies
+            .iter()
+            .map(|p| p.algorithm().has_burst().then(|| Bucket::new(p, start)))
+            .collect(),
         open: Vec::new(),
         done: Vec::new(),
         next_nonce: 0,

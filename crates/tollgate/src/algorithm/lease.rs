@@ -132,8 +132,10 @@ pub const fn lease_size(want: u64, remaining: u64) -> u64 {
 /// until `until` (store microseconds), and returns how many it gave back.
 ///
 /// Only the windows take units back: a window's counter is decremented,
-/// never below zero, and only in the window the lease was taken in (which
-/// it is valid within). Nothing is given back once the lease is over
+/// never below zero, and only while the state's stored window is exactly
+/// the one the lease was taken in (which it is valid within): a state
+/// written since in another window, or under another period in a window
+/// that merely overlaps it, takes nothing back. Nothing is given back once the lease is over
 /// (`now >= until`), to a state of another algorithm, or to a bucket
 /// (`token_bucket`, `gcra`: the comment in the code says why that would
 /// not be exact).
@@ -164,10 +166,16 @@ pub fn give_back(policy: &Policy, state: &mut State, now: u64, units: u64, until
         return 0;
     }
     let p = policy.period_us();
+    // The window the units were charged in: the one holding `until`'s last
+    // microsecond. They are still in the state's counter only if the state
+    // was written in that very window and has not moved on since: a stored
+    // start moves only forward, to the window of a later charge, so a start
+    // equal to it (not merely a window overlapping it, as under another
+    // period) proves the counter has not been emptied since.
+    let window = (until - 1) - (until - 1) % p;
     match state {
         State::FixedWindow { start, count } => {
-            let held = *start - *start % p;
-            if now >= held + p || until <= held || until > held + p {
+            if *start != window {
                 return 0;
             }
             let given = units.min(*count);
@@ -175,8 +183,7 @@ pub fn give_back(policy: &Policy, state: &mut State, now: u64, units: u64, until
             given
         }
         State::SlidingWindow { start, curr, .. } => {
-            let held = *start - *start % p;
-            if now >= held + p || until <= held || until > held + p {
+            if *start != window {
                 return 0;
             }
             let given = units.min(*curr);

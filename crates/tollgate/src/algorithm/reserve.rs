@@ -9,7 +9,7 @@
 //! store. `docs/RESERVATIONS.md` argues why the two together keep a policy
 //! within its limit plus one overdraft.
 
-use super::{State, div_ceil, gcra, rescale_down, sliding_window, token_bucket};
+use super::{State, div_ceil, gcra, rescale_down, token_bucket};
 use crate::{Algorithm, Policy};
 
 /// Charges up to `units` more to `state` at `now`, whether or not they fit:
@@ -24,16 +24,18 @@ use crate::{Algorithm, Policy};
 ///   admits nothing more until it ends. Debt ends with the window.
 /// - `sliding_window`: the current window's counter goes past the limit;
 ///   nothing more is admitted in this window, and the next one sees a full
-///   previous window. At every instant the weighted count stays within
-///   the limit plus `max_overdraft`.
+///   previous window (a check reads a count past the limit as the limit;
+///   an overdraft counts the debt). At every instant the weighted count
+///   stays within the limit plus `max_overdraft`.
 /// - `token_bucket`: the bucket goes below empty: refill pays the debt
 ///   first (held as an empty bucket whose refill starts later).
 /// - `gcra`: the theoretical arrival time moves further ahead.
 ///
-/// `max_overdraft` is at most the policy's capacity (callers use
+/// `max_overdraft` is at most [`Policy::overdraft_cap`] (callers use
 /// [`Policy::max_overdraft`]), which keeps every intermediate value below
 /// 2^53. `sliding_log` and `leaky_bucket` take nothing (they cannot be
-/// reserved), nor does a state of another algorithm than the policy's.
+/// reserved). A state of another algorithm than the policy's is replaced
+/// by a fresh one first, as [`decide`](super::decide) does.
 ///
 /// ```
 /// use tollgate::Mode;
@@ -54,10 +56,14 @@ pub fn overdraw(
     units: u64,
     max_overdraft: u64,
 ) -> u64 {
-    if units == 0 || state.algorithm() != policy.algorithm() {
+    if units == 0 || !can_reserve(policy.algorithm()) {
         return 0;
     }
-    let max_overdraft = max_overdraft.min(policy.capacity());
+    if state.algorithm() != policy.algorithm() {
+        // As `decide` does: a state of another algorithm means nothing here.
+        *state = State::fresh(policy, now);
+    }
+    let max_overdraft = max_overdraft.min(policy.overdraft_cap());
     let p = policy.period_us();
     match state {
         State::FixedWindow { start, count } => {
@@ -74,22 +80,26 @@ pub fn overdraw(
             charged
         }
         State::SlidingWindow { start, prev, curr } => {
-            let (window, prev_now, curr_now) =
-                sliding_window::normalize(*start, *prev, *curr, now, policy);
-            // In the window it was counted in, the count is read as it is,
-            // not at most the limit as a decision reads it: past the limit
-            // it holds an earlier overdraft's debt. (At most past a full
-            // overdraft, where nothing more is charged anyway, which keeps
-            // the products below 2^53.)
-            let curr_now = if window == *start - *start % p {
-                (*curr).min(policy.limit() + max_overdraft)
+            // The counts as they are, up to a full overdraft: `decide` reads
+            // a count past the limit as the limit (a full window), but a
+            // debt already owed must count here, or a second overdraft in
+            // the window would be charged as if the first had never been.
+            // `overdraft_cap` keeps `2 x (limit + max_overdraft) x period`
+            // below 2^53.
+            let cap = policy.limit() + max_overdraft;
+            let held = *start - *start % p;
+            let (window, prev_now, curr_now) = if now < held + p {
+                (held, *prev, *curr)
+            } else if now < held + 2 * p {
+                (held + p, *curr, 0)
             } else {
-                curr_now
+                (now - now % p, 0, 0)
             };
+            let (prev_now, curr_now) = (prev_now.min(cap), curr_now.min(cap));
             let elapsed = now.saturating_sub(window);
             // Multiplied through by the period, as `decide` compares.
-            let weighted = prev_now * (p - elapsed) + curr_now * p;
-            let room = ((policy.limit() + max_overdraft) * p).saturating_sub(weighted) / p;
+            let weighted = prev_now * (p - elapsed.min(p)) + curr_now * p;
+            let room = (cap * p).saturating_sub(weighted) / p;
             let charged = units.min(room);
             if charged > 0 {
                 (*start, *prev, *curr) = (window, prev_now, curr_now + charged);
@@ -132,14 +142,16 @@ pub fn overdraw(
         } => {
             let scaled = policy.scaled_unit();
             let (stored_us, stored_frac) = gcra::as_read(policy, *tat_us, *tat_frac, *rate);
-            // How far ahead the TAT is, counted up to past a full
-            // overdraft (beyond it nothing more is charged).
-            let cap = div_ceil(
-                (policy.burst() + max_overdraft + 1) * scaled,
-                policy.scaled_rate(),
-            ) + 1;
+            // How far ahead the TAT is. A TAT past a full overdraft leaves
+            // nothing to charge: decided before multiplying, so every
+            // product stays below 2^53.
+            let owed_max = (policy.burst() + max_overdraft) * scaled;
+            let ahead_us = stored_us.saturating_sub(now);
+            if ahead_us > div_ceil(owed_max, policy.scaled_rate()) {
+                return 0;
+            }
             let before = if stored_us >= now {
-                (stored_us - now).min(cap) * policy.scaled_rate() + stored_frac
+                ahead_us * policy.scaled_rate() + stored_frac
             } else {
                 0
             };

@@ -207,10 +207,13 @@ fn the_algorithms_that_cannot_be_reserved_take_nothing() {
             peek(&p, &before, 0).remaining
         );
     }
-    // Nor does a state of another algorithm than the policy's.
+    // A state of another algorithm than the policy's means nothing to it:
+    // it is replaced by a fresh one, as `decide` does, and charged.
     let window = policy("fixed_window 10/1s");
     let mut bucket = State::fresh(&policy("token_bucket 10/1s burst 10"), 0);
-    assert_eq!(overdraw(&window, &mut bucket, 0, 5, 5), 0);
+    assert_eq!(overdraw(&window, &mut bucket, 0, 5, 5), 5);
+    assert_eq!(bucket.algorithm(), Algorithm::FixedWindow);
+    assert_eq!(peek(&window, &bucket, 0).remaining, 5);
     assert!(
         Algorithm::ALL
             .into_iter()

@@ -884,18 +884,37 @@ impl<S: Store> Store for Resilient<S> {
         self.apply_cached(check).await
     }
 
-    /// Reserves in the inner store, through the breaker and the timeout.
-    /// Never from leases, the deny cache or the fallback: a reservation is
-    /// a record in the shared store, and a settle on another instance must
+    /// Reserves in the inner store, through the breaker and the timeout,
+    /// after the deny cache: a denied reservation charges and records
+    /// nothing, so a cached denial answers it as exactly as it answers a
+    /// check (and a flood of reservations for a denied key costs the store
+    /// nothing). Never from leases or the fallback: a reservation is a
+    /// record in the shared store, and a settle on another instance must
     /// find it. A call that timed out may still have run: its estimate then
     /// stays charged until the deadline (settled at its estimate), exact.
     async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
-        let sent_us = self.shared.options.clock.now_us();
+        let shared = &*self.shared;
+        let sent_us = shared.options.clock.now_us();
+        if let Some(cache) = &shared.deny_cache {
+            if let Lookup::Hit(decisions) = cache.lookup_or_join(call.check, sent_us, false) {
+                shared
+                    .counters
+                    .deny_cache_hits
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(decisions);
+            }
+        }
         match self.guarded(sent_us, self.store.reserve(call)).await {
             Guarded::Short(_) => Err(StoreError::Unavailable(
                 "circuit breaker open: the store is failing".into(),
             )),
-            Guarded::Ran(result, _) => result,
+            Guarded::Ran(result, epoch) => {
+                let decisions = result?;
+                if let Some(cache) = &shared.deny_cache {
+                    cache.record(call.check, &decisions, sent_us, epoch);
+                }
+                Ok(decisions)
+            }
         }
     }
 

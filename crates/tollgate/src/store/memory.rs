@@ -2,8 +2,9 @@
 //!
 //! State is split over shards, each a hash table behind its own mutex, chosen
 //! by a hash of the identity alone, so every policy of one identity lives in
-//! one shard and a multi-policy check is atomic under one lock. There is no
-//! global lock.
+//! one shard and a multi-policy check is atomic under one lock. No check
+//! takes a global lock; reservations share one table (its own lock, taken
+//! under a shard's for one map operation at a time).
 //!
 //! A `std::sync::Mutex` rather than an async one: the critical section is a
 //! hash lookup and a few integer operations, never held across an `.await`,
@@ -43,7 +44,7 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use super::reservations::{Record, Table};
+use super::reservations::{Mark, Record, Table};
 use super::{
     Check, Decisions, LeaseAnswer, LeaseCall, Leased, Mode, PolicyRef, ReserveCall, SettleAnswer,
     SettleCall, Settled, Store, all_or_nothing, all_or_nothing_into,
@@ -106,11 +107,12 @@ struct Inner {
     shard_max: usize,
     /// Live entries dropped to stay under the cap.
     evictions: AtomicU64,
-    /// Open reservations, of every identity: one table, so that its bound
-    /// holds for the store whatever the keys (a hot key's reservations all
-    /// fall in one shard). Locked only under the identity's shard lock, so
-    /// a reservation and the state it charges change atomically; held for
-    /// a table operation only.
+    /// Reservations, of every identity: one table, so that its bound holds
+    /// for the store whatever the keys (a hot key's reservations all fall
+    /// in one shard). Locked only under the identity's shard lock, so a
+    /// reservation and the state it charges change atomically, and held for
+    /// one table operation at a time (a map lookup or insert): the one lock
+    /// every reservation of the store shares, never taken by a check.
     reservations: Mutex<Table>,
     /// The most open reservations ([`MemoryStoreBuilder::max_reservations`]).
     max_reservations: usize,
@@ -316,8 +318,9 @@ impl MemoryStore {
         self.inner.evictions.load(Ordering::Relaxed)
     }
 
-    /// Open reservations held, including those past their deadline not
-    /// yet dropped.
+    /// Reservations held: open ones, settled ones kept until their deadline
+    /// to answer a retried settle, and those past their deadline not yet
+    /// dropped.
     pub fn reservations(&self) -> usize {
         lock_table(&self.inner.reservations).len()
     }
@@ -495,10 +498,14 @@ impl MemoryStore {
         let inner = &*self.inner;
         let (mut shard, at) = self.lock_at(check.key);
         let now = at.now;
-        let untils: smallvec::SmallVec<[u64; 2]> = check
+        let marks: smallvec::SmallVec<[Mark; 2]> = check
             .policies
             .iter()
-            .map(|&p| shard.read(p, at, |state| lease_until(p.policy, state, now)))
+            .map(|&p| Mark {
+                until: shard.read(p, at, |state| lease_until(p.policy, state, now)),
+                algorithm: p.policy.algorithm(),
+                period_us: p.policy.period_us(),
+            })
             .collect();
         let mut decisions = Decisions::new();
         all_or_nothing_into(
@@ -510,9 +517,10 @@ impl MemoryStore {
         if decisions.iter().all(|d| d.allowed) {
             let record = Record {
                 check: record_check,
+                identity: at.hash,
                 deadline: now.saturating_add(deadline_us),
                 estimate: check.cost,
-                untils,
+                marks,
                 settled: None,
             };
             let evicted =
@@ -537,25 +545,34 @@ impl MemoryStore {
         let inner = &*self.inner;
         let (mut shard, at) = self.lock_at(key);
         let now = at.now;
-        // Under the shard's lock, as every change below.
-        let mut table = lock_table(&inner.reservations);
-        let record = table
-            .get_mut(nonce, now)
-            .filter(|r| r.check == record_check && r.untils.len() == policies.len())?;
-        let estimate = record.estimate;
+        // The table is locked twice, briefly: to read the record, then to
+        // mark it settled. The shard's lock, held throughout, keeps any
+        // other settle of it (same key, same shard) out in between.
+        let (estimate, marks, replay) = {
+            let mut table = lock_table(&inner.reservations);
+            let record = table
+                .get_mut(nonce, now)
+                .filter(|r| r.check == record_check && r.marks.len() == policies.len())?;
+            (
+                record.estimate,
+                record.marks.clone(),
+                record.settled.clone(),
+            )
+        };
         let mut answer = SettleAnswer {
             estimate,
             ..SettleAnswer::default()
         };
-        if let Some((first, settled)) = &record.settled {
-            (answer.actual, answer.replayed, answer.settled) = (*first, true, settled.clone());
+        if let Some((first, settled)) = replay {
+            (answer.actual, answer.replayed, answer.settled) = (first, true, settled);
         } else {
-            let untils = record.untils.clone();
-            for (i, &p) in policies.iter().enumerate() {
+            for (&p, mark) in policies.iter().zip(&marks) {
                 let mut settled = Settled::default();
-                if actual < estimate {
+                let same_numbers = p.policy.algorithm() == mark.algorithm
+                    && p.policy.period_us() == mark.period_us;
+                if actual < estimate && same_numbers {
                     settled.returned = shard.update(p, at, |state| {
-                        give_back(p.policy, state, now, estimate - actual, untils[i])
+                        give_back(p.policy, state, now, estimate - actual, mark.until)
                     });
                 } else if actual > estimate {
                     let extra = actual - estimate;
@@ -567,9 +584,7 @@ impl MemoryStore {
                 answer.settled.push(settled);
             }
             answer.actual = actual;
-            if let Some(record) = table.get_mut(nonce, now) {
-                record.settled = Some((actual, answer.settled.clone()));
-            }
+            lock_table(&inner.reservations).settle(nonce, actual, answer.settled.clone());
         }
         for &p in policies {
             let decision = shard.decide_policy(inner, p, at, 1, Mode::Peek);
