@@ -142,9 +142,9 @@ local function decide(keys, args)
 
   if settling then return settle(keys, args, policies, n, now, cost) end
   local out = {}
-  local ends, wants, untils
+  local ends, wants, marks
   if lease then ends, wants = lease_begin(keys, args, policies, n, now, out) end
-  if reserve then untils = reserve_begin(keys, policies, n, now) end
+  if reserve then marks = reserve_begin(keys, policies, n, now) end
   -- All-or-nothing: look first when there are several policies, and charge
   -- only if every one allows.
   local all = run(keys, policies, n, cost, now, consume and n == 1, out)
@@ -158,6 +158,6 @@ local function decide(keys, args)
     end
   end
   if lease then lease_end(keys, policies, n, now, out, all, ends, wants) end
-  if reserve and all then reserve_end(keys, args, n, now, cost, untils) end
+  if reserve and all then reserve_end(keys, args, n, now, cost, marks) end
   return out
 end

@@ -44,28 +44,29 @@ local function sliding_window_store(key, start, prev, curr, period)
   store(key, value, sliding_window_fresh_at(start, prev, curr, period))
 end
 
--- The window start, prev and curr as seen at `now` (twin of
--- sliding_window::normalize): the counts belong to the window of this
--- policy that holds the stored start, and read as at most the limit. No
--- state (nil) reads as an empty window. Fourth, in the window the counts
--- were written in, the current count as stored (an overdraft's debt:
--- reserve/sliding_window.lua).
-local function sliding_window_at(key, p, now)
-  local period, limit = p.period, p.limit
+-- The window start, prev and curr as seen at `now`: the counts belong to
+-- the window of this policy that holds the stored start, and read as at
+-- most `cap`. A decision's cap is the limit (twin of
+-- sliding_window::normalize: a count written under a larger limit means a
+-- full window); an overdraft's is the limit plus its overdraft, so that a
+-- debt already owed counts (reserve/sliding_window.lua). No state (nil)
+-- reads as an empty window.
+local function sliding_window_at(key, p, now, cap)
+  local period = p.period
   local start, prev, curr = sliding_window_load(key, now)
   if not start then start, prev, curr = now - now % period, 0, 0 end
   local held = start - start % period
   if now < held + period then
-    return held, imin(prev, limit), imin(curr, limit), curr
+    return held, imin(prev, cap), imin(curr, cap)
   elseif now < held + 2 * period then
-    return held + period, imin(curr, limit), 0
+    return held + period, imin(curr, cap), 0
   end
   return now - now % period, 0, 0
 end
 
 ALG.sliding_window = function(key, p, now, cost, consume)
   local period, limit = p.period, p.limit
-  local window, pv, cv = sliding_window_at(key, p, now)
+  local window, pv, cv = sliding_window_at(key, p, now, limit)
   local elapsed = imax(0, now - window)
   local weighted_prev = pv * (period - elapsed)
   local budget = limit * period

@@ -5,13 +5,14 @@ OVERDRAW.gcra = function(key, p, now, units, max_overdraft)
   local unit, rate = p.unit, p.rate
   local tat, frac = gcra_load(key, p, now)
   if not tat then tat, frac = now, 0 end
-  -- How far ahead the TAT is, counted up to past a full overdraft (beyond
-  -- it nothing more is charged).
-  local cap = cdiv((p.capacity + max_overdraft + 1) * unit, rate) + 1
+  -- A TAT past a full overdraft leaves nothing to charge: decided before
+  -- multiplying, so every product stays below 2^53.
+  local owed_max = (p.capacity + max_overdraft) * unit
+  local ahead = imax(0, tat - now)
+  if ahead > cdiv(owed_max, rate) then return 0 end
   local before = 0
-  if tat >= now then before = imin(tat - now, cap) * rate + frac end
-  local allowance = imax(0, (p.capacity + max_overdraft) * unit - before)
-  local charged = imin(units, idiv(allowance, unit))
+  if tat >= now then before = ahead * rate + frac end
+  local charged = imin(units, idiv(imax(0, owed_max - before), unit))
   if charged > 0 then gcra_store(key, now, before + charged * unit, rate) end
   return charged
 end

@@ -8,10 +8,11 @@
 -- ARGV[3+i] policy i, ARGV[4+n] the policy names (the store's encoding,
 -- kept and compared as it is), ARGV[5+n] how long the record lives, µs.
 -- `decide` runs it as a consumed check of the estimate between
--- `reserve_begin` (until when each policy's units may be given back: the
--- twin of lease_until on the state before the charge) and `reserve_end`
--- (the record, written only when every policy allowed). Returns the
--- check's five integers per policy.
+-- `reserve_begin` (each policy's mark: until when its units may be given
+-- back, the twin of lease_until on the state before the charge, and
+-- under which algorithm and period) and `reserve_end` (the record,
+-- written only when every policy allowed). Returns the check's five
+-- integers per policy.
 --
 -- settle: ARGV[1] "settle", ARGV[2] the actual cost, ARGV[3] the clock,
 -- ARGV[3+i] policy i, ARGV[4+n] the policy names, ARGV[4+n+i] policy i's
@@ -22,39 +23,43 @@
 -- policy (units returned, charged, unpaid), then per policy the five
 -- integers of a one-unit peek.
 --
--- The record is one string: "<deadline µs> <estimate> <until_1> ...
--- <until_n>" (0 for a policy that takes nothing back), once settled
--- followed by ";<actual> <returned_1> <charged_1> <unpaid_1> ...", then
--- "|" and the names. It expires at its deadline
+-- The record is one string: "<deadline µs> <estimate> <mark_1> ...
+-- <mark_n>", once settled followed by ";<actual> <returned_1> <charged_1>
+-- <unpaid_1> ...", then "|" and the names. A mark is
+-- "<until µs><MARK letter><period µs>" for a policy whose units can go
+-- back (until when, under which algorithm and period), else "0". It expires at its deadline
 -- (PXAT), which a settle keeps.
 
--- Step 1 of a reservation: until when each policy's units may be given
--- back, read before anything is charged. A policy that takes nothing back
--- (no GIVE_BACK: the buckets) reads nothing and keeps 0, which a settle
--- never uses.
+-- Step 1 of a reservation: each policy's mark, read before anything is
+-- charged: until when its units may be given back, and under which
+-- algorithm and period. A policy that takes nothing back (no GIVE_BACK:
+-- the buckets) reads nothing and is marked 0.
 reserve_begin = function(keys, policies, n, now)
-  local untils = {}
+  local marks = {}
   for i = 1, n do
-    local name, until_ = policies[i].name, 0
-    if GIVE_BACK[name] then until_ = LEASE_UNTIL[name](keys[i], policies[i], now) end
-    untils[i] = until_
+    local p, mark = policies[i], '0'
+    if GIVE_BACK[p.name] then
+      mark = fmt(LEASE_UNTIL[p.name](keys[i], p, now)) .. MARK[p.name] .. fmt(p.period)
+    end
+    marks[i] = mark
   end
-  return untils
+  return marks
 end
 
 -- Step 3 of a reservation, when every policy allowed: the record.
-reserve_end = function(keys, args, n, now, estimate, untils)
+reserve_end = function(keys, args, n, now, estimate, marks)
   local deadline = now + tonum(args[5 + n])
   local parts = { fmt(deadline), fmt(estimate) }
-  for i = 1, n do parts[2 + i] = fmt(untils[i]) end
+  for i = 1, n do parts[2 + i] = marks[i] end
   call('SET', keys[n + 1], table.concat(parts, ' ') .. '|' .. args[4 + n],
     'PXAT', fmt(expiry_ms(deadline)))
 end
 
 -- A settle, in one step: find the record; unless settled already, give
--- back (GIVE_BACK, windows only, while the window the estimate was charged
--- in lasts) or overdraw (OVERDRAW) the difference per policy and mark the
--- record settled; then peek every policy.
+-- back (GIVE_BACK, windows only, into the very window the estimate was
+-- charged in, under the algorithm and period it was reserved under) or
+-- overdraw (OVERDRAW) the difference per policy and mark the record
+-- settled; then peek every policy.
 settle = function(keys, args, policies, n, now, actual)
   local record_key = keys[n + 1]
   local v = load(record_key, now)
@@ -63,9 +68,10 @@ settle = function(keys, args, policies, n, now, actual)
   if names ~= args[4 + n] then return {} end
   local open, done = string.match(head, '^([^;]*);?(.*)$')
   local fields = {}
-  for d in string.gmatch(open, '%d+') do fields[#fields + 1] = tonum(d) end
-  local deadline, estimate = fields[1], fields[2]
-  if #fields ~= n + 2 or now >= deadline then return {} end
+  for word in string.gmatch(open, '%S+') do fields[#fields + 1] = word end
+  if #fields ~= n + 2 then return {} end
+  local deadline, estimate = tonum(fields[1]), tonum(fields[2])
+  if now >= deadline then return {} end
   local out = { estimate, actual, 0 }
   if done ~= '' then
     -- Settled already: change nothing, answer what the first settle did.
@@ -80,8 +86,10 @@ settle = function(keys, args, policies, n, now, actual)
     for i = 1, n do
       local p, key, returned, charged, unpaid = policies[i], keys[i], 0, 0, 0
       if actual < estimate then
-        local give_back, until_ = GIVE_BACK[p.name], fields[2 + i]
-        if give_back and now < until_ then
+        local give_back = GIVE_BACK[p.name]
+        local until_, letter, period = string.match(fields[2 + i], '^(%d+)(%a?)(%d*)$')
+        until_ = tonum(until_)
+        if give_back and letter == MARK[p.name] and tonum(period) == p.period and now < until_ then
           returned = give_back(key, p, now, estimate - actual, until_)
         end
       elseif actual > estimate then

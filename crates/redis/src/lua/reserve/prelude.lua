@@ -12,3 +12,9 @@
 -- units charged. sliding_log and leaky_bucket have none: they cannot be
 -- reserved (tollgate::PolicyError::ReserveNotSupported).
 local OVERDRAW = {}
+
+-- MARK[name]: for an algorithm whose units can go back (GIVE_BACK: the
+-- windows), the letter a reservation's record keeps beside the policy's
+-- period: a settle gives back only under the algorithm and period it
+-- reserved under (as the memory store's record keeps them).
+local MARK = {}

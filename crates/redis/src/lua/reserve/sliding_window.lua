@@ -2,16 +2,17 @@
 -- it uses): twin of its arm of tollgate::algorithm::overdraw. The current
 -- count goes up until the weighted count reaches the limit plus
 -- `max_overdraft` (compared multiplied through by the period, as a
--- decision compares).
+-- decision compares). Both counts are read up to that, not up to the
+-- limit as a decision reads them: a debt already owed counts, or a second
+-- overdraft in the window would be charged as if the first had never
+-- been (Policy::overdraft_cap keeps 2 x cap x period below 2^53).
+MARK.sliding_window = 's'
+
 OVERDRAW.sliding_window = function(key, p, now, units, max_overdraft)
-  local period = p.period
-  local window, pv, cv, own = sliding_window_at(key, p, now)
-  -- In the window it was counted in, the count as stored (past the limit:
-  -- an earlier overdraft's debt), at most past a full overdraft.
-  if own then cv = imin(own, p.limit + max_overdraft) end
-  local weighted = pv * (period - imax(0, now - window)) + cv * period
-  local room = idiv(imax(0, (p.limit + max_overdraft) * period - weighted), period)
-  local charged = imin(units, room)
+  local period, cap = p.period, p.limit + max_overdraft
+  local window, pv, cv = sliding_window_at(key, p, now, cap)
+  local weighted = pv * (period - imin(imax(0, now - window), period)) + cv * period
+  local charged = imin(units, idiv(imax(0, cap * period - weighted), period))
   if charged > 0 then sliding_window_store(key, window, pv, cv + charged, period) end
   return charged
 end
