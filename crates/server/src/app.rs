@@ -13,6 +13,7 @@ use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef
 use crate::config::{Config, ConfigError, ConfigSource, FailureMode, StoreKind, StoreSettings};
 use crate::health::{Context, StoreHealth};
 use crate::metrics::{ExternalGauges, Metrics, Outcome, StoreGauges};
+use crate::stats::Dashboard;
 use crate::store::{ResilientStore, RoutedStore, ServerStore};
 
 /// The longest key the limiter accepts. The HTTP API applies the
@@ -98,6 +99,9 @@ pub struct App {
     /// The overrides every limiter consults, shared across reloads (and on
     /// Redis followed from the store).
     overrides: crate::overrides::Shared,
+    /// What the dashboard and `/v1/stats` show: fed by denials (the
+    /// heavy-hitters sketch) and by its sampler.
+    dashboard: Dashboard,
 }
 
 impl App {
@@ -179,6 +183,10 @@ impl App {
         let metrics = Metrics::default();
         metrics.envoy_config(&config.envoy);
         metrics.config_load(config.envoy_unloaded.is_none());
+        let dashboard = Dashboard::default();
+        if let Some(error) = &config.envoy_unloaded {
+            dashboard.config_loaded(Err(error.clone()));
+        }
         let loaded = build(config, &store, &overrides.table);
         App {
             current: ArcSwap::from_pointee(loaded),
@@ -188,6 +196,7 @@ impl App {
             store_settings,
             metrics,
             overrides,
+            dashboard,
         }
     }
 
@@ -227,6 +236,21 @@ impl App {
         &self.metrics
     }
 
+    /// The dashboard's state.
+    pub fn dashboard(&self) -> &Dashboard {
+        &self.dashboard
+    }
+
+    /// Each store (`main`, then `per_second` if configured) with why it is
+    /// failing, or `None` while it is believed healthy.
+    pub fn store_health(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &ResilientStore, Option<String>)> {
+        self.watched
+            .iter()
+            .map(|w| (w.name, &w.store, w.health.cause()))
+    }
+
     /// Where the configuration comes from.
     pub fn source(&self) -> &ConfigSource {
         &self.source
@@ -243,6 +267,7 @@ impl App {
                     BreakerState::HalfOpen => 2,
                 },
                 deny_cache_hits: stats.deny_cache_hits,
+                deny_cache_lookups: stats.deny_cache_lookups,
                 store_errors: stats.failures,
                 memory: store.get_ref().memory_usage(),
                 local: (stats.local_keys, stats.local_evictions),
@@ -350,11 +375,13 @@ impl App {
                 self.current
                     .store(Arc::new(build(config, &self.store, &self.overrides.table)));
                 self.metrics.reload(true);
+                self.dashboard.config_loaded(Ok(()));
                 tracing::info!(policies, domains, "config reloaded");
                 Ok(())
             }
             Err(error) => {
                 self.metrics.reload(false);
+                self.dashboard.config_loaded(Err(error.to_string()));
                 tracing::error!(%error, "config reload failed; keeping the running configuration");
                 Err(error)
             }
@@ -382,7 +409,7 @@ impl App {
             Mode::Consume => loaded.limiter.check_all(names, key, cost).await,
             Mode::Peek => loaded.limiter.peek_all(names, key, cost).await,
         };
-        self.record(names.iter().copied(), started, result, shadow)
+        self.record(loaded, names.iter().copied(), key, started, result, shadow)
     }
 
     /// Decides like [`decide`](Self::decide) against policies given by
@@ -404,14 +431,17 @@ impl App {
         let started = Instant::now();
         let result = loaded.limiter.apply(policies, key, cost, mode).await;
         let names = policies.iter().map(|p| p.name);
-        self.record(names, started, result, shadow)
+        self.record(loaded, names, key, started, result, shadow)
     }
 
-    /// Records a decision started at `started`: latency, the breaker
-    /// opening, and each policy's outcome.
+    /// Records a decision of `key` started at `started`: latency, the
+    /// breaker opening, each policy's outcome, and (with the dashboard
+    /// enabled) each enforced denial in the heavy-hitters sketch.
     fn record<'a>(
         &self,
+        loaded: &Loaded,
         names: impl Iterator<Item = &'a str>,
+        key: &[u8],
         started: Instant,
         result: Result<MultiDecision, Error>,
         shadow: bool,
@@ -428,6 +458,9 @@ impl App {
                 watched.health.failed(cause, watched.context());
             }
         }
+        let dashboard = loaded.config.server.dashboard;
+        // Hashed once per decision, only if a policy denied.
+        let mut key_hash = None;
         for (i, (name, decision)) in names.zip(&result.decisions).enumerate() {
             let outcome = match (decision.degraded, decision.allowed, shadow) {
                 (true, _, _) => Outcome::Degraded,
@@ -437,6 +470,11 @@ impl App {
             };
             let overridden = result.overridden.get(i).copied().unwrap_or(false);
             self.metrics.decision_of(name, outcome, overridden);
+            if outcome == Outcome::Denied && dashboard.enabled {
+                let hitters = self.dashboard.hitters();
+                let hash = *key_hash.get_or_insert_with(|| hitters.hash(key));
+                hitters.denied(name, hash, key, dashboard.show_keys);
+            }
         }
         Ok(result)
     }

@@ -114,6 +114,20 @@ impl StoreHealth {
         self.failing.load(Ordering::Acquire)
     }
 
+    /// Why the store is failing (the latest cause known), or `None` while
+    /// it is believed healthy.
+    pub(crate) fn cause(&self) -> Option<String> {
+        if !self.is_failing() {
+            return None;
+        }
+        Some(
+            self.lock()
+                .cause
+                .clone()
+                .unwrap_or_else(|| "unknown".to_owned()),
+        )
+    }
+
     /// A receiver of every change (`true`: failing).
     pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.status.subscribe()

@@ -47,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(overrides::delete),
         )
         .route("/metrics", get(metrics))
+        .route("/v1/stats", get(crate::stats::stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/json", post(envoy_json))
@@ -520,25 +521,19 @@ async fn policies(State(app): State<Arc<App>>) -> Response {
         .policies
         .iter()
         .map(|(name, p)| {
-            serde_json::json!({
-                "name": name,
-                "algorithm": p.algorithm().name(),
-                "limit": p.limit(),
-                "period_ms": ceil_millis(p.period()),
-                "burst": p.algorithm().has_burst().then(|| p.burst()),
-                "lease": p.lease().map(|l| serde_json::json!({
-                    "max": l.max(),
-                    "ttl_ms": ceil_millis(l.ttl()),
-                })),
-                "policy": p.to_string(),
-            })
+            let mut fields = crate::stats::policy_fields(name, p);
+            fields.insert("policy".to_owned(), p.to_string().into());
+            serde_json::Value::Object(fields)
         })
         .collect();
     let body = serde_json::json!({ "policies": list }).to_string();
     ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(problem) = crate::stats::admit_reader(&app.current().config.server, &headers) {
+        return problem.into_response();
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         app.render_metrics(),

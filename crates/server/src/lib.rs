@@ -19,6 +19,9 @@
 //! - [`health`]: the store's health: the background probe that closes the
 //!   circuit breaker without traffic, and state-change logging;
 //! - [`metrics`]: the Prometheus text;
+//! - [`stats`]: the dashboard's data and `GET /v1/stats`: per-policy series
+//!   sampled once a second, store and configuration state;
+//! - [`hitters`]: the heavy-hitters sketch of the keys denied most;
 //! - [`reload`]: SIGHUP and file watching;
 //! - [`server`]: [`server::run`], which takes listeners and a shutdown
 //!   future (main passes ctrl-c/SIGTERM; tests their own);
@@ -56,12 +59,14 @@ mod conn;
 pub mod envoy;
 pub mod grpc;
 pub mod health;
+pub mod hitters;
 pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod overrides;
 pub mod reload;
 pub mod server;
+pub mod stats;
 pub mod store;
 
 pub use app::{App, Loaded, StartError};

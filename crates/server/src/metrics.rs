@@ -56,7 +56,7 @@ impl Outcome {
 }
 
 /// Upper bounds of the store latency buckets, in microseconds.
-const LATENCY_BUCKETS_US: [u64; 14] = [
+pub(crate) const LATENCY_BUCKETS_US: [u64; 14] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000,
 ];
@@ -79,6 +79,8 @@ pub struct StoreGauges {
     pub circuit_state: u8,
     /// Decisions answered by the deny cache.
     pub deny_cache_hits: u64,
+    /// Decisions that consulted the deny cache.
+    pub deny_cache_lookups: u64,
     /// Store calls that failed or timed out.
     pub store_errors: u64,
     /// `(entries, evictions)` of a memory store; `None` on Redis.
@@ -207,6 +209,30 @@ impl Metrics {
         })
     }
 
+    /// Every policy's decisions so far by outcome (in [`Outcome`] order),
+    /// under an override or not: what the dashboard samples.
+    pub fn decision_totals(&self) -> HashMap<String, [u64; 4]> {
+        let map = self.decisions.read().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|(name, c)| {
+                let total = std::array::from_fn(|i| {
+                    c[i].load(Ordering::Relaxed) + c[i + Outcome::ALL.len()].load(Ordering::Relaxed)
+                });
+                (name.clone(), total)
+            })
+            .collect()
+    }
+
+    /// The store latency histogram: each bucket's count (not cumulative,
+    /// in the order of its bounds), then the count of all calls (those
+    /// above the largest bound included).
+    pub fn latency_counts(&self) -> [u64; LATENCY_BUCKETS_US.len() + 1] {
+        std::array::from_fn(|i| match self.latency_buckets.get(i) {
+            Some(bucket) => bucket.load(Ordering::Relaxed),
+            None => self.latency_count.load(Ordering::Relaxed),
+        })
+    }
+
     /// `(successful, failed)` reloads so far.
     pub fn reloads(&self) -> (u64, u64) {
         (
@@ -287,7 +313,7 @@ impl Metrics {
             &'static str,
             fn(&StoreGauges) -> u64,
         );
-        let families: [Family; 9] = [
+        let families: [Family; 10] = [
             (
                 "tollgate_store_errors_total",
                 "Store calls that failed (timeouts included).",
@@ -311,6 +337,12 @@ impl Metrics {
                 "Decisions answered by the local deny cache.",
                 "counter",
                 |s| s.deny_cache_hits,
+            ),
+            (
+                "tollgate_deny_cache_lookups_total",
+                "Decisions that consulted the local deny cache (hits / lookups: its hit ratio).",
+                "counter",
+                |s| s.deny_cache_lookups,
             ),
             (
                 "tollgate_leases_taken_total",
@@ -749,6 +781,9 @@ mod tests {
         assert!(text.contains("tollgate_store_latency_seconds_sum 0.0003\n"));
         assert!(text.contains("tollgate_store_latency_seconds_bucket{le=\"1\"} 1\n"));
         assert!(text.contains("tollgate_config_reloads_total{result=\"failure\"} 1\n"));
+        assert!(text.contains(
+            "# TYPE tollgate_deny_cache_lookups_total counter\ntollgate_deny_cache_lookups_total 0\n"
+        ));
         assert_eq!(seconds(0), "0");
     }
 

@@ -166,6 +166,9 @@ pub async fn run(
 
     // Probes the store at start and while it fails (crate::health).
     let store_watch = tokio::spawn(crate::health::watch_store(Arc::clone(&app), stopped()));
+    // Samples the dashboard's series once a second (crate::stats); idle
+    // while `server.dashboard.enabled` is false.
+    let sampler = tokio::spawn(crate::stats::sample(Arc::clone(&app), stopped()));
 
     let http_open = Tracker::new();
     let grpc_open = Tracker::new();
@@ -260,6 +263,7 @@ pub async fn run(
         let _ = watcher.await;
     }
     let _ = store_watch.await;
+    let _ = sampler.await;
     if let Err(error) = metrics {
         // A listener error is logged, not fatal.
         tracing::warn!(%error, "metrics listener failed");

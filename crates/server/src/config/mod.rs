@@ -54,8 +54,8 @@ pub use settings::{
     MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
 };
 pub use settings::{
-    DEFAULT_GRPC_MAX_CONNECTION_AGE, DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings,
-    MetricsSettings, ResponseHeaderSettings,
+    DEFAULT_GRPC_MAX_CONNECTION_AGE, DEFAULT_METRICS_PATH, DashboardSettings, EnvoySettings,
+    GrpcTlsSettings, MetricsSettings, ResponseHeaderSettings,
 };
 pub use settings::{SentinelSettings, TlsFiles};
 

@@ -12,8 +12,8 @@ use tollgate::{Algorithm, Lease, Policy};
 
 use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
 use super::settings::{
-    DEFAULT_METRICS_PATH, DEFAULT_NEAR_LIMIT_RATIO, EnvoySettings, GrpcTlsSettings,
-    MAX_STATS_MAX_SERIES, MetricsSettings, ResponseHeaderSettings,
+    DEFAULT_METRICS_PATH, DEFAULT_NEAR_LIMIT_RATIO, DashboardSettings, EnvoySettings,
+    GrpcTlsSettings, MAX_STATS_MAX_SERIES, MetricsSettings, ResponseHeaderSettings,
 };
 use super::{
     BreakerSettings, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS, MAX_POLICY_NAME,
@@ -76,6 +76,27 @@ pub(super) struct RawServer {
     grpc_tls: Option<Checked<RawGrpcTls>>,
     metrics: Option<Checked<RawMetrics>>,
     healthy_needs_domains: Option<bool>,
+    metrics_auth: Option<bool>,
+    dashboard: Option<Checked<RawDashboard>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDashboard {
+    enabled: Option<bool>,
+    show_keys: Option<bool>,
+}
+
+impl Validate for RawDashboard {
+    type Output = DashboardSettings;
+
+    fn validate(self) -> Result<DashboardSettings, String> {
+        let defaults = DashboardSettings::default();
+        Ok(DashboardSettings {
+            enabled: self.enabled.unwrap_or(defaults.enabled),
+            show_keys: self.show_keys.unwrap_or(defaults.show_keys),
+        })
+    }
 }
 
 /// The longest `server.grpc_max_connection_age` (and its grace): a year.
@@ -195,6 +216,13 @@ impl Validate for RawServer {
                     .into(),
             );
         }
+        let metrics_auth = self.metrics_auth.unwrap_or(defaults.metrics_auth);
+        if metrics_auth && self.admin_token.is_none() {
+            return Err(
+                "metrics_auth: true needs admin_token (the token `/metrics`, `/` and `/v1/stats` then require)"
+                    .into(),
+            );
+        }
         let max_connections = self.max_connections.unwrap_or(defaults.max_connections);
         if !(1..=MAX_CONNECTIONS_LIMIT).contains(&max_connections) {
             return Err(format!(
@@ -266,6 +294,8 @@ impl Validate for RawServer {
             grpc_tls: self.grpc_tls.map(|t| t.0),
             metrics: self.metrics.map(|m| m.0),
             healthy_needs_domains: self.healthy_needs_domains.unwrap_or(false),
+            metrics_auth,
+            dashboard: self.dashboard.map(|d| d.0).unwrap_or_default(),
         })
     }
 }

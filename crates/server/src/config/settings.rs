@@ -101,6 +101,35 @@ pub struct ServerSettings {
     /// least one Envoy domain loaded (`server.healthy_needs_domains`,
     /// envoyproxy/ratelimit's `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`).
     pub healthy_needs_domains: bool,
+    /// `server.metrics_auth`: `/metrics` (on every listener), the dashboard
+    /// (`GET /`) and `GET /v1/stats` need `Authorization: Bearer
+    /// <admin_token>`; `false` (the default): they are open, as `/metrics`
+    /// always was. `true` needs `admin_token`.
+    pub metrics_auth: bool,
+    /// `server.dashboard`: the live dashboard and the statistics behind it.
+    pub dashboard: DashboardSettings,
+}
+
+/// `server.dashboard`: the page at `GET /`, `GET /v1/stats` and what
+/// feeds them (the per-second sampler, the heavy-hitters sketch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DashboardSettings {
+    /// `false`: no sampler, no sketch, and `GET /` and `/v1/stats` are
+    /// `404`.
+    pub enabled: bool,
+    /// Whether the keys denied most are shown as they are (their first
+    /// bytes) instead of as keyed hashes.
+    pub show_keys: bool,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        DashboardSettings {
+            enabled: true,
+            show_keys: false,
+        }
+    }
 }
 
 /// `server.grpc_tls`: the gRPC port's certificate, and the CA that client
@@ -153,6 +182,8 @@ impl Default for ServerSettings {
             grpc_tls: None,
             metrics: None,
             healthy_needs_domains: false,
+            metrics_auth: false,
+            dashboard: DashboardSettings::default(),
         }
     }
 }

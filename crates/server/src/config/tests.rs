@@ -329,6 +329,48 @@ fn connection_limits_parse_and_default() {
 }
 
 #[test]
+fn the_dashboard_section_parses_defaults_and_is_strict() {
+    // The documented defaults, with and without a `server:` section.
+    for text in [
+        "",
+        "server:\n  max_body_bytes: 4096\n",
+        "server:\n  dashboard: {}\n",
+    ] {
+        let server = Config::parse(text, "t.yaml").unwrap().server;
+        assert_eq!(server.dashboard, DashboardSettings::default());
+        assert!(server.dashboard.enabled);
+        assert!(!server.dashboard.show_keys);
+        assert!(!server.metrics_auth);
+    }
+    let server = Config::parse(
+        "server:\n  admin_token: t\n  metrics_auth: true\n  dashboard:\n    enabled: false\n    show_keys: true\n",
+        "t.yaml",
+    )
+    .unwrap()
+    .server;
+    assert!(server.metrics_auth);
+    assert!(!server.dashboard.enabled);
+    assert!(server.dashboard.show_keys);
+    assert_refused_where_written(&[
+        (
+            "server:\n  dashboard:\n    enabled: true\n    show_key: true\n",
+            4,
+            "unknown field `show_key`",
+        ),
+        (
+            "server:\n  dashboard:\n    enabled: yes please\n",
+            3,
+            "server.dashboard.enabled",
+        ),
+        (
+            "server:\n  metrics_auth: true\n",
+            2,
+            "metrics_auth: true needs admin_token",
+        ),
+    ]);
+}
+
+#[test]
 fn field_paths_are_named() {
     let message = error("policies:\n  - name: a\n    limit: 0\n    period: 1s\n").to_string();
     assert!(message.contains("policies[0]"), "{message}");

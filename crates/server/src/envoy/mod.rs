@@ -29,7 +29,7 @@
 //! files alike.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use tollgate::keyspace::KeySpace;
@@ -373,6 +373,8 @@ pub struct Domain {
     root: Level,
     /// Policies written inline, by limiter name.
     inline: BTreeMap<String, Policy>,
+    /// The inline policies whose descriptor is in `shadow_mode`.
+    shadowed: BTreeSet<String>,
     /// The descriptors it was built from, to merge another file's into
     /// (`ConfigSource::merge_domains`).
     descriptors: Vec<Descriptor>,
@@ -404,16 +406,18 @@ impl Domain {
         named: &BTreeMap<String, Policy>,
     ) -> Domain {
         let mut inline = BTreeMap::new();
+        let mut shadowed = BTreeSet::new();
         let root = build_level(
             descriptors.clone(),
             &format!("envoy/{name}"),
             named,
-            &mut inline,
+            &mut (&mut inline, &mut shadowed),
         );
         Domain {
             name: name.to_owned(),
             root,
             inline,
+            shadowed,
             descriptors,
         }
     }
@@ -438,6 +442,12 @@ impl Domain {
     /// The domain's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the inline policy `name` belongs to a descriptor in
+    /// `shadow_mode`.
+    pub fn shadows(&self, name: &str) -> bool {
+        self.shadowed.contains(name)
     }
 
     /// Policies written inline in this domain's descriptors.
@@ -787,14 +797,17 @@ fn build_level(
     descriptors: Vec<Descriptor>,
     path: &str,
     named: &BTreeMap<String, Policy>,
-    inline: &mut BTreeMap<String, Policy>,
+    inline: &mut (&mut BTreeMap<String, Policy>, &mut BTreeSet<String>),
 ) -> Level {
     let mut level = Level::default();
     for d in descriptors {
         let path = format!("{path}/{}", d.label());
         let rule = d.rule.map(|rule| {
             if let Limit::Inline { policy, .. } = &rule.limit {
-                inline.insert(path.clone(), *policy);
+                inline.0.insert(path.clone(), *policy);
+                if d.shadow_mode {
+                    inline.1.insert(path.clone());
+                }
             }
             CompiledRule {
                 name: rule.name,

@@ -136,6 +136,7 @@ pub(crate) struct Counters {
     short_circuited: AtomicU64,
     degraded: AtomicU64,
     deny_cache_hits: AtomicU64,
+    deny_cache_lookups: AtomicU64,
     pub(crate) invalidations: AtomicU64,
 }
 
@@ -164,6 +165,9 @@ pub struct ResilienceStats {
     pub degraded: u64,
     /// Checks denied by the deny cache without a store call.
     pub deny_cache_hits: u64,
+    /// Checks that consulted the deny cache (`deny_cache_hits` of them
+    /// were answered by it).
+    pub deny_cache_lookups: u64,
     /// Identities held in the deny cache.
     pub deny_cache_len: usize,
     /// Reset notices received from the invalidation feed.
@@ -394,6 +398,7 @@ impl<S> Resilient<S> {
             short_circuited: load(&c.short_circuited),
             degraded: load(&c.degraded),
             deny_cache_hits: load(&c.deny_cache_hits),
+            deny_cache_lookups: load(&c.deny_cache_lookups),
             deny_cache_len: self.shared.deny_cache.as_ref().map_or(0, DenyCache::len),
             invalidations: load(&c.invalidations),
             invalidation_feed_live: self
@@ -408,13 +413,25 @@ impl<S> Resilient<S> {
 }
 
 impl<S: Store> Resilient<S> {
-    async fn apply_cached(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
+    /// Decides `check` through the deny cache (counting a lookup unless
+    /// the caller already counted this check's), breaker and timeout.
+    async fn apply_cached(
+        &self,
+        check: Check<'_>,
+        lookup_counted: bool,
+    ) -> Result<Decisions, StoreError> {
         let Check { key, policies, .. } = check;
         let shared = &*self.shared;
         let Some(cache) = &shared.deny_cache else {
             let sent_us = shared.options.clock.now_us();
             return self.call(check, sent_us, None).await;
         };
+        if !lookup_counted {
+            shared
+                .counters
+                .deny_cache_lookups
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let timeout = shared.options.timeout;
         // Set once this caller waited for another's flight: waiting ends
         // there, then it calls the store itself.
@@ -613,6 +630,8 @@ impl<S: Store> Resilient<S> {
     async fn apply_leased(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
         let shared = &*self.shared;
         let timeout = shared.options.timeout;
+        // A check counts one deny cache lookup however many rounds it waits.
+        let mut looked_up = false;
         for round in 0..=leases::WAIT_ROUNDS {
             let now = shared.options.clock.now_us();
             match shared.leases.serve(check, now) {
@@ -624,6 +643,13 @@ impl<S: Store> Resilient<S> {
                 Serve::Wait(_) | Serve::Miss => {}
             }
             if let Some(cache) = &shared.deny_cache {
+                if !looked_up {
+                    looked_up = true;
+                    shared
+                        .counters
+                        .deny_cache_lookups
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 if let Lookup::Hit(decisions) = cache.lookup_or_join(check, now, false) {
                     shared
                         .counters
@@ -640,7 +666,7 @@ impl<S: Store> Resilient<S> {
                 Ask::Wait(_) | Ask::Plain => break,
             }
         }
-        self.apply_cached(check).await
+        self.apply_cached(check, looked_up).await
     }
 
     /// One lease call through the breaker and timeout, as [`call`] makes a
@@ -881,7 +907,7 @@ impl<S: Store> Store for Resilient<S> {
         {
             return self.apply_leased(check).await;
         }
-        self.apply_cached(check).await
+        self.apply_cached(check, false).await
     }
 
     /// Reserves in the inner store, through the breaker and the timeout,

@@ -355,6 +355,8 @@ async fn deny_cache_saves_calls_until_the_exact_instant_and_reset_clears_it() {
     assert!(!limiter.peek("api", "k", 2).await.expect("ok").allowed);
     assert_eq!(inner.calls(), 2, "no store call while cached");
     assert_eq!(limiter.store().stats().deny_cache_hits, 3);
+    // Every check consulted the cache, the two allowed ones included.
+    assert_eq!(limiter.store().stats().deny_cache_lookups, 5);
     clock.set_us(999_999);
     assert!(!limiter.check("api", "k", 1).await.expect("ok").allowed);
     assert_eq!(inner.calls(), 2);
@@ -467,6 +469,8 @@ async fn an_expired_denial_is_refreshed_by_one_call_for_all_waiters() {
     let stats = limiter.store().stats();
     // One hit before the window ended, and all but the leader now.
     assert_eq!(stats.deny_cache_hits, 1 + N as u64 - 1, "{stats:?}");
+    // One lookup per check, however long a waiter waited for the flight.
+    assert_eq!(stats.deny_cache_lookups, 3 + N as u64, "{stats:?}");
 
     // At the next window nothing else took the two requests: the leader is
     // allowed with room, the waiters go to the store themselves, and the
