@@ -458,10 +458,11 @@ async fn a_reservation_record_holds_its_step_and_expires_at_its_deadline() {
 
     let decisions = store.reserve(reserve(0xabc, 10)).await.expect("reserve");
     assert!(decisions.iter().all(|d| d.allowed), "{decisions:?}");
-    // The window's units go back until it ends, under fixed_window ('f')
-    // of a second; a bucket's never (0).
+    // The window's units go back until it ends (counted in periods: the
+    // window ends at period 1_790_000_001), under fixed_window ('f') of a
+    // second; a bucket's never (0).
     let deadline = START_US + deadline_us;
-    let open = format!("{deadline} 10 {}f1000000 0", START_US + second);
+    let open = format!("{deadline} 10 {}f1000000 0", (START_US + second) / second);
     assert_eq!(
         server.cli(&["GET", &record]),
         format!("{open}|3:api5:tok|x")

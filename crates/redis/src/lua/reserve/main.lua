@@ -26,8 +26,9 @@
 -- The record is one string: "<deadline µs> <estimate> <mark_1> ...
 -- <mark_n>", once settled followed by ";<actual> <returned_1> <charged_1>
 -- <unpaid_1> ...", then "|" and the names. A mark is
--- "<until µs><MARK letter><period µs>" for a policy whose units can go
--- back (until when, under which algorithm and period), else "0". It expires at its deadline
+-- "<until / period><MARK letter><period µs>" for a policy whose units can
+-- go back (until when, under which algorithm and period: a window's units
+-- go back until its end, a whole number of periods), else "0". It expires at its deadline
 -- (PXAT), which a settle keeps.
 
 -- Step 1 of a reservation: each policy's mark, read before anything is
@@ -39,7 +40,8 @@ reserve_begin = function(keys, policies, n, now)
   for i = 1, n do
     local p, mark = policies[i], '0'
     if GIVE_BACK[p.name] then
-      mark = fmt(LEASE_UNTIL[p.name](keys[i], p, now)) .. MARK[p.name] .. fmt(p.period)
+      local ends = LEASE_UNTIL[p.name](keys[i], p, now)
+      mark = fmt(idiv(ends, p.period)) .. MARK[p.name] .. fmt(p.period)
     end
     marks[i] = mark
   end
@@ -87,10 +89,10 @@ settle = function(keys, args, policies, n, now, actual)
       local p, key, returned, charged, unpaid = policies[i], keys[i], 0, 0, 0
       if actual < estimate then
         local give_back = GIVE_BACK[p.name]
-        local until_, letter, period = string.match(fields[2 + i], '^(%d+)(%a?)(%d*)$')
-        until_ = tonum(until_)
-        if give_back and letter == MARK[p.name] and tonum(period) == p.period and now < until_ then
-          returned = give_back(key, p, now, estimate - actual, until_)
+        local ends, letter, period = string.match(fields[2 + i], '^(%d+)(%a?)(%d*)$')
+        if give_back and letter == MARK[p.name] and tonum(period) == p.period then
+          local until_ = tonum(ends) * p.period
+          if now < until_ then returned = give_back(key, p, now, estimate - actual, until_) end
         end
       elseif actual > estimate then
         local extra, overdraw = actual - estimate, OVERDRAW[p.name]
