@@ -260,3 +260,55 @@ async fn a_lease_call_loads_its_code_as_a_decision_does() {
         .get_hash();
     assert_eq!(server.cli(&["SCRIPT", "EXISTS", sha]), "1");
 }
+
+/// A reservation's steps follow the decision's rules when Redis lacks
+/// their code: the library is loaded again after `FUNCTION FLUSH`; on the
+/// scripts path the reservation script (holding both steps) is sent whole
+/// once after `SCRIPT FLUSH`, then by its hash.
+#[tokio::test]
+async fn a_reservation_loads_its_code_as_a_decision_does() {
+    use tollgate::{Check, Mode, PolicyRef, ReserveCall, SettleCall, Store};
+    let server = RedisServer::start();
+    let policy: tollgate::Policy = "fixed_window 100/1h".parse().expect("valid");
+    let refs = [PolicyRef {
+        name: "api",
+        policy: &policy,
+    }];
+    let reserve = |nonce| ReserveCall {
+        check: Check::new(b"k", &refs, 10, Mode::Consume),
+        nonce,
+        deadline_us: 60_000_000,
+    };
+    let settle = |nonce| SettleCall {
+        key: b"k",
+        policies: &refs,
+        nonce,
+        actual: 4,
+    };
+    let store = RedisStore::connect(&server.url(), common::options())
+        .await
+        .expect("connect");
+    server.cli(&["FUNCTION", "FLUSH"]);
+    let reserved = store.reserve(reserve(1)).await.expect("reserve");
+    assert_eq!(reserved[0].remaining, 90);
+    server.cli(&["FUNCTION", "FLUSH"]);
+    let settled = store.settle(settle(1)).await.expect("settle");
+    assert_eq!(settled.expect("found").decisions[0].remaining, 96);
+    assert!(store.uses_functions());
+    // Scripts only (another prefix: fresh state).
+    let url = common::scripts_only_user(&server);
+    let store = RedisStore::connect(&url, common::options())
+        .await
+        .expect("connect");
+    server.cli(&["SCRIPT", "FLUSH"]);
+    let reserved = store.reserve(reserve(2)).await.expect("reserve");
+    assert_eq!(reserved[0].remaining, 90);
+    let settled = store.settle(settle(2)).await.expect("settle");
+    assert_eq!(settled.expect("found").decisions[0].remaining, 96);
+    assert!(!store.uses_functions());
+    assert_eq!(common::calls(&server, "eval"), 1);
+    let sha = tollgate_redis::script::for_reserve_mask(tollgate_redis::script::mask(&refs))
+        .script
+        .get_hash();
+    assert_eq!(server.cli(&["SCRIPT", "EXISTS", sha]), "1");
+}

@@ -44,21 +44,29 @@ local function sliding_window_store(key, start, prev, curr, period)
   store(key, value, sliding_window_fresh_at(start, prev, curr, period))
 end
 
-ALG.sliding_window = function(key, p, now, cost, consume)
-  local period, limit = p.period, p.limit
+-- The window start, prev and curr as seen at `now`: the counts belong to
+-- the window of this policy that holds the stored start, and read as at
+-- most `cap`. A decision's cap is the limit (twin of
+-- sliding_window::normalize: a count written under a larger limit means a
+-- full window); an overdraft's is the limit plus its overdraft, so that a
+-- debt already owed counts (reserve/sliding_window.lua). No state (nil)
+-- reads as an empty window.
+local function sliding_window_at(key, p, now, cap)
+  local period = p.period
   local start, prev, curr = sliding_window_load(key, now)
   if not start then start, prev, curr = now - now % period, 0, 0 end
-  -- The counts belong to the window of this policy that holds the stored
-  -- start; they read as at most the limit.
   local held = start - start % period
-  local window, pv, cv
   if now < held + period then
-    window, pv, cv = held, imin(prev, limit), imin(curr, limit)
+    return held, imin(prev, cap), imin(curr, cap)
   elseif now < held + 2 * period then
-    window, pv, cv = held + period, imin(curr, limit), 0
-  else
-    window, pv, cv = now - now % period, 0, 0
+    return held + period, imin(curr, cap), 0
   end
+  return now - now % period, 0, 0
+end
+
+ALG.sliding_window = function(key, p, now, cost, consume)
+  local period, limit = p.period, p.limit
+  local window, pv, cv = sliding_window_at(key, p, now, limit)
   local elapsed = imax(0, now - window)
   local weighted_prev = pv * (period - elapsed)
   local budget = limit * period

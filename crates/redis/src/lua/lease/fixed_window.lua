@@ -7,13 +7,13 @@ LEASE_UNTIL.fixed_window = function(key, p, now)
   return window_lease_until(fixed_window_load(key, now) or now, p.period, now)
 end
 
--- Units go back only to the window the lease ended with, still current.
+-- Units go back only to the window the lease was charged in, while the
+-- state's stored start is still exactly that window's.
 GIVE_BACK.fixed_window = function(key, p, now, units, ends)
   local start, count = fixed_window_load(key, now)
   if not start then return 0 end
   local period = p.period
-  local held = start - start % period
-  if now >= held + period or ends <= held or ends > held + period then return 0 end
+  if start ~= window_of_end(ends, period) then return 0 end
   local given = imin(units, count)
   if given > 0 then
     count = count - given
