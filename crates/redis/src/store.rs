@@ -14,8 +14,8 @@ use tollgate::algorithm::decision_from_parts;
 use tollgate::reservation::{MAX_AMOUNT, MAX_DEADLINE};
 use tollgate::store::{InvalidationSink, Invalidations};
 use tollgate::{
-    Check, Decisions, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, ReserveCall,
-    SettleAnswer, SettleCall, Settled, Store, StoreError,
+    ChargeCall, Check, Decisions, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef,
+    ReserveCall, SettleAnswer, SettleCall, Settled, Store, StoreError,
 };
 
 use crate::invalidate::{self, Subscriber};
@@ -1042,7 +1042,9 @@ impl RedisStore {
         let script = || match extra {
             Extra::None => script::for_mask(mask),
             Extra::Lease(_) => script::for_lease_mask(mask),
-            Extra::Reserve { .. } | Extra::Settle { .. } => script::for_reserve_mask(mask),
+            Extra::Reserve { .. } | Extra::Settle { .. } | Extra::Charge => {
+                script::for_reserve_mask(mask)
+            }
         };
         // FCALL of the library's function; where Redis cannot run functions,
         // EVALSHA of the script of exactly this check's algorithms
@@ -1088,7 +1090,7 @@ impl RedisStore {
             Extra::Reserve { record, names, .. } | Extra::Settle { record, names } => {
                 (Some(record), names)
             }
-            Extra::None | Extra::Lease(_) => (None, &[][..]),
+            Extra::None | Extra::Lease(_) | Extra::Charge => (None, &[][..]),
         };
         let mut cmd = redis::cmd(verb);
         cmd.arg(script)
@@ -1103,6 +1105,7 @@ impl RedisStore {
             (Extra::Lease(_), _) => "lease",
             (Extra::Reserve { .. }, _) => "reserve",
             (Extra::Settle { .. }, _) => "settle",
+            (Extra::Charge, _) => "charge",
             (Extra::None, Mode::Consume) => "1",
             (Extra::None, Mode::Peek) => "0",
         };
@@ -1122,6 +1125,11 @@ impl RedisStore {
             }
             Extra::Reserve { deadline_us, .. } => {
                 cmd.arg(names).arg(deadline_us);
+            }
+            Extra::Charge => {
+                for p in policies {
+                    cmd.arg(p.policy.max_overdraft());
+                }
             }
             Extra::Settle { .. } => {
                 cmd.arg(names);
@@ -1157,6 +1165,8 @@ enum Extra<'a> {
     /// A settle (the check's cost is the actual cost): the record's key and
     /// the policy names to match.
     Settle { record: &'a [u8], names: &'a [u8] },
+    /// A charge after the fact (the check's cost is the units): no record.
+    Charge,
 }
 
 /// The policy names of a reservation as its record keeps them and a
@@ -1578,6 +1588,37 @@ impl Store for RedisStore {
         };
         let reply = self.eval(check, extra).await?;
         parse_settle_reply(&reply, policies)
+    }
+
+    /// One call of the decision code (reserve/main.lua's charge step):
+    /// overdraws every policy by the units and peeks it, atomically. Sent,
+    /// re-sent and bounded exactly as [`apply`](Store::apply)'s (a charge
+    /// whose reply is lost is not re-sent: it may have run).
+    ///
+    /// # Errors
+    /// As [`apply`](Store::apply), and [`StoreError::Protocol`] for no
+    /// policy or units past [`MAX_AMOUNT`].
+    async fn charge(&self, call: ChargeCall<'_>) -> Result<SettleAnswer, StoreError> {
+        let ChargeCall {
+            key,
+            policies,
+            units,
+        } = call;
+        if units > MAX_AMOUNT || policies.is_empty() {
+            return Err(StoreError::Protocol(format!(
+                "a charge of {units} units for {} policies is out of bounds",
+                policies.len()
+            )));
+        }
+        let check = Check {
+            key,
+            policies,
+            cost: units,
+            mode: Mode::Consume,
+        };
+        let reply = self.eval(check, Extra::Charge).await?;
+        parse_settle_reply(&reply, policies)?
+            .ok_or_else(|| StoreError::Protocol("a charge answered nothing".into()))
     }
 
     fn reserves(&self) -> bool {

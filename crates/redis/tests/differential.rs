@@ -66,6 +66,8 @@ enum Step {
         actual: Actual,
         target: Target,
     },
+    /// Charge `units` after the fact, with nothing reserved.
+    Charge { units: u64 },
 }
 
 /// A settle's actual cost, against the reservation's estimate.
@@ -133,7 +135,8 @@ fn step() -> impl Strategy<Value = Step> {
         actual,
         target,
     });
-    prop_oneof![reserve, settle]
+    let charge = prop_oneof![1u64..=30, 31u64..=2_000].prop_map(|units| Step::Charge { units });
+    prop_oneof![4 => reserve, 4 => settle, 1 => charge]
 }
 
 /// What a lease call asks of one policy.
@@ -528,6 +531,16 @@ async fn compare(
                     let actual = redis.settle(call).await.expect("redis settle");
                     prop_assert_eq!(&expected, &actual, "op {} ({:?}) differs", i, op);
                     seen.count_settle(expected.as_ref());
+                }
+                Step::Charge { units } => {
+                    let call = tollgate::ChargeCall {
+                        key: &key,
+                        policies: &refs,
+                        units,
+                    };
+                    let expected = memory.charge(call).await.expect("memory");
+                    let actual = redis.charge(call).await.expect("redis charge");
+                    prop_assert_eq!(&expected, &actual, "op {} ({:?}) differs", i, op);
                 }
             }
         } else if let Some(asks) = &op.lease {

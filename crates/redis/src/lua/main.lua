@@ -5,7 +5,9 @@
 -- ARGV[1]   "1" to consume (charge every policy if all allow), "0" to peek,
 --           "lease" for a lease call (lease/main.lua: more arguments follow),
 --           "reserve" or "settle" for a reservation's two steps
---           (reserve/main.lua: one more key and more arguments follow)
+--           (reserve/main.lua: one more key and more arguments follow),
+--           "charge" for a cost charged after the fact (reserve/main.lua:
+--           more arguments follow)
 -- ARGV[2]   cost, an integer >= 1
 -- ARGV[3]   "" to use Redis's clock (production), or a time in µs (tests only)
 -- ARGV[3+i] policy i (KEYS[i]'s), one argument: "<algorithm> <limit>
@@ -100,6 +102,8 @@ local function decide(keys, args)
   local lease = not consume and args[1] == 'lease'
   local reserve = not consume and not lease and args[1] == 'reserve'
   local settling = not consume and not lease and not reserve and args[1] == 'settle'
+  local charging = not consume and not lease and not reserve and not settling
+    and args[1] == 'charge'
   local cost = tonum(args[2])
   local now
   if args[3] ~= '' then
@@ -131,6 +135,12 @@ local function decide(keys, args)
       return redis.error_reply('tollgate: a reservation call takes the arguments of reserve/main.lua')
     end
     consume = true
+  elseif charging then
+    if not charge then return redis.error_reply('tollgate: this code does not reserve') end
+    n = #keys
+    if n < 1 or #args ~= 3 + 2 * n then
+      return redis.error_reply('tollgate: a charge takes the arguments of reserve/main.lua')
+    end
   end
 
   local policies = {}
@@ -141,6 +151,7 @@ local function decide(keys, args)
   end
 
   if settling then return settle(keys, args, policies, n, now, cost) end
+  if charging then return charge(keys, args, policies, n, now, cost) end
   local out = {}
   local ends, wants, marks
   if lease then ends, wants = lease_begin(keys, args, policies, n, now, out) end

@@ -19,7 +19,7 @@ local ALG = {}
 -- Likewise a reservation's two halves and the settle step
 -- (reserve/main.lua). Declared here, set after main.lua.
 local lease_begin, lease_end
-local reserve_begin, reserve_end, settle
+local reserve_begin, reserve_end, settle, charge
 
 -- Redis's and Lua's functions used on every decision, as locals: a global
 -- is a table lookup on every use.

@@ -23,6 +23,11 @@
 -- policy (units returned, charged, unpaid), then per policy the five
 -- integers of a one-unit peek.
 --
+-- charge: ARGV[1] "charge", ARGV[2] the units, ARGV[3] the clock,
+-- ARGV[3+i] policy i, ARGV[3+n+i] policy i's max_overdraft; no record.
+-- Returns what a settle does (estimate 0, the units, 0, three integers
+-- per policy, the peeks).
+--
 -- The record is one string: "<deadline µs> <estimate> <mark_1> ...
 -- <mark_n>", once settled followed by ";<actual> <returned_1> <charged_1>
 -- <unpaid_1> ...", then "|" and the names. A mark is
@@ -30,6 +35,9 @@
 -- go back (until when, under which algorithm and period: a window's units
 -- go back until its end, a whole number of periods), else "0". It expires at its deadline
 -- (PXAT), which a settle keeps.
+
+-- Set below, used by settle and charge.
+local peek_into
 
 -- Step 1 of a reservation: each policy's mark, read before anything is
 -- charged: until when its units may be given back, and under which
@@ -108,8 +116,13 @@ settle = function(keys, args, policies, n, now, actual)
     call('SET', record_key, open .. ';' .. table.concat(settled, ' ') .. '|' .. names,
       'PXAT', fmt(expiry_ms(deadline)))
   end
-  -- What the next request finds: a one-unit peek of each policy, which
-  -- pushes a key's expiry as any decision that charges nothing does.
+  return peek_into(keys, policies, n, now, out)
+end
+
+-- What the next request finds: a one-unit peek of each policy, which
+-- pushes a key's expiry as any decision that charges nothing does; its
+-- five integers per policy appended to `out` after the three per policy.
+peek_into = function(keys, policies, n, now, out)
   local peeks = {}
   run(keys, policies, n, 1, now, false, peeks)
   for i = 1, n do
@@ -118,4 +131,21 @@ settle = function(keys, args, policies, n, now, actual)
   end
   for i = 1, 5 * n do out[3 + 3 * n + i] = peeks[i] end
   return out
+end
+
+-- A cost charged after the fact, with nothing reserved: each policy
+-- overdrawn (OVERDRAW) by the units, at most what remains plus its
+-- max_overdraft; the twin of MemoryStore::charge_sync.
+charge = function(keys, args, policies, n, now, units)
+  local out = { 0, units, 0 }
+  for i = 1, n do
+    local p, charged = policies[i], 0
+    local overdraw = OVERDRAW[p.name]
+    if overdraw then
+      charged = overdraw(keys[i], p, now, units, imin(tonum(args[3 + n + i]), p.capacity))
+    end
+    local k = 3 * i
+    out[k + 1], out[k + 2], out[k + 3] = 0, charged, units - charged
+  end
+  return peek_into(keys, policies, n, now, out)
 end
