@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tollgate::overrides::Overrides;
 use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
-use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
+use tollgate::{
+    Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Reservation, ReservationId,
+    SettleAnswer, Store,
+};
 
 use crate::config::{Config, ConfigError, ConfigSource, FailureMode, StoreKind, StoreSettings};
 use crate::health::{Context, StoreHealth};
-use crate::metrics::{ExternalGauges, Metrics, Outcome, StoreGauges};
+use crate::metrics::{ExternalGauges, Metrics, Outcome, SettleResult, StoreGauges};
 use crate::store::{ResilientStore, RoutedStore, ServerStore};
 
 /// The longest key the limiter accepts. The HTTP API applies the
@@ -245,6 +248,7 @@ impl App {
                 deny_cache_hits: stats.deny_cache_hits,
                 store_errors: stats.failures,
                 memory: store.get_ref().memory_usage(),
+                reservations: store.get_ref().reservation_usage(),
                 local: (stats.local_keys, stats.local_evictions),
                 breaker_opened: stats.breaker_opened,
                 leases: stats.leases,
@@ -405,6 +409,70 @@ impl App {
         let result = loaded.limiter.apply(policies, key, cost, mode).await;
         let names = policies.iter().map(|p| p.name);
         self.record(names, started, result, shadow)
+    }
+
+    /// Reserves `estimate` units of the named policies of `loaded` for
+    /// `key` until `deadline` ([`Limiter::reserve`]), and counts it: as a
+    /// decision of each policy, and as a reservation allowed or denied.
+    ///
+    /// # Errors
+    /// As [`Limiter::reserve`]: unknown policy, a policy that cannot be
+    /// reserved, out-of-bounds amounts or deadline, a store that keeps no
+    /// reservations or fails (a reservation is never decided by the
+    /// failure mode: a settle elsewhere must find it in the store).
+    pub async fn reserve(
+        &self,
+        loaded: &Loaded,
+        names: &[&str],
+        key: &[u8],
+        estimate: u64,
+        deadline: Duration,
+    ) -> Result<Reservation, Error> {
+        let started = Instant::now();
+        let reservation = match loaded.limiter.reserve(names, key, estimate, deadline).await {
+            Ok(reservation) => reservation,
+            Err(error) => {
+                self.metrics.store_latency(started.elapsed());
+                return Err(error);
+            }
+        };
+        let Reservation { decision, id } = reservation;
+        let decision = self.record(names.iter().copied(), started, Ok(decision), false)?;
+        for name in names {
+            self.metrics.reservation(name, decision.allowed);
+        }
+        Ok(Reservation { decision, id })
+    }
+
+    /// Settles the reservation `id` at `actual` units ([`Limiter::settle`];
+    /// 0 cancels it), and counts what the settle found and what it did to
+    /// each policy.
+    ///
+    /// # Errors
+    /// As [`Limiter::settle`].
+    pub async fn settle(
+        &self,
+        loaded: &Loaded,
+        id: &ReservationId,
+        actual: u64,
+    ) -> Result<Option<SettleAnswer>, Error> {
+        let started = Instant::now();
+        let result = loaded.limiter.settle(id, actual).await;
+        self.metrics.store_latency(started.elapsed());
+        match &result {
+            Ok(None) | Err(Error::UnknownPolicy(_)) => self.metrics.settle(SettleResult::Unknown),
+            Ok(Some(answer)) if answer.replayed => self.metrics.settle(SettleResult::Replayed),
+            Ok(Some(answer)) => {
+                self.metrics.settle(SettleResult::Settled);
+                // The store found the reservation: its names are policies
+                // of the configuration, a bounded set.
+                for (name, settled) in id.policies().zip(&answer.settled) {
+                    self.metrics.settled_units(name, settled);
+                }
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// Records a decision started at `started`: latency, the breaker

@@ -51,7 +51,7 @@ pub use settings::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEY_BYTES,
     DEFAULT_NEAR_LIMIT_RATIO, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATS_MAX_SERIES,
     DEFAULT_STORE_TIMEOUT, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS,
-    MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
+    MAX_MAX_RESERVATIONS, MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
 };
 pub use settings::{
     DEFAULT_GRPC_MAX_CONNECTION_AGE, DEFAULT_METRICS_PATH, EnvoySettings, GrpcTlsSettings,
