@@ -67,6 +67,32 @@ pub fn state_key(
     key
 }
 
+/// What follows the hash tag in a reservation's record key, before the
+/// nonce.
+const RESERVATION_TAG: &[u8] = b"}:%r:";
+
+/// The key of the record of reservation `nonce` of `identity`
+/// (`Store::reserve`): in the identity's slot, so that one call reads and
+/// writes it with the states it charges. It ends with the nonce in 32
+/// lowercase hex digits, where a state key ends with an algorithm's name
+/// (never 32 hex digits), so no policy name makes the two equal; and its
+/// tag is an escaped identity, which the overrides' `{%overrides}` never
+/// is.
+///
+/// ```
+/// let key = tollgate_redis::keys::reservation_key("tollgate", b"user:{1}", 0xab);
+/// assert_eq!(key, b"tollgate:{user:%7B1%7D}:%r:000000000000000000000000000000ab");
+/// ```
+pub fn reservation_key(prefix: &str, identity: &[u8], nonce: u128) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + identity.len() + 40);
+    key.extend_from_slice(prefix.as_bytes());
+    key.extend_from_slice(b":{");
+    escape_identity(identity, &mut key);
+    key.extend_from_slice(RESERVATION_TAG);
+    key.extend_from_slice(format!("{nonce:032x}").as_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +149,54 @@ mod tests {
         }
         // "a}" cannot hash like "a": the brace is escaped, not a tag end.
         assert_ne!(hash_tag(&state_key("t", b"a}x", "api", Gcra)), b"a");
+    }
+
+    #[test]
+    fn a_reservation_key_is_never_a_state_or_overrides_key() {
+        use tollgate::Algorithm;
+        let nonces = [0, 1, 0xab, u128::MAX, 0x6763_7261];
+        let identities: Vec<&[u8]> = vec![b"a", b"", b"%", b"a}:%r:0", b"{", b"%overrides"];
+        // Policy names that try to end like a record key, or to take the
+        // record's place after the tag.
+        let mut names: Vec<String> = vec!["api".into(), "%r".into(), "".into(), ":".into()];
+        for nonce in nonces {
+            names.push(format!("%r:{nonce:032x}"));
+            names.push(format!("%r:{:030x}", nonce));
+        }
+        for identity in &identities {
+            for nonce in nonces {
+                let record = reservation_key("t", identity, nonce);
+                let mut escaped = Vec::new();
+                escape_identity(identity, &mut escaped);
+                // The identity's slot.
+                assert_eq!(hash_tag(&record), &escaped[..]);
+                assert_eq!(
+                    hash_tag(&record),
+                    hash_tag(&state_key("t", identity, "api", Gcra))
+                );
+                // Never a state key of any identity, policy, algorithm.
+                for other in &identities {
+                    for name in &names {
+                        for algorithm in Algorithm::ALL {
+                            assert_ne!(record, state_key("t", other, name, algorithm));
+                        }
+                    }
+                }
+                // Never the overrides' keys (whose tag escaping never makes).
+                assert_ne!(hash_tag(&record), b"%overrides");
+                assert_ne!(record, b"t:{%overrides}");
+                assert_ne!(record, b"t:{%overrides}:version");
+                // One key per nonce and identity.
+                for other in nonces.iter().filter(|&&n| n != nonce) {
+                    assert_ne!(record, reservation_key("t", identity, *other));
+                }
+            }
+        }
+        // The suffix cannot end like a state key: 32 hex digits, never an
+        // algorithm's name.
+        for algorithm in Algorithm::ALL {
+            assert!(!algorithm.name().bytes().all(|b| b.is_ascii_hexdigit()));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   is created again each time: each check runs the script of exactly its
 //!   algorithms, one of 63, built and hashed the first time it is needed,
 //!   and only a lease call's script ([`for_lease_mask`]) holds the lease
+//!   code, only a reservation's ([`for_reserve_mask`]) the reservation
 //!   code.
 //!
 //! docs/REDIS.md says how the store chooses, and docs/BENCHMARKS.md what
@@ -32,6 +33,30 @@ const SCRIPT_TAIL: &str = "return decide(KEYS, ARGV)\n";
 const LEASE_PRELUDE: &str = include_str!("lua/lease/prelude.lua");
 /// The lease step, after [`MAIN`].
 const LEASE_MAIN: &str = include_str!("lua/lease/main.lua");
+
+/// What the reservation files share, after the lease files.
+const RESERVE_PRELUDE: &str = include_str!("lua/reserve/prelude.lua");
+/// The reservation steps, after [`MAIN`] (and [`LEASE_MAIN`], where both
+/// are held).
+const RESERVE_MAIN: &str = include_str!("lua/reserve/main.lua");
+
+/// The reservation file (`OVERDRAW`) of each algorithm that can be
+/// reserved, after its lease file.
+const RESERVE_ALGORITHMS: [(Algorithm, &str); 4] = [
+    (
+        Algorithm::FixedWindow,
+        include_str!("lua/reserve/fixed_window.lua"),
+    ),
+    (
+        Algorithm::SlidingWindow,
+        include_str!("lua/reserve/sliding_window.lua"),
+    ),
+    (
+        Algorithm::TokenBucket,
+        include_str!("lua/reserve/token_bucket.lua"),
+    ),
+    (Algorithm::Gcra, include_str!("lua/reserve/gcra.lua")),
+];
 
 /// The lease file of each algorithm that leases, after its algorithm file.
 const LEASE_ALGORITHMS: [(Algorithm, &str); 4] = [
@@ -63,9 +88,9 @@ const ALGORITHMS: [(Algorithm, &str); 6] = [
     (Algorithm::LeakyBucket, include_str!("lua/leaky_bucket.lua")),
 ];
 
-/// The full source of the decision script: every algorithm, and the lease
-/// code. What a tool that loads one script by hand (`redis-cli SCRIPT
-/// LOAD`) takes.
+/// The full source of the decision script: every algorithm, the lease
+/// code and the reservation code. What a tool that loads one script by
+/// hand (`redis-cli SCRIPT LOAD`) takes.
 pub const SOURCE: &str = concat!(
     include_str!("lua/prelude.lua"),
     include_str!("lua/fixed_window.lua"),
@@ -79,13 +104,20 @@ pub const SOURCE: &str = concat!(
     include_str!("lua/lease/sliding_window.lua"),
     include_str!("lua/lease/token_bucket.lua"),
     include_str!("lua/lease/gcra.lua"),
+    include_str!("lua/reserve/prelude.lua"),
+    include_str!("lua/reserve/fixed_window.lua"),
+    include_str!("lua/reserve/sliding_window.lua"),
+    include_str!("lua/reserve/token_bucket.lua"),
+    include_str!("lua/reserve/gcra.lua"),
     include_str!("lua/main.lua"),
     include_str!("lua/lease/main.lua"),
+    include_str!("lua/reserve/main.lua"),
     "return decide(KEYS, ARGV)\n",
 );
 
-/// The function library: every algorithm and the lease code, and one
-/// function, `decide`, registered under the library's own name.
+/// The function library: every algorithm, the lease and the reservation
+/// code, and one function, `decide`, registered under the library's own
+/// name.
 #[derive(Debug)]
 pub struct Library {
     /// `tollgate_` and the first 16 hex digits of the SHA-1 of the code:
@@ -102,7 +134,7 @@ pub struct Library {
 
 /// The function library, built and hashed once.
 pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let code = code(0x3f, true);
+    let code = code(0x3f, Kind::All);
     let hash = redis::Script::new(&code).get_hash().to_owned();
     let name = format!("tollgate_{}", &hash[..16]);
     let source = format!("#!lua name={name}\n{code}redis.register_function('{name}', decide)\n");
@@ -118,9 +150,25 @@ pub struct Decision {
     pub script: redis::Script,
 }
 
-/// The scripts built so far, by [`mask`]: of decisions, and of lease calls.
+/// The scripts built so far, by [`mask`]: of decisions, of lease calls,
+/// and of reservations (both steps).
 static BY_MASK: [OnceLock<Decision>; 64] = [const { OnceLock::new() }; 64];
 static LEASE_BY_MASK: [OnceLock<Decision>; 64] = [const { OnceLock::new() }; 64];
+static RESERVE_BY_MASK: [OnceLock<Decision>; 64] = [const { OnceLock::new() }; 64];
+
+/// What a piece of code holds beyond the decision code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Nothing: a check's script.
+    Decision,
+    /// The lease code: a lease call's script.
+    Lease,
+    /// The reservation code and the lease files it uses (`LEASE_UNTIL`,
+    /// `GIVE_BACK`), without the lease step: a reservation's script.
+    Reserve,
+    /// Everything: the library, and [`SOURCE`].
+    All,
+}
 
 /// The bit of `algorithm` in a mask (its place in [`Algorithm::ALL`]).
 fn bit(algorithm: Algorithm) -> u8 {
@@ -139,10 +187,14 @@ pub fn mask(policies: &[PolicyRef<'_>]) -> u8 {
         .fold(0, |mask, p| mask | bit(p.policy.algorithm()))
 }
 
-/// The code of the algorithms of `mask` (a full mask: every algorithm) and,
-/// with `lease`, their lease code, without a script's tail: the prelude,
-/// the algorithm files, the lease files, the entry point, the lease step.
-fn code(mask: u8, lease: bool) -> String {
+/// The code of the algorithms of `mask` (a full mask: every algorithm)
+/// and what `kind` adds, without a script's tail: the prelude, the
+/// algorithm files, the lease files, the reservation files, the entry
+/// point, the lease step, the reservation steps.
+fn code(mask: u8, kind: Kind) -> String {
+    let lease_files = kind != Kind::Decision;
+    let lease_step = matches!(kind, Kind::Lease | Kind::All);
+    let reserve = matches!(kind, Kind::Reserve | Kind::All);
     let mut code = String::with_capacity(SOURCE.len());
     code.push_str(PRELUDE);
     for (i, (_, file)) in ALGORITHMS.iter().enumerate() {
@@ -150,27 +202,36 @@ fn code(mask: u8, lease: bool) -> String {
             code.push_str(file);
         }
     }
-    if lease {
-        code.push_str(LEASE_PRELUDE);
-        for (algorithm, file) in &LEASE_ALGORITHMS {
+    let mut push_files = |prelude: &str, files: &[(Algorithm, &str)]| {
+        code.push_str(prelude);
+        for (algorithm, file) in files {
             if mask & bit(*algorithm) != 0 {
                 code.push_str(file);
             }
         }
+    };
+    if lease_files {
+        push_files(LEASE_PRELUDE, &LEASE_ALGORITHMS);
+    }
+    if reserve {
+        push_files(RESERVE_PRELUDE, &RESERVE_ALGORITHMS);
     }
     code.push_str(MAIN);
-    if lease {
+    if lease_step {
         code.push_str(LEASE_MAIN);
+    }
+    if reserve {
+        code.push_str(RESERVE_MAIN);
     }
     code
 }
 
 /// The script of `mask` in `scripts` (every algorithm for 0, which no
 /// check has), built the first time.
-fn script(scripts: &'static [OnceLock<Decision>; 64], mask: u8, lease: bool) -> &'static Decision {
+fn script(scripts: &'static [OnceLock<Decision>; 64], mask: u8, kind: Kind) -> &'static Decision {
     let mask = if mask == 0 { 0x3f } else { mask & 0x3f };
     scripts[usize::from(mask)].get_or_init(|| {
-        let mut source = code(mask, lease);
+        let mut source = code(mask, kind);
         source.push_str(SCRIPT_TAIL);
         let script = redis::Script::new(&source);
         Decision { source, script }
@@ -180,13 +241,20 @@ fn script(scripts: &'static [OnceLock<Decision>; 64], mask: u8, lease: bool) -> 
 /// The decision script holding exactly the algorithms of `mask` (every
 /// algorithm for 0, which no check has), without the lease code.
 pub fn for_mask(mask: u8) -> &'static Decision {
-    script(&BY_MASK, mask, false)
+    script(&BY_MASK, mask, Kind::Decision)
 }
 
 /// The script of a lease call on the algorithms of `mask`: theirs and
 /// their lease code.
 pub fn for_lease_mask(mask: u8) -> &'static Decision {
-    script(&LEASE_BY_MASK, mask, true)
+    script(&LEASE_BY_MASK, mask, Kind::Lease)
+}
+
+/// The script of a reservation's steps (reserve and settle) on the
+/// algorithms of `mask`: theirs, the lease files they use (`LEASE_UNTIL`,
+/// `GIVE_BACK`) and their reservation code.
+pub fn for_reserve_mask(mask: u8) -> &'static Decision {
+    script(&RESERVE_BY_MASK, mask, Kind::Reserve)
 }
 
 /// The source of the envoyproxy/ratelimit counter script: a fixed window
@@ -242,24 +310,36 @@ mod tests {
                 .source
                 .starts_with(&format!("#!lua name={}\n", library.name))
         );
-        for (_, file) in ALGORITHMS.iter().chain(&LEASE_ALGORITHMS) {
+        for (_, file) in ALGORITHMS
+            .iter()
+            .chain(&LEASE_ALGORITHMS)
+            .chain(&RESERVE_ALGORITHMS)
+        {
             assert!(library.source.contains(file));
         }
         assert!(library.source.contains(LEASE_MAIN));
+        assert!(library.source.contains(RESERVE_MAIN));
         assert!(!library.source.contains(SCRIPT_TAIL));
     }
 
     #[test]
     fn the_full_mask_is_the_full_script() {
-        assert_eq!(for_lease_mask(0x3f).source, SOURCE);
-        assert_eq!(for_lease_mask(0).source, SOURCE);
-        assert_eq!(
-            for_lease_mask(0x3f).script.get_hash(),
-            redis::Script::new(SOURCE).get_hash()
-        );
-        // A decision's script has no lease code.
-        assert!(!for_mask(0x3f).source.contains(LEASE_PRELUDE));
-        assert!(!for_mask(0x3f).source.contains(LEASE_MAIN));
+        assert_eq!(code(0x3f, Kind::All) + SCRIPT_TAIL, SOURCE);
+        assert!(LIBRARY.source.contains(&code(0x3f, Kind::All)));
+        // A decision's script has no lease or reservation code; a lease
+        // call's no reservation code; a reservation's no lease step.
+        for source in [&for_mask(0x3f).source, &for_mask(0).source] {
+            assert!(!source.contains(LEASE_PRELUDE));
+            assert!(!source.contains(LEASE_MAIN));
+            assert!(!source.contains(RESERVE_PRELUDE));
+            assert!(!source.contains(RESERVE_MAIN));
+        }
+        assert!(!for_lease_mask(0x3f).source.contains(RESERVE_PRELUDE));
+        assert!(!for_lease_mask(0x3f).source.contains(RESERVE_MAIN));
+        assert!(for_lease_mask(0x3f).source.contains(LEASE_MAIN));
+        let reserve = &for_reserve_mask(0).source;
+        assert!(reserve.contains(LEASE_PRELUDE) && reserve.contains(RESERVE_MAIN));
+        assert!(!reserve.contains(LEASE_MAIN));
     }
 
     #[test]
@@ -269,6 +349,24 @@ mod tests {
             assert!(alone.source.contains(file), "{algorithm:?}");
             let lease = for_lease_mask(1 << i);
             assert!(lease.source.contains(file), "{algorithm:?}");
+            let reserve = for_reserve_mask(1 << i);
+            assert!(reserve.source.contains(file), "{algorithm:?}");
+            for (other, reserve_file) in &RESERVE_ALGORITHMS {
+                assert!(!alone.source.contains(reserve_file));
+                assert!(!lease.source.contains(reserve_file));
+                assert_eq!(
+                    reserve.source.contains(reserve_file),
+                    other == algorithm,
+                    "{other:?}'s reservation code in {algorithm:?}'s reservation script"
+                );
+            }
+            for (other, lease_file) in &LEASE_ALGORITHMS {
+                assert_eq!(
+                    reserve.source.contains(lease_file),
+                    other == algorithm,
+                    "{other:?}'s lease code in {algorithm:?}'s reservation script"
+                );
+            }
             for (other, lease_file) in &LEASE_ALGORITHMS {
                 assert!(
                     !alone.source.contains(lease_file),

@@ -11,13 +11,15 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 use tollgate::algorithm::decision_from_parts;
+use tollgate::reservation::{MAX_AMOUNT, MAX_DEADLINE};
 use tollgate::store::{InvalidationSink, Invalidations};
 use tollgate::{
-    Check, Decisions, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, Store, StoreError,
+    Check, Decisions, LeaseAnswer, LeaseAsk, LeaseCall, Leased, Mode, PolicyRef, ReserveCall,
+    SettleAnswer, SettleCall, Settled, Store, StoreError,
 };
 
 use crate::invalidate::{self, Subscriber};
-use crate::keys::{InvalidPrefix, state_key, validate_prefix};
+use crate::keys::{InvalidPrefix, reservation_key, state_key, validate_prefix};
 use crate::script::{self, ENVOY_COUNTER, ENVOY_COUNTER_SOURCE, LIBRARY};
 use crate::sentinel::{Finder, Sentinel, SentinelMaster};
 
@@ -1030,19 +1032,17 @@ impl RedisStore {
         !self.inner.scripts_only.load(Ordering::Relaxed)
     }
 
-    /// Sends `check` (with `asks`, a lease call) as one call of the
-    /// decision code, and returns its integers (main.lua).
-    async fn eval(
-        &self,
-        check: Check<'_>,
-        asks: Option<&[LeaseAsk]>,
-    ) -> Result<Vec<i64>, StoreError> {
+    /// Sends `check` (with `extra`: a lease call, a reservation's step) as
+    /// one call of the decision code, and returns its integers (main.lua).
+    async fn eval(&self, check: Check<'_>, extra: Extra<'_>) -> Result<Vec<i64>, StoreError> {
         let now = self.now_arg();
         let mask = script::mask(check.policies);
-        // Only a lease call's script holds the lease code.
-        let script = || match asks {
-            Some(_) => script::for_lease_mask(mask),
-            None => script::for_mask(mask),
+        // Only a lease call's script holds the lease code, only a
+        // reservation's the reservation code.
+        let script = || match extra {
+            Extra::None => script::for_mask(mask),
+            Extra::Lease(_) => script::for_lease_mask(mask),
+            Extra::Reserve { .. } | Extra::Settle { .. } => script::for_reserve_mask(mask),
         };
         // FCALL of the library's function; where Redis cannot run functions,
         // EVALSHA of the script of exactly this check's algorithms
@@ -1051,12 +1051,12 @@ impl RedisStore {
         // sent again. The script is missing after a restart, a failover or
         // SCRIPT FLUSH: EVAL sends it whole, which also caches it.
         let build = |call: Call| match call {
-            Call::Fcall => self.command("FCALL", &LIBRARY.name, check, asks, &now),
+            Call::Fcall => self.command("FCALL", &LIBRARY.name, check, extra, &now),
             Call::Evalsha => {
                 let hash = script().script.get_hash();
-                self.command("EVALSHA", hash, check, asks, &now)
+                self.command("EVALSHA", hash, check, extra, &now)
             }
-            Call::Eval => self.command("EVAL", &script().source, check, asks, &now),
+            Call::Eval => self.command("EVAL", &script().source, check, extra, &now),
         };
         let first = build(if self.uses_functions() {
             Call::Fcall
@@ -1067,14 +1067,15 @@ impl RedisStore {
     }
 
     /// `FCALL <function>`, `EVALSHA <sha>` or `EVAL <source>`, with the keys
-    /// and arguments that main.lua documents: a decision's, or with `asks`
-    /// (one per policy) a lease call's.
+    /// and arguments that main.lua documents: a decision's, or with `extra`
+    /// a lease call's (lease/main.lua) or a reservation step's
+    /// (reserve/main.lua).
     fn command(
         &self,
         verb: &str,
         script: &str,
         check: Check<'_>,
-        asks: Option<&[LeaseAsk]>,
+        extra: Extra<'_>,
         now: &str,
     ) -> Cmd {
         let Check {
@@ -1083,28 +1084,92 @@ impl RedisStore {
             cost,
             mode,
         } = check;
+        let (record, names) = match extra {
+            Extra::Reserve { record, names, .. } | Extra::Settle { record, names } => {
+                (Some(record), names)
+            }
+            Extra::None | Extra::Lease(_) => (None, &[][..]),
+        };
         let mut cmd = redis::cmd(verb);
-        cmd.arg(script).arg(policies.len());
+        cmd.arg(script)
+            .arg(policies.len() + usize::from(record.is_some()));
         for policy in policies {
             cmd.arg(self.key(key, policy));
         }
-        let call = match (asks, mode) {
-            (Some(_), _) => "lease",
-            (None, Mode::Consume) => "1",
-            (None, Mode::Peek) => "0",
+        if let Some(record) = record {
+            cmd.arg(record);
+        }
+        let call = match (extra, mode) {
+            (Extra::Lease(_), _) => "lease",
+            (Extra::Reserve { .. }, _) => "reserve",
+            (Extra::Settle { .. }, _) => "settle",
+            (Extra::None, Mode::Consume) => "1",
+            (Extra::None, Mode::Peek) => "0",
         };
         cmd.arg(call).arg(cost).arg(now);
         for p in policies {
             redis::RedisWrite::write_arg_fmt(&mut cmd, script::PolicyArg(p.policy));
         }
-        for ask in asks.unwrap_or_default() {
-            cmd.arg(ask.want)
-                .arg(ask.ttl_us)
-                .arg(ask.held.units)
-                .arg(ask.held.until);
+        match extra {
+            Extra::None => {}
+            Extra::Lease(asks) => {
+                for ask in asks {
+                    cmd.arg(ask.want)
+                        .arg(ask.ttl_us)
+                        .arg(ask.held.units)
+                        .arg(ask.held.until);
+                }
+            }
+            Extra::Reserve { deadline_us, .. } => {
+                cmd.arg(names).arg(deadline_us);
+            }
+            Extra::Settle { .. } => {
+                cmd.arg(names);
+                for p in policies {
+                    cmd.arg(p.policy.max_overdraft());
+                }
+            }
         }
         cmd
     }
+
+    /// The key of reservation `nonce`'s record (see
+    /// [`reservation_key`]).
+    pub fn reservation_key(&self, identity: &[u8], nonce: u128) -> Vec<u8> {
+        reservation_key(&self.inner.prefix, identity, nonce)
+    }
+}
+
+/// What a call of the decision code carries beyond its check.
+#[derive(Debug, Clone, Copy)]
+enum Extra<'a> {
+    /// Nothing: a decision.
+    None,
+    /// A lease call's asks, one per policy.
+    Lease(&'a [LeaseAsk]),
+    /// A reservation: its record's key, the policy names as the record
+    /// keeps them ([`names_arg`]), and how long it lives.
+    Reserve {
+        record: &'a [u8],
+        names: &'a [u8],
+        deadline_us: u64,
+    },
+    /// A settle (the check's cost is the actual cost): the record's key and
+    /// the policy names to match.
+    Settle { record: &'a [u8], names: &'a [u8] },
+}
+
+/// The policy names of a reservation as its record keeps them and a
+/// settle must match: each name's length in decimal, `:`, the name. One
+/// text per list of names, and no two lists alike (the lengths delimit).
+fn names_arg(policies: &[PolicyRef<'_>]) -> Vec<u8> {
+    let mut names = Vec::with_capacity(policies.iter().map(|p| p.name.len() + 4).sum());
+    for p in policies {
+        names.extend_from_slice(p.name.len().to_string().as_bytes());
+        names.push(b':');
+        names.extend_from_slice(p.name.as_bytes());
+    }
+    names
 }
 
 /// The forms of one decision (or of the envoy counter, a script only).
@@ -1207,6 +1272,44 @@ fn parse_lease_reply(
         decisions: parse_reply(decisions, policies, cost)?,
         leased,
     })
+}
+
+/// Turns a settle's reply (reserve/main.lua, `settle`) into its answer:
+/// nothing when the reservation was not found; else the estimate, the
+/// actual cost, whether replayed, three integers per policy of what
+/// settling did, and five per policy of a one-unit peek.
+fn parse_settle_reply(
+    reply: &[i64],
+    policies: &[PolicyRef<'_>],
+) -> Result<Option<SettleAnswer>, StoreError> {
+    let n = policies.len();
+    if reply.is_empty() {
+        return Ok(None);
+    }
+    if reply.len() != 3 + 8 * n {
+        return Err(StoreError::Protocol(format!(
+            "settle returned {} values for {n} policies",
+            reply.len()
+        )));
+    }
+    let (settled, decisions) = reply[3..].split_at(3 * n);
+    let settled = settled
+        .chunks_exact(3)
+        .map(|s| {
+            Ok(Settled {
+                returned: field(s[0])?,
+                charged: field(s[1])?,
+                unpaid: field(s[2])?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some(SettleAnswer {
+        estimate: field(reply[0])?,
+        actual: field(reply[1])?,
+        replayed: reply[2] == 1,
+        settled,
+        decisions: parse_reply(decisions, policies, 1)?,
+    }))
 }
 
 /// One integer of the decision code's reply, never negative.
@@ -1358,7 +1461,7 @@ fn store_error(e: RedisError) -> StoreError {
 
 impl Store for RedisStore {
     async fn apply(&self, check: Check<'_>) -> Result<Decisions, StoreError> {
-        let reply = self.eval(check, None).await?;
+        let reply = self.eval(check, Extra::None).await?;
         parse_reply(&reply, check.policies, check.cost)
     }
 
@@ -1379,11 +1482,99 @@ impl Store for RedisStore {
                 check.policies.len()
             )));
         }
-        let reply = self.eval(check, Some(asks)).await?;
+        let reply = self.eval(check, Extra::Lease(asks)).await?;
         parse_lease_reply(&reply, check.policies, check.cost)
     }
 
     fn leases(&self) -> bool {
+        true
+    }
+
+    /// One call of the decision code (reserve/main.lua's reservation
+    /// step): the check of the estimate, consumed, and when every policy
+    /// allows it the record, `<prefix>:{<identity>}:%r:<nonce>`
+    /// ([`reservation_key`]), in the identity's slot, expiring at the
+    /// deadline. Sent, re-sent and bounded exactly as
+    /// [`apply`](Store::apply)'s.
+    ///
+    /// # Errors
+    /// As [`apply`](Store::apply), and [`StoreError::Protocol`] for an
+    /// estimate past [`MAX_AMOUNT`] or a deadline past [`MAX_DEADLINE`]
+    /// (what the limiter allows; the script computes exactly below 2^53).
+    async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
+        let ReserveCall {
+            check,
+            nonce,
+            deadline_us,
+        } = call;
+        if check.cost > MAX_AMOUNT {
+            return Err(StoreError::Protocol(format!(
+                "an estimate of {} is above the maximum of {MAX_AMOUNT}",
+                check.cost
+            )));
+        }
+        if u128::from(deadline_us) > MAX_DEADLINE.as_micros() {
+            return Err(StoreError::Protocol(format!(
+                "a reservation deadline of {deadline_us} µs is above the maximum of {MAX_DEADLINE:?}"
+            )));
+        }
+        let record = self.reservation_key(check.key, nonce);
+        let names = names_arg(check.policies);
+        let check = Check {
+            mode: Mode::Consume,
+            ..check
+        };
+        let extra = Extra::Reserve {
+            record: &record,
+            names: &names,
+            deadline_us,
+        };
+        let reply = self.eval(check, extra).await?;
+        parse_reply(&reply, check.policies, check.cost)
+    }
+
+    /// One call of the decision code (reserve/main.lua's settle step):
+    /// finds the record, gives back or overdraws the difference, marks it
+    /// settled (keeping its expiry) and peeks every policy, atomically.
+    /// Sent, re-sent and bounded exactly as [`apply`](Store::apply)'s: a
+    /// settle whose reply is lost is not re-sent by the store, and the
+    /// caller may retry it safely (a retry replays).
+    ///
+    /// # Errors
+    /// As [`apply`](Store::apply), and [`StoreError::Protocol`] for an
+    /// actual cost past [`MAX_AMOUNT`].
+    async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
+        let SettleCall {
+            key,
+            policies,
+            nonce,
+            actual,
+        } = call;
+        if actual > MAX_AMOUNT {
+            return Err(StoreError::Protocol(format!(
+                "an actual cost of {actual} is above the maximum of {MAX_AMOUNT}"
+            )));
+        }
+        if policies.is_empty() {
+            return Ok(None);
+        }
+        let record = self.reservation_key(key, nonce);
+        let names = names_arg(policies);
+        let check = Check {
+            key,
+            policies,
+            cost: actual,
+            mode: Mode::Consume,
+        };
+        let extra = Extra::Settle {
+            record: &record,
+            names: &names,
+        };
+        let reply = self.eval(check, extra).await?;
+        parse_settle_reply(&reply, policies)
+    }
+
+    fn reserves(&self) -> bool {
         true
     }
 

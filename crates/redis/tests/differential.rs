@@ -10,6 +10,11 @@
 //! are lease calls (`Store::lease`): random wants and lifetimes, giving back
 //! part of the key's last lease (sometimes more than it held, sometimes
 //! with a wrong end), whose answers — decisions and leases — must be equal
+//! too. About a third of the rest are a reservation's steps
+//! (`Store::reserve`, `Store::settle`): reserves of random estimates and
+//! deadlines, and settles of earlier reservations under, over and at their
+//! estimate, at 0 (a cancel), replayed, past their deadline, of an unknown
+//! nonce, for another key or other policies, whose answers must be equal
 //! too.
 
 mod common;
@@ -21,7 +26,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use tollgate::{
     Algorithm, Clock, Held, LeaseAsk, LeaseCall, Leased, ManualClock, MemoryStore, Mode, Policy,
-    PolicyRef, Store,
+    PolicyRef, ReserveCall, SettleCall, Store,
 };
 use tollgate_testkit::redis::{RedisCluster, RedisServer};
 
@@ -45,6 +50,90 @@ struct Op {
     /// A lease call (consuming) instead of a check: one ask per policy
     /// slot of the case, used for the slots the operation names.
     lease: Option<Vec<Ask>>,
+    /// A reservation's step instead of a check or a lease call.
+    reservation: Option<Step>,
+}
+
+/// A reservation's step.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Reserve `estimate` of the operation's policies for its key.
+    Reserve { estimate: u64, deadline_us: u64 },
+    /// Settle the earlier reservation `pick` (modulo how many were made;
+    /// an unknown nonce when none was).
+    Settle {
+        pick: usize,
+        actual: Actual,
+        target: Target,
+    },
+}
+
+/// A settle's actual cost, against the reservation's estimate.
+#[derive(Debug, Clone, Copy)]
+enum Actual {
+    Zero,
+    Equal,
+    Under(u64),
+    Over(u64),
+}
+
+impl Actual {
+    fn of(self, estimate: u64) -> u64 {
+        match self {
+            Actual::Zero => 0,
+            Actual::Equal => estimate,
+            Actual::Under(d) => estimate.saturating_sub(d),
+            Actual::Over(d) => estimate + d,
+        }
+    }
+}
+
+/// What a settle names.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The reservation as it was made.
+    Same,
+    /// Its nonce, with another key.
+    OtherKey,
+    /// Its nonce and key, with the operation's policies (other names, or
+    /// by chance the same).
+    OtherPolicies,
+    /// A nonce never reserved.
+    Unknown,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let reserve = (
+        prop_oneof![4 => 1u64..=12, 1 => 13u64..=400],
+        prop_oneof![
+            1_000u64..=50_000,
+            50_000u64..=3_000_000,
+            Just(300_000_000u64)
+        ],
+    )
+        .prop_map(|(estimate, deadline_us)| Step::Reserve {
+            estimate,
+            deadline_us,
+        });
+    let actual = prop_oneof![
+        Just(Actual::Zero),
+        Just(Actual::Equal),
+        (1u64..=20).prop_map(Actual::Under),
+        (1u64..=20).prop_map(Actual::Over),
+        (21u64..=2_000).prop_map(Actual::Over),
+    ];
+    let target = prop_oneof![
+        12 => Just(Target::Same),
+        1 => Just(Target::OtherKey),
+        1 => Just(Target::OtherPolicies),
+        1 => Just(Target::Unknown),
+    ];
+    let settle = (any::<usize>(), actual, target).prop_map(|(pick, actual, target)| Step::Settle {
+        pick,
+        actual,
+        target,
+    });
+    prop_oneof![reserve, settle]
 }
 
 /// What a lease call asks of one policy.
@@ -95,16 +184,24 @@ fn policy_of(algorithm: Algorithm) -> impl Strategy<Value = Policy> {
             Just(60_000_000u64)
         ],
         prop_oneof![3 => 1u64..=15, 1 => 16u64..=400],
+        proptest::option::weighted(0.5, 0u64..=400),
     )
-        .prop_map(move |(limit, period, burst)| {
+        .prop_map(move |(limit, period, burst, overdraft)| {
             let burst = algorithm.has_burst().then_some(burst);
-            Policy::new(
+            let policy = Policy::new(
                 algorithm,
                 limit,
                 std::time::Duration::from_micros(period),
                 burst,
             )
-            .expect("valid")
+            .expect("valid");
+            // Half of them overdraw less than the default (the capacity).
+            match overdraft {
+                Some(units) if tollgate::algorithm::can_reserve(algorithm) => policy
+                    .with_max_overdraft(units % (policy.capacity() + 1))
+                    .expect("an overdraft within the capacity"),
+                _ => policy,
+            }
         })
 }
 
@@ -122,9 +219,22 @@ fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
             prop_oneof![8 => Just(0u64), 1 => 1u64..3_000_000],
             proptest::bool::weighted(0.2),
             proptest::option::weighted(0.33, proptest::collection::vec(ask(), n)),
+            proptest::option::weighted(0.35, step()),
         )
             .prop_map(
-                |(step, key, policies, cost, mode, reset, changed, back, legacy, lease)| Op {
+                |(
+                    step,
+                    key,
+                    policies,
+                    cost,
+                    mode,
+                    reset,
+                    changed,
+                    back,
+                    legacy,
+                    lease,
+                    reservation,
+                )| Op {
                     step,
                     back,
                     key,
@@ -135,6 +245,7 @@ fn case() -> impl Strategy<Value = (Vec<(Policy, Policy)>, Vec<Op>)> {
                     changed,
                     legacy,
                     lease,
+                    reservation,
                 },
             );
         (Just(policies), proptest::collection::vec(op, 1..60))
@@ -210,6 +321,15 @@ struct Seen {
     several_units: AtomicU64,
     returned: AtomicU64,
     refused: AtomicU64,
+    /// Reservations made and refused; settles that gave back, charged
+    /// more, left units unpaid, replayed, and found nothing.
+    reserved: AtomicU64,
+    reserve_denied: AtomicU64,
+    settle_returned: AtomicU64,
+    settle_charged: AtomicU64,
+    settle_unpaid: AtomicU64,
+    settle_replayed: AtomicU64,
+    settle_unknown: AtomicU64,
 }
 
 impl Seen {
@@ -248,10 +368,45 @@ impl Seen {
             ("leases of several units", &self.several_units),
             ("units given back", &self.returned),
             ("give-backs refused", &self.refused),
+            ("reservations made", &self.reserved),
+            ("reservations refused", &self.reserve_denied),
+            ("settles giving back", &self.settle_returned),
+            ("settles charging more", &self.settle_charged),
+            ("settles leaving units unpaid", &self.settle_unpaid),
+            ("settles replayed", &self.settle_replayed),
+            ("settles of no reservation", &self.settle_unknown),
         ] {
             assert!(counter.load(Ordering::Relaxed) > 0, "no {what}: {self:?}");
         }
     }
+
+    fn count_settle(&self, answer: Option<&tollgate::SettleAnswer>) {
+        let add = |counter: &AtomicU64, yes: bool| {
+            counter.fetch_add(u64::from(yes), Ordering::Relaxed);
+        };
+        let Some(answer) = answer else {
+            add(&self.settle_unknown, true);
+            return;
+        };
+        add(&self.settle_replayed, answer.replayed);
+        for settled in &answer.settled {
+            add(&self.settle_returned, settled.returned > 0);
+            add(&self.settle_charged, settled.charged > 0);
+            add(&self.settle_unpaid, settled.unpaid > 0);
+        }
+    }
+}
+
+/// A reservation a timeline made.
+#[derive(Debug)]
+struct Made {
+    nonce: u128,
+    key: u8,
+    /// Its policy slots.
+    slots: Vec<usize>,
+    estimate: u64,
+    /// The clock's time at its deadline.
+    deadline: u64,
 }
 
 async fn compare(
@@ -266,7 +421,11 @@ async fn compare(
     let names: Vec<String> = (0..policies.len()).map(|i| format!("p{i}")).collect();
     // The last lease granted per (key, policy slot), not yet given back.
     let mut leases: HashMap<(u8, usize), Leased> = HashMap::new();
+    let mut reservations: Vec<Made> = Vec::new();
+    // The latest time of the timeline's operations so far.
+    let mut latest = 0;
     for (i, op) in ops.iter().enumerate() {
+        latest = latest.max(clock.now_us());
         clock.advance_us(op.step);
         clock.set_us(clock.now_us() - op.back);
         let refs: Vec<PolicyRef<'_>> = op
@@ -287,7 +446,91 @@ async fn compare(
             redis.reset(&key, &refs).await.expect("redis reset");
             continue;
         }
-        if let Some(asks) = &op.lease {
+        if let Some(step) = &op.reservation {
+            let policy_of = |j: usize| PolicyRef {
+                name: &names[j],
+                policy: if op.changed {
+                    &policies[j].1
+                } else {
+                    &policies[j].0
+                },
+            };
+            match *step {
+                Step::Reserve {
+                    estimate,
+                    deadline_us,
+                } => {
+                    let nonce = 1 + reservations.len() as u128;
+                    let call = ReserveCall {
+                        check: tollgate::Check::new(&key, &refs, estimate, Mode::Consume),
+                        nonce,
+                        deadline_us,
+                    };
+                    let expected = memory.reserve(call).await.expect("memory");
+                    let actual = redis.reserve(call).await.expect("redis reserve");
+                    prop_assert_eq!(&expected[..], &actual[..], "op {} ({:?}) differs", i, op);
+                    let allowed = expected.iter().all(|d| d.allowed);
+                    let counter = if allowed {
+                        &seen.reserved
+                    } else {
+                        &seen.reserve_denied
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if allowed {
+                        reservations.push(Made {
+                            nonce,
+                            key: op.key,
+                            slots: op.policies.clone(),
+                            estimate,
+                            deadline: clock.now_us() + deadline_us,
+                        });
+                    }
+                }
+                Step::Settle {
+                    pick,
+                    actual,
+                    target,
+                } => {
+                    let made = (!reservations.is_empty())
+                        .then(|| &reservations[pick % reservations.len()])
+                        .filter(|_| !matches!(target, Target::Unknown));
+                    // A reservation past its deadline is forgotten by the
+                    // memory store at any later call that meets it (or
+                    // makes another reservation in its shard), by Redis when
+                    // its record expires: the two agree unless the clock
+                    // steps back over the deadline after it passed.
+                    if made.is_some_and(|m| m.deadline <= latest && clock.now_us() < m.deadline) {
+                        continue;
+                    }
+                    let (nonce, settle_key, slots, estimate) = match made {
+                        Some(m) => {
+                            let settle_key = match target {
+                                Target::OtherKey => [b'k', (m.key + 1) % 3],
+                                _ => [b'k', m.key],
+                            };
+                            let slots = match target {
+                                Target::OtherPolicies => op.policies.clone(),
+                                _ => m.slots.clone(),
+                            };
+                            (m.nonce, settle_key, slots, m.estimate)
+                        }
+                        None => (u128::MAX - i as u128, key, op.policies.clone(), op.cost),
+                    };
+                    let settle_refs: Vec<PolicyRef<'_>> =
+                        slots.iter().map(|&j| policy_of(j)).collect();
+                    let call = SettleCall {
+                        key: &settle_key,
+                        policies: &settle_refs,
+                        nonce,
+                        actual: actual.of(estimate),
+                    };
+                    let expected = memory.settle(call).await.expect("memory");
+                    let actual = redis.settle(call).await.expect("redis settle");
+                    prop_assert_eq!(&expected, &actual, "op {} ({:?}) differs", i, op);
+                    seen.count_settle(expected.as_ref());
+                }
+            }
+        } else if let Some(asks) = &op.lease {
             let asks: Vec<LeaseAsk> = op
                 .policies
                 .iter()

@@ -27,18 +27,21 @@ local function fixed_window_store(key, start, count, fresh_at)
   store(key, value, fresh_at)
 end
 
-ALG.fixed_window = function(key, p, now, cost, consume)
+-- The window start and count as seen at `now`: the count belongs to the
+-- window of this policy that holds its start. No state (nil) reads as an
+-- empty window.
+local function fixed_window_at(key, p, now)
   local period = p.period
   local start, count = fixed_window_load(key, now)
   if not start then start, count = now - now % period, 0 end
-  -- The count belongs to the window of this policy that holds its start.
   local held = start - start % period
-  local window, used
-  if now >= held + period then
-    window, used = now - now % period, 0
-  else
-    window, used = held, count
-  end
+  if now >= held + period then return now - now % period, 0 end
+  return held, count
+end
+
+ALG.fixed_window = function(key, p, now, cost, consume)
+  local period = p.period
+  local window, used = fixed_window_at(key, p, now)
   local allowed = used + cost <= p.limit
   local charged = allowed and consume
   local used_after = used

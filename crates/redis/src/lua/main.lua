@@ -3,7 +3,9 @@
 -- KEYS[i]   the state of policy i for one identity; every key carries the
 --           same {identity} hash tag, so all of them live in one Cluster slot.
 -- ARGV[1]   "1" to consume (charge every policy if all allow), "0" to peek,
---           "lease" for a lease call (lease/main.lua: more arguments follow)
+--           "lease" for a lease call (lease/main.lua: more arguments follow),
+--           "reserve" or "settle" for a reservation's two steps
+--           (reserve/main.lua: one more key and more arguments follow)
 -- ARGV[2]   cost, an integer >= 1
 -- ARGV[3]   "" to use Redis's clock (production), or a time in µs (tests only)
 -- ARGV[3+i] policy i (KEYS[i]'s), one argument: "<algorithm> <limit>
@@ -92,8 +94,12 @@ local function decide(keys, args)
   bind()
   local consume = args[1] == '1'
   -- A lease call (lease/main.lua) is a consumed check with steps before
-  -- and after it, and four more words per policy.
+  -- and after it, and four more words per policy; a reservation
+  -- (reserve/main.lua) likewise, with the record's key after the states'
+  -- and two more words; a settle is no check at all.
   local lease = not consume and args[1] == 'lease'
+  local reserve = not consume and not lease and args[1] == 'reserve'
+  local settling = not consume and not lease and not reserve and args[1] == 'settle'
   local cost = tonum(args[2])
   local now
   if args[3] ~= '' then
@@ -116,6 +122,15 @@ local function decide(keys, args)
       return redis.error_reply('tollgate: a lease call takes 5 arguments per policy')
     end
     consume = true
+  elseif reserve or settling then
+    if not settle then return redis.error_reply('tollgate: this code does not reserve') end
+    n = #keys - 1
+    local want = 3 + n + 2
+    if settling then want = 4 + 2 * n end
+    if n < 1 or #args ~= want then
+      return redis.error_reply('tollgate: a reservation call takes the arguments of reserve/main.lua')
+    end
+    consume = true
   end
 
   local policies = {}
@@ -125,9 +140,11 @@ local function decide(keys, args)
     policies[i] = p
   end
 
+  if settling then return settle(keys, args, policies, n, now, cost) end
   local out = {}
-  local ends, wants
+  local ends, wants, untils
   if lease then ends, wants = lease_begin(keys, args, policies, n, now, out) end
+  if reserve then untils = reserve_begin(keys, policies, n, now) end
   -- All-or-nothing: look first when there are several policies, and charge
   -- only if every one allows.
   local all = run(keys, policies, n, cost, now, consume and n == 1, out)
@@ -141,5 +158,6 @@ local function decide(keys, args)
     end
   end
   if lease then lease_end(keys, policies, n, now, out, all, ends, wants) end
+  if reserve and all then reserve_end(keys, args, n, now, cost, untils) end
   return out
 end

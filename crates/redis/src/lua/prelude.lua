@@ -3,7 +3,10 @@
 -- A script is the concatenation of prelude.lua, the files of the algorithms
 -- a check uses and main.lua (see src/script.rs); the library and a lease
 -- call's script add lease/prelude.lua and the lease files of those
--- algorithms after the algorithm files, and lease/main.lua after main.lua.
+-- algorithms after the algorithm files, and lease/main.lua after main.lua;
+-- the library and a reservation's script add the lease files and
+-- reserve/prelude.lua and the reservation files of those algorithms after
+-- them, and reserve/main.lua after main.lua.
 -- Each algorithm file is the Lua twin of the Rust step function of the same
 -- name in crates/tollgate/src/algorithm/; the differential test requires
 -- both to decide identically. All arithmetic is on integers below 2^53
@@ -13,8 +16,10 @@ local ALG = {}
 
 -- The lease step's two halves (lease/main.lua), where the code holds them:
 -- `decide` (main.lua) runs them before and after a lease call's check.
--- Declared here, set after main.lua.
+-- Likewise a reservation's two halves and the settle step
+-- (reserve/main.lua). Declared here, set after main.lua.
 local lease_begin, lease_end
+local reserve_begin, reserve_end, settle
 
 -- Redis's and Lua's functions used on every decision, as locals: a global
 -- is a table lookup on every use.

@@ -44,21 +44,26 @@ local function sliding_window_store(key, start, prev, curr, period)
   store(key, value, sliding_window_fresh_at(start, prev, curr, period))
 end
 
-ALG.sliding_window = function(key, p, now, cost, consume)
+-- The window start, prev and curr as seen at `now` (twin of
+-- sliding_window::normalize): the counts belong to the window of this
+-- policy that holds the stored start, and read as at most the limit. No
+-- state (nil) reads as an empty window.
+local function sliding_window_at(key, p, now)
   local period, limit = p.period, p.limit
   local start, prev, curr = sliding_window_load(key, now)
   if not start then start, prev, curr = now - now % period, 0, 0 end
-  -- The counts belong to the window of this policy that holds the stored
-  -- start; they read as at most the limit.
   local held = start - start % period
-  local window, pv, cv
   if now < held + period then
-    window, pv, cv = held, imin(prev, limit), imin(curr, limit)
+    return held, imin(prev, limit), imin(curr, limit)
   elseif now < held + 2 * period then
-    window, pv, cv = held + period, imin(curr, limit), 0
-  else
-    window, pv, cv = now - now % period, 0, 0
+    return held + period, imin(curr, limit), 0
   end
+  return now - now % period, 0, 0
+end
+
+ALG.sliding_window = function(key, p, now, cost, consume)
+  local period, limit = p.period, p.limit
+  local window, pv, cv = sliding_window_at(key, p, now)
   local elapsed = imax(0, now - window)
   local weighted_prev = pv * (period - elapsed)
   local budget = limit * period

@@ -1,0 +1,110 @@
+-- tollgate reservation code, last part (after main.lua): a reservation's
+-- two steps, twins of tollgate's MemoryStore::reserve_sync and settle_sync.
+--
+-- KEYS[i], i = 1..n, the state of policy i, as for a decision; KEYS[n+1]
+-- the reservation's record, in the same slot (src/keys.rs).
+--
+-- reserve: ARGV[1] "reserve", ARGV[2] the estimate, ARGV[3] the clock,
+-- ARGV[3+i] policy i, ARGV[4+n] the policy names (the store's encoding,
+-- kept and compared as it is), ARGV[5+n] how long the record lives, µs.
+-- `decide` runs it as a consumed check of the estimate between
+-- `reserve_begin` (until when each policy's units may be given back: the
+-- twin of lease_until on the state before the charge) and `reserve_end`
+-- (the record, written only when every policy allowed). Returns the
+-- check's five integers per policy.
+--
+-- settle: ARGV[1] "settle", ARGV[2] the actual cost, ARGV[3] the clock,
+-- ARGV[3+i] policy i, ARGV[4+n] the policy names, ARGV[4+n+i] policy i's
+-- max_overdraft. Returns nothing (an empty array) when there is no such
+-- reservation: no record, past its deadline, or made for other policy
+-- names (a record is per identity by its key); else the estimate, the
+-- actual cost settled at, 1 when replayed (else 0), three integers per
+-- policy (units returned, charged, unpaid), then per policy the five
+-- integers of a one-unit peek.
+--
+-- The record is one string: "<deadline µs> <estimate> <until_1> ...
+-- <until_n>", once settled followed by ";<actual> <returned_1> <charged_1>
+-- <unpaid_1> ...", then "|" and the names. It expires at its deadline
+-- (PXAT), which a settle keeps.
+
+-- Step 1 of a reservation: until when each policy's units may be given
+-- back, read before anything is charged (a policy with no LEASE_UNTIL:
+-- now, nothing goes back).
+reserve_begin = function(keys, policies, n, now)
+  local untils = {}
+  for i = 1, n do
+    local lease_until = LEASE_UNTIL[policies[i].name]
+    local until_ = now
+    if lease_until then until_ = lease_until(keys[i], policies[i], now) end
+    untils[i] = until_
+  end
+  return untils
+end
+
+-- Step 3 of a reservation, when every policy allowed: the record.
+reserve_end = function(keys, args, n, now, estimate, untils)
+  local deadline = now + tonum(args[5 + n])
+  local parts = { fmt(deadline), fmt(estimate) }
+  for i = 1, n do parts[2 + i] = fmt(untils[i]) end
+  call('SET', keys[n + 1], table.concat(parts, ' ') .. '|' .. args[4 + n],
+    'PXAT', fmt(expiry_ms(deadline)))
+end
+
+-- A settle, in one step: find the record; unless settled already, give
+-- back (GIVE_BACK, windows only, while the window the estimate was charged
+-- in lasts) or overdraw (OVERDRAW) the difference per policy and mark the
+-- record settled; then peek every policy.
+settle = function(keys, args, policies, n, now, actual)
+  local record_key = keys[n + 1]
+  local v = load(record_key, now)
+  if not v then return {} end
+  local head, names = string.match(v, '^([^|]*)|(.*)$')
+  if names ~= args[4 + n] then return {} end
+  local open, done = string.match(head, '^([^;]*);?(.*)$')
+  local fields = {}
+  for d in string.gmatch(open, '%d+') do fields[#fields + 1] = tonum(d) end
+  local deadline, estimate = fields[1], fields[2]
+  if #fields ~= n + 2 or now >= deadline then return {} end
+  local out = { estimate, actual, 0 }
+  if done ~= '' then
+    -- Settled already: change nothing, answer what the first settle did.
+    out[3] = 1
+    local k = 1
+    for d in string.gmatch(done, '%d+') do
+      if k == 1 then out[2] = tonum(d) else out[2 + k] = tonum(d) end
+      k = k + 1
+    end
+  else
+    local settled = { fmt(actual) }
+    for i = 1, n do
+      local p, key, returned, charged, unpaid = policies[i], keys[i], 0, 0, 0
+      if actual < estimate then
+        local give_back, until_ = GIVE_BACK[p.name], fields[2 + i]
+        if give_back and now < until_ then
+          returned = give_back(key, p, now, estimate - actual, until_)
+        end
+      elseif actual > estimate then
+        local extra, overdraw = actual - estimate, OVERDRAW[p.name]
+        if overdraw then
+          charged = overdraw(key, p, now, extra, imin(tonum(args[4 + n + i]), p.capacity))
+        end
+        unpaid = extra - charged
+      end
+      local k = 3 * i
+      out[k + 1], out[k + 2], out[k + 3] = returned, charged, unpaid
+      settled[#settled + 1] = fmt(returned) .. ' ' .. fmt(charged) .. ' ' .. fmt(unpaid)
+    end
+    call('SET', record_key, open .. ';' .. table.concat(settled, ' ') .. '|' .. names,
+      'PXAT', fmt(expiry_ms(deadline)))
+  end
+  -- What the next request finds: a one-unit peek of each policy, which
+  -- pushes a key's expiry as any decision that charges nothing does.
+  local peeks = {}
+  run(keys, policies, n, 1, now, false, peeks)
+  for i = 1, n do
+    local reset_after = peeks[(i - 1) * 5 + 3]
+    if reset_after > 0 then extend(keys[i], now + reset_after) end
+  end
+  for i = 1, 5 * n do out[3 + 3 * n + i] = peeks[i] end
+  return out
+end
