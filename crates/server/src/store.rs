@@ -632,4 +632,51 @@ mod tests {
         let counter = counters.lines().next().expect("the counter");
         assert_eq!(server.cli(&["GET", counter]), "3");
     }
+
+    /// A limit kept on envoyproxy/ratelimit's counter cannot be reserved:
+    /// refused, saying why, and the counter is not touched.
+    #[tokio::test]
+    async fn a_reservation_on_an_envoy_counter_is_refused() {
+        let server = tollgate_testkit::redis::RedisServer::start();
+        let options = RedisOptions::default()
+            .prefix(tollgate_testkit::redis::unique_prefix())
+            .envoy_prefix("res_")
+            .timeout(Duration::from_secs(5));
+        let store = ServerStore::Redis(
+            RedisStore::connect(&server.url(), options)
+                .await
+                .expect("connect"),
+        );
+        let limit = policy("fixed_window 100/1m");
+        let refs = [PolicyRef {
+            name: "envoy/domain/key",
+            policy: &limit,
+        }];
+        let key = b"envoy:6:domain3:key5:value";
+        let error = store
+            .reserve(ReserveCall {
+                check: Check::new(key, &refs, 3, Mode::Consume),
+                nonce: 1,
+                deadline_us: 1_000_000,
+            })
+            .await
+            .expect_err("refused");
+        assert!(
+            error.to_string().contains("envoyproxy/ratelimit's counter"),
+            "{error}"
+        );
+        let settle = store
+            .settle(SettleCall {
+                key,
+                policies: &refs,
+                nonce: 1,
+                actual: 5,
+            })
+            .await;
+        assert!(
+            matches!(settle, Err(StoreError::Unsupported(_))),
+            "{settle:?}"
+        );
+        assert_eq!(server.cli(&["KEYS", "res_*"]), "");
+    }
 }

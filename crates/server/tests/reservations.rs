@@ -1012,7 +1012,7 @@ async fn the_budget_holds_under_concurrency(servers: Vec<TestServer>) {
     for task in tasks {
         task.await.unwrap();
     }
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let mut busiest = 0;
     for (w, (estimates, returned, charged)) in &ledger.windows {
         let spent = estimates - returned + charged;
