@@ -23,6 +23,23 @@ use crate::store::{ResilientStore, RoutedStore, ServerStore};
 /// the domain and every entry into the key, so they get more room.
 pub const MAX_LIMITER_KEY: usize = 8 * 1024;
 
+/// How long the one-unit reservation of [`App::charge_after`] stays open:
+/// it is settled by the next store call, so it only has to outlive that
+/// call; short, so that these reservations never crowd a memory store's
+/// table (`store.max_reservations`).
+pub const AFTER_THE_FACT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What [`App::charge_after`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterTheFact {
+    /// Units charged.
+    pub charged: u64,
+    /// Units not charged: past what remained plus `max_overdraft`.
+    pub unpaid: u64,
+    /// What the next request finds (a one-unit peek).
+    pub decision: tollgate::Decision,
+}
+
 /// One configuration and everything built from it. Requests take an `Arc`
 /// of the current one, so a reload never changes the rules under a request
 /// in flight.
@@ -473,6 +490,73 @@ impl App {
             Err(_) => {}
         }
         result
+    }
+
+    /// Charges `units` of the policy `name` to `key` after the fact (an
+    /// Envoy descriptor with `settle: true`, on the call Envoy makes when
+    /// the stream is done): charged whether or not they fit, overdrawing
+    /// the policy by at most its `max_overdraft`, the rest unpaid.
+    ///
+    /// Made of the store's two atomic steps (no `Store` call charges
+    /// without a reservation): a reservation of one unit, settled at once
+    /// at `units`. Each step keeps the policy within its limit plus its
+    /// overdraft, so their composition does; the price is that when
+    /// nothing remains at all the one-unit reservation is denied and every
+    /// unit is unpaid, where an overdraw could still have charged up to
+    /// `max_overdraft` (`docs/ENVOY.md`). Counted as a reservation and a
+    /// settle.
+    ///
+    /// # Errors
+    /// As [`reserve`](Self::reserve) and [`settle`](Self::settle).
+    pub async fn charge_after(
+        &self,
+        loaded: &Loaded,
+        name: &str,
+        key: &[u8],
+        units: u64,
+    ) -> Result<AfterTheFact, Error> {
+        let reservation = self
+            .reserve(loaded, &[name], key, 1, AFTER_THE_FACT_DEADLINE)
+            .await?;
+        let decision = reservation
+            .decision
+            .decisions
+            .first()
+            .copied()
+            .ok_or_else(|| tollgate::StoreError::Protocol("no decision".into()))?;
+        let Some(id) = reservation.id else {
+            // Denied: nothing remains. Allowed without a reservation: the
+            // key is unlimited by an override, nothing to charge.
+            let unpaid = if decision.allowed { 0 } else { units };
+            let settled = tollgate::Settled {
+                unpaid,
+                ..tollgate::Settled::default()
+            };
+            self.metrics.settled_units(name, &settled);
+            return Ok(AfterTheFact {
+                charged: 0,
+                unpaid,
+                decision,
+            });
+        };
+        Ok(match self.settle(loaded, &id, units).await? {
+            Some(answer) => {
+                let settled = answer.settled.first().copied().unwrap_or_default();
+                AfterTheFact {
+                    // The reserved unit, and what the settle charged beyond.
+                    charged: units.min(1) + settled.charged,
+                    unpaid: settled.unpaid,
+                    decision: answer.decisions.first().copied().unwrap_or(decision),
+                }
+            }
+            // Forgotten between the two steps (the table's bound): settled
+            // at its estimate.
+            None => AfterTheFact {
+                charged: 1,
+                unpaid: units.saturating_sub(1),
+                decision,
+            },
+        })
     }
 
     /// Records a decision started at `started`: latency, the breaker

@@ -1180,3 +1180,80 @@ fn hostile_max_overdrafts_are_refused_where_written() {
         .collect();
     assert_refused_where_written(&cases);
 }
+
+#[test]
+fn settle_descriptors_parse_and_are_refused_where_they_cannot_be_reserved() {
+    let domain = |descriptor: &str| {
+        format!(
+            "policies:\n  - name: log\n    algorithm: sliding_log\n    limit: 10\n    period: 1m\n  - name: tokens\n    algorithm: fixed_window\n    limit: 10\n    period: 1m\ndomains:\n  - domain: d\n    descriptors:\n{descriptor}"
+        )
+    };
+    let config = Config::parse(
+        &domain("      - key: user\n        settle: true\n        policy: tokens\n      - key: team\n        settle: true\n        rate_limit: { unit: hour, requests_per_unit: 5 }\n"),
+        "t.yaml",
+    )
+    .unwrap();
+    let d = &config.domains["d"];
+    assert!(d.find(&[("user", "u")]).unwrap().0.settle);
+    assert!(d.find(&[("team", "t")]).unwrap().0.settle);
+    let cases: [(String, usize, &str); 5] = [
+        (
+            domain("      - key: user\n        settle: true\n"),
+            13,
+            "descriptor `user`: `settle: true` needs a limit to charge",
+        ),
+        (
+            domain(
+                "      - key: user\n        settle: true\n        rate_limit: { unlimited: true }\n",
+            ),
+            13,
+            "`settle: true` needs a limit to charge",
+        ),
+        (
+            domain(
+                "      - key: user\n        settle: true\n        algorithm: leaky_bucket\n        rate_limit: { unit: hour, requests_per_unit: 5 }\n",
+            ),
+            13,
+            "`settle: true`: leaky_bucket cannot be reserved",
+        ),
+        (
+            domain("      - key: user\n        settle: maybe\n        policy: tokens\n"),
+            14,
+            "settle: invalid type: string \"maybe\", expected a boolean",
+        ),
+        (
+            domain("      - key: user\n        settle: true\n        policy: log\n"),
+            1,
+            "domain `d`: descriptor `user`: `settle: true`: policy `log`: sliding_log cannot be reserved",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, line, expected) in &cases {
+        let message = error(text).to_string();
+        // The named policy's algorithm is known once the domain is built:
+        // the file is named, without a line.
+        let located = *line == 1 || message.starts_with(&format!("t.yaml:{line}:"));
+        if !message.contains(expected) || !located {
+            wrong.push(format!(
+                "expected line {line} and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // envoyproxy/ratelimit's counters keep no reservation.
+    let envoy_layout = "store:\n  kind: redis\n  url: redis://a\n  key_layout: envoy\ndomains:\n  - domain: d\n    descriptors:\n      - key: team\n        settle: true\n        rate_limit: { unit: hour, requests_per_unit: 5 }\n";
+    let message = error(envoy_layout).to_string();
+    assert!(
+        message.contains("with store.key_layout: envoy an inline fixed_window limit is kept on envoyproxy/ratelimit's counter"),
+        "{message}"
+    );
+    // Another algorithm keeps tollgate's layout: accepted.
+    Config::parse(
+        &envoy_layout.replace(
+            "settle: true\n",
+            "settle: true\n        algorithm: sliding_window\n",
+        ),
+        "t.yaml",
+    )
+    .unwrap();
+}
