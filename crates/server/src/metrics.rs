@@ -914,6 +914,57 @@ mod tests {
         assert_eq!(seconds(0), "0");
     }
 
+    #[test]
+    fn renders_the_reservation_families() {
+        let metrics = Metrics::default();
+        metrics.reservation("tokens", true);
+        metrics.reservation("tokens", true);
+        metrics.reservation("tokens", false);
+        metrics.settle(SettleResult::Settled);
+        metrics.settle(SettleResult::Unknown);
+        metrics.settle(SettleResult::Unknown);
+        let settled = tollgate::Settled {
+            returned: 5,
+            charged: 7,
+            unpaid: 2,
+        };
+        metrics.settled_units("tokens", &settled);
+        metrics.settled_units("tokens", &settled);
+        let gauges = StoreGauges {
+            memory: Some((0, 0)),
+            reservations: Some((3, 1)),
+            ..StoreGauges::default()
+        };
+        let text = metrics.render(ExternalGauges {
+            main: gauges,
+            per_second: None,
+        });
+        for line in [
+            "# TYPE tollgate_reservations_total counter\n",
+            "tollgate_reservations_total{policy=\"tokens\",outcome=\"allowed\"} 2\n",
+            "tollgate_reservations_total{policy=\"tokens\",outcome=\"denied\"} 1\n",
+            "tollgate_settle_units_total{policy=\"tokens\",units=\"returned\"} 10\n",
+            "tollgate_settle_units_total{policy=\"tokens\",units=\"charged\"} 14\n",
+            "tollgate_settle_units_total{policy=\"tokens\",units=\"unpaid\"} 4\n",
+            "tollgate_settles_total{result=\"settled\"} 1\n",
+            "tollgate_settles_total{result=\"replayed\"} 0\n",
+            "tollgate_settles_total{result=\"unknown\"} 2\n",
+            "tollgate_memory_store_reservations{store=\"memory\"} 3\n",
+            "tollgate_memory_store_reservation_evictions_total{store=\"memory\"} 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(metrics.settles(), [1, 0, 2]);
+        // A family's TYPE line appears once, whatever the policies.
+        assert_eq!(
+            text.matches("# TYPE tollgate_settle_units_total").count(),
+            1
+        );
+        // Redis has no reservation gauges.
+        let redis = metrics.render(ExternalGauges::default());
+        assert!(!redis.contains("tollgate_memory_store_reservations"));
+    }
+
     /// The lease series from a real leasing layer (the library's
     /// `Resilient` over a memory store): a hot key takes leases, a check
     /// costing more than the lease holds gives the rest back, and an
