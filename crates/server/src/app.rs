@@ -515,6 +515,14 @@ impl App {
         key: &[u8],
         units: u64,
     ) -> Result<AfterTheFact, Error> {
+        // Refused before anything is reserved: the settle would refuse it
+        // after the one-unit reservation was charged.
+        if units > tollgate::reservation::MAX_AMOUNT {
+            return Err(Error::InvalidReservation(format!(
+                "{units} hits are above the maximum of {}",
+                tollgate::reservation::MAX_AMOUNT
+            )));
+        }
         let reservation = self
             .reserve(loaded, &[name], key, 1, AFTER_THE_FACT_DEADLINE)
             .await?;

@@ -160,6 +160,24 @@ async fn charged_after_the_fact(backend: Backend) {
     assert_eq!(response.overall_code, Code::Ok as i32, "{response:?}");
     assert_eq!(response.statuses[0].limit_remaining, 950);
 
+    // Hits past what a reservation can settle: refused, nothing charged.
+    let error = server
+        .rls_client()
+        .await
+        .should_rate_limit(RateLimitRequest {
+            domain: "llm".to_owned(),
+            descriptors: vec![descriptor(&[("user", "erin")], Some(1 << 60))],
+            hits_addend: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("above the maximum"), "{error:?}");
+    assert_eq!(
+        status(&server, &[("user", "erin")], Some(0), 0).await,
+        (Code::Ok, 1000)
+    );
+
     // POST /json is the same service.
     let (status, body) = server
         .post_json(
