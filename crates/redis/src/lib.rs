@@ -10,8 +10,11 @@
 //!   of each Rust step function, plus a dispatcher), called as a Redis
 //!   function with one `FCALL` per decision on Redis's own clock (one
 //!   `EVALSHA` of a script where functions cannot be used), and the lease
-//!   code that makes a lease call (`Store::lease`) one such call too;
-//! - [`keys`]: key names with escaped identities and a Cluster hash tag;
+//!   and reservation code that makes a lease call (`Store::lease`) and
+//!   each step of a reservation (`Store::reserve`, `Store::settle`) one
+//!   such call too;
+//! - [`keys`]: key names with escaped identities and a Cluster hash tag,
+//!   for states and reservation records;
 //! - [`invalidate`]: reset notices over pub/sub, so that every instance's
 //!   deny cache ([`tollgate::resilience`]) forgets a key reset anywhere.
 //!

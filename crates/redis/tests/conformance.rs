@@ -1,8 +1,8 @@
 //! The Redis store passes the same conformance suite as the memory store,
 //! on a standalone server, on a 3-master Cluster and on a master found
 //! through Redis Sentinel (one replica, three sentinels), alone and behind
-//! the resilience layer (deny cache, breaker). Each case starts its own
-//! servers.
+//! the resilience layer (deny cache, breaker), the reservation cases
+//! included. Each case starts its own servers.
 
 mod common;
 
@@ -19,6 +19,18 @@ mod standalone {
             async move { super::common::standalone(&server.url(), clock).await }
         }
     });
+
+    mod reservations {
+        use super::*;
+
+        tollgate_testkit::conformance_suite!(@reservations {
+            let server = Arc::new(RedisServer::start());
+            move |clock: ManualClock| {
+                let server = Arc::clone(&server);
+                async move { super::super::common::standalone(&server.url(), clock).await }
+            }
+        });
+    }
 }
 
 mod cluster {
@@ -34,6 +46,18 @@ mod cluster {
             async move { super::common::cluster(&cluster.urls(), clock).await }
         }
     });
+
+    mod reservations {
+        use super::*;
+
+        tollgate_testkit::conformance_suite!(@reservations {
+            let cluster = Arc::new(RedisCluster::start(3, 0));
+            move |clock: ManualClock| {
+                let cluster = Arc::clone(&cluster);
+                async move { super::super::common::cluster(&cluster.urls(), clock).await }
+            }
+        });
+    }
 }
 
 mod sentinel {
@@ -54,6 +78,19 @@ mod sentinel {
             async move { super::common::sentinel(&group, clock).await }
         }
     });
+
+    mod reservations {
+        use super::*;
+
+        tollgate_testkit::conformance_suite!(@reservations {
+            let setup = SentinelSetup::default().down_after(Duration::from_secs(60));
+            let group = Arc::new(RedisSentinel::start_with(setup));
+            move |clock: ManualClock| {
+                let group = Arc::clone(&group);
+                async move { super::super::common::sentinel(&group, clock).await }
+            }
+        });
+    }
 }
 
 mod resilient_standalone {
@@ -79,4 +116,25 @@ mod resilient_standalone {
             }
         }
     });
+
+    // Reservations go through the breaker and the timeout to the store (a
+    // give-back lets go of the key's denials in the deny cache).
+    mod reservations {
+        use super::*;
+
+        tollgate_testkit::conformance_suite!(@reservations {
+            let server = Arc::new(RedisServer::start());
+            move |clock: ManualClock| {
+                let server = Arc::clone(&server);
+                async move {
+                    let store =
+                        super::super::common::standalone(&server.url(), clock.clone()).await;
+                    let options = ResilienceOptions::default()
+                        .clock(clock)
+                        .timeout(std::time::Duration::from_secs(5));
+                    Resilient::with_invalidations(store, options)
+                }
+            }
+        });
+    }
 }

@@ -4,7 +4,9 @@
 //! previous release are read as that release read them, and that release
 //! refuses the compact states instead of misreading them (a rolling
 //! upgrade runs both on one Redis). A state a lease's give-back writes
-//! keeps the same forms, with its expiry exactly from when it is fresh.
+//! keeps the same forms, with its expiry exactly from when it is fresh. A
+//! reservation's record has its key, layout and expiry (docs/REDIS.md,
+//! "Reservations").
 
 mod common;
 
@@ -405,4 +407,108 @@ async fn the_previous_release_refuses_compact_states_and_charges_nothing() {
             }
         }
     }
+}
+
+/// A reservation's record (docs/REDIS.md, "Reservations"): its key is in
+/// the identity's slot, its value holds the deadline, the estimate, until
+/// when each policy's units may go back and the policy names, and once
+/// settled what settling did; it expires at its deadline, which a settle
+/// keeps; a denied reservation writes none; past the deadline a settle
+/// finds nothing.
+#[tokio::test]
+async fn a_reservation_record_holds_its_step_and_expires_at_its_deadline() {
+    use tollgate::{ReserveCall, SettleCall, Settled};
+    let server = RedisServer::start();
+    let clock = ManualClock::new(START_US);
+    let store = common::standalone(&server.url(), clock.clone()).await;
+    let second = 1_000_000;
+    let window = policy(Algorithm::FixedWindow, 100, second);
+    let bucket = policy(Algorithm::TokenBucket, 100, 3_600 * second);
+    let refs = [
+        PolicyRef {
+            name: "api",
+            policy: &window,
+        },
+        PolicyRef {
+            name: "tok|x",
+            policy: &bucket,
+        },
+    ];
+    let identity = b"user:{1}";
+    let deadline_us = 30 * second;
+    let reserve = |nonce, estimate| ReserveCall {
+        check: tollgate::Check::new(identity, &refs, estimate, Mode::Consume),
+        nonce,
+        deadline_us,
+    };
+    let settle = |nonce, actual| SettleCall {
+        key: identity,
+        policies: &refs,
+        nonce,
+        actual,
+    };
+    let record = String::from_utf8(store.reservation_key(identity, 0xabc)).expect("ascii");
+    assert_eq!(
+        record,
+        format!(
+            "{}:{{user:%7B1%7D}}:%r:00000000000000000000000000000abc",
+            store.prefix()
+        )
+    );
+
+    let decisions = store.reserve(reserve(0xabc, 10)).await.expect("reserve");
+    assert!(decisions.iter().all(|d| d.allowed), "{decisions:?}");
+    // The window's units go back until it ends; a bucket's never (0).
+    let deadline = START_US + deadline_us;
+    let open = format!("{deadline} 10 {} 0", START_US + second);
+    assert_eq!(
+        server.cli(&["GET", &record]),
+        format!("{open}|3:api5:tok|x")
+    );
+    // Expiries are 2^52 ms ahead under the test clock (prelude.lua).
+    let expiry = ((1u64 << 52) + deadline.div_ceil(1000)).to_string();
+    assert_eq!(server.cli(&["PEXPIRETIME", &record]), expiry);
+
+    clock.set_us(START_US + 1_000);
+    let answer = store.settle(settle(0xabc, 4)).await.expect("settle");
+    let answer = answer.expect("found");
+    let back = Settled {
+        returned: 6,
+        ..Settled::default()
+    };
+    assert_eq!(
+        (answer.estimate, answer.actual, answer.replayed),
+        (10, 4, false)
+    );
+    assert_eq!(&answer.settled[..], &[back, Settled::default()]);
+    assert_eq!(answer.decisions[0].remaining, 96, "{answer:?}");
+    assert_eq!(answer.decisions[1].remaining, 90, "{answer:?}");
+    assert_eq!(
+        server.cli(&["GET", &record]),
+        format!("{open};4 6 0 0 0 0 0|3:api5:tok|x")
+    );
+    // The settle kept the expiry.
+    assert_eq!(server.cli(&["PEXPIRETIME", &record]), expiry);
+    // A retry, with any actual cost, replays.
+    let again = store.settle(settle(0xabc, 50)).await.expect("settle");
+    let again = again.expect("found");
+    assert!(again.replayed);
+    assert_eq!((again.actual, &again.settled), (4, &answer.settled));
+    assert_eq!(again.decisions, answer.decisions);
+
+    // A denied reservation writes no record.
+    let denied = store.reserve(reserve(0xdef, 95)).await.expect("reserve");
+    assert!(!denied[1].allowed, "{denied:?}");
+    let refused = String::from_utf8(store.reservation_key(identity, 0xdef)).expect("ascii");
+    assert_eq!(server.cli(&["EXISTS", &refused]), "0");
+
+    // At the deadline the record is gone: a settle finds nothing and
+    // charges nothing.
+    clock.set_us(deadline);
+    assert_eq!(store.settle(settle(0xabc, 0)).await.expect("settle"), None);
+    let reopened = store.reserve(reserve(0x123, 1)).await.expect("reserve");
+    clock.set_us(deadline + 1_000);
+    assert_eq!(reopened[1].remaining, 89, "{reopened:?}");
+    assert_eq!(store.settle(settle(0xabc, 0)).await.expect("settle"), None);
+    assert_eq!(server.cli(&["EXISTS", &record]), "0");
 }

@@ -2,7 +2,8 @@
 //! charges quota, so the store may re-send it only after an error proving
 //! it did not run (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `NOSCRIPT`);
 //! a reply lost after the script ran must reach the caller as an error,
-//! never as a second run.
+//! never as a second run. A settle likewise, and its retry by the caller
+//! replays instead of charging again.
 //!
 //! The lost replies come from a TCP proxy between the store and Redis that
 //! forwards every request but, for some decisions, closes the client's
@@ -289,7 +290,8 @@ async fn charges(ports: &[u16], prefix: &str) -> BTreeMap<String, u64> {
             .await
             .expect("connect directly");
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}:*"))
+            // States only (a reservation's record ends otherwise).
+            .arg(format!("{prefix}:*:fixed_window"))
             .query_async(&mut connection)
             .await
             .expect("KEYS");
@@ -421,6 +423,94 @@ async fn standalone_lost_replies_are_errors_never_second_charges() {
     let charged = charges(&[server.port()], &prefix).await;
     assert_exact(&outcomes, &charged, &faults.lost());
     assert_recovers(&limiter, "s").await;
+}
+
+/// A settle whose reply is lost after it ran is an error, never re-sent by
+/// the store; the caller retries it, and the retry replays: the overdraft
+/// is charged once. Concurrent settles, one reply in `LOSE_EVERY` lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_whose_reply_is_lost_replays_when_retried() {
+    use tollgate::{Check, Mode, PolicyRef, ReserveCall, SettleCall, Store};
+    let server = RedisServer::start();
+    let faults = Faults::new();
+    let proxy = Proxy::start(server.port(), Arc::clone(&faults)).await;
+    let prefix = common::unique_prefix();
+    let store = RedisStore::connect(
+        &format!("redis://127.0.0.1:{}", proxy.port),
+        RedisOptions::default().prefix(&prefix).timeout(TIMEOUT),
+    )
+    .await
+    .expect("connect through the proxy");
+    let policy: tollgate::Policy = POLICY.parse().expect("valid policy");
+    let identities: Vec<String> = (0..TASKS * 8).map(|i| format!("settle-{i}")).collect();
+    // Reserves reach the store and back: their replies are not lost.
+    faults.on.store(false, Ordering::SeqCst);
+    for (i, identity) in identities.iter().enumerate() {
+        let refs = [PolicyRef {
+            name: "api",
+            policy: &policy,
+        }];
+        let call = ReserveCall {
+            check: Check::new(identity.as_bytes(), &refs, 2, Mode::Consume),
+            nonce: i as u128,
+            deadline_us: 60_000_000,
+        };
+        let decisions = store.reserve(call).await.expect("reserve");
+        assert!(decisions[0].allowed, "{decisions:?}");
+    }
+    faults.on.store(true, Ordering::SeqCst);
+    // Each settled at 7: 5 more than its estimate of 2, retried until an
+    // answer comes back.
+    let mut tasks = JoinSet::new();
+    for (i, identity) in identities.iter().cloned().enumerate() {
+        let (store, policy) = (store.clone(), policy);
+        tasks.spawn(async move {
+            let refs = [PolicyRef {
+                name: "api",
+                policy: &policy,
+            }];
+            let call = SettleCall {
+                key: identity.as_bytes(),
+                policies: &refs,
+                nonce: i as u128,
+                actual: 7,
+            };
+            let mut failures = 0;
+            loop {
+                match store.settle(call).await {
+                    Ok(answer) => return (identity, failures, answer),
+                    Err(error) => {
+                        failures += 1;
+                        assert!(failures < 100, "{identity}: {error}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+    }
+    let mut retried = 0;
+    for (identity, failures, answer) in tasks.join_all().await {
+        let answer = answer.unwrap_or_else(|| panic!("{identity}: no reservation"));
+        assert_eq!(
+            (answer.actual, answer.settled[0].charged),
+            (7, 5),
+            "{identity}"
+        );
+        // Only a retry after a lost reply (the settle ran) replays.
+        let lost = faults.lost().contains(&identity);
+        assert_eq!(answer.replayed, lost, "{identity}: {failures} failures");
+        retried += usize::from(lost);
+    }
+    faults.on.store(false, Ordering::SeqCst);
+    assert!(
+        retried > 0,
+        "no settle reply was lost: the test proved nothing"
+    );
+    // Every window holds 2 + 5: charged once.
+    let charged = charges(&[server.port()], &prefix).await;
+    for identity in &identities {
+        assert_eq!(charged.get(identity), Some(&7), "{identity}: {charged:?}");
+    }
 }
 
 /// The master ports that the node on `port` lists in `CLUSTER SLOTS`.

@@ -4,8 +4,9 @@
 //! the new master within a bounded time, nothing is ever written to a
 //! demoted master, a limit stays exact across the failover when every
 //! charge was replicated before it (docs/REDIS.md, "Exactness across a
-//! failover": what asynchronous replication can lose), and resets reach
-//! every deny cache before and after it.
+//! failover": what asynchronous replication can lose), a reservation
+//! replicated before it is settled once on the new master, and resets
+//! reach every deny cache before and after it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -457,4 +458,80 @@ async fn tls_sentinels_and_master_with_a_private_ca_through_a_failover() {
         "{error}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A reservation replicated before a failover is settled on the promoted
+/// master, once: its record and its charge were both replicated
+/// (docs/REDIS.md, "Reservations": what a failover can lose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_reservation_is_settled_once_on_the_promoted_master() {
+    use tollgate::{Check, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall, Store};
+    let group = blocking(RedisSentinel::start);
+    let store = RedisStore::connect_sentinel(
+        &group.sentinel_urls(),
+        common::sentinel_master(&group),
+        common::options(),
+    )
+    .await
+    .unwrap();
+    let policy: tollgate::Policy = "fixed_window 10/1h".parse().unwrap();
+    let refs = [PolicyRef {
+        name: "api",
+        policy: &policy,
+    }];
+    for (nonce, estimate, remaining) in [(1, 6, 4), (2, 3, 1)] {
+        let call = ReserveCall {
+            check: Check::new(b"reserved", &refs, estimate, Mode::Consume),
+            nonce,
+            deadline_us: 600_000_000,
+        };
+        let decisions = store.reserve(call).await.unwrap();
+        assert_eq!(
+            (decisions[0].allowed, decisions[0].remaining),
+            (true, remaining)
+        );
+    }
+    blocking(|| group.wait_replicated(Duration::from_secs(10)));
+    let old = group.master_port();
+    let new = blocking(|| group.failover());
+    assert_ne!(new, old);
+    let settle = |nonce, actual| SettleCall {
+        key: b"reserved",
+        policies: &refs,
+        nonce,
+        actual,
+    };
+    // The first settle after the failover, retried while it fails.
+    let deadline = Instant::now() + RESUME_WITHIN;
+    let first: SettleAnswer = loop {
+        match store.settle(settle(1, 2)).await {
+            Ok(answer) => break answer.expect("the record was replicated"),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no settle after the failover: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Either this settle ran on the new master, or an earlier attempt ran
+    // there and lost its reply: the same answer.
+    assert_eq!(first.settled[0].returned, 4, "{first:?}");
+    assert_eq!(first.decisions[0].remaining, 5, "{first:?}");
+    let again = store.settle(settle(1, 9)).await.unwrap().unwrap();
+    assert!(
+        again.replayed && again.settled == first.settled,
+        "{again:?}"
+    );
+    let second = store.settle(settle(2, 5)).await.unwrap().unwrap();
+    assert_eq!(
+        (second.settled[0].charged, second.decisions[0].remaining),
+        (2, 3),
+        "{second:?}"
+    );
+    assert!(
+        format!("{store:?}").contains(&format!("127.0.0.1:{new}")),
+        "{store:?}"
+    );
 }

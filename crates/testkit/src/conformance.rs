@@ -2,7 +2,10 @@
 //! [`Limiter`] on a timeline driven by a [`ManualClock`], and
 //! [`Store::lease`]'s on the store itself (the lease cases: charged at once,
 //! sized from what remains, full buckets, give-backs in time and too late,
-//! denials, several policies, concurrency).
+//! denials, several policies, concurrency), and [`Store::reserve`] and
+//! [`Store::settle`]'s (the reservation cases: charged at once, given back
+//! or overdrawn, replayed, named exactly, deadlines, several policies,
+//! concurrency).
 //!
 //! A store under test is built by a factory that receives the clock: the
 //! memory store reads it directly, the Redis store sends its time on the
@@ -25,6 +28,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use tollgate::{Algorithm, Clock, Decision, Limiter, ManualClock, Policy, Store};
+
+mod reservations;
+pub use reservations::*;
 
 /// Where every case's clock starts: a realistic Unix time in microseconds,
 /// so stores that align windows to Unix time see ordinary values.
@@ -98,7 +104,10 @@ async fn peek<S: Store>(
 /// `conformance_suite!(@without_leases $make)` makes every case but the
 /// lease cases, for a store that decides lease calls as plain checks
 /// ([`Store::lease`]'s default); `conformance_suite!(@leases $make)` only
-/// the lease cases.
+/// the lease cases. `conformance_suite!(@reservations $make)` makes the
+/// reservation cases ([`Store::reserve`] and [`Store::settle`]), for a
+/// store whose [`Store::reserves`] is true: they fail on one that keeps no
+/// reservations.
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr) => {
@@ -132,6 +141,21 @@ macro_rules! conformance_suite {
             a_denied_lease_call_leases_and_charges_nothing,
             one_policy_denying_leases_nothing_anywhere,
             concurrent_lease_calls_grant_exactly_what_they_charge,
+        );
+    };
+    (@reservations $make:expr) => {
+        $crate::conformance_suite!(@cases $make;
+            a_reservation_is_charged_and_a_denied_one_records_nothing,
+            settling_below_the_estimate_gives_back_to_windows,
+            a_window_gives_back_only_while_the_estimate_s_window_lasts,
+            settling_above_the_estimate_overdraws_up_to_max_overdraft,
+            an_overdraft_counts_what_the_policy_already_owes,
+            a_settle_uses_the_numbers_in_force_now,
+            a_replayed_settle_changes_nothing,
+            a_settle_must_name_the_reservation_exactly,
+            several_policies_reserve_all_or_nothing,
+            the_limiter_reserves_settles_and_cancels,
+            concurrent_reservations_hold_the_budget,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

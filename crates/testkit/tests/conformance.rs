@@ -6,6 +6,12 @@ mod memory {
     tollgate_testkit::conformance_suite!(|clock: tollgate::ManualClock| async move {
         tollgate::MemoryStore::with_clock(clock)
     });
+
+    mod reservations {
+        tollgate_testkit::conformance_suite!(@reservations |clock: tollgate::ManualClock| async move {
+            tollgate::MemoryStore::with_clock(clock)
+        });
+    }
 }
 
 mod resilient_memory {
@@ -21,4 +27,18 @@ mod resilient_memory {
             ResilienceOptions::default().clock(clock),
         )
     });
+
+    // Reservations go through the breaker and the timeout to the store (a
+    // give-back lets go of the key's denials in the deny cache).
+    mod reservations {
+        use tollgate::resilience::{ResilienceOptions, Resilient};
+        use tollgate::{ManualClock, MemoryStore};
+
+        tollgate_testkit::conformance_suite!(@reservations |clock: ManualClock| async move {
+            Resilient::new(
+                MemoryStore::with_clock(clock.clone()),
+                ResilienceOptions::default().clock(clock),
+            )
+        });
+    }
 }

@@ -596,13 +596,8 @@ impl<S: Store> Limiter<S> {
                         OverrideLimit::Policy(numbers)
                             if numbers.algorithm() == p.policy.algorithm() =>
                         {
-                            let numbers = with_lease_of(numbers, p.policy);
                             Resolved::Policy(
-                                numbers
-                                    .with_max_overdraft(
-                                        p.policy.max_overdraft().min(numbers.capacity()),
-                                    )
-                                    .unwrap_or(numbers),
+                                with_lease_of(numbers, p.policy).with_max_overdraft_of(p.policy),
                             )
                         }
                         OverrideLimit::Policy(_) => Resolved::Registered,

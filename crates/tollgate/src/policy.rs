@@ -531,6 +531,17 @@ impl Policy {
         Ok(self)
     }
 
+    /// This policy's numbers with `base`'s overdraft setting: `base`'s
+    /// explicit `max_overdraft` (at most this policy's capacity), or, when
+    /// `base` keeps the default, this policy's own default (its capacity).
+    /// For numbers that stand in for `base`, such as an override's.
+    pub fn with_max_overdraft_of(mut self, base: &Policy) -> Policy {
+        self.max_overdraft = base
+            .max_overdraft
+            .map(|units| units.min(u32::try_from(self.capacity()).unwrap_or(u32::MAX)));
+        self
+    }
+
     /// How far a settled reservation may overdraw this policy beyond what
     /// remains ([`with_max_overdraft`](Self::with_max_overdraft)).
     pub const fn max_overdraft(&self) -> u64 {

@@ -211,6 +211,195 @@ fn plots_have_text_when_fonts_dejavu_core_is_installed() {
     );
 }
 
+/// The `settle` pattern's line: `--policy 1000/1s`, estimates of 100,
+/// lognormal costs (σ 0.5 unless `extra` says), overdrafts of at most 50,
+/// over 5 s, and `extra`.
+fn settle_args(extra: &[&str]) -> SimulateArgs {
+    let mut line = vec![
+        "--pattern",
+        "settle",
+        "--policy",
+        "1000/1s",
+        "--duration",
+        "5s",
+        "--estimate",
+        "100",
+        "--max-overdraft",
+        "50",
+    ];
+    line.extend_from_slice(extra);
+    args(&line)
+}
+
+#[test]
+fn settle_keeps_each_algorithm_within_its_limit_plus_its_overdraft() {
+    let report = settle_args(&["--cost-spread", "0.8"])
+        .report()
+        .expect("runs");
+    let names: Vec<_> = report
+        .runs
+        .iter()
+        .map(|r| r.policy.algorithm().name())
+        .collect();
+    assert_eq!(
+        names,
+        ["fixed_window", "sliding_window", "token_bucket", "gcra"],
+        "only the algorithms that can be reserved"
+    );
+    // Twice the policy's rate in cost: 20 requests a second.
+    assert_eq!(report.offered, 100);
+    for run in &report.runs {
+        let a = run.policy.algorithm();
+        let c = run.costs.as_ref().expect("the settle pattern has costs");
+        assert_eq!(run.policy.max_overdraft(), 50);
+        assert!(run.denied > 0, "{a}: offered twice the limit: {c:?}");
+        assert_eq!(
+            c.kept,
+            run.admitted * 100 - c.returned + c.overdrawn,
+            "{a}: {c:?}"
+        );
+        assert_eq!(c.charged.iter().map(|x| x.1).sum::<u64>(), c.kept, "{a}");
+        assert!(c.overdrawn > 0 && c.unpaid > 0, "{a}: {c:?}");
+        assert_eq!(c.expired, 0, "{a}: holds of 0.2 s at most");
+        if a.has_burst() {
+            assert_eq!(c.returned, 0, "{a}: a bucket forfeits");
+            // Its burst, a period of refill, and the overdraft.
+            assert!(c.worst_window <= 1_000 + 1_000 + 50, "{a}: {c:?}");
+        } else {
+            assert!(c.returned > 0, "{a}: {c:?}");
+        }
+        if a == tollgate::Algorithm::FixedWindow {
+            // Windows start on whole seconds of the run.
+            for w in 0..5 {
+                let window = w * 1_000_000..(w + 1) * 1_000_000;
+                let kept: u64 = c
+                    .charged
+                    .iter()
+                    .filter(|x| window.contains(&x.0))
+                    .map(|x| x.1)
+                    .sum();
+                assert!(kept <= 1_050, "{a}: {kept} kept in second {w}");
+            }
+        }
+    }
+    let again = settle_args(&["--cost-spread", "0.8"])
+        .report()
+        .expect("runs");
+    let costs =
+        |r: &simulate::Report| -> Vec<_> { r.runs.iter().map(|r| r.costs.clone()).collect() };
+    assert_eq!(costs(&again), costs(&report), "reproducible");
+    let other = settle_args(&["--cost-spread", "0.8", "--seed", "2"])
+        .report()
+        .expect("runs");
+    assert_ne!(costs(&other), costs(&report), "the seed draws other costs");
+}
+
+#[test]
+fn settle_at_the_estimate_is_a_check_of_the_estimate() {
+    let report = settle_args(&["--cost", "uniform", "--cost-spread", "0"])
+        .report()
+        .expect("runs");
+    for run in &report.runs {
+        let c = run.costs.as_ref().expect("costs");
+        assert_eq!(
+            (c.returned, c.overdrawn, c.unpaid),
+            (0, 0, 0),
+            "{}",
+            run.policy
+        );
+        assert_eq!(c.kept, run.admitted * 100, "{}", run.policy);
+    }
+    // 20 requests of 100 a second against 1000 a second: 10 per window.
+    let fixed = &report.runs[0];
+    assert_eq!((fixed.admitted, fixed.denied), (50, 50));
+    assert_eq!(fixed.costs.as_ref().map(|c| c.worst_window), Some(1_000));
+}
+
+#[test]
+fn settle_refuses_what_cannot_be_reserved_or_drawn() {
+    let refused = args(&["--pattern", "settle", "--policy", "sliding_log 10/1s"]).report();
+    assert!(
+        matches!(
+            refused,
+            Err(simulate::SimulateError::Policy(
+                tollgate::PolicyError::ReserveNotSupported(_)
+            ))
+        ),
+        "{refused:?}"
+    );
+    let too_much = args(&[
+        "--pattern",
+        "settle",
+        "--policy",
+        "1000/1s",
+        "--max-overdraft",
+        "1001",
+    ])
+    .report();
+    assert!(
+        matches!(too_much, Err(simulate::SimulateError::Policy(_))),
+        "{too_much:?}"
+    );
+    for bad in [
+        &["--cost", "uniform", "--cost-spread", "1.5"][..],
+        &["--cost-spread=-0.5"],
+        &["--estimate", "0"],
+        &["--deadline", "2h"],
+    ] {
+        let mut line = vec!["--pattern", "settle", "--policy", "1000/1s"];
+        line.extend_from_slice(bad);
+        let report = args(&line).report();
+        assert!(
+            matches!(report, Err(simulate::SimulateError::Pattern(_))),
+            "{bad:?}: {report:?}"
+        );
+    }
+    // A deadline shorter than the holds: late settles find nothing, and
+    // their estimates stay charged.
+    let late = settle_args(&["--hold", "1s", "--deadline", "500ms"])
+        .report()
+        .expect("runs");
+    for run in &late.runs {
+        let c = run.costs.as_ref().expect("costs");
+        assert!(c.expired > 0, "{}: {c:?}", run.policy);
+    }
+}
+
+#[test]
+fn settle_plots_cost_against_the_limit_and_the_overdraft() {
+    let dir = temp_dir("simulate-settle");
+    let out = dir.to_str().expect("utf-8");
+    let report = settle_args(&["--out", out, "--name", "settle", "--no-png"])
+        .report()
+        .expect("runs");
+    assert_eq!(report.files, vec![dir.join("settle.svg")]);
+    let svg = std::fs::read_to_string(dir.join("settle.svg")).expect("svg written");
+    check_xml(&svg);
+    for run in &report.runs {
+        let c = plot::color(run.policy.algorithm());
+        let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+        assert!(svg.contains(&stroke), "no series for {}", run.policy);
+    }
+    // Offered, the limit, the limit plus the overdraft and what was kept,
+    // in each of the four panels.
+    assert!(svg.matches("<polyline").count() >= 16);
+    if plot::font_available() {
+        assert!(svg.contains("units in the last period"));
+        assert!(svg.contains("max_overdraft 50"));
+    }
+    let json: serde_json::Value = serde_json::to_value(&report).expect("serializes");
+    assert_eq!(json["pattern"], "settle");
+    assert_eq!(json["costs"]["estimate"], 100);
+    assert!(json["runs"][0]["costs"]["kept"].is_u64());
+    assert!(json["runs"][0]["costs"].get("charged").is_none());
+    let table = simulate::table(&report);
+    assert!(
+        table.contains("overdrawn") && table.contains("fixed_window 1000/1s"),
+        "{table}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn pattern_arrivals_are_bounded() {
     let huge = simulate::Pattern::Steady { rate: 1e9 }.arrivals(Duration::from_secs(60), 1);

@@ -1,4 +1,5 @@
-//! The response body: the inner service's, or one the layer wrote.
+//! The response body: the inner service's (metered when a reservation is
+//! settled from its bytes), or one the layer wrote.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,9 +8,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::reserve::Meter;
+
 pin_project! {
     /// The body of a [`RateLimitService`](crate::RateLimitService)
-    /// response: the inner service's body, untouched, or the body of a
+    /// response: the inner service's body, untouched (its data bytes
+    /// counted when a [`Reserve`](crate::Reserve) settles from them), or the body of a
     /// response the layer wrote itself (a 429, 400, 401 or 503, or a gRPC
     /// refusal, whose body is empty).
     ///
@@ -28,6 +32,7 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
+        Metered { #[pin] body: B, meter: Meter },
         Written { data: Option<Bytes> },
     }
 }
@@ -36,6 +41,13 @@ impl<B> RateLimitBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         RateLimitBody {
             kind: Kind::Inner { body },
+        }
+    }
+
+    /// The inner body, its bytes counted to settle a reservation.
+    pub(crate) fn metered(body: B, meter: Meter) -> Self {
+        RateLimitBody {
+            kind: Kind::Metered { body, meter },
         }
     }
 
@@ -60,20 +72,29 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Metered { body, meter } => {
+                let polled = body.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => meter.frame(frame),
+                    Poll::Ready(Some(Err(_)) | None) => meter.finish(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
             KindProj::Written { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Inner { body } | Kind::Metered { body, .. } => body.is_end_stream(),
             Kind::Written { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
+            Kind::Inner { body } | Kind::Metered { body, .. } => body.size_hint(),
             Kind::Written { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

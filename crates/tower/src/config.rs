@@ -15,6 +15,7 @@ use http::request::Parts;
 use tollgate::{Limiter, Policy};
 
 use crate::key::{KeyExtractor, PeerIp};
+use crate::reserve::Reserving;
 use crate::response::{FieldSwitches, Refusal, ResponseFormat};
 
 /// What the layer does with a request it cannot read a key from.
@@ -127,6 +128,16 @@ pub(crate) enum Policies {
 }
 
 impl Policies {
+    /// Every policy any request may be checked against, with its name.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Policy)> {
+        let sets: Vec<&PolicySet> = match self {
+            Policies::Fixed(set) => vec![set],
+            Policies::Routes { routes, default } => routes.values().chain(default).collect(),
+        };
+        sets.into_iter()
+            .flat_map(|set| set.entries.iter().map(|(name, policy)| (&**name, policy)))
+    }
+
     /// The policies for `request`; `None` when it is not limited.
     pub(crate) fn for_request(&self, request: &Parts) -> Option<&PolicySet> {
         match self {
@@ -184,4 +195,7 @@ pub(crate) struct LayerConfig<S> {
     pub(crate) max_delay: Duration,
     pub(crate) shadow: bool,
     pub(crate) allowlist: HashSet<Box<[u8]>>,
+    /// Reserve each request's cost and settle it from the response,
+    /// instead of checking it.
+    pub(crate) reserve: Option<Reserving>,
 }

@@ -27,4 +27,25 @@ pub enum ConfigError {
     /// (structured-field strings are printable ASCII).
     #[error("policy name `{0}` cannot be sent in RateLimit headers: use printable ASCII")]
     PolicyName(String),
+    /// [`reserve`](crate::RateLimitLayerBuilder::reserve) over a store that
+    /// keeps no reservations ([`tollgate::Store::reserves`]).
+    #[error("the limiter's store keeps no reservations")]
+    ReservationsUnsupported,
+    /// [`reserve`](crate::RateLimitLayerBuilder::reserve) with a policy
+    /// that cannot be reserved (`sliding_log`, `leaky_bucket`).
+    #[error("policy `{policy}` cannot be reserved: {reason}")]
+    NotReservable {
+        /// The policy's name.
+        policy: String,
+        /// Why, from [`tollgate::PolicyError::ReserveNotSupported`].
+        reason: String,
+    },
+    /// A [`Reserve::deadline`](crate::Reserve::deadline) of zero or past
+    /// [`tollgate::reservation::MAX_DEADLINE`].
+    #[error("reservation deadline {0:?} must be above zero and at most one hour")]
+    ReserveDeadline(std::time::Duration),
+    /// [`Reserve::max_pending_settles`](crate::Reserve::max_pending_settles)
+    /// of zero.
+    #[error("at least one settle must be allowed to run")]
+    NoPendingSettles,
 }

@@ -17,6 +17,7 @@ use crate::config::{Cost, LayerConfig, Policies, PolicySet};
 pub use crate::config::{MissingKey, StoreFailure};
 use crate::error::ConfigError;
 use crate::key::{Key, KeyExtractor, PeerIp};
+use crate::reserve::{Reserve, Reserving, SettleStats};
 use crate::response::{FieldSwitches, ResponseFormat};
 use crate::service::RateLimitService;
 
@@ -54,6 +55,7 @@ impl<S> fmt::Debug for RateLimitLayer<S> {
             .field("cost", &c.cost)
             .field("format", &c.format)
             .field("shadow", &c.shadow)
+            .field("reserve", &c.reserve.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +80,7 @@ impl<S: Store> RateLimitLayer<S> {
             max_delay: DEFAULT_MAX_DELAY,
             shadow: false,
             allowlist: HashSet::new(),
+            reserve: None,
         }
     }
 }
@@ -86,6 +89,27 @@ impl<S> RateLimitLayer<S> {
     /// The limiter the layer charges.
     pub fn limiter(&self) -> &Limiter<S> {
         &self.config.limiter
+    }
+
+    /// What the layer's settles did so far (all zero without
+    /// [`reserve`](RateLimitLayerBuilder::reserve)).
+    pub fn settle_stats(&self) -> SettleStats {
+        self.config
+            .reserve
+            .as_ref()
+            .map_or_else(SettleStats::default, |r| r.queue.stats())
+    }
+
+    /// Completes when none of the layer's settles is running (at once
+    /// without [`reserve`](RateLimitLayerBuilder::reserve)). Await it on
+    /// graceful shutdown, after the server stopped and so no response is
+    /// left to settle, before the runtime ends: ending the runtime cancels
+    /// the settles still running (their reservations then settle at their
+    /// estimates at their deadlines).
+    pub async fn settles_finished(&self) {
+        if let Some(reserving) = &self.config.reserve {
+            reserving.queue.finished().await;
+        }
     }
 }
 
@@ -112,6 +136,7 @@ pub struct RateLimitLayerBuilder<S> {
     max_delay: Duration,
     shadow: bool,
     allowlist: HashSet<Box<[u8]>>,
+    reserve: Option<Reserve>,
 }
 
 impl<S> fmt::Debug for RateLimitLayerBuilder<S> {
@@ -284,13 +309,52 @@ impl<S: Store> RateLimitLayerBuilder<S> {
         self
     }
 
+    /// Reserves each request's cost instead of charging it, and settles
+    /// the reservation at the actual cost read from the response (a
+    /// header, the head, or the body's bytes: [`Reserve`]). The request's
+    /// cost ([`cost`](Self::cost), [`cost_fn`](Self::cost_fn)) is the
+    /// estimate, decided like a check of it: a denied reservation is
+    /// answered exactly like a denied check (429, `Retry-After`, the
+    /// fields), a store error per [`StoreFailure`]; the fields of an allowed
+    /// response say what remained after the estimate was charged. Estimates
+    /// above [`tollgate::reservation::MAX_AMOUNT`] are reserved as that.
+    ///
+    /// The store must keep reservations (the memory store does) and every
+    /// policy must be reservable (not `sliding_log` nor `leaky_bucket`):
+    /// [`build`](Self::build) checks both. `docs/MIDDLEWARE.md` and
+    /// [`crate::reserve`] say when each reservation is settled.
+    ///
+    /// ```
+    /// use tollgate::{Limiter, MemoryStore};
+    /// use tollgate_tower::{RateLimitLayer, Reserve};
+    ///
+    /// let limiter = Limiter::builder(MemoryStore::new())
+    ///     .policy("download", "fixed_window 1000000000/1h".parse().unwrap())
+    ///     .build();
+    /// // Downloads reserve 10 MB, then pay for the bytes sent.
+    /// let layer = RateLimitLayer::builder(limiter)
+    ///     .policy("download")
+    ///     .cost(10_000_000)
+    ///     .reserve(Reserve::body_bytes())
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn reserve(mut self, reserve: Reserve) -> Self {
+        self.reserve = Some(reserve);
+        self
+    }
+
     /// Builds the layer.
     ///
     /// # Errors
     /// A [`ConfigError`] when no policy is named, a name is unknown to the
     /// limiter or not printable ASCII, a policy is named twice for the same
-    /// requests, a route names no policy, or the cost is zero. Checking here
-    /// is what makes an unknown policy impossible while serving.
+    /// requests, a route names no policy, or the cost is zero; with
+    /// [`reserve`](Self::reserve), when the store keeps no reservations, a
+    /// policy cannot be reserved, or the [`Reserve`] is out of bounds.
+    /// Checking here is what makes an unknown policy impossible while
+    /// serving.
     pub fn build(self) -> Result<RateLimitLayer<S>, ConfigError> {
         if let Cost::Fixed(0) = self.cost {
             return Err(ConfigError::ZeroCost);
@@ -316,6 +380,13 @@ impl<S: Store> RateLimitLayerBuilder<S> {
             };
             Policies::Routes { routes, default }
         };
+        let reserve = match self.reserve {
+            None => None,
+            Some(reserve) => {
+                reserve.validate(&self.limiter, policies.entries())?;
+                Some(Reserving::new(reserve, self.limiter.clone()))
+            }
+        };
         Ok(RateLimitLayer {
             config: Arc::new(LayerConfig {
                 limiter: self.limiter,
@@ -329,6 +400,7 @@ impl<S: Store> RateLimitLayerBuilder<S> {
                 max_delay: self.max_delay,
                 shadow: self.shadow,
                 allowlist: self.allowlist,
+                reserve,
             }),
         })
     }

@@ -26,6 +26,10 @@
 //! - [`response`]: the header fields and the layer's own responses
 //!   ([`ResponseFormat`]: JSON, RFC 9457 problem details, or your function;
 //!   gRPC Trailers-Only replies for gRPC calls);
+//! - [`reserve`]: [`Reserve`], for costs known only afterwards (LLM
+//!   tokens, bytes sent): reserve an estimate before the handler, settle at
+//!   the actual cost from a response header or trailer, the response head,
+//!   or the body's bytes;
 //! - [`future`] and [`body`]: the service's future and response body;
 //! - [`error`]: [`ConfigError`], the only error: found when the layer is
 //!   built, never while serving.
@@ -75,6 +79,7 @@
 //! | situation | response |
 //! |---|---|
 //! | allowed | the inner service's, plus `RateLimit-Policy` and `RateLimit` |
+//! | allowed, with [`Reserve`] | as allowed; the reservation is settled from the response ([`reserve`]) |
 //! | denied | 429, `Retry-After` (unless it can never pass), the fields, a body per [`ResponseFormat`] |
 //! | `leaky_bucket` says wait | waits (`tokio::time::sleep`) up to the maximum delay, then as allowed; longer: 429 |
 //! | shadow mode | as allowed, whatever the decision |
@@ -99,6 +104,7 @@ pub mod error;
 pub mod future;
 pub mod key;
 pub mod layer;
+pub mod reserve;
 pub mod response;
 pub mod service;
 
@@ -107,6 +113,7 @@ pub use error::ConfigError;
 pub use future::ResponseFuture;
 pub use key::{Key, KeyError, KeyExtractor};
 pub use layer::{MissingKey, RateLimitLayer, RateLimitLayerBuilder, StoreFailure};
+pub use reserve::{Reserve, SettleStats};
 pub use response::TOLLGATE_DEGRADED;
 pub use response::{Denial, PolicyDecision, ResponseFormat};
 pub use service::RateLimitService;

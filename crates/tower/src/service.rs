@@ -12,6 +12,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use smallvec::SmallVec;
 use tollgate::answer::{Answer, PolicyDecision, Verdict};
+use tollgate::reservation::MAX_AMOUNT;
 use tollgate::{Decision, Store};
 use tower::Service;
 
@@ -19,6 +20,7 @@ use crate::body::RateLimitBody;
 use crate::config::{LayerConfig, MissingKey, PolicySet};
 use crate::future::ResponseFuture;
 use crate::key::{Key, KeyError};
+use crate::reserve::{Reserving, Settler};
 use crate::response::{self, Denial, LimitFields, Protocol, Refusal};
 
 /// Rate limits requests to an inner service; made by
@@ -100,15 +102,25 @@ where
             let request = Request::from_parts(parts, body);
             match action {
                 Action::Pass => Ok(inner.call(request).await?.map(RateLimitBody::inner)),
-                Action::Proceed { fields, delay } => {
+                Action::Proceed {
+                    fields,
+                    delay,
+                    settler,
+                } => {
                     if !delay.is_zero() {
                         // Boxed: a `Sleep` inline would grow every request's
                         // future, delayed or not.
                         Box::pin(tokio::time::sleep(delay)).await;
                     }
+                    // An open reservation's settler lives across the call:
+                    // dropped with this future or by an error, it settles
+                    // at the estimate.
                     let mut response = inner.call(request).await?;
                     fields.add_to(response.headers_mut());
-                    Ok(response.map(RateLimitBody::inner))
+                    Ok(match (settler, &config.reserve) {
+                        (Some(settler), Some(reserving)) => reserving.finish(settler, response),
+                        _ => response.map(RateLimitBody::inner),
+                    })
                 }
                 Action::Respond(response) => Ok(response.map(RateLimitBody::written)),
             }
@@ -121,10 +133,12 @@ enum Action {
     /// Not limited (no policy for it, allowlisted, skipped, or the limiter
     /// could not decide and the layer fails open): forward, add nothing.
     Pass,
-    /// Allowed (or shadowed): wait `delay`, forward, add `fields`.
+    /// Allowed (or shadowed): wait `delay`, forward, add `fields`, and
+    /// settle the request's reservation, if one is open, from the response.
     Proceed {
         fields: LimitFields,
         delay: Duration,
+        settler: Option<Settler>,
     },
     /// Answered by the layer.
     Respond(Response<Bytes>),
@@ -162,6 +176,9 @@ async fn act<S: Store>(config: &LayerConfig<S>, request: &Parts) -> Action {
         // Priced free by the cost function: nothing to check or charge.
         return Action::Pass;
     }
+    if let Some(reserving) = &config.reserve {
+        return reserve(config, reserving, request, set, &key, cost).await;
+    }
     // One policy (the common case) skips `check_all`'s bookkeeping.
     let limiter = &config.limiter;
     let decided = match set.entries.as_slice() {
@@ -178,6 +195,46 @@ async fn act<S: Store>(config: &LayerConfig<S>, request: &Parts) -> Action {
     match decided {
         Ok(decisions) => translate(config, request, set, &key, cost, &decisions),
         Err(error) => failed(config, request, error, &key),
+    }
+}
+
+/// Reserves `cost` as the estimate for `request` and translates the
+/// decision as a check's; an allowed reservation goes with the request, to
+/// be settled from its response.
+async fn reserve<S: Store>(
+    config: &LayerConfig<S>,
+    reserving: &Reserving,
+    request: &Parts,
+    set: &PolicySet,
+    key: &Key,
+    cost: u64,
+) -> Action {
+    let estimate = cost.min(MAX_AMOUNT);
+    let names: SmallVec<[&str; 4]> = set.entries.iter().map(|(name, _)| &**name).collect();
+    let reservation = match (config.limiter)
+        .reserve(&names, key, estimate, reserving.deadline)
+        .await
+    {
+        Ok(reservation) => reservation,
+        Err(error) => return failed(config, request, error, key),
+    };
+    let decisions = &reservation.decision.decisions;
+    match (
+        translate(config, request, set, key, estimate, decisions),
+        reservation.id,
+    ) {
+        (Action::Proceed { fields, delay, .. }, Some(id)) => Action::Proceed {
+            fields,
+            delay,
+            settler: Some(reserving.settler(id, estimate)),
+        },
+        // Reservable policies never delay, so an allowed reservation is
+        // always forwarded; were it not, nothing was served: give it back.
+        (action, Some(id)) => {
+            reserving.settler(id, estimate).cancel();
+            action
+        }
+        (action, None) => action,
     }
 }
 
@@ -244,6 +301,7 @@ fn translate<S>(
         Verdict::Allow | Verdict::Delay => Action::Proceed {
             fields,
             delay: answer.delay(),
+            settler: None,
         },
         Verdict::Deny => {
             if answer.queued_too_long() {
@@ -278,7 +336,9 @@ fn failed<S>(
         tollgate::Error::UnknownPolicy(_)
         | tollgate::Error::ZeroCost
         | tollgate::Error::NoPolicy
-        | tollgate::Error::DuplicatePolicy(_) => {
+        | tollgate::Error::DuplicatePolicy(_)
+        | tollgate::Error::NotReservable { .. }
+        | tollgate::Error::InvalidReservation(_) => {
             tracing::error!(%error, key = %key, "rate limit layer misconfigured; request not limited");
             Action::Pass
         }

@@ -47,14 +47,16 @@ end
 -- The window start, prev and curr as seen at `now` (twin of
 -- sliding_window::normalize): the counts belong to the window of this
 -- policy that holds the stored start, and read as at most the limit. No
--- state (nil) reads as an empty window.
+-- state (nil) reads as an empty window. Fourth, in the window the counts
+-- were written in, the current count as stored (an overdraft's debt:
+-- reserve/sliding_window.lua).
 local function sliding_window_at(key, p, now)
   local period, limit = p.period, p.limit
   local start, prev, curr = sliding_window_load(key, now)
   if not start then start, prev, curr = now - now % period, 0, 0 end
   local held = start - start % period
   if now < held + period then
-    return held, imin(prev, limit), imin(curr, limit)
+    return held, imin(prev, limit), imin(curr, limit), curr
   elseif now < held + 2 * period then
     return held + period, imin(curr, limit), 0
   end

@@ -371,3 +371,6 @@ mod tests;
 
 #[cfg(test)]
 mod lease_tests;
+
+#[cfg(test)]
+mod reserve_tests;

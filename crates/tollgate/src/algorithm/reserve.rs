@@ -76,6 +76,16 @@ pub fn overdraw(
         State::SlidingWindow { start, prev, curr } => {
             let (window, prev_now, curr_now) =
                 sliding_window::normalize(*start, *prev, *curr, now, policy);
+            // In the window it was counted in, the count is read as it is,
+            // not at most the limit as a decision reads it: past the limit
+            // it holds an earlier overdraft's debt. (At most past a full
+            // overdraft, where nothing more is charged anyway, which keeps
+            // the products below 2^53.)
+            let curr_now = if window == *start - *start % p {
+                (*curr).min(policy.limit() + max_overdraft)
+            } else {
+                curr_now
+            };
             let elapsed = now.saturating_sub(window);
             // Multiplied through by the period, as `decide` compares.
             let weighted = prev_now * (p - elapsed) + curr_now * p;

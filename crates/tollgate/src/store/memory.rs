@@ -106,13 +106,14 @@ struct Inner {
     shard_max: usize,
     /// Live entries dropped to stay under the cap.
     evictions: AtomicU64,
-    /// Open reservations, one table per shard (same index), boxed when the
-    /// first is made: kept beside the shards, whose size is counted in
-    /// cache lines. Locked only under the shard's lock, so a reservation
-    /// and the state it charges change atomically.
-    reservations: Box<[Mutex<Option<Box<Table>>>]>,
-    /// Open reservations a shard may hold: `max_reservations / shards`.
-    shard_max_reservations: usize,
+    /// Open reservations, of every identity: one table, so that its bound
+    /// holds for the store whatever the keys (a hot key's reservations all
+    /// fall in one shard). Locked only under the identity's shard lock, so
+    /// a reservation and the state it charges change atomically; held for
+    /// a table operation only.
+    reservations: Mutex<Table>,
+    /// The most open reservations ([`MemoryStoreBuilder::max_reservations`]).
+    max_reservations: usize,
     /// Open reservations dropped (settled at their estimate) to stay under
     /// the cap.
     reservation_evictions: AtomicU64,
@@ -318,11 +319,7 @@ impl MemoryStore {
     /// Open reservations held, including those past their deadline not
     /// yet dropped.
     pub fn reservations(&self) -> usize {
-        self.inner
-            .reservations
-            .iter()
-            .map(|s| lock_table(s).as_ref().map_or(0, |t| t.len()))
-            .sum()
+        lock_table(&self.inner.reservations).len()
     }
 
     /// Open reservations evicted so far (settled at their estimate) to
@@ -518,9 +515,8 @@ impl MemoryStore {
                 untils,
                 settled: None,
             };
-            let evicted = lock_table(inner.reservations_of(at.hash))
-                .get_or_insert_default()
-                .insert(nonce, record, now, inner.shard_max_reservations);
+            let evicted =
+                lock_table(&inner.reservations).insert(nonce, record, now, inner.max_reservations);
             inner
                 .reservation_evictions
                 .fetch_add(evicted, Ordering::Relaxed);
@@ -542,9 +538,8 @@ impl MemoryStore {
         let (mut shard, at) = self.lock_at(key);
         let now = at.now;
         // Under the shard's lock, as every change below.
-        let mut table = lock_table(inner.reservations_of(at.hash));
+        let mut table = lock_table(&inner.reservations);
         let record = table
-            .as_mut()?
             .get_mut(nonce, now)
             .filter(|r| r.check == record_check && r.untils.len() == policies.len())?;
         let estimate = record.estimate;
@@ -572,7 +567,7 @@ impl MemoryStore {
                 answer.settled.push(settled);
             }
             answer.actual = actual;
-            if let Some(record) = table.as_mut().and_then(|t| t.get_mut(nonce, now)) {
+            if let Some(record) = table.get_mut(nonce, now) {
                 record.settled = Some((actual, answer.settled.clone()));
             }
         }
@@ -663,8 +658,7 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// The most open reservations the store keeps (at least one per
-    /// shard). Default [`DEFAULT_MAX_RESERVATIONS`]. Past it, the
+    /// The most open reservations the store keeps (at least one). Default [`DEFAULT_MAX_RESERVATIONS`]. Past it, the
     /// reservations nearest their deadline are forgotten early: settled at
     /// their estimate, as their deadline would have done (a later settle
     /// finds nothing).
@@ -707,8 +701,8 @@ impl MemoryStoreBuilder {
                     .collect(),
                 shard_max: (self.max_keys / shards).clamp(1, SHARD_MAX),
                 evictions: AtomicU64::new(0),
-                reservations: (0..shards).map(|_| Mutex::new(None)).collect(),
-                shard_max_reservations: (self.max_reservations / shards).max(1),
+                reservations: Mutex::new(Table::default()),
+                max_reservations: self.max_reservations,
                 reservation_evictions: AtomicU64::new(0),
                 hasher: DefaultHashBuilder::default(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
@@ -721,17 +715,7 @@ impl Inner {
     /// The shard of an identity: every policy of one identity in one shard.
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         // High bits pick the shard; the table uses the low ones.
-        lock(&self.shards[self.shard_index(hash)])
-    }
-
-    fn shard_index(&self, hash: u64) -> usize {
-        (hash >> 40) as usize & (self.shards.len() - 1)
-    }
-
-    /// The reservations of an identity's shard: lock only under the
-    /// shard's lock.
-    fn reservations_of(&self, hash: u64) -> &Mutex<Option<Box<Table>>> {
-        &self.reservations[self.shard_index(hash)]
+        lock(&self.shards[(hash >> 40) as usize & (self.shards.len() - 1)])
     }
 }
 
@@ -935,8 +919,8 @@ impl Shard {
     }
 }
 
-/// Locks a shard's reservations (see [`lock`] on poisoning).
-fn lock_table(table: &Mutex<Option<Box<Table>>>) -> MutexGuard<'_, Option<Box<Table>>> {
+/// Locks the reservations (see [`lock`] on poisoning).
+fn lock_table(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
     table
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

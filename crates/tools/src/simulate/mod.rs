@@ -11,9 +11,12 @@
 //! - [`parse_policies`]: `10/1s` means that limit under all six algorithms
 //!   (with `burst` where it means something), `token_bucket 10/1s` one;
 //! - [`simulate`]: runs them, giving one [`AlgorithmRun`] per algorithm;
-//! - [`plot`]: draws the runs (SVG, PNG).
+//! - [`plot`]: draws the runs (SVG, PNG);
+//! - [`settle`]: the `settle` pattern, where each request reserves an
+//!   estimate and settles later at a cost known only then.
 
 pub mod plot;
+pub mod settle;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -78,6 +81,11 @@ pub enum PatternKind {
     OnOff,
     /// Timestamps read from `--trace` (one per line, µs or ms).
     Trace,
+    /// Costs known only at the end: evenly spaced requests at `--rate`,
+    /// each reserving `--estimate` and settling after a drawn `--hold` at a
+    /// cost drawn around the estimate (`--cost`, `--cost-spread`). Only the
+    /// four algorithms that can be reserved.
+    Settle,
 }
 
 /// The unit of a trace file's timestamps.
@@ -341,6 +349,9 @@ pub struct AlgorithmRun {
     /// plus the delay for `leaky_bucket`), sorted.
     #[serde(skip)]
     pub admitted_at: Vec<u64>,
+    /// The `settle` pattern's costs (`None` for the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub costs: Option<settle::CostRun>,
 }
 
 fn display<S: serde::Serializer>(policy: &Policy, s: S) -> Result<S::Ok, S::Error> {
@@ -386,21 +397,59 @@ fn simulate_one(policy: &Policy, arrivals: &[u64]) -> AlgorithmRun {
         denied,
         worst_window: worst_window(&admitted_at, policy.period_us()),
         admitted_at,
+        costs: None,
     }
+}
+
+/// Runs every policy over the `settle` pattern's `requests` (sorted by
+/// arrival), each on a fresh memory store under a manual clock.
+pub fn simulate_settle(
+    policies: &[Policy],
+    requests: &[settle::Request],
+    model: &settle::CostModel,
+) -> Vec<AlgorithmRun> {
+    policies
+        .iter()
+        .map(|policy| {
+            let outcome = settle::run(policy, policy.period_us(), requests, model);
+            AlgorithmRun {
+                policy: *policy,
+                offered: requests.len() as u64,
+                admitted: outcome.admitted_at.len() as u64,
+                denied: outcome.denied,
+                worst_window: worst_window(&outcome.admitted_at, policy.period_us()),
+                admitted_at: outcome.admitted_at,
+                costs: Some(outcome.costs),
+            }
+        })
+        .collect()
 }
 
 /// The most timestamps of sorted `times` in any half-open window
 /// `[t, t + period)`.
 pub fn worst_window(times: &[u64], period: u64) -> u64 {
-    let mut best = 0;
-    let mut start = 0;
-    for (end, &t) in times.iter().enumerate() {
-        while times[start] + period <= t {
+    worst_window_by(times, |t| *t, |_| 1, period)
+}
+
+/// The largest sum of the weights of items (sorted by `at`) in any
+/// half-open window `[t, t + period)`.
+pub fn worst_window_by<T>(
+    items: &[T],
+    at: impl Fn(&T) -> u64,
+    weight: impl Fn(&T) -> u64,
+    period: u64,
+) -> u64 {
+    let (mut best, mut sum, mut start) = (0, 0, 0);
+    for item in items {
+        let t = at(item);
+        sum += weight(item);
+        while at(&items[start]) + period <= t {
+            sum -= weight(&items[start]);
             start += 1;
         }
-        best = best.max(end - start + 1);
+        best = best.max(sum);
     }
-    best as u64
+    best
 }
 
 /// Command line of `tollgate simulate`.
@@ -449,6 +498,32 @@ pub struct SimulateArgs {
     /// Print the table as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Units each request reserves (settle). Default: a tenth of the
+    /// policy's capacity (at least 1).
+    #[arg(long)]
+    pub estimate: Option<u64>,
+    /// How the actual cost is drawn around the estimate (settle).
+    #[arg(long, value_enum, default_value = "lognormal")]
+    pub cost: settle::CostDistribution,
+    /// The spread of the actual cost (settle): uniform, the fraction of the
+    /// estimate either side (0 to 1); lognormal, σ (0 to 3).
+    #[arg(long, default_value_t = 0.5)]
+    pub cost_spread: f64,
+    /// The mean time from a reservation to its settle (settle); each is
+    /// drawn uniformly from 0 to twice it. Default: a tenth of a period.
+    #[arg(long, value_parser = crate::parse_duration)]
+    pub hold: Option<Duration>,
+    /// How long a reservation stays open (settle): a settle later than
+    /// this is too late, and the estimate stays charged.
+    #[arg(long, default_value = "5m", value_parser = crate::parse_duration)]
+    pub deadline: Duration,
+    /// How far a settle may overdraw each policy (settle). Default: the
+    /// policy's default, its capacity.
+    #[arg(long)]
+    pub max_overdraft: Option<u64>,
+    /// The seed of the settle pattern's draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// The whole result of a simulation, as printed with `--json`.
@@ -462,6 +537,9 @@ pub struct Report {
     pub duration_us: u64,
     /// Requests offered.
     pub offered: u64,
+    /// The `settle` pattern's cost model (absent for the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub costs: Option<settle::CostModel>,
     /// One entry per algorithm.
     pub runs: Vec<AlgorithmRun>,
     /// The plots written.
@@ -475,11 +553,19 @@ impl SimulateArgs {
     /// [`SimulateError`] when the trace cannot be read.
     pub fn pattern(&self, policy: &Policy) -> Result<Pattern, SimulateError> {
         let period = policy.period();
-        let default_rate = 3.0 * policy.limit() as f64 / period.as_secs_f64();
+        let default_rate = match self.pattern {
+            // Twice the policy's rate in cost.
+            PatternKind::Settle => {
+                2.0 * policy.limit() as f64
+                    / self.cost_model(policy).estimate as f64
+                    / period.as_secs_f64()
+            }
+            _ => 3.0 * policy.limit() as f64 / period.as_secs_f64(),
+        };
         let rate = self.rate.unwrap_or(default_rate);
         let size = self.burst_size.unwrap_or(policy.limit());
         Ok(match self.pattern {
-            PatternKind::Steady => Pattern::Steady { rate },
+            PatternKind::Steady | PatternKind::Settle => Pattern::Steady { rate },
             PatternKind::Burst => Pattern::Burst {
                 size,
                 every: self.every.unwrap_or(2 * period),
@@ -499,18 +585,71 @@ impl SimulateArgs {
         })
     }
 
+    /// The `settle` pattern's cost model for `policy` (the first one
+    /// simulated): the flags, with their defaults derived from it.
+    pub fn cost_model(&self, policy: &Policy) -> settle::CostModel {
+        settle::CostModel {
+            estimate: self
+                .estimate
+                .unwrap_or_else(|| (policy.capacity() / 10).max(1)),
+            distribution: self.cost,
+            spread: self.cost_spread,
+            hold: self.hold.unwrap_or(policy.period() / 10),
+            deadline: self.deadline,
+            seed: self.seed,
+        }
+    }
+
+    /// The policies to simulate: [`parse_policies`], and for the `settle`
+    /// pattern only those that can be reserved, each with
+    /// `--max-overdraft`.
+    ///
+    /// # Errors
+    /// [`SimulateError::Policy`] for an invalid policy, one that cannot be
+    /// reserved (named alone), or an overdraft above its capacity.
+    pub fn policies(&self) -> Result<Vec<Policy>, SimulateError> {
+        let policies = parse_policies(&self.policy)?;
+        if self.pattern != PatternKind::Settle {
+            return Ok(policies);
+        }
+        let reservable = policies
+            .iter()
+            .filter(|p| tollgate::algorithm::can_reserve(p.algorithm()))
+            .map(|p| match self.max_overdraft {
+                Some(units) => p.with_max_overdraft(units),
+                None => Ok(*p),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if reservable.is_empty() {
+            return Err(PolicyError::ReserveNotSupported(policies[0].algorithm()).into());
+        }
+        Ok(reservable)
+    }
+
     /// Simulates and writes the plots, without printing.
     ///
     /// # Errors
     /// [`SimulateError`] naming the invalid argument or the file that could
     /// not be written.
     pub fn report(&self) -> Result<Report, SimulateError> {
-        let policies = parse_policies(&self.policy)?;
+        let policies = self.policies()?;
         let first = policies[0];
         let arrivals = self
             .pattern(&first)?
             .arrivals(self.duration, first.period_us())?;
-        let runs = simulate(&policies, &arrivals);
+        let (runs, model, offered_costs) = if self.pattern == PatternKind::Settle {
+            let model = self.cost_model(&first);
+            model.validate()?;
+            let requests = model.requests(&arrivals);
+            let offered: Vec<(u64, u64)> = requests.iter().map(|r| (r.at, r.actual)).collect();
+            (
+                simulate_settle(&policies, &requests, &model),
+                Some(model),
+                Some(offered),
+            )
+        } else {
+            (simulate(&policies, &arrivals), None, None)
+        };
         let mut files = Vec::new();
         if let Some(dir) = &self.out {
             std::fs::create_dir_all(dir)?;
@@ -518,16 +657,27 @@ impl SimulateArgs {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("simulate-{}", pattern_name(self.pattern)));
+            let what = match model {
+                Some(model) => format!(
+                    "units of cost in the last {} (offered vs charged), estimate {}",
+                    plot::format_period(first.period_us()),
+                    model.estimate
+                ),
+                None => format!(
+                    "requests in the last {} (offered vs admitted)",
+                    plot::format_period(first.period_us())
+                ),
+            };
             let title = format!(
-                "{} pattern, policy {}: requests in the last {} (offered vs admitted)",
+                "{} pattern, policy {}: {what}",
                 pattern_name(self.pattern),
                 self.policy,
-                plot::format_period(first.period_us())
             );
             let chart = plot::Chart {
                 title: &title,
                 duration_us: tollgate::clock::micros(self.duration),
                 arrivals: &arrivals,
+                costs: offered_costs.as_deref(),
                 runs: &runs,
             };
             let svg = dir.join(format!("{name}.svg"));
@@ -544,6 +694,7 @@ impl SimulateArgs {
             policy: self.policy.clone(),
             duration_us: tollgate::clock::micros(self.duration),
             offered: arrivals.len() as u64,
+            costs: model,
             runs,
             files,
         })
@@ -559,6 +710,7 @@ fn pattern_name(kind: PatternKind) -> &'static str {
         PatternKind::Ramp => "ramp",
         PatternKind::OnOff => "on-off",
         PatternKind::Trace => "trace",
+        PatternKind::Settle => "settle",
     }
 }
 
@@ -593,6 +745,49 @@ pub fn table(report: &Report) -> String {
         "worst window: the most admitted in any window of one period \
          (leaky_bucket: counted when each request proceeds, after its delay)"
     );
+    if let Some(model) = &report.costs {
+        let _ = writeln!(
+            out,
+            "\ncosts (estimate {} per request, actual cost {} with spread {}):",
+            model.estimate,
+            model.distribution.name(),
+            model.spread
+        );
+        let _ = writeln!(
+            out,
+            "{:<32} {:>10} {:>10} {:>9} {:>9} {:>8} {:>7} {:>13} {:>11}",
+            "policy",
+            "offered",
+            "kept",
+            "returned",
+            "overdrawn",
+            "unpaid",
+            "expired",
+            "worst window",
+            "cap + od"
+        );
+        for run in &report.runs {
+            let Some(c) = &run.costs else { continue };
+            let _ = writeln!(
+                out,
+                "{:<32} {:>10} {:>10} {:>9} {:>9} {:>8} {:>7} {:>13} {:>11}",
+                run.policy.to_string(),
+                c.offered,
+                c.kept,
+                c.returned,
+                c.overdrawn,
+                c.unpaid,
+                c.expired,
+                c.worst_window,
+                run.policy.capacity() + run.policy.max_overdraft()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "kept: units left charged (estimates less what came back, plus overdrafts); \
+             worst window: the most kept in any window of one period"
+        );
+    }
     for file in &report.files {
         let _ = writeln!(out, "wrote {}", file.display());
     }
@@ -625,6 +820,9 @@ mod tests {
         assert_eq!(worst_window(&[], 10), 0);
         assert_eq!(worst_window(&[0, 9, 10, 19, 20], 10), 2);
         assert_eq!(worst_window(&[5, 5, 5], 1), 3);
+        let weighted = [(0u64, 3u64), (9, 4), (10, 5), (19, 1)];
+        assert_eq!(worst_window_by(&weighted, |w| w.0, |w| w.1, 10), 9);
+        assert_eq!(worst_window_by(&weighted, |w| w.0, |w| w.1, 11), 12);
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub struct Chart<'a> {
     pub duration_us: u64,
     /// Offered arrivals, sorted µs offsets.
     pub arrivals: &'a [u64],
+    /// The `settle` pattern: each offered request's actual cost at its
+    /// arrival. The chart then counts units of cost, not requests: offered
+    /// cost, and the cost each algorithm kept charged
+    /// ([`CostRun::charged`](super::settle::CostRun::charged)), against the
+    /// limit and the limit plus `max_overdraft`.
+    pub costs: Option<&'a [(u64, u64)]>,
     /// One run per panel.
     pub runs: &'a [AlgorithmRun],
 }
@@ -144,13 +150,30 @@ where
     for (run, area) in chart.runs.iter().zip(panels.iter()) {
         let period = run.policy.period_us();
         let limit = run.policy.limit() as f64;
-        let offered = rolling_max(chart.arrivals, period, duration, SAMPLES);
-        let admitted = rolling_max(&run.admitted_at, period, duration, SAMPLES);
+        let by_cost = |items: &[(u64, u64)]| {
+            rolling_max_by(items, |c| c.0, |c| c.1, period, duration, SAMPLES)
+        };
+        let offered = match chart.costs {
+            Some(costs) => by_cost(costs),
+            None => rolling_max(chart.arrivals, period, duration, SAMPLES),
+        };
+        let admitted = match &run.costs {
+            Some(costs) => by_cost(&costs.charged),
+            None => rolling_max(&run.admitted_at, period, duration, SAMPLES),
+        };
+        // With costs, how far a settle may overdraw: a second line.
+        let most = run
+            .costs
+            .as_ref()
+            .map(|_| (run.policy.capacity() + run.policy.max_overdraft()) as f64);
         let top_admitted = admitted.iter().map(|p| p.1).max().unwrap_or(0) as f64;
         let top_offered = offered.iter().map(|p| p.1).max().unwrap_or(0) as f64;
         // Offered traffic far above the limit would flatten everything else:
         // cap the axis at 4x what matters and clip the offered line to it.
-        let top = top_offered.min(4.0 * top_admitted.max(limit)).max(top_admitted).max(limit)
+        let top = top_offered
+            .min(4.0 * top_admitted.max(limit))
+            .max(top_admitted)
+            .max(most.unwrap_or(limit))
             // Headroom for the legend above the data.
             * 1.45;
         let clip = |v: u64| (v as f64).min(top);
@@ -160,10 +183,16 @@ where
         if text {
             builder
                 .caption(
-                    format!(
-                        "{}: admitted {} of {}, at most {} in one period",
-                        run.policy, run.admitted, run.offered, run.worst_window
-                    ),
+                    match &run.costs {
+                        Some(costs) => format!(
+                            "{}: admitted {} of {}, at most {} units in one period",
+                            run.policy, run.admitted, run.offered, costs.worst_window
+                        ),
+                        None => format!(
+                            "{}: admitted {} of {}, at most {} in one period",
+                            run.policy, run.admitted, run.offered, run.worst_window
+                        ),
+                    },
                     ("sans-serif", 15),
                 )
                 .x_label_area_size(32)
@@ -175,7 +204,11 @@ where
         if text {
             ctx.configure_mesh()
                 .x_desc("time (s)")
-                .y_desc("in the last period")
+                .y_desc(if chart.costs.is_some() {
+                    "units in the last period"
+                } else {
+                    "in the last period"
+                })
                 .label_style(("sans-serif", 12))
                 .axis_desc_style(("sans-serif", 12))
                 .light_line_style(WHITE.mix(0.0))
@@ -188,7 +221,11 @@ where
             OFFERED.stroke_width(2),
         ))
         .map_err(|e| e.to_string())?
-        .label("offered")
+        .label(if chart.costs.is_some() {
+            "offered cost"
+        } else {
+            "offered"
+        })
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], OFFERED.stroke_width(2)));
         ctx.draw_series(LineSeries::new(
             [(0.0, limit), (secs, limit)],
@@ -197,13 +234,25 @@ where
         .map_err(|e| e.to_string())?
         .label(format!("limit {} per period", run.policy.limit()))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], LIMIT.stroke_width(1)));
+        if let Some(most) = most {
+            let style = LIMIT.mix(0.45).stroke_width(1);
+            ctx.draw_series(LineSeries::new([(0.0, most), (secs, most)], style))
+                .map_err(|e| e.to_string())?
+                .label(format!(
+                    "capacity + max_overdraft {}",
+                    run.policy.max_overdraft()
+                ))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], style));
+        }
         let color = color(run.policy.algorithm());
         ctx.draw_series(LineSeries::new(
             admitted.iter().copied().map(to_xy),
             color.stroke_width(2),
         ))
         .map_err(|e| e.to_string())?
-        .label(if run.policy.algorithm() == Algorithm::LeakyBucket {
+        .label(if run.costs.is_some() {
+            "charged (kept)"
+        } else if run.policy.algorithm() == Algorithm::LeakyBucket {
             "admitted (when it proceeds)"
         } else {
             "admitted"
@@ -226,39 +275,55 @@ where
 /// cut into `samples` equal slices: for each slice, its start and the
 /// largest value the count takes within it.
 pub fn rolling_max(times: &[u64], period: u64, duration: u64, samples: usize) -> Vec<(u64, u64)> {
+    rolling_max_by(times, |t| *t, |_| 1, period, duration, samples)
+}
+
+/// [`rolling_max`] of weighted items, sorted by `at`: the sliding sum of
+/// the weights of the items in `(t - period, t]`.
+pub fn rolling_max_by<T>(
+    items: &[T],
+    at: impl Fn(&T) -> u64,
+    weight: impl Fn(&T) -> u64,
+    period: u64,
+    duration: u64,
+    samples: usize,
+) -> Vec<(u64, u64)> {
     let samples = samples.max(1);
     let mut out = Vec::with_capacity(samples);
     let (mut added, mut removed) = (0usize, 0usize);
+    let mut count = 0u64;
     let next_event = |added: usize, removed: usize| -> Option<u64> {
-        let add = times.get(added).copied();
-        let remove = times.get(removed).map(|t| t + period);
+        let add = items.get(added).map(&at);
+        let remove = items.get(removed).map(|i| at(i) + period);
         match (add, remove) {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
         }
     };
-    // Applies every event at instant `at` (a request entering the window,
+    // Applies every event at instant `when` (an item entering the window,
     // or one leaving it one period later).
-    let apply = |at: u64, added: &mut usize, removed: &mut usize| {
-        while times.get(*added) == Some(&at) {
+    let apply = |when: u64, added: &mut usize, removed: &mut usize, count: &mut u64| {
+        while let Some(item) = items.get(*added).filter(|i| at(i) == when) {
+            *count += weight(item);
             *added += 1;
         }
-        while times.get(*removed).map(|t| t + period) == Some(at) {
+        while let Some(item) = items.get(*removed).filter(|i| at(i) + period == when) {
+            *count -= weight(item);
             *removed += 1;
         }
     };
     for slice in 0..samples {
         let start = (duration as u128 * slice as u128 / samples as u128) as u64;
         let end = (duration as u128 * (slice as u128 + 1) / samples as u128) as u64;
-        while let Some(at) = next_event(added, removed).filter(|&at| at <= start) {
-            apply(at, &mut added, &mut removed);
+        while let Some(when) = next_event(added, removed).filter(|&w| w <= start) {
+            apply(when, &mut added, &mut removed, &mut count);
         }
-        let mut most = added - removed;
-        while let Some(at) = next_event(added, removed).filter(|&at| at < end) {
-            apply(at, &mut added, &mut removed);
-            most = most.max(added - removed);
+        let mut most = count;
+        while let Some(when) = next_event(added, removed).filter(|&w| w < end) {
+            apply(when, &mut added, &mut removed, &mut count);
+            most = most.max(count);
         }
-        out.push((start, most as u64));
+        out.push((start, most));
     }
     out
 }
@@ -289,5 +354,15 @@ mod tests {
         assert_eq!(rolling_max(&[10, 11, 12], 5, 100, 1), vec![(0, 3)]);
         let fine = rolling_max(&[10, 11, 12], 5, 20, 4);
         assert_eq!(fine, vec![(0, 0), (5, 0), (10, 3), (15, 2)]);
+    }
+
+    #[test]
+    fn rolling_max_by_sums_the_weights_in_the_window() {
+        // 5 units at 10, 7 at 12: 12 in the window at 12, 7 from 15 (the
+        // first left), 0 from 17.
+        let items = [(10u64, 5u64), (12, 7)];
+        let by = |d, n| rolling_max_by(&items, |i| i.0, |i| i.1, 5, d, n);
+        assert_eq!(by(100, 1), vec![(0, 12)]);
+        assert_eq!(by(20, 4), vec![(0, 0), (5, 0), (10, 12), (15, 7)]);
     }
 }

@@ -23,19 +23,20 @@
 -- integers of a one-unit peek.
 --
 -- The record is one string: "<deadline µs> <estimate> <until_1> ...
--- <until_n>", once settled followed by ";<actual> <returned_1> <charged_1>
--- <unpaid_1> ...", then "|" and the names. It expires at its deadline
+-- <until_n>" (0 for a policy that takes nothing back), once settled
+-- followed by ";<actual> <returned_1> <charged_1> <unpaid_1> ...", then
+-- "|" and the names. It expires at its deadline
 -- (PXAT), which a settle keeps.
 
 -- Step 1 of a reservation: until when each policy's units may be given
--- back, read before anything is charged (a policy with no LEASE_UNTIL:
--- now, nothing goes back).
+-- back, read before anything is charged. A policy that takes nothing back
+-- (no GIVE_BACK: the buckets) reads nothing and keeps 0, which a settle
+-- never uses.
 reserve_begin = function(keys, policies, n, now)
   local untils = {}
   for i = 1, n do
-    local lease_until = LEASE_UNTIL[policies[i].name]
-    local until_ = now
-    if lease_until then until_ = lease_until(keys[i], policies[i], now) end
+    local name, until_ = policies[i].name, 0
+    if GIVE_BACK[name] then until_ = LEASE_UNTIL[name](keys[i], policies[i], now) end
     untils[i] = until_
   end
   return untils

@@ -5,7 +5,10 @@
 -- decision compares).
 OVERDRAW.sliding_window = function(key, p, now, units, max_overdraft)
   local period = p.period
-  local window, pv, cv = sliding_window_at(key, p, now)
+  local window, pv, cv, own = sliding_window_at(key, p, now)
+  -- In the window it was counted in, the count as stored (past the limit:
+  -- an earlier overdraft's debt), at most past a full overdraft.
+  if own then cv = imin(own, p.limit + max_overdraft) end
   local weighted = pv * (period - imax(0, now - window)) + cv * period
   local room = idiv(imax(0, (p.limit + max_overdraft) * period - weighted), period)
   local charged = imin(units, room)
