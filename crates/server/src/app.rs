@@ -23,10 +23,11 @@ use crate::store::{ResilientStore, RoutedStore, ServerStore};
 /// the domain and every entry into the key, so they get more room.
 pub const MAX_LIMITER_KEY: usize = 8 * 1024;
 
-/// How long the one-unit reservation of [`App::charge_after`] stays open:
-/// it is settled by the next store call, so it only has to outlive that
-/// call; short, so that these reservations never crowd a memory store's
-/// table (`store.max_reservations`).
+/// How long the one-unit reservation of [`App::charge_after`] stays open
+/// at least (longer with a store timeout above a second: twice the
+/// timeout): it is settled by the next store call, so it only has to
+/// outlive the two calls; short, so that these reservations never crowd a
+/// memory store's table (`store.max_reservations`).
 pub const AFTER_THE_FACT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What [`App::charge_after`] did.
@@ -523,9 +524,16 @@ impl App {
                 tollgate::reservation::MAX_AMOUNT
             )));
         }
-        let reservation = self
-            .reserve(loaded, &[name], key, 1, AFTER_THE_FACT_DEADLINE)
-            .await?;
+        // The store section in force (a reload's is ignored until a restart).
+        let store = &self.store_settings;
+        let timeout = store
+            .per_second
+            .as_ref()
+            .map_or(store.timeout, |second| second.timeout.max(store.timeout));
+        let deadline = AFTER_THE_FACT_DEADLINE
+            .max(timeout.saturating_mul(2))
+            .min(tollgate::reservation::MAX_DEADLINE);
+        let reservation = self.reserve(loaded, &[name], key, 1, deadline).await?;
         let decision = reservation
             .decision
             .decisions
