@@ -90,6 +90,21 @@ impl ServerStore {
         }
     }
 
+    /// Why this store cannot keep a reservation of `policies` for `key`:
+    /// a limit kept on envoyproxy/ratelimit's counter; `None` when it can.
+    pub fn refuses_reservation(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+    ) -> Option<StoreError> {
+        match self {
+            ServerStore::Redis(store) if envoy_counter(store, key, policies).is_some() => {
+                Some(NOT_ON_ENVOY_COUNTERS)
+            }
+            _ => None,
+        }
+    }
+
     /// `(open reservations, reservations evicted)` of the memory store;
     /// `None` on Redis.
     pub fn reservation_usage(&self) -> Option<(usize, u64)> {
@@ -259,9 +274,7 @@ const NOT_ACROSS_STORES: StoreError = StoreError::Unsupported(
 );
 
 /// Why a store that keeps no reservations is not asked for one.
-const NO_RESERVATIONS: StoreError = StoreError::Unsupported(
-    "reservations: this store keeps none (this version's Redis store does not implement them)",
-);
+const NO_RESERVATIONS: StoreError = StoreError::Unsupported("reservations: this store keeps none");
 
 /// The envoyproxy/ratelimit counter a check on `store` is kept in, and its
 /// policy: `None` for tollgate's layout.
@@ -350,9 +363,13 @@ impl RoutedStore {
         }
     }
 
-    /// The one store that holds every policy of a reservation, if it keeps
-    /// reservations.
-    fn reserving_store(&self, policies: &[PolicyRef<'_>]) -> Result<&ResilientStore, StoreError> {
+    /// The one store that holds every policy of a reservation of `key`, if
+    /// it can keep it.
+    fn reserving_store(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+    ) -> Result<&ResilientStore, StoreError> {
         let store = match self.split(policies) {
             None => &self.main,
             Some((_, split)) if split.main.is_empty() => {
@@ -361,10 +378,12 @@ impl RoutedStore {
             Some((_, split)) if split.per_second.is_empty() => &self.main,
             Some(_) => return Err(NOT_ACROSS_STORES),
         };
-        if store.reserves() {
-            Ok(store)
-        } else {
-            Err(NO_RESERVATIONS)
+        if !store.reserves() {
+            return Err(NO_RESERVATIONS);
+        }
+        match store.get_ref().refuses_reservation(key, policies) {
+            Some(refused) => Err(refused),
+            None => Ok(store),
         }
     }
 
@@ -472,12 +491,12 @@ impl Store for RoutedStore {
 
     /// The store of every policy of the reservation; refused
     /// ([`StoreError::Unsupported`]) when they are on both stores (a
-    /// reservation is one atomic step in one store) and when that store
-    /// keeps no reservations — refused here, before its resilience layer,
-    /// so that a refusal never counts as a store failure towards opening
-    /// the circuit breaker.
+    /// reservation is one atomic step in one store), when that store keeps
+    /// no reservations, and on envoyproxy/ratelimit's counters — refused
+    /// here, before its resilience layer, so that a refusal never counts as
+    /// a store failure towards opening the circuit breaker.
     async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
-        self.reserving_store(call.check.policies)?
+        self.reserving_store(call.check.key, call.check.policies)?
             .reserve(call)
             .await
     }
@@ -485,7 +504,9 @@ impl Store for RoutedStore {
     /// The store of every policy of the reservation, as
     /// [`reserve`](Store::reserve) picks it.
     async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
-        self.reserving_store(call.policies)?.settle(call).await
+        self.reserving_store(call.key, call.policies)?
+            .settle(call)
+            .await
     }
 
     fn reserves(&self) -> bool {
@@ -677,6 +698,26 @@ mod tests {
             matches!(settle, Err(StoreError::Unsupported(_))),
             "{settle:?}"
         );
+        // Through the server's router: refused before the resilience
+        // layer, so never a store failure towards the breaker.
+        let routed = RoutedStore::new(
+            Resilient::new(store, tollgate::resilience::ResilienceOptions::default()),
+            None,
+        );
+        for _ in 0..10 {
+            let refused = routed
+                .reserve(ReserveCall {
+                    check: Check::new(key, &refs, 3, Mode::Consume),
+                    nonce: 2,
+                    deadline_us: 1_000_000,
+                })
+                .await;
+            assert!(
+                matches!(refused, Err(StoreError::Unsupported(_))),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(routed.main().stats().failures, 0);
         assert_eq!(server.cli(&["KEYS", "res_*"]), "");
     }
 }
