@@ -198,3 +198,67 @@ async fn charged_after_the_fact_on_the_memory_store() {
 async fn charged_after_the_fact_on_redis() {
     charged_after_the_fact(Backend::redis()).await;
 }
+
+/// Many stream-done calls at once against one user's budget: what is
+/// charged never passes the limit plus the overdraft, and every hit is
+/// either charged or reported unpaid.
+async fn concurrent_charges_hold_the_budget(backend: Backend) {
+    let server = std::sync::Arc::new(TestServer::start_text(backend, CONFIG).await);
+    let mut tasks = Vec::new();
+    for task in 0..16u64 {
+        let server = std::sync::Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0;
+            for call in 0..10u64 {
+                // 1 to 40 hits, spread over the calls.
+                let hits = 1 + (task * 7 + call * 13) % 40;
+                assert_eq!(
+                    status(&server, &[("user", "crowd")], Some(hits), 0).await.0,
+                    Code::Ok
+                );
+                sent += hits;
+            }
+            sent
+        }));
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await.unwrap();
+    }
+    // Each charge is a one-unit reservation (counted allowed), settled at
+    // its hits (the rest counted charged or unpaid).
+    let reserved = metric(
+        &server,
+        r#"tollgate_reservations_total{policy="tokens",outcome="allowed"}"#,
+    )
+    .await;
+    let charged = reserved
+        + metric(
+            &server,
+            r#"tollgate_settle_units_total{policy="tokens",units="charged"}"#,
+        )
+        .await;
+    let unpaid = metric(
+        &server,
+        r#"tollgate_settle_units_total{policy="tokens",units="unpaid"}"#,
+    )
+    .await;
+    assert!(sent > 1200, "{sent} hits sent: the budget must be overrun");
+    assert_eq!(charged + unpaid, sent);
+    assert!(charged <= 1000 + 200, "{charged} charged");
+    // Spent: the next request is refused.
+    assert_eq!(
+        status(&server, &[("user", "crowd")], Some(0), 0).await.0,
+        Code::OverLimit
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_charges_hold_the_budget_on_the_memory_store() {
+    concurrent_charges_hold_the_budget(Backend::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_charges_hold_the_budget_on_redis() {
+    concurrent_charges_hold_the_budget(Backend::redis()).await;
+}
