@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tollgate::overrides::Overrides;
 use tollgate::resilience::{BreakerState, ResilienceOptions, Resilient};
-use tollgate::{Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Store};
+use tollgate::{
+    Algorithm, Error, Limiter, Mode, MultiDecision, Policy, PolicyRef, Reservation, ReservationId,
+    SettleAnswer, Store,
+};
 
 use crate::config::{Config, ConfigError, ConfigSource, FailureMode, StoreKind, StoreSettings};
 use crate::health::{Context, StoreHealth};
-use crate::metrics::{ExternalGauges, Metrics, Outcome, StoreGauges};
+use crate::metrics::{ExternalGauges, Metrics, Outcome, SettleResult, StoreGauges};
 use crate::stats::Dashboard;
 use crate::store::{ResilientStore, RoutedStore, ServerStore};
 
@@ -20,6 +23,17 @@ use crate::store::{ResilientStore, RoutedStore, ServerStore};
 /// configured (smaller) `max_key_bytes` itself; Envoy descriptors encode
 /// the domain and every entry into the key, so they get more room.
 pub const MAX_LIMITER_KEY: usize = 8 * 1024;
+
+/// What [`App::charge_after`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterTheFact {
+    /// Units charged.
+    pub charged: u64,
+    /// Units not charged: past what remained plus `max_overdraft`.
+    pub unpaid: u64,
+    /// What the next request finds (a one-unit peek).
+    pub decision: tollgate::Decision,
+}
 
 /// One configuration and everything built from it. Requests take an `Arc`
 /// of the current one, so a reload never changes the rules under a request
@@ -270,6 +284,7 @@ impl App {
                 deny_cache_lookups: stats.deny_cache_lookups,
                 store_errors: stats.failures,
                 memory: store.get_ref().memory_usage(),
+                reservations: store.get_ref().reservation_usage(),
                 local: (stats.local_keys, stats.local_evictions),
                 breaker_opened: stats.breaker_opened,
                 leases: stats.leases,
@@ -432,6 +447,111 @@ impl App {
         let result = loaded.limiter.apply(policies, key, cost, mode).await;
         let names = policies.iter().map(|p| p.name);
         self.record(loaded, names, key, started, result, shadow)
+    }
+
+    /// Reserves `estimate` units of the named policies of `loaded` for
+    /// `key` until `deadline` ([`Limiter::reserve`]), and counts it: as a
+    /// decision of each policy, and as a reservation allowed or denied.
+    ///
+    /// # Errors
+    /// As [`Limiter::reserve`]: unknown policy, a policy that cannot be
+    /// reserved, out-of-bounds amounts or deadline, a store that keeps no
+    /// reservations or fails (a reservation is never decided by the
+    /// failure mode: a settle elsewhere must find it in the store).
+    pub async fn reserve(
+        &self,
+        loaded: &Loaded,
+        names: &[&str],
+        key: &[u8],
+        estimate: u64,
+        deadline: Duration,
+    ) -> Result<Reservation, Error> {
+        let started = Instant::now();
+        let reservation = match loaded.limiter.reserve(names, key, estimate, deadline).await {
+            Ok(reservation) => reservation,
+            Err(error) => {
+                self.metrics.store_latency(started.elapsed());
+                return Err(error);
+            }
+        };
+        let Reservation { decision, id } = reservation;
+        let decision = self.record(
+            loaded,
+            names.iter().copied(),
+            key,
+            started,
+            Ok(decision),
+            false,
+        )?;
+        for name in names {
+            self.metrics.reservation(name, decision.allowed);
+        }
+        Ok(Reservation { decision, id })
+    }
+
+    /// Settles the reservation `id` at `actual` units ([`Limiter::settle`];
+    /// 0 cancels it), and counts what the settle found and what it did to
+    /// each policy.
+    ///
+    /// # Errors
+    /// As [`Limiter::settle`].
+    pub async fn settle(
+        &self,
+        loaded: &Loaded,
+        id: &ReservationId,
+        actual: u64,
+    ) -> Result<Option<SettleAnswer>, Error> {
+        let started = Instant::now();
+        let result = loaded.limiter.settle(id, actual).await;
+        self.metrics.store_latency(started.elapsed());
+        match &result {
+            Ok(None) | Err(Error::UnknownPolicy(_)) => self.metrics.settle(SettleResult::Unknown),
+            Ok(Some(answer)) if answer.replayed => self.metrics.settle(SettleResult::Replayed),
+            Ok(Some(answer)) => {
+                self.metrics.settle(SettleResult::Settled);
+                // The store found the reservation: its names are policies
+                // of the configuration, a bounded set.
+                for (name, settled) in id.policies().zip(&answer.settled) {
+                    self.metrics.settled_units(name, settled);
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Charges `units` of the policy `name` to `key` after the fact (an
+    /// Envoy descriptor with `settle: true`, on the call Envoy makes when
+    /// the stream is done): charged whether or not they fit, overdrawing
+    /// the policy by at most its `max_overdraft`, the rest unpaid, in one
+    /// atomic step of the store ([`Limiter::charge`]). Counted as units
+    /// charged and unpaid.
+    ///
+    /// # Errors
+    /// As [`Limiter::charge`].
+    pub async fn charge_after(
+        &self,
+        loaded: &Loaded,
+        name: &str,
+        key: &[u8],
+        units: u64,
+    ) -> Result<AfterTheFact, Error> {
+        let started = Instant::now();
+        let result = loaded.limiter.charge(&[name], key, units).await;
+        self.metrics.store_latency(started.elapsed());
+        let answer = result?;
+        let settled = answer.settled.first().copied().unwrap_or_default();
+        self.metrics.settled_units(name, &settled);
+        let decision = match answer.decisions.first() {
+            Some(decision) => *decision,
+            // Unlimited by an override: nothing charged, nothing owed.
+            None => loaded.limiter.peek(name, key, 1).await?,
+        };
+        Ok(AfterTheFact {
+            charged: settled.charged,
+            unpaid: settled.unpaid,
+            decision,
+        })
     }
 
     /// Records a decision of `key` started at `started`: latency, the

@@ -221,7 +221,7 @@ fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
     let _ = writeln!(out, "tollgate serving");
     let _ = writeln!(
         out,
-        "  HTTP   http://{http}  POST /v1/check /v1/peek /v1/reset /json; GET / (dashboard) /v1/policies /v1/stats /metrics /healthz /readyz /healthcheck /rlconfig; PUT GET DELETE /v1/overrides"
+        "  HTTP   http://{http}  POST /v1/check /v1/peek /v1/reserve /v1/settle /v1/cancel /v1/reset /json; GET / (dashboard) /v1/policies /v1/stats /metrics /healthz /readyz /healthcheck /rlconfig; PUT GET DELETE /v1/overrides"
     );
     let _ = writeln!(
         out,

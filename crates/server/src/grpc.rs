@@ -360,11 +360,15 @@ fn plan<'a>(
 }
 
 /// The cost and mode of one descriptor: its own `hits_addend` wins, 0
-/// included (a peek); the request's 0 means 1.
-fn hits(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) -> (u64, Mode) {
+/// included (a peek); otherwise the request's, where 0 means 1 — except on
+/// a descriptor charged after the fact (`settle`), where 0 is a peek too:
+/// its request-path call asks whether anything remains, and only the
+/// stream-done call brings hits.
+fn hits(request: &RateLimitRequest, descriptor: &RateLimitDescriptor, settle: bool) -> (u64, Mode) {
     match descriptor.hits_addend.as_ref().map(|h| h.value) {
         Some(0) => (1, Mode::Peek),
         Some(n) => (n, Mode::Consume),
+        None if settle && request.hits_addend == 0 => (1, Mode::Peek),
         None => (u64::from(request.hits_addend.max(1)), Mode::Consume),
     }
 }
@@ -556,12 +560,15 @@ async fn would_be_over(loaded: &Loaded, request: &RateLimitRequest, plans: &[Pla
             Applied::Unlimited => false,
             Applied::DenyAll { .. } => true,
             Applied::Policy { name, policy, .. } => {
-                let (cost, _) = hits(request, descriptor);
+                let (cost, mode) = hits(request, descriptor, m.settle);
                 let refs = [PolicyRef { name, policy }];
-                matches!(
-                    loaded.limiter.apply(&refs, key, cost, Mode::Peek).await,
-                    Ok(d) if d.decisions.first().is_some_and(|d| !d.allowed)
-                )
+                // Hits charged after the fact are never over: they are
+                // charged whatever remains.
+                !(m.settle && mode == Mode::Consume)
+                    && matches!(
+                        loaded.limiter.apply(&refs, key, cost, Mode::Peek).await,
+                        Ok(d) if d.decisions.first().is_some_and(|d| !d.allowed)
+                    )
             }
         };
         overall.add(denied && !m.shadow, is_quota(envoy.quota_mode, Some(m)));
@@ -666,7 +673,7 @@ impl RateLimitGrpc {
     ) -> Result<DescriptorStatus, Status> {
         let near_ratio = loaded.config.envoy.near_limit_ratio;
         let metrics = self.app.metrics();
-        let (cost, mode) = hits(request, descriptor);
+        let (cost, mode) = hits(request, descriptor, m.settle);
         let counted = if mode == Mode::Peek { 0 } else { cost };
         match &m.rule.applied {
             Applied::Unlimited => Ok(DescriptorStatus {
@@ -693,6 +700,43 @@ impl RateLimitGrpc {
                 policy,
                 unit,
                 requests_per_unit,
+            } if m.settle && mode == Mode::Consume => {
+                // Charged after the fact, whatever the request's other
+                // descriptors say (`charge` included): the response is done.
+                // A boxed trait object: two store calls nested in this
+                // future make its type too deep for the compiler to prove
+                // the service's future `Send` otherwise.
+                let after: std::pin::Pin<
+                    Box<dyn Future<Output = Result<_, tollgate::Error>> + Send + '_>,
+                > = Box::pin(self.app.charge_after(loaded, name, key, cost));
+                let after = after.await.map_err(status_of)?;
+                let d = after.decision;
+                metrics.envoy_hits(
+                    &m.stat_key,
+                    EnvoyHits {
+                        total_hits: cost,
+                        within_limit: after.charged,
+                        over_limit: after.unpaid,
+                        ..EnvoyHits::default()
+                    },
+                );
+                decided.push(PolicyDecision::new(name, policy, d));
+                // Never over: Envoy makes this call when the stream is done
+                // and does not read the answer.
+                Ok(limit_status(
+                    &m.rule,
+                    false,
+                    *requests_per_unit,
+                    *unit,
+                    d.remaining,
+                    d.reset_after,
+                ))
+            }
+            Applied::Policy {
+                name,
+                policy,
+                unit,
+                requests_per_unit,
             } => {
                 let mode = if charge { mode } else { Mode::Peek };
                 let refs = [PolicyRef { name, policy }];
@@ -700,10 +744,7 @@ impl RateLimitGrpc {
                     .app
                     .decide_policies(loaded, &refs, key, cost, mode, m.shadow)
                     .await
-                    .map_err(|e| match e {
-                        tollgate::Error::Store(e) => Status::unavailable(e.to_string()),
-                        other => Status::invalid_argument(other.to_string()),
-                    })?;
+                    .map_err(status_of)?;
                 let Some(d) = decision.decisions.first().copied() else {
                     return Err(Status::internal("no decision"));
                 };
@@ -730,6 +771,20 @@ impl RateLimitGrpc {
                 ))
             }
         }
+    }
+}
+
+/// The gRPC status of a limiter error: the store failing is
+/// `UNAVAILABLE`; a store that cannot keep a reservation (a limit charged
+/// after the fact on envoyproxy/ratelimit's counters, or on a store that
+/// keeps none) `UNIMPLEMENTED`; anything else `INVALID_ARGUMENT`.
+fn status_of(error: tollgate::Error) -> Status {
+    match error {
+        tollgate::Error::Store(e @ tollgate::StoreError::Unsupported(_)) => {
+            Status::unimplemented(e.to_string())
+        }
+        tollgate::Error::Store(e) => Status::unavailable(e.to_string()),
+        other => Status::invalid_argument(other.to_string()),
     }
 }
 

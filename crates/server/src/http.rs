@@ -12,6 +12,7 @@
 //! an Envoy descriptor or of the middleware (docs/SERVER.md, "Key spaces").
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -24,9 +25,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use tollgate::answer::{self, Answer, PolicyDecision, ceil_millis};
 use tollgate::keyspace::KeySpace;
-use tollgate::{Decision, Error, Mode};
+use tollgate::reservation::{DEFAULT_DEADLINE, MAX_AMOUNT, MAX_DEADLINE};
+use tollgate::{Decision, Error, Mode, MultiDecision, Policy, ReservationId, StoreError};
 
-use crate::app::App;
+use crate::app::{App, Loaded};
 use crate::overrides;
 
 /// The most policies one multi-policy check may name.
@@ -37,6 +39,9 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/check", post(check))
         .route("/v1/peek", post(peek))
+        .route("/v1/reserve", post(reserve))
+        .route("/v1/settle", post(settle))
+        .route("/v1/cancel", post(cancel))
         .route("/v1/reset", post(reset))
         .route("/v1/policies", get(policies))
         .route("/v1/overrides", get(overrides::list))
@@ -173,7 +178,27 @@ pub struct ResetRequest {
 pub fn decode_check(body: &[u8], max_key_bytes: usize) -> Result<ValidCheck, Problem> {
     let request: CheckRequest = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
-    let (policies, single) = match (request.policy, request.policies) {
+    let (policies, single) = named_policies(request.policy, request.policies)?;
+    check_key(&request.key, max_key_bytes)?;
+    let cost = match request.cost {
+        None => 1,
+        Some(n) => whole("cost", &n, 1, u64::from(u32::MAX))?,
+    };
+    Ok(ValidCheck {
+        policies,
+        single,
+        key: request.key,
+        cost,
+    })
+}
+
+/// The policies a request names: one `policy` (`single`) or a `policies`
+/// list, bounded, without duplicates.
+fn named_policies(
+    policy: Option<String>,
+    list: Option<Vec<String>>,
+) -> Result<(Vec<String>, bool), Problem> {
+    let (policies, single) = match (policy, list) {
         (Some(p), None) => (vec![p], true),
         (None, Some(list)) => (list, false),
         (Some(_), Some(_)) => {
@@ -202,37 +227,128 @@ pub fn decode_check(body: &[u8], max_key_bytes: usize) -> Result<ValidCheck, Pro
         let error = Error::DuplicatePolicy(name.to_owned());
         return Err(Problem::bad_request(error.to_string()));
     }
+    Ok((policies, single))
+}
+
+/// The JSON number `n` of the field `name` as a whole number from `min` to
+/// `max`; otherwise a `400` saying which bound it misses.
+fn whole(name: &str, n: &serde_json::Number, min: u64, max: u64) -> Result<u64, Problem> {
+    match (n.as_u64(), n.as_i64()) {
+        (Some(v), _) if v < min => Err(Problem::bad_request(format!(
+            "`{name}` must be at least {min}"
+        ))),
+        (Some(v), _) if v > max => Err(Problem::bad_request(format!(
+            "`{name}` {v} is above the maximum of {max}"
+        ))),
+        (Some(v), _) => Ok(v),
+        (None, Some(_)) => Err(Problem::bad_request(format!(
+            "`{name}` must be at least {min}, not {n}"
+        ))),
+        (None, None) => Err(Problem::bad_request(format!(
+            "`{name}` must be a whole number from {min} to {max}, not {n}"
+        ))),
+    }
+}
+
+/// The body of `/v1/reserve`: `/v1/check`'s, with `estimate` in place of
+/// `cost`, and a deadline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveRequest {
+    /// One policy.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Several policies, all-or-nothing.
+    #[serde(default)]
+    pub policies: Option<Vec<String>>,
+    /// Who is charged.
+    pub key: String,
+    /// Units reserved: 1 to [`MAX_AMOUNT`].
+    pub estimate: serde_json::Number,
+    /// How long the reservation stays open, in milliseconds: 1 to
+    /// [`MAX_DEADLINE`]'s; default [`DEFAULT_DEADLINE`]'s.
+    #[serde(default)]
+    pub deadline_ms: Option<serde_json::Number>,
+}
+
+/// A reserve request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidReserve {
+    /// The policies, at least one, no duplicates.
+    pub policies: Vec<String>,
+    /// Whether the request named one `policy` (the response is flat).
+    pub single: bool,
+    /// The key.
+    pub key: String,
+    /// The estimate, 1 to [`MAX_AMOUNT`].
+    pub estimate: u64,
+    /// How long the reservation stays open.
+    pub deadline: Duration,
+}
+
+/// Decodes and validates a `/v1/reserve` body.
+///
+/// # Errors
+/// A `400` [`Problem`] naming what is wrong.
+pub fn decode_reserve(body: &[u8], max_key_bytes: usize) -> Result<ValidReserve, Problem> {
+    let request: ReserveRequest = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
+    let (policies, single) = named_policies(request.policy, request.policies)?;
     check_key(&request.key, max_key_bytes)?;
-    let cost = match request.cost {
-        None => 1,
-        Some(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(0), _) => return Err(Problem::bad_request("`cost` must be at least 1")),
-            (Some(c), _) if c > u64::from(u32::MAX) => {
-                return Err(Problem::bad_request(format!(
-                    "`cost` {c} is above the maximum of {}",
-                    u32::MAX
-                )));
-            }
-            (Some(c), _) => c,
-            (None, Some(_)) => {
-                return Err(Problem::bad_request(format!(
-                    "`cost` must be at least 1, not {n}"
-                )));
-            }
-            (None, None) => {
-                return Err(Problem::bad_request(format!(
-                    "`cost` must be a whole number from 1 to {}, not {n}",
-                    u32::MAX
-                )));
-            }
-        },
+    let estimate = whole("estimate", &request.estimate, 1, MAX_AMOUNT)?;
+    let max_ms = u64::try_from(MAX_DEADLINE.as_millis()).unwrap_or(u64::MAX);
+    let deadline = match &request.deadline_ms {
+        None => DEFAULT_DEADLINE,
+        Some(n) => Duration::from_millis(whole("deadline_ms", n, 1, max_ms)?),
     };
-    Ok(ValidCheck {
+    Ok(ValidReserve {
         policies,
         single,
         key: request.key,
-        cost,
+        estimate,
+        deadline,
     })
+}
+
+/// The body of `/v1/settle`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleRequest {
+    /// The reservation, as `/v1/reserve` answered it.
+    pub reservation: String,
+    /// Units actually spent: 0 to [`MAX_AMOUNT`].
+    pub actual: serde_json::Number,
+}
+
+/// The body of `/v1/cancel`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// The reservation, as `/v1/reserve` answered it.
+    pub reservation: String,
+}
+
+/// Decodes and validates a `/v1/settle` body (`cancel`: a `/v1/cancel`
+/// body, settled at 0): the reservation and the actual cost.
+///
+/// # Errors
+/// A `400` [`Problem`] naming what is wrong.
+pub fn decode_settle(body: &[u8], cancel: bool) -> Result<(ReservationId, u64), Problem> {
+    let invalid = |e: serde_json::Error| Problem::bad_request(format!("invalid request body: {e}"));
+    let (text, actual) = if cancel {
+        let request: CancelRequest = serde_json::from_slice(body).map_err(invalid)?;
+        (request.reservation, 0)
+    } else {
+        let request: SettleRequest = serde_json::from_slice(body).map_err(invalid)?;
+        let actual = whole("actual", &request.actual, 0, MAX_AMOUNT)?;
+        (request.reservation, actual)
+    };
+    let id = text.parse::<ReservationId>().map_err(|_| {
+        Problem::bad_request(
+            "`reservation` is not a reservation id (the opaque text `/v1/reserve` answered)",
+        )
+    })?;
+    Ok((id, actual))
 }
 
 fn check_key(key: &str, max: usize) -> Result<(), Problem> {
@@ -325,21 +441,45 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
     let server = &loaded.config.server;
     let body = read_body(body, server.max_body_bytes).await?;
     let request = decode_check(&body, server.max_key_bytes)?;
-    // Only the `policies:` section is addressable over HTTP; inline Envoy
-    // policies belong to their descriptors.
-    let mut policies = Vec::with_capacity(request.policies.len());
-    for name in &request.policies {
-        let policy = loaded.config.policies.get(name).ok_or_else(|| {
-            Problem::new(StatusCode::NOT_FOUND, format!("unknown policy `{name}`"))
-        })?;
-        policies.push((name.as_str(), policy));
-    }
+    let policies = configured(&loaded, &request.policies)?;
     let names: Vec<&str> = policies.iter().map(|(n, _)| *n).collect();
     let key = KeySpace::HttpJson.key(request.key.as_bytes());
     let result = app
         .decide(&loaded, &names, &key, request.cost, mode, false)
         .await
         .map_err(limiter_problem)?;
+    decision_response(&policies, &result, request.single, None)
+}
+
+/// The named policies of the `policies:` section, or `404` for the first
+/// name that is not there. Only that section is addressable over HTTP;
+/// inline Envoy policies belong to their descriptors.
+fn configured<'a>(
+    loaded: &'a Loaded,
+    names: &'a [String],
+) -> Result<Vec<(&'a str, &'a Policy)>, Problem> {
+    names
+        .iter()
+        .map(|name| {
+            let policy = loaded.config.policies.get(name).ok_or_else(|| {
+                Problem::new(StatusCode::NOT_FOUND, format!("unknown policy `{name}`"))
+            })?;
+            Ok((name.as_str(), policy))
+        })
+        .collect()
+}
+
+/// The answer of a check (and of a reservation, whose `extra` field is
+/// added to the body): `200` with the decision (flat for a `single`
+/// policy, per policy otherwise) and the `RateLimit` header fields.
+fn decision_response(
+    policies: &[(&str, &Policy)],
+    result: &MultiDecision,
+    single: bool,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Result<Response, Problem> {
+    let internal =
+        |e: serde_json::Error| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     // What every adapter needs from the decisions, in one place.
     let views: Vec<PolicyDecision<'_>> = policies
         .iter()
@@ -347,29 +487,32 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
         .map(|((name, policy), d)| PolicyDecision::new(name, policy, *d))
         .collect();
     let answer = Answer::new(&views);
-    let body = if request.single {
+    let mut body = if single {
         let d = result
             .decisions
             .first()
             .ok_or_else(|| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "no decision"))?;
         let overridden = result.overridden.first().copied().unwrap_or(false);
-        serde_json::to_string(&DecisionBody::new(None, d, overridden))
+        serde_json::to_value(DecisionBody::new(None, d, overridden)).map_err(internal)?
     } else {
-        serde_json::to_string(&serde_json::json!({
+        serde_json::json!({
             "allowed": result.allowed,
             "retry_after_ms": answer.retry_after().map(ceil_millis),
-            "policies": names
+            "policies": policies
                 .iter()
                 .zip(&result.decisions)
                 .enumerate()
-                .map(|(i, (name, d))| {
+                .map(|(i, ((name, _), d))| {
                     let overridden = result.overridden.get(i).copied().unwrap_or(false);
                     DecisionBody::new(Some(name), d, overridden)
                 })
                 .collect::<Vec<_>>(),
-        }))
+        })
+    };
+    if let (Some((name, value)), Some(object)) = (extra, body.as_object_mut()) {
+        object.insert(name.to_owned(), value);
     }
-    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = serde_json::to_string(&body).map_err(internal)?;
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -399,10 +542,136 @@ async fn try_decide(app: &App, body: Body, mode: Mode) -> Result<Response, Probl
     Ok(response)
 }
 
+async fn reserve(State(app): State<Arc<App>>, body: Body) -> Response {
+    try_reserve(&app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/reserve`: decided as `/v1/check` of the estimate, answered
+/// as it, plus `reservation`: the opaque id to settle, `null` when denied
+/// (or when every policy is unlimited by an override: nothing to settle).
+async fn try_reserve(app: &App, body: Body) -> Result<Response, Problem> {
+    let loaded = app.current();
+    let server = &loaded.config.server;
+    let body = read_body(body, server.max_body_bytes).await?;
+    let request = decode_reserve(&body, server.max_key_bytes)?;
+    let policies = configured(&loaded, &request.policies)?;
+    let names: Vec<&str> = policies.iter().map(|(n, _)| *n).collect();
+    let key = KeySpace::HttpJson.key(request.key.as_bytes());
+    let reservation = app
+        .reserve(&loaded, &names, &key, request.estimate, request.deadline)
+        .await
+        .map_err(limiter_problem)?;
+    let id = reservation
+        .id
+        .as_ref()
+        .map_or(serde_json::Value::Null, |id| id.to_string().into());
+    decision_response(
+        &policies,
+        &reservation.decision,
+        request.single,
+        Some(("reservation", id)),
+    )
+}
+
+async fn settle(State(app): State<Arc<App>>, body: Body) -> Response {
+    try_settle(&app, body, false)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn cancel(State(app): State<Arc<App>>, body: Body) -> Response {
+    try_settle(&app, body, true)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a settle did to one policy, as JSON.
+#[derive(Debug, Serialize)]
+struct SettledBody<'a> {
+    policy: &'a str,
+    returned: u64,
+    charged: u64,
+    unpaid: u64,
+    limit: u64,
+    remaining: u64,
+    reset_after_ms: u64,
+    retry_after_ms: Option<u64>,
+}
+
+/// `POST /v1/settle` (`cancel`: `POST /v1/cancel`, a settle at 0). A
+/// reservation is looked for only when its id names the HTTP API's key
+/// space and policies of the `policies:` section: an id naming anything
+/// else was not made here, and touches nothing.
+async fn try_settle(app: &App, body: Body, cancel: bool) -> Result<Response, Problem> {
+    let loaded = app.current();
+    let body = read_body(body, loaded.config.server.max_body_bytes).await?;
+    let (id, actual) = decode_settle(&body, cancel)?;
+    let unknown = || Problem::not_found("unknown or expired reservation");
+    if !matches!(KeySpace::split(id.key()), Some((KeySpace::HttpJson, _))) {
+        app.metrics().settle(crate::metrics::SettleResult::Unknown);
+        return Err(unknown());
+    }
+    if let Some(name) = id
+        .policies()
+        .find(|name| !loaded.config.policies.contains_key(*name))
+    {
+        app.metrics().settle(crate::metrics::SettleResult::Unknown);
+        return Err(Problem::not_found(format!(
+            "unknown or expired reservation: it names policy `{name}`, not configured (a \
+             reservation of a policy since removed settles at its estimate at its deadline)"
+        )));
+    }
+    let answer = app
+        .settle(&loaded, &id, actual)
+        .await
+        .map_err(limiter_problem)?
+        .ok_or_else(unknown)?;
+    if answer.replayed && answer.actual != actual {
+        return Err(Problem::conflict(format!(
+            "the reservation was already settled at an actual of {} (this {} asked {actual}): \
+             nothing changed",
+            answer.actual,
+            if cancel { "cancel" } else { "settle" },
+        )));
+    }
+    let policies: Vec<SettledBody<'_>> = id
+        .policies()
+        .zip(answer.settled.iter().zip(&answer.decisions))
+        .map(|(policy, (settled, decision))| SettledBody {
+            policy,
+            returned: settled.returned,
+            charged: settled.charged,
+            unpaid: settled.unpaid,
+            limit: decision.limit,
+            remaining: decision.remaining,
+            reset_after_ms: ceil_millis(decision.reset_after),
+            retry_after_ms: decision.retry_after.map(ceil_millis),
+        })
+        .collect();
+    let body = serde_json::json!({
+        "estimate": answer.estimate,
+        "actual": answer.actual,
+        "replayed": answer.replayed,
+        "policies": policies,
+    });
+    Ok((
+        StatusCode::OK,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
+}
+
 fn limiter_problem(error: Error) -> Problem {
     match error {
         Error::UnknownPolicy(name) => {
             Problem::new(StatusCode::NOT_FOUND, format!("unknown policy `{name}`"))
+        }
+        // Only reservations ask what a store may not do.
+        Error::Store(e @ StoreError::Unsupported(_)) => {
+            Problem::new(StatusCode::NOT_IMPLEMENTED, format!("cannot reserve: {e}"))
         }
         Error::Store(e) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -85,6 +85,9 @@ pub struct StoreGauges {
     pub store_errors: u64,
     /// `(entries, evictions)` of a memory store; `None` on Redis.
     pub memory: Option<(usize, u64)>,
+    /// `(open reservations, reservations evicted)` of a memory store;
+    /// `None` on Redis.
+    pub reservations: Option<(usize, u64)>,
     /// `(entries, evictions)` of the `local` fallback's in-memory state.
     pub local: (usize, u64),
     /// Times the circuit breaker opened from closed.
@@ -108,7 +111,50 @@ pub struct Metrics {
     /// Configurations loaded (at start and by reloads): `[success, error]`.
     config_loads: [AtomicU64; 2],
     envoy: EnvoyStats,
+    /// Per policy: reservations allowed, denied; units returned, charged,
+    /// unpaid by settles.
+    reservations: RwLock<HashMap<String, [AtomicU64; 5]>>,
+    /// Settles (and cancels) by [`SettleResult`].
+    settles: [AtomicU64; 3],
 }
+
+/// What a settle (or a cancel) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleResult {
+    /// An open reservation, settled now.
+    Settled,
+    /// A reservation settled before: nothing changed.
+    Replayed,
+    /// No such reservation (never made, or past its deadline).
+    Unknown,
+}
+
+impl SettleResult {
+    const ALL: [SettleResult; 3] = [
+        SettleResult::Settled,
+        SettleResult::Replayed,
+        SettleResult::Unknown,
+    ];
+
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            SettleResult::Settled => "settled",
+            SettleResult::Replayed => "replayed",
+            SettleResult::Unknown => "unknown",
+        }
+    }
+}
+
+/// The per-policy reservation series: `(family, label name, label value)`
+/// of each counter, in their order.
+const RESERVATION_SERIES: [(&str, &str, &str); 5] = [
+    ("tollgate_reservations_total", "outcome", "allowed"),
+    ("tollgate_reservations_total", "outcome", "denied"),
+    ("tollgate_settle_units_total", "units", "returned"),
+    ("tollgate_settle_units_total", "units", "charged"),
+    ("tollgate_settle_units_total", "units", "unpaid"),
+];
 
 impl Metrics {
     /// Counts one decision of `policy`.
@@ -129,6 +175,91 @@ impl Metrics {
         }
         let mut map = self.decisions.write().unwrap_or_else(|e| e.into_inner());
         map.entry(policy.to_owned()).or_default()[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one reservation of `policy`, allowed (its estimate charged) or
+    /// denied.
+    pub fn reservation(&self, policy: &str, allowed: bool) {
+        self.reservation_add(policy, usize::from(!allowed), 1);
+    }
+
+    /// Counts one settle or cancel by what it found.
+    pub fn settle(&self, result: SettleResult) {
+        self.settles[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts what a settle did to `policy`: units of the estimate given
+    /// back, units charged beyond it, units beyond it not charged.
+    pub fn settled_units(&self, policy: &str, settled: &tollgate::Settled) {
+        for (i, units) in [settled.returned, settled.charged, settled.unpaid]
+            .into_iter()
+            .enumerate()
+        {
+            if units > 0 {
+                self.reservation_add(policy, 2 + i, units);
+            }
+        }
+    }
+
+    fn reservation_add(&self, policy: &str, i: usize, n: u64) {
+        {
+            let map = self.reservations.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(counters) = map.get(policy) {
+                counters[i].fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut map = self.reservations.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(policy.to_owned()).or_default()[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `[settled, replayed, unknown]` settles so far.
+    pub fn settles(&self) -> [u64; 3] {
+        SettleResult::ALL.map(|r| self.settles[r as usize].load(Ordering::Relaxed))
+    }
+
+    /// Writes the reservation families: per policy (names from the
+    /// configuration) and settles by result.
+    fn render_reservations(&self, out: &mut String) {
+        let map = self.reservations.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort();
+        for (family, help) in [
+            (
+                "tollgate_reservations_total",
+                "Reservations by policy and outcome (allowed: the estimate was charged; denied: nothing was).",
+            ),
+            (
+                "tollgate_settle_units_total",
+                "Units settled by policy: returned (estimate not spent, given back), charged (spent beyond the estimate), unpaid (beyond the estimate and past what remained plus max_overdraft: not charged).",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
+            for name in &names {
+                for (i, (series, label, value)) in RESERVATION_SERIES.iter().enumerate() {
+                    if *series == family {
+                        let n = map[*name][i].load(Ordering::Relaxed);
+                        let _ = writeln!(
+                            out,
+                            "{family}{{policy=\"{}\",{label}=\"{value}\"}} {n}",
+                            escape_label(name)
+                        );
+                    }
+                }
+            }
+        }
+        out.push_str(
+            "# HELP tollgate_settles_total Settles and cancels by result: settled, replayed (settled before: nothing changed), unknown (no such reservation, or past its deadline).\n\
+             # TYPE tollgate_settles_total counter\n",
+        );
+        for result in SettleResult::ALL {
+            let _ = writeln!(
+                out,
+                "tollgate_settles_total{{result=\"{}\"}} {}",
+                result.label(),
+                self.settles[result as usize].load(Ordering::Relaxed)
+            );
+        }
     }
 
     /// Records the latency of one store call.
@@ -394,6 +525,7 @@ impl Metrics {
              tollgate_config_reloads_total{{result=\"failure\"}} {failures}\n",
         );
         self.envoy.render(&mut out, &self.config_loads);
+        self.render_reservations(&mut out);
         // Memory held against `store.max_keys`, per in-memory state.
         let mut memory = vec![("local", external.main.local)];
         if let Some(main) = external.main.memory {
@@ -424,6 +556,36 @@ impl Metrics {
                 out,
                 "tollgate_memory_store_evictions_total{{store=\"{store}\"}} {evictions}"
             );
+        }
+        // Open reservations held against `store.max_reservations`.
+        let mut reservations = Vec::new();
+        if let Some(held) = external.main.reservations {
+            reservations.push(("memory", held));
+        }
+        if let Some(held) = external.per_second.and_then(|s| s.reservations) {
+            reservations.push(("per_second_memory", held));
+        }
+        if !reservations.is_empty() {
+            out.push_str(
+                "# HELP tollgate_memory_store_reservations Open reservations held by the memory store (settled ones kept for replays until their deadline included); at most store.max_reservations.\n\
+                 # TYPE tollgate_memory_store_reservations gauge\n",
+            );
+            for (store, (held, _)) in &reservations {
+                let _ = writeln!(
+                    out,
+                    "tollgate_memory_store_reservations{{store=\"{store}\"}} {held}"
+                );
+            }
+            out.push_str(
+                "# HELP tollgate_memory_store_reservation_evictions_total Open reservations forgotten early (settled at their estimate) to stay under store.max_reservations.\n\
+                 # TYPE tollgate_memory_store_reservation_evictions_total counter\n",
+            );
+            for (store, (_, evicted)) in &reservations {
+                let _ = writeln!(
+                    out,
+                    "tollgate_memory_store_reservation_evictions_total{{store=\"{store}\"}} {evicted}"
+                );
+            }
         }
         out
     }
@@ -785,6 +947,57 @@ mod tests {
             "# TYPE tollgate_deny_cache_lookups_total counter\ntollgate_deny_cache_lookups_total 0\n"
         ));
         assert_eq!(seconds(0), "0");
+    }
+
+    #[test]
+    fn renders_the_reservation_families() {
+        let metrics = Metrics::default();
+        metrics.reservation("tokens", true);
+        metrics.reservation("tokens", true);
+        metrics.reservation("tokens", false);
+        metrics.settle(SettleResult::Settled);
+        metrics.settle(SettleResult::Unknown);
+        metrics.settle(SettleResult::Unknown);
+        let settled = tollgate::Settled {
+            returned: 5,
+            charged: 7,
+            unpaid: 2,
+        };
+        metrics.settled_units("tokens", &settled);
+        metrics.settled_units("tokens", &settled);
+        let gauges = StoreGauges {
+            memory: Some((0, 0)),
+            reservations: Some((3, 1)),
+            ..StoreGauges::default()
+        };
+        let text = metrics.render(ExternalGauges {
+            main: gauges,
+            per_second: None,
+        });
+        for line in [
+            "# TYPE tollgate_reservations_total counter\n",
+            "tollgate_reservations_total{policy=\"tokens\",outcome=\"allowed\"} 2\n",
+            "tollgate_reservations_total{policy=\"tokens\",outcome=\"denied\"} 1\n",
+            "tollgate_settle_units_total{policy=\"tokens\",units=\"returned\"} 10\n",
+            "tollgate_settle_units_total{policy=\"tokens\",units=\"charged\"} 14\n",
+            "tollgate_settle_units_total{policy=\"tokens\",units=\"unpaid\"} 4\n",
+            "tollgate_settles_total{result=\"settled\"} 1\n",
+            "tollgate_settles_total{result=\"replayed\"} 0\n",
+            "tollgate_settles_total{result=\"unknown\"} 2\n",
+            "tollgate_memory_store_reservations{store=\"memory\"} 3\n",
+            "tollgate_memory_store_reservation_evictions_total{store=\"memory\"} 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(metrics.settles(), [1, 0, 2]);
+        // A family's TYPE line appears once, whatever the policies.
+        assert_eq!(
+            text.matches("# TYPE tollgate_settle_units_total").count(),
+            1
+        );
+        // Redis has no reservation gauges.
+        let redis = metrics.render(ExternalGauges::default());
+        assert!(!redis.contains("tollgate_memory_store_reservations"));
     }
 
     /// The lease series from a real leasing layer (the library's

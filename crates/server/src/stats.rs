@@ -121,6 +121,9 @@ pub fn policy_fields(name: &str, policy: &Policy) -> serde_json::Map<String, ser
             "max": l.max(),
             "ttl_ms": ceil_millis(l.ttl()),
         })),
+        // `null`: the algorithm cannot be reserved.
+        "max_overdraft": tollgate::algorithm::can_reserve(policy.algorithm())
+            .then(|| policy.max_overdraft()),
     }) else {
         unreachable!("a json! object is an object")
     };

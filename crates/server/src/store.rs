@@ -8,8 +8,8 @@ use std::time::Duration;
 use tollgate::resilience::Resilient;
 use tollgate::store::{InvalidationSink, Invalidations};
 use tollgate::{
-    Check, Decisions, LeaseAnswer, LeaseCall, MemoryStore, Mode, Policy, PolicyRef, Store,
-    StoreError,
+    ChargeCall, Check, Decisions, LeaseAnswer, LeaseCall, MemoryStore, Mode, Policy, PolicyRef,
+    ReserveCall, SettleAnswer, SettleCall, Store, StoreError,
 };
 use tollgate_redis::{ConnectError, RedisOptions, RedisStore, SentinelMaster};
 
@@ -49,9 +49,12 @@ impl ServerStore {
             options = options.envoy_prefix(settings.envoy_prefix.clone());
         }
         Ok(match settings.kind {
-            StoreKind::Memory => {
-                ServerStore::Memory(MemoryStore::builder().max_keys(settings.max_keys).build())
-            }
+            StoreKind::Memory => ServerStore::Memory(
+                MemoryStore::builder()
+                    .max_keys(settings.max_keys)
+                    .max_reservations(settings.max_reservations)
+                    .build(),
+            ),
             StoreKind::Redis => {
                 let url = settings.urls.first().map_or("", String::as_str);
                 ServerStore::Redis(RedisStore::connect(url, options).await?)
@@ -83,6 +86,32 @@ impl ServerStore {
     pub fn memory_usage(&self) -> Option<(usize, u64)> {
         match self {
             ServerStore::Memory(store) => Some((store.len(), store.evictions())),
+            ServerStore::Redis(_) => None,
+        }
+    }
+
+    /// Why this store cannot keep a reservation of `policies` for `key`:
+    /// a limit kept on envoyproxy/ratelimit's counter; `None` when it can.
+    pub fn refuses_reservation(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+    ) -> Option<StoreError> {
+        match self {
+            ServerStore::Redis(store) if envoy_counter(store, key, policies).is_some() => {
+                Some(NOT_ON_ENVOY_COUNTERS)
+            }
+            _ => None,
+        }
+    }
+
+    /// `(open reservations, reservations evicted)` of the memory store;
+    /// `None` on Redis.
+    pub fn reservation_usage(&self) -> Option<(usize, u64)> {
+        match self {
+            ServerStore::Memory(store) => {
+                Some((store.reservations(), store.reservation_evictions()))
+            }
             ServerStore::Redis(_) => None,
         }
     }
@@ -175,6 +204,53 @@ impl Store for ServerStore {
         true
     }
 
+    /// The store's own reservation; refused for a limit kept on
+    /// envoyproxy/ratelimit's counter, whose layout has no room for one.
+    async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
+        match self {
+            ServerStore::Memory(store) => store.reserve(call).await,
+            ServerStore::Redis(store) => {
+                if envoy_counter(store, call.check.key, call.check.policies).is_some() {
+                    return Err(NOT_ON_ENVOY_COUNTERS);
+                }
+                store.reserve(call).await
+            }
+        }
+    }
+
+    /// The store's own settle (see [`reserve`](Store::reserve)).
+    async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
+        match self {
+            ServerStore::Memory(store) => store.settle(call).await,
+            ServerStore::Redis(store) => {
+                if envoy_counter(store, call.key, call.policies).is_some() {
+                    return Err(NOT_ON_ENVOY_COUNTERS);
+                }
+                store.settle(call).await
+            }
+        }
+    }
+
+    /// The store's own charge (see [`reserve`](Store::reserve)).
+    async fn charge(&self, call: ChargeCall<'_>) -> Result<SettleAnswer, StoreError> {
+        match self {
+            ServerStore::Memory(store) => store.charge(call).await,
+            ServerStore::Redis(store) => {
+                if envoy_counter(store, call.key, call.policies).is_some() {
+                    return Err(NOT_ON_ENVOY_COUNTERS);
+                }
+                store.charge(call).await
+            }
+        }
+    }
+
+    fn reserves(&self) -> bool {
+        match self {
+            ServerStore::Memory(store) => store.reserves(),
+            ServerStore::Redis(store) => store.reserves(),
+        }
+    }
+
     async fn reset(&self, key: &[u8], policies: &[PolicyRef<'_>]) -> Result<(), StoreError> {
         match self {
             ServerStore::Memory(store) => store.reset(key, policies).await,
@@ -196,6 +272,22 @@ impl Store for ServerStore {
         }
     }
 }
+
+/// Why a limit kept on envoyproxy/ratelimit's counter cannot be reserved.
+const NOT_ON_ENVOY_COUNTERS: StoreError = StoreError::Unsupported(
+    "reservations of a limit kept on envoyproxy/ratelimit's counter (store.key_layout: envoy), \
+     a plain count with no room for a reservation",
+);
+
+/// Why a reservation naming policies of both stores is refused.
+const NOT_ACROSS_STORES: StoreError = StoreError::Unsupported(
+    "reservations naming policies of both the main and the per-second store (store.per_second): \
+     a reservation is one atomic step in one store; reserve the one-second policies and the \
+     others separately",
+);
+
+/// Why a store that keeps no reservations is not asked for one.
+const NO_RESERVATIONS: StoreError = StoreError::Unsupported("reservations: this store keeps none");
 
 /// The envoyproxy/ratelimit counter a check on `store` is kept in, and its
 /// policy: `None` for tollgate's layout.
@@ -281,6 +373,30 @@ impl RoutedStore {
         self.main.set_policy_modes(modes.iter().cloned());
         if let Some(store) = &self.per_second {
             store.set_policy_modes(modes.iter().cloned());
+        }
+    }
+
+    /// The one store that holds every policy of a reservation of `key`, if
+    /// it can keep it.
+    fn reserving_store(
+        &self,
+        key: &[u8],
+        policies: &[PolicyRef<'_>],
+    ) -> Result<&ResilientStore, StoreError> {
+        let store = match self.split(policies) {
+            None => &self.main,
+            Some((_, split)) if split.main.is_empty() => {
+                self.per_second.as_ref().unwrap_or(&self.main)
+            }
+            Some((_, split)) if split.per_second.is_empty() => &self.main,
+            Some(_) => return Err(NOT_ACROSS_STORES),
+        };
+        if !store.reserves() {
+            return Err(NO_RESERVATIONS);
+        }
+        match store.get_ref().refuses_reservation(key, policies) {
+            Some(refused) => Err(refused),
+            None => Ok(store),
         }
     }
 
@@ -384,6 +500,38 @@ impl Store for RoutedStore {
             ..call.check
         };
         Ok(LeaseAnswer::unleased(self.apply(check).await?))
+    }
+
+    /// The store of every policy of the reservation; refused
+    /// ([`StoreError::Unsupported`]) when they are on both stores (a
+    /// reservation is one atomic step in one store), when that store keeps
+    /// no reservations, and on envoyproxy/ratelimit's counters — refused
+    /// here, before its resilience layer, so that a refusal never counts as
+    /// a store failure towards opening the circuit breaker.
+    async fn reserve(&self, call: ReserveCall<'_>) -> Result<Decisions, StoreError> {
+        self.reserving_store(call.check.key, call.check.policies)?
+            .reserve(call)
+            .await
+    }
+
+    /// The store of every policy of the reservation, as
+    /// [`reserve`](Store::reserve) picks it.
+    async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
+        self.reserving_store(call.key, call.policies)?
+            .settle(call)
+            .await
+    }
+
+    /// The store of every policy of the charge, as
+    /// [`reserve`](Store::reserve) picks it.
+    async fn charge(&self, call: ChargeCall<'_>) -> Result<SettleAnswer, StoreError> {
+        self.reserving_store(call.key, call.policies)?
+            .charge(call)
+            .await
+    }
+
+    fn reserves(&self) -> bool {
+        self.main.reserves() && self.per_second.as_ref().is_none_or(Store::reserves)
     }
 
     /// Resets the policies on each store; both are tried, and the first
@@ -525,5 +673,72 @@ mod tests {
         let counters = server.cli(&["KEYS", "lease_domain_key_value_*"]);
         let counter = counters.lines().next().expect("the counter");
         assert_eq!(server.cli(&["GET", counter]), "3");
+    }
+
+    /// A limit kept on envoyproxy/ratelimit's counter cannot be reserved:
+    /// refused, saying why, and the counter is not touched.
+    #[tokio::test]
+    async fn a_reservation_on_an_envoy_counter_is_refused() {
+        let server = tollgate_testkit::redis::RedisServer::start();
+        let options = RedisOptions::default()
+            .prefix(tollgate_testkit::redis::unique_prefix())
+            .envoy_prefix("res_")
+            .timeout(Duration::from_secs(5));
+        let store = ServerStore::Redis(
+            RedisStore::connect(&server.url(), options)
+                .await
+                .expect("connect"),
+        );
+        let limit = policy("fixed_window 100/1m");
+        let refs = [PolicyRef {
+            name: "envoy/domain/key",
+            policy: &limit,
+        }];
+        let key = b"envoy:6:domain3:key5:value";
+        let error = store
+            .reserve(ReserveCall {
+                check: Check::new(key, &refs, 3, Mode::Consume),
+                nonce: 1,
+                deadline_us: 1_000_000,
+            })
+            .await
+            .expect_err("refused");
+        assert!(
+            error.to_string().contains("envoyproxy/ratelimit's counter"),
+            "{error}"
+        );
+        let settle = store
+            .settle(SettleCall {
+                key,
+                policies: &refs,
+                nonce: 1,
+                actual: 5,
+            })
+            .await;
+        assert!(
+            matches!(settle, Err(StoreError::Unsupported(_))),
+            "{settle:?}"
+        );
+        // Through the server's router: refused before the resilience
+        // layer, so never a store failure towards the breaker.
+        let routed = RoutedStore::new(
+            Resilient::new(store, tollgate::resilience::ResilienceOptions::default()),
+            None,
+        );
+        for _ in 0..10 {
+            let refused = routed
+                .reserve(ReserveCall {
+                    check: Check::new(key, &refs, 3, Mode::Consume),
+                    nonce: 2,
+                    deadline_us: 1_000_000,
+                })
+                .await;
+            assert!(
+                matches!(refused, Err(StoreError::Unsupported(_))),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(routed.main().stats().failures, 0);
+        assert_eq!(server.cli(&["KEYS", "res_*"]), "");
     }
 }

@@ -132,7 +132,7 @@ async fn every_endpoint(backend: Backend) {
     assert_eq!(names, ["api", "hourly", "login", "tiny"]);
     assert_eq!(
         body["policies"][2],
-        json!({"name": "login", "algorithm": "token_bucket", "limit": 5, "period_ms": 60000, "burst": 10, "lease": null, "policy": "token_bucket 5/1m burst 10"})
+        json!({"name": "login", "algorithm": "token_bucket", "limit": 5, "period_ms": 60000, "burst": 10, "lease": null, "max_overdraft": 10, "policy": "token_bucket 5/1m burst 10"})
     );
 
     // health and readiness.
@@ -672,7 +672,7 @@ async fn a_leased_policy_is_listed_with_its_lease_and_keeps_its_limit() {
     let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
         body["policies"],
-        json!([{"name": "hot", "algorithm": "fixed_window", "limit": 20, "period_ms": 3_600_000, "burst": null, "lease": {"max": 50, "ttl_ms": 3_600_000}, "policy": "fixed_window 20/1h"}])
+        json!([{"name": "hot", "algorithm": "fixed_window", "limit": 20, "period_ms": 3_600_000, "burst": null, "lease": {"max": 50, "ttl_ms": 3_600_000}, "max_overdraft": 20, "policy": "fixed_window 20/1h"}])
     );
     let mut allowed = 0;
     for i in 0..25 {

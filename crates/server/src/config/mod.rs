@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tollgate::Policy;
 
-use crate::envoy::{Domain, DomainSpec, Leaves, RawDomain};
+use crate::envoy::{Descriptor, Domain, DomainSpec, Leaves, RawDomain};
 
 pub mod env;
 mod error;
@@ -51,7 +51,7 @@ pub use settings::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEY_BYTES,
     DEFAULT_NEAR_LIMIT_RATIO, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATS_MAX_SERIES,
     DEFAULT_STORE_TIMEOUT, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS,
-    MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
+    MAX_MAX_RESERVATIONS, MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
 };
 pub use settings::{
     DEFAULT_GRPC_MAX_CONNECTION_AGE, DEFAULT_METRICS_PATH, DashboardSettings, EnvoySettings,
@@ -206,6 +206,13 @@ impl Config {
         let raw = raw.0;
         match self.domains.get(&raw.domain) {
             Some(existing) if merge => {
+                if let Some(refused) = Descriptor::unsettleable(
+                    &raw.descriptors,
+                    &self.policies,
+                    self.store.key_layout == KeyLayout::Envoy,
+                ) {
+                    return Err(located(format!("domain `{}`: {refused}", raw.domain)));
+                }
                 let merged = existing
                     .merged(raw.descriptors, &self.policies)
                     .map_err(|e| located(format!("merging into domain `{}`: {e}", raw.domain)))?;
@@ -257,6 +264,16 @@ impl Config {
             return Err(ConfigError::invalid(
                 file,
                 format!("domain `{}` is defined twice", raw.domain),
+            ));
+        }
+        if let Some(refused) = Descriptor::unsettleable(
+            &raw.descriptors,
+            &self.policies,
+            self.store.key_layout == KeyLayout::Envoy,
+        ) {
+            return Err(ConfigError::invalid(
+                file,
+                format!("domain `{}`: {refused}", raw.domain),
             ));
         }
         let domain = Domain::build(&raw.domain, raw.descriptors, &self.policies);

@@ -16,8 +16,8 @@ use super::settings::{
     GrpcTlsSettings, MAX_STATS_MAX_SERIES, MetricsSettings, ResponseHeaderSettings,
 };
 use super::{
-    BreakerSettings, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS, MAX_POLICY_NAME,
-    ServerSettings, StoreKind, StoreSettings,
+    BreakerSettings, DenyCacheSettings, FailureMode, KeyLayout, MAX_MAX_KEYS, MAX_MAX_RESERVATIONS,
+    MAX_POLICY_NAME, ServerSettings, StoreKind, StoreSettings,
 };
 use super::{SentinelSettings, TlsFiles};
 use crate::envoy::{self, RawDomain};
@@ -314,6 +314,7 @@ pub(super) struct RawStore {
     breaker: Option<Checked<RawBreaker>>,
     deny_cache: Option<Checked<RawDenyCache>>,
     max_keys: Option<u64>,
+    max_reservations: Option<u64>,
     master_name: Option<String>,
     master_username: Option<String>,
     master_password: Option<String>,
@@ -346,6 +347,7 @@ struct PerSecond {
     breaker: bool,
     deny_cache: bool,
     max_keys: bool,
+    max_reservations: bool,
 }
 
 impl PerSecond {
@@ -390,6 +392,11 @@ impl PerSecond {
             } else {
                 main.max_keys
             },
+            max_reservations: if self.max_reservations {
+                own.max_reservations
+            } else {
+                main.max_reservations
+            },
             // A Cluster cannot hold envoyproxy/ratelimit's layout (see
             // `check_layout`): a per-second Cluster keeps tollgate's.
             key_layout: if own.kind == StoreKind::RedisCluster {
@@ -430,6 +437,7 @@ impl Validate for RawPerSecond {
             breaker: raw.breaker.is_some(),
             deny_cache: raw.deny_cache.is_some(),
             max_keys: raw.max_keys.is_some(),
+            max_reservations: raw.max_reservations.is_some(),
             settings: raw.section()?.0,
         })
     }
@@ -617,6 +625,21 @@ impl RawStore {
                 ));
             }
         };
+        let max_reservations = match self.max_reservations {
+            None => defaults.max_reservations,
+            Some(_) if self.kind != StoreKind::Memory => {
+                return Err(
+                    "max_reservations bounds the memory store's open reservations; on Redis each reservation is a key of its own that expires at its deadline (remove it, or use kind: memory)"
+                        .into(),
+                );
+            }
+            Some(n @ 1..=MAX_MAX_RESERVATIONS) => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(n) => {
+                return Err(format!(
+                    "max_reservations must be between 1 and {MAX_MAX_RESERVATIONS}, not {n}"
+                ));
+            }
+        };
         let settings = StoreSettings {
             kind: self.kind,
             urls,
@@ -629,6 +652,7 @@ impl RawStore {
             breaker: self.breaker.map_or(defaults.breaker, |b| b.0),
             deny_cache: self.deny_cache.map_or(defaults.deny_cache, |d| d.0),
             max_keys,
+            max_reservations,
             key_layout: self.key_layout.unwrap_or(defaults.key_layout),
             envoy_prefix: self.envoy_prefix.unwrap_or(defaults.envoy_prefix),
             per_second: None,
@@ -813,6 +837,7 @@ pub(super) struct RawPolicy {
     burst: Option<u64>,
     on_failure: Option<FailureModeName>,
     lease: Option<Checked<RawLease>>,
+    max_overdraft: Option<u64>,
 }
 
 /// A policy's `lease:` section: `{ max: <units>, ttl: <duration> }`, both
@@ -868,6 +893,10 @@ impl Validate for RawPolicy {
         let policy = Policy::new(algorithm, self.limit, self.period.0, self.burst)
             .and_then(|policy| match self.lease {
                 Some(lease) => policy.with_lease(lease.0),
+                None => Ok(policy),
+            })
+            .and_then(|policy| match self.max_overdraft {
+                Some(units) => policy.with_max_overdraft(units),
                 None => Ok(policy),
             })
             .map_err(|e| format!("policy `{}`: {e}", self.name))?;

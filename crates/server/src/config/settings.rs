@@ -22,6 +22,9 @@ pub const MAX_POLICY_NAME: usize = 128;
 /// The largest `store.max_keys`: a billion entries is ~90 GB of memory,
 /// beyond any machine this runs on; a larger number is a typo.
 pub const MAX_MAX_KEYS: u64 = 1_000_000_000;
+/// The largest `store.max_reservations`: a hundred million open
+/// reservations is ~15 GB of memory; a larger number is a typo.
+pub const MAX_MAX_RESERVATIONS: u64 = 100_000_000;
 /// The default most connections open at once, per port (HTTP, gRPC).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The default time a client has to send a request's headers, from its
@@ -260,6 +263,11 @@ pub struct StoreSettings {
     /// fallback's in-memory state); past it the entries nearest to becoming
     /// fresh are evicted.
     pub max_keys: usize,
+    /// The most open reservations the memory store keeps; past it those
+    /// nearest their deadline are settled at their estimate early. Memory
+    /// store only (refused on Redis, where each reservation is a key that
+    /// expires at its deadline).
+    pub max_reservations: usize,
     /// How counters are named (`tollgate` or `envoy`); one value for both
     /// stores.
     pub key_layout: KeyLayout,
@@ -287,6 +295,7 @@ impl Default for StoreSettings {
             breaker: BreakerSettings::default(),
             deny_cache: DenyCacheSettings::default(),
             max_keys: tollgate::store::memory::DEFAULT_MAX_KEYS,
+            max_reservations: tollgate::store::memory::DEFAULT_MAX_RESERVATIONS,
             key_layout: KeyLayout::Tollgate,
             envoy_prefix: String::new(),
             per_second: None,

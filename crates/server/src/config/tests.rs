@@ -172,6 +172,21 @@ fn errors_carry_file_line_and_field() {
             "store.max_keys: invalid type",
         ),
         (
+            "store:\n  max_reservations: 0\n",
+            2,
+            "store: max_reservations must be between 1 and 100000000, not 0",
+        ),
+        (
+            "store:\n  max_reservations: -3\n",
+            2,
+            "store.max_reservations: invalid type",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://127.0.0.1:6379\n  max_reservations: 10\n",
+            2,
+            "store: max_reservations bounds the memory store's open reservations; on Redis each reservation is a key",
+        ),
+        (
             "store:\n  breaker:\n    failures: 0\n",
             3,
             "store.breaker: failures must be at least 1",
@@ -1124,4 +1139,163 @@ fn hostile_lease_sections_are_refused_where_written() {
         .map(|(text, line, expected)| (text.as_str(), *line, *expected))
         .collect();
     assert_refused_where_written(&cases);
+}
+
+#[test]
+fn max_overdraft_and_max_reservations_parse_with_their_defaults() {
+    let config = Config::parse(
+        "store:\n  max_reservations: 500\npolicies:
+  - name: tokens
+    algorithm: fixed_window
+    limit: 1000
+    period: 1m
+    max_overdraft: 200
+  - name: plain
+    algorithm: token_bucket
+    limit: 10
+    period: 1s
+    burst: 30
+  - name: none
+    algorithm: gcra
+    limit: 10
+    period: 1s
+    max_overdraft: 0
+",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(config.store.max_reservations, 500);
+    assert_eq!(config.policies["tokens"].max_overdraft(), 200);
+    // Default: the capacity (a bucket's burst).
+    assert_eq!(config.policies["plain"].max_overdraft(), 30);
+    assert_eq!(config.policies["none"].max_overdraft(), 0);
+    let defaults = Config::parse("", "t.yaml").unwrap();
+    assert_eq!(
+        defaults.store.max_reservations,
+        tollgate::store::memory::DEFAULT_MAX_RESERVATIONS
+    );
+}
+
+#[test]
+fn hostile_max_overdrafts_are_refused_where_written() {
+    let policy = |algorithm: &str, overdraft: &str| {
+        format!(
+            "policies:\n  - name: a\n    algorithm: {algorithm}\n    limit: 10\n    period: 1s\n    max_overdraft: {overdraft}\n"
+        )
+    };
+    let cases: [(String, usize, &str); 6] = [
+        (
+            policy("fixed_window", "11"),
+            2,
+            "policies[0]: policy `a`: max_overdraft 11 is above the policy's capacity of 10 units",
+        ),
+        (
+            policy("fixed_window", "-1"),
+            6,
+            "policies[0].max_overdraft: invalid type: integer `-1`",
+        ),
+        (
+            policy("fixed_window", "lots"),
+            6,
+            "policies[0].max_overdraft: invalid type: string \"lots\"",
+        ),
+        (
+            policy("sliding_log", "5"),
+            2,
+            "policies[0]: policy `a`: sliding_log cannot be reserved: sliding_log records every admitted unit",
+        ),
+        (
+            policy("leaky_bucket", "5"),
+            2,
+            "policies[0]: policy `a`: leaky_bucket cannot be reserved: leaky_bucket answers each request with its own delay",
+        ),
+        (
+            "policies:\n  - name: a\n    limit: 10\n    period: 1s\n    max_overdraw: 5\n"
+                .to_owned(),
+            5,
+            "policies[0]: unknown field `max_overdraw`",
+        ),
+    ];
+    let cases: Vec<(&str, usize, &str)> = cases
+        .iter()
+        .map(|(text, line, expected)| (text.as_str(), *line, *expected))
+        .collect();
+    assert_refused_where_written(&cases);
+}
+
+#[test]
+fn settle_descriptors_parse_and_are_refused_where_they_cannot_be_reserved() {
+    let domain = |descriptor: &str| {
+        format!(
+            "policies:\n  - name: log\n    algorithm: sliding_log\n    limit: 10\n    period: 1m\n  - name: tokens\n    algorithm: fixed_window\n    limit: 10\n    period: 1m\ndomains:\n  - domain: d\n    descriptors:\n{descriptor}"
+        )
+    };
+    let config = Config::parse(
+        &domain("      - key: user\n        settle: true\n        policy: tokens\n      - key: team\n        settle: true\n        rate_limit: { unit: hour, requests_per_unit: 5 }\n"),
+        "t.yaml",
+    )
+    .unwrap();
+    let d = &config.domains["d"];
+    assert!(d.find(&[("user", "u")]).unwrap().0.settle);
+    assert!(d.find(&[("team", "t")]).unwrap().0.settle);
+    let cases: [(String, usize, &str); 5] = [
+        (
+            domain("      - key: user\n        settle: true\n"),
+            13,
+            "descriptor `user`: `settle: true` needs a limit to charge",
+        ),
+        (
+            domain(
+                "      - key: user\n        settle: true\n        rate_limit: { unlimited: true }\n",
+            ),
+            13,
+            "`settle: true` needs a limit to charge",
+        ),
+        (
+            domain(
+                "      - key: user\n        settle: true\n        algorithm: leaky_bucket\n        rate_limit: { unit: hour, requests_per_unit: 5 }\n",
+            ),
+            13,
+            "`settle: true`: leaky_bucket cannot be reserved",
+        ),
+        (
+            domain("      - key: user\n        settle: maybe\n        policy: tokens\n"),
+            14,
+            "settle: invalid type: string \"maybe\", expected a boolean",
+        ),
+        (
+            domain("      - key: user\n        settle: true\n        policy: log\n"),
+            1,
+            "domain `d`: descriptor `user`: `settle: true`: policy `log`: sliding_log cannot be reserved",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, line, expected) in &cases {
+        let message = error(text).to_string();
+        // The named policy's algorithm is known once the domain is built:
+        // the file is named, without a line.
+        let located = *line == 1 || message.starts_with(&format!("t.yaml:{line}:"));
+        if !message.contains(expected) || !located {
+            wrong.push(format!(
+                "expected line {line} and `{expected}`, got `{message}`"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // envoyproxy/ratelimit's counters keep no reservation.
+    let envoy_layout = "store:\n  kind: redis\n  url: redis://a\n  key_layout: envoy\ndomains:\n  - domain: d\n    descriptors:\n      - key: team\n        settle: true\n        rate_limit: { unit: hour, requests_per_unit: 5 }\n";
+    let message = error(envoy_layout).to_string();
+    assert!(
+        message.contains("with store.key_layout: envoy an inline fixed_window limit is kept on envoyproxy/ratelimit's counter"),
+        "{message}"
+    );
+    // Another algorithm keeps tollgate's layout: accepted.
+    Config::parse(
+        &envoy_layout.replace(
+            "settle: true\n",
+            "settle: true\n        algorithm: sliding_window\n",
+        ),
+        "t.yaml",
+    )
+    .unwrap();
 }

@@ -204,6 +204,14 @@ pub struct Descriptor {
     /// The statistics name this entry by the request's value when it was
     /// matched by a wildcard or by key alone (`value_to_metric`).
     pub value_to_metric: bool,
+    /// tollgate's `settle: true`: the limit is charged after the fact, by
+    /// the call Envoy makes when the stream is done
+    /// (`apply_on_stream_done`): a call with hits (the descriptor's
+    /// `hits_addend`, else the request's) charges them whether or not they
+    /// fit, overdrawing at most the policy's `max_overdraft`, and is
+    /// answered `OK`; a call without (0) only looks, `OVER_LIMIT` when
+    /// nothing remains. See [`crate::grpc`].
+    pub settle: bool,
 }
 
 impl Descriptor {
@@ -225,6 +233,51 @@ impl Descriptor {
         for child in &self.children {
             child.collect_references(out);
         }
+    }
+
+    /// The first descriptor of `descriptors` (and their children) with
+    /// `settle: true` that cannot be reserved, with the reason: a named
+    /// policy (`named` resolves `policy:`) whose algorithm cannot, or, with
+    /// `envoy_layout` (`store.key_layout: envoy`), an inline limit in fixed
+    /// windows, which that layout keeps on envoyproxy/ratelimit's counter,
+    /// a plain count with no room for a reservation. (An inline limit's
+    /// algorithm is checked where it is written.)
+    pub(crate) fn unsettleable(
+        descriptors: &[Descriptor],
+        named: &BTreeMap<String, Policy>,
+        envoy_layout: bool,
+    ) -> Option<String> {
+        descriptors.iter().find_map(|d| {
+            let refused = match &d.rule {
+                Some(Rule {
+                    limit: Limit::Named(name),
+                    ..
+                }) if d.settle => named
+                    .get(name)
+                    .filter(|p| !tollgate::algorithm::can_reserve(p.algorithm()))
+                    .map(|p| {
+                        format!(
+                            "descriptor `{}`: `settle: true`: policy `{name}`: {}",
+                            d.label(),
+                            PolicyError::ReserveNotSupported(p.algorithm())
+                        )
+                    }),
+                Some(Rule {
+                    limit: Limit::Inline { policy, .. },
+                    ..
+                }) if d.settle && envoy_layout && policy.algorithm() == Algorithm::FixedWindow => {
+                    Some(format!(
+                        "descriptor `{}`: `settle: true`: with store.key_layout: envoy an inline \
+                         fixed_window limit is kept on envoyproxy/ratelimit's counter, a plain count \
+                         with no room for a charge after the fact; give it another `algorithm:` \
+                         (e.g. sliding_window) or a `policy:`, or use key_layout: tollgate",
+                        d.label()
+                    ))
+                }
+                _ => None,
+            };
+            refused.or_else(|| Descriptor::unsettleable(&d.children, named, envoy_layout))
+        })
     }
 
     fn label(&self) -> String {
@@ -346,6 +399,7 @@ impl Wildcard {
 #[derive(Debug, Clone)]
 struct Node {
     rule: Option<CompiledRule>,
+    settle: bool,
     shadow_mode: bool,
     quota_mode: bool,
     detailed_metric: bool,
@@ -389,6 +443,9 @@ pub struct Matched<'a> {
     pub shadow: bool,
     /// Whether the descriptor is in quota mode (`quota_mode: true`).
     pub quota: bool,
+    /// Whether the limit is charged after the fact (`settle: true`, see
+    /// [`Descriptor::settle`]).
+    pub settle: bool,
     /// envoyproxy/ratelimit's statistics key of this limit
     /// (`<domain>.<key>[_<value>]...`, before its sanitising), following
     /// `detailed_metric`, `value_to_metric` and `share_threshold` as it
@@ -511,6 +568,7 @@ impl Domain {
             rule: Cow::Borrowed(rule),
             shadow: node.shadow_mode,
             quota: node.quota_mode,
+            settle: node.settle,
             stat_key: self.stat_key(entries, &path, node.detailed_metric),
         };
         Some((matched, key))
@@ -624,6 +682,7 @@ impl Domain {
             rule: Cow::Owned(rule),
             shadow: false,
             quota: false,
+            settle: false,
             stat_key,
         };
         Ok((matched, key))
@@ -817,6 +876,7 @@ fn build_level(
         });
         let node = Node {
             rule,
+            settle: d.settle,
             shadow_mode: d.shadow_mode,
             quota_mode: d.quota_mode,
             detailed_metric: d.detailed_metric,

@@ -378,6 +378,10 @@ struct RawDescriptor {
     value_to_metric: Flag,
     #[serde(default)]
     share_threshold: Flag,
+    /// tollgate: the limit is charged after the fact (Envoy's
+    /// `apply_on_stream_done`), see [`Descriptor::settle`].
+    #[serde(default)]
+    settle: Flag,
     /// envoyproxy/ratelimit returns it in a response's dynamic metadata
     /// only when `RESPONSE_DYNAMIC_METADATA` is set; tollgate accepts any
     /// mapping here (as envoyproxy/ratelimit does) and does not use it.
@@ -452,6 +456,9 @@ impl Validate for RawDescriptor {
             (None, Some(policy)) => Some(named_rule(&what, policy, algorithm)?),
             (Some(rate), None) => Some(rate.rule(&what, algorithm)?),
         };
+        if self.settle.0 {
+            settle_rule(&what, rule.as_ref())?;
+        }
         Ok(Descriptor {
             key: self.key,
             value,
@@ -462,7 +469,29 @@ impl Validate for RawDescriptor {
             share_threshold: self.share_threshold.0,
             detailed_metric: self.detailed_metric.0,
             value_to_metric: self.value_to_metric.0,
+            settle: self.settle.0,
         })
+    }
+}
+
+/// Whether a descriptor with `settle: true` has a limit to charge after the
+/// fact: a `rate_limit` (not `unlimited`) or a `policy`, of an algorithm
+/// that can be reserved (a named policy's is checked where the domain is
+/// built, knowing its algorithm).
+fn settle_rule(what: &str, rule: Option<&Rule>) -> Result<(), String> {
+    match rule.map(|r| &r.limit) {
+        None | Some(Limit::Unlimited) => Err(format!(
+            "{what}: `settle: true` needs a limit to charge (a `rate_limit` that is not `unlimited`, or a `policy`)"
+        )),
+        Some(Limit::Inline { policy, .. })
+            if !tollgate::algorithm::can_reserve(policy.algorithm()) =>
+        {
+            Err(format!(
+                "{what}: `settle: true`: {}",
+                tollgate::PolicyError::ReserveNotSupported(policy.algorithm())
+            ))
+        }
+        Some(_) => Ok(()),
     }
 }
 

@@ -127,6 +127,9 @@ pub enum Backend {
     /// A master, a replica and sentinels; the server finds the master as its
     /// configuration says (`kind: redis_sentinel`, `urls`, `master_name`).
     RedisSentinel(tollgate_testkit::redis::RedisSentinel),
+    /// Whatever the configuration's `store:` section names, kept alive by
+    /// the test itself: several servers on one Redis or Cluster.
+    Config,
     /// A server the app connects to as its configuration says (`url:
     /// unix://...`, `rediss://` with TLS files...), not through the test's
     /// own store; the test probes it over TCP.
@@ -154,6 +157,7 @@ impl Backend {
             Backend::Memory
             | Backend::RedisCluster(_)
             | Backend::RedisSentinel(_)
+            | Backend::Config
             | Backend::RedisFromConfig(_) => ServerStore::connect(&config.store).await.unwrap(),
             Backend::Redis(_) => self.store().await,
         }
@@ -162,6 +166,7 @@ impl Backend {
     pub async fn store(&self) -> ServerStore {
         match self {
             Backend::Memory => ServerStore::Memory(tollgate::MemoryStore::new()),
+            Backend::Config => panic!("Backend::Config has no store but its configuration's"),
             Backend::Redis(server) => ServerStore::Redis(
                 RedisStore::connect(&server.url(), RedisOptions::default().prefix("test"))
                     .await
