@@ -796,3 +796,72 @@ async fn reserve_is_refused_at_build_where_it_cannot_work() {
         .build();
     assert!(matches!(routed, Err(ConfigError::NotReservable { .. })));
 }
+
+/// The layer over a real Redis and a real 3-master Cluster: concurrent
+/// requests reserve, their responses report usage, and the settles give
+/// back and overdraw in the shared store exactly as on the memory store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_reserves_and_settles_on_redis_and_a_cluster() {
+    use tollgate_redis::{RedisOptions, RedisStore};
+    use tollgate_testkit::redis::{RedisCluster, RedisServer, unique_prefix};
+
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start(3, 0);
+    let options = || {
+        RedisOptions::default()
+            .prefix(unique_prefix())
+            .timeout(Duration::from_secs(5))
+    };
+    let stores = [
+        RedisStore::connect(&server.url(), options())
+            .await
+            .expect("redis"),
+        RedisStore::connect_cluster(&cluster.urls(), options())
+            .await
+            .expect("cluster"),
+    ];
+    for store in stores {
+        // An hour's window: a test never straddles two of them but once an
+        // hour, and then only gives back less (never more) than asserted.
+        let policy: Policy = "fixed_window 1000/1h".parse().expect("policy");
+        let limiter = Limiter::builder(store)
+            .policy("tokens", policy.with_max_overdraft(50).expect("overdraft"))
+            .build();
+        let layer = RateLimitLayer::builder(limiter.clone())
+            .policy("tokens")
+            .cost(100)
+            .reserve(Reserve::header(usage_header()))
+            .build()
+            .expect("layer");
+        let app = Router::new()
+            .route("/", get(reports_usage))
+            .layer(layer.clone());
+        let served = Served::router(app).await;
+        // Eight at once, each using 30 of its 100: 560 given back.
+        let wave: Vec<_> = (0..8)
+            .map(|_| {
+                let client = served.client.clone();
+                tokio::spawn(async move { client.get_with("/", &[("x-use", "30")]).await.status })
+            })
+            .collect();
+        for request in wave {
+            assert_eq!(request.await.expect("request"), 200);
+        }
+        assert_eq!(settles(&layer, 8).await.settled, 8);
+        let left = |limiter: Limiter<RedisStore>| async move {
+            limiter
+                .peek("tokens", loopback_key(), 1)
+                .await
+                .expect("peek")
+                .remaining
+        };
+        assert_eq!(left(limiter.clone()).await, 1000 - 8 * 30);
+        // One response overdraws: 100 reserved (660 remain), 900 used: of
+        // the 800 more, 710 are charged (to an overdraft of 50), 90 unpaid.
+        assert_eq!(served.get_with("/", &[("x-use", "900")]).await.status, 200);
+        let stats = settles(&layer, 9).await;
+        assert_eq!(stats.unpaid_units, 90, "{stats:?}");
+        assert_eq!(left(limiter.clone()).await, 0);
+        assert_eq!(served.get("/").await.status, 429);
+    }
+}
