@@ -1187,7 +1187,7 @@ fn hostile_max_overdrafts_are_refused_where_written() {
         (
             policy("fixed_window", "11"),
             2,
-            "policies[0]: policy `a`: max_overdraft 11 is above the policy's capacity of 10 units",
+            "policies[0]: policy `a`: max_overdraft 11 is above the most this policy takes, 10 units",
         ),
         (
             policy("fixed_window", "-1"),
