@@ -270,8 +270,11 @@ impl Dashboard {
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::Relaxed);
         if !loaded.config.server.dashboard.enabled {
+            // A tick while off still counts as the process's first: a
+            // dashboard first turned on by a reload counts from then, not
+            // everything since the start as one second.
             *series = Series {
-                sampled_before: series.sampled_before,
+                sampled_before: true,
                 ..Series::default()
             };
             self.hitters.retain(|_| false);

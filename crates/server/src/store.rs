@@ -224,7 +224,8 @@ impl Store for ServerStore {
             ServerStore::Memory(store) => store.settle(call).await,
             ServerStore::Redis(store) => {
                 if envoy_counter(store, call.key, call.policies).is_some() {
-                    return Err(NOT_ON_ENVOY_COUNTERS);
+                    // Never reserved there: no such reservation.
+                    return Ok(None);
                 }
                 store.settle(call).await
             }
@@ -515,11 +516,14 @@ impl Store for RoutedStore {
     }
 
     /// The store of every policy of the reservation, as
-    /// [`reserve`](Store::reserve) picks it.
+    /// [`reserve`](Store::reserve) picks it. Policies no store could have
+    /// reserved together (a forged id) name no reservation: `None`, as
+    /// for any unknown one, saying nothing of the stores' layout.
     async fn settle(&self, call: SettleCall<'_>) -> Result<Option<SettleAnswer>, StoreError> {
-        self.reserving_store(call.key, call.policies)?
-            .settle(call)
-            .await
+        match self.reserving_store(call.key, call.policies) {
+            Ok(store) => store.settle(call).await,
+            Err(_) => Ok(None),
+        }
     }
 
     /// The store of every policy of the charge, as

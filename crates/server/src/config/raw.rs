@@ -219,7 +219,7 @@ impl Validate for RawServer {
         let metrics_auth = self.metrics_auth.unwrap_or(defaults.metrics_auth);
         if metrics_auth && self.admin_token.is_none() {
             return Err(
-                "metrics_auth: true needs admin_token (the token `/metrics`, `/` and `/v1/stats` then require)"
+                "metrics_auth: true needs admin_token (the token `/metrics` and `/v1/stats` then require)"
                     .into(),
             );
         }

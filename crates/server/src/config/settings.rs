@@ -104,10 +104,12 @@ pub struct ServerSettings {
     /// least one Envoy domain loaded (`server.healthy_needs_domains`,
     /// envoyproxy/ratelimit's `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`).
     pub healthy_needs_domains: bool,
-    /// `server.metrics_auth`: `/metrics` (on every listener), the dashboard
-    /// (`GET /`) and `GET /v1/stats` need `Authorization: Bearer
-    /// <admin_token>`; `false` (the default): they are open, as `/metrics`
-    /// always was. `true` needs `admin_token`.
+    /// `server.metrics_auth`: `/metrics` (on every listener) and `GET
+    /// /v1/stats` need `Authorization: Bearer <admin_token>` (the page at
+    /// `GET /` stays open: it holds no figures, and a browser cannot send
+    /// the header when it opens a page; it asks for the token); `false`
+    /// (the default): they are open, as `/metrics` always was. `true` needs
+    /// `admin_token`.
     pub metrics_auth: bool,
     /// `server.dashboard`: the live dashboard and the statistics behind it.
     pub dashboard: DashboardSettings,

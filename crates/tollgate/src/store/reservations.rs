@@ -77,8 +77,15 @@ impl Table {
         self.records.get_mut(&nonce)
     }
 
-    /// Marks `nonce`'s record settled at `actual` (if still held).
+    /// Marks `nonce`'s record settled at `actual` (if still held); a
+    /// cancel (`actual` 0) drops it instead: it gave everything back, so a
+    /// retry has nothing to charge twice, and a record kept for replays
+    /// would let a reserve-and-cancel loop hold records no budget paid for.
     pub fn settle(&mut self, nonce: u128, actual: u64, settled: SmallVec<[Settled; 2]>) {
+        if actual == 0 {
+            self.remove(nonce);
+            return;
+        }
         let Some(record) = self.records.get_mut(&nonce) else {
             return;
         };
@@ -205,11 +212,20 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_drops_its_record() {
+        let mut table = Table::default();
+        table.insert(1, record(100), 0, 8);
+        table.settle(1, 0, Default::default());
+        assert_eq!(table.len(), 0);
+        assert!(table.get_mut(1, 0).is_none());
+    }
+
+    #[test]
     fn settled_records_go_before_any_open_one_and_are_not_counted() {
         let mut table = Table::default();
         table.insert(1, record(100), 0, 2);
         table.insert(2, record(5_000), 0, 2);
-        table.settle(2, 0, Default::default());
+        table.settle(2, 7, Default::default());
         // Full: the settled record goes, though its deadline is later.
         assert_eq!(table.insert(3, record(1_000), 0, 2), 0);
         assert!(table.get_mut(2, 0).is_none());

@@ -113,8 +113,15 @@ settle = function(keys, args, policies, n, now, actual)
       out[k + 1], out[k + 2], out[k + 3] = returned, charged, unpaid
       settled[#settled + 1] = fmt(returned) .. ' ' .. fmt(charged) .. ' ' .. fmt(unpaid)
     end
-    call('SET', record_key, open .. ';' .. table.concat(settled, ' ') .. '|' .. names,
-      'PXAT', fmt(expiry_ms(deadline)))
+    if actual == 0 then
+      -- A cancel gives everything back: nothing is left to charge twice,
+      -- and a record kept for its replays would let a reserve-and-cancel
+      -- loop hold records its budget never paid for.
+      call('DEL', record_key)
+    else
+      call('SET', record_key, open .. ';' .. table.concat(settled, ' ') .. '|' .. names,
+        'PXAT', fmt(expiry_ms(deadline)))
+    end
   end
   return peek_into(keys, policies, n, now, out)
 end
