@@ -152,6 +152,15 @@ async fn a_token_budget_is_charged_when_the_stream_is_done() {
         ),
         0
     );
+    // Charged: 1200 (400, 500, 300), each in one atomic step (read before
+    // another user's response, whose charge lands when Envoy sends it).
+    assert_eq!(
+        metric(
+            &service,
+            r#"tollgate_settle_units_total{policy="tokens",units="charged"}"#
+        ),
+        1200
+    );
     // Another user has their own budget.
     let reply = client
         .get_with("/", &[("x-user", "bob"), ("x-usage", "1")])
@@ -160,13 +169,5 @@ async fn a_token_budget_is_charged_when_the_stream_is_done() {
     assert_eq!(
         reply.header("x-ratelimit-remaining").as_deref(),
         Some("1000")
-    );
-    // Charged: 1200 (400, 500, 300), each in one atomic step.
-    assert_eq!(
-        metric(
-            &service,
-            r#"tollgate_settle_units_total{policy="tokens",units="charged"}"#
-        ),
-        1200
     );
 }

@@ -445,6 +445,8 @@ impl Run<'_> {
                 let answer = self.settle(done.nonce, done.estimate * per_mille / 1_000);
                 if now >= done.deadline {
                     prop_assert_eq!(answer, None, "replayed past its deadline");
+                } else if done.answer.actual == 0 {
+                    prop_assert_eq!(answer, None, "a cancel deletes its reservation");
                 } else {
                     self.seen.replayed += 1;
                     let answer = answer.ok_or_else(|| {
@@ -898,10 +900,15 @@ fn the_memory_store_keeps_at_most_max_reservations() {
     assert_eq!(settle(0, 0), None);
     assert_eq!(hot(&store), before);
     assert_eq!(before, 1_000_000 - 500 * 10, "every hot estimate charged");
-    // Kept: settled, then replayed.
-    let answer = settle(998, 0).expect("among the latest 100");
-    assert_eq!(answer.settled[0].returned, 10);
-    assert!(settle(998, 0).expect("kept for replays").replayed);
+    // Kept: settled, then replayed; a cancel deletes its reservation.
+    let answer = settle(998, 1).expect("among the latest 100");
+    assert_eq!(answer.settled[0].returned, 9);
+    assert!(settle(998, 1).expect("kept for replays").replayed);
+    assert_eq!(
+        settle(996, 0).expect("among the latest").settled[0].returned,
+        10
+    );
+    assert_eq!(settle(996, 0), None, "a cancel deletes its reservation");
     // Past every deadline, the next reservation sweeps them all away.
     clock.advance_us(61_000_000);
     store.reserve_sync(ReserveCall {
