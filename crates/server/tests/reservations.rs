@@ -606,7 +606,10 @@ async fn every_endpoint_and_every_error_on_the_memory_store() {
         (r#"tollgate_settles_total{result="replayed"}"#, 4),
         // erin, the forged ids (6, settled and cancelled), the tampered
         // one, carol's cancel and settle after her cancel.
-        (r#"tollgate_settles_total{result="unknown"}"#, 1 + 12 + 1 + 2),
+        (
+            r#"tollgate_settles_total{result="unknown"}"#,
+            1 + 12 + 1 + 2,
+        ),
         (
             r#"tollgate_settle_units_total{policy="tokens",units="returned"}"#,
             180 + 50 + 4,
