@@ -406,49 +406,15 @@ impl<S: Store> Limiter<S> {
         deadline: Duration,
     ) -> Result<Reservation, Error> {
         let key = key.as_ref();
-        if policies.is_empty() {
-            return Err(Error::NoPolicy);
-        }
-        distinct(policies.iter().copied())?;
-        self.validate_request(key, estimate)?;
-        if estimate > MAX_AMOUNT {
-            return Err(Error::InvalidReservation(format!(
-                "estimate {estimate} is above the maximum of {MAX_AMOUNT}"
-            )));
-        }
         if deadline.is_zero() || deadline > MAX_DEADLINE {
             return Err(Error::InvalidReservation(format!(
                 "deadline {deadline:?} must be above zero and at most {MAX_DEADLINE:?}"
             )));
         }
-        let refs = policies
-            .iter()
-            .map(|name| {
-                let policy = self.lookup(name)?;
-                if !crate::algorithm::can_reserve(policy.algorithm()) {
-                    return Err(Error::NotReservable {
-                        policy: (*name).to_owned(),
-                        reason: crate::PolicyError::ReserveNotSupported(policy.algorithm())
-                            .to_string(),
-                    });
-                }
-                Ok(PolicyRef { name, policy })
-            })
-            .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
+        let refs = self.reservable(policies, key, estimate, "estimate")?;
         let overridden = self.resolve_overrides(key, &refs);
         let blocked = overridden.iter().any(|o| matches!(o, Resolved::Blocked));
-        let stored: SmallVec<[PolicyRef<'_>; 2]> = refs
-            .iter()
-            .zip(&overridden)
-            .filter_map(|(p, o)| match o {
-                Resolved::Policy(policy) => Some(PolicyRef {
-                    name: p.name,
-                    policy,
-                }),
-                Resolved::Registered => Some(*p),
-                Resolved::Unlimited | Resolved::Blocked => None,
-            })
-            .collect();
+        let stored = charged_refs(&refs, &overridden);
         if blocked || stored.is_empty() {
             // Decided as a check is (nothing reserved): a block denies with
             // nothing charged, unlimited policies pass without a store.
@@ -595,43 +561,9 @@ impl<S: Store> Limiter<S> {
         units: u64,
     ) -> Result<SettleAnswer, Error> {
         let key = key.as_ref();
-        if policies.is_empty() {
-            return Err(Error::NoPolicy);
-        }
-        distinct(policies.iter().copied())?;
-        self.validate_request(key, units)?;
-        if units > MAX_AMOUNT {
-            return Err(Error::InvalidReservation(format!(
-                "units {units} are above the maximum of {MAX_AMOUNT}"
-            )));
-        }
-        let refs = policies
-            .iter()
-            .map(|name| {
-                let policy = self.lookup(name)?;
-                if !crate::algorithm::can_reserve(policy.algorithm()) {
-                    return Err(Error::NotReservable {
-                        policy: (*name).to_owned(),
-                        reason: crate::PolicyError::ReserveNotSupported(policy.algorithm())
-                            .to_string(),
-                    });
-                }
-                Ok(PolicyRef { name, policy })
-            })
-            .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
+        let refs = self.reservable(policies, key, units, "units")?;
         let overridden = self.resolve_overrides(key, &refs);
-        let refs: SmallVec<[PolicyRef<'_>; 2]> = refs
-            .iter()
-            .zip(&overridden)
-            .filter_map(|(p, o)| match o {
-                Resolved::Policy(policy) => Some(PolicyRef {
-                    name: p.name,
-                    policy,
-                }),
-                Resolved::Registered => Some(*p),
-                Resolved::Unlimited | Resolved::Blocked => None,
-            })
-            .collect();
+        let refs = charged_refs(&refs, &overridden);
         if refs.is_empty() {
             return Ok(SettleAnswer {
                 actual: units,
@@ -656,6 +588,42 @@ impl<S: Store> Limiter<S> {
     /// As [`settle`](Self::settle).
     pub async fn cancel(&self, id: &ReservationId) -> Result<Option<SettleAnswer>, Error> {
         self.settle(id, 0).await
+    }
+
+    /// The policies of a reservation or a charge of `amount` (the
+    /// `what` of an error), validated: named, distinct, each reservable,
+    /// the key and the amount within bounds.
+    fn reservable<'a>(
+        &'a self,
+        policies: &[&'a str],
+        key: &[u8],
+        amount: u64,
+        what: &str,
+    ) -> Result<SmallVec<[PolicyRef<'a>; 2]>, Error> {
+        if policies.is_empty() {
+            return Err(Error::NoPolicy);
+        }
+        distinct(policies.iter().copied())?;
+        self.validate_request(key, amount)?;
+        if amount > MAX_AMOUNT {
+            return Err(Error::InvalidReservation(format!(
+                "{what} {amount} is above the maximum of {MAX_AMOUNT}"
+            )));
+        }
+        policies
+            .iter()
+            .map(|name| {
+                let policy = self.lookup(name)?;
+                if !crate::algorithm::can_reserve(policy.algorithm()) {
+                    return Err(Error::NotReservable {
+                        policy: (*name).to_owned(),
+                        reason: crate::PolicyError::ReserveNotSupported(policy.algorithm())
+                            .to_string(),
+                    });
+                }
+                Ok(PolicyRef { name, policy })
+            })
+            .collect()
     }
 
     /// Each policy's override for `key`, as a reservation or a settle
@@ -922,6 +890,25 @@ enum Resolved {
     Unlimited,
     /// Blocked.
     Blocked,
+}
+
+/// The policies a reservation or a charge goes to the store with: each
+/// under its override's numbers, or its own; none unlimited or blocked.
+fn charged_refs<'a>(
+    refs: &[PolicyRef<'a>],
+    overridden: &'a [Resolved],
+) -> SmallVec<[PolicyRef<'a>; 2]> {
+    refs.iter()
+        .zip(overridden)
+        .filter_map(|(p, o)| match o {
+            Resolved::Policy(policy) => Some(PolicyRef {
+                name: p.name,
+                policy,
+            }),
+            Resolved::Registered => Some(*p),
+            Resolved::Unlimited | Resolved::Blocked => None,
+        })
+        .collect()
 }
 
 /// The decision of a policy unlimited by an override.
