@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use tollgate::Policy;
@@ -99,6 +99,7 @@ pub async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
             [
                 (CONTENT_TYPE, "application/json"),
                 (CACHE_CONTROL, "no-store"),
+                (X_CONTENT_TYPE_OPTIONS, "nosniff"),
             ],
             body.to_string(),
         )

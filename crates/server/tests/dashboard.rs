@@ -44,6 +44,10 @@ async fn stats(server: &TestServer) -> Value {
         Some("application/json")
     );
     assert_eq!(reply.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(
+        reply.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
     reply.json()
 }
 

@@ -276,6 +276,24 @@ async fn every_panel_queries_metrics_the_server_exports() {
     server
         .post_json("/v1/check", r#"{"policy":"tiny","key":"vip"}"#)
         .await;
+    // A reservation settled past its estimate, and one denied.
+    let reserved = server
+        .post_json(
+            "/v1/reserve",
+            r#"{"policy":"leased","key":"r","estimate":3}"#,
+        )
+        .await;
+    let id = reserved.1["reservation"].as_str().unwrap().to_owned();
+    let settled = server
+        .post_json(
+            "/v1/settle",
+            &format!(r#"{{"reservation":"{id}","actual":5}}"#),
+        )
+        .await;
+    assert_eq!(settled.0, 200, "{}", settled.1);
+    server
+        .post_json("/v1/reserve", r#"{"policy":"tiny","key":"k","estimate":3}"#)
+        .await;
     // Envoy: within, near and over the limit; shadow mode.
     for (key, value) in [
         ("user", "u"),
@@ -301,6 +319,8 @@ async fn every_panel_queries_metrics_the_server_exports() {
         "tollgate_decisions_total",
         "tollgate_store_latency_seconds_bucket",
         "tollgate_leases_taken_total",
+        "tollgate_reservations_total",
+        "tollgate_settle_units_total",
         "ratelimit_service_rate_limit_shadow_mode",
     ] {
         assert!(
