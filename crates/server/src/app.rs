@@ -524,9 +524,9 @@ impl App {
     /// Envoy descriptor with `settle: true`, on the call Envoy makes when
     /// the stream is done): charged whether or not they fit, overdrawing
     /// the policy by at most its `max_overdraft`, the rest unpaid, in one
-    /// atomic step of the store ([`Limiter::charge`]); units past
-    /// [`MAX_AMOUNT`](tollgate::reservation::MAX_AMOUNT) are unpaid too.
-    /// Counted as units charged and unpaid.
+    /// atomic step of the store ([`Limiter::charge`], which reports units
+    /// past what the store computes exactly as unpaid too). Counted as
+    /// units charged and unpaid.
     ///
     /// # Errors
     /// As [`Limiter::charge`].
@@ -537,16 +537,11 @@ impl App {
         key: &[u8],
         units: u64,
     ) -> Result<AfterTheFact, Error> {
-        // Usage past what the store computes exactly is charged as the most
-        // it can, the rest unpaid: never refused, which would charge nothing.
-        let beyond = units.saturating_sub(tollgate::reservation::MAX_AMOUNT);
-        let units = units - beyond;
         let started = Instant::now();
         let result = loaded.limiter.charge(&[name], key, units).await;
         self.metrics.store_latency(started.elapsed());
         let answer = result?;
-        let mut settled = answer.settled.first().copied().unwrap_or_default();
-        settled.unpaid += beyond;
+        let settled = answer.settled.first().copied().unwrap_or_default();
         self.metrics.settled_units(name, &settled);
         let decision = match answer.decisions.first() {
             Some(decision) => *decision,

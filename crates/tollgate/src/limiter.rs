@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use std::time::Duration;
 
 use crate::overrides::{Override, OverrideError, OverrideLimit, Overrides, Page, Source};
-use crate::reservation::{MAX_AMOUNT, MAX_DEADLINE, Reservation, ReservationId};
+use crate::reservation::{MAX_AMOUNT, Reservation, ReservationId};
 use crate::store::{
     ChargeCall, Check, Decisions, Mode, PolicyRef, ReserveCall, SettleAnswer, SettleCall, Store,
 };
@@ -395,7 +395,7 @@ impl<S: Store> Limiter<S> {
     /// As [`check_all`](Self::check_all) (with `estimate` as the cost),
     /// [`Error::NotReservable`] for a `sliding_log` or `leaky_bucket`
     /// policy, [`Error::InvalidReservation`] for a deadline past
-    /// [`MAX_DEADLINE`] or of zero, or an estimate past [`MAX_AMOUNT`], and
+    /// [`MAX_DEADLINE`](crate::reservation::MAX_DEADLINE) or of zero, or an estimate past [`MAX_AMOUNT`], and
     /// [`Error::Store`] with [`StoreError::Unsupported`](crate::StoreError::Unsupported)
     /// from a store that keeps no reservations.
     pub async fn reserve(
@@ -406,11 +406,7 @@ impl<S: Store> Limiter<S> {
         deadline: Duration,
     ) -> Result<Reservation, Error> {
         let key = key.as_ref();
-        if deadline.is_zero() || deadline > MAX_DEADLINE {
-            return Err(Error::InvalidReservation(format!(
-                "deadline {deadline:?} must be above zero and at most {MAX_DEADLINE:?}"
-            )));
-        }
+        crate::reservation::check_deadline(deadline)?;
         let refs = self.reservable(policies, key, estimate, "estimate")?;
         let overridden = self.resolve_overrides(key, &refs);
         let blocked = overridden.iter().any(|o| matches!(o, Resolved::Blocked));
@@ -551,9 +547,9 @@ impl<S: Store> Limiter<S> {
     /// # Errors
     /// [`Error::UnknownPolicy`], [`Error::NoPolicy`],
     /// [`Error::DuplicatePolicy`], [`Error::ZeroCost`],
-    /// [`Error::KeyTooLong`], [`Error::NotReservable`],
-    /// [`Error::InvalidReservation`] past [`MAX_AMOUNT`], or
-    /// [`Error::Store`].
+    /// [`Error::KeyTooLong`], [`Error::NotReservable`], or
+    /// [`Error::Store`]. Units past [`MAX_AMOUNT`] are not an error: they
+    /// are reported unpaid.
     pub async fn charge(
         &self,
         policies: &[&str],
@@ -561,7 +557,12 @@ impl<S: Store> Limiter<S> {
         units: u64,
     ) -> Result<SettleAnswer, Error> {
         let key = key.as_ref();
-        let refs = self.reservable(policies, key, units, "units")?;
+        // Units past what the store computes exactly are charged as the
+        // most it can, the rest unpaid: never refused, which would charge
+        // nothing for a usage reported after the fact.
+        let beyond = units.saturating_sub(MAX_AMOUNT);
+        let charged = units - beyond;
+        let refs = self.reservable(policies, key, charged, "units")?;
         let overridden = self.resolve_overrides(key, &refs);
         let refs = charged_refs(&refs, &overridden);
         if refs.is_empty() {
@@ -570,15 +571,20 @@ impl<S: Store> Limiter<S> {
                 ..SettleAnswer::default()
             });
         }
-        Ok(self
+        let mut answer = self
             .inner
             .store
             .charge(ChargeCall {
                 key,
                 policies: &refs,
-                units,
+                units: charged,
             })
-            .await?)
+            .await?;
+        answer.actual = units;
+        for settled in &mut answer.settled {
+            settled.unpaid += beyond;
+        }
+        Ok(answer)
     }
 
     /// Cancels the reservation `id`: settles it at zero, giving back its
@@ -614,13 +620,7 @@ impl<S: Store> Limiter<S> {
             .iter()
             .map(|name| {
                 let policy = self.lookup(name)?;
-                if !crate::algorithm::can_reserve(policy.algorithm()) {
-                    return Err(Error::NotReservable {
-                        policy: (*name).to_owned(),
-                        reason: crate::PolicyError::ReserveNotSupported(policy.algorithm())
-                            .to_string(),
-                    });
-                }
+                crate::reservation::check_policy(name, policy)?;
                 Ok(PolicyRef { name, policy })
             })
             .collect()

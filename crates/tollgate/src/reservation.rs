@@ -32,6 +32,49 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// store's Lua twin computes with it exactly.
 pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
 
+/// Checks a reservation's deadline: above zero, at most [`MAX_DEADLINE`].
+/// The one home of the rule, for the limiter and for adapters that check
+/// it ahead (the tower layer's builder).
+///
+/// # Errors
+/// [`Error::InvalidReservation`](crate::Error::InvalidReservation).
+pub fn check_deadline(deadline: Duration) -> Result<(), crate::Error> {
+    if deadline.is_zero() || deadline > MAX_DEADLINE {
+        return Err(crate::Error::InvalidReservation(format!(
+            "deadline {deadline:?} must be above zero and at most {MAX_DEADLINE:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that the policy `name` can be reserved (or charged after the
+/// fact): an algorithm that settles exactly, and a name the reservation's
+/// id can carry (at most 255 bytes). The one home of the rule, for the
+/// limiter and for adapters that check it ahead.
+///
+/// ```
+/// use tollgate::reservation::check_policy;
+/// assert!(check_policy("tokens", &"fixed_window 10/s".parse()?).is_ok());
+/// assert!(check_policy("log", &"sliding_log 10/s".parse()?).is_err());
+/// # Ok::<(), tollgate::PolicyError>(())
+/// ```
+///
+/// # Errors
+/// [`Error::NotReservable`](crate::Error::NotReservable), saying why.
+pub fn check_policy(name: &str, policy: &crate::Policy) -> Result<(), crate::Error> {
+    let reason = if name.len() > 255 {
+        "a reserved policy's name is at most 255 bytes long".to_owned()
+    } else if !crate::algorithm::can_reserve(policy.algorithm()) {
+        crate::PolicyError::ReserveNotSupported(policy.algorithm()).to_string()
+    } else {
+        return Ok(());
+    };
+    Err(crate::Error::NotReservable {
+        policy: name.to_owned(),
+        reason,
+    })
+}
+
 /// The version byte of the text form.
 const VERSION: u8 = 1;
 
@@ -59,9 +102,10 @@ impl ReservationId {
     /// form counts them in a byte), and a store error when the operating
     /// system gives no randomness (a reservation must not be guessable).
     pub(crate) fn draw(key: &[u8], policies: &[&str]) -> Result<ReservationId, crate::Error> {
-        if policies.len() > 255 || policies.iter().any(|p| p.len() > 255) {
+        // Names were checked by `check_policy`.
+        if policies.len() > 255 {
             return Err(crate::Error::InvalidReservation(
-                "a reservation names at most 255 policies, each at most 255 bytes long".into(),
+                "a reservation names at most 255 policies".into(),
             ));
         }
         let mut bytes = [0u8; 16];

@@ -105,7 +105,7 @@ use http::response::Parts;
 use http::{HeaderMap, Response};
 use http_body::Frame;
 use tokio::sync::Notify;
-use tollgate::reservation::{DEFAULT_DEADLINE, MAX_AMOUNT, MAX_DEADLINE};
+use tollgate::reservation::{DEFAULT_DEADLINE, MAX_AMOUNT};
 use tollgate::{Limiter, ReservationId, Store};
 
 use crate::body::RateLimitBody;
@@ -235,7 +235,7 @@ impl Reserve {
     }
 
     /// How long a reservation stays open (default five minutes,
-    /// [`DEFAULT_DEADLINE`]; at most one hour, [`MAX_DEADLINE`]). A
+    /// [`DEFAULT_DEADLINE`]; at most one hour, [`MAX_DEADLINE`](tollgate::reservation::MAX_DEADLINE)). A
     /// response still streaming at its deadline is settled at its estimate
     /// by the store; the settle at its end then finds nothing (counted in
     /// [`SettleStats::expired`]). Make it longer than your longest
@@ -263,26 +263,17 @@ impl Reserve {
         if !limiter.store().reserves() {
             return Err(ConfigError::ReservationsUnsupported);
         }
-        if self.deadline.is_zero() || self.deadline > MAX_DEADLINE {
+        if tollgate::reservation::check_deadline(self.deadline).is_err() {
             return Err(ConfigError::ReserveDeadline(self.deadline));
         }
         if self.max_pending == 0 {
             return Err(ConfigError::NoPendingSettles);
         }
         for (name, policy) in policies {
-            // The reservation's id names its policies in a byte each.
-            if name.len() > 255 {
-                return Err(ConfigError::NotReservable {
-                    policy: name.to_owned(),
-                    reason: "a reserved policy's name is at most 255 bytes long".to_owned(),
-                });
-            }
-            if !tollgate::algorithm::can_reserve(policy.algorithm()) {
-                return Err(ConfigError::NotReservable {
-                    policy: name.to_owned(),
-                    reason: tollgate::PolicyError::ReserveNotSupported(policy.algorithm())
-                        .to_string(),
-                });
+            if let Err(tollgate::Error::NotReservable { policy, reason }) =
+                tollgate::reservation::check_policy(name, policy)
+            {
+                return Err(ConfigError::NotReservable { policy, reason });
             }
         }
         Ok(())
