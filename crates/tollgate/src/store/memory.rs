@@ -194,9 +194,37 @@ impl Key {
 }
 
 impl Entry {
+    #[inline]
     fn is(&self, name: u16, identity: &[u8]) -> bool {
-        self.key.name() == name && self.key.identity() == identity
+        self.key.name() == name && same_bytes(self.key.identity(), identity)
     }
+}
+
+/// `a == b`, without a call to `memcmp` for the short slices that policy
+/// names and most identities are: every decision compares a name and an
+/// identity, and for a few bytes the call costs more than the comparison.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Two loads that overlap when `n` is below twice their width cover
+    // every byte.
+    if (8..=16).contains(&n) {
+        let word =
+            |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    if (4..8).contains(&n) {
+        let word =
+            |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
+        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
+    }
+    if n < 4 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    a == b
 }
 
 /// A shard's policy names, each held once and referred to by index from
@@ -225,7 +253,7 @@ impl Names {
             let i = self
                 .slots
                 .iter()
-                .position(|(n, count)| *count > 0 && **n == *name)?;
+                .position(|(n, count)| *count > 0 && same_bytes(n.as_bytes(), name.as_bytes()))?;
             // At most SCAN_NAMES.
             return Some(i as u16);
         }
@@ -1019,8 +1047,27 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{MemoryStore, lock};
+    use super::{MemoryStore, lock, same_bytes};
     use crate::{Check, ManualClock, Mode, Policy, PolicyRef};
+
+    /// `same_bytes` is `==` for every length it treats apart (0 to 3, 4 to
+    /// 7, 8 to 16, longer), with one byte changed at every position, and
+    /// across lengths.
+    #[test]
+    fn same_bytes_is_equality() {
+        for len in 0..=40usize {
+            let a: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            assert!(same_bytes(&a, &a.clone()), "len {len}");
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 0x80;
+                assert!(!same_bytes(&a, &b), "len {len}, byte {at} changed");
+            }
+            let longer: Vec<u8> = a.iter().copied().chain([0]).collect();
+            assert!(!same_bytes(&a, &longer), "len {len} against {}", len + 1);
+            assert!(!same_bytes(&longer, &a), "len {} against {len}", len + 1);
+        }
+    }
 
     /// Charges one unit of `policy` under `name` to `key`: allowed?
     fn charge(store: &MemoryStore, name: &str, key: &[u8], policy: &Policy) -> bool {
