@@ -3,7 +3,9 @@
 //! `cargo bench -p tollgate-redis --bench redis_store` (takes about three
 //! minutes; `TOLLGATE_BENCH_SECS` sets the seconds per measurement, default
 //! 3; `TOLLGATE_BENCH_ALGORITHMS=gcra,sliding_log` measures only those,
-//! `TOLLGATE_BENCH_MEMORY=0` skips the memory part).
+//! `TOLLGATE_BENCH_MEMORY=0` skips the memory part;
+//! `TOLLGATE_BENCH_CONNECTIONS=n` sets the store's connections, default
+//! [`RedisOptions::connections`]'s).
 //!
 //! Starts its own redis-server on a free loopback port, then measures:
 //! 1. for each algorithm, the ceiling: `redis-benchmark` sending the very
@@ -259,6 +261,15 @@ async fn memory_per_key(server: &RedisServer, store: &RedisStore) -> Vec<(String
     rows
 }
 
+/// `options` with `TOLLGATE_BENCH_CONNECTIONS` connections, when set.
+fn connections(options: RedisOptions) -> RedisOptions {
+    match std::env::var("TOLLGATE_BENCH_CONNECTIONS").map(|n| n.parse()) {
+        Ok(Ok(n)) => options.connections(n),
+        Ok(Err(_)) => panic!("TOLLGATE_BENCH_CONNECTIONS must be a number"),
+        Err(_) => options,
+    }
+}
+
 fn main() {
     let server = RedisServer::start();
     server.cli(&["FUNCTION", "LOAD", &script::LIBRARY.source]);
@@ -288,7 +299,7 @@ fn main() {
     let (runs, memory) = runtime.block_on(async {
         let store = RedisStore::connect(
             &server.url(),
-            RedisOptions::default().timeout(Duration::from_secs(5)),
+            connections(RedisOptions::default().timeout(Duration::from_secs(5))),
         )
         .await
         .expect("connect");

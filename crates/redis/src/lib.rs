@@ -39,6 +39,7 @@
 pub mod invalidate;
 pub mod keys;
 pub mod overrides;
+pub mod pool;
 pub mod script;
 pub mod sentinel;
 pub mod store;

@@ -31,8 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisConnectionInfo, RedisError, Value};
+
+use crate::pool::Pool;
 
 /// The least time between two discoveries started by failed calls: many
 /// failing calls during a failover ask the sentinels once per interval,
@@ -129,7 +131,8 @@ pub(crate) struct Current {
     pub(crate) generation: u64,
     /// `host:port`, as the sentinels gave it.
     pub(crate) address: String,
-    pub(crate) connection: ConnectionManager,
+    /// The store's connections to it.
+    pub(crate) connections: Pool,
     /// For the invalidation feed: a client for the same master.
     pub(crate) client: redis::Client,
 }
@@ -147,6 +150,9 @@ pub(crate) struct Finder {
     /// check, the new connection.
     pub(crate) timeout: Duration,
     pub(crate) manager: ConnectionManagerConfig,
+    /// How many connections to open to the master
+    /// ([`RedisOptions::connections`](crate::RedisOptions::connections)).
+    pub(crate) connections: usize,
 }
 
 /// The sentinels, the master's settings, and the master in use.
@@ -166,13 +172,13 @@ impl Sentinel {
     /// Starts [`watch`](Self::watch).
     pub(crate) async fn connect(finder: Finder) -> Result<Arc<Sentinel>, RedisError> {
         let (address, client) = finder.discover().await?;
-        let connection = finder.open(&client).await?;
+        let connections = finder.open(&client).await?;
         let sentinel = Arc::new(Sentinel {
             finder,
             current: Mutex::new(Current {
                 generation: 0,
                 address,
-                connection,
+                connections,
                 client,
             }),
             discovery: tokio::sync::Mutex::new(None),
@@ -271,7 +277,7 @@ impl Sentinel {
             // The same master (its connection reconnects on its own).
             return Ok(());
         }
-        let connection = self.finder.open(&client).await?;
+        let connections = self.finder.open(&client).await?;
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         tracing::warn!(
             master = %self.finder.master.name,
@@ -282,7 +288,7 @@ impl Sentinel {
         *current = Current {
             generation: current.generation + 1,
             address,
-            connection,
+            connections,
             client,
         };
         Ok(())
@@ -432,14 +438,9 @@ impl Finder {
         }
     }
 
-    /// The store's connection to the master (the same configuration as a
-    /// standalone store's: it never re-sends a command).
-    async fn open(&self, client: &redis::Client) -> Result<ConnectionManager, RedisError> {
-        tokio::time::timeout(
-            self.timeout,
-            client.get_connection_manager_with_config(self.manager.clone()),
-        )
-        .await
-        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+    /// The store's connections to the master (the same configuration as a
+    /// standalone store's: they never re-send a command).
+    async fn open(&self, client: &redis::Client) -> Result<Pool, RedisError> {
+        Pool::open(client, &self.manager, self.connections, self.timeout).await
     }
 }

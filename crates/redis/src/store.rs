@@ -20,6 +20,7 @@ use tollgate::{
 
 use crate::invalidate::{self, Subscriber};
 use crate::keys::{InvalidPrefix, reservation_key, state_key, validate_prefix};
+use crate::pool::Pool;
 use crate::script::{self, ENVOY_COUNTER, ENVOY_COUNTER_SOURCE, LIBRARY};
 use crate::sentinel::{Finder, Sentinel, SentinelMaster};
 
@@ -61,6 +62,14 @@ pub struct RedisOptions {
     /// (both PEM), for a Redis that verifies its clients (mutual TLS,
     /// `tls-auth-clients yes`). `None`: no client certificate.
     pub tls_client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    /// Connections to the server (a standalone Redis, or the master a
+    /// Sentinel names), used in turn: each is multiplexed, and more than
+    /// one lets a busy client write and read on several at once. Default
+    /// [`default_connections`](crate::pool::default_connections): one per
+    /// core, at most 4. Between 1 and
+    /// [`MAX_CONNECTIONS`](crate::pool::MAX_CONNECTIONS). A Cluster store
+    /// keeps one connection per node.
+    pub connections: usize,
 }
 
 /// Certificates are summarised, and the private key never printed.
@@ -73,6 +82,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("tls_root_cert", &self.tls_root_cert.is_some())
             .field("tls_client_cert", &self.tls_client_cert.is_some())
             .field("envoy_prefix", &self.envoy_prefix)
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -86,6 +96,7 @@ impl Default for RedisOptions {
             tls_root_cert: None,
             envoy_prefix: None,
             tls_client_cert: None,
+            connections: crate::pool::default_connections(),
         }
     }
 }
@@ -126,6 +137,13 @@ impl RedisOptions {
     /// verifies its clients.
     pub fn tls_client_cert(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
         self.tls_client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Sets the number of connections to the server (see
+    /// [`RedisOptions::connections`]).
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections;
         self
     }
 
@@ -180,14 +198,13 @@ pub enum ConnectError {
     SentinelScheme(String),
 }
 
-/// One connection type over every topology: the redis-rs connections are
-/// multiplexed (concurrent calls share one socket and are pipelined),
-/// reconnect on their own, and are cheap to clone. A Sentinel store holds a
-/// standalone connection to the master in use, replaced when the master
-/// moves (see [`crate::sentinel`]).
-#[derive(Clone)]
+/// What a store talks to, over every topology: the redis-rs connections
+/// are multiplexed (concurrent calls share one socket and are pipelined),
+/// reconnect on their own, and are cheap to clone. A standalone store holds
+/// a [`Pool`] of them; a Sentinel store a pool to the master in use,
+/// replaced when the master moves (see [`crate::sentinel`]).
 enum Connection {
-    Standalone(ConnectionManager),
+    Standalone(Pool),
     Cluster(ClusterConnection),
     Sentinel(Arc<Sentinel>),
 }
@@ -195,24 +212,31 @@ enum Connection {
 impl Connection {
     /// The connection a call uses, and the Sentinel master's generation it
     /// belongs to (0 on other topologies).
-    fn resolve(&self) -> (Connection, u64) {
+    fn resolve(&self) -> (Link, u64) {
         match self {
+            Connection::Standalone(pool) => (Link::Node(pool.pick()), 0),
+            Connection::Cluster(cluster) => (Link::Cluster(cluster.clone()), 0),
             Connection::Sentinel(sentinel) => {
                 let current = sentinel.current();
-                (
-                    Connection::Standalone(current.connection),
-                    current.generation,
-                )
+                (Link::Node(current.connections.pick()), current.generation)
             }
-            other => (other.clone(), 0),
         }
     }
+}
 
+/// The connection one call is sent on.
+enum Link {
+    /// To one server: a standalone Redis or a Sentinel's master.
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
     /// `ASKING` then `cmd` on the connection to `address` (`host:port`, from
     /// an `ASK` error), as one pipeline: one write, so nothing another task
     /// sends on that multiplexed connection can come between them.
     async fn asking(&mut self, address: &str, cmd: &Cmd) -> RedisResult<Value> {
-        let Connection::Cluster(connection) = self else {
+        let Link::Cluster(connection) = self else {
             return Err(RedisError::from((
                 ErrorKind::ClientError,
                 "ASK redirection on a standalone connection",
@@ -243,15 +267,11 @@ impl Connection {
     }
 }
 
-impl ConnectionLike for Connection {
+impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Connection::Standalone(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-            Connection::Sentinel(s) => {
-                let mut c = s.current().connection;
-                Box::pin(async move { c.req_packed_command(cmd).await })
-            }
+            Link::Node(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -262,20 +282,15 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Connection::Standalone(c) => c.req_packed_commands(cmd, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-            Connection::Sentinel(s) => {
-                let mut c = s.current().connection;
-                Box::pin(async move { c.req_packed_commands(cmd, offset, count).await })
-            }
+            Link::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Standalone(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
-            Connection::Sentinel(s) => s.current().connection.get_db(),
+            Link::Node(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -344,6 +359,15 @@ impl std::fmt::Debug for RedisStore {
                 .field("master_name", &sentinel.master_name())
                 .field("master", &sentinel.current().address)
                 .field("sentinels", &sentinel.sentinels());
+        }
+        match &self.inner.connection {
+            Connection::Standalone(pool) => {
+                debug.field("connections", &pool.len());
+            }
+            Connection::Sentinel(sentinel) => {
+                debug.field("connections", &sentinel.current().connections.len());
+            }
+            Connection::Cluster(_) => {}
         }
         debug
             .field("prefix", &self.inner.prefix)
@@ -424,16 +448,13 @@ impl RedisStore {
         // request (a timeout is not an unrecoverable error, so the manager
         // does not reconnect on it), which is what the caller's deadline
         // does already — deadlines have one owner (`RedisOptions::timeout`).
-        let manager = tokio::time::timeout(
+        let pool = Pool::open(
+            &client,
+            &manager_config(&options),
+            options.connections,
             options.connect_timeout,
-            client.get_connection_manager_with_config(manager_config(&options)),
         )
         .await
-        .map_err(|_| {
-            ConnectError::Connect(RedisError::from(std::io::Error::from(
-                std::io::ErrorKind::TimedOut,
-            )))
-        })?
         .map_err(ConnectError::Connect)?;
         let subscriber =
             Subscriber::client(client.get_connection_info().clone(), options.certificates())
@@ -442,7 +463,7 @@ impl RedisStore {
                     source,
                 })?;
         Ok(Self::new(
-            Connection::Standalone(manager),
+            Connection::Standalone(pool),
             vec![subscriber],
             options,
         ))
@@ -508,6 +529,7 @@ impl RedisStore {
             certificates: certificates.clone(),
             timeout: options.connect_timeout,
             manager: manager_config(&options),
+            connections: options.connections,
         };
         let sentinel = Sentinel::connect(finder)
             .await
@@ -857,7 +879,7 @@ impl RedisStore {
     /// [`send`](Self::send)'s loop, on `connection`.
     async fn send_on(
         &self,
-        connection: &mut Connection,
+        connection: &mut Link,
         abandoned: &mut Abandoned,
         topology: Topology,
         cmd: &Cmd,
@@ -922,7 +944,7 @@ impl RedisStore {
                     if current.generation == abandoned.generation {
                         return Err(error);
                     }
-                    *connection = Connection::Standalone(current.connection);
+                    *connection = Link::Node(current.connections.pick());
                     abandoned.generation = current.generation;
                     false
                 }
@@ -1206,7 +1228,7 @@ fn is_fcall(cmd: &Cmd) -> bool {
 /// redis-rs sends it to every master and succeeds only if all succeed.
 /// REPLACE is safe: a library of this name can only hold this code
 /// (script.rs), and other versions' libraries have other names.
-async fn load_library(connection: &mut Connection) -> RedisResult<()> {
+async fn load_library(connection: &mut Link) -> RedisResult<()> {
     let mut load = redis::cmd("FUNCTION");
     load.arg("LOAD").arg("REPLACE").arg(&LIBRARY.source);
     connection

@@ -36,7 +36,9 @@ impl ServerStore {
     pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
         // No call bound on the Redis store: `store.timeout` is the
         // resilience layer's deadline, which wraps every call.
-        let mut options = RedisOptions::default().prefix(settings.prefix.clone());
+        let mut options = RedisOptions::default()
+            .prefix(settings.prefix.clone())
+            .connections(settings.connections);
         if let Some(tls) = &settings.tls {
             if let Some(ca) = &tls.ca {
                 options = options.tls_root_cert(ca.clone());

@@ -22,6 +22,9 @@ use super::{
 use super::{SentinelSettings, TlsFiles};
 use crate::envoy::{self, RawDomain};
 
+/// The most `store.connections` (the library's own bound).
+const MAX_CONNECTIONS: u64 = tollgate_redis::pool::MAX_CONNECTIONS as u64;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -315,6 +318,7 @@ pub(super) struct RawStore {
     deny_cache: Option<Checked<RawDenyCache>>,
     max_keys: Option<u64>,
     max_reservations: Option<u64>,
+    connections: Option<u64>,
     master_name: Option<String>,
     master_username: Option<String>,
     master_password: Option<String>,
@@ -348,6 +352,7 @@ struct PerSecond {
     deny_cache: bool,
     max_keys: bool,
     max_reservations: bool,
+    connections: bool,
 }
 
 impl PerSecond {
@@ -397,6 +402,11 @@ impl PerSecond {
             } else {
                 main.max_reservations
             },
+            connections: if self.connections {
+                own.connections
+            } else {
+                main.connections
+            },
             // A Cluster cannot hold envoyproxy/ratelimit's layout (see
             // `check_layout`): a per-second Cluster keeps tollgate's.
             key_layout: if own.kind == StoreKind::RedisCluster {
@@ -438,6 +448,7 @@ impl Validate for RawPerSecond {
             deny_cache: raw.deny_cache.is_some(),
             max_keys: raw.max_keys.is_some(),
             max_reservations: raw.max_reservations.is_some(),
+            connections: raw.connections.is_some(),
             settings: raw.section()?.0,
         })
     }
@@ -640,6 +651,21 @@ impl RawStore {
                 ));
             }
         };
+        let connections = match self.connections {
+            None => defaults.connections,
+            Some(_) if !matches!(self.kind, StoreKind::Redis | StoreKind::RedisSentinel) => {
+                return Err(
+                    "connections is the number of connections to one Redis server (kind: redis, or the master of kind: redis_sentinel); the memory store has none, and a Cluster store keeps one per node"
+                        .into(),
+                );
+            }
+            Some(n @ 1..=MAX_CONNECTIONS) => usize::try_from(n).unwrap_or(1),
+            Some(n) => {
+                return Err(format!(
+                    "connections must be between 1 and {MAX_CONNECTIONS}, not {n}"
+                ));
+            }
+        };
         let settings = StoreSettings {
             kind: self.kind,
             urls,
@@ -653,6 +679,7 @@ impl RawStore {
             deny_cache: self.deny_cache.map_or(defaults.deny_cache, |d| d.0),
             max_keys,
             max_reservations,
+            connections,
             key_layout: self.key_layout.unwrap_or(defaults.key_layout),
             envoy_prefix: self.envoy_prefix.unwrap_or(defaults.envoy_prefix),
             per_second: None,

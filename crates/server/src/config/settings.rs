@@ -270,6 +270,10 @@ pub struct StoreSettings {
     /// store only (refused on Redis, where each reservation is a key that
     /// expires at its deadline).
     pub max_reservations: usize,
+    /// Connections to the Redis server (`redis`, and the master of
+    /// `redis_sentinel`), used in turn; see
+    /// [`RedisOptions::connections`](tollgate_redis::RedisOptions::connections).
+    pub connections: usize,
     /// How counters are named (`tollgate` or `envoy`); one value for both
     /// stores.
     pub key_layout: KeyLayout,
@@ -298,6 +302,7 @@ impl Default for StoreSettings {
             deny_cache: DenyCacheSettings::default(),
             max_keys: tollgate::store::memory::DEFAULT_MAX_KEYS,
             max_reservations: tollgate::store::memory::DEFAULT_MAX_RESERVATIONS,
+            connections: tollgate_redis::pool::default_connections(),
             key_layout: KeyLayout::Tollgate,
             envoy_prefix: String::new(),
             per_second: None,

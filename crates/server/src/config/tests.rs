@@ -187,6 +187,26 @@ fn errors_carry_file_line_and_field() {
             "store: max_reservations bounds the memory store's open reservations; on Redis each reservation is a key",
         ),
         (
+            "store:\n  kind: redis\n  url: redis://127.0.0.1:6379\n  connections: 0\n",
+            2,
+            "store: connections must be between 1 and 64, not 0",
+        ),
+        (
+            "store:\n  kind: redis\n  url: redis://127.0.0.1:6379\n  connections: 65\n",
+            2,
+            "store: connections must be between 1 and 64, not 65",
+        ),
+        (
+            "store:\n  connections: 2\n",
+            2,
+            "store: connections is the number of connections to one Redis server",
+        ),
+        (
+            "store:\n  kind: redis_cluster\n  urls: [redis://127.0.0.1:7000]\n  connections: 2\n",
+            2,
+            "a Cluster store keeps one per node",
+        ),
+        (
             "store:\n  breaker:\n    failures: 0\n",
             3,
             "store.breaker: failures must be at least 1",
@@ -952,6 +972,7 @@ fn a_per_second_store_inherits_what_it_does_not_write() {
   timeout: 15ms
   on_failure: closed
   breaker: { failures: 3 }
+  connections: 3
   key_layout: envoy
   envoy_prefix: rl_
   per_second:
@@ -973,6 +994,7 @@ fn a_per_second_store_inherits_what_it_does_not_write() {
     assert_eq!(second.prefix, "main");
     assert_eq!(second.timeout, Duration::from_millis(15));
     assert_eq!(second.breaker.failures, 3);
+    assert_eq!((main.connections, second.connections), (3, 3));
     // One setting for both.
     assert_eq!(second.key_layout, KeyLayout::Envoy);
     assert_eq!(second.envoy_prefix, "rl_");
@@ -987,6 +1009,15 @@ fn a_per_second_store_inherits_what_it_does_not_write() {
     assert_eq!(split.store.key_layout, KeyLayout::Envoy);
     let second = split.store.per_second.as_deref().unwrap();
     assert_eq!(second.key_layout, KeyLayout::Tollgate);
+    // Its own number of connections, written; the default otherwise.
+    let own = Config::parse(
+        "store:\n  kind: redis\n  url: redis://a\n  per_second:\n    kind: redis\n    url: redis://b\n    connections: 1\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let default = tollgate_redis::pool::default_connections();
+    assert_eq!(own.store.connections, default);
+    assert_eq!(own.store.per_second.as_deref().unwrap().connections, 1);
     // Without the section, one store; the layout defaults to tollgate's.
     let plain = Config::parse("store:\n  kind: memory\n", "t.yaml").unwrap();
     assert!(plain.store.per_second.is_none());

@@ -77,6 +77,11 @@ pub enum TargetArgs {
         /// share one store.
         #[arg(long, default_value_t = 1)]
         instances: usize,
+        /// Connections from each instance to a standalone Redis, used in
+        /// turn (the server's `store.connections`); default one per core,
+        /// at most 4. A Cluster keeps one per node.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+        connections: Option<u16>,
         /// Lease the policy: at most this many units per lease (with
         /// `--lease-ttl`). Each instance then checks through the resilience
         /// layer, where leases are held and spent.
@@ -166,6 +171,7 @@ async fn setup(args: &TargetArgs, artillery: &load::ArtilleryTarget) -> Result<S
         TargetArgs::Direct {
             store,
             instances,
+            connections,
             lease_max,
             lease_ttl,
             ..
@@ -180,7 +186,9 @@ async fn setup(args: &TargetArgs, artillery: &load::ArtilleryTarget) -> Result<S
                 policy = policy.with_lease(tollgate::Lease::new(*max, *ttl)?)?;
                 let _ = write!(description, ", lease max {max} ttl {ttl:?}");
             }
-            let client = Client::direct(store, *instances, policy, load.timeout).await?;
+            let connections = connections.map(usize::from);
+            let client =
+                Client::direct(store, *instances, connections, policy, load.timeout).await?;
             Ok(Setup {
                 client,
                 description,

@@ -97,7 +97,8 @@ fn lease_options(timeout: Duration) -> ResilienceOptions {
 impl Client {
     /// `direct`: `instances` limiters with `policy`, over `store`
     /// (`memory`, `redis://...`, `rediss://...` or
-    /// `redis-cluster://host:port,host:port`). A policy that leases
+    /// `redis-cluster://host:port,host:port`), each with `connections` to
+    /// a standalone Redis (`None`: the library's default). A policy that leases
     /// ([`Policy::lease`]) is checked through a [`Resilient`] store per
     /// instance, where leases are held and spent, with `timeout` on every
     /// store call.
@@ -107,6 +108,7 @@ impl Client {
     pub async fn direct(
         store: &str,
         instances: usize,
+        connections: Option<usize>,
         policy: Policy,
         timeout: Duration,
     ) -> Result<Self, BenchError> {
@@ -132,7 +134,13 @@ impl Client {
                 });
             }
         } else {
-            let options = || RedisOptions::default().prefix("tollgate-bench");
+            let options = || {
+                let options = RedisOptions::default().prefix("tollgate-bench");
+                match connections {
+                    Some(n) => options.connections(n),
+                    None => options,
+                }
+            };
             for _ in 0..instances {
                 let redis = if let Some(seeds) = store.strip_prefix("redis-cluster://") {
                     let seeds: Vec<String> =

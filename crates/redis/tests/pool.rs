@@ -1,0 +1,106 @@
+//! A store's connections to one server (`RedisOptions::connections`):
+//! calls take them in turn, every decision stays exact over several, and
+//! one connection lost reconnects on its own while the others carry on.
+
+use std::time::Duration;
+
+use tollgate::Limiter;
+use tollgate_redis::{RedisOptions, RedisStore};
+use tollgate_testkit::redis::{RedisServer, unique_prefix};
+
+/// A store with `connections` to `server`.
+async fn store(server: &RedisServer, connections: usize) -> RedisStore {
+    let options = RedisOptions::default()
+        .prefix(unique_prefix())
+        .timeout(Duration::from_secs(5))
+        .connections(connections);
+    RedisStore::connect(&server.url(), options)
+        .await
+        .expect("connect")
+}
+
+/// The ids of the clients whose last command was a decision.
+fn deciding_clients(server: &RedisServer) -> Vec<String> {
+    server
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|line| line.contains(" cmd=fcall ") || line.contains(" cmd=evalsha "))
+        .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_take_the_connections_in_turn() {
+    for connections in [1, 3] {
+        // A server of its own: its only clients are this store's and the
+        // test's redis-cli.
+        let server = RedisServer::start();
+        let limiter = Limiter::builder(store(&server, connections).await)
+            .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
+            .build();
+        for i in 0..3 * connections {
+            let decision = limiter.check("api", "k", 1).await.expect("decides");
+            assert_eq!(decision.remaining, 999 - i as u64);
+        }
+        assert_eq!(
+            deciding_clients(&server).len(),
+            connections,
+            "{connections} connections, each carrying decisions: {}",
+            server.cli(&["CLIENT", "LIST"])
+        );
+    }
+}
+
+#[tokio::test]
+async fn decisions_over_several_connections_admit_exactly_the_limit() {
+    let server = RedisServer::start();
+    let limiter = Limiter::builder(store(&server, 4).await)
+        .policy("api", "fixed_window 100/1h".parse().expect("valid"))
+        .build();
+    let calls: Vec<_> = (0..300)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.check("api", "hot", 1).await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for call in calls {
+        allowed += u32::from(call.await.expect("task").expect("decides").allowed);
+    }
+    assert_eq!(allowed, 100, "300 concurrent checks on 4 connections");
+    assert_eq!(deciding_clients(&server).len(), 4);
+}
+
+#[tokio::test]
+async fn a_lost_connection_reconnects_while_the_others_carry_on() {
+    let server = RedisServer::start();
+    let limiter = Limiter::builder(store(&server, 2).await)
+        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
+        .build();
+    for _ in 0..4 {
+        limiter.check("api", "k", 1).await.expect("decides");
+    }
+    let clients = deciding_clients(&server);
+    assert_eq!(clients.len(), 2);
+    assert_eq!(server.cli(&["CLIENT", "KILL", "ID", &clients[0]]), "1");
+    // The call that meets the closed connection fails (a decision is never
+    // re-sent: it may have run); the connection reconnects on its own.
+    let mut failed = 0;
+    for _ in 0..20 {
+        failed += u32::from(limiter.check("api", "k", 1).await.is_err());
+    }
+    assert!(
+        failed <= 1,
+        "{failed} of 20 calls failed after one connection was killed"
+    );
+    for _ in 0..10 {
+        limiter
+            .check("api", "k", 1)
+            .await
+            .expect("decides after reconnecting");
+    }
+    let after = deciding_clients(&server);
+    assert_eq!(after.len(), 2, "both connections decide again");
+    assert!(!after.contains(&clients[0]), "the killed one was replaced");
+}
