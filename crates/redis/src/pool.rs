@@ -1,24 +1,42 @@
-//! A few connections to one Redis server, used in turn.
+//! A few connections to one Redis server, used in turn, and kept alive.
 //!
 //! Each redis-rs connection is multiplexed: concurrent calls share its
 //! socket and are pipelined. But one connection is one driver task, which
 //! writes every call and reads every reply, and wakes each caller from
 //! wherever it runs: under load that task is the client's bottleneck, and
-//! on a machine whose cores Redis shares, two connections decided a third
-//! more per second than one (docs/BENCHMARKS.md, "Connections per Redis
-//! server"). Calls take the connections in turn; each call is one atomic
-//! script, so which connection carries it changes nothing but the
+//! on a machine whose cores Redis shares, two connections decided 18% to
+//! 32% more per second than one (docs/BENCHMARKS.md, "Connections per
+//! Redis server"). Calls take the connections in turn; each call is one
+//! atomic script, so which connection carries it changes nothing but the
 //! throughput.
+//!
+//! A connection that the server closed (a restart, `CLIENT KILL`, an idle
+//! `timeout`, a proxy's idle limit) is noticed by redis-rs only when a call
+//! on it fails, and that call is lost (it may have run, so it is never
+//! re-sent). With calls spread over several connections each would lose
+//! one, and a connection used less often idles longer. So every connection
+//! is pinged once a second (keeping it busy enough for any idle limit, and
+//! finding a closed one before a call does: a failed `PING` makes it
+//! reconnect), and at once when a call on any of them found its connection
+//! gone.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Notify;
 
 /// The most connections a store opens to one server.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// How often every connection is pinged.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// The longest one keep-alive `PING` is waited for: a hung server must not
+/// hold the round back from the other connections.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default number of connections to one server: one per core the
 /// process may run on, at most 4 (beyond that a connection's driver task
@@ -29,16 +47,24 @@ pub fn default_connections() -> usize {
 }
 
 /// Connections to one server, taken in turn. Cheap to clone; clones share
-/// the connections and the turn.
+/// the connections and the turn. The keep-alive task ends with the last
+/// clone.
 #[derive(Clone)]
 pub(crate) struct Pool {
-    connections: Arc<[ConnectionManager]>,
-    next: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connections: Box<[ConnectionManager]>,
+    next: AtomicUsize,
+    /// Wakes the keep-alive task for a round now ([`Pool::heal`]).
+    heal: Arc<Notify>,
 }
 
 impl Pool {
     /// Opens `size` connections (at least one, at most
-    /// [`MAX_CONNECTIONS`]) with `config`, all within `timeout`.
+    /// [`MAX_CONNECTIONS`]) with `config`, at once, all within `timeout`,
+    /// and starts their keep-alive.
     pub(crate) async fn open(
         client: &redis::Client,
         config: &ConnectionManagerConfig,
@@ -46,34 +72,89 @@ impl Pool {
         timeout: Duration,
     ) -> Result<Pool, RedisError> {
         let size = size.clamp(1, MAX_CONNECTIONS);
-        let open = async {
+        // Opened side by side: each costs a few round trips (TCP, TLS,
+        // the handshake), which one after another would add up to more
+        // than the timeout on a distant server.
+        let opening: Vec<_> = (0..size)
+            .map(|_| {
+                let (client, config) = (client.clone(), config.clone());
+                tokio::spawn(async move { client.get_connection_manager_with_config(config).await })
+            })
+            .collect();
+        let aborts: Vec<_> = opening.iter().map(|task| task.abort_handle()).collect();
+        let all = async {
             let mut connections = Vec::with_capacity(size);
-            for _ in 0..size {
-                connections.push(
-                    client
-                        .get_connection_manager_with_config(config.clone())
-                        .await?,
-                );
+            for task in opening {
+                let opened = task.await.map_err(|e| {
+                    RedisError::from(std::io::Error::other(format!("connecting: {e}")))
+                })?;
+                connections.push(opened?);
             }
             Ok::<_, RedisError>(connections)
         };
-        let connections = tokio::time::timeout(timeout, open)
-            .await
-            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
-        Ok(Pool {
-            connections: connections.into(),
-            next: Arc::new(AtomicUsize::new(0)),
-        })
+        let failed = match tokio::time::timeout(timeout, all).await {
+            Ok(Ok(connections)) => {
+                let shared = Arc::new(Shared {
+                    connections: connections.into(),
+                    next: AtomicUsize::new(0),
+                    heal: Arc::new(Notify::new()),
+                });
+                tokio::spawn(keep_alive(
+                    Arc::downgrade(&shared),
+                    Arc::clone(&shared.heal),
+                ));
+                return Ok(Pool { shared });
+            }
+            Ok(Err(error)) => error,
+            Err(_) => RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        };
+        // Nothing half-open is left behind.
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        Err(failed)
     }
 
     /// The connection for the next call.
     pub(crate) fn pick(&self) -> ConnectionManager {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.connections[turn % self.connections.len()].clone()
+        let connections = &self.shared.connections;
+        let turn = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        connections[turn % connections.len()].clone()
     }
 
     /// How many connections there are.
     pub(crate) fn len(&self) -> usize {
-        self.connections.len()
+        self.shared.connections.len()
+    }
+
+    /// A call found its connection gone: ping every connection now, so
+    /// that those the server closed too (it restarted, or dropped its
+    /// clients) reconnect before a call meets them. At most one round runs
+    /// at a time; a round asked for during one follows it.
+    pub(crate) fn heal(&self) {
+        self.shared.heal.notify_one();
+    }
+}
+
+/// Pings every connection of the pool every [`KEEPALIVE`], or at once when
+/// [`Pool::heal`] asks; ends at the first round after the pool is dropped.
+/// Holds neither the pool nor its connections while it waits, so that
+/// dropping the store closes them at once.
+async fn keep_alive(shared: Weak<Shared>, heal: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(KEEPALIVE) => {}
+            () = heal.notified() => {}
+        }
+        let Some(pool) = shared.upgrade() else {
+            return;
+        };
+        let connections = pool.connections.clone();
+        drop(pool);
+        for mut connection in connections {
+            // A failed PING is the point: the connection reconnects. Its
+            // outcome is of no other use.
+            let ping = redis::cmd("PING");
+            let _ =
+                tokio::time::timeout(PING_TIMEOUT, ping.query_async::<()>(&mut connection)).await;
+        }
     }
 }

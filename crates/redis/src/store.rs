@@ -360,14 +360,8 @@ impl std::fmt::Debug for RedisStore {
                 .field("master", &sentinel.current().address)
                 .field("sentinels", &sentinel.sentinels());
         }
-        match &self.inner.connection {
-            Connection::Standalone(pool) => {
-                debug.field("connections", &pool.len());
-            }
-            Connection::Sentinel(sentinel) => {
-                debug.field("connections", &sentinel.current().connections.len());
-            }
-            Connection::Cluster(_) => {}
+        if !matches!(self.inner.connection, Connection::Cluster(_)) {
+            debug.field("connections", &self.connections());
         }
         debug
             .field("prefix", &self.inner.prefix)
@@ -673,6 +667,17 @@ impl RedisStore {
         }
     }
 
+    /// The connections the store keeps to its server
+    /// ([`RedisOptions::connections`]; to the master in use, on Sentinel).
+    /// 1 on a Cluster, which keeps one per node.
+    pub fn connections(&self) -> usize {
+        match &self.inner.connection {
+            Connection::Standalone(pool) => pool.len(),
+            Connection::Sentinel(sentinel) => sentinel.current().connections.len(),
+            Connection::Cluster(_) => 1,
+        }
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
@@ -865,6 +870,16 @@ impl RedisStore {
         let result = self
             .send_on(&mut connection, &mut abandoned, topology, cmd, build)
             .await;
+        if let Err(error) = &result {
+            if connection_lost(error) {
+                // The server may have closed the others too.
+                match &self.inner.connection {
+                    Connection::Standalone(pool) => pool.heal(),
+                    Connection::Sentinel(sentinel) => sentinel.current().connections.heal(),
+                    Connection::Cluster(_) => {}
+                }
+            }
+        }
         // The call completed: not abandoned.
         let sentinel = abandoned.sentinel.take();
         if let (Err(error), Some(sentinel)) = (&result, sentinel) {
@@ -1407,6 +1422,12 @@ impl Drop for Abandoned {
 
 /// Whether an error says the connection to the master failed, so that
 /// the master may have died or moved (not an answer of a live master).
+/// Whether `error` says the call's connection is gone (reset, broken
+/// pipe, EOF), so that the server may have closed its others too.
+fn connection_lost(error: &RedisError) -> bool {
+    error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+}
+
 fn may_have_moved(error: &RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()

@@ -1,22 +1,23 @@
 //! A store's connections to one server (`RedisOptions::connections`):
-//! calls take them in turn, every decision stays exact over several, and
-//! one connection lost reconnects on its own while the others carry on.
+//! calls take them in turn, every decision stays exact over several, a
+//! connection lost reconnects on its own while the others carry on, and
+//! connections the server closed while idle are found before a call is.
+
+mod common;
 
 use std::time::Duration;
 
 use tollgate::Limiter;
-use tollgate_redis::{RedisOptions, RedisStore};
-use tollgate_testkit::redis::{RedisServer, unique_prefix};
+use tollgate_redis::RedisStore;
+use tollgate_testkit::redis::RedisServer;
 
 /// A store with `connections` to `server`.
 async fn store(server: &RedisServer, connections: usize) -> RedisStore {
-    let options = RedisOptions::default()
-        .prefix(unique_prefix())
-        .timeout(Duration::from_secs(5))
-        .connections(connections);
-    RedisStore::connect(&server.url(), options)
+    let store = RedisStore::connect(&server.url(), common::options().connections(connections))
         .await
-        .expect("connect")
+        .expect("connect");
+    assert_eq!(store.connections(), connections);
+    store
 }
 
 /// The ids of the clients whose last command was a decision.
@@ -85,7 +86,8 @@ async fn a_lost_connection_reconnects_while_the_others_carry_on() {
     assert_eq!(clients.len(), 2);
     assert_eq!(server.cli(&["CLIENT", "KILL", "ID", &clients[0]]), "1");
     // The call that meets the closed connection fails (a decision is never
-    // re-sent: it may have run); the connection reconnects on its own.
+    // re-sent: it may have run), unless the keep-alive found it first; the
+    // connection reconnects on its own, and the other never failed.
     let mut failed = 0;
     for _ in 0..20 {
         failed += u32::from(limiter.check("api", "k", 1).await.is_err());
@@ -103,4 +105,36 @@ async fn a_lost_connection_reconnects_while_the_others_carry_on() {
     let after = deciding_clients(&server);
     assert_eq!(after.len(), 2, "both connections decide again");
     assert!(!after.contains(&clients[0]), "the killed one was replaced");
+}
+
+#[tokio::test]
+async fn connections_closed_while_idle_are_found_before_a_call_is() {
+    let server = RedisServer::start();
+    let limiter = Limiter::builder(store(&server, 2).await)
+        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
+        .build();
+    for _ in 0..4 {
+        limiter.check("api", "k", 1).await.expect("decides");
+    }
+    let clients = deciding_clients(&server);
+    assert_eq!(clients.len(), 2);
+    // What a restart, an idle `timeout` or a proxy does to idle clients.
+    for id in &clients {
+        assert_eq!(server.cli(&["CLIENT", "KILL", "ID", id]), "1");
+    }
+    // Idle for more than a keep-alive round: both reconnect before any
+    // call needs them, so none fails.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for i in 0..20 {
+        limiter
+            .check("api", "k", 1)
+            .await
+            .unwrap_or_else(|e| panic!("call {i} after an idle close: {e}"));
+    }
+    let after = deciding_clients(&server);
+    assert_eq!(after.len(), 2, "both connections decide again");
+    assert!(
+        after.iter().all(|id| !clients.contains(id)),
+        "both were replaced"
+    );
 }

@@ -128,8 +128,13 @@ impl ServerStore {
             ServerStore::Redis(store) => {
                 // A connection Redis has just closed fails the first PING
                 // with the closing; the reconnected one gets the answer.
+                // Each PING takes the store's next connection, and every
+                // one of them may have been closed.
                 let mut ping = store.ping().await;
-                if matches!(ping, Err(StoreError::Unavailable(_))) {
+                for _ in 0..store.connections() {
+                    if !matches!(ping, Err(StoreError::Unavailable(_))) {
+                        break;
+                    }
                     ping = store.ping().await;
                 }
                 match ping {

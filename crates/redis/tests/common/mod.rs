@@ -12,6 +12,9 @@ pub fn options() -> RedisOptions {
         .timeout(std::time::Duration::from_secs(5))
         // A loaded CI machine can take more than the default second.
         .connect_timeout(std::time::Duration::from_secs(5))
+        // Whatever the machine's cores (the default follows them): the
+        // suites run over more than one connection.
+        .connections(2)
 }
 
 /// A standalone store driven by `clock`.
