@@ -49,25 +49,8 @@ done = function(summary, latency, requests)
 end
 LUA
 
-config() { # $1: store section
-  cat > "$WORK/tollgate.yaml" <<YAML
-server:
-  http: 127.0.0.1:$HTTP_PORT
-  grpc: 127.0.0.1:$GRPC_PORT
-store:
-$1
-policies:
-  - name: bench
-    algorithm: gcra
-    limit: 1000000
-    period: 1s
-domains:
-  - domain: bench
-    descriptors:
-      - key: client
-        policy: bench
-YAML
-}
+# config "<store section>": writes $WORK/tollgate.yaml.
+source scripts/bench-server-config.sh
 
 run_store() { # $1: name
   RUST_LOG=warn "$BIN" serve --config "$WORK/tollgate.yaml" >/dev/null &

@@ -20,6 +20,25 @@ async fn store(server: &RedisServer, connections: usize) -> RedisStore {
     store
 }
 
+/// A limiter of one policy `api` over a store with `connections`.
+async fn limiter(server: &RedisServer, connections: usize, policy: &str) -> Limiter<RedisStore> {
+    Limiter::builder(store(server, connections).await)
+        .policy("api", policy.parse().expect("valid"))
+        .build()
+}
+
+/// A limiter over two connections that have both decided, and their
+/// client ids.
+async fn two_deciding_connections(server: &RedisServer) -> (Limiter<RedisStore>, Vec<String>) {
+    let limiter = limiter(server, 2, "fixed_window 1000/1h").await;
+    for _ in 0..4 {
+        limiter.check("api", "k", 1).await.expect("decides");
+    }
+    let clients = deciding_clients(server);
+    assert_eq!(clients.len(), 2);
+    (limiter, clients)
+}
+
 /// The ids of the clients whose last command was a decision.
 fn deciding_clients(server: &RedisServer) -> Vec<String> {
     server
@@ -37,9 +56,7 @@ async fn calls_take_the_connections_in_turn() {
         // A server of its own: its only clients are this store's and the
         // test's redis-cli.
         let server = RedisServer::start();
-        let limiter = Limiter::builder(store(&server, connections).await)
-            .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
-            .build();
+        let limiter = limiter(&server, connections, "fixed_window 1000/1h").await;
         for i in 0..3 * connections {
             let decision = limiter.check("api", "k", 1).await.expect("decides");
             assert_eq!(decision.remaining, 999 - i as u64);
@@ -56,9 +73,7 @@ async fn calls_take_the_connections_in_turn() {
 #[tokio::test]
 async fn decisions_over_several_connections_admit_exactly_the_limit() {
     let server = RedisServer::start();
-    let limiter = Limiter::builder(store(&server, 4).await)
-        .policy("api", "fixed_window 100/1h".parse().expect("valid"))
-        .build();
+    let limiter = limiter(&server, 4, "fixed_window 100/1h").await;
     let calls: Vec<_> = (0..300)
         .map(|_| {
             let limiter = limiter.clone();
@@ -76,14 +91,7 @@ async fn decisions_over_several_connections_admit_exactly_the_limit() {
 #[tokio::test]
 async fn a_lost_connection_reconnects_while_the_others_carry_on() {
     let server = RedisServer::start();
-    let limiter = Limiter::builder(store(&server, 2).await)
-        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
-        .build();
-    for _ in 0..4 {
-        limiter.check("api", "k", 1).await.expect("decides");
-    }
-    let clients = deciding_clients(&server);
-    assert_eq!(clients.len(), 2);
+    let (limiter, clients) = two_deciding_connections(&server).await;
     assert_eq!(server.cli(&["CLIENT", "KILL", "ID", &clients[0]]), "1");
     // The call that meets the closed connection fails (a decision is never
     // re-sent: it may have run), unless the keep-alive found it first; the
@@ -110,14 +118,7 @@ async fn a_lost_connection_reconnects_while_the_others_carry_on() {
 #[tokio::test]
 async fn connections_closed_while_idle_are_found_before_a_call_is() {
     let server = RedisServer::start();
-    let limiter = Limiter::builder(store(&server, 2).await)
-        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
-        .build();
-    for _ in 0..4 {
-        limiter.check("api", "k", 1).await.expect("decides");
-    }
-    let clients = deciding_clients(&server);
-    assert_eq!(clients.len(), 2);
+    let (limiter, clients) = two_deciding_connections(&server).await;
     // What a restart, an idle `timeout` or a proxy does to idle clients.
     for id in &clients {
         assert_eq!(server.cli(&["CLIENT", "KILL", "ID", id]), "1");
