@@ -10,15 +10,15 @@
 //! atomic script, so which connection carries it changes nothing but the
 //! throughput.
 //!
-//! A connection that the server closed (a restart, `CLIENT KILL`, an idle
-//! `timeout`, a proxy's idle limit) is noticed by redis-rs only when a call
-//! on it fails, and that call is lost (it may have run, so it is never
-//! re-sent). With calls spread over several connections each would lose
-//! one, and a connection used less often idles longer. So every connection
-//! is pinged once a second (keeping it busy enough for any idle limit, and
-//! finding a closed one before a call does: a failed `PING` makes it
-//! reconnect), and at once when a call on any of them found its connection
-//! gone.
+//! A connection that the server closed (a restart, `CLIENT KILL`, Redis's
+//! idle `timeout`) is noticed by redis-rs only when a call on it fails, and
+//! that call is lost (it may have run, so it is never re-sent). With calls
+//! spread over several connections each would lose one, and a connection
+//! used less often idles longer. So every connection is pinged once a
+//! second by default (finding a closed one before a call does: a failed
+//! `PING` makes it reconnect; and keeping it from idling as long as an idle
+//! limit of a few seconds or more), and all of them when a call on any of
+//! them found its connection gone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,12 +27,14 @@ use std::time::Duration;
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 /// The most connections a store opens to one server.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// How often every connection is pinged.
-const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How often every connection is pinged, by default
+/// ([`RedisOptions::keep_alive`](crate::RedisOptions::keep_alive)).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// The longest one keep-alive `PING` is waited for: a hung server must not
 /// hold the round back from the other connections.
@@ -63,54 +65,51 @@ struct Shared {
 
 impl Pool {
     /// Opens `size` connections (at least one, at most
-    /// [`MAX_CONNECTIONS`]) with `config`, at once, all within `timeout`,
-    /// and starts their keep-alive.
+    /// [`MAX_CONNECTIONS`]) with `config`, side by side, all within
+    /// `timeout`, and pings them every `keep_alive` (none: never).
     pub(crate) async fn open(
         client: &redis::Client,
         config: &ConnectionManagerConfig,
         size: usize,
         timeout: Duration,
+        keep_alive: Option<Duration>,
     ) -> Result<Pool, RedisError> {
         let size = size.clamp(1, MAX_CONNECTIONS);
-        // Opened side by side: each costs a few round trips (TCP, TLS,
-        // the handshake), which one after another would add up to more
-        // than the timeout on a distant server.
-        let opening: Vec<_> = (0..size)
-            .map(|_| {
-                let (client, config) = (client.clone(), config.clone());
-                tokio::spawn(async move { client.get_connection_manager_with_config(config).await })
-            })
-            .collect();
-        let aborts: Vec<_> = opening.iter().map(|task| task.abort_handle()).collect();
+        // Side by side: each costs a few round trips (TCP, TLS, the
+        // handshake), which one after another would add up to more than
+        // the timeout on a distant server. A `JoinSet` aborts whatever is
+        // still opening when it is dropped: on an error, at the timeout, or
+        // when the caller gives up on this future (a Sentinel discovery
+        // past its call's deadline), so nothing half-open is left behind.
+        let mut opening = JoinSet::new();
+        for _ in 0..size {
+            let (client, config) = (client.clone(), config.clone());
+            opening.spawn(async move { client.get_connection_manager_with_config(config).await });
+        }
         let all = async {
             let mut connections = Vec::with_capacity(size);
-            for task in opening {
-                let opened = task.await.map_err(|e| {
-                    RedisError::from(std::io::Error::other(format!("connecting: {e}")))
-                })?;
-                connections.push(opened?);
+            while let Some(opened) = opening.join_next().await {
+                connections
+                    .push(opened.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?);
             }
             Ok::<_, RedisError>(connections)
         };
-        let failed = match tokio::time::timeout(timeout, all).await {
-            Ok(Ok(connections)) => {
-                let shared = Arc::new(Shared {
-                    connections: connections.into(),
-                    next: AtomicUsize::new(0),
-                    heal: Arc::new(Notify::new()),
-                });
-                tokio::spawn(keep_alive(
-                    Arc::downgrade(&shared),
-                    Arc::clone(&shared.heal),
-                ));
-                return Ok(Pool { shared });
-            }
-            Ok(Err(error)) => error,
-            Err(_) => RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
-        };
-        // Nothing half-open is left behind.
-        aborts.iter().for_each(tokio::task::AbortHandle::abort);
-        Err(failed)
+        let connections = tokio::time::timeout(timeout, all)
+            .await
+            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+        let shared = Arc::new(Shared {
+            connections: connections.into(),
+            next: AtomicUsize::new(0),
+            heal: Arc::new(Notify::new()),
+        });
+        if let Some(every) = keep_alive {
+            tokio::spawn(pinging(
+                Arc::downgrade(&shared),
+                Arc::clone(&shared.heal),
+                every,
+            ));
+        }
+        Ok(Pool { shared })
     }
 
     /// The connection for the next call.
@@ -134,27 +133,33 @@ impl Pool {
     }
 }
 
-/// Pings every connection of the pool every [`KEEPALIVE`], or at once when
-/// [`Pool::heal`] asks; ends at the first round after the pool is dropped.
-/// Holds neither the pool nor its connections while it waits, so that
-/// dropping the store closes them at once.
-async fn keep_alive(shared: Weak<Shared>, heal: Arc<Notify>) {
+/// Pings every connection of the pool every `every`, or at once when
+/// [`Pool::heal`] asks, all side by side, so that a round takes at most
+/// [`PING_TIMEOUT`] however many there are and whatever the server does;
+/// ends at the first round after the pool is dropped. Holds neither the
+/// pool nor its connections while it waits, so that dropping the store
+/// closes them within a round.
+async fn pinging(shared: Weak<Shared>, heal: Arc<Notify>, every: Duration) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(KEEPALIVE) => {}
+            () = tokio::time::sleep(every) => {}
             () = heal.notified() => {}
         }
         let Some(pool) = shared.upgrade() else {
             return;
         };
-        let connections = pool.connections.clone();
-        drop(pool);
-        for mut connection in connections {
-            // A failed PING is the point: the connection reconnects. Its
-            // outcome is of no other use.
-            let ping = redis::cmd("PING");
-            let _ =
-                tokio::time::timeout(PING_TIMEOUT, ping.query_async::<()>(&mut connection)).await;
+        let mut round = JoinSet::new();
+        for connection in pool.connections.iter() {
+            let mut connection = connection.clone();
+            round.spawn(async move {
+                // A failed PING is the point: the connection reconnects.
+                // Its outcome is of no other use.
+                let ping = redis::cmd("PING");
+                let _ = tokio::time::timeout(PING_TIMEOUT, ping.query_async::<()>(&mut connection))
+                    .await;
+            });
         }
+        drop(pool);
+        while round.join_next().await.is_some() {}
     }
 }

@@ -153,6 +153,9 @@ pub(crate) struct Finder {
     /// How many connections to open to the master
     /// ([`RedisOptions::connections`](crate::RedisOptions::connections)).
     pub(crate) connections: usize,
+    /// How often they are pinged
+    /// ([`RedisOptions::keep_alive`](crate::RedisOptions::keep_alive)).
+    pub(crate) keep_alive: Option<Duration>,
 }
 
 /// The sentinels, the master's settings, and the master in use.
@@ -441,6 +444,13 @@ impl Finder {
     /// The store's connections to the master (the same configuration as a
     /// standalone store's: they never re-send a command).
     async fn open(&self, client: &redis::Client) -> Result<Pool, RedisError> {
-        Pool::open(client, &self.manager, self.connections, self.timeout).await
+        Pool::open(
+            client,
+            &self.manager,
+            self.connections,
+            self.timeout,
+            self.keep_alive,
+        )
+        .await
     }
 }

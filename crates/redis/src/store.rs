@@ -70,6 +70,13 @@ pub struct RedisOptions {
     /// [`MAX_CONNECTIONS`](crate::pool::MAX_CONNECTIONS). A Cluster store
     /// keeps one connection per node.
     pub connections: usize,
+    /// How often each of those connections is pinged, so that one the
+    /// server closed (a restart, `CLIENT KILL`, an idle `timeout`)
+    /// reconnects before a decision meets it, and so that none stays idle
+    /// longer than this. `None`: never (a closed connection is then found
+    /// by the decision sent on it, which fails). Default
+    /// [`DEFAULT_KEEP_ALIVE`](crate::pool::DEFAULT_KEEP_ALIVE), 1 s.
+    pub keep_alive: Option<Duration>,
 }
 
 /// Certificates are summarised, and the private key never printed.
@@ -83,6 +90,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("tls_client_cert", &self.tls_client_cert.is_some())
             .field("envoy_prefix", &self.envoy_prefix)
             .field("connections", &self.connections)
+            .field("keep_alive", &self.keep_alive)
             .finish()
     }
 }
@@ -97,6 +105,7 @@ impl Default for RedisOptions {
             envoy_prefix: None,
             tls_client_cert: None,
             connections: crate::pool::default_connections(),
+            keep_alive: Some(crate::pool::DEFAULT_KEEP_ALIVE),
         }
     }
 }
@@ -144,6 +153,13 @@ impl RedisOptions {
     /// [`RedisOptions::connections`]).
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections;
+        self
+    }
+
+    /// Sets how often each connection is pinged (see
+    /// [`RedisOptions::keep_alive`]); `None`: never.
+    pub fn keep_alive(mut self, every: Option<Duration>) -> Self {
+        self.keep_alive = every;
         self
     }
 
@@ -447,6 +463,7 @@ impl RedisStore {
             &manager_config(&options),
             options.connections,
             options.connect_timeout,
+            options.keep_alive,
         )
         .await
         .map_err(ConnectError::Connect)?;
@@ -524,6 +541,7 @@ impl RedisStore {
             timeout: options.connect_timeout,
             manager: manager_config(&options),
             connections: options.connections,
+            keep_alive: options.keep_alive,
         };
         let sentinel = Sentinel::connect(finder)
             .await
@@ -1283,7 +1301,10 @@ fn function_missing(error: &RedisError) -> bool {
 fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(options.connect_timeout)
-        // Reconnect quickly after Redis comes back: at most 200 ms apart.
+        // Reconnect quickly after Redis comes back: redis-rs (backon) waits
+        // 1 to 2 s before its first retry whatever this says, then at most
+        // 200 ms plus jitter; the pool's keep-alive starts a new round
+        // every second.
         .set_max_delay(200)
         .set_number_of_retries(2)
 }
@@ -1420,14 +1441,14 @@ impl Drop for Abandoned {
     }
 }
 
-/// Whether an error says the connection to the master failed, so that
-/// the master may have died or moved (not an answer of a live master).
 /// Whether `error` says the call's connection is gone (reset, broken
 /// pipe, EOF), so that the server may have closed its others too.
 fn connection_lost(error: &RedisError) -> bool {
     error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
 }
 
+/// Whether an error says the connection to the master failed, so that
+/// the master may have died or moved (not an answer of a live master).
 fn may_have_moved(error: &RedisError) -> bool {
     error.is_io_error()
         || error.is_connection_dropped()

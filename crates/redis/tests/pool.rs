@@ -11,43 +11,63 @@ use tollgate::Limiter;
 use tollgate_redis::RedisStore;
 use tollgate_testkit::redis::RedisServer;
 
-/// A store with `connections` to `server`.
-async fn store(server: &RedisServer, connections: usize) -> RedisStore {
-    let store = RedisStore::connect(&server.url(), common::options().connections(connections))
+/// A limiter of one policy `api` over a store with `connections` to
+/// `server`, pinged every `keep_alive`. Tests that read which client sent
+/// a decision last turn the pings off: a ping would be the last.
+async fn limiter(
+    server: &RedisServer,
+    connections: usize,
+    keep_alive: Option<Duration>,
+    policy: &str,
+) -> Limiter<RedisStore> {
+    let options = common::options()
+        .connections(connections)
+        .keep_alive(keep_alive);
+    let store = RedisStore::connect(&server.url(), options)
         .await
         .expect("connect");
     assert_eq!(store.connections(), connections);
-    store
-}
-
-/// A limiter of one policy `api` over a store with `connections`.
-async fn limiter(server: &RedisServer, connections: usize, policy: &str) -> Limiter<RedisStore> {
-    Limiter::builder(store(server, connections).await)
+    Limiter::builder(store)
         .policy("api", policy.parse().expect("valid"))
         .build()
 }
 
-/// A limiter over two connections that have both decided, and their
-/// client ids.
-async fn two_deciding_connections(server: &RedisServer) -> (Limiter<RedisStore>, Vec<String>) {
-    let limiter = limiter(server, 2, "fixed_window 1000/1h").await;
+/// A limiter over two connections (pinged every second) that have both
+/// decided, and their client ids.
+async fn two_connections(server: &RedisServer) -> (Limiter<RedisStore>, Vec<String>) {
+    let every = Some(Duration::from_secs(1));
+    let limiter = limiter(server, 2, every, "fixed_window 1000/1h").await;
     for _ in 0..4 {
         limiter.check("api", "k", 1).await.expect("decides");
     }
-    let clients = deciding_clients(server);
+    let clients = store_clients(server);
     assert_eq!(clients.len(), 2);
     (limiter, clients)
 }
 
-/// The ids of the clients whose last command was a decision.
-fn deciding_clients(server: &RedisServer) -> Vec<String> {
+/// The ids of the clients whose last command passes `last`.
+fn clients(server: &RedisServer, last: impl Fn(&str) -> bool) -> Vec<String> {
     server
         .cli(&["CLIENT", "LIST"])
         .lines()
-        .filter(|line| line.contains(" cmd=fcall ") || line.contains(" cmd=evalsha "))
+        .filter(|line| {
+            line.split(' ')
+                .any(|f| f.strip_prefix("cmd=").is_some_and(&last))
+        })
         .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
         .map(str::to_owned)
         .collect()
+}
+
+/// The ids of the clients whose last command was a decision.
+fn deciding_clients(server: &RedisServer) -> Vec<String> {
+    clients(server, |cmd| cmd == "fcall" || cmd == "evalsha")
+}
+
+/// The ids of every client but the test's own redis-cli: on a server of
+/// the test's own, the store's connections.
+fn store_clients(server: &RedisServer) -> Vec<String> {
+    clients(server, |cmd| cmd != "client|list")
 }
 
 #[tokio::test]
@@ -56,7 +76,7 @@ async fn calls_take_the_connections_in_turn() {
         // A server of its own: its only clients are this store's and the
         // test's redis-cli.
         let server = RedisServer::start();
-        let limiter = limiter(&server, connections, "fixed_window 1000/1h").await;
+        let limiter = limiter(&server, connections, None, "fixed_window 1000/1h").await;
         for i in 0..3 * connections {
             let decision = limiter.check("api", "k", 1).await.expect("decides");
             assert_eq!(decision.remaining, 999 - i as u64);
@@ -73,7 +93,7 @@ async fn calls_take_the_connections_in_turn() {
 #[tokio::test]
 async fn decisions_over_several_connections_admit_exactly_the_limit() {
     let server = RedisServer::start();
-    let limiter = limiter(&server, 4, "fixed_window 100/1h").await;
+    let limiter = limiter(&server, 4, None, "fixed_window 100/1h").await;
     let calls: Vec<_> = (0..300)
         .map(|_| {
             let limiter = limiter.clone();
@@ -91,7 +111,7 @@ async fn decisions_over_several_connections_admit_exactly_the_limit() {
 #[tokio::test]
 async fn a_lost_connection_reconnects_while_the_others_carry_on() {
     let server = RedisServer::start();
-    let (limiter, clients) = two_deciding_connections(&server).await;
+    let (limiter, clients) = two_connections(&server).await;
     assert_eq!(server.cli(&["CLIENT", "KILL", "ID", &clients[0]]), "1");
     // The call that meets the closed connection fails (a decision is never
     // re-sent: it may have run), unless the keep-alive found it first; the
@@ -110,16 +130,16 @@ async fn a_lost_connection_reconnects_while_the_others_carry_on() {
             .await
             .expect("decides after reconnecting");
     }
-    let after = deciding_clients(&server);
-    assert_eq!(after.len(), 2, "both connections decide again");
+    let after = store_clients(&server);
+    assert_eq!(after.len(), 2, "both connections are back: {after:?}");
     assert!(!after.contains(&clients[0]), "the killed one was replaced");
 }
 
 #[tokio::test]
 async fn connections_closed_while_idle_are_found_before_a_call_is() {
     let server = RedisServer::start();
-    let (limiter, clients) = two_deciding_connections(&server).await;
-    // What a restart, an idle `timeout` or a proxy does to idle clients.
+    let (limiter, clients) = two_connections(&server).await;
+    // What a restart or Redis's idle `timeout` does to idle clients.
     for id in &clients {
         assert_eq!(server.cli(&["CLIENT", "KILL", "ID", id]), "1");
     }
@@ -132,8 +152,8 @@ async fn connections_closed_while_idle_are_found_before_a_call_is() {
             .await
             .unwrap_or_else(|e| panic!("call {i} after an idle close: {e}"));
     }
-    let after = deciding_clients(&server);
-    assert_eq!(after.len(), 2, "both connections decide again");
+    let after = store_clients(&server);
+    assert_eq!(after.len(), 2, "both connections are back: {after:?}");
     assert!(
         after.iter().all(|id| !clients.contains(id)),
         "both were replaced"
