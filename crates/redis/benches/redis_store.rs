@@ -10,10 +10,12 @@
 //! Starts its own redis-server on a free loopback port, then measures:
 //! 1. for each algorithm, the ceiling: `redis-benchmark` sending the very
 //!    call the store sends (`FCALL` of the function library, consuming) with
-//!    `-P 1 -c 50`, `-P 16 -c 50` and `-P 1 -c 1`, on one hot key;
+//!    `-P 1 -c 50`, `-P 16 -c 50` and `-P 1 -c 1`, on one hot key, and with
+//!    `-P 1 -c 50` and `-P 16 -c 50` on 100 000 random keys (`-r`);
 //! 2. decisions per second and latency through `Limiter` over `RedisStore`
 //!    at 1 and 50 concurrent callers, for each algorithm, on one hot key
-//!    and on 100 000 random keys, each against its algorithm's ceiling;
+//!    and on 100 000 random keys, each against its algorithm's ceiling on
+//!    the same keys (random-key rows also against the hot-key ceiling);
 //! 3. Redis memory per idle key for each algorithm (`INFO memory` over
 //!    100 000 keys) next to a plain integer counter with the same key names
 //!    and a TTL.
@@ -33,6 +35,9 @@ use tollgate_redis::{RedisOptions, RedisStore, script};
 use tollgate_testkit::redis::RedisServer;
 
 const KEYS: u64 = 100_000;
+
+/// The label of the rows on random keys.
+const RANDOM: &str = "100k random";
 
 fn seconds() -> u64 {
     std::env::var("TOLLGATE_BENCH_SECS")
@@ -70,38 +75,47 @@ struct Ceiling {
 }
 
 /// Runs redis-benchmark sending the store's `FCALL` for one policy of
-/// `algorithm` on one hot key; returns requests/s and p50.
+/// `algorithm` on one hot key, or on 100 000 random keys with `random`;
+/// returns requests/s and p50.
 fn redis_benchmark(
     server: &RedisServer,
     algorithm: Algorithm,
-    pipeline: u32,
-    clients: u32,
-    requests: u32,
+    (pipeline, clients, requests): (u32, u32, u32),
+    random: bool,
 ) -> (f64, f64) {
     let p = policy(algorithm);
     let port = server.port().to_string();
-    let args: Vec<String> = vec![
-        "-h".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port,
-        "-n".into(),
-        requests.to_string(),
-        "-c".into(),
-        clients.to_string(),
-        "-P".into(),
-        pipeline.to_string(),
-        "--precision".into(),
-        "3".into(),
-        "FCALL".into(),
-        script::LIBRARY.name.clone(),
-        "1".into(),
-        format!("tollgate:{{hot}}:bench:{algorithm}"),
-        "1".into(),
-        "1".into(),
-        "".into(),
-        script::policy_arg(&p),
-    ];
+    // `-r` puts a random number below KEYS in place of `__rand_int__`.
+    let (key, spread) = if random {
+        ("__rand_int__", vec!["-r".to_owned(), KEYS.to_string()])
+    } else {
+        ("hot", Vec::new())
+    };
+    let args: Vec<String> = spread
+        .into_iter()
+        .chain(vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port,
+            "-n".into(),
+            requests.to_string(),
+            "-c".into(),
+            clients.to_string(),
+            "-P".into(),
+            pipeline.to_string(),
+            "--precision".into(),
+            "3".into(),
+            "FCALL".into(),
+            script::LIBRARY.name.clone(),
+            "1".into(),
+            format!("tollgate:{{{key}}}:bench:{algorithm}"),
+            "1".into(),
+            "1".into(),
+            "".into(),
+            script::policy_arg(&p),
+        ])
+        .collect();
     let out = Command::new("redis-benchmark")
         .args(&args)
         .output()
@@ -186,7 +200,7 @@ async fn load(store: &RedisStore, algorithm: Algorithm, random_keys: bool, calle
     let elapsed = start.elapsed().as_secs_f64();
     Run {
         algorithm,
-        keys: if random_keys { "100k random" } else { "hot" },
+        keys: if random_keys { RANDOM } else { "hot" },
         callers,
         rps: count.load(Ordering::Relaxed) as f64 / elapsed,
         p50_us: hist.value_at_quantile(0.5),
@@ -276,13 +290,15 @@ fn main() {
     let n = (seconds() * 100_000) as u32;
     let mut ceilings: Vec<Ceiling> = Vec::new();
     for algorithm in algorithms() {
-        for (label, p, c, requests) in [
-            ("-P 1 -c 50", 1, 50, n),
-            ("-P 16 -c 50", 16, 50, 4 * n),
-            ("-P 1 -c 1", 1, 1, n / 5),
+        for (label, p, c, requests, random) in [
+            ("-P 1 -c 50", 1, 50, n, false),
+            ("-P 16 -c 50", 16, 50, 4 * n, false),
+            ("-P 1 -c 1", 1, 1, n / 5, false),
+            ("-P 1 -c 50 -r", 1, 50, n, true),
+            ("-P 16 -c 50 -r", 16, 50, 4 * n, true),
         ] {
             server.cli(&["FLUSHALL"]);
-            let (rps, p50_us) = redis_benchmark(&server, algorithm, p, c, requests);
+            let (rps, p50_us) = redis_benchmark(&server, algorithm, (p, c, requests), random);
             ceilings.push(Ceiling {
                 algorithm,
                 label,
@@ -321,7 +337,9 @@ fn main() {
         (runs, memory)
     });
 
-    println!("\n== ceiling: redis-benchmark, the same FCALL (hot key)");
+    println!(
+        "\n== ceiling: redis-benchmark, the same FCALL (one hot key; -r: 100 000 random keys)"
+    );
     println!(
         "{:<15} {:<14} {:>12} {:>10}",
         "algorithm", "mode", "req/s", "p50 µs"
@@ -350,7 +368,15 @@ fn main() {
         let unpipelined = ceiling(r.algorithm, "-P 1 -c 50").rps;
         let pipelined = ceiling(r.algorithm, "-P 16 -c 50").rps;
         let single_p50 = ceiling(r.algorithm, "-P 1 -c 1").p50_us;
-        let versus = if r.callers == 50 {
+        let versus = if r.callers == 50 && r.keys == RANDOM {
+            format!(
+                "{:.2}x -P1, {:.2}x -P16 of the random-key ceiling; {:.2}x -P1, {:.2}x -P16 of the hot-key one",
+                r.rps / ceiling(r.algorithm, "-P 1 -c 50 -r").rps,
+                r.rps / ceiling(r.algorithm, "-P 16 -c 50 -r").rps,
+                r.rps / unpipelined,
+                r.rps / pipelined
+            )
+        } else if r.callers == 50 {
             format!(
                 "{:.2}x -P1, {:.2}x -P16",
                 r.rps / unpipelined,
