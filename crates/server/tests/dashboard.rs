@@ -12,7 +12,6 @@ use std::fmt::Write as _;
 
 use common::{Backend, TestServer};
 use serde_json::Value;
-use tollgate_server::{ConfigSource, ServerOptions};
 use tollgate_testkit::files::temp_dir;
 
 const POLICIES: &str = "policies:
@@ -348,19 +347,7 @@ async fn reloads_and_their_errors_are_shown() {
     let dir = temp_dir("dashboard-reload");
     let file = dir.join("tollgate.yaml");
     std::fs::write(&file, POLICIES).unwrap();
-    let source = ConfigSource {
-        config: Some(file.clone()),
-        ..ConfigSource::default()
-    };
-    let server = TestServer::start_with(
-        Backend::Memory,
-        "",
-        source,
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let server = TestServer::start_file(Backend::Memory, &file).await;
     let before = stats(&server).await;
     assert_eq!(before["config"]["source"], file.display().to_string());
     let loaded = before["config"]["loaded_ms"].as_u64().unwrap();
@@ -448,19 +435,7 @@ async fn a_reload_turns_the_dashboard_off_and_on() {
     let dir = temp_dir("dashboard-toggle");
     let file = dir.join("tollgate.yaml");
     std::fs::write(&file, POLICIES).unwrap();
-    let source = ConfigSource {
-        config: Some(file.clone()),
-        ..ConfigSource::default()
-    };
-    let server = TestServer::start_with(
-        Backend::Memory,
-        "",
-        source,
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let server = TestServer::start_file(Backend::Memory, &file).await;
     for _ in 0..5 {
         check(&server, "tiny", "k").await;
     }

@@ -25,24 +25,10 @@ const POLICIES: &str = "policies:
 async fn a_forged_settle_across_stores_is_404_as_documented() {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use std::sync::Arc;
-    use tollgate_server::{App, ConfigSource};
-    use tollgate_testkit::files::temp_file;
     use tollgate_testkit::redis::RedisServer;
-    use tollgate_testkit::serve::Served;
 
     let (main, second) = (RedisServer::start(), RedisServer::start());
-    let text = format!(
-        "store:\n  kind: redis\n  url: {}\n  timeout: 1s\n  per_second:\n    kind: redis\n    url: {}\npolicies:\n  - name: second\n    algorithm: fixed_window\n    limit: 5\n    period: 1s\n  - name: hour\n    algorithm: fixed_window\n    limit: 5\n    period: 1h\n",
-        main.url(),
-        second.url()
-    );
-    let source = ConfigSource {
-        config: Some(temp_file("review2-per-second.yaml", &text)),
-        ..ConfigSource::default()
-    };
-    let app = Arc::new(App::start(source).await.unwrap());
-    let server = Served::router(tollgate_server::http::router(Arc::clone(&app))).await;
+    let (_app, server) = common::per_second_server(&main, &second).await;
     // The text form: version 1, nonce, the policy names, the key.
     let mut bytes = vec![1u8];
     bytes.extend_from_slice(&7u128.to_le_bytes());
@@ -74,7 +60,6 @@ async fn a_forged_settle_across_stores_is_404_as_documented() {
 /// because `Series::sampled_before` is only set by an enabled sample.
 #[tokio::test]
 async fn a_dashboard_first_enabled_by_a_reload_counts_from_then() {
-    use tollgate_server::{ConfigSource, ServerOptions};
     use tollgate_testkit::files::temp_dir;
 
     let dir = temp_dir("review2-dashboard-late");
@@ -84,19 +69,7 @@ async fn a_dashboard_first_enabled_by_a_reload_counts_from_then() {
         format!("server:\n  dashboard:\n    enabled: false\n{POLICIES}"),
     )
     .unwrap();
-    let source = ConfigSource {
-        config: Some(file.clone()),
-        ..ConfigSource::default()
-    };
-    let server = TestServer::start_with(
-        Backend::Memory,
-        "",
-        source,
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let server = TestServer::start_file(Backend::Memory, &file).await;
     // Decisions while the dashboard is off: 2 allowed, 98 denied.
     for _ in 0..100 {
         let (status, _) = server

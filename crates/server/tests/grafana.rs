@@ -15,7 +15,6 @@ use std::collections::BTreeSet;
 
 use common::{Backend, TestServer};
 use serde_json::Value;
-use tollgate_server::{ConfigSource, ServerOptions};
 use tollgate_testkit::files::temp_dir;
 
 const DASHBOARD: &str = include_str!("../../../deploy/grafana/tollgate.json");
@@ -240,19 +239,7 @@ async fn every_panel_queries_metrics_the_server_exports() {
     let dir = temp_dir("grafana");
     let file = dir.join("tollgate.yaml");
     std::fs::write(&file, CONFIG).unwrap();
-    let source = ConfigSource {
-        config: Some(file.clone()),
-        ..ConfigSource::default()
-    };
-    let server = TestServer::start_with(
-        Backend::Memory,
-        "",
-        source,
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let server = TestServer::start_file(Backend::Memory, &file).await;
 
     // Allowed and denied; leased; a decision under an override.
     for _ in 0..4 {

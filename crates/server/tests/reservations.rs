@@ -20,10 +20,8 @@ use common::{Backend, TestServer};
 use serde_json::{Value, json};
 use tollgate::keyspace::KeySpace;
 use tollgate::reservation::MAX_AMOUNT;
-use tollgate_server::{App, ConfigSource, ServerOptions};
-use tollgate_testkit::files::{temp_dir, temp_file};
+use tollgate_testkit::files::temp_dir;
 use tollgate_testkit::redis::{RedisCluster, RedisServer};
-use tollgate_testkit::serve::Served;
 
 /// The policies of these tests; `store` is the `store:` section.
 fn config(store: &str) -> String {
@@ -689,19 +687,7 @@ async fn a_reloaded_max_overdraft_applies_to_later_settles() {
         )
     };
     std::fs::write(&file, policy(0)).unwrap();
-    let source = ConfigSource {
-        config: Some(file.clone()),
-        ..ConfigSource::default()
-    };
-    let server = TestServer::start_with(
-        Backend::memory(),
-        &policy(0),
-        source,
-        ServerOptions::default()
-            .watch_interval(None)
-            .reload_on_sighup(false),
-    )
-    .await;
+    let server = TestServer::start_file(Backend::memory(), &file).await;
     let a = id(&reserve(&server, "tokens", "a", 10).await);
     let b = id(&reserve(&server, "tokens", "b", 10).await);
     let (_, body) = settle(&server, &a, 15).await;
@@ -733,18 +719,7 @@ async fn a_reloaded_max_overdraft_applies_to_later_settles() {
 #[tokio::test]
 async fn a_reservation_across_the_per_second_and_main_stores_is_refused() {
     let (main, second) = (RedisServer::start(), RedisServer::start());
-    let text = format!(
-        "store:\n  kind: redis\n  url: {}\n  timeout: 1s\n  per_second:\n    kind: redis\n    url: {}\npolicies:\n  - name: second\n    algorithm: fixed_window\n    limit: 5\n    period: 1s\n  - name: hour\n    algorithm: fixed_window\n    limit: 5\n    period: 1h\n",
-        main.url(),
-        second.url()
-    );
-    let source = ConfigSource {
-        config: Some(temp_file("per-second.yaml", &text)),
-        ..ConfigSource::default()
-    };
-    // `App::start` connects both stores (a TestServer's `App::new` one).
-    let app = Arc::new(App::start(source).await.unwrap());
-    let server = Served::router(tollgate_server::http::router(Arc::clone(&app))).await;
+    let (app, server) = common::per_second_server(&main, &second).await;
     let split = r#"{"policies": ["second", "hour"], "key": "k", "estimate": 2}"#;
     for _ in 0..10 {
         let answer = server.post_json("/v1/reserve", split).await;

@@ -73,6 +73,17 @@ async fn settles<S: Store>(layer: &RateLimitLayer<S>, n: u64) -> SettleStats {
     }
 }
 
+/// The layer most tests use: `policy` reserved at `cost` per request and
+/// settled from the response's usage header.
+fn usage_layer<S: Store>(limiter: Limiter<S>, policy: &str, cost: u64) -> RateLimitLayer<S> {
+    RateLimitLayer::builder(limiter)
+        .policy(policy)
+        .cost(cost)
+        .reserve(Reserve::header(usage_header()))
+        .build()
+        .expect("layer")
+}
+
 /// A handler reporting the usage the client asks for (`x-use`) in
 /// `x-usage-tokens`, verbatim.
 async fn reports_usage(headers: HeaderMap) -> impl IntoResponse {
@@ -87,12 +98,7 @@ async fn reports_usage(headers: HeaderMap) -> impl IntoResponse {
 async fn a_usage_header_settles_each_request_and_a_denied_reservation_is_a_429() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("tokens", "fixed_window 1000/1m")]);
-    let layer = RateLimitLayer::builder(limiter.clone())
-        .policy("tokens")
-        .cost(300)
-        .reserve(Reserve::header(usage_header()))
-        .build()
-        .expect("layer");
+    let layer = usage_layer(limiter.clone(), "tokens", 300);
     let app = Router::new()
         .route("/", get(reports_usage))
         .layer(layer.clone());
@@ -325,12 +331,7 @@ async fn a_client_hanging_up_mid_stream_pays_for_what_was_sent() {
 async fn a_usage_trailer_settles_when_the_head_has_no_usage_header() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("tokens", "fixed_window 1000/1m")]);
-    let layer = RateLimitLayer::builder(limiter.clone())
-        .policy("tokens")
-        .cost(300)
-        .reserve(Reserve::header(usage_header()))
-        .build()
-        .expect("layer");
+    let layer = usage_layer(limiter.clone(), "tokens", 300);
     // A streamed completion: text, then its usage in a trailer (`/`), or
     // a malformed one (`/bad`), or none (`/none`).
     let stream = |trailer: Option<&'static str>| {
@@ -420,12 +421,7 @@ async fn a_function_of_the_response_head_settles() {
 async fn a_request_whose_response_never_comes_settles_at_its_estimate_once() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("tokens", "fixed_window 1000/1m")]);
-    let layer = RateLimitLayer::builder(limiter.clone())
-        .policy("tokens")
-        .cost(300)
-        .reserve(Reserve::header(usage_header()))
-        .build()
-        .expect("layer");
+    let layer = usage_layer(limiter.clone(), "tokens", 300);
     let (entered, mut inside) = mpsc::channel::<()>(1);
     let app = Router::new()
         .route(
@@ -458,12 +454,7 @@ async fn a_request_whose_response_never_comes_settles_at_its_estimate_once() {
 async fn concurrent_requests_get_exactly_the_budget_their_actual_costs_leave() {
     let clock = ManualClock::new(START_US);
     let limiter = limiter(&clock, &[("tokens", "fixed_window 1000/1m")]);
-    let layer = RateLimitLayer::builder(limiter.clone())
-        .policy("tokens")
-        .cost(100)
-        .reserve(Reserve::header(usage_header()))
-        .build()
-        .expect("layer");
+    let layer = usage_layer(limiter.clone(), "tokens", 100);
     let admitted = Arc::new(AtomicU64::new(0));
     let app = {
         let admitted = Arc::clone(&admitted);
@@ -506,12 +497,7 @@ async fn concurrent_overdrafts_stay_within_one_overdraft_of_the_limit() {
     let limiter = Limiter::builder(MemoryStore::with_clock(ManualClock::new(START_US)))
         .policy("tokens", policy)
         .build();
-    let layer = RateLimitLayer::builder(limiter.clone())
-        .policy("tokens")
-        .cost(100)
-        .reserve(Reserve::header(usage_header()))
-        .build()
-        .expect("layer");
+    let layer = usage_layer(limiter.clone(), "tokens", 100);
     let used = Arc::new(AtomicU64::new(0));
     let app = {
         let used = Arc::clone(&used);
@@ -701,12 +687,7 @@ fn a_settle_cancelled_with_its_runtime_is_counted() {
     let limiter = Limiter::builder(store)
         .policy("tokens", "fixed_window 1000/1m".parse().expect("policy"))
         .build();
-    let layer = RateLimitLayer::builder(limiter)
-        .policy("tokens")
-        .cost(100)
-        .reserve(Reserve::header(usage_header()))
-        .build()
-        .expect("layer");
+    let layer = usage_layer(limiter, "tokens", 100);
     let handler = tower::service_fn(|_request: http::Request<()>| async {
         Ok::<_, std::convert::Infallible>(
             Response::builder()
@@ -827,12 +808,7 @@ async fn the_layer_reserves_and_settles_on_redis_and_a_cluster() {
         let limiter = Limiter::builder(store)
             .policy("tokens", policy.with_max_overdraft(50).expect("overdraft"))
             .build();
-        let layer = RateLimitLayer::builder(limiter.clone())
-            .policy("tokens")
-            .cost(100)
-            .reserve(Reserve::header(usage_header()))
-            .build()
-            .expect("layer");
+        let layer = usage_layer(limiter.clone(), "tokens", 100);
         let app = Router::new()
             .route("/", get(reports_usage))
             .layer(layer.clone());

@@ -198,6 +198,30 @@ impl Backend {
     }
 }
 
+/// A server whose policy `second` (5 per second) lives on the per-second
+/// Redis `second` and `hour` (5 per hour) on `main` (`store.per_second`),
+/// started as `serve` starts (`App::start` connects both stores; a
+/// [`TestServer`]'s `App::new` one), serving the HTTP API.
+pub async fn per_second_server(
+    main: &RedisServer,
+    second: &RedisServer,
+) -> (Arc<App>, tollgate_testkit::serve::Served) {
+    let text = format!(
+        "store:\n  kind: redis\n  url: {}\n  timeout: 1s\n  per_second:\n    kind: redis\n    url: {}\npolicies:\n  - name: second\n    algorithm: fixed_window\n    limit: 5\n    period: 1s\n  - name: hour\n    algorithm: fixed_window\n    limit: 5\n    period: 1h\n",
+        main.url(),
+        second.url()
+    );
+    let source = ConfigSource {
+        config: Some(tollgate_testkit::files::temp_file("per-second.yaml", &text)),
+        ..ConfigSource::default()
+    };
+    let app = Arc::new(App::start(source).await.unwrap());
+    let server =
+        tollgate_testkit::serve::Served::router(tollgate_server::http::router(Arc::clone(&app)))
+            .await;
+    (app, server)
+}
+
 /// A running server.
 pub struct TestServer {
     pub app: Arc<App>,
@@ -224,6 +248,24 @@ impl TestServer {
             backend,
             text,
             ConfigSource::default(),
+            ServerOptions::default()
+                .watch_interval(None)
+                .reload_on_sighup(false),
+        )
+        .await
+    }
+
+    /// A server on the configuration file `file`, neither watched nor
+    /// reloaded on SIGHUP: the test rewrites it and reloads by hand.
+    pub async fn start_file(backend: Backend, file: &std::path::Path) -> TestServer {
+        let source = ConfigSource {
+            config: Some(file.to_path_buf()),
+            ..ConfigSource::default()
+        };
+        Self::start_with(
+            backend,
+            "",
+            source,
             ServerOptions::default()
                 .watch_interval(None)
                 .reload_on_sighup(false),
