@@ -554,3 +554,30 @@ async fn remote_targets_are_refused_by_default() {
     let refused = bench::bench(&args(&["grpc", "192.0.2.1:8081", "--max-requests", "1"])).await;
     assert!(matches!(refused, Err(BenchError::Remote(_))), "{refused:?}");
 }
+
+/// `--connections` is a number of connections to one Redis server: out of
+/// range it is refused by the parser, and with the memory store or a
+/// Cluster (none, one per node) before the run.
+#[tokio::test]
+async fn connections_are_refused_where_they_mean_nothing() {
+    for n in ["0", "65", "-1", "many"] {
+        let argv = ["bench", "direct", "--connections", n];
+        assert!(Cli::try_parse_from(argv).is_err(), "--connections {n}");
+    }
+    for store in ["memory", "redis-cluster://127.0.0.1:1,127.0.0.1:2"] {
+        let refused = bench::bench(&args(&[
+            "direct",
+            "--store",
+            store,
+            "--connections",
+            "2",
+            "--max-requests",
+            "1",
+        ]))
+        .await;
+        assert!(
+            matches!(refused, Err(BenchError::Args(_))),
+            "{store}: {refused:?}"
+        );
+    }
+}

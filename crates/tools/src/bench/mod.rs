@@ -80,7 +80,7 @@ pub enum TargetArgs {
         /// Connections from each instance to a standalone Redis, used in
         /// turn (the server's `store.connections`); default one per core,
         /// at most 4. A Cluster keeps one per node.
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=tollgate_redis::pool::MAX_CONNECTIONS as i64), value_name = "N")]
         connections: Option<u16>,
         /// Lease the policy: at most this many units per lease (with
         /// `--lease-ttl`). Each instance then checks through the resilience
