@@ -6,7 +6,7 @@
 //! replays instead of charging again.
 //!
 //! The lost replies come from a TCP proxy between the store and Redis that
-//! forwards every request but, for some decisions, closes the client's
+//! forwards every request but, for some decisions, ends the client's
 //! connection instead of forwarding the reply, after Redis has run the
 //! script. On a Cluster every master announces its proxy's port
 //! (`cluster-announce-port`), so the client reaches every node through one.
@@ -165,33 +165,50 @@ impl Proxy {
 }
 
 /// Relays one connection, request by request and reply by reply. When a
-/// decision reply is to be lost, it closes the client's connection instead
+/// decision reply is to be lost, it ends the client's connection instead
 /// of forwarding it, stops forwarding requests, and reads the replies to
 /// every request already forwarded (all of which Redis ran), recording the
 /// decisions among them as lost.
+///
+/// The connection ends in order: a FIN after the replies already written,
+/// and the client's requests read (and dropped) until it closes its side.
+/// Dropping the socket with requests unread would send a reset instead,
+/// and a reset throws away replies written but not yet sent: their
+/// decisions ran, yet they would count as delivered.
 async fn relay(client: TcpStream, upstream: u16, faults: Arc<Faults>) {
     let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream)).await else {
         return;
     };
     let (mut server_read, mut server_write) = server.into_split();
-    let mut client = Some(client.into_split());
+    let (client_read, to_client) = client.into_split();
+    let mut client_read = Some(client_read);
+    // `None` once the connection is ended: every reply from then on is lost.
+    let mut to_client = Some(to_client);
     // One entry per request forwarded and not yet answered: the identity if
     // it is a decision.
     let mut pending: VecDeque<Option<String>> = VecDeque::new();
     let (mut from_client, mut from_server) = (Vec::new(), Vec::new());
     let (mut chunk_c, mut chunk_s) = ([0u8; 16384], [0u8; 16384]);
     loop {
-        if client.is_none() && pending.is_empty() {
+        if client_read.is_none() && pending.is_empty() {
             return;
         }
         tokio::select! {
-            read = async { client.as_mut().expect("guarded").0.read(&mut chunk_c).await },
-                if client.is_some() =>
+            read = async { client_read.as_mut().expect("guarded").read(&mut chunk_c).await },
+                if client_read.is_some() =>
             {
                 let n = match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) if to_client.is_some() => return,
+                    // The client closed the connection this proxy ended.
+                    Ok(0) | Err(_) => {
+                        client_read = None;
+                        continue;
+                    }
                     Ok(n) => n,
                 };
+                if to_client.is_none() {
+                    continue; // sent after the end: never forwarded, never run
+                }
                 from_client.extend_from_slice(&chunk_c[..n]);
                 while let Some((len, args)) = request(&from_client) {
                     pending.push_back(decision_identity(&args));
@@ -201,7 +218,7 @@ async fn relay(client: TcpStream, upstream: u16, faults: Arc<Faults>) {
                     from_client.drain(..len);
                 }
             }
-            read = server_read.read(&mut chunk_s) => {
+            read = server_read.read(&mut chunk_s), if !pending.is_empty() => {
                 let n = match read {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
@@ -215,11 +232,14 @@ async fn relay(client: TcpStream, upstream: u16, faults: Arc<Faults>) {
                     // An array is the script's answer: it ran (an error such
                     // as NOSCRIPT means it did not).
                     let ran = identity.filter(|_| reply[0] == b'*');
-                    if client.is_some() && ran.is_some() && faults.lose_next() {
-                        client = None; // closes the client's connection
+                    if to_client.is_some() && ran.is_some() && faults.lose_next() {
+                        // A FIN after what was written; the client's reads
+                        // go on until it closes.
+                        let mut ended = to_client.take().expect("checked");
+                        let _ = ended.shutdown().await;
                     }
-                    match (&mut client, ran) {
-                        (Some((_, to_client)), _) => {
+                    match (&mut to_client, ran) {
+                        (Some(to_client), _) => {
                             if to_client.write_all(&reply).await.is_err() {
                                 return;
                             }
