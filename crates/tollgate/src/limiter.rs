@@ -1,5 +1,7 @@
 //! The limiter: named policies over a store.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -668,69 +670,87 @@ impl<S: Store> Limiter<S> {
         Ok(self.inner.store.reset(key, &refs).await?)
     }
 
-    async fn one(&self, name: &str, key: &[u8], cost: u64, mode: Mode) -> Result<Decision, Error> {
-        let refs = [self.prepare(name, key, cost)?];
-        if self.has_overrides() {
-            let multi = self
-                .apply_checked(Check::new(key, &refs, cost, mode))
-                .await?;
-            return Ok(multi.decisions[0]);
-        }
-        let decisions = self
-            .inner
-            .store
-            .apply(Check::new(key, &refs, cost, mode))
-            .await?;
-        decisions
-            .into_iter()
-            .next()
-            .ok_or_else(|| crate::StoreError::Protocol("store returned no decision".into()).into())
-    }
-
-    async fn many(
-        &self,
-        names: &[&str],
-        key: &[u8],
+    // `one`, `many`, `apply_checked` and `apply_store` return `async`
+    // blocks rather than being `async fn`s: an `async fn` keeps a second
+    // copy of its arguments in its future, and each of these futures is
+    // nested in every check's (and the tower layer boxes one per request).
+    #[allow(clippy::manual_async_fn)]
+    fn one<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a [u8],
         cost: u64,
         mode: Mode,
-    ) -> Result<MultiDecision, Error> {
-        if names.is_empty() {
-            return Err(Error::NoPolicy);
+    ) -> impl Future<Output = Result<Decision, Error>> + 'a {
+        async move {
+            let refs = [self.prepare(name, key, cost)?];
+            let check = Check::new(key, &refs, cost, mode);
+            if let Some(overridden) = self.overridden(check) {
+                return Ok(overridden.await?.decisions[0]);
+            }
+            let decisions = self.inner.store.apply(check).await?;
+            decisions.into_iter().next().ok_or_else(|| {
+                crate::StoreError::Protocol("store returned no decision".into()).into()
+            })
         }
-        distinct(names.iter().copied())?;
-        let refs = names
-            .iter()
-            .map(|name| self.prepare(name, key, cost))
-            .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
-        self.apply_checked(Check::new(key, &refs, cost, mode)).await
+    }
+
+    #[allow(clippy::manual_async_fn)] // not `async fn`: see `one`
+    fn many<'a>(
+        &'a self,
+        names: &'a [&'a str],
+        key: &'a [u8],
+        cost: u64,
+        mode: Mode,
+    ) -> impl Future<Output = Result<MultiDecision, Error>> + 'a {
+        async move {
+            if names.is_empty() {
+                return Err(Error::NoPolicy);
+            }
+            distinct(names.iter().copied())?;
+            let refs = names
+                .iter()
+                .map(|name| self.prepare(name, key, cost))
+                .collect::<Result<SmallVec<[PolicyRef<'_>; 2]>, Error>>()?;
+            self.apply_checked(Check::new(key, &refs, cost, mode)).await
+        }
     }
 
     /// One store call for a validated check.
-    fn has_overrides(&self) -> bool {
-        self.inner.overrides.as_ref().is_some_and(|o| !o.is_empty())
-    }
-
-    async fn apply_checked(&self, check: Check<'_>) -> Result<MultiDecision, Error> {
-        if let Some(table) = &self.inner.overrides {
-            if !table.is_empty() {
-                return self.apply_overridden(check, table).await;
+    #[allow(clippy::manual_async_fn)] // not `async fn`: see `one`
+    fn apply_checked<'a>(
+        &'a self,
+        check: Check<'a>,
+    ) -> impl Future<Output = Result<MultiDecision, Error>> + 'a {
+        async move {
+            if let Some(overridden) = self.overridden(check) {
+                return overridden.await;
             }
+            self.apply_store(check).await
         }
-        self.apply_store(check).await
     }
 
-    /// A check where some (policy, key) may have an override: unlimited
-    /// policies are allowed here (nothing charged), a blocked one denies
-    /// the whole check (the others are only looked at, as a denial
-    /// anywhere leaves them, so nothing is charged), and the rest go to the
-    /// store, each under its overriding numbers. An override whose numbers
-    /// are for another algorithm than the policy's (the policy changed by
-    /// a reload since) is ignored.
-    async fn apply_overridden(
+    /// The decision of `check` under its key's overrides, when it has one.
+    ///
+    /// Boxed: the overridden path keeps several times a plain check's state
+    /// across its store call. Inline, it would grow every check's future
+    /// (and every future awaiting one) for the few keys that have an
+    /// override. What is returned is only the box, so that nothing of the
+    /// lookup is kept across the await either.
+    fn overridden<'a>(&'a self, check: Check<'a>) -> Option<Overridden<'a>> {
+        let (table, found) = self.overrides_of(check)?;
+        Some(Box::pin(self.apply_overridden(check, table, found)))
+    }
+
+    /// The override of each of `check`'s policies for its key, with the
+    /// table, when at least one has one. An override whose numbers are for
+    /// another algorithm than the policy's (the policy changed by a reload
+    /// since) is ignored.
+    fn overrides_of(
         &self,
         check: Check<'_>,
-        table: &Overrides,
-    ) -> Result<MultiDecision, Error> {
+    ) -> Option<(&Overrides, SmallVec<[Option<Override>; 2]>)> {
+        let table = self.inner.overrides.as_ref().filter(|t| !t.is_empty())?;
         let found: SmallVec<[Option<Override>; 2]> = check
             .policies
             .iter()
@@ -746,9 +766,24 @@ impl<S: Store> Limiter<S> {
                     })
             })
             .collect();
-        if found.iter().all(Option::is_none) {
-            return self.apply_store(check).await;
-        }
+        found
+            .iter()
+            .any(Option::is_some)
+            .then_some((&**table, found))
+    }
+
+    /// A check where some (policy, key) has an override (`found`, from
+    /// [`overrides_of`](Self::overrides_of)): unlimited policies are
+    /// allowed here (nothing charged), a blocked one denies the whole check
+    /// (the others are only looked at, as a denial anywhere leaves them, so
+    /// nothing is charged), and the rest go to the store, each under its
+    /// overriding numbers.
+    async fn apply_overridden(
+        &self,
+        check: Check<'_>,
+        table: &Overrides,
+        found: SmallVec<[Option<Override>; 2]>,
+    ) -> Result<MultiDecision, Error> {
         let now = table.now_us();
         let limit_of = |i: usize| found[i].map(|o| o.limit);
         let blocked = (0..found.len()).any(|i| limit_of(i) == Some(OverrideLimit::Blocked));
@@ -829,21 +864,27 @@ impl<S: Store> Limiter<S> {
         })
     }
 
-    async fn apply_store(&self, check: Check<'_>) -> Result<MultiDecision, Error> {
-        let decisions = self.inner.store.apply(check).await?;
-        if decisions.len() != check.policies.len() {
-            return Err(crate::StoreError::Protocol(format!(
-                "store returned {} decisions for {} policies",
-                decisions.len(),
-                check.policies.len()
-            ))
-            .into());
+    #[allow(clippy::manual_async_fn)] // not `async fn`: see `one`
+    fn apply_store<'a>(
+        &'a self,
+        check: Check<'a>,
+    ) -> impl Future<Output = Result<MultiDecision, Error>> + 'a {
+        async move {
+            let decisions = self.inner.store.apply(check).await?;
+            if decisions.len() != check.policies.len() {
+                return Err(crate::StoreError::Protocol(format!(
+                    "store returned {} decisions for {} policies",
+                    decisions.len(),
+                    check.policies.len()
+                ))
+                .into());
+            }
+            Ok(MultiDecision {
+                allowed: decisions.iter().all(|d| d.allowed),
+                decisions,
+                overridden: SmallVec::new(),
+            })
         }
-        Ok(MultiDecision {
-            allowed: decisions.iter().all(|d| d.allowed),
-            decisions,
-            overridden: SmallVec::new(),
-        })
     }
 
     fn prepare<'a>(&'a self, name: &'a str, key: &[u8], cost: u64) -> Result<PolicyRef<'a>, Error> {
@@ -971,6 +1012,10 @@ where
 }
 
 /// [`Error::DuplicatePolicy`] when `names` repeats a policy.
+/// A check's decision under its key's overrides, boxed
+/// ([`Limiter::overridden`]).
+type Overridden<'a> = Pin<Box<dyn Future<Output = Result<MultiDecision, Error>> + Send + 'a>>;
+
 fn distinct<'a, I>(names: I) -> Result<(), Error>
 where
     I: IntoIterator<Item = &'a str>,
