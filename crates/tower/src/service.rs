@@ -3,6 +3,7 @@
 //! [`Answer`] into forwarding, waiting, or a response of its own.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -94,36 +95,59 @@ where
         // `self.inner` is the instance `poll_ready` readied: it goes into the
         // future, and a fresh clone stays for the next `poll_ready`.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
-        ResponseFuture::new(async move {
-            let (parts, body) = request.into_parts();
-            let action = act(&config, &parts).await;
-            let request = Request::from_parts(parts, body);
-            match action {
-                Action::Pass => Ok(inner.call(request).await?.map(RateLimitBody::inner)),
-                Action::Proceed {
-                    fields,
-                    delay,
-                    settler,
-                } => {
-                    if !delay.is_zero() {
-                        // Boxed: a `Sleep` inline would grow every request's
-                        // future, delayed or not.
-                        Box::pin(tokio::time::sleep(delay)).await;
-                    }
-                    // An open reservation's settler lives across the call:
-                    // dropped with this future or by an error, it settles
-                    // at the estimate.
-                    let mut response = inner.call(request).await?;
-                    fields.add_to(response.headers_mut());
-                    Ok(match (settler, &config.reserve) {
-                        (Some(settler), Some(reserving)) => reserving.finish(settler, response),
-                        _ => response.map(RateLimitBody::inner),
-                    })
-                }
-                Action::Respond(response) => Ok(response.map(RateLimitBody::written)),
-            }
+        let (parts, body) = request.into_parts();
+        ResponseFuture::new(respond(config, inner, parts, body))
+    }
+}
+
+/// The response to a request: decide, wait when a leaky bucket says so,
+/// forward, add the header fields and settle.
+///
+/// Its future is the one boxed per request, so what it keeps across an
+/// await is kept small (`tests::the_response_future_is_small`): the request
+/// is put back together only where it is forwarded, and the decision's
+/// [`Action`] is taken apart before the next await.
+#[allow(clippy::manual_async_fn)] // see the comment in the body
+fn respond<S, Svc, ReqBody, ResBody>(
+    config: Arc<LayerConfig<S>>,
+    mut inner: Svc,
+    parts: Parts,
+    body: ReqBody,
+) -> impl Future<Output = Result<Response<RateLimitBody<ResBody>>, Svc::Error>>
+where
+    S: Store,
+    Svc: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    // A block, not an `async fn`: an `async fn` keeps a second copy of
+    // its arguments (the request's parts twice).
+    async move {
+        let (fields, delay, settler) = match act(&config, &parts).await {
+            Action::Pass => (None, Duration::ZERO, None),
+            Action::Proceed {
+                fields,
+                delay,
+                settler,
+            } => (Some(fields), delay, settler),
+            Action::Respond(response) => return Ok(response.map(RateLimitBody::written)),
+        };
+        if !delay.is_zero() {
+            // Boxed: a `Sleep` inline would grow every request's future,
+            // delayed or not.
+            Box::pin(tokio::time::sleep(delay)).await;
+        }
+        // An open reservation's settler lives across the call: dropped with
+        // this future or by an error, it settles at the estimate.
+        let mut response = inner.call(Request::from_parts(parts, body)).await?;
+        let Some(fields) = fields else {
+            // Not limited: nothing to add.
+            return Ok(response.map(RateLimitBody::inner));
+        };
+        fields.add_to(response.headers_mut());
+        Ok(match (settler, &config.reserve) {
+            (Some(settler), Some(reserving)) => reserving.finish(*settler, response),
+            _ => response.map(RateLimitBody::inner),
         })
     }
 }
@@ -138,7 +162,9 @@ enum Action {
     Proceed {
         fields: LimitFields,
         delay: Duration,
-        settler: Option<Settler>,
+        /// Boxed: only a reserving layer has one, and it is kept across
+        /// the inner service's call.
+        settler: Option<Box<Settler>>,
     },
     /// Answered by the layer.
     Respond(Response<Bytes>),
@@ -177,7 +203,9 @@ async fn act<S: Store>(config: &LayerConfig<S>, request: &Parts) -> Action {
         return Action::Pass;
     }
     if let Some(reserving) = &config.reserve {
-        return reserve(config, reserving, request, set, &key, cost).await;
+        // Boxed: a reservation's state is larger than a check's, and
+        // inline it would grow every request's future, reserving or not.
+        return Box::pin(reserve(config, reserving, request, set, &key, cost)).await;
     }
     // One policy (the common case) skips `check_all`'s bookkeeping.
     let limiter = &config.limiter;
@@ -226,7 +254,7 @@ async fn reserve<S: Store>(
         (Action::Proceed { fields, delay, .. }, Some(id)) => Action::Proceed {
             fields,
             delay,
-            settler: Some(reserving.settler(id, estimate)),
+            settler: Some(Box::new(reserving.settler(id, estimate))),
         },
         // Reservable policies never delay, so an allowed reservation is
         // always forwarded; were it not, nothing was served: give it back.
@@ -362,5 +390,52 @@ fn log_key_error(error: &KeyError) {
     match error {
         KeyError::NoPeerAddress => tracing::warn!(%error, "no rate limiting key"),
         error => tracing::debug!(%error, "no rate limiting key"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tollgate::{Limiter, MemoryStore};
+
+    use super::*;
+    use crate::RateLimitLayer;
+
+    /// glibc serves allocations of up to 1 032 bytes from a per-thread
+    /// cache; larger ones take an arena's lock, which the workers of a
+    /// loaded server then contend for (the boxed future is freed on
+    /// whichever worker finishes the request).
+    const THREAD_CACHE_MAX: usize = 1032;
+
+    /// The future boxed per request, over an inner service whose future is
+    /// as large as an axum route's (320 bytes), fits the allocator's
+    /// per-thread cache: docs/BENCHMARKS.md, "The tower layer".
+    #[test]
+    fn the_response_future_is_small() {
+        let limiter = Limiter::builder(MemoryStore::new())
+            .policy("api", "gcra 10/s".parse().expect("valid policy"))
+            .build();
+        let layer = RateLimitLayer::builder(limiter)
+            .policy("api")
+            .build()
+            .expect("valid layer");
+        let inner = tower::service_fn(|_: Request<()>| async {
+            let route = [0u8; 304];
+            tokio::task::yield_now().await;
+            std::hint::black_box(&route);
+            Ok::<_, Infallible>(Response::new(()))
+        });
+        let inner_size =
+            std::mem::size_of_val(&tower::Service::call(&mut inner.clone(), Request::new(())));
+        assert!((304..=336).contains(&inner_size), "{inner_size}");
+        let service = tower::Layer::layer(&layer, inner);
+        let (parts, body) = Request::new(()).into_parts();
+        let future = respond(Arc::clone(&service.config), service.inner, parts, body);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= THREAD_CACHE_MAX,
+            "the layer's response future is {size} bytes over an inner future of {inner_size}: more than the allocator's thread cache takes"
+        );
     }
 }
