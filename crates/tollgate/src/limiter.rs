@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
+use sync_wrapper::SyncFuture;
 
 use std::time::Duration;
 
@@ -689,9 +690,8 @@ impl<S: Store> Limiter<S> {
                 return Ok(overridden.await?.decisions[0]);
             }
             let decisions = self.inner.store.apply(check).await?;
-            decisions.into_iter().next().ok_or_else(|| {
-                crate::StoreError::Protocol("store returned no decision".into()).into()
-            })
+            one_per_policy(&decisions, &check)?;
+            Ok(decisions[0])
         }
     }
 
@@ -739,7 +739,9 @@ impl<S: Store> Limiter<S> {
     /// lookup is kept across the await either.
     fn overridden<'a>(&'a self, check: Check<'a>) -> Option<Overridden<'a>> {
         let (table, found) = self.overrides_of(check)?;
-        Some(Box::pin(self.apply_overridden(check, table, found)))
+        Some(SyncFuture::new(Box::pin(
+            self.apply_overridden(check, table, found),
+        )))
     }
 
     /// The override of each of `check`'s policies for its key, with the
@@ -871,14 +873,7 @@ impl<S: Store> Limiter<S> {
     ) -> impl Future<Output = Result<MultiDecision, Error>> + 'a {
         async move {
             let decisions = self.inner.store.apply(check).await?;
-            if decisions.len() != check.policies.len() {
-                return Err(crate::StoreError::Protocol(format!(
-                    "store returned {} decisions for {} policies",
-                    decisions.len(),
-                    check.policies.len()
-                ))
-                .into());
-            }
+            one_per_policy(&decisions, &check)?;
             Ok(MultiDecision {
                 allowed: decisions.iter().all(|d| d.allowed),
                 decisions,
@@ -1011,11 +1006,28 @@ where
     }
 }
 
-/// [`Error::DuplicatePolicy`] when `names` repeats a policy.
 /// A check's decision under its key's overrides, boxed
-/// ([`Limiter::overridden`]).
-type Overridden<'a> = Pin<Box<dyn Future<Output = Result<MultiDecision, Error>> + Send + 'a>>;
+/// ([`Limiter::overridden`]). In a [`SyncFuture`]: a boxed `dyn Future`
+/// is not `Sync`, and held across an await it would take `Sync` from every
+/// check's future.
+type Overridden<'a> =
+    SyncFuture<Pin<Box<dyn Future<Output = Result<MultiDecision, Error>> + Send + 'a>>>;
 
+/// A protocol error unless the store answered `check` with one decision
+/// per policy.
+fn one_per_policy(decisions: &[Decision], check: &Check<'_>) -> Result<(), Error> {
+    if decisions.len() == check.policies.len() {
+        return Ok(());
+    }
+    Err(crate::StoreError::Protocol(format!(
+        "store returned {} decisions for {} policies",
+        decisions.len(),
+        check.policies.len()
+    ))
+    .into())
+}
+
+/// [`Error::DuplicatePolicy`] when `names` repeats a policy.
 fn distinct<'a, I>(names: I) -> Result<(), Error>
 where
     I: IntoIterator<Item = &'a str>,
@@ -1029,7 +1041,32 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{PAIRWISE_MAX, duplicate_policy};
+    use std::time::Duration;
+
+    use super::{Limiter, PAIRWISE_MAX, PolicyRef, duplicate_policy};
+    use crate::{MemoryStore, Mode};
+
+    /// A memory store's futures are `Send` and `Sync` (checked when this
+    /// compiles): the boxed path of a key with an override must not take
+    /// `Sync` from them.
+    #[test]
+    fn a_memory_stores_futures_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        let policy = "gcra 10/s".parse().expect("valid policy");
+        let limiter = Limiter::builder(MemoryStore::new())
+            .policy("api", policy)
+            .build();
+        let refs = [PolicyRef {
+            name: "api",
+            policy: &policy,
+        }];
+        send_sync(&limiter.check("api", "k", 1));
+        send_sync(&limiter.peek("api", "k", 1));
+        send_sync(&limiter.check_all(&["api"], "k", 1));
+        send_sync(&limiter.peek_all(&["api"], "k", 1));
+        send_sync(&limiter.apply(&refs, "k", 1, Mode::Consume));
+        send_sync(&limiter.reserve(&["api"], "k", 1, Duration::from_secs(1)));
+    }
 
     #[test]
     fn duplicates_are_found_in_short_and_long_lists() {
