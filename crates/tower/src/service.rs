@@ -428,7 +428,7 @@ mod tests {
         });
         let inner_size =
             std::mem::size_of_val(&tower::Service::call(&mut inner.clone(), Request::new(())));
-        assert!((304..=336).contains(&inner_size), "{inner_size}");
+        assert!(inner_size >= 304, "{inner_size}");
         let service = tower::Layer::layer(&layer, inner);
         let (parts, body) = Request::new(()).into_parts();
         let future = respond(Arc::clone(&service.config), service.inner, parts, body);
