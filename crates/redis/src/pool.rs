@@ -32,6 +32,11 @@ use tokio::task::JoinSet;
 /// The most connections a store opens to one server.
 pub const MAX_CONNECTIONS: usize = 64;
 
+/// What a number of connections counts, for the error of a front end that
+/// is given one for a store that has no such setting (the memory store,
+/// a Cluster).
+pub const CONNECTIONS_APPLY_TO: &str = "the number of connections to one Redis server (a standalone one, or the master of a Sentinel); the memory store has none, and a Cluster store keeps one per node";
+
 /// How often every connection is pinged, by default
 /// ([`RedisOptions::keep_alive`](crate::RedisOptions::keep_alive)).
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(1);

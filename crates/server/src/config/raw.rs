@@ -654,10 +654,10 @@ impl RawStore {
         let connections = match self.connections {
             None => defaults.connections,
             Some(_) if !matches!(self.kind, StoreKind::Redis | StoreKind::RedisSentinel) => {
-                return Err(
-                    "connections is the number of connections to one Redis server (kind: redis, or the master of kind: redis_sentinel); the memory store has none, and a Cluster store keeps one per node"
-                        .into(),
-                );
+                return Err(format!(
+                    "connections is {}",
+                    tollgate_redis::pool::CONNECTIONS_APPLY_TO
+                ));
             }
             Some(n @ 1..=MAX_CONNECTIONS) => usize::try_from(n).unwrap_or(1),
             Some(n) => {

@@ -179,9 +179,10 @@ async fn setup(args: &TargetArgs, artillery: &load::ArtilleryTarget) -> Result<S
             target::check_store_loopback(store, load.allow_remote).await?;
             if connections.is_some() && (store == "memory" || store.starts_with("redis-cluster://"))
             {
-                return Err(BenchError::Args(
-                    "--connections is the number of connections to one Redis server: the memory store has none, and a Cluster store keeps one per node".into(),
-                ));
+                return Err(BenchError::Args(format!(
+                    "--connections is {}",
+                    tollgate_redis::pool::CONNECTIONS_APPLY_TO
+                )));
             }
             let mut policy = match expected {
                 Some(p) => p,
