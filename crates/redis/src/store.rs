@@ -238,6 +238,16 @@ impl Connection {
             }
         }
     }
+
+    /// The connections to the one server calls go to (the Sentinel's
+    /// master in use); `None` on a Cluster, which keeps one per node.
+    fn pool(&self) -> Option<Pool> {
+        match self {
+            Connection::Standalone(pool) => Some(pool.clone()),
+            Connection::Sentinel(sentinel) => Some(sentinel.current().connections),
+            Connection::Cluster(_) => None,
+        }
+    }
 }
 
 /// The connection one call is sent on.
@@ -689,11 +699,7 @@ impl RedisStore {
     /// ([`RedisOptions::connections`]; to the master in use, on Sentinel).
     /// 1 on a Cluster, which keeps one per node.
     pub fn connections(&self) -> usize {
-        match &self.inner.connection {
-            Connection::Standalone(pool) => pool.len(),
-            Connection::Sentinel(sentinel) => sentinel.current().connections.len(),
-            Connection::Cluster(_) => 1,
-        }
+        self.inner.connection.pool().map_or(1, |pool| pool.len())
     }
 
     /// The key prefix.
@@ -891,10 +897,8 @@ impl RedisStore {
         if let Err(error) = &result {
             if connection_lost(error) {
                 // The server may have closed the others too.
-                match &self.inner.connection {
-                    Connection::Standalone(pool) => pool.heal(),
-                    Connection::Sentinel(sentinel) => sentinel.current().connections.heal(),
-                    Connection::Cluster(_) => {}
+                if let Some(pool) = self.inner.connection.pool() {
+                    pool.heal();
                 }
             }
         }
@@ -1450,11 +1454,7 @@ fn connection_lost(error: &RedisError) -> bool {
 /// Whether an error says the connection to the master failed, so that
 /// the master may have died or moved (not an answer of a live master).
 fn may_have_moved(error: &RedisError) -> bool {
-    error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_unrecoverable_error()
-        || error.is_timeout()
+    connection_lost(error) || error.is_connection_refusal() || error.is_timeout()
 }
 
 /// What [`RedisStore::send`] does after an error.
