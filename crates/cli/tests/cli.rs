@@ -127,6 +127,46 @@ fn check_takes_envoy_files_alone_and_reads_dot_files_by_default() {
     assert!(line.starts_with(|c: char| c.is_ascii_digit()), "{stderr}");
 }
 
+/// `metadata` on a descriptor that never sends it (no limit, or an
+/// `unlimited` one) loads, with a warning naming the file and the
+/// descriptor; on a limit it loads quietly.
+#[test]
+fn check_warns_of_metadata_that_is_never_sent() {
+    let dir = tollgate_testkit::files::temp_dir("check-metadata");
+    let file = dir.join("meta.yaml");
+    std::fs::write(
+        &file,
+        "domain: d\ndescriptors:\n  - key: parent\n    metadata: { x: 1 }\n    descriptors:\n\
+         \x20     - key: child\n        metadata: { y: 2 }\n        rate_limit: { unit: second, requests_per_unit: 1 }\n\
+         \x20 - key: free\n    metadata: { z: 3 }\n    rate_limit: { unlimited: true }\n",
+    )
+    .unwrap();
+    let output = tollgate()
+        .args(["check", "--envoy-config"])
+        .arg(&file)
+        .env_remove("TOLLGATE_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let warned: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("`metadata` is never sent"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{all}");
+    assert!(
+        warned[0].contains("descriptor `parent`") && warned[0].contains("meta.yaml"),
+        "{all}"
+    );
+    assert!(warned[1].contains("descriptor `free`"), "{all}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[cfg(unix)]
 #[test]
 fn serve_answers_and_exits_zero_on_sigterm() {

@@ -45,6 +45,10 @@
 //!   [`Domain::find_override`](crate::envoy::Domain::find_override)). A
 //!   unit that is not one (`UNKNOWN`, or a number outside the enum) is
 //!   `INVALID_ARGUMENT`.
+//! - With `envoy.response_dynamic_metadata` (envoyproxy/ratelimit's
+//!   `RESPONSE_DYNAMIC_METADATA`), `dynamic_metadata` names the request and
+//!   carries the configured `metadata` of the descriptors that passed
+//!   ([`crate::envoy::metadata`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -64,6 +68,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{App, Loaded};
 use crate::config::ResponseHeaderSettings;
+use crate::envoy::metadata::{self, Metadata};
 use crate::envoy::{Applied, CompiledRule, Domain, Matched, Unit};
 use crate::metrics::EnvoyHits;
 
@@ -528,6 +533,28 @@ impl Overall {
     }
 }
 
+/// The configured `metadata` of the descriptors that passed, in request
+/// order: envoyproxy/ratelimit's passed descriptors are those whose status
+/// is not `OVER_LIMIT`, less the `unlimited` ones; only a configured limit
+/// has metadata (see [`crate::envoy::metadata`]).
+fn passed_metadata<'a>(
+    plans: &'a [Plan<'_>],
+    statuses: &'a [DescriptorStatus],
+) -> impl Iterator<Item = &'a Metadata> {
+    plans
+        .iter()
+        .zip(statuses)
+        .filter_map(|(plan, status)| match plan {
+            Plan::Apply(m, _)
+                if m.rule.applied != Applied::Unlimited
+                    && status.code != Code::OverLimit as i32 =>
+            {
+                m.metadata
+            }
+            _ => None,
+        })
+}
+
 /// Whether a descriptor is a quota descriptor: envoyproxy/ratelimit drops an
 /// unlimited limit before it counts them, so an unlimited one is (a quota
 /// descriptor that passed) only under the global switch, as is one that
@@ -649,10 +676,14 @@ impl RateLimitGrpc {
         if settings.enabled {
             headers.extend(limit_headers(settings, &statuses).into_iter().flatten());
         }
+        let dynamic_metadata = envoy
+            .response_dynamic_metadata
+            .then(|| metadata::response(&request, passed_metadata(&plans, &statuses)));
         Ok(RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             statuses,
             response_headers_to_add: headers,
+            dynamic_metadata,
             ..RateLimitResponse::default()
         })
     }

@@ -8,7 +8,7 @@
 //! number, a wrapper (`UInt64Value`) as its bare value, and an unknown
 //! field is an error. Writing follows `protojson.Marshal`: camelCase names,
 //! fields at their default left out, enums by name, 64-bit integers and
-//! durations as strings (`"1.500s"`).
+//! durations as strings (`"1.500s"`), `dynamicMetadata` as a plain object.
 //!
 //! Deciding is [`RateLimitGrpc::decide`](crate::grpc::RateLimitGrpc::decide),
 //! the gRPC method's own code: this module only translates.
@@ -23,7 +23,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
-use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, UInt64Value};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{
+    Duration as ProtoDuration, Struct, UInt64Value, Value as ProtoValue,
+};
 use serde_json::{Map, Value};
 
 /// Reads a `RateLimitRequest` from its JSON form.
@@ -194,11 +197,44 @@ pub fn encode_response(response: &RateLimitResponse) -> Value {
             );
         }
     }
+    if let Some(metadata) = &response.dynamic_metadata {
+        out.insert("dynamicMetadata".into(), structure(metadata));
+    }
     if response.overall_code == 0 {
         // protojson leaves out an enum at 0; keep the shape the same.
         out.remove("overallCode");
     }
     Value::Object(out)
+}
+
+/// A `google.protobuf.Struct` as the JSON object it maps to.
+fn structure(s: &Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), dynamic(v)))
+            .collect(),
+    )
+}
+
+/// A `google.protobuf.Value` as the JSON value it maps to. A whole number
+/// is written without a fraction, as protojson writes it (`5`, not `5.0`).
+fn dynamic(value: &ProtoValue) -> Value {
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::NumberValue(n)) => {
+            // Exact: |n| < 2^63 and no fraction.
+            if n.fract() == 0.0 && n.abs() < 9_223_372_036_854_775_808.0 {
+                Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
+            }
+        }
+        Some(Kind::StructValue(s)) => structure(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(dynamic).collect()),
+    }
 }
 
 fn code(code: i32) -> Value {
@@ -379,6 +415,38 @@ mod tests {
                 "responseHeadersToAdd": [{"key": "RateLimit-Limit", "value": "3"}]
             })
         );
+        let metadata: serde_norway::Mapping = serde_norway::from_str(
+            "name: svc\nweight: 3\nratio: 0.25\nbig: 1.0e30\nflag: false\nnothing: ~\nlist: [a, -2]\nnested: {x: y}\n",
+        )
+        .unwrap();
+        let metadata = crate::envoy::metadata::Metadata::from_yaml(&metadata)
+            .unwrap()
+            .unwrap();
+        let with_metadata = RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            dynamic_metadata: Some(metadata.fields().clone()),
+            ..RateLimitResponse::default()
+        };
+        assert_eq!(
+            encode_response(&with_metadata),
+            serde_json::json!({
+                "overallCode": "OK",
+                "dynamicMetadata": {
+                    "name": "svc",
+                    "weight": 3,
+                    "ratio": 0.25,
+                    "big": 1.0e30,
+                    "flag": false,
+                    "nothing": null,
+                    "list": ["a", -2],
+                    "nested": {"x": "y"}
+                }
+            })
+        );
+        let weight =
+            serde_json::to_string(&encode_response(&with_metadata)["dynamicMetadata"]["weight"])
+                .unwrap();
+        assert_eq!(weight, "3", "a whole number has no fraction");
         assert_eq!(
             duration(&ProtoDuration {
                 seconds: 1,

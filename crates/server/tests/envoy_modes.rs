@@ -358,3 +358,140 @@ async fn replaces_skips_a_named_limit_but_not_an_unlimited_one() {
         (OK, 0)
     );
 }
+
+/// The answer's `dynamic_metadata` as JSON (the `POST /json` form), or
+/// `None` when the answer has none.
+fn dynamic_metadata(response: &RateLimitResponse) -> Option<serde_json::Value> {
+    let json = tollgate_server::json::encode_response(response);
+    json.get("dynamicMetadata").cloned()
+}
+
+/// With `envoy.response_dynamic_metadata`, each answer names the request
+/// and merges the configured `metadata` of the descriptors that passed, in
+/// request order, the first value of a key winning and structs merged key
+/// by key (envoyproxy/ratelimit's `RESPONSE_DYNAMIC_METADATA`). A
+/// descriptor over its limit, an `unlimited` one, one whose limit is
+/// replaced and an override send none; a shadowed one over its limit
+/// passes and sends its own. Without the switch, no metadata at all.
+#[tokio::test]
+async fn dynamic_metadata_carries_what_the_passed_descriptors_configure() {
+    use serde_json::json;
+    let descriptors = format!(
+        "      - key: a\n        metadata: {{ name: first, shared: {{ x: 1 }} }}\n        {ONE_AN_HOUR}\n\
+         \x20     - key: b\n        metadata: {{ name: second, other: o, shared: {{ x: 2, y: 2 }} }}\n        rate_limit: {{ unit: hour, requests_per_unit: 5, replaces: [{{ name: gone }}] }}\n\
+         \x20     - key: u\n        metadata: {{ name: unlimited }}\n        rate_limit: {{ unlimited: true }}\n\
+         \x20     - key: s\n        shadow_mode: true\n        metadata: {{ shadowed: true }}\n        {ONE_AN_HOUR}\n\
+         \x20     - key: q\n        quota_mode: true\n        metadata: {{ quota: q }}\n        {ONE_AN_HOUR}\n\
+         \x20     - key: p\n        quota_mode: true\n        metadata: {{ quota: p }}\n        {ONE_AN_HOUR}\n\
+         \x20     - key: r\n        metadata: {{ replaced: r }}\n        rate_limit: {{ unit: hour, requests_per_unit: 5, name: gone }}\n"
+    );
+    let server = server("  response_dynamic_metadata: true\n", &descriptors).await;
+
+    let first = ask(
+        &server,
+        vec![
+            descriptor(&[("u", "1")], None),
+            descriptor(&[("a", "1")], None),
+            descriptor(&[("b", "1")], Some(2)),
+            descriptor(&[("r", "1")], None),
+        ],
+    )
+    .await;
+    assert_eq!(first.overall_code, OK);
+    assert_eq!(
+        dynamic_metadata(&first),
+        Some(json!({
+            "domain": "d",
+            "descriptors": [
+                {"entries": ["u=1"]},
+                {"entries": ["a=1"]},
+                {"entries": ["b=1"], "hitsAddend": 2},
+                {"entries": ["r=1"]},
+            ],
+            "metadata": {"name": "first", "other": "o", "shared": {"x": 1, "y": 2}},
+        }))
+    );
+
+    // `a` is over its limit now: `b`'s values are the first.
+    let second = ask(
+        &server,
+        vec![
+            descriptor(&[("a", "1")], None),
+            descriptor(&[("b", "1")], None),
+        ],
+    )
+    .await;
+    assert_eq!(second.overall_code, OVER);
+    assert_eq!(
+        dynamic_metadata(&second).unwrap()["metadata"],
+        json!({"name": "second", "other": "o", "shared": {"x": 2, "y": 2}})
+    );
+
+    // Nothing passed with metadata: no `metadata` key; the request's own
+    // `hits_addend` is there when it is not 0.
+    let over = server
+        .rls_client()
+        .await
+        .should_rate_limit(RateLimitRequest {
+            domain: "d".to_owned(),
+            descriptors: vec![descriptor(&[("a", "1")], None)],
+            hits_addend: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        dynamic_metadata(&over),
+        Some(json!({"domain": "d", "descriptors": [{"entries": ["a=1"]}], "hitsAddend": 3}))
+    );
+
+    // A shadowed limit over its limit passes, and sends its metadata.
+    for _ in 0..2 {
+        let shadowed = ask(&server, vec![descriptor(&[("s", "1")], None)]).await;
+        assert_eq!(
+            dynamic_metadata(&shadowed).unwrap()["metadata"],
+            json!({"shadowed": true})
+        );
+    }
+    // A quota descriptor over its limit does not pass, even when the
+    // request does (another quota descriptor is within its limit).
+    ask(&server, vec![descriptor(&[("q", "1")], None)]).await;
+    let quota = ask(
+        &server,
+        vec![
+            descriptor(&[("q", "1")], None),
+            descriptor(&[("p", "1")], None),
+        ],
+    )
+    .await;
+    assert_eq!(quota.overall_code, OK);
+    assert_eq!((quota.statuses[0].code, quota.statuses[1].code), (OVER, OK));
+    assert_eq!(
+        dynamic_metadata(&quota).unwrap()["metadata"],
+        json!({"quota": "p"})
+    );
+
+    // An override matches no configured descriptor: no metadata, and its
+    // limit is written out.
+    let mut overridden = descriptor(&[("b", "3")], None);
+    overridden.limit = Some(
+        envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride {
+            requests_per_unit: 7,
+            unit: envoy_types::pb::envoy::r#type::v3::RateLimitUnit::Minute as i32,
+        },
+    );
+    let response = ask(&server, vec![overridden]).await;
+    assert_eq!(
+        dynamic_metadata(&response),
+        Some(json!({
+            "domain": "d",
+            "descriptors": [{"entries": ["b=3"], "limit": "requests_per_unit:7 unit:MINUTE"}],
+        }))
+    );
+
+    // Off by default.
+    let quiet = crate::server("  quota_mode: false\n", &descriptors).await;
+    let response = ask(&quiet, vec![descriptor(&[("b", "1")], None)]).await;
+    assert_eq!(response.overall_code, OK);
+    assert_eq!(response.dynamic_metadata, None);
+}

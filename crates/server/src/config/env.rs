@@ -199,10 +199,6 @@ const IGNORED: &[(&str, &str)] = &[
         "keys expire exactly when their state is fresh again; no jitter",
     ),
     (
-        "RESPONSE_DYNAMIC_METADATA",
-        "responses carry no dynamic metadata",
-    ),
-    (
         "REDIS_POOL_SIZE",
         "one multiplexed connection per Redis node, no pool",
     ),
@@ -299,7 +295,6 @@ const HARMLESS: &[(&str, bool)] = &[
     ("USE_STATSD", false),
     ("USE_DOG_STATSD", false),
     ("PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS", false),
-    ("RESPONSE_DYNAMIC_METADATA", false),
     ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", true),
     ("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", false),
     ("MEMCACHE_TLS", false),
@@ -1029,6 +1024,9 @@ impl EnvoyEnvironment {
                 "stop_cache_key_increment_when_overlimit".into(),
                 true.into(),
             );
+        }
+        if vars.bool("RESPONSE_DYNAMIC_METADATA", false)? {
+            envoy.insert("response_dynamic_metadata".into(), true.into());
         }
 
         // Where the envoyproxy/ratelimit files are.

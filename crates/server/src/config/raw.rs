@@ -948,6 +948,7 @@ pub(super) struct RawEnvoy {
     stop_cache_key_increment_when_overlimit: Option<bool>,
     stats_max_series: Option<usize>,
     response_headers: Option<Checked<RawResponseHeaders>>,
+    response_dynamic_metadata: Option<bool>,
 }
 
 impl Validate for RawEnvoy {
@@ -977,6 +978,9 @@ impl Validate for RawEnvoy {
                 .unwrap_or(defaults.stop_cache_key_increment_when_overlimit),
             stats_max_series,
             response_headers: self.response_headers.map(|h| h.0).unwrap_or_default(),
+            response_dynamic_metadata: self
+                .response_dynamic_metadata
+                .unwrap_or(defaults.response_dynamic_metadata),
         })
     }
 }

@@ -416,8 +416,8 @@ pub const MAX_STATS_MAX_SERIES: usize = 100_000;
 
 /// The `envoy:` section, validated: envoyproxy/ratelimit's service-wide
 /// switches (its `SHADOW_MODE`, `QUOTA_MODE`, `NEAR_LIMIT_RATIO`,
-/// `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`) and the bound on its
-/// statistics.
+/// `STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`, `RESPONSE_DYNAMIC_METADATA`)
+/// and the bound on its statistics.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct EnvoySettings {
@@ -440,6 +440,11 @@ pub struct EnvoySettings {
     /// `envoy.response_headers`: envoyproxy/ratelimit's
     /// `LIMIT_RESPONSE_HEADERS_ENABLED` headers.
     pub response_headers: ResponseHeaderSettings,
+    /// `envoy.response_dynamic_metadata`: answers carry dynamic metadata
+    /// (the request and the passed descriptors' configured `metadata`, see
+    /// [`crate::envoy::metadata`]), as envoyproxy/ratelimit's with
+    /// `RESPONSE_DYNAMIC_METADATA`.
+    pub response_dynamic_metadata: bool,
 }
 
 impl Default for EnvoySettings {
@@ -451,6 +456,7 @@ impl Default for EnvoySettings {
             stop_cache_key_increment_when_overlimit: false,
             stats_max_series: DEFAULT_STATS_MAX_SERIES,
             response_headers: ResponseHeaderSettings::default(),
+            response_dynamic_metadata: false,
         }
     }
 }

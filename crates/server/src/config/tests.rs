@@ -677,6 +677,14 @@ descriptors:
     let (quota, _) = domain.find(&[("quota", "x")]).unwrap();
     assert!(quota.quota);
     assert_eq!(quota.rule.name.as_deref(), Some("q"));
+    let metadata = &quota.metadata.expect("metadata").fields().fields;
+    assert_eq!(
+        metadata["team"].kind,
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+            "payments".into()
+        ))
+    );
+    assert!(metadata.contains_key("nested"));
     // No requests_per_unit: 0, always over the limit; an empty value is no
     // value (any value matches).
     let (zero, _) = domain.find(&[("zero", "anything")]).unwrap();
@@ -726,6 +734,11 @@ fn what_envoyproxy_ratelimit_refuses_is_refused_with_file_and_line() {
             "domain: d\ndescriptors:\n  - key: k\n    metadata: [1, 2]\n",
             4,
             "metadata: invalid type: sequence",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    metadata: { limits: { burst: .inf } }\n",
+            3,
+            "descriptor `k`: metadata.limits.burst: .inf is not a finite number",
         ),
         (
             "domain: d\ndescriptors:\n  - key: k\n    quota_mode: 3\n",
@@ -813,9 +826,10 @@ fn the_envoy_section_parses_defaults_and_checks() {
     assert!(!defaults.shadow_mode && !defaults.quota_mode);
     assert!((defaults.near_limit_ratio - 0.8).abs() < f64::EPSILON);
     assert!(!defaults.stop_cache_key_increment_when_overlimit);
+    assert!(!defaults.response_dynamic_metadata);
     assert_eq!(defaults.stats_max_series, DEFAULT_STATS_MAX_SERIES);
     let envoy = Config::parse(
-        "envoy:\n  shadow_mode: true\n  quota_mode: true\n  near_limit_ratio: 0.5\n  stop_cache_key_increment_when_overlimit: true\n  stats_max_series: 7\n",
+        "envoy:\n  shadow_mode: true\n  quota_mode: true\n  near_limit_ratio: 0.5\n  stop_cache_key_increment_when_overlimit: true\n  stats_max_series: 7\n  response_dynamic_metadata: true\n",
         "t.yaml",
     )
     .unwrap()
@@ -823,6 +837,7 @@ fn the_envoy_section_parses_defaults_and_checks() {
     assert!(envoy.shadow_mode && envoy.quota_mode && envoy.stop_cache_key_increment_when_overlimit);
     assert!((envoy.near_limit_ratio - 0.5).abs() < f64::EPSILON);
     assert_eq!(envoy.stats_max_series, 7);
+    assert!(envoy.response_dynamic_metadata);
     for (text, expected) in [
         (
             "envoy:\n  near_limit_ratio: 1.5\n",

@@ -30,11 +30,15 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate::keyspace::KeySpace;
 use tollgate::{Algorithm, Policy, PolicyError};
 
+use self::metadata::Metadata;
+
+pub mod metadata;
 mod schema;
 
 pub(crate) use schema::{DomainSpec, Leaves, RawDomain};
@@ -212,6 +216,10 @@ pub struct Descriptor {
     /// answered `OK`; a call without (0) only looks, `OVER_LIMIT` when
     /// nothing remains. See [`crate::grpc`].
     pub settle: bool,
+    /// `metadata`: sent in the answer's dynamic metadata when this
+    /// descriptor's limit passes (see [`metadata`]); only a descriptor with
+    /// a limit has it to send.
+    pub metadata: Option<Arc<Metadata>>,
 }
 
 impl Descriptor {
@@ -406,6 +414,7 @@ struct Node {
     value_to_metric: bool,
     /// For a shared wildcard: the pattern replaces the value in the key.
     shared_pattern: Option<String>,
+    metadata: Option<Arc<Metadata>>,
     children: Level,
 }
 
@@ -452,6 +461,9 @@ pub struct Matched<'a> {
     /// does. Parts of it may come from the request: whoever keeps
     /// statistics by it must bound their number.
     pub stat_key: String,
+    /// The configured `metadata` of the descriptor that matched (never
+    /// for an override).
+    pub metadata: Option<&'a Metadata>,
 }
 
 impl Domain {
@@ -570,6 +582,7 @@ impl Domain {
             quota: node.quota_mode,
             settle: node.settle,
             stat_key: self.stat_key(entries, &path, node.detailed_metric),
+            metadata: node.metadata.as_deref(),
         };
         Some((matched, key))
     }
@@ -684,6 +697,7 @@ impl Domain {
             quota: false,
             settle: false,
             stat_key,
+            metadata: None,
         };
         Ok((matched, key))
     }
@@ -886,6 +900,7 @@ fn build_level(
             } else {
                 None
             },
+            metadata: d.metadata,
             children: build_level(d.children, &path, named, inline),
         };
         let nodes = level.keys.entry(d.key).or_default();

@@ -5,11 +5,13 @@
 //! compiles. Each mapping is [`Checked`], so an error carries its location.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use tollgate::Algorithm;
 
+use super::metadata::Metadata;
 use super::{Descriptor, Limit, Rule, Unit, check_siblings};
 use crate::config::parse::{self, AlgorithmName, Checked, Validate};
 
@@ -382,9 +384,9 @@ struct RawDescriptor {
     /// `apply_on_stream_done`), see [`Descriptor::settle`].
     #[serde(default)]
     settle: Flag,
-    /// envoyproxy/ratelimit returns it in a response's dynamic metadata
-    /// only when `RESPONSE_DYNAMIC_METADATA` is set; tollgate accepts any
-    /// mapping here (as envoyproxy/ratelimit does) and does not use it.
+    /// Sent in a response's dynamic metadata when the descriptor's limit
+    /// passes, with `envoy.response_dynamic_metadata` (envoyproxy/ratelimit's
+    /// `RESPONSE_DYNAMIC_METADATA`); see [`super::metadata`].
     #[serde(default)]
     metadata: Option<serde_norway::Mapping>,
     policy: Option<String>,
@@ -430,11 +432,12 @@ impl Validate for RawDescriptor {
                 ("replaces", self.replaces),
             ]),
         )?;
-        if self.metadata.is_some() {
-            parse::warn(format!(
-                "{what}: `metadata` is accepted and not used (tollgate sends no dynamic metadata)"
-            ));
-        }
+        let metadata = match &self.metadata {
+            Some(mapping) => Metadata::from_yaml(mapping)
+                .map_err(|e| format!("{what}: {e}"))?
+                .map(Arc::new),
+            None => None,
+        };
         if self.share_threshold.0 && !value.as_deref().is_some_and(|v| v.contains('*')) {
             return Err(format!(
                 "{what}: share_threshold needs a wildcard value (one containing `*`)"
@@ -459,6 +462,19 @@ impl Validate for RawDescriptor {
         if self.settle.0 {
             settle_rule(&what, rule.as_ref())?;
         }
+        if metadata.is_some()
+            && matches!(
+                rule.as_ref().map(|r| &r.limit),
+                None | Some(Limit::Unlimited)
+            )
+        {
+            // envoyproxy/ratelimit attaches it to the limit it found, and
+            // sets unlimited ones aside.
+            parse::warn(format!(
+                "{what}: `metadata` is never sent: only a descriptor with a limit \
+                 (`rate_limit` that is not `unlimited`, or `policy`) sends its metadata"
+            ));
+        }
         Ok(Descriptor {
             key: self.key,
             value,
@@ -470,6 +486,7 @@ impl Validate for RawDescriptor {
             detailed_metric: self.detailed_metric.0,
             value_to_metric: self.value_to_metric.0,
             settle: self.settle.0,
+            metadata,
         })
     }
 }

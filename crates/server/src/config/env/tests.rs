@@ -316,6 +316,12 @@ const ROWS: &[(Vars, &str, &str)] = &[
         "true",
     ),
     (
+        &[("RESPONSE_DYNAMIC_METADATA", "true")],
+        "envoy.response_dynamic_metadata",
+        "true",
+    ),
+    (&[("RESPONSE_DYNAMIC_METADATA", "false")], "envoy", "~"),
+    (
         &[("NEAR_LIMIT_RATIO", "0.9")],
         "envoy.near_limit_ratio",
         "0.9",
@@ -528,6 +534,7 @@ fn unhonoured_variables_are_warnings_that_name_them() {
         ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "true"),
         ("RUNTIME_ROOT", "/d"),
         ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true"),
+        ("RESPONSE_DYNAMIC_METADATA", "true"),
         ("RUNTIME_WATCH_ROOT", "false"),
     ]);
     assert_eq!(quiet.warnings, Vec::<String>::new());
@@ -774,11 +781,13 @@ fn documents_of_every_store_kind_and_switch_load() {
         ("QUOTA_MODE", "true"),
         ("NEAR_LIMIT_RATIO", "0.9"),
         ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true"),
+        ("RESPONSE_DYNAMIC_METADATA", "1"),
     ]);
     assert_eq!(config.store.kind, StoreKind::RedisSentinel);
     assert_eq!(config.store.key_layout, KeyLayout::Envoy);
     assert!(config.envoy.shadow_mode && config.envoy.quota_mode);
     assert!(config.envoy.stop_cache_key_increment_when_overlimit);
+    assert!(config.envoy.response_dynamic_metadata);
     assert!((config.envoy.near_limit_ratio - 0.9).abs() < 1e-9);
     // A Cluster keeps tollgate's layout.
     let config = load(&[("REDIS_TYPE", "CLUSTER"), ("REDIS_URL", "127.0.0.1:7000")]);
