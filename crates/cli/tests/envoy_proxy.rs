@@ -44,8 +44,9 @@ static TURNS: RwLock<()> = RwLock::const_new(());
 /// The descriptor configuration most tests use (envoyproxy/ratelimit's
 /// schema), domain `edge`: one limit of 3 an hour (so no test
 /// runs across a window's end, but once an hour) for each kind of Envoy
-/// action, and rules that are shadowed, unlimited or charged by
-/// `hits_addend`.
+/// action, rules that are shadowed, unlimited or charged by
+/// `hits_addend`, and one with `metadata` (sent in the answers' dynamic
+/// metadata, which every test's service has on: it changes no decision).
 const EDGE: &str = r#"domain: edge
 descriptors:
   - key: remote_address
@@ -76,6 +77,10 @@ descriptors:
   - key: generic_key
     value: bulk
     rate_limit: { unit: hour, requests_per_unit: 10 }
+  - key: generic_key
+    value: catalog
+    metadata: { team: catalog-team, plan: { tier: gold } }
+    rate_limit: { unit: hour, requests_per_unit: 2 }
 "#;
 
 /// The rate limit service a test runs behind Envoy.
@@ -127,7 +132,7 @@ fn start_service(service: &Service<'_>) -> Running {
             std::fs::write(
                 &tollgate_yaml,
                 format!(
-                    "store:\n  kind: redis\n  url: {}\n{}",
+                    "envoy:\n  response_dynamic_metadata: true\nstore:\n  kind: redis\n  url: {}\n{}",
                     service.redis.url(),
                     service.store
                 ),
@@ -169,6 +174,7 @@ fn start_service(service: &Service<'_>) -> Running {
                     ("REDIS_TYPE", "SINGLE"),
                     ("REDIS_URL", &redis),
                     ("USE_STATSD", "false"),
+                    ("RESPONSE_DYNAMIC_METADATA", "true"),
                 ])
                 .envs(timeout.map(|t| ("REDIS_TIMEOUT", t)));
         }
@@ -244,6 +250,10 @@ fn edge_routes(bootstrap: &mut Bootstrap) {
         .route(
             "/bulk",
             "- actions:\n    - generic_key: { descriptor_value: bulk }\n",
+        )
+        .route(
+            "/catalog",
+            "- actions:\n    - generic_key: { descriptor_value: catalog }\n",
         )
         .route_per_filter(
             "/metered",
@@ -479,6 +489,59 @@ async fn rate_limit_headers_reach_the_client() {
                 .ends_with(";q=3;w=3600")
         );
         assert_eq!(denied.header("x-ratelimit-remaining").as_deref(), Some("0"));
+    }
+}
+
+/// The answers' dynamic metadata reaches Envoy: its rate limit filter
+/// keeps it in its namespace (`envoy.filters.http.ratelimit`), where the
+/// virtual host's header formatter reads the domain, the descriptors and
+/// the passed descriptor's configured `metadata`, nested keys included.
+/// Once the limit is spent the descriptor no longer passes, so its
+/// `metadata` is not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_metadata_reaches_envoy() {
+    let _turn = TURNS.read().await;
+    for setup in SETUPS {
+        eprintln!("setup: {setup:?}");
+        let (_redis, _service, _upstream, envoy) = edge_with(setup, |b| {
+            let header = |name: &str, path: &str| {
+                format!(
+                    "- header: {{ key: {name}, value: \"%DYNAMIC_METADATA(envoy.filters.http.ratelimit:{path})%\" }}\n"
+                )
+            };
+            b.response_headers_to_add = Some(
+                [
+                    header("x-rl-domain", "domain"),
+                    header("x-rl-descriptors", "descriptors"),
+                    header("x-rl-team", "metadata:team"),
+                    header("x-rl-tier", "metadata:plan:tier"),
+                ]
+                .concat(),
+            );
+        })
+        .await;
+        let client = envoy.client();
+        for _ in 0..2 {
+            let reply = client.get("/catalog").await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            assert_eq!(reply.header("x-rl-domain").as_deref(), Some("edge"));
+            assert_eq!(
+                reply.header("x-rl-team").as_deref(),
+                Some("catalog-team"),
+                "{reply:?}"
+            );
+            assert_eq!(reply.header("x-rl-tier").as_deref(), Some("gold"));
+            let descriptors = reply.header("x-rl-descriptors").expect("descriptors");
+            let descriptors: serde_json::Value = serde_json::from_str(&descriptors).unwrap();
+            assert_eq!(
+                descriptors,
+                serde_json::json!([{"entries": ["generic_key=catalog"]}])
+            );
+        }
+        let denied = client.get("/catalog").await;
+        assert_eq!(denied.status, 429, "{denied:?}");
+        assert_eq!(denied.header("x-rl-team"), None, "{denied:?}");
+        assert_eq!(denied.header("x-rl-tier"), None, "{denied:?}");
     }
 }
 

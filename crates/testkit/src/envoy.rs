@@ -430,6 +430,10 @@ pub struct Bootstrap {
     /// HTTP filters before the rate limit filter (a YAML list, as written
     /// under `http_filters:`), e.g. one setting filter state it reads.
     pub filters_before: Option<String>,
+    /// The virtual host's `response_headers_to_add` (a YAML list, as
+    /// written under that key), e.g. headers formatted from the rate limit
+    /// filter's dynamic metadata.
+    pub response_headers_to_add: Option<String>,
     /// (path prefix, YAML of the route's `rate_limits`, YAML of the
     /// route's `RateLimitPerRoute.rate_limits`).
     routes: Vec<(String, Option<String>, Option<String>)>,
@@ -449,6 +453,7 @@ impl Bootstrap {
             health_check: None,
             health_checked_clusters: Vec::new(),
             filters_before: None,
+            response_headers_to_add: None,
             routes: Vec::new(),
         }
     }
@@ -503,6 +508,10 @@ impl Bootstrap {
         if self.x_ratelimit_headers {
             filter.push_str("enable_x_ratelimit_headers: DRAFT_VERSION_03\n");
         }
+        let vhost_headers = match &self.response_headers_to_add {
+            Some(list) => format!("response_headers_to_add:\n{}", indent(list, 2)),
+            None => String::new(),
+        };
         let mut clusters = cluster("upstream", self.upstream, false, None);
         clusters.push_str(&cluster(
             "ratelimit",
@@ -531,7 +540,7 @@ static_resources:
                   virtual_hosts:
                     - name: everything
                       domains: ["*"]
-                      routes:
+{vhost_headers}                      routes:
 {routes}                http_filters:
 {filters_before}                  - name: envoy.filters.http.ratelimit
                     typed_config:
@@ -546,6 +555,7 @@ static_resources:
   clusters:
 {clusters}"#,
             routes = indent(&routes, 24),
+            vhost_headers = indent(&vhost_headers, 22),
             filters_before = indent(self.filters_before.as_deref().unwrap_or(""), 18),
             filter = indent(&filter, 22),
         )
