@@ -496,8 +496,8 @@ async fn rate_limit_headers_reach_the_client() {
 /// keeps it in its namespace (`envoy.filters.http.ratelimit`), where the
 /// virtual host's header formatter reads the domain, the descriptors and
 /// the passed descriptor's configured `metadata`, nested keys included.
-/// Once the limit is spent the descriptor no longer passes, so its
-/// `metadata` is not sent.
+/// Once the limit is spent the descriptor no longer passes: the denial
+/// still carries the domain, but not the descriptor's `metadata`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamic_metadata_reaches_envoy() {
     let _turn = TURNS.read().await;
@@ -540,6 +540,9 @@ async fn dynamic_metadata_reaches_envoy() {
         }
         let denied = client.get("/catalog").await;
         assert_eq!(denied.status, 429, "{denied:?}");
+        // The denial carries the metadata too (so the two `None`s below
+        // say something): the domain, but no `metadata`.
+        assert_eq!(denied.header("x-rl-domain").as_deref(), Some("edge"));
         assert_eq!(denied.header("x-rl-team"), None, "{denied:?}");
         assert_eq!(denied.header("x-rl-tier"), None, "{denied:?}");
     }

@@ -217,17 +217,25 @@ fn structure(s: &Struct) -> Value {
     )
 }
 
-/// A `google.protobuf.Value` as the JSON value it maps to. A whole number
-/// is written without a fraction, as protojson writes it (`5`, not `5.0`).
+/// A `google.protobuf.Value` as the JSON value it maps to. Numbers keep
+/// their value; a whole number below 2^53 is written as protojson writes
+/// it (`5`, not `5.0`), others may differ in their digits (`1e20` where
+/// Go writes `100000000000000000000`). A number JSON cannot hold is
+/// written as protojson writes a `double` field's (`"NaN"`, `"Infinity"`,
+/// `"-Infinity"`), where Go's protojson fails the whole answer.
 fn dynamic(value: &ProtoValue) -> Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(b)) => Value::Bool(*b),
         Some(Kind::StringValue(s)) => Value::String(s.clone()),
         Some(Kind::NumberValue(n)) => {
-            // Exact: |n| < 2^63 and no fraction.
-            if n.fract() == 0.0 && n.abs() < 9_223_372_036_854_775_808.0 {
+            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                // Exact: a whole number below 2^53 is an `i64`.
                 Value::from(*n as i64)
+            } else if n.is_nan() {
+                Value::from("NaN")
+            } else if n.is_infinite() {
+                Value::from(if *n > 0.0 { "Infinity" } else { "-Infinity" })
             } else {
                 serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
             }
@@ -416,7 +424,8 @@ mod tests {
             })
         );
         let metadata: serde_norway::Mapping = serde_norway::from_str(
-            "name: svc\nweight: 3\nratio: 0.25\nbig: 1.0e30\nflag: false\nnothing: ~\nlist: [a, -2]\nnested: {x: y}\n",
+            "name: svc\nweight: 3\nratio: 0.25\nbig: 1.0e30\nflag: false\nnothing: ~\nlist: [a, -2]\nnested: {x: y}\n\
+             up: .inf\ndown: -.inf\nnan: .nan\n",
         )
         .unwrap();
         let metadata = crate::envoy::metadata::Metadata::from_yaml(&metadata)
@@ -439,7 +448,10 @@ mod tests {
                     "flag": false,
                     "nothing": null,
                     "list": ["a", -2],
-                    "nested": {"x": "y"}
+                    "nested": {"x": "y"},
+                    "up": "Infinity",
+                    "down": "-Infinity",
+                    "nan": "NaN"
                 }
             })
         );

@@ -383,7 +383,8 @@ async fn dynamic_metadata_carries_what_the_passed_descriptors_configure() {
          \x20     - key: s\n        shadow_mode: true\n        metadata: {{ shadowed: true }}\n        {ONE_AN_HOUR}\n\
          \x20     - key: q\n        quota_mode: true\n        metadata: {{ quota: q }}\n        {ONE_AN_HOUR}\n\
          \x20     - key: p\n        quota_mode: true\n        metadata: {{ quota: p }}\n        {ONE_AN_HOUR}\n\
-         \x20     - key: r\n        metadata: {{ replaced: r }}\n        rate_limit: {{ unit: hour, requests_per_unit: 5, name: gone }}\n"
+         \x20     - key: r\n        metadata: {{ replaced: r }}\n        rate_limit: {{ unit: hour, requests_per_unit: 5, name: gone }}\n\
+         \x20     - key: dm\n        detailed_metric: true\n        metadata: {{ detailed: true }}\n        {ONE_AN_HOUR}\n"
     );
     let server = server("  response_dynamic_metadata: true\n", &descriptors).await;
 
@@ -394,6 +395,7 @@ async fn dynamic_metadata_carries_what_the_passed_descriptors_configure() {
             descriptor(&[("a", "1")], None),
             descriptor(&[("b", "1")], Some(2)),
             descriptor(&[("r", "1")], None),
+            descriptor(&[("nothing", "matches")], None),
         ],
     )
     .await;
@@ -407,9 +409,24 @@ async fn dynamic_metadata_carries_what_the_passed_descriptors_configure() {
                 {"entries": ["a=1"]},
                 {"entries": ["b=1"], "hitsAddend": 2},
                 {"entries": ["r=1"]},
+                {"entries": ["nothing=matches"]},
             ],
             "metadata": {"name": "first", "other": "o", "shared": {"x": 1, "y": 2}},
         }))
+    );
+    // The merge went into a copy: `a`'s configured `shared` did not take
+    // `b`'s `y` (envoyproxy/ratelimit's merge writes into it).
+    let alone = ask(&server, vec![descriptor(&[("a", "2")], None)]).await;
+    assert_eq!(
+        dynamic_metadata(&alone).unwrap()["metadata"],
+        json!({"name": "first", "shared": {"x": 1}})
+    );
+    // `detailed_metric` keeps the metadata (envoyproxy/ratelimit loses it
+    // when it renames the statistics).
+    let detailed = ask(&server, vec![descriptor(&[("dm", "1")], None)]).await;
+    assert_eq!(
+        dynamic_metadata(&detailed).unwrap()["metadata"],
+        json!({"detailed": true})
     );
 
     // `a` is over its limit now: `b`'s values are the first.
@@ -487,6 +504,28 @@ async fn dynamic_metadata_carries_what_the_passed_descriptors_configure() {
             "domain": "d",
             "descriptors": [{"entries": ["b=3"], "limit": "requests_per_unit:7 unit:MINUTE"}],
         }))
+    );
+
+    // Under the global shadow mode the answer is `OK`, but a descriptor
+    // over its limit still did not pass.
+    let shadowed_all = crate::server(
+        "  response_dynamic_metadata: true\n  shadow_mode: true\n",
+        &descriptors,
+    )
+    .await;
+    ask(&shadowed_all, vec![descriptor(&[("a", "1")], None)]).await;
+    let over = ask(
+        &shadowed_all,
+        vec![
+            descriptor(&[("a", "1")], None),
+            descriptor(&[("b", "1")], None),
+        ],
+    )
+    .await;
+    assert_eq!((over.overall_code, over.statuses[0].code), (OK, OVER));
+    assert_eq!(
+        dynamic_metadata(&over).unwrap()["metadata"]["name"],
+        json!("second")
     );
 
     // Off by default.

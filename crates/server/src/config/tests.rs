@@ -736,9 +736,9 @@ fn what_envoyproxy_ratelimit_refuses_is_refused_with_file_and_line() {
             "metadata: invalid type: sequence",
         ),
         (
-            "domain: d\ndescriptors:\n  - key: k\n    metadata: { limits: { burst: .inf } }\n",
+            "domain: d\ndescriptors:\n  - key: k\n    metadata:\n      limits:\n        ? [1, 2]\n        : x\n",
             3,
-            "descriptor `k`: metadata.limits.burst: .inf is not a finite number",
+            "descriptor `k`: metadata.limits: a key must be text, a number, a boolean or null, not a list",
         ),
         (
             "domain: d\ndescriptors:\n  - key: k\n    quota_mode: 3\n",

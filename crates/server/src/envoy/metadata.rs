@@ -19,7 +19,10 @@
 //!   configured descriptor with a limit has `metadata` to give, never an
 //!   override. Merging: a key already there keeps its value (the first
 //!   descriptor wins), unless both values are structs, which are merged the
-//!   same way, key by key.
+//!   same way, key by key. Unlike envoyproxy/ratelimit, the metadata of a
+//!   limit with `detailed_metric` or a renaming `value_to_metric` is sent
+//!   (it loses it when it rebuilds the limit), and merging never writes
+//!   into the configured structs (docs/ENVOY.md, "Dynamic metadata").
 
 use std::collections::HashMap;
 
@@ -31,29 +34,64 @@ use envoy_types::pb::google::protobuf::{ListValue, NullValue, Struct, Value};
 use serde_norway::{Mapping, Value as Yaml};
 
 /// A descriptor's configured `metadata`, as the protobuf `Struct` it is
-/// sent as. Every number in it is finite (see [`Metadata::from_yaml`]), so
-/// equality is an equivalence.
-#[derive(Debug, Clone, PartialEq)]
+/// sent as.
+#[derive(Debug, Clone)]
 pub struct Metadata(Struct);
+
+/// Equal when every value is, numbers by their bits (so a `.nan` equals
+/// itself and equality is an equivalence).
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Metadata) -> bool {
+        same_struct(&self.0, &other.0)
+    }
+}
 
 impl Eq for Metadata {}
 
+fn same_struct(a: &Struct, b: &Struct) -> bool {
+    a.fields.len() == b.fields.len()
+        && a.fields
+            .iter()
+            .all(|(k, v)| b.fields.get(k).is_some_and(|w| same_value(v, w)))
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (&a.kind, &b.kind) {
+        (Some(Kind::NumberValue(x)), Some(Kind::NumberValue(y))) => x.to_bits() == y.to_bits(),
+        (Some(Kind::StructValue(x)), Some(Kind::StructValue(y))) => same_struct(x, y),
+        (Some(Kind::ListValue(x)), Some(Kind::ListValue(y))) => {
+            x.values.len() == y.values.len()
+                && x.values
+                    .iter()
+                    .zip(&y.values)
+                    .all(|(v, w)| same_value(v, w))
+        }
+        (x, y) => x == y,
+    }
+}
+
 impl Metadata {
-    /// The `metadata` mapping as written: `None` when it is empty (as
-    /// envoyproxy/ratelimit reads it). Values are read as YAML reads them
-    /// (`null`, booleans, numbers, text, lists and mappings); a key that is
-    /// a number or a boolean is written as text, as envoyproxy/ratelimit
-    /// does.
+    /// The `metadata` mapping as written, read as envoyproxy/ratelimit
+    /// reads it where YAML 1.2 allows: `None` when it is empty; merge keys
+    /// (`<<: *anchor`) applied; `null`, booleans, numbers (`.inf` and
+    /// `.nan` included: protobuf carries them), text, lists and mappings;
+    /// a tagged value (`!name ...`) as its text, or as its list or
+    /// mapping; a key that is a number or a boolean as its text, and a
+    /// `null` key as `""` at the top and `<nil>` below (Go's `%v`).
     ///
     /// # Errors
-    /// A number that is not finite (`.inf`, `.nan`: protobuf's JSON form
-    /// has no room for them), a key that is `null`, a list or a mapping,
-    /// and a tagged value (`!name ...`), each with where it is.
+    /// A key that is a list or a mapping (envoyproxy/ratelimit refuses it
+    /// too), and merge keys that are not mappings, each with where it is.
     pub fn from_yaml(mapping: &Mapping) -> Result<Option<Metadata>, String> {
         if mapping.is_empty() {
             return Ok(None);
         }
-        struct_of(mapping, "metadata").map(|s| Some(Metadata(s)))
+        let mut merged = Yaml::Mapping(mapping.clone());
+        merged.apply_merge().map_err(|e| format!("metadata: {e}"))?;
+        let Yaml::Mapping(mapping) = merged else {
+            return Ok(None);
+        };
+        struct_of(&mapping, "metadata", true).map(|s| Some(Metadata(s)))
     }
 
     /// The struct.
@@ -62,16 +100,18 @@ impl Metadata {
     }
 }
 
-fn struct_of(mapping: &Mapping, at: &str) -> Result<Struct, String> {
+fn struct_of(mapping: &Mapping, at: &str, top: bool) -> Result<Struct, String> {
     let mut fields = HashMap::with_capacity(mapping.len());
     for (key, value) in mapping {
         let key = match key {
             Yaml::String(s) => s.clone(),
-            Yaml::Number(n) => n.to_string(),
+            Yaml::Number(n) => number_text(n),
             Yaml::Bool(b) => b.to_string(),
+            Yaml::Null if top => String::new(),
+            Yaml::Null => "<nil>".to_owned(),
             _ => {
                 return Err(format!(
-                    "{at}: a key must be text, a number or a boolean, not {}",
+                    "{at}: a key must be text, a number, a boolean or null, not {}",
                     kind_name(key)
                 ));
             }
@@ -86,10 +126,8 @@ fn value_of(yaml: &Yaml, at: &str) -> Result<Value, String> {
     let kind = match yaml {
         Yaml::Null => Kind::NullValue(NullValue::NullValue as i32),
         Yaml::Bool(b) => Kind::BoolValue(*b),
-        Yaml::Number(n) => match n.as_f64().filter(|f| f.is_finite()) {
-            Some(f) => Kind::NumberValue(f),
-            None => return Err(format!("{at}: {n} is not a finite number")),
-        },
+        // Every YAML number has an `f64` (integers round, as Go's do).
+        Yaml::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
         Yaml::String(s) => Kind::StringValue(s.clone()),
         Yaml::Sequence(items) => Kind::ListValue(ListValue {
             values: items
@@ -98,15 +136,30 @@ fn value_of(yaml: &Yaml, at: &str) -> Result<Value, String> {
                 .map(|(i, item)| value_of(item, &format!("{at}[{i}]")))
                 .collect::<Result<_, _>>()?,
         }),
-        Yaml::Mapping(m) => Kind::StructValue(struct_of(m, at)?),
-        Yaml::Tagged(tagged) => {
-            return Err(format!(
-                "{at}: a tagged value ({}) is not supported",
-                tagged.tag
-            ));
-        }
+        Yaml::Mapping(m) => Kind::StructValue(struct_of(m, at, false)?),
+        // Go's YAML leaves a scalar with a tag it does not know as text.
+        Yaml::Tagged(tagged) => match &tagged.value {
+            Yaml::Null => Kind::StringValue(String::new()),
+            Yaml::Bool(b) => Kind::StringValue(b.to_string()),
+            Yaml::Number(n) => Kind::StringValue(number_text(n)),
+            inner => return value_of(inner, at),
+        },
     };
     Ok(Value { kind: Some(kind) })
+}
+
+/// A number as text: an integer as its digits, a whole float below 1e21
+/// without a fraction (`1e3` is `1000`), any other float as Rust writes
+/// it.
+fn number_text(n: &serde_norway::Number) -> String {
+    if n.is_i64() || n.is_u64() {
+        return n.to_string();
+    }
+    match n.as_f64() {
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e21 => format!("{f:.0}"),
+        Some(f) => f.to_string(),
+        None => n.to_string(),
+    }
 }
 
 fn kind_name(yaml: &Yaml) -> &'static str {
@@ -263,19 +316,29 @@ mod tests {
     #[test]
     fn yaml_becomes_a_struct_of_every_kind() {
         let m = metadata(
-            "name: svc\nweight: 3\nratio: 0.5\non: true\nnothing: ~\nlist: [a, 1]\n\
-             nested: {deep: {x: y}}\n7: seven\ntrue: yes-key\n",
+            "name: svc\nweight: 3\nratio: 0.5\nflag: yes\nreal: true\nnothing: ~\nlist: [a, 1]\n\
+             nested: {deep: {x: y}, ~: n}\n7: seven\n1e3: thousand\ntrue: t\n~: top\n\
+             tagged: !custom 5\ntagged_map: !custom {k: v}\nhuge: .inf\n",
         );
         let s = m.fields();
         assert_eq!(get(s, &["name"]), Some(&string("svc")));
         assert_eq!(get(s, &["weight"]), Some(&Kind::NumberValue(3.0)));
         assert_eq!(get(s, &["ratio"]), Some(&Kind::NumberValue(0.5)));
-        // YAML 1.2: `on` as a key is text, `true` a boolean written as text.
-        assert_eq!(get(s, &["on"]), Some(&Kind::BoolValue(true)));
+        // YAML 1.2: `yes` is text; only `true` and `false` are booleans.
+        assert_eq!(get(s, &["flag"]), Some(&string("yes")));
+        assert_eq!(get(s, &["real"]), Some(&Kind::BoolValue(true)));
         assert_eq!(get(s, &["nothing"]), Some(&Kind::NullValue(0)));
         assert_eq!(get(s, &["nested", "deep", "x"]), Some(&string("y")));
+        // Keys that are not text are written as Go's YAML reading does.
         assert_eq!(get(s, &["7"]), Some(&string("seven")));
-        assert_eq!(get(s, &["true"]), Some(&string("yes-key")));
+        assert_eq!(get(s, &["1000"]), Some(&string("thousand")));
+        assert_eq!(get(s, &["true"]), Some(&string("t")));
+        assert_eq!(get(s, &[""]), Some(&string("top")));
+        assert_eq!(get(s, &["nested", "<nil>"]), Some(&string("n")));
+        // An unknown tag leaves a scalar as text.
+        assert_eq!(get(s, &["tagged"]), Some(&string("5")));
+        assert_eq!(get(s, &["tagged_map", "k"]), Some(&string("v")));
+        assert_eq!(get(s, &["huge"]), Some(&Kind::NumberValue(f64::INFINITY)));
         let Some(Kind::ListValue(l)) = get(s, &["list"]) else {
             panic!("not a list");
         };
@@ -284,26 +347,36 @@ mod tests {
     }
 
     #[test]
+    fn merge_keys_are_applied() {
+        let m = metadata("base: &base {tier: gold, region: eu}\nplan: {<<: *base, region: us}\n");
+        assert_eq!(get(m.fields(), &["plan", "tier"]), Some(&string("gold")));
+        assert_eq!(get(m.fields(), &["plan", "region"]), Some(&string("us")));
+        assert_eq!(get(m.fields(), &["plan", "<<"]), None);
+    }
+
+    #[test]
+    fn equality_is_an_equivalence_even_with_nan() {
+        let a = metadata("x: .nan\ny: [1, {z: .inf}]\n");
+        assert_eq!(a, a.clone());
+        assert_ne!(a, metadata("x: .nan\ny: [1, {z: -.inf}]\n"));
+        assert_ne!(a, metadata("x: .nan\n"));
+    }
+
+    #[test]
     fn an_empty_mapping_is_no_metadata() {
         assert_eq!(Metadata::from_yaml(&Mapping::new()), Ok(None));
     }
 
     #[test]
-    fn what_protobuf_cannot_carry_is_refused_with_where_it_is() {
+    fn keys_that_are_lists_or_mappings_are_refused_with_where_they_are() {
         for (yaml, expected) in [
-            ("a: {b: .inf}", "metadata.a.b: .inf is not a finite number"),
-            ("a: [1, .nan]", "metadata.a[1]: .nan is not a finite number"),
             (
                 "? [1, 2]\n: x",
-                "metadata: a key must be text, a number or a boolean, not a list",
+                "metadata: a key must be text, a number, a boolean or null, not a list",
             ),
             (
-                "~: x",
-                "metadata: a key must be text, a number or a boolean, not null",
-            ),
-            (
-                "a: !thing x",
-                "metadata.a: a tagged value (!thing) is not supported",
+                "a: {? {b: 1}\n: x}",
+                "metadata.a: a key must be text, a number, a boolean or null, not a mapping",
             ),
         ] {
             let mapping: Mapping = serde_norway::from_str(yaml).unwrap();
@@ -313,6 +386,9 @@ mod tests {
                 "{yaml}"
             );
         }
+        let mapping: Mapping = serde_norway::from_str("a: {<<: 3}").unwrap();
+        let error = Metadata::from_yaml(&mapping).unwrap_err();
+        assert!(error.starts_with("metadata: "), "{error}");
     }
 
     #[test]
@@ -329,21 +405,6 @@ mod tests {
         assert_eq!(get(&dest, &["limits", "b"]), Some(&Kind::NumberValue(3.0)));
         assert_eq!(get(&dest, &["scalar"]), Some(&Kind::NumberValue(1.0)));
         assert_eq!(get(&dest, &["new"]), Some(&string("n")));
-    }
-
-    #[test]
-    fn merging_never_changes_the_configured_struct() {
-        let first = metadata("limits: {a: 1}\n");
-        let second = metadata("limits: {b: 2}\n");
-        let before = first.clone();
-        let once = response(&request(), [&first, &second]);
-        assert_eq!(first, before);
-        let again = response(&request(), [&first, &second]);
-        assert_eq!(once, again);
-        assert_eq!(
-            get(&once, &["metadata", "limits", "b"]),
-            Some(&Kind::NumberValue(2.0))
-        );
     }
 
     fn request() -> RateLimitRequest {
