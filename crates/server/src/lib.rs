@@ -55,6 +55,7 @@
 
 pub mod app;
 pub mod cli;
+mod client_san;
 pub mod config;
 mod conn;
 pub mod dashboard;

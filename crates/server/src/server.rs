@@ -23,6 +23,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::app::App;
+use crate::client_san::ClientSanLayer;
 use crate::config::{GrpcTlsSettings, ServerSettings};
 use crate::conn::{Acceptor, Activity, AwaitMessageLayer, TimedBody, Tracker, Watched};
 use crate::grpc::{HEALTH_NAMES, RateLimitGrpc};
@@ -122,7 +123,10 @@ pub async fn run(
     open_file_limit(&limits, listeners.grpc.is_some());
     // Read before anything starts, so a bad certificate stops the start.
     let tls = match &limits.grpc_tls {
-        Some(settings) => Some(grpc_tls(settings).map_err(ServeError::Tls)?),
+        Some(settings) => Some((
+            grpc_tls(settings).map_err(ServeError::Tls)?,
+            ClientSanLayer::new(settings.client_san.as_deref()).map_err(ServeError::Tls)?,
+        )),
         None => None,
     };
     let metrics_listener = match &limits.metrics {
@@ -465,7 +469,7 @@ async fn serve_grpc<S, F>(
     app: Arc<App>,
     mut acceptor: Acceptor,
     limits: &ServerSettings,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<(ServerTlsConfig, ClientSanLayer)>,
     options: ServerOptions,
     stopped: &S,
     open: &Tracker,
@@ -525,9 +529,13 @@ where
     // Pings keep a live but quiet client from looking idle: it answers.
     let keepalive = GRPC_KEEPALIVE_INTERVAL.min(limits.idle_timeout / 2);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
+    let client_san = match tls {
+        Some((tls, client_san)) => {
+            builder = builder.tls_config(tls)?;
+            client_san
+        }
+        None => ClientSanLayer::default(),
+    };
     let serving = builder
         .max_concurrent_streams(limits.grpc_max_streams)
         .timeout(limits.grpc_request_timeout)
@@ -535,6 +543,9 @@ where
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
         .max_connection_age(limits.grpc_max_connection_age)
         .max_connection_age_grace(limits.grpc_max_connection_age_grace)
+        // Outermost: a client `client_san` refuses is answered before its
+        // message is read.
+        .layer(client_san)
         .layer(AwaitMessageLayer)
         .add_service(health)
         .add_service(RateLimitGrpc::new(app).into_server())

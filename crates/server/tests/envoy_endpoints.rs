@@ -2,7 +2,8 @@
 //! method's own decisions, in protobuf's JSON mapping), `GET /healthcheck`
 //! and gRPC health under every name envoyproxy/ratelimit answers, while
 //! the store is down and while no domain is loaded, `GET /rlconfig`,
-//! `envoy.response_headers`, and the gRPC port over (mutual) TLS.
+//! `envoy.response_headers`, and the gRPC port over (mutual) TLS, with
+//! the client's name checked (`client_san`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -415,6 +416,53 @@ async fn grpc_over_mutual_tls() {
         Ok(channel) => allowed(channel).await.is_err(),
     };
     assert!(refused, "plaintext was served");
+}
+
+/// `server.grpc_tls.client_san` (GRPC_CLIENT_TLS_SAN): a client the CA
+/// signed is served only when its certificate is valid for the name; any
+/// other is refused `UNAUTHENTICATED`, the rate limit service and health
+/// alike, while a client of another CA is still refused in the handshake.
+#[tokio::test]
+async fn grpc_tls_client_san_admits_only_the_named_client() {
+    let (ours, other) = certificates(&temp_dir("grpc-tls-san"));
+    let start = |san: &str| {
+        let text = with_server_keys(&format!(
+            "  grpc_tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n    client_san: {san}\n",
+            ours.server_cert.display(),
+            ours.server_key.display(),
+            ours.ca.display(),
+        ));
+        async move { TestServer::start_text(Backend::memory(), &text).await }
+    };
+    let named = start(tollgate_testkit::tls::CLIENT_SAN).await;
+    let channel = tls_channel(&named, &ours.ca, Some(&ours)).await.unwrap();
+    assert_eq!(allowed(channel.clone()).await.unwrap(), 1, "OK");
+    assert_eq!(
+        grpc_health(&channel, "ratelimit").await,
+        Ok(ServingStatus::Serving as i32)
+    );
+    let refused = match tls_channel(&named, &ours.ca, Some(&other)).await {
+        Err(_) => true,
+        Ok(channel) => allowed(channel).await.is_err(),
+    };
+    assert!(refused, "a client of another CA was served");
+
+    let someone_else = start("someone-else.tollgate.test").await;
+    let channel = tls_channel(&someone_else, &ours.ca, Some(&ours))
+        .await
+        .unwrap();
+    let status = allowed(channel.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("someone-else.tollgate.test"),
+        "{status:?}"
+    );
+    for name in NAMES {
+        assert_eq!(
+            grpc_health(&channel, name).await,
+            Err(tonic::Code::Unauthenticated)
+        );
+    }
 }
 
 #[tokio::test]

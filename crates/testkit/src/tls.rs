@@ -1,6 +1,6 @@
 //! Throwaway TLS certificates for tests, made with `openssl`: a private CA,
-//! a server certificate for `127.0.0.1` and a client certificate, both
-//! signed by it.
+//! a server certificate for `127.0.0.1` and a client certificate (for
+//! [`CLIENT_SAN`]), both signed by it.
 //!
 //! ```no_run
 //! let dir = tollgate_testkit::files::temp_dir("tls-example");
@@ -11,6 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The DNS name in the client certificate's subject alternative name.
+pub const CLIENT_SAN: &str = "client.tollgate.test";
+
 /// The files [`Certificates::create`] wrote (PEM).
 #[derive(Debug, Clone)]
 pub struct Certificates {
@@ -20,7 +23,8 @@ pub struct Certificates {
     pub server_cert: PathBuf,
     /// The server's private key.
     pub server_key: PathBuf,
-    /// A client certificate, for a server that verifies its clients.
+    /// A client certificate, for a server that verifies its clients
+    /// (subject alternative name DNS [`CLIENT_SAN`]).
     pub client_cert: PathBuf,
     /// The client's private key.
     pub client_key: PathBuf,
@@ -54,8 +58,11 @@ impl Certificates {
         );
         // Extensions make both X.509 v3 (webpki refuses v1 certificates).
         for (file, text) in [
-            ("server.ext", "subjectAltName=IP:127.0.0.1\n"),
-            ("client.ext", "extendedKeyUsage=clientAuth\n"),
+            ("server.ext", "subjectAltName=IP:127.0.0.1\n".to_owned()),
+            (
+                "client.ext",
+                format!("extendedKeyUsage=clientAuth\nsubjectAltName=DNS:{CLIENT_SAN}\n"),
+            ),
         ] {
             std::fs::write(dir.join(file), text)
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", dir.display()));

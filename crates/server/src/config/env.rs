@@ -861,23 +861,25 @@ impl EnvoyEnvironment {
                     }
                 }
             }
-            if let Some(ca) = vars
+            let ca = vars
                 .get("GRPC_CLIENT_TLS_CACERT")
-                .filter(|ca| !ca.is_empty())
-            {
-                tls.insert("client_ca".into(), ca.into());
-            }
-            if vars
+                .filter(|ca| !ca.is_empty());
+            let san = vars
                 .get("GRPC_CLIENT_TLS_SAN")
-                .is_some_and(|san| !san.is_empty())
-            {
-                // Accepting any client the CA signed where only one SAN was
-                // meant would let more clients in: refuse to start.
-                return Err(vars.error(
-                    "GRPC_CLIENT_TLS_SAN",
-                    "checking the client certificate's SAN is not supported; \
-                     sign client certificates with a CA of their own (GRPC_CLIENT_TLS_CACERT) instead",
-                ));
+                .filter(|san| !san.is_empty());
+            if let Some(ca) = ca {
+                tls.insert("client_ca".into(), ca.into());
+                if let Some(san) = san {
+                    tls.insert("client_san".into(), san.into());
+                }
+            } else if san.is_some() {
+                // envoyproxy/ratelimit checks the SAN of the chains it
+                // verified, and without a CA it verifies none.
+                warnings.push(
+                    "GRPC_CLIENT_TLS_SAN is set but not used: without GRPC_CLIENT_TLS_CACERT \
+                     no client certificate is asked for (as in envoyproxy/ratelimit)"
+                        .to_owned(),
+                );
             }
             server.insert("grpc_tls".into(), Value::Mapping(tls));
         } else {

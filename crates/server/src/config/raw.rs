@@ -112,6 +112,7 @@ struct RawGrpcTls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
+    client_san: Option<String>,
 }
 
 impl Validate for RawGrpcTls {
@@ -127,10 +128,24 @@ impl Validate for RawGrpcTls {
                 return Err(format!("{name} must not be empty"));
             }
         }
+        if let Some(san) = &self.client_san {
+            if self.client_ca.is_none() {
+                return Err(
+                    "client_san needs client_ca: without it no client certificate is asked for"
+                        .into(),
+                );
+            }
+            if rustls::pki_types::ServerName::try_from(san.as_str()).is_err() {
+                return Err(format!(
+                    "client_san `{san}` is not a DNS name or an IP address"
+                ));
+            }
+        }
         Ok(GrpcTlsSettings {
             cert: self.cert,
             key: self.key,
             client_ca: self.client_ca,
+            client_san: self.client_san,
         })
     }
 }

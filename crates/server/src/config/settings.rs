@@ -137,8 +137,9 @@ impl Default for DashboardSettings {
     }
 }
 
-/// `server.grpc_tls`: the gRPC port's certificate, and the CA that client
-/// certificates must chain to (mutual TLS) when `client_ca` is set.
+/// `server.grpc_tls`: the gRPC port's certificate, the CA that client
+/// certificates must chain to (mutual TLS) when `client_ca` is set, and the
+/// name they must be valid for when `client_san` is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GrpcTlsSettings {
@@ -149,6 +150,11 @@ pub struct GrpcTlsSettings {
     /// Client certificates are required and verified against this CA (PEM
     /// file); `None`: no client certificate is asked for.
     pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: the client certificate must also be valid for
+    /// this name (a DNS name, wildcards in the certificate matching, or an
+    /// IP address), as envoyproxy/ratelimit's `GRPC_CLIENT_TLS_SAN`; calls
+    /// from any other client are refused `UNAUTHENTICATED`.
+    pub client_san: Option<String>,
 }
 
 /// `server.metrics`: a listener of its own for Prometheus.

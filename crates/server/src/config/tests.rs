@@ -328,6 +328,31 @@ fn errors_carry_file_line_and_field() {
 }
 
 #[test]
+fn grpc_tls_client_san_needs_a_ca_and_a_name() {
+    let tls = Config::parse(
+        "server:\n  grpc_tls: { cert: /c, key: /k, client_ca: /ca, client_san: envoy.internal }\n",
+        "t.yaml",
+    )
+    .unwrap()
+    .server
+    .grpc_tls
+    .unwrap();
+    assert_eq!(tls.client_san.as_deref(), Some("envoy.internal"));
+    assert_refused_where_written(&[
+        (
+            "server:\n  grpc_tls: { cert: /c, key: /k, client_san: envoy.internal }\n",
+            2,
+            "client_san needs client_ca",
+        ),
+        (
+            "server:\n  grpc_tls: { cert: /c, key: /k, client_ca: /ca, client_san: 'not a name' }\n",
+            2,
+            "client_san `not a name` is not a DNS name or an IP address",
+        ),
+    ]);
+}
+
+#[test]
 fn connection_limits_parse_and_default() {
     let server = Config::parse(
         "server:
