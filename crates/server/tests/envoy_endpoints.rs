@@ -453,10 +453,8 @@ async fn grpc_tls_client_san_admits_only_the_named_client() {
         .unwrap();
     let status = allowed(channel.clone()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
-    assert!(
-        status.message().contains("someone-else.tollgate.test"),
-        "{status:?}"
-    );
+    // The refusal does not tell a client which name it lacks.
+    assert!(!status.message().contains("someone-else"), "{status:?}");
     for name in NAMES {
         assert_eq!(
             grpc_health(&channel, name).await,

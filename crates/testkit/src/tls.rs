@@ -71,37 +71,7 @@ impl Certificates {
             ("server", "/CN=127.0.0.1"),
             ("client", "/CN=tollgate test client"),
         ] {
-            let key = format!("{name}.key");
-            let csr = format!("{name}.csr");
-            let crt = format!("{name}.crt");
-            let extensions = format!("{name}.ext");
-            openssl(
-                dir,
-                &[
-                    "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
-                    subject,
-                ],
-            );
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &crt,
-                    "-days",
-                    "1",
-                    "-extfile",
-                    &extensions,
-                ],
-            );
+            sign(dir, name, subject);
         }
         Certificates {
             ca: dir.join("ca.crt"),
@@ -110,6 +80,21 @@ impl Certificates {
             client_cert: dir.join("client.crt"),
             client_key: dir.join("client.key"),
         }
+    }
+
+    /// Another certificate signed by this CA, in the CA's directory:
+    /// `<file>.crt` (its path is returned) and `<file>.key`, with `subject`
+    /// and the `extensions` (openssl's extension file syntax, e.g.
+    /// `subjectAltName=DNS:a.test\n`).
+    ///
+    /// # Panics
+    /// As [`create`](Self::create).
+    pub fn sign_client(&self, file: &str, subject: &str, extensions: &str) -> PathBuf {
+        let dir = self.ca.parent().unwrap_or(Path::new("."));
+        std::fs::write(dir.join(format!("{file}.ext")), extensions)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", dir.display()));
+        sign(dir, file, subject);
+        dir.join(format!("{file}.crt"))
     }
 
     /// `redis-server` arguments for TLS on `port` with these files; with
@@ -129,6 +114,41 @@ impl Certificates {
             if verify_clients { "yes" } else { "no" }.to_owned(),
         ]
     }
+}
+
+/// Makes `<name>.key` and `<name>.crt` in `dir` for `subject`, signed by
+/// `ca.crt`/`ca.key` there, with the extensions in `<name>.ext`.
+fn sign(dir: &Path, name: &str, subject: &str) {
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let crt = format!("{name}.crt");
+    let extensions = format!("{name}.ext");
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "1",
+            "-extfile",
+            &extensions,
+        ],
+    );
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -129,17 +129,16 @@ impl Validate for RawGrpcTls {
             }
         }
         if let Some(san) = &self.client_san {
+            if san.is_empty() {
+                return Err("client_san must not be empty".into());
+            }
             if self.client_ca.is_none() {
                 return Err(
                     "client_san needs client_ca: without it no client certificate is asked for"
                         .into(),
                 );
             }
-            if rustls::pki_types::ServerName::try_from(san.as_str()).is_err() {
-                return Err(format!(
-                    "client_san `{san}` is not a DNS name or an IP address"
-                ));
-            }
+            crate::client_san::client_name(san)?;
         }
         Ok(GrpcTlsSettings {
             cert: self.cert,

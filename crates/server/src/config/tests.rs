@@ -338,7 +338,23 @@ fn grpc_tls_client_san_needs_a_ca_and_a_name() {
     .grpc_tls
     .unwrap();
     assert_eq!(tls.client_san.as_deref(), Some("envoy.internal"));
+    for ip in ["10.0.0.1", "'[::1]'"] {
+        let text = format!(
+            "server:\n  grpc_tls: {{ cert: /c, key: /k, client_ca: /ca, client_san: {ip} }}\n"
+        );
+        assert!(Config::parse(&text, "t.yaml").is_ok(), "{ip}");
+    }
     assert_refused_where_written(&[
+        (
+            "server:\n  grpc_tls: { cert: /c, key: /k, client_ca: /ca, client_san: '*.example.com' }\n",
+            2,
+            "client_san `*.example.com` is not a DNS name or an IP address (a wildcard is not a name)",
+        ),
+        (
+            "server:\n  grpc_tls: { cert: /c, key: /k, client_ca: /ca, client_san: '' }\n",
+            2,
+            "client_san must not be empty",
+        ),
         (
             "server:\n  grpc_tls: { cert: /c, key: /k, client_san: envoy.internal }\n",
             2,

@@ -648,6 +648,17 @@ fn invalid_values_are_errors_that_name_the_variable() {
             "required",
         ),
         (
+            &[
+                ("GRPC_SERVER_USE_TLS", "true"),
+                ("GRPC_SERVER_TLS_CERT", "/c"),
+                ("GRPC_SERVER_TLS_KEY", "/k"),
+                ("GRPC_CLIENT_TLS_CACERT", "/ca"),
+                ("GRPC_CLIENT_TLS_SAN", "*.example.com"),
+            ][..],
+            "GRPC_CLIENT_TLS_SAN",
+            "not a DNS name or an IP address",
+        ),
+        (
             &[("USE_PROMETHEUS", "true"), ("PROMETHEUS_ADDR", "9090")][..],
             "PROMETHEUS_ADDR",
             "host:port",
