@@ -55,12 +55,12 @@
 
 pub mod app;
 pub mod cli;
-mod client_san;
 pub mod config;
 mod conn;
 pub mod dashboard;
 pub mod envoy;
 pub mod grpc;
+mod grpc_tls;
 pub mod health;
 pub mod hitters;
 pub mod http;

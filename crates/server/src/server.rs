@@ -19,14 +19,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::app::App;
-use crate::client_san::ClientSanLayer;
-use crate::config::{GrpcTlsSettings, ServerSettings};
+use crate::config::ServerSettings;
 use crate::conn::{Acceptor, Activity, AwaitMessageLayer, TimedBody, Tracker, Watched};
 use crate::grpc::{HEALTH_NAMES, RateLimitGrpc};
+use crate::grpc_tls::{GrpcIo, GrpcTls};
 
 /// How the server runs besides its listeners.
 #[derive(Debug, Clone, Copy)]
@@ -123,10 +122,7 @@ pub async fn run(
     open_file_limit(&limits, listeners.grpc.is_some());
     // Read before anything starts, so a bad certificate stops the start.
     let tls = match &limits.grpc_tls {
-        Some(settings) => Some((
-            grpc_tls(settings).map_err(ServeError::Tls)?,
-            ClientSanLayer::new(settings.client_san.as_deref()).map_err(ServeError::Tls)?,
-        )),
+        Some(settings) => Some(GrpcTls::new(settings).map_err(ServeError::Tls)?),
         None => None,
     };
     let metrics_listener = match &limits.metrics {
@@ -440,36 +436,12 @@ impl hyper::service::Service<Request<Incoming>> for HttpService {
     }
 }
 
-/// `server.grpc_tls` as tonic's configuration: the certificate and key, and
-/// with `client_ca` the CA client certificates must chain to (then a
-/// client without one is refused in the handshake).
-fn grpc_tls(settings: &GrpcTlsSettings) -> Result<ServerTlsConfig, String> {
-    // tonic builds rustls's configuration with the process's provider,
-    // which rustls cannot choose when the build enables none or several.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |name: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("{name} {}: {e}", path.display()))
-    };
-    let cert = read("cert", &settings.cert)?;
-    let key = read("key", &settings.key)?;
-    for (name, pem) in [("cert", &cert), ("key", &key)] {
-        if !pem.starts_with(b"-----BEGIN") && !String::from_utf8_lossy(pem).contains("-----BEGIN") {
-            return Err(format!("{name} is not a PEM file"));
-        }
-    }
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-    if let Some(path) = &settings.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read("client_ca", path)?));
-    }
-    Ok(config)
-}
-
 /// The gRPC port: tonic over the accepted connections, until shutdown.
 async fn serve_grpc<S, F>(
     app: Arc<App>,
     mut acceptor: Acceptor,
     limits: &ServerSettings,
-    tls: Option<(ServerTlsConfig, ClientSanLayer)>,
+    tls: Option<GrpcTls>,
     options: ServerOptions,
     stopped: &S,
     open: &Tracker,
@@ -509,7 +481,21 @@ where
         }
     });
 
-    let (incoming, connections) = mpsc::channel::<std::io::Result<Watched>>(1);
+    if let (Some(tls), Some(every)) = (&tls, options.watch_interval) {
+        // Certificates rotated on disk are served from the next
+        // connection on (crate::grpc_tls).
+        let (tls, reload_stop) = (tls.clone(), stopped());
+        tokio::spawn(async move {
+            tokio::pin!(reload_stop);
+            loop {
+                tokio::select! {
+                    () = &mut reload_stop => return,
+                    () = tokio::time::sleep(every) => tls.reload_if_changed(),
+                }
+            }
+        });
+    }
+    let (incoming, connections) = mpsc::channel::<std::io::Result<GrpcIo>>(1);
     let timeouts = (limits.header_timeout, limits.idle_timeout);
     let accept_stop = stopped();
     let accepting = async move {
@@ -521,31 +507,36 @@ where
                 accepted = acceptor.accept() => accepted,
             };
             let io = Watched::grpc(stream, peer, slot, timeouts, open.watch());
-            if incoming.send(Ok(io)).await.is_err() {
-                break;
-            }
+            let Some(tls) = &tls else {
+                if incoming.send(Ok(GrpcIo::Plain(io))).await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            // Each handshake in a task of its own, within the header
+            // timeout: a client that never finishes one holds up no other.
+            let (tls, incoming) = (tls.clone(), incoming.clone());
+            let handshake_timeout = timeouts.0;
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, tls.accept(io)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = incoming.send(Ok(GrpcIo::Tls(Box::new(stream)))).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "gRPC TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                }
+            });
         }
     };
     // Pings keep a live but quiet client from looking idle: it answers.
     let keepalive = GRPC_KEEPALIVE_INTERVAL.min(limits.idle_timeout / 2);
-    let mut builder = tonic::transport::Server::builder();
-    let client_san = match tls {
-        Some((tls, client_san)) => {
-            builder = builder.tls_config(tls)?;
-            client_san
-        }
-        None => ClientSanLayer::default(),
-    };
-    let serving = builder
+    let serving = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.grpc_max_streams)
         .timeout(limits.grpc_request_timeout)
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
         .max_connection_age(limits.grpc_max_connection_age)
         .max_connection_age_grace(limits.grpc_max_connection_age_grace)
-        // Outermost: a client `client_san` refuses is answered before its
-        // message is read.
-        .layer(client_san)
         .layer(AwaitMessageLayer)
         .add_service(health)
         .add_service(RateLimitGrpc::new(app).into_server())

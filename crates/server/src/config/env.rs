@@ -870,7 +870,7 @@ impl EnvoyEnvironment {
             if let Some(ca) = ca {
                 tls.insert("client_ca".into(), ca.into());
                 if let Some(san) = san {
-                    crate::client_san::client_name(san)
+                    crate::grpc_tls::client_name(san)
                         .map_err(|e| vars.error("GRPC_CLIENT_TLS_SAN", &e))?;
                     tls.insert("client_san".into(), san.into());
                 }

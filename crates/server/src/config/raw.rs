@@ -138,7 +138,7 @@ impl Validate for RawGrpcTls {
                         .into(),
                 );
             }
-            crate::client_san::client_name(san)?;
+            crate::grpc_tls::client_name(san)?;
         }
         Ok(GrpcTlsSettings {
             cert: self.cert,

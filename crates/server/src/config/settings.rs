@@ -152,8 +152,8 @@ pub struct GrpcTlsSettings {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: the client certificate must also be valid for
     /// this name (a DNS name, wildcards in the certificate matching, or an
-    /// IP address), as envoyproxy/ratelimit's `GRPC_CLIENT_TLS_SAN`; calls
-    /// from any other client are refused `UNAUTHENTICATED`.
+    /// IP address), as envoyproxy/ratelimit's `GRPC_CLIENT_TLS_SAN`, or the
+    /// handshake fails.
     pub client_san: Option<String>,
 }
 
