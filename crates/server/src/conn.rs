@@ -150,6 +150,10 @@ struct State {
     head_since: Option<Instant>,
     /// Bytes of the HTTP/2 client preface still to come (gRPC).
     preface_left: usize,
+    /// gRPC over TLS: the preface is counted in the decrypted bytes
+    /// ([`Activity::decrypted`]); the socket's bytes only show the client
+    /// is not idle.
+    preface_above: bool,
     /// Since when nothing is in progress (HTTP) or nothing was received
     /// (gRPC).
     quiet_since: Instant,
@@ -192,6 +196,7 @@ impl Activity {
                 in_flight: 0,
                 head_since: None,
                 preface_left: 0,
+                preface_above: false,
                 quiet_since: Instant::now(),
             }),
             http,
@@ -204,17 +209,36 @@ impl Activity {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// gRPC over TLS: from now on the client preface is counted by
+    /// [`decrypted`](Self::decrypted), so the TLS handshake and the
+    /// preface inside it are timed together by `header_timeout`.
+    pub(crate) fn count_preface_above(&self) {
+        self.state().preface_above = true;
+    }
+
+    /// gRPC over TLS: `n` bytes of the HTTP/2 stream were decrypted.
+    pub(crate) fn decrypted(&self, n: usize) {
+        let mut state = self.state();
+        Self::count_preface(&mut state, n);
+    }
+
+    fn count_preface(state: &mut State, n: usize) {
+        if state.preface_left > 0 {
+            state.preface_left = state.preface_left.saturating_sub(n);
+            if state.preface_left == 0 {
+                // The handshake's clock stops.
+                state.head_since = None;
+            }
+        }
+    }
+
     /// `n` bytes arrived from the client.
     fn received(&self, n: usize) {
         let mut state = self.state();
         if !self.http {
             state.quiet_since = Instant::now();
-            if state.preface_left > 0 {
-                state.preface_left = state.preface_left.saturating_sub(n);
-                if state.preface_left == 0 {
-                    // The handshake's clock stops.
-                    state.head_since = None;
-                }
+            if !state.preface_above {
+                Self::count_preface(&mut state, n);
             }
         } else if state.in_flight == 0 && state.head_since.is_none() {
             // The first byte of the next request: its headers' clock starts.
@@ -404,6 +428,11 @@ impl Watched {
             peer,
             _slot: Some(slot),
         }
+    }
+
+    /// The connection's activity.
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Whether the connection must close now (gRPC).

@@ -21,11 +21,11 @@
 //! `max_connections`), so a client that never finishes its handshake holds
 //! nothing else up. ALPN offers `h2` only, as tonic's TLS does.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -97,11 +97,19 @@ impl GrpcTls {
             .map_err(|e| format!("TLS versions: {e}"))?;
         let builder = match &settings.client_ca {
             Some(path) => {
+                // As tonic's and Go's: certificates that do not parse are
+                // skipped (and counted), not the bundle refused.
                 let mut roots = RootCertStore::empty();
-                for cert in certificates(path, "client_ca")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("client_ca {}: {e}", path.display()))?;
+                let (added, skipped) =
+                    roots.add_parsable_certificates(certificates(path, "client_ca")?);
+                if added == 0 {
+                    return Err(format!(
+                        "client_ca {}: no usable CA certificate in it",
+                        path.display()
+                    ));
+                }
+                if skipped > 0 {
+                    tracing::warn!(path = %path.display(), skipped, "client_ca: certificates that do not parse are skipped");
                 }
                 let verifier = WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
@@ -137,6 +145,9 @@ impl GrpcTls {
     /// The handshake's failure (the client's certificate refused among
     /// them).
     pub(crate) async fn accept(&self, io: Watched) -> io::Result<TlsStream<Watched>> {
+        // The handshake and the HTTP/2 preface inside it are timed
+        // together: a client trickling either is cut at `header_timeout`.
+        io.activity().count_preface_above();
         self.acceptor.accept(io).await
     }
 
@@ -155,6 +166,16 @@ struct Pair {
     key: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<(Arc<CertifiedKey>, Vec<u8>, Vec<u8>)>,
+    /// Changed contents seen once, loaded when the next check finds them
+    /// again (a rotation is written in steps), and the last failure
+    /// logged, so that a broken pair is logged once, not at every check.
+    changing: Mutex<Changing>,
+}
+
+#[derive(Debug, Default)]
+struct Changing {
+    seen: Option<(Vec<u8>, Vec<u8>)>,
+    logged: Option<String>,
 }
 
 impl Pair {
@@ -166,31 +187,59 @@ impl Pair {
             key: key.to_owned(),
             provider,
             current: RwLock::new((Arc::new(certified), cert_pem, key_pem)),
+            changing: Mutex::new(Changing::default()),
         })
     }
 
+    /// One check: the files are read; contents that differ from those
+    /// served are loaded when the next check finds them unchanged; a pair
+    /// that does not load is logged (once until the failure changes) and
+    /// the current one kept.
     fn reload_if_changed(&self) {
-        let (Ok(cert_pem), Ok(key_pem)) = (read(&self.cert, "cert"), read(&self.key, "key")) else {
-            tracing::error!(cert = %self.cert.display(), key = %self.key.display(), "gRPC TLS: cannot read the certificate or key; still serving the previous pair");
-            return;
+        let mut changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
+        let read_both = read(&self.cert, "cert").and_then(|c| Ok((c, read(&self.key, "key")?)));
+        let (cert_pem, key_pem) = match read_both {
+            Ok(both) => both,
+            Err(error) => {
+                changing.seen = None;
+                Self::log_once(&mut changing, error);
+                return;
+            }
         };
         {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             if current.1 == cert_pem && current.2 == key_pem {
+                changing.seen = None;
+                if changing.logged.take().is_some() {
+                    tracing::info!(cert = %self.cert.display(), "gRPC TLS: the served certificate's files are back");
+                }
                 return;
             }
+        }
+        let steady = changing
+            .seen
+            .as_ref()
+            .is_some_and(|(c, k)| *c == cert_pem && *k == key_pem);
+        if !steady {
+            changing.seen = Some((cert_pem, key_pem));
+            return;
         }
         match certified(&cert_pem, &key_pem, &self.cert, &self.key, &self.provider) {
             Ok(certified) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) =
                     (Arc::new(certified), cert_pem, key_pem);
+                changing.seen = None;
+                changing.logged = None;
                 tracing::info!(cert = %self.cert.display(), "gRPC TLS: certificate reloaded");
             }
-            // A rotation writes two files: the first may already be new
-            // while the second is not. Each check tries again.
-            Err(error) => {
-                tracing::warn!(%error, "gRPC TLS: the changed certificate and key do not load; still serving the previous pair");
-            }
+            Err(error) => Self::log_once(&mut changing, error),
+        }
+    }
+
+    fn log_once(changing: &mut Changing, error: String) {
+        if changing.logged.as_deref() != Some(error.as_str()) {
+            tracing::error!(%error, "gRPC TLS: the certificate and key on disk do not load; still serving the previous pair");
+            changing.logged = Some(error);
         }
     }
 }
@@ -207,8 +256,22 @@ impl ResolvesServerCert for Pair {
     }
 }
 
+/// The most bytes read of one certificate, key or CA file, as for the
+/// store's TLS files: anything larger is not a PEM file.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
 fn read(path: &Path, name: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{name} {}: {e}", path.display()))
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{name} {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "{name} {}: over {MAX_FILE_BYTES} bytes: not a PEM file",
+            path.display()
+        ));
+    }
+    Ok(bytes)
 }
 
 fn certificates(path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -239,8 +302,12 @@ fn certified(
     if chain.is_empty() {
         return Err(format!("cert {}: no PEM certificate in it", cert.display()));
     }
-    let private = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| format!("key {}: {e}", key.display()))?;
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("key {}: no PEM private key in it", key.display())
+        }
+        e => format!("key {}: {e}", key.display()),
+    })?;
     CertifiedKey::from_der(chain, private, provider)
         .map_err(|e| format!("key {} for cert {}: {e}", key.display(), cert.display()))
 }
@@ -368,7 +435,17 @@ impl AsyncRead for GrpcIo {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             GrpcIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            GrpcIo::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+            GrpcIo::Tls(io) => {
+                let before = buf.filled().len();
+                let result = Pin::new(io.as_mut()).poll_read(cx, buf);
+                if buf.filled().len() > before {
+                    io.get_ref()
+                        .0
+                        .activity()
+                        .decrypted(buf.filled().len() - before);
+                }
+                result
+            }
         }
     }
 }
@@ -493,18 +570,31 @@ mod tests {
         let pair = Pair::load(&cert, &key, provider).unwrap();
         let served = |pair: &Pair| pair.current.read().unwrap().0.cert[0].clone();
         let first = served(&pair);
+        let twice = |pair: &Pair| {
+            pair.reload_if_changed();
+            pair.reload_if_changed();
+        };
         // Half a rotation: the new certificate with the old key.
         std::fs::copy(&other.server_cert, &cert).unwrap();
-        pair.reload_if_changed();
+        twice(&pair);
         assert_eq!(
             served(&pair),
             first,
             "a key that does not match is not served"
         );
         std::fs::write(&key, "not a key").unwrap();
-        pair.reload_if_changed();
+        twice(&pair);
         assert_eq!(served(&pair), first, "a broken file is not served");
+        std::fs::remove_file(&key).unwrap();
+        twice(&pair);
+        assert_eq!(served(&pair), first, "a missing file is not served");
         std::fs::copy(&other.server_key, &key).unwrap();
+        pair.reload_if_changed();
+        assert_eq!(
+            served(&pair),
+            first,
+            "changed contents wait for a second look"
+        );
         pair.reload_if_changed();
         assert_eq!(
             served(&pair),

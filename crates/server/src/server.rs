@@ -490,7 +490,12 @@ where
             loop {
                 tokio::select! {
                     () = &mut reload_stop => return,
-                    () = tokio::time::sleep(every) => tls.reload_if_changed(),
+                    () = tokio::time::sleep(every) => {
+                        // Files are read on a thread of their own, as the
+                        // configuration's are.
+                        let tls = tls.clone();
+                        let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
+                    }
                 }
             }
         });
@@ -515,15 +520,23 @@ where
             };
             // Each handshake in a task of its own, within the header
             // timeout: a client that never finishes one holds up no other.
+            // Shutdown ends it too: a stalled handshake must not hold it up.
+            if incoming.is_closed() {
+                break;
+            }
             let (tls, incoming) = (tls.clone(), incoming.clone());
-            let handshake_timeout = timeouts.0;
+            let (handshake_timeout, stop) = (timeouts.0, stopped());
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, tls.accept(io)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = incoming.send(Ok(GrpcIo::Tls(Box::new(stream)))).await;
-                    }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "gRPC TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                let handshake = tokio::time::timeout(handshake_timeout, tls.accept(io));
+                tokio::select! {
+                    () = stop => {}
+                    done = handshake => match done {
+                        Ok(Ok(stream)) => {
+                            let _ = incoming.send(Ok(GrpcIo::Tls(Box::new(stream)))).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "gRPC TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                    },
                 }
             });
         }

@@ -343,6 +343,16 @@ fn certificates(dir: &Path) -> (Certificates, Certificates) {
     (Certificates::create(&ours), Certificates::create(&other))
 }
 
+/// A directory removed when dropped (the tests' private keys with it),
+/// whether the test passed or not.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The test configuration with `keys` added to its `server:` section.
 fn with_server_keys(keys: &str) -> String {
     common::CONFIG.replacen("server:\n", &format!("server:\n{keys}"), 1)
@@ -385,6 +395,7 @@ async fn allowed(channel: Channel) -> Result<i32, tonic::Status> {
 #[tokio::test]
 async fn grpc_over_mutual_tls() {
     let (ours, other) = certificates(&temp_dir("grpc-tls"));
+    let _cleanup = RemovedOnDrop(ours.ca.parent().unwrap().parent().unwrap().to_owned());
     let text = with_server_keys(&format!(
         "  grpc_tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n  grpc_max_connection_age: 1h\n  grpc_max_connection_age_grace: 2s\n",
         ours.server_cert.display(),
@@ -424,6 +435,7 @@ async fn grpc_over_mutual_tls() {
 #[tokio::test]
 async fn grpc_tls_client_san_admits_only_the_named_client() {
     let (ours, other) = certificates(&temp_dir("grpc-tls-san"));
+    let _cleanup = RemovedOnDrop(ours.ca.parent().unwrap().parent().unwrap().to_owned());
     let start = |san: &str| {
         let text = with_server_keys(&format!(
             "  grpc_tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n    client_san: {san}\n",
@@ -494,9 +506,14 @@ async fn grpc_tls_certificates_are_reloaded_when_their_files_change() {
         1,
         "the old pair is still served"
     );
-    // The rotation: the new pair is served from the next connection on.
-    std::fs::copy(&other.server_cert, &cert).unwrap();
-    std::fs::copy(&other.server_key, &key).unwrap();
+    // The rotation, by renames (as a Kubernetes Secret's symlink swap or
+    // an atomic writer does): the new pair is served from the next
+    // connection on.
+    for (from, to) in [(&other.server_key, &key), (&other.server_cert, &cert)] {
+        let staged = dir.join("staged");
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, to).unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(channel) = tls_channel(&server, &other.ca, None).await {
@@ -517,23 +534,32 @@ async fn grpc_tls_certificates_are_reloaded_when_their_files_change() {
     assert!(refused, "a client trusting only the old CA still connected");
     // The connection made before the rotation keeps working.
     assert_eq!(allowed(old).await.unwrap(), 1);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A client that starts a TLS handshake and never finishes it holds up no
-/// other client, and is closed at the header timeout.
+/// A client that starts a TLS handshake and never finishes it, past the
+/// 24 bytes of an HTTP/2 preface, holds up no other client, is closed at
+/// the header timeout, and does not hold up shutdown.
 #[tokio::test]
 async fn a_stalled_tls_handshake_holds_up_no_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (ours, _) = certificates(&temp_dir("grpc-tls-stalled"));
+    let dir = temp_dir("grpc-tls-stalled");
+    let (ours, _) = certificates(&dir);
     let text = with_server_keys(&format!(
-        "  header_timeout: 1s\n  grpc_tls: {{ cert: {}, key: {} }}\n",
+        "  header_timeout: 3s\n  idle_timeout: 30s\n  grpc_tls: {{ cert: {}, key: {} }}\n",
         ours.server_cert.display(),
         ours.server_key.display(),
     ));
-    let server = TestServer::start_text(Backend::memory(), &text).await;
-    let mut stalled = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
-    // The first bytes of a TLS record, and nothing more.
-    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).await.unwrap();
+    let mut server = TestServer::start_text(Backend::memory(), &text).await;
+    // A handshake record announcing 512 bytes, and 100 of them.
+    let stall = || async {
+        let mut stalled = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+        let mut record = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+        record.resize(105, 0);
+        stalled.write_all(&record).await.unwrap();
+        stalled
+    };
+    let mut stalled = stall().await;
     let channel = tls_channel(&server, &ours.ca, None).await.unwrap();
     assert_eq!(allowed(channel).await.unwrap(), 1);
     let started = Instant::now();
@@ -542,15 +568,94 @@ async fn a_stalled_tls_handshake_holds_up_no_one() {
         tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the stalled handshake was never closed");
     assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // Shutdown with a handshake in flight.
+    let _stalled = stall().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = Instant::now();
+    server.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "shutdown waited for a stalled handshake: {:?}",
+        stopping.elapsed()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Over TLS, the HTTP/2 preface is timed inside the encryption: a client
+/// that completes the handshake, then trickles the preface, is cut at the
+/// header timeout, not kept for the connection's whole age.
+#[tokio::test]
+async fn a_preface_trickled_over_tls_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("grpc-tls-trickle");
+    let (ours, _) = certificates(&dir);
+    let text = with_server_keys(&format!(
+        "  header_timeout: 1s\n  idle_timeout: 30s\n  grpc_tls: {{ cert: {}, key: {} }}\n",
+        ours.server_cert.display(),
+        ours.server_key.display(),
+    ));
+    let server = TestServer::start_text(Backend::memory(), &text).await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&ours.ca).unwrap();
+    for cert in
+        <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            &ca,
+        )
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let started = Instant::now();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut cut = false;
+    for byte in preface.iter().take(20) {
+        if tls.write_all(&[*byte]).await.is_err() || tls.flush().await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Whatever the server sent (its SETTINGS), or the end of the
+        // connection.
+        let mut probe = [0u8; 4096];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(20), tls.read(&mut probe)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "a trickled preface was still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
 async fn grpc_tls_without_client_ca_serves_any_client() {
     let (ours, _) = certificates(&temp_dir("grpc-tls-one-way"));
+    let _cleanup = RemovedOnDrop(ours.ca.parent().unwrap().parent().unwrap().to_owned());
     let text = with_server_keys(&format!(
         "  grpc_tls: {{ cert: {}, key: {} }}\n",
         ours.server_cert.display(),

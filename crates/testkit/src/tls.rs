@@ -38,6 +38,13 @@ impl Certificates {
     /// When `openssl` is missing (the message says how to install it) or
     /// fails.
     pub fn create(dir: &Path) -> Certificates {
+        // Each CA its own subject (named after its directory), so that a
+        // certificate of one is an unknown issuer to another.
+        let ca_subject = format!(
+            "/CN=tollgate test CA {}",
+            dir.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        );
         openssl(
             dir,
             &[
@@ -53,7 +60,7 @@ impl Certificates {
                 "-days",
                 "1",
                 "-subj",
-                "/CN=tollgate test CA",
+                &ca_subject,
             ],
         );
         // Extensions make both X.509 v3 (webpki refuses v1 certificates).
