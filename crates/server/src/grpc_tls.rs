@@ -2,11 +2,13 @@
 //! tonic, for what envoyproxy/ratelimit does and tonic's own TLS cannot:
 //!
 //! - **Certificates reloaded.** The certificate and key files are read
-//!   again whenever they change (checked every `watch_interval`, as the
-//!   configuration files are): each new connection gets the current pair,
-//!   open connections keep theirs. A pair that does not load (a file half
-//!   written, a key that does not match) is logged and the previous one
-//!   kept, so a rotation can never leave the port without a certificate.
+//!   at every `watch_interval`, as the configuration files are, and
+//!   contents that changed are loaded once two checks in a row find them
+//!   the same (a rotation writes two files): each new connection gets the
+//!   current pair, open connections keep theirs. A pair that does not load
+//!   (a file missing, a key that does not match) is logged, once until the
+//!   failure or the contents change, and the previous one kept, so a
+//!   rotation can never leave the port without a certificate.
 //! - **`client_san`** (envoyproxy/ratelimit's `GRPC_CLIENT_TLS_SAN`): with
 //!   `client_ca`, a client certificate that chains to the CA is accepted
 //!   only when it is also valid for one name, checked in the handshake as
@@ -151,9 +153,10 @@ impl GrpcTls {
         self.acceptor.accept(io).await
     }
 
-    /// Reads the certificate and key again if either file changed, and
-    /// serves them from the next connection on; a pair that does not load
-    /// is logged and the current one kept.
+    /// One check of the certificate and key files (see the module's
+    /// documentation): changed contents are served from the next
+    /// connection on once a second check finds them the same; a pair that
+    /// does not load is logged and the current one kept.
     pub(crate) fn reload_if_changed(&self) {
         self.pair.reload_if_changed();
     }
@@ -175,7 +178,9 @@ struct Pair {
 #[derive(Debug, Default)]
 struct Changing {
     seen: Option<(Vec<u8>, Vec<u8>)>,
-    logged: Option<String>,
+    /// The failure last logged, with a hash of the contents that gave it
+    /// (two different bad rotations can fail with the same words).
+    logged: Option<(String, u64)>,
 }
 
 impl Pair {
@@ -202,7 +207,7 @@ impl Pair {
             Ok(both) => both,
             Err(error) => {
                 changing.seen = None;
-                Self::log_once(&mut changing, error);
+                Self::log_once(&mut changing, error, 0);
                 return;
             }
         };
@@ -232,14 +237,26 @@ impl Pair {
                 changing.logged = None;
                 tracing::info!(cert = %self.cert.display(), "gRPC TLS: certificate reloaded");
             }
-            Err(error) => Self::log_once(&mut changing, error),
+            Err(error) => {
+                let contents = {
+                    use std::hash::{Hash, Hasher};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    cert_pem.hash(&mut hasher);
+                    key_pem.hash(&mut hasher);
+                    hasher.finish()
+                };
+                Self::log_once(&mut changing, error, contents);
+            }
         }
     }
 
-    fn log_once(changing: &mut Changing, error: String) {
-        if changing.logged.as_deref() != Some(error.as_str()) {
-            tracing::error!(%error, "gRPC TLS: the certificate and key on disk do not load; still serving the previous pair");
-            changing.logged = Some(error);
+    /// Logs a failure unless it is the one last logged, for the same
+    /// contents.
+    fn log_once(changing: &mut Changing, error: String, contents: u64) {
+        let failure = (error, contents);
+        if changing.logged.as_ref() != Some(&failure) {
+            tracing::error!(error = %failure.0, "gRPC TLS: the certificate and key on disk do not load; still serving the previous pair");
+            changing.logged = Some(failure);
         }
     }
 }
@@ -574,6 +591,7 @@ mod tests {
             pair.reload_if_changed();
             pair.reload_if_changed();
         };
+        let logged = |pair: &Pair| pair.changing.lock().unwrap().logged.clone();
         // Half a rotation: the new certificate with the old key.
         std::fs::copy(&other.server_cert, &cert).unwrap();
         twice(&pair);
@@ -582,9 +600,13 @@ mod tests {
             first,
             "a key that does not match is not served"
         );
+        let mismatch = logged(&pair).expect("the mismatch is logged");
         std::fs::write(&key, "not a key").unwrap();
         twice(&pair);
         assert_eq!(served(&pair), first, "a broken file is not served");
+        let broken = logged(&pair).expect("logged");
+        assert!(broken.0.contains("no PEM private key"), "{broken:?}");
+        assert_ne!(broken, mismatch, "a new failure is logged anew");
         std::fs::remove_file(&key).unwrap();
         twice(&pair);
         assert_eq!(served(&pair), first, "a missing file is not served");
@@ -600,6 +622,7 @@ mod tests {
             served(&pair),
             CertificateDer::from_pem_file(&other.server_cert).unwrap()
         );
+        assert_eq!(logged(&pair), None, "a reload clears the failure");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

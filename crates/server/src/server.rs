@@ -31,7 +31,8 @@ use crate::grpc_tls::{GrpcIo, GrpcTls};
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct ServerOptions {
-    /// How often the configuration files are checked for changes; `None`
+    /// How often the configuration files, and the gRPC port's certificate
+    /// and key (`server.grpc_tls`), are checked for changes; `None`
     /// disables watching.
     pub watch_interval: Option<Duration>,
     /// Reload on SIGHUP (installs a process-wide handler).
@@ -509,6 +510,8 @@ where
             let (stream, peer, slot) = tokio::select! {
                 biased;
                 () = &mut accept_stop => break,
+                // tonic is gone: nothing would take the connection.
+                () = incoming.closed() => break,
                 accepted = acceptor.accept() => accepted,
             };
             let io = Watched::grpc(stream, peer, slot, timeouts, open.watch());
@@ -520,23 +523,26 @@ where
             };
             // Each handshake in a task of its own, within the header
             // timeout: a client that never finishes one holds up no other.
-            // Shutdown ends it too: a stalled handshake must not hold it up.
-            if incoming.is_closed() {
-                break;
-            }
+            // Shutdown ends it too, handing over included: a stalled
+            // handshake must not hold it up.
             let (tls, incoming) = (tls.clone(), incoming.clone());
             let (handshake_timeout, stop) = (timeouts.0, stopped());
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(handshake_timeout, tls.accept(io));
-                tokio::select! {
-                    () = stop => {}
-                    done = handshake => match done {
+                let handshake = async {
+                    match tokio::time::timeout(handshake_timeout, tls.accept(io)).await {
                         Ok(Ok(stream)) => {
                             let _ = incoming.send(Ok(GrpcIo::Tls(Box::new(stream)))).await;
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "gRPC TLS handshake failed"),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "gRPC TLS handshake failed");
+                        }
                         Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
-                    },
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = stop => {}
+                    () = handshake => {}
                 }
             });
         }
