@@ -292,8 +292,13 @@ fn read(path: &Path, name: &str) -> Result<Vec<u8>, String> {
 }
 
 fn certificates(path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(path, name)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    chain(&read(path, name)?, path, name)
+}
+
+/// The PEM certificates in `pem` (the file `path`, `name` in messages): at
+/// least one.
+fn chain(pem: &[u8], path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{name} {}: {e}", path.display()))?;
     if certs.is_empty() {
@@ -313,12 +318,7 @@ fn certified(
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, String> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cert {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("cert {}: no PEM certificate in it", cert.display()));
-    }
+    let chain = chain(cert_pem, cert, "cert")?;
     let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
             format!("key {}: no PEM private key in it", key.display())
