@@ -46,7 +46,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::config::GrpcTlsSettings;
+use crate::config::{GrpcTlsSettings, MAX_TLS_FILE_BYTES};
 use crate::conn::Watched;
 
 /// `client_san` as a name to check certificates for: a DNS name or an IP
@@ -273,18 +273,14 @@ impl ResolvesServerCert for Pair {
     }
 }
 
-/// The most bytes read of one certificate, key or CA file, as for the
-/// store's TLS files: anything larger is not a PEM file.
-const MAX_FILE_BYTES: u64 = 1 << 20;
-
 fn read(path: &Path, name: &str) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .and_then(|file| file.take(MAX_TLS_FILE_BYTES + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("{name} {}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
+    if bytes.len() as u64 > MAX_TLS_FILE_BYTES {
         return Err(format!(
-            "{name} {}: over {MAX_FILE_BYTES} bytes: not a PEM file",
+            "{name} {}: over {MAX_TLS_FILE_BYTES} bytes: not a PEM file",
             path.display()
         ));
     }

@@ -537,21 +537,33 @@ async fn grpc_tls_certificates_are_reloaded_when_their_files_change() {
     assert_eq!(allowed(old).await.unwrap(), 1);
 }
 
+/// A server on the memory store with one-way TLS on its gRPC port (a
+/// fresh CA in a directory named after `name`, removed with the guard),
+/// `header_timeout` as given and an idle timeout long enough not to
+/// interfere.
+async fn one_way_tls_server(
+    name: &str,
+    header_timeout: &str,
+) -> (RemovedOnDrop, Certificates, TestServer) {
+    let dir = temp_dir(name);
+    let cleanup = RemovedOnDrop(dir.clone());
+    let (ours, _) = certificates(&dir);
+    let text = with_server_keys(&format!(
+        "  header_timeout: {header_timeout}\n  idle_timeout: 30s\n  grpc_tls: {{ cert: {}, key: {} }}\n",
+        ours.server_cert.display(),
+        ours.server_key.display(),
+    ));
+    let server = TestServer::start_text(Backend::memory(), &text).await;
+    (cleanup, ours, server)
+}
+
 /// A client that starts a TLS handshake and never finishes it holds up no
 /// other client, is closed within the header timeout, and does not hold
 /// up shutdown.
 #[tokio::test]
 async fn a_stalled_tls_handshake_holds_up_no_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = temp_dir("grpc-tls-stalled");
-    let _cleanup = RemovedOnDrop(dir.clone());
-    let (ours, _) = certificates(&dir);
-    let text = with_server_keys(&format!(
-        "  header_timeout: 3s\n  idle_timeout: 30s\n  grpc_tls: {{ cert: {}, key: {} }}\n",
-        ours.server_cert.display(),
-        ours.server_key.display(),
-    ));
-    let mut server = TestServer::start_text(Backend::memory(), &text).await;
+    let (_cleanup, ours, mut server) = one_way_tls_server("grpc-tls-stalled", "3s").await;
     // A handshake record announcing 512 bytes, and 100 of them.
     let stall = || async {
         let mut stalled = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
@@ -618,15 +630,7 @@ async fn tls_stream(
 #[tokio::test]
 async fn a_tls_connection_with_its_preface_stays_open_past_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = temp_dir("grpc-tls-preface");
-    let _cleanup = RemovedOnDrop(dir.clone());
-    let (ours, _) = certificates(&dir);
-    let text = with_server_keys(&format!(
-        "  header_timeout: 1s\n  idle_timeout: 30s\n  grpc_tls: {{ cert: {}, key: {} }}\n",
-        ours.server_cert.display(),
-        ours.server_key.display(),
-    ));
-    let server = TestServer::start_text(Backend::memory(), &text).await;
+    let (_cleanup, ours, server) = one_way_tls_server("grpc-tls-preface", "1s").await;
     let mut tls = tls_stream(&server, &ours.ca).await;
     for byte in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
         tls.write_all(&[*byte]).await.unwrap();
@@ -655,15 +659,7 @@ async fn a_tls_connection_with_its_preface_stays_open_past_the_header_timeout() 
 #[tokio::test]
 async fn a_preface_trickled_over_tls_is_cut_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = temp_dir("grpc-tls-trickle");
-    let _cleanup = RemovedOnDrop(dir.clone());
-    let (ours, _) = certificates(&dir);
-    let text = with_server_keys(&format!(
-        "  header_timeout: 1s\n  idle_timeout: 30s\n  grpc_tls: {{ cert: {}, key: {} }}\n",
-        ours.server_cert.display(),
-        ours.server_key.display(),
-    ));
-    let server = TestServer::start_text(Backend::memory(), &text).await;
+    let (_cleanup, ours, server) = one_way_tls_server("grpc-tls-trickle", "1s").await;
     let mut tls = tls_stream(&server, &ours.ca).await;
     let started = Instant::now();
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -38,6 +38,7 @@ mod files;
 mod limits;
 pub(crate) mod parse;
 mod raw;
+pub(crate) use raw::MAX_TLS_FILE_BYTES;
 mod settings;
 #[cfg(test)]
 mod tests;

@@ -854,8 +854,9 @@ fn tls_files(
     Ok(Some(TlsFiles { ca, client }))
 }
 
-/// The largest TLS file read (certificates and keys are a few KB).
-const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
+/// The largest TLS file read, the store's and the gRPC port's
+/// (certificates and keys are a few KB).
+pub(crate) const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
 
 /// The longest `store.master_name`.
 const MAX_MASTER_NAME: usize = 256;
