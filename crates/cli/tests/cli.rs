@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use support::tollgate;
-use tollgate_testkit::files::temp_file;
+use tollgate_testkit::files::{temp_dir, temp_file};
 use tollgate_testkit::process::ServeProcess;
 
 const GOOD: &str = "policies:\n  - name: api\n    algorithm: sliding_log\n    limit: 100\n    period: 1m\ndomains:\n  - domain: edge\n    descriptors:\n      - key: path\n        policy: api\n";
@@ -191,6 +191,63 @@ fn serve_answers_and_exits_zero_on_sigterm() {
         .terminate_within(Duration::from_secs(20))
         .expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0), "exits 0 after SIGTERM");
+}
+
+/// `--grpc unix:PATH` serves gRPC on a unix socket: the banner names it,
+/// the socket is there while serving and gone after SIGTERM. An empty path
+/// is a usage error, and a path that cannot be bound stops the start with
+/// the address in the message.
+#[cfg(unix)]
+#[test]
+fn serve_listens_for_grpc_on_a_unix_socket() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = temp_dir("cli-grpc-unix");
+    let socket = dir.join("rls.sock");
+    let mut command = tollgate();
+    command
+        .args(["serve", "--http", "127.0.0.1:0", "--grpc"])
+        .arg(format!("unix:{}", socket.display()))
+        .env("RUST_LOG", "warn");
+    let mut serve = ServeProcess::start(command, false);
+    assert_eq!(serve.grpc_listen, format!("unix:{}", socket.display()));
+    assert!(
+        std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    // Serving (its SIGTERM handler installed).
+    let (status, _) = serve
+        .request("GET", "/healthz", &[], "", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = serve
+        .terminate_within(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(!socket.exists(), "the socket file outlived the server");
+
+    let empty = tollgate()
+        .args(["serve", "--grpc", "unix:"])
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("the unix socket path is empty"), "{stderr}");
+
+    let missing = dir.join("no-such-dir").join("rls.sock");
+    let unbound = tollgate()
+        .args(["serve", "--http", "127.0.0.1:0", "--grpc"])
+        .arg(format!("unix:{}", missing.display()))
+        .output()
+        .unwrap();
+    assert_eq!(unbound.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unbound.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on unix:{}", missing.display())),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The help names every command and every bench target, so a newcomer

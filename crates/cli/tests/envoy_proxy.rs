@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use support::tollgate;
 use tokio::sync::RwLock;
-use tollgate_testkit::envoy::{Bootstrap, Envoy, Upstream, validate};
+use tollgate_testkit::envoy::{Bootstrap, Envoy, RlsAddress, Upstream, validate};
 use tollgate_testkit::files::temp_dir;
 use tollgate_testkit::http::{Client, Reply};
 use tollgate_testkit::process::ServeProcess;
@@ -105,6 +105,9 @@ enum Setup {
     /// envoyproxy/ratelimit's environment variables, nothing else: what a
     /// Deployment that only swapped the image passes.
     Environment,
+    /// The same with gRPC on a unix socket (`GRPC_UDS`) in the service's
+    /// directory, where an Envoy sidecar sharing the directory reaches it.
+    UnixSocket,
 }
 
 /// Both ways, for the tests that run each way.
@@ -115,6 +118,17 @@ struct Running {
     process: ServeProcess,
     /// The ConfigMap-style directory `--envoy-config` reads.
     config_dir: PathBuf,
+}
+
+impl Running {
+    /// Where Envoy reaches its gRPC: the banner's TCP address or unix
+    /// socket.
+    fn rls(&self) -> RlsAddress {
+        match self.process.grpc_listen.strip_prefix("unix:") {
+            Some(path) => RlsAddress::Pipe(path.into()),
+            None => self.process.grpc().into(),
+        }
+    }
 }
 
 /// Starts `tollgate serve` for `service`: the descriptor file in a
@@ -150,7 +164,7 @@ fn start_service(service: &Service<'_>) -> Running {
                 .arg("--envoy-ignore-dot-files")
                 .env("RUST_LOG", "info");
         }
-        Setup::Environment => {
+        Setup::Environment | Setup::UnixSocket => {
             let timeout = match service.store.trim() {
                 "" => None,
                 "timeout: 1s" => Some("1s"),
@@ -177,6 +191,9 @@ fn start_service(service: &Service<'_>) -> Running {
                     ("RESPONSE_DYNAMIC_METADATA", "true"),
                 ])
                 .envs(timeout.map(|t| ("REDIS_TIMEOUT", t)));
+            if service.setup == Setup::UnixSocket {
+                command.env("GRPC_UDS", root.join("rls.sock"));
+            }
         }
     }
     command.env("NO_COLOR", "1");
@@ -281,7 +298,7 @@ async fn edge_with(
         setup,
     });
     let upstream = Upstream::start().await;
-    let mut bootstrap = Bootstrap::new(upstream.address(), service.process.grpc, "edge");
+    let mut bootstrap = Bootstrap::new(upstream.address(), service.rls(), "edge");
     // Generous: a loaded machine must not turn these into Envoy timeouts.
     bootstrap.timeout = Some(Duration::from_secs(2));
     edge_routes(&mut bootstrap);
@@ -429,7 +446,9 @@ async fn every_action_kind_limits_exactly(setup: Setup) {
     // a rolling replacement continues its counts.
     let keys = redis.cli(&["KEYS", "edge_generic_key_checkout_*"]);
     match setup {
-        Setup::Environment => assert!(!keys.trim().is_empty(), "no envoyproxy-layout key"),
+        Setup::Environment | Setup::UnixSocket => {
+            assert!(!keys.trim().is_empty(), "no envoyproxy-layout key");
+        }
         Setup::Config => assert!(keys.trim().is_empty(), "{keys}"),
     }
 }
@@ -719,6 +738,14 @@ async fn envoy_health_checks_the_service_started_from_envoyproxys_environment() 
     envoy_health_checks(Setup::Environment).await;
 }
 
+/// The same, with tollgate's gRPC on a unix socket (`GRPC_UDS`) and
+/// Envoy's cluster on it (a `pipe` address): decisions and health checks
+/// go through the socket, and its file is gone once tollgate stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_health_checks_the_service_on_a_unix_socket() {
+    envoy_health_checks(Setup::UnixSocket).await;
+}
+
 /// Envoy health checks three clusters pointing at tollgate, one per
 /// service name it answers (the full name, `""`, and `ratelimit`, the one
 /// envoyproxy/ratelimit registers): all healthy while tollgate runs, all
@@ -758,7 +785,18 @@ async fn envoy_health_checks(setup: Setup) {
         3,
         "healthy",
     );
+    let socket = match service.rls() {
+        RlsAddress::Pipe(path) => {
+            assert!(path.exists(), "{}", path.display());
+            Some(path)
+        }
+        RlsAddress::Tcp(_) => None,
+    };
+    assert_eq!(socket.is_some(), setup == Setup::UnixSocket);
     service.process.terminate();
+    if let Some(path) = socket {
+        assert!(!path.exists(), "the socket file outlived the service");
+    }
     for cluster in ["ratelimit", "ratelimit_any", "ratelimit_named"] {
         envoy.wait_for_stat(
             &format!("cluster.{cluster}.health_check.failure"),
@@ -800,7 +838,7 @@ async fn with_redis_hung_on_failure_answers_before_envoys_default_timeout() {
             setup: Setup::Config,
         });
         let upstream = Upstream::start().await;
-        let mut bootstrap = Bootstrap::new(upstream.address(), service.process.grpc, "edge");
+        let mut bootstrap = Bootstrap::new(upstream.address(), service.rls(), "edge");
         edge_routes(&mut bootstrap);
         assert_eq!(bootstrap.timeout, None, "Envoy's default timeout");
         let envoy = Envoy::start(&bootstrap.yaml());

@@ -114,7 +114,7 @@ async fn a_token_budget_is_charged_when_the_stream_is_done() {
     std::fs::write(&file, config(&redis)).unwrap();
     let service = serve(&file);
     let upstream = upstream().await;
-    let mut bootstrap = Bootstrap::new(upstream.address, service.grpc, "llm");
+    let mut bootstrap = Bootstrap::new(upstream.address, service.grpc(), "llm");
     bootstrap.x_ratelimit_headers = true;
     bootstrap.timeout = Some(Duration::from_secs(1));
     bootstrap.route_per_filter("/", RATE_LIMITS);

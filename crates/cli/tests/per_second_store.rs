@@ -83,7 +83,7 @@ domains:
     assert_eq!(status, 200, "{body}");
     // An Envoy descriptor of unit minute: counted in the main Redis, under
     // envoyproxy/ratelimit's name for it.
-    assert_eq!(envoy_remaining(serve.grpc, "alice"), 9);
+    assert_eq!(envoy_remaining(serve.grpc(), "alice"), 9);
     let counters = main.cli(&["--scan", "--pattern", "rl_edge_client_alice_*"]);
     let counter = counters
         .lines()

@@ -94,20 +94,20 @@ async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_serve
     let server = serve("rss.yaml", "  grpc_request_timeout: 5s\n", false);
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    normal_rls_call(server.grpc).await;
+    normal_rls_call(server.grpc()).await;
     let idle = rss_kib(pid);
 
     // 20,000 streams: headers, and never a message.
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
-        let tcp = TcpStream::connect(server.grpc).await.unwrap();
+        let tcp = TcpStream::connect(server.grpc()).await.unwrap();
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(async move {
             let _ = connection.await;
         });
         let mut client = client.ready().await.unwrap();
         for _ in 0..STREAMS_PER_CONNECTION {
-            match client.send_request(tollgate_testkit::grpc::rls_call(server.grpc), false) {
+            match client.send_request(tollgate_testkit::grpc::rls_call(server.grpc()), false) {
                 Ok(stream) => held.push(stream),
                 Err(_) => break,
             }
@@ -119,7 +119,7 @@ async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_serve
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let loaded = rss_kib(pid);
-    let took = normal_rls_call(server.grpc).await;
+    let took = normal_rls_call(server.grpc()).await;
     let grown_mib = loaded.saturating_sub(idle) / 1024;
     eprintln!(
         "idle {} MiB, with {} header-only streams {} MiB (+{grown_mib} MiB); a normal call took {took:?}",
@@ -146,7 +146,7 @@ fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
     );
     let mut server = server;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (http, grpc) = (server.http, server.grpc);
+    let (http, grpc) = (server.http, server.grpc());
     // Kept open by the runtime's tasks until the server closes them.
     let _held = runtime.block_on(async move {
         let mut stalled = TcpStream::connect(http).await.unwrap();

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::app::{App, StartError};
 use crate::config::env::{EnvoyEnvironment, LogSettings, TRIGGERS};
 use crate::config::{Config, ConfigError, ConfigSource, GENERATED_NAME, StoreKind};
+use crate::listen::{GrpcListener, ListenAddr};
 use crate::server::{Listeners, ServeError, ServerOptions, run};
 
 /// `tollgate serve`: run the HTTP JSON API and Envoy RLS gRPC.
@@ -38,9 +39,10 @@ pub struct ServeArgs {
     /// Listen for HTTP on ADDR (overrides `server.http`).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// Listen for gRPC on ADDR (overrides `server.grpc`).
+    /// Listen for gRPC on ADDR, `IP:PORT` or `unix:PATH` (overrides
+    /// `server.grpc`).
     #[arg(long, value_name = "ADDR")]
-    pub grpc: Option<SocketAddr>,
+    pub grpc: Option<ListenAddr>,
 }
 
 /// `tollgate check`: validate a configuration and exit.
@@ -74,7 +76,7 @@ pub enum CliError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
-        addr: SocketAddr,
+        addr: ListenAddr,
         /// The reason.
         source: std::io::Error,
     },
@@ -188,17 +190,24 @@ pub async fn run_serve(
     let app = Arc::new(App::start(source).await?);
     let loaded = app.current();
     let http_addr = args.http.unwrap_or(loaded.config.server.http);
-    let grpc_addr = args.grpc.unwrap_or(loaded.config.server.grpc);
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| CliError::Bind { addr, source })
-    };
-    let http = bind(http_addr).await?;
-    let grpc = bind(grpc_addr).await?;
+    let grpc_addr = args
+        .grpc
+        .unwrap_or_else(|| loaded.config.server.grpc.clone());
+    let http = TcpListener::bind(http_addr)
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: http_addr.into(),
+            source,
+        })?;
+    let grpc = GrpcListener::bind(&grpc_addr)
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: grpc_addr.clone(),
+            source,
+        })?;
     let http_addr = http.local_addr().unwrap_or(http_addr);
     let grpc_addr = grpc.local_addr().unwrap_or(grpc_addr);
-    println!("{}", banner(&app, http_addr, grpc_addr));
+    println!("{}", banner(&app, http_addr, &grpc_addr));
     drop(loaded);
     run(
         app,
@@ -214,7 +223,7 @@ pub async fn run_serve(
 }
 
 /// What `serve` prints when it starts.
-fn banner(app: &App, http: SocketAddr, grpc: SocketAddr) -> String {
+fn banner(app: &App, http: SocketAddr, grpc: &ListenAddr) -> String {
     let loaded = app.current();
     let config = &loaded.config;
     let mut out = String::new();

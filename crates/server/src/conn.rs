@@ -32,9 +32,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
+
+use crate::listen::{Listener, Peer, Stream};
 
 /// The shortest and longest pause after a failed `accept`.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
@@ -44,7 +45,7 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Accepts connections on one port, at most `max_connections` open at once.
 #[derive(Debug)]
 pub(crate) struct Acceptor {
-    listener: TcpListener,
+    listener: Listener,
     slots: Arc<Semaphore>,
     port: &'static str,
     backoff: Duration,
@@ -54,9 +55,13 @@ pub(crate) struct Acceptor {
 
 impl Acceptor {
     /// An acceptor on `listener` (`port` names it in logs).
-    pub(crate) fn new(listener: TcpListener, max_connections: usize, port: &'static str) -> Self {
+    pub(crate) fn new(
+        listener: impl Into<Listener>,
+        max_connections: usize,
+        port: &'static str,
+    ) -> Self {
         Acceptor {
-            listener,
+            listener: listener.into(),
             slots: Arc::new(Semaphore::new(max_connections)),
             port,
             backoff: ACCEPT_BACKOFF.0,
@@ -65,10 +70,11 @@ impl Acceptor {
         }
     }
 
-    /// The next connection, with TCP_NODELAY set, and its slot (released
-    /// when the permit is dropped). Waits while every slot is taken; never
-    /// returns an error: failures are logged and retried after a pause.
-    pub(crate) async fn accept(&mut self) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    /// The next connection (TCP with TCP_NODELAY set), its peer and its
+    /// slot (released when the permit is dropped). Waits while every slot is
+    /// taken; never returns an error: failures are logged and retried after
+    /// a pause.
+    pub(crate) async fn accept(&mut self) -> (Stream, Peer, OwnedSemaphorePermit) {
         let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
             // The semaphore is never closed.
             return std::future::pending().await;
@@ -77,12 +83,6 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.backoff = ACCEPT_BACKOFF.0;
-                    // A decision is a small write, and Nagle's algorithm
-                    // meeting the client's delayed ACK would hold some of
-                    // them for 40 ms.
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "could not set TCP_NODELAY");
-                    }
                     return (stream, peer, permit);
                 }
                 // The one connection failed before it was accepted: nothing
@@ -369,13 +369,13 @@ pub(crate) async fn cut(mut cut: watch::Receiver<bool>) {
 /// also closes itself (reads end, writes fail) when its connection
 /// expires or is cut, since tonic owns the connection's task.
 pub(crate) struct Watched {
-    stream: TcpStream,
+    stream: Stream,
     activity: Arc<Activity>,
     /// gRPC: completes when the connection must close.
     doom: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     doomed: bool,
     local: Option<SocketAddr>,
-    peer: SocketAddr,
+    peer: Peer,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -390,9 +390,9 @@ impl std::fmt::Debug for Watched {
 
 impl Watched {
     /// An HTTP connection's socket (its task enforces the timeouts).
-    pub(crate) fn http(stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) -> Self {
+    pub(crate) fn http(stream: Stream, peer: Peer, activity: Arc<Activity>) -> Self {
         Watched {
-            local: stream.local_addr().ok(),
+            local: local_addr(&stream),
             stream,
             activity,
             doom: None,
@@ -405,8 +405,8 @@ impl Watched {
     /// A gRPC connection's socket, holding its slot and closing itself
     /// when idle for `idle_timeout` or when `cut` turns `true`.
     pub(crate) fn grpc(
-        stream: TcpStream,
-        peer: SocketAddr,
+        stream: Stream,
+        peer: Peer,
         slot: OwnedSemaphorePermit,
         (header_timeout, idle_timeout): (Duration, Duration),
         cut_signal: watch::Receiver<bool>,
@@ -420,7 +420,7 @@ impl Watched {
             }
         });
         Watched {
-            local: stream.local_addr().ok(),
+            local: local_addr(&stream),
             stream,
             activity,
             doom: Some(doom),
@@ -444,6 +444,14 @@ impl Watched {
             }
         }
         self.doomed
+    }
+}
+
+/// A TCP connection's own address (tonic's connection info).
+fn local_addr(stream: &Stream) -> Option<SocketAddr> {
+    match stream {
+        tokio_util::either::Either::Left(tcp) => tcp.local_addr().ok(),
+        tokio_util::either::Either::Right(_) => None,
     }
 }
 
@@ -518,7 +526,7 @@ impl tonic::transport::server::Connected for Watched {
     fn connect_info(&self) -> Self::ConnectInfo {
         tonic::transport::server::TcpConnectInfo {
             local_addr: self.local,
-            remote_addr: Some(self.peer),
+            remote_addr: self.peer.tcp(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`config`]: the YAML configuration (server, store, policies, Envoy
 //!   domains), validated with line numbers; also envoyproxy/ratelimit files;
 //! - [`envoy`]: Envoy descriptor trees and envoyproxy/ratelimit matching;
+//! - [`listen`]: what the gRPC port listens on: TCP or a unix socket;
 //! - `conn`: connections: the cap, accept back-off, header, body and
 //!   idle timeouts, closing what is left at shutdown;
 //! - [`app`]: [`App`], the running service: the current configuration and
@@ -65,6 +66,7 @@ pub mod health;
 pub mod hitters;
 pub mod http;
 pub mod json;
+pub mod listen;
 pub mod metrics;
 pub mod overrides;
 pub mod reload;
@@ -74,5 +76,6 @@ pub mod store;
 
 pub use app::{App, Loaded, StartError};
 pub use config::{Config, ConfigError, ConfigSource};
+pub use listen::{GrpcListener, ListenAddr};
 pub use server::{Listeners, ServeError, ServerOptions, run, shutdown_signal};
 pub use store::ServerStore;

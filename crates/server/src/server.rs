@@ -15,7 +15,7 @@ use http::header::CONNECTION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +26,7 @@ use crate::config::ServerSettings;
 use crate::conn::{Acceptor, Activity, AwaitMessageLayer, TimedBody, Tracker, Watched};
 use crate::grpc::{HEALTH_NAMES, RateLimitGrpc};
 use crate::grpc_tls::{GrpcIo, GrpcTls};
+use crate::listen::{GrpcListener, Peer, Stream};
 
 /// How the server runs besides its listeners.
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +71,9 @@ impl ServerOptions {
 pub struct Listeners {
     /// The HTTP JSON API, `/metrics`, `/healthz`, `/readyz`.
     pub http: TcpListener,
-    /// Envoy RLS gRPC and gRPC health; `None` serves no gRPC.
-    pub grpc: Option<TcpListener>,
+    /// Envoy RLS gRPC and gRPC health, on TCP or a unix socket; `None`
+    /// serves no gRPC.
+    pub grpc: Option<GrpcListener>,
 }
 
 /// Why the server stopped with an error.
@@ -356,8 +358,8 @@ async fn serve_http(
 /// or idle timeout), or is cut at shutdown's deadline. On shutdown it
 /// finishes the request in progress and closes.
 async fn http_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     _slot: OwnedSemaphorePermit,
     service: HttpService,
     mut stop: watch::Receiver<bool>,

@@ -411,8 +411,8 @@ impl Drop for Envoy {
 pub struct Bootstrap {
     /// The upstream every route goes to.
     pub upstream: SocketAddr,
-    /// The rate limit service's gRPC address.
-    pub rls: SocketAddr,
+    /// Where the rate limit service listens for gRPC.
+    pub rls: RlsAddress,
     /// The filter's `domain`.
     pub domain: String,
     /// The filter's `failure_mode_deny`.
@@ -442,10 +442,10 @@ pub struct Bootstrap {
 impl Bootstrap {
     /// A bootstrap with no routes yet, `failure_mode_deny: false`, Envoy's
     /// default timeout, no `x-ratelimit-*` headers and no health check.
-    pub fn new(upstream: SocketAddr, rls: SocketAddr, domain: &str) -> Bootstrap {
+    pub fn new(upstream: SocketAddr, rls: impl Into<RlsAddress>, domain: &str) -> Bootstrap {
         Bootstrap {
             upstream,
-            rls,
+            rls: rls.into(),
             domain: domain.to_owned(),
             failure_mode_deny: false,
             timeout: None,
@@ -512,15 +512,19 @@ impl Bootstrap {
             Some(list) => format!("response_headers_to_add:\n{}", indent(list, 2)),
             None => String::new(),
         };
-        let mut clusters = cluster("upstream", self.upstream, false, None);
+        let rls = match &self.rls {
+            RlsAddress::Tcp(address) => socket_address(*address),
+            RlsAddress::Pipe(path) => format!("pipe: {{ path: \"{}\" }}", path.display()),
+        };
+        let mut clusters = cluster("upstream", &socket_address(self.upstream), false, None);
         clusters.push_str(&cluster(
             "ratelimit",
-            self.rls,
+            &rls,
             true,
             self.health_check.as_deref(),
         ));
         for (name, service_name) in &self.health_checked_clusters {
-            clusters.push_str(&cluster(name, self.rls, true, Some(service_name)));
+            clusters.push_str(&cluster(name, &rls, true, Some(service_name)));
         }
         format!(
             r#"admin:
@@ -562,9 +566,34 @@ static_resources:
     }
 }
 
-/// One static cluster of one loopback host, HTTP/2 when `http2`, gRPC
-/// health checked with `health_check` as `service_name` when given.
-fn cluster(name: &str, address: SocketAddr, http2: bool, health_check: Option<&str>) -> String {
+/// Where Envoy reaches the rate limit service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RlsAddress {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// A unix socket at this path (Envoy's `pipe` address).
+    Pipe(PathBuf),
+}
+
+impl From<SocketAddr> for RlsAddress {
+    fn from(address: SocketAddr) -> Self {
+        RlsAddress::Tcp(address)
+    }
+}
+
+/// An Envoy `socket_address` of `address`.
+fn socket_address(address: SocketAddr) -> String {
+    format!(
+        "socket_address: {{ address: \"{ip}\", port_value: {port} }}",
+        ip = address.ip(),
+        port = address.port()
+    )
+}
+
+/// One static cluster of one host at `address` (an Envoy address's YAML
+/// body), HTTP/2 when `http2`, gRPC health checked with `health_check` as
+/// `service_name` when given.
+fn cluster(name: &str, address: &str, http2: bool, health_check: Option<&str>) -> String {
     let mut text = format!(
         r#"    - name: {name}
       type: STATIC
@@ -574,10 +603,8 @@ fn cluster(name: &str, address: SocketAddr, http2: bool, health_check: Option<&s
         endpoints:
           - lb_endpoints:
               - endpoint:
-                  address: {{ socket_address: {{ address: "{ip}", port_value: {port} }} }}
-"#,
-        ip = address.ip(),
-        port = address.port()
+                  address: {{ {address} }}
+"#
     );
     if http2 {
         text.push_str(

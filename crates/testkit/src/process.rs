@@ -41,8 +41,8 @@ pub struct ServeProcess {
     child: Child,
     /// The HTTP address, from the banner.
     pub http: SocketAddr,
-    /// The gRPC address, from the banner.
-    pub grpc: SocketAddr,
+    /// The gRPC address, from the banner: `IP:PORT` or `unix:PATH`.
+    pub grpc_listen: String,
     log: Arc<Mutex<Vec<String>>>,
     /// Reads stderr into `log` until the process closes it.
     log_reader: Option<JoinHandle<()>>,
@@ -86,7 +86,7 @@ impl ServeProcess {
                 http = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
             if let Some(rest) = line.strip_prefix("gRPC   ") {
-                grpc = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                grpc = rest.split_whitespace().next().map(str::to_owned);
             }
             if line.starts_with("config ") {
                 break;
@@ -96,10 +96,20 @@ impl ServeProcess {
         ServeProcess {
             child,
             http: http.expect("the banner names the HTTP address"),
-            grpc: grpc.expect("the banner names the gRPC address"),
+            grpc_listen: grpc.expect("the banner names the gRPC address"),
             log: lines,
             log_reader,
         }
+    }
+
+    /// The gRPC TCP address.
+    ///
+    /// # Panics
+    /// When gRPC listens on a unix socket.
+    pub fn grpc(&self) -> SocketAddr {
+        self.grpc_listen
+            .parse()
+            .unwrap_or_else(|_| panic!("gRPC listens on {}, not TCP", self.grpc_listen))
     }
 
     /// The process id.

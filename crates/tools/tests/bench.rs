@@ -393,7 +393,7 @@ async fn rls_server(config: &str) -> (SocketAddr, Stop) {
         app,
         Listeners {
             http,
-            grpc: Some(grpc),
+            grpc: Some(grpc.into()),
         },
         ServerOptions::default()
             .watch_interval(None)

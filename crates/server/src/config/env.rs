@@ -163,10 +163,6 @@ const IGNORED: &[(&str, &str)] = &[
         "no debug listener: /rlconfig is served on the HTTP port; there is no pprof",
     ),
     (
-        "GRPC_UDS",
-        "gRPC is served on TCP only (GRPC_HOST:GRPC_PORT)",
-    ),
-    (
         "DISABLE_STATS",
         "metrics are always kept and served at /metrics",
     ),
@@ -829,12 +825,27 @@ impl EnvoyEnvironment {
             "http".into(),
             listen_addr(&vars, "HOST", "PORT", 8080)?.to_string().into(),
         );
-        server.insert(
-            "grpc".into(),
-            listen_addr(&vars, "GRPC_HOST", "GRPC_PORT", 8081)?
-                .to_string()
-                .into(),
-        );
+        let grpc = match vars.string("GRPC_UDS", "") {
+            "" => listen_addr(&vars, "GRPC_HOST", "GRPC_PORT", 8081)?.to_string(),
+            // A unix socket instead of GRPC_HOST:GRPC_PORT, at the path as
+            // Go's `net.Listen("unix", path)` takes it. `unix://` keeps a
+            // path starting with `//` whole.
+            path => {
+                for var in ["GRPC_HOST", "GRPC_PORT"] {
+                    if vars.get(var).is_some() {
+                        warnings.push(format!(
+                            "{var} is set but not used: gRPC listens on GRPC_UDS instead (as in envoyproxy/ratelimit)"
+                        ));
+                    }
+                }
+                if path.starts_with('/') {
+                    format!("unix://{path}")
+                } else {
+                    format!("unix:{path}")
+                }
+            }
+        };
+        server.insert("grpc".into(), grpc.into());
         for (var, key) in [
             ("GRPC_MAX_CONNECTION_AGE", "grpc_max_connection_age"),
             (

@@ -18,6 +18,7 @@ use tollgate::policy::parse_duration;
 use tollgate::resilience::FailureMode;
 
 use super::{ConfigError, limits};
+use crate::listen::ListenAddr;
 
 thread_local! {
     /// What validation inside the parser needs to know beyond the mapping
@@ -217,6 +218,18 @@ impl<'de> Deserialize<'de> for DurationText {
         deserializer.deserialize_str(ParsedStr {
             expecting: "a duration such as `50ms`, `1s` or `1m`",
             parse: |text| parse_duration(text).map(DurationText),
+        })
+    }
+}
+
+/// A listen address: `IP:PORT` or `unix:PATH` ([`ListenAddr`]).
+pub(crate) struct ListenText(pub(crate) ListenAddr);
+
+impl<'de> Deserialize<'de> for ListenText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(ParsedStr {
+            expecting: "an address: IP:PORT or unix:PATH",
+            parse: |text| text.parse().map(ListenText),
         })
     }
 }

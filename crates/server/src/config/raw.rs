@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate::{Algorithm, Lease, Policy};
 
-use super::parse::{self, AlgorithmName, Checked, DurationText, FailureModeName, Validate};
+use super::parse::{
+    self, AlgorithmName, Checked, DurationText, FailureModeName, ListenText, Validate,
+};
 use super::settings::{
     DEFAULT_METRICS_PATH, DEFAULT_NEAR_LIMIT_RATIO, DashboardSettings, EnvoySettings,
     GrpcTlsSettings, MAX_STATS_MAX_SERIES, MetricsSettings, ResponseHeaderSettings,
@@ -63,7 +65,7 @@ const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     http: Option<SocketAddr>,
-    grpc: Option<SocketAddr>,
+    grpc: Option<ListenText>,
     max_body_bytes: Option<usize>,
     max_key_bytes: Option<usize>,
     admin_token: Option<String>,
@@ -279,7 +281,7 @@ impl Validate for RawServer {
         };
         Ok(ServerSettings {
             http: self.http.unwrap_or(defaults.http),
-            grpc: self.grpc.unwrap_or(defaults.grpc),
+            grpc: self.grpc.map_or(defaults.grpc, |g| g.0),
             max_body_bytes,
             max_key_bytes,
             admin_token: self.admin_token,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate::resilience;
 
+use crate::listen::ListenAddr;
+
 /// The default HTTP address.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// The default gRPC address.
@@ -56,8 +58,9 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(10);
 pub struct ServerSettings {
     /// The HTTP JSON API and `/metrics`.
     pub http: SocketAddr,
-    /// Envoy RLS v3 gRPC and gRPC health.
-    pub grpc: SocketAddr,
+    /// Envoy RLS v3 gRPC and gRPC health: a TCP address or a unix socket
+    /// (`unix:PATH`).
+    pub grpc: ListenAddr,
     /// Larger request bodies get `413`.
     pub max_body_bytes: usize,
     /// Longer keys get `400`.
@@ -177,7 +180,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             http: default_addr(DEFAULT_HTTP),
-            grpc: default_addr(DEFAULT_GRPC),
+            grpc: ListenAddr::Tcp(default_addr(DEFAULT_GRPC)),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             admin_token: None,

@@ -322,6 +322,16 @@ fn errors_carry_file_line_and_field() {
             2,
             "server: unknown field `idle_timeuot`",
         ),
+        (
+            "server:\n  max_body_bytes: 4096\n  grpc: /run/rl.sock\n",
+            3,
+            "server.grpc: `/run/rl.sock` is not an address: expected IP:PORT or unix:PATH",
+        ),
+        (
+            "server:\n  grpc: unix://run/rl.sock\n",
+            2,
+            "server.grpc: `unix://run/rl.sock`: unix:// needs an absolute path",
+        ),
         ("policies: [\n", 2, "did not find expected"),
     ];
     assert_refused_where_written(cases);
@@ -385,6 +395,11 @@ fn connection_limits_parse_and_default() {
     .unwrap()
     .server;
     assert_eq!(server.max_connections, 500);
+    let unix = Config::parse("server:\n  grpc: unix:/run/tollgate/grpc.sock\n", "t.yaml");
+    assert_eq!(
+        unix.unwrap().server.grpc,
+        crate::ListenAddr::Unix("/run/tollgate/grpc.sock".into())
+    );
     assert_eq!(server.header_timeout, Duration::from_secs(2));
     assert_eq!(server.body_timeout, Duration::from_secs(3));
     assert_eq!(server.idle_timeout, Duration::from_secs(30));
@@ -394,6 +409,7 @@ fn connection_limits_parse_and_default() {
     // The documented defaults, with and without a `server:` section.
     for text in ["", "server:\n  max_body_bytes: 4096\n"] {
         let server = Config::parse(text, "t.yaml").unwrap().server;
+        assert_eq!(server.grpc.to_string(), "127.0.0.1:8081");
         assert_eq!(server.max_connections, 10_000);
         assert_eq!(server.header_timeout, Duration::from_secs(5));
         assert_eq!(server.body_timeout, Duration::from_secs(10));

@@ -306,7 +306,7 @@ impl TestServer {
             Arc::clone(&app),
             Listeners {
                 http: http_listener,
-                grpc: Some(grpc_listener),
+                grpc: Some(grpc_listener.into()),
             },
             options,
             stopped,

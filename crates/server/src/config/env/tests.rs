@@ -68,6 +68,26 @@ const ROWS: &[(Vars, &str, &str)] = &[
         "server.grpc",
         "0.0.0.0:9001",
     ),
+    // GRPC_UDS: a unix socket instead of GRPC_HOST:GRPC_PORT.
+    (
+        &[("REDIS_URL", "r:1"), ("GRPC_UDS", "/var/run/rl.sock")],
+        "server.grpc",
+        "unix:///var/run/rl.sock",
+    ),
+    (
+        &[
+            ("REDIS_URL", "r:1"),
+            ("GRPC_UDS", "rl.sock"),
+            ("GRPC_PORT", "9001"),
+        ],
+        "server.grpc",
+        "unix:rl.sock",
+    ),
+    (
+        &[("REDIS_URL", "r:1"), ("GRPC_UDS", "")],
+        "server.grpc",
+        "0.0.0.0:8081",
+    ),
     // gRPC connection age.
     (
         &[("GRPC_MAX_CONNECTION_AGE", "1h30m")],
@@ -585,6 +605,22 @@ fn unhonoured_variables_are_warnings_that_name_them() {
           no client certificate is asked for (as in envoyproxy/ratelimit)"
         ]
     );
+    let uds = mapped(&[
+        ("GRPC_UDS", "/run/rl.sock"),
+        ("GRPC_HOST", "127.0.0.1"),
+        ("GRPC_PORT", "9001"),
+    ]);
+    assert_eq!(
+        uds.warnings,
+        [
+            "GRPC_HOST is set but not used: gRPC listens on GRPC_UDS instead (as in envoyproxy/ratelimit)",
+            "GRPC_PORT is set but not used: gRPC listens on GRPC_UDS instead (as in envoyproxy/ratelimit)"
+        ]
+    );
+    assert_eq!(
+        mapped(&[("GRPC_UDS", "/run/rl.sock")]).warnings,
+        Vec::<String>::new()
+    );
     let tls = mapped(&[("GRPC_SERVER_TLS_CERT", "/c.pem")]);
     assert!(
         tls.warnings[0].contains("GRPC_SERVER_USE_TLS is not true"),
@@ -772,6 +808,27 @@ fn the_document_is_a_valid_configuration() {
     assert!(config.server.healthy_needs_domains);
     assert!(config.envoy.response_headers.enabled);
     assert_eq!(config.envoy.response_headers.remaining, "X-Left");
+}
+
+/// `GRPC_UDS` loads as a unix socket at the path Go would listen on: an
+/// absolute path (even one starting with `//`), a relative one, an
+/// abstract name.
+#[test]
+fn grpc_uds_is_the_path_go_listens_on() {
+    for path in ["/run/rl.sock", "//run/rl.sock", "rl.sock", "@ratelimit"] {
+        let environment = mapped(&[
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "127.0.0.1:6379"),
+            ("GRPC_UDS", path),
+        ]);
+        let config = Config::parse(&environment.document, "<environment>")
+            .unwrap_or_else(|e| panic!("{e}\n{}", environment.document));
+        assert_eq!(
+            config.server.grpc,
+            crate::ListenAddr::Unix(PathBuf::from(path)),
+            "{path}"
+        );
+    }
 }
 
 /// Environments that reach the parts built beside the mapping (Sentinel, a
