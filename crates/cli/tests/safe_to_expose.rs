@@ -1,5 +1,6 @@
-//! Issue 13 against the real binary: a flood of header-only gRPC streams
-//! leaves the process's memory bounded and a normal RLS client served, and
+//! Issue 13 against the real binary: a flood of header-only gRPC streams,
+//! or of messages never finished, leaves the process's memory bounded and
+//! a normal RLS client served, and
 //! SIGTERM with stalled clients exits 0 within `shutdown_timeout`, logging
 //! how many connections were cut.
 
@@ -131,6 +132,91 @@ async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_serve
     assert!(
         grown_mib < 100,
         "RSS grew by {grown_mib} MiB with {} header-only streams",
+        held.len()
+    );
+    assert!(took < Duration::from_secs(2), "a normal call took {took:?}");
+    drop(held);
+}
+
+/// Streams that each send most of a large message and never the rest:
+/// tonic would buffer each until `grpc_request_timeout` (256 MiB a
+/// connection). The calls past a connection's share of held bytes end at
+/// once with `RESOURCE_EXHAUSTED`, the memory stays bounded, and a normal
+/// client on its own connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_grpc_messages_leave_memory_bounded_and_a_normal_client_served() {
+    const CONNECTIONS: usize = 2;
+    const STREAMS_PER_CONNECTION: usize = 250;
+    const ANNOUNCED: u32 = 1_000_000;
+    const SENT: usize = 900_000;
+    let server = serve("unfinished.yaml", "  grpc_request_timeout: 20s\n", false);
+    let pid = server.pid();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    normal_rls_call(server.grpc()).await;
+    let idle = rss_kib(pid);
+
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&ANNOUNCED.to_be_bytes());
+    let part = Bytes::from(vec![7u8; SENT]);
+    let mut responses = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let tcp = TcpStream::connect(server.grpc()).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        for _ in 0..STREAMS_PER_CONNECTION {
+            let Ok((response, mut stream)) =
+                client.send_request(tollgate_testkit::grpc::rls_call(server.grpc()), false)
+            else {
+                break;
+            };
+            let _ = stream.send_data(Bytes::from(prefix.clone()), false);
+            let _ = stream.send_data(part.clone(), false);
+            responses.push(response);
+            held.push(stream);
+            client = match client.ready().await {
+                Ok(client) => client,
+                Err(_) => break,
+            };
+        }
+    }
+    // Refused streams answer at once (headers only, `grpc-status: 8`,
+    // RESOURCE_EXHAUSTED); those within the share wait for the rest of
+    // their message.
+    let mut refused = 0;
+    for response in responses {
+        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(100), response).await {
+            let status = response.headers().get("grpc-status");
+            assert_eq!(
+                status.map(|s| s.as_bytes()),
+                Some(&b"8"[..]),
+                "{response:?}"
+            );
+            refused += 1;
+        }
+    }
+    let loaded = rss_kib(pid);
+    let took = normal_rls_call(server.grpc()).await;
+    let grown_mib = loaded.saturating_sub(idle) / 1024;
+    eprintln!(
+        "idle {} MiB, with {} unfinished messages {} MiB (+{grown_mib} MiB), {refused} refused; a normal call took {took:?}",
+        idle / 1024,
+        held.len(),
+        loaded / 1024
+    );
+    assert_eq!(held.len(), CONNECTIONS * STREAMS_PER_CONNECTION);
+    // A connection's 4 MiB holds four messages of 900 kB; a few more
+    // streams may still wait for flow-control window to send theirs.
+    assert!(
+        refused >= CONNECTIONS * (STREAMS_PER_CONNECTION - 10),
+        "{refused} refused"
+    );
+    assert!(
+        grown_mib < 100,
+        "RSS grew by {grown_mib} MiB with {} unfinished messages",
         held.len()
     );
     assert!(took < Duration::from_secs(2), "a normal call took {took:?}");

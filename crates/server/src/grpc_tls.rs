@@ -44,10 +44,10 @@ use rustls::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::config::{GrpcTlsSettings, MAX_TLS_FILE_BYTES};
-use crate::conn::Watched;
+use crate::conn::{GrpcConnectInfo, Watched};
 
 /// `client_san` as a name to check certificates for: a DNS name or an IP
 /// address, an IPv6 one with or without brackets (`[::1]`).
@@ -430,9 +430,9 @@ pub(crate) enum GrpcIo {
 }
 
 impl Connected for GrpcIo {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = GrpcConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> GrpcConnectInfo {
         match self {
             GrpcIo::Plain(io) => io.connect_info(),
             GrpcIo::Tls(io) => io.get_ref().0.connect_info(),

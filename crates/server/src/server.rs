@@ -23,7 +23,10 @@ use tonic_health::ServingStatus;
 
 use crate::app::App;
 use crate::config::ServerSettings;
-use crate::conn::{Acceptor, Activity, AwaitMessageLayer, TimedBody, Tracker, Watched};
+use crate::conn::{
+    Acceptor, Activity, AwaitMessageLayer, GRPC_CONNECTION_BUFFERED_BYTES, TimedBody, Tracker,
+    Watched,
+};
 use crate::grpc::{HEALTH_NAMES, RateLimitGrpc};
 use crate::grpc_tls::{GrpcIo, GrpcTls};
 use crate::listen::{GrpcListener, Peer, Stream};
@@ -505,6 +508,7 @@ where
     }
     let (incoming, connections) = mpsc::channel::<std::io::Result<GrpcIo>>(1);
     let timeouts = (limits.header_timeout, limits.idle_timeout);
+    let connection_buffered = GRPC_CONNECTION_BUFFERED_BYTES.min(limits.grpc_max_buffered_bytes);
     let accept_stop = stopped();
     let accepting = async move {
         tokio::pin!(accept_stop);
@@ -516,7 +520,14 @@ where
                 () = incoming.closed() => break,
                 accepted = acceptor.accept() => accepted,
             };
-            let io = Watched::grpc(stream, peer, slot, timeouts, open.watch());
+            let io = Watched::grpc(
+                stream,
+                peer,
+                slot,
+                timeouts,
+                connection_buffered,
+                open.watch(),
+            );
             let Some(tls) = &tls else {
                 if incoming.send(Ok(GrpcIo::Plain(io))).await.is_err() {
                     break;
@@ -558,7 +569,7 @@ where
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
         .max_connection_age(limits.grpc_max_connection_age)
         .max_connection_age_grace(limits.grpc_max_connection_age_grace)
-        .layer(AwaitMessageLayer)
+        .layer(AwaitMessageLayer::new(limits.grpc_max_buffered_bytes))
         .add_service(health)
         .add_service(RateLimitGrpc::new(app).into_server())
         .serve_with_incoming_shutdown(ReceiverStream::new(connections), stopped());

@@ -58,6 +58,8 @@ impl RawConfig {
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// The largest `server.grpc_max_streams`.
 const MAX_GRPC_STREAMS_LIMIT: u32 = 65_536;
+/// The largest `server.grpc_max_buffered_bytes`: 64 GiB; more is a typo.
+const MAX_GRPC_BUFFERED_LIMIT: usize = 64 << 30;
 /// The longest of the `server.*_timeout` durations.
 const MAX_SERVER_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -75,6 +77,7 @@ pub(super) struct RawServer {
     idle_timeout: Option<DurationText>,
     shutdown_timeout: Option<DurationText>,
     grpc_max_streams: Option<u32>,
+    grpc_max_buffered_bytes: Option<usize>,
     grpc_request_timeout: Option<DurationText>,
     grpc_max_connection_age: Option<DurationText>,
     grpc_max_connection_age_grace: Option<DurationText>,
@@ -254,6 +257,17 @@ impl Validate for RawServer {
                 "grpc_max_streams must be between 1 and {MAX_GRPC_STREAMS_LIMIT}, not {grpc_max_streams}"
             ));
         }
+        let grpc_max_buffered_bytes = self
+            .grpc_max_buffered_bytes
+            .unwrap_or(defaults.grpc_max_buffered_bytes);
+        // Below one message of the largest size, such a message could
+        // never be received.
+        let least = crate::grpc::MAX_REQUEST_BYTES;
+        if !(least..=MAX_GRPC_BUFFERED_LIMIT).contains(&grpc_max_buffered_bytes) {
+            return Err(format!(
+                "grpc_max_buffered_bytes must be between {least} (the largest request message) and {MAX_GRPC_BUFFERED_LIMIT}, not {grpc_max_buffered_bytes}"
+            ));
+        }
         let timeout = |name: &str, value: Option<DurationText>, default: Duration| {
             let value = value.map_or(default, |d| d.0);
             if value.is_zero() || value > MAX_SERVER_TIMEOUT {
@@ -299,6 +313,7 @@ impl Validate for RawServer {
                 defaults.shutdown_timeout,
             )?,
             grpc_max_streams,
+            grpc_max_buffered_bytes,
             grpc_request_timeout,
             grpc_max_connection_age: age(
                 "grpc_max_connection_age",

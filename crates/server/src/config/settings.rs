@@ -42,6 +42,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default most concurrent streams on one gRPC (HTTP/2) connection.
 pub const DEFAULT_GRPC_MAX_STREAMS: u32 = 256;
+/// The default `server.grpc_max_buffered_bytes`: 64 MiB, sixteen
+/// connections' shares; a healthy Envoy's calls hold a few hundred bytes
+/// each.
+pub const DEFAULT_GRPC_MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// The default bound on one gRPC call, its request message included.
 pub const DEFAULT_GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default bound on one store call (`store.timeout`): 10 ms, half of
@@ -87,6 +91,11 @@ pub struct ServerSettings {
     /// The most concurrent streams on one gRPC connection (HTTP/2
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub grpc_max_streams: u32,
+    /// The most bytes of request messages all gRPC calls in progress hold
+    /// at once (received, their message not yet complete or decided); a
+    /// call whose next bytes would pass it, or pass its connection's share
+    /// (at most 4 MiB), ends with `RESOURCE_EXHAUSTED`.
+    pub grpc_max_buffered_bytes: usize,
     /// A gRPC call that takes longer, reading its request message included,
     /// ends with `CANCELLED` ("Timeout expired"); a shorter `grpc-timeout`
     /// from the client wins.
@@ -190,6 +199,7 @@ impl Default for ServerSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             grpc_max_streams: DEFAULT_GRPC_MAX_STREAMS,
+            grpc_max_buffered_bytes: DEFAULT_GRPC_MAX_BUFFERED_BYTES,
             grpc_request_timeout: DEFAULT_GRPC_REQUEST_TIMEOUT,
             grpc_max_connection_age: DEFAULT_GRPC_MAX_CONNECTION_AGE,
             grpc_max_connection_age_grace: DEFAULT_GRPC_REQUEST_TIMEOUT + Duration::from_secs(1),
