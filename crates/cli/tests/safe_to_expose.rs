@@ -63,24 +63,29 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// A normal client's `ShouldRateLimit` request.
+fn rls_request() -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "edge".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "client".into(),
+                value: "normal".into(),
+            }],
+            limit: None,
+            hits_addend: None,
+        }],
+        hits_addend: 1,
+    }
+}
+
 async fn normal_rls_call(addr: SocketAddr) -> Duration {
     let started = Instant::now();
     let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
     let response = client
-        .should_rate_limit(RateLimitRequest {
-            domain: "edge".into(),
-            descriptors: vec![RateLimitDescriptor {
-                entries: vec![Entry {
-                    key: "client".into(),
-                    value: "normal".into(),
-                }],
-                limit: None,
-                hits_addend: None,
-            }],
-            hits_addend: 1,
-        })
+        .should_rate_limit(rls_request())
         .await
         .unwrap()
         .into_inner();
@@ -92,7 +97,13 @@ async fn normal_rls_call(addr: SocketAddr) -> Duration {
 async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_served() {
     const CONNECTIONS: usize = 80;
     const STREAMS_PER_CONNECTION: usize = 250;
-    let server = serve("rss.yaml", "  grpc_request_timeout: 5s\n", false);
+    // Room for them all under `grpc_max_calls` (its own test is below):
+    // this one measures what each costs.
+    let server = serve(
+        "rss.yaml",
+        "  grpc_request_timeout: 5s\n  grpc_max_calls: 25000\n",
+        false,
+    );
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     normal_rls_call(server.grpc()).await;
@@ -136,6 +147,80 @@ async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_serve
     );
     assert!(took < Duration::from_secs(2), "a normal call took {took:?}");
     drop(held);
+}
+
+/// At `grpc_max_calls` calls in progress on all connections (here streams
+/// that never send their message), one more call is answered
+/// `RESOURCE_EXHAUSTED` at once; once they end, calls are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_grpc_max_calls_are_refused_until_some_end() {
+    const CONNECTIONS: usize = 2;
+    const STREAMS_PER_CONNECTION: usize = 200;
+    let server = serve(
+        "max-calls.yaml",
+        "  grpc_max_calls: 400\n  grpc_request_timeout: 30s\n",
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    normal_rls_call(server.grpc()).await;
+    let mut held = Vec::new();
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let tcp = TcpStream::connect(server.grpc()).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        connections.push(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        let mut client = client.ready().await.unwrap();
+        for _ in 0..STREAMS_PER_CONNECTION {
+            let (_, stream) = client
+                .send_request(tollgate_testkit::grpc::rls_call(server.grpc()), false)
+                .unwrap();
+            held.push(stream);
+            client = client.ready().await.unwrap();
+        }
+    }
+    // Every call counts once its headers are in; give them a moment.
+    let refused = async {
+        let mut client = RateLimitServiceClient::connect(format!("http://{}", server.grpc()))
+            .await
+            .unwrap();
+        client.should_rate_limit(rls_request()).await
+    };
+    let started = Instant::now();
+    let mut outcome = refused.await;
+    while outcome.is_ok() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut client = RateLimitServiceClient::connect(format!("http://{}", server.grpc()))
+            .await
+            .unwrap();
+        outcome = client.should_rate_limit(rls_request()).await;
+    }
+    let status = outcome.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("server.grpc_max_calls"),
+        "{status:?}"
+    );
+    // The held calls end with their connections: served again.
+    drop(held);
+    for connection in connections {
+        connection.abort();
+    }
+    let started = Instant::now();
+    loop {
+        let mut client = RateLimitServiceClient::connect(format!("http://{}", server.grpc()))
+            .await
+            .unwrap();
+        match client.should_rate_limit(rls_request()).await {
+            Ok(_) => break,
+            Err(status) if started.elapsed() < Duration::from_secs(5) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("still refused after the held calls ended: {status:?}"),
+        }
+    }
 }
 
 /// Streams that each send most of a large message and never the rest:

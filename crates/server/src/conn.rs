@@ -729,8 +729,7 @@ impl Held {
     }
 
     fn refuse(&self, scope: &'static str, cap: usize) -> tonic::Status {
-        log_refusal(scope, cap);
-        tonic::Status::resource_exhausted(format!(
+        refusal(format!(
             "request messages in progress {scope} are over {cap} bytes"
         ))
     }
@@ -743,9 +742,10 @@ impl Drop for Held {
     }
 }
 
-/// Logs a call refused for its buffered bytes, at most once a second,
-/// with how many were not logged.
-fn log_refusal(scope: &'static str, cap: usize) {
+/// A gRPC call refused for what calls in progress hold: `RESOURCE_EXHAUSTED`
+/// with `why`, logged at most once a second (with how many refusals were
+/// not).
+fn refusal(why: String) -> tonic::Status {
     static LAST: Mutex<Option<(std::time::Instant, u64)>> = Mutex::new(None);
     let now = std::time::Instant::now();
     let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
@@ -754,18 +754,22 @@ fn log_refusal(scope: &'static str, cap: usize) {
         _ => {
             let unlogged = last.map_or(0, |(_, n)| n);
             tracing::warn!(
-                scope,
-                cap,
                 refusals_not_logged = unlogged,
-                "gRPC call refused (RESOURCE_EXHAUSTED): too many bytes of request messages in progress (at most one line a second)"
+                "gRPC call refused (RESOURCE_EXHAUSTED): {why} (at most one line a second)"
             );
             *last = Some((now, 0));
         }
     }
+    tonic::Status::resource_exhausted(why)
 }
 
 /// A tower layer for the gRPC server:
 ///
+/// - at most `server.grpc_max_calls` calls are in progress at once, on all
+///   connections: one more is answered `RESOURCE_EXHAUSTED` at once, so its
+///   stream closes. Each call in progress costs a few KiB (its HTTP/2
+///   stream, headers and futures) even before its message arrives, and
+///   `grpc_max_streams` only bounds one connection;
 /// - a call reaches its service (and tonic allocates its decode buffer,
 ///   8 KiB) only once the first bytes of its request message have
 ///   arrived. A stream of headers with no message, held open to exhaust
@@ -782,14 +786,18 @@ fn log_refusal(scope: &'static str, cap: usize) {
 #[derive(Debug, Clone)]
 pub struct AwaitMessageLayer {
     server: Arc<Buffered>,
+    calls: Arc<Semaphore>,
+    max_calls: usize,
 }
 
 impl AwaitMessageLayer {
-    /// The layer, with at most `max_buffered_bytes` of request messages
-    /// held at once by all calls.
-    pub(crate) fn new(max_buffered_bytes: usize) -> Self {
+    /// The layer, with at most `max_calls` calls in progress and
+    /// `max_buffered_bytes` of request messages held at once by all calls.
+    pub(crate) fn new(max_calls: usize, max_buffered_bytes: usize) -> Self {
         AwaitMessageLayer {
             server: Buffered::new(max_buffered_bytes),
+            calls: Arc::new(Semaphore::new(max_calls)),
+            max_calls,
         }
     }
 }
@@ -801,6 +809,8 @@ impl<S> tower::Layer<S> for AwaitMessageLayer {
         AwaitMessage {
             inner,
             server: Arc::clone(&self.server),
+            calls: Arc::clone(&self.calls),
+            max_calls: self.max_calls,
         }
     }
 }
@@ -810,11 +820,18 @@ impl<S> tower::Layer<S> for AwaitMessageLayer {
 pub struct AwaitMessage<S> {
     inner: S,
     server: Arc<Buffered>,
+    calls: Arc<Semaphore>,
+    max_calls: usize,
 }
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for AwaitMessage<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>> + Clone + Send + 'static,
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -826,6 +843,13 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let Ok(call) = Arc::clone(&self.calls).try_acquire_owned() else {
+            let refused = refusal(format!(
+                "{} calls in progress on all connections (server.grpc_max_calls)",
+                self.max_calls
+            ));
+            return Box::pin(async move { Ok(refused.into_http()) });
+        };
         // The clone is not ready; the ready one serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -845,6 +869,7 @@ where
             bytes: 0,
         };
         Box::pin(async move {
+            let _call = call;
             let (parts, mut body) = request.into_parts();
             let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
             let mut body = Replayed {

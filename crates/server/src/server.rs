@@ -569,7 +569,10 @@ where
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
         .max_connection_age(limits.grpc_max_connection_age)
         .max_connection_age_grace(limits.grpc_max_connection_age_grace)
-        .layer(AwaitMessageLayer::new(limits.grpc_max_buffered_bytes))
+        .layer(AwaitMessageLayer::new(
+            limits.grpc_max_calls,
+            limits.grpc_max_buffered_bytes,
+        ))
         .add_service(health)
         .add_service(RateLimitGrpc::new(app).into_server())
         .serve_with_incoming_shutdown(ReceiverStream::new(connections), stopped());

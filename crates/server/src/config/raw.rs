@@ -58,6 +58,8 @@ impl RawConfig {
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// The largest `server.grpc_max_streams`.
 const MAX_GRPC_STREAMS_LIMIT: u32 = 65_536;
+/// The largest `server.grpc_max_calls`.
+const MAX_GRPC_CALLS_LIMIT: usize = 10_000_000;
 /// The largest `server.grpc_max_buffered_bytes`: 64 GiB; more is a typo.
 const MAX_GRPC_BUFFERED_LIMIT: usize = 64 << 30;
 /// The longest of the `server.*_timeout` durations.
@@ -78,6 +80,7 @@ pub(super) struct RawServer {
     shutdown_timeout: Option<DurationText>,
     grpc_max_streams: Option<u32>,
     grpc_max_buffered_bytes: Option<usize>,
+    grpc_max_calls: Option<usize>,
     grpc_request_timeout: Option<DurationText>,
     grpc_max_connection_age: Option<DurationText>,
     grpc_max_connection_age_grace: Option<DurationText>,
@@ -257,6 +260,12 @@ impl Validate for RawServer {
                 "grpc_max_streams must be between 1 and {MAX_GRPC_STREAMS_LIMIT}, not {grpc_max_streams}"
             ));
         }
+        let grpc_max_calls = self.grpc_max_calls.unwrap_or(defaults.grpc_max_calls);
+        if !(1..=MAX_GRPC_CALLS_LIMIT).contains(&grpc_max_calls) {
+            return Err(format!(
+                "grpc_max_calls must be between 1 and {MAX_GRPC_CALLS_LIMIT}, not {grpc_max_calls}"
+            ));
+        }
         let grpc_max_buffered_bytes = self
             .grpc_max_buffered_bytes
             .unwrap_or(defaults.grpc_max_buffered_bytes);
@@ -314,6 +323,7 @@ impl Validate for RawServer {
             )?,
             grpc_max_streams,
             grpc_max_buffered_bytes,
+            grpc_max_calls,
             grpc_request_timeout,
             grpc_max_connection_age: age(
                 "grpc_max_connection_age",

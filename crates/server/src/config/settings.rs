@@ -42,6 +42,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default most concurrent streams on one gRPC (HTTP/2) connection.
 pub const DEFAULT_GRPC_MAX_STREAMS: u32 = 256;
+/// The default `server.grpc_max_calls`: far above the few hundred calls a
+/// busy Envoy keeps in flight, and about 30 MiB of calls that never send
+/// their message.
+pub const DEFAULT_GRPC_MAX_CALLS: usize = 10_000;
 /// The default `server.grpc_max_buffered_bytes`: 64 MiB, sixteen
 /// connections' shares; a healthy Envoy's calls hold a few hundred bytes
 /// each.
@@ -96,6 +100,9 @@ pub struct ServerSettings {
     /// call whose next bytes would pass it, or pass its connection's share
     /// (at most 4 MiB), ends with `RESOURCE_EXHAUSTED`.
     pub grpc_max_buffered_bytes: usize,
+    /// The most gRPC calls in progress at once on all connections; one
+    /// more is answered `RESOURCE_EXHAUSTED` at once.
+    pub grpc_max_calls: usize,
     /// A gRPC call that takes longer, reading its request message included,
     /// ends with `CANCELLED` ("Timeout expired"); a shorter `grpc-timeout`
     /// from the client wins.
@@ -200,6 +207,7 @@ impl Default for ServerSettings {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             grpc_max_streams: DEFAULT_GRPC_MAX_STREAMS,
             grpc_max_buffered_bytes: DEFAULT_GRPC_MAX_BUFFERED_BYTES,
+            grpc_max_calls: DEFAULT_GRPC_MAX_CALLS,
             grpc_request_timeout: DEFAULT_GRPC_REQUEST_TIMEOUT,
             grpc_max_connection_age: DEFAULT_GRPC_MAX_CONNECTION_AGE,
             grpc_max_connection_age_grace: DEFAULT_GRPC_REQUEST_TIMEOUT + Duration::from_secs(1),

@@ -328,6 +328,11 @@ fn errors_carry_file_line_and_field() {
             "server.grpc: `/run/rl.sock` is not an address: expected IP:PORT or unix:PATH",
         ),
         (
+            "server:\n  grpc_max_calls: 0\n",
+            2,
+            "server: grpc_max_calls must be between 1 and 10000000, not 0",
+        ),
+        (
             "server:\n  grpc_max_buffered_bytes: 1000\n",
             2,
             "server: grpc_max_buffered_bytes must be between 1048576 (the largest request message) and 68719476736, not 1000",
@@ -394,6 +399,7 @@ fn connection_limits_parse_and_default() {
   shutdown_timeout: 1500ms
   grpc_max_streams: 64
   grpc_max_buffered_bytes: 2097152
+  grpc_max_calls: 500
   grpc_request_timeout: 250ms
 ",
         "t.yaml",
@@ -412,6 +418,7 @@ fn connection_limits_parse_and_default() {
     assert_eq!(server.shutdown_timeout, Duration::from_millis(1500));
     assert_eq!(server.grpc_max_streams, 64);
     assert_eq!(server.grpc_max_buffered_bytes, 2 << 20);
+    assert_eq!(server.grpc_max_calls, 500);
     assert_eq!(server.grpc_request_timeout, Duration::from_millis(250));
     // The documented defaults, with and without a `server:` section.
     for text in ["", "server:\n  max_body_bytes: 4096\n"] {
@@ -424,6 +431,7 @@ fn connection_limits_parse_and_default() {
         assert_eq!(server.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(server.grpc_max_streams, 256);
         assert_eq!(server.grpc_max_buffered_bytes, 64 << 20);
+        assert_eq!(server.grpc_max_calls, 10_000);
         assert_eq!(server.grpc_request_timeout, Duration::from_secs(5));
     }
 }
