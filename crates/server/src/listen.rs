@@ -7,10 +7,18 @@
 //! Binding one that is left over would fail ("address in use") and keep the
 //! service down until someone deletes it, so [`GrpcListener::bind`] first
 //! connects to it: refused means no process listens there, and the file is
-//! removed; accepted means another server is live on it, and binding stops
-//! with an error rather than stealing its clients. A path that is not a
-//! socket is never removed. The file is removed again when the listener
-//! closes (at shutdown), unless another process has bound the path since.
+//! removed; accepted, or a full backlog, means another server is live on
+//! it, and binding stops with an error rather than stealing its clients. A
+//! path that is not a socket is never removed. The file is removed again
+//! when the listener closes (at shutdown), unless another process has bound
+//! the path since.
+//!
+//! Probing and removing are two steps, so two tollgates starting on one
+//! path could each find the old file dead, and the second remove the
+//! first's new socket. Each therefore holds an exclusive lock (`flock`) on
+//! `PATH.lock` from before the probe until its socket file is removed: the
+//! second finds it locked and stops ("another tollgate is serving on this
+//! socket"). The lock file stays (removing it would reopen the race).
 
 use std::fmt;
 use std::io;
@@ -67,10 +75,14 @@ impl FromStr for ListenAddr {
         if path.contains('\0') {
             return Err(format!("`{text}`: a unix socket path cannot contain NUL"));
         }
-        if path.len() > MAX_UNIX_PATH_BYTES {
+        // An abstract name's `@` stands for the address's leading NUL, so
+        // it is not one of the path's bytes.
+        let abstract_name = cfg!(target_os = "linux") && path.starts_with('@');
+        let max = MAX_UNIX_PATH_BYTES + usize::from(abstract_name);
+        if path.len() > max {
             return Err(format!(
-                "`{text}`: a unix socket path is at most {MAX_UNIX_PATH_BYTES} bytes; this one has {}",
-                path.len()
+                "`{text}`: a unix socket path is at most {MAX_UNIX_PATH_BYTES} bytes (an abstract name after its `@`); this one has {}",
+                path.len() - usize::from(abstract_name)
             ));
         }
         Ok(ListenAddr::Unix(PathBuf::from(path)))
@@ -81,6 +93,11 @@ impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ListenAddr::Tcp(addr) => addr.fmt(f),
+            // `unix://` keeps a path starting with `//` whole (see
+            // `from_str`).
+            ListenAddr::Unix(path) if path.as_os_str().as_encoded_bytes().starts_with(b"//") => {
+                write!(f, "unix://{}", path.display())
+            }
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -220,8 +237,8 @@ impl fmt::Display for Peer {
 }
 
 /// How long [`bind_unix`] waits for a listener found on the path to accept
-/// its probe. A backlog that is full does not answer at once; it is a
-/// live server all the same.
+/// its probe. On Linux a probe never waits (a full backlog fails it at
+/// once, and that is taken as a live server); this bounds it elsewhere.
 #[cfg(unix)]
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -241,14 +258,38 @@ async fn bind_unix(path: &Path) -> io::Result<Listener> {
             _file: None,
         });
     }
+    let lock = lock_beside(path)?;
     remove_if_stale(path).await?;
     let listener = UnixListener::bind(path)?;
-    let file = SocketFile::new(path)?;
+    let file = SocketFile::new(path, lock)?;
     Ok(Listener::Unix {
         listener,
         path: path.to_owned(),
         _file: Some(file),
     })
+}
+
+/// An exclusive lock on `PATH.lock` (created if need be), held while the
+/// socket at `path` is ours; an error when another process holds it.
+#[cfg(unix)]
+fn lock_beside(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another tollgate is serving on this unix socket (its .lock file is locked)",
+        )),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Removes `path` when it is a socket no process listens on; an error when
@@ -267,36 +308,53 @@ async fn remove_if_stale(path: &Path) -> io::Result<()> {
             "the path exists and is not a socket (left as it is)",
         ));
     }
+    let live = || {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is listening on this unix socket",
+        )
+    };
     match tokio::time::timeout(PROBE_TIMEOUT, UnixStream::connect(path)).await {
         Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path)?;
+            match std::fs::remove_file(path) {
+                // Gone meanwhile (its server closed): as good.
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
             tracing::info!(path = %path.display(), "removed a unix socket no process listens on (left by a previous run)");
             Ok(())
         }
-        Ok(Err(error)) => Err(error),
-        Ok(Ok(_)) | Err(_) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            "another process is listening on this unix socket",
+        // Gone meanwhile: nothing to remove.
+        Ok(Err(error)) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        // A full backlog: a live server that is busy.
+        Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => Err(live()),
+        Ok(Err(error)) => Err(io::Error::new(
+            error.kind(),
+            format!("cannot probe the unix socket found at the path: {error}"),
         )),
+        Ok(Ok(_)) | Err(_) => Err(live()),
     }
 }
 
 /// The file of a bound unix socket, removed when this is dropped unless the
-/// path has been bound again since (another file is there).
+/// path has been bound again since (another file is there); the lock beside
+/// it is released after.
 #[cfg(unix)]
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     path: PathBuf,
     /// The file's device and inode when bound.
     id: (u64, u64),
+    _lock: std::fs::File,
 }
 
 #[cfg(unix)]
 impl SocketFile {
-    fn new(path: &Path) -> io::Result<Self> {
+    fn new(path: &Path, lock: std::fs::File) -> io::Result<Self> {
         Ok(SocketFile {
             path: path.to_owned(),
             id: file_id(path)?,
+            _lock: lock,
         })
     }
 }
@@ -343,6 +401,14 @@ mod tests {
         }
         let longest = format!("unix:/{}", "s".repeat(MAX_UNIX_PATH_BYTES - 1));
         assert!(longest.parse::<ListenAddr>().is_ok());
+        #[cfg(target_os = "linux")]
+        {
+            // An abstract name of 107 bytes after its `@`, as Go takes it.
+            let name = format!("unix:@{}", "n".repeat(MAX_UNIX_PATH_BYTES));
+            assert!(name.parse::<ListenAddr>().is_ok());
+            let error = format!("{name}n").parse::<ListenAddr>().unwrap_err();
+            assert!(error.contains("this one has 108"), "{error}");
+        }
         for (bad, why) in [
             ("localhost:8081", "expected IP:PORT or unix:PATH"),
             ("/run/rl.sock", "expected IP:PORT or unix:PATH"),
@@ -352,7 +418,7 @@ mod tests {
             ("unix:/a\0b", "cannot contain NUL"),
             (
                 &format!("{longest}s"),
-                "at most 107 bytes; this one has 108",
+                "at most 107 bytes (an abstract name after its `@`); this one has 108",
             ),
         ] {
             let error = bad.parse::<ListenAddr>().unwrap_err();
@@ -362,7 +428,14 @@ mod tests {
 
     #[test]
     fn addresses_print_as_they_parse() {
-        for text in ["127.0.0.1:8081", "[::1]:9", "unix:/run/rl.sock", "unix:@rl"] {
+        for text in [
+            "127.0.0.1:8081",
+            "[::1]:9",
+            "unix:/run/rl.sock",
+            "unix:rl.sock",
+            "unix:@rl",
+            "unix:////run/rl.sock",
+        ] {
             let addr: ListenAddr = text.parse().unwrap();
             assert_eq!(addr.to_string(), text);
             assert_eq!(addr.to_string().parse(), Ok(addr));

@@ -192,6 +192,61 @@ async fn a_live_socket_or_another_file_is_never_taken() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A live server whose backlog is full answers no probe: it is still
+/// live, and its socket is left alone.
+#[tokio::test]
+async fn a_live_socket_with_a_full_backlog_is_never_taken() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let (path, dir) = socket_path("grpc-unix-backlog");
+    let address = SocketAddrUnix::new(&path).unwrap();
+    let listener = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&listener, &address).unwrap();
+    rustix::net::listen(&listener, 0).unwrap();
+    let mut waiting = Vec::new();
+    loop {
+        let client = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        match rustix::net::connect(&client, &address) {
+            Ok(()) => waiting.push(client),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(error) => panic!("{error}"),
+        }
+        assert!(waiting.len() < 100, "the backlog never filled");
+    }
+    let error = GrpcListener::bind(&ListenAddr::Unix(path.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+    assert!(path.exists());
+    drop((waiting, listener));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Two tollgates on one path: the second stops at the first's lock, before
+/// any probe, and the first keeps its socket.
+#[tokio::test]
+async fn a_second_tollgate_on_the_same_path_stops_at_the_lock() {
+    let (path, dir) = socket_path("grpc-unix-lock");
+    let server = UnixServer::start("", &ListenAddr::Unix(path.clone())).await;
+    let error = GrpcListener::bind(&ListenAddr::Unix(path.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::AddrInUse, "{error}");
+    assert!(error.to_string().contains("another tollgate"), "{error}");
+    assert_eq!(decide(channel(&path).await, "ann").await, OK);
+    server.stop().await;
+    // Once the first has stopped, the path is free again.
+    let again = GrpcListener::bind(&ListenAddr::Unix(path.clone())).await;
+    assert!(again.is_ok(), "{again:?}");
+    drop(again);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A server that stops after another bound the path (its file replaced)
 /// leaves the other's socket in place.
 #[tokio::test]
@@ -252,6 +307,92 @@ async fn unix_socket_clients_have_the_same_bounds() {
     drop(first);
     let code = tokio::time::timeout(Duration::from_secs(5), second).await;
     assert_eq!(code.unwrap().unwrap(), OK);
+    server.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The HTTP/2 client preface, so a raw client is past the header timeout.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A unix socket client that sent its preface and then nothing is closed at
+/// `idle_timeout`; one still open at shutdown is cut at `shutdown_timeout`.
+#[tokio::test]
+async fn unix_socket_clients_are_closed_when_idle_and_cut_at_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let (path, dir) = socket_path("grpc-unix-idle");
+    let server = UnixServer::start("  idle_timeout: 1s\n", &ListenAddr::Unix(path.clone())).await;
+    let mut quiet = UnixStream::connect(&path).await.unwrap();
+    quiet.write_all(PREFACE).await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle client was never closed");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    server.stop().await;
+
+    let server = UnixServer::start(
+        "  idle_timeout: 30s\n  shutdown_timeout: 1s\n",
+        &ListenAddr::Unix(path.clone()),
+    )
+    .await;
+    let mut held = UnixStream::connect(&path).await.unwrap();
+    held.write_all(PREFACE).await.unwrap();
+    // Served: the server's SETTINGS arrive.
+    let mut settings = [0u8; 9];
+    held.read_exact(&mut settings).await.unwrap();
+    let stopping = Instant::now();
+    tokio::time::timeout(Duration::from_secs(8), server.stop())
+        .await
+        .expect("shutdown waited for a client that never closes");
+    assert!(stopping.elapsed() >= Duration::from_millis(900));
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(2), held.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "the client was not cut");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `server.grpc_tls` on a unix socket: the handshake runs there too, and a
+/// plaintext client is not served.
+#[tokio::test]
+async fn grpc_tls_is_served_on_a_unix_socket() {
+    use tollgate_testkit::tls::Certificates;
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let (path, dir) = socket_path("grpc-unix-tls");
+    let certificates = Certificates::create(&dir);
+    let server = UnixServer::start(
+        &format!(
+            "  grpc_tls: {{ cert: {}, key: {} }}\n",
+            certificates.server_cert.display(),
+            certificates.server_key.display()
+        ),
+        &ListenAddr::Unix(path.clone()),
+    )
+    .await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(&certificates.ca).unwrap(),
+        ))
+        .domain_name("127.0.0.1");
+    let connector_path = path.clone();
+    let secure = Endpoint::from_static("https://127.0.0.1")
+        .tls_config(tls)
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = connector_path.clone();
+            async move { connect(&path).await.map(TokioIo::new) }
+        }))
+        .await
+        .unwrap();
+    assert_eq!(decide(secure, "ann").await, OK);
+    let plain = RateLimitServiceClient::new(channel(&path).await)
+        .should_rate_limit(RateLimitRequest {
+            domain: "uds".into(),
+            descriptors: vec![descriptor(&[("user", "bob")], None)],
+            hits_addend: 0,
+        })
+        .await;
+    assert!(plain.is_err(), "a plaintext client was served: {plain:?}");
     server.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
