@@ -93,6 +93,57 @@ async fn normal_rls_call(addr: SocketAddr) -> Duration {
     started.elapsed()
 }
 
+/// Calls held open on the gRPC port by a raw HTTP/2 client.
+struct HeldCalls {
+    /// Each call's response, when the server answers.
+    responses: Vec<h2::client::ResponseFuture>,
+    /// Each call's request stream, never ended (dropping one resets it).
+    streams: Vec<h2::SendStream<Bytes>>,
+    /// The connections' tasks.
+    connections: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// `connections` HTTP/2 connections to `addr` with up to `streams`
+/// `ShouldRateLimit` calls each (fewer if the server stops taking them),
+/// every call sending `data` and never the end of its message.
+async fn hold_calls(
+    addr: SocketAddr,
+    connections: usize,
+    streams: usize,
+    data: &[Bytes],
+) -> HeldCalls {
+    let mut held = HeldCalls {
+        responses: Vec::new(),
+        streams: Vec::new(),
+        connections: Vec::new(),
+    };
+    for _ in 0..connections {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        held.connections.push(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        let mut client = client.ready().await.unwrap();
+        for _ in 0..streams {
+            let Ok((response, mut stream)) =
+                client.send_request(tollgate_testkit::grpc::rls_call(addr), false)
+            else {
+                break;
+            };
+            for part in data {
+                let _ = stream.send_data(part.clone(), false);
+            }
+            held.responses.push(response);
+            held.streams.push(stream);
+            client = match client.ready().await {
+                Ok(client) => client,
+                Err(_) => break,
+            };
+        }
+    }
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_served() {
     const CONNECTIONS: usize = 80;
@@ -110,25 +161,9 @@ async fn header_only_grpc_streams_leave_memory_bounded_and_a_normal_client_serve
     let idle = rss_kib(pid);
 
     // 20,000 streams: headers, and never a message.
-    let mut held = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let tcp = TcpStream::connect(server.grpc()).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut client = client.ready().await.unwrap();
-        for _ in 0..STREAMS_PER_CONNECTION {
-            match client.send_request(tollgate_testkit::grpc::rls_call(server.grpc()), false) {
-                Ok(stream) => held.push(stream),
-                Err(_) => break,
-            }
-            client = match client.ready().await {
-                Ok(client) => client,
-                Err(_) => break,
-            };
-        }
-    }
+    let held = hold_calls(server.grpc(), CONNECTIONS, STREAMS_PER_CONNECTION, &[])
+        .await
+        .streams;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let loaded = rss_kib(pid);
     let took = normal_rls_call(server.grpc()).await;
@@ -163,23 +198,8 @@ async fn calls_past_grpc_max_calls_are_refused_until_some_end() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     normal_rls_call(server.grpc()).await;
-    let mut held = Vec::new();
-    let mut connections = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let tcp = TcpStream::connect(server.grpc()).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        connections.push(tokio::spawn(async move {
-            let _ = connection.await;
-        }));
-        let mut client = client.ready().await.unwrap();
-        for _ in 0..STREAMS_PER_CONNECTION {
-            let (_, stream) = client
-                .send_request(tollgate_testkit::grpc::rls_call(server.grpc()), false)
-                .unwrap();
-            held.push(stream);
-            client = client.ready().await.unwrap();
-        }
-    }
+    let held = hold_calls(server.grpc(), CONNECTIONS, STREAMS_PER_CONNECTION, &[]).await;
+    assert_eq!(held.streams.len(), CONNECTIONS * STREAMS_PER_CONNECTION);
     // Every call counts once its headers are in; give them a moment.
     let refused = async {
         let mut client = RateLimitServiceClient::connect(format!("http://{}", server.grpc()))
@@ -203,10 +223,10 @@ async fn calls_past_grpc_max_calls_are_refused_until_some_end() {
         "{status:?}"
     );
     // The held calls end with their connections: served again.
-    drop(held);
-    for connection in connections {
+    for connection in &held.connections {
         connection.abort();
     }
+    drop(held);
     let started = Instant::now();
     loop {
         let mut client = RateLimitServiceClient::connect(format!("http://{}", server.grpc()))
@@ -242,32 +262,12 @@ async fn unfinished_grpc_messages_leave_memory_bounded_and_a_normal_client_serve
 
     let mut prefix = vec![0u8];
     prefix.extend_from_slice(&ANNOUNCED.to_be_bytes());
-    let part = Bytes::from(vec![7u8; SENT]);
-    let mut responses = Vec::new();
-    let mut held = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let tcp = TcpStream::connect(server.grpc()).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut client = client.ready().await.unwrap();
-        for _ in 0..STREAMS_PER_CONNECTION {
-            let Ok((response, mut stream)) =
-                client.send_request(tollgate_testkit::grpc::rls_call(server.grpc()), false)
-            else {
-                break;
-            };
-            let _ = stream.send_data(Bytes::from(prefix.clone()), false);
-            let _ = stream.send_data(part.clone(), false);
-            responses.push(response);
-            held.push(stream);
-            client = match client.ready().await {
-                Ok(client) => client,
-                Err(_) => break,
-            };
-        }
-    }
+    let data = [Bytes::from(prefix), Bytes::from(vec![7u8; SENT])];
+    let HeldCalls {
+        responses,
+        streams: held,
+        ..
+    } = hold_calls(server.grpc(), CONNECTIONS, STREAMS_PER_CONNECTION, &data).await;
     // Refused streams answer at once (headers only, `grpc-status: 8`,
     // RESOURCE_EXHAUSTED); those within the share wait for the rest of
     // their message.
