@@ -308,6 +308,120 @@ async fn unfinished_grpc_messages_leave_memory_bounded_and_a_normal_client_serve
     drop(held);
 }
 
+/// A client that never reads its answers (an HTTP/2 window of 0) keeps
+/// their streams, and so their calls: each holds its permit until its
+/// answer is sent, and past `grpc_max_calls` further calls are refused, so
+/// such answers cannot pile up beyond the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_answers_count_against_grpc_max_calls() {
+    use prost::Message;
+    const CAP: usize = 40;
+    let server = serve(
+        "unread.yaml",
+        &format!("  grpc_max_calls: {CAP}\n  grpc_request_timeout: 1s\n"),
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let message = rls_request().encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&message);
+    let body = Bytes::from(body);
+    let tcp = TcpStream::connect(server.grpc()).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut responses = Vec::new();
+    for _ in 0..CAP + 10 {
+        let (response, mut stream) = client
+            .send_request(tollgate_testkit::grpc::rls_call(server.grpc()), false)
+            .unwrap();
+        stream.send_data(body.clone(), true).unwrap();
+        responses.push(response);
+        client = client.ready().await.unwrap();
+    }
+    let (mut answered, mut refused) = (Vec::new(), 0);
+    for response in responses {
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("no answer's head")
+            .unwrap();
+        match response.headers().get("grpc-status") {
+            // Trailers-only: refused.
+            Some(status) => {
+                assert_eq!(status, "8", "{response:?}");
+                refused += 1;
+            }
+            // An answer whose body waits for window; kept unread (dropping
+            // it would cancel its stream).
+            None => answered.push(response),
+        }
+    }
+    assert_eq!((answered.len(), refused), (CAP, 10));
+    // Past grpc_request_timeout the unsent answers still hold their calls.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut client = RateLimitServiceClient::connect(format!("http://{}", server.grpc()))
+        .await
+        .unwrap();
+    let status = client.should_rate_limit(rls_request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // Read at last (or cancelled), they end: calls are served again.
+    drop(answered);
+    let started = Instant::now();
+    while client.should_rate_limit(rls_request()).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(5), "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `server.grpc_max_buffered_bytes` bounds the bytes held on all
+/// connections together: with room for two unfinished messages, a third on
+/// a connection of its own is refused, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_wide_byte_cap_holds_across_connections() {
+    let server = serve(
+        "server-cap.yaml",
+        "  grpc_max_buffered_bytes: 2097162\n  grpc_request_timeout: 20s\n",
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    normal_rls_call(server.grpc()).await;
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&1_000_000u32.to_be_bytes());
+    let data = [Bytes::from(prefix), Bytes::from(vec![7u8; 900_000])];
+    let mut first_two = Vec::new();
+    for _ in 0..2 {
+        let mut held = hold_calls(server.grpc(), 1, 1, &data).await;
+        let response = held.responses.pop().unwrap();
+        // Within the cap: waiting for the rest of its message.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), response)
+                .await
+                .is_err(),
+            "a message within the cap was answered"
+        );
+        first_two.push(held);
+    }
+    let mut third = hold_calls(server.grpc(), 1, 1, &data).await;
+    let response = tokio::time::timeout(Duration::from_secs(5), third.responses.pop().unwrap())
+        .await
+        .expect("the third message was not refused")
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "8", "{response:?}");
+    let message = response.headers()["grpc-message"].to_str().unwrap();
+    assert!(
+        message.contains("server.grpc_max_buffered_bytes"),
+        "{message}"
+    );
+    drop(first_two);
+}
+
 #[test]
 fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
     let server = serve(

@@ -23,9 +23,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
+use crate::grpc_calls::{Buffered, GrpcConnectInfo};
 use crate::listen::{Listener, Peer, Stream};
 
 /// The shortest and longest pause after a failed `accept`.
@@ -375,7 +374,6 @@ pub(crate) struct Watched {
     /// gRPC: completes when the connection must close.
     doom: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     doomed: bool,
-    local: Option<SocketAddr>,
     peer: Peer,
     _slot: Option<OwnedSemaphorePermit>,
     /// gRPC: the bytes of request messages its calls hold.
@@ -395,7 +393,6 @@ impl Watched {
     /// An HTTP connection's socket (its task enforces the timeouts).
     pub(crate) fn http(stream: Stream, peer: Peer, activity: Arc<Activity>) -> Self {
         Watched {
-            local: local_addr(&stream),
             stream,
             activity,
             doom: None,
@@ -426,7 +423,6 @@ impl Watched {
             }
         });
         Watched {
-            local: local_addr(&stream),
             stream,
             activity,
             doom: Some(doom),
@@ -451,14 +447,6 @@ impl Watched {
             }
         }
         self.doomed
-    }
-}
-
-/// A TCP connection's own address (tonic's connection info).
-fn local_addr(stream: &Stream) -> Option<SocketAddr> {
-    match stream {
-        tokio_util::either::Either::Left(tcp) => tcp.local_addr().ok(),
-        tokio_util::either::Either::Right(_) => None,
     }
 }
 
@@ -532,10 +520,6 @@ impl tonic::transport::server::Connected for Watched {
 
     fn connect_info(&self) -> GrpcConnectInfo {
         GrpcConnectInfo {
-            tcp: tonic::transport::server::TcpConnectInfo {
-                local_addr: self.local,
-                remote_addr: self.peer.tcp(),
-            },
             buffered: self
                 .buffered
                 .clone()
@@ -647,356 +631,5 @@ pub fn raise_open_file_limit() -> Option<u64> {
     #[cfg(not(unix))]
     {
         None
-    }
-}
-
-/// The most bytes of request messages the calls on one gRPC connection
-/// hold at once (four of the largest messages,
-/// [`MAX_REQUEST_BYTES`](crate::grpc::MAX_REQUEST_BYTES)), or
-/// `server.grpc_max_buffered_bytes` when that is less: one connection
-/// cannot take the whole server's allowance.
-pub const GRPC_CONNECTION_BUFFERED_BYTES: usize = 4 * crate::grpc::MAX_REQUEST_BYTES;
-
-/// Bytes of gRPC request messages held by calls in progress (received and
-/// not yet decided), against a cap: one per connection, one for the
-/// server (`server.grpc_max_buffered_bytes`).
-#[derive(Debug)]
-pub(crate) struct Buffered {
-    held: AtomicUsize,
-    cap: usize,
-}
-
-impl Buffered {
-    pub(crate) fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Buffered {
-            held: AtomicUsize::new(0),
-            cap,
-        })
-    }
-
-    /// Holds `n` more bytes, unless that would pass the cap.
-    fn take(&self, n: usize) -> bool {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(n).filter(|&total| total <= self.cap)
-            })
-            .is_ok()
-    }
-
-    fn give_back(&self, n: usize) {
-        self.held.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    /// Bytes held now.
-    #[cfg(test)]
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
-    }
-}
-
-/// What a gRPC connection tells its calls (tonic puts it in each
-/// request's extensions): its addresses, and the bytes its calls hold.
-#[derive(Debug, Clone)]
-pub(crate) struct GrpcConnectInfo {
-    pub(crate) tcp: tonic::transport::server::TcpConnectInfo,
-    pub(crate) buffered: Arc<Buffered>,
-}
-
-/// The bytes one call holds, counted on its connection and the server;
-/// given back when the call's request body is dropped.
-#[derive(Debug)]
-struct Held {
-    connection: Arc<Buffered>,
-    server: Arc<Buffered>,
-    bytes: usize,
-}
-
-impl Held {
-    /// Counts `n` more bytes for the call, or says which cap it would pass.
-    fn take(&mut self, n: usize) -> Result<(), tonic::Status> {
-        if !self.connection.take(n) {
-            return Err(self.refuse("on this connection", self.connection.cap));
-        }
-        if !self.server.take(n) {
-            self.connection.give_back(n);
-            return Err(self.refuse(
-                "on all connections (server.grpc_max_buffered_bytes)",
-                self.server.cap,
-            ));
-        }
-        self.bytes += n;
-        Ok(())
-    }
-
-    fn refuse(&self, scope: &'static str, cap: usize) -> tonic::Status {
-        refusal(format!(
-            "request messages in progress {scope} are over {cap} bytes"
-        ))
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.connection.give_back(self.bytes);
-        self.server.give_back(self.bytes);
-    }
-}
-
-/// A gRPC call refused for what calls in progress hold: `RESOURCE_EXHAUSTED`
-/// with `why`, logged at most once a second (with how many refusals were
-/// not).
-fn refusal(why: String) -> tonic::Status {
-    static LAST: Mutex<Option<(std::time::Instant, u64)>> = Mutex::new(None);
-    let now = std::time::Instant::now();
-    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
-    match &mut *last {
-        Some((at, unlogged)) if now.duration_since(*at) < ACCEPT_LOG_EVERY => *unlogged += 1,
-        _ => {
-            let unlogged = last.map_or(0, |(_, n)| n);
-            tracing::warn!(
-                refusals_not_logged = unlogged,
-                "gRPC call refused (RESOURCE_EXHAUSTED): {why} (at most one line a second)"
-            );
-            *last = Some((now, 0));
-        }
-    }
-    tonic::Status::resource_exhausted(why)
-}
-
-/// A tower layer for the gRPC server:
-///
-/// - at most `server.grpc_max_calls` calls are in progress at once, on all
-///   connections: one more is answered `RESOURCE_EXHAUSTED` at once, so its
-///   stream closes. Each call in progress costs a few KiB (its HTTP/2
-///   stream, headers and futures) even before its message arrives, and
-///   `grpc_max_streams` only bounds one connection;
-/// - a call reaches its service (and tonic allocates its decode buffer,
-///   8 KiB) only once the first bytes of its request message have
-///   arrived. A stream of headers with no message, held open to exhaust
-///   memory, then costs only its HTTP/2 state and a small waiting future
-///   until `grpc_request_timeout` ends it;
-/// - the bytes of request messages the calls hold (tonic buffers a message
-///   until it is complete) are capped per connection
-///   ([`GRPC_CONNECTION_BUFFERED_BYTES`]) and for the server
-///   (`server.grpc_max_buffered_bytes`): a call whose next bytes would pass
-///   either ends with `RESOURCE_EXHAUSTED`. Without the caps a client
-///   sending most of a 1 MiB message on each of its streams, and never the
-///   rest, had the server hold 256 MiB per connection until
-///   `grpc_request_timeout`.
-#[derive(Debug, Clone)]
-pub struct AwaitMessageLayer {
-    server: Arc<Buffered>,
-    calls: Arc<Semaphore>,
-    max_calls: usize,
-}
-
-impl AwaitMessageLayer {
-    /// The layer, with at most `max_calls` calls in progress and
-    /// `max_buffered_bytes` of request messages held at once by all calls.
-    pub(crate) fn new(max_calls: usize, max_buffered_bytes: usize) -> Self {
-        AwaitMessageLayer {
-            server: Buffered::new(max_buffered_bytes),
-            calls: Arc::new(Semaphore::new(max_calls)),
-            max_calls,
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for AwaitMessageLayer {
-    type Service = AwaitMessage<S>;
-
-    fn layer(&self, inner: S) -> AwaitMessage<S> {
-        AwaitMessage {
-            inner,
-            server: Arc::clone(&self.server),
-            calls: Arc::clone(&self.calls),
-            max_calls: self.max_calls,
-        }
-    }
-}
-
-/// The service of [`AwaitMessageLayer`].
-#[derive(Debug, Clone)]
-pub struct AwaitMessage<S> {
-    inner: S,
-    server: Arc<Buffered>,
-    calls: Arc<Semaphore>,
-    max_calls: usize,
-}
-
-impl<S> tower::Service<http::Request<tonic::body::Body>> for AwaitMessage<S>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        let Ok(call) = Arc::clone(&self.calls).try_acquire_owned() else {
-            let refused = refusal(format!(
-                "{} calls in progress on all connections (server.grpc_max_calls)",
-                self.max_calls
-            ));
-            return Box::pin(async move { Ok(refused.into_http()) });
-        };
-        // The clone is not ready; the ready one serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        // A connection that is not tollgate's own (none in the server) is
-        // bounded by the server's cap alone.
-        let connection = match request.extensions().get::<GrpcConnectInfo>().cloned() {
-            Some(info) => {
-                // Where tonic's `Request::remote_addr` looks.
-                request.extensions_mut().insert(info.tcp);
-                info.buffered
-            }
-            None => Buffered::new(usize::MAX),
-        };
-        let held = Held {
-            connection,
-            server: Arc::clone(&self.server),
-            bytes: 0,
-        };
-        Box::pin(async move {
-            let _call = call;
-            let (parts, mut body) = request.into_parts();
-            let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-            let mut body = Replayed {
-                first: None,
-                rest: body,
-                held,
-            };
-            body.first = first.map(|frame| body.count(frame));
-            let body = tonic::body::Body::new(body);
-            inner.call(http::Request::from_parts(parts, body)).await
-        })
-    }
-}
-
-/// A call's request body: its first frame already read, every data frame
-/// counted against the caps on held bytes.
-struct Replayed {
-    first: Option<Result<Frame<Bytes>, tonic::Status>>,
-    rest: tonic::body::Body,
-    held: Held,
-}
-
-impl Replayed {
-    /// `frame`, or the refusal when its bytes pass a cap.
-    fn count(
-        &mut self,
-        frame: Result<Frame<Bytes>, tonic::Status>,
-    ) -> Result<Frame<Bytes>, tonic::Status> {
-        let frame = frame?;
-        if let Some(data) = frame.data_ref() {
-            self.held.take(data.len())?;
-        }
-        Ok(frame)
-    }
-}
-
-impl Body for Replayed {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        if let Some(frame) = self.first.take() {
-            return Poll::Ready(Some(frame));
-        }
-        match Pin::new(&mut self.rest).poll_frame(cx) {
-            Poll::Ready(Some(frame)) => Poll::Ready(Some(self.count(frame))),
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn held(connection: &Arc<Buffered>, server: &Arc<Buffered>) -> Held {
-        Held {
-            connection: Arc::clone(connection),
-            server: Arc::clone(server),
-            bytes: 0,
-        }
-    }
-
-    /// A call's bytes count on its connection and on the server; one that
-    /// would pass either cap is refused, naming which, and counts nothing;
-    /// a call's bytes are given back when it ends.
-    #[test]
-    fn held_bytes_are_capped_per_connection_and_for_the_server() {
-        let server = Buffered::new(100);
-        let (one, two) = (Buffered::new(60), Buffered::new(60));
-        let mut a = held(&one, &server);
-        let mut b = held(&one, &server);
-        a.take(40).unwrap();
-        b.take(20).unwrap();
-        // The connection's 60 are used: refused there, nothing counted.
-        let refused = b.take(1).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            refused.message().contains("on this connection"),
-            "{refused:?}"
-        );
-        assert_eq!((one.held(), server.held()), (60, 60));
-        // Another connection takes the server's last 40, not 41.
-        let mut c = held(&two, &server);
-        let refused = c.take(41).unwrap_err();
-        assert!(
-            refused.message().contains("server.grpc_max_buffered_bytes"),
-            "{refused:?}"
-        );
-        assert_eq!((two.held(), server.held()), (0, 60));
-        c.take(40).unwrap();
-        assert_eq!(server.held(), 100);
-        // Calls that end give their bytes back.
-        drop(a);
-        assert_eq!((one.held(), server.held()), (20, 60));
-        drop((b, c));
-        assert_eq!((one.held(), two.held(), server.held()), (0, 0, 0));
-    }
-
-    /// A request body passed through the layer counts each data frame; the
-    /// frame that passes the cap ends the body with the refusal.
-    #[tokio::test]
-    async fn a_body_over_its_share_ends_with_resource_exhausted() {
-        use http_body_util::BodyExt;
-        let server = Buffered::new(1000);
-        let connection = Buffered::new(10);
-        let frames = [Bytes::from_static(b"12345678"), Bytes::from_static(b"abc")];
-        let stream =
-            tokio_stream::iter(frames.map(|data| Ok::<_, tonic::Status>(Frame::data(data))));
-        let mut body = Replayed {
-            first: None,
-            rest: tonic::body::Body::new(http_body_util::StreamBody::new(stream)),
-            held: held(&connection, &server),
-        };
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), "12345678");
-        assert_eq!(server.held(), 8);
-        let refused = body.frame().await.unwrap().unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        drop(body);
-        assert_eq!((connection.held(), server.held()), (0, 0));
     }
 }

@@ -47,7 +47,8 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::config::{GrpcTlsSettings, MAX_TLS_FILE_BYTES};
-use crate::conn::{GrpcConnectInfo, Watched};
+use crate::conn::Watched;
+use crate::grpc_calls::GrpcConnectInfo;
 
 /// `client_san` as a name to check certificates for: a DNS name or an IP
 /// address, an IPv6 one with or without brackets (`[::1]`).

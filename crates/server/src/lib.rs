@@ -16,6 +16,8 @@
 //!   envoyproxy/ratelimit's `/json`, `/healthcheck`, `/rlconfig`;
 //! - [`dashboard`]: the dashboard's page (`GET /`), embedded in the binary;
 //! - [`json`]: the JSON form of `ShouldRateLimit` that `/json` speaks;
+//! - [`grpc_calls`]: what gRPC calls in progress may hold (calls, request
+//!   bytes), in front of tonic;
 //! - [`grpc`]: Envoy's `RateLimitService` (RLS v3)
 //!   (the IETF `RateLimit-Policy`/`RateLimit` fields come from `tollgate::answer`);
 //! - [`health`]: the store's health: the background probe that closes the
@@ -61,6 +63,7 @@ mod conn;
 pub mod dashboard;
 pub mod envoy;
 pub mod grpc;
+pub mod grpc_calls;
 mod grpc_tls;
 pub mod health;
 pub mod hitters;

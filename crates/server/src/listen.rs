@@ -208,23 +208,12 @@ pub(crate) type Stream = Either<TcpStream, UnixStream>;
 #[cfg(not(unix))]
 pub(crate) type Stream = Either<TcpStream, TcpStream>;
 
-/// Who is at the other end of a connection, for logs and tonic's
-/// connection info.
+/// Who is at the other end of a connection, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Peer {
     Tcp(SocketAddr),
     /// A unix socket's client: unnamed.
     Unix,
-}
-
-impl Peer {
-    /// The TCP address, if any.
-    pub(crate) fn tcp(self) -> Option<SocketAddr> {
-        match self {
-            Peer::Tcp(addr) => Some(addr),
-            Peer::Unix => None,
-        }
-    }
 }
 
 impl fmt::Display for Peer {

@@ -23,11 +23,9 @@ use tonic_health::ServingStatus;
 
 use crate::app::App;
 use crate::config::ServerSettings;
-use crate::conn::{
-    Acceptor, Activity, AwaitMessageLayer, GRPC_CONNECTION_BUFFERED_BYTES, TimedBody, Tracker,
-    Watched,
-};
+use crate::conn::{Acceptor, Activity, TimedBody, Tracker, Watched};
 use crate::grpc::{HEALTH_NAMES, RateLimitGrpc};
+use crate::grpc_calls::{CallsLayer, GRPC_CONNECTION_BUFFERED_BYTES};
 use crate::grpc_tls::{GrpcIo, GrpcTls};
 use crate::listen::{GrpcListener, Peer, Stream};
 
@@ -569,7 +567,7 @@ where
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
         .max_connection_age(limits.grpc_max_connection_age)
         .max_connection_age_grace(limits.grpc_max_connection_age_grace)
-        .layer(AwaitMessageLayer::new(
+        .layer(CallsLayer::new(
             limits.grpc_max_calls,
             limits.grpc_max_buffered_bytes,
         ))

@@ -269,12 +269,12 @@ impl Validate for RawServer {
         let grpc_max_buffered_bytes = self
             .grpc_max_buffered_bytes
             .unwrap_or(defaults.grpc_max_buffered_bytes);
-        // Below one message of the largest size, such a message could
-        // never be received.
-        let least = crate::grpc::MAX_REQUEST_BYTES;
+        // Below the longest request body, such a request could never be
+        // received.
+        let least = crate::grpc_calls::MAX_REQUEST_BODY_BYTES;
         if !(least..=MAX_GRPC_BUFFERED_LIMIT).contains(&grpc_max_buffered_bytes) {
             return Err(format!(
-                "grpc_max_buffered_bytes must be between {least} (the largest request message) and {MAX_GRPC_BUFFERED_LIMIT}, not {grpc_max_buffered_bytes}"
+                "grpc_max_buffered_bytes must be between {least} (the longest request: one message and its prefix) and {MAX_GRPC_BUFFERED_LIMIT}, not {grpc_max_buffered_bytes}"
             ));
         }
         let timeout = |name: &str, value: Option<DurationText>, default: Duration| {

@@ -43,8 +43,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default most concurrent streams on one gRPC (HTTP/2) connection.
 pub const DEFAULT_GRPC_MAX_STREAMS: u32 = 256;
 /// The default `server.grpc_max_calls`: far above the few hundred calls a
-/// busy Envoy keeps in flight, and about 30 MiB of calls that never send
-/// their message.
+/// busy Envoy keeps in flight, and 30 to 130 MiB of calls that never send
+/// their message (3 to 13 KiB each, by the size of their headers).
 pub const DEFAULT_GRPC_MAX_CALLS: usize = 10_000;
 /// The default `server.grpc_max_buffered_bytes`: 64 MiB, sixteen
 /// connections' shares; a healthy Envoy's calls hold a few hundred bytes
@@ -95,13 +95,15 @@ pub struct ServerSettings {
     /// The most concurrent streams on one gRPC connection (HTTP/2
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub grpc_max_streams: u32,
-    /// The most bytes of request messages all gRPC calls in progress hold
-    /// at once (received, their message not yet complete or decided); a
-    /// call whose next bytes would pass it, or pass its connection's share
-    /// (at most 4 MiB), ends with `RESOURCE_EXHAUSTED`.
+    /// The most bytes of requests all gRPC calls in progress hold at once
+    /// (received, the call not yet decided); a call whose next bytes would
+    /// pass it, or pass its connection's share
+    /// ([`GRPC_CONNECTION_BUFFERED_BYTES`](crate::grpc_calls::GRPC_CONNECTION_BUFFERED_BYTES)),
+    /// ends with `RESOURCE_EXHAUSTED`.
     pub grpc_max_buffered_bytes: usize,
-    /// The most gRPC calls in progress at once on all connections; one
-    /// more is answered `RESOURCE_EXHAUSTED` at once.
+    /// The most gRPC calls in progress at once on all connections (a call
+    /// counts until its answer is handed to HTTP/2 whole); one more is
+    /// answered `RESOURCE_EXHAUSTED` at once.
     pub grpc_max_calls: usize,
     /// A gRPC call that takes longer, reading its request message included,
     /// ends with `CANCELLED` ("Timeout expired"); a shorter `grpc-timeout`

@@ -335,7 +335,7 @@ fn errors_carry_file_line_and_field() {
         (
             "server:\n  grpc_max_buffered_bytes: 1000\n",
             2,
-            "server: grpc_max_buffered_bytes must be between 1048576 (the largest request message) and 68719476736, not 1000",
+            "server: grpc_max_buffered_bytes must be between 1048581 (the longest request: one message and its prefix) and 68719476736, not 1000",
         ),
         (
             "server:\n  grpc: unix://run/rl.sock\n",
