@@ -128,7 +128,8 @@ impl tonic::server::NamedService for RateLimitServer {
 }
 
 /// The path of the one method.
-const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+pub(crate) const SHOULD_RATE_LIMIT: &str =
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
 /// `ShouldRateLimit` as tonic's unary service.
 struct ShouldRateLimit(Arc<RateLimitGrpc>);

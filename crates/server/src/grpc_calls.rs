@@ -11,9 +11,9 @@
 //!   streams, which live as long as their client wants, take a permit of
 //!   their own instead ([`MAX_HEALTH_WATCHES`]), so they cannot crowd out
 //!   decisions.
-//! - **Request bytes.** Every method here takes one request message, so
-//!   the layer reads the whole request body itself before tonic sees any
-//!   of it, copying it into a buffer that grows (at most doubling) as bytes
+//! - **Request bytes.** Every method served takes one request message, so
+//!   the layer reads the whole request body itself (to the end of the
+//!   client's stream) before tonic sees any of it, copying it into a buffer that grows (at most doubling) as bytes
 //!   arrive; the buffer's growth is counted against the connection's share
 //!   ([`GRPC_CONNECTION_BUFFERED_BYTES`]) and `server.grpc_max_buffered_bytes`
 //!   *before* it is allocated. A call whose next bytes would pass either
@@ -60,6 +60,16 @@ pub const MAX_HEALTH_WATCHES: usize = 100;
 
 /// The path of gRPC health's `Watch`.
 const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
+
+/// The methods served, each taking one request message. A call to any
+/// other path goes to tonic as it came, which answers `UNIMPLEMENTED` at
+/// once: read whole first, a streaming client that waits for an answer
+/// before ending its stream would wait for `grpc_request_timeout`.
+const SERVED: [&str; 3] = [
+    crate::grpc::SHOULD_RATE_LIMIT,
+    "/grpc.health.v1.Health/Check",
+    HEALTH_WATCH,
+];
 
 /// Bytes held by calls in progress against a cap: one per connection, one
 /// for the server (`server.grpc_max_buffered_bytes`).
@@ -225,6 +235,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if !SERVED.contains(&request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
         let permit = if request.uri().path() == HEALTH_WATCH {
             Arc::clone(&self.layer.watches)
                 .try_acquire_owned()
@@ -315,11 +328,10 @@ impl Collected {
                     .max(buffer.capacity().saturating_mul(2))
                     .min(MAX_REQUEST_BODY_BYTES);
                 held.take(grown - buffer.capacity())?;
-                let before = buffer.capacity();
                 buffer.reserve_exact(grown - buffer.len());
-                // An allocator may give more than asked: count it too.
+                // `reserve_exact` may give more than asked: count it too.
                 if buffer.capacity() > grown {
-                    held.take(buffer.capacity() - grown.max(before))?;
+                    held.take(buffer.capacity() - grown)?;
                 }
             }
             let had = buffer.len();
@@ -460,11 +472,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(
-            server.held() >= 11 && server.held() <= 22,
-            "{}",
-            server.held()
-        );
+        // The buffer doubled as it grew: 5, then 10, then 20 bytes.
+        assert_eq!((connection.held(), server.held()), (20, 20));
         let frame = collected.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), &b"\0\0\0\0\x06abcdef"[..]);
         assert!(collected.frame().await.is_none());
@@ -499,11 +508,15 @@ mod tests {
         // A prefix announcing more than one message may hold: refused at
         // once, without waiting for the rest.
         let (connection, server) = (Buffered::new(usize::MAX), Buffered::new(usize::MAX));
-        let pending = pending_after(&[b"\0\0\x20\0\x01", b"abc"]);
-        let refused = Collected::read(pending, held(&connection, &server))
-            .await
-            .err()
-            .unwrap();
+        let pending = pending_after(&[b"\0\0\x10\0\x01", b"abc"]);
+        let refused = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            Collected::read(pending, held(&connection, &server)),
+        )
+        .await
+        .expect("an oversized announcement waited for the rest")
+        .err()
+        .unwrap();
         assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
     }
 
@@ -516,6 +529,75 @@ mod tests {
         let stream =
             tokio_stream::StreamExt::chain(tokio_stream::iter(frames), tokio_stream::pending());
         tonic::body::Body::new(http_body_util::StreamBody::new(stream))
+    }
+
+    /// A message of exactly the largest size is read whole; four such
+    /// requests fill a connection's share, and a fifth is refused.
+    #[tokio::test]
+    async fn a_connection_holds_four_requests_of_the_largest_size() {
+        let mut prefix = vec![0u8];
+        prefix.extend_from_slice(&u32::try_from(MAX_REQUEST_BYTES).unwrap().to_be_bytes());
+        let prefix: &'static [u8] = Box::leak(prefix.into_boxed_slice());
+        let message: &'static [u8] = Box::leak(vec![7u8; MAX_REQUEST_BYTES].into_boxed_slice());
+        let connection = Buffered::new(GRPC_CONNECTION_BUFFERED_BYTES);
+        let server = Buffered::new(usize::MAX);
+        let mut held_requests = Vec::new();
+        for _ in 0..4 {
+            let mut collected =
+                Collected::read(body(&[prefix, message]), held(&connection, &server))
+                    .await
+                    .unwrap();
+            let data = collected
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap();
+            assert_eq!(data.len(), MAX_REQUEST_BODY_BYTES);
+            held_requests.push(collected);
+        }
+        let refused = Collected::read(body(&[prefix, message]), held(&connection, &server))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    }
+
+    /// A request's trailers reach tonic after its message; a body that
+    /// fails (the client reset it) fails the read with its status.
+    #[tokio::test]
+    async fn trailers_pass_and_errors_fail_the_read() {
+        let (connection, server) = (Buffered::new(1000), Buffered::new(1000));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-end", http::HeaderValue::from_static("yes"));
+        let frames = vec![
+            Ok::<_, tonic::Status>(Frame::data(Bytes::from_static(b"\0\0\0\0\x01a"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let with_trailers =
+            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        let mut collected = Collected::read(with_trailers, held(&connection, &server))
+            .await
+            .unwrap();
+        assert!(collected.frame().await.unwrap().unwrap().is_data());
+        let last = collected.frame().await.unwrap().unwrap();
+        assert_eq!(last.into_trailers().unwrap(), trailers);
+        assert!(collected.frame().await.is_none());
+        drop(collected);
+
+        let frames = vec![
+            Ok::<_, tonic::Status>(Frame::data(Bytes::from_static(b"\0\0\0"))),
+            Err(tonic::Status::cancelled("reset by the client")),
+        ];
+        let failing =
+            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        let error = Collected::read(failing, held(&connection, &server))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(error.code(), tonic::Code::Cancelled);
+        assert_eq!(server.held(), 0);
     }
 
     /// What the inner service saw of one call.
@@ -596,6 +678,20 @@ mod tests {
             .unwrap();
         assert_eq!(refused.headers()["grpc-status"], "8");
         assert!(seen.0.lock().unwrap().is_empty());
+        // Another path goes to the service as it came, unread and without
+        // a permit (tonic answers UNIMPLEMENTED at once).
+        let other = service
+            .call(call(
+                "/envoy.service.ratelimit.v3.RateLimitService/Nope",
+                &[b"\0"],
+            ))
+            .await
+            .unwrap();
+        assert!(other.headers().get("grpc-status").is_none());
+        assert_eq!(
+            seen.0.lock().unwrap().pop(),
+            Some(vec![Bytes::from_static(b"\0")])
+        );
         // Watch streams take their own permits.
         let watch = service.call(call(HEALTH_WATCH, &[])).await.unwrap();
         assert!(watch.headers().get("grpc-status").is_none(), "{watch:?}");

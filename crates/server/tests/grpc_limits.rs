@@ -155,6 +155,32 @@ async fn an_oversized_message_is_refused() {
     assert_eq!(status, "11");
 }
 
+/// A call to a method tollgate does not serve is answered UNIMPLEMENTED at
+/// once, while the client keeps its stream open, as a streaming client
+/// (server reflection, which `grpcurl` tries first) does.
+#[tokio::test]
+async fn an_unknown_method_is_unimplemented_at_once() {
+    let server = start("grpc_request_timeout: 30s").await;
+    let client = h2_client(server.grpc).await;
+    let mut client = client.ready().await.unwrap();
+    let call = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            server.grpc
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(call, false).unwrap();
+    body.send_data(message_prefix(0), false).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), grpc_status(response))
+        .await
+        .expect("an unknown method waited for the end of the client's stream");
+    assert_eq!(status, "12", "UNIMPLEMENTED");
+}
+
 #[tokio::test]
 async fn a_grpc_connection_that_sends_nothing_is_closed_after_idle_timeout() {
     let server = start("idle_timeout: 1s").await;

@@ -96,7 +96,7 @@ pub struct ServerSettings {
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub grpc_max_streams: u32,
     /// The most bytes of requests all gRPC calls in progress hold at once
-    /// (received, the call not yet decided); a call whose next bytes would
+    /// (received, not yet decoded); a call whose next bytes would
     /// pass it, or pass its connection's share
     /// ([`GRPC_CONNECTION_BUFFERED_BYTES`](crate::grpc_calls::GRPC_CONNECTION_BUFFERED_BYTES)),
     /// ends with `RESOURCE_EXHAUSTED`.
