@@ -405,13 +405,14 @@ impl Watched {
 
     /// A gRPC connection's socket, holding its slot and closing itself
     /// when idle for `idle_timeout` or when `cut` turns `true`; its calls
-    /// hold at most `max_buffered` bytes of request messages.
+    /// count the request bytes they hold in `buffered`
+    /// ([`CallsLayer::connection_share`](crate::grpc_calls::CallsLayer::connection_share)).
     pub(crate) fn grpc(
         stream: Stream,
         peer: Peer,
         slot: OwnedSemaphorePermit,
         (header_timeout, idle_timeout): (Duration, Duration),
-        max_buffered: usize,
+        buffered: Arc<Buffered>,
         cut_signal: watch::Receiver<bool>,
     ) -> Self {
         let activity = Activity::grpc(header_timeout, idle_timeout);
@@ -429,7 +430,7 @@ impl Watched {
             doomed: false,
             peer,
             _slot: Some(slot),
-            buffered: Some(Buffered::new(max_buffered)),
+            buffered: Some(buffered),
         }
     }
 
@@ -520,10 +521,7 @@ impl tonic::transport::server::Connected for Watched {
 
     fn connect_info(&self) -> GrpcConnectInfo {
         GrpcConnectInfo {
-            buffered: self
-                .buffered
-                .clone()
-                .unwrap_or_else(|| Buffered::new(usize::MAX)),
+            buffered: self.buffered.clone(),
         }
     }
 }

@@ -108,10 +108,12 @@ impl Buffered {
 }
 
 /// What a gRPC connection tells its calls (tonic puts it in each
-/// request's extensions): the bytes its calls hold.
+/// request's extensions): the bytes its calls hold (`None` for a
+/// connection without a share: its calls are bounded by the server's cap
+/// alone).
 #[derive(Debug, Clone)]
 pub(crate) struct GrpcConnectInfo {
-    pub(crate) buffered: Arc<Buffered>,
+    pub(crate) buffered: Option<Arc<Buffered>>,
 }
 
 /// The bytes one call holds, counted on its connection and the server;
@@ -196,6 +198,13 @@ impl CallsLayer {
             watches: Arc::new(Semaphore::new(MAX_HEALTH_WATCHES)),
         }
     }
+
+    /// A new connection's counter of the bytes its calls hold: its share,
+    /// [`GRPC_CONNECTION_BUFFERED_BYTES`] or the server's cap when that is
+    /// less.
+    pub(crate) fn connection_share(&self) -> Arc<Buffered> {
+        Buffered::new(GRPC_CONNECTION_BUFFERED_BYTES.min(self.server.cap))
+    }
 }
 
 impl<S> tower::Layer<S> for CallsLayer {
@@ -262,12 +271,11 @@ where
         // The clone is not ready; the ready one serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        // A connection that is not tollgate's own (none in the server) is
-        // bounded by the server's cap alone.
-        let connection = request.extensions().get::<GrpcConnectInfo>().map_or_else(
-            || Buffered::new(usize::MAX),
-            |info| Arc::clone(&info.buffered),
-        );
+        let connection = request
+            .extensions()
+            .get::<GrpcConnectInfo>()
+            .and_then(|info| info.buffered.clone())
+            .unwrap_or_else(|| Buffered::new(usize::MAX));
         let held = Held {
             connection,
             server: Arc::clone(&self.layer.server),

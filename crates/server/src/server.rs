@@ -25,7 +25,7 @@ use crate::app::App;
 use crate::config::ServerSettings;
 use crate::conn::{Acceptor, Activity, TimedBody, Tracker, Watched};
 use crate::grpc::{HEALTH_NAMES, RateLimitGrpc};
-use crate::grpc_calls::{CallsLayer, GRPC_CONNECTION_BUFFERED_BYTES};
+use crate::grpc_calls::CallsLayer;
 use crate::grpc_tls::{GrpcIo, GrpcTls};
 use crate::listen::{GrpcListener, Peer, Stream};
 
@@ -506,7 +506,8 @@ where
     }
     let (incoming, connections) = mpsc::channel::<std::io::Result<GrpcIo>>(1);
     let timeouts = (limits.header_timeout, limits.idle_timeout);
-    let connection_buffered = GRPC_CONNECTION_BUFFERED_BYTES.min(limits.grpc_max_buffered_bytes);
+    let calls = CallsLayer::new(limits.grpc_max_calls, limits.grpc_max_buffered_bytes);
+    let shares = calls.clone();
     let accept_stop = stopped();
     let accepting = async move {
         tokio::pin!(accept_stop);
@@ -523,7 +524,7 @@ where
                 peer,
                 slot,
                 timeouts,
-                connection_buffered,
+                shares.connection_share(),
                 open.watch(),
             );
             let Some(tls) = &tls else {
@@ -567,10 +568,7 @@ where
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT.min(limits.idle_timeout / 2)))
         .max_connection_age(limits.grpc_max_connection_age)
         .max_connection_age_grace(limits.grpc_max_connection_age_grace)
-        .layer(CallsLayer::new(
-            limits.grpc_max_calls,
-            limits.grpc_max_buffered_bytes,
-        ))
+        .layer(calls)
         .add_service(health)
         .add_service(RateLimitGrpc::new(app).into_server())
         .serve_with_incoming_shutdown(ReceiverStream::new(connections), stopped());
