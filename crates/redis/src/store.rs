@@ -1305,12 +1305,16 @@ fn function_missing(error: &RedisError) -> bool {
 fn manager_config(options: &RedisOptions) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(options.connect_timeout)
-        // Reconnect quickly after Redis comes back: redis-rs (backon) waits
-        // 1 to 2 s before its first retry whatever this says, then at most
-        // 200 ms plus jitter; the pool's keep-alive starts a new round
-        // every second.
-        .set_max_delay(200)
-        .set_number_of_retries(2)
+        // One connection attempt per reconnection, no retries: redis-rs's
+        // backoff (backon's) sleeps 1 to 2 s before its first retry whatever
+        // the factor and `max_delay` say, and every call made meanwhile
+        // waits for that sleep even once Redis is back. Without it, a failed
+        // attempt fails the calls waiting for it, and the next call (or the
+        // pool's next `PING`, every `keep_alive`) starts another at once:
+        // attempts follow the calls, one at a time per connection, and the
+        // resilience layer's breaker keeps calls (so attempts) few while
+        // Redis stays down.
+        .set_number_of_retries(0)
 }
 
 /// Turns a lease call's reply (main.lua, `lease`) into its answer: the
