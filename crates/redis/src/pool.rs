@@ -17,8 +17,10 @@
 //! used less often idles longer. So every connection is pinged once a
 //! second by default (finding a closed one before a call does: a failed
 //! `PING` makes it reconnect; and keeping it from idling as long as an idle
-//! limit of a few seconds or more), and all of them when a call on any of
-//! them found its connection gone.
+//! limit of a few seconds or more), all of them when a call on any of
+//! them found its connection gone, and sooner after a round in which a
+//! `PING` failed (a failed reconnection is not tried again until the
+//! connection is used).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -138,16 +140,29 @@ impl Pool {
     }
 }
 
+/// The wait before the round after one in which a `PING` failed; doubled
+/// after each such round, up to the keep-alive's own period.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
 /// Pings every connection of the pool every `every`, or at once when
 /// [`Pool::heal`] asks, all side by side, so that a round takes at most
 /// [`PING_TIMEOUT`] however many there are and whatever the server does;
 /// ends at the first round after the pool is dropped. Holds neither the
 /// pool nor its connections while it waits, so that dropping the store
 /// closes them within a round.
+///
+/// After a round in which a `PING` failed (the server is down, or was
+/// when the connection tried again), the next comes sooner:
+/// [`FIRST_RETRY`], doubling while they keep failing, up to `every`. A
+/// failed reconnection is not tried again until something uses the
+/// connection, so without this the first call after the server came back
+/// would fail whenever no call or round had used the connection since.
 async fn pinging(shared: Weak<Shared>, heal: Arc<Notify>, every: Duration) {
+    // The wait after the last round, if a PING failed in it.
+    let mut retry: Option<Duration> = None;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(retry.unwrap_or(every)) => {}
             () = heal.notified() => {}
         }
         let Some(pool) = shared.upgrade() else {
@@ -158,13 +173,19 @@ async fn pinging(shared: Weak<Shared>, heal: Arc<Notify>, every: Duration) {
             let mut connection = connection.clone();
             round.spawn(async move {
                 // A failed PING is the point: the connection reconnects.
-                // Its outcome is of no other use.
                 let ping = redis::cmd("PING");
-                let _ = tokio::time::timeout(PING_TIMEOUT, ping.query_async::<()>(&mut connection))
-                    .await;
+                matches!(
+                    tokio::time::timeout(PING_TIMEOUT, ping.query_async::<()>(&mut connection))
+                        .await,
+                    Ok(Ok(()))
+                )
             });
         }
         drop(pool);
-        while round.join_next().await.is_some() {}
+        let mut answered = true;
+        while let Some(ping) = round.join_next().await {
+            answered &= ping.unwrap_or(false);
+        }
+        retry = (!answered).then(|| retry.map_or(FIRST_RETRY, |wait| wait * 2).min(every));
     }
 }

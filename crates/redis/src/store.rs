@@ -73,8 +73,11 @@ pub struct RedisOptions {
     /// How often each of those connections is pinged, so that one the
     /// server closed (a restart, `CLIENT KILL`, an idle `timeout`)
     /// reconnects before a decision meets it, and so that none stays idle
-    /// longer than this. `None`: never (a closed connection is then found
-    /// by the decision sent on it, which fails). Default
+    /// longer than this; after a round in which a `PING` failed, sooner
+    /// (100 ms, doubling up to this), so that connections reconnect soon
+    /// after a server that was down is back. `None`: never (a closed
+    /// connection is then found by the decision sent on it, which fails,
+    /// and a failed reconnection is tried again by the next call). Default
     /// [`DEFAULT_KEEP_ALIVE`](crate::pool::DEFAULT_KEEP_ALIVE), 1 s.
     pub keep_alive: Option<Duration>,
 }

@@ -1,11 +1,12 @@
 //! A store's connections to one server (`RedisOptions::connections`):
 //! calls take them in turn, every decision stays exact over several, a
 //! connection lost reconnects on its own while the others carry on, and
-//! connections the server closed while idle are found before a call is.
+//! connections the server closed while idle are found before a call is,
+//! and reconnect by themselves once a server that was down is back.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate::Limiter;
 use tollgate_redis::RedisStore;
@@ -158,4 +159,40 @@ async fn connections_closed_while_idle_are_found_before_a_call_is() {
         after.iter().all(|id| !clients.contains(id)),
         "both were replaced"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reconnect_by_themselves_once_redis_is_back() {
+    let mut server = RedisServer::start();
+    // Pinged every 10 s: only the rounds that follow a failed one (100 ms
+    // after it, doubling) can reconnect the connections within the test.
+    let every = Some(Duration::from_secs(10));
+    let limiter = limiter(&server, 2, every, "fixed_window 1000/1h").await;
+    limiter.check("api", "k", 1).await.expect("decides");
+    server.kill();
+    // The call that finds Redis gone starts a round of PINGs, which fail.
+    assert!(limiter.check("api", "k", 1).await.is_err(), "Redis is down");
+    let failed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .expect("restarted");
+    // The waits double from 100 ms, so a round starts within as long again
+    // as it has been since the first failed one (and far within 10 s).
+    let back = failed_at.elapsed();
+    tokio::time::sleep(back + Duration::from_millis(200)).await;
+    assert!(
+        failed_at.elapsed() < Duration::from_secs(9),
+        "the test ran too long to tell"
+    );
+    // No call since the failed one: the first on each connection succeeds.
+    for i in 0..4 {
+        limiter.check("api", "k", 1).await.unwrap_or_else(|e| {
+            panic!("call {i} after Redis was back (restarted {back:?} after the failed call): {e}")
+        });
+    }
+    assert_eq!(store_clients(&server).len(), 2, "both connections are back");
 }
