@@ -20,14 +20,16 @@
 //! limit of a few seconds or more), all of them when a call on any of
 //! them found its connection gone, and sooner after a round in which a
 //! `PING` failed (a failed reconnection is not tried again until the
-//! connection is used).
+//! connection is used). A connection the server keeps refusing (a
+//! reconnection whose `AUTH` failed, which redis-rs never tries again) is
+//! replaced by a new one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -64,10 +66,15 @@ pub(crate) struct Pool {
 }
 
 struct Shared {
-    connections: Box<[ConnectionManager]>,
+    /// Each replaced when it is stuck ([`pinging`]).
+    connections: Box<[RwLock<ConnectionManager>]>,
     next: AtomicUsize,
     /// Wakes the keep-alive task for a round now ([`Pool::heal`]).
     heal: Arc<Notify>,
+    /// What a replacement is opened from, and within how long.
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    timeout: Duration,
 }
 
 impl Pool {
@@ -105,9 +112,12 @@ impl Pool {
             .await
             .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
         let shared = Arc::new(Shared {
-            connections: connections.into(),
+            connections: connections.into_iter().map(RwLock::new).collect(),
             next: AtomicUsize::new(0),
             heal: Arc::new(Notify::new()),
+            client: client.clone(),
+            config: config.clone(),
+            timeout,
         });
         if let Some(every) = keep_alive {
             tokio::spawn(pinging(
@@ -123,7 +133,10 @@ impl Pool {
     pub(crate) fn pick(&self) -> ConnectionManager {
         let connections = &self.shared.connections;
         let turn = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        connections[turn % connections.len()].clone()
+        connections[turn % connections.len()]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// How many connections there are.
@@ -144,6 +157,23 @@ impl Pool {
 /// after each such round, up to the keep-alive's own period.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
+/// Rounds in a row in which a connection's `PING` is refused (below)
+/// before the connection is replaced.
+const REFUSALS_BEFORE_REPLACING: u32 = 2;
+
+/// What one `PING` came to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ping {
+    Answered,
+    /// An I/O error (the connection reconnects by itself at its next use),
+    /// a timeout, or `LOADING` (a new connection would meet it too).
+    Failed,
+    /// Any other error: the server refused the connection itself, as a
+    /// reconnection that failed other than by I/O leaves it (a refused
+    /// `AUTH` or `SELECT`), and redis-rs never tries such a one again.
+    Refused,
+}
+
 /// Pings every connection of the pool every `every`, or at once when
 /// [`Pool::heal`] asks, all side by side, so that a round takes at most
 /// [`PING_TIMEOUT`] however many there are and whatever the server does;
@@ -154,12 +184,18 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// After a round in which a `PING` failed (the server is down, or was
 /// when the connection tried again), the next comes sooner:
 /// [`FIRST_RETRY`], doubling while they keep failing, up to `every`. A
-/// failed reconnection is not tried again until something uses the
-/// connection, so without this the first call after the server came back
-/// would fail whenever no call or round had used the connection since.
+/// reconnection that failed by I/O is not tried again until something
+/// uses the connection, so without this the first call after the server
+/// came back would fail whenever no call or round had used the connection
+/// since. One that failed otherwise (the password was being rotated) is
+/// never tried again by redis-rs: a connection whose `PING` is refused in
+/// [`REFUSALS_BEFORE_REPLACING`] rounds in a row is replaced by a new one,
+/// opened within the pool's connect timeout (and tried again next round if
+/// that fails). Calls in flight on the old one finish on it.
 async fn pinging(shared: Weak<Shared>, heal: Arc<Notify>, every: Duration) {
     // The wait after the last round, if a PING failed in it.
     let mut retry: Option<Duration> = None;
+    let mut refusals: Vec<u32> = Vec::new();
     loop {
         tokio::select! {
             () = tokio::time::sleep(retry.unwrap_or(every)) => {}
@@ -168,23 +204,65 @@ async fn pinging(shared: Weak<Shared>, heal: Arc<Notify>, every: Duration) {
         let Some(pool) = shared.upgrade() else {
             return;
         };
+        refusals.resize(pool.connections.len(), 0);
         let mut round = JoinSet::new();
-        for connection in pool.connections.iter() {
-            let mut connection = connection.clone();
+        for (i, connection) in pool.connections.iter().enumerate() {
+            let mut connection = connection
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let replace = (refusals[i] >= REFUSALS_BEFORE_REPLACING)
+                .then(|| (pool.client.clone(), pool.config.clone(), pool.timeout));
+            let replacing = replace.is_some();
             round.spawn(async move {
-                // A failed PING is the point: the connection reconnects.
+                if let Some((client, config, timeout)) = replace {
+                    let opening = client.get_connection_manager_with_config(config);
+                    if let Ok(Ok(new)) = tokio::time::timeout(timeout, opening).await {
+                        connection = new;
+                    }
+                }
                 let ping = redis::cmd("PING");
-                matches!(
+                let ping =
                     tokio::time::timeout(PING_TIMEOUT, ping.query_async::<()>(&mut connection))
-                        .await,
-                    Ok(Ok(()))
-                )
+                        .await;
+                let outcome = match ping {
+                    Ok(Ok(())) => Ping::Answered,
+                    Ok(Err(e))
+                        if !e.is_io_error()
+                            && !e.is_timeout()
+                            && e.kind() != ErrorKind::BusyLoadingError =>
+                    {
+                        Ping::Refused
+                    }
+                    _ => Ping::Failed,
+                };
+                (i, outcome, replacing.then_some(connection))
             });
         }
         drop(pool);
         let mut answered = true;
+        let mut replaced = Vec::new();
         while let Some(ping) = round.join_next().await {
-            answered &= ping.unwrap_or(false);
+            let Ok((i, outcome, opened)) = ping else {
+                answered = false;
+                continue;
+            };
+            answered &= outcome == Ping::Answered;
+            refusals[i] = if outcome == Ping::Refused {
+                refusals[i] + 1
+            } else {
+                0
+            };
+            if let Some(opened) = opened.filter(|_| outcome == Ping::Answered) {
+                replaced.push((i, opened));
+            }
+        }
+        if let Some(pool) = shared.upgrade() {
+            for (i, opened) in replaced {
+                *pool.connections[i]
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = opened;
+            }
         }
         retry = (!answered).then(|| retry.map_or(FIRST_RETRY, |wait| wait * 2).min(every));
     }

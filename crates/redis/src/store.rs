@@ -75,9 +75,12 @@ pub struct RedisOptions {
     /// reconnects before a decision meets it, and so that none stays idle
     /// longer than this; after a round in which a `PING` failed, sooner
     /// (100 ms, doubling up to this), so that connections reconnect soon
-    /// after a server that was down is back. `None`: never (a closed
-    /// connection is then found by the decision sent on it, which fails,
-    /// and a failed reconnection is tried again by the next call). Default
+    /// after a server that was down is back; and a connection whose `PING`
+    /// the server refuses in two rounds in a row (a reconnection's `AUTH`
+    /// refused, which redis-rs never tries again) is replaced. `None`:
+    /// never (a closed connection is then found by the decision sent on
+    /// it, which fails; a failed reconnection fails the next call, which
+    /// starts another; a refused one stays refused). Default
     /// [`DEFAULT_KEEP_ALIVE`](crate::pool::DEFAULT_KEEP_ALIVE), 1 s.
     pub keep_alive: Option<Duration>,
 }

@@ -196,3 +196,44 @@ async fn connections_reconnect_by_themselves_once_redis_is_back() {
     }
     assert_eq!(store_clients(&server).len(), 2, "both connections are back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_reconnection_was_refused_is_replaced() {
+    let server = RedisServer::start();
+    let url = common::user_without(&server, "rotated", &[]);
+    let store = RedisStore::connect(&url, common::options())
+        .await
+        .expect("connect");
+    let limiter = Limiter::builder(store)
+        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
+        .build();
+    limiter.check("api", "k", 1).await.expect("decides");
+    // A password being rotated: the connections are closed and try again
+    // with the old one, which the server refuses (not an I/O error, so
+    // redis-rs never tries that connection again by itself).
+    let password = |p: &str| server.cli(&["ACL", "SETUSER", "rotated", "resetpass", p]);
+    assert_eq!(password(">other"), "OK");
+    server.cli(&["CLIENT", "KILL", "USER", "rotated"]);
+    assert!(limiter.check("api", "k", 1).await.is_err(), "closed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = limiter.check("api", "k", 1).await.expect_err("refused");
+    assert_eq!(password(">pw"), "OK");
+    let restored = Instant::now();
+    loop {
+        if limiter.check("api", "k", 1).await.is_ok() {
+            break;
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(5),
+            "still failing 5 s after the password was restored (first refused with {refused})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every connection works again, not just one.
+    for i in 0..4 {
+        limiter
+            .check("api", "k", 1)
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    }
+}
