@@ -27,6 +27,12 @@ pub enum ServerStore {
     Redis(RedisStore),
 }
 
+/// The longest a call to Redis made past the resilience layer may take
+/// (readiness, the `PING`s that explain a failure, override writes), or
+/// `store.timeout` when that is longer: a hung Redis answers them with a
+/// timeout rather than holding the request, and its connection, forever.
+pub const DIRECT_CALL_BOUND: Duration = Duration::from_secs(1);
+
 impl ServerStore {
     /// Connects to the configured store.
     ///
@@ -34,11 +40,15 @@ impl ServerStore {
     /// [`ConnectError`] when Redis cannot be reached or its URL or prefix is
     /// invalid (the TLS files of `store.tls_*_file` were read at load).
     pub async fn connect(settings: &StoreSettings) -> Result<ServerStore, ConnectError> {
-        // No call bound on the Redis store: `store.timeout` is the
-        // resilience layer's deadline, which wraps every call.
+        // `store.timeout` is the resilience layer's deadline, which wraps
+        // every decision. The store's own bound is the backstop for the
+        // calls made past that layer (readiness, the PINGs that explain a
+        // failure, override writes): never shorter than the deadline, so
+        // it cuts no decision.
         let mut options = RedisOptions::default()
             .prefix(settings.prefix.clone())
-            .connections(settings.connections);
+            .connections(settings.connections)
+            .timeout(settings.timeout.max(DIRECT_CALL_BOUND));
         if let Some(tls) = &settings.tls {
             if let Some(ca) = &tls.ca {
                 options = options.tls_root_cert(ca.clone());

@@ -92,3 +92,60 @@ async fn readiness_recovers_without_traffic_once_redis_is_back() {
     );
     server.stop().await.unwrap();
 }
+
+/// A hung Redis (`SIGSTOP`: it accepts connections and never answers)
+/// makes readiness, `/healthcheck`, gRPC health and the admin API's
+/// override writes fail within their bound
+/// (`tollgate_server::store::DIRECT_CALL_BOUND`), rather than hold their
+/// requests, and the connections those hold, for as long as Redis hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_fails_readiness_and_admin_calls_within_their_bound() {
+    let redis = tollgate_testkit::redis::RedisServer::start();
+    let text = format!(
+        "server:\n  admin_token: s3cret\nstore:\n  kind: redis\n  url: {}\n  timeout: 50ms\npolicies:\n  - name: api\n    limit: 100\n    period: 1m\n",
+        redis.url()
+    );
+    let server = TestServer::start_text(Backend::RedisFromConfig(redis), &text).await;
+    let channel = server.grpc_channel().await;
+    let mut health = HealthClient::new(channel);
+    assert_eq!(server.get_text("/readyz").await.0, 200);
+    assert!(grpc_serving(&mut health).await);
+    let Backend::RedisFromConfig(redis) = &server.backend else {
+        unreachable!()
+    };
+    redis.stop_signal();
+    let bound = tollgate_server::store::DIRECT_CALL_BOUND + Duration::from_secs(2);
+    let (status, body) = tokio::time::timeout(bound, server.get_text("/readyz"))
+        .await
+        .expect("/readyz answers while Redis hangs");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    let (status, body) = tokio::time::timeout(bound, server.get_text("/healthcheck"))
+        .await
+        .expect("/healthcheck answers while Redis hangs");
+    assert_eq!(status, 500, "{body}");
+    let put = server
+        .reqwest
+        .put(server.url("/v1/overrides/api/vip"))
+        .header("authorization", "Bearer s3cret")
+        .header("content-type", "application/json")
+        .body(r#"{"limit": 5}"#)
+        .send();
+    let response = tokio::time::timeout(bound, put)
+        .await
+        .expect("an override write answers while Redis hangs")
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    // gRPC health is re-checked every 5 s; the check itself is bounded.
+    let deadline = Instant::now() + Duration::from_secs(5) + 2 * bound;
+    while grpc_serving(&mut health).await {
+        assert!(Instant::now() < deadline, "gRPC health still SERVING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.cont_signal();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get_text("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
