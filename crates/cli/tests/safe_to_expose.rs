@@ -422,6 +422,76 @@ async fn the_server_wide_byte_cap_holds_across_connections() {
     drop(first_two);
 }
 
+/// What one HTTP request with a head of `pad` bytes of header value gets:
+/// the status line, or `None` if the connection was closed or reset before
+/// one came (the server may close on a head it refuses while the client is
+/// still sending it). The connection is returned, kept open.
+async fn http_head(addr: SocketAddr, pad: usize) -> (Option<String>, TcpStream) {
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(pad)
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut buf = [0; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+    )
+    .await
+    .expect("an answer or a close within 5 s");
+    let line = match read {
+        Ok(n) if n > 0 => String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .map(str::to_owned),
+        _ => None,
+    };
+    (line, stream)
+}
+
+/// A request head over `MAX_REQUEST_HEAD_BYTES` is refused (`431`) and its
+/// connection closed, so that idle keep-alive connections hold small read
+/// buffers: before, hyper's buffer grew to fit a head of up to 400 KiB and
+/// kept that size for the connection's life (300 connections after one
+/// 300 KB head each held about 57 MiB). A head under the cap is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_request_heads_are_refused_and_leave_no_buffer_behind() {
+    const CONNECTIONS: usize = 300;
+    let server = serve("heads.yaml", "", false);
+    let pid = server.pid();
+    let cap = tollgate_server::server::MAX_REQUEST_HEAD_BYTES;
+    let (line, _kept) = http_head(server.http, cap - 1024).await;
+    assert_eq!(
+        line.as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "a head under the cap"
+    );
+    let (line, _) = http_head(server.http, cap + 1024).await;
+    assert!(
+        line.as_ref().is_none_or(|l| l.starts_with("HTTP/1.1 431")),
+        "a head over the cap: {line:?}"
+    );
+    let idle = rss_kib(pid);
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (line, stream) = http_head(server.http, 300_000).await;
+        assert!(
+            line.as_ref().is_none_or(|l| l.starts_with("HTTP/1.1 431")),
+            "a 300 KB head: {line:?}"
+        );
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown_kib = rss_kib(pid).saturating_sub(idle);
+    eprintln!("{CONNECTIONS} connections after a 300 KB head each: +{grown_kib} KiB");
+    assert!(
+        grown_kib < 16 * 1024,
+        "RSS grew by {grown_kib} KiB after {CONNECTIONS} refused heads"
+    );
+    drop(held);
+}
+
 #[test]
 fn sigterm_with_stalled_clients_exits_zero_within_shutdown_timeout() {
     let server = serve(

@@ -105,6 +105,14 @@ pub enum ServeError {
 /// (`server.metrics`): scrapers, a handful at most.
 pub const METRICS_MAX_CONNECTIONS: usize = 64;
 
+/// The longest HTTP/1 request head (request line and headers) the HTTP
+/// port reads, in bytes; a longer one is answered `431 Request Header
+/// Fields Too Large` and its connection closed. Also the most a
+/// connection's read buffer grows to, so that an idle keep-alive
+/// connection holds at most about this much. The API's requests carry
+/// their data in the body; a browser's head is a few kilobytes.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+
 /// Serves `app` on `listeners` until `shutdown` completes, then stops
 /// accepting, lets requests in flight finish for up to
 /// `server.shutdown_timeout`, closes the connections still open, and
@@ -374,6 +382,10 @@ async fn http_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(None)
+        // The read buffer grows to fit a request's head and keeps that
+        // size for the connection's life: hyper's default (about 400 KiB)
+        // let idle keep-alive connections hold that much each.
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let expired = activity.expired();
