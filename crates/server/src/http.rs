@@ -59,6 +59,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthcheck", get(healthcheck))
         .route("/rlconfig", get(rlconfig))
         .merge(crate::dashboard::routes())
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(app)
 }
@@ -68,6 +69,7 @@ pub fn router(app: Arc<App>) -> Router {
 pub fn metrics_router(app: Arc<App>, path: &str) -> Router {
     Router::new()
         .route(path, get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(app)
 }
@@ -889,6 +891,16 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn not_found() -> Response {
     Problem::new(StatusCode::NOT_FOUND, "no such endpoint").into_response()
+}
+
+/// A known path with another method: `405` as a problem, like every other
+/// error (axum adds the `Allow` header naming the methods it has).
+async fn method_not_allowed() -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint (the Allow header names those that are)",
+    )
+    .into_response()
 }
 
 #[cfg(test)]

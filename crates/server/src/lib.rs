@@ -56,6 +56,11 @@
 //! # }).unwrap();
 //! ```
 
+// Proving the HTTP router's handler futures `Send` once every route has a
+// method-not-allowed fallback (`http::router`) nests deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -284,6 +284,7 @@ async fn every_error_is_problem_json_with_its_status() {
             "unknown field",
         ),
         ("/v1/nowhere", "{}".into(), 404, "no such endpoint"),
+        ("/healthz", "{}".into(), 405, "method not allowed"),
     ];
     for (path, body, status, detail) in cases {
         let response = server.post(path, &body).await;
@@ -302,6 +303,9 @@ async fn every_error_is_problem_json_with_its_status() {
             "{path} {body}: {problem}"
         );
     }
+    // A wrong method keeps the Allow header axum adds.
+    let response = server.post("/healthz", "{}").await;
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
     // reset errors, with the token.
     for (body, status) in [
         (r#"{"policy": "nope", "key": "a"}"#, 404),
