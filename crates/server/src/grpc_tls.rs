@@ -23,7 +23,7 @@
 //! `max_connections`), so a client that never finishes its handshake holds
 //! nothing else up. ALPN offers `h2` only, as tonic's TLS does.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-use crate::config::{GrpcTlsSettings, MAX_TLS_FILE_BYTES};
+use crate::config::{GrpcTlsSettings, read_tls_file};
 use crate::conn::Watched;
 use crate::grpc_calls::GrpcConnectInfo;
 
@@ -275,17 +275,7 @@ impl ResolvesServerCert for Pair {
 }
 
 fn read(path: &Path, name: &str) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_TLS_FILE_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("{name} {}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_TLS_FILE_BYTES {
-        return Err(format!(
-            "{name} {}: over {MAX_TLS_FILE_BYTES} bytes: not a PEM file",
-            path.display()
-        ));
-    }
-    Ok(bytes)
+    read_tls_file(path).map_err(|e| format!("{name} {}: {e}", path.display()))
 }
 
 fn certificates(path: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -7,7 +7,6 @@
 //! about 16 s. So the depth is measured first, in one linear pass, and the
 //! size of every file is bounded before it is read.
 
-use std::io::Read;
 use std::path::Path;
 
 use super::ConfigError;
@@ -27,16 +26,18 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 /// levels; at this depth parsing costs nothing.
 pub const MAX_NESTING_DEPTH: usize = 64;
 
-/// Reads `path` as text if it is no larger than [`MAX_CONFIG_FILE_BYTES`]
-/// and what is left of `budget` (bytes still allowed for this
-/// configuration), which it then reduces. Never reads more than one byte
-/// past the cap, whatever the file claims or becomes.
+/// Reads `path` as text if it is a regular file no larger than
+/// [`MAX_CONFIG_FILE_BYTES`] and what is left of `budget` (bytes still
+/// allowed for this configuration), which it then reduces. Read by
+/// [`read_regular`](super::files::read_regular): never blocks on a FIFO,
+/// and never reads more than one byte past the cap, whatever the file
+/// claims or becomes.
 pub(super) fn read_bounded(path: &Path, budget: &mut u64) -> Result<String, ConfigError> {
+    use super::files::{ReadError, read_regular};
     let io = |source| ConfigError::Io {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
     let cap = MAX_CONFIG_FILE_BYTES.min(*budget);
     let too_large = |len: u64| {
         let file = path.display().to_string();
@@ -54,18 +55,11 @@ pub(super) fn read_bounded(path: &Path, budget: &mut u64) -> Result<String, Conf
             ConfigError::invalid(&file, size_message(len))
         }
     };
-    if let Ok(metadata) = file.metadata() {
-        if metadata.is_file() && metadata.len() > cap {
-            return Err(too_large(metadata.len()));
-        }
-    }
-    let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes).map_err(io)?;
-    let len = bytes.len() as u64;
-    if len > cap {
-        return Err(too_large(len));
-    }
-    *budget -= len;
+    let bytes = read_regular(path, cap).map_err(|error| match error {
+        ReadError::Io(source) => io(source),
+        ReadError::TooLarge(len) => too_large(len),
+    })?;
+    *budget -= bytes.len() as u64;
     String::from_utf8(bytes).map_err(|e| {
         io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -38,7 +38,7 @@ mod files;
 mod limits;
 pub(crate) mod parse;
 mod raw;
-pub(crate) use raw::MAX_TLS_FILE_BYTES;
+pub(crate) use raw::read_tls_file;
 mod settings;
 #[cfg(test)]
 mod tests;

@@ -4,12 +4,13 @@
 //! descriptor schema, in `envoy::schema`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tollgate::{Algorithm, Lease, Policy};
 
+use super::files::{ReadError, read_regular};
 use super::parse::{
     self, AlgorithmName, Checked, DurationText, FailureModeName, ListenText, Validate,
 };
@@ -858,13 +859,7 @@ fn tls_files(
         ));
     }
     let read = |key: &str, path: &str| -> Result<Vec<u8>, String> {
-        let metadata = std::fs::metadata(path).map_err(|e| format!("{key} `{path}`: {e}"))?;
-        if metadata.len() > MAX_TLS_FILE_BYTES {
-            return Err(format!(
-                "{key} `{path}` is over {MAX_TLS_FILE_BYTES} bytes: not a PEM file"
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| format!("{key} `{path}`: {e}"))?;
+        let bytes = read_tls_file(Path::new(path)).map_err(|e| format!("{key} `{path}`: {e}"))?;
         if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
             return Err(format!("{key} `{path}` is not PEM (no `-----BEGIN `)"));
         }
@@ -884,6 +879,18 @@ fn tls_files(
 /// The largest TLS file read, the store's and the gRPC port's
 /// (certificates and keys are a few KB).
 pub(crate) const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a TLS file, the store's or the gRPC port's, whole: a regular file
+/// of at most [`MAX_TLS_FILE_BYTES`] ([`read_regular`]).
+///
+/// # Errors
+/// What is wrong, without the path (callers name the file their way).
+pub(crate) fn read_tls_file(path: &Path) -> Result<Vec<u8>, String> {
+    read_regular(path, MAX_TLS_FILE_BYTES).map_err(|error| match error {
+        ReadError::Io(error) => error.to_string(),
+        ReadError::TooLarge(_) => format!("over {MAX_TLS_FILE_BYTES} bytes: not a PEM file"),
+    })
+}
 
 /// The longest `store.master_name`.
 const MAX_MASTER_NAME: usize = 256;
