@@ -2,7 +2,9 @@
 //! (the parser's time grows with the square of the depth) and one too
 //! large. `tollgate serve` refuses them on reload, with a precise message,
 //! while it keeps answering requests on the running configuration, and
-//! `tollgate check` refuses them with the same message.
+//! `tollgate check` refuses them with the same message. Also what a reload
+//! must not take: a FIFO in the file's place (which blocked the reload, and
+//! every later one, in `open()`) and an emptied file.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use support::{serve, tollgate};
 use tollgate_testkit::files::temp_dir;
+use tollgate_testkit::process::ServeProcess;
 
 const GOOD: &str =
     "policies:\n  - name: api\n    algorithm: sliding_log\n    limit: 1000\n    period: 1h\n";
@@ -141,4 +144,122 @@ fn pathological_files_are_refused_while_requests_are_answered() {
     assert!(body.contains("\"name\":\"api\""), "{body}");
     let took = serve.terminate();
     assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+}
+
+/// Waits up to 15 s for `count` log lines of `serve` containing every one
+/// of `parts`: the last of them.
+fn wait_for_lines(serve: &ServeProcess, parts: &[&str], count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let lines: Vec<String> = serve
+            .log()
+            .into_iter()
+            .filter(|line| parts.iter().all(|p| line.contains(p)))
+            .collect();
+        if lines.len() >= count {
+            return lines[count - 1].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} log lines naming {parts:?}:\n{}",
+            lines.len(),
+            serve.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `limit` `/v1/check` answers for policy `api`.
+fn api_limit(serve: &ServeProcess) -> String {
+    let (status, body) = serve.check(r#"{"policy":"api","key":"k"}"#);
+    assert_eq!(status, 200, "{body}");
+    let start = body.find("\"limit\":").unwrap() + 8;
+    body[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect()
+}
+
+/// Regression: `rm t.yaml; mkfifo t.yaml` left the reload thread blocked
+/// in `open()`, waiting for a writer that never came, and every later
+/// reload (file change or SIGHUP) behind it until a restart. The FIFO is
+/// refused at once, by the watcher and by SIGHUP, and a valid file put
+/// back is loaded.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_place_of_the_file_is_refused_and_reloads_go_on() {
+    let dir = temp_dir("config-fifo");
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(&config, GOOD).unwrap();
+    let mut serve = serve(&config);
+    assert_eq!(api_limit(&serve), "1000");
+
+    std::fs::remove_file(&config).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let name = config.display().to_string();
+    let refused = [
+        name.as_str(),
+        "a FIFO (named pipe), not a regular file",
+        "keeping the running configuration",
+    ];
+    wait_for_lines(&serve, &refused, 1);
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &serve.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    wait_for_lines(&serve, &refused, 2);
+    assert_eq!(api_limit(&serve), "1000", "the running configuration stays");
+
+    // Written elsewhere, renamed over the FIFO: the watcher loads it.
+    replace(&config, &GOOD.replace("limit: 1000", "limit: 7"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while api_limit(&serve) != "7" {
+        assert!(
+            Instant::now() < deadline,
+            "the file was not loaded:\n{}",
+            serve.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serve.terminate();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Regression: `: > t.yaml` while serving reloaded an empty configuration
+/// ("config reloaded policies=0 domains=0"): every policy answered 404 and
+/// every Envoy domain was gone. Emptied, or left with comments only, the
+/// file is refused and the running configuration stays.
+#[test]
+fn an_emptied_file_is_refused_and_the_running_configuration_stays() {
+    let dir = temp_dir("config-emptied");
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(&config, GOOD).unwrap();
+    let mut serve = serve(&config);
+    assert_eq!(api_limit(&serve), "1000");
+    let name = config.display().to_string();
+    let refused = [
+        name.as_str(),
+        "the file is empty",
+        "keeping the running configuration",
+    ];
+    // Truncated in place, as `: > file` does.
+    std::fs::File::create(&config).unwrap();
+    let line = wait_for_lines(&serve, &refused, 1);
+    assert!(line.contains("ERROR"), "{line}");
+    assert_eq!(api_limit(&serve), "1000", "the running configuration stays");
+    replace(&config, "# nothing here yet\n\n");
+    wait_for_lines(&serve, &refused, 2);
+    assert_eq!(api_limit(&serve), "1000");
+    assert!(
+        !serve.log().iter().any(|l| l.contains("config reloaded")),
+        "{}",
+        serve.log().join("\n")
+    );
+    serve.terminate();
+    std::fs::remove_dir_all(dir).unwrap();
 }

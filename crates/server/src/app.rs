@@ -298,7 +298,9 @@ impl App {
 
     /// Reads the configuration again and, if it is valid, swaps it in;
     /// otherwise the running one stays and the error is returned (and
-    /// logged). Requests in flight finish on the configuration they started
+    /// logged). A tollgate file with nothing but whitespace and comments in
+    /// it is refused too (`{}` is the empty configuration on reload).
+    /// Requests in flight finish on the configuration they started
     /// with. Store settings cannot change without a restart: a changed
     /// store section is logged and ignored.
     ///
@@ -308,7 +310,7 @@ impl App {
     /// # Errors
     /// The [`ConfigError`] of the new configuration.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        self.install(self.source.load())
+        self.install(self.source.read().and_then(|text| text.parse_for_reload()))
     }
 
     /// [`reload`](Self::reload), with the files read, parsed and validated
@@ -328,7 +330,7 @@ impl App {
         let spawned = std::thread::Builder::new()
             .name("tollgate-config".to_owned())
             .spawn(move || {
-                let _ = done.send(source.load());
+                let _ = done.send(source.read().and_then(|text| text.parse_for_reload()));
             });
         let loaded = match spawned {
             Ok(_) => loaded

@@ -62,16 +62,35 @@ impl ConfigSource {
     /// # Errors
     /// A [`ConfigError`] naming the file, line and field.
     pub fn load(&self) -> Result<Config, ConfigError> {
+        self.read()?.parse()
+    }
+
+    /// Reads every file of the configuration, within the caps, without
+    /// parsing them: a reload compares two reads before it parses one (see
+    /// [`crate::reload`]).
+    ///
+    /// # Errors
+    /// A file that cannot be read, is not a regular file, or passes a cap.
+    pub(crate) fn read(&self) -> Result<ConfigText, ConfigError> {
         // Bytes still allowed for all files together.
         let mut budget = limits::MAX_CONFIG_BYTES;
-        let mut config = self.load_base(&mut budget)?;
-        if let Some(envoy) = &self.envoy {
-            for file in envoy_files(envoy, self.ignore_dot_files)? {
+        let base = self.read_base(&mut budget)?;
+        let mut envoy = Vec::new();
+        let mut skipped = Vec::new();
+        if let Some(path) = &self.envoy {
+            let found = walk(path, self.ignore_dot_files)?;
+            for file in found.files {
                 let text = limits::read_bounded(&file, &mut budget)?;
-                config.add_envoy_file(&text, &file.display().to_string(), self.merge_domains)?;
+                envoy.push((file.display().to_string(), text));
             }
+            skipped = found.skipped;
         }
-        Ok(config)
+        Ok(ConfigText {
+            base,
+            envoy,
+            skipped,
+            merge_domains: self.merge_domains,
+        })
     }
 
     /// [`load`](Self::load), except that envoyproxy/ratelimit files that
@@ -97,7 +116,7 @@ impl ConfigSource {
             Ok(config) => Ok(config),
             Err(error) if self.envoy.is_some() => {
                 let mut budget = limits::MAX_CONFIG_BYTES;
-                let mut config = self.load_base(&mut budget)?;
+                let mut config = self.read_base(&mut budget)?.parse()?;
                 config.domains.clear();
                 config.envoy_unloaded = Some(error.to_string());
                 Ok(config)
@@ -106,20 +125,22 @@ impl ConfigSource {
         }
     }
 
-    /// The tollgate file, the generated document, an empty one (with
-    /// `envoy` set) or the demo.
-    fn load_base(&self, budget: &mut u64) -> Result<Config, ConfigError> {
-        Ok(match (&self.config, &self.generated) {
-            (Some(path), _) => Config::parse(
-                &limits::read_bounded(path, budget)?,
-                &path.display().to_string(),
-            )?,
-            (None, Some(text)) => Config::parse(text, GENERATED_NAME)?,
+    /// The tollgate document: the file, the generated document, an empty
+    /// one (with `envoy` set) or the demo.
+    fn read_base(&self, budget: &mut u64) -> Result<Document, ConfigError> {
+        let (name, text, file) = match (&self.config, &self.generated) {
+            (Some(path), _) => (
+                path.display().to_string(),
+                limits::read_bounded(path, budget)?,
+                true,
+            ),
+            (None, Some(text)) => (GENERATED_NAME.to_owned(), text.clone(), false),
             // envoyproxy/ratelimit files alone: only their domains, on
             // the memory store, no demo policies.
-            (None, None) if self.envoy.is_some() => Config::parse("", "<empty>")?,
-            (None, None) => Config::parse(DEMO_CONFIG, "<demo>")?,
-        })
+            (None, None) if self.envoy.is_some() => ("<empty>".to_owned(), String::new(), false),
+            (None, None) => ("<demo>".to_owned(), DEMO_CONFIG.to_owned(), false),
+        };
+        Ok(Document { name, text, file })
     }
 
     /// Every file the configuration is read from (the envoy directory's
@@ -127,13 +148,89 @@ impl ConfigSource {
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.config.iter().cloned().collect();
         if let Some(envoy) = &self.envoy {
-            match walk(envoy, self.ignore_dot_files, false) {
+            match walk(envoy, self.ignore_dot_files) {
                 Ok(found) => files.extend(found.files.into_iter().chain(found.dirs)),
                 Err(_) => files.push(envoy.clone()),
             }
         }
         files
     }
+}
+
+/// The text of every file of a configuration, read at one moment and not
+/// yet parsed ([`ConfigSource::read`]). Two are equal when every file read
+/// the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigText {
+    base: Document,
+    /// The envoyproxy/ratelimit files, by name, in the order read.
+    envoy: Vec<(String, String)>,
+    /// Entries of the envoy directory that are not files (logged when
+    /// parsed, so once per load rather than once per read).
+    skipped: Vec<PathBuf>,
+    merge_domains: bool,
+}
+
+/// The tollgate document of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Document {
+    /// How messages name it.
+    name: String,
+    text: String,
+    /// Read from the `config` file (not generated, empty or the demo).
+    file: bool,
+}
+
+impl Document {
+    fn parse(&self) -> Result<Config, ConfigError> {
+        Config::parse(&self.text, &self.name)
+    }
+}
+
+impl ConfigText {
+    /// Parses and validates what was read.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, line and field.
+    pub(crate) fn parse(&self) -> Result<Config, ConfigError> {
+        let mut config = self.base.parse()?;
+        for path in &self.skipped {
+            tracing::warn!(path = %path.display(), "envoy configuration: not a readable file; skipped");
+        }
+        for (name, text) in &self.envoy {
+            config.add_envoy_file(text, name, self.merge_domains)?;
+        }
+        Ok(config)
+    }
+
+    /// [`parse`](Self::parse) for a reload, which refuses a tollgate file
+    /// with nothing in it but whitespace and comments: an empty file is far
+    /// more often one caught being rewritten (truncated, not yet written),
+    /// or emptied by mistake, than a wish to drop every policy and domain,
+    /// which `{}` still says. At start such a file is an empty
+    /// configuration, as before.
+    ///
+    /// # Errors
+    /// As [`parse`](Self::parse); also a blank tollgate file.
+    pub(crate) fn parse_for_reload(&self) -> Result<Config, ConfigError> {
+        if self.base.file && blank(&self.base.text) {
+            return Err(ConfigError::invalid(
+                &self.base.name,
+                "the file is empty (nothing but whitespace and comments): refused on reload, \
+                 as a file being rewritten or emptied by mistake would drop every policy and \
+                 domain; write `{}` for a configuration without any",
+            ));
+        }
+        self.parse()
+    }
+}
+
+/// Whether `text` holds nothing but whitespace and comments.
+fn blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#')
+    })
 }
 
 /// Why [`read_regular`] read nothing.
@@ -235,17 +332,14 @@ struct Walk {
     /// Directories below the top one (their modification time changes when
     /// a file is added or removed).
     dirs: Vec<PathBuf>,
+    /// Entries that are neither: links to a directory or to nothing,
+    /// FIFOs, sockets, devices.
+    skipped: Vec<PathBuf>,
 }
 
-/// The envoy configuration files under `path`, sorted: `path` itself when
-/// it is not a directory.
-fn envoy_files(path: &Path, ignore_dot_files: bool) -> Result<Vec<PathBuf>, ConfigError> {
-    walk(path, ignore_dot_files, true).map(|w| w.files)
-}
-
-/// Walks `path`; `warn`: log each entry skipped (when loading, not when
-/// polling for changes).
-fn walk(path: &Path, ignore_dot_files: bool, warn: bool) -> Result<Walk, ConfigError> {
+/// Walks `path`: the envoy configuration files under it, sorted (`path`
+/// itself when it is not a directory).
+fn walk(path: &Path, ignore_dot_files: bool) -> Result<Walk, ConfigError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| ConfigError::Io { path, source }
@@ -253,6 +347,7 @@ fn walk(path: &Path, ignore_dot_files: bool, warn: bool) -> Result<Walk, ConfigE
     let mut found = Walk {
         files: Vec::new(),
         dirs: Vec::new(),
+        skipped: Vec::new(),
     };
     if !std::fs::metadata(path).map_err(io(path))?.is_dir() {
         found.files.push(path.to_owned());
@@ -280,10 +375,10 @@ fn walk(path: &Path, ignore_dot_files: bool, warn: bool) -> Result<Walk, ConfigE
                 // (goruntime logs it and reads on). What is read is
                 // checked again once opened (`read_regular`).
                 found.files.push(entry_path);
-            } else if warn {
-                tracing::warn!(path = %entry_path.display(), "envoy configuration: not a readable file; skipped");
+            } else {
+                found.skipped.push(entry_path);
             }
-            if found.files.len() + found.dirs.len() > MAX_ENVOY_FILES {
+            if found.files.len() + found.dirs.len() + found.skipped.len() > MAX_ENVOY_FILES {
                 return Err(ConfigError::invalid(
                     &path.display().to_string(),
                     format!(
@@ -295,13 +390,12 @@ fn walk(path: &Path, ignore_dot_files: bool, warn: bool) -> Result<Walk, ConfigE
     }
     found.files.sort();
     found.dirs.sort();
+    found.skipped.sort();
     Ok(found)
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tollgate_testkit::files::temp_dir;
 
     use super::*;
@@ -309,13 +403,14 @@ mod tests {
 
     /// `read` on a thread of its own, which must be done within 10 s: a read
     /// that blocks fails the test instead of hanging it.
+    #[cfg(unix)]
     fn within<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> T {
         let (done, result) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = done.send(read());
         });
         result
-            .recv_timeout(Duration::from_secs(10))
+            .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the read blocked")
     }
 
@@ -323,6 +418,7 @@ mod tests {
     /// reload thread in `open()` forever (and with it every later reload),
     /// and `/dev/zero` as a TLS file was read until memory ran out. Every
     /// reader refuses them, naming the file and what it is.
+    #[cfg(unix)]
     #[test]
     fn files_that_are_not_regular_are_refused_without_blocking() {
         let dir = temp_dir("read-regular");
@@ -389,6 +485,52 @@ mod tests {
             read_regular(&dir.join("missing"), 10),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound
         ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Regression: an emptied tollgate file was reloaded as an empty
+    /// configuration, every policy and domain gone. On reload it is
+    /// refused; at start, and for `tollgate check`, it is still the empty
+    /// configuration, and `{}` is one on reload too.
+    #[test]
+    fn a_blank_tollgate_file_is_refused_on_reload_only() {
+        let dir = temp_dir("blank-config");
+        let file = dir.join("t.yaml");
+        let source = ConfigSource {
+            config: Some(file.clone()),
+            ..ConfigSource::default()
+        };
+        for blank in ["", "\n  \n\t\n", "# nothing yet\n", "  # a\n\n# b"] {
+            std::fs::write(&file, blank).unwrap();
+            let error = source
+                .read()
+                .unwrap()
+                .parse_for_reload()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("{}: the file is empty", file.display())),
+                "{blank:?}: {error}"
+            );
+            assert!(source.load().unwrap().policies.is_empty(), "{blank:?}");
+        }
+        std::fs::write(&file, "{}\n").unwrap();
+        let config = source.read().unwrap().parse_for_reload().unwrap();
+        assert!(config.policies.is_empty());
+        // Only the file is checked: the empty document of envoyproxy/ratelimit
+        // files alone is no file.
+        std::fs::write(
+            dir.join("a.yaml"),
+            "domain: a\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1 }\n",
+        )
+        .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let envoy_only = ConfigSource {
+            envoy: Some(dir.clone()),
+            ..ConfigSource::default()
+        };
+        let config = envoy_only.read().unwrap().parse_for_reload().unwrap();
+        assert_eq!(config.domains.len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
