@@ -13,7 +13,9 @@ use tollgate::{
     SettleAnswer, Store,
 };
 
-use crate::config::{Config, ConfigError, ConfigSource, FailureMode, StoreKind, StoreSettings};
+use crate::config::{
+    Config, ConfigError, ConfigSource, ConfigText, FailureMode, StoreKind, StoreSettings,
+};
 use crate::health::{Context, StoreHealth};
 use crate::metrics::{ExternalGauges, Metrics, Outcome, SettleResult, StoreGauges};
 use crate::stats::Dashboard;
@@ -326,21 +328,50 @@ impl App {
     /// The [`ConfigError`] of the new configuration.
     pub async fn reload_off_runtime(&self) -> Result<(), ConfigError> {
         let source = self.source.clone();
-        let (done, loaded) = tokio::sync::oneshot::channel();
+        let loaded = self
+            .off_runtime(move || source.read()?.parse_for_reload())
+            .await;
+        self.install(loaded)
+    }
+
+    /// Reads the configuration's files, without parsing them, on a thread
+    /// of their own (the file watcher compares two reads, see
+    /// [`crate::reload`]).
+    pub(crate) async fn read_off_runtime(&self) -> Result<ConfigText, ConfigError> {
+        let source = self.source.clone();
+        self.off_runtime(move || source.read()).await
+    }
+
+    /// [`reload_off_runtime`](Self::reload_off_runtime) of files already
+    /// read.
+    pub(crate) async fn reload_read_off_runtime(
+        &self,
+        read: Result<ConfigText, ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let loaded = self.off_runtime(move || read?.parse_for_reload()).await;
+        self.install(loaded)
+    }
+
+    /// `work` on a thread of its own; dropped, this future leaves the
+    /// thread to finish alone.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ConfigError> + Send + 'static,
+    ) -> Result<T, ConfigError> {
+        let (done, result) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("tollgate-config".to_owned())
             .spawn(move || {
-                let _ = done.send(source.read().and_then(|text| text.parse_for_reload()));
+                let _ = done.send(work());
             });
-        let loaded = match spawned {
-            Ok(_) => loaded
+        match spawned {
+            Ok(_) => result
                 .await
                 .unwrap_or_else(|_| Err(self.reload_error("the configuration thread panicked"))),
             Err(error) => Err(self.reload_error(&format!(
                 "cannot start a thread to read the configuration: {error}"
             ))),
-        };
-        self.install(loaded)
+        }
     }
 
     fn reload_error(&self, message: &str) -> ConfigError {

@@ -49,6 +49,7 @@ use tonic::transport::server::Connected;
 use crate::config::{GrpcTlsSettings, read_tls_file};
 use crate::conn::Watched;
 use crate::grpc_calls::GrpcConnectInfo;
+use crate::reload::Settle;
 
 /// `client_san` as a name to check certificates for: a DNS name or an IP
 /// address, an IPv6 one with or without brackets (`[::1]`).
@@ -178,7 +179,7 @@ struct Pair {
 
 #[derive(Debug, Default)]
 struct Changing {
-    seen: Option<(Vec<u8>, Vec<u8>)>,
+    seen: Settle<(Vec<u8>, Vec<u8>)>,
     /// The failure last logged, with a hash of the contents that gave it
     /// (two different bad rotations can fail with the same words).
     logged: Option<(String, u64)>,
@@ -207,7 +208,7 @@ impl Pair {
         let (cert_pem, key_pem) = match read_both {
             Ok(both) => both,
             Err(error) => {
-                changing.seen = None;
+                changing.seen.forget();
                 Self::log_once(&mut changing, error, 0);
                 return;
             }
@@ -215,26 +216,20 @@ impl Pair {
         {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             if current.1 == cert_pem && current.2 == key_pem {
-                changing.seen = None;
+                changing.seen.forget();
                 if changing.logged.take().is_some() {
                     tracing::info!(cert = %self.cert.display(), "gRPC TLS: the served certificate's files are back");
                 }
                 return;
             }
         }
-        let steady = changing
-            .seen
-            .as_ref()
-            .is_some_and(|(c, k)| *c == cert_pem && *k == key_pem);
-        if !steady {
-            changing.seen = Some((cert_pem, key_pem));
+        let Some((cert_pem, key_pem)) = changing.seen.settled((cert_pem, key_pem)) else {
             return;
-        }
+        };
         match certified(&cert_pem, &key_pem, &self.cert, &self.key, &self.provider) {
             Ok(certified) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) =
                     (Arc::new(certified), cert_pem, key_pem);
-                changing.seen = None;
                 changing.logged = None;
                 tracing::info!(cert = %self.cert.display(), "gRPC TLS: certificate reloaded");
             }

@@ -44,6 +44,7 @@ mod settings;
 mod tests;
 
 pub use error::ConfigError;
+pub(crate) use files::ConfigText;
 pub use files::{ConfigSource, GENERATED_NAME, MAX_ENVOY_FILES};
 pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_NESTING_DEPTH};
 pub use settings::{
