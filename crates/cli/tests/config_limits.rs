@@ -1,7 +1,8 @@
-//! Configuration files the YAML parser must not see: one nested too deeply
-//! (the parser's time grows with the square of the depth) and one too
-//! large. `tollgate serve` refuses them on reload, with a precise message,
-//! while it keeps answering requests on the running configuration, and
+//! Configuration files that must not be parsed or read whole: one nested
+//! too deeply (the parser's time grows with the square of the depth), the
+//! same behind a quote inside a plain scalar, and one too large.
+//! `tollgate serve` refuses them on reload, with a precise message, while
+//! it keeps answering requests on the running configuration, and
 //! `tollgate check` refuses them with the same message. Also what a reload
 //! must not take: a FIFO in the file's place (which blocked the reload, and
 //! every later one, in `open()`) and an emptied file.
@@ -48,9 +49,16 @@ fn pathological_files_are_refused_while_requests_are_answered() {
     let (status, body) = serve.check(r#"{"policy":"api","key":"k"}"#);
     assert_eq!(status, 200, "{body}");
 
-    // 100 000 levels of `[`: about 16 s of parsing on a 2-core VM. And a
-    // valid file of 5 MiB, one above the cap.
+    // 100 000 levels of `[`: about 16 s of parsing on a 2-core VM; the
+    // same closed, after a quote that is text (`x "`), which the depth
+    // check once took for the start of a quoted string: 24 s. And a valid
+    // file of 5 MiB, one above the cap.
     let deep = format!("policies: {}", "[".repeat(100_000));
+    let quoted = format!(
+        "server:\n  admin_token: x \"\npolicies: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let mut big = String::from(GOOD);
     while big.len() <= 5 * 1024 * 1024 {
         big.push_str("# padding padding padding padding padding padding padding padding\n");
@@ -62,6 +70,14 @@ fn pathological_files_are_refused_while_requests_are_answered() {
             deep,
             vec![
                 format!("{name}:1:"),
+                "nested deeper than 64 levels".to_owned(),
+            ],
+        ),
+        (
+            "quoted",
+            quoted,
+            vec![
+                format!("{name}:3:75:"),
                 "nested deeper than 64 levels".to_owned(),
             ],
         ),
