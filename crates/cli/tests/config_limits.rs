@@ -1,11 +1,12 @@
 //! Configuration files that must not be parsed or read whole: one nested
 //! too deeply (the parser's time grows with the square of the depth), the
-//! same behind a quote inside a plain scalar, and one too large.
-//! `tollgate serve` refuses them on reload, with a precise message, while
-//! it keeps answering requests on the running configuration, and
-//! `tollgate check` refuses them with the same message. Also what a reload
-//! must not take: a FIFO in the file's place (which blocked the reload, and
-//! every later one, in `open()`) and an emptied file.
+//! same behind a quote inside a plain scalar, one whose aliases expand to
+//! millions of nodes, and one too large. `tollgate serve` refuses them on
+//! reload, with a precise message, while it keeps answering requests on
+//! the running configuration, and `tollgate check` refuses them with the
+//! same message. Also what a reload must not take: a FIFO in the file's
+//! place (which blocked the reload, and every later one, in `open()`) and
+//! an emptied file.
 
 #![allow(clippy::unwrap_used)]
 
@@ -51,13 +52,20 @@ fn pathological_files_are_refused_while_requests_are_answered() {
 
     // 100 000 levels of `[`: about 16 s of parsing on a 2-core VM; the
     // same closed, after a quote that is text (`x "`), which the depth
-    // check once took for the start of a quoted string: 24 s. And a valid
-    // file of 5 MiB, one above the cap.
+    // check once took for the start of a quoted string: 24 s. 15 KB whose
+    // aliases expand to 9 million nodes: 2.7 GB (a reload could abort the
+    // server). And a valid file of 5 MiB, one above the cap.
     let deep = format!("policies: {}", "[".repeat(100_000));
     let quoted = format!(
         "server:\n  admin_token: x \"\npolicies: {}{}\n",
         "[".repeat(100_000),
         "]".repeat(100_000)
+    );
+    let (items, aliases) = (vec!["x"; 3000].join(","), vec!["*a"; 3000].join(","));
+    let aliased = format!(
+        "domains:\n  - domain: d\n    descriptors:\n      - key: k\n        \
+         rate_limit: {{unit: second, requests_per_unit: 1}}\n        metadata:\n          \
+         a: &a [{items}]\n          b: [{aliases}]\n"
     );
     let mut big = String::from(GOOD);
     while big.len() <= 5 * 1024 * 1024 {
@@ -79,6 +87,14 @@ fn pathological_files_are_refused_while_requests_are_answered() {
             vec![
                 format!("{name}:3:75:"),
                 "nested deeper than 64 levels".to_owned(),
+            ],
+        ),
+        (
+            "aliased",
+            aliased,
+            vec![
+                format!("{name}:7:"),
+                "more than 1048576 YAML nodes once aliases".to_owned(),
             ],
         ),
         (

@@ -1,4 +1,4 @@
-//! Bounds on configuration text, checked before the YAML parser sees it.
+//! Bounds on configuration text, checked before it is deserialized.
 //!
 //! The parser (libyaml, through `serde_norway`) reads a whole document
 //! before the deserializer's own recursion limit can refuse it, and its
@@ -7,9 +7,21 @@
 //! about 16 s. So the depth is measured first, in one linear pass that
 //! reads the text as the parser's scanner does ([`scan`]), and the size of
 //! every file is bounded before it is read.
+//!
+//! The deserializer then replays an anchored node wherever an alias names
+//! it, so a few kilobytes naming one anchor of N nodes M times cost N·M
+//! time and memory (`serde_norway` bounds only the number of aliases
+//! followed, not the nodes each replays). So the nodes are counted first,
+//! aliases expanded, by a pass that stops at [`MAX_CONFIG_NODES`].
 
+use std::cell::Cell;
+use std::fmt;
 use std::ops::ControlFlow;
 use std::path::Path;
+
+use serde::de::{
+    self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
 
 use super::ConfigError;
 
@@ -29,6 +41,16 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 /// levels per descriptor level, so 64 leaves room for about 30 descriptor
 /// levels; at this depth parsing costs nothing.
 pub const MAX_NESTING_DEPTH: usize = 64;
+
+/// The most YAML nodes (scalars, sequences, mappings; keys included) one
+/// configuration document may hold, counted with every alias (`*name`)
+/// expanded where it is used: 1 048 576. The largest real file, 4 MiB
+/// ([`MAX_CONFIG_FILE_BYTES`]) of 36 000 block-style descriptors, holds
+/// about 400 000; no file of that size holds more than about two million
+/// without aliases (`[x,x,...]`). Past the cap, aliases could make a 15 KB
+/// file cost gigabytes; at it, the count takes about 0.1 s and the
+/// document, read, about 100 MB.
+pub const MAX_CONFIG_NODES: usize = 1 << 20;
 
 /// Reads `path` as text if it is a regular file no larger than
 /// [`MAX_CONFIG_FILE_BYTES`] and what is left of `budget` (bytes still
@@ -79,16 +101,23 @@ fn size_message(len: u64) -> String {
     )
 }
 
-/// Refuses `text` if it is larger than [`MAX_CONFIG_FILE_BYTES`] or nests
-/// flow collections deeper than [`MAX_NESTING_DEPTH`]: the error names the
-/// line and column of the first collection too deep.
+/// Refuses `text` if it is larger than [`MAX_CONFIG_FILE_BYTES`], nests
+/// flow collections deeper than [`MAX_NESTING_DEPTH`] (the error names the
+/// line and column of the first collection too deep), or holds more than
+/// [`MAX_CONFIG_NODES`] nodes once its aliases are expanded (the error
+/// names where the count passed it). Each check bounds the cost of the
+/// next: the nodes are counted by the parser, which runs only on text of
+/// bounded depth.
+///
+/// The count also meets the YAML errors the parser would (a syntax error,
+/// an unknown alias, nesting deeper than the deserializer's 128 levels),
+/// and refuses them as the parse would.
 pub(super) fn check_text(text: &str, file: &str) -> Result<(), ConfigError> {
     if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
         return Err(ConfigError::invalid(file, size_message(text.len() as u64)));
     }
-    match too_deep(text, MAX_NESTING_DEPTH) {
-        None => Ok(()),
-        Some((line, column)) => Err(ConfigError::Invalid {
+    if let Some((line, column)) = too_deep(text, MAX_NESTING_DEPTH) {
+        return Err(ConfigError::Invalid {
             file: file.to_owned(),
             line: Some(line),
             column: Some(column),
@@ -96,8 +125,9 @@ pub(super) fn check_text(text: &str, file: &str) -> Result<(), ConfigError> {
                 "flow collections (`[`, `{{`) nested deeper than {MAX_NESTING_DEPTH} levels; \
                  refused before parsing"
             ),
-        }),
+        });
     }
+    count_nodes(text, MAX_CONFIG_NODES).map_err(|e| ConfigError::from_yaml(file, &e))
 }
 
 /// Where (line, column; 1-based) a flow collection is first opened deeper
@@ -115,8 +145,130 @@ fn too_deep(text: &str, max: usize) -> Option<(usize, usize)> {
     found
 }
 
+/// Counts the nodes of `text`'s first document (the one deserialized, in
+/// both formats) as deserializing it meets them, every alias (`*name`)
+/// replaced by what it names, and fails as soon as there are more than
+/// `budget`. The parser's events are read once; replaying an alias costs
+/// one step per node replayed, so the count stops after at most `budget`
+/// steps beyond them.
+fn count_nodes(text: &str, budget: usize) -> Result<(), serde_norway::Error> {
+    let Some(document) = serde_norway::Deserializer::from_str(text).next() else {
+        return Ok(());
+    };
+    let left = Cell::new(budget);
+    NodeCount { left: &left }.deserialize(document)
+}
+
+/// A visitor that counts every node it is shown against what is `left`.
+#[derive(Clone, Copy)]
+struct NodeCount<'a> {
+    left: &'a Cell<usize>,
+}
+
+impl NodeCount<'_> {
+    fn one<E: de::Error>(self) -> Result<(), E> {
+        match self.left.get().checked_sub(1) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(format!(
+                "more than {MAX_CONFIG_NODES} YAML nodes once aliases (`*name`) are \
+                 expanded; refused before reading them"
+            ))),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for NodeCount<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeCount<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.one()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<(), D::Error> {
+        self.deserialize(inner)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, inner: D) -> Result<(), D::Error> {
+        self.deserialize(inner)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        self.one()?;
+        while items.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
+        self.one()?;
+        while entries.next_key_seed(self)?.is_some() {
+            entries.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+
+    /// A node with a tag (`!name value`): the tag is read as a name, the
+    /// value counted.
+    fn visit_enum<A: EnumAccess<'de>>(self, tagged: A) -> Result<(), A::Error> {
+        let (de::IgnoredAny, value) = tagged.variant()?;
+        value.newtype_variant_seed(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
 
     fn depth_error(text: &str) -> Option<(usize, usize)> {
@@ -262,5 +414,67 @@ mod tests {
             error.starts_with("t.yaml:3:75: flow collections"),
             "{error}"
         );
+    }
+
+    fn nodes(text: &str, budget: usize) -> Result<(), String> {
+        count_nodes(text, budget).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn nodes_are_counted_with_aliases_expanded() {
+        // The mapping, two keys, the anchored sequence and its two items,
+        // the second sequence, and the anchored one twice more.
+        let text = "a: &a [x, y]\nb: [*a, *a]\n";
+        assert_eq!(nodes(text, 13), Ok(()));
+        let error = nodes(text, 12).unwrap_err();
+        assert!(error.starts_with("b[1][1]: more than"), "{error}");
+        // Tagged nodes, empty documents and every kind of scalar count.
+        assert_eq!(nodes("a: !custom 5\nb: !!binary aGk=\nc: ~\n", 7), Ok(()));
+        assert_eq!(nodes("a: [1, -1, 1.5, true, null, 1e400, x]\n", 10), Ok(()));
+        assert_eq!(nodes("", 1), Ok(()));
+        assert_eq!(nodes("# nothing\n", 1), Ok(()));
+    }
+
+    /// One anchor of n items named n times: n² nodes from 4n bytes. The
+    /// count stops at the budget, whatever n.
+    #[test]
+    fn alias_expansion_is_refused_at_the_budget_quickly() {
+        for n in [1025, 3000, 8000] {
+            let items = vec!["x"; n].join(",");
+            let aliases = vec!["*a"; n].join(",");
+            let text = format!("key: &a [{items}]\nvalue: [{aliases}]\n");
+            let started = Instant::now();
+            let error = check_text(&text, "bomb.yaml").unwrap_err().to_string();
+            let took = started.elapsed();
+            assert!(
+                error.starts_with("bomb.yaml:1:")
+                    && error.contains(&format!(
+                        ": more than {MAX_CONFIG_NODES} YAML nodes once aliases"
+                    )),
+                "{error}"
+            );
+            // 64 million nodes for n = 8000: a minute, unoptimized,
+            // without the budget.
+            assert!(took < Duration::from_secs(10), "{n}: {took:?}");
+        }
+        // Just below: accepted.
+        let items = vec!["x"; 1021].join(",");
+        let aliases = vec!["*a"; 1024].join(",");
+        let text = format!("key: &a [{items}]\nvalue: [{aliases}]\n");
+        check_text(&text, "t.yaml").unwrap();
+    }
+
+    /// The count recurses as the deserializer does: nesting past its 128
+    /// levels, and an alias inside its own anchor, are refused by it, not
+    /// by the stack.
+    #[test]
+    fn deep_block_nesting_and_recursive_aliases_are_refused() {
+        let text = format!("{}x\n", "- ".repeat(10_000));
+        let error = check_text(&text, "t.yaml").unwrap_err().to_string();
+        assert!(error.contains("recursion limit exceeded"), "{error}");
+        let error = check_text("a: &a [x, *a]\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("recursion limit exceeded"), "{error}");
     }
 }

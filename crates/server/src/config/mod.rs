@@ -18,7 +18,8 @@
 //!   tollgate document;
 //! - `error`: [`ConfigError`], with file, line and column;
 //! - `files`: [`ConfigSource`], which files a configuration is read from;
-//! - `limits`: size and nesting caps, checked before the parser runs;
+//! - `limits`: caps on size, nesting and nodes (aliases expanded),
+//!   checked before a document is deserialized;
 //! - `parse`: the parse context and the serde helpers that validate a
 //!   mapping where it is written;
 //! - `raw`: the YAML schema of `server:`, `store:` and `policies:`, and
@@ -46,7 +47,7 @@ mod tests;
 pub use error::ConfigError;
 pub(crate) use files::ConfigText;
 pub use files::{ConfigSource, GENERATED_NAME, MAX_ENVOY_FILES};
-pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_NESTING_DEPTH};
+pub use limits::{MAX_CONFIG_BYTES, MAX_CONFIG_FILE_BYTES, MAX_CONFIG_NODES, MAX_NESTING_DEPTH};
 pub use settings::{
     BreakerSettings, DEFAULT_BODY_TIMEOUT, DEFAULT_GRPC, DEFAULT_GRPC_MAX_STREAMS,
     DEFAULT_GRPC_REQUEST_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HTTP, DEFAULT_IDLE_TIMEOUT,
