@@ -127,6 +127,12 @@ pub(super) fn check_text(text: &str, file: &str) -> Result<(), ConfigError> {
             ),
         });
     }
+    if text.trim().is_empty() {
+        // Read as an empty document, not parsed (`parse::parse_with`):
+        // whitespace the parser would refuse (a tab alone on a line) is no
+        // error.
+        return Ok(());
+    }
     count_nodes(text, MAX_CONFIG_NODES).map_err(|e| ConfigError::from_yaml(file, &e))
 }
 
