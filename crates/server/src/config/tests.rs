@@ -1020,6 +1020,33 @@ descriptors:
         .unwrap_err()
         .to_string();
     assert!(message.contains("unknown field `units`"), "{message}");
+    // A misplaced key's value is not read, but checked as there: its lists
+    // hold mappings only, and its mappings' keys are the schema's.
+    let misplaced = |value: &str| {
+        envoy_file(&format!(
+            "domain: m\nkey: {value}\ndescriptors:\n  - key: k\n    replaces: {value}\n"
+        ))
+    };
+    for (value, refused) in [
+        ("[a]", "a list holding text"),
+        ("[[]]", "a list holding a list"),
+        ("[{ key: a }, 5]", "a list holding a number"),
+        ("{ unit: { units: 2 } }", "unknown key `units`"),
+        ("[{ replaces: [x] }]", "a list holding text"),
+    ] {
+        let message = misplaced(value).unwrap_err().to_string();
+        assert!(message.contains(refused), "{value}: {message}");
+        assert!(message.starts_with("e.yaml:2:"), "{value}: {message}");
+    }
+    for value in [
+        "[]",
+        "[{ key: a, metadata: { anything: [1, 2] } }]",
+        "{ unit: second }",
+        "5",
+        "",
+    ] {
+        misplaced(value).unwrap_or_else(|e| panic!("{value}: {e}"));
+    }
     // In tollgate's own configuration: an error, where it is written.
     let message =
         error("domains:\n  - domain: m\n    descriptors:\n      - key: k\n        unit: second\n")

@@ -179,14 +179,146 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
+/// The keys envoyproxy/ratelimit's schema knows, wherever they are written.
+const SCHEMA_KEYS: [&str; 16] = [
+    "domain",
+    "key",
+    "value",
+    "descriptors",
+    "rate_limit",
+    "unit",
+    "requests_per_unit",
+    "unlimited",
+    "shadow_mode",
+    "quota_mode",
+    "name",
+    "replaces",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "metadata",
+];
+
 /// A key of envoyproxy/ratelimit's schema written where it has no meaning
-/// (`unit:` on a descriptor): present or not; its value is not read.
+/// (`unit:` on a descriptor): present or not. Its value means nothing
+/// either, but is checked as envoyproxy/ratelimit checks every value before
+/// it reads a file ([`Unread`]), so that what it refuses is refused here.
 #[derive(Debug, Default, Clone, Copy)]
 struct Misplaced(bool);
 
 impl<'de> Deserialize<'de> for Misplaced {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        de::IgnoredAny::deserialize(deserializer).map(|_| Misplaced(true))
+        Unread::deserialize(deserializer).map(|_| Misplaced(true))
+    }
+}
+
+/// A value the schema does not read, held to envoyproxy/ratelimit's check
+/// of a file's keys: every list holds mappings only, every mapping's keys
+/// are keys of the schema ([`SCHEMA_KEYS`]), and `metadata` is not looked
+/// into. (Its leaves are checked by [`Leaves`], as everywhere.)
+struct Unread;
+
+impl<'de> Deserialize<'de> for Unread {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UnreadVisitor { mapping: false })
+    }
+}
+
+/// An element of a list under [`Unread`]: a mapping.
+struct UnreadMapping;
+
+impl<'de> Deserialize<'de> for UnreadMapping {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UnreadVisitor { mapping: true })
+            .map(|Unread| UnreadMapping)
+    }
+}
+
+struct UnreadVisitor {
+    /// Only a mapping will do (an element of a list).
+    mapping: bool,
+}
+
+impl UnreadVisitor {
+    fn leaf<E: de::Error>(&self, what: &str) -> Result<Unread, E> {
+        if self.mapping {
+            Err(E::custom(format!(
+                "a list holding {what}: envoyproxy/ratelimit refuses a list of anything but mappings"
+            )))
+        } else {
+            Ok(Unread)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for UnreadVisitor {
+    type Value = Unread;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.mapping {
+            "a mapping"
+        } else {
+            "a value of the schema"
+        })
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Unread, E> {
+        self.leaf("a boolean")
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Unread, E> {
+        self.leaf("a number")
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Unread, E> {
+        self.leaf("a number")
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Unread, E> {
+        self.leaf("a number")
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Unread, E> {
+        self.leaf("text")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Unread, E> {
+        self.leaf("an empty element")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Unread, E> {
+        self.leaf("an empty element")
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Unread, D::Error> {
+        inner.deserialize_any(self)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unread, A::Error> {
+        if self.mapping {
+            return Err(de::Error::custom(
+                "a list holding a list: envoyproxy/ratelimit refuses a list of anything but mappings",
+            ));
+        }
+        while seq.next_element::<UnreadMapping>()?.is_some() {}
+        Ok(Unread)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Unread, A::Error> {
+        while let Some(Key(name)) = map.next_key::<Key>()? {
+            if !SCHEMA_KEYS.contains(&name.as_str()) {
+                return Err(de::Error::custom(format!(
+                    "unknown key `{name}` (envoyproxy/ratelimit refuses a key it does not know, wherever it is written)"
+                )));
+            }
+            if name == "metadata" {
+                map.next_value::<de::IgnoredAny>()?;
+            } else {
+                map.next_value::<Unread>()?;
+            }
+        }
+        Ok(Unread)
     }
 }
 
