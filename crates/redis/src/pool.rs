@@ -164,14 +164,34 @@ const REFUSALS_BEFORE_REPLACING: u32 = 2;
 /// What one `PING` came to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Ping {
+    /// `PONG`, or a refusal of the `PING` itself by a server that is
+    /// there (`NOPERM` for a user without `+ping`, `BUSY` behind a long
+    /// script, `MASTERDOWN`...): the connection works, and a new one
+    /// would be refused the same.
     Answered,
     /// An I/O error (the connection reconnects by itself at its next use),
-    /// a timeout, or `LOADING` (a new connection would meet it too).
+    /// a timeout, or `LOADING` (the server is starting).
     Failed,
-    /// Any other error: the server refused the connection itself, as a
-    /// reconnection that failed other than by I/O leaves it (a refused
-    /// `AUTH` or `SELECT`), and redis-rs never tries such a one again.
+    /// What a reconnection whose `AUTH` was refused leaves
+    /// (`AuthenticationFailed`, which redis-rs never tries again): a new
+    /// connection, with the URL's credentials, may be let in.
     Refused,
+}
+
+impl Ping {
+    fn of(ping: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>) -> Ping {
+        match ping {
+            Ok(Ok(())) => Ping::Answered,
+            Ok(Err(e)) if e.kind() == ErrorKind::AuthenticationFailed => Ping::Refused,
+            Ok(Err(e))
+                if e.is_io_error() || e.is_timeout() || e.kind() == ErrorKind::BusyLoadingError =>
+            {
+                Ping::Failed
+            }
+            Ok(Err(_)) => Ping::Answered,
+            Err(_) => Ping::Failed,
+        }
+    }
 }
 
 /// Pings every connection of the pool every `every`, or at once when
@@ -188,7 +208,8 @@ enum Ping {
 /// uses the connection, so without this the first call after the server
 /// came back would fail whenever no call or round had used the connection
 /// since. One that failed otherwise (the password was being rotated) is
-/// never tried again by redis-rs: a connection whose `PING` is refused in
+/// never tried again by redis-rs: a connection whose `PING` is refused for
+/// its authentication ([`Ping::Refused`]) in
 /// [`REFUSALS_BEFORE_REPLACING`] rounds in a row is replaced by a new one,
 /// opened within the pool's connect timeout (and tried again next round if
 /// that fails). Calls in flight on the old one finish on it.
@@ -225,18 +246,7 @@ async fn pinging(shared: Weak<Shared>, heal: Arc<Notify>, every: Duration) {
                 let ping =
                     tokio::time::timeout(PING_TIMEOUT, ping.query_async::<()>(&mut connection))
                         .await;
-                let outcome = match ping {
-                    Ok(Ok(())) => Ping::Answered,
-                    Ok(Err(e))
-                        if !e.is_io_error()
-                            && !e.is_timeout()
-                            && e.kind() != ErrorKind::BusyLoadingError =>
-                    {
-                        Ping::Refused
-                    }
-                    _ => Ping::Failed,
-                };
-                (i, outcome, replacing.then_some(connection))
+                (i, Ping::of(ping), replacing.then_some(connection))
             });
         }
         drop(pool);

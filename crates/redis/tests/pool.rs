@@ -237,3 +237,35 @@ async fn a_connection_whose_reconnection_was_refused_is_replaced() {
             .unwrap_or_else(|e| panic!("call {i}: {e}"));
     }
 }
+
+/// What the server has accepted since it started (`INFO stats`).
+fn connections_received(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "stats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+/// A server that refuses the `PING` itself, here to a user whose ACL does
+/// not allow it, is there: its connections are kept, not replaced at every
+/// round (only a refused authentication replaces one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_refused_by_the_acl_replaces_no_connection() {
+    let server = RedisServer::start();
+    let url = common::user_without(&server, "noping", &["-ping"]);
+    let options = common::options().keep_alive(Some(Duration::from_millis(200)));
+    let store = RedisStore::connect(&url, options).await.expect("connect");
+    let limiter = Limiter::builder(store)
+        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
+        .build();
+    limiter.check("api", "k", 1).await.expect("decides");
+    let before = connections_received(&server);
+    // Ten rounds and more, every PING refused with NOPERM.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Less the one this INFO's redis-cli opened.
+    let opened = connections_received(&server) - before - 1;
+    assert_eq!(opened, 0, "{opened} connections opened in 3 s");
+    limiter.check("api", "k", 1).await.expect("still decides");
+}

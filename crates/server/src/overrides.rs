@@ -272,6 +272,19 @@ fn answer(result: Result<Response, Problem>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// A write to the shared store that failed: `503`. One that timed out or
+/// lost its connection may have been applied, and then reaches every
+/// instance as any change does; sending it again is safe (a `PUT` sets, a
+/// `DELETE` deletes).
+fn write_failed(error: tollgate::StoreError) -> Problem {
+    let maybe = if error.is_transient() {
+        " (it may have been applied all the same: send it again to be sure)"
+    } else {
+        ""
+    };
+    Problem::unavailable(format!("the store is unavailable: {error}{maybe}"))
+}
+
 /// `PUT /v1/overrides/{policy}/{key}`.
 pub(crate) async fn put(
     State(app): State<Arc<App>>,
@@ -338,7 +351,7 @@ async fn try_put(
         let stored = store
             .put_override(&policy, &full_key, &value, max)
             .await
-            .map_err(|e| Problem::unavailable(format!("the store is unavailable: {e}")))?;
+            .map_err(write_failed)?;
         if !stored {
             return Err(Problem::conflict(format!(
                 "at most {max} overrides may be set"
@@ -396,7 +409,7 @@ async fn try_delete(app: &App, path: &str, headers: &HeaderMap) -> Result<Respon
         existed = store
             .delete_override(&policy, &full_key)
             .await
-            .map_err(|e| Problem::unavailable(format!("the store is unavailable: {e}")))?;
+            .map_err(write_failed)?;
     }
     existed |= shared.table.remove(&policy, &full_key);
     if !existed {

@@ -106,12 +106,15 @@ pub enum ServeError {
 pub const METRICS_MAX_CONNECTIONS: usize = 64;
 
 /// The longest HTTP/1 request head (request line and headers) the HTTP
-/// port reads, in bytes; a longer one is answered `431 Request Header
-/// Fields Too Large` and its connection closed. Also the most a
+/// port reads, in bytes: 32 KiB. A longer one is answered `431 Request
+/// Header Fields Too Large` and its connection closed. Also the most a
 /// connection's read buffer grows to, so that an idle keep-alive
-/// connection holds at most about this much. The API's requests carry
-/// their data in the body; a browser's head is a few kilobytes.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// connection holds at most about this much. The longest heads the API
+/// itself asks for carry a key in their path: an override's key
+/// percent-encoded (three bytes for each of up to
+/// [`MAX_LIMITER_KEY`](crate::app::MAX_LIMITER_KEY), 24 KiB) or a listing's
+/// cursor (hex, about 16 KiB); 8 KiB is left for the other headers.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 3 * crate::app::MAX_LIMITER_KEY + 8 * 1024;
 
 /// Serves `app` on `listeners` until `shutdown` completes, then stops
 /// accepting, lets requests in flight finish for up to

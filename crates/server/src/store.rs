@@ -131,7 +131,8 @@ impl ServerStore {
     /// Why the store fails, as precisely as it can tell: a failed decision
     /// may only say `broken pipe` where Redis answers `PING` with the reason
     /// (`NOAUTH`, `LOADING`...). Returns `error` with `PING`'s error added
-    /// when that differs.
+    /// when that differs. Takes at most [`DIRECT_CALL_BOUND`] in all,
+    /// however many connections there are: past it, `error` alone.
     pub async fn explain(&self, error: &StoreError) -> String {
         match self {
             ServerStore::Memory(_) => error.to_string(),
@@ -140,15 +141,18 @@ impl ServerStore {
                 // with the closing; the reconnected one gets the answer.
                 // Each PING takes the store's next connection, and every
                 // one of them may have been closed.
-                let mut ping = store.ping().await;
-                for _ in 0..store.connections() {
-                    if !matches!(ping, Err(StoreError::Unavailable(_))) {
-                        break;
+                let pings = async {
+                    let mut ping = store.ping().await;
+                    for _ in 0..store.connections() {
+                        if !matches!(ping, Err(StoreError::Unavailable(_))) {
+                            break;
+                        }
+                        ping = store.ping().await;
                     }
-                    ping = store.ping().await;
-                }
-                match ping {
-                    Err(ping) if ping != *error => format!("{error} (PING: {ping})"),
+                    ping
+                };
+                match tokio::time::timeout(DIRECT_CALL_BOUND, pings).await {
+                    Ok(Err(ping)) if ping != *error => format!("{error} (PING: {ping})"),
                     _ => error.to_string(),
                 }
             }

@@ -431,3 +431,26 @@ async fn declared_overrides_reload_with_the_file_and_yield_to_the_api() {
     assert_eq!(admitted("gold", 1).await, 0, "4 spent, 2 allowed now");
     assert_eq!(admitted("banned", 3).await, 3, "the API's override stays");
 }
+
+/// The longest heads the admin API asks for fit the HTTP port's head cap
+/// (`server::MAX_REQUEST_HEAD_BYTES`): an override of the longest key,
+/// every byte percent-encoded in its path, and the listing's cursor past
+/// such a key.
+#[tokio::test]
+async fn the_longest_keys_fit_in_a_request_head() {
+    let text = "server:\n  admin_token: s3cret\n  max_key_bytes: 8192\n  max_body_bytes: 65536\npolicies:\n  - name: tiny\n    algorithm: fixed_window\n    limit: 2\n    period: 1h\n";
+    let server = TestServer::start_text(Backend::memory(), text).await;
+    let longest = tollgate_server::app::MAX_LIMITER_KEY - "http:".len();
+    for byte in ["%FE", "%FF"] {
+        let path = format!("/v1/overrides/tiny/{}", byte.repeat(longest));
+        let (status, body) = put(&server, &path, r#"{"limit": 5}"#).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, page) = get(&server, "/v1/overrides?limit=1").await;
+    assert_eq!(status, 200, "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    assert!(cursor.len() > 16_000, "{}", cursor.len());
+    let (status, page) = get(&server, &format!("/v1/overrides?limit=1&cursor={cursor}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["overrides"].as_array().unwrap().len(), 1);
+}

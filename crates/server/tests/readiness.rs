@@ -8,7 +8,11 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
 
 use common::{Backend, TestServer};
 use tonic::transport::Channel;
@@ -136,6 +140,14 @@ async fn a_hung_redis_fails_readiness_and_admin_calls_within_their_bound() {
         .expect("an override write answers while Redis hangs")
         .unwrap();
     assert_eq!(response.status(), 503);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may have been applied"),
+        "{problem}"
+    );
     // gRPC health is re-checked every 5 s; the check itself is bounded.
     let deadline = Instant::now() + Duration::from_secs(5) + 2 * bound;
     while grpc_serving(&mut health).await {
@@ -147,5 +159,84 @@ async fn a_hung_redis_fails_readiness_and_admin_calls_within_their_bound() {
     while server.get_text("/readyz").await.0 != 200 {
         assert!(Instant::now() < deadline, "never ready again");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy to `upstream` that, once `dark` is set, cuts the
+/// connections it carries and holds every new one without a byte either
+/// way: a Redis host that has vanished from the network.
+async fn proxy(listener: tokio::net::TcpListener, upstream: u16, dark: Arc<AtomicBool>) {
+    let (cut, _) = tokio::sync::broadcast::channel::<()>(1);
+    let cut = Arc::new(cut);
+    let watch = (Arc::clone(&dark), Arc::clone(&cut));
+    tokio::spawn(async move {
+        while !watch.0.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = watch.1.send(());
+    });
+    loop {
+        let (mut client, _) = listener.accept().await.unwrap();
+        if dark.load(Ordering::Relaxed) {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            continue;
+        }
+        let mut cut = cut.subscribe();
+        tokio::spawn(async move {
+            let mut server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                .await
+                .unwrap();
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = cut.recv() => {}
+            }
+        });
+    }
+}
+
+/// Readiness explains a failure with `PING`s, one per connection at worst
+/// (each may meet a connection Redis closed). When every reconnection
+/// hangs, each `PING` waits for one; together they take at most
+/// `DIRECT_CALL_BOUND`, however many connections there are (before, 16
+/// connections took 8 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explaining_a_failure_takes_one_bound_however_many_connections() {
+    use tollgate::{Check, Mode, PolicyRef, Store, StoreError};
+    use tollgate_server::store::{DIRECT_CALL_BOUND, ServerStore};
+    let redis = tollgate_testkit::redis::RedisServer::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dark = Arc::new(AtomicBool::new(false));
+    tokio::spawn(proxy(listener, redis.port(), Arc::clone(&dark)));
+    let text = format!(
+        "store:\n  kind: redis\n  url: redis://127.0.0.1:{port}\n  connections: 16\n  timeout: 50ms\n"
+    );
+    let config = tollgate_server::config::Config::parse(&text, "t.yaml").unwrap();
+    let store = ServerStore::connect(&config.store).await.unwrap();
+    let policy: tollgate::Policy = "fixed_window 1/1s".parse().unwrap();
+    let refs = [PolicyRef {
+        name: "probe",
+        policy: &policy,
+    }];
+    let peek = || store.apply(Check::new(b"probe", &refs, 1, Mode::Peek));
+    peek().await.unwrap();
+    dark.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let error = peek()
+            .await
+            .err()
+            .unwrap_or(StoreError::Unavailable("?".into()));
+        let started = Instant::now();
+        let why = store.explain(&error).await;
+        let took = started.elapsed();
+        assert!(
+            took <= DIRECT_CALL_BOUND + Duration::from_millis(500),
+            "explaining took {took:?}: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
     }
 }
