@@ -225,8 +225,10 @@ impl ConfigText {
     }
 }
 
-/// Whether `text` holds nothing but whitespace and comments.
+/// Whether `text` holds nothing but whitespace and comments (after a
+/// byte-order mark, which an editor may leave in a file it emptied).
 fn blank(text: &str) -> bool {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.lines().all(|line| {
         let line = line.trim();
         line.is_empty() || line.starts_with('#')
@@ -500,7 +502,14 @@ mod tests {
             config: Some(file.clone()),
             ..ConfigSource::default()
         };
-        for blank in ["", "\n  \n\t\n", "# nothing yet\n", "  # a\n\n# b"] {
+        for blank in [
+            "",
+            "\n  \n\t\n",
+            "# nothing yet\n",
+            "  # a\n\n# b",
+            "\u{feff}",
+            "\u{feff}\n# b\n",
+        ] {
             std::fs::write(&file, blank).unwrap();
             let error = source
                 .read()

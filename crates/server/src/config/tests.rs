@@ -1047,6 +1047,9 @@ descriptors:
     ] {
         misplaced(value).unwrap_or_else(|e| panic!("{value}: {e}"));
     }
+    // `metadata` itself, where it means nothing, is not looked into.
+    let text = "domain: m\nmetadata: { team: [1, 2] }\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, metadata: { owner: [x] } }\n    replaces: [{ name: o, metadata: [1] }]\n";
+    envoy_file(text).unwrap();
     // In tollgate's own configuration: an error, where it is written.
     let message =
         error("domains:\n  - domain: m\n    descriptors:\n      - key: k\n        unit: second\n")

@@ -51,7 +51,7 @@ pub(crate) struct RawDomain {
     #[serde(default)]
     share_threshold: Misplaced,
     #[serde(default)]
-    metadata: Misplaced,
+    metadata: MisplacedMetadata,
 }
 
 /// A list left empty (`descriptors:` with nothing after it) is an empty
@@ -209,6 +209,24 @@ struct Misplaced(bool);
 impl<'de> Deserialize<'de> for Misplaced {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Unread::deserialize(deserializer).map(|_| Misplaced(true))
+    }
+}
+
+/// `metadata` written where it has no meaning (on a domain, inside
+/// `rate_limit` or a `replaces` entry): as [`Misplaced`], but its value is
+/// not checked, as envoyproxy/ratelimit looks into no `metadata`.
+#[derive(Debug, Default, Clone, Copy)]
+struct MisplacedMetadata(bool);
+
+impl<'de> Deserialize<'de> for MisplacedMetadata {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        de::IgnoredAny::deserialize(deserializer).map(|_| MisplacedMetadata(true))
+    }
+}
+
+impl From<MisplacedMetadata> for Misplaced {
+    fn from(metadata: MisplacedMetadata) -> Misplaced {
+        Misplaced(metadata.0)
     }
 }
 
@@ -403,7 +421,7 @@ impl Validate for RawDomain {
                 ("detailed_metric", self.detailed_metric),
                 ("value_to_metric", self.value_to_metric),
                 ("share_threshold", self.share_threshold),
-                ("metadata", self.metadata),
+                ("metadata", self.metadata.into()),
             ]),
         )?;
         let descriptors: Vec<Descriptor> = self.descriptors.into_iter().map(|d| d.0).collect();
@@ -452,7 +470,7 @@ struct RawRateLimit {
     #[serde(default)]
     share_threshold: Misplaced,
     #[serde(default)]
-    metadata: Misplaced,
+    metadata: MisplacedMetadata,
 }
 
 #[derive(Deserialize)]
@@ -489,7 +507,7 @@ struct RawReplace {
     #[serde(default)]
     share_threshold: Misplaced,
     #[serde(default)]
-    metadata: Misplaced,
+    metadata: MisplacedMetadata,
 }
 
 /// One descriptor entry as written (envoyproxy/ratelimit's schema plus
@@ -679,7 +697,7 @@ impl RawRateLimit {
                 ("detailed_metric", self.detailed_metric),
                 ("value_to_metric", self.value_to_metric),
                 ("share_threshold", self.share_threshold),
-                ("metadata", self.metadata),
+                ("metadata", self.metadata.into()),
             ]),
         )?;
         for replace in &self.replaces {
@@ -700,7 +718,7 @@ impl RawRateLimit {
                     ("detailed_metric", replace.detailed_metric),
                     ("value_to_metric", replace.value_to_metric),
                     ("share_threshold", replace.share_threshold),
-                    ("metadata", replace.metadata),
+                    ("metadata", replace.metadata.into()),
                 ]),
             )?;
         }
