@@ -193,6 +193,15 @@ impl ConfigText {
     /// # Errors
     /// A [`ConfigError`] naming the file, line and field.
     pub(crate) fn parse(&self) -> Result<Config, ConfigError> {
+        // Each file is checked again as it is parsed; this also counts the
+        // nodes of all of them together.
+        limits::check_files(
+            std::iter::once((self.base.name.as_str(), self.base.text.as_str())).chain(
+                self.envoy
+                    .iter()
+                    .map(|(name, text)| (name.as_str(), text.as_str())),
+            ),
+        )?;
         let mut config = self.base.parse()?;
         for path in &self.skipped {
             tracing::warn!(path = %path.display(), "envoy configuration: not a readable file; skipped");
@@ -540,6 +549,35 @@ mod tests {
         };
         let config = envoy_only.read().unwrap().parse_for_reload().unwrap();
         assert_eq!(config.domains.len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The node cap holds for a directory of envoyproxy/ratelimit files
+    /// together: four files of about 300 000 nodes each (aliases in their
+    /// `metadata`) are refused before any is parsed.
+    #[test]
+    fn a_directory_s_files_share_the_node_cap() {
+        let dir = temp_dir("node-cap");
+        let anchor = format!("[{}]", vec!["x"; 999].join(", "));
+        let aliases = vec!["*a"; 299].join(", ");
+        let file = |n: usize| {
+            format!(
+                "domain: d{n}\ndescriptors:\n  - key: k\n    rate_limit: {{ unit: second, requests_per_unit: 1 }}\n    metadata:\n      a: &a {anchor}\n      b: [{aliases}]\n"
+            )
+        };
+        let source = ConfigSource {
+            envoy: Some(dir.clone()),
+            ..ConfigSource::default()
+        };
+        // Each under the cap (`limits::tests` reads three together).
+        for n in 0..4 {
+            std::fs::write(dir.join(format!("{n}.yaml")), file(n)).unwrap();
+        }
+        let message = source.load().unwrap_err().to_string();
+        assert!(
+            message.contains("3.yaml:") && message.contains("files together"),
+            "{message}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
