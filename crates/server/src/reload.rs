@@ -86,13 +86,21 @@ struct Poller {
     last: Fingerprint,
     /// Files read once since they changed, waiting for the next poll.
     changed: Settle<Read>,
+    /// Polls in a row that read the files other than the poll before.
+    unsettled: u32,
 }
+
+/// Polls in a row that read changed files without two agreeing before a
+/// warning says the change is not applied (10 s at the default 500 ms
+/// interval), and again after as many more each time.
+const UNSETTLED_WARNING: u32 = 20;
 
 impl Poller {
     fn new(source: &ConfigSource) -> Poller {
         Poller {
             last: Fingerprint::of(source),
             changed: Settle::default(),
+            unsettled: 0,
         }
     }
 
@@ -111,7 +119,26 @@ impl Poller {
         &mut self,
         read: Result<ConfigText, ConfigError>,
     ) -> Option<Result<ConfigText, ConfigError>> {
-        self.changed.settled(Read(read)).map(|read| read.0)
+        let settled = self.changed.settled(Read(read)).map(|read| read.0);
+        if settled.is_some() {
+            self.unsettled = 0;
+        } else {
+            self.unsettled += 1;
+            if self.keeps_changing() {
+                tracing::warn!(
+                    polls = self.unsettled,
+                    "configuration files read differently at every poll; not reloaded until two \
+                     polls in a row read the same (a file being rewritten all the time?)"
+                );
+            }
+        }
+        settled
+    }
+
+    /// Whether the last [`UNSETTLED_WARNING`] polls (or a multiple) read
+    /// the files differently each time, so that a warning is due.
+    fn keeps_changing(&self) -> bool {
+        self.unsettled > 0 && self.unsettled % UNSETTLED_WARNING == 0
     }
 
     /// A reload not of the watcher's making (SIGHUP) reads the files as
@@ -119,6 +146,7 @@ impl Poller {
     fn reloading(&mut self, source: &ConfigSource) {
         self.last = Fingerprint::of(source);
         self.changed.forget();
+        self.unsettled = 0;
     }
 }
 
@@ -349,6 +377,18 @@ mod tests {
         assert!(poll(&mut poller, &source).is_none());
         poller.reloading(&source);
         assert!(poll(&mut poller, &source).is_none());
+
+        // A file rewritten before every poll never settles, and says so.
+        for n in 1..=UNSETTLED_WARNING {
+            std::fs::write(&file, api(u64::from(n) + 100)).unwrap();
+            assert!(poll(&mut poller, &source).is_none());
+            assert_eq!(poller.keeps_changing(), n == UNSETTLED_WARNING, "poll {n}");
+        }
+        assert!(
+            poll(&mut poller, &source).is_some(),
+            "read the same at last"
+        );
+        assert!(!poller.keeps_changing());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
