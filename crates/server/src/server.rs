@@ -107,9 +107,10 @@ pub const METRICS_MAX_CONNECTIONS: usize = 64;
 
 /// The longest HTTP/1 request head (request line and headers) the HTTP
 /// port reads, in bytes: 32 KiB. A longer one is answered `431 Request
-/// Header Fields Too Large` and its connection closed. Also the most a
-/// connection's read buffer grows to, so that an idle keep-alive
-/// connection holds at most about this much. The longest heads the API
+/// Header Fields Too Large` and its connection closed. Also what a
+/// connection's read buffer is bounded by, so that an idle keep-alive
+/// connection holds at most about twice this much (the buffer's
+/// allocation doubles as it grows). The longest heads the API
 /// itself asks for carry a key in their path: an override's key
 /// percent-encoded (three bytes for each of up to
 /// [`MAX_LIMITER_KEY`](crate::app::MAX_LIMITER_KEY), 24 KiB) or a listing's
@@ -385,9 +386,13 @@ async fn http_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(None)
-        // The read buffer grows to fit a request's head and keeps that
-        // size for the connection's life: hyper's default (about 400 KiB)
-        // let idle keep-alive connections hold that much each.
+        // The head's own bound, exact. The read buffer grows to fit a
+        // request's head and keeps that size for the connection's life:
+        // hyper's default (about 400 KiB) let idle keep-alive connections
+        // hold that much each. Bounded here, it may still reach about twice
+        // this (its allocation doubles), and lets a head a little over the
+        // cap in, which `max_header_size` then refuses.
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(conn);
