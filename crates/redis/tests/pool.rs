@@ -21,12 +21,20 @@ async fn limiter(
     keep_alive: Option<Duration>,
     policy: &str,
 ) -> Limiter<RedisStore> {
+    limiter_at(&server.url(), connections, keep_alive, policy).await
+}
+
+/// [`limiter`] over the server at `url` (a user of its own).
+async fn limiter_at(
+    url: &str,
+    connections: usize,
+    keep_alive: Option<Duration>,
+    policy: &str,
+) -> Limiter<RedisStore> {
     let options = common::options()
         .connections(connections)
         .keep_alive(keep_alive);
-    let store = RedisStore::connect(&server.url(), options)
-        .await
-        .expect("connect");
+    let store = RedisStore::connect(url, options).await.expect("connect");
     assert_eq!(store.connections(), connections);
     Limiter::builder(store)
         .policy("api", policy.parse().expect("valid"))
@@ -202,12 +210,8 @@ async fn connections_reconnect_by_themselves_once_redis_is_back() {
 async fn a_connection_whose_reconnection_was_refused_is_replaced() {
     let server = RedisServer::start();
     let url = common::user_without(&server, "rotated", &[]);
-    let store = RedisStore::connect(&url, common::options())
-        .await
-        .expect("connect");
-    let limiter = Limiter::builder(store)
-        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
-        .build();
+    let every = Some(tollgate_redis::pool::DEFAULT_KEEP_ALIVE);
+    let limiter = limiter_at(&url, 2, every, "fixed_window 1000/1h").await;
     limiter.check("api", "k", 1).await.expect("decides");
     // A password being rotated: the connections are closed and try again
     // with the old one, which the server refuses (not an I/O error, so
@@ -256,11 +260,8 @@ fn connections_received(server: &RedisServer) -> u64 {
 async fn a_ping_refused_by_the_acl_replaces_no_connection() {
     let server = RedisServer::start();
     let url = common::user_without(&server, "noping", &["-ping"]);
-    let options = common::options().keep_alive(Some(Duration::from_millis(200)));
-    let store = RedisStore::connect(&url, options).await.expect("connect");
-    let limiter = Limiter::builder(store)
-        .policy("api", "fixed_window 1000/1h".parse().expect("valid"))
-        .build();
+    let every = Some(Duration::from_millis(200));
+    let limiter = limiter_at(&url, 2, every, "fixed_window 1000/1h").await;
     limiter.check("api", "k", 1).await.expect("decides");
     let before = connections_received(&server);
     // Ten rounds and more, every PING refused with NOPERM.
