@@ -196,7 +196,8 @@ impl Ping {
 
 /// Pings every connection of the pool every `every`, or at once when
 /// [`Pool::heal`] asks, all side by side, so that a round takes at most
-/// [`PING_TIMEOUT`] however many there are and whatever the server does;
+/// [`PING_TIMEOUT`] (plus the connect timeout when a connection is being
+/// replaced) however many there are and whatever the server does;
 /// ends at the first round after the pool is dropped. Holds neither the
 /// pool nor its connections while it waits, so that dropping the store
 /// closes them within a round.
