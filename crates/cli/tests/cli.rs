@@ -127,6 +127,41 @@ fn check_takes_envoy_files_alone_and_reads_dot_files_by_default() {
     assert!(line.starts_with(|c: char| c.is_ascii_digit()), "{stderr}");
 }
 
+/// A `--config` file with nothing but whitespace and comments is the empty
+/// configuration at start and in `check` (a reload refuses it), and is
+/// warned about so that a file emptied by mistake is not taken in silence;
+/// `{}` says the same without a warning.
+#[test]
+fn check_warns_of_an_empty_config_file() {
+    let dir = tollgate_testkit::files::temp_dir("check-empty");
+    let run = |text: &str| {
+        let file = dir.join("tollgate.yaml");
+        std::fs::write(&file, text).unwrap();
+        let output = tollgate()
+            .args(["check", "--config"])
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    for blank in ["", "\n  \n", "# nothing yet\n", "\u{feff}\n"] {
+        let all = run(blank);
+        assert!(
+            all.contains("WARN") && all.contains("the configuration file is empty"),
+            "{blank:?}: {all}"
+        );
+    }
+    let all = run("{}\n");
+    assert!(!all.contains("is empty"), "{all}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// `metadata` on a descriptor that never sends it (no limit, or an
 /// `unlimited` one) loads, with a warning naming the file and the
 /// descriptor; on a limit it loads quietly.

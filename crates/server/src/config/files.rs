@@ -203,6 +203,15 @@ impl ConfigText {
             ),
         )?;
         let mut config = self.base.parse()?;
+        if self.base.file && blank(&self.base.text) {
+            // Accepted (a reload refuses it): said, so that a file emptied
+            // by mistake is not served without a word.
+            tracing::warn!(
+                file = %self.base.name,
+                "the configuration file is empty (nothing but whitespace and comments): no \
+                 policy and no domain; write `{{}}` to say so (a reload refuses an empty file)"
+            );
+        }
         for path in &self.skipped {
             tracing::warn!(path = %path.display(), "envoy configuration: not a readable file; skipped");
         }
@@ -217,7 +226,7 @@ impl ConfigText {
     /// more often one caught being rewritten (truncated, not yet written),
     /// or emptied by mistake, than a wish to drop every policy and domain,
     /// which `{}` still says. At start such a file is an empty
-    /// configuration, as before.
+    /// configuration, with a warning.
     ///
     /// # Errors
     /// As [`parse`](Self::parse); also a blank tollgate file.
