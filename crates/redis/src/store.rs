@@ -944,6 +944,7 @@ impl RedisStore {
         // after it may already have put the library back.
         let mut loads_before = 0;
         let mut moved = false;
+        let mut reconnected = false;
         let mut backoff = MIN_BACKOFF;
         loop {
             let error = match pending.take() {
@@ -1071,6 +1072,12 @@ impl RedisStore {
                 // further MOVED means the nodes do not agree yet: wait.
                 Resend::Moved => std::mem::replace(&mut moved, true),
                 Resend::Backoff => true,
+                // Once: refused again, Redis is still down.
+                Resend::Reconnected if reconnected => return Err(error),
+                Resend::Reconnected => {
+                    reconnected = true;
+                    false
+                }
             };
             if wait {
                 tokio::time::sleep(backoff).await;
@@ -1494,14 +1501,23 @@ enum Resend {
     /// been demoted (or lost its master) and ran nothing; ask the sentinels
     /// and send again to the master they name.
     Rediscover,
+    /// The connection was refused (a standalone or Sentinel store): the
+    /// call waited for a reconnection that had failed, and was never
+    /// written. That failure started a new attempt; send again, once, on
+    /// it, so that the first call after Redis is back is not failed by the
+    /// attempt that failed while it was down.
+    Reconnected,
 }
 
 /// Whether an error proves that the command did not run, so that sending
 /// it again cannot run it twice. A decision charges quota, so a command is
 /// re-sent only then: after `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN` or
-/// `NOSCRIPT`, which Redis answers instead of running it, and on a Sentinel
+/// `NOSCRIPT`, which Redis answers instead of running it, on a Sentinel
 /// store after `READONLY` (a replica refuses the script's first write, so
-/// it wrote nothing) and `MASTERDOWN`. An error on the
+/// it wrote nothing) and `MASTERDOWN`, and, on a standalone or Sentinel
+/// store, after a refused connection (`ConnectionRefused`, or a missing
+/// unix socket: only a connection attempt fails so, and a command waits
+/// for its connection before it is written). An error on the
 /// connection (reset, broken pipe, EOF) or a timeout leaves it unknown
 /// whether it ran: that is returned. Matched by kind, never by text;
 /// redirections only on a Cluster (a standalone connection cannot follow
@@ -1528,6 +1544,7 @@ fn resend(error: &RedisError, topology: Topology, fcall: bool) -> Resend {
             Some((address, _slot)) => Resend::Ask(address.to_owned()),
             None => Resend::Never,
         },
+        _ if !cluster && error.is_connection_refusal() => Resend::Reconnected,
         _ => Resend::Never,
     }
 }
@@ -1836,5 +1853,13 @@ mod tests {
             assert_eq!(resend(error, Topology::Standalone, false), Resend::Never);
             assert_eq!(resend(error, Topology::Cluster, false), Resend::Never);
         }
+        // A refused connection (what a failed reconnection leaves for the
+        // calls that wait on it) wrote nothing. The cluster client keeps
+        // its own connections, so it is returned there.
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        for topology in [Topology::Standalone, Topology::Sentinel] {
+            assert_eq!(resend(&refused, topology, false), Resend::Reconnected);
+        }
+        assert_eq!(resend(&refused, Topology::Cluster, false), Resend::Never);
     }
 }

@@ -133,3 +133,38 @@ async fn a_restarted_redis_is_used_again_at_once() {
     }
     drop(server);
 }
+
+/// A connection whose reconnection failed while Redis was down keeps that
+/// failure until its next use, which starts a new attempt: the first call
+/// to meet it after Redis is back was failed with the old refusal. A
+/// refused connection proves the call was never written, so the store
+/// sends it again, once, on the new attempt: no call fails once Redis is
+/// back, and each is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_on_a_reconnection_that_failed_before_redis_came_back() {
+    let mut server = RedisServer::start();
+    let limiter = limiter(&server).await;
+    assert!(limiter.check("api", "k", 1).await.expect("redis").allowed);
+    server.kill();
+    // Both connections meet the outage and fail to reconnect.
+    for _ in 0..4 {
+        assert!(limiter.check("api", "k", 1).await.is_err(), "Redis is down");
+    }
+    // Past the pings that follow a failure (100 ms, then 200, 400...), so
+    // that the next one comes after the restart: each connection still
+    // holds its refused reconnection when the calls below meet it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .expect("restarted");
+    // A fresh server: each call charged once, on both connections.
+    for remaining in [2, 1, 0] {
+        let decision = limiter.check("api", "k", 1).await.expect("Redis is back");
+        assert_eq!(decision.remaining, remaining);
+    }
+    assert!(!limiter.check("api", "k", 1).await.expect("redis").allowed);
+    drop(server);
+}
