@@ -289,7 +289,7 @@ fn refuse<S>(config: &LayerConfig<S>, request: &Parts, refusal: Refusal) -> Acti
         MissingKey::Unauthorized(challenge) => challenge.as_ref(),
         _ => None,
     };
-    let protocol = Protocol::of(&request.headers);
+    let protocol = Protocol::of(&request.method, &request.headers);
     Action::Respond(response::refusal(
         &config.format,
         protocol,
@@ -339,7 +339,11 @@ fn translate<S>(
             }
             // The protocol is read only on the way to a refusal, never per
             // request.
-            let denial = Denial::new(&answer, key, Protocol::of(&request.headers));
+            let denial = Denial::new(
+                &answer,
+                key,
+                Protocol::of(&request.method, &request.headers),
+            );
             let mut response = response::too_many_requests(&config.format, &denial);
             fields.add_to(response.headers_mut());
             Action::Respond(response)

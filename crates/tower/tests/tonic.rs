@@ -352,3 +352,44 @@ async fn grpc_web_calls_get_trailers_only_refusals_over_http1() {
         r#"{"error":"rate_limited","policy":"api","retry_after_ms":60000}"#
     );
 }
+
+/// Every gRPC call is a `POST`. A `GET` carrying a gRPC `content-type`
+/// (which any client can send) is a plain HTTP request: refused with the
+/// 429, never with a Trailers-Only `200 OK` and an empty body, which a
+/// shared cache in front could store and serve for that URL to everybody.
+#[tokio::test]
+async fn a_get_with_a_grpc_content_type_is_refused_as_http() {
+    use axum::routing::get;
+    use tollgate_testkit::http::Reply;
+    use tollgate_testkit::serve::Served;
+
+    let clock = ManualClock::new(START_US);
+    let limited = keyed(limiter(&clock, &[("api", "fixed_window 1/1m")]))
+        .build()
+        .expect("layer");
+    let app = axum::Router::new().route("/app.js", get(|| async { "js" }).layer(limited));
+    let server = Served::router(app).await;
+    let send = |content_type: &'static str| {
+        let request = server
+            .reqwest
+            .get(server.url("/app.js"))
+            .header("x-api-key", "k1")
+            .header("content-type", content_type);
+        async move { Reply::of(request.send().await.expect("response")).await }
+    };
+
+    assert_eq!(send("application/grpc").await.status, 200);
+    for content_type in [
+        "application/grpc",
+        "application/grpc-web+proto",
+        "application/grpc-web-text",
+    ] {
+        let denied = send(content_type).await;
+        assert_eq!(denied.status, 429, "{content_type}");
+        assert_eq!(denied.header("grpc-status"), None, "{content_type}");
+        assert_eq!(
+            denied.body,
+            r#"{"error":"rate_limited","policy":"api","retry_after_ms":60000}"#
+        );
+    }
+}

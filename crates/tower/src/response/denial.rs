@@ -51,8 +51,8 @@ impl<'a> Denial<'a> {
         }
     }
 
-    /// Whether the request is a gRPC call (its `content-type` is
-    /// `application/grpc`, `application/grpc+<subtype>`, or gRPC-Web's).
+    /// Whether the request is a gRPC call (a `POST` whose `content-type`
+    /// is `application/grpc`, `application/grpc+<subtype>`, or gRPC-Web's).
     pub fn is_grpc(&self) -> bool {
         self.protocol != Protocol::Http
     }

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderName, HeaderValue, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 
 /// gRPC's status code field (a Trailers-Only response carries it among the
 /// headers).
@@ -34,11 +34,17 @@ pub(crate) enum Protocol {
 }
 
 impl Protocol {
-    /// The protocol of a request with these headers. Media types compare
-    /// case-insensitively and parameters (`; charset=..`) are ignored. A
-    /// type that merely begins with `application/grpc` (`application/grpcx`)
-    /// is not gRPC.
-    pub(crate) fn of(headers: &HeaderMap) -> Protocol {
+    /// The protocol of a request with this method and these headers.
+    /// Media types compare case-insensitively and parameters
+    /// (`; charset=..`) are ignored. A type that merely begins with
+    /// `application/grpc` (`application/grpcx`) is not gRPC, and neither is
+    /// a request other than `POST`, whatever its type: every gRPC and
+    /// gRPC-Web call is a `POST`, and a `GET` answered `200 OK` with an
+    /// empty body is a response a shared cache may store for that URL.
+    pub(crate) fn of(method: &Method, headers: &HeaderMap) -> Protocol {
+        if method != Method::POST {
+            return Protocol::Http;
+        }
         let Some(value) = headers.get(CONTENT_TYPE) else {
             return Protocol::Http;
         };
@@ -148,7 +154,7 @@ mod tests {
         let of = |content_type: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(CONTENT_TYPE, content_type.parse().expect("value"));
-            Protocol::of(&headers)
+            Protocol::of(&Method::POST, &headers)
         };
         for grpc in [
             "application/grpc",
@@ -178,6 +184,21 @@ mod tests {
         ] {
             assert_eq!(of(http), Protocol::Http, "{http}");
         }
-        assert_eq!(Protocol::of(&HeaderMap::new()), Protocol::Http);
+        assert_eq!(
+            Protocol::of(&Method::POST, &HeaderMap::new()),
+            Protocol::Http
+        );
+    }
+
+    /// Every gRPC call is a `POST`: a `GET` with a gRPC type is HTTP, so
+    /// it is never refused `200 OK` with an empty body (which a cache in
+    /// front could keep for everybody).
+    #[test]
+    fn a_request_other_than_post_is_never_a_grpc_call() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        for method in [Method::GET, Method::HEAD, Method::PUT, Method::OPTIONS] {
+            assert_eq!(Protocol::of(&method, &headers), Protocol::Http, "{method}");
+        }
     }
 }

@@ -42,7 +42,7 @@
 //! the policy can grant at once), `retry_after` is `None`: `Retry-After` is
 //! left out, since no wait helps, and `retry_after_ms` is `null`.
 //!
-//! A gRPC call (the request's `content-type` is `application/grpc`,
+//! A gRPC call (a `POST` whose `content-type` is `application/grpc`,
 //! `application/grpc+<subtype>`, or gRPC-Web's `application/grpc-web[+..]` /
 //! `application/grpc-web-text[+..]`) is refused the way a gRPC server
 //! refuses one: a *Trailers-Only* response, `200 OK` with an empty body and
