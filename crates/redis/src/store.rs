@@ -43,9 +43,11 @@ pub struct RedisOptions {
     /// A bound on every call (one script evaluation): past it the call
     /// fails with [`StoreError::Timeout`]. Default `None`: deadlines belong
     /// to [`Resilient`](tollgate::resilience::Resilient), which the server
-    /// and the middleware put in front of every store (its timeout, 50 ms by
-    /// default, also drives the circuit breaker and the failure modes). Set
-    /// one when the store is used bare.
+    /// puts in front of every store (its timeout, 50 ms by default, also
+    /// drives the circuit breaker and the failure modes). The tower layer
+    /// uses whatever limiter it is given: set one when the store is used
+    /// bare, or a Redis that stops answering holds every call until it
+    /// answers.
     pub timeout: Option<Duration>,
     /// Connecting fails after this long. Default 1 s.
     pub connect_timeout: Duration,

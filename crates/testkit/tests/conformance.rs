@@ -1,6 +1,6 @@
 //! The memory store passes the conformance suite, alone and behind the
-//! resilience layer (deny cache, breaker) that the server and the
-//! middleware put in front of every store.
+//! resilience layer (deny cache, breaker) that the server puts in front
+//! of every store.
 
 mod memory {
     tollgate_testkit::conformance_suite!(|clock: tollgate::ManualClock| async move {
