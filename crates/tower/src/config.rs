@@ -14,7 +14,7 @@ use http::HeaderValue;
 use http::request::Parts;
 use tollgate::{Limiter, Policy};
 
-use crate::key::{KeyExtractor, PeerIp};
+use crate::key::{KeyExtractor, PeerIp, percent_decode};
 use crate::reserve::Reserving;
 use crate::response::{FieldSwitches, Refusal, ResponseFormat};
 
@@ -146,10 +146,24 @@ impl Policies {
                 .extensions
                 .get::<MatchedPath>()
                 .and_then(|matched| routes.get(matched.as_str()))
-                .or_else(|| routes.get(request.uri.path()))
+                .or_else(|| literal(routes, request.uri.path()))
                 .or(default.as_ref()),
         }
     }
+}
+
+/// The set of the literal request `path`, as sent or percent-decoded: the
+/// handler behind a template (`/files/{name}`) or a file server decodes
+/// `/files/%61.pdf` into `/files/a.pdf`, so a client must not escape the
+/// policies of `/files/a.pdf` by encoding a character.
+fn literal<'r>(routes: &'r HashMap<Box<str>, PolicySet>, path: &str) -> Option<&'r PolicySet> {
+    routes.get(path).or_else(|| {
+        if !path.contains('%') {
+            return None;
+        }
+        let decoded = percent_decode(path);
+        routes.get(std::str::from_utf8(&decoded).ok()?)
+    })
 }
 
 /// What a request costs: a constant, or a function of the request head.

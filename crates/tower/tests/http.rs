@@ -270,6 +270,51 @@ async fn a_route_map_follows_the_matched_path_and_route_parameters() {
     assert_eq!(health.header("ratelimit-policy"), None);
 }
 
+/// A literal path in the map names a request however its path is
+/// percent-encoded: axum hands `/files/%72eport.pdf` to the handler as
+/// `report.pdf`, so encoding a character must not escape the policy.
+#[tokio::test]
+async fn a_literal_route_is_not_escaped_by_percent_encoding_its_path() {
+    let clock = ManualClock::new(START_US);
+    let limiter = limiter(
+        &clock,
+        &[
+            ("report", "sliding_log 1/1m"),
+            ("files", "sliding_log 100/1m"),
+        ],
+    );
+    let layer = RateLimitLayer::builder(limiter)
+        .policy("files")
+        .route("/files/report.pdf", ["report"])
+        .build()
+        .expect("layer");
+    let name = get(|axum::extract::Path(name): axum::extract::Path<String>| async move { name });
+    let app = Router::new().route("/files/{name}", name).layer(layer);
+    let server = Served::router(app).await;
+
+    let first = server.get("/files/report.pdf").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("ratelimit-policy").as_deref(),
+        Some(r#""report";q=1;w=60"#)
+    );
+    for encoded in [
+        "/files/%72eport.pdf",
+        "/files/report%2Epdf",
+        "/files/%72%65port.pdf",
+    ] {
+        let reply = server.get(encoded).await;
+        assert_eq!(reply.status, 429, "{encoded}: {}", reply.body);
+    }
+    // Another file is the default policy's.
+    let other = server.get("/files/%61.pdf").await;
+    assert_eq!((other.status, other.body.as_str()), (200, "a.pdf"));
+    assert_eq!(
+        other.header("ratelimit-policy").as_deref(),
+        Some(r#""files";q=100;w=60"#)
+    );
+}
+
 #[tokio::test]
 async fn stacked_layers_each_add_their_list_members() {
     let clock = ManualClock::new(START_US);

@@ -46,6 +46,7 @@ use tollgate::keyspace::KeySpace;
 
 pub use ip::{Cidr, CidrError, ClientIp, DEFAULT_IPV6_PREFIX, PeerIp, ProxyHeader};
 pub use route::RouteParam;
+pub(crate) use route::percent_decode;
 
 /// The identity a request is charged to: bytes, usually text.
 ///

@@ -86,7 +86,7 @@ fn param_value<'p>(template: &str, path: &'p str, name: &str) -> Option<&'p str>
 }
 
 /// Percent-decodes `text`; malformed escapes are kept as they are.
-fn percent_decode(text: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
