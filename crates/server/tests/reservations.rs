@@ -1068,3 +1068,32 @@ async fn the_budget_holds_under_concurrency_on_a_redis_cluster() {
     let servers = fleet(&redis, 3, &budget()).await;
     the_budget_holds_under_concurrency(servers).await;
 }
+
+/// A reservation of the longest key the server takes (`max_key_bytes`
+/// raised to the limiter's 8 KiB) settles: its id carries the key, and
+/// once was refused by `/v1/settle` as "not a reservation id" (the text
+/// form was capped for keys of 4 KiB), leaving the estimate charged until
+/// the deadline.
+#[tokio::test]
+async fn a_reservation_of_the_longest_key_settles() {
+    let server = TestServer::start_text(
+        Backend::memory(),
+        &config("")
+            .replace("max_body_bytes: 4096", "max_body_bytes: 65536")
+            .replace("max_key_bytes: 64", "max_key_bytes: 8192"),
+    )
+    .await;
+    let key = "k".repeat(tollgate_server::app::MAX_LIMITER_KEY - "http:".len());
+    let (status, body) = server
+        .post_json(
+            "/v1/reserve",
+            &json!({"policies": ["tokens", "requests"], "key": key, "estimate": 5}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let long = id(&body);
+    let (status, body) = settle(&server, &long, 2).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policies"][0]["returned"], 3, "{body}");
+    assert_eq!(remaining(&server, "tokens", &key).await, 998);
+}

@@ -99,7 +99,9 @@ impl ReservationId {
     /// # Errors
     /// [`Error::InvalidReservation`](crate::Error::InvalidReservation) for
     /// more than 255 policies or a name longer than 255 bytes (the text
-    /// form counts them in a byte), and a store error when the operating
+    /// form counts them in a byte), or a key and names too long for a text
+    /// form [`FromStr`] reads back ([`MAX_TEXT`]: a reservation that could
+    /// not be settled is never made), and a store error when the operating
     /// system gives no randomness (a reservation must not be guessable).
     pub(crate) fn draw(key: &[u8], policies: &[&str]) -> Result<ReservationId, crate::Error> {
         // Names were checked by `check_policy`.
@@ -107,6 +109,14 @@ impl ReservationId {
             return Err(crate::Error::InvalidReservation(
                 "a reservation names at most 255 policies".into(),
             ));
+        }
+        let bytes = 18 + key.len() + policies.iter().map(|p| 1 + p.len()).sum::<usize>();
+        if base64::encoded_len(bytes, false).is_none_or(|len| len > MAX_TEXT) {
+            return Err(crate::Error::InvalidReservation(format!(
+                "the reservation's id carries its key ({} bytes) and policy names, which \
+                 make it longer than the {MAX_TEXT} characters an id may have",
+                key.len()
+            )));
         }
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| {
@@ -166,9 +176,11 @@ impl fmt::Display for ReservationId {
 #[error("not a reservation id")]
 pub struct InvalidReservationId;
 
-/// The longest text form accepted: a key of up to 4 KiB and policy names
-/// (the limiter checks the key against its own maximum afterwards).
-const MAX_TEXT: usize = 8192;
+/// The longest text form accepted (and made: [`ReservationId::draw`]
+/// refuses a longer one): a key of up to 8 KiB, the longest the server's
+/// limiter takes, and 16 policy names of 128 bytes fit; the limiter checks
+/// the key against its own maximum afterwards.
+const MAX_TEXT: usize = 16 * 1024;
 
 impl FromStr for ReservationId {
     type Err = InvalidReservationId;
@@ -250,6 +262,20 @@ mod tests {
         assert_eq!(back, id);
         assert_eq!(back.key(), b"user:\x00\xff{1}");
         assert_eq!(back.policies().collect::<Vec<_>>(), ["tokens", "requests"]);
+    }
+
+    #[test]
+    fn every_id_made_reads_back() {
+        let key = vec![b'k'; 8192];
+        let name = "n".repeat(128);
+        let names = [name.as_str(); 16];
+        let id = ReservationId::draw(&key, &names).unwrap();
+        assert_eq!(id.to_string().parse::<ReservationId>(), Ok(id));
+        let longer = vec![b'k'; super::MAX_TEXT];
+        assert!(matches!(
+            ReservationId::draw(&longer, &["p"]),
+            Err(crate::Error::InvalidReservation(_))
+        ));
     }
 
     #[test]
