@@ -437,10 +437,17 @@ fn try_list(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Respo
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
+    // A cursor names a (policy, key): one that does not (cut short, made
+    // up) is refused, never read as the start, which would send a client
+    // paging through the list round forever.
     let cursor = query
         .cursor
         .as_deref()
-        .map(|c| hex_decode(c).ok_or_else(|| Problem::bad_request("invalid cursor")))
+        .map(|c| {
+            hex_decode(c)
+                .filter(|bytes| tollgate::overrides::split(bytes).is_some())
+                .ok_or_else(|| Problem::bad_request("invalid cursor"))
+        })
         .transpose()?;
     let table = &app.overrides().table;
     let now = table.now_us();

@@ -227,6 +227,24 @@ async fn the_admin_api_refuses_what_it_cannot_apply_and_says_why() {
     assert_eq!(status, 400);
     let (status, _) = get(&server, "/v1/overrides?cursor=zz").await;
     assert_eq!(status, 400);
+    // A cursor that hex-decodes but names no (policy, key), such as one
+    // cut short, is refused too: answering the first page again would send
+    // a client paging through the list round forever.
+    put(&server, path, r#"{"limit": 5}"#).await;
+    let next = hex(b"\x00\x04tinyk");
+    for cursor in [String::new(), "00".to_owned(), next[..8].to_owned()] {
+        let (status, problem) = get(&server, &format!("/v1/overrides?cursor={cursor}")).await;
+        assert_eq!(status, 400, "cursor {cursor:?}: {problem}");
+        assert_eq!(problem["detail"], "invalid cursor", "{problem}");
+    }
+    let (status, page) = get(&server, &format!("/v1/overrides?cursor={next}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["overrides"], serde_json::json!([]), "after the last");
+}
+
+/// `bytes` as a listing's cursor: lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]
