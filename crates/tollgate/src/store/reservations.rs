@@ -59,7 +59,9 @@ pub(crate) struct Table {
 
 /// One identity holds at most `1 / IDENTITY_SHARE` of the table's open
 /// reservations, its own nearest their deadline forgotten first: one
-/// client's flood of reservations cannot push out everyone else's.
+/// identity's flood of reservations cannot push out everyone else's. A
+/// client that reserves under many identities still can (docs/SERVER.md,
+/// "Limits and timeouts").
 pub(crate) const IDENTITY_SHARE: usize = 8;
 
 impl Table {
