@@ -181,7 +181,7 @@ pub fn decode_check(body: &[u8], max_key_bytes: usize) -> Result<ValidCheck, Pro
     let request: CheckRequest = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
     let (policies, single) = named_policies(request.policy, request.policies)?;
-    check_key(&request.key, max_key_bytes)?;
+    check_key(request.key.as_bytes(), max_key_bytes)?;
     let cost = match request.cost {
         None => 1,
         Some(n) => whole("cost", &n, 1, u64::from(u32::MAX))?,
@@ -296,7 +296,7 @@ pub fn decode_reserve(body: &[u8], max_key_bytes: usize) -> Result<ValidReserve,
     let request: ReserveRequest = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
     let (policies, single) = named_policies(request.policy, request.policies)?;
-    check_key(&request.key, max_key_bytes)?;
+    check_key(request.key.as_bytes(), max_key_bytes)?;
     let estimate = whole("estimate", &request.estimate, 1, MAX_AMOUNT)?;
     let max_ms = u64::try_from(MAX_DEADLINE.as_millis()).unwrap_or(u64::MAX);
     let deadline = match &request.deadline_ms {
@@ -353,7 +353,12 @@ pub fn decode_settle(body: &[u8], cancel: bool) -> Result<(ReservationId, u64), 
     Ok((id, actual))
 }
 
-fn check_key(key: &str, max: usize) -> Result<(), Problem> {
+/// Refuses a `key` longer than `max` (`server.max_key_bytes`) or than
+/// the limiter takes once the HTTP API's tag is in front of it
+/// ([`MAX_LIMITER_KEY`](crate::app::MAX_LIMITER_KEY)), naming the bound
+/// that applies: `400`.
+pub(crate) fn check_key(key: &[u8], max: usize) -> Result<(), Problem> {
+    let max = max.min(crate::app::MAX_LIMITER_KEY - KeySpace::HttpJson.tag().len());
     if key.len() > max {
         return Err(Problem::bad_request(format!(
             "`key` is {} bytes long, above the maximum of {max}",
@@ -767,7 +772,7 @@ async fn try_reset(app: &App, headers: &HeaderMap, body: Body) -> Result<(), Pro
     let body = read_body(body, server.max_body_bytes).await?;
     let request: ResetRequest = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;
-    check_key(&request.key, server.max_key_bytes)?;
+    check_key(request.key.as_bytes(), server.max_key_bytes)?;
     if !loaded.config.policies.contains_key(&request.policy) {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,

@@ -22,7 +22,7 @@ use tollgate_redis::RedisStore;
 
 use crate::app::App;
 use crate::config::parse::DurationText;
-use crate::http::{Problem, admit_admin_request, read_body};
+use crate::http::{Problem, admit_admin_request, check_key, read_body};
 
 /// How often an instance reads the shared overrides' version.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
@@ -310,13 +310,7 @@ async fn try_put(
         .policies
         .get(&policy)
         .ok_or_else(|| Problem::not_found(format!("unknown policy `{policy}`")))?;
-    if key.len() > server.max_key_bytes {
-        return Err(Problem::bad_request(format!(
-            "key of {} bytes is longer than server.max_key_bytes ({})",
-            key.len(),
-            server.max_key_bytes
-        )));
-    }
+    check_key(&key, server.max_key_bytes)?;
     let body = read_body(body, server.max_body_bytes).await?;
     let body: PutBody = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?;

@@ -472,3 +472,36 @@ async fn the_longest_keys_fit_in_a_request_head() {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["overrides"].as_array().unwrap().len(), 1);
 }
+
+/// `server.max_key_bytes` above what the limiter takes (its 8 KiB, less
+/// the `http:` tag) is held to that: a key one byte longer is refused
+/// with its own length and the bound that applies, where a check once
+/// answered "key of 8193 bytes is longer than the limit of 8192" for a
+/// key of 8188, and an override of it was set though no check of the key
+/// could ever reach it.
+#[tokio::test]
+async fn a_key_past_the_limiters_bound_is_refused_by_its_own_length() {
+    let text = "server:\n  admin_token: s3cret\n  max_key_bytes: 8192\n  max_body_bytes: 65536\npolicies:\n  - name: tiny\n    algorithm: fixed_window\n    limit: 2\n    period: 1h\n";
+    let server = TestServer::start_text(Backend::memory(), text).await;
+    let bound = tollgate_server::app::MAX_LIMITER_KEY - "http:".len();
+    let detail = format!(
+        "`key` is {} bytes long, above the maximum of {bound}",
+        bound + 1
+    );
+    let key = "k".repeat(bound + 1);
+    for path in ["/v1/check", "/v1/peek"] {
+        let body = serde_json::json!({"policy": "tiny", "key": key}).to_string();
+        let (status, problem) = server.post_json(path, &body).await;
+        assert_eq!(status, 400, "{path}: {problem}");
+        assert_eq!(problem["detail"], detail.as_str(), "{path}");
+    }
+    let (status, problem) = put(
+        &server,
+        &format!("/v1/overrides/tiny/{key}"),
+        r#"{"blocked": true}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["detail"], detail.as_str());
+    check(&server, &"k".repeat(bound)).await;
+}
