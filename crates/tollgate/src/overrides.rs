@@ -16,6 +16,7 @@
 //! nothing while the table is empty, and one hash lookup under a read lock
 //! otherwise. `docs/OVERRIDES.md` is the operator's guide.
 
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -329,6 +330,34 @@ pub struct Page {
     pub next: Option<Vec<u8>>,
 }
 
+/// An override on its way to a page of [`Overrides::list`], ordered by
+/// its (policy, key) alone: borrowed from the table while it is scanned.
+struct Candidate<'a> {
+    at: (&'a str, &'a [u8]),
+    value: Override,
+    source: Source,
+}
+
+impl PartialEq for Candidate<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Candidate<'_> {}
+
+impl PartialOrd for Candidate<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
 /// The overrides a limiter consults (see the [module docs](self)).
 pub struct Overrides {
     slots: RwLock<HashMap<Box<[u8]>, Slot>>,
@@ -530,31 +559,54 @@ impl Overrides {
     /// Up to `limit` overrides in force (live, either layer), of `policy`
     /// if given, in (policy, key) order, starting after `cursor` (the
     /// `next` of the previous page).
+    ///
+    /// A page holds and copies out only its own overrides (and the one
+    /// that tells whether there is a next page), whatever the table holds:
+    /// the first `limit + 1` are kept in a bounded heap of references
+    /// while the table is scanned under its read lock, so the scan
+    /// allocates nothing per override it passes.
     pub fn list(&self, policy: Option<&str>, cursor: Option<&[u8]>, limit: usize) -> Page {
         let now = self.clock.now_us();
         let after = cursor.and_then(split);
-        // Copied out under the read lock, sorted after it is released.
+        let keep = limit.saturating_add(1);
         let mut items: Vec<Listed> = {
             let slots = self.read();
-            slots
-                .iter()
-                .filter_map(|(c, slot)| {
-                    let (name, key) = split(c)?;
-                    if policy.is_some_and(|p| p != name) || after.is_some_and(|a| (name, key) <= a)
-                    {
-                        return None;
-                    }
-                    let (value, source) = slot.effective().filter(|(o, _)| o.live(now))?;
-                    Some(Listed {
-                        policy: name.to_owned(),
-                        key: key.to_vec(),
-                        value,
-                        source,
-                    })
+            // A max-heap: its top is the last of the page so far, dropped
+            // when a smaller one comes.
+            let mut first: BinaryHeap<Candidate<'_>> = BinaryHeap::new();
+            for (c, slot) in slots.iter() {
+                let Some((name, key)) = split(c) else {
+                    continue;
+                };
+                if policy.is_some_and(|p| p != name) || after.is_some_and(|a| (name, key) <= a) {
+                    continue;
+                }
+                if first.len() == keep && first.peek().is_some_and(|top| (name, key) >= top.at) {
+                    continue;
+                }
+                let Some((value, source)) = slot.effective().filter(|(o, _)| o.live(now)) else {
+                    continue;
+                };
+                first.push(Candidate {
+                    at: (name, key),
+                    value,
+                    source,
+                });
+                if first.len() > keep {
+                    first.pop();
+                }
+            }
+            first
+                .into_sorted_vec()
+                .into_iter()
+                .map(|c| Listed {
+                    policy: c.at.0.to_owned(),
+                    key: c.at.1.to_vec(),
+                    value: c.value,
+                    source: c.source,
                 })
                 .collect()
         };
-        items.sort_unstable_by(|a, b| (&a.policy, &a.key).cmp(&(&b.policy, &b.key)));
         let more = items.len() > limit;
         items.truncate(limit);
         let next = if more {

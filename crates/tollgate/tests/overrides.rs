@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::overrides::{OverrideError, OverrideLimit, Overrides, Source};
+use tollgate::overrides::{Override, OverrideError, OverrideLimit, Overrides, Source};
 use tollgate::{Limiter, ManualClock, MemoryStore, Policy};
 
 const START: u64 = 1_000_000_000;
@@ -212,6 +212,96 @@ async fn listing_pages_through_every_override_once_in_order() {
     let expected: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
     assert_eq!(seen, expected);
     assert_eq!(table.list(None, None, 100).items.len(), 26);
+}
+
+/// Pages hold the overrides in force in (policy, key) order, each once,
+/// for every page size, policy filter and starting point: both layers,
+/// expired overrides left out, keys that are prefixes of others and
+/// policies whose names are prefixes of others, set in no particular
+/// order. (A page is found with a bounded heap, not by sorting them all.)
+#[test]
+fn every_page_is_the_next_overrides_in_order() {
+    let clock = ManualClock::new(START);
+    let table = Overrides::with_clock(clock.clone()).with_max_entries(1000);
+    let policies = ["a", "ab", "b"];
+    let keys: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"k".to_vec(),
+        b"k\0".to_vec(),
+        b"k1".to_vec(),
+        b"k10".to_vec(),
+        b"k2".to_vec(),
+        vec![0xff],
+        vec![0xff, 0],
+    ];
+    let mut live = Vec::new();
+    let mut file = Vec::new();
+    // A fixed shuffle: i * 7 mod 24 visits every (policy, key) once.
+    for i in 0..24usize {
+        let j = i * 7 % 24;
+        let (policy, key) = (policies[j / 8], &keys[j % 8]);
+        match j % 3 {
+            0 => file.push((
+                policy.to_owned(),
+                key.clone(),
+                Override {
+                    limit: OverrideLimit::Blocked,
+                    expires_at_us: None,
+                },
+            )),
+            1 => table
+                .set(
+                    policy,
+                    key,
+                    Override {
+                        limit: OverrideLimit::Unlimited,
+                        expires_at_us: Some(START + 10),
+                    },
+                )
+                .expect("set"),
+            _ => table
+                .set(
+                    policy,
+                    key,
+                    Override {
+                        limit: OverrideLimit::Unlimited,
+                        expires_at_us: None,
+                    },
+                )
+                .expect("set"),
+        }
+        if j % 3 != 1 {
+            live.push((policy.to_owned(), key.clone()));
+        }
+    }
+    table.replace_file(file);
+    // The overrides that expire at START + 10 are gone.
+    clock.advance_us(10);
+    live.sort();
+    for filter in [None, Some("a"), Some("ab"), Some("b"), Some("c")] {
+        let expected: Vec<(String, Vec<u8>)> = live
+            .iter()
+            .filter(|(p, _)| filter.is_none_or(|f| f == p))
+            .cloned()
+            .collect();
+        for limit in [1, 2, 3, 5, 16, 100] {
+            let mut seen = Vec::new();
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let page = table.list(filter, cursor.as_deref(), limit);
+                assert!(page.items.len() <= limit);
+                seen.extend(page.items.iter().map(|l| (l.policy.clone(), l.key.clone())));
+                match page.next {
+                    Some(next) => {
+                        assert_eq!(page.items.len(), limit, "a short page has no next");
+                        cursor = Some(next);
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(seen, expected, "policy {filter:?}, pages of {limit}");
+        }
+    }
 }
 
 #[tokio::test]
