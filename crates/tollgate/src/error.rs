@@ -42,12 +42,14 @@ pub enum Error {
     /// The cost was zero; every check costs at least one unit.
     #[error("cost must be at least 1")]
     ZeroCost,
-    /// The key is longer than the limiter's maximum.
+    /// The key is longer than the limiter's maximum, or, for a
+    /// reservation, than its id can carry beside the policies' names
+    /// (about 12 KiB; `max` says how long).
     #[error("key is {len} bytes long, above the maximum of {max}")]
     KeyTooLong {
         /// The key's length in bytes.
         len: usize,
-        /// The configured maximum.
+        /// The maximum that applies.
         max: usize,
     },
     /// A multi-policy check named no policy.

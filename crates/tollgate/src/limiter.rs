@@ -398,7 +398,10 @@ impl<S: Store> Limiter<S> {
     /// As [`check_all`](Self::check_all) (with `estimate` as the cost),
     /// [`Error::NotReservable`] for a `sliding_log` or `leaky_bucket`
     /// policy, [`Error::InvalidReservation`] for a deadline past
-    /// [`MAX_DEADLINE`](crate::reservation::MAX_DEADLINE) or of zero, or an estimate past [`MAX_AMOUNT`], and
+    /// [`MAX_DEADLINE`](crate::reservation::MAX_DEADLINE) or of zero, or an estimate past [`MAX_AMOUNT`],
+    /// [`Error::KeyTooLong`] also for a key the limiter takes but the
+    /// reservation's id cannot carry (its text form is at most 16 KiB: a
+    /// key of up to 12 KiB, less the policies' names), and
     /// [`Error::Store`] with [`StoreError::Unsupported`](crate::StoreError::Unsupported)
     /// from a store that keeps no reservations.
     pub async fn reserve(

@@ -99,9 +99,10 @@ impl ReservationId {
     /// # Errors
     /// [`Error::InvalidReservation`](crate::Error::InvalidReservation) for
     /// more than 255 policies or a name longer than 255 bytes (the text
-    /// form counts them in a byte), or a key and names too long for a text
-    /// form [`FromStr`] reads back ([`MAX_TEXT`]: a reservation that could
-    /// not be settled is never made), and a store error when the operating
+    /// form counts them in a byte), [`Error::KeyTooLong`](crate::Error::KeyTooLong)
+    /// for a key too long for a text form [`FromStr`] reads back beside
+    /// those names ([`MAX_TEXT`]: a reservation that could not be settled
+    /// is never made), and a store error when the operating
     /// system gives no randomness (a reservation must not be guessable).
     pub(crate) fn draw(key: &[u8], policies: &[&str]) -> Result<ReservationId, crate::Error> {
         // Names were checked by `check_policy`.
@@ -110,13 +111,19 @@ impl ReservationId {
                 "a reservation names at most 255 policies".into(),
             ));
         }
-        let bytes = 18 + key.len() + policies.iter().map(|p| 1 + p.len()).sum::<usize>();
-        if base64::encoded_len(bytes, false).is_none_or(|len| len > MAX_TEXT) {
-            return Err(crate::Error::InvalidReservation(format!(
-                "the reservation's id carries its key ({} bytes) and policy names, which \
-                 make it longer than the {MAX_TEXT} characters an id may have",
-                key.len()
-            )));
+        // The longest key the id carries beside these names: MAX_TEXT
+        // characters decode to MAX_TEXT / 4 * 3 bytes, of which the
+        // version, the nonce, the count and each name with its length
+        // byte go first. A longer key is too long (the caller refuses it
+        // as it refuses a key past the limiter's bound), never a bad
+        // reservation: the tower layer lets those pass unlimited.
+        let names = policies.iter().map(|p| 1 + p.len()).sum::<usize>();
+        let max = (MAX_TEXT / 4 * 3).saturating_sub(18 + names);
+        if key.len() > max {
+            return Err(crate::Error::KeyTooLong {
+                len: key.len(),
+                max,
+            });
         }
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| {
@@ -274,7 +281,18 @@ mod tests {
         let longer = vec![b'k'; super::MAX_TEXT];
         assert!(matches!(
             ReservationId::draw(&longer, &["p"]),
-            Err(crate::Error::InvalidReservation(_))
+            Err(crate::Error::KeyTooLong { .. })
+        ));
+        // At the bound: the longest key beside one name of one byte reads
+        // back; one byte more is too long, naming that bound.
+        let longest = vec![b'k'; super::MAX_TEXT / 4 * 3 - 20];
+        let id = ReservationId::draw(&longest, &["p"]).unwrap();
+        assert_eq!(id.to_string().len(), super::MAX_TEXT);
+        assert_eq!(id.to_string().parse::<ReservationId>(), Ok(id));
+        let over = vec![b'k'; longest.len() + 1];
+        assert!(matches!(
+            ReservationId::draw(&over, &["p"]),
+            Err(crate::Error::KeyTooLong { len, max }) if len == max + 1
         ));
     }
 

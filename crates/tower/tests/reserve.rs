@@ -841,3 +841,50 @@ async fn the_layer_reserves_and_settles_on_redis_and_a_cluster() {
         assert_eq!(served.get("/").await.status, 429);
     }
 }
+
+/// A key too long for a reservation's id (the limiter may take longer
+/// keys than an id carries: its `max_key_len` is the application's) is
+/// refused as too long, like a key past the limiter's bound: it was taken
+/// for a misconfiguration and the request passed unlimited, so a client
+/// escaped the limit by sending a long key.
+#[tokio::test]
+async fn a_key_too_long_for_a_reservation_is_refused_not_let_through() {
+    let clock = ManualClock::new(START_US);
+    let limiter = Limiter::builder(MemoryStore::with_clock(clock.clone()))
+        .max_key_len(64 * 1024)
+        .policy("tokens", "fixed_window 1/1m".parse().expect("policy"))
+        .build();
+    let layer = RateLimitLayer::builder(limiter)
+        .policy("tokens")
+        .key(tollgate_tower::key::HeaderKey::new(
+            HeaderName::from_static("x-user"),
+        ))
+        .reserve(Reserve::header(usage_header()))
+        .build()
+        .expect("layer");
+    let app = Router::new()
+        .route("/", get(reports_usage))
+        .layer(layer.clone());
+    let server = Served::router(app).await;
+    let long = "u".repeat(13_000);
+    for _ in 0..2 {
+        let reply = server.get_with("/", &[("x-user", long.as_str())]).await;
+        assert_ne!(reply.status, 200, "a key of 13000 bytes passed unlimited");
+    }
+    // A key that fits is reserved and limited as ever.
+    let short = "u".repeat(12_000);
+    assert_eq!(
+        server
+            .get_with("/", &[("x-user", short.as_str())])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .get_with("/", &[("x-user", short.as_str())])
+            .await
+            .status,
+        429
+    );
+}
