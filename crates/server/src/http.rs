@@ -353,12 +353,21 @@ pub fn decode_settle(body: &[u8], cancel: bool) -> Result<(ReservationId, u64), 
     Ok((id, actual))
 }
 
+/// The longest HTTP `key` (a check's, a reservation's, a reset's, an
+/// override's, whether set through the API or declared in the file):
+/// `max_key_bytes`, or what the limiter takes once the HTTP API's tag is
+/// in front of it ([`MAX_LIMITER_KEY`](crate::app::MAX_LIMITER_KEY)) if
+/// that is less.
+pub(crate) fn key_bound(max_key_bytes: usize) -> usize {
+    max_key_bytes.min(crate::app::MAX_LIMITER_KEY - KeySpace::HttpJson.tag().len())
+}
+
 /// Refuses a `key` longer than `max` (`server.max_key_bytes`) or than
 /// the limiter takes once the HTTP API's tag is in front of it
 /// ([`MAX_LIMITER_KEY`](crate::app::MAX_LIMITER_KEY)), naming the bound
 /// that applies: `400`.
 pub(crate) fn check_key(key: &[u8], max: usize) -> Result<(), Problem> {
-    let max = max.min(crate::app::MAX_LIMITER_KEY - KeySpace::HttpJson.tag().len());
+    let max = key_bound(max);
     if key.len() > max {
         return Err(Problem::bad_request(format!(
             "`key` is {} bytes long, above the maximum of {max}",

@@ -505,3 +505,27 @@ async fn a_key_past_the_limiters_bound_is_refused_by_its_own_length() {
     assert_eq!(problem["detail"], detail.as_str());
     check(&server, &"k".repeat(bound)).await;
 }
+
+/// A declared override is held to the same bound as one set through the
+/// API: with `max_key_bytes` above what the limiter takes, an override of
+/// a longer key was loaded though no check of it could reach it, and one
+/// long enough gave the listing a `next_cursor` that the listing itself
+/// refused (`400 invalid cursor`), so no page past it could be read.
+#[tokio::test]
+async fn a_declared_override_past_the_limiters_bound_is_refused() {
+    let bound = tollgate_server::app::MAX_LIMITER_KEY - "http:".len();
+    let text = |key_len: usize| {
+        format!(
+            "server:\n  max_key_bytes: 16384\n  max_body_bytes: 65536\npolicies:\n  - name: tiny\n    algorithm: fixed_window\n    limit: 2\n    period: 1h\noverrides:\n  - policy: tiny\n    key: {}\n    limit: 5\n",
+            "k".repeat(key_len)
+        )
+    };
+    assert!(tollgate_server::Config::parse(&text(bound), "t.yaml").is_ok());
+    for len in [bound + 1, 12_000] {
+        let message = tollgate_server::Config::parse(&text(len), "t.yaml")
+            .err()
+            .unwrap_or_else(|| panic!("a key of {len} bytes accepted"))
+            .to_string();
+        assert!(message.contains(&format!("{bound}")), "{len}: {message}");
+    }
+}

@@ -247,10 +247,14 @@ impl Config {
                 .policies
                 .get(&entry.policy)
                 .ok_or_else(|| invalid("no such policy in `policies:`".into()))?;
-            if entry.key.len() > self.server.max_key_bytes {
+            // The bound of the API's keys: an override of a longer key
+            // could never apply (no check of it reaches the limiter).
+            let max = crate::http::key_bound(self.server.max_key_bytes);
+            if entry.key.len() > max {
                 return Err(invalid(format!(
-                    "the key is longer than server.max_key_bytes ({})",
-                    self.server.max_key_bytes
+                    "the key is {} bytes long, above the maximum of {max} \
+                     (server.max_key_bytes, at most 8 KiB less `http:`)",
+                    entry.key.len()
                 )));
             }
             if !seen.insert((entry.policy.clone(), entry.key.clone())) {
