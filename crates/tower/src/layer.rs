@@ -171,7 +171,10 @@ impl<S: Store> RateLimitLayerBuilder<S> {
     /// Checks `policies` (all or nothing) for requests to `route`: an axum
     /// route template as written in `Router::route` (`/users/{id}`), matched
     /// against the `MatchedPath` extension, or else a literal request path
-    /// (as sent or percent-decoded, so encoding a character escapes nothing).
+    /// (as sent or percent-decoded, so encoding a character escapes nothing;
+    /// not normalised: `/a/./b` and `/a//b` are other paths than `/a/b`,
+    /// which a file server may serve alike, so map such routes by their
+    /// template).
     /// Requests matching no route get the default policies, or pass
     /// unlimited when there are none. Naming a route again replaces it.
     ///
