@@ -4,8 +4,9 @@
 //! single error, shows the configured policies, the store and the
 //! configuration, and after a burst of denials for one key shows that key
 //! at the top of its policy within two refreshes, as text (a key is
-//! client input: markup in it stays text); it follows a reload; when the
-//! server goes away it says so. With `server.metrics_auth` it asks for the admin token.
+//! client input: markup in it stays text, and a key made to pass for
+//! another reads as itself); it follows a reload; when the server goes
+//! away it says so. With `server.metrics_auth` it asks for the admin token.
 
 #![allow(clippy::unwrap_used)]
 
@@ -343,4 +344,115 @@ policies:
             "{error}"
         );
     }
+}
+
+/// Each row of every policy's top-keys table, as the browser lays it out:
+/// `{policy: [{text, ordered}]}`, where `ordered` is whether every
+/// character of the key stands right of the one before it (no
+/// bidirectional reordering); or `null` until every table has all its
+/// rows.
+const KEY_CELLS: &str = r#"(() => {
+    const shown = {};
+    for (const card of document.querySelectorAll("[data-policy]")) {
+        const rows = [...card.querySelectorAll("tbody tr")].map((row) => {
+            const cell = row.cells[0];
+            const text = cell.firstChild;
+            let ordered = true, left = -Infinity;
+            for (let i = 0; text && i < text.length; i++) {
+                if (i > 0 && text.data.codePointAt(i - 1) > 0xffff) continue;
+                const range = document.createRange();
+                range.setStart(text, i);
+                range.setEnd(text, i + (text.data.codePointAt(i) > 0xffff ? 2 : 1));
+                const rect = range.getBoundingClientRect();
+                if (rect.left < left - 0.5) ordered = false;
+                left = Math.max(left, rect.left);
+            }
+            return { text: cell.textContent, ordered };
+        });
+        if (rows.some((row) => row.text === "" || row.text === "none denied")) return null;
+        shown[card.dataset.policy] = rows;
+    }
+    return Object.keys(shown).length ? shown : null;
+})()"#;
+
+/// A key cannot pass for another: what would not show, or would show as
+/// something else (control, format and bidirectional characters, spaces
+/// that collapse, a combining mark of a key not in NFC, a backslash that
+/// spells an escape) is written as `\u{..}` or `\\`, and the characters
+/// stand in the order they were sent (right-to-left letters do not reorder
+/// the key).
+#[test]
+fn a_key_never_reads_as_another_in_a_real_browser() {
+    let dir = temp_dir("dashboard-lookalikes");
+    let config = dir.join("tollgate.yaml");
+    let mut text = "server:\n  dashboard:\n    show_keys: true\npolicies:\n".to_owned();
+    for name in ["a", "b", "c"] {
+        text += &format!(
+            "  - name: {name}\n    algorithm: fixed_window\n    limit: 1\n    period: 1h\n"
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    // Per policy, five keys (the table's rows), the first denied most, and
+    // how each must read.
+    let keys: [(&str, [(&str, &str); 5]); 3] = [
+        (
+            "a",
+            [
+                ("user-1", "http:user-1"),
+                ("user-1 ", r"http:user-1\u{20}"),
+                ("user-1\u{2060}", r"http:user-1\u{2060}"),
+                ("\u{61c}1-2", r"http:\u{61c}1-2"),
+                (r"user-1\u{2060}", r"http:user-1\\u{2060}"),
+            ],
+        ),
+        (
+            "b",
+            [
+                ("\u{5d0}1-2", "http:\u{5d0}1-2"),
+                ("1-2\u{5d0}", "http:1-2\u{5d0}"),
+                ("user-1\u{e0041}", r"http:user-1\u{e0041}"),
+                ("user\u{ad}-1", r"http:user\u{ad}-1"),
+                ("user-1\u{202e}", r"http:user-1\u{202e}"),
+            ],
+        ),
+        (
+            "c",
+            [
+                ("j\u{fc}rgen", "http:j\u{fc}rgen"),
+                ("ju\u{308}rgen", r"http:ju\u{308}rgen"),
+                ("user\u{a0}1", r"http:user\u{a0}1"),
+                ("user 1", "http:user 1"),
+                ("user  1", r"http:user\u{20}\u{20}1"),
+            ],
+        ),
+    ];
+    let mut serve = serve(&config);
+    for (policy, keys) in &keys {
+        for (rank, (key, _)) in keys.iter().enumerate() {
+            // 6 - rank checks: one allowed, 5 - rank denied.
+            for _ in 0..6 - rank {
+                let (status, body) =
+                    serve.check(&json!({"policy": policy, "key": key}).to_string());
+                assert_eq!(status, 200, "{body}");
+            }
+        }
+    }
+    let mut browser = Browser::start();
+    browser.navigate(&format!("http://{}/", serve.http));
+    let shown = browser.wait_for(KEY_CELLS, PAGE_WAIT);
+    for (policy, keys) in &keys {
+        for (rank, (key, reads)) in keys.iter().enumerate() {
+            let row = &shown[policy][rank];
+            assert_eq!(row["text"], *reads, "{key:?} in {policy}: {shown}");
+            assert_eq!(row["ordered"], true, "{key:?} in {policy}: {shown}");
+        }
+    }
+    assert_eq!(
+        browser
+            .evaluate(r#"document.getElementById("errors").textContent"#)
+            .unwrap(),
+        ""
+    );
+    assert_eq!(browser.errors(), Vec::<String>::new());
+    serve.terminate();
 }

@@ -98,11 +98,21 @@
     return (n < 10 ? n.toFixed(2) : n.toFixed(1)) + " ms";
   }
 
-  // A key as text a person can read: control and bidirectional-override
-  // characters are shown as \u{...} so that a key cannot disguise itself.
+  // A key as text a person can read, and as no other key reads: what would
+  // not show, or would show as something else, is written as \u{...}
+  // (control, format and bidirectional characters, invisible ones, spaces
+  // other than one between two characters, and the combining marks of a key
+  // not in NFC, which could pass for the composed letter), and a backslash
+  // as \\, so that no key spells an escape. The cell shows the rest in the
+  // order sent (dashboard.css), so right-to-left letters cannot reorder it.
+  const HIDDEN = /[\\\p{Cc}\p{Cf}\p{Z}\p{Default_Ignorable_Code_Point}]/gu;
+  const HIDDEN_OR_MARK = /[\\\p{Cc}\p{Cf}\p{Z}\p{Default_Ignorable_Code_Point}\p{M}]/gu;
   function visibleKey(key) {
-    return String(key).replace(/[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]/g,
-      (c) => "\\u{" + c.charCodeAt(0).toString(16) + "}");
+    const text = String(key);
+    return text.replace(text.normalize("NFC") === text ? HIDDEN : HIDDEN_OR_MARK, (c, at) => {
+      if (c === " " && at > 0 && at < text.length - 1 && text[at - 1] !== " " && text[at + 1] !== " ") return c;
+      return c === "\\" ? "\\\\" : "\\u{" + c.codePointAt(0).toString(16) + "}";
+    });
   }
 
   // A small JSON value (a lease, an unknown field) as "name value, ..." text.
