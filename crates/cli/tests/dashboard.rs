@@ -346,34 +346,43 @@ policies:
     }
 }
 
-/// Each row of every policy's top-keys table, as the browser lays it out:
-/// `{policy: [{text, ordered}]}`, where `ordered` is whether every
-/// character of the key stands right of the one before it (no
-/// bidirectional reordering); or `null` until every table has all its
-/// rows.
-const KEY_CELLS: &str = r#"(() => {
-    const shown = {};
-    for (const card of document.querySelectorAll("[data-policy]")) {
-        const rows = [...card.querySelectorAll("tbody tr")].map((row) => {
-            const cell = row.cells[0];
-            const text = cell.firstChild;
-            let ordered = true, left = -Infinity;
-            for (let i = 0; text && i < text.length; i++) {
-                if (i > 0 && text.data.codePointAt(i - 1) > 0xffff) continue;
-                const range = document.createRange();
-                range.setStart(text, i);
-                range.setEnd(text, i + (text.data.codePointAt(i) > 0xffff ? 2 : 1));
-                const rect = range.getBoundingClientRect();
-                if (rect.left < left - 0.5) ordered = false;
-                left = Math.max(left, rect.left);
-            }
-            return { text: cell.textContent, ordered };
-        });
-        if (rows.some((row) => row.text === "" || row.text === "none denied")) return null;
-        shown[card.dataset.policy] = rows;
+/// A JavaScript function of an element: whether every character of its
+/// text stands right of the one before it (no bidirectional reordering).
+const IN_ORDER: &str = r#"((element) => {
+    const text = element.firstChild;
+    let left = -Infinity;
+    for (let i = 0; text && i < text.length; i++) {
+        if (i > 0 && text.data.codePointAt(i - 1) > 0xffff) continue;
+        const range = document.createRange();
+        range.setStart(text, i);
+        range.setEnd(text, i + (text.data.codePointAt(i) > 0xffff ? 2 : 1));
+        const rect = range.getBoundingClientRect();
+        if (rect.left < left - 0.5) return false;
+        left = Math.max(left, rect.left);
     }
-    return Object.keys(shown).length ? shown : null;
-})()"#;
+    return true;
+})"#;
+
+/// Each row of every policy's top-keys table, as the browser lays it out:
+/// `{policy: [{text, ordered}]}` ([`IN_ORDER`]); or `null` until every
+/// table has all its rows.
+fn key_cells() -> String {
+    format!(
+        r#"(() => {{
+            const inOrder = {IN_ORDER};
+            const shown = {{}};
+            for (const card of document.querySelectorAll("[data-policy]")) {{
+                const rows = [...card.querySelectorAll("tbody tr")].map((row) => ({{
+                    text: row.cells[0].textContent,
+                    ordered: inOrder(row.cells[0]),
+                }}));
+                if (rows.some((row) => row.text === "" || row.text === "none denied")) return null;
+                shown[card.dataset.policy] = rows;
+            }}
+            return Object.keys(shown).length ? shown : null;
+        }})()"#
+    )
+}
 
 /// A key cannot pass for another: what would not show, or would show as
 /// something else (control, format and bidirectional characters, spaces
@@ -439,7 +448,7 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
     }
     let mut browser = Browser::start();
     browser.navigate(&format!("http://{}/", serve.http));
-    let shown = browser.wait_for(KEY_CELLS, PAGE_WAIT);
+    let shown = browser.wait_for(&key_cells(), PAGE_WAIT);
     for (policy, keys) in &keys {
         for (rank, (key, reads)) in keys.iter().enumerate() {
             let row = &shown[policy][rank];
@@ -455,4 +464,52 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
     );
     assert_eq!(browser.errors(), Vec::<String>::new());
     serve.terminate();
+}
+
+/// A policy's name cannot pass for another's either: an Envoy descriptor's
+/// value (part of the name of its limit) with a right-to-left override, a
+/// control character or right-to-left letters is shown as a key is.
+#[test]
+fn a_policy_name_never_reads_as_another_in_a_real_browser() {
+    let dir = temp_dir("dashboard-names");
+    let config = dir.join("tollgate.yaml");
+    let values = [
+        ("/login", "/login"),
+        // As YAML escapes in a double-quoted value.
+        (r"\u202enigol/", r"\u{202e}nigol/"),
+        (r"/x\u0007\u2066y", r"/x\u{7}\u{2066}y"),
+        (r"\u05d01-2", "\u{5d0}1-2"),
+        (r"1-2\u05d0", "1-2\u{5d0}"),
+    ];
+    let mut text = "domains:\n  - domain: edge\n    descriptors:\n".to_owned();
+    for (value, _) in values {
+        text += &format!(
+            "      - key: path\n        value: \"{value}\"\n        \
+             rate_limit: {{ unit: second, requests_per_unit: 10 }}\n"
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    let serve = serve(&config);
+    let mut browser = Browser::start();
+    browser.navigate(&format!("http://{}/", serve.http));
+    let shown = browser.wait_for(
+        &format!(
+            r#"(() => {{
+                const inOrder = {IN_ORDER};
+                const titles = [...document.querySelectorAll("[data-policy] h3")];
+                return titles.length === {} ? titles.map((h) => [h.textContent, inOrder(h)]) : null;
+            }})()"#,
+            values.len()
+        ),
+        PAGE_WAIT,
+    );
+    let mut names: Vec<(String, bool)> = serde_json::from_value(shown.clone()).unwrap();
+    names.sort();
+    let mut expected: Vec<(String, bool)> = values
+        .iter()
+        .map(|(_, reads)| (format!("envoy/edge/path={reads}"), true))
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected, "{shown}");
+    assert_eq!(browser.errors(), Vec::<String>::new());
 }

@@ -128,7 +128,8 @@
   function newCard(name) {
     const card = el("article", "policy");
     const head = el("div", "policy-head");
-    const title = el("h3", null, name);
+    // An Envoy descriptor's value is part of its name: shown as a key is.
+    const title = el("h3", null, visibleKey(name));
     const badge = el("span", "badge", "shadow");
     badge.title = "Shadow mode: decisions are counted, never enforced";
     head.append(title, badge);
@@ -232,7 +233,7 @@
     view.axisStart.textContent = "−" + formatAgo(CHART_SAMPLES * intervalMs);
     view.axisMax.textContent = "scale 0–" + formatCount(top * perSecond) + "/s";
     const lastOf = (name) => formatCount(values[name].length ? values[name][values[name].length - 1] * perSecond : null);
-    const label = policy.name + ": in the last second " + SERIES.map((n) => lastOf(n) + " " + n).join(", ") +
+    const label = visibleKey(policy.name) + ": in the last second " + SERIES.map((n) => lastOf(n) + " " + n).join(", ") +
       "; at most " + formatCount(peak * perSecond) + " decisions of one kind per second over the last " +
       formatAgo(CHART_SAMPLES * intervalMs) + ".";
     view.chart.setAttribute("aria-label", label);
