@@ -306,6 +306,28 @@ policies:
         0
     );
 
+    // A token no HTTP header can carry (pasted with a character outside
+    // printable ASCII) is not "Cannot reach the server", polled every
+    // second with the form gone: the page says what is wrong and asks
+    // again.
+    browser.evaluate(&submit("s3cret-token\u{200b}")).unwrap();
+    let unsendable = browser.wait_for(
+        r#"(() => {
+            const problem = document.body.dataset.problem || "";
+            const form = getComputedStyle(document.getElementById("token-form")).display;
+            return problem.includes("cannot be sent") ? { problem, form } : null;
+        })()"#,
+        PAGE_WAIT,
+    );
+    assert_ne!(unsendable["form"], "none", "{unsendable}");
+    assert!(
+        !unsendable["problem"]
+            .as_str()
+            .unwrap()
+            .contains("Cannot reach"),
+        "{unsendable}"
+    );
+
     // The right one: figures, the problem and the form gone, the token kept
     // in this tab.
     browser.evaluate(&submit("s3cret-token")).unwrap();

@@ -407,6 +407,14 @@
     const started = performance.now();
     const headers = { Accept: "application/json" };
     const token = sessionStorage.getItem(TOKEN_KEY);
+    // fetch refuses a header outside Latin-1 outright, and a Latin-1 byte
+    // never equals the UTF-8 of the configured token: neither is the server
+    // being down.
+    if (token && /[^\x20-\x7e]/.test(token)) {
+      showProblem("The token given cannot be sent: an Authorization header carries printable ASCII only, " +
+        "and this one has another character (an invisible or a non-ASCII one). Give the token again.", true);
+      return;
+    }
     if (token) headers.Authorization = "Bearer " + token;
     let response;
     try {
