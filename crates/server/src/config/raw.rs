@@ -242,6 +242,16 @@ impl Validate for RawServer {
                     .into(),
             );
         }
+        if self.admin_token.as_deref().is_some_and(|token| {
+            token.trim_matches([' ', '\t']) != token || token.chars().any(char::is_control)
+        }) {
+            return Err(
+                "admin_token must not start or end with a space or hold a control character: no \
+                 `Authorization` header can carry it (HTTP drops the spaces around a value and \
+                 refuses control characters in it), so it would never match"
+                    .into(),
+            );
+        }
         let metrics_auth = self.metrics_auth.unwrap_or(defaults.metrics_auth);
         if metrics_auth && self.admin_token.is_none() {
             return Err(

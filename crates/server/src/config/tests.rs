@@ -475,7 +475,29 @@ fn the_dashboard_section_parses_defaults_and_is_strict() {
             2,
             "metrics_auth: true needs admin_token",
         ),
+        // Tokens no Authorization header can carry.
+        (
+            "server:\n  admin_token: \" s3cret\"\n",
+            2,
+            "admin_token must not start or end with a space",
+        ),
+        (
+            "server:\n  admin_token: \"s3cret\\t\"\n",
+            2,
+            "admin_token must not start or end with a space",
+        ),
+        (
+            "server:\n  admin_token: \"s3\\ncret\"\n",
+            2,
+            "or hold a control character",
+        ),
     ]);
+    // Spaces inside, and characters beyond ASCII, can be sent.
+    for token in ["s3 cret", "s3crét"] {
+        let text = format!("server:\n  admin_token: \"{token}\"\n");
+        let server = Config::parse(&text, "t.yaml").unwrap().server;
+        assert_eq!(server.admin_token.as_deref(), Some(token));
+    }
 }
 
 #[test]
