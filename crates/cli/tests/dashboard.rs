@@ -417,7 +417,7 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
     let dir = temp_dir("dashboard-lookalikes");
     let config = dir.join("tollgate.yaml");
     let mut text = "server:\n  dashboard:\n    show_keys: true\npolicies:\n".to_owned();
-    for name in ["a", "b", "c"] {
+    for name in ["a", "b", "c", "d"] {
         text += &format!(
             "  - name: {name}\n    algorithm: fixed_window\n    limit: 1\n    period: 1h\n"
         );
@@ -425,7 +425,7 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
     std::fs::write(&config, text).unwrap();
     // Per policy, five keys (the table's rows), the first denied most, and
     // how each must read.
-    let keys: [(&str, [(&str, &str); 5]); 3] = [
+    let keys: [(&str, [(&str, &str); 5]); 4] = [
         (
             "a",
             [
@@ -454,6 +454,31 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
                 ("user\u{a0}1", r"http:user\u{a0}1"),
                 ("user 1", "http:user 1"),
                 ("user  1", r"http:user\u{20}\u{20}1"),
+            ],
+        ),
+        // The server keeps a key's first 64 bytes: a longer key is marked
+        // as cut, or it would read as the key that is those 64 bytes (59
+        // and `http:`), and one cut inside a character too.
+        (
+            "d",
+            [
+                (
+                    "long-key-of-59-bytes-which-with-http-fills-the-64-kept-byte",
+                    "http:long-key-of-59-bytes-which-with-http-fills-the-64-kept-byte",
+                ),
+                (
+                    "long-key-of-59-bytes-which-with-http-fills-the-64-kept-bytes",
+                    "http:long-key-of-59-bytes-which-with-http-fills-the-64-kept-byte\u{2026}",
+                ),
+                (
+                    "long-key-of-59-bytes-which-with-http-fills-the-64-kept-byt\u{e9}",
+                    "http:long-key-of-59-bytes-which-with-http-fills-the-64-kept-byt\u{fffd}\u{2026}",
+                ),
+                (
+                    "long-key-of-59-bytes-which-with-http-fills-the-64-kept-b\u{2026}",
+                    "http:long-key-of-59-bytes-which-with-http-fills-the-64-kept-b\u{2026}",
+                ),
+                ("user-1\u{2026}", "http:user-1\u{2026}"),
             ],
         ),
     ];

@@ -245,9 +245,14 @@
     view.rows.forEach((row, i) => {
       const entry = top5[i];
       if (entry) {
-        const text = visibleKey(entry.key);
+        // The server keeps a key's first 64 bytes: one it cut is marked, or
+        // a longer key would read as the key that is those 64 bytes. (No key
+        // of at most 64 bytes reads as 64 bytes or more and a mark.)
+        const cut = entry.truncated === true;
+        const text = visibleKey(entry.key) + (cut ? "…" : "");
         row.key.textContent = text;
-        row.key.title = entry.hashed ? "hash of the key (server.dashboard.show_keys is off)" : text;
+        row.key.title = entry.hashed ? "hash of the key (server.dashboard.show_keys is off)" :
+          cut ? text + " (the key's first 64 bytes: it is longer)" : text;
         row.key.className = "";
         row.count.textContent = formatCount(entry.denied);
       } else {
