@@ -417,7 +417,7 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
     let dir = temp_dir("dashboard-lookalikes");
     let config = dir.join("tollgate.yaml");
     let mut text = "server:\n  dashboard:\n    show_keys: true\npolicies:\n".to_owned();
-    for name in ["a", "b", "c", "d"] {
+    for name in ["a", "b", "c", "d", "e"] {
         text += &format!(
             "  - name: {name}\n    algorithm: fixed_window\n    limit: 1\n    period: 1h\n"
         );
@@ -425,7 +425,7 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
     std::fs::write(&config, text).unwrap();
     // Per policy, five keys (the table's rows), the first denied most, and
     // how each must read.
-    let keys: [(&str, [(&str, &str); 5]); 4] = [
+    let keys: [(&str, [(&str, &str); 5]); 5] = [
         (
             "a",
             [
@@ -479,6 +479,26 @@ fn a_key_never_reads_as_another_in_a_real_browser() {
                     "http:long-key-of-59-bytes-which-with-http-fills-the-64-kept-b\u{2026}",
                 ),
                 ("user-1\u{2026}", "http:user-1\u{2026}"),
+            ],
+        ),
+        // Combining marks in a key in NFC: shown only as a spelling needs
+        // them (up to three on a Devanagari letter), not where they make a
+        // letter pass for another (dotless i and a dot above read as i), a
+        // character of their own (on a space) or stack out of the row.
+        (
+            "e",
+            [
+                ("adm\u{131}\u{307}n", "http:adm\u{131}\\u{307}n"),
+                ("q\u{308}", r"http:q\u{308}"),
+                ("a \u{301}b", r"http:a \u{301}b"),
+                (
+                    "\u{915}\u{947}\u{902}\u{901}\u{902}",
+                    "http:\u{915}\u{947}\u{902}\u{901}\\u{902}",
+                ),
+                (
+                    "\u{928}\u{92e}\u{938}\u{94d}\u{924}\u{947}",
+                    "http:\u{928}\u{92e}\u{938}\u{94d}\u{924}\u{947}",
+                ),
             ],
         ),
     ];

@@ -101,16 +101,30 @@
   // A key as text a person can read, and as no other key reads: what would
   // not show, or would show as something else, is written as \u{...}
   // (control, format and bidirectional characters, invisible ones, spaces
-  // other than one between two characters, and the combining marks of a key
-  // not in NFC, which could pass for the composed letter), and a backslash
-  // as \\, so that no key spells an escape. The cell shows the rest in the
-  // order sent (dashboard.css), so right-to-left letters cannot reorder it.
-  const HIDDEN = /[\\\p{Cc}\p{Cf}\p{Z}\p{Default_Ignorable_Code_Point}]/gu;
-  const HIDDEN_OR_MARK = /[\\\p{Cc}\p{Cf}\p{Z}\p{Default_Ignorable_Code_Point}\p{M}]/gu;
+  // other than one between two characters, and combining marks but up to
+  // three on a letter of a script other than Latin, Greek or Cyrillic in a
+  // key in NFC, where they are its spelling (Devanagari, Hebrew, Thai): a
+  // mark in a key not in NFC could pass for the composed letter (u and
+  // U+0308 for ü), one on a Latin, Greek or Cyrillic letter, which NFC
+  // composes where it can, for another letter (dotless ı and U+0307 for i),
+  // one on a space or a digit for a character of its own, and a fourth on
+  // one letter stacks out of the row, where the cell cuts it off), and a
+  // backslash as \\, so that no key spells an escape. The cell shows the
+  // rest in the order sent (dashboard.css), so right-to-left letters cannot
+  // reorder it.
+  const HIDDEN = /[\\\p{Cc}\p{Cf}\p{Z}\p{Default_Ignorable_Code_Point}\p{M}]/gu;
+  // What a shown mark follows: a letter, and at most two marks on it.
+  const MARKED = /(\p{L})\p{M}{0,2}$/u;
+  const COMPOSED_SCRIPT = /[\p{Script=Latin}\p{Script=Greek}\p{Script=Cyrillic}]/u;
   function visibleKey(key) {
     const text = String(key);
-    return text.replace(text.normalize("NFC") === text ? HIDDEN : HIDDEN_OR_MARK, (c, at) => {
+    const nfc = text.normalize("NFC") === text;
+    return text.replace(HIDDEN, (c, at) => {
       if (c === " " && at > 0 && at < text.length - 1 && text[at - 1] !== " " && text[at + 1] !== " ") return c;
+      if (nfc && /\p{M}/u.test(c) && !/\p{Default_Ignorable_Code_Point}/u.test(c)) {
+        const base = MARKED.exec(text.slice(0, at));
+        if (base && !COMPOSED_SCRIPT.test(base[1])) return c;
+      }
       return c === "\\" ? "\\\\" : "\\u{" + c.codePointAt(0).toString(16) + "}";
     });
   }
