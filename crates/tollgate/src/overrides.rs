@@ -556,9 +556,12 @@ impl Overrides {
         drop(old);
     }
 
-    /// Up to `limit` overrides in force (live, either layer), of `policy`
-    /// if given, in (policy, key) order, starting after `cursor` (the
-    /// `next` of the previous page).
+    /// Up to `limit` overrides in force (live, either layer; at least one
+    /// whatever `limit` says, so that a page with a next one moves on), of
+    /// `policy` if given, in (policy, key) order, starting after `cursor`
+    /// (the `next` of the previous page). A cursor that names no (policy,
+    /// key), which no page hands out, gives an empty last page: a client
+    /// paging with it ends, rather than starting over for ever.
     ///
     /// A page holds and copies out only its own overrides (and the one
     /// that tells whether there is a next page), whatever the table holds:
@@ -567,7 +570,17 @@ impl Overrides {
     /// allocates nothing per override it passes.
     pub fn list(&self, policy: Option<&str>, cursor: Option<&[u8]>, limit: usize) -> Page {
         let now = self.clock.now_us();
-        let after = cursor.and_then(split);
+        let after = match cursor.map(split) {
+            Some(None) => {
+                return Page {
+                    items: Vec::new(),
+                    next: None,
+                };
+            }
+            Some(after) => after,
+            None => None,
+        };
+        let limit = limit.max(1);
         let keep = limit.saturating_add(1);
         let mut items: Vec<Listed> = {
             let slots = self.read();

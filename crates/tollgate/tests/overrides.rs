@@ -302,6 +302,15 @@ fn every_page_is_the_next_overrides_in_order() {
             assert_eq!(seen, expected, "policy {filter:?}, pages of {limit}");
         }
     }
+    // A page of 0 is a page of 1, so that paging moves on.
+    let first = table.list(None, None, 0);
+    assert_eq!(first.items.len(), 1);
+    assert!(first.next.is_some());
+    // A cursor no page hands out ends the paging instead of starting over.
+    for made_up in [&b""[..], &[0][..], &[0, 9, b'a'][..]] {
+        let page = table.list(None, Some(made_up), 10);
+        assert!(page.items.is_empty() && page.next.is_none(), "{made_up:?}");
+    }
 }
 
 #[tokio::test]
