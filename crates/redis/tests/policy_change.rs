@@ -92,3 +92,59 @@ async fn cluster_keys_live_as_long_as_the_policy_in_force_needs() {
         a_raised_burst_keeps_the_tokens(&store)
     );
 }
+
+/// Two instances on one Redis during a rolling reload: one still decides
+/// `fixed_window 10/10s`, the other already `fixed_window 1000/1h`. A
+/// charge under the longer period wrote the state's start back to the
+/// hour's, so the next check under 10 s found its window ended and started
+/// it over: every charge of the new instance handed the old one ten more
+/// in the same 10 s window (50 in five rounds here, against a limit of 10).
+/// The stored start now stays where it was while its count carries, so
+/// the old instance keeps counting every unit charged in its window.
+#[tokio::test]
+async fn a_rolling_reload_never_restarts_the_shorter_window() {
+    let server = RedisServer::start();
+    let options = common::options();
+    let old_instance = RedisStore::connect(&server.url(), options.clone())
+        .await
+        .expect("connect");
+    let new_instance = RedisStore::connect(&server.url(), options)
+        .await
+        .expect("connect");
+    let (old, new) = (
+        policy("fixed_window 10/10s"),
+        policy("fixed_window 1000/1h"),
+    );
+    let mut redis = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let ten_s_window = |t: (u64, u64)| t.0 / 10;
+    for attempt in 0.. {
+        let key = format!("rolling-{attempt}");
+        let before: (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+        // Not in an hour's first 10 s (where both windows start together),
+        // and with room left in this 10 s window.
+        if before.0 % 3600 < 10 || before.0 % 10 > 7 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let mut admitted_old = 0u64;
+        for _ in 0..5 {
+            for _ in 0..10 {
+                admitted_old += u64::from(check(&old_instance, key.as_bytes(), &old).await.allowed);
+            }
+            assert!(check(&new_instance, key.as_bytes(), &new).await.allowed);
+        }
+        let after: (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+        if ten_s_window(before) != ten_s_window(after) {
+            continue; // crossed a 10 s edge: try again in one window
+        }
+        assert_eq!(
+            admitted_old, 10,
+            "the old instance admitted {admitted_old} in one 10 s window of fixed_window 10/10s"
+        );
+        break;
+    }
+}

@@ -27,27 +27,32 @@ local function fixed_window_store(key, start, count, fresh_at)
   store(key, value, fresh_at)
 end
 
--- The window start and count as seen at `now`: the count belongs to the
--- window of this policy that holds its start. No state (nil) reads as an
--- empty window.
+-- The window start and count as seen at `now`, and the start a charge
+-- stores: the count belongs to the window of this policy that holds its
+-- start, which stays stored while the count carries (never moved back:
+-- tollgate::algorithm::stored_start). No state (nil) reads as an empty
+-- window.
 local function fixed_window_at(key, p, now)
   local period = p.period
   local start, count = fixed_window_load(key, now)
   if not start then start, count = now - now % period, 0 end
   local held = start - start % period
-  if now >= held + period then return now - now % period, 0 end
-  return held, count
+  if now >= held + period then
+    local window = now - now % period
+    return window, 0, window
+  end
+  return held, count, start
 end
 
 ALG.fixed_window = function(key, p, now, cost, consume)
   local period = p.period
-  local window, used = fixed_window_at(key, p, now)
+  local window, used, kept = fixed_window_at(key, p, now)
   local allowed = used + cost <= p.limit
   local charged = allowed and consume
   local used_after = used
   if charged then
     used_after = used + cost
-    fixed_window_store(key, window, used_after, window + period)
+    fixed_window_store(key, kept, used_after, window + period)
   end
   local fresh_at = 0
   if used_after > 0 then fresh_at = window + period end

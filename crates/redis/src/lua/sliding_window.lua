@@ -5,6 +5,7 @@
 -- Twin of crates/tollgate/src/algorithm/sliding_window.rs.
 
 local function sliding_window_fresh_at(start, prev, curr, period)
+  start = start - start % period
   if curr > 0 then return start + 2 * period end
   if prev > 0 then return start + period end
   return 0
@@ -44,7 +45,9 @@ local function sliding_window_store(key, start, prev, curr, period)
   store(key, value, sliding_window_fresh_at(start, prev, curr, period))
 end
 
--- The window start, prev and curr as seen at `now`: the counts belong to
+-- The window start, prev and curr as seen at `now`, and the start a charge
+-- stores (the stored one while it lies in that window, never moved back:
+-- tollgate::algorithm::stored_start): the counts belong to
 -- the window of this policy that holds the stored start, and read as at
 -- most `cap`. A decision's cap is the limit (twin of
 -- sliding_window::normalize: a count written under a larger limit means a
@@ -57,16 +60,17 @@ local function sliding_window_at(key, p, now, cap)
   if not start then start, prev, curr = now - now % period, 0, 0 end
   local held = start - start % period
   if now < held + period then
-    return held, imin(prev, cap), imin(curr, cap)
+    return held, imin(prev, cap), imin(curr, cap), start
   elseif now < held + 2 * period then
-    return held + period, imin(curr, cap), 0
+    return held + period, imin(curr, cap), 0, held + period
   end
-  return now - now % period, 0, 0
+  local window = now - now % period
+  return window, 0, 0, window
 end
 
 ALG.sliding_window = function(key, p, now, cost, consume)
   local period, limit = p.period, p.limit
-  local window, pv, cv = sliding_window_at(key, p, now, limit)
+  local window, pv, cv, kept = sliding_window_at(key, p, now, limit)
   local elapsed = imax(0, now - window)
   local weighted_prev = pv * (period - elapsed)
   local budget = limit * period
@@ -75,7 +79,7 @@ ALG.sliding_window = function(key, p, now, cost, consume)
   local c_after = cv
   if charged then
     c_after = cv + cost
-    sliding_window_store(key, window, pv, c_after, period)
+    sliding_window_store(key, kept, pv, c_after, period)
   end
   local remaining = idiv(imax(0, budget - (weighted_prev + c_after * period)), period)
   return allowed, remaining, sliding_window_fresh_at(window, pv, c_after, period),

@@ -7,7 +7,11 @@ use super::Computed;
 use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(start: u64, count: u64, period: u64) -> u64 {
-    if count == 0 { 0 } else { start + period }
+    if count == 0 {
+        0
+    } else {
+        start - start % period + period
+    }
 }
 
 pub(super) fn decide(
@@ -34,7 +38,7 @@ pub(super) fn decide(
     let charged = allowed && mode == Mode::Consume;
     let used_after = if charged { used + cost } else { used };
     if charged {
-        (*start, *count) = (window, used_after);
+        (*start, *count) = (super::stored_start(*start, window, period), used_after);
     }
     Computed {
         allowed,

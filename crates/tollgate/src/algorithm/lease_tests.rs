@@ -339,3 +339,35 @@ fn a_bucket_changed_under_a_live_key_leases_until_full_under_the_policy_in_force
         600_000
     );
 }
+
+// A give-back trusts a stored start equal to the lease's window to mean the
+// counter still holds the lease. A shorter period (an instance not yet
+// reloaded) started its own window over the lease's units; a charge under
+// the longer period then wrote the longer window's start back, and the
+// lease gave its 50 units back out of the shorter window's 100.
+#[test]
+fn a_give_back_never_returns_units_a_shorter_period_let_go() {
+    for a in ["fixed_window", "sliding_window"] {
+        let (long, short) = (
+            policy(&format!("{a} 1000/1h")),
+            policy(&format!("{a} 100/10s")),
+        );
+        let mut state = State::fresh(&long, 0);
+        let now = 100 * S;
+        let (units, until) = lease(&long, &mut state, now, 1, 50, S);
+        assert_eq!(units, 50, "{a}");
+        // Under 10 s the window [0, 10 s) is over: [100 s, 110 s) starts
+        // empty, without the lease's units, and admits its 100.
+        let admitted = (0..101)
+            .filter(|_| decide(&short, &mut state, now + 1, 1, Mode::Consume).allowed)
+            .count();
+        assert_eq!(admitted, 100, "{a}");
+        assert!(decide(&long, &mut state, now + 2, 1, Mode::Consume).allowed);
+        assert_eq!(
+            give_back(&long, &mut state, now + 3, units, until),
+            0,
+            "{a}"
+        );
+        assert_eq!(remaining(&short, &state, now + 4), 0, "{a}");
+    }
+}

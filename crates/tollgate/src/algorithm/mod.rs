@@ -311,6 +311,24 @@ struct Computed {
     delay: u64,
 }
 
+/// The start a window algorithm stores when it charges `window` (the
+/// window of `period` it decided in) over a stored `start`: `start` itself
+/// while it lies in that window, else `window`. Under a changed period the
+/// stored start need not be the window's start (a count made under a
+/// shorter period, carried into a longer window); writing the longer
+/// window's start over it would move it back, and a check under the
+/// shorter period (another instance, mid-reload) would then find its own
+/// window over and start it again with everything it had counted
+/// forgotten. So a stored start only ever moves forward, to a later
+/// window, which is what a give-back relies on (`lease::give_back`).
+pub(crate) const fn stored_start(start: u64, window: u64, period: u64) -> u64 {
+    if start - start % period == window {
+        start
+    } else {
+        window
+    }
+}
+
 /// When a state that becomes fresh at `fresh_at` (µs) may be dropped: the
 /// first microsecond of the millisecond after `ceil(fresh_at / 1000)`.
 ///

@@ -75,7 +75,7 @@ pub fn overdraw(
             };
             let charged = units.min((policy.limit() + max_overdraft).saturating_sub(used));
             if charged > 0 {
-                (*start, *count) = (window, used + charged);
+                (*start, *count) = (super::stored_start(*start, window, p), used + charged);
             }
             charged
         }
@@ -102,7 +102,11 @@ pub fn overdraw(
             let room = (cap * p).saturating_sub(weighted) / p;
             let charged = units.min(room);
             if charged > 0 {
-                (*start, *prev, *curr) = (window, prev_now, curr_now + charged);
+                (*start, *prev, *curr) = (
+                    super::stored_start(*start, window, p),
+                    prev_now,
+                    curr_now + charged,
+                );
             }
             charged
         }

@@ -10,6 +10,7 @@ use super::Computed;
 use crate::{Mode, Policy};
 
 pub(super) fn fresh_at(start: u64, prev: u64, curr: u64, period: u64) -> u64 {
+    let start = start - start % period;
     if curr > 0 {
         start + 2 * period
     } else if prev > 0 {
@@ -65,7 +66,7 @@ pub(super) fn decide(
     let charged = allowed && mode == Mode::Consume;
     let c_after = if charged { c + cost } else { c };
     if charged {
-        (*start, *prev, *curr) = (window, p, c_after);
+        (*start, *prev, *curr) = (super::stored_start(*start, window, period), p, c_after);
     }
     let remaining = budget.saturating_sub(weighted_prev + c_after * period) / period;
     Computed {

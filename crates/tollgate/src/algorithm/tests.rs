@@ -380,3 +380,37 @@ fn retry_after_counts_the_time_the_clock_stepped_back() {
         assert_eq!(us(d.retry_after), Some(6 * S), "{a}");
     }
 }
+
+// Two instances mid-reload decide one key under two periods (`10/10s`
+// still, `1000/1h` already). A charge under the hour wrote the hour's
+// start over the 10 s window's, so the next check under 10 s found its
+// window over and started it again: ten more for every charge under the
+// hour, 50 in one 10 s window here. The stored start stays while the count
+// carries, so the 10 s window keeps every unit charged in it.
+#[test]
+fn a_longer_period_never_moves_the_stored_window_back() {
+    for a in ["fixed_window", "sliding_window"] {
+        let (old, new) = (
+            policy(&format!("{a} 10/10s")),
+            policy(&format!("{a} 1000/1h")),
+        );
+        let mut state = State::fresh(&old, 0);
+        // Inside the 10 s window [100 s, 110 s), which does not start an hour.
+        let t = 100 * S + S / 2;
+        let mut admitted_old = 0;
+        for round in 0..5 {
+            admitted_old += admitted(&old, &mut state, t + round, 10);
+            assert!(
+                decide(&new, &mut state, t + round, 1, Mode::Consume).allowed,
+                "{a}"
+            );
+        }
+        assert_eq!(admitted_old, 10, "{a}");
+        // The hour still counts everything charged in it.
+        assert_eq!(
+            decide(&new, &mut state, t + 5, 1, Mode::Peek).remaining,
+            1000 - 15,
+            "{a}"
+        );
+    }
+}

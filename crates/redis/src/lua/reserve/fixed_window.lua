@@ -4,8 +4,8 @@
 MARK.fixed_window = 'f'
 
 OVERDRAW.fixed_window = function(key, p, now, units, max_overdraft)
-  local window, used = fixed_window_at(key, p, now)
+  local window, used, kept = fixed_window_at(key, p, now)
   local charged = imin(units, imax(0, p.limit + max_overdraft - used))
-  if charged > 0 then fixed_window_store(key, window, used + charged, window + p.period) end
+  if charged > 0 then fixed_window_store(key, kept, used + charged, window + p.period) end
   return charged
 end

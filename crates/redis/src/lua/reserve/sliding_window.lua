@@ -10,9 +10,9 @@ MARK.sliding_window = 's'
 
 OVERDRAW.sliding_window = function(key, p, now, units, max_overdraft)
   local period, cap = p.period, p.limit + max_overdraft
-  local window, pv, cv = sliding_window_at(key, p, now, cap)
+  local window, pv, cv, kept = sliding_window_at(key, p, now, cap)
   local weighted = pv * (period - imin(imax(0, now - window), period)) + cv * period
   local charged = imin(units, idiv(imax(0, cap * period - weighted), period))
-  if charged > 0 then sliding_window_store(key, window, pv, cv + charged, period) end
+  if charged > 0 then sliding_window_store(key, kept, pv, cv + charged, period) end
   return charged
 end
