@@ -414,3 +414,52 @@ fn a_longer_period_never_moves_the_stored_window_back() {
         );
     }
 }
+
+// During a rolling reload (`10/10s` and `1000/1h` on one key) the hour
+// counts only what was charged since the 10 s period last started a
+// window: 1000 charged under the hour in a 10 s window before its first
+// check under 10 s are forgotten when that check starts the window, and
+// the hour admits 990 more in it. 2000 in one 10 s window, the bound
+// `docs/ALGORITHMS.md` gives (the longer limit plus the larger limit).
+#[test]
+fn a_rolling_reload_admits_the_longer_limit_twice_in_a_shorter_window() {
+    for a in ["fixed_window", "sliding_window"] {
+        let (short, long) = (
+            policy(&format!("{a} 10/10s")),
+            policy(&format!("{a} 1000/1h")),
+        );
+        let mut state = State::fresh(&long, 0);
+        // One 10 s window [100 s, 110 s), not an hour's first.
+        let t = 100 * S;
+        assert_eq!(admitted(&long, &mut state, t + 1, 1000), 1000, "{a}");
+        assert_eq!(admitted(&short, &mut state, t + 2, 10), 10, "{a}");
+        assert_eq!(admitted(&long, &mut state, t + 3, 1000), 990, "{a}");
+    }
+}
+
+// Every period in force whose windows start inside a shorter window
+// starts its count again: `10/7s` with `1000/9s` and `1000/10s` (9 s and
+// 10 s windows start at 18 s and 20 s, inside [14 s, 21 s)).
+#[test]
+fn each_longer_window_starting_inside_a_shorter_one_starts_its_count_again() {
+    for (a, want) in [("fixed_window", 28), ("sliding_window", 22)] {
+        let (p7, p9, p10) = (
+            policy(&format!("{a} 10/7s")),
+            policy(&format!("{a} 1000/9s")),
+            policy(&format!("{a} 1000/10s")),
+        );
+        let mut state = State::fresh(&p7, 14 * S);
+        let mut own = admitted(&p7, &mut state, 14 * S, 10);
+        assert!(
+            decide(&p9, &mut state, 18 * S, 1, Mode::Consume).allowed,
+            "{a}"
+        );
+        own += admitted(&p7, &mut state, 18 * S + 1, 10);
+        assert!(
+            decide(&p10, &mut state, 20 * S, 1, Mode::Consume).allowed,
+            "{a}"
+        );
+        own += admitted(&p7, &mut state, 20 * S + 1, 10);
+        assert_eq!(own, want, "{a}: admitted under 10/7s in [14 s, 21 s)");
+    }
+}

@@ -1155,4 +1155,41 @@ mod tests {
         );
         assert!(size_of::<crate::algorithm::State>() <= 32);
     }
+
+    const S: u64 = 1_000_000;
+
+    /// Admitted units out of `n` single-unit checks of `policy` under `api`.
+    fn admitted(store: &MemoryStore, key: &[u8], policy: &Policy, n: u64) -> u64 {
+        (0..n).filter(|_| charge(store, "api", key, policy)).count() as u64
+    }
+
+    /// A charge under a longer period that is not a multiple of the
+    /// shorter one sets the key to expire when the longer window ends,
+    /// inside the shorter one: the shorter period starts it afresh at its
+    /// own start, which the next charge under the longer period finds in
+    /// an ended window and restarts again. Three times the limit in one
+    /// 7 s window, the bound `docs/ALGORITHMS.md` gives.
+    #[test]
+    fn an_expiry_restarts_the_shorter_window_a_third_time() {
+        for (a, want) in [("fixed_window", 29), ("sliding_window", 15)] {
+            let clock = ManualClock::new(7 * S);
+            let store = MemoryStore::builder()
+                .clock(clock.clone())
+                .shards(1)
+                .build();
+            let short: Policy = format!("{a} 10/7s").parse().expect("valid");
+            let long: Policy = format!("{a} 1000/10s").parse().expect("valid");
+            // The 7 s window [7 s, 14 s) holds the 10 s window start 10 s.
+            let mut own = admitted(&store, b"k", &short, 10);
+            clock.set_us(8 * S);
+            assert!(charge(&store, "api", b"k", &long), "{a}");
+            clock.set_us(10 * S + S / 2);
+            own += admitted(&store, b"k", &short, 10);
+            clock.set_us(11 * S);
+            assert!(charge(&store, "api", b"k", &long), "{a}");
+            clock.set_us(11 * S + S / 2);
+            own += admitted(&store, b"k", &short, 10);
+            assert_eq!(own, want, "{a}: admitted under 10/7s in [7 s, 14 s)");
+        }
+    }
 }
