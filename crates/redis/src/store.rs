@@ -1523,8 +1523,8 @@ enum Resend {
 /// connection (reset, broken pipe, EOF) or a timeout leaves it unknown
 /// whether it ran: that is returned. Matched by kind, never by text (but
 /// for redis-rs's own mark on a refused reconnection, which the kind
-/// cannot tell from a refusal after a write); redirections only on a Cluster (a standalone connection cannot follow
-/// them).
+/// cannot tell from a refusal after a write); redirections only on a
+/// Cluster (a standalone connection cannot follow them).
 ///
 /// After an `FCALL` (`fcall`), an error that its function is missing, or
 /// that functions cannot be used, also proves that it did not run.

@@ -118,7 +118,7 @@ impl ReservationId {
         // as it refuses a key past the limiter's bound), never a bad
         // reservation: the tower layer lets those pass unlimited.
         let names = policies.iter().map(|p| 1 + p.len()).sum::<usize>();
-        let max = (MAX_TEXT / 4 * 3).saturating_sub(18 + names);
+        let max = (MAX_TEXT / 4 * 3).saturating_sub(HEAD_BYTES + names);
         if key.len() > max {
             return Err(crate::Error::KeyTooLong {
                 len: key.len(),
@@ -165,7 +165,7 @@ impl fmt::Debug for ReservationId {
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // version, nonce, policy count, (name length, name)*, key.
-        let mut bytes = Vec::with_capacity(18 + self.key.len() + 16 * self.policies.len());
+        let mut bytes = Vec::with_capacity(HEAD_BYTES + self.key.len() + 16 * self.policies.len());
         bytes.push(VERSION);
         bytes.extend_from_slice(&self.nonce.to_le_bytes());
         bytes.push(self.policies.len() as u8);
@@ -182,6 +182,10 @@ impl fmt::Display for ReservationId {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a reservation id")]
 pub struct InvalidReservationId;
+
+/// The bytes of an id before its names and key: the version, the nonce
+/// and the count of policies.
+const HEAD_BYTES: usize = 1 + 16 + 1;
 
 /// The longest text form accepted (and made: [`ReservationId::draw`]
 /// refuses a longer one): a key of up to 8 KiB, the longest the server's
