@@ -6,12 +6,16 @@
 use super::Computed;
 use crate::{Mode, Policy};
 
+/// When a state whose stored start is `start` is fresh: the end of the
+/// window holding that start (which, kept under a changed period, need not
+/// be its first microsecond).
 pub(super) fn fresh_at(start: u64, count: u64, period: u64) -> u64 {
-    if count == 0 {
-        0
-    } else {
-        start - start % period + period
-    }
+    window_fresh_at(start - start % period, count, period)
+}
+
+/// [`fresh_at`] of a window's own start, already a multiple of `period`.
+fn window_fresh_at(window: u64, count: u64, period: u64) -> u64 {
+    if count == 0 { 0 } else { window + period }
 }
 
 pub(super) fn decide(
@@ -44,7 +48,7 @@ pub(super) fn decide(
         allowed,
         // Saturating: a store may hold a count made under a larger limit.
         remaining: policy.limit().saturating_sub(used_after),
-        fresh_at: fresh_at(window, used_after, period),
+        fresh_at: window_fresh_at(window, used_after, period),
         // The next window starts empty: any cost up to the limit fits.
         retry_at: window + period,
         delay: 0,

@@ -9,12 +9,19 @@
 use super::Computed;
 use crate::{Mode, Policy};
 
+/// When a state whose stored start is `start` is fresh, from the window
+/// holding that start (which, kept under a changed period, need not be its
+/// first microsecond).
 pub(super) fn fresh_at(start: u64, prev: u64, curr: u64, period: u64) -> u64 {
-    let start = start - start % period;
+    window_fresh_at(start - start % period, prev, curr, period)
+}
+
+/// [`fresh_at`] of a window's own start, already a multiple of `period`.
+fn window_fresh_at(window: u64, prev: u64, curr: u64, period: u64) -> u64 {
     if curr > 0 {
-        start + 2 * period
+        window + 2 * period
     } else if prev > 0 {
-        start + period
+        window + period
     } else {
         0
     }
@@ -72,7 +79,7 @@ pub(super) fn decide(
     Computed {
         allowed,
         remaining,
-        fresh_at: fresh_at(window, p, c_after, period),
+        fresh_at: window_fresh_at(window, p, c_after, period),
         retry_at: retry_at(window, p, c, period, limit, cost),
         delay: 0,
     }
